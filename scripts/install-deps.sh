@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs exactly what cskit needs to build, test and fuzz, from Debian 12
+# packages. Idempotent: when everything is already installed it does nothing
+# (no apt-get update, no network).
+set -euo pipefail
+
+packages=(
+  # toolchain
+  g++ cmake ninja-build make pkg-config
+  # libraries
+  libboost1.81-dev      # Asio 1.26 (C++20 coroutines), Beast
+  libssl-dev            # HMAC-SHA256, RAND_bytes, CRYPTO_memcmp
+  nlohmann-json3-dev    # frame headers
+  libcli11-dev          # command line
+  libspdlog-dev libfmt-dev
+  libtomlplusplus-dev   # --config FILE
+  # tests, benchmarks, fuzzing
+  libgtest-dev libgmock-dev libbenchmark-dev
+  python3               # end-to-end tests and the independent client
+  clang libclang-rt-14-dev   # libFuzzer (make fuzz)
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+  sudo="sudo"
+fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"

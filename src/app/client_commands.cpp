@@ -1,0 +1,189 @@
+// `cskit ping` and `cskit info`.
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <thread>
+#include <vector>
+
+#include "app/commands.hpp"
+#include "proto/limits.hpp"
+#include "proto/messages.hpp"
+
+namespace cskit::app {
+
+using proto::json;
+using clock = std::chrono::steady_clock;
+
+int exit_code_for(client::failure f) noexcept {
+  switch (f) {
+    case client::failure::connect: return exit_code::connect;
+    case client::failure::auth: return exit_code::auth;
+    case client::failure::permission: return exit_code::permission;
+    case client::failure::protocol: return exit_code::protocol;
+    case client::failure::remote: return exit_code::remote;
+    case client::failure::timeout: return exit_code::timeout;
+  }
+  return exit_code::failure;
+}
+
+namespace {
+
+const char* failure_name(client::failure f) {
+  switch (f) {
+    case client::failure::connect: return "connect";
+    case client::failure::auth: return "auth";
+    case client::failure::permission: return "permission";
+    case client::failure::protocol: return "protocol";
+    case client::failure::remote: return "remote";
+    case client::failure::timeout: return "timeout";
+  }
+  return "error";
+}
+
+volatile std::sig_atomic_t interrupted = 0;
+extern "C" void on_sigint(int) { interrupted = 1; }
+
+std::chrono::milliseconds ms(double seconds) {
+  return std::chrono::milliseconds(static_cast<long long>(seconds * 1000.0));
+}
+
+client::connection open(const client_common& o) {
+  std::string why;
+  auto where = net::parse_host_port(o.host, proto::default_port, &why);
+  if (!where) throw client::client_error(client::failure::connect, "invalid host '" + o.host + "': " + why);
+  client::credential_sources src{o.user, o.token, o.client_config, o.host};
+  auto creds = client::resolve_credentials(src);
+  return client::connection::open(*where, creds, {ms(o.connect_timeout), ms(o.timeout)});
+}
+
+int report(const client::client_error& e, bool as_json) {
+  std::fprintf(stderr, "cskit: %s\n", e.what());
+  if (as_json) {
+    json j = {{"error", {{"kind", failure_name(e.kind())}, {"message", e.what()}}}};
+    if (e.code()) j["error"]["code"] = proto::to_wire(*e.code());
+    std::printf("%s\n", j.dump().c_str());
+  }
+  return exit_code_for(e.kind());
+}
+
+}  // namespace
+
+int run_ping(const ping_options& o) {
+  try {
+    auto conn = open(o.common);
+    const auto& g = conn.greeting();
+    if (!o.common.json) {
+      std::printf("PING %s (%s %s \"%s\", protocol %d) as %s: %zu data bytes\n", conn.peer().c_str(),
+                  g.software.c_str(), g.version.c_str(), g.name.c_str(), g.proto, g.user.c_str(), o.size);
+      std::fflush(stdout);
+    }
+    struct sigaction sa {};
+    sa.sa_handler = on_sigint;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, nullptr);
+
+    const std::string payload(o.size, 'p');
+    std::vector<double> rtts;
+    json probes = json::array();
+    long sent = 0;
+    const auto started = clock::now();
+    int result = exit_code::ok;
+    for (long seq = 1; (o.count == 0 || seq <= o.count) && !interrupted; ++seq) {
+      if (seq > 1) {
+        // Sleep in slices so Ctrl-C ends the run promptly.
+        const auto until = clock::now() + ms(o.interval);
+        while (!interrupted && clock::now() < until) {
+          std::this_thread::sleep_for(std::min<clock::duration>(until - clock::now(), std::chrono::milliseconds(50)));
+        }
+        if (interrupted) break;
+      }
+      ++sent;
+      const auto t0 = clock::now();
+      try {
+        proto::frame pong = conn.request({{"type", proto::type::ping}}, payload);
+        const double rtt = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
+        if (pong.type() != proto::type::pong || pong.body != payload) {
+          throw client::client_error(client::failure::protocol, "reply to ping was not a matching pong");
+        }
+        rtts.push_back(rtt);
+        probes.push_back({{"seq", seq}, {"rtt_ms", rtt}});
+        if (!o.common.json && !o.quiet) {
+          std::printf("pong from %s: seq=%ld time=%.3f ms\n", conn.peer().c_str(), seq, rtt);
+          std::fflush(stdout);
+        }
+      } catch (const client::client_error& e) {
+        if (e.kind() != client::failure::timeout) throw;
+        probes.push_back({{"seq", seq}, {"rtt_ms", nullptr}});
+        if (!o.common.json && !o.quiet) std::printf("seq=%ld: no reply within %.1f s\n", seq, o.common.timeout);
+        result = exit_code::timeout;
+      }
+    }
+    const double elapsed = std::chrono::duration<double, std::milli>(clock::now() - started).count();
+    double mn = 0, mx = 0, avg = 0, mdev = 0;
+    if (!rtts.empty()) {
+      mn = *std::min_element(rtts.begin(), rtts.end());
+      mx = *std::max_element(rtts.begin(), rtts.end());
+      double sum = 0, sq = 0;
+      for (double r : rtts) sum += r, sq += r * r;
+      avg = sum / static_cast<double>(rtts.size());
+      mdev = std::sqrt(std::max(0.0, sq / static_cast<double>(rtts.size()) - avg * avg));
+    }
+    const double loss = sent ? 100.0 * static_cast<double>(sent - static_cast<long>(rtts.size())) / static_cast<double>(sent) : 0.0;
+    if (o.common.json) {
+      json j = {{"host", conn.peer()},
+                {"server", {{"software", g.software}, {"version", g.version}, {"name", g.name}, {"proto", g.proto}}},
+                {"user", g.user},
+                {"size", o.size},
+                {"sent", sent},
+                {"received", rtts.size()},
+                {"loss_percent", loss},
+                {"time_ms", elapsed},
+                {"rtt_ms", {{"min", mn}, {"avg", avg}, {"max", mx}, {"mdev", mdev}}},
+                {"probes", probes}};
+      std::printf("%s\n", j.dump().c_str());
+    } else {
+      std::printf("\n--- %s cskit ping statistics ---\n", conn.peer().c_str());
+      std::printf("%ld probes sent, %zu received, %.0f%% lost, time %.0f ms\n", sent, rtts.size(), loss, elapsed);
+      if (!rtts.empty()) std::printf("rtt min/avg/max/mdev = %.3f/%.3f/%.3f/%.3f ms\n", mn, avg, mx, mdev);
+    }
+    conn.close();
+    return result;
+  } catch (const client::client_error& e) {
+    return report(e, o.common.json);
+  }
+}
+
+int run_info(const client_common& o) {
+  try {
+    auto conn = open(o);
+    proto::frame r = conn.request({{"type", proto::type::info}});
+    json& h = r.header;
+    h.erase("type");
+    h.erase("id");
+    h["address"] = conn.peer();
+    if (o.json) {
+      std::printf("%s\n", h.dump().c_str());
+    } else {
+      auto list = [](const json& a) {
+        std::string s;
+        for (const auto& x : a) s += (s.empty() ? "" : ", ") + x.get<std::string>();
+        return s.empty() ? std::string("(none)") : s;
+      };
+      std::printf("server:      %s %s (protocol %d)\n", h.value("server", "").c_str(), h.value("version", "").c_str(),
+                  h.value("proto", 0));
+      std::printf("name:        %s\n", h.value("name", "").c_str());
+      std::printf("address:     %s\n", conn.peer().c_str());
+      std::printf("user:        %s\n", h.value("user", "").c_str());
+      std::printf("permissions: %s\n", list(h.value("permissions", json::array())).c_str());
+      std::printf("services:    %s\n", list(h.value("services", json::array())).c_str());
+    }
+    conn.close();
+    return exit_code::ok;
+  } catch (const client::client_error& e) {
+    return report(e, o.json);
+  }
+}
+
+}  // namespace cskit::app

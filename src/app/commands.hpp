@@ -1,0 +1,55 @@
+#pragma once
+// The CLI's commands. main.cpp parses arguments into these option structs;
+// each run_* returns the process exit code.
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "client/client.hpp"
+#include "server/config.hpp"
+
+namespace cskit::app {
+
+/// Exit codes (documented in README and `cskit help`).
+namespace exit_code {
+inline constexpr int ok = 0;
+inline constexpr int failure = 1;         ///< local failure (cannot listen, bad config, ...)
+inline constexpr int usage = 2;           ///< bad command line
+inline constexpr int connect = 3;         ///< cannot connect / connection lost
+inline constexpr int auth = 4;            ///< authentication failed (either direction)
+inline constexpr int permission = 5;      ///< permission denied
+inline constexpr int protocol = 6;        ///< protocol error or version mismatch
+inline constexpr int remote = 7;          ///< the server reported an error
+inline constexpr int timeout = 8;         ///< no answer in time (ping: a probe was lost)
+}  // namespace exit_code
+
+int exit_code_for(client::failure f) noexcept;
+
+struct client_common {
+  std::string host;
+  std::optional<std::string> user;
+  std::optional<std::string> token;
+  std::string client_config;
+  double connect_timeout = 10;
+  double timeout = 30;
+  bool json = false;
+};
+
+struct ping_options {
+  client_common common;
+  long count = 0;         ///< 0: until interrupted
+  double interval = 1.0;  ///< seconds between probes
+  std::size_t size = 0;   ///< payload bytes per probe
+  bool quiet = false;
+};
+
+int run_ping(const ping_options& o);
+int run_info(const client_common& o);
+
+struct serve_options {
+  server::server_config config;
+  std::string config_file;
+};
+
+}  // namespace cskit::app

@@ -1,0 +1,184 @@
+// cskit: one binary, server and client. This file only wires the command
+// line to the commands; the work happens in the libraries.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include "app/commands.hpp"
+#include "net/endpoint.hpp"
+#include "proto/limits.hpp"
+#include "server/server.hpp"
+#include "version.hpp"
+
+namespace cskit::app {
+
+namespace {
+
+constexpr const char* exit_codes_text = R"(Exit codes:
+  0  success
+  1  local failure (cannot listen, bad configuration, ...)
+  2  usage error
+  3  cannot connect, or the connection was lost
+  4  authentication failed (wrong user/token, or the server failed to prove itself)
+  5  permission denied
+  6  protocol error or version mismatch
+  7  the server reported an error
+  8  timed out (ping: at least one probe got no reply)
+)";
+
+void add_client_options(CLI::App& cmd, client_common& c) {
+  cmd.add_option("host", c.host, "Server as HOST[:PORT] (IPv6 as [ADDR]:PORT); default port 7701")->required();
+  cmd.add_option("--user,-u", c.user, "User name (default: CSKIT_USER, client config, or admin)");
+  cmd.add_option("--token", c.token, "Token (default: CSKIT_TOKEN, then the client config)");
+  cmd.add_option("--client-config", c.client_config, "Client config file (default ~/.config/cskit/client.toml)");
+  cmd.add_option("--connect-timeout", c.connect_timeout, "Seconds to wait for the connection")
+      ->check(CLI::Range(0.1, 3600.0));
+  cmd.add_option("--timeout,-W", c.timeout, "Seconds to wait for each reply")->check(CLI::Range(0.1, 3600.0));
+  cmd.add_flag("--json", c.json, "Print one JSON object instead of text");
+}
+
+int run_serve_impl(serve_options o, CLI::App& cmd) {
+  server::server_config cfg;
+  try {
+    if (!o.config_file.empty()) cfg = server::load_config_file(o.config_file);
+  } catch (const server::config_error& e) {
+    std::fprintf(stderr, "cskit serve: %s\n", e.what());
+    return exit_code::failure;
+  }
+  // Flags given on the command line override the file.
+  const auto& f = o.config;
+  if (cmd.count("--listen")) cfg.listen = f.listen;
+  if (cmd.count("--root")) cfg.root = f.root;
+  if (cmd.count("--state-dir")) cfg.state_dir = f.state_dir;
+  if (cmd.count("--name")) cfg.name = f.name;
+  if (cmd.count("--threads")) cfg.threads = f.threads;
+  if (cmd.count("--max-connections")) cfg.max_connections = f.max_connections;
+  if (cmd.count("--idle-timeout")) cfg.idle_timeout = f.idle_timeout;
+  if (cmd.count("--handshake-timeout")) cfg.handshake_timeout = f.handshake_timeout;
+  if (cmd.count("--frame-timeout")) cfg.frame_timeout = f.frame_timeout;
+  if (cmd.count("--grace")) cfg.grace = f.grace;
+  if (cmd.count("--log-level")) cfg.log_level = f.log_level;
+
+  auto level = spdlog::level::from_str(cfg.log_level);
+  if (level == spdlog::level::off && cfg.log_level != "off") {
+    std::fprintf(stderr, "cskit serve: unknown log level '%s' (trace, debug, info, warn, error, critical, off)\n",
+                 cfg.log_level.c_str());
+    return exit_code::usage;
+  }
+  spdlog::set_level(level);
+  try {
+    server::run_server(std::move(cfg));
+  } catch (const server::config_error& e) {
+    std::fprintf(stderr, "cskit serve: %s\n", e.what());
+    return exit_code::failure;
+  } catch (const std::system_error& e) {
+    std::fprintf(stderr, "cskit serve: %s\n", e.what());
+    return exit_code::failure;
+  }
+  return exit_code::ok;
+}
+
+}  // namespace
+
+int main_impl(int argc, char** argv) {
+  auto logger = spdlog::stderr_color_mt("cskit");
+  spdlog::set_default_logger(logger);
+  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+
+  CLI::App app{"cskit: file transfer, remote execution, chat, UDP echo/ping and time over one protocol", "cskit"};
+  app.footer(exit_codes_text);
+  app.set_version_flag("--version", std::string("cskit ") + cskit_version + " (protocol " +
+                                        std::to_string(proto::protocol_version) + ")");
+  app.require_subcommand(1);
+
+  // serve
+  serve_options serve;
+  std::chrono::seconds::rep idle = 300, handshake = 10, frame = 30, grace = 5;
+  std::string root, state_dir;
+  auto* serve_cmd = app.add_subcommand("serve", "Run the server (binds 127.0.0.1:7701 unless told otherwise)");
+  serve_cmd->add_option("--listen,-l", serve.config.listen, "ADDR:PORT to listen on (port 0: any free port)");
+  serve_cmd->add_option("--root,-r", root, "Directory to share (default: <state dir>/share)");
+  serve_cmd->add_option("--config,-c", serve.config_file, "TOML config file (users, limits); flags override it")
+      ->check(CLI::ExistingFile);
+  serve_cmd->add_option("--state-dir", state_dir, "Where the generated admin token lives (default ~/.local/state/cskit)");
+  serve_cmd->add_option("--name", serve.config.name, "Server name shown to clients (default: host name)");
+  serve_cmd->add_option("--threads,-t", serve.config.threads, "Event-loop threads (default: one per core)")
+      ->check(CLI::Range(1, 1024));
+  serve_cmd->add_option("--max-connections", serve.config.max_connections, "Connections served at once")
+      ->check(CLI::Range(1, 1000000));
+  serve_cmd->add_option("--idle-timeout", idle, "Seconds without a frame before a session is closed")
+      ->check(CLI::Range(1, 604800));
+  serve_cmd->add_option("--handshake-timeout", handshake, "Seconds a client has to authenticate")
+      ->check(CLI::Range(1, 3600));
+  serve_cmd->add_option("--frame-timeout", frame, "Seconds to finish a frame once it has started")
+      ->check(CLI::Range(1, 3600));
+  serve_cmd->add_option("--grace", grace, "Seconds sessions get to finish on SIGINT/SIGTERM")
+      ->check(CLI::Range(0, 3600));
+  serve_cmd->add_option("--log-level", serve.config.log_level, "trace, debug, info, warn, error, critical, off");
+
+  // ping
+  ping_options ping;
+  auto* ping_cmd = app.add_subcommand("ping", "Authenticate, then measure round trips with ping frames");
+  add_client_options(*ping_cmd, ping.common);
+  ping_cmd->add_option("--count,-c", ping.count, "Probes to send (default: until Ctrl-C)")->check(CLI::Range(0L, 100000000L));
+  ping_cmd->add_option("--interval,-i", ping.interval, "Seconds between probes (default 1)")
+      ->check(CLI::Range(0.0, 3600.0));
+  ping_cmd->add_option("--size,-s", ping.size, "Payload bytes per probe (default 0)")
+      ->check(CLI::Range(std::size_t{0}, static_cast<std::size_t>(proto::max_body_size)));
+  ping_cmd->add_flag("--quiet,-q", ping.quiet, "Only print the summary");
+
+  // info
+  client_common info;
+  auto* info_cmd = app.add_subcommand("info", "Show the server's name, version, services and your permissions");
+  add_client_options(*info_cmd, info);
+
+  // help
+  std::vector<std::string> help_topic;
+  auto* help_cmd = app.add_subcommand("help", "Show help for cskit or for one command");
+  help_cmd->add_option("command", help_topic, "Command to describe");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int rc = app.exit(e);
+    return rc == 0 ? exit_code::ok : exit_code::usage;
+  }
+
+  if (*help_cmd) {
+    if (help_topic.empty()) {
+      std::printf("%s", app.help().c_str());
+      return exit_code::ok;
+    }
+    try {
+      std::printf("%s", app.get_subcommand(help_topic.front())->help().c_str());
+      return exit_code::ok;
+    } catch (const CLI::OptionNotFound&) {
+      std::fprintf(stderr, "cskit: no command '%s'; try 'cskit help'\n", help_topic.front().c_str());
+      return exit_code::usage;
+    }
+  }
+  if (*serve_cmd) {
+    serve.config.idle_timeout = std::chrono::seconds(idle);
+    serve.config.handshake_timeout = std::chrono::seconds(handshake);
+    serve.config.frame_timeout = std::chrono::seconds(frame);
+    serve.config.grace = std::chrono::seconds(grace);
+    serve.config.root = root;
+    serve.config.state_dir = state_dir;
+    return run_serve_impl(std::move(serve), *serve_cmd);
+  }
+  if (*ping_cmd) return run_ping(ping);
+  if (*info_cmd) return run_info(info);
+  return exit_code::usage;
+}
+
+}  // namespace cskit::app
+
+int main(int argc, char** argv) {
+  try {
+    return cskit::app::main_impl(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "cskit: %s\n", e.what());
+    return cskit::app::exit_code::failure;
+  }
+}

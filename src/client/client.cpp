@@ -1,0 +1,350 @@
+#include "client/client.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <boost/asio/connect.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/write.hpp>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <toml++/toml.h>
+
+#include "proto/auth.hpp"
+#include "proto/messages.hpp"
+#include "util/paths.hpp"
+
+namespace cskit::client {
+
+namespace asio = boost::asio;
+using asio::ip::tcp;
+using boost::system::error_code;
+using proto::json;
+
+client_error error_from_frame(const proto::frame& f) {
+  const std::string code_name = f.header.value("code", "");
+  const std::string message = f.header.value("message", "the server reported an error");
+  auto code = proto::errc_from_wire(code_name);
+  failure kind = failure::remote;
+  if (code) {
+    switch (*code) {
+      case proto::errc::auth_failed: kind = failure::auth; break;
+      case proto::errc::permission_denied: kind = failure::permission; break;
+      case proto::errc::too_many_connections:
+      case proto::errc::shutting_down: kind = failure::connect; break;
+      case proto::errc::handshake_timeout:
+      case proto::errc::idle_timeout:
+      case proto::errc::frame_timeout: kind = failure::timeout; break;
+      case proto::errc::header_too_large:
+      case proto::errc::empty_header:
+      case proto::errc::invalid_utf8:
+      case proto::errc::bad_json:
+      case proto::errc::header_not_object:
+      case proto::errc::missing_type:
+      case proto::errc::bad_body_length:
+      case proto::errc::body_too_large:
+      case proto::errc::bad_id:
+      case proto::errc::handshake_required:
+      case proto::errc::unsupported_version: kind = failure::protocol; break;
+      default: break;
+    }
+  }
+  return client_error(kind, "server: " + message + (code_name.empty() ? "" : " [" + code_name + "]"), code);
+}
+
+struct connection::impl {
+  asio::io_context ioc{1};
+  tcp::socket socket{ioc};
+  tcp::resolver resolver{ioc};
+  connect_options opts;
+  server_greeting greeting;
+  std::string peer;
+  std::uint64_t last_id = 0;
+  proto::frame_decoder decoder;
+  std::unique_ptr<char[]> rbuf{new char[64 * 1024]};
+  std::size_t rpos = 0, rlen = 0;
+  std::string wbuf;
+
+  // Runs one asynchronous operation to completion or until the deadline.
+  template <class Start>
+  error_code run(Start start, std::chrono::milliseconds timeout, const std::string& what) {
+    bool done = false;
+    error_code result;
+    start([&](const error_code& ec, auto&&...) {
+      result = ec;
+      done = true;
+    });
+    ioc.restart();
+    ioc.run_for(timeout);
+    if (!done) {
+      error_code ignored;
+      socket.cancel(ignored);
+      resolver.cancel();
+      ioc.restart();
+      ioc.run();
+      throw client_error(failure::timeout, what + ": no answer within " + std::to_string(timeout.count()) + " ms");
+    }
+    return result;
+  }
+
+  void connect(const net::host_port& where) {
+    tcp::resolver::results_type endpoints;
+    error_code ec = run(
+        [&](auto handler) {
+          resolver.async_resolve(where.host, std::to_string(where.port),
+                                 [&, handler](const error_code& e, tcp::resolver::results_type r) mutable {
+                                   endpoints = std::move(r);
+                                   handler(e);
+                                 });
+        },
+        opts.connect_timeout, "resolving " + where.host);
+    if (ec) throw client_error(failure::connect, "cannot resolve '" + where.host + "': " + ec.message());
+    tcp::endpoint connected;
+    ec = run(
+        [&](auto handler) {
+          asio::async_connect(socket, endpoints, [&, handler](const error_code& e, const tcp::endpoint& ep) mutable {
+            connected = ep;
+            handler(e);
+          });
+        },
+        opts.connect_timeout, "connecting to " + net::format_host_port(where.host, where.port));
+    if (ec) {
+      throw client_error(failure::connect, "cannot connect to " + net::format_host_port(where.host, where.port) +
+                                               ": " + ec.message() + " (is `cskit serve` running there?)");
+    }
+    socket.set_option(tcp::no_delay(true), ec);
+    peer = net::format_host_port(connected.address().to_string(), connected.port());
+  }
+
+  void write(const json& header, std::string_view body) {
+    wbuf.clear();
+    proto::errc e = proto::encode_frame(wbuf, header, body);
+    if (e != proto::errc::ok) {
+      throw client_error(failure::protocol, "cannot encode frame: " + std::string(proto::default_message(e)), e);
+    }
+    error_code ec = run([&](auto handler) { asio::async_write(socket, asio::buffer(wbuf), handler); },
+                        opts.io_timeout, "sending to " + peer);
+    if (ec) throw client_error(failure::connect, "connection to " + peer + " lost: " + ec.message());
+  }
+
+  proto::frame read_frame() {
+    proto::frame f;
+    for (;;) {
+      if (rpos < rlen) {
+        std::string_view in(rbuf.get() + rpos, rlen - rpos);
+        auto st = decoder.decode(in, f);
+        rpos = rlen - in.size();
+        if (st == proto::frame_decoder::status::frame) return f;
+        if (st == proto::frame_decoder::status::error) {
+          throw client_error(failure::protocol,
+                             "bad frame from " + peer + ": " + std::string(proto::default_message(decoder.error())),
+                             decoder.error());
+        }
+      }
+      std::size_t n = 0;
+      error_code ec = run(
+          [&](auto handler) {
+            socket.async_read_some(asio::buffer(rbuf.get(), 64 * 1024),
+                                   [&, handler](const error_code& e, std::size_t got) mutable {
+                                     n = got;
+                                     handler(e);
+                                   });
+          },
+          opts.io_timeout, "waiting for " + (peer.empty() ? std::string("server") : peer));
+      if (ec) {
+        throw client_error(failure::connect, ec == asio::error::eof
+                                                 ? "connection closed by " + peer
+                                                 : "connection to " + peer + " lost: " + ec.message());
+      }
+      rpos = 0;
+      rlen = n;
+    }
+  }
+
+  proto::frame receive() {
+    for (;;) {
+      proto::frame f = read_frame();
+      const auto type = f.type();
+      if (type == proto::type::ping) {
+        json pong = {{"type", proto::type::pong}};
+        if (auto id = f.id()) pong["id"] = *id;
+        write(pong, f.body);
+        continue;
+      }
+      if (type == proto::type::bye) {
+        throw client_error(failure::connect, "server closed the session: " + f.header.value("message", "bye"));
+      }
+      if (type == proto::type::error && !f.id()) throw error_from_frame(f);
+      return f;
+    }
+  }
+
+  void handshake(const credentials& creds) {
+    proto::frame hello = read_frame();
+    if (hello.type() == proto::type::error) throw error_from_frame(hello);
+    if (hello.type() != proto::type::hello) {
+      throw client_error(failure::protocol, "expected 'hello' from " + peer + ", got '" +
+                                                std::string(hello.type()) + "' (is this a cskit server?)");
+    }
+    const json& h = hello.header;
+    greeting.proto = h.value("proto", 0);
+    greeting.software = h.value("server", "");
+    greeting.version = h.value("version", "");
+    greeting.name = h.value("name", "");
+    if (greeting.proto != proto::protocol_version) {
+      throw client_error(failure::protocol,
+                         "server speaks protocol version " + std::to_string(greeting.proto) +
+                             ", this client speaks " + std::to_string(proto::protocol_version) +
+                             ": upgrade the older side",
+                         proto::errc::unsupported_version);
+    }
+    auto server_nonce = proto::from_hex<proto::nonce_size>(h.value("nonce", ""));
+    if (!server_nonce) throw client_error(failure::protocol, "server hello carries no valid nonce");
+
+    const auto client_nonce = proto::random_nonce();
+    const auto proof =
+        proto::compute_proof(proto::proof_role::client, creds.token, creds.user, *server_nonce, client_nonce);
+    const std::uint64_t id = ++last_id;
+    write({{"type", proto::type::auth},
+           {"id", id},
+           {"proto", proto::protocol_version},
+           {"user", creds.user},
+           {"nonce", proto::to_hex(client_nonce)},
+           {"proof", proto::to_hex(proof)}},
+          {});
+    proto::frame reply = read_frame();
+    if (reply.type() == proto::type::error) {
+      client_error e = error_from_frame(reply);
+      if (e.kind() == failure::auth) {
+        throw client_error(failure::auth,
+                           "authentication failed for user '" + creds.user + "' at " + peer +
+                               ": check --user and the token (--token, CSKIT_TOKEN or the client config)",
+                           e.code());
+      }
+      throw e;
+    }
+    if (reply.type() != proto::type::welcome) {
+      throw client_error(failure::protocol, "expected 'welcome', got '" + std::string(reply.type()) + "'");
+    }
+    auto server_proof = proto::from_hex<32>(reply.header.value("proof", ""));
+    const auto expected =
+        proto::compute_proof(proto::proof_role::server, creds.token, creds.user, *server_nonce, client_nonce);
+    if (!server_proof || !proto::proofs_equal(*server_proof, expected)) {
+      throw client_error(failure::auth, "the server at " + peer +
+                                            " could not prove it knows your token: it may not be the server "
+                                            "you meant to reach; nothing was sent");
+    }
+    greeting.user = reply.header.value("user", creds.user);
+    greeting.permissions = reply.header.value("permissions", std::vector<std::string>{});
+  }
+};
+
+connection::connection(std::unique_ptr<impl> p) : impl_(std::move(p)) {}
+connection::connection(connection&&) noexcept = default;
+connection& connection::operator=(connection&&) noexcept = default;
+connection::~connection() = default;
+
+connection connection::open(const net::host_port& where, const credentials& creds, const connect_options& opts) {
+  if (creds.token.empty()) {
+    throw client_error(failure::auth, "no token: give --token, set CSKIT_TOKEN, or put token = \"...\" in " +
+                                          util::default_client_config().string());
+  }
+  auto p = std::make_unique<impl>();
+  p->opts = opts;
+  p->connect(where);
+  p->handshake(creds);
+  return connection(std::move(p));
+}
+
+const server_greeting& connection::greeting() const noexcept { return impl_->greeting; }
+const std::string& connection::peer() const noexcept { return impl_->peer; }
+std::uint64_t connection::next_id() noexcept { return ++impl_->last_id; }
+void connection::send(const json& header, std::string_view body) { impl_->write(header, body); }
+proto::frame connection::receive() { return impl_->receive(); }
+
+proto::frame connection::request(json header, std::string_view body) {
+  const std::uint64_t id = next_id();
+  header["id"] = id;
+  impl_->write(header, body);
+  for (;;) {
+    proto::frame f = impl_->receive();
+    if (f.id() != id) continue;  // a stray reply to an abandoned request
+    if (f.type() == proto::type::error) throw error_from_frame(f);
+    return f;
+  }
+}
+
+void connection::close() noexcept {
+  if (!impl_) return;
+  error_code ec;
+  impl_->socket.shutdown(tcp::socket::shutdown_both, ec);
+  impl_->socket.close(ec);
+}
+
+std::filesystem::path default_client_config() { return util::default_client_config(); }
+
+namespace {
+
+std::optional<std::string> env(const char* name) {
+  const char* v = std::getenv(name);
+  if (v && *v) return std::string(v);
+  return std::nullopt;
+}
+
+std::optional<std::string> read_private_token(const std::filesystem::path& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) return std::nullopt;
+  struct stat st {};
+  char buf[256];
+  ssize_t n = (::fstat(fd, &st) == 0 && !(st.st_mode & (S_IRWXG | S_IRWXO))) ? ::read(fd, buf, sizeof buf) : -1;
+  ::close(fd);
+  if (n <= 0) return std::nullopt;
+  std::string t(buf, static_cast<std::size_t>(n));
+  while (!t.empty() && (t.back() == '\n' || t.back() == '\r' || t.back() == ' ')) t.pop_back();
+  if (t.empty()) return std::nullopt;
+  return t;
+}
+
+}  // namespace
+
+credentials resolve_credentials(const credential_sources& src) {
+  std::optional<std::string> user = src.flag_user ? src.flag_user : env("CSKIT_USER");
+  std::optional<std::string> token = src.flag_token ? src.flag_token : env("CSKIT_TOKEN");
+
+  const auto path = src.config_file.empty() ? default_client_config() : src.config_file;
+  if ((!user || !token) && !path.empty()) {
+    std::error_code ec;
+    if (std::filesystem::exists(path, ec)) {
+      toml::table doc;
+      try {
+        doc = toml::parse_file(path.string());
+      } catch (const toml::parse_error& e) {
+        std::ostringstream os;
+        os << path.string() << ":" << e.source().begin.line << ": " << e.description();
+        throw client_error(failure::auth, os.str());
+      }
+      if (const auto* host = doc["hosts"][src.host_key].as_table()) {
+        if (!user) user = (*host)["user"].value<std::string>();
+        if (!token) token = (*host)["token"].value<std::string>();
+      }
+      if (!user) user = doc["user"].value<std::string>();
+      if (!token) token = doc["token"].value<std::string>();
+    } else if (!src.config_file.empty()) {
+      throw client_error(failure::auth, "client config " + path.string() + " does not exist");
+    }
+  }
+  credentials c;
+  if (user) c.user = *user;
+  if (token) {
+    c.token = *token;
+  } else if (c.user == "admin") {
+    // Same machine, same account as a default `cskit serve`: use its token.
+    if (auto t = read_private_token(util::default_state_dir() / "admin.token")) c.token = *t;
+  }
+  return c;
+}
+
+}  // namespace cskit::client

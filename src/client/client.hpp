@@ -1,0 +1,112 @@
+#pragma once
+// The cskit client library: connect, authenticate both ways, exchange
+// frames. Blocking calls with a deadline on every wait; Asio stays behind
+// this header so the CLI compiles fast.
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "net/endpoint.hpp"
+#include "proto/frame.hpp"
+
+namespace cskit::client {
+
+/// What went wrong, at the level a user (and an exit code) cares about.
+enum class failure {
+  connect,     ///< resolve/connect failed, or the connection was lost
+  auth,        ///< the server refused our proof, or failed to prove itself
+  permission,  ///< authenticated, but not allowed
+  protocol,    ///< the peer broke the protocol, or versions differ
+  remote,      ///< the server answered a request with an error
+  timeout,     ///< no answer within the deadline
+};
+
+class client_error : public std::runtime_error {
+ public:
+  client_error(failure kind, const std::string& message, std::optional<proto::errc> code = {})
+      : std::runtime_error(message), kind_(kind), code_(code) {}
+  failure kind() const noexcept { return kind_; }
+  std::optional<proto::errc> code() const noexcept { return code_; }
+
+ private:
+  failure kind_;
+  std::optional<proto::errc> code_;
+};
+
+struct credentials {
+  std::string user = "admin";
+  std::string token;
+};
+
+struct connect_options {
+  std::chrono::milliseconds connect_timeout{std::chrono::seconds(10)};
+  /// Deadline for each wait on an established connection (handshake, replies).
+  std::chrono::milliseconds io_timeout{std::chrono::seconds(30)};
+};
+
+struct server_greeting {
+  int proto = 0;
+  std::string software;
+  std::string version;
+  std::string name;
+  std::string user;
+  std::vector<std::string> permissions;
+};
+
+class connection {
+ public:
+  /// Connects to `where`, checks the server's hello, authenticates, and
+  /// verifies the server's proof. Throws client_error.
+  static connection open(const net::host_port& where, const credentials& creds, const connect_options& opts = {});
+
+  connection(connection&&) noexcept;
+  connection& operator=(connection&&) noexcept;
+  ~connection();
+
+  const server_greeting& greeting() const noexcept;
+  /// The address actually connected to, e.g. "127.0.0.1:7701".
+  const std::string& peer() const noexcept;
+
+  /// A fresh request id.
+  std::uint64_t next_id() noexcept;
+  /// Writes one frame (blocking, with io_timeout).
+  void send(const proto::json& header, std::string_view body = {});
+  /// Returns the next frame addressed to us. Answers the server's own
+  /// `ping` frames transparently. A fatal `error` (no id) or `bye` from the
+  /// server throws client_error.
+  proto::frame receive();
+  /// Sends `header` with a new id and returns the reply with that id. An
+  /// `error` reply throws client_error (kind from its code).
+  proto::frame request(proto::json header, std::string_view body = {});
+  void close() noexcept;
+
+ private:
+  struct impl;
+  explicit connection(std::unique_ptr<impl> p);
+  std::unique_ptr<impl> impl_;
+};
+
+/// Maps an `error` frame to the client_error a caller should see.
+client_error error_from_frame(const proto::frame& f);
+
+/// Where credentials come from, in order: the flags, CSKIT_USER and
+/// CSKIT_TOKEN, the client config file (per-host table first, then
+/// top-level keys), and finally, for the admin user only, the local
+/// server's token file (<state dir>/admin.token) when it is readable.
+struct credential_sources {
+  std::optional<std::string> flag_user;
+  std::optional<std::string> flag_token;
+  std::filesystem::path config_file;  ///< empty: default_client_config()
+  std::string host_key;               ///< "host:port" as typed, for [hosts."..."]
+};
+credentials resolve_credentials(const credential_sources& src);
+std::filesystem::path default_client_config();
+
+}  // namespace cskit::client

@@ -1,0 +1,306 @@
+#include "net/connection.hpp"
+
+#include "net/endpoint.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+namespace cskit::net {
+
+namespace asio = boost::asio;
+using asio::ip::tcp;
+using boost::system::error_code;
+
+namespace {
+
+constexpr std::size_t read_chunk = 64 * 1024;
+constexpr int max_reads_per_wakeup = 8;  // fairness between connections on a loop
+
+char* thread_read_buffer() {
+  // One buffer per loop thread, shared by all its connections: the reader
+  // decodes everything it reads before it next suspends, so no connection
+  // ever leaves bytes in it.
+  thread_local std::unique_ptr<char[]> buf(new char[read_chunk]);
+  return buf.get();
+}
+
+}  // namespace
+
+void frame_handler::on_shutdown(connection& c) {
+  c.send({{"type", "bye"}, {"code", "shutting_down"}, {"message", "server is shutting down"}});
+  c.close_after_flush("server shutdown");
+}
+
+connection::connection(tcp::socket socket, const connection_limits& limits,
+                       std::unique_ptr<frame_handler> handler)
+    : executor_(socket.get_executor()),
+      socket_(std::move(socket)),
+      limits_(limits),
+      handler_(std::move(handler)),
+      watchdog_timer_(executor_),
+      writer_wake_(executor_),
+      reader_wake_(executor_) {
+  error_code ec;
+  auto ep = socket_.remote_endpoint(ec);
+  if (!ec) {
+    peer_address_ = ep.address().to_string();
+    peer_ = format_host_port(peer_address_, ep.port());
+  } else {
+    peer_address_ = peer_ = "(unknown)";
+  }
+}
+
+connection::~connection() = default;
+
+void connection::start(std::function<void(connection&)> on_finished) {
+  on_finished_ = std::move(on_finished);
+  error_code ec;
+  socket_.non_blocking(true, ec);
+  socket_.set_option(tcp::no_delay(true), ec);
+  opened_ = last_activity_ = clock::now();
+  running_ = 3;
+  auto self = shared_from_this();
+  auto done = [self](std::exception_ptr e) {
+    if (e) {
+      try {
+        std::rethrow_exception(e);
+      } catch (const std::exception& ex) {
+        spdlog::error("connection {}: internal error: {}", self->peer_, ex.what());
+      }
+      self->close_now("internal error");
+    }
+    self->coroutine_done();
+  };
+  asio::co_spawn(executor_, read_loop(), done);
+  asio::co_spawn(executor_, write_loop(), done);
+  asio::co_spawn(executor_, watchdog(), done);
+}
+
+void connection::coroutine_done() {
+  if (--running_ > 0) return;
+  handler_->on_close(*this, close_reason_);
+  if (on_finished_) {
+    auto f = std::move(on_finished_);
+    f(*this);
+  }
+}
+
+void connection::wake(asio::steady_timer& t) noexcept { t.cancel(); }
+
+bool connection::send(const proto::json& header, std::string_view body) {
+  if (state_ != state::open) return false;
+  if (queued_bytes() + body.size() > limits_.send_queue_max) {
+    spdlog::warn("connection {}: send queue above {} bytes, peer is not reading; closing", peer_,
+                 limits_.send_queue_max);
+    close_now("send queue overflow");
+    return false;
+  }
+  proto::errc e = proto::encode_frame(pending_, header, body);
+  if (e != proto::errc::ok) {
+    spdlog::error("connection {}: cannot encode frame: {}", peer_, proto::default_message(e));
+    return false;
+  }
+  if (writer_waiting_) wake(writer_wake_);
+  return true;
+}
+
+void connection::fail(proto::errc code, std::string_view message, std::optional<std::uint64_t> id,
+                      std::chrono::milliseconds delay) {
+  if (state_ != state::open || delayed_error_) return;
+  auto err = proto::make_error(code, message, id);
+  if (delay.count() > 0) {
+    delayed_error_ = std::move(err);
+    delayed_error_at_ = clock::now() + delay;
+    if (delayed_error_at_ < watchdog_armed_for_) wake(watchdog_timer_);
+    return;
+  }
+  (void)proto::encode_frame(pending_, err, {});
+  close_after_flush(proto::to_wire(code));
+}
+
+void connection::close_after_flush(std::string_view reason) {
+  if (state_ != state::open) return;
+  state_ = state::draining;
+  if (close_reason_.empty()) close_reason_ = reason;
+  linger_until_ = clock::now() + limits_.linger_timeout;
+  wake(writer_wake_);
+  wake(reader_wake_);
+  wake(watchdog_timer_);
+}
+
+void connection::close_now(std::string_view reason) {
+  if (state_ == state::closed) return;
+  state_ = state::closed;
+  if (close_reason_.empty()) close_reason_ = reason;
+  error_code ec;
+  socket_.close(ec);
+  wake(watchdog_timer_);
+  wake(writer_wake_);
+  wake(reader_wake_);
+}
+
+void connection::set_authenticated() noexcept {
+  authenticated_ = true;
+  last_activity_ = clock::now();
+}
+
+void connection::begin_shutdown() {
+  if (state_ == state::open) handler_->on_shutdown(*this);
+}
+
+void connection::process(std::string_view in) {
+  const auto now = clock::now();
+  proto::frame f;
+  while (!in.empty() && state_ == state::open && !delayed_error_) {
+    if (!decoder_.mid_frame()) frame_started_ = now;
+    auto st = decoder_.decode(in, f);
+    if (st == proto::frame_decoder::status::need_more) return;
+    if (st == proto::frame_decoder::status::error) {
+      spdlog::info("connection {}: protocol error: {}", peer_, proto::default_message(decoder_.error()));
+      fail(decoder_.error());
+      return;
+    }
+    last_activity_ = now;
+    handler_->on_frame(*this, std::move(f));
+  }
+}
+
+asio::awaitable<void> connection::read_loop() {
+  handler_->on_open(*this);
+  char* buf = thread_read_buffer();
+  error_code ec;
+  while (state_ != state::closed) {
+    if (state_ == state::open && queued_bytes() > limits_.send_queue_high) {
+      // Backpressure: take no more requests until the peer reads replies.
+      reader_waiting_ = true;
+      reader_wake_.expires_at(clock::time_point::max());
+      co_await reader_wake_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      reader_waiting_ = false;
+      continue;
+    }
+    co_await socket_.async_wait(tcp::socket::wait_read, asio::redirect_error(asio::use_awaitable, ec));
+    if (ec || state_ == state::closed) break;
+    for (int i = 0; i < max_reads_per_wakeup && state_ != state::closed; ++i) {
+      std::size_t n = socket_.read_some(asio::buffer(buf, read_chunk), ec);
+      if (ec == asio::error::would_block || ec == asio::error::try_again) break;
+      if (ec) {
+        if (state_ == state::open && decoder_.mid_frame()) {
+          spdlog::info("connection {}: peer closed the connection in the middle of a frame", peer_);
+        }
+        if (ec == asio::error::eof) peer_eof_ = true;
+        if (ec == asio::error::eof && state_ == state::open) {
+          // Half-close: the peer may still read our replies.
+          close_after_flush("peer closed");
+        } else {
+          close_now(ec == asio::error::eof ? "peer closed" : ec.message());
+        }
+        break;
+      }
+      if (state_ == state::open) process(std::string_view(buf, n));  // draining: discard
+      if (n < read_chunk) break;
+    }
+    if (ec && ec != asio::error::would_block && ec != asio::error::try_again) break;
+  }
+  // Wait for the other coroutines only through running_.
+}
+
+asio::awaitable<void> connection::write_loop() {
+  error_code ec;
+  for (;;) {
+    if (pending_.empty()) {
+      if (state_ != state::open) break;
+      writer_waiting_ = true;
+      writer_wake_.expires_at(clock::time_point::max());
+      co_await writer_wake_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      writer_waiting_ = false;
+      continue;
+    }
+    if (state_ == state::closed) break;
+    inflight_.swap(pending_);
+    inflight_left_ = inflight_.size();
+    writing_ = true;
+    write_progress_ = clock::now();
+    std::size_t off = 0;
+    while (off < inflight_.size()) {
+      std::size_t n = co_await socket_.async_write_some(asio::buffer(inflight_.data() + off, inflight_.size() - off),
+                                                        asio::redirect_error(asio::use_awaitable, ec));
+      if (ec) break;
+      off += n;
+      inflight_left_ -= n;
+      write_progress_ = clock::now();
+    }
+    writing_ = false;
+    inflight_left_ = 0;
+    inflight_.clear();
+    if (inflight_.capacity() > 64 * 1024) std::string().swap(inflight_);
+    if (ec) {
+      close_now(state_ == state::closed ? close_reason_ : "write failed: " + ec.message());
+      break;
+    }
+    if (pending_.empty() && pending_.capacity() > 64 * 1024) std::string().swap(pending_);
+    if (reader_waiting_ && queued_bytes() <= limits_.send_queue_high / 2) wake(reader_wake_);
+  }
+  if (state_ == state::draining) {
+    // Everything is flushed: send FIN, then let the reader drain the peer's
+    // remaining bytes until EOF or linger_timeout, so that closing does not
+    // turn into a reset that could destroy our last frame in flight.
+    socket_.shutdown(tcp::socket::shutdown_send, ec);
+    if (peer_eof_) close_now(close_reason_);
+  }
+}
+
+clock::time_point connection::next_deadline(clock::time_point now, proto::errc& why) const noexcept {
+  auto best = clock::time_point::max();
+  why = proto::errc::ok;
+  auto consider = [&](clock::time_point t, proto::errc w) {
+    if (t < best) best = t, why = w;
+  };
+  if (delayed_error_) consider(delayed_error_at_, proto::errc::auth_failed);
+  if (state_ == state::draining) consider(linger_until_, proto::errc::shutting_down);
+  if (writing_) consider(write_progress_ + limits_.write_timeout, proto::errc::overloaded);
+  if (state_ == state::open && !delayed_error_) {
+    if (!authenticated_) consider(opened_ + limits_.handshake_timeout, proto::errc::handshake_timeout);
+    if (decoder_.mid_frame()) consider(frame_started_ + limits_.frame_timeout, proto::errc::frame_timeout);
+    if (authenticated_ && !decoder_.mid_frame()) consider(last_activity_ + limits_.idle_timeout, proto::errc::idle_timeout);
+  }
+  (void)now;
+  return best;
+}
+
+asio::awaitable<void> connection::watchdog() {
+  error_code ec;
+  // Deadlines that start later (a frame begun, a write begun) are never
+  // earlier than now + min(frame_timeout, write_timeout), so sleeping at most
+  // that long means nobody has to re-arm this timer on the hot path.
+  const auto max_sleep = std::min(limits_.frame_timeout, limits_.write_timeout);
+  while (state_ != state::closed) {
+    const auto now = clock::now();
+    proto::errc why;
+    const auto due = next_deadline(now, why);
+    if (due <= now) {
+      if (delayed_error_ && delayed_error_at_ <= now) {
+        auto err = std::move(*delayed_error_);
+        delayed_error_.reset();
+        (void)proto::encode_frame(pending_, err, {});
+        close_after_flush(err.value("code", "error"));
+      } else if (why == proto::errc::shutting_down) {
+        close_now(close_reason_.empty() ? "linger timeout" : close_reason_);
+      } else if (why == proto::errc::overloaded) {
+        spdlog::info("connection {}: write made no progress for {} ms; closing", peer_, limits_.write_timeout.count());
+        close_now("write timeout");
+      } else {
+        spdlog::info("connection {}: {}", peer_, proto::default_message(why));
+        fail(why);
+      }
+      continue;
+    }
+    watchdog_armed_for_ = std::min(due, now + max_sleep);
+    watchdog_timer_.expires_at(watchdog_armed_for_);
+    co_await watchdog_timer_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  }
+}
+
+}  // namespace cskit::net

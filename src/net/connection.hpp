@@ -1,0 +1,147 @@
+#pragma once
+// A server-side framed connection: one reader, one writer and one watchdog
+// coroutine, all on the connection's own single-threaded io_context, so the
+// connection needs no locks. Every member function must be called on that
+// thread (from the handler's callbacks, or via post(executor(), ...)).
+//
+// Memory: an idle connection holds no read buffer (the reader waits for
+// readability, then reads into a per-thread buffer and decodes at once) and
+// no write buffer (released when the queue drains).
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "proto/frame.hpp"
+
+namespace cskit::net {
+
+using clock = std::chrono::steady_clock;
+
+struct connection_limits {
+  std::chrono::milliseconds handshake_timeout{std::chrono::seconds(10)};
+  std::chrono::milliseconds idle_timeout{std::chrono::seconds(300)};
+  std::chrono::milliseconds frame_timeout{std::chrono::seconds(30)};
+  /// A write that makes no progress for this long means the peer stopped reading.
+  std::chrono::milliseconds write_timeout{std::chrono::seconds(30)};
+  /// Time to flush a final error frame before the socket is closed anyway.
+  std::chrono::milliseconds linger_timeout{std::chrono::seconds(2)};
+  /// The reader stops taking requests while more than this is queued to send.
+  std::size_t send_queue_high = 4u << 20;
+  /// Hard bound: a send that would exceed it closes the connection (overloaded).
+  std::size_t send_queue_max = 64u << 20;
+};
+
+class connection;
+
+/// The session logic behind a connection (server/session.hpp implements it).
+/// All callbacks run on the connection's thread.
+class frame_handler {
+ public:
+  virtual ~frame_handler() = default;
+  virtual void on_open(connection& c) = 0;
+  virtual void on_frame(connection& c, proto::frame&& f) = 0;
+  /// Graceful server shutdown has begun; default: send `bye`, flush, close.
+  virtual void on_shutdown(connection& c);
+  /// Called exactly once, after the socket is closed.
+  virtual void on_close(connection& c, std::string_view reason) = 0;
+};
+
+class connection : public std::enable_shared_from_this<connection> {
+ public:
+  connection(boost::asio::ip::tcp::socket socket, const connection_limits& limits,
+             std::unique_ptr<frame_handler> handler);
+  ~connection();
+  connection(const connection&) = delete;
+  connection& operator=(const connection&) = delete;
+
+  /// Starts the coroutines. `on_finished` runs once everything has stopped.
+  void start(std::function<void(connection&)> on_finished);
+
+  /// Queues one frame. Returns false (and drops it) when the connection is
+  /// closing, or closes the connection with `overloaded` when the queue
+  /// would exceed send_queue_max.
+  bool send(const proto::json& header, std::string_view body = {});
+
+  /// Sends an `error` frame, stops reading, flushes, closes. With a delay,
+  /// the error is held back that long first (slows password guessing).
+  void fail(proto::errc code, std::string_view message = {}, std::optional<std::uint64_t> id = {},
+            std::chrono::milliseconds delay = {});
+
+  /// Stops reading, flushes what is queued (up to linger_timeout), closes.
+  void close_after_flush(std::string_view reason);
+  /// Closes the socket at once; queued data is dropped.
+  void close_now(std::string_view reason);
+
+  /// After authentication the read deadline changes from the handshake
+  /// deadline to the idle deadline.
+  void set_authenticated() noexcept;
+  /// Counts as activity for the idle deadline (long server-side streams).
+  void touch() noexcept { last_activity_ = clock::now(); }
+  void begin_shutdown();
+
+  const std::string& peer_address() const noexcept { return peer_address_; }
+  const std::string& peer() const noexcept { return peer_; }
+  std::size_t queued_bytes() const noexcept { return pending_.size() + inflight_left_; }
+  bool closing() const noexcept { return state_ != state::open; }
+  boost::asio::any_io_executor executor() const { return executor_; }
+
+ private:
+  enum class state { open, draining, closed };
+  boost::asio::awaitable<void> read_loop();
+  boost::asio::awaitable<void> write_loop();
+  boost::asio::awaitable<void> watchdog();
+  void process(std::string_view bytes);
+  void wake(boost::asio::steady_timer& t) noexcept;
+  void coroutine_done();
+  clock::time_point next_deadline(clock::time_point now, proto::errc& why) const noexcept;
+
+  boost::asio::any_io_executor executor_;
+  boost::asio::ip::tcp::socket socket_;
+  const connection_limits& limits_;
+  std::unique_ptr<frame_handler> handler_;
+  std::function<void(connection&)> on_finished_;
+  std::string peer_address_;  // IP only
+  std::string peer_;          // ip:port
+
+  proto::frame_decoder decoder_;
+  state state_ = state::open;
+  bool authenticated_ = false;
+  bool peer_eof_ = false;  // the peer half-closed (FIN received)
+  int running_ = 0;  // coroutines still alive
+  std::string close_reason_;
+
+  // deadlines
+  boost::asio::steady_timer watchdog_timer_;
+  clock::time_point opened_;
+  clock::time_point last_activity_;
+  clock::time_point frame_started_;
+  clock::time_point write_progress_;
+  clock::time_point linger_until_;
+  clock::time_point watchdog_armed_for_;
+
+  // delayed error (fail with delay)
+  std::optional<proto::json> delayed_error_;
+  clock::time_point delayed_error_at_;
+
+  // send queue: frames are encoded straight into pending_; the writer swaps
+  // it with inflight_ and writes that in one gathered write.
+  std::string pending_;
+  std::string inflight_;
+  std::size_t inflight_left_ = 0;
+  bool writing_ = false;
+  boost::asio::steady_timer writer_wake_;
+  boost::asio::steady_timer reader_wake_;  // backpressure: queue drained
+  bool writer_waiting_ = false;
+  bool reader_waiting_ = false;
+};
+
+}  // namespace cskit::net

@@ -1,0 +1,211 @@
+#include "net/tcp_server.hpp"
+
+#include "net/endpoint.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/v6_only.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+namespace cskit::net {
+
+namespace asio = boost::asio;
+using asio::ip::tcp;
+using boost::system::error_code;
+
+namespace {
+std::string format_address(const tcp::endpoint& ep) {
+  return format_host_port(ep.address().to_string(), ep.port());
+}
+}  // namespace
+
+struct tcp_server::impl {
+  struct loop {
+    asio::io_context ioc{1};
+    asio::executor_work_guard<asio::io_context::executor_type> work{ioc.get_executor()};
+    // Touched only on this loop's thread.
+    std::unordered_map<connection*, std::shared_ptr<connection>> connections;
+  };
+
+  server_options options;
+  handler_factory factory;
+  std::vector<std::unique_ptr<loop>> loops;
+  tcp::acceptor acceptor;
+  asio::signal_set signals;
+  std::atomic<std::size_t> live{0};
+  bool stopping = false;  // loop 0 only
+  std::size_t next_loop = 0;
+
+  impl(server_options o, handler_factory f)
+      : options(std::move(o)),
+        factory(std::move(f)),
+        loops(make_loops(options.threads)),
+        acceptor(loops[0]->ioc),
+        signals(loops[0]->ioc, SIGINT, SIGTERM) {}
+
+  static std::vector<std::unique_ptr<loop>> make_loops(unsigned n) {
+    std::vector<std::unique_ptr<loop>> v;
+    for (unsigned i = 0; i < std::max(1u, n); ++i) v.push_back(std::make_unique<loop>());
+    return v;
+  }
+
+  static void reject(tcp::socket& s, proto::errc code) {
+    // Best effort, never blocks: the socket is fresh, so its send buffer has room.
+    error_code ec;
+    s.non_blocking(true, ec);
+    std::string bytes = proto::encode_frame(proto::make_error(code));
+    s.send(asio::buffer(bytes), 0, ec);
+    s.shutdown(tcp::socket::shutdown_send, ec);
+    s.close(ec);
+  }
+
+  void adopt(loop& l, tcp::socket s) {
+    auto c = std::make_shared<connection>(std::move(s), options.limits, factory());
+    l.connections.emplace(c.get(), c);
+    c->start([this, &l](connection& done) {
+      l.connections.erase(&done);
+      live.fetch_sub(1, std::memory_order_relaxed);
+    });
+  }
+
+  asio::awaitable<void> accept_loop() {
+    error_code ec;
+    while (!stopping) {
+      loop& target = *loops[next_loop++ % loops.size()];
+      tcp::socket s = co_await acceptor.async_accept(target.ioc, asio::redirect_error(asio::use_awaitable, ec));
+      if (stopping) break;
+      if (ec) {
+        if (ec == asio::error::operation_aborted) break;
+        spdlog::warn("accept failed: {}", ec.message());
+        if (ec == asio::error::no_descriptors || ec == asio::error::no_buffer_space) {
+          // Out of file descriptors: back off instead of spinning.
+          asio::steady_timer t(acceptor.get_executor(), std::chrono::milliseconds(100));
+          co_await t.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+        }
+        continue;
+      }
+      if (live.load(std::memory_order_relaxed) >= options.max_connections) {
+        error_code pe;
+        auto ep = s.remote_endpoint(pe);
+        spdlog::warn("refusing connection from {}: limit of {} connections reached",
+                     pe ? std::string("(unknown)") : ep.address().to_string(), options.max_connections);
+        reject(s, proto::errc::too_many_connections);
+        continue;
+      }
+      live.fetch_add(1, std::memory_order_relaxed);
+      asio::post(target.ioc, [this, &target, s = std::move(s)]() mutable { adopt(target, std::move(s)); });
+    }
+  }
+
+  void begin_shutdown() {
+    if (stopping) return;
+    stopping = true;
+    spdlog::info("shutting down: no new connections; {} open, grace {} ms", live.load(), options.grace.count());
+    error_code ec;
+    acceptor.close(ec);
+    signals.cancel(ec);
+    for (auto& l : loops) {
+      asio::post(l->ioc, [&l = *l] {
+        // Copy: on_shutdown may close a connection and erase it.
+        std::vector<std::shared_ptr<connection>> cs;
+        for (auto& [p, c] : l.connections) cs.push_back(c);
+        for (auto& c : cs) c->begin_shutdown();
+      });
+    }
+    asio::co_spawn(loops[0]->ioc, finish_shutdown(), asio::detached);
+  }
+
+  asio::awaitable<void> wait_for_connections(clock::time_point until) {
+    asio::steady_timer t(loops[0]->ioc);
+    error_code ec;
+    while (live.load() > 0 && clock::now() < until) {
+      t.expires_after(std::chrono::milliseconds(10));
+      co_await t.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    }
+  }
+
+  asio::awaitable<void> finish_shutdown() {
+    co_await wait_for_connections(clock::now() + options.grace);
+    if (live.load() > 0) {
+      spdlog::warn("grace period over: closing {} remaining connection(s)", live.load());
+      for (auto& l : loops) {
+        asio::post(l->ioc, [&l = *l] {
+          std::vector<std::shared_ptr<connection>> cs;
+          for (auto& [p, c] : l.connections) cs.push_back(c);
+          for (auto& c : cs) c->close_now("server shutdown (grace period over)");
+        });
+      }
+      co_await wait_for_connections(clock::now() + std::chrono::seconds(2));
+    }
+    for (auto& l : loops) {
+      l->work.reset();
+      l->ioc.stop();
+    }
+  }
+};
+
+tcp_server::tcp_server(server_options options, handler_factory factory)
+    : impl_(std::make_unique<impl>(std::move(options), std::move(factory))) {}
+
+tcp_server::~tcp_server() = default;
+
+void tcp_server::listen() {
+  auto& o = impl_->options;
+  error_code ec;
+  auto addr = asio::ip::make_address(o.host, ec);
+  if (ec) throw std::system_error(ec, "invalid listen address '" + o.host + "' (give an IP address)");
+  tcp::endpoint ep(addr, o.port);
+  auto& a = impl_->acceptor;
+  a.open(ep.protocol(), ec);
+  if (ec) throw std::system_error(ec, "cannot open socket");
+  a.set_option(tcp::acceptor::reuse_address(true), ec);
+  if (addr.is_v6()) a.set_option(asio::ip::v6_only(true), ec);
+  a.bind(ep, ec);
+  if (ec) throw std::system_error(ec, "cannot listen on " + format_address(ep));
+  a.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) throw std::system_error(ec, "cannot listen on " + format_address(ep));
+}
+
+std::uint16_t tcp_server::local_port() const { return impl_->acceptor.local_endpoint().port(); }
+
+std::string tcp_server::local_address() const { return format_address(impl_->acceptor.local_endpoint()); }
+
+void tcp_server::run() {
+  auto& im = *impl_;
+  im.signals.async_wait([&im](const error_code& ec, int signo) {
+    if (ec) return;
+    spdlog::info("received {}", signo == SIGINT ? "SIGINT" : "SIGTERM");
+    im.begin_shutdown();
+  });
+  asio::co_spawn(im.loops[0]->ioc, im.accept_loop(), [](std::exception_ptr e) {
+    if (!e) return;
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+      spdlog::critical("accept loop failed: {}", ex.what());
+    }
+  });
+  std::vector<std::thread> threads;
+  for (std::size_t i = 1; i < im.loops.size(); ++i) {
+    threads.emplace_back([&l = *im.loops[i]] { l.ioc.run(); });
+  }
+  im.loops[0]->ioc.run();
+  for (auto& t : threads) t.join();
+}
+
+void tcp_server::stop() {
+  asio::post(impl_->loops[0]->ioc, [im = impl_.get()] { im->begin_shutdown(); });
+}
+
+}  // namespace cskit::net

@@ -1,0 +1,53 @@
+#pragma once
+// The TCP listener and its event loops. One io_context per thread ("one loop
+// per thread"): each accepted connection is handed to one loop and lives on
+// it, so connection code needs no locks. Asio stays behind this header.
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "net/connection.hpp"
+
+namespace cskit::net {
+
+struct server_options {
+  std::string host = "127.0.0.1";
+  std::uint16_t port = 0;
+  unsigned threads = 1;
+  std::size_t max_connections = 10000;
+  connection_limits limits;
+  /// After SIGINT/SIGTERM: time connections get to finish before being closed.
+  std::chrono::milliseconds grace{std::chrono::seconds(5)};
+};
+
+class tcp_server {
+ public:
+  using handler_factory = std::function<std::unique_ptr<frame_handler>()>;
+
+  tcp_server(server_options options, handler_factory factory);
+  ~tcp_server();
+  tcp_server(const tcp_server&) = delete;
+  tcp_server& operator=(const tcp_server&) = delete;
+
+  /// Binds and listens. Throws std::system_error with a clear message.
+  void listen();
+  /// The bound address, e.g. "127.0.0.1:7701" (valid after listen()).
+  std::string local_address() const;
+  std::uint16_t local_port() const;
+
+  /// Serves until SIGINT/SIGTERM or stop(), then shuts down gracefully:
+  /// stop accepting, ask every session to finish (on_shutdown), wait up to
+  /// `grace`, close what is left. Returns when every loop has stopped.
+  void run();
+  /// Begins graceful shutdown. Safe to call from any thread.
+  void stop();
+
+ private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace cskit::net

@@ -1,0 +1,51 @@
+#pragma once
+// Mutual authentication proofs (docs/protocol.md, "Handshake").
+//
+// Neither side ever sends the token. Each proves knowledge of it with
+//   client_proof = HMAC-SHA256(token, "cskit/1 client" 0x00 user 0x00 server_nonce client_nonce)
+//   server_proof = HMAC-SHA256(token, "cskit/1 server" 0x00 user 0x00 server_nonce client_nonce)
+// where the nonces are the raw 32 bytes (hex on the wire). Distinct labels
+// stop a proof from one direction being replayed in the other; fresh nonces
+// from both sides stop replay across sessions.
+
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "proto/limits.hpp"
+
+namespace cskit::proto {
+
+using nonce = std::array<std::uint8_t, nonce_size>;
+using digest = std::array<std::uint8_t, 32>;
+
+/// A fresh nonce from the OpenSSL CSPRNG; throws if the RNG fails.
+nonce random_nonce();
+
+/// `n` random bytes as lowercase hex (for generated tokens).
+std::string random_hex(std::size_t n);
+
+std::string to_hex(const std::uint8_t* data, std::size_t size);
+template <std::size_t N>
+std::string to_hex(const std::array<std::uint8_t, N>& a) {
+  return to_hex(a.data(), a.size());
+}
+
+/// Decodes exactly N bytes of hex (either case); nullopt on any other input.
+template <std::size_t N>
+std::optional<std::array<std::uint8_t, N>> from_hex(std::string_view hex);
+
+enum class proof_role { client, server };
+
+digest compute_proof(proof_role role, std::string_view token, std::string_view user,
+                     const nonce& server_nonce, const nonce& client_nonce);
+
+/// Constant-time comparison (CRYPTO_memcmp).
+bool proofs_equal(const digest& a, const digest& b) noexcept;
+
+/// User names: 1..max_user_name characters from [A-Za-z0-9._-].
+bool is_valid_user_name(std::string_view name) noexcept;
+
+}  // namespace cskit::proto

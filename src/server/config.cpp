@@ -1,0 +1,206 @@
+#include "server/config.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <toml++/toml.h>
+
+#include "proto/auth.hpp"
+#include "util/paths.hpp"
+
+namespace cskit::server {
+namespace {
+
+[[noreturn]] void fail_at(const std::string& source, const toml::node& node, const std::string& what) {
+  const auto& src = node.source();
+  std::ostringstream os;
+  os << source;
+  if (src.begin.line) os << ":" << src.begin.line;
+  os << ": " << what;
+  throw config_error(os.str());
+}
+
+template <class T>
+T get_integer(const std::string& source, const toml::node& n, std::string_view key, T lo, T hi) {
+  auto v = n.value<std::int64_t>();
+  if (!n.is_integer() || !v || *v < static_cast<std::int64_t>(lo) || *v > static_cast<std::int64_t>(hi)) {
+    fail_at(source, n,
+            "'" + std::string(key) + "' must be an integer from " + std::to_string(lo) + " to " + std::to_string(hi));
+  }
+  return static_cast<T>(*v);
+}
+
+std::string get_string(const std::string& source, const toml::node& n, std::string_view key) {
+  if (!n.is_string()) fail_at(source, n, "'" + std::string(key) + "' must be a string");
+  return *n.value<std::string>();
+}
+
+void parse_server_table(const std::string& source, const toml::table& t, server_config& c) {
+  for (auto&& [k, v] : t) {
+    std::string_view key = k.str();
+    if (key == "listen") c.listen = get_string(source, v, key);
+    else if (key == "root") c.root = get_string(source, v, key);
+    else if (key == "state_dir") c.state_dir = get_string(source, v, key);
+    else if (key == "name") c.name = get_string(source, v, key);
+    else if (key == "threads") c.threads = get_integer<unsigned>(source, v, key, 0, 1024);
+    else if (key == "max_connections") c.max_connections = get_integer<std::size_t>(source, v, key, 1, 1000000);
+    else if (key == "idle_timeout") c.idle_timeout = std::chrono::seconds(get_integer<int>(source, v, key, 1, 86400 * 7));
+    else if (key == "handshake_timeout") c.handshake_timeout = std::chrono::seconds(get_integer<int>(source, v, key, 1, 3600));
+    else if (key == "frame_timeout") c.frame_timeout = std::chrono::seconds(get_integer<int>(source, v, key, 1, 3600));
+    else if (key == "grace") c.grace = std::chrono::seconds(get_integer<int>(source, v, key, 0, 3600));
+    else if (key == "log_level") c.log_level = get_string(source, v, key);
+    else fail_at(source, v, "unknown key '" + std::string(key) + "' in [server]");
+  }
+}
+
+user_account parse_user(const std::string& source, const toml::table& t) {
+  user_account u;
+  bool have_token = false;
+  for (auto&& [k, v] : t) {
+    std::string_view key = k.str();
+    if (key == "name") {
+      u.name = get_string(source, v, key);
+      if (!proto::is_valid_user_name(u.name)) {
+        fail_at(source, v, "user name '" + u.name + "' must be 1-64 characters of A-Z a-z 0-9 . _ -");
+      }
+    } else if (key == "token") {
+      u.token = get_string(source, v, key);
+      have_token = true;
+      if (u.token.size() < min_token_length) {
+        fail_at(source, v, "token must be at least " + std::to_string(min_token_length) + " characters");
+      }
+    } else if (key == "permissions") {
+      const auto* arr = v.as_array();
+      if (!arr) fail_at(source, v, "'permissions' must be an array of strings");
+      for (auto&& p : *arr) {
+        auto name = p.value<std::string>();
+        auto perm = name ? proto::permission_from_wire(*name) : std::nullopt;
+        if (!perm) fail_at(source, p, "unknown permission (use files-read, files-write, exec, chat)");
+        u.permissions.add(*perm);
+      }
+    } else {
+      fail_at(source, v, "unknown key '" + std::string(key) + "' in [[users]]");
+    }
+  }
+  if (u.name.empty()) fail_at(source, t, "a [[users]] entry has no 'name'");
+  if (!have_token) fail_at(source, t, "user '" + u.name + "' has no 'token'");
+  return u;
+}
+
+}  // namespace
+
+server_config parse_config(std::string_view text, const std::string& source) {
+  toml::table doc;
+  try {
+    doc = toml::parse(text, source);
+  } catch (const toml::parse_error& e) {
+    std::ostringstream os;
+    os << source << ":" << e.source().begin.line << ":" << e.source().begin.column << ": " << e.description();
+    throw config_error(os.str());
+  }
+  server_config c;
+  std::set<std::string> names;
+  for (auto&& [k, v] : doc) {
+    std::string_view key = k.str();
+    if (key == "server") {
+      if (!v.is_table()) fail_at(source, v, "'server' must be a table");
+      parse_server_table(source, *v.as_table(), c);
+    } else if (key == "users") {
+      const auto* arr = v.as_array();
+      if (!arr) fail_at(source, v, "'users' must be an array of tables ([[users]])");
+      for (auto&& e : *arr) {
+        if (!e.is_table()) fail_at(source, e, "each [[users]] entry must be a table");
+        auto u = parse_user(source, *e.as_table());
+        if (!names.insert(u.name).second) fail_at(source, e, "user '" + u.name + "' is defined twice");
+        c.users.push_back(std::move(u));
+      }
+    } else {
+      fail_at(source, v, "unknown top-level key '" + std::string(key) + "' (expected [server] or [[users]])");
+    }
+  }
+  return c;
+}
+
+server_config load_config_file(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw config_error(path.string() + ": cannot open: " + std::strerror(errno));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return parse_config(ss.str(), path.string());
+}
+
+std::filesystem::path default_state_dir() { return util::default_state_dir(); }
+
+proto::permission_set default_admin_permissions() {
+  proto::permission_set p;
+  p.add(proto::permission::files_read);
+  p.add(proto::permission::files_write);
+  p.add(proto::permission::chat);
+  return p;
+}
+
+std::string load_or_create_admin_token(const std::filesystem::path& state_dir, const std::string& env_token,
+                                       bool& generated) {
+  generated = false;
+  if (!env_token.empty()) {
+    if (env_token.size() < min_token_length) {
+      throw config_error("CSKIT_TOKEN must be at least " + std::to_string(min_token_length) + " characters");
+    }
+    return env_token;
+  }
+  std::error_code ec;
+  std::filesystem::create_directories(state_dir, ec);
+  if (ec) throw config_error("cannot create state directory " + state_dir.string() + ": " + ec.message());
+  ::chmod(state_dir.c_str(), 0700);
+  const auto path = state_dir / "admin.token";
+
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd >= 0) {
+      struct stat st {};
+      ::fstat(fd, &st);
+      if (st.st_mode & (S_IRWXG | S_IRWXO)) {
+        ::close(fd);
+        throw config_error(path.string() + " is readable by other users; run: chmod 600 " + path.string());
+      }
+      char buf[256];
+      ssize_t n = ::read(fd, buf, sizeof buf);
+      ::close(fd);
+      std::string token(buf, n > 0 ? static_cast<std::size_t>(n) : 0);
+      while (!token.empty() && (token.back() == '\n' || token.back() == '\r' || token.back() == ' ')) token.pop_back();
+      if (token.size() < min_token_length) {
+        throw config_error(path.string() + " holds no valid token (delete it to generate a new one)");
+      }
+      return token;
+    }
+    if (errno != ENOENT) {
+      throw config_error("cannot read " + path.string() + ": " + std::strerror(errno));
+    }
+    // Create it exclusively: two servers starting at once agree on one token.
+    fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) {
+      if (errno == EEXIST) continue;
+      throw config_error("cannot create " + path.string() + ": " + std::strerror(errno));
+    }
+    std::string token = proto::random_hex(32);
+    std::string line = token + "\n";
+    bool ok = ::write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size()) && ::fsync(fd) == 0;
+    ::close(fd);
+    if (!ok) {
+      ::unlink(path.c_str());
+      throw config_error("cannot write " + path.string() + ": " + std::strerror(errno));
+    }
+    generated = true;
+    return token;
+  }
+  throw config_error("cannot read or create " + path.string());
+}
+
+}  // namespace cskit::server

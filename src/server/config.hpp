@@ -1,0 +1,64 @@
+#pragma once
+// Server configuration: defaults, the TOML file (--config), and the user
+// table. Pure: reads files, never touches sockets.
+
+#include <chrono>
+#include <cstddef>
+#include <filesystem>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "proto/messages.hpp"
+
+namespace cskit::server {
+
+struct user_account {
+  std::string name;
+  std::string token;  ///< shared secret; never sent on the wire
+  proto::permission_set permissions;
+};
+
+struct server_config {
+  std::string listen = "127.0.0.1:7701";
+  std::filesystem::path root;       ///< the share (empty: <state_dir>/share)
+  std::filesystem::path state_dir;  ///< empty: $XDG_STATE_HOME/cskit or ~/.local/state/cskit
+  std::string name;                 ///< server name shown to clients (default: host name)
+  unsigned threads = 0;             ///< 0: one per core
+  std::size_t max_connections = 10000;
+  std::chrono::seconds idle_timeout{300};
+  std::chrono::seconds handshake_timeout{10};
+  std::chrono::seconds frame_timeout{30};
+  std::chrono::seconds grace{5};
+  std::string log_level = "info";
+  std::vector<user_account> users;  ///< empty: the default `admin` user
+};
+
+class config_error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+/// Minimum token length accepted in a config file or CSKIT_TOKEN.
+inline constexpr std::size_t min_token_length = 16;
+
+/// Parses a TOML config (see docs/configuration in README); throws
+/// config_error naming the file, line and key on any problem. Unknown keys
+/// are errors too, so that a typo never silently weakens security.
+server_config parse_config(std::string_view toml_text, const std::string& source_name);
+server_config load_config_file(const std::filesystem::path& path);
+
+/// The default state directory for this process.
+std::filesystem::path default_state_dir();
+
+/// Permissions of the default `admin` user: everything except exec.
+proto::permission_set default_admin_permissions();
+
+/// The default admin token: `env_token` when non-empty, otherwise the token
+/// stored in <state_dir>/admin.token, generated (256 random bits, mode 0600)
+/// on first use. Refuses a token file readable by group or others.
+/// `generated` tells whether a new file was written.
+std::string load_or_create_admin_token(const std::filesystem::path& state_dir, const std::string& env_token,
+                                       bool& generated);
+
+}  // namespace cskit::server

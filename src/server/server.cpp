@@ -1,0 +1,114 @@
+#include "server/server.hpp"
+
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <spdlog/spdlog.h>
+#include <thread>
+
+#include "net/endpoint.hpp"
+#include "net/tcp_server.hpp"
+#include "proto/limits.hpp"
+#include "server/session.hpp"
+#include "version.hpp"
+
+namespace cskit::server {
+namespace {
+
+void raise_fd_limit() {
+  // Each connection is one descriptor; the soft limit (often 1024) is far
+  // below what the server is meant to hold.
+  rlimit rl{};
+  if (::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &rl);
+  }
+}
+
+std::string host_name() {
+  char buf[256] = {};
+  if (::gethostname(buf, sizeof buf - 1) != 0 || !buf[0]) return "cskit";
+  return buf;
+}
+
+std::string join(const std::vector<std::string>& v) {
+  std::string s;
+  for (const auto& x : v) s += (s.empty() ? "" : ", ") + x;
+  return s;
+}
+
+}  // namespace
+
+void run_server(server_config config, const serve_hooks& hooks) {
+  std::string why;
+  auto listen = net::parse_host_port(config.listen, proto::default_port, &why);
+  if (!listen) throw config_error("invalid listen address '" + config.listen + "': " + why);
+
+  if (config.state_dir.empty()) config.state_dir = default_state_dir();
+  if (config.root.empty()) config.root = config.state_dir / "share";
+  std::error_code ec;
+  std::filesystem::create_directories(config.root, ec);
+  if (ec || !std::filesystem::is_directory(config.root)) {
+    throw config_error("share directory " + config.root.string() + " is not usable: " +
+                       (ec ? ec.message() : "not a directory"));
+  }
+  config.root = std::filesystem::canonical(config.root);
+
+  server_context ctx;
+  ctx.name = config.name.empty() ? host_name() : config.name;
+  std::string token_note;
+  if (config.users.empty()) {
+    const char* env = std::getenv("CSKIT_TOKEN");
+    bool generated = false;
+    std::string token = load_or_create_admin_token(config.state_dir, env ? env : "", generated);
+    ctx.users.push_back({"admin", token, default_admin_permissions()});
+    if (env && *env) {
+      token_note = "admin token: taken from CSKIT_TOKEN";
+    } else {
+      token_note = std::string("admin token: ") + token + (generated ? "  (new, saved in " : "  (from ") +
+                   (config.state_dir / "admin.token").string() + ")";
+    }
+  } else {
+    ctx.users = config.users;
+  }
+  register_core_service(ctx);
+
+  net::server_options o;
+  o.host = listen->host;
+  o.port = listen->port;
+  o.threads = config.threads ? config.threads : std::max(1u, std::thread::hardware_concurrency());
+  o.max_connections = config.max_connections;
+  o.limits.idle_timeout = config.idle_timeout;
+  o.limits.handshake_timeout = config.handshake_timeout;
+  o.limits.frame_timeout = config.frame_timeout;
+  o.grace = config.grace;
+
+  raise_fd_limit();
+  net::tcp_server srv(o, [&ctx] { return std::make_unique<session>(ctx); });
+  srv.listen();
+  const std::string address = srv.local_address();
+
+  std::printf("cskit %s listening on %s (protocol %d, %u thread%s)\n", cskit_version, address.c_str(),
+              proto::protocol_version, o.threads, o.threads == 1 ? "" : "s");
+  std::printf("share: %s\n", config.root.string().c_str());
+  for (const auto& u : ctx.users) {
+    std::printf("user: %s (%s)\n", u.name.c_str(), join(u.permissions.names()).c_str());
+  }
+  if (!token_note.empty()) std::printf("%s\n", token_note.c_str());
+  if (config.users.empty()) {
+    std::printf("connect: CSKIT_TOKEN=$(cat %s) cskit ping %s\n",
+                (config.state_dir / "admin.token").string().c_str(), address.c_str());
+  } else {
+    std::printf("connect: cskit ping --user NAME --token TOKEN %s\n", address.c_str());
+  }
+  std::fflush(stdout);
+  spdlog::info("listening on {} as '{}'", address, ctx.name);
+  if (hooks.on_listening) hooks.on_listening(address);
+
+  srv.run();
+  spdlog::info("server stopped");
+}
+
+}  // namespace cskit::server

@@ -1,0 +1,22 @@
+#pragma once
+// `cskit serve`: turns a server_config into a running server.
+
+#include <functional>
+#include <string>
+
+#include "server/config.hpp"
+
+namespace cskit::server {
+
+struct serve_hooks {
+  /// Called once listening, with the bound address (tests use port 0).
+  std::function<void(const std::string& address)> on_listening;
+};
+
+/// Fills in defaults (state dir, share, name, threads, default admin user),
+/// binds, prints the start-up banner to stdout and serves until SIGINT or
+/// SIGTERM, then shuts down gracefully. Throws config_error for bad
+/// configuration and std::system_error when it cannot listen.
+void run_server(server_config config, const serve_hooks& hooks = {});
+
+}  // namespace cskit::server

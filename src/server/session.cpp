@@ -1,0 +1,154 @@
+#include "server/session.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include "proto/limits.hpp"
+#include "proto/messages.hpp"
+#include "version.hpp"
+
+namespace cskit::server {
+
+using proto::errc;
+using proto::json;
+
+const user_account* server_context::find_user(std::string_view name) const {
+  for (const auto& u : users) {
+    if (u.name == name) return &u;
+  }
+  return nullptr;
+}
+
+void session::on_open(net::connection& c) {
+  spdlog::info("connection from {}", c.peer());
+  server_nonce_ = proto::random_nonce();
+  c.send({{"type", proto::type::hello},
+          {"proto", proto::protocol_version},
+          {"server", proto::server_software},
+          {"version", cskit_version},
+          {"name", ctx_.name},
+          {"auth", {"hmac-sha256"}},
+          {"nonce", proto::to_hex(server_nonce_)}});
+}
+
+void session::on_close(net::connection& c, std::string_view reason) {
+  if (user_) {
+    spdlog::info("closed {} user={} requests={} ({})", c.peer(), user_->name, requests_, reason);
+  } else {
+    spdlog::info("closed {} before authentication ({})", c.peer(), reason);
+  }
+}
+
+void session::on_frame(net::connection& c, proto::frame&& f) {
+  if (!user_) {
+    authenticate(c, f);
+  } else {
+    dispatch(c, std::move(f));
+  }
+}
+
+void session::authenticate(net::connection& c, proto::frame& f) {
+  const auto id = f.id();
+  if (f.type() != proto::type::auth) {
+    spdlog::info("{}: first frame was '{}', not 'auth'", c.peer(), f.type());
+    c.fail(errc::handshake_required, "the first frame must be \"auth\" (see docs/protocol.md)", id);
+    return;
+  }
+  const json& h = f.header;
+  auto proto_it = h.find("proto");
+  if (proto_it == h.end() || !proto_it->is_number_integer() || proto_it->get<std::int64_t>() != proto::protocol_version) {
+    spdlog::info("{}: unsupported protocol version {}", c.peer(), proto_it == h.end() ? "(none)" : proto_it->dump());
+    c.fail(errc::unsupported_version,
+           "this server speaks protocol version " + std::to_string(proto::protocol_version) + " only", id);
+    return;
+  }
+  auto user_it = h.find("user");
+  auto nonce_it = h.find("nonce");
+  auto proof_it = h.find("proof");
+  if (user_it == h.end() || !user_it->is_string() || nonce_it == h.end() || !nonce_it->is_string() ||
+      proof_it == h.end() || !proof_it->is_string()) {
+    c.fail(errc::bad_request, "auth needs string fields user, nonce and proof", id);
+    return;
+  }
+  const std::string& name = user_it->get_ref<const std::string&>();
+  auto client_nonce = proto::from_hex<proto::nonce_size>(nonce_it->get_ref<const std::string&>());
+  auto proof = proto::from_hex<32>(proof_it->get_ref<const std::string&>());
+  if (!client_nonce || !proof || !proto::is_valid_user_name(name)) {
+    c.fail(errc::bad_request, "auth: nonce and proof must be 64 hex digits, user 1-64 of [A-Za-z0-9._-]", id);
+    return;
+  }
+
+  // Always compute an HMAC, even for an unknown user, so that response
+  // timing does not reveal which user names exist.
+  const user_account* u = ctx_.find_user(name);
+  static const std::string decoy_token(32, 'x');
+  auto expected = proto::compute_proof(proto::proof_role::client, u ? u->token : decoy_token, name, server_nonce_,
+                                       *client_nonce);
+  if (!u || !proto::proofs_equal(expected, *proof)) {
+    auto delay = ctx_.throttle.on_failure(c.peer_address());
+    spdlog::warn("authentication failed from {} for user '{}'{}", c.peer(), name,
+                 delay.count() ? fmt::format(" (reply delayed {} ms)", delay.count()) : "");
+    c.fail(errc::auth_failed, "authentication failed: unknown user or wrong token", id, delay);
+    return;
+  }
+  ctx_.throttle.on_success(c.peer_address());
+  user_ = u;
+  c.set_authenticated();
+  spdlog::info("authenticated {} as {}", c.peer(), u->name);
+  auto server_proof = proto::compute_proof(proto::proof_role::server, u->token, name, server_nonce_, *client_nonce);
+  json welcome = {{"type", proto::type::welcome},
+                  {"user", u->name},
+                  {"permissions", u->permissions.names()},
+                  {"proof", proto::to_hex(server_proof)}};
+  if (id) welcome["id"] = *id;
+  c.send(welcome);
+}
+
+void session::dispatch(net::connection& c, proto::frame&& f) {
+  ++requests_;
+  const std::string_view type = f.type();
+  const auto id = f.id();
+  if (type == proto::type::ping) {
+    json pong = {{"type", proto::type::pong}};
+    if (id) pong["id"] = *id;
+    c.send(pong, f.body);
+    return;
+  }
+  if (type == proto::type::pong) return;  // answer to a ping of ours
+  const auto* route = ctx_.registry.find(type);
+  if (!route) {
+    c.send(proto::make_error(errc::unknown_type, fmt::format("unknown request type '{}'", type), id));
+    return;
+  }
+  if (!id) {
+    c.send(proto::make_error(errc::bad_request, fmt::format("request '{}' needs an integer \"id\"", type)));
+    return;
+  }
+  if (route->needs && !user_->permissions.has(*route->needs)) {
+    spdlog::info("{} user={}: '{}' refused, needs permission {}", c.peer(), user_->name, type,
+                 proto::to_wire(*route->needs));
+    c.send(proto::make_error(errc::permission_denied,
+                             fmt::format("user '{}' lacks the '{}' permission needed for '{}'", user_->name,
+                                         proto::to_wire(*route->needs), type),
+                             id));
+    return;
+  }
+  request r{c, *user_, *id, std::move(f)};
+  route->handler(r);
+}
+
+void register_core_service(server_context& ctx) {
+  ctx.registry.add(std::string(proto::type::info), "core", std::nullopt, [&ctx](request& r) {
+    r.reply({{"type", proto::type::info_reply},
+             {"server", proto::server_software},
+             {"version", cskit_version},
+             {"proto", proto::protocol_version},
+             {"name", ctx.name},
+             {"services", ctx.registry.services()},
+             {"user", r.user.name},
+             {"permissions", r.user.permissions.names()},
+             {"limits",
+              {{"max_header", proto::max_header_size}, {"max_body", proto::max_body_size}}}});
+  });
+}
+
+}  // namespace cskit::server

@@ -1,0 +1,49 @@
+#pragma once
+// The per-connection protocol state machine: hello, mutual authentication,
+// then request dispatch through the registry (docs/protocol.md).
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "net/connection.hpp"
+#include "proto/auth.hpp"
+#include "server/auth_throttle.hpp"
+#include "server/config.hpp"
+#include "server/registry.hpp"
+
+namespace cskit::server {
+
+/// Everything sessions share; immutable once the server runs, apart from
+/// the (thread-safe) throttle.
+struct server_context {
+  std::string name;
+  std::vector<user_account> users;
+  request_registry registry;
+  mutable auth_throttle throttle;  // thread-safe; the only mutable shared state
+
+  const user_account* find_user(std::string_view name) const;
+};
+
+class session final : public net::frame_handler {
+ public:
+  explicit session(const server_context& ctx) : ctx_(ctx) {}
+
+  void on_open(net::connection& c) override;
+  void on_frame(net::connection& c, proto::frame&& f) override;
+  void on_close(net::connection& c, std::string_view reason) override;
+
+ private:
+  void authenticate(net::connection& c, proto::frame& f);
+  void dispatch(net::connection& c, proto::frame&& f);
+
+  const server_context& ctx_;
+  proto::nonce server_nonce_{};
+  const user_account* user_ = nullptr;
+  std::uint64_t requests_ = 0;
+};
+
+/// Registers the requests every server answers (`info`).
+void register_core_service(server_context& ctx);
+
+}  // namespace cskit::server
