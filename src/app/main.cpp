@@ -138,6 +138,7 @@ int main_impl(int argc, char** argv) {
   auto* help_cmd = app.add_subcommand("help", "Show help for cskit or for one command");
   help_cmd->add_option("command", help_topic, "Command to describe");
 
+  const std::string main_help = app.help();  // before parsing selects a subcommand
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -147,7 +148,7 @@ int main_impl(int argc, char** argv) {
 
   if (*help_cmd) {
     if (help_topic.empty()) {
-      std::printf("%s", app.help().c_str());
+      std::printf("%s", main_help.c_str());
       return exit_code::ok;
     }
     try {

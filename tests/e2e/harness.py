@@ -1,0 +1,142 @@
+"""Test harness: starts the real `cskit` binary on loopback and runs its CLI.
+
+The binary comes from $CSKIT_BIN (set by CTest). Every wait is bounded.
+"""
+import os
+import re
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+
+BIN = os.environ.get("CSKIT_BIN") or os.path.join(
+    os.path.dirname(__file__), "..", "..", "build", "release", "cskit")
+TOKEN = "e2e-test-token-0123456789abcdef"
+
+
+def raise_fd_limit():
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class Server:
+    """A `cskit serve` process on 127.0.0.1 with a free port."""
+
+    def __init__(self, *args, token=TOKEN, config_text=None, env=None, start_timeout=20, state_dir=None):
+        self.dir = tempfile.mkdtemp(prefix="cskit-e2e-")
+        self.state = state_dir or os.path.join(self.dir, "state")
+        self.share = os.path.join(self.dir, "share")
+        self.home = os.path.join(self.dir, "home")
+        os.makedirs(self.home)
+        cmd = [BIN, "serve", "--listen", "127.0.0.1:0", "--root", self.share,
+               "--state-dir", self.state, "--log-level", "info", *args]
+        if config_text is not None:
+            path = os.path.join(self.dir, "server.toml")
+            with open(path, "w") as f:
+                f.write(config_text)
+            cmd += ["--config", path]
+        self.env = dict(os.environ, HOME=self.home)
+        self.env.pop("CSKIT_TOKEN", None)
+        self.env.pop("XDG_STATE_HOME", None)
+        self.env.pop("XDG_CONFIG_HOME", None)
+        if token is not None:
+            self.env["CSKIT_TOKEN"] = token
+        self.env.update(env or {})
+        self.token = token
+        self.stderr_path = os.path.join(self.dir, "stderr.log")
+        self._stderr = open(self.stderr_path, "wb")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._stderr,
+                                     env=self.env, stdin=subprocess.DEVNULL)
+        self.banner = []
+        deadline = time.monotonic() + start_timeout
+        port = None
+        while port is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self.proc.poll() is not None:
+                self.stop()
+                err = self.stderr()
+                self.cleanup()
+                raise RuntimeError("server did not start: " + err)
+            ready, _, _ = select.select([self.proc.stdout], [], [], remaining)
+            if not ready:
+                continue
+            line = self.proc.stdout.readline().decode()
+            if not line:
+                continue
+            self.banner.append(line)
+            m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+            if m:
+                port = int(m.group(1))
+        self.port = port
+        self.address = f"127.0.0.1:{port}"
+        # Keep reading stdout so the pipe can never fill and block the server.
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self):
+        for line in self.proc.stdout:
+            self.banner.append(line.decode(errors="replace"))
+
+    def stderr(self):
+        if not self._stderr.closed:
+            self._stderr.flush()
+        with open(self.stderr_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def cli(self, *args, token="default", env=None, timeout=60, input=None):
+        """Runs `cskit ARGS...` as a client of this server; returns CompletedProcess (text)."""
+        e = dict(self.env)
+        e.pop("CSKIT_TOKEN", None)
+        if token == "default":
+            token = self.token
+        if token is not None:
+            e["CSKIT_TOKEN"] = token
+        e.update(env or {})
+        return subprocess.run([BIN, *args], capture_output=True, text=True, env=e,
+                              timeout=timeout, input=input)
+
+    def connect(self, timeout=10):
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+        return s
+
+    def stop(self, sig=signal.SIGTERM, timeout=20):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+                raise AssertionError("server did not stop within %s s" % timeout)
+        if not self._stderr.closed:
+            self._stderr.close()
+        return self.proc.returncode
+
+    def cleanup(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        if self.proc.stdout and not getattr(self, "_reader", None):
+            self.proc.stdout.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            self.stop()
+        finally:
+            self.cleanup()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,355 @@
+"""End-to-end: `cskit serve`, `cskit ping`, `cskit info`, `cskit help` as a user runs them."""
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import threading
+import time
+import unittest
+
+import wire
+from harness import BIN, TOKEN, Server, free_port
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_CONNECT, EXIT_AUTH = 0, 1, 2, 3, 4
+EXIT_PERMISSION, EXIT_PROTOCOL, EXIT_REMOTE, EXIT_TIMEOUT = 5, 6, 7, 8
+
+
+class PingAndInfo(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.srv = Server()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.srv.__exit__(None, None, None)
+
+    def test_ping_text(self):
+        r = self.srv.cli("ping", self.srv.address, "-c", "3", "-i", "0.05")
+        self.assertEqual(r.returncode, EXIT_OK, r.stderr)
+        self.assertIn(f"PING {self.srv.address}", r.stdout)
+        self.assertEqual(r.stdout.count("pong from"), 3)
+        self.assertIn("3 probes sent, 3 received, 0% lost", r.stdout)
+        self.assertRegex(r.stdout, r"rtt min/avg/max/mdev = [\d.]+/[\d.]+/[\d.]+/[\d.]+ ms")
+
+    def test_ping_json_and_payload(self):
+        r = self.srv.cli("ping", self.srv.address, "-c", "4", "-i", "0", "-s", "100000", "--json")
+        self.assertEqual(r.returncode, EXIT_OK, r.stderr)
+        j = json.loads(r.stdout)
+        self.assertEqual((j["sent"], j["received"], j["size"]), (4, 4, 100000))
+        self.assertEqual(len(j["probes"]), 4)
+        self.assertEqual([p["seq"] for p in j["probes"]], [1, 2, 3, 4])
+        rtt = j["rtt_ms"]
+        self.assertTrue(0 < rtt["min"] <= rtt["avg"] <= rtt["max"])
+        self.assertEqual(j["user"], "admin")
+
+    def test_ping_quiet(self):
+        r = self.srv.cli("ping", self.srv.address, "-c", "2", "-i", "0", "-q")
+        self.assertEqual(r.returncode, EXIT_OK, r.stderr)
+        self.assertNotIn("pong from", r.stdout)
+        self.assertIn("2 probes sent, 2 received", r.stdout)
+
+    def test_ping_until_interrupted(self):
+        env = dict(self.srv.env, CSKIT_TOKEN=TOKEN)
+        p = subprocess.Popen([BIN, "ping", self.srv.address, "-i", "0.05"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env)
+        time.sleep(0.6)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=10)
+        self.assertEqual(p.returncode, EXIT_OK, err)
+        self.assertIn("cskit ping statistics", out)
+        self.assertRegex(out, r"(\d+) probes sent, \1 received")
+
+    def test_info_text(self):
+        r = self.srv.cli("info", self.srv.address)
+        self.assertEqual(r.returncode, EXIT_OK, r.stderr)
+        self.assertRegex(r.stdout, r"server:\s+cskit \d+\.\d+\.\d+ \(protocol 1\)")
+        self.assertRegex(r.stdout, r"user:\s+admin")
+        self.assertRegex(r.stdout, r"permissions:\s+files-read, files-write, chat\n")
+        self.assertRegex(r.stdout, r"services:\s+core")
+
+    def test_info_json(self):
+        r = self.srv.cli("info", self.srv.address, "--json")
+        self.assertEqual(r.returncode, EXIT_OK, r.stderr)
+        j = json.loads(r.stdout)
+        self.assertEqual(j["server"], "cskit")
+        self.assertEqual(j["proto"], 1)
+        self.assertEqual(j["user"], "admin")
+        self.assertEqual(j["permissions"], ["files-read", "files-write", "chat"])
+        self.assertNotIn("exec", j["permissions"])
+        self.assertIn("core", j["services"])
+        self.assertEqual(j["address"], self.srv.address)
+
+    def test_wrong_token(self):
+        r = self.srv.cli("info", self.srv.address, token="wrong-token-0123456789")
+        self.assertEqual(r.returncode, EXIT_AUTH)
+        self.assertIn("authentication failed", r.stderr)
+        r = self.srv.cli("ping", self.srv.address, "-c", "1", "--json", token="wrong-token-0123456789")
+        self.assertEqual(r.returncode, EXIT_AUTH)
+        self.assertEqual(json.loads(r.stdout)["error"]["code"], "auth_failed")
+
+    def test_unknown_user(self):
+        r = self.srv.cli("info", self.srv.address, "--user", "nobody")
+        self.assertEqual(r.returncode, EXIT_AUTH)
+        self.assertIn("authentication failed for user 'nobody'", r.stderr)
+
+    def test_token_flag_overrides_environment(self):
+        r = self.srv.cli("info", self.srv.address, "--token", TOKEN, token="wrong-token-0123456789")
+        self.assertEqual(r.returncode, EXIT_OK, r.stderr)
+
+    def test_token_from_client_config(self):
+        cfg = os.path.join(self.srv.dir, "client.toml")
+        with open(cfg, "w") as f:
+            f.write('token = "wrong-default-token-123"\n'
+                    f'[hosts."{self.srv.address}"]\ntoken = "{TOKEN}"\n')
+        r = self.srv.cli("info", self.srv.address, "--client-config", cfg, token=None)
+        self.assertEqual(r.returncode, EXIT_OK, r.stderr)
+        r = self.srv.cli("info", f"localhost:{self.srv.port}", "--client-config", cfg, token=None)
+        self.assertEqual(r.returncode, EXIT_AUTH, r.stderr)
+
+    def test_missing_token(self):
+        r = self.srv.cli("info", self.srv.address, "--user", "alice", token=None)
+        self.assertEqual(r.returncode, EXIT_AUTH)
+        self.assertIn("no token", r.stderr)
+
+    def test_localhost_name_and_ipv6_syntax(self):
+        r = self.srv.cli("ping", f"localhost:{self.srv.port}", "-c", "1")
+        self.assertEqual(r.returncode, EXIT_OK, r.stderr)
+        r = self.srv.cli("ping", "[::1]:1", "-c", "1", "--connect-timeout", "2")
+        self.assertEqual(r.returncode, EXIT_CONNECT)
+
+    def test_cannot_connect(self):
+        r = self.srv.cli("ping", f"127.0.0.1:{free_port()}", "-c", "1")
+        self.assertEqual(r.returncode, EXIT_CONNECT)
+        self.assertIn("cannot connect", r.stderr)
+        r = self.srv.cli("ping", "bad host!", "-c", "1")
+        self.assertEqual(r.returncode, EXIT_CONNECT)
+        self.assertIn("invalid host", r.stderr)
+
+
+class Help(unittest.TestCase):
+    def run_cli(self, *args):
+        return subprocess.run([BIN, *args], capture_output=True, text=True, timeout=30)
+
+    def test_help(self):
+        r = self.run_cli("help")
+        self.assertEqual(r.returncode, EXIT_OK)
+        for word in ("serve", "ping", "info", "Exit codes", "permission denied"):
+            self.assertIn(word, r.stdout)
+        r = self.run_cli("help", "ping")
+        self.assertEqual(r.returncode, EXIT_OK)
+        self.assertIn("--count", r.stdout)
+        r = self.run_cli("serve", "--help")
+        self.assertEqual(r.returncode, EXIT_OK)
+        self.assertIn("--idle-timeout", r.stdout)
+        r = self.run_cli("help", "nosuch")
+        self.assertEqual(r.returncode, EXIT_USAGE)
+
+    def test_usage_errors(self):
+        self.assertEqual(self.run_cli().returncode, EXIT_USAGE)
+        self.assertEqual(self.run_cli("ping").returncode, EXIT_USAGE)
+        self.assertEqual(self.run_cli("ping", "h", "-c", "x").returncode, EXIT_USAGE)
+        self.assertEqual(self.run_cli("frobnicate").returncode, EXIT_USAGE)
+
+    def test_version(self):
+        r = self.run_cli("--version")
+        self.assertEqual(r.returncode, EXIT_OK)
+        self.assertRegex(r.stdout, r"cskit \d+\.\d+\.\d+ \(protocol 1\)")
+
+
+class ServerLifecycle(unittest.TestCase):
+    def test_generated_token_is_private_and_reused(self):
+        srv = Server(token=None)
+        try:
+            path = os.path.join(srv.state, "admin.token")
+            self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+            token = open(path).read().strip()
+            self.assertEqual(len(token), 64)
+            self.assertTrue(any(token in line for line in srv.banner), srv.banner)
+            r = srv.cli("info", srv.address, token=token)
+            self.assertEqual(r.returncode, EXIT_OK, r.stderr)
+            self.assertEqual(srv.stop(), 0)
+            srv2 = Server(token=None, state_dir=srv.state)
+            with srv2:
+                self.assertEqual(srv2.cli("info", srv2.address, token=token).returncode, EXIT_OK)
+        finally:
+            srv.cleanup()
+
+    def test_config_file_users_and_permissions(self):
+        cfg = ('[server]\nname = "e2e-box"\n'
+               '[[users]]\nname = "alice"\ntoken = "alice-token-0123456789"\npermissions = ["chat"]\n'
+               '[[users]]\nname = "bob"\ntoken = "bob-token-0123456789ab"\npermissions = ["files-read", "exec"]\n')
+        with Server(token=None, config_text=cfg) as srv:
+            r = srv.cli("info", srv.address, "--user", "alice", "--json", token="alice-token-0123456789")
+            self.assertEqual(r.returncode, EXIT_OK, r.stderr)
+            j = json.loads(r.stdout)
+            self.assertEqual(j["permissions"], ["chat"])
+            self.assertEqual(j["name"], "e2e-box")
+            r = srv.cli("info", srv.address, "--user", "bob", "--json", token="bob-token-0123456789ab")
+            self.assertEqual(json.loads(r.stdout)["permissions"], ["files-read", "exec"])
+            # No default admin when the config lists users.
+            self.assertEqual(srv.cli("info", srv.address, token=TOKEN).returncode, EXIT_AUTH)
+            # alice's token does not work for bob.
+            r = srv.cli("info", srv.address, "--user", "bob", token="alice-token-0123456789")
+            self.assertEqual(r.returncode, EXIT_AUTH)
+
+    def test_bad_config_is_reported(self):
+        with self.assertRaises(RuntimeError) as cm:
+            Server(config_text='[server]\nthreads = "many"\n')
+        self.assertIn("threads", str(cm.exception))
+
+    def test_listen_address_in_use(self):
+        with Server() as srv:
+            r = subprocess.run([BIN, "serve", "--listen", srv.address, "--root", srv.share,
+                                "--state-dir", srv.state], capture_output=True, text=True,
+                               timeout=30, env=srv.env)
+            self.assertEqual(r.returncode, EXIT_FAILURE)
+            self.assertIn("cannot listen on " + srv.address, r.stderr)
+
+    def test_max_connections(self):
+        with Server("--max-connections", "1") as srv:
+            held, _ = wire.login(srv.port, TOKEN)
+            try:
+                r = srv.cli("info", srv.address)
+                self.assertEqual(r.returncode, EXIT_CONNECT)
+                self.assertIn("too_many_connections", r.stderr)
+            finally:
+                held.close()
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                if srv.cli("info", srv.address).returncode == EXIT_OK:
+                    break
+                time.sleep(0.05)
+            else:
+                self.fail("slot was not freed after the first client left")
+
+    def test_sigterm_with_a_connected_client(self):
+        srv = Server("--grace", "3")
+        try:
+            sock, _ = wire.login(srv.port, TOKEN)
+            t0 = time.monotonic()
+            srv.proc.send_signal(signal.SIGTERM)
+            bye, _ = wire.read_frame(sock, 5)
+            self.assertEqual(bye["type"], "bye")
+            self.assertEqual(bye["code"], "shutting_down")
+            wire.wait_closed(sock, 5)
+            self.assertEqual(srv.proc.wait(timeout=10), 0)
+            self.assertLess(time.monotonic() - t0, 5)
+            # The port is closed: no new connections after shutdown.
+            with self.assertRaises(OSError):
+                socket.create_connection(("127.0.0.1", srv.port), timeout=2)
+        finally:
+            srv.cleanup()
+
+    def test_sigint_exits_zero(self):
+        srv = Server()
+        try:
+            self.assertEqual(srv.stop(signal.SIGINT), 0)
+            self.assertIn("received SIGINT", srv.stderr())
+        finally:
+            srv.cleanup()
+
+    def test_log_lines(self):
+        with Server() as srv:
+            srv.cli("info", srv.address)
+            srv.cli("info", srv.address, token="wrong-token-0123456789")
+            time.sleep(0.2)
+            log = srv.stderr()
+        self.assertRegex(log, r"connection from 127\.0\.0\.1:\d+")
+        self.assertRegex(log, r"authenticated 127\.0\.0\.1:\d+ as admin")
+        self.assertRegex(log, r"authentication failed from 127\.0\.0\.1:\d+ for user 'admin'")
+        self.assertRegex(log, r"closed 127\.0\.0\.1:\d+ user=admin")
+
+
+class FakeServer:
+    """A server that says whatever the test wants, to check the client's checks."""
+
+    def __init__(self, script):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1)
+        self.port = self.sock.getsockname()[1]
+        self.script = script
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        self.sock.settimeout(20)
+        try:
+            conn, _ = self.sock.accept()
+            with conn:
+                self.script(conn)
+        except OSError:
+            pass
+
+    def close(self):
+        self.sock.close()
+        self.thread.join(timeout=10)
+
+
+class ClientChecksTheServer(unittest.TestCase):
+    def run_client(self, script):
+        fake = FakeServer(script)
+        try:
+            return subprocess.run([BIN, "info", f"127.0.0.1:{fake.port}", "--token", TOKEN],
+                                  capture_output=True, text=True, timeout=30)
+        finally:
+            fake.close()
+
+    def test_server_that_cannot_prove_the_token_is_rejected(self):
+        def impostor(conn):
+            conn.sendall(wire.encode({"type": "hello", "proto": 1, "server": "cskit", "version": "9",
+                                      "name": "evil", "nonce": os.urandom(32).hex()}))
+            auth, _ = wire.read_frame(conn)
+            conn.sendall(wire.encode({"type": "welcome", "id": auth["id"], "user": "admin",
+                                      "permissions": [], "proof": "00" * 32}))
+            wire.wait_closed(conn, 10)
+
+        r = self.run_client(impostor)
+        self.assertEqual(r.returncode, EXIT_AUTH)
+        self.assertIn("could not prove it knows your token", r.stderr)
+
+    def test_auth_frame_never_contains_the_token(self):
+        seen = {}
+
+        def recorder(conn):
+            conn.sendall(wire.encode({"type": "hello", "proto": 1, "server": "cskit", "version": "9",
+                                      "name": "rec", "nonce": os.urandom(32).hex()}))
+            conn.settimeout(10)
+            seen["bytes"] = conn.recv(65536)
+
+        self.run_client(recorder)
+        self.assertTrue(seen.get("bytes"))
+        self.assertNotIn(TOKEN.encode(), seen["bytes"])
+
+    def test_version_mismatch(self):
+        def future(conn):
+            conn.sendall(wire.encode({"type": "hello", "proto": 2, "server": "cskit", "version": "9",
+                                      "name": "future", "nonce": os.urandom(32).hex()}))
+            wire.wait_closed(conn, 10)
+
+        r = self.run_client(future)
+        self.assertEqual(r.returncode, EXIT_PROTOCOL)
+        self.assertIn("protocol version 2", r.stderr)
+
+    def test_garbage_from_server(self):
+        r = self.run_client(lambda conn: conn.sendall(b"HTTP/1.1 200 OK\r\n\r\n"))
+        self.assertEqual(r.returncode, EXIT_PROTOCOL)
+
+    def test_silent_server_times_out(self):
+        def silent(conn):
+            time.sleep(3)
+
+        fake = FakeServer(silent)
+        try:
+            r = subprocess.run([BIN, "info", f"127.0.0.1:{fake.port}", "--token", TOKEN, "--timeout", "0.5"],
+                               capture_output=True, text=True, timeout=30)
+        finally:
+            fake.close()
+        self.assertEqual(r.returncode, EXIT_TIMEOUT)
+        self.assertIn("no answer", r.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
