@@ -28,14 +28,15 @@ def raise_fd_limit():
 class Server:
     """A `cskit serve` process on 127.0.0.1 with a free port."""
 
-    def __init__(self, *args, token=TOKEN, config_text=None, env=None, start_timeout=20, state_dir=None):
+    def __init__(self, *args, token=TOKEN, config_text=None, env=None, start_timeout=20, state_dir=None,
+                 log_level="info"):
         self.dir = tempfile.mkdtemp(prefix="cskit-e2e-")
         self.state = state_dir or os.path.join(self.dir, "state")
         self.share = os.path.join(self.dir, "share")
         self.home = os.path.join(self.dir, "home")
         os.makedirs(self.home)
         cmd = [BIN, "serve", "--listen", "127.0.0.1:0", "--root", self.share,
-               "--state-dir", self.state, "--log-level", "info", *args]
+               "--state-dir", self.state, "--log-level", log_level, *args]
         if config_text is not None:
             path = os.path.join(self.dir, "server.toml")
             with open(path, "w") as f:
@@ -122,7 +123,10 @@ class Server:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
-        if self.proc.stdout and not getattr(self, "_reader", None):
+        reader = getattr(self, "_reader", None)
+        if reader:
+            reader.join(timeout=5)
+        if self.proc.stdout:
             self.proc.stdout.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 

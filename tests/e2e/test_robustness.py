@@ -1,0 +1,268 @@
+"""End-to-end: malformed and hostile peers get an error or a timeout and are
+disconnected, while a well-behaved client on the same server keeps working."""
+import os
+import select
+import socket
+import struct
+import time
+import unittest
+
+import wire
+from harness import TOKEN, Server, raise_fd_limit
+
+
+class Hostile(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.srv = Server("--handshake-timeout", "1", "--frame-timeout", "1", "--idle-timeout", "2",
+                         "--threads", "2")
+        # The bystander: authenticated before the abuse starts, pinged after each case.
+        cls.good, _ = wire.login(cls.srv.port, TOKEN)
+        cls.good_id = 1000
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.good.close()
+        cls.srv.__exit__(None, None, None)
+
+    def setUp(self):
+        self.assert_bystander_works()
+
+    def tearDown(self):
+        self.assert_bystander_works()
+
+    def assert_bystander_works(self):
+        # Keeps the bystander inside its 2 s idle deadline and proves it is served.
+        Hostile.good_id += 1
+        self.good.sendall(wire.encode({"type": "ping", "id": Hostile.good_id}, b"alive"))
+        h, body = wire.read_frame(self.good, 5)
+        self.assertEqual((h["type"], h["id"], body), ("pong", Hostile.good_id, b"alive"))
+
+    def expect_error_then_close(self, sock, code, timeout=5):
+        h, _ = wire.read_frame(sock, timeout)
+        self.assertEqual(h["type"], "error", h)
+        self.assertEqual(h["code"], code, h)
+        self.assertTrue(h["message"])
+        wire.wait_closed(sock, timeout)
+        return h
+
+    def hello(self):
+        s = self.srv.connect()
+        h, _ = wire.read_frame(s)
+        self.assertEqual(h["type"], "hello")
+        return s, h
+
+    def test_hello_fields(self):
+        s, h = self.hello()
+        with s:
+            self.assertEqual(h["proto"], 1)
+            self.assertEqual(h["server"], "cskit")
+            self.assertEqual(len(bytes.fromhex(h["nonce"])), 32)
+            self.assertIn("hmac-sha256", h["auth"])
+        s2, h2 = self.hello()
+        with s2:
+            self.assertNotEqual(h["nonce"], h2["nonce"])
+
+    def test_garbage_bytes(self):
+        s, _ = self.hello()
+        with s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            self.expect_error_then_close(s, "header_too_large")
+
+    def test_bad_json(self):
+        s, _ = self.hello()
+        with s:
+            s.sendall(struct.pack(">I", 5) + b"{oops")
+            self.expect_error_then_close(s, "bad_json")
+
+    def test_random_garbage_small_length(self):
+        s, _ = self.hello()
+        with s:
+            s.sendall(struct.pack(">I", 16) + os.urandom(16).replace(b"{", b"x"))
+            h, _ = wire.read_frame(s)
+            self.assertIn(h["code"], ("invalid_utf8", "bad_json"))
+            wire.wait_closed(s)
+
+    def test_oversize_header_length(self):
+        s, _ = self.hello()
+        with s:
+            s.sendall(struct.pack(">I", 0xFFFFFFFF))
+            self.expect_error_then_close(s, "header_too_large")
+
+    def test_oversize_body_length(self):
+        s, _ = self.hello()
+        with s:
+            raw = b'{"type":"auth","body":99999999999}'
+            s.sendall(struct.pack(">I", len(raw)) + raw)
+            self.expect_error_then_close(s, "body_too_large")
+
+    def test_half_frame_then_silence(self):
+        s, _ = self.hello()
+        with s:
+            s.sendall(struct.pack(">I", 100) + b'{"type":')
+            t0 = time.monotonic()
+            # Before login the handshake deadline (same length here) may fire first.
+            h, _ = wire.read_frame(s, 5)
+            self.assertIn(h["code"], ("frame_timeout", "handshake_timeout"))
+            wire.wait_closed(s)
+            self.assertLess(time.monotonic() - t0, 4)
+
+    def test_half_frame_after_login(self):
+        s, _ = wire.login(self.srv.port, TOKEN)
+        with s:
+            s.sendall(struct.pack(">I", 100))
+            self.expect_error_then_close(s, "frame_timeout")
+
+    def test_silent_client(self):
+        s, _ = self.hello()
+        with s:
+            t0 = time.monotonic()
+            self.expect_error_then_close(s, "handshake_timeout")
+            self.assertGreater(time.monotonic() - t0, 0.5)
+
+    def test_first_frame_not_auth(self):
+        s, _ = self.hello()
+        with s:
+            s.sendall(wire.encode({"type": "ping", "id": 1}))
+            self.expect_error_then_close(s, "handshake_required")
+
+    def test_wrong_protocol_version(self):
+        s, hello = self.hello()
+        with s:
+            frame, _ = wire.auth_frame(hello, TOKEN, proto=2)
+            s.sendall(frame)
+            h = self.expect_error_then_close(s, "unsupported_version")
+            self.assertEqual(h["id"], 1)
+
+    def test_malformed_auth(self):
+        s, hello = self.hello()
+        with s:
+            s.sendall(wire.encode({"type": "auth", "id": 1, "proto": 1, "user": "admin",
+                                   "nonce": "zz", "proof": "00"}))
+            self.expect_error_then_close(s, "bad_request")
+
+    def test_idle_timeout(self):
+        s, _ = wire.login(self.srv.port, TOKEN)
+        with s:
+            t0 = time.monotonic()
+            # Keep the bystander active while the idle one times out.
+            while time.monotonic() - t0 < 6:
+                ready, _, _ = select.select([s], [], [], 0.4)
+                if ready:
+                    break
+                self.assert_bystander_works()
+            self.expect_error_then_close(s, "idle_timeout")
+            self.assertGreater(time.monotonic() - t0, 1.5)
+
+    def test_pipelined_requests_answered_in_order(self):
+        s, _ = wire.login(self.srv.port, TOKEN)
+        with s:
+            batch = b"".join(wire.encode({"type": "ping", "id": i}, str(i).encode()) for i in range(1, 201))
+            batch += wire.encode({"type": "info", "id": 201})
+            s.sendall(batch)
+            for i in range(1, 201):
+                h, body = wire.read_frame(s)
+                self.assertEqual((h["type"], h["id"], body), ("pong", i, str(i).encode()))
+            h, _ = wire.read_frame(s)
+            self.assertEqual((h["type"], h["id"]), ("info.reply", 201))
+
+    def test_frame_split_into_single_bytes(self):
+        s, _ = wire.login(self.srv.port, TOKEN)
+        with s:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for b in wire.encode({"type": "ping", "id": 7}, b"xyz"):
+                s.send(bytes([b]))
+            h, body = wire.read_frame(s)
+            self.assertEqual((h["id"], body), (7, b"xyz"))
+
+    def test_request_errors_keep_the_session(self):
+        s, _ = wire.login(self.srv.port, TOKEN)
+        with s:
+            s.sendall(wire.encode({"type": "no.such.thing", "id": 5}))
+            h, _ = wire.read_frame(s)
+            self.assertEqual((h["type"], h["code"], h["id"]), ("error", "unknown_type", 5))
+            s.sendall(wire.encode({"type": "info"}))
+            h, _ = wire.read_frame(s)
+            self.assertEqual((h["type"], h["code"]), ("error", "bad_request"))
+            s.sendall(wire.encode({"type": "auth", "id": 6}))
+            h, _ = wire.read_frame(s)
+            self.assertEqual(h["type"], "error")
+            s.sendall(wire.encode({"type": "ping", "id": 8}))
+            h, _ = wire.read_frame(s)
+            self.assertEqual((h["type"], h["id"]), ("pong", 8))
+
+    def test_client_half_close_still_gets_replies(self):
+        s, _ = wire.login(self.srv.port, TOKEN)
+        with s:
+            s.sendall(wire.encode({"type": "ping", "id": 3}))
+            s.shutdown(socket.SHUT_WR)
+            h, _ = wire.read_frame(s)
+            self.assertEqual((h["type"], h["id"]), ("pong", 3))
+            wire.wait_closed(s)
+
+
+class AuthFailures(unittest.TestCase):
+    def test_repeated_failures_are_slowed_down(self):
+        with Server() as srv:
+            times = []
+            for _ in range(5):
+                s = srv.connect()
+                with s:
+                    hello, _ = wire.read_frame(s)
+                    frame, _ = wire.auth_frame(hello, "wrong-token-0123456789")
+                    t0 = time.monotonic()
+                    s.sendall(frame)
+                    h, _ = wire.read_frame(s, 15)
+                    times.append(time.monotonic() - t0)
+                    self.assertEqual(h["code"], "auth_failed")
+            self.assertLess(max(times[:3]), 0.2, times)
+            self.assertGreaterEqual(times[3], 0.24, times)
+            self.assertGreaterEqual(times[4], 0.49, times)
+            # Unknown user: same code, same message, also counted.
+            s = srv.connect()
+            with s:
+                hello, _ = wire.read_frame(s)
+                frame, _ = wire.auth_frame(hello, TOKEN, user="mallory")
+                t0 = time.monotonic()
+                s.sendall(frame)
+                h, _ = wire.read_frame(s, 15)
+                self.assertEqual(h["code"], "auth_failed")
+                self.assertGreaterEqual(time.monotonic() - t0, 0.9)
+            # The right token still gets in, and clears the record.
+            s, _ = wire.login(srv.port, TOKEN)
+            s.close()
+
+
+class ManyConnections(unittest.TestCase):
+    def test_thousand_simultaneous_connections(self):
+        raise_fd_limit()
+        n = 1000
+        with Server(log_level="warn") as srv:
+            socks = []
+            try:
+                for _ in range(n):
+                    socks.append(socket.create_connection(("127.0.0.1", srv.port), timeout=20))
+                hellos = [wire.read_frame(s, 20)[0] for s in socks]
+                nonces = []
+                for s, hello in zip(socks, hellos):
+                    frame, cn = wire.auth_frame(hello, TOKEN)
+                    nonces.append(cn)
+                    s.sendall(frame)
+                for s in socks:
+                    h, _ = wire.read_frame(s, 20)
+                    self.assertEqual(h["type"], "welcome")
+                # Every one of them is served while all are open.
+                for i, s in enumerate(socks):
+                    s.sendall(wire.encode({"type": "ping", "id": i}))
+                for i, s in enumerate(socks):
+                    h, _ = wire.read_frame(s, 20)
+                    self.assertEqual((h["type"], h["id"]), ("pong", i))
+                r = srv.cli("ping", srv.address, "-c", "1")
+                self.assertEqual(r.returncode, 0, r.stderr)
+            finally:
+                for s in socks:
+                    s.close()
+
+
+if __name__ == "__main__":
+    unittest.main()
