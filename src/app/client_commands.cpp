@@ -45,6 +45,9 @@ const char* failure_name(client::failure f) {
 volatile std::sig_atomic_t interrupted = 0;
 extern "C" void on_sigint(int) { interrupted = 1; }
 
+// Milliseconds rounded to the microsecond, for JSON output.
+double round_us(double ms) { return std::round(ms * 1000.0) / 1000.0; }
+
 std::chrono::milliseconds ms(double seconds) {
   return std::chrono::milliseconds(static_cast<long long>(seconds * 1000.0));
 }
@@ -108,7 +111,7 @@ int run_ping(const ping_options& o) {
           throw client::client_error(client::failure::protocol, "reply to ping was not a matching pong");
         }
         rtts.push_back(rtt);
-        probes.push_back({{"seq", seq}, {"rtt_ms", rtt}});
+        probes.push_back({{"seq", seq}, {"rtt_ms", round_us(rtt)}});
         if (!o.common.json && !o.quiet) {
           std::printf("pong from %s: seq=%ld time=%.3f ms\n", conn.peer().c_str(), seq, rtt);
           std::fflush(stdout);
@@ -139,8 +142,8 @@ int run_ping(const ping_options& o) {
                 {"sent", sent},
                 {"received", rtts.size()},
                 {"loss_percent", loss},
-                {"time_ms", elapsed},
-                {"rtt_ms", {{"min", mn}, {"avg", avg}, {"max", mx}, {"mdev", mdev}}},
+                {"time_ms", round_us(elapsed)},
+                {"rtt_ms", {{"min", round_us(mn)}, {"avg", round_us(avg)}, {"max", round_us(mx)}, {"mdev", round_us(mdev)}}},
                 {"probes", probes}};
       std::printf("%s\n", j.dump().c_str());
     } else {

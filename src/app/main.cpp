@@ -103,8 +103,8 @@ int main_impl(int argc, char** argv) {
       ->check(CLI::ExistingFile);
   serve_cmd->add_option("--state-dir", state_dir, "Where the generated admin token lives (default ~/.local/state/cskit)");
   serve_cmd->add_option("--name", serve.config.name, "Server name shown to clients (default: host name)");
-  serve_cmd->add_option("--threads,-t", serve.config.threads, "Event-loop threads (default: one per core)")
-      ->check(CLI::Range(1, 1024));
+  serve_cmd->add_option("--threads,-t", serve.config.threads, "Event-loop threads (0 or default: one per core)")
+      ->check(CLI::Range(0, 1024));
   serve_cmd->add_option("--max-connections", serve.config.max_connections, "Connections served at once")
       ->check(CLI::Range(1, 1000000));
   serve_cmd->add_option("--idle-timeout", idle, "Seconds without a frame before a session is closed")

@@ -8,6 +8,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/write.hpp>
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -203,6 +204,10 @@ struct connection::impl {
     }
     auto server_nonce = proto::from_hex<proto::nonce_size>(h.value("nonce", ""));
     if (!server_nonce) throw client_error(failure::protocol, "server hello carries no valid nonce");
+    const auto methods = h.value("auth", std::vector<std::string>{});
+    if (std::find(methods.begin(), methods.end(), "hmac-sha256") == methods.end()) {
+      throw client_error(failure::protocol, "server does not offer hmac-sha256 authentication");
+    }
 
     const auto client_nonce = proto::random_nonce();
     const auto proof =
@@ -242,6 +247,18 @@ struct connection::impl {
   }
 };
 
+namespace {
+// A frame whose fields have the wrong JSON types is a protocol error, not a crash.
+template <class F>
+auto guard_json(F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const nlohmann::json::exception& e) {
+    throw client_error(failure::protocol, std::string("malformed frame from server: ") + e.what());
+  }
+}
+}  // namespace
+
 connection::connection(std::unique_ptr<impl> p) : impl_(std::move(p)) {}
 connection::connection(connection&&) noexcept = default;
 connection& connection::operator=(connection&&) noexcept = default;
@@ -255,7 +272,7 @@ connection connection::open(const net::host_port& where, const credentials& cred
   auto p = std::make_unique<impl>();
   p->opts = opts;
   p->connect(where);
-  p->handshake(creds);
+  guard_json([&] { p->handshake(creds); });
   return connection(std::move(p));
 }
 
@@ -263,18 +280,22 @@ const server_greeting& connection::greeting() const noexcept { return impl_->gre
 const std::string& connection::peer() const noexcept { return impl_->peer; }
 std::uint64_t connection::next_id() noexcept { return ++impl_->last_id; }
 void connection::send(const json& header, std::string_view body) { impl_->write(header, body); }
-proto::frame connection::receive() { return impl_->receive(); }
+proto::frame connection::receive() {
+  return guard_json([&] { return impl_->receive(); });
+}
 
 proto::frame connection::request(json header, std::string_view body) {
   const std::uint64_t id = next_id();
   header["id"] = id;
   impl_->write(header, body);
-  for (;;) {
-    proto::frame f = impl_->receive();
-    if (f.id() != id) continue;  // a stray reply to an abandoned request
-    if (f.type() == proto::type::error) throw error_from_frame(f);
-    return f;
-  }
+  return guard_json([&] {
+    for (;;) {
+      proto::frame f = impl_->receive();
+      if (f.id() != id) continue;  // a stray reply to an abandoned request
+      if (f.type() == proto::type::error) throw error_from_frame(f);
+      return f;
+    }
+  });
 }
 
 void connection::close() noexcept {

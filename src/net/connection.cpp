@@ -29,9 +29,9 @@ char* thread_read_buffer() {
 
 }  // namespace
 
-void frame_handler::on_shutdown(connection& c) {
+void frame_handler::on_shutdown(connection& c, std::chrono::milliseconds grace) {
   c.send({{"type", "bye"}, {"code", "shutting_down"}, {"message", "server is shutting down"}});
-  c.close_after_flush("server shutdown");
+  c.close_after_flush("server shutdown", grace);
 }
 
 connection::connection(tcp::socket socket, const connection_limits& limits,
@@ -61,6 +61,9 @@ void connection::start(std::function<void(connection&)> on_finished) {
   socket_.non_blocking(true, ec);
   socket_.set_option(tcp::no_delay(true), ec);
   opened_ = last_activity_ = clock::now();
+  // Greet before anything else can be queued (a shutdown posted right after
+  // accept must not send `bye` ahead of `hello`).
+  handler_->on_open(*this);
   running_ = 3;
   auto self = shared_from_this();
   auto done = [self](std::exception_ptr e) {
@@ -92,15 +95,15 @@ void connection::wake(asio::steady_timer& t) noexcept { t.cancel(); }
 
 bool connection::send(const proto::json& header, std::string_view body) {
   if (state_ != state::open) return false;
-  if (queued_bytes() + body.size() > limits_.send_queue_max) {
-    spdlog::warn("connection {}: send queue above {} bytes, peer is not reading; closing", peer_,
-                 limits_.send_queue_max);
-    close_now("send queue overflow");
-    return false;
-  }
   proto::errc e = proto::encode_frame(pending_, header, body);
   if (e != proto::errc::ok) {
     spdlog::error("connection {}: cannot encode frame: {}", peer_, proto::default_message(e));
+    return false;
+  }
+  if (queued_bytes() > limits_.send_queue_max) {
+    spdlog::warn("connection {}: send queue above {} bytes, peer is not reading; closing", peer_,
+                 limits_.send_queue_max);
+    close_now("send queue overflow");
     return false;
   }
   if (writer_waiting_) wake(writer_wake_);
@@ -121,11 +124,11 @@ void connection::fail(proto::errc code, std::string_view message, std::optional<
   close_after_flush(proto::to_wire(code));
 }
 
-void connection::close_after_flush(std::string_view reason) {
+void connection::close_after_flush(std::string_view reason, std::chrono::milliseconds flush_limit) {
   if (state_ != state::open) return;
   state_ = state::draining;
   if (close_reason_.empty()) close_reason_ = reason;
-  linger_until_ = clock::now() + limits_.linger_timeout;
+  linger_until_ = clock::now() + (flush_limit.count() > 0 ? flush_limit : limits_.linger_timeout);
   wake(writer_wake_);
   wake(reader_wake_);
   wake(watchdog_timer_);
@@ -147,8 +150,8 @@ void connection::set_authenticated() noexcept {
   last_activity_ = clock::now();
 }
 
-void connection::begin_shutdown() {
-  if (state_ == state::open) handler_->on_shutdown(*this);
+void connection::begin_shutdown(std::chrono::milliseconds grace) {
+  if (state_ == state::open) handler_->on_shutdown(*this, grace);
 }
 
 void connection::process(std::string_view in) {
@@ -169,7 +172,6 @@ void connection::process(std::string_view in) {
 }
 
 asio::awaitable<void> connection::read_loop() {
-  handler_->on_open(*this);
   char* buf = thread_read_buffer();
   error_code ec;
   while (state_ != state::closed) {
@@ -248,7 +250,12 @@ asio::awaitable<void> connection::write_loop() {
     // remaining bytes until EOF or linger_timeout, so that closing does not
     // turn into a reset that could destroy our last frame in flight.
     socket_.shutdown(tcp::socket::shutdown_send, ec);
-    if (peer_eof_) close_now(close_reason_);
+    if (peer_eof_) {
+      close_now(close_reason_);
+    } else {
+      // Flushed: give the peer linger_timeout to read it and send its FIN.
+      linger_until_ = std::min(linger_until_, clock::now() + limits_.linger_timeout);
+    }
   }
 }
 

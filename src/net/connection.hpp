@@ -49,8 +49,9 @@ class frame_handler {
   virtual ~frame_handler() = default;
   virtual void on_open(connection& c) = 0;
   virtual void on_frame(connection& c, proto::frame&& f) = 0;
-  /// Graceful server shutdown has begun; default: send `bye`, flush, close.
-  virtual void on_shutdown(connection& c);
+  /// Graceful server shutdown has begun: finish what is in flight within
+  /// `grace`. Default: send `bye`, flush the queue (up to `grace`), close.
+  virtual void on_shutdown(connection& c, std::chrono::milliseconds grace);
   /// Called exactly once, after the socket is closed.
   virtual void on_close(connection& c, std::string_view reason) = 0;
 };
@@ -76,8 +77,10 @@ class connection : public std::enable_shared_from_this<connection> {
   void fail(proto::errc code, std::string_view message = {}, std::optional<std::uint64_t> id = {},
             std::chrono::milliseconds delay = {});
 
-  /// Stops reading, flushes what is queued (up to linger_timeout), closes.
-  void close_after_flush(std::string_view reason);
+  /// Stops reading requests, flushes what is queued, sends FIN, then waits
+  /// for the peer's FIN (linger_timeout) before closing. The whole drain is
+  /// capped at `flush_limit` (default: linger_timeout).
+  void close_after_flush(std::string_view reason, std::chrono::milliseconds flush_limit = {});
   /// Closes the socket at once; queued data is dropped.
   void close_now(std::string_view reason);
 
@@ -86,7 +89,7 @@ class connection : public std::enable_shared_from_this<connection> {
   void set_authenticated() noexcept;
   /// Counts as activity for the idle deadline (long server-side streams).
   void touch() noexcept { last_activity_ = clock::now(); }
-  void begin_shutdown();
+  void begin_shutdown(std::chrono::milliseconds grace);
 
   const std::string& peer_address() const noexcept { return peer_address_; }
   const std::string& peer() const noexcept { return peer_; }

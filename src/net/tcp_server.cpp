@@ -116,11 +116,11 @@ struct tcp_server::impl {
     acceptor.close(ec);
     signals.cancel(ec);
     for (auto& l : loops) {
-      asio::post(l->ioc, [&l = *l] {
+      asio::post(l->ioc, [&l = *l, grace = options.grace] {
         // Copy: on_shutdown may close a connection and erase it.
         std::vector<std::shared_ptr<connection>> cs;
         for (auto& [p, c] : l.connections) cs.push_back(c);
-        for (auto& c : cs) c->begin_shutdown();
+        for (auto& c : cs) c->begin_shutdown(grace);
       });
     }
     asio::co_spawn(loops[0]->ioc, finish_shutdown(), asio::detached);

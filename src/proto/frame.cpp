@@ -97,7 +97,6 @@ frame_decoder::status frame_decoder::decode(std::string_view& in, frame& out) {
           in.remove_prefix(header_need_);
         } else {
           std::size_t take = std::min<std::size_t>(in.size(), header_need_ - header_buf_.size());
-          if (header_buf_.empty()) header_buf_.reserve(header_need_);  // <= max_header, checked
           header_buf_.append(in.data(), take);
           in.remove_prefix(take);
           if (header_buf_.size() < header_need_) return status::need_more;

@@ -183,19 +183,23 @@ std::string load_or_create_admin_token(const std::filesystem::path& state_dir, c
     if (errno != ENOENT) {
       throw config_error("cannot read " + path.string() + ": " + std::strerror(errno));
     }
-    // Create it exclusively: two servers starting at once agree on one token.
-    fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-    if (fd < 0) {
-      if (errno == EEXIST) continue;
-      throw config_error("cannot create " + path.string() + ": " + std::strerror(errno));
-    }
+    // Write a private temporary file, then link() it into place: link fails
+    // if the name exists, so two servers starting at once agree on one token,
+    // and no reader ever sees a half-written file.
+    std::string tmp = (state_dir / "admin.token.XXXXXX").string();
+    fd = ::mkstemp(tmp.data());  // mode 0600
+    if (fd < 0) throw config_error("cannot create a file in " + state_dir.string() + ": " + std::strerror(errno));
     std::string token = proto::random_hex(32);
     std::string line = token + "\n";
     bool ok = ::write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size()) && ::fsync(fd) == 0;
     ::close(fd);
-    if (!ok) {
-      ::unlink(path.c_str());
-      throw config_error("cannot write " + path.string() + ": " + std::strerror(errno));
+    int linked = ok ? ::link(tmp.c_str(), path.c_str()) : -1;
+    int saved = errno;
+    ::unlink(tmp.c_str());
+    if (!ok) throw config_error("cannot write " + tmp + ": " + std::strerror(saved));
+    if (linked != 0) {
+      if (saved == EEXIST) continue;  // another process won: read its token
+      throw config_error("cannot create " + path.string() + ": " + std::strerror(saved));
     }
     generated = true;
     return token;

@@ -97,7 +97,9 @@ void run_server(server_config config, const serve_hooks& hooks) {
     std::printf("user: %s (%s)\n", u.name.c_str(), join(u.permissions.names()).c_str());
   }
   if (!token_note.empty()) std::printf("%s\n", token_note.c_str());
-  if (config.users.empty()) {
+  if (config.users.empty() && std::getenv("CSKIT_TOKEN") && *std::getenv("CSKIT_TOKEN")) {
+    std::printf("connect: CSKIT_TOKEN=<the same token> cskit ping %s\n", address.c_str());
+  } else if (config.users.empty()) {
     std::printf("connect: CSKIT_TOKEN=$(cat %s) cskit ping %s\n",
                 (config.state_dir / "admin.token").string().c_str(), address.c_str());
   } else {

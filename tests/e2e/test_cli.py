@@ -300,7 +300,8 @@ class ClientChecksTheServer(unittest.TestCase):
     def test_server_that_cannot_prove_the_token_is_rejected(self):
         def impostor(conn):
             conn.sendall(wire.encode({"type": "hello", "proto": 1, "server": "cskit", "version": "9",
-                                      "name": "evil", "nonce": os.urandom(32).hex()}))
+                                      "name": "evil", "auth": ["hmac-sha256"],
+                                      "nonce": os.urandom(32).hex()}))
             auth, _ = wire.read_frame(conn)
             conn.sendall(wire.encode({"type": "welcome", "id": auth["id"], "user": "admin",
                                       "permissions": [], "proof": "00" * 32}))
@@ -315,7 +316,8 @@ class ClientChecksTheServer(unittest.TestCase):
 
         def recorder(conn):
             conn.sendall(wire.encode({"type": "hello", "proto": 1, "server": "cskit", "version": "9",
-                                      "name": "rec", "nonce": os.urandom(32).hex()}))
+                                      "name": "rec", "auth": ["hmac-sha256"],
+                                      "nonce": os.urandom(32).hex()}))
             conn.settimeout(10)
             seen["bytes"] = conn.recv(65536)
 
@@ -332,6 +334,26 @@ class ClientChecksTheServer(unittest.TestCase):
         r = self.run_client(future)
         self.assertEqual(r.returncode, EXIT_PROTOCOL)
         self.assertIn("protocol version 2", r.stderr)
+
+    def test_hello_with_wrong_field_types(self):
+        def odd(conn):
+            conn.sendall(wire.encode({"type": "hello", "proto": 1, "server": "cskit", "version": 9,
+                                      "name": ["x"], "auth": ["hmac-sha256"], "nonce": 5}))
+            wire.wait_closed(conn, 10)
+
+        r = self.run_client(odd)
+        self.assertEqual(r.returncode, EXIT_PROTOCOL, r.stderr)
+        self.assertIn("malformed frame from server", r.stderr)
+
+    def test_hello_without_a_known_auth_method(self):
+        def other(conn):
+            conn.sendall(wire.encode({"type": "hello", "proto": 1, "server": "cskit", "version": "9",
+                                      "name": "x", "auth": ["password"], "nonce": os.urandom(32).hex()}))
+            wire.wait_closed(conn, 10)
+
+        r = self.run_client(other)
+        self.assertEqual(r.returncode, EXIT_PROTOCOL, r.stderr)
+        self.assertIn("hmac-sha256", r.stderr)
 
     def test_garbage_from_server(self):
         r = self.run_client(lambda conn: conn.sendall(b"HTTP/1.1 200 OK\r\n\r\n"))
