@@ -36,7 +36,7 @@ test-asan: build-asan
 
 ## make bench: benchmarks, compared with their peers (see docs/benchmarks.md).
 bench: build
-	bench/run.sh
+	python3 bench/run_bench.py
 
 ## make fuzz: run the frame-decoder fuzzer for FUZZ_SECONDS.
 fuzz: deps

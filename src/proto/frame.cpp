@@ -122,8 +122,9 @@ frame_decoder::status frame_decoder::decode(std::string_view& in, frame& out) {
           body_need_ -= take;
           if (body_need_ > 0) return status::need_more;
         }
+        // Moved-from members are valid and empty; parse_header overwrites
+        // them, so no fresh (allocating) json::object() per frame.
         out = std::move(current_);
-        current_ = frame{};
         phase_ = phase::length;
         length_have_ = 0;
         return status::frame;
