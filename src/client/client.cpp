@@ -117,6 +117,7 @@ struct connection::impl {
                                                ": " + ec.message() + " (is `cskit serve` running there?)");
     }
     socket.set_option(tcp::no_delay(true), ec);
+    socket.non_blocking(true, ec);  // for the spin in read_frame; async ops are unaffected
     peer = net::format_host_port(connected.address().to_string(), connected.port());
   }
 
@@ -126,8 +127,25 @@ struct connection::impl {
     if (e != proto::errc::ok) {
       throw client_error(failure::protocol, "cannot encode frame: " + std::string(proto::default_message(e)), e);
     }
-    error_code ec = run([&](auto handler) { asio::async_write(socket, asio::buffer(wbuf), handler); },
-                        opts.io_timeout, "sending to " + peer);
+    // Write directly while the socket accepts data (the common case); wait
+    // through the event loop, with a deadline, only when it is full.
+    std::size_t off = 0;
+    error_code ec;
+    while (off < wbuf.size()) {
+      std::size_t n = socket.write_some(asio::buffer(wbuf.data() + off, wbuf.size() - off), ec);
+      if (!ec) {
+        off += n;
+        continue;
+      }
+      if (ec != asio::error::would_block && ec != asio::error::try_again) break;
+      ec = run(
+          [&](auto handler) {
+            asio::async_write(socket, asio::buffer(wbuf.data() + off, wbuf.size() - off), handler);
+          },
+          opts.io_timeout, "sending to " + peer);
+      off = wbuf.size();
+      break;
+    }
     if (ec) throw client_error(failure::connect, "connection to " + peer + " lost: " + ec.message());
   }
 
@@ -146,6 +164,11 @@ struct connection::impl {
         }
       }
       std::size_t n = 0;
+      if (spin_read(n)) {
+        rpos = 0;
+        rlen = n;
+        continue;
+      }
       error_code ec = run(
           [&](auto handler) {
             socket.async_read_some(asio::buffer(rbuf.get(), 64 * 1024),
@@ -163,6 +186,21 @@ struct connection::impl {
       rpos = 0;
       rlen = n;
     }
+  }
+
+  // Polls the non-blocking socket for up to spin_before_block. True when
+  // bytes arrived; false to fall back to a blocking wait (also on errors,
+  // which the blocking read then reports).
+  bool spin_read(std::size_t& n) {
+    if (opts.spin_before_block.count() <= 0) return false;
+    const auto until = std::chrono::steady_clock::now() + opts.spin_before_block;
+    error_code ec;
+    do {
+      n = socket.read_some(asio::buffer(rbuf.get(), 64 * 1024), ec);
+      if (!ec) return true;
+      if (ec != asio::error::would_block && ec != asio::error::try_again) return false;
+    } while (std::chrono::steady_clock::now() < until);
+    return false;
   }
 
   proto::frame receive() {

@@ -49,6 +49,11 @@ struct connect_options {
   std::chrono::milliseconds connect_timeout{std::chrono::seconds(10)};
   /// Deadline for each wait on an established connection (handshake, replies).
   std::chrono::milliseconds io_timeout{std::chrono::seconds(30)};
+  /// Before blocking for a reply, poll the socket for up to this long.
+  /// Waking a blocked thread costs tens of microseconds (far more on VMs
+  /// with halt-polling idle states); a reply on loopback or a LAN usually
+  /// arrives sooner. Costs at most this much CPU per wait. 0 disables.
+  std::chrono::microseconds spin_before_block{200};
 };
 
 struct server_greeting {

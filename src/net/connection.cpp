@@ -106,8 +106,22 @@ bool connection::send(const proto::json& header, std::string_view body) {
     close_now("send queue overflow");
     return false;
   }
-  if (writer_waiting_) wake(writer_wake_);
+  // Inside a read batch the reader writes the coalesced replies itself when
+  // the batch ends (write_now); otherwise hand them to the writer.
+  if (!in_batch_ && writer_waiting_) wake(writer_wake_);
   return true;
+}
+
+void connection::write_now() {
+  if (state_ == state::closed || writing_ || pending_.empty()) return;
+  error_code ec;
+  std::size_t n = socket_.write_some(asio::buffer(pending_), ec);  // non-blocking socket
+  if (ec && ec != asio::error::would_block && ec != asio::error::try_again) {
+    close_now("write failed: " + ec.message());
+    return;
+  }
+  if (!ec) pending_.erase(0, n);
+  if (!pending_.empty() && writer_waiting_) wake(writer_wake_);
 }
 
 void connection::fail(proto::errc code, std::string_view message, std::optional<std::uint64_t> id,
@@ -201,7 +215,12 @@ asio::awaitable<void> connection::read_loop() {
         }
         break;
       }
-      if (state_ == state::open) process(std::string_view(buf, n));  // draining: discard
+      if (state_ == state::open) {
+        in_batch_ = true;
+        process(std::string_view(buf, n));
+        in_batch_ = false;
+        write_now();
+      }  // draining: discard
       if (n < read_chunk) break;
     }
     if (ec && ec != asio::error::would_block && ec != asio::error::try_again) break;

@@ -103,6 +103,7 @@ class connection : public std::enable_shared_from_this<connection> {
   boost::asio::awaitable<void> write_loop();
   boost::asio::awaitable<void> watchdog();
   void process(std::string_view bytes);
+  void write_now();
   void wake(boost::asio::steady_timer& t) noexcept;
   void coroutine_done();
   clock::time_point next_deadline(clock::time_point now, proto::errc& why) const noexcept;
@@ -144,6 +145,7 @@ class connection : public std::enable_shared_from_this<connection> {
   boost::asio::steady_timer writer_wake_;
   boost::asio::steady_timer reader_wake_;  // backpressure: queue drained
   bool writer_waiting_ = false;
+  bool in_batch_ = false;  // the reader is dispatching frames from one read
   bool reader_waiting_ = false;
 };
 
