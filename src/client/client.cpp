@@ -1,8 +1,5 @@
 #include "client/client.hpp"
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <boost/asio/connect.hpp>
 #include <boost/asio/io_context.hpp>
@@ -17,6 +14,7 @@
 #include "proto/auth.hpp"
 #include "proto/messages.hpp"
 #include "util/paths.hpp"
+#include "util/token_file.hpp"
 
 namespace cskit::client {
 
@@ -353,20 +351,6 @@ std::optional<std::string> env(const char* name) {
   return std::nullopt;
 }
 
-std::optional<std::string> read_private_token(const std::filesystem::path& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-  if (fd < 0) return std::nullopt;
-  struct stat st {};
-  char buf[256];
-  ssize_t n = (::fstat(fd, &st) == 0 && !(st.st_mode & (S_IRWXG | S_IRWXO))) ? ::read(fd, buf, sizeof buf) : -1;
-  ::close(fd);
-  if (n <= 0) return std::nullopt;
-  std::string t(buf, static_cast<std::size_t>(n));
-  while (!t.empty() && (t.back() == '\n' || t.back() == '\r' || t.back() == ' ')) t.pop_back();
-  if (t.empty()) return std::nullopt;
-  return t;
-}
-
 }  // namespace
 
 credentials resolve_credentials(const credential_sources& src) {
@@ -401,7 +385,10 @@ credentials resolve_credentials(const credential_sources& src) {
     c.token = *token;
   } else if (c.user == "admin") {
     // Same machine, same account as a default `cskit serve`: use its token.
-    if (auto t = read_private_token(util::default_state_dir() / "admin.token")) c.token = *t;
+    std::string t;
+    if (util::read_private_token(util::default_state_dir() / "admin.token", t) == util::token_file_status::ok) {
+      c.token = std::move(t);
+    }
   }
   return c;
 }

@@ -14,6 +14,7 @@
 
 #include "proto/auth.hpp"
 #include "util/paths.hpp"
+#include "util/token_file.hpp"
 
 namespace cskit::server {
 namespace {
@@ -162,35 +163,29 @@ std::string load_or_create_admin_token(const std::filesystem::path& state_dir, c
   const auto path = state_dir / "admin.token";
 
   for (int attempt = 0; attempt < 2; ++attempt) {
-    int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd >= 0) {
-      struct stat st {};
-      ::fstat(fd, &st);
-      if (st.st_mode & (S_IRWXG | S_IRWXO)) {
-        ::close(fd);
+    std::string token;
+    switch (util::read_private_token(path, token)) {
+      case util::token_file_status::ok:
+      case util::token_file_status::empty:
+        if (token.size() < min_token_length) {
+          throw config_error(path.string() + " holds no valid token (delete it to generate a new one)");
+        }
+        return token;
+      case util::token_file_status::not_private:
         throw config_error(path.string() + " is readable by other users; run: chmod 600 " + path.string());
-      }
-      char buf[256];
-      ssize_t n = ::read(fd, buf, sizeof buf);
-      ::close(fd);
-      std::string token(buf, n > 0 ? static_cast<std::size_t>(n) : 0);
-      while (!token.empty() && (token.back() == '\n' || token.back() == '\r' || token.back() == ' ')) token.pop_back();
-      if (token.size() < min_token_length) {
-        throw config_error(path.string() + " holds no valid token (delete it to generate a new one)");
-      }
-      return token;
-    }
-    if (errno != ENOENT) {
-      throw config_error("cannot read " + path.string() + ": " + std::strerror(errno));
+      case util::token_file_status::unreadable:
+        throw config_error("cannot read " + path.string() + ": " + std::strerror(errno));
+      case util::token_file_status::missing:
+        break;
     }
     // Write a private temporary file, then link() it into place: link fails
     // if the name exists, so two servers starting at once agree on one token,
     // and no reader ever sees a half-written file.
     std::string tmp = (state_dir / "admin.token.XXXXXX").string();
-    fd = ::mkstemp(tmp.data());  // mode 0600
+    int fd = ::mkstemp(tmp.data());  // mode 0600
     if (fd < 0) throw config_error("cannot create a file in " + state_dir.string() + ": " + std::strerror(errno));
-    std::string token = proto::random_hex(32);
-    std::string line = token + "\n";
+    const std::string fresh = proto::random_hex(32);
+    const std::string line = fresh + "\n";
     bool ok = ::write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size()) && ::fsync(fd) == 0;
     ::close(fd);
     int linked = ok ? ::link(tmp.c_str(), path.c_str()) : -1;
@@ -202,7 +197,7 @@ std::string load_or_create_admin_token(const std::filesystem::path& state_dir, c
       throw config_error("cannot create " + path.string() + ": " + std::strerror(saved));
     }
     generated = true;
-    return token;
+    return fresh;
   }
   throw config_error("cannot read or create " + path.string());
 }
