@@ -199,7 +199,10 @@ asio::awaitable<void> connection::read_loop() {
     }
     co_await socket_.async_wait(tcp::socket::wait_read, asio::redirect_error(asio::use_awaitable, ec));
     if (ec || state_ == state::closed) break;
-    for (int i = 0; i < max_reads_per_wakeup && state_ != state::closed; ++i) {
+    // Stop early once replies pile up, so the queue overshoots its high-water
+    // mark by at most one read's worth of replies.
+    for (int i = 0; i < max_reads_per_wakeup && state_ != state::closed && queued_bytes() <= limits_.send_queue_high;
+         ++i) {
       std::size_t n = socket_.read_some(asio::buffer(buf, read_chunk), ec);
       if (ec == asio::error::would_block || ec == asio::error::try_again) break;
       if (ec) {
@@ -225,7 +228,6 @@ asio::awaitable<void> connection::read_loop() {
     }
     if (ec && ec != asio::error::would_block && ec != asio::error::try_again) break;
   }
-  // Wait for the other coroutines only through running_.
 }
 
 asio::awaitable<void> connection::write_loop() {
