@@ -137,8 +137,6 @@ server_config load_config_file(const std::filesystem::path& path) {
   return parse_config(ss.str(), path.string());
 }
 
-std::filesystem::path default_state_dir() { return util::default_state_dir(); }
-
 proto::permission_set default_admin_permissions() {
   proto::permission_set p;
   p.add(proto::permission::files_read);

@@ -48,8 +48,6 @@ inline constexpr std::size_t min_token_length = 16;
 server_config parse_config(std::string_view toml_text, const std::string& source_name);
 server_config load_config_file(const std::filesystem::path& path);
 
-/// The default state directory for this process.
-std::filesystem::path default_state_dir();
 
 /// Permissions of the default `admin` user: everything except exec.
 proto::permission_set default_admin_permissions();

@@ -12,6 +12,7 @@
 #include "net/tcp_server.hpp"
 #include "proto/limits.hpp"
 #include "server/session.hpp"
+#include "util/paths.hpp"
 #include "version.hpp"
 
 namespace cskit::server {
@@ -46,7 +47,7 @@ void run_server(server_config config, const serve_hooks& hooks) {
   auto listen = net::parse_host_port(config.listen, proto::default_port, &why);
   if (!listen) throw config_error("invalid listen address '" + config.listen + "': " + why);
 
-  if (config.state_dir.empty()) config.state_dir = default_state_dir();
+  if (config.state_dir.empty()) config.state_dir = util::default_state_dir();
   if (config.root.empty()) config.root = config.state_dir / "share";
   std::error_code ec;
   std::filesystem::create_directories(config.root, ec);
