@@ -59,6 +59,8 @@ int run_serve_impl(serve_options o, CLI::App& cmd) {
   if (cmd.count("--frame-timeout")) cfg.frame_timeout = f.frame_timeout;
   if (cmd.count("--grace")) cfg.grace = f.grace;
   if (cmd.count("--log-level")) cfg.log_level = f.log_level;
+  if (cmd.count("--echo-listen")) cfg.echo.listen = f.echo.listen;
+  if (cmd.count("--ntp-listen")) cfg.time.listen = f.time.listen;
 
   auto level = spdlog::level::from_str(cfg.log_level);
   if (level == spdlog::level::off && cfg.log_level != "off") {
@@ -116,6 +118,10 @@ int main_impl(int argc, char** argv) {
   serve_cmd->add_option("--grace", grace, "Seconds sessions get to finish on SIGINT/SIGTERM")
       ->check(CLI::Range(0, 3600));
   serve_cmd->add_option("--log-level", serve.config.log_level, "trace, debug, info, warn, error, critical, off");
+  serve_cmd->add_option("--echo-listen", serve.config.echo.listen,
+                        "Also answer RFC 862 echo on UDP and TCP at ADDR[:PORT] (default port 7)");
+  serve_cmd->add_option("--ntp-listen", serve.config.time.listen,
+                        "Also serve time (SNTPv4) on UDP at ADDR[:PORT] (default port 123)");
 
   // ping
   ping_options ping;

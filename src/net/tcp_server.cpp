@@ -1,6 +1,7 @@
 #include "net/tcp_server.hpp"
 
 #include "net/endpoint.hpp"
+#include "net/listeners.hpp"
 
 #include <spdlog/spdlog.h>
 
@@ -46,6 +47,14 @@ struct tcp_server::impl {
   std::atomic<std::size_t> live{0};
   bool stopping = false;  // loop 0 only
   std::size_t next_loop = 0;
+  // Declared after `loops`: destroyed first, while their io_context lives.
+  std::vector<std::pair<loop*, std::unique_ptr<udp_endpoint>>> udp_endpoints;
+  std::vector<std::pair<loop*, std::unique_ptr<tcp_echo_listener>>> echo_listeners;
+  std::size_t next_side_loop = 0;
+
+  // Side services go on the loops from the last one down, away from the
+  // acceptor on loop 0 when there is more than one loop.
+  loop& side_loop() { return *loops[(loops.size() - 1 - next_side_loop++ % loops.size())]; }
 
   impl(server_options o, handler_factory f)
       : options(std::move(o)),
@@ -115,6 +124,8 @@ struct tcp_server::impl {
     error_code ec;
     acceptor.close(ec);
     signals.cancel(ec);
+    for (auto& [l, u] : udp_endpoints) asio::post(l->ioc, [u = u.get()] { u->stop(); });
+    for (auto& [l, e] : echo_listeners) asio::post(l->ioc, [e = e.get()] { e->stop(); });
     for (auto& l : loops) {
       asio::post(l->ioc, [&l = *l, grace = options.grace] {
         // Copy: on_shutdown may close a connection and erase it.
@@ -181,8 +192,42 @@ std::uint16_t tcp_server::local_port() const { return impl_->acceptor.local_endp
 
 std::string tcp_server::local_address() const { return format_address(impl_->acceptor.local_endpoint()); }
 
+std::string tcp_server::add_udp(const std::string& host, std::uint16_t port, const udp_options& options,
+                                std::shared_ptr<datagram_handler> handler) {
+  auto& l = impl_->side_loop();
+  auto u = std::make_unique<udp_endpoint>(l.ioc, options, std::move(handler));
+  u->bind(host, port);
+  std::string address = u->local_address();
+  impl_->udp_endpoints.emplace_back(&l, std::move(u));
+  return address;
+}
+
+std::string tcp_server::add_echo(const std::string& host, std::uint16_t port, const udp_options& options,
+                                 std::shared_ptr<datagram_handler> handler, const tcp_echo_options& tcp_options) {
+  auto& l = impl_->side_loop();
+  // With port 0 the UDP port is picked first; the same TCP port may be
+  // taken, so try a few times.
+  for (int attempt = 0;; ++attempt) {
+    auto u = std::make_unique<udp_endpoint>(l.ioc, options, handler);
+    u->bind(host, port);
+    auto e = std::make_unique<tcp_echo_listener>(l.ioc, tcp_options);
+    try {
+      e->bind(host, u->local_port());
+    } catch (const std::system_error&) {
+      if (port != 0 || attempt >= 20) throw;
+      continue;
+    }
+    std::string address = u->local_address();
+    impl_->udp_endpoints.emplace_back(&l, std::move(u));
+    impl_->echo_listeners.emplace_back(&l, std::move(e));
+    return address;
+  }
+}
+
 void tcp_server::run() {
   auto& im = *impl_;
+  for (auto& [l, u] : im.udp_endpoints) u->start();
+  for (auto& [l, e] : im.echo_listeners) e->start();
   im.signals.async_wait([&im](const error_code& ec, int signo) {
     if (ec) return;
     spdlog::info("received {}", signo == SIGINT ? "SIGINT" : "SIGTERM");

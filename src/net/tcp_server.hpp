@@ -10,6 +10,7 @@
 #include <string>
 
 #include "net/connection.hpp"
+#include "net/datagram.hpp"
 
 namespace cskit::net {
 
@@ -37,6 +38,17 @@ class tcp_server {
   /// The bound address, e.g. "127.0.0.1:7701" (valid after listen()).
   std::string local_address() const;
   std::uint16_t local_port() const;
+
+  /// Serves datagrams on HOST:PORT (port 0: any free port) with `handler`,
+  /// on one of the event loops, until shutdown. Call before run(). Returns
+  /// the bound address. Throws std::system_error.
+  std::string add_udp(const std::string& host, std::uint16_t port, const udp_options& options,
+                      std::shared_ptr<datagram_handler> handler);
+  /// RFC 862 echo: datagrams on UDP via `handler`, raw bytes on TCP, both on
+  /// HOST:PORT (port 0: one free port that works for both). Returns the
+  /// bound address.
+  std::string add_echo(const std::string& host, std::uint16_t port, const udp_options& options,
+                       std::shared_ptr<datagram_handler> handler, const tcp_echo_options& tcp_options);
 
   /// Serves until SIGINT/SIGTERM or stop(), then shuts down gracefully:
   /// stop accepting, ask every session to finish (on_shutdown), wait up to

@@ -28,6 +28,12 @@ namespace {
   throw config_error(os.str());
 }
 
+std::string fmt_number(double v) {
+  std::ostringstream os;
+  os << v;
+  return os.str();
+}
+
 template <class T>
 T get_integer(const std::string& source, const toml::node& n, std::string_view key, T lo, T hi) {
   auto v = n.value<std::int64_t>();
@@ -59,6 +65,63 @@ void parse_server_table(const std::string& source, const toml::table& t, server_
     else if (key == "log_level") c.log_level = get_string(source, v, key);
     else fail_at(source, v, "unknown key '" + std::string(key) + "' in [server]");
   }
+}
+
+double get_number(const std::string& source, const toml::node& n, std::string_view key, double lo, double hi) {
+  std::optional<double> v;
+  if (n.is_integer()) v = static_cast<double>(*n.value<std::int64_t>());
+  else if (n.is_floating_point()) v = *n.value<double>();
+  if (!v || !(*v >= lo && *v <= hi)) {
+    fail_at(source, n, "'" + std::string(key) + "' must be a number from " + fmt_number(lo) + " to " + fmt_number(hi));
+  }
+  return *v;
+}
+
+bool get_bool(const std::string& source, const toml::node& n, std::string_view key) {
+  if (!n.is_boolean()) fail_at(source, n, "'" + std::string(key) + "' must be true or false");
+  return *n.value<bool>();
+}
+
+// A rate of 0 turns a limit off; otherwise the burst must hold at least one unit.
+void check_limit(const std::string& source, const toml::node& at, const char* what, service::bucket_limit& l,
+                 double min_burst) {
+  if (l.rate > 0 && l.burst < min_burst) {
+    fail_at(source, at, std::string(what) + " burst must be at least " + fmt_number(min_burst) + " when its rate is set");
+  }
+}
+
+void parse_echo_table(const std::string& source, const toml::table& t, service::echo_options& e) {
+  for (auto&& [k, v] : t) {
+    std::string_view key = k.str();
+    if (key == "listen") e.listen = get_string(source, v, key);
+    else if (key == "rate") e.packets.rate = get_number(source, v, key, 0, 1e9);
+    else if (key == "burst") e.packets.burst = get_number(source, v, key, 0, 1e9);
+    else if (key == "byte_rate") e.bytes.rate = get_number(source, v, key, 0, 1e12);
+    else if (key == "byte_burst") e.bytes.burst = get_number(source, v, key, 0, 1e12);
+    else if (key == "max_tcp_connections") e.max_tcp_connections = get_integer<std::size_t>(source, v, key, 1, 100000);
+    else fail_at(source, v, "unknown key '" + std::string(key) + "' in [echo]");
+  }
+  check_limit(source, t, "[echo] rate", e.packets, 1);
+  check_limit(source, t, "[echo] byte_rate", e.bytes, 65507);
+}
+
+void parse_time_table(const std::string& source, const toml::table& t, service::time_options& o) {
+  for (auto&& [k, v] : t) {
+    std::string_view key = k.str();
+    if (key == "listen") o.listen = get_string(source, v, key);
+    else if (key == "stratum") o.stratum = get_integer<std::uint8_t>(source, v, key, 1, 15);
+    else if (key == "reference_id") {
+      if (!service::parse_reference_id(get_string(source, v, key), o.reference_id)) {
+        fail_at(source, v, "'reference_id' must be an IPv4 address or 1-4 letters and digits (\"GPS\", \"LOCL\")");
+      }
+    } else if (key == "root_delay") o.root_delay = get_number(source, v, key, 0, 16);
+    else if (key == "root_dispersion") o.root_dispersion = get_number(source, v, key, 0, 16);
+    else if (key == "rate") o.requests.rate = get_number(source, v, key, 0, 1e9);
+    else if (key == "burst") o.requests.burst = get_number(source, v, key, 0, 1e9);
+    else if (key == "kiss_of_death") o.kiss_of_death = get_bool(source, v, key);
+    else fail_at(source, v, "unknown key '" + std::string(key) + "' in [time]");
+  }
+  check_limit(source, t, "[time] rate", o.requests, 1);
 }
 
 user_account parse_user(const std::string& source, const toml::table& t) {
@@ -113,6 +176,10 @@ server_config parse_config(std::string_view text, const std::string& source) {
     if (key == "server") {
       if (!v.is_table()) fail_at(source, v, "'server' must be a table");
       parse_server_table(source, *v.as_table(), c);
+    } else if (key == "echo" || key == "time") {
+      if (!v.is_table()) fail_at(source, v, "'" + std::string(key) + "' must be a table");
+      if (key == "echo") parse_echo_table(source, *v.as_table(), c.echo);
+      else parse_time_table(source, *v.as_table(), c.time);
     } else if (key == "users") {
       const auto* arr = v.as_array();
       if (!arr) fail_at(source, v, "'users' must be an array of tables ([[users]])");
@@ -123,7 +190,7 @@ server_config parse_config(std::string_view text, const std::string& source) {
         c.users.push_back(std::move(u));
       }
     } else {
-      fail_at(source, v, "unknown top-level key '" + std::string(key) + "' (expected [server] or [[users]])");
+      fail_at(source, v, "unknown top-level key '" + std::string(key) + "' (expected [server], [echo], [time] or [[users]])");
     }
   }
   return c;

@@ -10,6 +10,8 @@
 #include <vector>
 
 #include "proto/messages.hpp"
+#include "service/echo.hpp"
+#include "service/time.hpp"
 
 namespace cskit::server {
 
@@ -32,6 +34,8 @@ struct server_config {
   std::chrono::seconds grace{5};
   std::string log_level = "info";
   std::vector<user_account> users;  ///< empty: the default `admin` user
+  service::echo_options echo;       ///< [echo]: RFC 862 on UDP and TCP
+  service::time_options time;       ///< [time]: SNTPv4 server
 };
 
 class config_error : public std::runtime_error {

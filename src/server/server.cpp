@@ -11,6 +11,7 @@
 #include "net/endpoint.hpp"
 #include "net/tcp_server.hpp"
 #include "proto/limits.hpp"
+#include "proto/ntp.hpp"
 #include "server/session.hpp"
 #include "util/paths.hpp"
 #include "version.hpp"
@@ -90,10 +91,32 @@ void run_server(server_config config, const serve_hooks& hooks) {
   net::tcp_server srv(o, [&ctx] { return std::make_unique<session>(ctx); });
   srv.listen();
   const std::string address = srv.local_address();
+  std::vector<std::string> extra_banner;
+  if (!config.echo.listen.empty()) {
+    auto ep = net::parse_host_port(config.echo.listen, service::echo_default_port, &why);
+    if (!ep) throw config_error("invalid echo listen address '" + config.echo.listen + "': " + why);
+    net::udp_options uo;  // any UDP payload, 32 per batch
+    net::tcp_echo_options to;
+    to.max_connections = config.echo.max_tcp_connections;
+    auto bound = srv.add_echo(ep->host, ep->port, uo, std::make_shared<service::echo_service>(config.echo), to);
+    extra_banner.push_back("echo: " + bound + " (RFC 862, UDP and TCP)");
+  }
+  if (!config.time.listen.empty()) {
+    auto ep = net::parse_host_port(config.time.listen, proto::ntp::default_port, &why);
+    if (!ep) throw config_error("invalid NTP listen address '" + config.time.listen + "': " + why);
+    net::udp_options uo;
+    uo.max_datagram = 1024;  // NTP with extension fields; bigger is dropped as truncated
+    uo.kernel_timestamps = true;
+    auto bound = srv.add_udp(ep->host, ep->port, uo, std::make_shared<service::time_service>(config.time));
+    extra_banner.push_back("time: " + bound + " (SNTPv4, stratum " + std::to_string(config.time.stratum) +
+                           ", reference " +
+                           proto::ntp::format_reference_id(config.time.reference_id, config.time.stratum) + ")");
+  }
 
   std::printf("cskit %s listening on %s (protocol %d, %u thread%s)\n", cskit_version, address.c_str(),
               proto::protocol_version, o.threads, o.threads == 1 ? "" : "s");
   std::printf("share: %s\n", config.root.string().c_str());
+  for (const auto& line : extra_banner) std::printf("%s\n", line.c_str());
   for (const auto& u : ctx.users) {
     std::printf("user: %s (%s)\n", u.name.c_str(), join(u.permissions.names()).c_str());
   }
