@@ -45,6 +45,36 @@ struct ping_options {
 };
 
 int run_ping(const ping_options& o);
+
+/// `cskit ping --udp`: RFC 862 echo probes, no authentication.
+struct udp_ping_options {
+  std::string host;             ///< HOST[:PORT], default port 7
+  long count = 0;               ///< 0: until interrupted
+  double interval = 1.0;
+  std::size_t size = 56;        ///< datagram size (at least 16)
+  double timeout = 1.0;         ///< seconds before a probe counts as lost
+  bool quiet = false;
+  bool json = false;
+};
+int run_udp_ping(const udp_ping_options& o);
+
+/// `cskit time` and `cskit sync`.
+struct time_options {
+  std::string host;  ///< HOST[:PORT], default port 123
+  int samples = 4;
+  double timeout = 1.0;  ///< seconds per request
+  int version = 4;       ///< NTP version to ask with (2, 3 or 4)
+  bool json = false;
+};
+int run_time(const time_options& o);
+
+struct sync_options {
+  time_options query;
+  bool dry_run = false;
+  bool force_step = false;
+  bool force_slew = false;
+};
+int run_sync(const sync_options& o);
 int run_info(const client_common& o);
 
 struct serve_options {

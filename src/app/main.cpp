@@ -133,6 +133,32 @@ int main_impl(int argc, char** argv) {
   ping_cmd->add_option("--size,-s", ping.size, "Payload bytes per probe (default 0)")
       ->check(CLI::Range(std::size_t{0}, static_cast<std::size_t>(proto::max_body_size)));
   ping_cmd->add_flag("--quiet,-q", ping.quiet, "Only print the summary");
+  bool ping_udp = false;
+  ping_cmd->add_flag("--udp", ping_udp,
+                     "Probe an RFC 862 UDP echo server instead (any, not only cskit's; default port 7, no login; "
+                     "-s is the datagram size, default 56, -W the loss timeout, default 1 s)");
+
+  // time and sync
+  time_options time_opts;
+  auto add_time_options = [](CLI::App& cmd, time_options& t) {
+    cmd.add_option("host", t.host, "NTP server as HOST[:PORT] (default port 123)")->required();
+    cmd.add_option("--samples,-n", t.samples, "Requests to send; the one with the lowest delay is used (default 4)")
+        ->check(CLI::Range(1, 64));
+    cmd.add_option("--timeout,-W", t.timeout, "Seconds to wait for each reply (default 1)")
+        ->check(CLI::Range(0.01, 60.0));
+    cmd.add_option("--ntp-version", t.version, "NTP version to request with (2, 3 or 4; default 4)")
+        ->check(CLI::Range(2, 4));
+    cmd.add_flag("--json", t.json, "Print one JSON object instead of text");
+  };
+  auto* time_cmd = app.add_subcommand("time", "Ask an NTP server (cskit's or any other) for the time and the offset");
+  add_time_options(*time_cmd, time_opts);
+  sync_options sync_opts;
+  auto* sync_cmd = app.add_subcommand(
+      "sync", "Measure like 'time', then slew the clock (offset under 0.5 s) or step it (needs CAP_SYS_TIME)");
+  add_time_options(*sync_cmd, sync_opts.query);
+  sync_cmd->add_flag("--dry-run", sync_opts.dry_run, "Only report what would be done");
+  auto* step_flag = sync_cmd->add_flag("--step", sync_opts.force_step, "Step the clock whatever the offset");
+  sync_cmd->add_flag("--slew", sync_opts.force_slew, "Slew the clock whatever the offset")->excludes(step_flag);
 
   // info
   client_common info;
@@ -174,7 +200,24 @@ int main_impl(int argc, char** argv) {
     serve.config.state_dir = state_dir;
     return run_serve_impl(std::move(serve), *serve_cmd);
   }
+  if (*ping_cmd && ping_udp) {
+    udp_ping_options u;
+    u.host = ping.common.host;
+    u.count = ping.count;
+    u.interval = ping.interval;
+    if (ping_cmd->count("--size")) u.size = ping.size;
+    if (ping_cmd->count("--timeout")) u.timeout = ping.common.timeout;
+    u.quiet = ping.quiet;
+    u.json = ping.common.json;
+    if (u.size > 65507) {
+      std::fprintf(stderr, "cskit ping --udp: -s must be at most 65507 (the largest UDP payload over IPv4)\n");
+      return exit_code::usage;
+    }
+    return run_udp_ping(u);
+  }
   if (*ping_cmd) return run_ping(ping);
+  if (*time_cmd) return run_time(time_opts);
+  if (*sync_cmd) return run_sync(sync_opts);
   if (*info_cmd) return run_info(info);
   return exit_code::usage;
 }
