@@ -43,7 +43,7 @@ timestamp from_unix(unix_ns t) noexcept {
   }
   timestamp ts;
   ts.seconds = static_cast<std::uint32_t>(static_cast<std::uint64_t>(sec + unix_epoch_offset));
-  // Rounded: nsec <= 999,999,999 gives at most 4,294,967,291, so no carry.
+  // Rounded: nsec <= 999,999,999 gives at most 4,294,967,292, so no carry.
   ts.fraction = static_cast<std::uint32_t>(((static_cast<std::uint64_t>(nsec) << 32) + ns_per_s / 2) / ns_per_s);
   return ts;
 }
