@@ -17,6 +17,7 @@ packages=(
   # tests, benchmarks, fuzzing
   libgtest-dev libgmock-dev libbenchmark-dev
   python3               # end-to-end tests and the independent client
+  chrony python3-ntplib socat   # third-party NTP and echo peers (tests, benchmarks)
   clang libclang-rt-14-dev   # libFuzzer (make fuzz)
 )
 

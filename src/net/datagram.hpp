@@ -40,9 +40,13 @@ struct datagram {
 
 class datagram_handler {
  public:
+  /// on_datagram's answer for "send nothing" (0 is an empty reply, which
+  /// echo sends for an empty datagram).
+  static constexpr std::size_t no_reply = static_cast<std::size_t>(-1);
+
   virtual ~datagram_handler() = default;
   /// Decides what to answer. Builds the reply in place in `d.data` and
-  /// returns its size, at most d.data.size(); 0 sends nothing.
+  /// returns its size, at most d.data.size(), or no_reply.
   virtual std::size_t on_datagram(datagram& d) = 0;
   /// Called for each reply immediately before the batch of replies is
   /// handed to the kernel (NTP stamps its transmit time here).

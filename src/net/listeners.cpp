@@ -240,7 +240,7 @@ void udp_endpoint::serve_batch(unsigned got) {
       }
     }
     std::size_t size = handler_->on_datagram(d);
-    if (size == 0) continue;
+    if (size == datagram_handler::no_reply) continue;
     size = std::min(size, d.data.size());  // never larger than the request
     auto& o = b.out[replies];
     o = mmsghdr{};

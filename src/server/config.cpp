@@ -98,6 +98,7 @@ void parse_echo_table(const std::string& source, const toml::table& t, service::
     else if (key == "burst") e.packets.burst = get_number(source, v, key, 0, 1e9);
     else if (key == "byte_rate") e.bytes.rate = get_number(source, v, key, 0, 1e12);
     else if (key == "byte_burst") e.bytes.burst = get_number(source, v, key, 0, 1e12);
+    else if (key == "max_datagram") e.max_datagram = get_integer<std::size_t>(source, v, key, 1, 65535);
     else if (key == "max_tcp_connections") e.max_tcp_connections = get_integer<std::size_t>(source, v, key, 1, 100000);
     else fail_at(source, v, "unknown key '" + std::string(key) + "' in [echo]");
   }

@@ -95,7 +95,8 @@ void run_server(server_config config, const serve_hooks& hooks) {
   if (!config.echo.listen.empty()) {
     auto ep = net::parse_host_port(config.echo.listen, service::echo_default_port, &why);
     if (!ep) throw config_error("invalid echo listen address '" + config.echo.listen + "': " + why);
-    net::udp_options uo;  // any UDP payload, 32 per batch
+    net::udp_options uo;
+    uo.max_datagram = config.echo.max_datagram;
     net::tcp_echo_options to;
     to.max_connections = config.echo.max_tcp_connections;
     auto bound = srv.add_echo(ep->host, ep->port, uo, std::make_shared<service::echo_service>(config.echo), to);

@@ -17,16 +17,16 @@ std::size_t echo_service::on_datagram(net::datagram& d) {
   if (d.truncated) {
     ++stats_.truncated;
     spdlog::debug("echo: dropped a truncated datagram of {} bytes from {}", d.wire_size, d.source.to_string());
-    return 0;
+    return no_reply;
   }
   if (d.source.port < 1024) {
     ++stats_.privileged_port;
-    return 0;
+    return no_reply;
   }
   if (limiter_.charge(d.source.address, d.source.is_v4, d.data.size(), util::monotonic_ns()) !=
       source_rate_limiter::verdict::allow) {
     ++stats_.rate_limited;
-    return 0;
+    return no_reply;
   }
   ++stats_.echoed;
   return d.data.size();  // the datagram itself is the reply

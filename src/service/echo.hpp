@@ -20,6 +20,9 @@ struct echo_options {
   bucket_limit packets{1000, 2000};                 ///< datagrams/s per source
   bucket_limit bytes{8 << 20, 8 << 20};             ///< bytes/s per source
   std::size_t max_tcp_connections = 64;
+  /// Largest datagram echoed; bigger ones arrive truncated and are dropped.
+  /// 65,507 is the largest UDP payload over IPv4.
+  std::size_t max_datagram = 65507;
 };
 
 struct echo_stats {

@@ -43,21 +43,21 @@ time_service::~time_service() {
 std::size_t time_service::on_datagram(net::datagram& d) {
   if (d.truncated) {
     ++stats_.truncated;
-    return 0;
+    return no_reply;
   }
   switch (ntp::check_request(d.data)) {
     case ntp::request_check::ok:
       break;
     case ntp::request_check::not_client_mode:
       ++stats_.not_requests;  // modes 6 and 7 included: never answered
-      return 0;
+      return no_reply;
     default:
       ++stats_.malformed;
-      return 0;
+      return no_reply;
   }
   if (d.source.port == 0) {
     ++stats_.malformed;
-    return 0;
+    return no_reply;
   }
   if (limiter_.enabled()) {
     const std::int64_t now = util::monotonic_ns();
@@ -69,7 +69,7 @@ std::size_t time_service::on_datagram(net::datagram& d) {
         return ntp::make_kiss_in_place(d.data, "RATE");
       }
       ++stats_.rate_limited;
-      return 0;
+      return no_reply;
     }
   }
   const ntp::timestamp rx = ntp::from_unix(d.rx_time_ns);

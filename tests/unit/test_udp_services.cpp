@@ -81,10 +81,13 @@ TEST(echo_service, echoes_whole_datagrams_only) {
   auto d = make(b, v4(1));
   EXPECT_EQ(e.on_datagram(d), 3u);
   d.truncated = true;
-  EXPECT_EQ(e.on_datagram(d), 0u);
+  EXPECT_EQ(e.on_datagram(d), net::datagram_handler::no_reply);
   auto p = make(b, v4(1, 19));  // chargen's port: never answered
-  EXPECT_EQ(e.on_datagram(p), 0u);
-  EXPECT_EQ(e.stats().echoed, 1u);
+  EXPECT_EQ(e.on_datagram(p), net::datagram_handler::no_reply);
+  std::vector<std::uint8_t> empty;
+  auto z = make(empty, v4(1));
+  EXPECT_EQ(e.on_datagram(z), 0u);  // an empty datagram gets an empty reply
+  EXPECT_EQ(e.stats().echoed, 2u);
   EXPECT_EQ(e.stats().truncated, 1u);
   EXPECT_EQ(e.stats().privileged_port, 1u);
 }
@@ -99,7 +102,7 @@ TEST(time_service, answers_requests_and_kisses_when_limited) {
     std::vector<std::uint8_t> b(req.begin(), req.end());
     auto d = make(b, v4(9, 123));  // NTP clients may use port 123
     auto n = t.on_datagram(d);
-    if (n == 0) {
+    if (n == net::datagram_handler::no_reply) {
       ++dropped;
       continue;
     }
@@ -122,7 +125,7 @@ TEST(time_service, answers_requests_and_kisses_when_limited) {
   std::vector<std::uint8_t> mode6(48, 0);
   mode6[0] = 0x26;
   auto d = make(mode6, v4(3));
-  EXPECT_EQ(t.on_datagram(d), 0u);
+  EXPECT_EQ(t.on_datagram(d), net::datagram_handler::no_reply);
   EXPECT_EQ(t.stats().not_requests, 1u);
 }
 
