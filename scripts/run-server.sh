@@ -8,6 +8,24 @@ listen=${1:-127.0.0.1:7701}
 share=${2:-$PWD/.run/share}
 here=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$share"
+
+# UDP services on loopback: NTP on its standard port 123 and echo on 7 when
+# this user may bind them (root or CAP_NET_BIND_SERVICE) and they are free,
+# otherwise on 12300 and 7007.
+can_bind() {  # can_bind PROTO PORT
+  python3 - "$1" "$2" <<'PY' 2>/dev/null
+import socket, sys
+kind = socket.SOCK_DGRAM if sys.argv[1] == "udp" else socket.SOCK_STREAM
+s = socket.socket(socket.AF_INET, kind)
+s.bind(("127.0.0.1", int(sys.argv[2])))
+PY
+}
+ntp_port=12300
+if can_bind udp 123; then ntp_port=123; fi
+echo_port=7007
+if can_bind udp 7 && can_bind tcp 7; then echo_port=7; fi
+ntp_listen=${CSKIT_NTP_LISTEN:-127.0.0.1:$ntp_port}
+echo_listen=${CSKIT_ECHO_LISTEN:-127.0.0.1:$echo_port}
 if [ ! -e "$share/README.txt" ]; then
   printf 'This is the cskit share served by `make run`.\nFiles put here are visible to clients.\n' >"$share/README.txt"
 fi
@@ -15,7 +33,10 @@ cat <<MSG
 Starting cskit on $listen, sharing $share. In another terminal, as this user:
   $here/build/release/cskit ping $listen -c 3
   $here/build/release/cskit info $listen
+  $here/build/release/cskit time $ntp_listen
+  $here/build/release/cskit ping --udp $echo_listen -c 3
 Stop the server with Ctrl-C.
 
 MSG
-exec "$here/build/release/cskit" serve --listen "$listen" --root "$share"
+exec "$here/build/release/cskit" serve --listen "$listen" --root "$share" \
+  --ntp-listen "$ntp_listen" --echo-listen "$echo_listen"
