@@ -23,6 +23,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
 import wire  # noqa: E402
+import udp_peers  # noqa: E402
 
 TOKEN = "bench-token-0123456789abcdef"
 
@@ -146,12 +147,116 @@ def bench_idle_memory(binary, runs, connections):
             "cases": {"rss_bytes_per_idle_authenticated_connection": summary(per_conn)}}
 
 
+def banner_port(p, name):
+    # The banner is printed in one go right after "listening on", so plain
+    # reads are bounded (select would miss lines already buffered by Python).
+    for _ in range(30):
+        line = p.stdout.readline().decode()
+        if not line:
+            break
+        m = re.match(name + r": 127\.0\.0\.1:(\d+) ", line)
+        if m:
+            return int(m.group(1))
+    raise RuntimeError(f"no {name} line in the banner")
+
+
+def start_udp_server(binary):
+    """cskit with echo and NTP on, rate limits off (the load comes from one source)."""
+    conf = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
+    conf.write("[echo]\nrate = 0\nbyte_rate = 0\n[time]\nrate = 0\n")
+    conf.close()
+    p, _, tmp = start_server(binary, "--threads", "1", "--config", conf.name,
+                             "--echo-listen", "127.0.0.1:0", "--ntp-listen", "127.0.0.1:0")
+    os.unlink(conf.name)
+    # The banner prints echo before time.
+    return p, tmp, banner_port(p, "echo"), banner_port(p, "time")
+
+
+def run_load(build, mode, port, seconds, window, size=None):
+    cmd = [os.path.join(build, "bench", "bench_udp"), mode, f"127.0.0.1:{port}", str(seconds), str(window)]
+    if size:
+        cmd.append(str(size))
+    return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=60).stdout)
+
+
+def bench_udp(binary, build, runs, seconds=2.0):
+    """NTP: cskit vs chronyd (accuracy with chronyd -Q, throughput with
+    bench_udp). Echo: cskit vs a socat echo server. Alternating, same run."""
+    p, tmp, echo_port, ntp_port = start_udp_server(binary)
+    chrony = udp_peers.ChronyServer()
+    acc = {"cskit": [], "chronyd": []}
+    ntp = {"cskit": [], "chronyd": []}
+    ntp_seq = {"cskit": [], "chronyd": []}
+    echo = {"cskit": [], "socat": []}
+    echo_seq = {"cskit": [], "socat": []}
+    echo_p50 = {"cskit": [], "socat": []}
+    try:
+        for _ in range(runs):
+            for name, port in (("cskit", ntp_port), ("chronyd", chrony.port)):
+                acc[name].append(abs(udp_peers.chronyd_measure(port)) * 1e6)
+            for name, port in (("cskit", ntp_port), ("chronyd", chrony.port)):
+                ntp[name].append(run_load(build, "ntp", port, seconds, 32)["per_second"])
+                ntp_seq[name].append(run_load(build, "ntp", port, seconds, 1)["per_second"])
+            for name in ("cskit", "socat"):
+                for window, target in ((32, echo), (1, echo_seq)):
+                    if name == "socat":
+                        # UDP4-LISTEN serves the first peer only: one socat per run.
+                        port = udp_peers.free_udp_port()
+                        # -b 64: socat's PIPE is a byte stream; with a block size
+                        # equal to the datagram size it returns each one whole.
+                        sp = subprocess.Popen(["socat", "-b", "64", f"UDP4-LISTEN:{port},bind=127.0.0.1", "PIPE"],
+                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                        time.sleep(0.2)
+                    else:
+                        port = echo_port
+                    try:
+                        r = run_load(build, "echo", port, seconds, window, 64)
+                    finally:
+                        if name == "socat":
+                            sp.terminate()
+                            sp.wait(timeout=10)
+                    target[name].append(r["per_second"])
+                    if window == 1:
+                        echo_p50[name].append(r["p50_us"])
+    finally:
+        chrony.stop()
+        stop_server(p, tmp)
+
+    def ratio(d, a, b):
+        return statistics.median(d[a]) / statistics.median(d[b])
+
+    return {
+        "commands": {
+            "accuracy": "chronyd -Q -t 10 -f /dev/null 'server 127.0.0.1 port P iburst maxsamples 4' "
+                        "'pidfile TMP/pid' 'cmdport 0'   (against cskit, then chronyd -x 'local stratum 10')",
+            "ntp_throughput": "bench_udp ntp 127.0.0.1:P 2 32   (and window 1: sequential)",
+            "echo": "bench_udp echo 127.0.0.1:P 2 32 64   (and window 1); socat -b 64 UDP4-LISTEN:P,bind=127.0.0.1 PIPE",
+            "server": "cskit serve --threads 1 --echo-listen 127.0.0.1:0 --ntp-listen 127.0.0.1:0 "
+                      "(rate limits off in its config)",
+        },
+        "cases": {
+            **{f"chronyd_Q_abs_offset_us_{k}": summary(v) for k, v in acc.items()},
+            **{f"ntp_requests_per_second_window32_{k}": summary(v) for k, v in ntp.items()},
+            **{f"ntp_requests_per_second_sequential_{k}": summary(v) for k, v in ntp_seq.items()},
+            **{f"echo_round_trips_per_second_window32_{k}": summary(v) for k, v in echo.items()},
+            **{f"echo_round_trips_per_second_sequential_{k}": summary(v) for k, v in echo_seq.items()},
+            **{f"echo_sequential_p50_us_{k}": summary(v) for k, v in echo_p50.items()},
+        },
+        "ratios": {
+            "ntp_throughput_cskit_over_chronyd": ratio(ntp, "cskit", "chronyd"),
+            "ntp_sequential_cskit_over_chronyd": ratio(ntp_seq, "cskit", "chronyd"),
+            "echo_window32_cskit_over_socat": ratio(echo, "cskit", "socat"),
+            "echo_sequential_cskit_over_socat": ratio(echo_seq, "cskit", "socat"),
+        },
+    }
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default=os.path.join(ROOT, "build", "release"))
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--connections", type=int, default=10000)
-    ap.add_argument("--only", choices=["codec", "roundtrip", "memory"])
+    ap.add_argument("--only", choices=["codec", "roundtrip", "memory", "udp"])
     a = ap.parse_args()
     binary = os.path.join(a.build, "cskit")
     results = {"machine": {"cores": os.cpu_count(), "kernel": os.uname().release}}
@@ -159,6 +264,8 @@ def main():
         results["codec"] = bench_codec(a.build, a.runs)
     if a.only in (None, "roundtrip"):
         results["roundtrip"] = bench_roundtrip(binary, a.build, a.runs)
+    if a.only in (None, "udp"):
+        results["udp"] = bench_udp(binary, a.build, a.runs)
     if a.only in (None, "memory"):
         results["memory"] = bench_idle_memory(binary, max(1, a.runs // 2 + 1), a.connections)
     os.makedirs(os.path.join(a.build, "..", "bench"), exist_ok=True)
