@@ -19,11 +19,11 @@ constexpr const char* exit_codes_text = R"(Exit codes:
   0  success
   1  local failure (cannot listen, bad configuration, ...)
   2  usage error
-  3  cannot connect, or the connection was lost
+  3  cannot connect, or the connection was lost (UDP: port unreachable)
   4  authentication failed (wrong user/token, or the server failed to prove itself)
-  5  permission denied
-  6  protocol error or version mismatch
-  7  the server reported an error
+  5  permission denied (sync: no CAP_SYS_TIME to set the clock)
+  6  protocol error or version mismatch (time: no trustworthy reply)
+  7  the server reported an error (time: Kiss-o'-Death)
   8  timed out (ping: at least one probe got no reply)
 )";
 
