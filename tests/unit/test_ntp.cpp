@@ -13,8 +13,8 @@ constexpr std::int64_t s = 1'000'000'000;
 std::vector<std::uint8_t> request(std::uint8_t first_byte, std::uint64_t transmit, std::size_t size = 48) {
   std::vector<std::uint8_t> d(size, 0);
   d[0] = first_byte;
-  d[2] = 6;  // poll
-  for (int i = 0; i < 8; ++i) d[40 + i] = static_cast<std::uint8_t>(transmit >> (56 - 8 * i));
+  if (size > 2) d[2] = 6;  // poll
+  for (std::size_t i = 0; i < 8 && 40 + i < size; ++i) d[40 + i] = static_cast<std::uint8_t>(transmit >> (56 - 8 * i));
   return d;
 }
 }  // namespace
