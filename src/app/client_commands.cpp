@@ -52,14 +52,7 @@ std::chrono::milliseconds ms(double seconds) {
   return std::chrono::milliseconds(static_cast<long long>(seconds * 1000.0));
 }
 
-client::connection open(const client_common& o) {
-  std::string why;
-  auto where = net::parse_host_port(o.host, proto::default_port, &why);
-  if (!where) throw client::client_error(client::failure::connect, "invalid host '" + o.host + "': " + why);
-  client::credential_sources src{o.user, o.token, o.client_config, o.host};
-  auto creds = client::resolve_credentials(src);
-  return client::connection::open(*where, creds, {ms(o.connect_timeout), ms(o.timeout)});
-}
+client::connection open(const client_common& o) { return connect_client(o, o.host); }
 
 int report(const client::client_error& e, bool as_json) {
   std::fprintf(stderr, "cskit: %s\n", e.what());
@@ -72,6 +65,15 @@ int report(const client::client_error& e, bool as_json) {
 }
 
 }  // namespace
+
+client::connection connect_client(const client_common& o, const std::string& host) {
+  std::string why;
+  auto where = net::parse_host_port(host, proto::default_port, &why);
+  if (!where) throw client::client_error(client::failure::connect, "invalid host '" + host + "': " + why);
+  client::credential_sources src{o.user, o.token, o.client_config, host};
+  auto creds = client::resolve_credentials(src);
+  return client::connection::open(*where, creds, {ms(o.connect_timeout), ms(o.timeout)});
+}
 
 int run_ping(const ping_options& o) {
   try {

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "client/client.hpp"
 #include "server/config.hpp"
@@ -45,6 +46,25 @@ struct ping_options {
 };
 
 int run_ping(const ping_options& o);
+
+/// Connects and authenticates to `host` with the credentials and deadlines
+/// in `o` (which may name several hosts; `host` is the one to use).
+client::connection connect_client(const client_common& o, const std::string& host);
+
+/// `cskit exec`.
+struct exec_options {
+  client_common common;              ///< common.host: HOST or HOST1,HOST2,...
+  std::vector<std::string> command;  ///< argv, run without a shell
+  std::string shell;                 ///< --shell 'command line'
+  std::string hosts_file;            ///< --hosts FILE
+  std::vector<std::string> env;      ///< KEY=VALUE
+  std::string cwd;
+  double timeout = 0;                ///< seconds; 0: the server's limit only
+  bool tty = false;
+  bool no_stdin = false;
+  int fanout = 32;
+};
+int run_exec(const exec_options& o);
 
 /// `cskit ping --udp`: RFC 862 echo probes, no authentication.
 struct udp_ping_options {

@@ -165,14 +165,52 @@ int main_impl(int argc, char** argv) {
   auto* info_cmd = app.add_subcommand("info", "Show the server's name, version, services and your permissions");
   add_client_options(*info_cmd, info);
 
+  // exec
+  exec_options exec;
+  std::vector<std::string> exec_words;
+  auto* exec_cmd = app.add_subcommand(
+      "exec", "Run a command on one or more servers: cskit exec HOST[,HOST...] [options] -- CMD [ARG...]");
+  exec_cmd->add_option("host", exec_words, "HOST[,HOST...] (none with --hosts); the command follows --");
+  exec_cmd->add_flag("-t,--tty", exec.tty, "Run the command on a terminal (interactive programs; one host only)");
+  exec_cmd->add_flag("-n,--no-stdin", exec.no_stdin, "Give the command /dev/null as stdin");
+  exec_cmd->add_option("--timeout", exec.timeout, "Kill the command (its whole process group) after SECONDS")
+      ->check(CLI::Range(0.001, 1e9));
+  exec_cmd->add_option("--cwd", exec.cwd, "Working directory on the server");
+  exec_cmd->add_option("--env", exec.env, "KEY=VALUE for the command (the server decides which keys are allowed)");
+  exec_cmd->add_option("--shell", exec.shell, "A command line for the server's shell (only where its policy allows)");
+  exec_cmd->add_option("--hosts", exec.hosts_file, "File with one HOST[:PORT] per line (fan-out)");
+  exec_cmd->add_option("-f,--fanout", exec.fanout, "Hosts run at once in fan-out (default 32)")->check(CLI::Range(1, 4096));
+  exec_cmd->add_option("--user,-u", exec.common.user, "User name (default: CSKIT_USER, client config, or admin)");
+  exec_cmd->add_option("--token", exec.common.token, "Token (default: CSKIT_TOKEN, then the client config)");
+  exec_cmd->add_option("--client-config", exec.common.client_config, "Client config file");
+  exec_cmd->add_option("--connect-timeout", exec.common.connect_timeout, "Seconds to wait for the connection")
+      ->check(CLI::Range(0.1, 3600.0));
+  exec_cmd->add_flag("--json", exec.common.json, "After the output, print the exit status as one JSON line");
+  exec_cmd->footer(R"(Exit status: the remote command's exit code, 128+N when it was killed by signal N,
+255 when cskit itself failed (cannot connect, not allowed, ...). Fan-out: the largest of them.
+Without -t, Ctrl-C sends SIGINT to the remote process group; a second Ctrl-C kills it.)");
+
   // help
   std::vector<std::string> help_topic;
   auto* help_cmd = app.add_subcommand("help", "Show help for cskit or for one command");
   help_cmd->add_option("command", help_topic, "Command to describe");
 
   const std::string main_help = app.help();  // before parsing selects a subcommand
+  // `cskit exec ... -- CMD ARGS`: everything after the first -- is the
+  // command, verbatim, whatever it looks like; CLI11 sees only what is before.
+  std::vector<std::string> exec_tail;
+  int parse_argc = argc;
+  if (argc > 1 && std::string_view(argv[1]) == "exec") {
+    for (int i = 2; i < argc; ++i) {
+      if (std::string_view(argv[i]) == "--") {
+        exec_tail.assign(argv + i + 1, argv + argc);
+        parse_argc = i;
+        break;
+      }
+    }
+  }
   try {
-    app.parse(argc, argv);
+    app.parse(parse_argc, argv);
   } catch (const CLI::ParseError& e) {
     int rc = app.exit(e);
     return rc == 0 ? exit_code::ok : exit_code::usage;
@@ -217,6 +255,18 @@ int main_impl(int argc, char** argv) {
   }
   if (*ping_cmd) return run_ping(ping);
   if (*time_cmd) return run_time(time_opts);
+  if (*exec_cmd) {
+    // Positionals: HOST, then the command (everything after --). With
+    // --hosts FILE there is no HOST word.
+    if (exec.hosts_file.empty() == exec_words.empty() || exec_words.size() > 1) {
+      std::fprintf(stderr, "cskit exec: give one HOST[,HOST...] or --hosts FILE, then -- and the command\n");
+      return exit_code::usage;
+    }
+    if (!exec_words.empty()) exec.common.host = exec_words.front();
+    exec.command = exec_tail;
+    exec.common.timeout = 30;
+    return run_exec(exec);
+  }
   if (*sync_cmd) return run_sync(sync_opts);
   if (*info_cmd) return run_info(info);
   return exit_code::usage;

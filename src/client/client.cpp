@@ -201,21 +201,56 @@ struct connection::impl {
     return false;
   }
 
+  // Decodes what is buffered, then reads once without blocking.
+  std::optional<proto::frame> try_read_frame() {
+    proto::frame f;
+    for (int round = 0; round < 2; ++round) {
+      if (rpos < rlen) {
+        std::string_view in(rbuf.get() + rpos, rlen - rpos);
+        auto st = decoder.decode(in, f);
+        rpos = rlen - in.size();
+        if (st == proto::frame_decoder::status::frame) return f;
+        if (st == proto::frame_decoder::status::error) {
+          throw client_error(failure::protocol,
+                             "bad frame from " + peer + ": " + std::string(proto::default_message(decoder.error())),
+                             decoder.error());
+        }
+      }
+      if (round == 1) break;
+      error_code ec;
+      std::size_t n = socket.read_some(asio::buffer(rbuf.get(), 64 * 1024), ec);
+      if (ec == asio::error::would_block || ec == asio::error::try_again) return std::nullopt;
+      if (ec) {
+        throw client_error(failure::connect, ec == asio::error::eof ? "connection closed by " + peer
+                                                                    : "connection to " + peer + " lost: " + ec.message());
+      }
+      rpos = 0;
+      rlen = n;
+    }
+    return std::nullopt;
+  }
+
+  // Server pings are answered, `bye` and fatal errors thrown; true when `f`
+  // is for the caller.
+  bool filter(proto::frame& f) {
+    const auto type = f.type();
+    if (type == proto::type::ping) {
+      json pong = {{"type", proto::type::pong}};
+      if (auto id = f.id()) pong["id"] = *id;
+      write(pong, f.body);
+      return false;
+    }
+    if (type == proto::type::bye) {
+      throw client_error(failure::connect, "server closed the session: " + f.header.value("message", "bye"));
+    }
+    if (type == proto::type::error && !f.id()) throw error_from_frame(f);
+    return true;
+  }
+
   proto::frame receive() {
     for (;;) {
       proto::frame f = read_frame();
-      const auto type = f.type();
-      if (type == proto::type::ping) {
-        json pong = {{"type", proto::type::pong}};
-        if (auto id = f.id()) pong["id"] = *id;
-        write(pong, f.body);
-        continue;
-      }
-      if (type == proto::type::bye) {
-        throw client_error(failure::connect, "server closed the session: " + f.header.value("message", "bye"));
-      }
-      if (type == proto::type::error && !f.id()) throw error_from_frame(f);
-      return f;
+      if (filter(f)) return f;
     }
   }
 
@@ -319,6 +354,17 @@ void connection::send(const json& header, std::string_view body) { impl_->write(
 proto::frame connection::receive() {
   return guard_json([&] { return impl_->receive(); });
 }
+
+std::optional<proto::frame> connection::try_receive() {
+  return guard_json([&]() -> std::optional<proto::frame> {
+    while (auto f = impl_->try_read_frame()) {
+      if (impl_->filter(*f)) return f;
+    }
+    return std::nullopt;
+  });
+}
+
+int connection::native_handle() const noexcept { return impl_->socket.native_handle(); }
 
 proto::frame connection::request(json header, std::string_view body) {
   const std::uint64_t id = next_id();

@@ -87,6 +87,11 @@ class connection {
   /// `ping` frames transparently. A fatal `error` (no id) or `bye` from the
   /// server throws client_error.
   proto::frame receive();
+  /// Like receive(), but never blocks: nullopt when no whole frame has
+  /// arrived yet. For callers that poll() native_handle() themselves.
+  std::optional<proto::frame> try_receive();
+  /// The socket, to poll for readability (never read it directly).
+  int native_handle() const noexcept;
   /// Sends `header` with a new id and returns the reply with that id. An
   /// `error` reply throws client_error (kind from its code).
   proto::frame request(proto::json header, std::string_view body = {});

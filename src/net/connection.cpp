@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
@@ -112,6 +113,32 @@ bool connection::send(const proto::json& header, std::string_view body) {
   return true;
 }
 
+void connection::when_queue_below(std::size_t bytes, std::function<void()> fn) {
+  if (state_ == state::closed) return;
+  if (queued_bytes() <= bytes) {
+    asio::post(executor_, [self = shared_from_this(), fn = std::move(fn)] {
+      if (!self->closing()) fn();
+    });
+    return;
+  }
+  drain_waiters_.emplace_back(bytes, std::move(fn));
+}
+
+void connection::notify_drain_waiters() {
+  if (drain_waiters_.empty() || state_ != state::open) return;
+  const std::size_t queued = queued_bytes();
+  std::vector<std::function<void()>> ready;
+  for (auto it = drain_waiters_.begin(); it != drain_waiters_.end();) {
+    if (queued <= it->first) {
+      ready.push_back(std::move(it->second));
+      it = drain_waiters_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (auto& fn : ready) fn();  // may send, and so queue more
+}
+
 void connection::write_now() {
   if (state_ == state::closed || writing_ || pending_.empty()) return;
   error_code ec;
@@ -122,6 +149,7 @@ void connection::write_now() {
   }
   if (!ec) pending_.erase(0, n);
   if (!pending_.empty() && writer_waiting_) wake(writer_wake_);
+  notify_drain_waiters();
 }
 
 void connection::fail(proto::errc code, std::string_view message, std::optional<std::uint64_t> id,
@@ -152,6 +180,7 @@ void connection::close_now(std::string_view reason) {
   if (state_ == state::closed) return;
   state_ = state::closed;
   if (close_reason_.empty()) close_reason_ = reason;
+  drain_waiters_.clear();
   error_code ec;
   socket_.close(ec);
   wake(watchdog_timer_);
@@ -265,6 +294,7 @@ asio::awaitable<void> connection::write_loop() {
     }
     if (pending_.empty() && pending_.capacity() > 64 * 1024) std::string().swap(pending_);
     if (reader_waiting_ && queued_bytes() <= limits_.send_queue_high / 2) wake(reader_wake_);
+    notify_drain_waiters();
   }
   if (state_ == state::draining) {
     // Everything is flushed: send FIN, then let the reader drain the peer's

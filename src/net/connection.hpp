@@ -19,6 +19,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "proto/frame.hpp"
 
@@ -94,6 +95,11 @@ class connection : public std::enable_shared_from_this<connection> {
   const std::string& peer_address() const noexcept { return peer_address_; }
   const std::string& peer() const noexcept { return peer_; }
   std::size_t queued_bytes() const noexcept { return pending_.size() + inflight_left_; }
+  /// Runs `fn` once (on this connection's thread) as soon as no more than
+  /// `bytes` are queued to send: how a producer (command output) waits for
+  /// a slow peer instead of growing the queue. Dropped if the connection
+  /// closes first.
+  void when_queue_below(std::size_t bytes, std::function<void()> fn);
   bool closing() const noexcept { return state_ != state::open; }
   boost::asio::any_io_executor executor() const { return executor_; }
 
@@ -131,6 +137,10 @@ class connection : public std::enable_shared_from_this<connection> {
   clock::time_point write_progress_;
   clock::time_point linger_until_;
   clock::time_point watchdog_armed_for_;
+
+  // producers waiting for the send queue to drain (when_queue_below)
+  std::vector<std::pair<std::size_t, std::function<void()>>> drain_waiters_;
+  void notify_drain_waiters();
 
   // delayed error (fail with delay)
   std::optional<proto::json> delayed_error_;

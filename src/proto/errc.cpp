@@ -36,6 +36,10 @@ constexpr std::array entries{
     entry{errc::shutting_down, "shutting_down", "server is shutting down"},
     entry{errc::overloaded, "overloaded", "peer is not reading fast enough"},
     entry{errc::internal_error, "internal_error", "internal server error"},
+    entry{errc::not_allowed, "not_allowed", "not allowed by the server's policy"},
+    entry{errc::busy, "busy", "server is at a concurrency limit; try again later"},
+    entry{errc::spawn_failed, "spawn_failed", "the command could not be started"},
+    entry{errc::not_found, "not_found", "no such object"},
 };
 
 const entry* find(errc e) noexcept {

@@ -35,6 +35,11 @@ enum class errc {
   shutting_down,          // server is stopping
   overloaded,             // send queue overflow or similar
   internal_error,
+  // services
+  not_allowed,            // the server's policy forbids it (exec disabled, program not on the allow-list, ...)
+  busy,                   // a concurrency limit is reached; try again later
+  spawn_failed,           // the command could not be started (no such program, ...)
+  not_found,              // the request names something that does not exist (e.g. an exec id)
 };
 
 /// Wire name of a code, e.g. "auth_failed".

@@ -19,6 +19,15 @@ inline constexpr std::string_view pong = "pong";
 inline constexpr std::string_view info = "info";
 inline constexpr std::string_view info_reply = "info.reply";
 inline constexpr std::string_view bye = "bye";  // server -> client before an orderly close
+// remote execution (docs/protocol.md, "exec")
+inline constexpr std::string_view exec = "exec";                  // C->S: start a command
+inline constexpr std::string_view exec_started = "exec.started";  // S->C
+inline constexpr std::string_view exec_output = "exec.output";    // S->C: stdout/stderr bytes
+inline constexpr std::string_view exec_stdin = "exec.stdin";      // C->S: stdin bytes / EOF
+inline constexpr std::string_view exec_ack = "exec.ack";          // S->C: stdin bytes consumed
+inline constexpr std::string_view exec_signal = "exec.signal";    // C->S
+inline constexpr std::string_view exec_resize = "exec.resize";    // C->S: terminal size
+inline constexpr std::string_view exec_exit = "exec.exit";        // S->C: final status
 }  // namespace type
 
 enum class permission : std::uint8_t {

@@ -125,6 +125,39 @@ void parse_time_table(const std::string& source, const toml::table& t, service::
   check_limit(source, t, "[time] rate", o.requests, 1);
 }
 
+std::vector<std::string> get_string_array(const std::string& source, const toml::node& n, std::string_view key) {
+  const auto* arr = n.as_array();
+  if (!arr) fail_at(source, n, "'" + std::string(key) + "' must be an array of strings");
+  std::vector<std::string> out;
+  for (auto&& x : *arr) {
+    auto v = x.value<std::string>();
+    if (!x.is_string() || !v) fail_at(source, x, "'" + std::string(key) + "' must contain strings only");
+    out.push_back(*v);
+  }
+  return out;
+}
+
+void parse_exec_table(const std::string& source, const toml::table& t, service::exec_options& e) {
+  for (auto&& [k, v] : t) {
+    std::string_view key = k.str();
+    if (key == "enabled") e.enabled = get_bool(source, v, key);
+    else if (key == "allow_shell") e.allow_shell = get_bool(source, v, key);
+    else if (key == "shell") e.shell = get_string(source, v, key);
+    else if (key == "programs") e.programs = get_string_array(source, v, key);
+    else if (key == "path") e.path = get_string(source, v, key);
+    else if (key == "cwd") e.cwd = get_string(source, v, key);
+    else if (key == "env_allow") e.env_allow = get_string_array(source, v, key);
+    else if (key == "max_wall_time") e.max_wall_time = std::chrono::seconds(get_integer<std::int64_t>(source, v, key, 0, 86400 * 365));
+    else if (key == "cpu_seconds") e.cpu_seconds = get_integer<std::uint64_t>(source, v, key, 0, 86400 * 365);
+    else if (key == "memory_bytes") e.memory_bytes = get_integer<std::uint64_t>(source, v, key, 0, std::int64_t{1} << 50);
+    else if (key == "max_processes") e.max_processes = get_integer<std::uint64_t>(source, v, key, 0, 1000000);
+    else if (key == "max_concurrent") e.max_concurrent = get_integer<std::size_t>(source, v, key, 1, 100000);
+    else if (key == "max_concurrent_per_user") e.max_concurrent_per_user = get_integer<std::size_t>(source, v, key, 1, 100000);
+    else if (key == "run_as") e.run_as = get_string(source, v, key);
+    else fail_at(source, v, "unknown key '" + std::string(key) + "' in [exec]");
+  }
+}
+
 user_account parse_user(const std::string& source, const toml::table& t) {
   user_account u;
   bool have_token = false;
@@ -177,10 +210,11 @@ server_config parse_config(std::string_view text, const std::string& source) {
     if (key == "server") {
       if (!v.is_table()) fail_at(source, v, "'server' must be a table");
       parse_server_table(source, *v.as_table(), c);
-    } else if (key == "echo" || key == "time") {
+    } else if (key == "echo" || key == "time" || key == "exec") {
       if (!v.is_table()) fail_at(source, v, "'" + std::string(key) + "' must be a table");
       if (key == "echo") parse_echo_table(source, *v.as_table(), c.echo);
-      else parse_time_table(source, *v.as_table(), c.time);
+      else if (key == "time") parse_time_table(source, *v.as_table(), c.time);
+      else parse_exec_table(source, *v.as_table(), c.exec);
     } else if (key == "users") {
       const auto* arr = v.as_array();
       if (!arr) fail_at(source, v, "'users' must be an array of tables ([[users]])");
@@ -191,7 +225,7 @@ server_config parse_config(std::string_view text, const std::string& source) {
         c.users.push_back(std::move(u));
       }
     } else {
-      fail_at(source, v, "unknown top-level key '" + std::string(key) + "' (expected [server], [echo], [time] or [[users]])");
+      fail_at(source, v, "unknown top-level key '" + std::string(key) + "' (expected [server], [echo], [time], [exec] or [[users]])");
     }
   }
   return c;

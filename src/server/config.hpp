@@ -11,6 +11,7 @@
 
 #include "proto/messages.hpp"
 #include "service/echo.hpp"
+#include "service/exec.hpp"
 #include "service/time.hpp"
 
 namespace cskit::server {
@@ -36,6 +37,7 @@ struct server_config {
   std::vector<user_account> users;  ///< empty: the default `admin` user
   service::echo_options echo;       ///< [echo]: RFC 862 on UDP and TCP
   service::time_options time;       ///< [time]: SNTPv4 server
+  service::exec_options exec;       ///< [exec]: remote execution (off by default)
 };
 
 class config_error : public std::runtime_error {

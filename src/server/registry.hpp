@@ -5,6 +5,7 @@
 
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -20,9 +21,47 @@ class connection;
 
 namespace cskit::server {
 
+/// State a service keeps for one connection between requests (for example
+/// the commands it runs). Destroyed when the connection closes, which is how
+/// services learn about it. Used on the connection's thread only.
+class connection_scope {
+ public:
+  /// The object stored under `key`, created with `make()` (returning a
+  /// std::shared_ptr<T>) on first use.
+  template <class T, class Make>
+  T& get(std::string_view key, Make&& make) {
+    for (auto& [k, p] : items_) {
+      if (k == key) return *static_cast<T*>(p.get());
+    }
+    std::shared_ptr<T> p = make();
+    T& ref = *p;
+    items_.emplace_back(std::string(key), std::move(p));
+    return ref;
+  }
+  template <class T>
+  T* find(std::string_view key) {
+    for (auto& [k, p] : items_) {
+      if (k == key) return static_cast<T*>(p.get());
+    }
+    return nullptr;
+  }
+  /// Destroys everything, newest first.
+  void clear() {
+    while (!items_.empty()) {
+      auto last = std::move(items_.back().second);
+      items_.pop_back();
+      last.reset();
+    }
+  }
+
+ private:
+  std::vector<std::pair<std::string, std::shared_ptr<void>>> items_;
+};
+
 /// One request, as a handler sees it. Replies are tagged with its id.
 struct request {
   net::connection& conn;
+  connection_scope& scope;
   const user_account& user;
   std::uint64_t id;
   proto::frame frame;

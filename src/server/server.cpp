@@ -12,6 +12,7 @@
 #include "net/tcp_server.hpp"
 #include "proto/limits.hpp"
 #include "proto/ntp.hpp"
+#include "server/exec_routes.hpp"
 #include "server/session.hpp"
 #include "util/paths.hpp"
 #include "version.hpp"
@@ -76,6 +77,14 @@ void run_server(server_config config, const serve_hooks& hooks) {
     ctx.users = config.users;
   }
   register_core_service(ctx);
+  service::exec_policy exec_policy;
+  try {
+    exec_policy = service::exec_policy::resolve(config.exec);
+  } catch (const std::runtime_error& e) {
+    throw config_error(e.what());
+  }
+  service::exec_limiter exec_limiter(config.exec);
+  register_exec_service(ctx, exec_policy, exec_limiter);
 
   net::server_options o;
   o.host = listen->host;
@@ -117,6 +126,11 @@ void run_server(server_config config, const serve_hooks& hooks) {
   std::printf("cskit %s listening on %s (protocol %d, %u thread%s)\n", cskit_version, address.c_str(),
               proto::protocol_version, o.threads, o.threads == 1 ? "" : "s");
   std::printf("share: %s\n", config.root.string().c_str());
+  if (config.exec.enabled) {
+    std::printf("exec: enabled, commands run as %s%s%s\n", exec_policy.account.c_str(),
+                config.exec.allow_shell ? ", shell allowed" : "",
+                config.exec.programs.empty() ? "" : ", allow-list of programs");
+  }
   for (const auto& line : extra_banner) std::printf("%s\n", line.c_str());
   for (const auto& u : ctx.users) {
     std::printf("user: %s (%s)\n", u.name.c_str(), join(u.permissions.names()).c_str());

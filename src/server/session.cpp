@@ -31,6 +31,7 @@ void session::on_open(net::connection& c) {
 }
 
 void session::on_close(net::connection& c, std::string_view reason) {
+  scope_.clear();  // services release what this connection held (e.g. kill its commands)
   if (user_) {
     spdlog::info("closed {} user={} requests={} ({})", c.peer(), user_->name, requests_, reason);
   } else {
@@ -132,8 +133,14 @@ void session::dispatch(net::connection& c, proto::frame&& f) {
                              id));
     return;
   }
-  request r{c, *user_, *id, std::move(f)};
-  route->handler(r);
+  request r{c, scope_, *user_, *id, std::move(f)};
+  try {
+    route->handler(r);
+  } catch (const json::exception& e) {
+    // A field of the wrong JSON type, caught by the library's checked access.
+    c.send(proto::make_error(errc::bad_request, fmt::format("'{}': a field has the wrong type ({})", type, e.what()),
+                             id));
+  }
 }
 
 void register_core_service(server_context& ctx) {

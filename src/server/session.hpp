@@ -41,6 +41,7 @@ class session final : public net::frame_handler {
   proto::nonce server_nonce_{};
   const user_account* user_ = nullptr;
   std::uint64_t requests_ = 0;
+  connection_scope scope_;
 };
 
 /// Registers the requests every server answers (`info`).

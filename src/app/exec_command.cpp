@@ -1,0 +1,435 @@
+// `cskit exec`: run a command on one host (live streams, stdin, signals,
+// optional terminal) or on several at once (fan-out, prefixed lines).
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/ioctl.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "app/commands.hpp"
+#include "proto/messages.hpp"
+
+namespace cskit::app {
+
+using proto::json;
+
+namespace {
+
+constexpr int own_error = 255;  // like ssh: the client's own failures
+constexpr auto keepalive = std::chrono::seconds(15);
+
+struct remote_status {
+  bool finished = false;
+  std::optional<int> exit_code;
+  int signal = 0;
+  bool core_dumped = false;
+  bool timed_out = false;
+  double duration = 0;
+  std::uint64_t bytes_out = 0;
+
+  int local_exit_code() const {
+    if (exit_code) return *exit_code;
+    if (signal) return 128 + signal;
+    return own_error;
+  }
+  json to_json(const std::string& host) const {
+    json j = {{"host", host}, {"duration", duration}, {"bytes_out", bytes_out}, {"timed_out", timed_out}};
+    if (exit_code) j["exit_code"] = *exit_code;
+    if (signal) {
+      j["signal"] = signal;
+      j["core_dumped"] = core_dumped;
+    }
+    j["status"] = local_exit_code();
+    return j;
+  }
+  std::string text() const {
+    std::string s = exit_code ? "exit " + std::to_string(*exit_code)
+                              : "killed by signal " + std::to_string(signal) + (core_dumped ? " (core dumped)" : "");
+    if (timed_out) s += ", timed out";
+    return s;
+  }
+};
+
+void read_exit(const proto::frame& f, remote_status& st) {
+  const auto& h = f.header;
+  st.finished = true;
+  if (h.contains("exit_code")) st.exit_code = h.at("exit_code").get<int>();
+  st.signal = h.value("signal", 0);
+  st.core_dumped = h.value("core_dumped", false);
+  st.timed_out = h.value("timed_out", false);
+  st.duration = h.value("duration", 0.0);
+  st.bytes_out = h.value("bytes_out", std::uint64_t{0});
+}
+
+json exec_request(const exec_options& o, bool with_stdin, std::optional<net::terminal_size> tty) {
+  json req = {{"type", proto::type::exec}, {"stdin", with_stdin}};
+  if (!o.shell.empty()) {
+    req["shell"] = o.shell;
+  } else {
+    req["argv"] = o.command;
+  }
+  if (!o.cwd.empty()) req["cwd"] = o.cwd;
+  if (o.timeout > 0) req["timeout"] = o.timeout;
+  if (!o.env.empty()) {
+    json env = json::object();
+    for (const auto& kv : o.env) {
+      auto eq = kv.find('=');
+      env[kv.substr(0, eq)] = eq == std::string::npos ? "" : kv.substr(eq + 1);
+    }
+    req["env"] = env;
+  }
+  if (tty) {
+    const char* term = std::getenv("TERM");
+    req["tty"] = {{"rows", tty->rows}, {"cols", tty->cols}, {"term", term && *term ? term : "xterm-256color"}};
+  }
+  return req;
+}
+
+bool write_all(int fd, std::string_view data) {
+  while (!data.empty()) {
+    ssize_t n = ::write(fd, data.data(), data.size());
+    if (n > 0) {
+      data.remove_prefix(static_cast<std::size_t>(n));
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      pollfd p{fd, POLLOUT, 0};
+      ::poll(&p, 1, 1000);
+      continue;
+    }
+    return false;  // EPIPE and friends: the reader is gone
+  }
+  return true;
+}
+
+std::optional<net::terminal_size> local_terminal_size() {
+  winsize ws{};
+  for (int fd : {STDIN_FILENO, STDOUT_FILENO}) {
+    if (::ioctl(fd, TIOCGWINSZ, &ws) == 0 && ws.ws_row && ws.ws_col) {
+      return net::terminal_size{ws.ws_row, ws.ws_col};
+    }
+  }
+  return std::nullopt;
+}
+
+// ------------------------------------------------------------ signals
+
+int signal_pipe[2] = {-1, -1};
+extern "C" void forward_signal(int sig) {
+  const int saved = errno;
+  const unsigned char b = static_cast<unsigned char>(sig);
+  ssize_t ignored = ::write(signal_pipe[1], &b, 1);
+  (void)ignored;
+  errno = saved;
+}
+
+void install_signal_pipe() {
+  if (::pipe2(signal_pipe, O_CLOEXEC | O_NONBLOCK) != 0) return;
+  struct sigaction sa {};
+  sa.sa_handler = forward_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  for (int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGWINCH}) ::sigaction(s, &sa, nullptr);
+}
+
+// ------------------------------------------------------------ raw terminal
+
+struct raw_terminal {
+  bool active = false;
+  termios saved{};
+  static raw_terminal* current;
+
+  void enter() {
+    if (!::isatty(STDIN_FILENO) || ::tcgetattr(STDIN_FILENO, &saved) != 0) return;
+    termios raw = saved;
+    ::cfmakeraw(&raw);
+    if (::tcsetattr(STDIN_FILENO, TCSADRAIN, &raw) == 0) {
+      active = true;
+      current = this;
+      std::atexit([] {
+        if (current) current->leave();
+      });
+    }
+  }
+  void leave() {
+    if (!active) return;
+    ::tcsetattr(STDIN_FILENO, TCSADRAIN, &saved);
+    active = false;
+  }
+  ~raw_terminal() { leave(); }
+};
+raw_terminal* raw_terminal::current = nullptr;
+
+// ------------------------------------------------------------ one host, interactive
+
+int run_single(const exec_options& o) {
+  const bool want_stdin = !o.no_stdin;
+  std::optional<net::terminal_size> tty;
+  if (o.tty) tty = local_terminal_size().value_or(net::terminal_size{});
+  ::signal(SIGPIPE, SIG_IGN);
+  install_signal_pipe();
+
+  remote_status st;
+  try {
+    auto conn = connect_client(o.common, o.common.host);
+    const std::uint64_t id = conn.next_id();
+    json req = exec_request(o, want_stdin, tty);
+    req["id"] = id;
+    conn.send(req);
+    std::size_t credit = 0;
+    for (;;) {  // wait for exec.started (or an error)
+      proto::frame f = conn.receive();
+      if (f.id() != id) continue;
+      if (f.type() == proto::type::error) throw client::error_from_frame(f);
+      if (f.type() == proto::type::exec_started) {
+        credit = f.header.value("stdin_window", std::size_t{0});
+        break;
+      }
+    }
+    raw_terminal term;
+    if (tty) term.enter();
+
+    bool stdin_open = want_stdin;
+    bool stdout_ok = true, stderr_ok = true;
+    int interrupts = 0;
+    auto last_send = std::chrono::steady_clock::now();
+    std::vector<char> buf(64 * 1024);
+    while (!st.finished) {
+      pollfd fds[3] = {{conn.native_handle(), POLLIN, 0},
+                       {signal_pipe[0], POLLIN, 0},
+                       {STDIN_FILENO, static_cast<short>(stdin_open && credit > 0 ? POLLIN : 0), 0}};
+      const int n = ::poll(fds, stdin_open ? 3 : 2, 1000);
+      if (n < 0 && errno != EINTR) throw client::client_error(client::failure::connect, std::strerror(errno));
+      // Remote output first: it is what keeps the server's queue moving.
+      while (auto f = conn.try_receive()) {
+        if (f->id() != id) continue;
+        const auto type = f->type();
+        if (type == proto::type::exec_output) {
+          if (f->header.value("fd", 1) == 2) {
+            if (stderr_ok) stderr_ok = write_all(STDERR_FILENO, f->body);
+          } else if (stdout_ok) {
+            stdout_ok = write_all(STDOUT_FILENO, f->body);
+          }
+        } else if (type == proto::type::exec_ack) {
+          credit += f->header.value("bytes", std::size_t{0});
+        } else if (type == proto::type::exec_exit) {
+          read_exit(*f, st);
+          break;
+        } else if (type == proto::type::error) {
+          throw client::error_from_frame(*f);
+        }
+      }
+      if (st.finished) break;
+      if (fds[1].revents & POLLIN) {
+        unsigned char sigs[16];
+        ssize_t k = ::read(signal_pipe[0], sigs, sizeof sigs);
+        for (ssize_t i = 0; i < k; ++i) {
+          if (sigs[i] == SIGWINCH) {
+            if (auto size = local_terminal_size(); size && tty) {
+              conn.send({{"type", proto::type::exec_resize}, {"id", id}, {"rows", size->rows}, {"cols", size->cols}});
+            }
+          } else if (sigs[i] == SIGINT) {
+            // First Ctrl-C interrupts the remote command, the second kills it.
+            conn.send({{"type", proto::type::exec_signal}, {"id", id}, {"signal", ++interrupts > 1 ? "KILL" : "INT"}});
+          } else {
+            conn.send({{"type", proto::type::exec_signal},
+                       {"id", id},
+                       {"signal", sigs[i] == SIGHUP ? "HUP" : sigs[i] == SIGQUIT ? "QUIT" : "TERM"}});
+          }
+          last_send = std::chrono::steady_clock::now();
+        }
+      }
+      if (stdin_open && (fds[2].revents & (POLLIN | POLLHUP | POLLERR))) {
+        const std::size_t want = std::min(credit, buf.size());
+        ssize_t k = ::read(STDIN_FILENO, buf.data(), want);
+        if (k > 0) {
+          conn.send({{"type", proto::type::exec_stdin}, {"id", id}},
+                    std::string_view(buf.data(), static_cast<std::size_t>(k)));
+          credit -= static_cast<std::size_t>(k);
+        } else if (k == 0 || (errno != EINTR && errno != EAGAIN)) {
+          conn.send({{"type", proto::type::exec_stdin}, {"id", id}, {"eof", true}});
+          stdin_open = false;
+        }
+        last_send = std::chrono::steady_clock::now();
+      }
+      if (std::chrono::steady_clock::now() - last_send > keepalive) {
+        conn.send({{"type", proto::type::ping}});  // proves we are alive to the server's idle deadline
+        last_send = std::chrono::steady_clock::now();
+      }
+    }
+    term.leave();
+    conn.close();
+  } catch (const client::client_error& e) {
+    std::fprintf(stderr, "\r\ncskit: %s: %s\n", o.common.host.c_str(), e.what());
+    if (o.common.json) std::printf("%s\n", json{{"host", o.common.host}, {"error", e.what()}}.dump().c_str());
+    return own_error;
+  }
+  if (o.common.json) std::printf("%s\n", st.to_json(o.common.host).dump().c_str());
+  if (st.timed_out) std::fprintf(stderr, "cskit: %s: command timed out and was killed\n", o.common.host.c_str());
+  return st.local_exit_code();
+}
+
+// ------------------------------------------------------------ fan-out
+
+class prefixed_output {
+ public:
+  prefixed_output(std::mutex& m, std::string host) : m_(m), host_(std::move(host)) {}
+  void add(int fd, std::string_view data) {
+    auto& pending = fd == 2 ? err_ : out_;
+    pending.append(data);
+    std::size_t nl;
+    while ((nl = pending.find('\n')) != std::string::npos) {
+      emit(fd, std::string_view(pending).substr(0, nl + 1));
+      pending.erase(0, nl + 1);
+    }
+  }
+  void flush() {
+    if (!out_.empty()) emit(1, out_ + "\n");
+    if (!err_.empty()) emit(2, err_ + "\n");
+    out_.clear();
+    err_.clear();
+  }
+
+ private:
+  void emit(int fd, std::string_view line) {
+    std::lock_guard lock(m_);
+    std::string s = host_ + ": ";
+    s.append(line);
+    write_all(fd == 2 ? STDERR_FILENO : STDOUT_FILENO, s);
+  }
+  std::mutex& m_;
+  std::string host_;
+  std::string out_, err_;
+};
+
+remote_status run_on(const exec_options& o, const std::string& host, std::mutex& out_mutex, std::string& error) {
+  remote_status st;
+  prefixed_output out(out_mutex, host);
+  try {
+    auto conn = connect_client(o.common, host);
+    const std::uint64_t id = conn.next_id();
+    json req = exec_request(o, false, std::nullopt);
+    req["id"] = id;
+    conn.send(req);
+    while (!st.finished) {
+      proto::frame f = conn.receive();
+      if (f.id() != id) continue;
+      const auto type = f.type();
+      if (type == proto::type::exec_output) {
+        out.add(f.header.value("fd", 1), f.body);
+      } else if (type == proto::type::exec_exit) {
+        read_exit(f, st);
+      } else if (type == proto::type::error) {
+        throw client::error_from_frame(f);
+      }
+    }
+    conn.close();
+  } catch (const client::client_error& e) {
+    error = e.what();
+  }
+  out.flush();
+  return st;
+}
+
+int run_fanout(const exec_options& o, const std::vector<std::string>& hosts) {
+  std::mutex out_mutex;
+  std::vector<remote_status> results(hosts.size());
+  std::vector<std::string> errors(hosts.size());
+  std::atomic<std::size_t> next{0};
+  const std::size_t width = std::max<std::size_t>(1, std::min<std::size_t>(o.fanout, hosts.size()));
+  std::vector<std::thread> workers;
+  for (std::size_t w = 0; w < width; ++w) {
+    workers.emplace_back([&] {
+      for (std::size_t i; (i = next.fetch_add(1)) < hosts.size();) {
+        results[i] = run_on(o, hosts[i], out_mutex, errors[i]);
+      }
+    });
+  }
+  for (auto& t : workers) t.join();
+
+  int worst = 0;
+  json summary = json::array();
+  std::string text;
+  for (std::size_t i = 0; i < hosts.size(); ++i) {
+    const int code = errors[i].empty() ? results[i].local_exit_code() : own_error;
+    worst = std::max(worst, code);
+    if (!errors[i].empty()) {
+      summary.push_back({{"host", hosts[i]}, {"error", errors[i]}, {"status", own_error}});
+      text += "  " + hosts[i] + ": error: " + errors[i] + "\n";
+    } else {
+      summary.push_back(results[i].to_json(hosts[i]));
+      text += "  " + hosts[i] + ": " + results[i].text() + " (" + std::to_string(results[i].duration).substr(0, 5) +
+              " s)\n";
+    }
+  }
+  if (o.common.json) {
+    std::printf("%s\n", json{{"hosts", summary}, {"status", worst}}.dump().c_str());
+  } else {
+    std::fprintf(stderr, "cskit exec: %zu host%s\n%s", hosts.size(), hosts.size() == 1 ? "" : "s", text.c_str());
+  }
+  return worst;
+}
+
+}  // namespace
+
+int run_exec(const exec_options& o) {
+  if (o.command.empty() && o.shell.empty()) {
+    std::fprintf(stderr, "cskit exec: give a command after --, or --shell 'command line'\n");
+    return exit_code::usage;
+  }
+  if (!o.command.empty() && !o.shell.empty()) {
+    std::fprintf(stderr, "cskit exec: give either a command after -- or --shell, not both\n");
+    return exit_code::usage;
+  }
+  for (const auto& kv : o.env) {
+    if (kv.empty() || kv[0] == '=' || kv.find('=') == std::string::npos) {
+      std::fprintf(stderr, "cskit exec: --env wants KEY=VALUE, not '%s'\n", kv.c_str());
+      return exit_code::usage;
+    }
+  }
+  std::vector<std::string> hosts;
+  if (!o.hosts_file.empty()) {
+    std::ifstream in(o.hosts_file);
+    if (!in) {
+      std::fprintf(stderr, "cskit exec: cannot read %s\n", o.hosts_file.c_str());
+      return exit_code::usage;
+    }
+    for (std::string line; std::getline(in, line);) {
+      line.erase(0, line.find_first_not_of(" \t\r"));
+      line.erase(line.find_last_not_of(" \t\r") + 1);
+      if (!line.empty() && line[0] != '#') hosts.push_back(line);
+    }
+  } else {
+    std::size_t start = 0;
+    while (start <= o.common.host.size()) {
+      auto comma = o.common.host.find(',', start);
+      if (comma == std::string::npos) comma = o.common.host.size();
+      if (comma > start) hosts.push_back(o.common.host.substr(start, comma - start));
+      start = comma + 1;
+    }
+  }
+  if (hosts.empty()) {
+    std::fprintf(stderr, "cskit exec: no host given\n");
+    return exit_code::usage;
+  }
+  if (hosts.size() == 1 && o.hosts_file.empty()) return run_single(o);
+  if (o.tty) {
+    std::fprintf(stderr, "cskit exec: -t works with one host only\n");
+    return exit_code::usage;
+  }
+  return run_fanout(o, hosts);
+}
+
+}  // namespace cskit::app
