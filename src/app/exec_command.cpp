@@ -207,10 +207,11 @@ int run_single(const exec_options& o) {
     auto last_send = std::chrono::steady_clock::now();
     std::vector<char> buf(64 * 1024);
     while (!st.finished) {
-      pollfd fds[3] = {{conn.native_handle(), POLLIN, 0},
-                       {signal_pipe[0], POLLIN, 0},
-                       {STDIN_FILENO, static_cast<short>(stdin_open && credit > 0 ? POLLIN : 0), 0}};
-      const int n = ::poll(fds, stdin_open ? 3 : 2, 1000);
+      // stdin is polled only while the server grants window: POLLHUP would
+      // be reported even with no events asked for.
+      const bool poll_stdin = stdin_open && credit > 0;
+      pollfd fds[3] = {{conn.native_handle(), POLLIN, 0}, {signal_pipe[0], POLLIN, 0}, {STDIN_FILENO, POLLIN, 0}};
+      const int n = ::poll(fds, poll_stdin ? 3 : 2, 1000);
       if (n < 0 && errno != EINTR) throw client::client_error(client::failure::connect, std::strerror(errno));
       // Remote output first: it is what keeps the server's queue moving.
       while (auto f = conn.try_receive()) {
@@ -251,7 +252,7 @@ int run_single(const exec_options& o) {
           last_send = std::chrono::steady_clock::now();
         }
       }
-      if (stdin_open && (fds[2].revents & (POLLIN | POLLHUP | POLLERR))) {
+      if (poll_stdin && (fds[2].revents & (POLLIN | POLLHUP | POLLERR))) {
         const std::size_t want = std::min(credit, buf.size());
         ssize_t k = ::read(STDIN_FILENO, buf.data(), want);
         if (k > 0) {

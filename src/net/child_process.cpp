@@ -72,7 +72,7 @@ struct child_process::impl : std::enable_shared_from_this<impl> {
   bool out_eof = false, err_eof = true;  // err_eof is cleared when there is a stderr pipe
   bool exited = false, reaped = false, reported = false;
   exit_status status;
-  std::string stdin_buf;
+  std::string stdin_buf, stdin_inflight;
   bool stdin_writing = false, stdin_close_pending = false, stdin_closed = false;
   asio::steady_timer deadline_timer{drain_timer.get_executor()};
 
@@ -174,21 +174,37 @@ struct child_process::impl : std::enable_shared_from_this<impl> {
       if (stdin_close_pending) close_stdin_now();
       return;
     }
+    // The bytes being written must not move while the write is pending, so
+    // new input goes to stdin_buf while stdin_inflight is written.
+    stdin_inflight.swap(stdin_buf);
     stdin_writing = true;
-    in.async_write_some(asio::buffer(stdin_buf), [self = shared_from_this()](const error_code& ec, std::size_t n) {
-      self->stdin_writing = false;
-      if (ec) {
-        // The command closed its stdin (EPIPE) or is gone: what is left can
-        // never be consumed. Count it as consumed so the sender is not stuck.
-        n = self->stdin_buf.size();
-        self->stdin_buf.clear();
-        self->close_stdin_now();
-      } else {
-        self->stdin_buf.erase(0, n);
-      }
-      if (n && self->cb.on_stdin_consumed) self->cb.on_stdin_consumed(n);
-      self->pump_stdin();
-    });
+    write_inflight(0);
+  }
+
+  void write_inflight(std::size_t off) {
+    in.async_write_some(asio::buffer(stdin_inflight.data() + off, stdin_inflight.size() - off),
+                        [self = shared_from_this(), off](const error_code& ec, std::size_t n) {
+                          if (ec) {
+                            // The command closed its stdin (EPIPE) or is gone: nothing
+                            // queued can be consumed any more. Count it as consumed so
+                            // the sender is not left waiting for window.
+                            const std::size_t dropped = self->stdin_inflight.size() - off + self->stdin_buf.size();
+                            self->stdin_inflight.clear();
+                            self->stdin_buf.clear();
+                            self->stdin_writing = false;
+                            self->close_stdin_now();
+                            if (dropped && self->cb.on_stdin_consumed) self->cb.on_stdin_consumed(dropped);
+                            return;
+                          }
+                          if (self->cb.on_stdin_consumed) self->cb.on_stdin_consumed(n);
+                          if (off + n < self->stdin_inflight.size()) {
+                            self->write_inflight(off + n);
+                            return;
+                          }
+                          self->stdin_inflight.clear();
+                          self->stdin_writing = false;
+                          self->pump_stdin();
+                        });
   }
 
   void close_stdin_now() {
@@ -394,7 +410,9 @@ void child_process::close_stdin() {
   p.pump_stdin();
 }
 
-std::size_t child_process::stdin_queued() const noexcept { return impl_->stdin_buf.size(); }
+std::size_t child_process::stdin_queued() const noexcept {
+  return impl_->stdin_buf.size() + impl_->stdin_inflight.size();
+}
 
 void child_process::signal_group(int sig) {
   auto& p = *impl_;

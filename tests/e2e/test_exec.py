@@ -1,0 +1,394 @@
+"""Remote execution end to end: the real server and `cskit exec`."""
+import hashlib
+import json
+import os
+import pty
+import re
+import select
+import signal
+import struct
+import subprocess
+import fcntl
+import termios
+import threading
+import time
+import unittest
+import uuid
+
+from harness import BIN, Server
+import wire
+
+OPS_TOKEN = "ops-token-0123456789abcdef"
+VIEW_TOKEN = "viewer-token-0123456789abcdef"
+
+USERS = f"""
+[[users]]
+name = "ops"
+token = "{OPS_TOKEN}"
+permissions = ["exec"]
+
+[[users]]
+name = "viewer"
+token = "{VIEW_TOKEN}"
+permissions = ["files-read"]
+"""
+
+EXEC_ON = """
+[exec]
+enabled = true
+max_concurrent = 300
+max_concurrent_per_user = 300
+""" + USERS
+
+
+def exec_server(config=EXEC_ON, *args):
+    return Server(*args, config_text=config, token=None)
+
+
+def run(server, *args, user="ops", token=OPS_TOKEN, timeout=120, input=None, binary=False):
+    env = dict(server.env, CSKIT_USER=user, CSKIT_TOKEN=token)
+    return subprocess.run([BIN, "exec", server.address, *args], capture_output=True, env=env, timeout=timeout,
+                          input=input, text=not binary)
+
+
+def processes_matching(marker, argv=None):
+    """PIDs whose command line contains `marker` (or, with argv, is exactly argv)."""
+    found = []
+    exact = b"".join(a.encode() + b"\0" for a in argv) if argv else None
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if (cmdline == exact) if exact else (marker.encode() in cmdline):
+            found.append(int(pid))
+    return found
+
+
+def wait_until(predicate, timeout=10, step=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
+
+
+def children(pid):
+    """(pid, state) of the direct children of `pid`."""
+    out = []
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append((int(p), fields[0]))
+    return out
+
+
+class ExecTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.server = exec_server()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.stop()
+        cls.server.cleanup()
+
+    def test_exit_statuses_come_back_exactly(self):
+        for code in (0, 1, 4, 44):
+            p = run(self.server, "--", "sh", "-c", f"exit {code}")
+            self.assertEqual(p.returncode, code, p.stderr)
+        p = run(self.server, "--", "sh", "-c", "kill -TERM $$")
+        self.assertEqual(p.returncode, 128 + signal.SIGTERM)
+        p = run(self.server, "--json", "--", "sh", "-c", "kill -KILL $$")
+        self.assertEqual(p.returncode, 128 + signal.SIGKILL)
+        j = json.loads(p.stdout.strip().splitlines()[-1])
+        self.assertEqual((j["signal"], j["core_dumped"], j["status"]), (9, False, 137))
+        self.assertNotIn("exit_code", j)
+
+    def test_injection_strings_arrive_literally(self):
+        corpus = ["; id", "$(id)", "`id`", "a\nb", "&& touch /tmp/pwned", "| cat /etc/passwd", "'", '"', "\\",
+                  "$HOME", "${PATH}", "*", "?", "~", "-n", "--", " leading and trailing ", "", "\t", "文件传输",
+                  "emoji 🎉", "\x1b[31mred", "a=b", "> /tmp/x", "< /etc/shadow", "$((1+1))", "!!", "#comment"]
+        p = run(self.server, "--", "printf", "%s\\0", *corpus, binary=True)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        got = p.stdout.split(b"\0")[:-1]
+        self.assertEqual([g.decode() for g in got], corpus)
+
+    def test_separate_streams_and_stdin_until_eof(self):
+        p = run(self.server, "--", "sh", "-c", "echo to-out; echo to-err >&2")
+        self.assertEqual((p.stdout, p.stderr), ("to-out\n", "to-err\n"))
+        p = run(self.server, "--", "sort", input="pear\napple\nfig\n")
+        self.assertEqual(p.stdout, "apple\nfig\npear\n")
+        p = run(self.server, "--", "cat", input="")
+        self.assertEqual((p.returncode, p.stdout), (0, ""))  # cat saw EOF at once
+        big = os.urandom(20 << 20)
+        p = run(self.server, "--", "sha256sum", input=big, binary=True)
+        self.assertEqual(p.stdout.split()[0].decode(), hashlib.sha256(big).hexdigest())
+        p = run(self.server, "-n", "--", "cat")
+        self.assertEqual((p.returncode, p.stdout), (0, ""))
+
+    def test_50_mb_on_stdout_and_stderr_at_once(self):
+        script = "head -c 50000000 /dev/zero | tr '\\0' o & head -c 50000000 /dev/zero | tr '\\0' e >&2; wait"
+        p = run(self.server, "-n", "--", "sh", "-c", script, binary=True, timeout=300)
+        self.assertEqual(p.returncode, 0)
+        self.assertEqual(len(p.stdout), 50_000_000)
+        self.assertEqual(len(p.stderr), 50_000_000)
+        self.assertEqual(p.stdout.count(b"o"), 50_000_000)
+        self.assertEqual(p.stderr.count(b"e"), 50_000_000)
+
+    def test_disconnect_kills_the_process_group(self):
+        marker = "999.%06d" % (uuid.uuid4().int % 1000000)
+        env = dict(self.server.env, CSKIT_USER="ops", CSKIT_TOKEN=OPS_TOKEN)
+        client = subprocess.Popen([BIN, "exec", self.server.address, "--", "sh", "-c",
+                                   f"sleep {marker} & sleep {marker}"], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.assertTrue(wait_until(lambda: len(processes_matching(None, ["sleep", marker])) == 2),
+                        "both sleeps started")
+        client.kill()
+        client.wait(timeout=10)
+        self.assertTrue(wait_until(lambda: not processes_matching(marker)),
+                        f"left behind: {processes_matching(marker)}")
+
+    def test_timeout_kills_the_group(self):
+        marker = "998.%06d" % (uuid.uuid4().int % 1000000)
+        t0 = time.monotonic()
+        p = run(self.server, "--timeout", "1", "--json", "--", "sh", "-c", f"sleep {marker} & sleep {marker}")
+        self.assertLess(time.monotonic() - t0, 10)
+        self.assertEqual(p.returncode, 128 + signal.SIGTERM, p.stderr)
+        self.assertTrue(json.loads(p.stdout.strip().splitlines()[-1])["timed_out"])
+        self.assertIn("timed out", p.stderr)
+        self.assertTrue(wait_until(lambda: not processes_matching(marker)))
+
+    def test_ctrl_c_interrupts_the_remote_command(self):
+        env = dict(self.server.env, CSKIT_USER="ops", CSKIT_TOKEN=OPS_TOKEN)
+        client = subprocess.Popen([BIN, "exec", self.server.address, "--", "sleep", "30"], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(0.5)
+        client.send_signal(signal.SIGINT)
+        client.communicate(timeout=10)
+        self.assertEqual(client.returncode, 128 + signal.SIGINT)
+
+    def test_errors_of_the_client_are_255(self):
+        p = run(self.server, "--", "no-such-program-here")
+        self.assertEqual(p.returncode, 255)
+        self.assertIn("no such program", p.stderr)
+        p = run(self.server, "--", "relative/path")
+        self.assertEqual(p.returncode, 255)
+        p = run(self.server, "--shell", "echo hi")
+        self.assertEqual(p.returncode, 255)
+        self.assertIn("does not run shell command lines", p.stderr)
+        p = run(self.server, "--env", "PATH=/evil", "--", "true")
+        self.assertEqual(p.returncode, 255)
+        self.assertIn("does not let clients set PATH", p.stderr)
+        p = run(self.server, "--env", "LC_ALL=C.UTF-8", "--", "sh", "-c", "echo $LC_ALL")
+        self.assertEqual(p.stdout, "C.UTF-8\n")
+        p = run(self.server, "--cwd", "/tmp", "--", "pwd")
+        self.assertEqual(p.stdout, "/tmp\n")
+
+    def test_100_concurrent_commands(self):
+        env = dict(self.server.env, CSKIT_USER="ops", CSKIT_TOKEN=OPS_TOKEN)
+        procs = [subprocess.Popen([BIN, "exec", self.server.address, "-n", "--", "sh", "-c",
+                                   f"sleep 1; echo done-{i}"], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for i in range(100)]
+        for i, p in enumerate(procs):
+            out, err = p.communicate(timeout=120)
+            self.assertEqual((p.returncode, out), (0, f"done-{i}\n"), err)
+
+    def test_audit_line(self):
+        run(self.server, "--", "echo", "audit-me")
+        self.assertTrue(wait_until(lambda: re.search(
+            r'exec user=ops peer=127\.0\.0\.1:\d+ argv=\["[^"]*echo","audit-me"\] exit 0 duration=[0-9.]+s bytes_out=9',
+            self.server.stderr())), self.server.stderr()[-2000:])
+
+
+class ExecHygieneTest(unittest.TestCase):
+    def test_1000_sequential_commands_leave_no_zombie_and_no_descriptor(self):
+        with exec_server() as srv:
+            sock, _ = wire.login(srv.port, OPS_TOKEN, user="ops")
+            sock.settimeout(30)
+
+            def one(i):
+                sock.sendall(wire.encode({"type": "exec", "id": i, "argv": ["true"], "stdin": False}))
+                while True:
+                    h, _ = wire.read_frame(sock, 30)
+                    if h.get("id") == i and h["type"] == "exec.exit":
+                        return h
+                    self.assertNotEqual(h["type"], "error", h)
+
+            one(1)  # warm-up: first-use allocations
+            fds_before = len(os.listdir(f"/proc/{srv.proc.pid}/fd"))
+            for i in range(2, 1002):
+                self.assertEqual(one(i)["exit_code"], 0)
+            time.sleep(0.3)
+            fds_after = len(os.listdir(f"/proc/{srv.proc.pid}/fd"))
+            self.assertEqual(fds_after, fds_before)
+            self.assertEqual([c for c in children(srv.proc.pid) if c[1] == "Z"], [], "zombies")
+            self.assertEqual(children(srv.proc.pid), [])
+            sock.close()
+
+    def test_no_descriptor_of_the_server_leaks_into_the_command(self):
+        with exec_server() as srv:
+            p = run(srv, "-n", "--", "ls", "/proc/self/fd")
+            # ls itself opens one descriptor for the directory it lists.
+            self.assertLessEqual(set(p.stdout.split()), {"0", "1", "2", "3"}, p.stdout)
+
+
+class ExecPolicyTest(unittest.TestCase):
+    def test_disabled_by_default_and_without_permission_nothing_is_spawned(self):
+        marker = f"/tmp/cskit-e2e-spawned-{uuid.uuid4().hex}"
+        with exec_server(USERS) as srv:  # no [exec] table: disabled
+            p = run(srv, "--", "touch", marker)
+            self.assertEqual(p.returncode, 255)
+            self.assertIn("disabled", p.stderr)
+        with exec_server() as srv:
+            p = run(srv, "--", "touch", marker, user="viewer", token=VIEW_TOKEN)
+            self.assertEqual(p.returncode, 255)
+            self.assertIn("lacks the 'exec' permission", p.stderr)
+            p = run(srv, "--", "touch", marker, token="wrong-token-0123456789abcdef")
+            self.assertEqual(p.returncode, 255)
+        self.assertFalse(os.path.exists(marker))
+
+    def test_allow_list_and_shell_policy(self):
+        conf = """
+[exec]
+enabled = true
+allow_shell = true
+programs = ["echo", "/usr/bin/id"]
+""" + USERS
+        with exec_server(conf) as srv:
+            self.assertEqual(run(srv, "--", "echo", "ok").stdout, "ok\n")
+            self.assertEqual(run(srv, "--", "id", "-u").returncode, 0)
+            p = run(srv, "--", "cat", "/etc/hostname")
+            self.assertEqual(p.returncode, 255)
+            self.assertIn("not on the server's list of allowed programs", p.stderr)
+            p = run(srv, "--shell", "echo $((6*7)) | cat")
+            self.assertEqual((p.returncode, p.stdout), (0, "42\n"))
+
+    def test_commands_run_as_nobody_when_the_server_is_root(self):
+        import pwd
+        expected = "nobody" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
+        with exec_server() as srv:
+            self.assertEqual(run(srv, "--", "id", "-un").stdout, expected + "\n")
+
+
+class ExecTerminalTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.server = exec_server()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.stop()
+        cls.server.cleanup()
+
+    def spawn(self, *command, rows=33, cols=101):
+        pid, fd = pty.fork()
+        if pid == 0:
+            os.environ.update(CSKIT_USER="ops", CSKIT_TOKEN=OPS_TOKEN, HOME=self.server.home, TERM="xterm")
+            os.execv(BIN, [BIN, "exec", self.server.address, "-t", "--", *command])
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        return pid, fd
+
+    def read_until(self, fd, pattern, timeout=10):
+        out = b""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([fd], [], [], 0.1)
+            if r:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                out += chunk
+                if re.search(pattern, out):
+                    return out
+        self.fail(f"no {pattern!r} in {out!r}")
+
+    def finish(self, pid, fd):
+        try:
+            while True:
+                r, _, _ = select.select([fd], [], [], 5)
+                if not r or not os.read(fd, 4096):
+                    break
+        except OSError:
+            pass
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+        return os.waitstatus_to_exitcode(status)
+
+    def test_tty_is_a_terminal(self):
+        pid, fd = self.spawn("tty")
+        self.read_until(fd, rb"/dev/pts/\d+")
+        self.assertEqual(self.finish(pid, fd), 0)
+
+    def test_stty_size_follows_a_resize(self):
+        pid, fd = self.spawn("sh", "-c", "stty size; read line; stty size")
+        self.read_until(fd, rb"33 101")
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # SIGWINCH to the client
+        time.sleep(0.5)
+        os.write(fd, b"go\r")
+        self.read_until(fd, rb"40 120")
+        self.assertEqual(self.finish(pid, fd), 0)
+
+    def test_ctrl_c_interrupts_sleep(self):
+        pid, fd = self.spawn("sh", "-c", "echo ready; exec sleep 30")
+        self.read_until(fd, rb"ready")
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        os.write(fd, b"\x03")
+        self.assertEqual(self.finish(pid, fd), 128 + signal.SIGINT)
+        self.assertLess(time.monotonic() - t0, 5)
+
+    def test_terminal_is_restored(self):
+        pid, fd = self.spawn("true")
+        before = termios.tcgetattr(fd)
+        _, status = os.waitpid(pid, 0)
+        after = termios.tcgetattr(fd)
+        os.close(fd)
+        self.assertEqual(os.waitstatus_to_exitcode(status), 0)
+        self.assertEqual(before[3] & termios.ECHO, after[3] & termios.ECHO)
+        self.assertTrue(after[3] & termios.ICANON, "canonical mode is back")
+
+
+class FanOutTest(unittest.TestCase):
+    def test_three_servers_prefixed_output_and_largest_status(self):
+        servers = [exec_server() for _ in range(3)]
+        try:
+            hosts = ",".join(s.address for s in servers)
+            env = dict(servers[0].env, CSKIT_USER="ops", CSKIT_TOKEN=OPS_TOKEN)
+            p = subprocess.run([BIN, "exec", hosts, "-f", "3", "--", "sh", "-c", "echo line1; echo line2; exit 3"],
+                               capture_output=True, text=True, env=env, timeout=60)
+            self.assertEqual(p.returncode, 3, p.stderr)
+            for s in servers:
+                self.assertIn(f"{s.address}: line1\n", p.stdout)
+                self.assertIn(f"{s.address}: line2\n", p.stdout)
+                self.assertIn(f"{s.address}: exit 3", p.stderr)
+            # --hosts FILE and --json; one host failing gives 255
+            path = os.path.join(servers[0].dir, "hosts")
+            with open(path, "w") as f:
+                f.write("# the fleet\n" + "\n".join(s.address for s in servers) + "\n127.0.0.1:1\n")
+            p = subprocess.run([BIN, "exec", "--hosts", path, "--json", "--", "true"], capture_output=True, text=True,
+                               env=env, timeout=60)
+            self.assertEqual(p.returncode, 255)
+            j = json.loads(p.stdout.strip().splitlines()[-1])
+            self.assertEqual([h["status"] for h in j["hosts"]], [0, 0, 0, 255])
+        finally:
+            for s in servers:
+                s.stop()
+                s.cleanup()
+
+
+if __name__ == "__main__":
+    unittest.main()
