@@ -281,7 +281,8 @@ std::shared_ptr<child_process> child_process::spawn(const asio::any_io_executor&
     err_r = p[0];
     err_w = p[1];
   }
-  std::array<rlimit, 3> limits{rlimit{req.cpu_seconds, req.cpu_seconds},
+  // CPU: SIGXCPU at the limit (a program may catch it and clean up), SIGKILL a second later.
+  std::array<rlimit, 3> limits{rlimit{req.cpu_seconds, req.cpu_seconds + 1},
                                rlimit{req.memory_bytes, req.memory_bytes},
                                rlimit{req.max_processes, req.max_processes}};
   const long max_fd = std::min<long>(::sysconf(_SC_OPEN_MAX), 65536);

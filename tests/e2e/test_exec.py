@@ -281,6 +281,55 @@ programs = ["echo", "/usr/bin/id"]
             self.assertEqual(run(srv, "--", "id", "-un").stdout, expected + "\n")
 
 
+class ExecLimitsTest(unittest.TestCase):
+    def test_resource_and_concurrency_limits(self):
+        conf = """
+[exec]
+enabled = true
+cpu_seconds = 1
+memory_bytes = 200000000
+max_concurrent_per_user = 2
+""" + USERS
+        with exec_server(conf) as srv:
+            # CPU: the kernel sends SIGXCPU at the soft limit.
+            p = run(srv, "-n", "--", "sh", "-c", "while :; do :; done", timeout=60)
+            self.assertEqual(p.returncode, 128 + signal.SIGXCPU, p.stderr)
+            # Memory: allocating beyond the address-space limit fails.
+            p = run(srv, "-n", "--", "sh", "-c", "head -c 300000000 /dev/zero | tr -d x | sort > /dev/null; "
+                                                   "echo sort-status=$?")
+            self.assertRegex(p.stdout, r"sort-status=[1-9]")
+            # Concurrency: two may run, the third is told to wait.
+            env = dict(srv.env, CSKIT_USER="ops", CSKIT_TOKEN=OPS_TOKEN)
+            marker = "997.%06d" % (uuid.uuid4().int % 1000000)
+            busy = [subprocess.Popen([BIN, "exec", srv.address, "-n", "--", "sleep", marker], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+            try:
+                self.assertTrue(wait_until(lambda: len(processes_matching(None, ["sleep", marker])) == 2))
+                p = run(srv, "--", "true")
+                self.assertEqual(p.returncode, 255)
+                self.assertIn("maximum of 2 commands", p.stderr)
+            finally:
+                for b in busy:
+                    b.kill()
+                    b.wait(timeout=10)
+            self.assertTrue(wait_until(lambda: run(srv, "--", "true").returncode == 0), "slots are given back")
+
+    def test_server_shutdown_kills_running_commands(self):
+        srv = exec_server()
+        try:
+            marker = "996.%06d" % (uuid.uuid4().int % 1000000)
+            env = dict(srv.env, CSKIT_USER="ops", CSKIT_TOKEN=OPS_TOKEN)
+            client = subprocess.Popen([BIN, "exec", srv.address, "--", "sh", "-c", f"sleep {marker} & sleep {marker}"],
+                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            self.assertTrue(wait_until(lambda: len(processes_matching(None, ["sleep", marker])) == 2))
+            srv.stop()
+            _, err = client.communicate(timeout=30)
+            self.assertEqual(client.returncode, 255, err)
+            self.assertTrue(wait_until(lambda: not processes_matching(None, ["sleep", marker])))
+        finally:
+            srv.cleanup()
+
+
 class ExecTerminalTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
