@@ -251,12 +251,140 @@ def bench_udp(binary, build, runs, seconds=2.0):
     }
 
 
+class PrivateSshd:
+    """A second sshd on 127.0.0.1 with its own config, host key and client
+    key (../shared/BENCHMARKING.md). The login shell's ~/.bashrc is masked
+    with an empty file in a private mount namespace, so ssh is not charged
+    for whatever the rc file does."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="cskit-sshd-")
+        os.makedirs("/run/sshd", exist_ok=True)  # privilege separation directory
+        self.port = free_tcp_port()
+        d = self.dir
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", f"{d}/host"], check=True)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", f"{d}/client"], check=True)
+        shutil.copy(f"{d}/client.pub", f"{d}/authorized_keys")
+        with open(f"{d}/sshd_config", "w") as f:
+            f.write(f"ListenAddress 127.0.0.1\nPort {self.port}\nHostKey {d}/host\n"
+                    f"PermitRootLogin prohibit-password\nUsePAM no\nStrictModes no\n"
+                    f"AuthorizedKeysFile {d}/authorized_keys\nPidFile {d}/sshd.pid\n")
+        open(f"{d}/empty", "w").close()
+        home = os.path.expanduser("~")
+        mask = f"mount --bind {d}/empty {home}/.bashrc && " if os.path.exists(f"{home}/.bashrc") else ""
+        self.proc = subprocess.Popen(["unshare", "-m", "sh", "-c",
+                                      f"{mask}exec /usr/sbin/sshd -D -e -f {d}/sshd_config"],
+                                     stdout=subprocess.DEVNULL, stderr=open(f"{d}/log", "w"))
+        self.base = ["ssh", "-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                     "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "-i", f"{d}/client", "-p", str(self.port)]
+        self.cm = ["-o", "ControlMaster=auto", "-o", f"ControlPath={d}/cm", "-o", "ControlPersist=120"]
+        deadline = time.monotonic() + 20
+        while subprocess.run(self.base + ["root@127.0.0.1", "true"], capture_output=True).returncode != 0:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.stop()
+                raise RuntimeError("private sshd did not start")
+            time.sleep(0.2)
+
+    def command(self, *args, control_master=False):
+        return self.base + (self.cm if control_master else []) + ["root@127.0.0.1", *args]
+
+    def stop(self):
+        subprocess.run(self.base + self.cm + ["-O", "exit", "root@127.0.0.1"], capture_output=True)
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def free_tcp_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def timed_runs(cmd, n, env=None):
+    """Milliseconds per run of `cmd` (output discarded, exit status checked)."""
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, env=env)
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def percentile(values, q):
+    v = sorted(values)
+    return v[min(len(v) - 1, int(q * (len(v) - 1)))]
+
+
+def bench_exec(binary, build, runs):
+    """`cskit exec` vs ssh to a private sshd: round trip of `true`, and cat of a 1 GiB file."""
+    token = "bench-exec-token-0123456789abcdef"
+    conf = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
+    conf.write(f'[exec]\nenabled = true\n[[users]]\nname = "ops"\ntoken = "{token}"\npermissions = ["exec"]\n')
+    conf.close()
+    p, port, tmp = start_server(binary, "--config", conf.name)
+    os.unlink(conf.name)
+    sshd = PrivateSshd()
+    big = os.path.join(tmp, "1GiB")
+    with open(big, "wb") as f:
+        f.write(b"\0" * (1 << 30))
+    os.chmod(tmp, 0o755)
+    os.chmod(big, 0o644)
+    env = dict(os.environ, CSKIT_USER="ops", CSKIT_TOKEN=token)
+    cskit = [binary, "exec", f"127.0.0.1:{port}", "--"]
+    rtt = {"cskit": [], "cskit_in_session": [], "ssh_controlmaster": [], "ssh": []}
+    stream = {"cskit": [], "ssh": []}
+    session = {"p50": [], "p99": []}
+    try:
+        timed_runs(sshd.command("true", control_master=True), 3)  # start the master
+        for _ in range(runs):
+            rtt["cskit"] += timed_runs(cskit + ["true"], 60, env)
+            rtt["ssh_controlmaster"] += timed_runs(sshd.command("true", control_master=True), 60)
+            rtt["ssh"] += timed_runs(sshd.command("true"), 8)
+            r = json.loads(subprocess.run([os.path.join(build, "bench", "bench_exec"), f"127.0.0.1:{port}", "ops",
+                                           token, "500"], capture_output=True, text=True, check=True).stdout)
+            session["p50"].append(r["p50_us"] / 1000)
+            session["p99"].append(r["p99_us"] / 1000)
+            for name, cmd in (("cskit", cskit + ["cat", big]), ("ssh", sshd.command("cat", big))):
+                t = timed_runs(cmd, 1, env)[0]
+                stream[name].append((1 << 30) / (t / 1000) / 1e9)
+    finally:
+        sshd.stop()
+        stop_server(p, tmp)
+    cases = {}
+    for k, v in rtt.items():
+        if v:
+            cases[f"true_round_trip_ms_{k}"] = {"p50": percentile(v, 0.5), "p99": percentile(v, 0.99), "runs": len(v)}
+    cases["true_round_trip_ms_cskit_in_session"] = {"p50": statistics.median(session["p50"]),
+                                                    "p99": statistics.median(session["p99"]),
+                                                    "runs": runs}
+    for k, v in stream.items():
+        cases[f"cat_1GiB_GBps_{k}"] = summary(v)
+    return {
+        "commands": {
+            "cskit": "cskit exec 127.0.0.1:P -- true   (a new process and connection each time, like ssh)",
+            "cskit_in_session": "bench_exec 127.0.0.1:P ops TOKEN 500   (exec true on one open connection)",
+            "ssh": "ssh -F /dev/null -i KEY -p P root@127.0.0.1 true   (private sshd, ~/.bashrc masked)",
+            "ssh_controlmaster": "the same with -o ControlMaster=auto -o ControlPath=... -o ControlPersist=120",
+            "stream": "cskit exec 127.0.0.1:P -- cat FILE > /dev/null   vs   ssh ... cat FILE > /dev/null",
+        },
+        "cases": cases,
+        "ratios": {
+            "ssh_over_cskit_p50": cases["true_round_trip_ms_ssh"]["p50"] / cases["true_round_trip_ms_cskit"]["p50"],
+            "ssh_controlmaster_over_cskit_p50": cases["true_round_trip_ms_ssh_controlmaster"]["p50"]
+            / cases["true_round_trip_ms_cskit"]["p50"],
+            "cat_cskit_over_ssh": statistics.median(stream["cskit"]) / statistics.median(stream["ssh"]),
+        },
+    }
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default=os.path.join(ROOT, "build", "release"))
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--connections", type=int, default=10000)
-    ap.add_argument("--only", choices=["codec", "roundtrip", "memory", "udp"])
+    ap.add_argument("--only", choices=["codec", "roundtrip", "memory", "udp", "exec"])
     a = ap.parse_args()
     binary = os.path.join(a.build, "cskit")
     results = {"machine": {"cores": os.cpu_count(), "kernel": os.uname().release}}
@@ -266,6 +394,8 @@ def main():
         results["roundtrip"] = bench_roundtrip(binary, a.build, a.runs)
     if a.only in (None, "udp"):
         results["udp"] = bench_udp(binary, a.build, a.runs)
+    if a.only in (None, "exec"):
+        results["exec"] = bench_exec(binary, a.build, a.runs)
     if a.only in (None, "memory"):
         results["memory"] = bench_idle_memory(binary, max(1, a.runs // 2 + 1), a.connections)
     os.makedirs(os.path.join(a.build, "..", "bench"), exist_ok=True)

@@ -195,7 +195,10 @@ Without -t, Ctrl-C sends SIGINT to the remote process group; a second Ctrl-C kil
   auto* help_cmd = app.add_subcommand("help", "Show help for cskit or for one command");
   help_cmd->add_option("command", help_topic, "Command to describe");
 
-  const std::string main_help = app.help();  // before parsing selects a subcommand
+  // Only `cskit help` needs the top-level help; it is produced before
+  // parsing (which selects a subcommand), so only when asked for.
+  const bool wants_main_help = argc == 2 && std::string_view(argv[1]) == "help";
+  const std::string main_help = wants_main_help ? app.help() : std::string();
   // `cskit exec ... -- CMD ARGS`: everything after the first -- is the
   // command, verbatim, whatever it looks like; CLI11 sees only what is before.
   std::vector<std::string> exec_tail;

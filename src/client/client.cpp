@@ -63,7 +63,8 @@ struct connection::impl {
   std::string peer;
   std::uint64_t last_id = 0;
   proto::frame_decoder decoder;
-  std::unique_ptr<char[]> rbuf{new char[64 * 1024]};
+  static constexpr std::size_t rbuf_size = 256 * 1024;  // bulk streams (exec output) arrive in large reads
+  std::unique_ptr<char[]> rbuf{new char[rbuf_size]};
   std::size_t rpos = 0, rlen = 0;
   std::string wbuf;
 
@@ -90,17 +91,23 @@ struct connection::impl {
   }
 
   void connect(const net::host_port& where) {
-    tcp::resolver::results_type endpoints;
-    error_code ec = run(
-        [&](auto handler) {
-          resolver.async_resolve(where.host, std::to_string(where.port),
-                                 [&, handler](const error_code& e, tcp::resolver::results_type r) mutable {
-                                   endpoints = std::move(r);
-                                   handler(e);
-                                 });
-        },
-        opts.connect_timeout, "resolving " + where.host);
-    if (ec) throw client_error(failure::connect, "cannot resolve '" + where.host + "': " + ec.message());
+    std::vector<tcp::endpoint> endpoints;
+    error_code ec;
+    // An IP literal needs no resolver (whose thread costs a millisecond).
+    if (auto addr = asio::ip::make_address(where.host, ec); !ec) {
+      endpoints.emplace_back(addr, where.port);
+    } else {
+      ec = run(
+          [&](auto handler) {
+            resolver.async_resolve(where.host, std::to_string(where.port),
+                                   [&, handler](const error_code& e, tcp::resolver::results_type r) mutable {
+                                     for (const auto& entry : r) endpoints.push_back(entry.endpoint());
+                                     handler(e);
+                                   });
+          },
+          opts.connect_timeout, "resolving " + where.host);
+      if (ec) throw client_error(failure::connect, "cannot resolve '" + where.host + "': " + ec.message());
+    }
     tcp::endpoint connected;
     ec = run(
         [&](auto handler) {
@@ -169,7 +176,7 @@ struct connection::impl {
       }
       error_code ec = run(
           [&](auto handler) {
-            socket.async_read_some(asio::buffer(rbuf.get(), 64 * 1024),
+            socket.async_read_some(asio::buffer(rbuf.get(), rbuf_size),
                                    [&, handler](const error_code& e, std::size_t got) mutable {
                                      n = got;
                                      handler(e);
@@ -194,7 +201,7 @@ struct connection::impl {
     const auto until = std::chrono::steady_clock::now() + opts.spin_before_block;
     error_code ec;
     do {
-      n = socket.read_some(asio::buffer(rbuf.get(), 64 * 1024), ec);
+      n = socket.read_some(asio::buffer(rbuf.get(), rbuf_size), ec);
       if (!ec) return true;
       if (ec != asio::error::would_block && ec != asio::error::try_again) return false;
     } while (std::chrono::steady_clock::now() < until);
@@ -218,7 +225,7 @@ struct connection::impl {
       }
       if (round == 1) break;
       error_code ec;
-      std::size_t n = socket.read_some(asio::buffer(rbuf.get(), 64 * 1024), ec);
+      std::size_t n = socket.read_some(asio::buffer(rbuf.get(), rbuf_size), ec);
       if (ec == asio::error::would_block || ec == asio::error::try_again) return std::nullopt;
       if (ec) {
         throw client_error(failure::connect, ec == asio::error::eof ? "connection closed by " + peer

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <linux/close_range.h>
+#include <pthread.h>
 #include <pty.h>
 #include <signal.h>
 #include <sys/ioctl.h>
@@ -30,7 +31,9 @@ using boost::system::error_code;
 
 namespace {
 
-constexpr std::size_t read_chunk = 64 * 1024;
+constexpr std::size_t read_chunk = 256 * 1024;
+/// Output pipes are enlarged to this, so a fast writer needs fewer wake-ups.
+constexpr int pipe_size = 1 << 20;
 /// After the process exits, how long its output may keep flowing (from
 /// processes outside its group that inherited the pipes) before we stop.
 constexpr auto output_drain_limit = std::chrono::seconds(2);
@@ -277,9 +280,11 @@ std::shared_ptr<child_process> child_process::spawn(const asio::any_io_executor&
     if (::pipe2(p, O_CLOEXEC) != 0) return fail("pipe");
     out_r = p[0];
     out_w = p[1];
+    ::fcntl(out_r, F_SETPIPE_SZ, pipe_size);  // best effort: capped by /proc/sys/fs/pipe-max-size
     if (::pipe2(p, O_CLOEXEC) != 0) return fail("pipe");
     err_r = p[0];
     err_w = p[1];
+    ::fcntl(err_r, F_SETPIPE_SZ, pipe_size);
   }
   // CPU: SIGXCPU at the limit (a program may catch it and clean up), SIGKILL a second later.
   std::array<rlimit, 3> limits{rlimit{req.cpu_seconds, req.cpu_seconds + 1},
@@ -287,17 +292,23 @@ std::shared_ptr<child_process> child_process::spawn(const asio::any_io_executor&
                                rlimit{req.max_processes, req.max_processes}};
   const long max_fd = std::min<long>(::sysconf(_SC_OPEN_MAX), 65536);
 
-  const pid_t pid = ::fork();
-  if (pid < 0) return fail("fork");
+  // vfork: the child borrows the parent's memory until execve, so nothing
+  // is copied (fork would copy the page tables and make every thread of the
+  // server fault on its next writes). The price: the child may only make
+  // raw system calls, and signals stay blocked until it has reset them.
+  sigset_t all, old_mask;
+  sigfillset(&all);
+  ::pthread_sigmask(SIG_SETMASK, &all, &old_mask);
+  const pid_t pid = ::vfork();
   if (pid == 0) {
-    // ---- child: async-signal-safe calls only ----
+    // ---- child: system calls only, no allocation, no locks ----
     const int ep = errpipe[1];
-    sigset_t none;
-    sigemptyset(&none);
-    ::sigprocmask(SIG_SETMASK, &none, nullptr);
     struct sigaction dfl {};
     dfl.sa_handler = SIG_DFL;
     for (int s = 1; s < NSIG; ++s) ::sigaction(s, &dfl, nullptr);  // SIGPIPE back to default, too
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
     if (master >= 0) {
       if (::setsid() < 0 || ::ioctl(slave, TIOCSCTTY, 0) != 0) child_fail(ep, 3);
       if (::dup2(slave, 0) < 0 || ::dup2(slave, 1) < 0 || ::dup2(slave, 2) < 0) child_fail(ep, 3);
@@ -308,10 +319,15 @@ std::shared_ptr<child_process> child_process::spawn(const asio::any_io_executor&
     if (req.cpu_seconds && ::setrlimit(RLIMIT_CPU, &limits[0]) != 0) child_fail(ep, 4);
     if (req.memory_bytes && ::setrlimit(RLIMIT_AS, &limits[1]) != 0) child_fail(ep, 4);
     if (req.max_processes && ::setrlimit(RLIMIT_NPROC, &limits[2]) != 0) child_fail(ep, 4);
+    // Raw syscalls: glibc's setuid() would try to change every thread of
+    // the (shared-memory) parent.
     if (req.gid) {
-      if (::setgroups(req.groups.size(), req.groups.data()) != 0 || ::setgid(*req.gid) != 0) child_fail(ep, 2);
+      if (::syscall(SYS_setgroups, req.groups.size(), req.groups.data()) != 0 ||
+          ::syscall(SYS_setgid, *req.gid) != 0) {
+        child_fail(ep, 2);
+      }
     }
-    if (req.uid && ::setuid(*req.uid) != 0) child_fail(ep, 2);
+    if (req.uid && ::syscall(SYS_setuid, *req.uid) != 0) child_fail(ep, 2);
     if (!req.cwd.empty() && ::chdir(req.cwd.c_str()) != 0) child_fail(ep, 1);
     // No descriptor of the server leaks into the command.
     if (::syscall(SYS_close_range, 3u, ~0u, CLOSE_RANGE_CLOEXEC) != 0) {
@@ -323,6 +339,12 @@ std::shared_ptr<child_process> child_process::spawn(const asio::any_io_executor&
     child_fail(ep, 0);
   }
   // ---- parent ----
+  const int spawn_errno = errno;
+  ::pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
+  if (pid < 0) {
+    errno = spawn_errno;
+    return fail("vfork");
+  }
   // Also here, so the group exists before we could signal it. Not with a
   // terminal: the child calls setsid(), which fails for a group leader.
   if (!req.pty) ::setpgid(pid, pid);
