@@ -36,6 +36,7 @@ test-asan: build-asan
 
 ## make bench: benchmarks, compared with their peers (see docs/benchmarks.md).
 bench: build
+	@scripts/install-deps.sh --bench
 	python3 bench/run_bench.py
 
 ## make fuzz: run the frame-decoder fuzzer for FUZZ_SECONDS.

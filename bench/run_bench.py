@@ -333,7 +333,8 @@ def bench_exec(binary, build, runs):
     os.chmod(big, 0o644)
     env = dict(os.environ, CSKIT_USER="ops", CSKIT_TOKEN=token)
     cskit = [binary, "exec", f"127.0.0.1:{port}", "--"]
-    rtt = {"cskit": [], "cskit_in_session": [], "ssh_controlmaster": [], "ssh": []}
+    rtt = {"cskit": [], "cskit_in_session": [], "ssh_controlmaster": [], "ssh": [],
+           "startup_cskit_version": [], "startup_ssh_version": []}
     stream = {"cskit": [], "ssh": []}
     session = {"p50": [], "p99": []}
     try:
@@ -342,6 +343,9 @@ def bench_exec(binary, build, runs):
             rtt["cskit"] += timed_runs(cskit + ["true"], 60, env)
             rtt["ssh_controlmaster"] += timed_runs(sshd.command("true", control_master=True), 60)
             rtt["ssh"] += timed_runs(sshd.command("true"), 8)
+            # The floor under any CLI round trip: starting the client program.
+            rtt["startup_cskit_version"] += timed_runs([binary, "--version"], 60)
+            rtt["startup_ssh_version"] += timed_runs(["ssh", "-V"], 60)
             r = json.loads(subprocess.run([os.path.join(build, "bench", "bench_exec"), f"127.0.0.1:{port}", "ops",
                                            token, "500"], capture_output=True, text=True, check=True).stdout)
             session["p50"].append(r["p50_us"] / 1000)

@@ -21,6 +21,11 @@ packages=(
   clang libclang-rt-14-dev   # libFuzzer (make fuzz)
 )
 
+# `make bench` also needs the peers it compares with.
+if [ "${1:-}" = "--bench" ]; then
+  packages+=(openssh-server openssh-client)   # ssh / a private sshd on 127.0.0.1 (exec)
+fi
+
 missing=()
 for p in "${packages[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
