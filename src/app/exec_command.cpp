@@ -272,7 +272,7 @@ int run_single(const exec_options& o) {
     }
     term.leave();
     conn.close();
-  } catch (const client::client_error& e) {
+  } catch (const std::exception& e) {  // client_error, or a malformed frame from the server
     std::fprintf(stderr, "\r\ncskit: %s: %s\n", o.common.host.c_str(), e.what());
     if (o.common.json) std::printf("%s\n", json{{"host", o.common.host}, {"error", e.what()}}.dump().c_str());
     return own_error;
@@ -324,20 +324,31 @@ remote_status run_on(const exec_options& o, const std::string& host, std::mutex&
     json req = exec_request(o, false, std::nullopt);
     req["id"] = id;
     conn.send(req);
+    auto last_send = std::chrono::steady_clock::now();
     while (!st.finished) {
-      proto::frame f = conn.receive();
-      if (f.id() != id) continue;
-      const auto type = f.type();
-      if (type == proto::type::exec_output) {
-        out.add(f.header.value("fd", 1), f.body);
-      } else if (type == proto::type::exec_exit) {
-        read_exit(f, st);
-      } else if (type == proto::type::error) {
-        throw client::error_from_frame(f);
+      // A command may be silent for long: wait without a deadline, but
+      // keep the connection alive for the server's idle timeout.
+      pollfd p{conn.native_handle(), POLLIN, 0};
+      ::poll(&p, 1, 1000);
+      while (auto f = conn.try_receive()) {
+        if (f->id() != id) continue;
+        const auto type = f->type();
+        if (type == proto::type::exec_output) {
+          out.add(f->header.value("fd", 1), f->body);
+        } else if (type == proto::type::exec_exit) {
+          read_exit(*f, st);
+          break;
+        } else if (type == proto::type::error) {
+          throw client::error_from_frame(*f);
+        }
+      }
+      if (std::chrono::steady_clock::now() - last_send > keepalive) {
+        conn.send({{"type", proto::type::ping}});
+        last_send = std::chrono::steady_clock::now();
       }
     }
     conn.close();
-  } catch (const client::client_error& e) {
+  } catch (const std::exception& e) {  // client_error, or a malformed frame from the server
     error = e.what();
   }
   out.flush();

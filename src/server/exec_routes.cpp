@@ -17,22 +17,23 @@ service::exec_sessions& sessions(request& r, const service::exec_policy& policy,
 
 void register_exec_service(server_context& ctx, const service::exec_policy& policy, service::exec_limiter& limiter) {
   const auto perm = proto::permission::exec;
+  const bool listed = policy.options.enabled;
   ctx.registry.add(std::string(proto::type::exec), "exec", perm, [&](request& r) {
     sessions(r, policy, limiter).start(r.id, r.frame.header);
-  });
+  }, listed);
   ctx.registry.add(std::string(proto::type::exec_stdin), "exec", perm, [&](request& r) {
     if (auto* s = r.scope.find<service::exec_sessions>("exec")) {
       s->stdin_data(r.id, r.frame.body, r.frame.header.value("eof", false));
     }
-  });
+  }, listed);
   ctx.registry.add(std::string(proto::type::exec_signal), "exec", perm, [&](request& r) {
     if (auto* s = r.scope.find<service::exec_sessions>("exec")) {
       s->signal(r.id, r.frame.header.value("signal", std::string()));
     }
-  });
+  }, listed);
   ctx.registry.add(std::string(proto::type::exec_resize), "exec", perm, [&](request& r) {
     if (auto* s = r.scope.find<service::exec_sessions>("exec")) s->resize(r.id, r.frame.header);
-  });
+  }, listed);
 }
 
 }  // namespace cskit::server

@@ -17,8 +17,8 @@ void request::error(proto::errc code, std::string_view message) const {
 }
 
 void request_registry::add(std::string type, std::string service, std::optional<proto::permission> needs,
-                           request_handler h) {
-  auto [it, inserted] = routes_.emplace(std::move(type), route{std::move(service), needs, std::move(h)});
+                           request_handler h, bool listed) {
+  auto [it, inserted] = routes_.emplace(std::move(type), route{std::move(service), needs, std::move(h), listed});
   if (!inserted) throw std::logic_error("request type registered twice: " + it->first);
 }
 
@@ -29,7 +29,9 @@ const request_registry::route* request_registry::find(std::string_view type) con
 
 std::vector<std::string> request_registry::services() const {
   std::set<std::string> s;
-  for (const auto& [t, r] : routes_) s.insert(r.service);
+  for (const auto& [t, r] : routes_) {
+    if (r.listed) s.insert(r.service);
+  }
   return {s.begin(), s.end()};
 }
 

@@ -80,12 +80,17 @@ class request_registry {
     std::string service;
     std::optional<proto::permission> needs;
     request_handler handler;
+    bool listed = true;  ///< shown in info's "services"
   };
 
-  /// Registers `type`. Throws std::logic_error on a duplicate.
-  void add(std::string type, std::string service, std::optional<proto::permission> needs, request_handler h);
+  /// Registers `type`. Throws std::logic_error on a duplicate. A service
+  /// that is switched off in the config registers with listed = false: its
+  /// requests still get a clear answer ("disabled"), but info does not
+  /// advertise it.
+  void add(std::string type, std::string service, std::optional<proto::permission> needs, request_handler h,
+           bool listed = true);
   const route* find(std::string_view type) const;
-  /// Names of the services with at least one route, sorted.
+  /// Names of the services with at least one listed route, sorted.
   std::vector<std::string> services() const;
 
  private:
