@@ -298,6 +298,14 @@ max_concurrent_per_user = 2
             p = run(srv, "-n", "--", "sh", "-c", "head -c 300000000 /dev/zero | tr -d x | sort > /dev/null; "
                                                    "echo sort-status=$?")
             self.assertRegex(p.stdout, r"sort-status=[1-9]")
+            # Processes: RLIMIT_NPROC counts every process of the account.
+            if os.geteuid() == 0:  # commands run as nobody, who runs nothing else here
+                conf_nproc = conf.replace("cpu_seconds = 1", "max_processes = 4")
+                with exec_server(conf_nproc) as srv2:
+                    p = run(srv2, "-n", "--", "sh", "-c",
+                            "for i in 1 2 3 4 5 6 7 8; do sleep 2 & done; wait; echo ok")
+                    self.assertNotEqual(p.stderr.count("fork") + p.stderr.count("Resource temporarily"), 0,
+                                        p.stdout + p.stderr)
             # Concurrency: two may run, the third is told to wait.
             env = dict(srv.env, CSKIT_USER="ops", CSKIT_TOKEN=OPS_TOKEN)
             marker = "997.%06d" % (uuid.uuid4().int % 1000000)
