@@ -66,6 +66,16 @@ struct exec_options {
 };
 int run_exec(const exec_options& o);
 
+/// `cskit chat`.
+struct chat_options {
+  client_common common;
+  std::string nick;  ///< default: $USER
+  std::string room;  ///< default: the server's default room
+};
+int run_chat(const chat_options& o);
+/// Received text made harmless for a terminal (control characters shown, not obeyed).
+std::string neutralize(std::string_view text);
+
 /// `cskit ping --udp`: RFC 862 echo probes, no authentication.
 struct udp_ping_options {
   std::string host;             ///< HOST[:PORT], default port 7

@@ -190,6 +190,17 @@ int main_impl(int argc, char** argv) {
 255 when cskit itself failed (cannot connect, not allowed, ...). Fan-out: the largest of them.
 Without -t, Ctrl-C sends SIGINT to the remote process group; a second Ctrl-C kills it.)");
 
+  // chat
+  chat_options chat;
+  auto* chat_cmd = app.add_subcommand("chat", "Chat in rooms: cskit chat HOST [--nick NAME] [--room ROOM]");
+  add_client_options(*chat_cmd, chat.common);
+  chat_cmd->add_option("--nick,-N", chat.nick, "Nickname (default: your user name)");
+  chat_cmd->add_option("--room", chat.room, "Room to join first (default: the server's default room)");
+  chat_cmd->footer(R"(On a terminal: type to talk, /help for commands; messages appear above your line.
+Otherwise (a pipe): each input line is sent, each event printed as one line (--json: JSON lines).
+Commands: /join ROOM, /part [ROOM], /msg NICK text, /me action, /who [ROOM], /rooms, /topic [text],
+/nick NAME, /quit [reason], /help.)");
+
   // help
   std::vector<std::string> help_topic;
   auto* help_cmd = app.add_subcommand("help", "Show help for cskit or for one command");
@@ -258,6 +269,7 @@ Without -t, Ctrl-C sends SIGINT to the remote process group; a second Ctrl-C kil
   }
   if (*ping_cmd) return run_ping(ping);
   if (*time_cmd) return run_time(time_opts);
+  if (*chat_cmd) return run_chat(chat);
   if (*exec_cmd) {
     // Positionals: HOST, then the command (everything after --). With
     // --hosts FILE there is no HOST word.

@@ -113,6 +113,19 @@ bool connection::send(const proto::json& header, std::string_view body) {
   return true;
 }
 
+bool connection::send_encoded(std::string_view frame) {
+  if (state_ != state::open) return false;
+  pending_.append(frame);
+  if (queued_bytes() > limits_.send_queue_max) {
+    spdlog::warn("connection {}: send queue above {} bytes, peer is not reading; closing", peer_,
+                 limits_.send_queue_max);
+    close_now("send queue overflow");
+    return false;
+  }
+  if (!in_batch_ && writer_waiting_) wake(writer_wake_);
+  return true;
+}
+
 void connection::when_queue_below(std::size_t bytes, std::function<void()> fn) {
   if (state_ == state::closed) return;
   if (queued_bytes() <= bytes) {

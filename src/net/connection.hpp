@@ -72,6 +72,9 @@ class connection : public std::enable_shared_from_this<connection> {
   /// closing, or closes the connection with `overloaded` when the queue
   /// would exceed send_queue_max.
   bool send(const proto::json& header, std::string_view body = {});
+  /// Queues a frame that is already encoded (one encoding shared by many
+  /// receivers, as in a chat broadcast). Same rules as send().
+  bool send_encoded(std::string_view frame);
 
   /// Sends an `error` frame, stops reading, flushes, closes. With a delay,
   /// the error is held back that long first (slows password guessing).
@@ -90,6 +93,8 @@ class connection : public std::enable_shared_from_this<connection> {
   void set_authenticated() noexcept;
   /// Counts as activity for the idle deadline (long server-side streams).
   void touch() noexcept { last_activity_ = clock::now(); }
+  /// When a frame last arrived from the peer (or touch() was called).
+  clock::time_point last_activity() const noexcept { return last_activity_; }
   void begin_shutdown(std::chrono::milliseconds grace);
 
   const std::string& peer_address() const noexcept { return peer_address_; }

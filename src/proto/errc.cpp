@@ -40,6 +40,9 @@ constexpr std::array entries{
     entry{errc::busy, "busy", "server is at a concurrency limit; try again later"},
     entry{errc::spawn_failed, "spawn_failed", "the command could not be started"},
     entry{errc::not_found, "not_found", "no such object"},
+    entry{errc::conflict, "conflict", "the name is already in use"},
+    entry{errc::rate_limited, "rate_limited", "too many requests; slow down"},
+    entry{errc::too_large, "too_large", "over the size limit"},
 };
 
 const entry* find(errc e) noexcept {

@@ -40,6 +40,9 @@ enum class errc {
   busy,                   // a concurrency limit is reached; try again later
   spawn_failed,           // the command could not be started (no such program, ...)
   not_found,              // the request names something that does not exist (e.g. an exec id)
+  conflict,               // the name is already in use (e.g. a chat nickname)
+  rate_limited,           // too many requests; slow down (see retry_after)
+  too_large,              // a field or body is over a documented limit
 };
 
 /// Wire name of a code, e.g. "auth_failed".

@@ -158,6 +158,25 @@ void parse_exec_table(const std::string& source, const toml::table& t, service::
   }
 }
 
+void parse_chat_table(const std::string& source, const toml::table& t, service::chat_options& c) {
+  for (auto&& [k, v] : t) {
+    std::string_view key = k.str();
+    if (key == "default_room") {
+      c.default_room = get_string(source, v, key);
+      if (!service::valid_room(c.default_room)) fail_at(source, v, "'default_room' is not a valid room name");
+    } else if (key == "history") c.history = get_integer<std::size_t>(source, v, key, 0, 100000);
+    else if (key == "max_message") c.max_message = get_integer<std::size_t>(source, v, key, 1, 1 << 20);
+    else if (key == "rate") c.rate = get_number(source, v, key, 0, 1e6);
+    else if (key == "burst") c.burst = get_number(source, v, key, 1, 1e6);
+    else if (key == "max_queue") c.max_queue = get_integer<std::size_t>(source, v, key, 4096, std::int64_t{1} << 32);
+    else if (key == "max_rooms") c.max_rooms = get_integer<std::size_t>(source, v, key, 1, 1000000);
+    else if (key == "ping_interval") c.ping_interval = std::chrono::seconds(get_integer<int>(source, v, key, 1, 3600));
+    else if (key == "ping_timeout") c.ping_timeout = std::chrono::seconds(get_integer<int>(source, v, key, 2, 7200));
+    else fail_at(source, v, "unknown key '" + std::string(key) + "' in [chat]");
+  }
+  if (c.ping_timeout <= c.ping_interval) fail_at(source, t, "[chat] ping_timeout must be longer than ping_interval");
+}
+
 user_account parse_user(const std::string& source, const toml::table& t) {
   user_account u;
   bool have_token = false;
@@ -210,11 +229,12 @@ server_config parse_config(std::string_view text, const std::string& source) {
     if (key == "server") {
       if (!v.is_table()) fail_at(source, v, "'server' must be a table");
       parse_server_table(source, *v.as_table(), c);
-    } else if (key == "echo" || key == "time" || key == "exec") {
+    } else if (key == "echo" || key == "time" || key == "exec" || key == "chat") {
       if (!v.is_table()) fail_at(source, v, "'" + std::string(key) + "' must be a table");
       if (key == "echo") parse_echo_table(source, *v.as_table(), c.echo);
       else if (key == "time") parse_time_table(source, *v.as_table(), c.time);
-      else parse_exec_table(source, *v.as_table(), c.exec);
+      else if (key == "exec") parse_exec_table(source, *v.as_table(), c.exec);
+      else parse_chat_table(source, *v.as_table(), c.chat);
     } else if (key == "users") {
       const auto* arr = v.as_array();
       if (!arr) fail_at(source, v, "'users' must be an array of tables ([[users]])");
@@ -225,7 +245,7 @@ server_config parse_config(std::string_view text, const std::string& source) {
         c.users.push_back(std::move(u));
       }
     } else {
-      fail_at(source, v, "unknown top-level key '" + std::string(key) + "' (expected [server], [echo], [time], [exec] or [[users]])");
+      fail_at(source, v, "unknown top-level key '" + std::string(key) + "' (expected [server], [echo], [time], [exec], [chat] or [[users]])");
     }
   }
   return c;

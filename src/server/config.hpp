@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "proto/messages.hpp"
+#include "service/chat.hpp"
 #include "service/echo.hpp"
 #include "service/exec.hpp"
 #include "service/time.hpp"
@@ -38,6 +39,7 @@ struct server_config {
   service::echo_options echo;       ///< [echo]: RFC 862 on UDP and TCP
   service::time_options time;       ///< [time]: SNTPv4 server
   service::exec_options exec;       ///< [exec]: remote execution (off by default)
+  service::chat_options chat;       ///< [chat]
 };
 
 class config_error : public std::runtime_error {

@@ -45,8 +45,15 @@ class connection_scope {
     }
     return nullptr;
   }
-  /// Destroys everything, newest first.
-  void clear() {
+  /// Called with the connection's close reason, before anything is destroyed.
+  void on_close(std::function<void(std::string_view reason)> fn) { close_hooks_.push_back(std::move(fn)); }
+
+  /// Tells the hooks why the connection closed, then destroys everything,
+  /// newest first.
+  void clear(std::string_view reason = {}) {
+    auto hooks = std::move(close_hooks_);
+    close_hooks_.clear();
+    for (auto& h : hooks) h(reason);
     while (!items_.empty()) {
       auto last = std::move(items_.back().second);
       items_.pop_back();
@@ -56,6 +63,7 @@ class connection_scope {
 
  private:
   std::vector<std::pair<std::string, std::shared_ptr<void>>> items_;
+  std::vector<std::function<void(std::string_view)>> close_hooks_;
 };
 
 /// One request, as a handler sees it. Replies are tagged with its id.

@@ -12,6 +12,7 @@
 #include "net/tcp_server.hpp"
 #include "proto/limits.hpp"
 #include "proto/ntp.hpp"
+#include "server/chat_routes.hpp"
 #include "server/exec_routes.hpp"
 #include "server/session.hpp"
 #include "util/paths.hpp"
@@ -85,6 +86,8 @@ void run_server(server_config config, const serve_hooks& hooks) {
   }
   service::exec_limiter exec_limiter(config.exec);
   register_exec_service(ctx, exec_policy, exec_limiter);
+  service::chat_hub chat_hub(config.chat);
+  register_chat_service(ctx, chat_hub);
 
   net::server_options o;
   o.host = listen->host;

@@ -31,7 +31,7 @@ void session::on_open(net::connection& c) {
 }
 
 void session::on_close(net::connection& c, std::string_view reason) {
-  scope_.clear();  // services release what this connection held (e.g. kill its commands)
+  scope_.clear(reason);  // services release what this connection held (kill its commands, chat quit)
   if (user_) {
     spdlog::info("closed {} user={} requests={} ({})", c.peer(), user_->name, requests_, reason);
   } else {

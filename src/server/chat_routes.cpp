@@ -1,0 +1,21 @@
+// Wires chat into the request registry; the session has checked the `chat`
+// permission before any of these run.
+#include "server/chat_routes.hpp"
+
+namespace cskit::server {
+
+void register_chat_service(server_context& ctx, service::chat_hub& hub) {
+  for (const char* type : {"chat.hello", "chat.join", "chat.part", "chat.say", "chat.msg", "chat.who", "chat.rooms",
+                           "chat.topic", "chat.nick", "chat.quit"}) {
+    ctx.registry.add(type, "chat", proto::permission::chat, [&hub](request& r) {
+      auto& client = r.scope.get<service::chat_client>("chat", [&] {
+        auto c = std::make_shared<service::chat_client>(hub, r.conn);
+        r.scope.on_close([raw = c.get()](std::string_view reason) { raw->set_close_reason(std::string(reason)); });
+        return c;
+      });
+      client.handle(r.id, r.frame.type(), r.frame.header, r.frame.body);
+    });
+  }
+}
+
+}  // namespace cskit::server

@@ -1,0 +1,102 @@
+#pragma once
+// Chat: nicknames unique across the server, rooms with topics and history,
+// private messages, join/part/quit notices. One hub is shared by every
+// event loop (a mutex guards it); each delivery is posted to the receiving
+// connection's own loop, encoded once per message. A receiver whose send
+// queue passes `max_queue` bytes is disconnected: a slow reader never
+// slows anyone else and never grows the server without bound.
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "proto/frame.hpp"
+
+namespace cskit::net {
+class connection;
+}
+
+namespace cskit::service {
+
+struct chat_options {
+  std::string default_room = "lobby";
+  std::size_t history = 50;               ///< messages replayed on join
+  std::size_t max_message = 2000;         ///< bytes of UTF-8 text
+  double rate = 5;                        ///< messages per second per client...
+  double burst = 10;                      ///< ...with this burst
+  std::size_t max_queue = 1 << 20;        ///< bytes queued to one client before it is dropped
+  std::size_t max_rooms = 1000;           ///< rooms on the server
+  std::chrono::seconds ping_interval{30}; ///< silent clients are pinged after this
+  std::chrono::seconds ping_timeout{90};  ///< and dropped after this
+};
+
+/// Nicknames: 1-32 characters of letters, digits and - _ . (ASCII, so that
+/// they cannot be confused or carry escape sequences). Rooms: the same, up
+/// to 64, optionally starting with #.
+bool valid_nick(const std::string& nick);
+bool valid_room(const std::string& room);
+
+class chat_hub;
+
+/// One connection's chat state; destroyed when the connection closes,
+/// which sends its quit notice.
+class chat_client {
+ public:
+  chat_client(chat_hub& hub, net::connection& conn);
+  ~chat_client();
+  chat_client(const chat_client&) = delete;
+  chat_client& operator=(const chat_client&) = delete;
+
+  /// Handles one chat.* request (the session checked the `chat` permission).
+  void handle(std::uint64_t id, std::string_view type, const proto::json& header, const std::string& body);
+  /// Why the client left, for the quit notice. A reason the client gave
+  /// itself (chat.quit) wins over the connection's.
+  void set_close_reason(std::string reason, bool from_client = false) {
+    if (from_client || !reason_from_client_) close_reason_ = std::move(reason);
+    reason_from_client_ |= from_client;
+  }
+
+ private:
+  void arm_liveness();
+
+  chat_hub& hub_;
+  net::connection& conn_;
+  std::shared_ptr<struct chat_member> member_;
+  std::shared_ptr<struct chat_timer> timer_;
+  std::string close_reason_ = "connection closed";
+  bool reason_from_client_ = false;
+};
+
+class chat_hub {
+ public:
+  explicit chat_hub(chat_options o);
+  ~chat_hub();
+  const chat_options& options() const noexcept { return options_; }
+
+ private:
+  friend class chat_client;
+  struct room {
+    std::string topic;
+    std::string topic_by;
+    std::set<chat_member*> members;
+    std::deque<std::shared_ptr<const std::string>> history;  ///< encoded chat.message frames (history: true)
+  };
+
+  void deliver(chat_member& m, const std::shared_ptr<const std::string>& frame);
+  void broadcast(const room& r, const std::shared_ptr<const std::string>& frame, const chat_member* except = nullptr);
+  std::string suggest_nick(const std::string& nick) const;
+
+  chat_options options_;
+  std::mutex m_;
+  std::map<std::string, chat_member*, std::less<>> nicks_;  ///< lower-cased nick -> member
+  std::map<std::string, room, std::less<>> rooms_;
+  std::set<chat_member*> members_;
+};
+
+}  // namespace cskit::service
