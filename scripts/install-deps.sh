@@ -18,6 +18,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   python3               # end-to-end tests and the independent client
   chrony python3-ntplib socat   # third-party NTP and echo peers (tests, benchmarks)
+  tmux                  # drives the interactive chat client in a test
   clang libclang-rt-14-dev   # libFuzzer (make fuzz)
 )
 

@@ -1,0 +1,373 @@
+"""Chat end to end: several `cskit chat` clients in scriptable mode (stdin a
+pipe, --json events), raw sockets, and one interactive client under tmux."""
+import json
+import os
+import queue
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import unittest
+
+from harness import BIN, Server
+import wire
+
+CHAT_CONF = """
+[chat]
+history = 5
+max_message = 200
+rate = 5
+burst = 5
+max_queue = 262144
+"""
+
+
+class Client:
+    """`cskit chat --json` with a pipe for stdin; events are read by a thread."""
+
+    def __init__(self, server, nick, *args):
+        self.events = queue.Queue()
+        self.proc = subprocess.Popen([BIN, "chat", server.address, "--nick", nick, "--json", *args],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     env=dict(server.env, CSKIT_TOKEN=server.token), text=True, bufsize=1)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            try:
+                self.events.put(json.loads(line))
+            except json.JSONDecodeError:
+                self.events.put({"type": "unparsed", "line": line})
+        self.events.put(None)
+
+    def say(self, line):
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def wait_for(self, predicate, timeout=10):
+        """Returns the first event matching predicate; events before it are returned too."""
+        seen = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                e = self.events.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if e is None:
+                break
+            seen.append(e)
+            if predicate(e):
+                return e, seen
+        raise AssertionError(f"no matching event; saw {seen}")
+
+    def close(self):
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def message(text=None, sender=None, **extra):
+    def match(e):
+        if e.get("type") != "chat.message":
+            return False
+        if text is not None and e.get("text") != text:
+            return False
+        if sender is not None and e.get("from") != sender:
+            return False
+        return all(e.get(k) == v for k, v in extra.items())
+    return match
+
+
+def event(kind, nick=None):
+    return lambda e: e.get("type") == "chat.event" and e.get("event") == kind and (nick is None or e.get("nick") == nick)
+
+
+def note(pattern):
+    return lambda e: e.get("type") == "note" and re.search(pattern, e.get("text", ""))
+
+
+class ChatTest(unittest.TestCase):
+    def setUp(self):
+        self.server = Server(config_text=CHAT_CONF)
+        self.clients = []
+
+    def tearDown(self):
+        for c in self.clients:
+            if c.proc.poll() is None:
+                c.proc.kill()
+                c.proc.wait()
+        self.server.stop()
+        self.server.cleanup()
+
+    def client(self, nick, *args):
+        c = Client(self.server, nick, *args)
+        self.clients.append(c)
+        c.wait_for(lambda e: e.get("type") == "chat.joined")
+        return c
+
+    def test_join_notices_broadcast_order_utf8(self):
+        alice = self.client("alice")
+        alice.wait_for(event("join", "alice"))
+        bob = self.client("bob")
+        alice.wait_for(event("join", "bob"))
+        texts = [f"message {i} 文件传输 🎉" for i in range(5)]
+        for t in texts:
+            alice.say(t)
+        for who in (alice, bob):
+            got = []
+            for t in texts:
+                e, _ = who.wait_for(message(t, "alice"))
+                got.append(e)
+            self.assertEqual([e["text"] for e in got], texts)
+            self.assertEqual(sorted(e["ts"] for e in got), [e["ts"] for e in got])
+            self.assertTrue(all(e["room"] == "#lobby" and not e.get("history") for e in got))
+
+    def test_history_count_order_and_timestamps(self):
+        alice = self.client("alice")
+        sent = []
+        for i in range(8):
+            alice.say(f"h{i}")
+            e, _ = alice.wait_for(message(f"h{i}"))
+            sent.append(e)
+            time.sleep(0.25)  # within the rate limit
+        carol = self.client("carol")
+        history = []
+        while len(history) < 5:
+            e, _ = carol.wait_for(message(history=True))
+            history.append(e)
+        self.assertEqual([e["text"] for e in history], ["h3", "h4", "h5", "h6", "h7"])  # the last 5, in order
+        self.assertEqual([e["ts"] for e in history], [e["ts"] for e in sent[3:]])  # original timestamps
+        carol.wait_for(event("join", "carol"))
+
+    def test_nick_collision_is_refused_with_a_suggestion(self):
+        self.client("dave")
+        p = subprocess.run([BIN, "chat", self.server.address, "--nick", "Dave"], input="", capture_output=True,
+                           text=True, env=dict(self.server.env, CSKIT_TOKEN=self.server.token), timeout=30)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("nickname 'Dave' is taken; try 'Dave2'", p.stderr)
+
+    def test_private_messages_reach_only_their_target(self):
+        alice, bob, eve = self.client("alice"), self.client("bob"), self.client("eve")
+        alice.say("/msg bob the secret")
+        e, _ = bob.wait_for(message("the secret", "alice", private=True))
+        self.assertEqual(e["to"], "bob")
+        alice.wait_for(message("the secret", "alice", private=True))  # the sender's copy
+        alice.say("public after")
+        _, seen = eve.wait_for(message("public after"))
+        self.assertFalse([x for x in seen if x.get("text") == "the secret"], "eve saw the private message")
+        alice.say("/msg nobody hello")
+        alice.wait_for(note("no one is called 'nobody'"))
+
+    def test_topic(self):
+        alice, bob = self.client("alice"), self.client("bob")
+        alice.say("/topic release on Friday")
+        e, _ = bob.wait_for(event("topic", "alice"))
+        self.assertEqual(e["topic"], "release on Friday")
+        carol = self.client("carol")
+        carol.say("/topic")
+        carol.wait_for(note("topic of #lobby: release on Friday"))
+
+    def test_rate_limit_and_over_long_message(self):
+        alice = self.client("alice")
+        for i in range(12):
+            alice.say(f"flood {i}")
+        alice.wait_for(note(r"slow down: at most 5 messages per second"))
+        alice.say("x" * 201)
+        alice.wait_for(note(r"message is 201 bytes; the limit is 200"))
+        time.sleep(1.2)
+        alice.say("y" * 200)  # exactly at the limit: accepted, not truncated
+        e, _ = alice.wait_for(message("y" * 200))
+        self.assertEqual(len(e["text"]), 200)
+
+    def test_abrupt_disconnect_gives_a_quit_notice(self):
+        alice, bob = self.client("alice"), self.client("bob")
+        bob.proc.kill()
+        e, _ = alice.wait_for(event("quit", "bob"))
+        self.assertEqual(e["reason"], "peer closed")
+        carol = self.client("carol")
+        carol.say("/quit see you")
+        e, _ = alice.wait_for(event("quit", "carol"))
+        self.assertEqual(e["reason"], "see you")
+
+    def test_escape_sequences_arrive_neutralised(self):
+        alice = self.client("alice")
+        env = dict(self.server.env, CSKIT_TOKEN=self.server.token)
+        watcher = subprocess.Popen([BIN, "chat", self.server.address, "--nick", "watch"], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        time.sleep(1)
+        alice.say("\x1b]0;pwned\x07 \x1b[2J red\x1b[31m bidi\u202e end")
+        alice.wait_for(message(sender="alice"))
+        time.sleep(0.5)
+        out, _ = watcher.communicate(input=b"", timeout=20)
+        self.assertNotIn(b"\x1b", out, "no escape byte reaches the terminal")
+        self.assertNotIn(b"\x07", out)
+        self.assertIn(b"^[]0;pwned^G ^[[2J red^[[31m bidi<U+202E> end", out)
+
+    def test_invalid_utf8_is_refused(self):
+        s, _ = wire.login(self.server.port, self.server.token)
+        s.sendall(wire.encode({"type": "chat.hello", "id": 1, "nick": "raw"}))
+        self.assertEqual(wire.read_frame(s)[0]["type"], "chat.welcome")
+        s.sendall(wire.encode({"type": "chat.join", "id": 2, "room": "lobby"}))
+        self.assertEqual(wire.read_frame(s)[0]["type"], "chat.joined")
+        s.sendall(wire.encode({"type": "chat.say", "id": 3, "room": "lobby"}, b"bad \xff\xfe"))
+        while True:
+            h, _ = wire.read_frame(s)
+            if h.get("id") == 3:
+                break
+        self.assertEqual((h["type"], h["code"]), ("error", "bad_request"))
+        self.assertIn("not valid UTF-8", h["message"])
+        s.close()
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+class SlowReaderTest(unittest.TestCase):
+    def test_a_reader_that_never_reads_is_dropped_and_others_stay_fast(self):
+        conf = "[chat]\nmax_message = 4000\nrate = 200\nburst = 200\nmax_queue = 1048576\nhistory = 0\n"
+        server = Server(config_text=conf)
+        clients = []
+        try:
+            # A raw client joins, then never reads its socket again.
+            slow = socket.socket()
+            slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect, so it sticks
+            slow.connect(("127.0.0.1", server.port))
+            slow.settimeout(10)
+            hello, _ = wire.read_frame(slow)
+            slow.sendall(wire.auth_frame(hello, server.token)[0])
+            self.assertEqual(wire.read_frame(slow)[0]["type"], "welcome")
+            slow.sendall(wire.encode({"type": "chat.hello", "id": 1, "nick": "sloth"}))
+            slow.sendall(wire.encode({"type": "chat.join", "id": 2, "room": "lobby"}))
+
+            def client(nick):
+                c = Client(server, nick)
+                clients.append(c)
+                c.wait_for(lambda e: e.get("type") == "chat.joined")
+                return c
+
+            bob = client("bob")
+            # The sender is a raw connection that drains everything it is sent.
+            sender = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            hello, _ = wire.read_frame(sender)
+            sender.sendall(wire.auth_frame(hello, server.token)[0])
+            self.assertEqual(wire.read_frame(sender)[0]["type"], "welcome")
+            sender.sendall(wire.encode({"type": "chat.hello", "id": 1, "nick": "sender"}))
+            sender.sendall(wire.encode({"type": "chat.join", "id": 2, "room": "lobby"}))
+            stop = threading.Event()
+
+            def drain():
+                sender.settimeout(0.2)
+                while not stop.is_set():
+                    try:
+                        if not sender.recv(1 << 20):
+                            return
+                    except socket.timeout:
+                        continue
+                    except OSError:
+                        return
+
+            drainer = threading.Thread(target=drain, daemon=True)
+            drainer.start()
+            rss_before = rss_kib(server.proc.pid)
+            payload = b"z" * 3990
+            latencies, seen_all = [], []
+            n = 0
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                for _ in range(50):
+                    sender.sendall(wire.encode({"type": "chat.say", "id": 100 + n, "room": "lobby"},
+                                               str(n).encode() + b" " + payload))
+                    n += 1
+                t0 = time.monotonic()
+                _, seen = bob.wait_for(message(f"{n - 1} {payload.decode()}"), timeout=20)
+                latencies.append(time.monotonic() - t0)
+                seen_all += [x for x in seen if x.get("type") != "chat.message"]
+                if any(x.get("type") == "chat.event" and x.get("nick") == "sloth" for x in seen_all):
+                    break
+                time.sleep(0.25)  # stay under the sender's rate limit (200/s)
+            stop.set()
+            sender.close()
+            quits = [x for x in seen_all if x.get("type") == "chat.event" and x.get("event") == "quit"]
+            self.assertEqual([(q["nick"], q["reason"]) for q in quits], [("sloth", "too slow: chat send queue full")])
+            self.assertLess(max(latencies), 3.0, f"others kept being served promptly: {latencies}")
+            self.assertLess(rss_kib(server.proc.pid) - rss_before, 32 * 1024, "server memory stayed bounded")
+            self.assertIn("sloth", " ".join(q["nick"] for q in quits))
+            self.assertRegex(server.stderr(), r"chat: 127\.0\.0\.1:\d+ is not reading \(over 1048576 bytes queued\)")
+            slow.close()
+        finally:
+            for c in clients:
+                if c.proc.poll() is None:
+                    c.proc.kill()
+                    c.proc.wait()
+            server.stop()
+            server.cleanup()
+
+
+class InteractiveChatTest(unittest.TestCase):
+    """The terminal client under tmux: a message arrives while a line is half
+    typed; the line stays intact and is sent correctly afterwards."""
+
+    def test_half_typed_line_survives_an_incoming_message(self):
+        self.assertTrue(shutil.which("tmux"), "tmux is installed by scripts/install-deps.sh")
+        server = Server(config_text=CHAT_CONF)
+        session = f"cskit-e2e-{os.getpid()}"
+        sock = os.path.join(server.dir, "tmux.sock")
+        tmux = ["tmux", "-S", sock]
+        env = dict(server.env, CSKIT_TOKEN=server.token, TERM="xterm-256color")
+        try:
+            subprocess.run(tmux + ["new-session", "-d", "-s", session, "-x", "120", "-y", "30",
+                                   f"{BIN} chat {server.address} --nick typer"], check=True, env=env)
+
+            def screen():
+                return subprocess.run(tmux + ["capture-pane", "-p", "-t", session], capture_output=True,
+                                      text=True, env=env).stdout
+
+            def wait_screen(pattern, timeout=10):
+                deadline = time.monotonic() + timeout
+                while time.monotonic() < deadline:
+                    s = screen()
+                    if re.search(pattern, s):
+                        return s
+                    time.sleep(0.1)
+                self.fail(f"no {pattern!r} on screen:\n{screen()}")
+
+            wait_screen(r"connected as typer")
+            subprocess.run(tmux + ["send-keys", "-t", session, "-l", "half typed 文件"], check=True, env=env)
+            wait_screen(r"> half typed 文件")
+            other = Client(server, "other")
+            other.wait_for(lambda e: e.get("type") == "chat.joined")
+            other.say("interrupting message")
+            s = wait_screen(r"<other> interrupting message")
+            lines = [l for l in s.splitlines() if l.strip()]
+            self.assertEqual(lines[-1].rstrip(), "> half typed 文件", s)  # the input line is intact, last
+            subprocess.run(tmux + ["send-keys", "-t", session, "-l", " done"], check=True, env=env)
+            subprocess.run(tmux + ["send-keys", "-t", session, "Enter"], check=True, env=env)
+            e, _ = other.wait_for(message("half typed 文件 done", "typer"))
+            subprocess.run(tmux + ["send-keys", "-t", session, "-l", "/quit bye"], check=True, env=env)
+            subprocess.run(tmux + ["send-keys", "-t", session, "Enter"], check=True, env=env)
+            e, _ = other.wait_for(event("quit", "typer"))
+            self.assertEqual(e["reason"], "bye")
+            other.close()
+        finally:
+            subprocess.run(tmux + ["kill-server"], capture_output=True, env=env)
+            server.stop()
+            server.cleanup()
+
+
+if __name__ == "__main__":
+    unittest.main()
