@@ -39,38 +39,6 @@ std::string clock_text(std::int64_t ms) {
 
 }  // namespace
 
-std::string neutralize(std::string_view text) {
-  // Received text is shown, never interpreted: C0 controls (ESC included)
-  // become ^X, DEL ^?, C1 controls and bidirectional overrides <U+XXXX>.
-  std::string out;
-  out.reserve(text.size());
-  for (std::size_t i = 0; i < text.size(); ++i) {
-    const auto c = static_cast<unsigned char>(text[i]);
-    if (c < 0x20) {
-      out += '^';
-      out += static_cast<char>(c + 0x40);
-    } else if (c == 0x7f) {
-      out += "^?";
-    } else if (c == 0xc2 && i + 1 < text.size() && static_cast<unsigned char>(text[i + 1]) >= 0x80 &&
-               static_cast<unsigned char>(text[i + 1]) <= 0x9f) {
-      out += fmt::format("<U+{:04X}>", static_cast<unsigned char>(text[i + 1]));
-      ++i;
-    } else if (c == 0xe2 && i + 2 < text.size() && static_cast<unsigned char>(text[i + 1]) == 0x80 &&
-               ((static_cast<unsigned char>(text[i + 2]) >= 0xaa && static_cast<unsigned char>(text[i + 2]) <= 0xae) ||
-                static_cast<unsigned char>(text[i + 2]) == 0x8b)) {
-      out += fmt::format("<U+20{:02X}>", static_cast<unsigned char>(text[i + 2]) - 0x80);
-      i += 2;
-    } else if (c == 0xe2 && i + 2 < text.size() && static_cast<unsigned char>(text[i + 1]) == 0x81 &&
-               static_cast<unsigned char>(text[i + 2]) >= 0xa6 && static_cast<unsigned char>(text[i + 2]) <= 0xa9) {
-      out += fmt::format("<U+20{:02X}>", static_cast<unsigned char>(text[i + 2]) - 0x80 + 0x40);
-      i += 2;
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  return out;
-}
-
 namespace {
 
 class chat_ui {

@@ -73,8 +73,6 @@ struct chat_options {
   std::string room;  ///< default: the server's default room
 };
 int run_chat(const chat_options& o);
-/// Received text made harmless for a terminal (control characters shown, not obeyed).
-std::string neutralize(std::string_view text);
 
 /// `cskit ping --udp`: RFC 862 echo probes, no authentication.
 struct udp_ping_options {

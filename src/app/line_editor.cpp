@@ -1,11 +1,10 @@
 #include "app/line_editor.hpp"
 
 #include <unistd.h>
-#include <wchar.h>
 
-#include <clocale>
 #include <cstdio>
 #include <cstring>
+#include <fmt/format.h>
 
 namespace cskit::app {
 
@@ -19,6 +18,18 @@ void out(std::string_view s) {
 }
 
 bool continuation(unsigned char c) { return (c & 0xc0) == 0x80; }
+
+// Terminal columns of a code point, without depending on the C locale:
+// combining marks take none, East Asian wide characters and emoji two.
+std::size_t char_width(char32_t cp) {
+  if ((cp >= 0x0300 && cp <= 0x036f) || (cp >= 0x200b && cp <= 0x200f) || cp == 0xfe0f) return 0;
+  const bool wide = (cp >= 0x1100 && cp <= 0x115f) || (cp >= 0x2e80 && cp <= 0xa4cf) ||
+                    (cp >= 0xac00 && cp <= 0xd7a3) || (cp >= 0xf900 && cp <= 0xfaff) ||
+                    (cp >= 0xfe30 && cp <= 0xfe4f) || (cp >= 0xff00 && cp <= 0xff60) ||
+                    (cp >= 0xffe0 && cp <= 0xffe6) || (cp >= 0x1f300 && cp <= 0x1f64f) ||
+                    (cp >= 0x1f900 && cp <= 0x1f9ff) || (cp >= 0x20000 && cp <= 0x3fffd);
+  return wide ? 2 : 1;
+}
 }  // namespace
 
 std::size_t display_width(std::string_view s) {
@@ -31,17 +42,15 @@ std::size_t display_width(std::string_view s) {
     else if (c >= 0xe0) len = 3, cp = c & 0x0f;
     else if (c >= 0xc0) len = 2, cp = c & 0x1f;
     for (std::size_t k = 1; k < len && i + k < s.size(); ++k) cp = (cp << 6) | (static_cast<unsigned char>(s[i + k]) & 0x3f);
-    const int cw = ::wcwidth(static_cast<wchar_t>(cp));
-    w += cw < 0 ? 1 : static_cast<std::size_t>(cw);
+    w += char_width(cp);
     i += len;
   }
   return w;
 }
 
-line_editor::line_editor(std::string prompt) : prompt_(std::move(prompt)) {
-  // wcwidth needs a UTF-8 locale to know that 文 is two columns wide.
-  if (!std::setlocale(LC_CTYPE, "")) std::setlocale(LC_CTYPE, "C.UTF-8");
-  if (std::strstr(std::setlocale(LC_CTYPE, nullptr), "UTF-8") == nullptr) std::setlocale(LC_CTYPE, "C.UTF-8");
+line_editor::line_editor(std::string prompt, bool attach_terminal)
+    : prompt_(std::move(prompt)), attached_(attach_terminal) {
+  if (!attached_) return;
   if (::tcgetattr(STDIN_FILENO, &saved_) == 0) {
     termios raw = saved_;
     ::cfmakeraw(&raw);
@@ -52,11 +61,12 @@ line_editor::line_editor(std::string prompt) : prompt_(std::move(prompt)) {
 }
 
 line_editor::~line_editor() {
-  out("\r\x1b[K");
+  if (attached_) out("\r\x1b[K");
   if (raw_) ::tcsetattr(STDIN_FILENO, TCSADRAIN, &saved_);
 }
 
 void line_editor::redraw() {
+  if (!attached_) return;
   std::string s = "\r\x1b[K" + prompt_ + buf_;
   const std::size_t right = display_width(std::string_view(buf_).substr(cursor_));
   if (right) s += "\x1b[" + std::to_string(right) + "D";
@@ -64,7 +74,7 @@ void line_editor::redraw() {
 }
 
 void line_editor::print_above(const std::string& text) {
-  out("\r\x1b[K" + text + "\n");
+  if (attached_) out("\r\x1b[K" + text + "\n");
   redraw();
 }
 
@@ -172,7 +182,7 @@ line_editor::result line_editor::key_bytes(std::string_view in) {
         if (buf_.empty()) return {result::eof, {}};
         buf_.erase(cursor_, next_char(cursor_) - cursor_);
         break;
-      case 0x0c: out("\x1b[H\x1b[2J"); break;                      // Ctrl-L
+      case 0x0c: if (attached_) out("\x1b[H\x1b[2J"); break;       // Ctrl-L
       case 0x1b: escape_ = "\x1b"; break;
       default: break;  // other control characters are ignored
     }
@@ -180,6 +190,39 @@ line_editor::result line_editor::key_bytes(std::string_view in) {
   flush_typed();
   redraw();
   return r;
+}
+
+
+std::string neutralize(std::string_view text) {
+  // Received text is shown, never interpreted: C0 controls (ESC included)
+  // become ^X, DEL ^?, C1 controls and bidirectional overrides <U+XXXX>.
+  std::string out;
+  out.reserve(text.size());
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    if (c < 0x20) {
+      out += '^';
+      out += static_cast<char>(c + 0x40);
+    } else if (c == 0x7f) {
+      out += "^?";
+    } else if (c == 0xc2 && i + 1 < text.size() && static_cast<unsigned char>(text[i + 1]) >= 0x80 &&
+               static_cast<unsigned char>(text[i + 1]) <= 0x9f) {
+      out += fmt::format("<U+{:04X}>", static_cast<unsigned char>(text[i + 1]));
+      ++i;
+    } else if (c == 0xe2 && i + 2 < text.size() && static_cast<unsigned char>(text[i + 1]) == 0x80 &&
+               ((static_cast<unsigned char>(text[i + 2]) >= 0xaa && static_cast<unsigned char>(text[i + 2]) <= 0xae) ||
+                static_cast<unsigned char>(text[i + 2]) == 0x8b)) {
+      out += fmt::format("<U+20{:02X}>", static_cast<unsigned char>(text[i + 2]) - 0x80);
+      i += 2;
+    } else if (c == 0xe2 && i + 2 < text.size() && static_cast<unsigned char>(text[i + 1]) == 0x81 &&
+               static_cast<unsigned char>(text[i + 2]) >= 0xa6 && static_cast<unsigned char>(text[i + 2]) <= 0xa9) {
+      out += fmt::format("<U+20{:02X}>", static_cast<unsigned char>(text[i + 2]) - 0x80 + 0x40);
+      i += 2;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out;
 }
 
 }  // namespace cskit::app

@@ -14,7 +14,9 @@ namespace cskit::app {
 
 class line_editor {
  public:
-  explicit line_editor(std::string prompt);  ///< enters raw mode; always restored
+  /// Enters raw mode (always restored). attach_terminal = false: no terminal
+  /// at all, for tests that feed keys with key_bytes().
+  explicit line_editor(std::string prompt, bool attach_terminal = true);
   ~line_editor();
   line_editor(const line_editor&) = delete;
   line_editor& operator=(const line_editor&) = delete;
@@ -47,9 +49,14 @@ class line_editor {
   std::string escape_;      ///< an escape sequence not complete yet
   termios saved_{};
   bool raw_ = false;
+  bool attached_ = true;
 };
 
 /// Display width of UTF-8 text in terminal columns.
 std::size_t display_width(std::string_view utf8);
+
+/// Received text made harmless for a terminal: C0 controls (ESC included)
+/// become ^X, DEL ^?, C1 controls and bidirectional overrides <U+XXXX>.
+std::string neutralize(std::string_view text);
 
 }  // namespace cskit::app
