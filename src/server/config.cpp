@@ -161,7 +161,9 @@ void parse_exec_table(const std::string& source, const toml::table& t, service::
 void parse_chat_table(const std::string& source, const toml::table& t, service::chat_options& c) {
   for (auto&& [k, v] : t) {
     std::string_view key = k.str();
-    if (key == "default_room") {
+    if (key == "enabled") {
+      c.enabled = get_bool(source, v, key);
+    } else if (key == "default_room") {
       c.default_room = get_string(source, v, key);
       if (!service::valid_room(c.default_room)) fail_at(source, v, "'default_room' is not a valid room name");
     } else if (key == "history") c.history = get_integer<std::size_t>(source, v, key, 0, 100000);

@@ -25,6 +25,7 @@ class connection;
 namespace cskit::service {
 
 struct chat_options {
+  bool enabled = true;
   std::string default_room = "lobby";
   std::size_t history = 50;               ///< messages replayed on join
   std::size_t max_message = 2000;         ///< bytes of UTF-8 text

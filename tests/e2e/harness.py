@@ -29,13 +29,13 @@ class Server:
     """A `cskit serve` process on 127.0.0.1 with a free port."""
 
     def __init__(self, *args, token=TOKEN, config_text=None, env=None, start_timeout=20, state_dir=None,
-                 log_level="info"):
+                 log_level="info", listen="127.0.0.1:0"):
         self.dir = tempfile.mkdtemp(prefix="cskit-e2e-")
         self.state = state_dir or os.path.join(self.dir, "state")
         self.share = os.path.join(self.dir, "share")
         self.home = os.path.join(self.dir, "home")
         os.makedirs(self.home)
-        cmd = [BIN, "serve", "--listen", "127.0.0.1:0", "--root", self.share,
+        cmd = [BIN, "serve", "--listen", listen, "--root", self.share,
                "--state-dir", self.state, "--log-level", log_level, *args]
         if config_text is not None:
             path = os.path.join(self.dir, "server.toml")

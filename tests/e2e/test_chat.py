@@ -237,6 +237,80 @@ def rss_kib(pid):
     return 0
 
 
+class DisabledChatTest(unittest.TestCase):
+    def test_chat_can_be_switched_off(self):
+        with Server(config_text="[chat]\nenabled = false\n") as srv:
+            p = subprocess.run([BIN, "chat", srv.address, "--nick", "x"], input="", capture_output=True, text=True,
+                               env=dict(srv.env, CSKIT_TOKEN=srv.token), timeout=30)
+            self.assertNotEqual(p.returncode, 0)
+            self.assertIn("chat is disabled on this server", p.stderr)
+            info = json.loads(srv.cli("info", srv.address, "--json").stdout)
+            self.assertEqual(info["services"], ["core"])
+
+
+class LivenessTest(unittest.TestCase):
+    def test_a_silent_peer_is_pinged_then_dropped(self):
+        server = Server(config_text="[chat]\nping_interval = 1\nping_timeout = 3\n")
+        try:
+            watcher = Client(server, "watcher")
+            watcher.wait_for(lambda e: e.get("type") == "chat.joined")
+            # A half-open peer: it logs in, joins, then never sends anything.
+            mute, _ = wire.login(server.port, server.token)
+            mute.sendall(wire.encode({"type": "chat.hello", "id": 1, "nick": "mute"}))
+            mute.sendall(wire.encode({"type": "chat.join", "id": 2, "room": "lobby"}))
+            t0 = time.monotonic()
+            e, _ = watcher.wait_for(event("quit", "mute"), timeout=15)
+            self.assertEqual(e["reason"], "chat: ping timeout")
+            self.assertGreater(time.monotonic() - t0, 2)
+            pinged = False
+            mute.settimeout(1)
+            try:
+                while True:
+                    h, _ = wire.read_frame(mute, 1)
+                    pinged |= h.get("type") == "ping"
+            except Exception:
+                pass
+            self.assertTrue(pinged, "the server pinged before giving up")
+            # The watcher itself answers pings (its client does), so it stays.
+            watcher.say("still here")
+            watcher.wait_for(message("still here", "watcher"))
+            watcher.close()
+            mute.close()
+        finally:
+            server.stop()
+            server.cleanup()
+
+    def test_the_client_reconnects_and_rejoins(self):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        first = Server(config_text=CHAT_CONF, listen=f"127.0.0.1:{port}")
+        alice = None
+        try:
+            alice = Client(first, "alice", "--room", "ops")
+            alice.wait_for(lambda e: e.get("type") == "chat.joined")
+            first.stop()
+            alice.wait_for(note(r"connection lost .*reconnecting in 0\.5 s"))
+            second = Server(config_text=CHAT_CONF, listen=f"127.0.0.1:{port}", token=first.token)
+            try:
+                e, _ = alice.wait_for(lambda e: e.get("type") == "chat.joined", timeout=30)
+                self.assertEqual(e["room"], "#ops")
+                bob = Client(second, "bob", "--room", "ops")
+                bob.wait_for(lambda e: e.get("type") == "chat.joined")
+                alice.say("back again")
+                bob.wait_for(message("back again", "alice"))
+                bob.close()
+            finally:
+                second.stop()
+                second.cleanup()
+        finally:
+            if alice and alice.proc.poll() is None:
+                alice.proc.kill()
+                alice.proc.wait()
+            first.stop()
+            first.cleanup()
+
+
 class SlowReaderTest(unittest.TestCase):
     def test_a_reader_that_never_reads_is_dropped_and_others_stay_fast(self):
         conf = "[chat]\nmax_message = 4000\nrate = 200\nburst = 200\nmax_queue = 1048576\nhistory = 0\n"

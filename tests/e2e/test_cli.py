@@ -67,7 +67,7 @@ class PingAndInfo(unittest.TestCase):
         self.assertRegex(r.stdout, r"server:\s+cskit \d+\.\d+\.\d+ \(protocol 1\)")
         self.assertRegex(r.stdout, r"user:\s+admin")
         self.assertRegex(r.stdout, r"permissions:\s+files-read, files-write, chat\n")
-        self.assertRegex(r.stdout, r"services:\s+core")
+        self.assertRegex(r.stdout, r"services:\s+chat, core")
 
     def test_info_json(self):
         r = self.srv.cli("info", self.srv.address, "--json")
