@@ -383,12 +383,91 @@ def bench_exec(binary, build, runs):
     }
 
 
+def bench_chat(binary, build, runs, receivers=1000, messages=10000, rate=2000):
+    """One sender, RECEIVERS receivers in one room, MESSAGES messages at RATE/s:
+    cskit against ngircd, with the same load generator (bench_chat)."""
+    exe = os.path.join(build, "bench", "bench_chat")
+    results = {"cskit": [], "ngircd": []}
+    memory = {"cskit": [], "ngircd": []}
+    for _ in range(runs):
+        for name in ("cskit", "ngircd"):
+            if name == "cskit":
+                conf = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
+                conf.write("[chat]\nrate = 0\nhistory = 0\n")  # one sender at 2000/s; IRC has no history
+                conf.close()
+                p, port, tmp = start_server(binary, "--config", conf.name)
+                os.unlink(conf.name)
+                pid, proto_name = p.pid, "cskit"
+            else:
+                tmp = tempfile.mkdtemp(prefix="cskit-ngircd-")
+                port = free_tcp_port()
+                with open(f"{tmp}/ngircd.conf", "w") as f:
+                    f.write(f"[Global]\nName = bench.local\nInfo = bench\nListen = 127.0.0.1\nPorts = {port}\n"
+                            f"PidFile = {tmp}/ngircd.pid\nMotdPhrase = bench\n"
+                            "[Limits]\nMaxConnections = 0\nMaxConnectionsIP = 0\nMaxJoins = 0\n"
+                            "MaxPenaltyTime = 0\nPingTimeout = 600\nPongTimeout = 600\n"
+                            "[Options]\nDNS = no\nIdent = no\nPAM = no\n")
+                p = subprocess.Popen(["ngircd", "-n", "-f", f"{tmp}/ngircd.conf"], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+                deadline = time.monotonic() + 10
+                while True:
+                    try:
+                        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                        break
+                    except OSError:
+                        if time.monotonic() > deadline:
+                            raise RuntimeError("ngircd did not start")
+                        time.sleep(0.1)
+                pid, proto_name = p.pid, "irc"
+            try:
+                time.sleep(0.3)
+                base = rss_kib(pid)
+                gen = subprocess.Popen([exe, proto_name, f"127.0.0.1:{port}", TOKEN, str(receivers), str(messages),
+                                        str(rate)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                # Memory with every receiver connected and joined, before the messages flow.
+                peak = base
+                while gen.poll() is None:
+                    peak = max(peak, rss_kib(pid))
+                    time.sleep(0.2)
+                out, err = gen.communicate()
+                if gen.returncode != 0:
+                    raise RuntimeError(f"bench_chat {name}: {err.strip()} {out.strip()}")
+                r = json.loads(out)
+                results[name].append(r)
+                memory[name].append((peak - base) * 1024 / (receivers + 1))
+            finally:
+                if name == "cskit":
+                    stop_server(p, tmp)
+                else:
+                    p.terminate()
+                    p.wait(timeout=10)
+                    shutil.rmtree(tmp, ignore_errors=True)
+    cases = {}
+    for name in results:
+        for key in ("p50_ms", "p99_ms", "deliveries_per_second"):
+            cases[f"{key}_{name}"] = summary([r[key] for r in results[name]])
+        cases[f"server_bytes_per_client_peak_{name}"] = summary(memory[name])
+    return {
+        "command": f"bench_chat cskit|irc 127.0.0.1:P TOKEN {receivers} {messages} {rate}   "
+                   "(cskit with [chat] rate = 0, history = 0; ngircd -n with MaxPenaltyTime = 0, "
+                   "MaxConnectionsIP = 0)",
+        "cases": cases,
+        "ratios": {
+            "p99_ngircd_over_cskit": cases["p99_ms_ngircd"]["median"] / max(1e-9, cases["p99_ms_cskit"]["median"]),
+            "deliveries_cskit_over_ngircd": cases["deliveries_per_second_cskit"]["median"]
+            / max(1e-9, cases["deliveries_per_second_ngircd"]["median"]),
+            "memory_ngircd_over_cskit": cases["server_bytes_per_client_peak_ngircd"]["median"]
+            / max(1e-9, cases["server_bytes_per_client_peak_cskit"]["median"]),
+        },
+    }
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default=os.path.join(ROOT, "build", "release"))
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--connections", type=int, default=10000)
-    ap.add_argument("--only", choices=["codec", "roundtrip", "memory", "udp", "exec"])
+    ap.add_argument("--only", choices=["codec", "roundtrip", "memory", "udp", "exec", "chat"])
     a = ap.parse_args()
     binary = os.path.join(a.build, "cskit")
     results = {"machine": {"cores": os.cpu_count(), "kernel": os.uname().release}}
@@ -400,6 +479,8 @@ def main():
         results["udp"] = bench_udp(binary, a.build, a.runs)
     if a.only in (None, "exec"):
         results["exec"] = bench_exec(binary, a.build, a.runs)
+    if a.only in (None, "chat"):
+        results["chat"] = bench_chat(binary, a.build, max(1, a.runs // 2 + 1))
     if a.only in (None, "memory"):
         results["memory"] = bench_idle_memory(binary, max(1, a.runs // 2 + 1), a.connections)
     os.makedirs(os.path.join(a.build, "..", "bench"), exist_ok=True)

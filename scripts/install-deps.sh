@@ -25,6 +25,7 @@ packages=(
 # `make bench` also needs the peers it compares with.
 if [ "${1:-}" = "--bench" ]; then
   packages+=(openssh-server openssh-client)   # ssh / a private sshd on 127.0.0.1 (exec)
+  packages+=(ngircd)                           # the IRC server chat fan-out is compared with
 fi
 
 missing=()

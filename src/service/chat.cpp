@@ -1,5 +1,6 @@
 #include "service/chat.hpp"
 
+#include <algorithm>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <spdlog/spdlog.h>
@@ -72,24 +73,44 @@ bool valid_room(const std::string& r) {
 chat_hub::chat_hub(chat_options o) : options_(std::move(o)) {}
 chat_hub::~chat_hub() = default;
 
+namespace {
+// Queues one encoded frame to one receiver, on the receiver's loop.
+void send_to(const std::weak_ptr<net::connection>& w, const std::shared_ptr<const std::string>& frame,
+             std::size_t limit) {
+  auto c = w.lock();
+  if (!c || c->closing()) return;
+  if (c->queued_bytes() + frame->size() > limit) {
+    spdlog::warn("chat: {} is not reading (over {} bytes queued); disconnecting", c->peer(), limit);
+    c->close_now("too slow: chat send queue full");
+    return;
+  }
+  c->send_encoded(*frame);
+}
+}  // namespace
+
 void chat_hub::deliver(chat_member& m, const std::shared_ptr<const std::string>& frame) {
   // Runs under m_; the send itself happens on the receiver's own loop, in
   // the order the hub decided (posts to one loop run in order).
-  boost::asio::post(m.executor, [w = m.conn, frame, limit = options_.max_queue] {
-    auto c = w.lock();
-    if (!c || c->closing()) return;
-    if (c->queued_bytes() + frame->size() > limit) {
-      spdlog::warn("chat: {} is not reading (over {} bytes queued); disconnecting", c->peer(), limit);
-      c->close_now("too slow: chat send queue full");
-      return;
-    }
-    c->send_encoded(*frame);
-  });
+  boost::asio::post(m.executor, [w = m.conn, frame, limit = options_.max_queue] { send_to(w, frame, limit); });
 }
 
 void chat_hub::broadcast(const room& r, const std::shared_ptr<const std::string>& frame, const chat_member* except) {
+  // One post per event loop, not per receiver: a message to a room of a
+  // thousand costs each loop one wake-up.
+  std::vector<std::pair<boost::asio::any_io_executor, std::vector<std::weak_ptr<net::connection>>>> per_loop;
   for (auto* m : r.members) {
-    if (m != except) deliver(*m, frame);
+    if (m == except) continue;
+    auto it = std::find_if(per_loop.begin(), per_loop.end(), [&](const auto& p) { return p.first == m->executor; });
+    if (it == per_loop.end()) {
+      per_loop.emplace_back(m->executor, std::vector<std::weak_ptr<net::connection>>{});
+      it = std::prev(per_loop.end());
+    }
+    it->second.push_back(m->conn);
+  }
+  for (auto& [ex, receivers] : per_loop) {
+    boost::asio::post(ex, [receivers = std::move(receivers), frame, limit = options_.max_queue] {
+      for (const auto& w : receivers) send_to(w, frame, limit);
+    });
   }
 }
 

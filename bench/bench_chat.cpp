@@ -1,0 +1,243 @@
+// Chat fan-out load generator for `make bench`: one sender, N receivers in
+// one room, M messages at a fixed rate. The same program drives cskit (its
+// chat protocol, through the client library) and an IRC server (ngircd), so
+// the comparison is between servers. Each message carries its send time;
+// every receiver records the delivery latency. Prints one JSON object.
+//
+//   bench_chat cskit|irc HOST:PORT TOKEN RECEIVERS MESSAGES RATE
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "client/client.hpp"
+#include "proto/limits.hpp"
+#include "util/clock.hpp"
+
+using namespace cskit;
+
+namespace {
+
+std::vector<double> latencies_ms;
+std::uint64_t delivered = 0;
+std::int64_t last_delivery_ns = 0;
+
+void record(std::string_view text) {
+  // "SEQ SEND_NS filler"
+  auto sp = text.find(' ');
+  if (sp == std::string_view::npos) return;
+  auto rest = text.substr(sp + 1);
+  const std::int64_t sent = std::atoll(std::string(rest.substr(0, rest.find(' '))).c_str());
+  const std::int64_t now = util::realtime_ns();
+  if (latencies_ms.size() < 20'000'000) latencies_ms.push_back(static_cast<double>(now - sent) / 1e6);
+  ++delivered;
+  last_delivery_ns = now;
+}
+
+std::string message_text(std::uint64_t seq) {
+  std::string t = std::to_string(seq) + " " + std::to_string(util::realtime_ns()) + " ";
+  t.resize(64, 'x');  // a typical short chat line
+  return t;
+}
+
+// ------------------------------------------------------------------ IRC
+
+struct irc_conn {
+  int fd = -1;
+  std::string in;
+};
+
+int tcp_connect(const net::host_port& where) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons(where.port);
+  ::inet_pton(AF_INET, where.host.c_str(), &sa.sin_addr);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) {
+    std::perror("connect");
+    std::exit(1);
+  }
+  int one = 1;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  return fd;
+}
+
+void write_all(int fd, std::string_view s) {
+  while (!s.empty()) {
+    ssize_t n = ::write(fd, s.data(), s.size());
+    if (n <= 0) {
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && errno == EAGAIN) {
+        pollfd p{fd, POLLOUT, 0};
+        ::poll(&p, 1, 1000);
+        continue;
+      }
+      std::perror("write");
+      std::exit(1);
+    }
+    s.remove_prefix(static_cast<std::size_t>(n));
+  }
+}
+
+// Reads what is there; calls on_line for each complete line. False on EOF.
+template <class F>
+bool irc_read(irc_conn& c, F&& on_line) {
+  char buf[65536];
+  ssize_t n = ::recv(c.fd, buf, sizeof buf, MSG_DONTWAIT);
+  if (n == 0) return false;
+  if (n < 0) return errno == EAGAIN || errno == EINTR;
+  c.in.append(buf, static_cast<std::size_t>(n));
+  std::size_t start = 0, nl;
+  while ((nl = c.in.find('\n', start)) != std::string::npos) {
+    std::string_view line(c.in.data() + start, nl - start);
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (line.rfind("PING", 0) == 0) write_all(c.fd, "PONG" + std::string(line.substr(4)) + "\r\n");
+    on_line(line);
+    start = nl + 1;
+  }
+  c.in.erase(0, start);
+  return true;
+}
+
+irc_conn irc_login(const net::host_port& where, const std::string& nick) {
+  irc_conn c{tcp_connect(where), {}};
+  write_all(c.fd, "NICK " + nick + "\r\nUSER " + nick + " 0 * :" + nick + "\r\n");
+  bool welcomed = false, joined = false;
+  const std::int64_t deadline = util::monotonic_ns() + 30'000'000'000;
+  while (!joined && util::monotonic_ns() < deadline) {
+    pollfd p{c.fd, POLLIN, 0};
+    ::poll(&p, 1, 1000);
+    irc_read(c, [&](std::string_view line) {
+      if (!welcomed && line.find(" 001 ") != std::string_view::npos) {
+        welcomed = true;
+        write_all(c.fd, "JOIN #bench\r\n");
+      }
+      if (welcomed && line.find(" JOIN ") != std::string_view::npos && line.find(":" + nick + "!") == 0) {
+        joined = true;
+      }
+    });
+  }
+  if (!joined) {
+    std::fprintf(stderr, "bench_chat: %s could not join\n", nick.c_str());
+    std::exit(1);
+  }
+  return c;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 7) {
+    std::fprintf(stderr, "usage: bench_chat cskit|irc HOST:PORT TOKEN RECEIVERS MESSAGES RATE\n");
+    return 2;
+  }
+  const bool irc = std::string(argv[1]) == "irc";
+  auto where = net::parse_host_port(argv[2], proto::default_port);
+  const std::string token = argv[3];
+  const int receivers = std::atoi(argv[4]);
+  const std::uint64_t messages = std::strtoull(argv[5], nullptr, 10);
+  const double rate = std::atof(argv[6]);
+  if (!where || receivers < 1 || rate <= 0) return 2;
+  latencies_ms.reserve(static_cast<std::size_t>(receivers) * messages);
+
+  std::vector<std::unique_ptr<client::connection>> cs;
+  std::vector<irc_conn> is;
+  std::optional<client::connection> sender;
+  irc_conn irc_sender;
+  const proto::json join = {{"type", "chat.join"}, {"room", "bench"}};
+  try {
+    for (int i = 0; i < receivers; ++i) {
+      const std::string nick = "r" + std::to_string(i);
+      if (irc) {
+        is.push_back(irc_login(*where, nick));
+      } else {
+        cs.push_back(std::make_unique<client::connection>(client::connection::open(*where, {"admin", token})));
+        cs.back()->request({{"type", "chat.hello"}, {"nick", nick}});
+        cs.back()->request(join);
+      }
+    }
+    if (irc) {
+      irc_sender = irc_login(*where, "sender");
+    } else {
+      sender.emplace(client::connection::open(*where, {"admin", token}));
+      sender->request({{"type", "chat.hello"}, {"nick", "sender"}});
+      sender->request(join);
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_chat: setup: %s\n", e.what());
+    return 1;
+  }
+  // Drain the join notices of everyone who came later.
+  std::vector<pollfd> fds;
+  for (auto& c : cs) fds.push_back({c->native_handle(), POLLIN, 0});
+  for (auto& c : is) fds.push_back({c.fd, POLLIN, 0});
+  auto drain = [&](int timeout_ms, bool count) {
+    ::poll(fds.data(), fds.size(), timeout_ms);
+    for (std::size_t i = 0; i < fds.size(); ++i) {
+      if (!(fds[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+      if (irc) {
+        if (!irc_read(is[i], [&](std::string_view line) {
+              auto p = line.find(" PRIVMSG #bench :");
+              if (count && p != std::string_view::npos) record(line.substr(p + 17));
+            })) {
+          std::fprintf(stderr, "bench_chat: receiver %zu disconnected\n", i);
+          std::exit(1);
+        }
+      } else {
+        while (auto f = cs[i]->try_receive()) {
+          if (count && f->type() == "chat.message") record(f->body);
+        }
+      }
+    }
+  };
+  for (int k = 0; k < 20; ++k) drain(50, false);
+
+  const std::int64_t start = util::monotonic_ns();
+  const std::int64_t start_real = util::realtime_ns();
+  const double interval_ns = 1e9 / rate;
+  std::uint64_t sent = 0;
+  const std::uint64_t expected = static_cast<std::uint64_t>(receivers) * messages;
+  std::int64_t give_up = 0;
+  while (delivered < expected) {
+    const std::int64_t now = util::monotonic_ns();
+    while (sent < messages && now - start >= static_cast<std::int64_t>(static_cast<double>(sent) * interval_ns)) {
+      const std::string text = message_text(sent);
+      if (irc) {
+        write_all(irc_sender.fd, "PRIVMSG #bench :" + text + "\r\n");
+      } else {
+        sender->send({{"type", "chat.say"}, {"id", sender->next_id()}, {"room", "bench"}}, text);
+        while (sender->try_receive()) {
+        }
+      }
+      ++sent;
+    }
+    if (sent == messages && give_up == 0) give_up = util::monotonic_ns() + 60'000'000'000;
+    if (give_up && util::monotonic_ns() > give_up) break;
+    if (irc) {
+      irc_read(irc_sender, [](std::string_view) {});
+    }
+    drain(1, true);
+  }
+  std::sort(latencies_ms.begin(), latencies_ms.end());
+  auto pct = [&](double q) {
+    return latencies_ms.empty() ? 0.0 : latencies_ms[static_cast<std::size_t>(q * static_cast<double>(latencies_ms.size() - 1))];
+  };
+  const double seconds = static_cast<double>(last_delivery_ns - start_real) / 1e9;
+  std::printf("{\"protocol\": \"%s\", \"receivers\": %d, \"messages\": %llu, \"rate\": %.0f, \"expected\": %llu, "
+              "\"delivered\": %llu, \"p50_ms\": %.3f, \"p99_ms\": %.3f, \"max_ms\": %.3f, \"deliveries_per_second\": %.0f}\n",
+              irc ? "irc" : "cskit", receivers, static_cast<unsigned long long>(messages), rate,
+              static_cast<unsigned long long>(expected), static_cast<unsigned long long>(delivered), pct(0.5), pct(0.99),
+              pct(1.0), seconds > 0 ? static_cast<double>(delivered) / seconds : 0.0);
+  return delivered == expected ? 0 : 1;
+}
