@@ -383,7 +383,7 @@ def bench_exec(binary, build, runs):
     }
 
 
-def bench_chat(binary, build, runs, receivers=1000, messages=10000, rate=2000):
+def bench_chat(binary, build, runs, receivers=1000, messages=10000, rate=300):
     """One sender, RECEIVERS receivers in one room, MESSAGES messages at RATE/s:
     cskit against ngircd, with the same load generator (bench_chat)."""
     exe = os.path.join(build, "bench", "bench_chat")
@@ -393,7 +393,7 @@ def bench_chat(binary, build, runs, receivers=1000, messages=10000, rate=2000):
         for name in ("cskit", "ngircd"):
             if name == "cskit":
                 conf = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
-                conf.write("[chat]\nrate = 0\nhistory = 0\n")  # one sender at 2000/s; IRC has no history
+                conf.write("[chat]\nrate = 0\nhistory = 0\n")  # one fast sender; IRC has no history
                 conf.close()
                 p, port, tmp = start_server(binary, "--config", conf.name)
                 os.unlink(conf.name)
