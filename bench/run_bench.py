@@ -8,6 +8,7 @@ produced them. Results also go to build/bench/results.json.
 import argparse
 import json
 import os
+import pwd
 import re
 import resource
 import select
@@ -259,7 +260,8 @@ class PrivateSshd:
 
     def __init__(self):
         self.dir = tempfile.mkdtemp(prefix="cskit-sshd-")
-        os.makedirs("/run/sshd", exist_ok=True)  # privilege separation directory
+        if os.geteuid() == 0:
+            os.makedirs("/run/sshd", exist_ok=True)  # privilege separation directory
         self.port = free_tcp_port()
         d = self.dir
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", f"{d}/host"], check=True)
@@ -271,25 +273,29 @@ class PrivateSshd:
                     f"AuthorizedKeysFile {d}/authorized_keys\nPidFile {d}/sshd.pid\n")
         open(f"{d}/empty", "w").close()
         home = os.path.expanduser("~")
-        mask = f"mount --bind {d}/empty {home}/.bashrc && " if os.path.exists(f"{home}/.bashrc") else ""
-        self.proc = subprocess.Popen(["unshare", "-m", "sh", "-c",
-                                      f"{mask}exec /usr/sbin/sshd -D -e -f {d}/sshd_config"],
-                                     stdout=subprocess.DEVNULL, stderr=open(f"{d}/log", "w"))
+        self.user = pwd.getpwuid(os.geteuid()).pw_name
+        sshd = f"/usr/sbin/sshd -D -e -f {d}/sshd_config"
+        if os.geteuid() == 0 and os.path.exists(f"{home}/.bashrc"):
+            # A private mount namespace needs root; without it the rc file is not masked.
+            cmd = ["unshare", "-m", "sh", "-c", f"mount --bind {d}/empty {home}/.bashrc && exec {sshd}"]
+        else:
+            cmd = ["sh", "-c", f"exec {sshd}"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(f"{d}/log", "w"))
         self.base = ["ssh", "-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
                      "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "-i", f"{d}/client", "-p", str(self.port)]
         self.cm = ["-o", "ControlMaster=auto", "-o", f"ControlPath={d}/cm", "-o", "ControlPersist=120"]
         deadline = time.monotonic() + 20
-        while subprocess.run(self.base + ["root@127.0.0.1", "true"], capture_output=True).returncode != 0:
+        while subprocess.run(self.base + [f"{self.user}@127.0.0.1", "true"], capture_output=True).returncode != 0:
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 self.stop()
                 raise RuntimeError("private sshd did not start")
             time.sleep(0.2)
 
     def command(self, *args, control_master=False):
-        return self.base + (self.cm if control_master else []) + ["root@127.0.0.1", *args]
+        return self.base + (self.cm if control_master else []) + [f"{self.user}@127.0.0.1", *args]
 
     def stop(self):
-        subprocess.run(self.base + self.cm + ["-O", "exit", "root@127.0.0.1"], capture_output=True)
+        subprocess.run(self.base + self.cm + ["-O", "exit", f"{self.user}@127.0.0.1"], capture_output=True)
         if self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=10)
