@@ -154,20 +154,24 @@ struct connection::impl {
     if (ec) throw client_error(failure::connect, "connection to " + peer + " lost: " + ec.message());
   }
 
+  // Decodes from what has been read; true when `f` is a whole frame.
+  bool decode_buffered(proto::frame& f) {
+    if (rpos >= rlen) return false;
+    std::string_view in(rbuf.get() + rpos, rlen - rpos);
+    auto st = decoder.decode(in, f);
+    rpos = rlen - in.size();
+    if (st == proto::frame_decoder::status::error) {
+      throw client_error(failure::protocol,
+                         "bad frame from " + peer + ": " + std::string(proto::default_message(decoder.error())),
+                         decoder.error());
+    }
+    return st == proto::frame_decoder::status::frame;
+  }
+
   proto::frame read_frame() {
     proto::frame f;
     for (;;) {
-      if (rpos < rlen) {
-        std::string_view in(rbuf.get() + rpos, rlen - rpos);
-        auto st = decoder.decode(in, f);
-        rpos = rlen - in.size();
-        if (st == proto::frame_decoder::status::frame) return f;
-        if (st == proto::frame_decoder::status::error) {
-          throw client_error(failure::protocol,
-                             "bad frame from " + peer + ": " + std::string(proto::default_message(decoder.error())),
-                             decoder.error());
-        }
-      }
+      if (decode_buffered(f)) return f;
       std::size_t n = 0;
       if (spin_read(n)) {
         rpos = 0;
@@ -212,17 +216,7 @@ struct connection::impl {
   std::optional<proto::frame> try_read_frame() {
     proto::frame f;
     for (int round = 0; round < 2; ++round) {
-      if (rpos < rlen) {
-        std::string_view in(rbuf.get() + rpos, rlen - rpos);
-        auto st = decoder.decode(in, f);
-        rpos = rlen - in.size();
-        if (st == proto::frame_decoder::status::frame) return f;
-        if (st == proto::frame_decoder::status::error) {
-          throw client_error(failure::protocol,
-                             "bad frame from " + peer + ": " + std::string(proto::default_message(decoder.error())),
-                             decoder.error());
-        }
-      }
+      if (decode_buffered(f)) return f;
       if (round == 1) break;
       error_code ec;
       std::size_t n = socket.read_some(asio::buffer(rbuf.get(), rbuf_size), ec);

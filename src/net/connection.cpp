@@ -101,6 +101,16 @@ bool connection::send(const proto::json& header, std::string_view body) {
     spdlog::error("connection {}: cannot encode frame: {}", peer_, proto::default_message(e));
     return false;
   }
+  return queued();
+}
+
+bool connection::send_encoded(std::string_view frame) {
+  if (state_ != state::open) return false;
+  pending_.append(frame);
+  return queued();
+}
+
+bool connection::queued() {
   if (queued_bytes() > limits_.send_queue_max) {
     spdlog::warn("connection {}: send queue above {} bytes, peer is not reading; closing", peer_,
                  limits_.send_queue_max);
@@ -109,19 +119,6 @@ bool connection::send(const proto::json& header, std::string_view body) {
   }
   // Inside a read batch the reader writes the coalesced replies itself when
   // the batch ends (write_now); otherwise hand them to the writer.
-  if (!in_batch_ && writer_waiting_) wake(writer_wake_);
-  return true;
-}
-
-bool connection::send_encoded(std::string_view frame) {
-  if (state_ != state::open) return false;
-  pending_.append(frame);
-  if (queued_bytes() > limits_.send_queue_max) {
-    spdlog::warn("connection {}: send queue above {} bytes, peer is not reading; closing", peer_,
-                 limits_.send_queue_max);
-    close_now("send queue overflow");
-    return false;
-  }
   if (!in_batch_ && writer_waiting_) wake(writer_wake_);
   return true;
 }

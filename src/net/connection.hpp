@@ -115,6 +115,8 @@ class connection : public std::enable_shared_from_this<connection> {
   boost::asio::awaitable<void> watchdog();
   void process(std::string_view bytes);
   void write_now();
+  /// After a frame was appended to pending_: enforce the bound, wake the writer.
+  bool queued();
   void wake(boost::asio::steady_timer& t) noexcept;
   void coroutine_done();
   clock::time_point next_deadline(clock::time_point now, proto::errc& why) const noexcept;
