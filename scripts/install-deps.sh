@@ -14,6 +14,7 @@ packages=(
   libcli11-dev          # command line
   libspdlog-dev libfmt-dev
   libtomlplusplus-dev   # --config FILE
+  libxxhash-dev         # XXH3-128 content digests of transferred files
   # tests, benchmarks, fuzzing
   libgtest-dev libgmock-dev libbenchmark-dev
   python3               # end-to-end tests and the independent client
@@ -26,6 +27,7 @@ packages=(
 if [ "${1:-}" = "--bench" ]; then
   packages+=(openssh-server openssh-client)   # ssh / a private sshd on 127.0.0.1 (exec)
   packages+=(ngircd)                           # the IRC server chat fan-out is compared with
+  packages+=(iperf3 rsync)                     # file transfer: the TCP limit, and rsync's daemon
 fi
 
 missing=()

@@ -23,7 +23,17 @@ inline constexpr int permission = 5;      ///< permission denied
 inline constexpr int protocol = 6;        ///< protocol error or version mismatch
 inline constexpr int remote = 7;          ///< the server reported an error
 inline constexpr int timeout = 8;         ///< no answer in time (ping: a probe was lost)
+// file transfer
+inline constexpr int no_space = 9;        ///< disk full (on either side)
+inline constexpr int quota = 10;          ///< the share's quota would be exceeded
+inline constexpr int integrity = 11;      ///< content digest mismatch: nothing committed
+inline constexpr int changed = 12;        ///< the source changed or vanished during the transfer
+inline constexpr int not_found = 13;      ///< no such file or directory
+inline constexpr int exists = 14;         ///< the target exists (--no-clobber, mkdir)
 }  // namespace exit_code
+
+/// The exit code for an error code (file commands).
+int exit_code_for(proto::errc e) noexcept;
 
 int exit_code_for(client::failure f) noexcept;
 
@@ -104,6 +114,26 @@ struct sync_options {
 };
 int run_sync(const sync_options& o);
 int run_info(const client_common& o);
+
+/// `cskit put|get|ls|stat|mkdir|rm|mv`.
+struct files_options {
+  client_common common;  ///< host comes from the HOST:PATH arguments
+  std::vector<std::string> args;  ///< positionals as typed
+  bool recursive = false;  ///< -r (put, get, rm) / -R (ls)
+  bool preserve = false;   ///< -p
+  bool parents = false;    ///< mkdir -p
+  bool long_format = false;  ///< ls -l
+  bool no_clobber = false;
+  bool quiet = false;
+  std::string verify;      ///< "" or "sha256"
+};
+int run_put(const files_options& o);
+int run_get(const files_options& o);
+int run_ls(const files_options& o);
+int run_stat(const files_options& o);
+int run_mkdir(const files_options& o);
+int run_rm(const files_options& o);
+int run_mv(const files_options& o);
 
 struct serve_options {
   server::server_config config;

@@ -25,7 +25,19 @@ constexpr const char* exit_codes_text = R"(Exit codes:
   6  protocol error or version mismatch (time: no trustworthy reply)
   7  the server reported an error (time: Kiss-o'-Death)
   8  timed out (ping: at least one probe got no reply)
+  9  disk full             10  quota exceeded        11  content digest mismatch
+ 12  source changed        13  not found             14  already exists
 )";
+
+void add_login_options(CLI::App& cmd, client_common& c) {
+  cmd.add_option("--user,-u", c.user, "User name (default: CSKIT_USER, client config, or admin)");
+  cmd.add_option("--token", c.token, "Token (default: CSKIT_TOKEN, then the client config)");
+  cmd.add_option("--client-config", c.client_config, "Client config file (default ~/.config/cskit/client.toml)");
+  cmd.add_option("--connect-timeout", c.connect_timeout, "Seconds to wait for the connection")
+      ->check(CLI::Range(0.1, 3600.0));
+  cmd.add_option("--timeout,-W", c.timeout, "Seconds to wait for each reply")->check(CLI::Range(0.1, 3600.0));
+  cmd.add_flag("--json", c.json, "Print one JSON object instead of text");
+}
 
 void add_client_options(CLI::App& cmd, client_common& c) {
   cmd.add_option("host", c.host, "Server as HOST[:PORT] (IPv6 as [ADDR]:PORT); default port 7701")->required();
@@ -201,6 +213,49 @@ Otherwise (a pipe): each input line is sent, each event printed as one line (--j
 Commands: /join ROOM, /part [ROOM], /msg NICK text, /me action, /who [ROOM], /rooms, /topic [text],
 /nick NAME, /quit [reason], /help.)");
 
+  // files
+  constexpr const char* remote_help = R"(Remote paths are HOST:PATH or HOST:PORT:PATH ([V6ADDR]:PORT:PATH), relative to the
+server's share; HOST: alone is the share's root. Exit codes beyond the common ones:
+9 disk full, 10 quota exceeded, 11 content digest mismatch (nothing committed),
+12 the source changed or vanished, 13 not found, 14 already exists.)";
+  files_options put_o, get_o, ls_o, stat_o, mkdir_o, rm_o, mv_o;
+  auto* put_cmd = app.add_subcommand("put", "Upload files: cskit put [-r] [-p] LOCAL... HOST:[REMOTE] ('-' is stdin)");
+  auto* get_cmd = app.add_subcommand("get", "Download files: cskit get [-r] [-p] HOST:REMOTE... [LOCAL] ('-' is stdout)");
+  for (auto [cmd, o] : {std::pair{put_cmd, &put_o}, std::pair{get_cmd, &get_o}}) {
+    cmd->add_option("paths", o->args, "Sources, then the destination")->required();
+    cmd->add_flag("-r,--recursive", o->recursive, "Copy directories and everything in them");
+    cmd->add_flag("-p,--preserve", o->preserve, "Keep modification times and permission bits");
+    cmd->add_flag("-q,--quiet", o->quiet, "No progress line");
+    cmd->add_flag("-n,--no-clobber", o->no_clobber, "Never replace an existing file");
+    cmd->add_option("--verify", o->verify, "Also check a SHA-256 digest (XXH3-128 is always checked)")
+        ->check(CLI::IsMember({"sha256", "xxh3"}));
+    add_login_options(*cmd, o->common);
+    cmd->footer(std::string(R"(Every file is digested (XXH3-128) by the sender while it is read and by the receiver while
+it is written, written to a part file, flushed, and renamed into place only when the digests
+match. Run the same command again after an interruption: it resumes where it stopped.
+)") + remote_help);
+  }
+  auto* ls_cmd = app.add_subcommand("ls", "List a remote directory: cskit ls [-l] [-R] HOST:[PATH]");
+  ls_cmd->add_option("path", ls_o.args, "HOST:[PATH]")->required();
+  ls_cmd->add_flag("-l", ls_o.long_format, "Long format: type, permissions, size, time");
+  ls_cmd->add_flag("-R,--recursive", ls_o.recursive, "List everything below, as relative paths");
+  auto* stat_cmd = app.add_subcommand("stat", "Show a remote file's type, size, permissions and time");
+  stat_cmd->add_option("path", stat_o.args, "HOST:PATH")->required();
+  auto* mkdir_cmd = app.add_subcommand("mkdir", "Create a remote directory: cskit mkdir [-p] HOST:PATH");
+  mkdir_cmd->add_option("path", mkdir_o.args, "HOST:PATH")->required();
+  mkdir_cmd->add_flag("-p,--parents", mkdir_o.parents, "Create missing parents; no error if it exists");
+  auto* rm_cmd = app.add_subcommand("rm", "Remove a remote file or directory: cskit rm [-r] HOST:PATH");
+  rm_cmd->add_option("path", rm_o.args, "HOST:PATH")->required();
+  rm_cmd->add_flag("-r,--recursive", rm_o.recursive, "Remove a directory and everything in it");
+  auto* mv_cmd = app.add_subcommand("mv", "Move or rename on the server: cskit mv HOST:FROM TO");
+  mv_cmd->add_option("paths", mv_o.args, "HOST:FROM and TO (a path on the same server)")->required();
+  mv_cmd->add_flag("-n,--no-clobber", mv_o.no_clobber, "Never replace an existing file");
+  for (auto [cmd, o] : {std::pair{ls_cmd, &ls_o}, std::pair{stat_cmd, &stat_o}, std::pair{mkdir_cmd, &mkdir_o},
+                        std::pair{rm_cmd, &rm_o}, std::pair{mv_cmd, &mv_o}}) {
+    add_login_options(*cmd, o->common);
+    cmd->footer(remote_help);
+  }
+
   // help
   std::vector<std::string> help_topic;
   auto* help_cmd = app.add_subcommand("help", "Show help for cskit or for one command");
@@ -282,6 +337,13 @@ Commands: /join ROOM, /part [ROOM], /msg NICK text, /me action, /who [ROOM], /ro
     exec.common.timeout = 30;
     return run_exec(exec);
   }
+  if (*put_cmd) return run_put(put_o);
+  if (*get_cmd) return run_get(get_o);
+  if (*ls_cmd) return run_ls(ls_o);
+  if (*stat_cmd) return run_stat(stat_o);
+  if (*mkdir_cmd) return run_mkdir(mkdir_o);
+  if (*rm_cmd) return run_rm(rm_o);
+  if (*mv_cmd) return run_mv(mv_o);
   if (*sync_cmd) return run_sync(sync_opts);
   if (*info_cmd) return run_info(info);
   return exit_code::usage;

@@ -5,6 +5,10 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/write.hpp>
+#include <sys/sendfile.h>
+
+#include <cerrno>
+#include <cstring>
 #include <algorithm>
 #include <cstdlib>
 #include <fstream>
@@ -152,6 +156,116 @@ struct connection::impl {
       break;
     }
     if (ec) throw client_error(failure::connect, "connection to " + peer + " lost: " + ec.message());
+  }
+
+  std::size_t send_file(const json& header, int fd, std::uint64_t offset, std::size_t length) {
+    wbuf.clear();
+    proto::errc e = proto::encode_frame_header(wbuf, header, length);
+    if (e != proto::errc::ok) {
+      throw client_error(failure::protocol, "cannot encode frame: " + std::string(proto::default_message(e)), e);
+    }
+    write_raw(wbuf.data(), wbuf.size());
+    off_t off = static_cast<off_t>(offset);
+    std::size_t left = length, sent = 0;
+    bool short_file = false;
+    while (left > 0) {
+      ssize_t n = short_file ? 0 : ::sendfile(socket.native_handle(), fd, &off, left);
+      if (n > 0) {
+        left -= static_cast<std::size_t>(n);
+        sent += static_cast<std::size_t>(n);
+        continue;
+      }
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        wait_writable();
+        continue;
+      }
+      if (n < 0 && errno != EINVAL && errno != ENOSYS) {
+        throw client_error(failure::connect, "connection to " + peer + " lost: " + std::strerror(errno));
+      }
+      // The file ended early: keep the framing with zeros.
+      short_file = true;
+      static const char zeros[64 * 1024] = {};
+      std::size_t z = std::min(left, sizeof zeros);
+      write_raw(zeros, z);
+      left -= z;
+    }
+    return sent;
+  }
+
+  void wait_writable() {
+    error_code ec = run([&](auto handler) { socket.async_wait(tcp::socket::wait_write, handler); }, opts.io_timeout,
+                        "sending to " + peer);
+    if (ec) throw client_error(failure::connect, "connection to " + peer + " lost: " + ec.message());
+  }
+
+  void write_raw(const char* data, std::size_t size) {
+    std::size_t off = 0;
+    error_code ec;
+    while (off < size) {
+      std::size_t n = socket.write_some(asio::buffer(data + off, size - off), ec);
+      if (!ec) {
+        off += n;
+        continue;
+      }
+      if (ec != asio::error::would_block && ec != asio::error::try_again) {
+        throw client_error(failure::connect, "connection to " + peer + " lost: " + ec.message());
+      }
+      wait_writable();
+    }
+  }
+
+  // Like read_frame, but streams the bodies `stream` accepts to `on_part`.
+  proto::frame read_frame_streamed(const std::function<bool(const json&)>& stream,
+                                   const std::function<void(std::string_view)>& on_part) {
+    decoder.report_headers(true);
+    struct off_switch {
+      proto::frame_decoder& d;
+      ~off_switch() { d.report_headers(false); }
+    } guard{decoder};
+    proto::frame f;
+    for (;;) {
+      while (rpos < rlen || decoder.frame_pending()) {
+        std::string_view in(rbuf.get() + rpos, rlen - rpos);
+        auto st = decoder.decode(in, f);
+        rpos = rlen - in.size();
+        using S = proto::frame_decoder::status;
+        if (st == S::error) {
+          throw client_error(failure::protocol,
+                             "bad frame from " + peer + ": " + std::string(proto::default_message(decoder.error())),
+                             decoder.error());
+        }
+        if (st == S::frame) return f;
+        if (st == S::header) {
+          if (stream(decoder.current_header())) decoder.stream_body();
+          continue;
+        }
+        if (st == S::body_part) {
+          on_part(decoder.body_part());
+          continue;
+        }
+        break;  // need_more
+      }
+      std::size_t n = 0;
+      if (!spin_read(n)) {
+        error_code ec = run(
+            [&](auto handler) {
+              socket.async_read_some(asio::buffer(rbuf.get(), rbuf_size),
+                                     [&, handler](const error_code& e, std::size_t got) mutable {
+                                       n = got;
+                                       handler(e);
+                                     });
+            },
+            opts.io_timeout, "waiting for " + (peer.empty() ? std::string("server") : peer));
+        if (ec) {
+          throw client_error(failure::connect, ec == asio::error::eof
+                                                   ? "connection closed by " + peer
+                                                   : "connection to " + peer + " lost: " + ec.message());
+        }
+      }
+      rpos = 0;
+      rlen = n;
+    }
   }
 
   // Decodes from what has been read; true when `f` is a whole frame.
@@ -362,6 +476,20 @@ std::optional<proto::frame> connection::try_receive() {
       if (impl_->filter(*f)) return f;
     }
     return std::nullopt;
+  });
+}
+
+std::size_t connection::send_file(const json& header, int fd, std::uint64_t offset, std::size_t length) {
+  return impl_->send_file(header, fd, offset, length);
+}
+
+proto::frame connection::receive_streamed(const std::function<bool(const json&)>& stream,
+                                          const std::function<void(std::string_view)>& on_part) {
+  return guard_json([&] {
+    for (;;) {
+      proto::frame f = impl_->read_frame_streamed(stream, on_part);
+      if (impl_->filter(f)) return f;
+    }
   });
 }
 

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -83,6 +84,16 @@ class connection {
   std::uint64_t next_id() noexcept;
   /// Writes one frame (blocking, with io_timeout).
   void send(const proto::json& header, std::string_view body = {});
+  /// Writes one frame whose body is `length` bytes of file `fd` from
+  /// `offset`, with sendfile (no copy through user space). A file that
+  /// turns out shorter is padded with zeros (the receiver's digest check
+  /// then fails); returns the number of real file bytes sent.
+  std::size_t send_file(const proto::json& header, int fd, std::uint64_t offset, std::size_t length);
+  /// Like receive(), but a frame whose header `stream` accepts has its
+  /// body handed to `on_part` in pieces as it arrives (no buffering of
+  /// the whole body); the frame is then returned with an empty body.
+  proto::frame receive_streamed(const std::function<bool(const proto::json&)>& stream,
+                                const std::function<void(std::string_view)>& on_part);
   /// Returns the next frame addressed to us. Answers the server's own
   /// `ping` frames transparently. A fatal `error` (no id) or `bye` from the
   /// server throws client_error.

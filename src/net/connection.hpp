@@ -14,6 +14,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -50,6 +51,12 @@ class frame_handler {
   virtual ~frame_handler() = default;
   virtual void on_open(connection& c) = 0;
   virtual void on_frame(connection& c, proto::frame&& f) = 0;
+  /// A frame that declares a body has a complete header. Return true to get
+  /// the body in pieces, as it arrives, through on_body_part (bulk data
+  /// goes straight to its destination); on_frame then follows with an
+  /// empty body. Default: false (the body is buffered whole).
+  virtual bool on_header(connection& c, const proto::json& header);
+  virtual void on_body_part(connection& c, std::string_view part);
   /// Graceful server shutdown has begun: finish what is in flight within
   /// `grace`. Default: send `bye`, flush the queue (up to `grace`), close.
   virtual void on_shutdown(connection& c, std::chrono::milliseconds grace);
@@ -75,6 +82,13 @@ class connection : public std::enable_shared_from_this<connection> {
   /// Queues a frame that is already encoded (one encoding shared by many
   /// receivers, as in a chat broadcast). Same rules as send().
   bool send_encoded(std::string_view frame);
+  /// Queues a frame whose body is `length` bytes of the open file `fd`
+  /// from `offset`, sent with sendfile (no copy through user space). `fd`
+  /// is duplicated, so the caller may close its own. Should the file
+  /// turn out shorter, zeros are sent in its place so the framing stays
+  /// intact (the content digest then tells the receiver). Same rules as
+  /// send(); `length` counts against the queue bounds.
+  bool send_file(const proto::json& header, int fd, std::uint64_t offset, std::size_t length);
 
   /// Sends an `error` frame, stops reading, flushes, closes. With a delay,
   /// the error is held back that long first (slows password guessing).
@@ -99,7 +113,7 @@ class connection : public std::enable_shared_from_this<connection> {
 
   const std::string& peer_address() const noexcept { return peer_address_; }
   const std::string& peer() const noexcept { return peer_; }
-  std::size_t queued_bytes() const noexcept { return pending_.size() + inflight_left_; }
+  std::size_t queued_bytes() const noexcept { return pending_.size() + inflight_left_ + file_bytes_queued_; }
   /// Runs `fn` once (on this connection's thread) as soon as no more than
   /// `bytes` are queued to send: how a producer (command output) waits for
   /// a slow peer instead of growing the queue. Dropped if the connection
@@ -156,6 +170,17 @@ class connection : public std::enable_shared_from_this<connection> {
   // send queue: frames are encoded straight into pending_; the writer swaps
   // it with inflight_ and writes that in one gathered write.
   std::string pending_;
+  // File bodies (send_file): each goes right after pending_[0, at).
+  struct file_segment {
+    std::size_t at;
+    int fd;  // owned
+    std::uint64_t offset;
+    std::size_t length;
+  };
+  std::deque<file_segment> segments_;
+  std::size_t file_bytes_queued_ = 0;
+  boost::asio::awaitable<boost::system::error_code> write_segment(file_segment& s);
+  void drop_segments() noexcept;
   std::string inflight_;
   std::size_t inflight_left_ = 0;
   bool writing_ = false;

@@ -43,6 +43,13 @@ constexpr std::array entries{
     entry{errc::conflict, "conflict", "the name is already in use"},
     entry{errc::rate_limited, "rate_limited", "too many requests; slow down"},
     entry{errc::too_large, "too_large", "over the size limit"},
+    entry{errc::bad_path, "bad_path", "invalid path, or a path that leads outside the share"},
+    entry{errc::exists, "exists", "the target already exists"},
+    entry{errc::no_space, "no_space", "no space left on the server's disk"},
+    entry{errc::quota_exceeded, "quota_exceeded", "the share's quota would be exceeded"},
+    entry{errc::integrity, "integrity", "content digest mismatch: the data was corrupted; nothing was committed"},
+    entry{errc::changed, "changed", "the source changed or vanished while it was being read"},
+    entry{errc::io_error, "io_error", "file-system error"},
 };
 
 const entry* find(errc e) noexcept {

@@ -43,6 +43,14 @@ enum class errc {
   conflict,               // the name is already in use (e.g. a chat nickname)
   rate_limited,           // too many requests; slow down (see retry_after)
   too_large,              // a field or body is over a documented limit
+  // files
+  bad_path,               // a path that is invalid or leads outside the share
+  exists,                 // the target exists and may not be replaced (no_clobber, mkdir)
+  no_space,               // the file system is full (ENOSPC, EDQUOT)
+  quota_exceeded,         // the share's configured quota would be exceeded
+  integrity,              // the content digest does not match: nothing was committed
+  changed,                // the source changed or vanished while it was being read
+  io_error,               // another file-system error (the message says which)
 };
 
 /// Wire name of a code, e.g. "auth_failed".

@@ -49,6 +49,8 @@ void frame_decoder::reset() noexcept {
   header_buf_.shrink_to_fit();
   body_need_ = 0;
   current_ = frame{};
+  header_reported_ = streaming_ = false;
+  part_ = {};
 }
 
 frame_decoder::status frame_decoder::fail(errc e) noexcept {
@@ -109,6 +111,18 @@ frame_decoder::status frame_decoder::decode(std::string_view& in, frame& out) {
         break;
       }
       case phase::body: {
+        if (report_headers_ && !header_reported_ && body_need_ > 0) {
+          header_reported_ = true;
+          return status::header;
+        }
+        if (streaming_ && body_need_ > 0) {
+          std::size_t take = static_cast<std::size_t>(std::min<std::uint64_t>(in.size(), body_need_));
+          if (take == 0) return status::need_more;
+          part_ = in.substr(0, take);
+          in.remove_prefix(take);
+          body_need_ -= take;
+          return status::body_part;
+        }
         if (body_need_ > 0) {
           std::size_t take = static_cast<std::size_t>(std::min<std::uint64_t>(in.size(), body_need_));
           if (current_.body.empty()) {
@@ -127,6 +141,8 @@ frame_decoder::status frame_decoder::decode(std::string_view& in, frame& out) {
         out = std::move(current_);
         phase_ = phase::length;
         length_have_ = 0;
+        header_reported_ = streaming_ = false;
+        part_ = {};
         return status::frame;
       }
     }
@@ -161,6 +177,27 @@ errc encode_frame(std::string& out, const json& header, std::string_view body) {
   out[start + 2] = static_cast<char>((header_len >> 8) & 0xFF);
   out[start + 3] = static_cast<char>(header_len & 0xFF);
   out.append(body.data(), body.size());
+  return errc::ok;
+}
+
+errc encode_frame_header(std::string& out, const json& header, std::uint64_t body_length) {
+  if (body_length > max_body_size) return errc::body_too_large;
+  const std::size_t start = out.size();
+  errc e = encode_frame(out, header, {});
+  if (e != errc::ok || body_length == 0) return e;
+  out.pop_back();  // '}'
+  out += ",\"body\":";
+  out += std::to_string(body_length);
+  out += '}';
+  const std::size_t header_len = out.size() - start - length_prefix_size;
+  if (header_len > max_header_size) {
+    out.resize(start);
+    return errc::header_too_large;
+  }
+  out[start + 0] = static_cast<char>((header_len >> 24) & 0xFF);
+  out[start + 1] = static_cast<char>((header_len >> 16) & 0xFF);
+  out[start + 2] = static_cast<char>((header_len >> 8) & 0xFF);
+  out[start + 3] = static_cast<char>(header_len & 0xFF);
   return errc::ok;
 }
 

@@ -42,7 +42,8 @@ struct decoder_limits {
 /// allocation. After an error the decoder stays failed until reset().
 class frame_decoder {
  public:
-  enum class status { need_more, frame, error };
+  /// header and body_part are returned only with report_headers(true).
+  enum class status { need_more, frame, error, header, body_part };
 
   explicit frame_decoder(decoder_limits limits = {}) noexcept : limits_(limits) {}
 
@@ -50,6 +51,21 @@ class frame_decoder {
   /// the next complete frame. Returns status::frame with `out` filled,
   /// status::need_more once `in` is exhausted, or status::error (see error()).
   status decode(std::string_view& in, frame& out);
+
+  /// Streamed bodies (bulk data written straight to its destination, never
+  /// buffered whole). When on, a frame that declares a body first yields
+  /// status::header once its header is parsed (see current_header()). The
+  /// caller may then call stream_body(): the body is returned as it arrives
+  /// as status::body_part pieces (body_part(), a view into the caller's
+  /// input), and the frame itself as status::frame with an empty body. If
+  /// the caller does not, the body is buffered as usual.
+  void report_headers(bool on) noexcept { report_headers_ = on; }
+  const json& current_header() const noexcept { return current_.header; }
+  void stream_body() noexcept { streaming_ = true; }
+  std::string_view body_part() const noexcept { return part_; }
+  /// True when a streamed frame is complete and the next decode() returns
+  /// it even without more input.
+  bool frame_pending() const noexcept { return phase_ == phase::body && body_need_ == 0 && streaming_; }
 
   errc error() const noexcept { return error_; }
   /// True when part of a frame has been received but not all of it.
@@ -72,6 +88,10 @@ class frame_decoder {
   std::string header_buf_;
   std::uint64_t body_need_ = 0;
   frame current_;
+  bool report_headers_ = false;
+  bool header_reported_ = false;
+  bool streaming_ = false;
+  std::string_view part_;
 };
 
 /// Validates a decoded header (object, "type", "body", "id"); used by the
@@ -84,6 +104,11 @@ errc validate_header(const json& header, const decoder_limits& limits, std::uint
 /// U+FFFD so the peer's decoder accepts them. Returns header_too_large,
 /// body_too_large, missing_type or bad_body_length without touching `out`.
 errc encode_frame(std::string& out, const json& header, std::string_view body = {});
+
+/// Appends the length prefix and header of a frame whose `body_length`
+/// body bytes the caller sends itself (with sendfile). Same checks as
+/// encode_frame.
+errc encode_frame_header(std::string& out, const json& header, std::uint64_t body_length);
 
 /// Convenience form; throws std::system_error on an encoding error.
 std::string encode_frame(const json& header, std::string_view body = {});

@@ -158,6 +158,47 @@ void parse_exec_table(const std::string& source, const toml::table& t, service::
   }
 }
 
+// A size: an integer number of bytes, or a string with a binary suffix
+// ("512K", "10M", "2G", "1T").
+std::uint64_t get_size(const std::string& source, const toml::node& n, std::string_view key) {
+  const std::string what = "'" + std::string(key) + "' must be a number of bytes (e.g. 1073741824) or a size like \"10G\"";
+  if (n.is_integer()) {
+    auto v = *n.value<std::int64_t>();
+    if (v < 0) fail_at(source, n, what);
+    return static_cast<std::uint64_t>(v);
+  }
+  if (!n.is_string()) fail_at(source, n, what);
+  std::string s = *n.value<std::string>();
+  std::size_t used = 0;
+  unsigned long long v = 0;
+  try {
+    v = std::stoull(s, &used);
+  } catch (const std::exception&) {
+    fail_at(source, n, what);
+  }
+  std::string suffix = s.substr(used);
+  if (!suffix.empty() && (suffix.back() == 'B' || suffix.back() == 'b')) suffix.pop_back();
+  int shift = 0;
+  if (suffix.empty()) shift = 0;
+  else if (suffix == "K" || suffix == "k" || suffix == "Ki") shift = 10;
+  else if (suffix == "M" || suffix == "Mi") shift = 20;
+  else if (suffix == "G" || suffix == "Gi") shift = 30;
+  else if (suffix == "T" || suffix == "Ti") shift = 40;
+  else fail_at(source, n, what);
+  if (v > (~0ULL >> shift)) fail_at(source, n, what);
+  return static_cast<std::uint64_t>(v) << shift;
+}
+
+void parse_files_table(const std::string& source, const toml::table& t, service::files_options& f) {
+  for (auto&& [k, v] : t) {
+    std::string_view key = k.str();
+    if (key == "max_file_size") f.max_file_size = get_size(source, v, key);
+    else if (key == "quota") f.quota = get_size(source, v, key);
+    else if (key == "fsync") f.fsync = get_bool(source, v, key);
+    else fail_at(source, v, "unknown key '" + std::string(key) + "' in [files]");
+  }
+}
+
 void parse_chat_table(const std::string& source, const toml::table& t, service::chat_options& c) {
   for (auto&& [k, v] : t) {
     std::string_view key = k.str();
@@ -231,11 +272,12 @@ server_config parse_config(std::string_view text, const std::string& source) {
     if (key == "server") {
       if (!v.is_table()) fail_at(source, v, "'server' must be a table");
       parse_server_table(source, *v.as_table(), c);
-    } else if (key == "echo" || key == "time" || key == "exec" || key == "chat") {
+    } else if (key == "echo" || key == "time" || key == "exec" || key == "chat" || key == "files") {
       if (!v.is_table()) fail_at(source, v, "'" + std::string(key) + "' must be a table");
       if (key == "echo") parse_echo_table(source, *v.as_table(), c.echo);
       else if (key == "time") parse_time_table(source, *v.as_table(), c.time);
       else if (key == "exec") parse_exec_table(source, *v.as_table(), c.exec);
+      else if (key == "files") parse_files_table(source, *v.as_table(), c.files);
       else parse_chat_table(source, *v.as_table(), c.chat);
     } else if (key == "users") {
       const auto* arr = v.as_array();
@@ -247,7 +289,7 @@ server_config parse_config(std::string_view text, const std::string& source) {
         c.users.push_back(std::move(u));
       }
     } else {
-      fail_at(source, v, "unknown top-level key '" + std::string(key) + "' (expected [server], [echo], [time], [exec], [chat] or [[users]])");
+      fail_at(source, v, "unknown top-level key '" + std::string(key) + "' (expected [server], [files], [echo], [time], [exec], [chat] or [[users]])");
     }
   }
   return c;

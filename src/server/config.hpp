@@ -13,6 +13,7 @@
 #include "service/chat.hpp"
 #include "service/echo.hpp"
 #include "service/exec.hpp"
+#include "service/files.hpp"
 #include "service/time.hpp"
 
 namespace cskit::server {
@@ -36,6 +37,7 @@ struct server_config {
   std::chrono::seconds grace{5};
   std::string log_level = "info";
   std::vector<user_account> users;  ///< empty: the default `admin` user
+  service::files_options files;     ///< [files]: limits of the share
   service::echo_options echo;       ///< [echo]: RFC 862 on UDP and TCP
   service::time_options time;       ///< [time]: SNTPv4 server
   service::exec_options exec;       ///< [exec]: remote execution (off by default)

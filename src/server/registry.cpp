@@ -22,6 +22,13 @@ void request_registry::add(std::string type, std::string service, std::optional<
   if (!inserted) throw std::logic_error("request type registered twice: " + it->first);
 }
 
+void request_registry::add_streamed(std::string type, std::string service, std::optional<proto::permission> needs,
+                                    body_handler on_body_part, request_handler h) {
+  auto [it, inserted] = routes_.emplace(std::move(type), route{std::move(service), needs, std::move(h), true,
+                                                               std::move(on_body_part)});
+  if (!inserted) throw std::logic_error("request type registered twice: " + it->first);
+}
+
 const request_registry::route* request_registry::find(std::string_view type) const {
   auto it = routes_.find(type);
   return it == routes_.end() ? nullptr : &it->second;

@@ -73,6 +73,8 @@ struct request {
   const user_account& user;
   std::uint64_t id;
   proto::frame frame;
+  /// The body went to the route's on_body_part as it arrived (frame.body is empty).
+  bool body_streamed = false;
 
   /// Sends a reply frame of the given type (id added).
   void reply(proto::json header, std::string_view body = {}) const;
@@ -81,6 +83,8 @@ struct request {
 };
 
 using request_handler = std::function<void(request&)>;
+/// Receives a streamed body piece by piece (see request_registry::add_streamed).
+using body_handler = std::function<void(request&, std::string_view part)>;
 
 class request_registry {
  public:
@@ -89,6 +93,7 @@ class request_registry {
     std::optional<proto::permission> needs;
     request_handler handler;
     bool listed = true;  ///< shown in info's "services"
+    body_handler on_body_part;  ///< set: bodies are streamed, never buffered whole
   };
 
   /// Registers `type`. Throws std::logic_error on a duplicate. A service
@@ -97,6 +102,11 @@ class request_registry {
   /// advertise it.
   void add(std::string type, std::string service, std::optional<proto::permission> needs, request_handler h,
            bool listed = true);
+  /// Like add(), for requests that carry bulk data: the body reaches
+  /// `on_body_part` in pieces as it arrives (after the same authentication
+  /// and permission checks), then `h` runs with an empty body.
+  void add_streamed(std::string type, std::string service, std::optional<proto::permission> needs, body_handler on_body_part,
+                    request_handler h);
   const route* find(std::string_view type) const;
   /// Names of the services with at least one listed route, sorted.
   std::vector<std::string> services() const;

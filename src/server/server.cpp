@@ -14,6 +14,7 @@
 #include "proto/ntp.hpp"
 #include "server/chat_routes.hpp"
 #include "server/exec_routes.hpp"
+#include "server/file_routes.hpp"
 #include "server/session.hpp"
 #include "util/paths.hpp"
 #include "version.hpp"
@@ -78,6 +79,13 @@ void run_server(server_config config, const serve_hooks& hooks) {
     ctx.users = config.users;
   }
   register_core_service(ctx);
+  std::unique_ptr<service::file_share> share;
+  try {
+    share = std::make_unique<service::file_share>(config.root, config.files);
+  } catch (const std::system_error& e) {
+    throw config_error(std::string("share: ") + e.what());
+  }
+  register_file_service(ctx, *share);
   service::exec_policy exec_policy;
   try {
     exec_policy = service::exec_policy::resolve(config.exec);
@@ -128,7 +136,11 @@ void run_server(server_config config, const serve_hooks& hooks) {
 
   std::printf("cskit %s listening on %s (protocol %d, %u thread%s)\n", cskit_version, address.c_str(),
               proto::protocol_version, o.threads, o.threads == 1 ? "" : "s");
-  std::printf("share: %s\n", config.root.string().c_str());
+  std::printf("share: %s%s%s\n", config.root.string().c_str(),
+              config.files.quota ? (", quota " + std::to_string(config.files.quota) + " bytes").c_str() : "",
+              config.files.max_file_size
+                  ? (", files up to " + std::to_string(config.files.max_file_size) + " bytes").c_str()
+                  : "");
   if (config.exec.enabled) {
     std::printf("exec: enabled, commands run as %s%s%s\n", exec_policy.account.c_str(),
                 config.exec.allow_shell ? ", shell allowed" : "",

@@ -39,7 +39,46 @@ void session::on_close(net::connection& c, std::string_view reason) {
   }
 }
 
+bool session::on_header(net::connection& c, const json& header) {
+  // Only an authenticated request to a streaming route that will be
+  // allowed is streamed; everything else is buffered and answered in
+  // dispatch() as usual (including its errors).
+  if (!user_) return false;
+  auto type = header.find("type");
+  auto id = header.find("id");
+  if (type == header.end() || !type->is_string() || id == header.end() || !id->is_number_unsigned()) return false;
+  const auto* route = ctx_.registry.find(type->get_ref<const std::string&>());
+  if (!route || !route->on_body_part) return false;
+  if (route->needs && !user_->permissions.has(*route->needs)) return false;
+  proto::frame f;
+  f.header = header;
+  streaming_.emplace(request{c, scope_, *user_, id->get<std::uint64_t>(), std::move(f), true});
+  streaming_route_ = route;
+  return true;
+}
+
+void session::on_body_part(net::connection&, std::string_view part) {
+  if (!streaming_) return;
+  try {
+    streaming_route_->on_body_part(*streaming_, part);
+  } catch (const json::exception& e) {
+    streaming_->error(errc::bad_request, fmt::format("a field has the wrong type ({})", e.what()));
+  }
+}
+
 void session::on_frame(net::connection& c, proto::frame&& f) {
+  if (streaming_) {
+    // The end of a streamed frame: its route finishes it.
+    ++requests_;
+    request r = std::move(*streaming_);
+    streaming_.reset();
+    try {
+      streaming_route_->handler(r);
+    } catch (const json::exception& e) {
+      r.error(errc::bad_request, fmt::format("'{}': a field has the wrong type ({})", f.type(), e.what()));
+    }
+    return;
+  }
   if (!user_) {
     authenticate(c, f);
   } else {

@@ -3,6 +3,7 @@
 // then request dispatch through the registry (docs/protocol.md).
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -31,6 +32,8 @@ class session final : public net::frame_handler {
 
   void on_open(net::connection& c) override;
   void on_frame(net::connection& c, proto::frame&& f) override;
+  bool on_header(net::connection& c, const proto::json& header) override;
+  void on_body_part(net::connection& c, std::string_view part) override;
   void on_close(net::connection& c, std::string_view reason) override;
 
  private:
@@ -42,6 +45,9 @@ class session final : public net::frame_handler {
   const user_account* user_ = nullptr;
   std::uint64_t requests_ = 0;
   connection_scope scope_;
+  // The request whose body is being streamed to its route.
+  std::optional<request> streaming_;
+  const request_registry::route* streaming_route_ = nullptr;
 };
 
 /// Registers the requests every server answers (`info`).

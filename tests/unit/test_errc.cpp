@@ -9,7 +9,7 @@ using namespace cskit::proto;
 
 TEST(errc, every_code_has_a_unique_wire_name_that_round_trips) {
   std::set<std::string> names;
-  for (int i = 0; i <= static_cast<int>(errc::too_large); ++i) {
+  for (int i = 0; i <= static_cast<int>(errc::io_error); ++i) {
     auto e = static_cast<errc>(i);
     std::string name(to_wire(e));
     EXPECT_FALSE(name.empty());

@@ -1,0 +1,340 @@
+// `cskit put`, `get`, `ls`, `stat`, `mkdir`, `rm`, `mv`.
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "app/commands.hpp"
+#include "client/files.hpp"
+
+namespace cskit::app {
+
+using proto::errc;
+using proto::json;
+
+int exit_code_for(errc e) noexcept {
+  switch (e) {
+    case errc::no_space: return exit_code::no_space;
+    case errc::quota_exceeded: return exit_code::quota;
+    case errc::integrity: return exit_code::integrity;
+    case errc::changed: return exit_code::changed;
+    case errc::not_found: return exit_code::not_found;
+    case errc::exists: return exit_code::exists;
+    case errc::permission_denied: return exit_code::permission;
+    case errc::auth_failed: return exit_code::auth;
+    default: return exit_code::remote;
+  }
+}
+
+namespace {
+
+struct remote_spec {
+  std::string host;  // HOST or HOST:PORT, for connect_client
+  std::string path;
+};
+
+// HOST:PATH, HOST:PORT:PATH, [V6]:PATH, [V6]:PORT:PATH. nullopt: not remote.
+std::optional<remote_spec> parse_remote(const std::string& s) {
+  std::size_t host_end;
+  if (!s.empty() && s.front() == '[') {
+    host_end = s.find(']');
+    if (host_end == std::string::npos || host_end + 1 >= s.size() || s[host_end + 1] != ':') return std::nullopt;
+    ++host_end;
+  } else {
+    host_end = s.find(':');
+    if (host_end == std::string::npos || host_end == 0) return std::nullopt;
+    if (s.find('/') < host_end) return std::nullopt;  // a local path with a colon in it
+  }
+  remote_spec r;
+  r.host = s.substr(0, host_end);
+  std::string rest = s.substr(host_end + 1);
+  auto colon = rest.find(':');
+  if (colon != std::string::npos && colon > 0 && colon <= 5 &&
+      rest.find_first_not_of("0123456789") == colon) {
+    r.host += ":" + rest.substr(0, colon);
+    rest = rest.substr(colon + 1);
+  }
+  r.path = rest;
+  return r;
+}
+
+std::string human_bytes(double b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (b >= 1024 && u < 4) b /= 1024, ++u;
+  return u == 0 ? fmt::format("{:.0f} {}", b, units[u]) : fmt::format("{:.1f} {}", b, units[u]);
+}
+
+// Shows only what a terminal can show harmlessly.
+std::string printable(std::string_view s) {
+  std::string out;
+  for (unsigned char c : s) {
+    if (c < 0x20 || c == 0x7f) out += fmt::format("\\x{:02x}", c);
+    else out += static_cast<char>(c);
+  }
+  return out;
+}
+
+// A progress line on stderr, a few times a second, only when stdout and
+// stderr are terminals (and not -q, --json, or data on stdout).
+class progress_line {
+ public:
+  explicit progress_line(bool on) : on_(on), start_(std::chrono::steady_clock::now()) {}
+  ~progress_line() { done(); }
+  void update(const client::transfer_progress& p) {
+    if (!on_) return;
+    auto now = std::chrono::steady_clock::now();
+    if (now - last_ < std::chrono::milliseconds(250) && p.bytes_done < p.bytes_total) return;
+    last_ = now;
+    const double secs = std::chrono::duration<double>(now - start_).count();
+    const double rate = secs > 0 ? static_cast<double>(p.bytes_done) / secs : 0;
+    std::string eta = "--:--";
+    if (rate > 0 && p.bytes_total >= p.bytes_done) {
+      auto left = static_cast<long>((static_cast<double>(p.bytes_total - p.bytes_done)) / rate);
+      eta = fmt::format("{}:{:02}", left / 60, left % 60);
+    }
+    const int pct = p.bytes_total ? static_cast<int>(100.0 * static_cast<double>(p.bytes_done) /
+                                                     static_cast<double>(p.bytes_total))
+                                  : 100;
+    std::fprintf(stderr, "\r\033[K%3d%%  %s / %s  %llu/%llu files  %s/s  ETA %s", pct,
+                 human_bytes(static_cast<double>(p.bytes_done)).c_str(),
+                 human_bytes(static_cast<double>(p.bytes_total)).c_str(),
+                 static_cast<unsigned long long>(p.files_done), static_cast<unsigned long long>(p.files_total),
+                 human_bytes(rate).c_str(), eta.c_str());
+    std::fflush(stderr);
+    shown_ = true;
+  }
+  void done() {
+    if (shown_) std::fprintf(stderr, "\r\033[K");
+    shown_ = false;
+  }
+
+ private:
+  bool on_;
+  bool shown_ = false;
+  std::chrono::steady_clock::time_point start_, last_{};
+};
+
+int report_client_error(const client::client_error& e, bool as_json, const char* cmd) {
+  std::fprintf(stderr, "cskit %s: %s\n", cmd, e.what());
+  if (as_json) {
+    json j = {{"ok", false},
+              {"error", {{"code", e.code() ? std::string(proto::to_wire(*e.code())) : std::string()}, {"message", e.what()}}}};
+    std::printf("%s\n", j.dump(-1, ' ', false, json::error_handler_t::replace).c_str());
+  }
+  if (e.kind() == client::failure::remote && e.code()) return exit_code_for(*e.code());
+  return exit_code_for(e.kind());
+}
+
+template <class F>
+int with_connection(const files_options& o, const std::string& host, const char* cmd, F&& f) {
+  try {
+    auto conn = connect_client(o.common, host);
+    client::file_client fc(conn);
+    return f(fc);
+  } catch (const client::client_error& e) {
+    return report_client_error(e, o.common.json, cmd);
+  }
+}
+
+int usage(const char* cmd, const std::string& msg) {
+  std::fprintf(stderr, "cskit %s: %s\n", cmd, msg.c_str());
+  return exit_code::usage;
+}
+
+int finish_transfer(const char* cmd, const files_options& o, const client::transfer_result& r) {
+  int rc = exit_code::ok;
+  for (const auto& e : r.errors) {
+    std::fprintf(stderr, "cskit %s: %s\n", cmd, printable(e.message).c_str());
+    if (rc == exit_code::ok) rc = exit_code_for(e.code);
+  }
+  if (o.common.json) {
+    json errs = json::array();
+    for (const auto& e : r.errors) errs.push_back({{"path", e.path}, {"code", proto::to_wire(e.code)}, {"message", e.message}});
+    json j = {{"ok", r.errors.empty()},
+              {"files", r.files},
+              {"dirs", r.dirs},
+              {"symlinks", r.symlinks},
+              {"bytes", r.bytes},
+              {"resumed_bytes", r.resumed_bytes},
+              {"seconds", std::round(r.seconds * 1e6) / 1e6},
+              {"bytes_per_second", r.seconds > 0 ? std::round(static_cast<double>(r.bytes - r.resumed_bytes) / r.seconds) : 0.0},
+              {"digest", o.verify == "sha256" ? "xxh3-128+sha256" : "xxh3-128"},
+              {"errors", errs}};
+    std::printf("%s\n", j.dump(-1, ' ', false, json::error_handler_t::replace).c_str());
+  }
+  return rc;
+}
+
+std::string format_mode(const client::remote_entry& e) {
+  std::string s = e.type == "dir" ? "d" : e.type == "symlink" ? "l" : e.type == "file" ? "-" : "?";
+  const char* rwx = "rwxrwxrwx";
+  for (int i = 0; i < 9; ++i) s += (e.mode & (0400u >> i)) ? rwx[i] : '-';
+  return s;
+}
+
+std::string format_time(std::int64_t ns) {
+  std::time_t t = static_cast<std::time_t>(ns / 1000000000LL);
+  std::tm tm{};
+  ::localtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M", &tm);
+  return buf;
+}
+
+json entry_to_json(const client::remote_entry& e) {
+  json j = {{"name", e.name}, {"type", e.type}, {"size", e.size}, {"mode", e.mode}, {"mtime_ns", e.mtime_ns}};
+  if (e.type == "symlink") j["target"] = e.target;
+  return j;
+}
+
+}  // namespace
+
+int run_put(const files_options& o) {
+  if (o.args.size() < 2) return usage("put", "usage: cskit put [-r] [-p] LOCAL... HOST:[REMOTE]");
+  auto dest = parse_remote(o.args.back());
+  if (!dest) return usage("put", "the last argument must be HOST:[REMOTE] (for example 127.0.0.1:backup/)");
+  std::vector<std::string> sources(o.args.begin(), o.args.end() - 1);
+  progress_line line(!o.quiet && !o.common.json && ::isatty(1) && ::isatty(2));
+  return with_connection(o, dest->host, "put", [&](client::file_client& fc) {
+    client::transfer_options t;
+    t.recursive = o.recursive;
+    t.preserve = o.preserve;
+    t.no_clobber = o.no_clobber;
+    t.sha256 = o.verify == "sha256";
+    t.on_progress = [&](const client::transfer_progress& p) { line.update(p); };
+    auto r = fc.put(sources, dest->path, t);
+    line.done();
+    return finish_transfer("put", o, r);
+  });
+}
+
+int run_get(const files_options& o) {
+  if (o.args.empty()) return usage("get", "usage: cskit get [-r] [-p] HOST:REMOTE... [LOCAL]");
+  std::vector<std::string> remote_args = o.args;
+  std::string local = ".";
+  if (o.args.size() > 1) {
+    local = o.args.back();
+    remote_args.pop_back();
+  }
+  std::string host;
+  std::vector<std::string> paths;
+  for (const auto& a : remote_args) {
+    auto r = parse_remote(a);
+    if (!r) return usage("get", "'" + a + "' is not HOST:PATH");
+    if (!host.empty() && r->host != host) return usage("get", "all sources must be on the same server");
+    host = r->host;
+    paths.push_back(r->path);
+  }
+  progress_line line(!o.quiet && !o.common.json && local != "-" && ::isatty(1) && ::isatty(2));
+  return with_connection(o, host, "get", [&](client::file_client& fc) {
+    client::transfer_options t;
+    t.recursive = o.recursive;
+    t.preserve = o.preserve;
+    t.no_clobber = o.no_clobber;
+    t.sha256 = o.verify == "sha256";
+    t.on_progress = [&](const client::transfer_progress& p) { line.update(p); };
+    auto r = fc.get(paths, local, t);
+    line.done();
+    return finish_transfer("get", o, r);
+  });
+}
+
+int run_ls(const files_options& o) {
+  if (o.args.size() != 1) return usage("ls", "usage: cskit ls [-l] [-R] HOST:[PATH]");
+  auto spec = parse_remote(o.args.front());
+  if (!spec) return usage("ls", "'" + o.args.front() + "' is not HOST:[PATH] (the root is HOST:)");
+  return with_connection(o, spec->host, "ls", [&](client::file_client& fc) {
+    auto entries = fc.list(spec->path, o.recursive);
+    if (o.common.json) {
+      json arr = json::array();
+      for (const auto& e : entries) arr.push_back(entry_to_json(e));
+      std::printf("%s\n", json({{"ok", true}, {"path", spec->path}, {"entries", arr}})
+                              .dump(-1, ' ', false, json::error_handler_t::replace)
+                              .c_str());
+      return exit_code::ok;
+    }
+    for (const auto& e : entries) {
+      std::string name = printable(e.name) + (e.type == "dir" && !o.long_format ? "/" : "");
+      if (o.long_format) {
+        std::string line = fmt::format("{} {:>12} {} {}", format_mode(e), e.size, format_time(e.mtime_ns), name);
+        if (e.type == "symlink") line += " -> " + printable(e.target);
+        std::printf("%s\n", line.c_str());
+      } else {
+        std::printf("%s\n", name.c_str());
+      }
+    }
+    return exit_code::ok;
+  });
+}
+
+int run_stat(const files_options& o) {
+  if (o.args.size() != 1) return usage("stat", "usage: cskit stat HOST:PATH");
+  auto spec = parse_remote(o.args.front());
+  if (!spec) return usage("stat", "'" + o.args.front() + "' is not HOST:PATH");
+  return with_connection(o, spec->host, "stat", [&](client::file_client& fc) {
+    auto e = fc.stat(spec->path);
+    if (o.common.json) {
+      std::printf("%s\n", json({{"ok", true}, {"entry", entry_to_json(e)}}).dump(-1, ' ', false, json::error_handler_t::replace).c_str());
+    } else {
+      std::printf("  name: %s\n  type: %s\n  size: %llu\n  mode: %s (%04o)\nmodify: %s\n",
+                  printable(spec->path.empty() ? "/" : spec->path).c_str(), e.type.c_str(),
+                  static_cast<unsigned long long>(e.size), format_mode(e).c_str(), e.mode, format_time(e.mtime_ns).c_str());
+      if (e.type == "symlink") std::printf("target: %s\n", printable(e.target).c_str());
+    }
+    return exit_code::ok;
+  });
+}
+
+namespace {
+int simple(const files_options& o, const char* cmd, std::size_t nargs, const char* use,
+           const std::function<json(client::file_client&, const std::vector<remote_spec>&)>& fn) {
+  if (o.args.size() != nargs) return usage(cmd, std::string("usage: ") + use);
+  std::vector<remote_spec> specs;
+  for (const auto& a : o.args) {
+    auto s = parse_remote(a);
+    if (!s) {
+      if (specs.empty()) return usage(cmd, "'" + a + "' is not HOST:PATH");
+      specs.push_back({specs.front().host, a});  // mv's TO may omit the host
+      continue;
+    }
+    if (!specs.empty() && s->host != specs.front().host) return usage(cmd, "both paths must be on the same server");
+    specs.push_back(*s);
+  }
+  return with_connection(o, specs.front().host, cmd, [&](client::file_client& fc) {
+    json j = fn(fc, specs);
+    if (o.common.json) {
+      j["ok"] = true;
+      std::printf("%s\n", j.dump(-1, ' ', false, json::error_handler_t::replace).c_str());
+    }
+    return exit_code::ok;
+  });
+}
+}  // namespace
+
+int run_mkdir(const files_options& o) {
+  return simple(o, "mkdir", 1, "cskit mkdir [-p] HOST:PATH", [&](client::file_client& fc, const auto& s) {
+    fc.mkdir(s[0].path, o.parents);
+    return json{{"path", s[0].path}};
+  });
+}
+
+int run_rm(const files_options& o) {
+  return simple(o, "rm", 1, "cskit rm [-r] HOST:PATH", [&](client::file_client& fc, const auto& s) {
+    auto n = fc.rm(s[0].path, o.recursive);
+    return json{{"path", s[0].path}, {"removed", n}};
+  });
+}
+
+int run_mv(const files_options& o) {
+  return simple(o, "mv", 2, "cskit mv [--no-clobber] HOST:FROM TO", [&](client::file_client& fc, const auto& s) {
+    auto to = fc.mv(s[0].path, s[1].path, o.no_clobber);
+    return json{{"from", s[0].path}, {"to", to}};
+  });
+}
+
+}  // namespace cskit::app

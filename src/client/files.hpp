@@ -1,0 +1,90 @@
+#pragma once
+// The client side of file transfer (docs/protocol.md, "Files"): remote
+// file operations, and put/get of files and trees, pipelined (no round
+// trip per file), digested end to end, resumable, committed atomically.
+// A server is never trusted: every name it sends is checked, and every
+// local write goes through openat2(RESOLVE_BENEATH) under the destination.
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "client/client.hpp"
+#include "proto/errc.hpp"
+
+namespace cskit::client {
+
+struct remote_entry {
+  std::string name;  ///< name, or path relative to the listed directory (recursive)
+  std::string type;  ///< file, dir, symlink, other
+  std::uint64_t size = 0;
+  std::uint32_t mode = 0;  ///< permission bits
+  std::int64_t mtime_ns = 0;
+  std::string target;  ///< symlinks
+};
+
+struct transfer_progress {
+  std::uint64_t bytes_done = 0;
+  std::uint64_t bytes_total = 0;
+  std::uint64_t files_done = 0;
+  std::uint64_t files_total = 0;
+};
+
+struct transfer_options {
+  bool recursive = false;
+  bool preserve = false;    ///< -p: mode and mtime
+  bool no_clobber = false;  ///< never replace an existing file
+  bool sha256 = false;      ///< --verify sha256, in addition to XXH3-128
+  /// Called often (after each chunk and file); the caller throttles drawing.
+  std::function<void(const transfer_progress&)> on_progress;
+};
+
+/// One failed item. `code` classifies it (local failures use the same
+/// codes: no_space, permission_denied, not_found, changed, ...).
+struct transfer_error {
+  std::string path;
+  proto::errc code = proto::errc::io_error;
+  std::string message;
+};
+
+struct transfer_result {
+  std::uint64_t files = 0;
+  std::uint64_t dirs = 0;
+  std::uint64_t symlinks = 0;
+  std::uint64_t bytes = 0;          ///< content bytes of the files transferred
+  std::uint64_t resumed_bytes = 0;  ///< of which already there from an earlier attempt
+  double seconds = 0;
+  std::vector<transfer_error> errors;
+};
+
+class file_client {
+ public:
+  explicit file_client(connection& c) : c_(c) {}
+
+  remote_entry stat(const std::string& path);
+  /// A directory's entries (recursive: every entry below, as relative
+  /// paths, a directory before its contents); a file lists as itself.
+  std::vector<remote_entry> list(const std::string& path, bool recursive);
+  void mkdir(const std::string& path, bool parents);
+  std::uint64_t rm(const std::string& path, bool recursive);
+  /// Returns where it ended up (into an existing directory, like mv).
+  std::string mv(const std::string& from, const std::string& to, bool no_clobber);
+
+  /// Uploads local files (and, recursive, trees; "-" is stdin) to `dest`:
+  /// an existing directory receives them, otherwise (one source) `dest`
+  /// is the new name. Throws client_error for connection-level failures;
+  /// per-item failures are in the result.
+  transfer_result put(const std::vector<std::string>& sources, const std::string& dest, const transfer_options& o);
+  /// Downloads remote files (and trees) into `dest` (an existing local
+  /// directory, or a new name for one source, or "-" for stdout).
+  transfer_result get(const std::vector<std::string>& sources, const std::string& dest, const transfer_options& o);
+
+ private:
+  connection& c_;
+};
+
+remote_entry entry_from_json(const proto::json& j);
+
+}  // namespace cskit::client

@@ -1,0 +1,12 @@
+#pragma once
+#include "server/session.hpp"
+#include "service/files.hpp"
+
+namespace cskit::server {
+
+/// Registers the file requests: get, fs.stat and fs.list need `files-read`;
+/// put, put.data, put.end, put.abort, fs.mkdir, fs.rm, fs.mv, fs.symlink and
+/// fs.setattr need `files-write`. `share` must outlive the server.
+void register_file_service(server_context& ctx, service::file_share& share);
+
+}  // namespace cskit::server

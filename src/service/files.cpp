@@ -1,0 +1,1058 @@
+#include "service/files.hpp"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <boost/asio/post.hpp>
+#include <cerrno>
+#include <cstring>
+#include <random>
+#include <spdlog/spdlog.h>
+
+#include "net/connection.hpp"
+#include "proto/utf8.hpp"
+
+namespace cskit::service {
+
+using proto::errc;
+using proto::json;
+
+namespace {
+
+// Flow control of a download: stop queueing data above `high`, resume below `low`.
+constexpr std::size_t download_high = 16u << 20;
+constexpr std::size_t download_low = 8u << 20;
+// Requests waiting behind a download or a commit, per connection.
+constexpr std::size_t max_queued_requests = 8192;
+constexpr std::size_t max_queued_request_bytes = 64u << 20;
+constexpr std::size_t max_uploads_per_connection = 64;
+constexpr std::size_t max_list_entries = 250000;
+constexpr std::size_t list_chunk = 2000;
+constexpr int max_tree_depth = 256;
+
+std::string part_name_for(std::string_view leaf) { return util::part_file_name(leaf); }
+bool is_part_name(std::string_view name) { return util::is_part_file_name(name); }
+
+std::string random_suffix() {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(rng()));
+  return buf;
+}
+
+const char* type_name(mode_t m) {
+  if (S_ISREG(m)) return "file";
+  if (S_ISDIR(m)) return "dir";
+  if (S_ISLNK(m)) return "symlink";
+  return "other";
+}
+
+std::int64_t mtime_ns(const struct stat& st) {
+  return static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1000000000LL + st.st_mtim.tv_nsec;
+}
+
+std::string read_link(int dirfd, const char* name) {
+  char buf[util::max_remote_path + 1];
+  ssize_t n = ::readlinkat(dirfd, name, buf, sizeof buf - 1);
+  if (n < 0) return {};
+  return std::string(buf, static_cast<std::size_t>(n));
+}
+
+json entry_json(std::string name, const struct stat& st, int dirfd, const char* leaf) {
+  json e = {{"name", std::move(name)},
+            {"type", type_name(st.st_mode)},
+            {"size", S_ISREG(st.st_mode) ? static_cast<std::uint64_t>(st.st_size) : 0},
+            {"mode", st.st_mode & 07777},
+            {"mtime_ns", mtime_ns(st)}};
+  if (S_ISLNK(st.st_mode)) {
+    std::string t = read_link(dirfd, leaf);
+    e["target"] = proto::is_valid_utf8(t) ? t : std::string();
+  }
+  return e;
+}
+
+int set_mtime(int fd, std::int64_t ns) {
+  timespec ts[2];
+  ts[0].tv_sec = 0;
+  ts[0].tv_nsec = UTIME_OMIT;
+  ts[1].tv_sec = static_cast<time_t>(ns / 1000000000LL);
+  ts[1].tv_nsec = static_cast<long>(ns % 1000000000LL);
+  if (ts[1].tv_nsec < 0) {
+    ts[1].tv_nsec += 1000000000L;
+    ts[1].tv_sec -= 1;
+  }
+  return ::futimens(fd, ts) == 0 ? 0 : errno;
+}
+
+template <class T>
+std::optional<T> opt_number(const json& h, const char* key) {
+  auto it = h.find(key);
+  if (it == h.end() || it->is_null()) return std::nullopt;
+  if constexpr (std::is_signed_v<T>) {
+    if (!it->is_number_integer()) throw json::type_error::create(302, std::string(key) + " must be an integer", &*it);
+  } else {
+    if (!it->is_number_unsigned()) {
+      throw json::type_error::create(302, std::string(key) + " must be a non-negative integer", &*it);
+    }
+  }
+  return it->get<T>();
+}
+
+}  // namespace
+
+proto::errc errc_for_errno(int err) noexcept {
+  switch (err) {
+    case ENOENT: return errc::not_found;
+    case EXDEV:
+    case ELOOP:
+    case ENAMETOOLONG: return errc::bad_path;
+    case EEXIST:
+    case ENOTEMPTY: return errc::exists;
+    case ENOSPC:
+    case EDQUOT: return errc::no_space;
+    case EACCES:
+    case EPERM:
+    case EROFS: return errc::permission_denied;
+    case EFBIG: return errc::too_large;
+    default: return errc::io_error;
+  }
+}
+
+std::string errno_message(int err, std::string_view what) {
+  std::string m(what);
+  switch (err) {
+    case EXDEV: return m + ": the path leads outside the share";
+    case ELOOP: return m + ": too many symbolic links, or a symbolic link where none is allowed";
+    case ENOENT: return m + ": no such file or directory";
+    case ENOSPC: return m + ": no space left on the server's disk";
+    case EDQUOT: return m + ": the server's disk quota is exceeded";
+    case EACCES:
+    case EPERM: return m + ": permission denied by the server's file system";
+    default: return m + ": " + std::strerror(err);
+  }
+}
+
+// ---------------------------------------------------------------- share
+
+file_share::file_share(const std::filesystem::path& root, files_options options)
+    : jail_(root), options_(options) {
+  if (options_.quota > 0) {
+    std::uint64_t total = 0;
+    std::error_code ec;
+    for (auto it = std::filesystem::recursive_directory_iterator(
+             root, std::filesystem::directory_options::skip_permission_denied, ec);
+         !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
+      std::error_code e2;
+      if (it->is_regular_file(e2) && !it->is_symlink(e2)) total += it->file_size(e2);
+    }
+    usage_ = total;
+  }
+  thread_ = std::thread([this] { committer(); });
+}
+
+file_share::~file_share() {
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+bool file_share::reserve(std::uint64_t bytes) noexcept {
+  if (options_.quota == 0) return true;
+  std::uint64_t r = reserved_.load();
+  for (;;) {
+    if (usage_.load() + r + bytes > options_.quota) return false;
+    if (reserved_.compare_exchange_weak(r, r + bytes)) return true;
+  }
+}
+
+void file_share::release(std::uint64_t bytes) noexcept {
+  if (options_.quota == 0 || bytes == 0) return;
+  reserved_.fetch_sub(std::min(bytes, reserved_.load()));
+}
+
+void file_share::adjust_usage(std::int64_t delta) noexcept {
+  if (delta >= 0) {
+    usage_.fetch_add(static_cast<std::uint64_t>(delta));
+  } else {
+    const auto d = static_cast<std::uint64_t>(-delta);
+    std::uint64_t u = usage_.load();
+    while (!usage_.compare_exchange_weak(u, u > d ? u - d : 0)) {
+    }
+  }
+}
+
+void file_share::commit(commit_job job) {
+  {
+    std::lock_guard lock(mu_);
+    jobs_.push_back(std::move(job));
+  }
+  cv_.notify_one();
+}
+
+void file_share::committer() {
+  for (;;) {
+    std::deque<commit_job> batch;
+    {
+      std::unique_lock lock(mu_);
+      cv_.wait(lock, [&] { return stopping_ || !jobs_.empty(); });
+      if (jobs_.empty()) return;  // stopping, and nothing left
+      batch.swap(jobs_);
+    }
+    std::vector<int> result(batch.size(), 0);
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      auto& j = batch[i];
+      if (j.mode && ::fchmod(j.file.get(), *j.mode) != 0) result[i] = errno;
+      if (!result[i] && j.mtime_ns) result[i] = set_mtime(j.file.get(), *j.mtime_ns);
+    }
+    if (options_.fsync) {
+      // Group commit: one syncfs() writes every waiting file at once; a
+      // lone file needs only its own fsync.
+      int rc = batch.size() == 1 ? ::fsync(batch.front().file.get()) : ::syncfs(batch.front().file.get());
+      if (rc != 0) {
+        const int e = errno;
+        for (auto& r : result) r = r ? r : e;
+      }
+    }
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      auto& j = batch[i];
+      if (!result[i]) {
+        struct stat old {};
+        const bool replaced = ::fstatat(j.dir.get(), j.target.c_str(), &old, AT_SYMLINK_NOFOLLOW) == 0;
+        if (replaced && S_ISDIR(old.st_mode)) {
+          result[i] = EISDIR;
+        } else if (::renameat2(j.dir.get(), j.part.c_str(), j.dir.get(), j.target.c_str(),
+                               j.no_clobber ? RENAME_NOREPLACE : 0) != 0) {
+          result[i] = errno;
+        } else {
+          adjust_usage(static_cast<std::int64_t>(j.size) -
+                       (replaced && S_ISREG(old.st_mode) ? static_cast<std::int64_t>(old.st_size) : 0));
+        }
+      }
+      if (result[i] && result[i] != EEXIST && result[i] != EISDIR) {
+        spdlog::warn("files: commit of '{}' failed: {}", j.target, std::strerror(result[i]));
+      }
+      release(j.reserved);
+      auto done = std::move(j.done);
+      j.file.reset();  // releases the part file's lock
+      if (done) done(result[i]);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- session
+
+struct files_session::upload {
+  util::unique_fd dir;
+  util::unique_fd file;
+  std::string leaf;
+  std::string part;
+  bool private_part = false;  // not resumable: removed on failure
+  std::optional<std::uint64_t> size;
+  std::uint64_t written = 0;
+  std::uint64_t reserved = 0;
+  util::content_digest digest;
+  bool want_sha256 = false;
+  bool no_clobber = false;
+  bool frame_open = false;  // inside a put.data frame
+  bool data_seen = false;   // any put.data so far
+  std::optional<mode_t> mode;
+  std::optional<std::int64_t> mtime;
+  bool failed = false;  // answered with an error; waiting for put.end to forget it
+
+  explicit upload(bool sha) : digest(sha), want_sha256(sha) {}
+};
+
+struct files_session::download {
+  std::uint64_t id = 0;
+  util::unique_fd fd;
+  std::uint64_t size = 0;
+  std::uint64_t pos = 0;
+  struct stat st {};
+  util::content_digest digest;
+  explicit download(bool sha) : digest(sha) {}
+};
+
+files_session::files_session(file_share& share, net::connection& conn) : share_(share), conn_(conn) {}
+
+files_session::~files_session() {
+  // Uploads cut off by a closed connection keep their part files (they
+  // are resumable); private parts are removed.
+  for (auto& [id, u] : uploads_) {
+    if (u->private_part && u->dir) ::unlinkat(u->dir.get(), u->part.c_str(), 0);
+    share_.release(u->reserved);
+  }
+}
+
+void files_session::reply(std::uint64_t id, json header, std::string_view body) {
+  header["id"] = id;
+  conn_.send(header, body);
+}
+
+void files_session::error(std::uint64_t id, errc code, std::string_view message) {
+  conn_.send(proto::make_error(code, message, id));
+}
+
+std::optional<std::string> files_session::checked_path(std::uint64_t id, const json& h, const char* key) {
+  auto it = h.find(key);
+  if (it == h.end() || !it->is_string()) {
+    error(id, errc::bad_request, std::string("'") + key + "' must be a string");
+    return std::nullopt;
+  }
+  const std::string& p = it->get_ref<const std::string&>();
+  if (std::string why = util::check_relative_path(p); !why.empty()) {
+    error(id, errc::bad_path, "'" + p + "': " + why);
+    return std::nullopt;
+  }
+  std::string norm = util::normalize_relative(p);
+  for (auto name : util::split_relative(norm)) {
+    if (is_part_name(name)) {
+      error(id, errc::bad_path, "'" + p + "': names beginning with " + std::string(util::part_prefix) + " are reserved");
+      return std::nullopt;
+    }
+  }
+  return norm;
+}
+
+void files_session::request(std::uint64_t id, json header, std::string body) {
+  if (queue_.size() >= max_queued_requests || queued_bytes_ + body.size() > max_queued_request_bytes) {
+    error(id, errc::busy, "too many file requests in flight on this connection; wait for replies");
+    return;
+  }
+  queued_bytes_ += body.size();
+  queue_.push_back({id, std::move(header), std::move(body)});
+  pump();
+}
+
+void files_session::pump() {
+  if (pumping_) return;
+  pumping_ = true;
+  while (!queue_.empty() && !conn_.closing()) {
+    if (!run(queue_.front())) break;
+    queued_bytes_ -= queue_.front().body.size();
+    queue_.pop_front();
+  }
+  pumping_ = false;
+}
+
+bool files_session::run(queued_request& q) {
+  // Requests run in order. A download holds the line until it is sent;
+  // requests that look at the share wait for this connection's commits,
+  // so that `put` then `mv` of the same file works. Uploads and mkdir do
+  // not wait: a tree upload flows without a round trip per file.
+  if (download_) return false;
+  const std::string type = q.header.value("type", "");
+  const bool independent = type == "put" || type == "fs.mkdir" || type == "fs.symlink";
+  if (!independent && commits_pending_ > 0) return false;
+  try {
+    if (type == "put") do_put(q.id, q.header, q.body);
+    else if (type == "get") do_get(q.id, q.header);
+    else if (type == "fs.stat") do_stat(q.id, q.header);
+    else if (type == "fs.list") do_list(q.id, q.header);
+    else if (type == "fs.mkdir") do_mkdir(q.id, q.header);
+    else if (type == "fs.rm") do_rm(q.id, q.header);
+    else if (type == "fs.mv") do_mv(q.id, q.header);
+    else if (type == "fs.symlink") do_symlink(q.id, q.header);
+    else if (type == "fs.setattr") do_setattr(q.id, q.header);
+    else error(q.id, errc::unknown_type, "unknown file request '" + type + "'");
+  } catch (const json::exception& e) {
+    error(q.id, errc::bad_request, std::string("'") + type + "': a field has the wrong type (" + e.what() + ")");
+  }
+  return true;
+}
+
+// ---- metadata operations
+
+void files_session::do_stat(std::uint64_t id, const json& h) {
+  auto path = checked_path(id, h, "path");
+  if (!path) return;
+  struct stat st {};
+  if (path->empty()) {
+    if (::fstat(share_.jail().root_fd(), &st) != 0) return error(id, errc::io_error, errno_message(errno, "stat"));
+    return reply(id, {{"type", "fs.stat.reply"}, {"entry", entry_json("", st, -1, "")}});
+  }
+  std::string leaf;
+  util::unique_fd dir(share_.jail().open_parent(*path, leaf));
+  if (!dir) return error(id, errc_for_errno(-dir.get()), errno_message(-dir.release(), "'" + *path + "'"));
+  if (::fstatat(dir.get(), leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+    return error(id, errc_for_errno(errno), errno_message(errno, "'" + *path + "'"));
+  }
+  reply(id, {{"type", "fs.stat.reply"}, {"entry", entry_json(leaf, st, dir.get(), leaf.c_str())}});
+}
+
+void files_session::do_list(std::uint64_t id, const json& h) {
+  auto path = checked_path(id, h, "path");
+  if (!path) return;
+  const bool recursive = h.value("recursive", false);
+  util::unique_fd top(share_.jail().open(*path, O_RDONLY | O_NOFOLLOW));
+  if (!top) {
+    int e = -top.release();
+    if (e == ELOOP) {
+      // The path is a symbolic link: list it as one entry.
+      e = 0;
+    }
+    if (e) return error(id, errc_for_errno(e), errno_message(e, "'" + *path + "'"));
+  }
+  struct stat st {};
+  if (top && ::fstat(top.get(), &st) != 0) return error(id, errc::io_error, errno_message(errno, "stat"));
+  json chunk = json::array();
+  std::size_t total = 0, skipped = 0;
+  bool too_many = false;
+  auto flush = [&](bool done) {
+    reply(id, {{"type", "fs.list.reply"}, {"count", chunk.size()}, {"done", done}, {"skipped", skipped}},
+          chunk.dump(-1, ' ', false, json::error_handler_t::replace));
+    chunk = json::array();
+  };
+  auto add = [&](json e) {
+    chunk.push_back(std::move(e));
+    if (++total > max_list_entries) too_many = true;
+    if (chunk.size() >= list_chunk) flush(false);
+  };
+  if (!top || !S_ISDIR(st.st_mode)) {
+    // A file (or link): one entry, named by its last component.
+    std::string leaf;
+    util::unique_fd dir(share_.jail().open_parent(*path, leaf));
+    if (!dir || ::fstatat(dir.get(), leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+      return error(id, errc::not_found, "'" + *path + "': no such file or directory");
+    }
+    add(entry_json(leaf, st, dir.get(), leaf.c_str()));
+    return flush(true);
+  }
+  // Depth-first, each directory's entries sorted by name, a directory
+  // before its contents (a downloader creates it first).
+  std::function<bool(int, const std::string&, int)> walk = [&](int fd, const std::string& prefix, int depth) -> bool {
+    DIR* d = ::fdopendir(fd);
+    if (!d) {
+      ::close(fd);
+      return true;
+    }
+    std::vector<std::string> names;
+    while (dirent* de = ::readdir(d)) {
+      std::string_view n = de->d_name;
+      if (n == "." || n == ".." || is_part_name(n)) continue;
+      if (!util::check_name(n).empty() || !proto::is_valid_utf8(n)) {
+        ++skipped;  // a name no client could ask for again (control characters, not UTF-8)
+        continue;
+      }
+      names.emplace_back(n);
+    }
+    std::sort(names.begin(), names.end());
+    const int dfd = ::dirfd(d);
+    for (const auto& n : names) {
+      if (too_many) break;
+      struct stat est {};
+      if (::fstatat(dfd, n.c_str(), &est, AT_SYMLINK_NOFOLLOW) != 0) continue;  // vanished meanwhile
+      const std::string rel = prefix.empty() ? n : prefix + "/" + n;
+      add(entry_json(recursive ? rel : n, est, dfd, n.c_str()));
+      if (recursive && S_ISDIR(est.st_mode) && depth < max_tree_depth) {
+        int sub = ::openat(dfd, n.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (sub >= 0) walk(sub, rel, depth + 1);
+      }
+    }
+    ::closedir(d);
+    return true;
+  };
+  walk(top.release(), "", 0);
+  if (too_many) {
+    return error(id, errc::too_large,
+                 "more than " + std::to_string(max_list_entries) + " entries; list a smaller directory");
+  }
+  flush(true);
+}
+
+void files_session::do_mkdir(std::uint64_t id, const json& h) {
+  auto path = checked_path(id, h, "path");
+  if (!path) return;
+  if (path->empty()) return error(id, errc::exists, "the share's root always exists");
+  const bool parents = h.value("parents", false);
+  const auto mode = opt_number<std::uint32_t>(h, "mode");
+  const mode_t m = mode ? static_cast<mode_t>(*mode & 0777) : 0777;
+  if (!parents) {
+    std::string leaf;
+    util::unique_fd dir(share_.jail().open_parent(*path, leaf));
+    if (!dir) return error(id, errc_for_errno(-dir.get()), errno_message(-dir.release(), "'" + *path + "'"));
+    if (::mkdirat(dir.get(), leaf.c_str(), m) != 0) {
+      const int e = errno;
+      return error(id, errc_for_errno(e), e == EEXIST ? "'" + *path + "' already exists"
+                                                      : errno_message(e, "mkdir '" + *path + "'"));
+    }
+    return reply(id, {{"type", "fs.ok"}});
+  }
+  // -p: create each missing component; never follow a symlink on the way.
+  util::unique_fd cur(::fcntl(share_.jail().root_fd(), F_DUPFD_CLOEXEC, 0));
+  std::string done;
+  for (auto name : util::split_relative(*path)) {
+    std::string n(name);
+    done += (done.empty() ? "" : "/") + n;
+    if (::mkdirat(cur.get(), n.c_str(), m) != 0 && errno != EEXIST) {
+      return error(id, errc_for_errno(errno), errno_message(errno, "mkdir '" + done + "'"));
+    }
+    int next = ::openat(cur.get(), n.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (next < 0) {
+      const int e = errno;
+      return error(id, e == ENOTDIR || e == ELOOP ? errc::exists : errc_for_errno(e),
+                   e == ENOTDIR || e == ELOOP ? "'" + done + "' exists and is not a directory"
+                                              : errno_message(e, "'" + done + "'"));
+    }
+    cur.reset(next);
+  }
+  reply(id, {{"type", "fs.ok"}});
+}
+
+namespace {
+// Removes everything inside the directory `fd` (owned), then nothing else.
+// Returns 0 or an errno; adds the sizes of removed files to `bytes`.
+int remove_contents(int fd, int depth, std::uint64_t& bytes, std::uint64_t& count) {
+  DIR* d = ::fdopendir(fd);
+  if (!d) {
+    int e = errno;
+    ::close(fd);
+    return e;
+  }
+  int result = 0;
+  std::vector<std::string> names;
+  while (dirent* de = ::readdir(d)) {
+    std::string_view n = de->d_name;
+    if (n != "." && n != "..") names.emplace_back(n);
+  }
+  const int dfd = ::dirfd(d);
+  for (const auto& n : names) {
+    struct stat st {};
+    if (::fstatat(dfd, n.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
+    if (S_ISDIR(st.st_mode)) {
+      if (depth >= max_tree_depth) {
+        result = ELOOP;
+        break;
+      }
+      int sub = ::openat(dfd, n.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+      if (sub < 0) {
+        result = errno;
+        break;
+      }
+      if ((result = remove_contents(sub, depth + 1, bytes, count)) != 0) break;
+      if (::unlinkat(dfd, n.c_str(), AT_REMOVEDIR) != 0) {
+        result = errno;
+        break;
+      }
+    } else {
+      if (::unlinkat(dfd, n.c_str(), 0) != 0) {
+        result = errno;
+        break;
+      }
+      if (S_ISREG(st.st_mode)) bytes += static_cast<std::uint64_t>(st.st_size);
+    }
+    ++count;
+  }
+  ::closedir(d);
+  return result;
+}
+}  // namespace
+
+void files_session::do_rm(std::uint64_t id, const json& h) {
+  auto path = checked_path(id, h, "path");
+  if (!path) return;
+  if (path->empty()) return error(id, errc::bad_path, "the share's root cannot be removed");
+  const bool recursive = h.value("recursive", false);
+  std::string leaf;
+  util::unique_fd dir(share_.jail().open_parent(*path, leaf));
+  if (!dir) return error(id, errc_for_errno(-dir.get()), errno_message(-dir.release(), "'" + *path + "'"));
+  struct stat st {};
+  if (::fstatat(dir.get(), leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+    return error(id, errc_for_errno(errno), errno_message(errno, "'" + *path + "'"));
+  }
+  std::uint64_t bytes = 0, count = 0;
+  if (S_ISDIR(st.st_mode)) {
+    if (recursive) {
+      int sub = ::openat(dir.get(), leaf.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+      int e = sub < 0 ? errno : remove_contents(sub, 0, bytes, count);
+      share_.adjust_usage(-static_cast<std::int64_t>(bytes));
+      if (e) return error(id, errc_for_errno(e), errno_message(e, "rm -r '" + *path + "'"));
+    }
+    if (::unlinkat(dir.get(), leaf.c_str(), AT_REMOVEDIR) != 0) {
+      const int e = errno;
+      if (e == ENOTEMPTY || e == EEXIST) {
+        return error(id, errc::exists, "'" + *path + "' is a directory that is not empty (use -r)");
+      }
+      return error(id, errc_for_errno(e), errno_message(e, "rm '" + *path + "'"));
+    }
+  } else {
+    if (::unlinkat(dir.get(), leaf.c_str(), 0) != 0) {
+      return error(id, errc_for_errno(errno), errno_message(errno, "rm '" + *path + "'"));
+    }
+    if (S_ISREG(st.st_mode)) share_.adjust_usage(-st.st_size);
+  }
+  reply(id, {{"type", "fs.ok"}, {"removed", count + 1}});
+}
+
+void files_session::do_mv(std::uint64_t id, const json& h) {
+  auto from = checked_path(id, h, "from");
+  if (!from) return;
+  auto to = checked_path(id, h, "to");
+  if (!to) return;
+  if (from->empty()) return error(id, errc::bad_path, "the share's root cannot be moved");
+  const bool no_clobber = h.value("no_clobber", false);
+  std::string from_leaf;
+  util::unique_fd from_dir(share_.jail().open_parent(*from, from_leaf));
+  if (!from_dir) return error(id, errc_for_errno(-from_dir.get()), errno_message(-from_dir.release(), "'" + *from + "'"));
+  struct stat fst {};
+  if (::fstatat(from_dir.get(), from_leaf.c_str(), &fst, AT_SYMLINK_NOFOLLOW) != 0) {
+    return error(id, errc_for_errno(errno), errno_message(errno, "'" + *from + "'"));
+  }
+  // Into an existing directory (like mv), or to a new name.
+  util::unique_fd to_dir;
+  std::string to_leaf;
+  util::unique_fd as_dir(share_.jail().open(*to, O_PATH | O_DIRECTORY | O_NOFOLLOW));
+  std::string shown = *to;
+  if (as_dir) {
+    to_dir = std::move(as_dir);
+    to_leaf = from_leaf;
+    shown = to->empty() ? from_leaf : *to + "/" + from_leaf;
+  } else {
+    to_dir.reset(share_.jail().open_parent(*to, to_leaf));
+    if (!to_dir) return error(id, errc_for_errno(-to_dir.get()), errno_message(-to_dir.release(), "'" + *to + "'"));
+  }
+  struct stat old {};
+  const bool replaced = ::fstatat(to_dir.get(), to_leaf.c_str(), &old, AT_SYMLINK_NOFOLLOW) == 0;
+  if (::renameat2(from_dir.get(), from_leaf.c_str(), to_dir.get(), to_leaf.c_str(), no_clobber ? RENAME_NOREPLACE : 0) != 0) {
+    const int e = errno;
+    if (e == EEXIST || e == ENOTEMPTY) return error(id, errc::exists, "'" + shown + "' already exists");
+    if (e == EINVAL) return error(id, errc::bad_request, "cannot move '" + *from + "' into itself");
+    if (e == EISDIR || e == ENOTDIR) {
+      return error(id, errc::exists, "'" + shown + "' exists and is of another type (file or directory)");
+    }
+    return error(id, errc_for_errno(e), errno_message(e, "mv '" + *from + "' '" + shown + "'"));
+  }
+  if (replaced && S_ISREG(old.st_mode) && !(fst.st_dev == old.st_dev && fst.st_ino == old.st_ino)) {
+    share_.adjust_usage(-old.st_size);
+  }
+  reply(id, {{"type", "fs.ok"}, {"path", shown}});
+}
+
+void files_session::do_symlink(std::uint64_t id, const json& h) {
+  auto path = checked_path(id, h, "path");
+  if (!path) return;
+  if (path->empty()) return error(id, errc::bad_path, "a symlink needs a name");
+  const std::string target = h.at("target").get<std::string>();
+  if (target.size() > util::max_remote_path || !util::symlink_target_inside(*path, target)) {
+    return error(id, errc::bad_path, "'" + *path + "' -> '" + target +
+                                         "': the link would point outside the share (absolute or too many '..')");
+  }
+  std::string leaf;
+  util::unique_fd dir(share_.jail().open_parent(*path, leaf));
+  if (!dir) return error(id, errc_for_errno(-dir.get()), errno_message(-dir.release(), "'" + *path + "'"));
+  struct stat st {};
+  const bool exists = ::fstatat(dir.get(), leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0;
+  if (exists && (S_ISDIR(st.st_mode) || h.value("no_clobber", false))) {
+    return error(id, errc::exists, "'" + *path + "' already exists");
+  }
+  // Create under a temporary name, then rename over: replacing is atomic.
+  const std::string tmp = part_name_for(leaf) + "." + random_suffix();
+  if (::symlinkat(target.c_str(), dir.get(), tmp.c_str()) != 0) {
+    return error(id, errc_for_errno(errno), errno_message(errno, "symlink '" + *path + "'"));
+  }
+  if (::renameat(dir.get(), tmp.c_str(), dir.get(), leaf.c_str()) != 0) {
+    const int e = errno;
+    ::unlinkat(dir.get(), tmp.c_str(), 0);
+    return error(id, errc_for_errno(e), errno_message(e, "symlink '" + *path + "'"));
+  }
+  if (exists && S_ISREG(st.st_mode)) share_.adjust_usage(-st.st_size);
+  reply(id, {{"type", "fs.ok"}});
+}
+
+void files_session::do_setattr(std::uint64_t id, const json& h) {
+  auto path = checked_path(id, h, "path");
+  if (!path) return;
+  const auto mode = opt_number<std::uint32_t>(h, "mode");
+  const auto mtime = opt_number<std::int64_t>(h, "mtime_ns");
+  util::unique_fd fd(share_.jail().open(*path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK));
+  if (!fd) {
+    const int e = -fd.release();
+    if (e == ELOOP) return reply(id, {{"type", "fs.ok"}});  // a symlink: nothing to set
+    return error(id, errc_for_errno(e), errno_message(e, "'" + *path + "'"));
+  }
+  if (mode && ::fchmod(fd.get(), static_cast<mode_t>(*mode & 0777)) != 0) {
+    return error(id, errc_for_errno(errno), errno_message(errno, "chmod '" + *path + "'"));
+  }
+  if (mtime) {
+    if (int e = set_mtime(fd.get(), *mtime)) return error(id, errc_for_errno(e), errno_message(e, "'" + *path + "'"));
+  }
+  reply(id, {{"type", "fs.ok"}});
+}
+
+// ---- uploads
+
+void files_session::do_put(std::uint64_t id, const json& h, std::string& body) {
+  auto path = checked_path(id, h, "path");
+  if (!path) return;
+  if (path->empty()) return error(id, errc::bad_path, "put needs a file name, not the share's root");
+  if (uploads_.count(id)) return error(id, errc::bad_request, "request id already in use by an upload");
+  if (uploads_.size() >= max_uploads_per_connection) {
+    return error(id, errc::busy, "too many uploads open on this connection");
+  }
+  const auto size = opt_number<std::uint64_t>(h, "size");
+  const bool is_inline = h.value("inline", false);
+  const bool sha = h.value("sha256", false);
+  const auto mode = opt_number<std::uint32_t>(h, "mode");
+  const auto mtime = opt_number<std::int64_t>(h, "mtime_ns");
+  const bool no_clobber = h.value("no_clobber", false);
+  const bool resume = h.value("resume", false);
+  const std::uint64_t declared = is_inline ? body.size() : size.value_or(0);
+  if (is_inline && size && *size != body.size()) {
+    return error(id, errc::bad_request, "inline put: size " + std::to_string(*size) + " but the body has " +
+                                            std::to_string(body.size()) + " bytes");
+  }
+  const auto max = share_.options().max_file_size;
+  if (max && declared > max) {
+    return error(id, errc::too_large, "'" + *path + "' is " + std::to_string(declared) +
+                                          " bytes; this server accepts files up to " + std::to_string(max));
+  }
+  auto u = std::make_unique<upload>(sha);
+  u->dir.reset(share_.jail().open_parent(*path, u->leaf));
+  if (!u->dir) {
+    const int e = -u->dir.release();
+    return error(id, errc_for_errno(e),
+                 e == ENOENT ? "'" + *path + "': the directory does not exist" : errno_message(e, "'" + *path + "'"));
+  }
+  struct stat st {};
+  if (::fstatat(u->dir.get(), u->leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) {
+    if (S_ISDIR(st.st_mode)) return error(id, errc::exists, "'" + *path + "' is a directory");
+    if (no_clobber) return error(id, errc::exists, "'" + *path + "' already exists (no_clobber)");
+  }
+  if (!share_.reserve(declared)) {
+    return error(id, errc::quota_exceeded, "'" + *path + "' (" + std::to_string(declared) +
+                                               " bytes) would exceed the share's quota");
+  }
+  u->reserved = declared;
+  u->size = is_inline ? std::optional<std::uint64_t>(body.size()) : size;
+  u->no_clobber = no_clobber;
+  if (mode) u->mode = static_cast<mode_t>(*mode & 0777);
+  u->mtime = mtime;
+
+  // The part file: one well-known name per target (resumable), locked
+  // while in use. A concurrent upload of the same name gets a private one.
+  u->part = part_name_for(u->leaf);
+  int fd = ::openat(u->dir.get(), u->part.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (fd >= 0 && ::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    ::close(fd);
+    u->part += "." + random_suffix();
+    u->private_part = true;
+    fd = ::openat(u->dir.get(), u->part.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd >= 0) ::flock(fd, LOCK_EX | LOCK_NB);
+  }
+  if (fd < 0) {
+    const int e = errno;
+    share_.release(u->reserved);
+    return error(id, errc_for_errno(e), errno_message(e, "cannot create a part file for '" + *path + "'"));
+  }
+  u->file.reset(fd);
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    share_.release(u->reserved);
+    return error(id, errc::io_error, "the part file for '" + *path + "' is not a regular file");
+  }
+
+  if (is_inline) {
+    // The whole file in this one frame: write, check, commit.
+    int e = ::ftruncate(fd, 0) == 0 ? util::write_all(fd, body.data(), body.size()) : errno;
+    u->digest.update(body.data(), body.size());
+    u->written = body.size();
+    if (e) {
+      share_.release(u->reserved);
+      if (u->private_part) ::unlinkat(u->dir.get(), u->part.c_str(), 0);
+      return error(id, errc_for_errno(e), errno_message(e, "writing '" + *path + "'"));
+    }
+    uploads_.emplace(id, std::move(u));
+    return put_end(id, h);
+  }
+
+  std::uint64_t offset = 0;
+  if (resume && !u->private_part && u->size && st.st_size > 0 && static_cast<std::uint64_t>(st.st_size) <= *u->size) {
+    offset = static_cast<std::uint64_t>(st.st_size);
+    if (int e = util::hash_file_range(fd, 0, offset, u->digest)) {
+      offset = 0;
+      u->digest.reset();
+      (void)e;
+    }
+  }
+  if (offset == 0 && st.st_size != 0 && ::ftruncate(fd, 0) != 0) {
+    share_.release(u->reserved);
+    return error(id, errc_for_errno(errno), errno_message(errno, "'" + *path + "'"));
+  }
+  u->written = offset;
+  json ready = {{"type", "put.ready"}, {"offset", offset}};
+  if (offset > 0) ready["xxh3"] = u->digest.xxh3_hex();
+  uploads_.emplace(id, std::move(u));
+  reply(id, ready);
+}
+
+void files_session::fail_upload(upload& u, errc code, const std::string& message) {
+  u.failed = true;
+  spdlog::info("files: upload of '{}' failed: {}", u.leaf, message);
+  // The id is known to the caller; find it to answer.
+  for (auto& [id, p] : uploads_) {
+    if (p.get() == &u) return error(id, code, message);
+  }
+}
+
+void files_session::put_data(std::uint64_t id, const json& h, std::string_view part) {
+  auto it = uploads_.find(id);
+  if (it == uploads_.end() || it->second->failed) return;
+  upload& u = *it->second;
+  if (!u.frame_open) {
+    u.frame_open = true;
+    if (auto off = h.find("offset"); off != h.end()) {
+      if (!off->is_number_unsigned()) return fail_upload(u, errc::bad_request, "put.data: offset must be an integer");
+      const auto o = off->get<std::uint64_t>();
+      if (o != u.written) {
+        // Only the first data frame may restart, and only backwards (the
+        // sender found that the part does not match its source).
+        if (u.data_seen || o > u.written) {
+          return fail_upload(u, errc::bad_request,
+                             "put.data: offset " + std::to_string(o) + " but " + std::to_string(u.written) +
+                                 " bytes are written");
+        }
+        if (::ftruncate(u.file.get(), static_cast<off_t>(o)) != 0) {
+          return fail_upload(u, errc_for_errno(errno), errno_message(errno, "'" + u.leaf + "'"));
+        }
+        u.digest.reset();
+        if (o > 0 && util::hash_file_range(u.file.get(), 0, o, u.digest) != 0) {
+          return fail_upload(u, errc::io_error, "cannot read back the part file of '" + u.leaf + "'");
+        }
+        u.written = o;
+      }
+    }
+    u.data_seen = true;
+  }
+  if (part.empty()) return;
+  const auto max = share_.options().max_file_size;
+  if (u.size && u.written + part.size() > *u.size) {
+    return fail_upload(u, errc::bad_request, "more data than the declared size of '" + u.leaf + "'");
+  }
+  if (max && u.written + part.size() > max) {
+    return fail_upload(u, errc::too_large, "'" + u.leaf + "' is larger than this server accepts (" +
+                                               std::to_string(max) + " bytes)");
+  }
+  if (!u.size) {
+    // Unknown size (a stream): reserve quota as the data arrives.
+    if (!share_.reserve(part.size())) {
+      return fail_upload(u, errc::quota_exceeded, "'" + u.leaf + "' would exceed the share's quota");
+    }
+    u.reserved += part.size();
+  }
+  std::size_t off = 0;
+  while (off < part.size()) {
+    ssize_t w = ::pwrite(u.file.get(), part.data() + off, part.size() - off, static_cast<off_t>(u.written + off));
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      const int e = errno;
+      // Keep what was written: the part stays resumable.
+      (void)::ftruncate(u.file.get(), static_cast<off_t>(u.written + off));
+      u.digest.update(part.data(), off);
+      u.written += off;
+      return fail_upload(u, errc_for_errno(e), errno_message(e, "writing '" + u.leaf + "'"));
+    }
+    off += static_cast<std::size_t>(w);
+  }
+  u.digest.update(part.data(), part.size());
+  u.written += part.size();
+}
+
+void files_session::put_data_done(std::uint64_t id) {
+  auto it = uploads_.find(id);
+  if (it == uploads_.end()) {
+    error(id, errc::not_found, "put.data for an upload that is not open (send put first)");
+    return;
+  }
+  it->second->frame_open = false;
+}
+
+void files_session::put_end(std::uint64_t id, const json& h) {
+  auto it = uploads_.find(id);
+  if (it == uploads_.end()) return error(id, errc::not_found, "put.end for an upload that is not open");
+  if (it->second->failed) {
+    // Already answered with its error; the part stays for a resume.
+    share_.release(it->second->reserved);
+    if (it->second->private_part) ::unlinkat(it->second->dir.get(), it->second->part.c_str(), 0);
+    uploads_.erase(it);
+    return;
+  }
+  upload& u = *it->second;
+  if (u.size && u.written != *u.size) {
+    const std::string msg = "'" + u.leaf + "': got " + std::to_string(u.written) + " of " + std::to_string(*u.size) +
+                            " bytes";
+    share_.release(u.reserved);
+    if (u.private_part) ::unlinkat(u.dir.get(), u.part.c_str(), 0);
+    uploads_.erase(it);
+    return error(id, errc::bad_request, msg);
+  }
+  const std::string want = h.value("xxh3", "");
+  const std::string want_sha = h.value("sha256", "");
+  const std::string got = u.digest.xxh3_hex();
+  const std::string got_sha = u.want_sha256 ? u.digest.sha256_hex() : std::string();
+  if (want != got || (u.want_sha256 && want_sha != got_sha)) {
+    // Corrupt: the part is useless for a resume.
+    const std::string msg = "'" + u.leaf + "': content digest mismatch (sent " + (want.empty() ? "none" : want) +
+                            ", received " + got + "); the file was not committed";
+    spdlog::warn("files: {}", msg);
+    ::unlinkat(u.dir.get(), u.part.c_str(), 0);
+    share_.release(u.reserved);
+    uploads_.erase(it);
+    return error(id, errc::integrity, msg);
+  }
+  submit_commit(u, id);
+  uploads_.erase(id);
+}
+
+void files_session::put_abort(std::uint64_t id, const json& h) {
+  auto it = uploads_.find(id);
+  if (it == uploads_.end()) return;
+  upload& u = *it->second;
+  if (u.private_part || h.value("discard", false)) ::unlinkat(u.dir.get(), u.part.c_str(), 0);
+  share_.release(u.reserved);
+  uploads_.erase(it);
+}
+
+void files_session::submit_commit(upload& u, std::uint64_t id) {
+  commit_job job;
+  job.file = std::move(u.file);
+  job.dir = std::move(u.dir);
+  job.part = u.part;
+  job.target = u.leaf;
+  job.no_clobber = u.no_clobber;
+  job.mode = u.mode;
+  if (!job.mode) {
+    // Like any new file: 0666 less the server's umask.
+    static const mode_t umask_now = [] {
+      mode_t m = ::umask(022);
+      ::umask(m);
+      return m;
+    }();
+    job.mode = static_cast<mode_t>(0666 & ~umask_now);
+  }
+  job.mtime_ns = u.mtime;
+  job.size = u.written;
+  job.reserved = u.reserved;
+  u.reserved = 0;
+  json done = {{"type", "put.done"}, {"id", id}, {"size", u.written}, {"xxh3", u.digest.xxh3_hex()}};
+  if (u.want_sha256) done["sha256"] = u.digest.sha256_hex();
+  ++commits_pending_;
+  job.done = [w = weak_from_this(), ex = conn_.executor(), id, done = std::move(done), leaf = u.leaf,
+              dir = ::fcntl(job.dir.get(), F_DUPFD_CLOEXEC, 0), part = u.part](int err) mutable {
+    if (err && err != EEXIST && err != EISDIR) {
+      // The part stays for a later retry.
+    } else if (err) {
+      ::unlinkat(dir, part.c_str(), 0);
+    }
+    if (dir >= 0) ::close(dir);
+    boost::asio::post(ex, [w, id, err, done = std::move(done), leaf = std::move(leaf)]() mutable {
+      auto self = w.lock();
+      if (!self) return;
+      --self->commits_pending_;
+      if (err == EEXIST) {
+        self->error(id, errc::exists, "'" + leaf + "' already exists (no_clobber)");
+      } else if (err == EISDIR) {
+        self->error(id, errc::exists, "'" + leaf + "' is a directory");
+      } else if (err) {
+        self->error(id, errc_for_errno(err), errno_message(err, "committing '" + leaf + "'"));
+      } else {
+        self->conn_.send(done);
+      }
+      self->pump();
+    });
+  };
+  share_.commit(std::move(job));
+}
+
+// ---- downloads
+
+void files_session::do_get(std::uint64_t id, const json& h) {
+  auto path = checked_path(id, h, "path");
+  if (!path) return;
+  const bool sha = h.value("sha256", false);
+  util::unique_fd fd(share_.jail().open(*path, O_RDONLY | O_NONBLOCK));
+  if (!fd) return error(id, errc_for_errno(-fd.get()), errno_message(-fd.release(), "'" + *path + "'"));
+  auto d = std::make_unique<download>(sha);
+  if (::fstat(fd.get(), &d->st) != 0) return error(id, errc::io_error, errno_message(errno, "stat"));
+  if (S_ISDIR(d->st.st_mode)) return error(id, errc::bad_request, "'" + *path + "' is a directory (use -r)");
+  if (!S_ISREG(d->st.st_mode)) return error(id, errc::bad_request, "'" + *path + "' is not a regular file");
+  d->id = id;
+  d->size = static_cast<std::uint64_t>(d->st.st_size);
+  json meta = {{"size", d->size}, {"mode", d->st.st_mode & 07777}, {"mtime_ns", mtime_ns(d->st)}};
+
+  // Resume: continue after the receiver's part if it matches our content.
+  const auto offset = opt_number<std::uint64_t>(h, "offset").value_or(0);
+  if (offset > 0 && offset <= d->size) {
+    if (util::hash_file_range(fd.get(), 0, offset, d->digest) == 0 && d->digest.xxh3_hex() == h.value("xxh3", "")) {
+      d->pos = offset;
+    } else {
+      d->digest.reset();
+    }
+  }
+  if (d->pos == 0 && d->size <= inline_file_max) {
+    std::string body(static_cast<std::size_t>(d->size), '\0');
+    long n = util::read_full(fd.get(), body.data(), body.size(), 0);
+    if (n < 0) return error(id, errc_for_errno(static_cast<int>(-n)), errno_message(static_cast<int>(-n), "reading '" + *path + "'"));
+    if (static_cast<std::uint64_t>(n) != d->size) {
+      return error(id, errc::changed, "'" + *path + "' changed while it was being read");
+    }
+    d->digest.update(body.data(), body.size());
+    meta["type"] = "get.file";
+    meta["xxh3"] = d->digest.xxh3_hex();
+    if (sha) meta["sha256"] = d->digest.sha256_hex();
+    return reply(id, meta, body);
+  }
+  meta["type"] = "get.begin";
+  meta["offset"] = d->pos;
+  reply(id, meta);
+  d->fd = std::move(fd);
+  download_ = std::move(d);
+  stream_download();
+}
+
+void files_session::stream_download() {
+  while (download_ && download_->pos < download_->size) {
+    if (conn_.closing()) {
+      download_.reset();
+      return;
+    }
+    if (conn_.queued_bytes() > download_high) {
+      conn_.when_queue_below(download_low, [w = weak_from_this()] {
+        if (auto self = w.lock()) self->stream_download();
+      });
+      return;
+    }
+    download& d = *download_;
+    const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(data_chunk, d.size - d.pos));
+    if (int e = util::hash_file_range(d.fd.get(), d.pos, n, d.digest)) {
+      return finish_download(errc::changed, e == EIO ? "the file shrank while it was being sent"
+                                                     : errno_message(e, "reading the file"));
+    }
+    conn_.send_file({{"type", "get.data"}, {"id", d.id}}, d.fd.get(), d.pos, n);
+    d.pos += n;
+  }
+  if (!download_) return;
+  struct stat now {};
+  const auto& was = download_->st;
+  if (::fstat(download_->fd.get(), &now) != 0 || now.st_size != was.st_size || now.st_mtim.tv_sec != was.st_mtim.tv_sec ||
+      now.st_mtim.tv_nsec != was.st_mtim.tv_nsec) {
+    return finish_download(errc::changed, "the file changed while it was being sent");
+  }
+  json end = {{"type", "get.end"}, {"size", download_->size}, {"xxh3", download_->digest.xxh3_hex()}};
+  if (download_->digest.has_sha256()) end["sha256"] = download_->digest.sha256_hex();
+  reply(download_->id, end);
+  download_.reset();
+  pump();
+}
+
+void files_session::finish_download(errc code, std::string_view message) {
+  error(download_->id, code, message);
+  download_.reset();
+  pump();
+}
+
+}  // namespace cskit::service

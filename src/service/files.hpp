@@ -1,0 +1,170 @@
+#pragma once
+// File transfer and remote file operations on the share (docs/protocol.md,
+// "Files"). Every path goes through the jail (util/jail.hpp): syntax first,
+// then openat2(RESOLVE_BENEATH) at open time.
+//
+// Uploads are written to a part file in the destination directory
+// (".cskit-part.<hash of the name>"), digested while written, and only
+// committed (fsync, then rename over the target) when the sender's digest
+// matches. A part file survives a crash on either side and is offered for
+// resumption. Commits go through one committer thread per share that
+// groups them: one syncfs() covers every file that is waiting, so many
+// small files cost one flush, not one each.
+//
+// Downloads are sent with sendfile; the content is digested in place
+// through a read-only mapping, never copied through user space.
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "proto/errc.hpp"
+#include "proto/frame.hpp"
+#include "util/digest.hpp"
+#include "util/file_io.hpp"
+#include "util/jail.hpp"
+
+namespace cskit::net {
+class connection;
+}
+
+namespace cskit::service {
+
+struct files_options {
+  std::uint64_t max_file_size = 0;  ///< bytes; 0: no limit
+  std::uint64_t quota = 0;          ///< bytes of regular files in the share; 0: no quota
+  bool fsync = true;                ///< flush to disk before a file is renamed into place
+};
+
+/// Files up to this size may be sent in one frame (put with a body, get.file).
+inline constexpr std::uint64_t inline_file_max = 256 * 1024;
+/// Body size of each get.data frame.
+inline constexpr std::size_t data_chunk = 4u << 20;
+
+/// A rename into place, waiting for the committer thread.
+struct commit_job {
+  util::unique_fd file;  ///< the part file, open for writing
+  util::unique_fd dir;   ///< its directory
+  std::string part;      ///< part file name in dir
+  std::string target;    ///< final name in dir
+  bool no_clobber = false;
+  std::optional<mode_t> mode;
+  std::optional<std::int64_t> mtime_ns;
+  std::uint64_t size = 0;
+  std::uint64_t reserved = 0;  ///< quota reservation to release
+  /// Called on the committer thread with 0 or an errno (EEXIST: no_clobber).
+  std::function<void(int err)> done;
+};
+
+/// The share: the jail, the quota and the committer. Shared by every
+/// connection; thread-safe.
+class file_share {
+ public:
+  /// Opens `root`; when a quota is set, adds up the sizes already there.
+  file_share(const std::filesystem::path& root, files_options options);
+  ~file_share();
+  file_share(const file_share&) = delete;
+  file_share& operator=(const file_share&) = delete;
+
+  const util::dir_jail& jail() const noexcept { return jail_; }
+  const files_options& options() const noexcept { return options_; }
+
+  /// Reserves `bytes` against the quota; false when it would be exceeded.
+  bool reserve(std::uint64_t bytes) noexcept;
+  void release(std::uint64_t bytes) noexcept;
+  void adjust_usage(std::int64_t delta) noexcept;
+  std::uint64_t usage() const noexcept { return usage_.load(); }
+
+  /// Queues a commit; job.done runs on the committer thread.
+  void commit(commit_job job);
+
+ private:
+  void committer();
+
+  util::dir_jail jail_;
+  files_options options_;
+  std::atomic<std::uint64_t> usage_{0};
+  std::atomic<std::uint64_t> reserved_{0};
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<commit_job> jobs_;
+  bool stopping_ = false;
+  std::thread thread_;
+};
+
+/// Maps an errno from a file operation to a protocol error and message.
+proto::errc errc_for_errno(int err) noexcept;
+std::string errno_message(int err, std::string_view what);
+
+/// One connection's file requests. Lives in the connection's scope; every
+/// member runs on the connection's thread.
+class files_session : public std::enable_shared_from_this<files_session> {
+ public:
+  files_session(file_share& share, net::connection& conn);
+  ~files_session();
+
+  // Requests (header = the request's frame header, id its id). Replies and
+  // errors go to the connection.
+  void request(std::uint64_t id, proto::json header, std::string body);
+  void put_data(std::uint64_t id, const proto::json& header, std::string_view part);
+  void put_data_done(std::uint64_t id);
+  void put_end(std::uint64_t id, const proto::json& header);
+  void put_abort(std::uint64_t id, const proto::json& header);
+
+  /// Uploads in progress (for tests and logging).
+  std::size_t uploads() const noexcept { return uploads_.size(); }
+
+ private:
+  struct upload;
+  struct download;
+  struct queued_request {
+    std::uint64_t id;
+    proto::json header;
+    std::string body;
+  };
+
+  void pump();
+  bool run(queued_request& q);  // false: must wait (the request stays queued)
+  void error(std::uint64_t id, proto::errc code, std::string_view message);
+  void reply(std::uint64_t id, proto::json header, std::string_view body = {});
+
+  void do_stat(std::uint64_t id, const proto::json& h);
+  void do_list(std::uint64_t id, const proto::json& h);
+  void do_mkdir(std::uint64_t id, const proto::json& h);
+  void do_rm(std::uint64_t id, const proto::json& h);
+  void do_mv(std::uint64_t id, const proto::json& h);
+  void do_symlink(std::uint64_t id, const proto::json& h);
+  void do_setattr(std::uint64_t id, const proto::json& h);
+  void do_put(std::uint64_t id, const proto::json& h, std::string& body);
+  void do_get(std::uint64_t id, const proto::json& h);
+  void stream_download();
+  void finish_download(proto::errc code, std::string_view message);
+  void fail_upload(upload& u, proto::errc code, const std::string& message);
+  void submit_commit(upload& u, std::uint64_t id);
+
+  /// Checks a request path: on failure replies bad_path and returns nullopt.
+  std::optional<std::string> checked_path(std::uint64_t id, const proto::json& h, const char* key);
+
+  file_share& share_;
+  net::connection& conn_;
+  std::deque<queued_request> queue_;
+  std::size_t queued_bytes_ = 0;
+  std::map<std::uint64_t, std::unique_ptr<upload>> uploads_;
+  std::unique_ptr<download> download_;
+  int commits_pending_ = 0;
+  bool pumping_ = false;
+};
+
+}  // namespace cskit::service

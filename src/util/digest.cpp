@@ -1,0 +1,83 @@
+#include "util/digest.hpp"
+
+#include <openssl/evp.h>
+#include <xxhash.h>
+
+#include <cstdint>
+#include <stdexcept>
+
+namespace cskit::util {
+
+namespace {
+std::string to_hex(const unsigned char* p, std::size_t n) {
+  static constexpr char digits[] = "0123456789abcdef";
+  std::string s(n * 2, '0');
+  for (std::size_t i = 0; i < n; ++i) {
+    s[2 * i] = digits[p[i] >> 4];
+    s[2 * i + 1] = digits[p[i] & 15];
+  }
+  return s;
+}
+
+std::string canonical_hex(XXH128_hash_t h) {
+  XXH128_canonical_t c;
+  XXH128_canonicalFromHash(&c, h);
+  return to_hex(c.digest, sizeof c.digest);
+}
+}  // namespace
+
+struct content_digest::state {
+  XXH3_state_t* xxh = nullptr;
+  EVP_MD_CTX* sha = nullptr;
+  ~state() {
+    if (xxh) XXH3_freeState(xxh);
+    if (sha) EVP_MD_CTX_free(sha);
+  }
+};
+
+content_digest::content_digest(bool with_sha256) : s_(std::make_unique<state>()) {
+  s_->xxh = XXH3_createState();
+  if (!s_->xxh) throw std::bad_alloc();
+  if (with_sha256) {
+    s_->sha = EVP_MD_CTX_new();
+    if (!s_->sha) throw std::bad_alloc();
+  }
+  reset();
+}
+
+content_digest::~content_digest() = default;
+content_digest::content_digest(content_digest&&) noexcept = default;
+content_digest& content_digest::operator=(content_digest&&) noexcept = default;
+
+void content_digest::reset() noexcept {
+  XXH3_128bits_reset(s_->xxh);
+  if (s_->sha) EVP_DigestInit_ex(s_->sha, EVP_sha256(), nullptr);
+  bytes_ = 0;
+}
+
+bool content_digest::has_sha256() const noexcept { return s_->sha != nullptr; }
+
+void content_digest::update(const void* data, std::size_t n) noexcept {
+  if (n == 0) return;
+  XXH3_128bits_update(s_->xxh, data, n);
+  if (s_->sha) EVP_DigestUpdate(s_->sha, data, n);
+  bytes_ += n;
+}
+
+std::string content_digest::xxh3_hex() const { return canonical_hex(XXH3_128bits_digest(s_->xxh)); }
+
+std::string content_digest::sha256_hex() const {
+  if (!s_->sha) return {};
+  EVP_MD_CTX* copy = EVP_MD_CTX_new();
+  if (!copy) throw std::bad_alloc();
+  unsigned char out[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_MD_CTX_copy_ex(copy, s_->sha);
+  EVP_DigestFinal_ex(copy, out, &len);
+  EVP_MD_CTX_free(copy);
+  return to_hex(out, len);
+}
+
+std::string xxh3_128_hex(const void* data, std::size_t n) { return canonical_hex(XXH3_128bits(data, n)); }
+
+}  // namespace cskit::util

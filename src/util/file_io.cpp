@@ -1,0 +1,156 @@
+#include "util/file_io.hpp"
+
+#include <setjmp.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <memory>
+#include <mutex>
+
+#include "util/digest.hpp"
+
+namespace cskit::util {
+
+namespace {
+
+// SIGBUS while hashing a mapping means the file shrank under us. The
+// handler jumps back to the hashing loop of the faulting thread; a SIGBUS
+// anywhere else keeps its default meaning.
+thread_local sigjmp_buf* bus_jump = nullptr;
+struct sigaction previous_bus {};
+
+void on_sigbus(int sig, siginfo_t* info, void* ctx) {
+  if (bus_jump) siglongjmp(*bus_jump, 1);
+  if (previous_bus.sa_flags & SA_SIGINFO) {
+    if (previous_bus.sa_sigaction) return previous_bus.sa_sigaction(sig, info, ctx);
+  } else if (previous_bus.sa_handler != SIG_DFL && previous_bus.sa_handler != SIG_IGN) {
+    return previous_bus.sa_handler(sig);
+  }
+  ::signal(SIGBUS, SIG_DFL);
+  ::raise(SIGBUS);
+}
+
+void install_bus_handler() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    struct sigaction sa {};
+    sa.sa_sigaction = on_sigbus;
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+    sigemptyset(&sa.sa_mask);
+    ::sigaction(SIGBUS, &sa, &previous_bus);
+  });
+}
+
+constexpr std::uint64_t map_window = 64u << 20;  // map at most this much at a time
+
+int hash_by_pread(int fd, std::uint64_t offset, std::uint64_t length, content_digest& d) noexcept {
+  constexpr std::size_t chunk = 256 * 1024;
+  std::unique_ptr<char[]> buf(new (std::nothrow) char[chunk]);
+  if (!buf) return ENOMEM;
+  while (length > 0) {
+    long n = read_full(fd, buf.get(), static_cast<std::size_t>(std::min<std::uint64_t>(chunk, length)), offset);
+    if (n < 0) return static_cast<int>(-n);
+    if (n == 0) return EIO;  // shorter than expected
+    d.update(buf.get(), static_cast<std::size_t>(n));
+    offset += static_cast<std::uint64_t>(n);
+    length -= static_cast<std::uint64_t>(n);
+  }
+  return 0;
+}
+
+// Hashes mapped memory; false when the mapping faulted (the file shrank).
+// Kept apart so that nothing but its arguments lives across sigsetjmp.
+[[gnu::noinline]] bool guarded_update(content_digest& d, const char* p, std::size_t n) noexcept {
+  sigjmp_buf jump;
+  if (sigsetjmp(jump, 1) != 0) {
+    bus_jump = nullptr;
+    return false;
+  }
+  bus_jump = &jump;
+  d.update(p, n);
+  bus_jump = nullptr;
+  return true;
+}
+
+}  // namespace
+
+int hash_file_range(int fd, std::uint64_t offset, std::uint64_t length, content_digest& d) noexcept {
+  if (length == 0) return 0;
+  install_bus_handler();
+  static const std::uint64_t page = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+  while (length > 0) {
+    const std::uint64_t base = offset & ~(page - 1);
+    const std::uint64_t lead = offset - base;
+    const std::uint64_t take = std::min(length, map_window - lead);
+    void* m = ::mmap(nullptr, static_cast<std::size_t>(lead + take), PROT_READ, MAP_SHARED, fd, static_cast<off_t>(base));
+    if (m == MAP_FAILED) return hash_by_pread(fd, offset, length, d);
+    ::madvise(m, static_cast<std::size_t>(lead + take), MADV_SEQUENTIAL);
+    const bool ok = guarded_update(d, static_cast<const char*>(m) + lead, static_cast<std::size_t>(take));
+    ::munmap(m, static_cast<std::size_t>(lead + take));
+    if (!ok) return EIO;
+    offset += take;
+    length -= take;
+  }
+  return 0;
+}
+
+int write_all(int fd, const void* data, std::size_t n) noexcept {
+  const char* p = static_cast<const char*>(data);
+  while (n > 0) {
+    ssize_t w = ::write(fd, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    p += w;
+    n -= static_cast<std::size_t>(w);
+  }
+  return 0;
+}
+
+long read_full(int fd, void* data, std::size_t n, std::uint64_t offset) noexcept {
+  char* p = static_cast<char*>(data);
+  std::size_t got = 0;
+  while (got < n) {
+    ssize_t r = ::pread(fd, p + got, n - got, static_cast<off_t>(offset + got));
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return -errno;
+    }
+    if (r == 0) break;
+    got += static_cast<std::size_t>(r);
+  }
+  return static_cast<long>(got);
+}
+
+long read_full(int fd, void* data, std::size_t n) noexcept {
+  char* p = static_cast<char*>(data);
+  std::size_t got = 0;
+  while (got < n) {
+    ssize_t r = ::read(fd, p + got, n - got);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return -errno;
+    }
+    if (r == 0) break;
+    got += static_cast<std::size_t>(r);
+  }
+  return static_cast<long>(got);
+}
+
+unique_fd::~unique_fd() { reset(); }
+
+unique_fd& unique_fd::operator=(unique_fd&& o) noexcept {
+  if (this != &o) reset(o.release());
+  return *this;
+}
+
+void unique_fd::reset(int fd) noexcept {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = fd;
+}
+
+}  // namespace cskit::util

@@ -1,0 +1,50 @@
+#pragma once
+// Small, careful file I/O helpers shared by the file service and the client.
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace cskit::util {
+
+class content_digest;
+
+/// Feeds bytes [offset, offset+length) of the regular file `fd` to `digest`,
+/// reading them through a read-only memory map (no copy; the page cache is
+/// hashed in place, which is what lets the sender use sendfile). A file
+/// that shrinks underneath (SIGBUS on the mapping) is caught. Falls back to
+/// pread where mapping fails. Returns 0 or an errno (EIO: the file shrank).
+int hash_file_range(int fd, std::uint64_t offset, std::uint64_t length, content_digest& digest) noexcept;
+
+/// write(2) until done; returns 0 or an errno.
+int write_all(int fd, const void* data, std::size_t n) noexcept;
+/// pread(2) until `n` bytes or EOF; returns bytes read or -errno.
+long read_full(int fd, void* data, std::size_t n, std::uint64_t offset) noexcept;
+/// read(2) until `n` bytes or EOF; returns bytes read or -errno.
+long read_full(int fd, void* data, std::size_t n) noexcept;
+
+/// Closes the descriptor when it goes out of scope.
+class unique_fd {
+ public:
+  unique_fd() = default;
+  explicit unique_fd(int fd) noexcept : fd_(fd) {}
+  ~unique_fd();
+  unique_fd(unique_fd&& o) noexcept : fd_(o.release()) {}
+  unique_fd& operator=(unique_fd&& o) noexcept;
+  unique_fd(const unique_fd&) = delete;
+  unique_fd& operator=(const unique_fd&) = delete;
+  int get() const noexcept { return fd_; }
+  explicit operator bool() const noexcept { return fd_ >= 0; }
+  int release() noexcept {
+    int f = fd_;
+    fd_ = -1;
+    return f;
+  }
+  void reset(int fd = -1) noexcept;
+
+ private:
+  int fd_ = -1;
+};
+
+}  // namespace cskit::util
