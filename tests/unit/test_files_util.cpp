@@ -1,0 +1,199 @@
+#include "util/jail.hpp"
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "proto/frame.hpp"
+#include "util/digest.hpp"
+#include "util/file_io.hpp"
+
+namespace fs = std::filesystem;
+using namespace cskit;
+
+TEST(RemotePath, AcceptsOrdinaryPaths) {
+  for (const char* p : {"", ".", "./", "a", "a/b", "a/b/", "文件传输/报告.pdf", "with space", "..a", "a..", ".hidden",
+                        "a/...", "emoji 😀"}) {
+    EXPECT_EQ(util::check_relative_path(p), "") << p;
+  }
+}
+
+TEST(RemotePath, RefusesHostilePaths) {
+  const std::string long_name(256, 'x');
+  std::string long_path;
+  while (long_path.size() <= util::max_remote_path) long_path += "abcdefgh/";
+  for (const std::string& p :
+       {std::string(".."), std::string("../x"), std::string("a/../../x"), std::string("a/.."), std::string("/etc/passwd"),
+        std::string("//x"), std::string("a//b"), std::string("a/./b"), std::string("./a"), std::string("a\nb"),
+        std::string("a\x1b[2Jb"), std::string("a\x7f"), std::string("nul\0byte", 8), long_name, long_path,
+        std::string("a/") + long_name}) {
+    EXPECT_NE(util::check_relative_path(p), "") << p;
+  }
+  EXPECT_EQ(util::check_name(std::string(255, 'y')), "");
+}
+
+TEST(RemotePath, NormalizesAndSplits) {
+  EXPECT_EQ(util::normalize_relative("a/b/"), "a/b");
+  EXPECT_EQ(util::normalize_relative("."), "");
+  auto parts = util::split_relative("a/b/c");
+  ASSERT_EQ(parts.size(), 3u);
+  EXPECT_EQ(parts[2], "c");
+  EXPECT_TRUE(util::split_relative("").empty());
+}
+
+TEST(RemotePath, SymlinkTargets) {
+  EXPECT_TRUE(util::symlink_target_inside("a/link", "b"));
+  EXPECT_TRUE(util::symlink_target_inside("a/link", "../b"));
+  EXPECT_TRUE(util::symlink_target_inside("a/b/link", "../../c"));
+  EXPECT_FALSE(util::symlink_target_inside("link", "../x"));
+  EXPECT_FALSE(util::symlink_target_inside("a/link", "../../x"));
+  EXPECT_FALSE(util::symlink_target_inside("a/link", "/etc"));
+  EXPECT_FALSE(util::symlink_target_inside("a/link", ""));
+  EXPECT_TRUE(util::symlink_target_inside("a/link", "./b/../c"));
+}
+
+TEST(PartFiles, NamesAreBoundedAndRecognised) {
+  const std::string n = util::part_file_name(std::string(255, 'z'));
+  EXPECT_LE(n.size(), util::max_name_bytes);
+  EXPECT_TRUE(util::is_part_file_name(n));
+  EXPECT_FALSE(util::is_part_file_name("report.pdf"));
+  EXPECT_NE(util::part_file_name("a"), util::part_file_name("b"));
+}
+
+TEST(Digest, KnownVectors) {
+  // XXH3-128, canonical big-endian hex (docs/protocol.md, "Files").
+  EXPECT_EQ(util::xxh3_128_hex("hello\n", 6), "6bba86c7e069f56d5a10b435f1c8e49c");
+  EXPECT_EQ(util::xxh3_128_hex("", 0), "99aa06d3014798d86001c324468d497f");
+  util::content_digest d(true);
+  d.update("hello\n", 6);
+  EXPECT_EQ(d.xxh3_hex(), "6bba86c7e069f56d5a10b435f1c8e49c");
+  EXPECT_EQ(d.sha256_hex(), "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03");
+  EXPECT_EQ(d.bytes(), 6u);
+}
+
+TEST(Digest, StreamingEqualsOneShot) {
+  std::string data(1 << 20, '\0');
+  for (std::size_t i = 0; i < data.size(); ++i) data[i] = static_cast<char>(i * 2654435761u >> 13);
+  util::content_digest d;
+  for (std::size_t off = 0; off < data.size(); off += 4093) d.update(data.data() + off, std::min<std::size_t>(4093, data.size() - off));
+  EXPECT_EQ(d.xxh3_hex(), util::xxh3_128_hex(data.data(), data.size()));
+  d.reset();
+  EXPECT_EQ(d.xxh3_hex(), util::xxh3_128_hex("", 0));
+}
+
+TEST(FrameHeaderOnly, MatchesEncodeFrame) {
+  std::string a, b;
+  const proto::json h = {{"type", "get.data"}, {"id", 7}};
+  ASSERT_EQ(proto::encode_frame(a, h, "abcdef"), proto::errc::ok);
+  ASSERT_EQ(proto::encode_frame_header(b, h, 6), proto::errc::ok);
+  b += "abcdef";
+  EXPECT_EQ(a, b);
+  std::string c;
+  EXPECT_EQ(proto::encode_frame_header(c, h, proto::max_body_size + 1), proto::errc::body_too_large);
+  EXPECT_TRUE(c.empty());
+}
+
+TEST(StreamedBody, DeliversPiecesThenTheFrame) {
+  std::string wire;
+  ASSERT_EQ(proto::encode_frame(wire, {{"type", "put.data"}, {"id", 1}}, std::string(100000, 'q')), proto::errc::ok);
+  ASSERT_EQ(proto::encode_frame(wire, {{"type", "put.end"}, {"id", 1}}), proto::errc::ok);
+  for (std::size_t step : {std::size_t{1}, std::size_t{7}, std::size_t{4096}, wire.size()}) {
+    proto::frame_decoder d;
+    d.report_headers(true);
+    std::string body;
+    std::vector<std::string> frames;
+    int headers = 0;
+    for (std::size_t off = 0; off < wire.size(); off += step) {
+      std::string_view in(wire.data() + off, std::min(step, wire.size() - off));
+      proto::frame f;
+      while (!in.empty() || d.frame_pending()) {
+        auto st = d.decode(in, f);
+        if (st == proto::frame_decoder::status::need_more) break;
+        ASSERT_NE(st, proto::frame_decoder::status::error);
+        if (st == proto::frame_decoder::status::header) {
+          ++headers;
+          EXPECT_EQ(d.current_header().value("type", ""), "put.data");
+          d.stream_body();
+        } else if (st == proto::frame_decoder::status::body_part) {
+          body += d.body_part();
+        } else {
+          EXPECT_TRUE(f.body.empty());
+          frames.emplace_back(f.type());
+        }
+      }
+    }
+    EXPECT_EQ(headers, 1) << step;
+    EXPECT_EQ(body, std::string(100000, 'q')) << step;
+    ASSERT_EQ(frames.size(), 2u) << step;
+    EXPECT_EQ(frames[0], "put.data");
+    EXPECT_EQ(frames[1], "put.end");
+  }
+}
+
+TEST(StreamedBody, NotStreamingBuffersAsBefore) {
+  std::string wire;
+  ASSERT_EQ(proto::encode_frame(wire, {{"type", "x"}}, "body!"), proto::errc::ok);
+  proto::frame_decoder d;
+  d.report_headers(true);
+  std::string_view in(wire);
+  proto::frame f;
+  EXPECT_EQ(d.decode(in, f), proto::frame_decoder::status::header);
+  EXPECT_EQ(d.decode(in, f), proto::frame_decoder::status::frame);
+  EXPECT_EQ(f.body, "body!");
+}
+
+class JailTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/cskit-jail-XXXXXX";
+    dir_ = ::mkdtemp(tmpl);
+    fs::create_directories(dir_ / "share/sub");
+    fs::create_directories(dir_ / "outside");
+    std::ofstream(dir_ / "outside/secret") << "secret";
+    std::ofstream(dir_ / "share/sub/ok") << "ok";
+    fs::create_symlink(dir_ / "outside", dir_ / "share/abs_link");
+    fs::create_symlink("../../outside", dir_ / "share/sub/rel_link");
+    fs::create_symlink("ok", dir_ / "share/sub/inside_link");
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  fs::path dir_;
+};
+
+TEST_F(JailTest, OpensInsideAndRefusesEscapes) {
+  util::dir_jail jail(dir_ / "share");
+  util::unique_fd ok(jail.open("sub/ok", O_RDONLY));
+  EXPECT_TRUE(ok);
+  util::unique_fd via_link(jail.open("sub/inside_link", O_RDONLY));
+  EXPECT_TRUE(via_link);
+  EXPECT_EQ(jail.open("abs_link/secret", O_RDONLY), -EXDEV);
+  EXPECT_EQ(jail.open("sub/rel_link/secret", O_RDONLY), -EXDEV);
+  EXPECT_EQ(jail.open("../outside/secret", O_RDONLY), -EXDEV);  // even without the string check
+  EXPECT_EQ(jail.open("/etc/passwd", O_RDONLY), -EXDEV);
+  std::string leaf;
+  util::unique_fd parent(jail.open_parent("abs_link/new", leaf));
+  EXPECT_FALSE(parent);
+  EXPECT_EQ(leaf, "new");
+}
+
+TEST(HashFileRange, MatchesAndSurvivesAShrunkFile) {
+  char tmpl[] = "/tmp/cskit-hash-XXXXXX";
+  int fd = ::mkstemp(tmpl);
+  ASSERT_GE(fd, 0);
+  std::string data(3 << 20, 'h');
+  for (std::size_t i = 0; i < data.size(); i += 97) data[i] = static_cast<char>(i);
+  ASSERT_EQ(util::write_all(fd, data.data(), data.size()), 0);
+  util::content_digest d;
+  ASSERT_EQ(util::hash_file_range(fd, 12345, 2 << 20, d), 0);
+  EXPECT_EQ(d.xxh3_hex(), util::xxh3_128_hex(data.data() + 12345, 2 << 20));
+  // Pages past the end of the file: a SIGBUS on the mapping, reported as EIO.
+  util::content_digest d2;
+  EXPECT_EQ(util::hash_file_range(fd, 0, 64u << 20, d2), EIO);
+  ::close(fd);
+  ::unlink(tmpl);
+}
