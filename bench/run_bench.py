@@ -29,10 +29,11 @@ import udp_peers  # noqa: E402
 TOKEN = "bench-token-0123456789abcdef"
 
 
-def start_server(binary, *args):
+def start_server(binary, *args, root=None):
+    """`root`: the directory to share (default: a new one in the server's temp dir)."""
     tmp = tempfile.mkdtemp(prefix="cskit-bench-")
     env = dict(os.environ, CSKIT_TOKEN=TOKEN, HOME=tmp)
-    p = subprocess.Popen([binary, "serve", "--listen", "127.0.0.1:0", "--root", os.path.join(tmp, "share"),
+    p = subprocess.Popen([binary, "serve", "--listen", "127.0.0.1:0", "--root", root or os.path.join(tmp, "share"),
                           "--state-dir", os.path.join(tmp, "state"), "--log-level", "warn", *args],
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + 20
@@ -271,6 +272,9 @@ class PrivateSshd:
             f.write(f"ListenAddress 127.0.0.1\nPort {self.port}\nHostKey {d}/host\n"
                     f"PermitRootLogin prohibit-password\nUsePAM no\nStrictModes no\n"
                     f"AuthorizedKeysFile {d}/authorized_keys\nPidFile {d}/sshd.pid\n")
+            # scp speaks SFTP since OpenSSH 9.0: the stock Debian subsystem.
+            sftp = "/usr/lib/openssh/sftp-server"
+            f.write(f"Subsystem sftp {sftp if os.path.exists(sftp) else 'internal-sftp'}\n")
         open(f"{d}/empty", "w").close()
         home = os.path.expanduser("~")
         self.user = pwd.getpwuid(os.geteuid()).pw_name

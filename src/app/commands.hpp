@@ -125,6 +125,7 @@ struct files_options {
   bool long_format = false;  ///< ls -l
   bool no_clobber = false;
   bool quiet = false;
+  bool no_fsync = false;   ///< get --no-fsync
   std::string verify;      ///< "" or "sha256"
 };
 int run_put(const files_options& o);

@@ -237,6 +237,7 @@ int run_get(const files_options& o) {
     t.preserve = o.preserve;
     t.no_clobber = o.no_clobber;
     t.sha256 = o.verify == "sha256";
+    t.fsync = !o.no_fsync;
     t.on_progress = [&](const client::transfer_progress& p) { line.update(p); };
     auto r = fc.get(paths, local, t);
     line.done();

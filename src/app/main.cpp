@@ -235,6 +235,9 @@ it is written, written to a part file, flushed, and renamed into place only when
 match. Run the same command again after an interruption: it resumes where it stopped.
 )") + remote_help);
   }
+  get_cmd->add_flag("--no-fsync", get_o.no_fsync,
+                    "Do not flush downloaded files to disk before renaming them into place (faster, like scp; "
+                    "a power failure can then leave an incomplete file)");
   auto* ls_cmd = app.add_subcommand("ls", "List a remote directory: cskit ls [-l] [-R] HOST:[PATH]");
   ls_cmd->add_option("path", ls_o.args, "HOST:[PATH]")->required();
   ls_cmd->add_flag("-l", ls_o.long_format, "Long format: type, permissions, size, time");

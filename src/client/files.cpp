@@ -107,6 +107,13 @@ class pipeline {
     bytes_ += bytes;
   }
   bool pending(std::uint64_t id) const { return inflight_.count(id) != 0; }
+  /// Stops waiting for `id` (a later reply to it is ignored).
+  void forget(std::uint64_t id) {
+    auto it = inflight_.find(id);
+    if (it == inflight_.end()) return;
+    bytes_ -= it->second.bytes;
+    inflight_.erase(it);
+  }
   std::size_t size() const { return inflight_.size(); }
   std::size_t bytes() const { return bytes_; }
 
@@ -516,10 +523,7 @@ transfer_result file_client::put(const std::vector<std::string>& sources, const 
         // Our side failed: the source shrank or changed while being sent.
         r.errors.push_back({it.local, errc::changed, it.local + ": changed or vanished while it was being sent"});
         c_.send({{"type", "put.abort"}, {"id", id}, {"discard", true}});
-        pipe.track(id, it.remote, nullptr);  // forget the id (a late error is ignored)
-        proto::frame none;
-        none.header = {{"type", "put.aborted"}, {"id", id}};
-        pipe.handle(none);
+        pipe.forget(id);
         ++prog.files_done;
       }
       continue;
@@ -558,7 +562,7 @@ struct local_commit {
 };
 
 // Flushes and renames a batch of finished downloads: one syncfs() for all.
-void commit_all(std::vector<local_commit>& batch, bool no_clobber, transfer_result& r, std::uint64_t& files) {
+void commit_all(std::vector<local_commit>& batch, bool no_clobber, bool flush, transfer_result& r, std::uint64_t& files) {
   if (batch.empty()) return;
   std::vector<int> err(batch.size(), 0);
   for (std::size_t i = 0; i < batch.size(); ++i) {
@@ -566,7 +570,7 @@ void commit_all(std::vector<local_commit>& batch, bool no_clobber, transfer_resu
     if (::fchmod(c.file.get(), c.mode) != 0) err[i] = errno;
     if (!err[i] && c.mtime) err[i] = set_mtime(c.file.get(), *c.mtime);
   }
-  int rc = batch.size() == 1 ? ::fsync(batch.front().file.get()) : ::syncfs(batch.front().file.get());
+  int rc = !flush ? 0 : batch.size() == 1 ? ::fsync(batch.front().file.get()) : ::syncfs(batch.front().file.get());
   if (rc != 0) {
     const int e = errno;
     for (auto& x : err) x = x ? x : e;
@@ -833,6 +837,14 @@ transfer_result file_client::get(const std::vector<std::string>& sources, const 
     }
     if (e) return fail(g, local_errc(e), local_message(e, to_stdout ? "writing to stdout" : g.local), false);
     g.digest.update(data.data(), data.size());
+    constexpr std::uint64_t writeback_step = 16u << 20;
+    if (o.fsync && !to_stdout && (g.pos + data.size()) / writeback_step != g.pos / writeback_step) {
+      // Start writing back what is complete, so the final fsync has
+      // little left to do: the disk works while the network does.
+      const std::uint64_t end = (g.pos + data.size()) / writeback_step * writeback_step;
+      ::sync_file_range(g.fd.get(), static_cast<off_t>(end - writeback_step), static_cast<off_t>(writeback_step),
+                        SYNC_FILE_RANGE_WRITE);
+    }
     g.pos += data.size();
     prog.bytes_done += data.size();
     report();
@@ -862,7 +874,7 @@ transfer_result file_client::get(const std::vector<std::string>& sources, const 
     c.mode = o.preserve ? static_cast<mode_t>(g.entry.mode & 0777) : default_file_mode();
     if (o.preserve) c.mtime = h.value("mtime_ns", g.entry.mtime_ns);
     batch.push_back(std::move(c));
-    if (batch.size() >= commit_batch) commit_all(batch, o.no_clobber, r, r.files);
+    if (batch.size() >= commit_batch) commit_all(batch, o.no_clobber, o.fsync, r, r.files);
   };
 
   auto send_next = [&] {
@@ -949,7 +961,7 @@ transfer_result file_client::get(const std::vector<std::string>& sources, const 
     if (g.failed) g.fd.reset(), g.dir.reset();
     send_next();
   }
-  commit_all(batch, o.no_clobber, r, r.files);
+  commit_all(batch, o.no_clobber, o.fsync, r, r.files);
 
   if (o.preserve && !to_stdout) {
     for (auto it = dirs.rbegin(); it != dirs.rend(); ++it) {

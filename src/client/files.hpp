@@ -37,6 +37,7 @@ struct transfer_options {
   bool preserve = false;    ///< -p: mode and mtime
   bool no_clobber = false;  ///< never replace an existing file
   bool sha256 = false;      ///< --verify sha256, in addition to XXH3-128
+  bool fsync = true;        ///< get: flush downloaded files before renaming them into place
   /// Called often (after each chunk and file); the caller throttles drawing.
   std::function<void(const transfer_progress&)> on_progress;
 };

@@ -390,7 +390,7 @@ void files_session::do_list(std::uint64_t id, const json& h) {
   auto path = checked_path(id, h, "path");
   if (!path) return;
   const bool recursive = h.value("recursive", false);
-  util::unique_fd top(share_.jail().open(*path, O_RDONLY | O_NOFOLLOW));
+  util::unique_fd top(share_.jail().open(*path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK));  // a FIFO must not block
   if (!top) {
     int e = -top.release();
     if (e == ELOOP) {
@@ -949,6 +949,9 @@ void files_session::submit_commit(upload& u, std::uint64_t id) {
       ::unlinkat(dir, part.c_str(), 0);
     }
     if (dir >= 0) ::close(dir);
+    // Only a live session may be answered: it keeps its connection, and so
+    // the executor, alive. (This runs on the committer thread.)
+    if (w.expired()) return;
     boost::asio::post(ex, [w, id, err, done = std::move(done), leaf = std::move(leaf)]() mutable {
       auto self = w.lock();
       if (!self) return;

@@ -29,19 +29,19 @@ class Server:
     """A `cskit serve` process on 127.0.0.1 with a free port."""
 
     def __init__(self, *args, token=TOKEN, config_text=None, env=None, start_timeout=20, state_dir=None,
-                 log_level="info", listen="127.0.0.1:0"):
+                 log_level="info", listen="127.0.0.1:0", share=None):
         self.dir = tempfile.mkdtemp(prefix="cskit-e2e-")
         self.state = state_dir or os.path.join(self.dir, "state")
-        self.share = os.path.join(self.dir, "share")
+        self.share = share or os.path.join(self.dir, "share")
         self.home = os.path.join(self.dir, "home")
         os.makedirs(self.home)
-        cmd = [BIN, "serve", "--listen", listen, "--root", self.share,
-               "--state-dir", self.state, "--log-level", log_level, *args]
+        self._args = args
+        self._log_level = log_level
+        self._config_path = None
         if config_text is not None:
-            path = os.path.join(self.dir, "server.toml")
-            with open(path, "w") as f:
+            self._config_path = os.path.join(self.dir, "server.toml")
+            with open(self._config_path, "w") as f:
                 f.write(config_text)
-            cmd += ["--config", path]
         self.env = dict(os.environ, HOME=self.home)
         self.env.pop("CSKIT_TOKEN", None)
         self.env.pop("XDG_STATE_HOME", None)
@@ -51,7 +51,15 @@ class Server:
         self.env.update(env or {})
         self.token = token
         self.stderr_path = os.path.join(self.dir, "stderr.log")
-        self._stderr = open(self.stderr_path, "wb")
+        self._readers = []
+        self._start(listen, start_timeout, "wb")
+
+    def _start(self, listen, start_timeout, stderr_mode):
+        cmd = [BIN, "serve", "--listen", listen, "--root", self.share,
+               "--state-dir", self.state, "--log-level", self._log_level, *self._args]
+        if self._config_path is not None:
+            cmd += ["--config", self._config_path]
+        self._stderr = open(self.stderr_path, stderr_mode)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._stderr,
                                      env=self.env, stdin=subprocess.DEVNULL)
         self.banner = []
@@ -77,11 +85,22 @@ class Server:
         self.port = port
         self.address = f"127.0.0.1:{port}"
         # Keep reading stdout so the pipe can never fill and block the server.
-        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader = threading.Thread(target=self._drain, args=(self.proc,), daemon=True)
         self._reader.start()
+        self._readers.append((self.proc, self._reader))
 
-    def _drain(self):
-        for line in self.proc.stdout:
+    def restart(self, sig=signal.SIGKILL, start_timeout=20):
+        """Ends the server (SIGKILL unless told otherwise) and starts it again on the same
+        port, share, state and config. The stderr log is appended to."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=20)
+        if not self._stderr.closed:
+            self._stderr.close()
+        self._start(self.address, start_timeout, "ab")
+
+    def _drain(self, proc):
+        for line in proc.stdout:
             self.banner.append(line.decode(errors="replace"))
 
     def stderr(self):
@@ -123,9 +142,13 @@ class Server:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
-        reader = getattr(self, "_reader", None)
-        if reader:
+        for proc, reader in getattr(self, "_readers", []):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
             reader.join(timeout=5)
+            if proc.stdout:
+                proc.stdout.close()
         if self.proc.stdout:
             self.proc.stdout.close()
         shutil.rmtree(self.dir, ignore_errors=True)
