@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -472,12 +473,593 @@ def bench_chat(binary, build, runs, receivers=1000, messages=10000, rate=300):
     }
 
 
+def stop_proc(p):
+    """Stops one process this script started (by its PID), at most ~15 s."""
+    if p.poll() is None:
+        p.terminate()
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout=5)
+
+
+def wait_listening(port, proc=None, timeout=15):
+    """Waits until something listens on 127.0.0.1:port, without connecting
+    (a probe connection would be taken as the client by `iperf3 -1` or socat)."""
+    want = f"0100007F:{port:04X}"
+    deadline = time.monotonic() + timeout
+    while True:
+        with open("/proc/net/tcp") as f:
+            for line in f.readlines()[1:]:
+                parts = line.split()
+                if parts[1] == want and parts[3] == "0A":
+                    return
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before listening on {port}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+        time.sleep(0.02)
+
+
+class RsyncDaemon:
+    """rsync --daemon --no-detach on 127.0.0.1 (../shared/BENCHMARKING.md),
+    with one writable module `up` and one read-only module `src`."""
+
+    def __init__(self, up_dir, src_dir):
+        self.dir = tempfile.mkdtemp(prefix="cskit-rsyncd-")
+        self.port = free_tcp_port()
+        owner = "uid = 0\ngid = 0\n" if os.geteuid() == 0 else ""  # root would otherwise become nobody
+        with open(f"{self.dir}/rsyncd.conf", "w") as f:
+            f.write(f"address = 127.0.0.1\nport = {self.port}\nuse chroot = no\n{owner}"
+                    f"log file = {self.dir}/log\nmax connections = 0\n"
+                    f"[up]\npath = {up_dir}\nread only = false\n"
+                    f"[src]\npath = {src_dir}\nread only = true\n")
+        self.proc = subprocess.Popen(["rsync", "--daemon", "--no-detach", f"--config={self.dir}/rsyncd.conf"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_listening(self.port, self.proc)
+        except Exception:
+            self.stop()
+            raise
+
+    def url(self, module, path=""):
+        return f"rsync://127.0.0.1:{self.port}/{module}/{path}"
+
+    def stop(self):
+        stop_proc(self.proc)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def run_checked(cmd, timeout, env=None):
+    r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, timeout=timeout)
+    if r.returncode != 0:
+        shown = cmd if isinstance(cmd, str) else " ".join(cmd)
+        raise RuntimeError(f"exit {r.returncode}: {shown}: {r.stderr.decode(errors='replace').strip()[-500:]}")
+
+
+def timed(cmd, timeout, env=None):
+    """Wall seconds of one whole command (exit status checked)."""
+    t0 = time.perf_counter()
+    run_checked(cmd, timeout, env)
+    return time.perf_counter() - t0
+
+
+def timed_pipe(receiver, sender, port, timeout):
+    """Starts `receiver` (listening on port), then times `sender` until the
+    receiver has exited too, i.e. until the data is in place."""
+    rp = subprocess.Popen(receiver, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        wait_listening(port, rp)
+        t0 = time.perf_counter()
+        run_checked(sender, timeout)
+        rp.wait(timeout=timeout)
+        t = time.perf_counter() - t0
+        if rp.returncode != 0:
+            raise RuntimeError(f"exit {rp.returncode}: {receiver}: {rp.stderr.read().decode(errors='replace')[-500:]}")
+        return t
+    finally:
+        if rp.poll() is None:
+            os.killpg(rp.pid, signal.SIGTERM)  # its own session: the shell and its pipeline
+            rp.wait(timeout=10)
+        rp.stderr.close()
+
+
+def sync():
+    subprocess.run(["sync"], check=True, timeout=600)
+
+
+def write_random_file(path, size, chunk=64 << 20):
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(chunk, left)
+            f.write(os.urandom(n))
+            left -= n
+
+
+def same_file(a, b, size):
+    return os.path.getsize(b) == size and subprocess.run(["cmp", "-s", a, b], timeout=600).returncode == 0
+
+
+def check_tree(dst, expected):
+    """Every file of `expected` (relative path -> bytes) is in `dst` with its content, and nothing else."""
+    found = 0
+    for dirpath, _, files in os.walk(dst):
+        for name in files:
+            rel = os.path.relpath(os.path.join(dirpath, name), dst)
+            want = expected.get(rel)
+            if want is None:
+                raise RuntimeError(f"{dst}: unexpected file {rel}")
+            with open(os.path.join(dirpath, name), "rb") as f:
+                if f.read() != want:
+                    raise RuntimeError(f"{dst}: {rel} differs")
+            found += 1
+    if found != len(expected):
+        raise RuntimeError(f"{dst}: {found} files, expected {len(expected)}")
+
+
+def server_sockets(pid):
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
+                n += 1
+        except OSError:
+            pass
+    return n
+
+
+def bench_files(binary, runs, file_mb=2048, tree_files=10000, command="", clients=100, client_mb=20):
+    """File transfer: cskit get/put against iperf3, scp, an rsync daemon and a
+    socat pipe (one big page-cached file), a tree of small files against scp -r,
+    rsync -r and tar|socat|tar, and the server's RSS during concurrent transfers.
+    Tools alternate within each round; round 0 is an untimed warm-up."""
+    size = file_mb << 20
+    client_size = client_mb << 20
+    tmp_root = tempfile.gettempdir()
+    free = shutil.disk_usage(tmp_root).free
+    # at most: the big file and one copy, every tree (7 tools, runs + 1 rounds), the concurrent files and one copy
+    need = max(10e9, 2 * size + 7 * (runs + 1) * tree_files * 4096 * 1.2 + 2 * clients * client_size)
+    if free < need:
+        msg = f"skipped: {free / 1e9:.1f} GB free in {tmp_root}, the files benchmark needs {need / 1e9:.1f} GB"
+        print(f"files: {msg}", file=sys.stderr)
+        return {"skipped": msg, "markdown": f"## File transfer\n\n{msg}\n"}
+
+    work = tempfile.mkdtemp(prefix="cskit-bench-files-")
+    share = os.path.join(work, "share")  # the cskit share; also the rsync `src` module
+    recv = os.path.join(work, "recv")  # downloads land here
+    rsync_up = os.path.join(work, "rsync-up")  # the rsync `up` module
+    trees = os.path.join(work, "trees")  # every tree run gets a new directory in here
+    for d in (share, recv, rsync_up, trees):
+        os.makedirs(d)
+    env = dict(os.environ, CSKIT_TOKEN=TOKEN, HOME=work)  # no client config from the real home
+    big = os.path.join(share, "big.bin")
+    started = []  # (kind, object) to stop in `finally`
+    big_res = {}
+    tree_res = {}
+    mem = {}
+    try:
+        p, port, ptmp = start_server(binary, root=share)
+        started.append(("cskit", (p, ptmp)))
+        conf = os.path.join(work, "nofsync.toml")
+        with open(conf, "w") as f:
+            f.write("[files]\nfsync = false\n")
+        p2, port_nofsync, ptmp2 = start_server(binary, "--config", conf, root=share)
+        started.append(("cskit", (p2, ptmp2)))
+        sshd = PrivateSshd()
+        started.append(("sshd", sshd))
+        rsyncd = RsyncDaemon(rsync_up, share)
+        started.append(("rsyncd", rsyncd))
+        host = f"{sshd.user}@127.0.0.1"
+        scp = ["scp", "-q"] + sshd.base[1:-2] + ["-P", str(sshd.port)]  # ssh options, -p PORT -> -P PORT
+        cs = f"127.0.0.1:{port}:"
+
+        # ---- 1. one big page-cached file ------------------------------------------------
+        write_random_file(big, size)
+        sync()
+        subprocess.run(["cat", big], stdout=subprocess.DEVNULL, check=True, timeout=600)  # page-cached
+
+        def iperf(extra):
+            iport = free_tcp_port()
+            srv = subprocess.Popen(["iperf3", "-s", "-B", "127.0.0.1", "-p", str(iport), "-1"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                wait_listening(iport, srv)
+                out = subprocess.run(["iperf3", "-c", "127.0.0.1", "-p", str(iport), "-t", "5", "-J", *extra],
+                                     capture_output=True, text=True, timeout=60)
+                r = json.loads(out.stdout)
+                if out.returncode != 0 or "error" in r:
+                    raise RuntimeError(f"iperf3 {extra}: {r.get('error')}")
+                srv.wait(timeout=10)
+                return r["end"]["sum_received"]["bits_per_second"] / 8e9, None
+            finally:
+                stop_proc(srv)
+
+        def file_case(cmd, dst, pipe_port=None, receiver=None):
+            def run():
+                if receiver:
+                    t = timed_pipe(receiver, cmd, pipe_port, 600)
+                else:
+                    t = timed(cmd, 600, env)
+                return size / t / 1e9, dst
+            return run
+
+        def socat_case():
+            sport = free_tcp_port()
+            dst = os.path.join(recv, "socat.bin")
+            return file_case(["socat", "-u", "-b", "1048576", f"OPEN:{big}", f"TCP:127.0.0.1:{sport}"], dst, sport,
+                             ["socat", "-u", "-b", "1048576", f"TCP-LISTEN:{sport},bind=127.0.0.1,reuseaddr",
+                              f"OPEN:{dst},creat,trunc"])()
+
+        big_cases = [
+            ("cskit_get", file_case([binary, "get", "-q", cs + "big.bin", os.path.join(recv, "cskit.bin")],
+                                    os.path.join(recv, "cskit.bin"))),
+            ("scp_get", file_case(scp + [f"{host}:{big}", os.path.join(recv, "scp.bin")],
+                                  os.path.join(recv, "scp.bin"))),
+            ("rsync_get", file_case(["rsync", "-a", "--whole-file", rsyncd.url("src", "big.bin"),
+                                     os.path.join(recv, "rsync.bin")], os.path.join(recv, "rsync.bin"))),
+            ("cskit_put", file_case([binary, "put", "-q", big, cs + "put.bin"], os.path.join(share, "put.bin"))),
+            ("scp_put", file_case(scp + [big, f"{host}:{recv}/scp-put.bin"], os.path.join(recv, "scp-put.bin"))),
+            ("rsync_put", file_case(["rsync", "-a", "--whole-file", big, rsyncd.url("up")],
+                                    os.path.join(rsync_up, "big.bin"))),
+            ("socat", socat_case),
+            ("iperf3", lambda: iperf([])),
+            ("iperf3_sendfile", lambda: iperf(["-Z"])),
+            ("cskit_put_nofsync", file_case([binary, "put", "-q", big, f"127.0.0.1:{port_nofsync}:put-nofsync.bin"],
+                                            os.path.join(share, "put-nofsync.bin"))),
+            ("cskit_get_nofsync", file_case([binary, "get", "-q", "--no-fsync", cs + "big.bin",
+                                             os.path.join(recv, "cskit-nofsync.bin")],
+                                            os.path.join(recv, "cskit-nofsync.bin"))),
+        ]
+        big_res = {name: [] for name, _ in big_cases}
+        previous = None
+        for rnd in range(runs + 1):
+            for name, run in big_cases:
+                # Warm (BENCHMARKING.md quirk 1): delete the last received file, sync, run at once.
+                if previous:
+                    os.unlink(previous)
+                    previous = None
+                sync()
+                gbps, dst = run()
+                if dst:
+                    previous = dst
+                    if not same_file(big, dst, size):
+                        raise RuntimeError(f"{name}: {dst} is not a copy of {big}")
+                if rnd:
+                    big_res[name].append(gbps)
+        if previous:
+            os.unlink(previous)
+        os.unlink(big)
+        sync()
+
+        # ---- 2. a tree of small files --------------------------------------------------
+        tree = os.path.join(share, "tree")
+        expected = {}
+        for i in range(tree_files):
+            rel = f"d{i // 100:03d}/f{i:05d}"
+            expected[rel] = os.urandom(4096)
+            os.makedirs(os.path.join(tree, os.path.dirname(rel)), exist_ok=True)
+            with open(os.path.join(tree, rel), "wb") as f:
+                f.write(expected[rel])
+        sync()
+        subprocess.run(["tar", "cf", "/dev/null", "-C", tree, "."], check=True, timeout=600)  # page-cached
+
+        def tree_case(name, make):
+            # make(r) -> (command, destination directory); a new, never-used one every run
+            def run(r):
+                cmd, dst = make(r)
+                if name == "tar_socat":
+                    sport = free_tcp_port()
+                    os.mkdir(dst)
+                    t = timed_pipe(["bash", "-c", f"set -o pipefail; socat -u -b 1048576 TCP-LISTEN:{sport},"
+                                    f"bind=127.0.0.1,reuseaddr STDOUT | tar x -C {dst}"],
+                                   ["bash", "-c", f"set -o pipefail; tar c -C {tree} . | "
+                                    f"socat -u -b 1048576 STDIN TCP:127.0.0.1:{sport}"], sport, 600)
+                else:
+                    t = timed(cmd, 600, env)
+                return t, dst
+            return run
+
+        tree_cases = [
+            ("cskit_put", tree_case("cskit_put", lambda r: ([binary, "put", "-r", "-q", tree, f"{cs}put-tree-{r}"],
+                                                            os.path.join(share, f"put-tree-{r}")))),
+            ("scp_put", tree_case("scp_put", lambda r: (scp + ["-r", tree, f"{host}:{trees}/scp-put-{r}"],
+                                                        os.path.join(trees, f"scp-put-{r}")))),
+            ("rsync_put", tree_case("rsync_put", lambda r: (["rsync", "-r", "--whole-file", tree + "/",
+                                                             rsyncd.url("up", f"tree-{r}/")],
+                                                            os.path.join(rsync_up, f"tree-{r}")))),
+            ("cskit_get", tree_case("cskit_get", lambda r: ([binary, "get", "-r", "-q", cs + "tree",
+                                                             os.path.join(trees, f"cskit-get-{r}")],
+                                                            os.path.join(trees, f"cskit-get-{r}")))),
+            ("scp_get", tree_case("scp_get", lambda r: (scp + ["-r", f"{host}:{tree}",
+                                                                os.path.join(trees, f"scp-get-{r}")],
+                                                        os.path.join(trees, f"scp-get-{r}")))),
+            ("rsync_get", tree_case("rsync_get", lambda r: (["rsync", "-r", "--whole-file", rsyncd.url("src", "tree/"),
+                                                             os.path.join(trees, f"rsync-get-{r}")],
+                                                            os.path.join(trees, f"rsync-get-{r}")))),
+            ("tar_socat", tree_case("tar_socat", lambda r: (None, os.path.join(trees, f"tar-{r}")))),
+        ]
+        tree_res = {name: [] for name, _ in tree_cases}
+        for rnd in range(runs + 1):
+            for name, run in tree_cases:
+                sync()  # nothing of the previous run is left to write back (cskit ends with syncfs)
+                t, dst = run(rnd)
+                check_tree(dst, expected)
+                if rnd:
+                    tree_res[name].append(tree_files / t)
+        # Deleted only at the end (quirk 2): in `finally`, with everything else.
+
+        # ---- 3. server memory during concurrent transfers ------------------------------
+        # The clients read from / write to pipes that this script holds back
+        # until every transfer is open at the server, so all of them really run
+        # at once (100 processes started in a row otherwise overlap only partly).
+        conc = os.path.join(share, "conc")
+        os.makedirs(conc)
+        block = os.urandom(client_size)
+        view = memoryview(block)
+
+        def head(i):
+            return i.to_bytes(8, "big")  # file i: these 8 bytes, then block[8:]
+
+        for i in range(clients):
+            with open(os.path.join(conc, f"c{i:03d}"), "wb") as f:
+                f.write(head(i))
+                f.write(view[8:])
+        sync()
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        mem = {k: {"base": [], "gate": [], "peak": [], "per": [], "sockets": [], "seconds": []}
+               for k in ("get", "put")}
+        for rnd in range(runs):
+            for mode in ("get", "put"):
+                mp, mport, mtmp = start_server(binary, root=share)
+                started.append(("cskit", (mp, mtmp)))
+                mcs = f"127.0.0.1:{mport}:"
+                out = os.path.join(share, f"conc-put-{rnd}")  # uploads land here
+                if mode == "get":
+                    cmds = [[binary, "get", "-q", f"{mcs}conc/c{i:03d}", "-"] for i in range(clients)]
+                    warm = [binary, "get", "-q", f"{mcs}conc/c000", os.path.join(work, f"warm-{rnd}")]
+                else:
+                    os.makedirs(out)
+                    cmds = [[binary, "put", "-q", "-", f"{mcs}conc-put-{rnd}/c{i:03d}"] for i in range(clients)]
+                    warm = [binary, "put", "-q", f"{conc}/c000", f"{mcs}warm-{rnd}"]
+                procs, errors = [], []
+                try:
+                    run_checked(warm, 120, env)  # one-off allocations are not per transfer
+                    time.sleep(0.3)
+                    base = rss_kib(mp.pid)
+                    listening = server_sockets(mp.pid)
+                    pipe = {"stdout": subprocess.PIPE} if mode == "get" else {"stdin": subprocess.PIPE}
+                    procs = [subprocess.Popen(c, stderr=subprocess.PIPE, env=env, **pipe) for c in cmds]
+                    # Gate: every get has started to write to its stdout; every put holds its part file open.
+                    deadline = time.monotonic() + 120
+                    waiting = set(range(clients))
+                    while waiting and time.monotonic() < deadline:
+                        if mode == "get":
+                            ready, _, _ = select.select([procs[i].stdout for i in waiting], [], [], 0.05)
+                            waiting -= {i for i in waiting if procs[i].stdout in ready}
+                        else:
+                            parts = 0
+                            for fd in os.listdir(f"/proc/{mp.pid}/fd"):
+                                try:
+                                    parts += "/.cskit-part." in os.readlink(f"/proc/{mp.pid}/fd/{fd}")
+                                except OSError:
+                                    pass
+                            waiting = set(range(clients - parts))
+                            time.sleep(0.05)
+                        if any(x.poll() is not None for x in procs):
+                            break
+                    if waiting:
+                        raise RuntimeError(f"concurrent {mode}: {len(waiting)} of {clients} transfers did not start "
+                                           "(exits: " + ", ".join(str(x.poll()) for x in procs if x.poll()) + ")")
+                    gate = rss_kib(mp.pid)
+                    socks = server_sockets(mp.pid) - listening
+
+                    def drain(i):
+                        pos, fd = 0, procs[i].stdout.fileno()
+                        while True:
+                            chunk = os.read(fd, 1 << 20)
+                            if not chunk:
+                                break
+                            n = len(chunk)
+                            if pos + n > client_size or chunk != (
+                                    view[pos:pos + n] if pos >= 8 else (head(i) + bytes(view[8:pos + n]))[pos:]):
+                                errors.append(f"get c{i:03d}: bytes differ at {pos}")
+                                return
+                            pos += n
+                        if pos != client_size:
+                            errors.append(f"get c{i:03d}: {pos} bytes, expected {client_size}")
+
+                    def feed(i):
+                        try:
+                            procs[i].stdin.write(head(i))
+                            procs[i].stdin.write(view[8:])
+                            procs[i].stdin.close()
+                        except OSError as e:
+                            errors.append(f"put c{i:03d}: {e}")
+
+                    t0 = time.perf_counter()
+                    threads = [threading.Thread(target=drain if mode == "get" else feed, args=(i,), daemon=True)
+                               for i in range(clients)]
+                    for t in threads:
+                        t.start()
+                    peak = gate
+                    deadline = time.monotonic() + 600
+                    while (any(t.is_alive() for t in threads) or any(x.poll() is None for x in procs)) \
+                            and time.monotonic() < deadline:
+                        peak = max(peak, rss_kib(mp.pid))
+                        time.sleep(0.01)
+                    elapsed = time.perf_counter() - t0
+                    failed = []
+                    for c, x in zip(cmds, procs):
+                        if x.poll() is None:
+                            x.kill()
+                        x.wait(timeout=10)
+                        err = x.stderr.read().decode(errors="replace").strip()
+                        if x.returncode != 0:
+                            failed.append(f"exit {x.returncode}: {' '.join(c)}: {err[-300:]}")
+                    if failed or errors:
+                        raise RuntimeError(f"concurrent {mode}s: {len(failed)} of {clients} failed, "
+                                           f"{len(errors)} wrong; first: {(failed + errors)[0]}")
+                    if mode == "put":
+                        for i in range(clients):
+                            with open(f"{out}/c{i:03d}", "rb") as f:
+                                if f.read(8) != head(i) or f.read() != view[8:]:
+                                    raise RuntimeError(f"concurrent put: {out}/c{i:03d} differs")
+                finally:
+                    for x in procs:
+                        if x.poll() is None:  # only if something above failed half-way
+                            x.kill()
+                            x.wait(timeout=10)
+                        for f in (x.stdin, x.stdout, x.stderr):
+                            if f:
+                                try:
+                                    f.close()
+                                except OSError:
+                                    pass
+                    stop_server(mp, mtmp)
+                    started.remove(("cskit", (mp, mtmp)))
+                    shutil.rmtree(out, ignore_errors=True)
+                    for w in (os.path.join(work, f"warm-{rnd}"), os.path.join(share, f"warm-{rnd}")):
+                        if os.path.exists(w):
+                            os.unlink(w)
+                m = mem[mode]
+                m["base"].append(base)
+                m["gate"].append(gate)
+                m["peak"].append(peak)
+                m["per"].append((peak - base) / clients)
+                m["sockets"].append(socks)
+                m["seconds"].append(elapsed)
+    finally:
+        for kind, obj in reversed(started):
+            try:
+                if kind == "cskit":
+                    stop_server(*obj)
+                else:
+                    obj.stop()
+            except Exception as e:  # keep stopping the others
+                print(f"files: stopping {kind}: {e}", file=sys.stderr)
+        shutil.rmtree(work, ignore_errors=True)
+
+    return files_report(big_res, tree_res, mem, runs, file_mb, tree_files, clients, client_mb, command)
+
+
+def files_report(big_res, tree_res, mem, runs, file_mb, tree_files, clients, client_mb, command):
+    med = {k: statistics.median(v) for k, v in big_res.items()}
+    tmed = {k: statistics.median(v) for k, v in tree_res.items()}
+    ratios = {}
+    for d in ("get", "put"):
+        c = f"cskit_{d}"
+        ratios[f"big_{c}_over_iperf3"] = (med[c] / med["iperf3"], 0.85)
+        ratios[f"big_{c}_over_iperf3_sendfile"] = (med[c] / med["iperf3_sendfile"], None)
+        for peer in (f"scp_{d}", f"rsync_{d}", "socat"):
+            ratios[f"big_{c}_over_{peer}"] = (med[c] / med[peer], 1.0)
+        for peer in (f"scp_{d}", f"rsync_{d}"):
+            ratios[f"tree_{c}_over_{peer}"] = (tmed[c] / tmed[peer], 1.0)
+        ratios[f"tree_{c}_over_tar_socat"] = (tmed[c] / tmed["tar_socat"], 0.5)
+    for d in ("get", "put"):
+        ratios[f"big_cskit_{d}_over_cskit_{d}_nofsync"] = (med[f"cskit_{d}"] / med[f"cskit_{d}_nofsync"], None)
+
+    size_label = f"{file_mb / 1024:g} GiB" if file_mb % 1024 == 0 else f"{file_mb} MiB"
+    big_cmds = {
+        "cskit_get": "cskit get -q 127.0.0.1:P:big.bin DST",
+        "cskit_put": "cskit put -q SRC 127.0.0.1:P:put.bin",
+        "cskit_put_nofsync": "cskit put -q SRC 127.0.0.1:P:put-nofsync.bin   (server: [files] fsync = false)",
+        "scp_get": "scp -q -F /dev/null -i KEY -P P USER@127.0.0.1:SRC DST",
+        "scp_put": "scp -q -F /dev/null -i KEY -P P SRC USER@127.0.0.1:DST",
+        "rsync_get": "rsync -a --whole-file rsync://127.0.0.1:P/src/big.bin DST",
+        "rsync_put": "rsync -a --whole-file SRC rsync://127.0.0.1:P/up/",
+        "socat": "socat -u -b 1048576 OPEN:SRC TCP:127.0.0.1:P → "
+                 "socat -u -b 1048576 TCP-LISTEN:P,bind=127.0.0.1,reuseaddr OPEN:DST,creat,trunc",
+        "iperf3": "iperf3 -c 127.0.0.1 -p P -t 5 -J (receiver bits_per_second)",
+        "iperf3_sendfile": "iperf3 -c 127.0.0.1 -p P -t 5 -J -Z",
+        "cskit_get_nofsync": "cskit get -q --no-fsync 127.0.0.1:P:big.bin DST",
+    }
+    tree_cmds = {
+        "cskit_put": "cskit put -r -q TREE 127.0.0.1:P:NEW",
+        "cskit_get": "cskit get -r -q 127.0.0.1:P:tree NEW",
+        "scp_put": "scp -q -r ... TREE USER@127.0.0.1:NEW",
+        "scp_get": "scp -q -r ... USER@127.0.0.1:TREE NEW",
+        "rsync_put": "rsync -r --whole-file TREE/ rsync://127.0.0.1:P/up/NEW/",
+        "rsync_get": "rsync -r --whole-file rsync://127.0.0.1:P/src/tree/ NEW",
+        "tar_socat": "tar c -C TREE . | socat -u -b 1048576 STDIN TCP:127.0.0.1:P → socat ... STDOUT | tar x -C NEW",
+    }
+
+    def cell(cmd):
+        return "`" + cmd.replace("|", "\\|") + "`"  # a | would end the table cell
+
+    def rng(v, d):
+        return f"{min(v):,.{d}f}–{max(v):,.{d}f}"
+
+    def ratio_rows(prefix):
+        rows = []
+        for k, (v, target) in ratios.items():
+            if k.startswith(prefix):
+                ok = v > 1.0 if target == 1.0 else v >= (target or 0)
+                met = "" if target is None else ("met" if ok else "**not met**")
+                tgt = "" if target is None else ("> 1 (faster)" if target == 1.0 else f"≥ {target:g}")
+                rows.append(f"| {k[len(prefix):]} | {v:.2f} | {tgt} | {met} |")
+        return rows
+
+    md = [f"## File transfer (`{command}`)", "",
+          f"Loopback, {runs} timed round{'s' if runs != 1 else ''} after one untimed warm-up round, "
+          "tools alternating within each round; median and min–max. Every received file or tree is checked "
+          "(size and `cmp`, or every file's bytes) outside the timed part. scp is OpenSSH's (SFTP protocol) "
+          "against a private sshd with ~/.bashrc masked when run as root; rsync talks to "
+          "`rsync --daemon --no-detach`. cskit fsyncs every received file before renaming it into place "
+          "(the client unless `--no-fsync`, the server unless `[files] fsync = false`; the `_nofsync` rows "
+          "turn that off); no peer fsyncs.",
+          "",
+          f"### One {size_label} page-cached file (warm: received file deleted, `sync`, run at once)", "",
+          "| tool | command | GB/s median | min–max |", "|---|---|---|---|"]
+    for k, v in big_res.items():
+        md.append(f"| {k} | {cell(big_cmds[k])} | {statistics.median(v):.2f} | {rng(v, 2)} |")
+    md += ["", "GB/s = bytes / wall time of the whole client command (socat: until the receiver has exited); "
+           "iperf3: its receiver's figure over 5 s, memory to memory.", "",
+           "| ratio of medians | value | target | |", "|---|---|---|---|", *ratio_rows("big_"), "",
+           f"### {tree_files:,} files of 4 KiB in {(tree_files + 99) // 100} directories "
+           "(each run into a new directory, all deleted at the end; `sync` before each run)", "",
+           "| tool | command | files/s median | min–max |", "|---|---|---|---|"]
+    for k, v in tree_res.items():
+        md.append(f"| {k} | {cell(tree_cmds[k])} | {statistics.median(v):,.0f} | {rng(v, 0)} |")
+    md += ["", "| ratio of medians | value | target | |", "|---|---|---|---|", *ratio_rows("tree_"), "",
+           f"### Server memory: {clients} concurrent transfers of different {client_mb} MiB files", "",
+           f"A fresh `cskit serve` per measurement and one warm-up transfer; then {clients} `cskit get -q "
+           "127.0.0.1:P:conc/cNNN -` (or `cskit put -q - 127.0.0.1:P:DIR/cNNN`) processes whose stdout (stdin) "
+           "this script holds back until every transfer is open at the server (gets: each has written output; "
+           "puts: the server holds all part files open), then drains (feeds) all at once. The server's VmRSS is "
+           "read at that moment and every 10 ms until all clients have exited.", "",
+           "| case | RSS before KiB | all open KiB | peak KiB | (peak − before) / transfer KiB median | min–max "
+           "| connections open | wall s |", "|---|---|---|---|---|---|---|---|"]
+    for k, m in mem.items():
+        md.append(f"| {clients} × {k} | {statistics.median(m['base']):,.0f} | {statistics.median(m['gate']):,.0f} | "
+                  f"{statistics.median(m['peak']):,.0f} | {statistics.median(m['per']):,.1f} | {rng(m['per'], 1)} | "
+                  f"{statistics.median(m['sockets']):.0f} | {statistics.median(m['seconds']):.2f} |")
+    cases = {f"big_GBps_{k}": summary(v) for k, v in big_res.items()}
+    cases.update({f"tree_files_per_second_{k}": summary(v) for k, v in tree_res.items()})
+    for k, m in mem.items():
+        cases[f"concurrent_{k}_server_rss_peak_kib"] = summary(m["peak"])
+        cases[f"concurrent_{k}_server_rss_kib_per_transfer"] = summary(m["per"])
+        cases[f"concurrent_{k}_server_rss_all_open_kib"] = summary(m["gate"])
+        cases[f"concurrent_{k}_connections_open"] = summary(m["sockets"])
+    return {
+        "command": command,
+        "commands": {"big": big_cmds, "tree": tree_cmds},
+        "cases": cases,
+        "ratios": {k: v for k, (v, _) in ratios.items()},
+        "markdown": "\n".join(md) + "\n",
+    }
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default=os.path.join(ROOT, "build", "release"))
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--connections", type=int, default=10000)
-    ap.add_argument("--only", choices=["codec", "roundtrip", "memory", "udp", "exec", "chat"])
+    ap.add_argument("--only", choices=["codec", "roundtrip", "memory", "udp", "exec", "chat", "files"])
+    ap.add_argument("--file-size-mb", type=int, default=2048, help="files: size of the big file (MiB)")
+    ap.add_argument("--tree-files", type=int, default=10000, help="files: number of 4 KiB files in the tree")
     a = ap.parse_args()
     binary = os.path.join(a.build, "cskit")
     results = {"machine": {"cores": os.cpu_count(), "kernel": os.uname().release}}
@@ -491,14 +1073,21 @@ def main():
         results["exec"] = bench_exec(binary, a.build, a.runs)
     if a.only in (None, "chat"):
         results["chat"] = bench_chat(binary, a.build, max(1, a.runs // 2 + 1))
+    if a.only in (None, "files"):
+        results["files"] = bench_files(binary, a.runs, a.file_size_mb, a.tree_files,
+                                       f"python3 bench/run_bench.py --only files --runs {a.runs} "
+                                       f"--file-size-mb {a.file_size_mb} --tree-files {a.tree_files}")
     if a.only in (None, "memory"):
         results["memory"] = bench_idle_memory(binary, max(1, a.runs // 2 + 1), a.connections)
     os.makedirs(os.path.join(a.build, "..", "bench"), exist_ok=True)
     out = os.path.join(ROOT, "build", "bench", "results.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
+    markdown = [r.pop("markdown") for r in results.values() if isinstance(r, dict) and "markdown" in r]
     with open(out, "w") as f:
         json.dump(results, f, indent=2)
     print(json.dumps(results, indent=2))
+    for m in markdown:
+        print("\n" + m)
     print(f"\nwritten to {out}")
 
 

@@ -929,8 +929,9 @@ transfer_result file_client::get(const std::vector<std::string>& sources, const 
     }
     if (type == "get.begin") {
       const auto offset = f.header.value("offset", std::uint64_t{0});
-      if (offset != g.digest.bytes()) {
-        // The server did not take our part: start over.
+      if (offset != g.digest.bytes() || offset == 0) {
+        // The server did not take our part (or there was none): start over,
+        // dropping whatever an earlier attempt left in the part file.
         g.digest.reset();
         if (!to_stdout && ::ftruncate(g.fd.get(), 0) != 0) fail(g, local_errc(errno), local_message(errno, g.local), false);
         g.pos = 0;
