@@ -4,6 +4,11 @@
 Each case runs RUNS times (default 5, alternating where there are several
 cases); the median and the min-max range are reported, with the command that
 produced them. Results also go to build/bench/results.json.
+
+--only files: file transfer against iperf3, scp, an rsync daemon and socat
+(one big page-cached file, a tree of small files) and the server's memory
+with 100 concurrent transfers; prints a Markdown section after the JSON.
+Needs 10 GB free in the temp dir; --file-size-mb and --tree-files shrink it.
 """
 import argparse
 import json
