@@ -1,0 +1,1592 @@
+"""File transfer end to end: the real server and `cskit put/get/ls/stat/mkdir/rm/mv`.
+
+Covers every command and flag, buffer-boundary sizes, a 1 GiB file, UTF-8
+names, a 2,000-file tree, hostile paths in both directions (a fake server
+for the client's side), SIGKILL of either end with resume, disk full, quota,
+size limit, concurrent writers, permissions and the progress line.
+
+Every wait is bounded; everything runs on 127.0.0.1 in temporary directories.
+"""
+import errno
+import filecmp
+import glob
+import hashlib
+import io
+import json
+import os
+import pty
+import re
+import select
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import tarfile
+import tempfile
+import threading
+import time
+import unittest
+import uuid
+
+from harness import BIN, TOKEN, Server
+import cskit_client
+import wire
+
+EXIT_OK, EXIT_USAGE, EXIT_CONNECT, EXIT_AUTH, EXIT_PERMISSION = 0, 2, 3, 4, 5
+EXIT_REMOTE, EXIT_NO_SPACE, EXIT_QUOTA, EXIT_INTEGRITY = 7, 9, 10, 11
+EXIT_CHANGED, EXIT_NOT_FOUND, EXIT_EXISTS = 12, 13, 14
+
+PART_PREFIX = ".cskit-part."
+MiB = 1 << 20
+
+UMASK = os.umask(0o022)
+os.umask(UMASK)
+
+
+# ---------------------------------------------------------------- helpers
+
+def random_bytes(n, seed=None):
+    """n bytes of random data (os.urandom, or a repeatable stream from `seed`)."""
+    if seed is None:
+        return os.urandom(n)
+    out = bytearray()
+    counter = 0
+    while len(out) < n:
+        out += hashlib.sha256(b"%s:%d" % (str(seed).encode(), counter)).digest() * 64
+        counter += 1
+    return bytes(out[:n])
+
+
+def write_file(path, data):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def read_file(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def write_big(path, size, block=None):
+    """Writes `size` bytes (no holes) made of a rotating random 1 MiB block; returns the sha256."""
+    block = block or os.urandom(MiB)
+    h = hashlib.sha256()
+    with open(path, "wb") as f:
+        written, i = 0, 0
+        while written < size:
+            r = (i * 4099) % len(block)
+            chunk = (block[r:] + block[:r])[:size - written]
+            f.write(chunk)
+            h.update(chunk)
+            written += len(chunk)
+            i += 1
+    return h.hexdigest()
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(4 * MiB)
+            if not b:
+                return h.hexdigest()
+            h.update(b)
+
+
+def part_files(root):
+    """Every part file (or temporary link) below root."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for n in filenames + dirnames:
+            if n.startswith(PART_PREFIX):
+                found.append(os.path.join(dirpath, n))
+    return found
+
+
+def part_size(directory):
+    """Size of the largest part file directly in `directory` (-1: none)."""
+    best = -1
+    for p in glob.glob(os.path.join(glob.escape(directory), PART_PREFIX + "*")):
+        try:
+            best = max(best, os.path.getsize(p))
+        except OSError:
+            pass
+    return best
+
+
+def snapshot(root):
+    """relative path -> (kind, content or target) for everything below root (links not followed)."""
+    snap = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for n in dirnames + filenames:
+            full = os.path.join(dirpath, n)
+            rel = os.path.relpath(full, root)
+            st = os.lstat(full)
+            if stat.S_ISLNK(st.st_mode):
+                snap[rel] = ("link", os.readlink(full))
+            elif stat.S_ISDIR(st.st_mode):
+                snap[rel] = ("dir", stat.S_IMODE(st.st_mode))
+            elif stat.S_ISREG(st.st_mode):
+                snap[rel] = ("file", read_file(full), stat.S_IMODE(st.st_mode))
+            else:
+                snap[rel] = ("other",)
+    return snap
+
+
+def wait_until(predicate, timeout=10, step=0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
+
+
+def server_holds_a_part(pid):
+    """True while the process has a part file open."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if PART_PREFIX in os.readlink(f"/proc/{pid}/fd/{fd}"):
+                return True
+        except OSError:
+            pass
+    return False
+
+
+def resolves_inside(path, root):
+    real = os.path.realpath(path)
+    root = os.path.realpath(root)
+    return real == root or real.startswith(root + os.sep)
+
+
+class FilesTestCase(unittest.TestCase):
+    """A class-wide server (admin can read and write) and a class-wide scratch directory."""
+    server_args = ()
+    config_text = None
+
+    @classmethod
+    def setUpClass(cls):
+        cls.srv = Server(*cls.server_args, config_text=cls.config_text)
+        cls.tmp = tempfile.mkdtemp(prefix="cskit-files-")
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            cls.srv.stop()
+        finally:
+            cls.srv.cleanup()
+            shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def setUp(self):
+        # A fresh local directory and a fresh remote directory per test.
+        self.name = self.id().rsplit(".", 1)[-1]
+        self.local = os.path.join(self.tmp, self.name)
+        os.makedirs(self.local)
+        self.rdir = self.name
+        os.makedirs(os.path.join(self.srv.share, self.rdir))
+        self.rshare = os.path.join(self.srv.share, self.rdir)
+
+    def r(self, path=""):
+        """HOST:PORT:PATH for this server (path relative to the share's root)."""
+        return f"{self.srv.address}:{path}"
+
+    def rr(self, path=""):
+        """A remote path inside this test's remote directory."""
+        return self.r(f"{self.rdir}/{path}" if path else self.rdir)
+
+    def lp(self, *names):
+        return os.path.join(self.local, *names)
+
+    def env(self, token=None, user=None):
+        e = dict(self.srv.env)
+        e["CSKIT_TOKEN"] = token or self.srv.token or TOKEN
+        if user:
+            e["CSKIT_USER"] = user
+        return e
+
+    def cli(self, *args, input=None, binary=False, timeout=120, token=None, user=None, cwd=None):
+        return subprocess.run([BIN, *args], capture_output=True, env=self.env(token, user), input=input,
+                              text=not binary, timeout=timeout, cwd=cwd)
+
+    def ok(self, *args, **kw):
+        r = self.cli(*args, **kw)
+        self.assertEqual(r.returncode, EXIT_OK, f"cskit {' '.join(args)}: {r.stderr}")
+        return r
+
+    def json_ok(self, *args, **kw):
+        r = self.ok(*args, "--json", **kw)
+        j = json.loads(r.stdout)
+        self.assertTrue(j["ok"], j)
+        return j
+
+    def assert_no_parts(self, *roots):
+        for root in roots:
+            self.assertEqual(part_files(root), [], f"part files left under {root}")
+
+
+# ---------------------------------------------------------------- 1. commands and flags
+
+class Commands(FilesTestCase):
+    def test_put_and_get_single_file(self):
+        data = random_bytes(1000)
+        write_file(self.lp("one.bin"), data)
+        self.ok("put", self.lp("one.bin"), self.rr())  # into a directory: keeps its name
+        self.assertEqual(read_file(os.path.join(self.rshare, "one.bin")), data)
+        self.ok("put", self.lp("one.bin"), self.rr("renamed.bin"))  # to a new name
+        self.assertEqual(read_file(os.path.join(self.rshare, "renamed.bin")), data)
+        os.makedirs(self.lp("down"))
+        self.ok("get", self.rr("one.bin"), self.lp("down"))  # into a directory
+        self.assertEqual(read_file(self.lp("down", "one.bin")), data)
+        self.ok("get", self.rr("renamed.bin"), self.lp("down", "other.bin"))  # to a new name
+        self.assertEqual(read_file(self.lp("down", "other.bin")), data)
+        # LOCAL defaults to '.'
+        os.makedirs(self.lp("cwd"))
+        self.ok("get", self.rr("one.bin"), cwd=self.lp("cwd"))
+        self.assertEqual(read_file(self.lp("cwd", "one.bin")), data)
+        self.assert_no_parts(self.rshare, self.local)
+
+    def test_several_files_into_a_directory(self):
+        files = {f"f{i}.txt": random_bytes(i * 300 + 1) for i in range(4)}
+        for n, d in files.items():
+            write_file(self.lp("src", n), d)
+        self.ok("mkdir", self.rr("multi"))
+        j = self.json_ok("put", *[self.lp("src", n) for n in sorted(files)], self.rr("multi"))
+        self.assertEqual(j["files"], 4)
+        self.assertEqual(j["bytes"], sum(len(d) for d in files.values()))
+        for n, d in files.items():
+            self.assertEqual(read_file(os.path.join(self.rshare, "multi", n)), d)
+        os.makedirs(self.lp("back"))
+        j = self.json_ok("get", *[self.rr(f"multi/{n}") for n in sorted(files)], self.lp("back"))
+        self.assertEqual(j["files"], 4)
+        self.assertEqual(j["bytes"], sum(len(d) for d in files.values()))
+        for n, d in files.items():
+            self.assertEqual(read_file(self.lp("back", n)), d)
+        # Several sources need an existing directory on the other side.
+        r = self.cli("put", self.lp("src", "f0.txt"), self.lp("src", "f1.txt"), self.rr("nodir"))
+        self.assertEqual(r.returncode, EXIT_NOT_FOUND, r.stderr)
+        r = self.cli("get", self.rr("multi/f0.txt"), self.rr("multi/f1.txt"), self.lp("nolocaldir"))
+        self.assertEqual(r.returncode, EXIT_NOT_FOUND, r.stderr)
+        self.assertFalse(os.path.exists(self.lp("nolocaldir")))
+
+    def make_tree(self, root):
+        write_file(os.path.join(root, "top.txt"), b"top\n")
+        write_file(os.path.join(root, "empty.txt"), b"")
+        write_file(os.path.join(root, "a", "b", "deep.bin"), random_bytes(300000))
+        write_file(os.path.join(root, "a", "small"), b"s")
+        os.makedirs(os.path.join(root, "emptydir"))
+        os.makedirs(os.path.join(root, "a", "emptier"))
+        os.symlink("a/b/deep.bin", os.path.join(root, "link-to-file"))
+        os.symlink("../top.txt", os.path.join(root, "a", "up-link"))
+        os.symlink("b", os.path.join(root, "a", "dir-link"))
+        os.symlink("does-not-exist", os.path.join(root, "dangling"))
+
+    def test_recursive_tree_both_ways(self):
+        src = self.lp("tree")
+        self.make_tree(src)
+        j = self.json_ok("put", "-r", src, self.rr())
+        self.assertEqual((j["files"], j["dirs"], j["symlinks"]), (4, 5, 4), j)
+        self.assertEqual(j["bytes"], 4 + 0 + 300000 + 1)
+        self.assertEqual(snapshot(src), snapshot(os.path.join(self.rshare, "tree")))
+        self.assertTrue(os.path.islink(os.path.join(self.rshare, "tree", "a", "dir-link")))
+        os.makedirs(self.lp("back"))
+        j = self.json_ok("get", "-r", self.rr("tree"), self.lp("back"))
+        self.assertEqual((j["files"], j["dirs"], j["symlinks"]), (4, 5, 4), j)
+        self.assertEqual(snapshot(src), snapshot(self.lp("back", "tree")))
+        self.assertEqual(os.readlink(self.lp("back", "tree", "a", "up-link")), "../top.txt")
+        # The contents of a directory into a new name.
+        self.ok("get", "-r", self.rr("tree"), self.lp("renamed"))
+        self.assertEqual(snapshot(src), snapshot(self.lp("renamed")))
+        # A directory without -r is refused, both ways.
+        r = self.cli("put", src, self.rr("again"))
+        self.assertNotEqual(r.returncode, EXIT_OK)
+        self.assertIn("-r", r.stderr)
+        self.assertFalse(os.path.exists(os.path.join(self.rshare, "again")))
+        r = self.cli("get", self.rr("tree"), self.lp("norec"))
+        self.assertNotEqual(r.returncode, EXIT_OK)
+        self.assertIn("-r", r.stderr)
+        self.assertFalse(os.path.exists(self.lp("norec")))
+        self.assert_no_parts(self.rshare, self.local)
+
+    def test_preserve_times_and_modes(self):
+        old_ns = 981173106123456789  # 2001-02-03 04:05:06.123456789
+        write_file(self.lp("src", "p.sh"), b"#!/bin/sh\n")
+        os.chmod(self.lp("src", "p.sh"), 0o751)
+        os.utime(self.lp("src", "p.sh"), ns=(old_ns, old_ns))
+        os.chmod(self.lp("src"), 0o750)
+        os.utime(self.lp("src"), ns=(old_ns + 7, old_ns + 7))
+
+        def times_and_modes(root):
+            out = {}
+            for rel in ("", "p.sh"):
+                st = os.lstat(os.path.join(root, rel))
+                out[rel] = (st.st_mtime_ns, stat.S_IMODE(st.st_mode))
+            return out
+
+        want = times_and_modes(self.lp("src"))
+        self.ok("put", "-r", "-p", self.lp("src"), self.rr("kept"))
+        self.assertEqual(times_and_modes(os.path.join(self.rshare, "kept")), want)
+        self.ok("get", "-r", "-p", self.rr("kept"), self.lp("kept-back"))
+        self.assertEqual(times_and_modes(self.lp("kept-back")), want)
+        # Single files too.
+        self.ok("put", "-p", self.lp("src", "p.sh"), self.rr("single.sh"))
+        st = os.stat(os.path.join(self.rshare, "single.sh"))
+        self.assertEqual((st.st_mtime_ns, stat.S_IMODE(st.st_mode)), (old_ns, 0o751))
+        self.ok("get", "-p", self.rr("single.sh"), self.lp("single.sh"))
+        st = os.stat(self.lp("single.sh"))
+        self.assertEqual((st.st_mtime_ns, stat.S_IMODE(st.st_mode)), (old_ns, 0o751))
+
+        # Without -p: a new time and the default mode (0666 less the umask).
+        before = time.time_ns() - 2_000_000_000
+        self.ok("put", self.lp("src", "p.sh"), self.rr("fresh.sh"))
+        st = os.stat(os.path.join(self.rshare, "fresh.sh"))
+        self.assertGreater(st.st_mtime_ns, before)
+        self.assertEqual(stat.S_IMODE(st.st_mode), 0o666 & ~UMASK)
+        self.ok("get", self.rr("single.sh"), self.lp("fresh-local.sh"))
+        st = os.stat(self.lp("fresh-local.sh"))
+        self.assertGreater(st.st_mtime_ns, before)
+        self.assertEqual(stat.S_IMODE(st.st_mode), 0o666 & ~UMASK)
+
+    def test_no_clobber(self):
+        write_file(self.lp("new.txt"), b"new content\n")
+        write_file(os.path.join(self.rshare, "t.txt"), b"old remote\n")
+        write_file(os.path.join(self.rshare, "big.bin"), b"old big\n")
+        write_file(self.lp("big.bin"), random_bytes(600000))
+        r = self.cli("put", "--no-clobber", self.lp("new.txt"), self.rr("t.txt"))
+        self.assertEqual(r.returncode, EXIT_EXISTS, r.stderr)
+        self.assertIn("exists", r.stderr)
+        self.assertEqual(read_file(os.path.join(self.rshare, "t.txt")), b"old remote\n")
+        r = self.cli("put", "-n", self.lp("big.bin"), self.rr())  # streamed, not inline
+        self.assertEqual(r.returncode, EXIT_EXISTS, r.stderr)
+        self.assertEqual(read_file(os.path.join(self.rshare, "big.bin")), b"old big\n")
+        # Without -n it replaces.
+        self.ok("put", self.lp("new.txt"), self.rr("t.txt"))
+        self.assertEqual(read_file(os.path.join(self.rshare, "t.txt")), b"new content\n")
+        # get -n
+        write_file(self.lp("down", "t.txt"), b"old local\n")
+        r = self.cli("get", "-n", self.rr("t.txt"), self.lp("down"))
+        self.assertEqual(r.returncode, EXIT_EXISTS, r.stderr)
+        self.assertEqual(read_file(self.lp("down", "t.txt")), b"old local\n")
+        self.ok("get", self.rr("t.txt"), self.lp("down"))
+        self.assertEqual(read_file(self.lp("down", "t.txt")), b"new content\n")
+        # -r -n: the existing file stays, the rest arrives, exit 14.
+        write_file(self.lp("tree", "a.txt"), b"tree a\n")
+        write_file(self.lp("tree", "b.txt"), b"tree b\n")
+        write_file(os.path.join(self.rshare, "tree", "a.txt"), b"remote a\n")
+        r = self.cli("put", "-r", "-n", self.lp("tree"), self.rr())
+        self.assertEqual(r.returncode, EXIT_EXISTS, r.stderr)
+        self.assertEqual(read_file(os.path.join(self.rshare, "tree", "a.txt")), b"remote a\n")
+        self.assertEqual(read_file(os.path.join(self.rshare, "tree", "b.txt")), b"tree b\n")
+        self.assert_no_parts(self.rshare, self.local)
+
+    def test_verify_sha256(self):
+        for size in (10, 300000, 5 * MiB):
+            data = random_bytes(size)
+            write_file(self.lp(f"v{size}"), data)
+            j = self.json_ok("put", "--verify", "sha256", self.lp(f"v{size}"), self.rr())
+            self.assertEqual(j["digest"], "xxh3-128+sha256")
+            self.assertEqual((j["files"], j["bytes"]), (1, size))
+            self.assertEqual(read_file(os.path.join(self.rshare, f"v{size}")), data)
+            j = self.json_ok("get", "--verify", "sha256", self.rr(f"v{size}"), self.lp(f"back{size}"))
+            self.assertEqual(j["digest"], "xxh3-128+sha256")
+            self.assertEqual(read_file(self.lp(f"back{size}")), data)
+        j = self.json_ok("put", self.lp("v10"), self.rr("plain"))
+        self.assertEqual(j["digest"], "xxh3-128")
+        r = self.cli("put", "--verify", "md5", self.lp("v10"), self.rr())
+        self.assertEqual(r.returncode, EXIT_USAGE)
+
+    def test_quiet_and_json_summaries(self):
+        write_file(self.lp("q.txt"), b"quiet")
+        r = self.ok("put", "-q", self.lp("q.txt"), self.rr())
+        self.assertEqual((r.stdout, r.stderr), ("", ""))
+        r = self.ok("get", "-q", self.rr("q.txt"), self.lp("q2.txt"))
+        self.assertEqual((r.stdout, r.stderr), ("", ""))
+        j = self.json_ok("put", self.lp("q.txt"), self.rr("j.txt"))
+        for key in ("files", "dirs", "symlinks", "bytes", "resumed_bytes", "seconds", "bytes_per_second", "errors"):
+            self.assertIn(key, j)
+        self.assertEqual((j["files"], j["bytes"], j["resumed_bytes"], j["errors"]), (1, 5, 0, []))
+        # A failure in JSON: ok false, the error listed, and the exit code.
+        r = self.cli("put", "--json", "-n", self.lp("q.txt"), self.rr("j.txt"))
+        self.assertEqual(r.returncode, EXIT_EXISTS)
+        j = json.loads(r.stdout)
+        self.assertFalse(j["ok"])
+        self.assertEqual(j["errors"][0]["code"], "exists")
+        r = self.cli("get", "--json", self.rr("missing.txt"), self.lp("m"))
+        self.assertEqual(r.returncode, EXIT_NOT_FOUND)
+        j = json.loads(r.stdout)
+        self.assertFalse(j["ok"])
+        self.assertEqual(j["errors"][0]["code"], "not_found")
+
+    def test_stdin_tar_stream_and_stdout(self):
+        # A tar stream of a few files, some larger than one data chunk.
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for i, size in enumerate((0, 1000, 5 * MiB + 3, 300000)):
+                info = tarfile.TarInfo(f"member{i}")
+                info.size = size
+                tar.addfile(info, io.BytesIO(random_bytes(size)))
+        stream = buf.getvalue()
+        j = json.loads(self.ok("put", "--json", "-", self.rr("stream.tar"), input=stream, binary=True).stdout)
+        self.assertEqual((j["files"], j["bytes"]), (1, len(stream)))
+        self.assertEqual(read_file(os.path.join(self.rshare, "stream.tar")), stream)
+        r = self.ok("get", self.rr("stream.tar"), "-", binary=True)
+        self.assertEqual(r.stdout, stream)
+        with tarfile.open(fileobj=io.BytesIO(r.stdout)) as tar:
+            self.assertEqual(tar.getnames(), ["member0", "member1", "member2", "member3"])
+        # An empty stdin makes an empty file; stdin needs a file name.
+        self.ok("put", "-", self.rr("empty"), input=b"", binary=True)
+        self.assertEqual(read_file(os.path.join(self.rshare, "empty")), b"")
+        r = self.cli("put", "-", self.rr(), input=b"x", binary=True)
+        self.assertNotEqual(r.returncode, EXIT_OK)
+        # stdout takes one file, not a directory.
+        r = self.cli("get", self.rr(), "-", binary=True)
+        self.assertNotEqual(r.returncode, EXIT_OK)
+        self.assertEqual(r.stdout, b"")
+        self.assert_no_parts(self.rshare)
+
+    def test_ls(self):
+        write_file(os.path.join(self.rshare, "d", "inner.txt"), b"12345")
+        write_file(os.path.join(self.rshare, "f.txt"), b"abc")
+        os.chmod(os.path.join(self.rshare, "f.txt"), 0o640)
+        os.symlink("f.txt", os.path.join(self.rshare, "l"))
+        write_file(os.path.join(self.rshare, PART_PREFIX + "0123456789abcdef"), b"hidden part")
+        r = self.ok("ls", self.rr())
+        self.assertEqual(r.stdout.splitlines(), ["d/", "f.txt", "l"])
+        r = self.ok("ls", "-l", self.rr())
+        lines = r.stdout.splitlines()
+        self.assertEqual(len(lines), 3, r.stdout)
+        self.assertRegex(lines[0], r"^drwx[-rwx]{6}\s+\d+ \d{4}-\d\d-\d\d \d\d:\d\d d$")
+        self.assertRegex(lines[1], r"^-rw-r-----\s+3 \d{4}-\d\d-\d\d \d\d:\d\d f\.txt$")
+        self.assertRegex(lines[2], r"^lrwxrwxrwx\s+0 .* l -> f\.txt$")
+        r = self.ok("ls", "-R", self.rr())
+        self.assertEqual(r.stdout.splitlines(), ["d/", "d/inner.txt", "f.txt", "l"])
+        r = self.ok("ls", "-l", "-R", self.rr())
+        self.assertIn(" d/inner.txt", r.stdout)
+        j = self.json_ok("ls", self.rr())
+        self.assertEqual(j["path"], self.rdir)
+        by_name = {e["name"]: e for e in j["entries"]}
+        self.assertEqual(set(by_name), {"d", "f.txt", "l"})
+        self.assertEqual(by_name["f.txt"]["type"], "file")
+        self.assertEqual(by_name["f.txt"]["size"], 3)
+        self.assertEqual(by_name["f.txt"]["mode"], 0o640)
+        self.assertEqual(by_name["f.txt"]["mtime_ns"], os.stat(os.path.join(self.rshare, "f.txt")).st_mtime_ns)
+        self.assertEqual(by_name["d"]["type"], "dir")
+        self.assertEqual((by_name["l"]["type"], by_name["l"]["target"]), ("symlink", "f.txt"))
+        j = self.json_ok("ls", "-R", self.rr())
+        self.assertEqual([e["name"] for e in j["entries"]], ["d", "d/inner.txt", "f.txt", "l"])
+        # A file: one entry. The root: lists this test's directory. Missing: 13.
+        j = self.json_ok("ls", self.rr("f.txt"))
+        self.assertEqual([e["name"] for e in j["entries"]], ["f.txt"])
+        self.assertIn(f"{self.rdir}/", self.ok("ls", self.r()).stdout.splitlines())
+        self.assertEqual(self.cli("ls", self.rr("nope")).returncode, EXIT_NOT_FOUND)
+
+    def test_stat(self):
+        write_file(os.path.join(self.rshare, "s.txt"), b"hello")
+        os.chmod(os.path.join(self.rshare, "s.txt"), 0o604)
+        os.symlink("s.txt", os.path.join(self.rshare, "sl"))
+        r = self.ok("stat", self.rr("s.txt"))
+        self.assertRegex(r.stdout, r"type: file\n")
+        self.assertRegex(r.stdout, r"size: 5\n")
+        self.assertRegex(r.stdout, r"mode: -rw----r-- \(0604\)")
+        j = self.json_ok("stat", self.rr("s.txt"))["entry"]
+        st = os.stat(os.path.join(self.rshare, "s.txt"))
+        self.assertEqual((j["name"], j["type"], j["size"], j["mode"], j["mtime_ns"]),
+                         ("s.txt", "file", 5, 0o604, st.st_mtime_ns))
+        j = self.json_ok("stat", self.rr())["entry"]
+        self.assertEqual(j["type"], "dir")
+        j = self.json_ok("stat", self.rr("sl"))["entry"]
+        self.assertEqual((j["type"], j["target"]), ("symlink", "s.txt"))
+        self.assertIn("target: s.txt", self.ok("stat", self.rr("sl")).stdout)
+        self.assertEqual(self.json_ok("stat", self.r())["entry"]["type"], "dir")
+        self.assertEqual(self.cli("stat", self.rr("nope")).returncode, EXIT_NOT_FOUND)
+
+    def test_mkdir(self):
+        self.ok("mkdir", self.rr("m"))
+        self.assertTrue(os.path.isdir(os.path.join(self.rshare, "m")))
+        r = self.cli("mkdir", self.rr("m"))
+        self.assertEqual(r.returncode, EXIT_EXISTS, r.stderr)
+        j = self.json_ok("mkdir", "-p", self.rr("p/q/r"))
+        self.assertEqual(j["path"], f"{self.rdir}/p/q/r")
+        self.assertTrue(os.path.isdir(os.path.join(self.rshare, "p", "q", "r")))
+        self.ok("mkdir", "-p", self.rr("p/q/r"))  # exists: fine with -p
+        self.ok("mkdir", "--parents", self.rr("p/q2"))
+        write_file(os.path.join(self.rshare, "file"), b"x")
+        self.assertEqual(self.cli("mkdir", self.rr("file")).returncode, EXIT_EXISTS)
+        self.assertEqual(self.cli("mkdir", "-p", self.rr("file/sub")).returncode, EXIT_EXISTS)
+        self.assertEqual(read_file(os.path.join(self.rshare, "file")), b"x")
+        self.assertEqual(self.cli("mkdir", self.r()).returncode, EXIT_EXISTS)
+
+    def test_rm(self):
+        write_file(os.path.join(self.rshare, "f"), b"x")
+        write_file(os.path.join(self.rshare, "full", "a", "b"), b"y")
+        write_file(os.path.join(self.rshare, "full", "c"), b"z")
+        os.makedirs(os.path.join(self.rshare, "emptyd"))
+        self.ok("rm", self.rr("f"))
+        self.assertFalse(os.path.exists(os.path.join(self.rshare, "f")))
+        self.assertEqual(self.cli("rm", self.rr("f")).returncode, EXIT_NOT_FOUND)
+        self.ok("rm", self.rr("emptyd"))  # an empty directory needs no -r
+        self.assertFalse(os.path.exists(os.path.join(self.rshare, "emptyd")))
+        before = snapshot(os.path.join(self.rshare, "full"))
+        r = self.cli("rm", self.rr("full"))
+        self.assertEqual(r.returncode, EXIT_EXISTS, r.stderr)
+        self.assertIn("-r", r.stderr)
+        self.assertEqual(snapshot(os.path.join(self.rshare, "full")), before)
+        j = self.json_ok("rm", "-r", self.rr("full"))
+        self.assertEqual(j["removed"], 4)
+        self.assertFalse(os.path.exists(os.path.join(self.rshare, "full")))
+        r = self.cli("rm", "-r", self.r())
+        self.assertNotEqual(r.returncode, EXIT_OK)
+        self.assertTrue(os.path.isdir(self.rshare))
+
+    def test_mv(self):
+        write_file(os.path.join(self.rshare, "a"), b"A")
+        write_file(os.path.join(self.rshare, "b"), b"B")
+        os.makedirs(os.path.join(self.rshare, "dir"))
+        j = self.json_ok("mv", self.rr("a"), self.rr("dir"))  # into a directory
+        self.assertEqual(j["to"], f"{self.rdir}/dir/a")
+        self.assertEqual(read_file(os.path.join(self.rshare, "dir", "a")), b"A")
+        self.assertFalse(os.path.exists(os.path.join(self.rshare, "a")))
+        self.ok("mv", self.rr("dir/a"), f"{self.rdir}/renamed")  # TO without the host
+        self.assertEqual(read_file(os.path.join(self.rshare, "renamed")), b"A")
+        r = self.cli("mv", "-n", self.rr("renamed"), self.rr("b"))
+        self.assertEqual(r.returncode, EXIT_EXISTS, r.stderr)
+        self.assertEqual(read_file(os.path.join(self.rshare, "renamed")), b"A")
+        self.assertEqual(read_file(os.path.join(self.rshare, "b")), b"B")
+        r = self.cli("mv", "--no-clobber", self.rr("renamed"), self.rr("b"))
+        self.assertEqual(r.returncode, EXIT_EXISTS, r.stderr)
+        self.ok("mv", self.rr("renamed"), self.rr("b"))  # replaces without -n
+        self.assertEqual(read_file(os.path.join(self.rshare, "b")), b"A")
+        self.assertFalse(os.path.exists(os.path.join(self.rshare, "renamed")))
+        self.assertEqual(self.cli("mv", self.rr("nope"), self.rr("x")).returncode, EXIT_NOT_FOUND)
+        r = self.cli("mv", self.rr("dir"), self.rr("dir/inside"))
+        self.assertNotEqual(r.returncode, EXIT_OK)
+        self.assertTrue(os.path.isdir(os.path.join(self.rshare, "dir")))
+
+    def test_missing_parent_is_not_found(self):
+        """A path whose parent directory does not exist is 'not found' (13), whatever the command."""
+        write_file(self.lp("f"), b"x")
+        cases = [
+            ("stat", self.rr("nodir/x")),
+            ("get", self.rr("nodir/x"), self.lp("out")),
+            ("rm", self.rr("nodir/x")),
+            ("mkdir", self.rr("nodir/x")),
+            ("mv", self.rr("nodir/x"), self.rr("y")),
+            ("put", self.lp("f"), self.rr("nodir/x")),
+        ]
+        for args in cases:
+            with self.subTest(args=args[0]):
+                r = self.cli(*args)
+                self.assertEqual(r.returncode, EXIT_NOT_FOUND, f"cskit {' '.join(args)}: {r.stderr}")
+                self.assertNotIn("[permission_denied]", r.stderr)
+        self.assertFalse(os.path.exists(os.path.join(self.rshare, "nodir")))
+
+
+# ---------------------------------------------------------------- 2, 3. sizes
+
+class Sizes(FilesTestCase):
+    SIZES = [0, 1, 65535, 65536, 65537, 262143, 262144, 262145, 4194303, 4194304, 4194305, 8388609]
+
+    def test_boundary_sizes_both_ways(self):
+        data = {n: random_bytes(n) for n in self.SIZES}
+        for n, d in data.items():
+            write_file(self.lp("src", f"s{n}"), d)
+        j = self.json_ok("put", *[self.lp("src", f"s{n}") for n in self.SIZES], self.rr())
+        self.assertEqual((j["files"], j["bytes"]), (len(self.SIZES), sum(self.SIZES)))
+        for n, d in data.items():
+            self.assertEqual(read_file(os.path.join(self.rshare, f"s{n}")), d, f"put of {n} bytes")
+        j = self.json_ok("get", "-r", self.rr(), self.lp("back"))
+        self.assertEqual((j["files"], j["bytes"]), (len(self.SIZES), sum(self.SIZES)))
+        for n, d in data.items():
+            self.assertEqual(read_file(self.lp("back", f"s{n}")), d, f"get -r of {n} bytes")
+        for n, d in data.items():
+            with self.subTest(size=n):
+                # One file at a time, each way; stdin and stdout too.
+                self.ok("put", self.lp("src", f"s{n}"), self.rr(f"single{n}"))
+                self.assertEqual(read_file(os.path.join(self.rshare, f"single{n}")), d)
+                self.ok("get", self.rr(f"single{n}"), self.lp(f"single{n}"))
+                self.assertEqual(read_file(self.lp(f"single{n}")), d)
+                self.ok("put", "-", self.rr(f"stdin{n}"), input=d, binary=True)
+                self.assertEqual(read_file(os.path.join(self.rshare, f"stdin{n}")), d)
+                self.assertEqual(self.ok("get", self.rr(f"stdin{n}"), "-", binary=True).stdout, d)
+        self.assert_no_parts(self.rshare, self.local)
+
+    def test_one_gibibyte_both_ways(self):
+        size = 1 << 30
+        src = self.lp("big")
+        want = write_big(src, size)
+        try:
+            j = self.json_ok("put", "-q", src, self.rr(), timeout=600)
+            self.assertEqual((j["files"], j["bytes"]), (1, size))
+            remote = os.path.join(self.rshare, "big")
+            self.assertEqual(os.path.getsize(remote), size)
+            self.assertEqual(sha256_file(remote), want)
+            os.unlink(src)
+            j = self.json_ok("get", "-q", self.rr("big"), self.lp("big-back"), timeout=600)
+            self.assertEqual((j["files"], j["bytes"]), (1, size))
+            self.assertEqual(sha256_file(self.lp("big-back")), want)
+            self.assert_no_parts(self.rshare, self.local)
+        finally:
+            for p in (src, self.lp("big-back"), os.path.join(self.rshare, "big")):
+                if os.path.exists(p):
+                    os.unlink(p)
+
+
+# ---------------------------------------------------------------- 4, 5. names and many files
+
+class NamesAndTrees(FilesTestCase):
+    NAMES = ["文件传输/报告.pdf", "🚀 launch 🎉.txt", "name with  spaces .txt", " leading space",
+             "Ελληνικά/ñandú/Ωmega.bin", "日本語 ディレクトリ/ファイル", "emoji 👩‍👩‍👧‍👦/family", "trailing.dot.",
+             "-dash-first", "e\u0301 combining"]
+
+    def test_utf8_names_both_ways(self):
+        for i, n in enumerate(self.NAMES):
+            write_file(self.lp("u", n), f"content {i} {n}\n".encode())
+        self.ok("put", "-r", self.lp("u"), self.rr())
+        self.assertEqual(snapshot(self.lp("u")), snapshot(os.path.join(self.rshare, "u")))
+        listed = self.ok("ls", "-R", self.rr("u")).stdout.splitlines()
+        for n in self.NAMES:
+            self.assertIn(n, listed)
+        j = self.json_ok("ls", "-R", self.rr("u"))
+        self.assertEqual({e["name"] for e in j["entries"] if e["type"] == "file"}, set(self.NAMES))
+        j = self.json_ok("ls", self.rr("u/文件传输"))
+        self.assertEqual([e["name"] for e in j["entries"]], ["报告.pdf"])
+        self.ok("get", "-r", self.rr("u"), self.lp("back"))
+        self.assertEqual(snapshot(self.lp("u")), snapshot(self.lp("back")))
+        # Single files by their UTF-8 names, both ways, and the other commands.
+        self.ok("put", self.lp("u", "文件传输", "报告.pdf"), self.rr("报告 副本.pdf"))
+        self.ok("get", self.rr("报告 副本.pdf"), self.lp("下载.pdf"))
+        self.assertEqual(read_file(self.lp("下载.pdf")), read_file(self.lp("u", "文件传输", "报告.pdf")))
+        self.assertEqual(self.json_ok("stat", self.rr("报告 副本.pdf"))["entry"]["name"], "报告 副本.pdf")
+        self.ok("mkdir", self.rr("新目录 🗂"))
+        self.ok("mv", self.rr("报告 副本.pdf"), self.rr("新目录 🗂"))
+        self.assertTrue(os.path.isfile(os.path.join(self.rshare, "新目录 🗂", "报告 副本.pdf")))
+        self.ok("rm", "-r", self.rr("新目录 🗂"))
+        self.assertFalse(os.path.exists(os.path.join(self.rshare, "新目录 🗂")))
+
+    def test_two_thousand_small_files(self):
+        src = self.lp("many")
+        for i in range(2000):
+            write_file(os.path.join(src, f"d{i % 25:02d}", f"sub{i % 3}", f"f{i:04d}.dat"), random_bytes(i % 1500))
+        j = self.json_ok("put", "-r", src, self.rr(), timeout=300)
+        self.assertEqual(j["files"], 2000)
+        j = self.json_ok("get", "-r", self.rr("many"), self.lp("back"), timeout=300)
+        self.assertEqual(j["files"], 2000)
+
+        def same_tree(a, b):
+            cmp = filecmp.dircmp(a, b)
+            self.assertEqual((cmp.left_only, cmp.right_only, cmp.funny_files), ([], [], []), (a, b))
+            _, mismatch, errors = filecmp.cmpfiles(a, b, cmp.common_files, shallow=False)
+            self.assertEqual((mismatch, errors), ([], []), (a, b))
+            for d in cmp.common_dirs:
+                same_tree(os.path.join(a, d), os.path.join(b, d))
+
+        same_tree(src, os.path.join(self.rshare, "many"))
+        same_tree(src, self.lp("back"))  # a new name: the directory's contents go straight in
+        self.assertEqual(sum(len(f) for _, _, f in os.walk(self.lp("back"))), 2000)
+        self.assert_no_parts(self.rshare, self.local)
+
+
+# ---------------------------------------------------------------- 6. hostile paths
+
+LEXICAL_HOSTILE = [
+    "..", "../x", "../../etc/passwd", "a/../../x", "a/b/../../../x", "a/..", "a/../b", "./..", "..//x",
+    "../cskit-e2e-escape", "/etc/passwd", "/", "//x", "/../x", "a//b", "a/b//", "a\0b", "\0", "x\x01y", "x\ny", "x\ty", "x\x1b[31mred",
+    "x\x7f", "x\ry", "n" * 256, "é" * 128, "d/" + "n" * 256, ("d/" * 2048) + "x",
+    PART_PREFIX + "0123456789abcdef", "sub/" + PART_PREFIX + "0123456789abcdef", PART_PREFIX + "x/y",
+]
+
+
+class HostilePaths(FilesTestCase):
+    """The server refuses paths that leave the share (or that it reserves), and changes nothing."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.tag = "cskit-e2e-hostile-" + uuid.uuid4().hex[:12]
+        cls.outside = os.path.join(cls.tmp, "outside")
+        write_file(os.path.join(cls.outside, "secret"), b"outside secret\n")
+        write_file(os.path.join(cls.outside, "sub", "deeper"), b"deeper secret\n")
+        share = cls.srv.share
+        os.symlink("/etc", os.path.join(share, "evil"))
+        os.symlink(cls.outside, os.path.join(share, "evo"))
+        os.symlink(os.path.join(cls.outside, "secret"), os.path.join(share, "lnk-file"))
+        rel = os.path.relpath(cls.outside, share)
+        os.symlink(rel, os.path.join(share, "rel-out"))
+        os.symlink("../..", os.path.join(share, "upl"))
+        write_file(os.path.join(share, "victim"), b"victim\n")
+        cls.etc_before = sorted(os.listdir("/etc"))
+
+    def setUp(self):
+        super().setUp()
+        self.outside_before = snapshot(self.outside)
+
+    def tearDown(self):
+        self.assertEqual(snapshot(self.outside), self.outside_before, "something changed outside the share")
+        self.assert_nothing_tagged()
+
+    def assert_nothing_tagged(self):
+        places = ["/etc", "/tmp", self.tmp, self.outside, os.path.dirname(self.srv.share),
+                  os.path.dirname(os.path.dirname(self.srv.share))]
+        for place in places:
+            for n in os.listdir(place):
+                self.assertNotIn(self.tag, n, f"created outside the share: {place}/{n}")
+        for dirpath, dirnames, filenames in os.walk(self.outside):
+            for n in dirnames + filenames:
+                self.assertNotIn(self.tag, n)
+
+    def client(self):
+        return cskit_client.Client.connect("127.0.0.1", self.srv.port, "admin", TOKEN, timeout=20)
+
+    def digest_of(self, body):
+        path = os.path.join(self.srv.share, "digest-" + uuid.uuid4().hex)
+        write_file(path, body)
+        try:
+            with self.client() as c:
+                h, b = c.request("get", path=os.path.basename(path))
+            self.assertEqual(b, body)
+            return h["xxh3"]
+        finally:
+            os.unlink(path)
+
+    def raw_requests(self, path, body, digest):
+        return [
+            ("fs.stat", {"path": path}, b""),
+            ("fs.list", {"path": path, "recursive": True}, b""),
+            ("get", {"path": path}, b""),
+            ("put", {"path": path, "inline": True, "size": len(body), "xxh3": digest}, body),
+            ("put", {"path": path, "size": 300000, "resume": True}, b""),
+            ("fs.mkdir", {"path": path, "parents": True}, b""),
+            ("fs.mkdir", {"path": path}, b""),
+            ("fs.rm", {"path": path, "recursive": True}, b""),
+            ("fs.mv", {"from": "victim", "to": path}, b""),
+            ("fs.mv", {"from": path, "to": "moved-" + self.tag}, b""),
+            ("fs.symlink", {"path": path, "target": "victim"}, b""),
+            ("fs.setattr", {"path": path, "mode": 0o777}, b""),
+        ]
+
+    def test_lexical_paths_refused_by_the_server(self):
+        self.assertGreaterEqual(len(LEXICAL_HOSTILE), 30)
+        share_before = snapshot(self.srv.share)
+        payload = b"hostile " + self.tag.encode()
+        digest = self.digest_of(payload)
+        with self.client() as c:
+            for path in LEXICAL_HOSTILE:
+                for typ, fields, body in self.raw_requests(path, payload, digest):
+                    with self.subTest(path=path[:60], request=typ):
+                        with self.assertRaises(cskit_client.RemoteError) as cm:
+                            c.request(typ, body, **fields)
+                        self.assertEqual(cm.exception.code, "bad_path", cm.exception.message)
+        self.assertEqual(snapshot(self.srv.share), share_before)
+
+    def test_lexical_paths_refused_via_the_cli(self):
+        write_file(self.lp("f"), b"f")
+        share_before = snapshot(self.srv.share)
+        for path in ["..", "../x", "a/../../x", "a//b", "x\x01y", "n" * 256, PART_PREFIX + "0123456789abcdef",
+                     "../" + self.tag]:
+            for args in (("stat", self.r(path)), ("ls", self.r(path)), ("mkdir", "-p", self.r(path)),
+                         ("rm", "-r", self.r(path)), ("mv", self.r("victim"), self.r(path)),
+                         ("put", self.lp("f"), self.r(path)), ("get", self.r(path), self.lp("out"))):
+                with self.subTest(path=path[:40], cmd=args[0]):
+                    r = self.cli(*args)
+                    self.assertNotEqual(r.returncode, EXIT_OK, r.stdout)
+                    self.assertEqual(r.returncode, EXIT_REMOTE, r.stderr)
+        self.assertEqual(snapshot(self.srv.share), share_before)
+        self.assertFalse(os.path.lexists(self.lp("out")))
+
+    def test_symlinks_planted_in_the_share(self):
+        share_before = snapshot(self.srv.share)
+        t = self.tag
+        write_file(self.lp("f"), b"payload")
+        refused = [
+            ("get", self.r("evil/passwd"), self.lp("got")),
+            ("get", self.r("evil/hostname"), "-"),
+            ("get", self.r("evo/secret"), self.lp("got")),
+            ("get", self.r("rel-out/secret"), self.lp("got")),
+            ("get", self.r("lnk-file"), self.lp("got")),
+            ("get", self.r("upl/" + os.path.basename(self.tmp) + "/outside/secret"), self.lp("got")),
+            ("get", "-r", self.r("evo/sub"), self.lp("got")),
+            ("stat", self.r("evil/passwd")),
+            ("stat", self.r("evo/secret")),
+            ("ls", self.r("evo/sub")),
+            ("ls", self.r("evil/ssl")),
+            ("put", self.lp("f"), self.r("evil/" + t)),
+            ("put", self.lp("f"), self.r("evo/" + t)),
+            ("put", self.lp("f"), self.r("evo/secret")),
+            ("put", self.lp("f"), self.r("upl/" + t)),
+            ("put", self.lp("f"), self.r("rel-out/" + t)),
+            ("mkdir", "-p", self.r(f"evil/{t}/x")),
+            ("mkdir", "-p", self.r(f"evo/{t}/x")),
+            ("mkdir", self.r(f"evo/{t}")),
+            ("mkdir", self.r(f"upl/{t}")),
+            ("rm", self.r("evo/secret")),
+            ("rm", "-r", self.r("evo/sub")),
+            ("rm", self.r("evil/../..")),
+            ("rm", "-r", self.r("upl/..")),
+            ("mv", self.r("evo/secret"), self.r("stolen-" + t)),
+            ("mv", self.r("evo/sub"), self.r("stolen-" + t)),
+            ("mv", self.r("victim"), self.r(f"evo/{t}")),
+            ("mv", self.r("victim"), self.r(f"evil/{t}")),
+            ("mv", self.r("victim"), self.r(f"upl/{t}")),
+        ]
+        for args in refused:
+            with self.subTest(args=" ".join(args[:-1] if args[0] in ("get", "put") else args)):
+                r = self.cli(*args, binary=True)
+                self.assertNotEqual(r.returncode, EXIT_OK, r.stdout[:200])
+                self.assertNotIn(b"root:", r.stdout)
+                self.assertNotIn(b"secret", r.stdout)
+        self.assertFalse(os.path.lexists(self.lp("got")))
+        # Listing a link shows the link, never what is behind it.
+        for link in ("evil", "evil/", "evo", "upl"):
+            with self.subTest(ls=link):
+                j = self.json_ok("ls", "-R", self.r(link))
+                self.assertEqual([(e["name"], e["type"]) for e in j["entries"]], [(link.rstrip("/"), "symlink")])
+        listed = self.json_ok("ls", "-R", self.r())["entries"]
+        self.assertFalse([e for e in listed if "/" in e["name"] and e["name"].split("/")[0] in
+                          ("evil", "evo", "upl", "rel-out")], listed)
+        self.assertEqual(snapshot(self.srv.share), share_before)
+        # Raw requests that the CLI does not make.
+        with self.client() as c:
+            for typ, fields in [("fs.setattr", {"path": "evo/secret", "mode": 0o777}),
+                                ("fs.setattr", {"path": "evil/passwd", "mtime_ns": 0}),
+                                ("fs.symlink", {"path": f"evo/{t}", "target": "x"}),
+                                ("fs.symlink", {"path": f"upl/{t}", "target": "x"}),
+                                ("put", {"path": f"evo/{t}", "size": 300000, "resume": True}),
+                                ("fs.list", {"path": "evo/sub", "recursive": True}),
+                                ("get", {"path": "lnk-file"})]:
+                with self.subTest(raw=typ, path=fields["path"]):
+                    with self.assertRaises(cskit_client.RemoteError):
+                        c.request(typ, **fields)
+            # On the link itself: a no-op at most (tearDown checks that the target kept its mode).
+            try:
+                c.request("fs.setattr", path="lnk-file", mode=0o777, mtime_ns=0)
+            except cskit_client.RemoteError:
+                pass
+        self.assertEqual(snapshot(self.srv.share), share_before)
+        # get -r of the share: the links that point outside are not recreated locally.
+        r = self.cli("get", "-r", self.r(), self.lp("whole"))
+        self.assertNotEqual(r.returncode, EXIT_OK)
+        for dirpath, dirnames, filenames in os.walk(self.lp("whole")):
+            for n in dirnames + filenames:
+                p = os.path.join(dirpath, n)
+                if os.path.islink(p):
+                    self.assertTrue(resolves_inside(p, self.lp("whole")), f"{p} -> {os.readlink(p)}")
+
+    def test_put_replaces_a_link_instead_of_writing_through_it(self):
+        os.symlink(os.path.join(self.outside, "secret"), os.path.join(self.rshare, "through"))
+        write_file(self.lp("f"), b"replacement")
+        write_file(self.lp("big"), random_bytes(400000))
+        self.ok("put", self.lp("f"), self.rr("through"))
+        self.assertFalse(os.path.islink(os.path.join(self.rshare, "through")))
+        self.assertEqual(read_file(os.path.join(self.rshare, "through")), b"replacement")
+        os.unlink(os.path.join(self.rshare, "through"))
+        os.symlink(os.path.join(self.outside, "secret"), os.path.join(self.rshare, "through"))
+        self.ok("put", self.lp("big"), self.rr("through"))
+        self.assertFalse(os.path.islink(os.path.join(self.rshare, "through")))
+        # rm -r of a link to a directory removes the link only.
+        os.symlink(self.outside, os.path.join(self.rshare, "dirlink"))
+        self.ok("rm", "-r", self.rr("dirlink/"))
+        self.assertFalse(os.path.lexists(os.path.join(self.rshare, "dirlink")))
+        os.symlink(self.outside, os.path.join(self.rshare, "dirlink"))
+        self.ok("rm", "-r", self.rr("dirlink"))
+        self.assertFalse(os.path.lexists(os.path.join(self.rshare, "dirlink")))
+
+    def test_symlink_targets_outside_refused(self):
+        # Into the share's root, so that '../../x' from tree/ leaves the share.
+        tname = "tree-" + uuid.uuid4().hex[:8]
+        tree = self.lp(tname)
+        write_file(os.path.join(tree, "ok.txt"), b"fine")
+        os.symlink("/etc/passwd", os.path.join(tree, "abs"))
+        os.symlink("/", os.path.join(tree, "root"))
+        os.symlink("../../" + self.tag, os.path.join(tree, "up2"))
+        os.makedirs(os.path.join(tree, "sub"))
+        os.symlink("../../../" + self.tag, os.path.join(tree, "sub", "up3"))
+        os.symlink("../ok.txt", os.path.join(tree, "sub", "fine-link"))
+        r = self.cli("put", "-r", "--json", tree, self.r())
+        self.assertEqual(r.returncode, EXIT_REMOTE, r.stderr)
+        j = json.loads(r.stdout)
+        self.assertEqual(j["symlinks"], 1)
+        self.assertEqual({e["code"] for e in j["errors"]}, {"bad_path"})
+        self.assertEqual(len(j["errors"]), 4, j["errors"])
+        remote = os.path.join(self.srv.share, tname)
+        self.assertEqual(read_file(os.path.join(remote, "ok.txt")), b"fine")
+        self.assertEqual(os.readlink(os.path.join(remote, "sub", "fine-link")), "../ok.txt")
+        for n in ("abs", "root", "up2", "sub/up3"):
+            self.assertFalse(os.path.lexists(os.path.join(remote, n)), n)
+        # The same targets in raw requests, at the share's root too.
+        with self.client() as c:
+            for path, target in [("l1", "/etc/passwd"), ("l2", "../x"), ("l3", ".."), ("d/l4", "../../x"),
+                                 ("l5", "a/../../x"), ("l6", "/"), (f"{self.rdir}/l7", "../../" + self.tag),
+                                 ("l8", "x\0y"), ("l9", "a" * 5000)]:
+                with self.subTest(path=path, target=target[:20]):
+                    with self.assertRaises(cskit_client.RemoteError) as cm:
+                        c.request("fs.symlink", path=path, target=target)
+                    self.assertIn(cm.exception.code, ("bad_path", "not_found", "bad_request"))
+                    self.assertFalse(os.path.lexists(os.path.join(self.srv.share, path)))
+        self.assert_no_parts(self.srv.share)
+
+    def test_chained_symlink_target_resolving_outside_refused(self):
+        """T -> '..' is inside; U -> 'T/../..' looks inside lexically but resolves outside the share."""
+        tree = self.lp("trick")
+        os.makedirs(tree)
+        os.symlink("..", os.path.join(tree, "T"))
+        os.symlink("T/../..", os.path.join(tree, "U"))
+        self.cli("put", "-r", tree, self.rr())
+        remote = os.path.join(self.rshare, "trick")
+        try:
+            for n in os.listdir(remote):
+                p = os.path.join(remote, n)
+                self.assertTrue(resolves_inside(p, self.srv.share),
+                                f"the server created {p} -> {os.readlink(p)}, which resolves to "
+                                f"{os.path.realpath(p)}, outside the share")
+        finally:
+            shutil.rmtree(remote, ignore_errors=True)
+
+    def test_escape_reported_as_bad_path(self):
+        """A path that leads outside through a link is bad_path (7) with the server's own message."""
+        for args in (("stat", self.r("evo/secret")), ("get", self.r("evil/passwd"), self.lp("x")),
+                     ("rm", self.r("evo/secret")), ("mkdir", self.r("evo/" + self.tag))):
+            with self.subTest(cmd=args[0]):
+                r = self.cli(*args)
+                self.assertIn("leads outside the share", r.stderr)
+                self.assertEqual(r.returncode, EXIT_REMOTE, r.stderr)
+                self.assertIn("[bad_path]", r.stderr)
+
+    def test_fifo_in_the_share_does_not_block_the_server(self):
+        with Server() as srv:
+            os.mkfifo(os.path.join(srv.share, "fifo"))
+            env = dict(srv.env, CSKIT_TOKEN=TOKEN)
+            try:
+                for args in (("ls", f"{srv.address}:fifo"), ("get", f"{srv.address}:fifo", self.lp("fifo-out")),
+                             ("stat", f"{srv.address}:fifo"), ("ls", "-R", f"{srv.address}:")):
+                    with self.subTest(args=args):
+                        try:
+                            r = subprocess.run([BIN, *args], env=env, capture_output=True, text=True, timeout=10)
+                        except subprocess.TimeoutExpired:
+                            self.fail(f"cskit {' '.join(args)} hung: the server blocked on the FIFO")
+                        self.assertIn(r.returncode, (EXIT_OK, EXIT_REMOTE), r.stderr)
+                r = subprocess.run([BIN, "stat", f"{srv.address}:"], env=env, capture_output=True, timeout=10)
+                self.assertEqual(r.returncode, EXIT_OK)
+            finally:
+                # Unblock a server thread stuck in open(2) on the FIFO.
+                try:
+                    os.close(os.open(os.path.join(srv.share, "fifo"), os.O_WRONLY | os.O_NONBLOCK))
+                except OSError:
+                    pass
+            self.assertFalse(os.path.exists(self.lp("fifo-out")))
+
+
+# ---------------------------------------------------------------- 6b. a malicious server
+
+class FakeFileServer:
+    """Speaks the handshake and answers fs.stat / fs.list / get from tables, to test the client."""
+
+    def __init__(self, stats, listing, files):
+        self.stats, self.listing, self.files = stats, listing, files
+        self.requests = []
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.port = self.sock.getsockname()[1]
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        self.sock.settimeout(0.2)
+        deadline = time.monotonic() + 120
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with conn:
+                try:
+                    self.serve(conn)
+                except (OSError, EOFError, ValueError, KeyError):
+                    pass
+
+    def serve(self, conn):
+        nonce = os.urandom(32)
+        conn.sendall(wire.encode({"type": "hello", "proto": 1, "server": "cskit", "version": "0.1.0",
+                                  "name": "fake", "auth": ["hmac-sha256"], "nonce": nonce.hex()}))
+        auth, _ = wire.read_frame(conn, 20)
+        proof = wire.proof(b"cskit/1 server", TOKEN, auth["user"], nonce, bytes.fromhex(auth["nonce"]))
+        conn.sendall(wire.encode({"type": "welcome", "id": auth["id"], "user": auth["user"],
+                                  "permissions": ["files-read", "files-write"], "proof": proof}))
+        while not self.stop.is_set():
+            h, _ = wire.read_frame(conn, 30)
+            self.requests.append(h)
+            t, rid = h["type"], h.get("id")
+            if t == "ping":
+                conn.sendall(wire.encode({"type": "pong", "id": rid}))
+            elif t == "fs.stat" and h.get("path") in self.stats:
+                conn.sendall(wire.encode({"type": "fs.stat.reply", "id": rid, "entry": self.stats[h["path"]]}))
+            elif t == "fs.list" and h.get("path") in self.stats:
+                body = json.dumps(self.listing).encode()
+                conn.sendall(wire.encode({"type": "fs.list.reply", "id": rid, "count": len(self.listing),
+                                          "done": True, "skipped": 0}, body))
+            elif t == "get" and h.get("path") in self.files:
+                header, body = self.files[h["path"]]
+                conn.sendall(wire.encode(dict(header, id=rid), body))
+            elif t == "get":
+                header, body = self.files["*"]  # anything else: a plausible file, to see if it is written
+                conn.sendall(wire.encode(dict(header, id=rid), body))
+            else:
+                conn.sendall(wire.encode({"type": "error", "id": rid, "code": "not_found",
+                                          "message": "no such file or directory"}))
+
+    def close(self):
+        self.stop.set()
+        self.sock.close()
+        self.thread.join(timeout=10)
+
+
+class ClientRefusesHostileServer(FilesTestCase):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        # Genuine get.file replies (with their XXH3 digests) from the real server.
+        write_file(os.path.join(cls.srv.share, "good.txt"), b"good content\n")
+        write_file(os.path.join(cls.srv.share, "pwned"), b"PWNED\n")
+        with cskit_client.Client.connect("127.0.0.1", cls.srv.port, "admin", TOKEN) as c:
+            cls.good = c.request("get", path="good.txt")
+            cls.pwned = c.request("get", path="pwned")
+
+    def file_entry(self, name, size=6, mode=0o644):
+        return {"name": name, "type": "file", "size": size, "mode": mode, "mtime_ns": 10 ** 18}
+
+    def run_get(self, listing, *flags, new_name=False):
+        stats = {"root": {"name": "root", "type": "dir", "size": 0, "mode": 0o755, "mtime_ns": 10 ** 18}}
+        good_header = dict(self.good[0], mode=0o4755)
+        files = {"root/good.txt": (good_header, self.good[1]), "*": self.pwned}
+        fake = FakeFileServer(stats, listing, files)
+        parent = self.lp("parent")
+        dest = os.path.join(parent, "dest")
+        if not new_name:
+            os.makedirs(dest)
+        write_file(os.path.join(parent, "sentinel"), b"keep\n")
+        before = snapshot(parent)
+        try:
+            r = subprocess.run([BIN, "get", "-r", *flags, f"127.0.0.1:{fake.port}:root", dest],
+                               capture_output=True, text=True, env=self.env(), timeout=60)
+        finally:
+            fake.close()
+        after = snapshot(parent)
+        outside_before = {k: v for k, v in before.items() if k != "dest" and not k.startswith("dest/")}
+        outside_after = {k: v for k, v in after.items() if k != "dest" and not k.startswith("dest/")}
+        self.assertEqual(outside_after, outside_before, "the client wrote outside the destination")
+        for dirpath, dirnames, filenames in os.walk(dest):
+            for n in dirnames + filenames:
+                p = os.path.join(dirpath, n)
+                if os.path.islink(p):
+                    self.assertTrue(resolves_inside(p, dest),
+                                    f"the client created {p} -> {os.readlink(p)} (resolves to {os.path.realpath(p)})")
+        return r, dest, fake
+
+    def test_hostile_names_from_the_server(self):
+        hostile = [
+            self.file_entry("../evil"), self.file_entry("../../evil2"), self.file_entry("/abs"),
+            self.file_entry("/tmp/" + "cskit-abs-" + uuid.uuid4().hex), self.file_entry("a/../../x"),
+            {"name": "sub", "type": "dir", "size": 0, "mode": 0o755, "mtime_ns": 10 ** 18},
+            self.file_entry("sub/../../../y"), self.file_entry("sub/../../z"),
+            {"name": "lnk", "type": "symlink", "size": 0, "mode": 0o777, "mtime_ns": 0, "target": "/etc"},
+            self.file_entry("lnk/passwd"),
+            {"name": "up", "type": "symlink", "size": 0, "mode": 0o777, "mtime_ns": 0, "target": "../../.."},
+            self.file_entry("up/x"),
+            {"name": "sub/l", "type": "symlink", "size": 0, "mode": 0o777, "mtime_ns": 0,
+             "target": "../../../sentinel"},
+            {"name": "tmp", "type": "symlink", "size": 0, "mode": 0o777, "mtime_ns": 0, "target": "/tmp"},
+            {"name": "..", "type": "dir", "size": 0, "mode": 0o755, "mtime_ns": 0},
+            {"name": "../escape-dir", "type": "dir", "size": 0, "mode": 0o755, "mtime_ns": 0},
+            self.file_entry(PART_PREFIX + "0123456789abcdef"), self.file_entry("sub/" + PART_PREFIX + "x"),
+            self.file_entry("ctl\x1b[2Jname"), self.file_entry("nl\nname"), self.file_entry(""),
+            self.file_entry("a//b"), self.file_entry("a/."), self.file_entry("n" * 300),
+        ]
+        # setuid in the listing: -p must not carry it over.
+        listing = [self.file_entry("good.txt", size=len(self.good[1]), mode=0o4755)] + hostile
+        r, dest, fake = self.run_get(listing, "-p")
+        self.assertEqual(r.returncode, EXIT_REMOTE, r.stderr)
+        self.assertIn("refused a name from the server", r.stderr)
+        # Only the good file and the good directory arrived; the setuid bit did not.
+        got = snapshot(dest)
+        self.assertEqual(set(got), {"root", "root/good.txt", "root/sub"}, got.keys())
+        self.assertEqual(read_file(os.path.join(dest, "root", "good.txt")), b"good content\n")
+        self.assertEqual(stat.S_IMODE(os.stat(os.path.join(dest, "root", "good.txt")).st_mode), 0o755)
+        self.assertNotIn("\x1b", r.stderr)  # control characters are shown escaped
+        self.assertEqual(part_files(self.lp("parent")), [])
+
+    def test_entry_named_dot_from_the_server(self):
+        """'.' and './' are the listed directory itself, not an entry: nothing may be written for them
+        (the client used to write the server's bytes into a part file beside the destination)."""
+        for name in (".", "./"):
+            with self.subTest(name=name):
+                shutil.rmtree(self.lp("parent"), ignore_errors=True)
+                r, dest, fake = self.run_get([self.file_entry(name)], new_name=True)
+                self.assertNotEqual(r.returncode, EXIT_OK)
+                self.assertEqual([h["path"] for h in fake.requests if h["type"] == "get"], [],
+                                 "the client asked for the listed directory as a file")
+
+    def test_chained_symlink_from_the_server_resolving_outside(self):
+        """T -> '..' points at the destination; U -> 'T/../..' then resolves outside it."""
+        listing = [
+            {"name": "T", "type": "symlink", "size": 0, "mode": 0o777, "mtime_ns": 0, "target": ".."},
+            {"name": "U", "type": "symlink", "size": 0, "mode": 0o777, "mtime_ns": 0, "target": "T/../.."},
+            self.file_entry("U/planted"),
+        ]
+        r, dest, fake = self.run_get(listing)
+        self.assertFalse(os.path.lexists(os.path.join(self.lp("parent"), "planted")))
+
+
+# ---------------------------------------------------------------- 7. interruptions
+
+class TransferWatch(threading.Thread):
+    """Samples the part file(s) in one directory and the final name, until stopped.
+
+    Records every part size seen (a resumed transfer never shrinks its part) and
+    every size seen under the final name that is not the complete size."""
+
+    def __init__(self, directory, final, full_size):
+        super().__init__(daemon=True)
+        self.directory, self.final, self.full_size = directory, final, full_size
+        self.sizes = []
+        self.partial_finals = []
+        self.halt = threading.Event()
+
+    def run(self):
+        deadline = time.monotonic() + 600
+        while not self.halt.is_set() and time.monotonic() < deadline:
+            s = part_size(self.directory)
+            if s >= 0 and (not self.sizes or self.sizes[-1] != s):
+                self.sizes.append(s)
+            try:
+                fs = os.path.getsize(self.final)
+                if fs != self.full_size:
+                    self.partial_finals.append(fs)
+            except OSError:
+                pass
+            time.sleep(0.001)
+
+    def finish(self):
+        self.halt.set()
+        self.join(timeout=10)
+
+    def shrank(self):
+        return [(a, b) for a, b in zip(self.sizes, self.sizes[1:]) if b < a]
+
+
+class Interruptions(FilesTestCase):
+    SIZE = 200 * MiB
+
+    def start(self, *args):
+        return subprocess.Popen([BIN, *args], env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def run_and_interrupt(self, args, watch_dir, threshold, victim):
+        """Runs `cskit ARGS`; once the part file in watch_dir has `threshold` bytes, SIGKILLs the
+        client, or the server (which is then restarted on the same port and share)."""
+        p = self.start(*args)
+        killed = False
+        deadline = time.monotonic() + 120
+        try:
+            while time.monotonic() < deadline and p.poll() is None:
+                if part_size(watch_dir) >= threshold:
+                    if victim == "client":
+                        os.kill(p.pid, signal.SIGKILL)
+                    else:
+                        self.srv.restart(signal.SIGKILL)
+                    killed = True
+                    break
+                time.sleep(0.001)
+            out, err = p.communicate(timeout=60)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=10)
+        self.assertTrue(killed, f"the transfer ended before its part reached {threshold} bytes: "
+                                f"rc {p.returncode} {err!r}")
+        if victim == "client":
+            self.assertEqual(p.returncode, -signal.SIGKILL)
+            # The server closes the upload (and unlocks its part) when it sees the connection go.
+            self.assertTrue(wait_until(lambda: not server_holds_a_part(self.srv.proc.pid), 20))
+        else:
+            self.assertEqual(p.returncode, EXIT_CONNECT, err)
+        return p.returncode
+
+    def interrupted_transfer(self, direction, victim, thresholds):
+        src = self.lp("src.bin") if direction == "put" else os.path.join(self.rshare, "src.bin")
+        want = write_big(src, self.SIZE)
+        if direction == "put":
+            args = ["put", "--json", src, self.rr("dst.bin")]
+            watch_dir, final = self.rshare, os.path.join(self.rshare, "dst.bin")
+        else:
+            args = ["get", "--json", self.rr("src.bin"), self.lp("dst.bin")]
+            watch_dir, final = self.local, self.lp("dst.bin")
+        watch = TransferWatch(watch_dir, final, self.SIZE)
+        watch.start()
+        try:
+            for threshold in thresholds:
+                self.run_and_interrupt(args, watch_dir, threshold, victim)
+                self.assertFalse(os.path.exists(final), "the final name exists after an interruption")
+                self.assertGreaterEqual(part_size(watch_dir), threshold, "the part file was not kept")
+            r = self.ok(*args, timeout=300)
+        finally:
+            watch.finish()
+        j = json.loads(r.stdout)
+        self.assertGreaterEqual(j["resumed_bytes"], thresholds[-1])
+        self.assertLess(j["resumed_bytes"], self.SIZE + 1)
+        self.assertEqual(j["bytes"], self.SIZE)
+        self.assertEqual(sha256_file(final), want)
+        self.assertEqual(watch.partial_finals, [], "a partial file appeared under the final name")
+        self.assertEqual(watch.shrank(), [], "a part file shrank: a transfer started over instead of resuming")
+        self.assert_no_parts(self.rshare, self.local)
+
+    def test_put_client_killed_three_times(self):
+        self.interrupted_transfer("put", "client", [30 * MiB, 90 * MiB, 150 * MiB])
+
+    def test_get_client_killed_three_times(self):
+        self.interrupted_transfer("get", "client", [30 * MiB, 90 * MiB, 150 * MiB])
+
+    def test_put_server_killed_twice(self):
+        self.interrupted_transfer("put", "server", [40 * MiB, 120 * MiB])
+
+    def test_get_server_killed_twice(self):
+        self.interrupted_transfer("get", "server", [40 * MiB, 120 * MiB])
+
+    def changed_between_attempts(self, direction, change):
+        if direction == "put":
+            src = self.lp("src.bin")
+            args = ["put", "--json", src, self.rr("dst.bin")]
+            watch_dir, final = self.rshare, os.path.join(self.rshare, "dst.bin")
+        else:
+            src = os.path.join(self.rshare, "src.bin")
+            args = ["get", "--json", self.rr("src.bin"), self.lp("dst.bin")]
+            watch_dir, final = self.local, self.lp("dst.bin")
+        write_big(src, self.SIZE)
+        self.run_and_interrupt(args, watch_dir, 100 * MiB, "client")
+        new = change(src)
+        r = self.ok(*args, timeout=300)
+        j = json.loads(r.stdout)
+        self.assertEqual(j["resumed_bytes"], 0, "resumed from a part of the old content")
+        self.assertEqual(j["bytes"], len(new))
+        self.assertEqual(os.path.getsize(final), len(new))
+        self.assertTrue(read_file(final) == new, "the result is not the new source")
+        self.assert_no_parts(self.rshare, self.local)
+
+    @staticmethod
+    def flip_early_bytes(path):
+        with open(path, "r+b") as f:
+            f.seek(1000)
+            old = f.read(16)
+            f.seek(1000)
+            f.write(bytes(b ^ 0xFF for b in old))
+        return read_file(path)
+
+    @staticmethod
+    def replace_with_smaller(path):
+        new = os.urandom(50 * MiB)
+        write_file(path + ".new", new)
+        os.rename(path + ".new", path)
+        return new
+
+    def test_put_source_changed_between_attempts(self):
+        self.changed_between_attempts("put", self.flip_early_bytes)
+
+    def test_get_source_changed_between_attempts(self):
+        self.changed_between_attempts("get", self.flip_early_bytes)
+
+    def test_put_source_shrank_between_attempts(self):
+        self.changed_between_attempts("put", self.replace_with_smaller)
+
+    def test_get_source_shrank_between_attempts(self):
+        """The leftover local part (100+ MiB) is longer than the new remote file (50 MiB)."""
+        self.changed_between_attempts("get", self.replace_with_smaller)
+
+    def test_source_changing_during_put(self):
+        src = self.lp("moving.bin")
+        write_big(src, 64 * MiB)
+        p = self.start("put", src, self.rr("moving.bin"))
+        try:
+            wait_until(lambda: part_size(self.rshare) > 0 or p.poll() is not None, 30, 0.001)
+            with open(src, "ab") as f:
+                f.write(b"more")
+            _, err = p.communicate(timeout=120)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        if p.returncode == EXIT_OK:  # (it may have finished first)
+            self.assertEqual(os.path.getsize(os.path.join(self.rshare, "moving.bin")), 64 * MiB)
+        else:
+            self.assertEqual(p.returncode, EXIT_CHANGED, err)
+            self.assertFalse(os.path.exists(os.path.join(self.rshare, "moving.bin")))
+
+
+# ---------------------------------------------------------------- 8. disk full, quota, size limit
+
+def try_tmpfs(path, size="8m"):
+    if os.geteuid() != 0:
+        return False
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path],
+                       capture_output=True, timeout=20)
+    return r.returncode == 0
+
+
+class DiskFull(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="cskit-full-")
+        self.mnt = os.path.join(self.tmp, "mnt")
+        os.makedirs(self.mnt)
+        if not try_tmpfs(self.mnt):
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.skipTest("needs root and tmpfs mounts")
+
+    def tearDown(self):
+        subprocess.run(["umount", "-l", self.mnt], capture_output=True, timeout=20)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def test_server_disk_full(self):
+        with Server(share=self.mnt) as srv:
+            env = dict(srv.env, CSKIT_TOKEN=TOKEN)
+            old = random_bytes(MiB)
+            write_file(os.path.join(self.mnt, "target.bin"), old)
+            big = os.path.join(self.tmp, "big.bin")
+            write_file(big, random_bytes(20 * MiB))
+            r = subprocess.run([BIN, "put", big, f"{srv.address}:target.bin"], env=env, capture_output=True,
+                               text=True, timeout=120)
+            self.assertEqual(r.returncode, EXIT_NO_SPACE, r.stderr)
+            self.assertIn("no space", r.stderr)
+            self.assertEqual(read_file(os.path.join(self.mnt, "target.bin")), old)
+            self.assertEqual(len(part_files(self.mnt)), 1, "the part file is kept for a resume")
+            # The server is still fine.
+            r = subprocess.run([BIN, "stat", f"{srv.address}:target.bin"], env=env, capture_output=True, timeout=30)
+            self.assertEqual(r.returncode, EXIT_OK)
+
+    def test_local_disk_full(self):
+        with Server() as srv:
+            env = dict(srv.env, CSKIT_TOKEN=TOKEN)
+            write_file(os.path.join(srv.share, "big.bin"), random_bytes(20 * MiB))
+            old = random_bytes(MiB)
+            write_file(os.path.join(self.mnt, "big.bin"), old)
+            r = subprocess.run([BIN, "get", f"{srv.address}:big.bin", self.mnt], env=env, capture_output=True,
+                               text=True, timeout=120)
+            self.assertEqual(r.returncode, EXIT_NO_SPACE, r.stderr)
+            self.assertIn("no space", r.stderr)
+            self.assertEqual(read_file(os.path.join(self.mnt, "big.bin")), old)
+            self.assertEqual(len(part_files(self.mnt)), 1, "the part file is kept for a resume")
+
+
+class QuotaAndLimits(FilesTestCase):
+    config_text = '[files]\nquota = "10M"\nmax_file_size = "7M"\n'
+
+    def test_quota(self):
+        write_file(self.lp("six"), random_bytes(6 * MiB))
+        self.ok("put", self.lp("six"), self.rr("a"))
+        with self.subTest("a file with a known size over the quota"):
+            r = self.cli("put", "-W", "10", self.lp("six"), self.rr("b"))
+            self.assertEqual(r.returncode, EXIT_QUOTA, r.stderr)
+            self.assertIn("quota", r.stderr)
+            self.assertFalse(os.path.exists(os.path.join(self.rshare, "b")))
+        with self.subTest("a stream, refused once it passes the quota"):
+            r = self.cli("put", "-W", "10", "-", self.rr("c"), input=random_bytes(6 * MiB), binary=True)
+            self.assertEqual(r.returncode, EXIT_QUOTA, r.stderr)
+            self.assertFalse(os.path.exists(os.path.join(self.rshare, "c")))
+        with self.subTest("removing frees the space again"):
+            self.ok("rm", self.rr("a"))
+            self.ok("put", self.lp("six"), self.rr("b"))
+            self.assertEqual(read_file(os.path.join(self.rshare, "b")), read_file(self.lp("six")))
+            self.ok("rm", self.rr("b"))
+
+    def test_max_file_size(self):
+        write_file(self.lp("eight"), random_bytes(8 * MiB))
+        with self.subTest("a file with a known size over the limit"):
+            r = self.cli("put", "-W", "10", self.lp("eight"), self.rr())
+            self.assertEqual(r.returncode, EXIT_REMOTE, r.stderr)
+            self.assertIn("accepts files up to 7340032", r.stderr)
+            self.assertFalse(os.path.exists(os.path.join(self.rshare, "eight")))
+        with self.subTest("a stream, refused once it passes the limit"):
+            r = self.cli("put", "-W", "10", "-", self.rr("stream"), input=random_bytes(8 * MiB), binary=True)
+            self.assertEqual(r.returncode, EXIT_REMOTE, r.stderr)
+            self.assertIn("larger than this server accepts (7340032 bytes)", r.stderr)
+            self.assertFalse(os.path.exists(os.path.join(self.rshare, "stream")))
+        write_file(self.lp("small"), random_bytes(MiB))
+        self.ok("put", self.lp("small"), self.rr())
+        self.ok("rm", self.rr("small"))
+
+
+# ---------------------------------------------------------------- 9. concurrent writers
+
+class Concurrency(FilesTestCase):
+    def race(self, size, n=6):
+        inputs = []
+        for i in range(n):
+            data = random_bytes(size)
+            write_file(self.lp(f"in{size}-{i}"), data)
+            inputs.append(data)
+        procs = [subprocess.Popen([BIN, "put", self.lp(f"in{size}-{i}"), self.rr(f"same{size}")], env=self.env(),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(n)]
+        results = []
+        for p in procs:
+            try:
+                out, err = p.communicate(timeout=120)
+            finally:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+            results.append((p.returncode, err))
+        self.assertEqual([rc for rc, _ in results], [EXIT_OK] * n, results)
+        final = read_file(os.path.join(self.rshare, f"same{size}"))
+        self.assertIn(final, inputs, "the final file is not exactly one of the inputs")
+        self.assert_no_parts(self.rshare)
+
+    def test_six_writers_same_name_streamed(self):
+        for _ in range(2):
+            self.race(6 * MiB)
+
+    def test_six_writers_same_name_inline(self):
+        for _ in range(2):
+            self.race(100000)
+
+
+# ---------------------------------------------------------------- 10. permissions
+
+READER_TOKEN = "reader-token-0123456789abcdef"
+NOBODY_TOKEN = "nobody-token-0123456789abcdef"
+WRITER_TOKEN = "writer-token-0123456789abcdef"
+
+
+class Permissions(FilesTestCase):
+    config_text = f"""
+[[users]]
+name = "writer"
+token = "{WRITER_TOKEN}"
+permissions = ["files-read", "files-write"]
+
+[[users]]
+name = "reader"
+token = "{READER_TOKEN}"
+permissions = ["files-read"]
+
+[[users]]
+name = "nobody"
+token = "{NOBODY_TOKEN}"
+permissions = ["chat"]
+"""
+
+    def test_read_only_user(self):
+        write_file(os.path.join(self.rshare, "f.txt"), b"readable\n")
+        write_file(os.path.join(self.rshare, "d", "inner"), b"inner\n")
+        write_file(self.lp("up.txt"), b"upload\n")
+        write_file(self.lp("tree", "x"), b"x")
+        before = snapshot(self.srv.share)
+        ro = dict(user="reader", token=READER_TOKEN)
+        for args in (("put", self.lp("up.txt"), self.rr()), ("put", self.lp("up.txt"), self.rr("f.txt")),
+                     ("put", "-r", self.lp("tree"), self.rr()), ("mkdir", self.rr("newdir")),
+                     ("mkdir", "-p", self.rr("a/b")), ("rm", self.rr("f.txt")), ("rm", "-r", self.rr("d")),
+                     ("mv", self.rr("f.txt"), self.rr("g.txt"))):
+            with self.subTest(cmd=" ".join(args[:2])):
+                r = self.cli(*args, **ro)
+                self.assertEqual(r.returncode, EXIT_PERMISSION, r.stderr)
+        r = self.cli("put", "-", self.rr("stdin"), input=b"x", binary=True, **ro)
+        self.assertEqual(r.returncode, EXIT_PERMISSION)
+        with cskit_client.Client.connect("127.0.0.1", self.srv.port, "reader", READER_TOKEN) as c:
+            for typ, fields in [("fs.setattr", {"path": f"{self.rdir}/f.txt", "mode": 0o777}),
+                                ("fs.symlink", {"path": f"{self.rdir}/l", "target": "f.txt"}),
+                                ("put", {"path": f"{self.rdir}/raw", "size": 1}),
+                                ("put.data", {}), ("put.end", {}), ("put.abort", {})]:
+                with self.subTest(raw=typ):
+                    with self.assertRaises(cskit_client.RemoteError) as cm:
+                        c.request(typ, **fields)
+                    self.assertEqual(cm.exception.code, "permission_denied")
+        self.assertEqual(snapshot(self.srv.share), before)
+        # Reading works.
+        self.ok("get", self.rr("f.txt"), self.lp("got.txt"), **ro)
+        self.assertEqual(read_file(self.lp("got.txt")), b"readable\n")
+        self.ok("get", "-r", self.rr("d"), self.lp("gotd"), **ro)
+        self.assertEqual(read_file(self.lp("gotd", "inner")), b"inner\n")
+        self.ok("ls", "-R", self.rr(), **ro)
+        self.ok("stat", self.rr("f.txt"), **ro)
+        # And a writer can do what the reader could not.
+        self.ok("put", self.lp("up.txt"), self.rr(), user="writer", token=WRITER_TOKEN)
+
+    def test_user_without_file_permissions(self):
+        write_file(os.path.join(self.rshare, "f.txt"), b"secret\n")
+        no = dict(user="nobody", token=NOBODY_TOKEN)
+        for args in (("get", self.rr("f.txt"), self.lp("x")), ("get", self.rr("f.txt"), "-"),
+                     ("ls", self.rr()), ("stat", self.rr("f.txt")), ("get", "-r", self.rr(), self.lp("y"))):
+            with self.subTest(cmd=args[0]):
+                r = self.cli(*args, **no)
+                self.assertEqual(r.returncode, EXIT_PERMISSION, r.stderr)
+                self.assertNotIn("secret", r.stdout)
+        self.assertFalse(os.path.exists(self.lp("x")))
+        self.assertFalse(os.path.exists(os.path.join(self.lp("y"), "f.txt")))
+
+
+# ---------------------------------------------------------------- 11. progress
+
+class Progress(FilesTestCase):
+    def run_on_pty(self, *args, timeout=60):
+        master, slave = pty.openpty()
+        try:
+            p = subprocess.Popen([BIN, *args], env=self.env(), stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
+        finally:
+            os.close(slave)
+        out = b""
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                ready, _, _ = select.select([master], [], [], 0.2)
+                if ready:
+                    try:
+                        chunk = os.read(master, 65536)
+                    except OSError as e:  # EIO: the child closed the terminal
+                        if e.errno != errno.EIO:
+                            raise
+                        break
+                    if not chunk:
+                        break
+                    out += chunk
+                elif p.poll() is not None:
+                    break
+            p.wait(timeout=30)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            os.close(master)
+        return p.returncode, out.decode(errors="replace")
+
+    def test_progress_on_a_terminal_only(self):
+        write_big(self.lp("p.bin"), 64 * MiB)
+        rc, out = self.run_on_pty("put", self.lp("p.bin"), self.rr())
+        self.assertEqual(rc, EXIT_OK, out)
+        self.assertRegex(out, r"\d+%\s+[\d.]+ \w*B / 64\.0 MiB\s+\d+/1 files")
+        self.assertIn("100%", out)
+        rc, out = self.run_on_pty("get", self.rr("p.bin"), self.lp("back.bin"))
+        self.assertEqual(rc, EXIT_OK, out)
+        self.assertIn("100%", out)
+        # -q and --json: no progress, even on a terminal.
+        rc, out = self.run_on_pty("put", "-q", self.lp("p.bin"), self.rr("q.bin"))
+        self.assertEqual((rc, out), (EXIT_OK, ""))
+        rc, out = self.run_on_pty("put", "--json", self.lp("p.bin"), self.rr("j.bin"))
+        self.assertEqual(rc, EXIT_OK)
+        self.assertNotIn("%", out)
+        self.assertEqual(json.loads(out)["files"], 1)
+        # Pipes: nothing but the result.
+        r = self.ok("put", self.lp("p.bin"), self.rr("pipe.bin"))
+        self.assertEqual((r.stdout, r.stderr), ("", ""))
+        r = self.ok("get", self.rr("pipe.bin"), self.lp("pipe.bin"))
+        self.assertEqual((r.stdout, r.stderr), ("", ""))
+        r = self.ok("put", "--json", self.lp("p.bin"), self.rr("pipe2.bin"))
+        self.assertEqual(r.stderr, "")
+        self.assertEqual(len(r.stdout.splitlines()), 1)
+        self.assertEqual(json.loads(r.stdout)["bytes"], 64 * MiB)
+
+
+if __name__ == "__main__":
+    unittest.main()
