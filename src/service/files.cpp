@@ -299,6 +299,10 @@ void files_session::error(std::uint64_t id, errc code, std::string_view message)
   conn_.send(proto::make_error(code, message, id));
 }
 
+void files_session::fail_errno(std::uint64_t id, int err, const std::string& what) {
+  error(id, errc_for_errno(err), errno_message(err, what));
+}
+
 std::optional<std::string> files_session::checked_path(std::uint64_t id, const json& h, const char* key) {
   auto it = h.find(key);
   if (it == h.end() || !it->is_string()) {
@@ -379,7 +383,7 @@ void files_session::do_stat(std::uint64_t id, const json& h) {
   }
   std::string leaf;
   util::unique_fd dir(share_.jail().open_parent(*path, leaf));
-  if (!dir) return error(id, errc_for_errno(-dir.get()), errno_message(-dir.release(), "'" + *path + "'"));
+  if (!dir) return fail_errno(id, -dir.release(), "'" + *path + "'");
   if (::fstatat(dir.get(), leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
     return error(id, errc_for_errno(errno), errno_message(errno, "'" + *path + "'"));
   }
@@ -476,7 +480,7 @@ void files_session::do_mkdir(std::uint64_t id, const json& h) {
   if (!parents) {
     std::string leaf;
     util::unique_fd dir(share_.jail().open_parent(*path, leaf));
-    if (!dir) return error(id, errc_for_errno(-dir.get()), errno_message(-dir.release(), "'" + *path + "'"));
+    if (!dir) return fail_errno(id, -dir.release(), "'" + *path + "'");
     if (::mkdirat(dir.get(), leaf.c_str(), m) != 0) {
       const int e = errno;
       return error(id, errc_for_errno(e), e == EEXIST ? "'" + *path + "' already exists"
@@ -561,7 +565,7 @@ void files_session::do_rm(std::uint64_t id, const json& h) {
   const bool recursive = h.value("recursive", false);
   std::string leaf;
   util::unique_fd dir(share_.jail().open_parent(*path, leaf));
-  if (!dir) return error(id, errc_for_errno(-dir.get()), errno_message(-dir.release(), "'" + *path + "'"));
+  if (!dir) return fail_errno(id, -dir.release(), "'" + *path + "'");
   struct stat st {};
   if (::fstatat(dir.get(), leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
     return error(id, errc_for_errno(errno), errno_message(errno, "'" + *path + "'"));
@@ -599,7 +603,7 @@ void files_session::do_mv(std::uint64_t id, const json& h) {
   const bool no_clobber = h.value("no_clobber", false);
   std::string from_leaf;
   util::unique_fd from_dir(share_.jail().open_parent(*from, from_leaf));
-  if (!from_dir) return error(id, errc_for_errno(-from_dir.get()), errno_message(-from_dir.release(), "'" + *from + "'"));
+  if (!from_dir) return fail_errno(id, -from_dir.release(), "'" + *from + "'");
   struct stat fst {};
   if (::fstatat(from_dir.get(), from_leaf.c_str(), &fst, AT_SYMLINK_NOFOLLOW) != 0) {
     return error(id, errc_for_errno(errno), errno_message(errno, "'" + *from + "'"));
@@ -615,7 +619,7 @@ void files_session::do_mv(std::uint64_t id, const json& h) {
     shown = to->empty() ? from_leaf : *to + "/" + from_leaf;
   } else {
     to_dir.reset(share_.jail().open_parent(*to, to_leaf));
-    if (!to_dir) return error(id, errc_for_errno(-to_dir.get()), errno_message(-to_dir.release(), "'" + *to + "'"));
+    if (!to_dir) return fail_errno(id, -to_dir.release(), "'" + *to + "'");
   }
   struct stat old {};
   const bool replaced = ::fstatat(to_dir.get(), to_leaf.c_str(), &old, AT_SYMLINK_NOFOLLOW) == 0;
@@ -645,7 +649,7 @@ void files_session::do_symlink(std::uint64_t id, const json& h) {
   }
   std::string leaf;
   util::unique_fd dir(share_.jail().open_parent(*path, leaf));
-  if (!dir) return error(id, errc_for_errno(-dir.get()), errno_message(-dir.release(), "'" + *path + "'"));
+  if (!dir) return fail_errno(id, -dir.release(), "'" + *path + "'");
   struct stat st {};
   const bool exists = ::fstatat(dir.get(), leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0;
   if (exists && (S_ISDIR(st.st_mode) || h.value("no_clobber", false))) {
@@ -978,7 +982,7 @@ void files_session::do_get(std::uint64_t id, const json& h) {
   if (!path) return;
   const bool sha = h.value("sha256", false);
   util::unique_fd fd(share_.jail().open(*path, O_RDONLY | O_NONBLOCK));
-  if (!fd) return error(id, errc_for_errno(-fd.get()), errno_message(-fd.release(), "'" + *path + "'"));
+  if (!fd) return fail_errno(id, -fd.release(), "'" + *path + "'");
   auto d = std::make_unique<download>(sha);
   if (::fstat(fd.get(), &d->st) != 0) return error(id, errc::io_error, errno_message(errno, "stat"));
   if (S_ISDIR(d->st.st_mode)) return error(id, errc::bad_request, "'" + *path + "' is a directory (use -r)");

@@ -138,6 +138,8 @@ class files_session : public std::enable_shared_from_this<files_session> {
   void pump();
   bool run(queued_request& q);  // false: must wait (the request stays queued)
   void error(std::uint64_t id, proto::errc code, std::string_view message);
+  /// error() for an errno from the file system, with `what` as context.
+  void fail_errno(std::uint64_t id, int err, const std::string& what);
   void reply(std::uint64_t id, proto::json header, std::string_view body = {});
 
   void do_stat(std::uint64_t id, const proto::json& h);
