@@ -145,12 +145,13 @@ class pipeline {
   }
   /// Waits for the reply to `id` (handling the others meanwhile). nullopt
   /// when it was an error (already recorded).
-  std::optional<proto::frame> wait_for(std::uint64_t id) {
+  std::optional<proto::frame> wait_for(std::uint64_t id, const std::string& path) {
     for (;;) {
       proto::frame f = c_.receive();
       if (f.id() == id) {
         if (f.type() == proto::type::error) {
-          handle(f);
+          auto e = error_from_frame(f);
+          r_.errors.push_back({path, e.code().value_or(errc::io_error), f.header.value("message", e.what())});
           return std::nullopt;
         }
         return f;
@@ -409,7 +410,10 @@ transfer_result file_client::put(const std::vector<std::string>& sources, const 
       json h = base_put(it);
       h["id"] = id;
       c_.send(h);
-      if (!pipe.wait_for(id)) continue;
+      if (!pipe.wait_for(id, it.remote)) {
+        ++prog.files_done;
+        continue;
+      }
       util::content_digest digest(o.sha256);
       std::string buf(1u << 20, '\0');
       for (;;) {
@@ -474,7 +478,7 @@ transfer_result file_client::put(const std::vector<std::string>& sources, const 
     h["size"] = size;
     h["resume"] = true;
     c_.send(h);
-    auto ready = pipe.wait_for(id);
+    auto ready = pipe.wait_for(id, it.remote);
     if (!ready) {
       ++prog.files_done;
       continue;
