@@ -21,6 +21,7 @@ import shutil
 import signal
 import socket
 import stat
+import struct
 import subprocess
 import tarfile
 import tempfile
@@ -357,47 +358,58 @@ class Commands(FilesTestCase):
         write_file(os.path.join(self.rshare, "t.txt"), b"old remote\n")
         write_file(os.path.join(self.rshare, "big.bin"), b"old big\n")
         write_file(self.lp("big.bin"), random_bytes(600000))
-        r = self.cli("put", "--no-clobber", self.lp("new.txt"), self.rr("t.txt"))
-        self.assertEqual(r.returncode, EXIT_EXISTS, r.stderr)
-        self.assertIn("exists", r.stderr)
-        self.assertEqual(read_file(os.path.join(self.rshare, "t.txt")), b"old remote\n")
-        r = self.cli("put", "-n", self.lp("big.bin"), self.rr())  # streamed, not inline
-        self.assertEqual(r.returncode, EXIT_EXISTS, r.stderr)
-        self.assertEqual(read_file(os.path.join(self.rshare, "big.bin")), b"old big\n")
-        # Without -n it replaces.
-        self.ok("put", self.lp("new.txt"), self.rr("t.txt"))
-        self.assertEqual(read_file(os.path.join(self.rshare, "t.txt")), b"new content\n")
-        # get -n
-        write_file(self.lp("down", "t.txt"), b"old local\n")
-        r = self.cli("get", "-n", self.rr("t.txt"), self.lp("down"))
-        self.assertEqual(r.returncode, EXIT_EXISTS, r.stderr)
-        self.assertEqual(read_file(self.lp("down", "t.txt")), b"old local\n")
-        self.ok("get", self.rr("t.txt"), self.lp("down"))
-        self.assertEqual(read_file(self.lp("down", "t.txt")), b"new content\n")
-        # -r -n: the existing file stays, the rest arrives, exit 14.
-        write_file(self.lp("tree", "a.txt"), b"tree a\n")
-        write_file(self.lp("tree", "b.txt"), b"tree b\n")
-        write_file(os.path.join(self.rshare, "tree", "a.txt"), b"remote a\n")
-        r = self.cli("put", "-r", "-n", self.lp("tree"), self.rr())
-        self.assertEqual(r.returncode, EXIT_EXISTS, r.stderr)
-        self.assertEqual(read_file(os.path.join(self.rshare, "tree", "a.txt")), b"remote a\n")
-        self.assertEqual(read_file(os.path.join(self.rshare, "tree", "b.txt")), b"tree b\n")
+        with self.subTest("put -n, a small file (sent inline)"):
+            r = self.cli("put", "--no-clobber", self.lp("new.txt"), self.rr("t.txt"))
+            self.assertEqual(r.returncode, EXIT_EXISTS, r.stderr)
+            self.assertIn("exists", r.stderr)
+            self.assertEqual(read_file(os.path.join(self.rshare, "t.txt")), b"old remote\n")
+        with self.subTest("put -n, a large file (streamed)"):
+            r = self.cli("put", "-n", "--json", self.lp("big.bin"), self.rr())
+            self.assertEqual(read_file(os.path.join(self.rshare, "big.bin")), b"old big\n")
+            self.assertEqual(r.returncode, EXIT_EXISTS, f"stdout {r.stdout} stderr {r.stderr}")
+            self.assertFalse(json.loads(r.stdout)["ok"])
+        with self.subTest("put without -n replaces"):
+            self.ok("put", self.lp("new.txt"), self.rr("t.txt"))
+            self.assertEqual(read_file(os.path.join(self.rshare, "t.txt")), b"new content\n")
+            self.ok("put", self.lp("big.bin"), self.rr())
+            self.assertEqual(read_file(os.path.join(self.rshare, "big.bin")), read_file(self.lp("big.bin")))
+        with self.subTest("get -n"):
+            write_file(self.lp("down", "t.txt"), b"old local\n")
+            write_file(self.lp("down", "big.bin"), b"old local big\n")
+            r = self.cli("get", "-n", self.rr("t.txt"), self.lp("down"))
+            self.assertEqual(r.returncode, EXIT_EXISTS, r.stderr)
+            self.assertEqual(read_file(self.lp("down", "t.txt")), b"old local\n")
+            r = self.cli("get", "-n", self.rr("big.bin"), self.lp("down"))
+            self.assertEqual(r.returncode, EXIT_EXISTS, r.stderr)
+            self.assertEqual(read_file(self.lp("down", "big.bin")), b"old local big\n")
+            self.ok("get", self.rr("t.txt"), self.lp("down"))
+            self.assertEqual(read_file(self.lp("down", "t.txt")), b"new content\n")
+        with self.subTest("put -r -n: the existing file stays, the rest arrives, exit 14"):
+            write_file(self.lp("tree", "a.txt"), b"tree a\n")
+            write_file(self.lp("tree", "b.txt"), b"tree b\n")
+            write_file(os.path.join(self.rshare, "tree", "a.txt"), b"remote a\n")
+            r = self.cli("put", "-r", "-n", self.lp("tree"), self.rr())
+            self.assertEqual(r.returncode, EXIT_EXISTS, r.stderr)
+            self.assertEqual(read_file(os.path.join(self.rshare, "tree", "a.txt")), b"remote a\n")
+            self.assertEqual(read_file(os.path.join(self.rshare, "tree", "b.txt")), b"tree b\n")
         self.assert_no_parts(self.rshare, self.local)
 
     def test_verify_sha256(self):
         for size in (10, 300000, 5 * MiB):
-            data = random_bytes(size)
-            write_file(self.lp(f"v{size}"), data)
-            j = self.json_ok("put", "--verify", "sha256", self.lp(f"v{size}"), self.rr())
-            self.assertEqual(j["digest"], "xxh3-128+sha256")
-            self.assertEqual((j["files"], j["bytes"]), (1, size))
-            self.assertEqual(read_file(os.path.join(self.rshare, f"v{size}")), data)
-            j = self.json_ok("get", "--verify", "sha256", self.rr(f"v{size}"), self.lp(f"back{size}"))
-            self.assertEqual(j["digest"], "xxh3-128+sha256")
-            self.assertEqual(read_file(self.lp(f"back{size}")), data)
-        j = self.json_ok("put", self.lp("v10"), self.rr("plain"))
+            with self.subTest(size=size):
+                data = random_bytes(size)
+                write_file(self.lp(f"v{size}"), data)
+                j = self.json_ok("put", "--verify", "sha256", self.lp(f"v{size}"), self.rr())
+                self.assertEqual(j["digest"], "xxh3-128+sha256")
+                self.assertEqual((j["files"], j["bytes"]), (1, size))
+                self.assertEqual(read_file(os.path.join(self.rshare, f"v{size}")), data)
+                j = self.json_ok("get", "--verify", "sha256", self.rr(f"v{size}"), self.lp(f"back{size}"))
+                self.assertEqual(j["digest"], "xxh3-128+sha256")
+                self.assertEqual(read_file(self.lp(f"back{size}")), data)
+        write_file(self.lp("plain"), b"plain")
+        j = self.json_ok("put", self.lp("plain"), self.rr("plain"))
         self.assertEqual(j["digest"], "xxh3-128")
-        r = self.cli("put", "--verify", "md5", self.lp("v10"), self.rr())
+        r = self.cli("put", "--verify", "md5", self.lp("plain"), self.rr())
         self.assertEqual(r.returncode, EXIT_USAGE)
 
     def test_quiet_and_json_summaries(self):
@@ -1182,7 +1194,28 @@ class TransferWatch(threading.Thread):
 
 
 class Interruptions(FilesTestCase):
+    """Each test has its own server (it is killed and restarted, and must not take the others down)."""
     SIZE = 200 * MiB
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="cskit-files-")
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def setUp(self):
+        self.srv = Server()
+        self.addCleanup(self.srv.cleanup)
+        self.addCleanup(self.srv.stop)
+        super().setUp()
+
+    def assert_server_alive(self, what):
+        rc = self.srv.proc.poll()
+        if rc is not None:
+            how = f"killed by signal {-rc} ({signal.Signals(-rc).name})" if rc < 0 else f"exit {rc}"
+            self.fail(f"the server died ({how}) {what}")
 
     def start(self, *args):
         return subprocess.Popen([BIN, *args], env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -1212,9 +1245,15 @@ class Interruptions(FilesTestCase):
                                 f"rc {p.returncode} {err!r}")
         if victim == "client":
             self.assertEqual(p.returncode, -signal.SIGKILL)
+            time.sleep(0.1)
+            self.assert_server_alive(f"when a client of `cskit {args[0]}` was killed")
             # The server closes the upload (and unlocks its part) when it sees the connection go.
             self.assertTrue(wait_until(lambda: not server_holds_a_part(self.srv.proc.pid), 20))
         else:
+            if p.returncode < 0:
+                self.fail(f"`cskit {args[0]}` died of signal {-p.returncode} "
+                          f"({signal.Signals(-p.returncode).name}) when the server went away; "
+                          f"expected exit {EXIT_CONNECT}")
             self.assertEqual(p.returncode, EXIT_CONNECT, err)
         return p.returncode
 
@@ -1245,6 +1284,44 @@ class Interruptions(FilesTestCase):
         self.assertEqual(watch.partial_finals, [], "a partial file appeared under the final name")
         self.assertEqual(watch.shrank(), [], "a part file shrank: a transfer started over instead of resuming")
         self.assert_no_parts(self.rshare, self.local)
+
+    def test_server_survives_clients_killed_during_downloads(self):
+        """A downloading client that disappears (its kernel resets the connection) must not take the
+        server with it. (The server's sendfile() to a reset socket raised SIGPIPE, which it does not ignore.)"""
+        write_big(os.path.join(self.rshare, "dl.bin"), 64 * MiB)
+        for i in range(20):
+            s, _ = wire.login(self.srv.port, TOKEN)
+            try:
+                s.sendall(wire.encode({"type": "get", "id": 7, "path": f"{self.rdir}/dl.bin"}))
+                got, want = 0, (i % 8 + 1) * 256 * 1024
+                s.settimeout(20)
+                while got < want:
+                    chunk = s.recv(65536)
+                    self.assertTrue(chunk, "the server closed the connection")
+                    got += len(chunk)
+                # What the kernel does for a killed client with unread data: a reset.
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            finally:
+                s.close()
+            time.sleep(0.05)
+            self.assert_server_alive(f"after a client reset its connection during a download (attempt {i + 1})")
+        # And killed CLI clients, at a few points.
+        for i, threshold in enumerate((1, 20, 47)):
+            p = self.start("get", self.rr("dl.bin"), self.lp(f"dl{i}.bin"))
+            try:
+                wait_until(lambda: part_size(self.local) >= threshold * MiB or p.poll() is not None, 60, 0.001)
+                p.kill()
+                p.communicate(timeout=30)
+            finally:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+            time.sleep(0.1)
+            self.assert_server_alive(f"after a `cskit get` was killed {threshold} MiB into a download")
+            for f in glob.glob(os.path.join(glob.escape(self.local), PART_PREFIX + "*")):
+                os.unlink(f)
+        self.ok("get", self.rr("dl.bin"), self.lp("final.bin"))
+        self.assertEqual(os.path.getsize(self.lp("final.bin")), 64 * MiB)
 
     def test_put_client_killed_three_times(self):
         self.interrupted_transfer("put", "client", [30 * MiB, 90 * MiB, 150 * MiB])
@@ -1325,6 +1402,60 @@ class Interruptions(FilesTestCase):
         else:
             self.assertEqual(p.returncode, EXIT_CHANGED, err)
             self.assertFalse(os.path.exists(os.path.join(self.rshare, "moving.bin")))
+
+
+class ClientSurvivesServerLoss(unittest.TestCase):
+    """`cskit put` whose server resets the connection mid-upload exits 3, never dies of SIGPIPE."""
+
+    def resetting_server(self, sock):
+        conn, _ = sock.accept()
+        with conn:
+            nonce = os.urandom(32)
+            conn.sendall(wire.encode({"type": "hello", "proto": 1, "server": "cskit", "version": "0.1.0",
+                                      "name": "fake", "auth": ["hmac-sha256"], "nonce": nonce.hex()}))
+            auth, _ = wire.read_frame(conn, 20)
+            proof = wire.proof(b"cskit/1 server", TOKEN, auth["user"], nonce, bytes.fromhex(auth["nonce"]))
+            conn.sendall(wire.encode({"type": "welcome", "id": auth["id"], "user": auth["user"],
+                                      "permissions": ["files-read", "files-write"], "proof": proof}))
+            while True:
+                h, _ = wire.read_frame(conn, 20)
+                if h["type"] == "put":
+                    conn.sendall(wire.encode({"type": "put.ready", "id": h["id"], "offset": 0}))
+                    break
+                conn.sendall(wire.encode({"type": "error", "id": h.get("id"), "code": "not_found", "message": "no"}))
+            conn.settimeout(20)
+            got = 0
+            while got < 2 * MiB:
+                chunk = conn.recv(MiB)
+                if not chunk:
+                    return
+                got += len(chunk)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    def test_server_resets_during_put(self):
+        tmp = tempfile.mkdtemp(prefix="cskit-reset-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        src = os.path.join(tmp, "up.bin")
+        write_big(src, 32 * MiB)
+        env = dict(os.environ, CSKIT_TOKEN=TOKEN)
+        for attempt in range(16):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(1)
+            sock.settimeout(20)
+            th = threading.Thread(target=lambda: self.resetting_server(sock), daemon=True)
+            th.start()
+            try:
+                r = subprocess.run([BIN, "put", src, f"127.0.0.1:{sock.getsockname()[1]}:up.bin"], env=env,
+                                   capture_output=True, text=True, timeout=60)
+            finally:
+                th.join(timeout=20)
+                sock.close()
+            if r.returncode < 0:
+                self.fail(f"attempt {attempt + 1}: `cskit put` died of signal {-r.returncode} "
+                          f"({signal.Signals(-r.returncode).name}) when the server reset the connection")
+            self.assertEqual(r.returncode, EXIT_CONNECT, r.stderr)
+            self.assertIn("lost", r.stderr)
 
 
 # ---------------------------------------------------------------- 8. disk full, quota, size limit
@@ -1492,8 +1623,9 @@ permissions = ["chat"]
             with self.subTest(cmd=" ".join(args[:2])):
                 r = self.cli(*args, **ro)
                 self.assertEqual(r.returncode, EXIT_PERMISSION, r.stderr)
-        r = self.cli("put", "-", self.rr("stdin"), input=b"x", binary=True, **ro)
-        self.assertEqual(r.returncode, EXIT_PERMISSION)
+        with self.subTest(cmd="put - (stdin)"):
+            r = self.cli("put", "-W", "10", "-", self.rr("stdin"), input=b"x", binary=True, **ro)
+            self.assertEqual(r.returncode, EXIT_PERMISSION, r.stderr)
         with cskit_client.Client.connect("127.0.0.1", self.srv.port, "reader", READER_TOKEN) as c:
             for typ, fields in [("fs.setattr", {"path": f"{self.rdir}/f.txt", "mode": 0o777}),
                                 ("fs.symlink", {"path": f"{self.rdir}/l", "target": "f.txt"}),
