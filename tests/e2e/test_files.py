@@ -15,7 +15,6 @@ import io
 import json
 import os
 import pty
-import re
 import select
 import shutil
 import signal
@@ -47,16 +46,8 @@ os.umask(UMASK)
 
 # ---------------------------------------------------------------- helpers
 
-def random_bytes(n, seed=None):
-    """n bytes of random data (os.urandom, or a repeatable stream from `seed`)."""
-    if seed is None:
-        return os.urandom(n)
-    out = bytearray()
-    counter = 0
-    while len(out) < n:
-        out += hashlib.sha256(b"%s:%d" % (str(seed).encode(), counter)).digest() * 64
-        counter += 1
-    return bytes(out[:n])
+def random_bytes(n):
+    return os.urandom(n)
 
 
 def write_file(path, data):
@@ -579,6 +570,16 @@ class Commands(FilesTestCase):
         self.assertNotEqual(r.returncode, EXIT_OK)
         self.assertTrue(os.path.isdir(os.path.join(self.rshare, "dir")))
 
+    def test_wrong_token(self):
+        write_file(self.lp("f"), b"x")
+        for args in (("put", self.lp("f"), self.rr()), ("get", self.rr("f"), self.lp("g")), ("ls", self.rr()),
+                     ("mkdir", self.rr("d"))):
+            with self.subTest(cmd=args[0]):
+                r = self.cli(*args, token="wrong-token-0123456789abcdef")
+                self.assertEqual(r.returncode, EXIT_AUTH, r.stderr)
+        self.assertEqual(os.listdir(self.rshare), [])
+        self.assertFalse(os.path.exists(self.lp("g")))
+
     def test_missing_parent_is_not_found(self):
         """A path whose parent directory does not exist is 'not found' (13), whatever the command."""
         write_file(self.lp("f"), b"x")
@@ -1044,6 +1045,8 @@ class FakeFileServer:
                 body = json.dumps(self.listing).encode()
                 conn.sendall(wire.encode({"type": "fs.list.reply", "id": rid, "count": len(self.listing),
                                           "done": True, "skipped": 0}, body))
+            elif t == "get" and callable(self.files.get(h.get("path"))):
+                self.files[h["path"]](conn, rid)
             elif t == "get" and h.get("path") in self.files:
                 header, body = self.files[h["path"]]
                 conn.sendall(wire.encode(dict(header, id=rid), body))
@@ -1133,6 +1136,33 @@ class ClientRefusesHostileServer(FilesTestCase):
         self.assertEqual(stat.S_IMODE(os.stat(os.path.join(dest, "root", "good.txt")).st_mode), 0o755)
         self.assertNotIn("\x1b", r.stderr)  # control characters are shown escaped
         self.assertEqual(part_files(self.lp("parent")), [])
+
+    def test_tampered_content_is_not_committed(self):
+        """Bytes that do not match the server's digest: exit 11, nothing under the name, no part left."""
+        good_header, good_body = self.good
+
+        def streamed(conn, rid):
+            size = 5 * MiB
+            conn.sendall(wire.encode({"type": "get.begin", "id": rid, "size": size, "offset": 0, "mode": 0o644,
+                                      "mtime_ns": 10 ** 18}))
+            for _ in range(5):
+                conn.sendall(wire.encode({"type": "get.data", "id": rid}, random_bytes(MiB)))
+            conn.sendall(wire.encode({"type": "get.end", "id": rid, "size": size, "xxh3": "0" * 32}))
+
+        stats = {n: self.file_entry(n, size=s) for n, s in (("small", len(good_body)), ("big", 5 * MiB))}
+        files = {"small": (good_header, b"tampered body"), "big": streamed}
+        for name in ("small", "big"):
+            with self.subTest(name=name):
+                fake = FakeFileServer(stats, [], files)
+                try:
+                    r = subprocess.run([BIN, "get", f"127.0.0.1:{fake.port}:{name}", self.lp(name)],
+                                       capture_output=True, text=True, env=self.env(), timeout=60)
+                finally:
+                    fake.close()
+                self.assertEqual(r.returncode, EXIT_INTEGRITY, r.stderr)
+                self.assertIn("digest mismatch", r.stderr)
+                self.assertFalse(os.path.lexists(self.lp(name)))
+                self.assertEqual(part_files(self.local), [])
 
     def test_entry_named_dot_from_the_server(self):
         """'.' and './' are the listed directory itself, not an entry: nothing may be written for them
@@ -1324,16 +1354,16 @@ class Interruptions(FilesTestCase):
         self.assertEqual(os.path.getsize(self.lp("final.bin")), 64 * MiB)
 
     def test_put_client_killed_three_times(self):
-        self.interrupted_transfer("put", "client", [30 * MiB, 90 * MiB, 150 * MiB])
+        self.interrupted_transfer("put", "client", [30 * MiB, 80 * MiB, 130 * MiB])
 
     def test_get_client_killed_three_times(self):
-        self.interrupted_transfer("get", "client", [30 * MiB, 90 * MiB, 150 * MiB])
+        self.interrupted_transfer("get", "client", [30 * MiB, 80 * MiB, 130 * MiB])
 
     def test_put_server_killed_twice(self):
-        self.interrupted_transfer("put", "server", [40 * MiB, 120 * MiB])
+        self.interrupted_transfer("put", "server", [40 * MiB, 110 * MiB])
 
     def test_get_server_killed_twice(self):
-        self.interrupted_transfer("get", "server", [40 * MiB, 120 * MiB])
+        self.interrupted_transfer("get", "server", [40 * MiB, 110 * MiB])
 
     def changed_between_attempts(self, direction, change):
         if direction == "put":
@@ -1408,6 +1438,12 @@ class ClientSurvivesServerLoss(unittest.TestCase):
     """`cskit put` whose server resets the connection mid-upload exits 3, never dies of SIGPIPE."""
 
     def resetting_server(self, sock):
+        try:
+            self._resetting_server(sock)
+        except (OSError, EOFError, ValueError, KeyError):
+            pass  # the client gave up first: the test sees its exit code
+
+    def _resetting_server(self, sock):
         conn, _ = sock.accept()
         with conn:
             nonce = os.urandom(32)
@@ -1526,6 +1562,7 @@ class QuotaAndLimits(FilesTestCase):
         with self.subTest("a stream, refused once it passes the quota"):
             r = self.cli("put", "-W", "10", "-", self.rr("c"), input=random_bytes(6 * MiB), binary=True)
             self.assertEqual(r.returncode, EXIT_QUOTA, r.stderr)
+            self.assertIn(b"quota", r.stderr)
             self.assertFalse(os.path.exists(os.path.join(self.rshare, "c")))
         with self.subTest("removing frees the space again"):
             self.ok("rm", self.rr("a"))
@@ -1543,7 +1580,7 @@ class QuotaAndLimits(FilesTestCase):
         with self.subTest("a stream, refused once it passes the limit"):
             r = self.cli("put", "-W", "10", "-", self.rr("stream"), input=random_bytes(8 * MiB), binary=True)
             self.assertEqual(r.returncode, EXIT_REMOTE, r.stderr)
-            self.assertIn("larger than this server accepts (7340032 bytes)", r.stderr)
+            self.assertIn(b"larger than this server accepts (7340032 bytes)", r.stderr)
             self.assertFalse(os.path.exists(os.path.join(self.rshare, "stream")))
         write_file(self.lp("small"), random_bytes(MiB))
         self.ok("put", self.lp("small"), self.rr())
@@ -1582,6 +1619,48 @@ class Concurrency(FilesTestCase):
     def test_six_writers_same_name_inline(self):
         for _ in range(2):
             self.race(100000)
+
+    def test_many_raw_writers_same_name(self):
+        """8 connections x 1000 inline puts of different content to one name. A put that opens the
+        well-known part file just before another upload renames it into place must not lock, truncate
+        and rewrite the committed file (it then failed with "committing: no such file or directory")."""
+        size, n, per = 100000, 8, 1000
+        with Server(config_text="[files]\nfsync = false\n") as srv:
+            inputs = [random_bytes(size) for _ in range(n)]
+            digests = []
+            with cskit_client.Client.connect("127.0.0.1", srv.port, "admin", TOKEN) as c:
+                for i, d in enumerate(inputs):
+                    write_file(os.path.join(srv.share, f"seed{i}"), d)
+                    digests.append(c.request("get", path=f"seed{i}")[0]["xxh3"])
+            errors = []
+
+            def writer(i):
+                try:
+                    with cskit_client.Client.connect("127.0.0.1", srv.port, "admin", TOKEN, timeout=30) as c:
+                        for k in range(per):
+                            try:
+                                h, _ = c.request("put", inputs[i], path="same", inline=True, size=size,
+                                                 xxh3=digests[i])
+                                if h["type"] != "put.done":
+                                    errors.append((i, k, h["type"]))
+                            except cskit_client.RemoteError as e:
+                                errors.append((i, k, e.code, e.message))
+                except (OSError, cskit_client.ProtocolError) as e:
+                    errors.append((i, "connection", repr(e)))
+
+            watch = TransferWatch(srv.share, os.path.join(srv.share, "same"), size)
+            watch.start()
+            threads = [threading.Thread(target=writer, args=(i,), daemon=True) for i in range(n)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=120)
+            watch.finish()
+            self.assertFalse(any(t.is_alive() for t in threads), "writers still running after 120 s")
+            self.assertEqual(errors, [], f"{len(errors)} of {n * per} puts failed")
+            self.assertIn(read_file(os.path.join(srv.share, "same")), inputs)
+            self.assertEqual(watch.partial_finals, [], "a partial file appeared under the final name")
+            self.assertEqual(part_files(srv.share), [])
 
 
 # ---------------------------------------------------------------- 10. permissions
