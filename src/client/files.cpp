@@ -31,7 +31,7 @@ constexpr std::size_t chunk = 4u << 20;           // bytes per put.data frame
 constexpr std::size_t window_requests = 1024;     // unanswered requests in flight
 constexpr std::size_t window_bytes = 32u << 20;   // inline bytes in flight
 constexpr std::size_t window_gets = 64;           // get requests in flight
-constexpr std::size_t commit_batch = 128;         // files per group commit
+constexpr std::size_t max_commit_batch = 1024;    // files per group commit (2 descriptors each)
 
 errc local_errc(int err) {
   switch (err) {
@@ -812,6 +812,10 @@ transfer_result file_client::get(const std::vector<std::string>& sources, const 
     return true;
   };
 
+  // Finished files wait, open, for one syncfs that covers them all.
+  const std::uint64_t fd_limit = util::raise_fd_limit();
+  const std::size_t commit_batch = static_cast<std::size_t>(
+      std::clamp<std::uint64_t>(fd_limit > 288 ? (fd_limit - 256) / 2 : 16, 16, max_commit_batch));
   std::vector<local_commit> batch;
   std::map<std::uint64_t, get_file*> waiting;  // id -> file, in request order
   std::size_t next = 0;

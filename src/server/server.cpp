@@ -1,6 +1,5 @@
 #include "server/server.hpp"
 
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -16,21 +15,12 @@
 #include "server/exec_routes.hpp"
 #include "server/file_routes.hpp"
 #include "server/session.hpp"
+#include "util/file_io.hpp"
 #include "util/paths.hpp"
 #include "version.hpp"
 
 namespace cskit::server {
 namespace {
-
-void raise_fd_limit() {
-  // Each connection is one descriptor; the soft limit (often 1024) is far
-  // below what the server is meant to hold.
-  rlimit rl{};
-  if (::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-    rl.rlim_cur = rl.rlim_max;
-    ::setrlimit(RLIMIT_NOFILE, &rl);
-  }
-}
 
 std::string host_name() {
   char buf[256] = {};
@@ -107,7 +97,9 @@ void run_server(server_config config, const serve_hooks& hooks) {
   o.limits.frame_timeout = config.frame_timeout;
   o.grace = config.grace;
 
-  raise_fd_limit();
+  // Each connection is one descriptor; the soft limit (often 1024) is far
+  // below what the server is meant to hold.
+  util::raise_fd_limit();
   net::tcp_server srv(o, [&ctx] { return std::make_unique<session>(ctx); });
   srv.listen();
   const std::string address = srv.local_address();

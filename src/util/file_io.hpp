@@ -24,6 +24,10 @@ long read_full(int fd, void* data, std::size_t n, std::uint64_t offset) noexcept
 /// read(2) until `n` bytes or EOF; returns bytes read or -errno.
 long read_full(int fd, void* data, std::size_t n) noexcept;
 
+/// Raises the soft limit on open descriptors to the hard limit; returns
+/// the soft limit now in force.
+std::uint64_t raise_fd_limit() noexcept;
+
 /// Closes the descriptor when it goes out of scope.
 class unique_fd {
  public:
