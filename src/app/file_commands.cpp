@@ -2,6 +2,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <csignal>
 #include <cmath>
 #include <cstdio>
 #include <ctime>
@@ -132,6 +133,9 @@ int report_client_error(const client::client_error& e, bool as_json, const char*
 
 template <class F>
 int with_connection(const files_options& o, const std::string& host, const char* cmd, F&& f) {
+  // A lost connection during sendfile (which cannot pass MSG_NOSIGNAL) must
+  // be an error message and exit code 3, not death by SIGPIPE.
+  ::signal(SIGPIPE, SIG_IGN);
   try {
     auto conn = connect_client(o.common, host);
     client::file_client fc(conn);

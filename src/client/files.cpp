@@ -377,7 +377,7 @@ transfer_result file_client::put(const std::vector<std::string>& sources, const 
   auto base_put = [&](const put_item& it) {
     json h = {{"type", "put"}, {"path", it.remote}};
     if (o.no_clobber) h["no_clobber"] = true;
-    if (o.sha256) h["sha256"] = true;
+    if (o.sha256) h["verify"] = "sha256";
     if (o.preserve && it.what != put_item::stream) {
       h["mode"] = it.st.st_mode & 0777;
       h["mtime_ns"] = mtime_of(it.st);
@@ -416,18 +416,21 @@ transfer_result file_client::put(const std::vector<std::string>& sources, const 
       }
       util::content_digest digest(o.sha256);
       std::string buf(1u << 20, '\0');
+      pipe.track(id, it.remote, file_done(it.remote));  // errors while streaming arrive with this id
       for (;;) {
+        if (!pipe.pending(id)) break;  // the server refused the rest (quota, disk full, ...)
         long n = util::read_full(0, buf.data(), buf.size());
         if (n < 0) {
           r.errors.push_back({"-", local_errc(static_cast<int>(-n)), local_message(static_cast<int>(-n), "reading stdin")});
           c_.send({{"type", "put.abort"}, {"id", id}, {"discard", true}});
+          pipe.forget(id);
+          ++prog.files_done;
           break;
         }
         if (n == 0) {
           json end = {{"type", "put.end"}, {"id", id}, {"xxh3", digest.xxh3_hex()}};
           if (o.sha256) end["sha256"] = digest.sha256_hex();
           c_.send(end);
-          pipe.track(id, it.remote, file_done(it.remote));
           break;
         }
         digest.update(buf.data(), static_cast<std::size_t>(n));
@@ -709,8 +712,8 @@ transfer_result file_client::get(const std::vector<std::string>& sources, const 
       }
       for (auto& e : entries) {
         const std::string shown = join(src, e.name);
-        if (std::string why = util::check_relative_path(e.name); !why.empty() || e.name.empty()) {
-          unsafe(shown, why.empty() ? "empty name" : why);
+        if (std::string why = util::check_relative_path(e.name); !why.empty() || util::normalize_relative(e.name).empty()) {
+          unsafe(shown, why.empty() ? "an entry must name something below the directory, not '" + e.name + "'" : why);
           continue;
         }
         bool part_name = false;
@@ -773,6 +776,20 @@ transfer_result file_client::get(const std::vector<std::string>& sources, const 
     }
     ++r.symlinks;
   }
+  // Now that every link exists, let the kernel follow each one, jailed: a
+  // chain of links from the server must not lead outside the destination.
+  for (const auto& [local, e] : links) {
+    util::unique_fd probe(jail ? jail->open(local, O_PATH) : -ENOENT);
+    if (probe || -probe.get() == ENOENT || -probe.get() == ELOOP) continue;
+    std::string leaf;
+    util::unique_fd dir(jail->open_parent(local, leaf));
+    struct stat st {};
+    if (dir && ::fstatat(dir.get(), leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode)) {
+      ::unlinkat(dir.get(), leaf.c_str(), 0);
+      --r.symlinks;
+    }
+    unsafe(local, "the link's target '" + e.target + "' leads outside the destination (through other links)");
+  }
 
   transfer_progress prog;
   prog.files_total = files.size();
@@ -796,16 +813,9 @@ transfer_result file_client::get(const std::vector<std::string>& sources, const 
       return false;
     }
     g.part = util::part_file_name(g.leaf);
-    int fd = ::openat(g.dir.get(), g.part.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
-    if (fd >= 0 && ::flock(fd, LOCK_EX | LOCK_NB) != 0) {
-      ::close(fd);
-      g.part += "." + random_suffix();
-      g.private_part = true;
-      fd = ::openat(g.dir.get(), g.part.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-    }
+    int fd = util::open_locked_part(g.dir.get(), g.part, g.private_part);
     if (fd < 0) {
-      const int e = errno;
-      r.errors.push_back({g.local, local_errc(e), local_message(e, g.local)});
+      r.errors.push_back({g.local, local_errc(-fd), local_message(-fd, g.local)});
       return false;
     }
     g.fd.reset(fd);
@@ -893,7 +903,7 @@ transfer_result file_client::get(const std::vector<std::string>& sources, const 
         continue;
       }
       json h = {{"type", "get"}, {"path", g.remote}};
-      if (o.sha256) h["sha256"] = true;
+      if (o.sha256) h["verify"] = "sha256";
       struct stat st {};
       if (!to_stdout && ::fstat(g.fd.get(), &st) == 0 && st.st_size > 0 &&
           static_cast<std::uint64_t>(st.st_size) <= g.entry.size) {

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <spdlog/spdlog.h>
@@ -100,6 +101,10 @@ void run_server(server_config config, const serve_hooks& hooks) {
   // Each connection is one descriptor; the soft limit (often 1024) is far
   // below what the server is meant to hold.
   util::raise_fd_limit();
+  // sendfile(2) has no MSG_NOSIGNAL: a peer that resets mid-download would
+  // otherwise kill the server. (Commands started by exec get every signal
+  // back to its default before they run.)
+  ::signal(SIGPIPE, SIG_IGN);
   net::tcp_server srv(o, [&ctx] { return std::make_unique<session>(ctx); });
   srv.listen();
   const std::string address = srv.local_address();

@@ -102,6 +102,17 @@ std::optional<T> opt_number(const json& h, const char* key) {
   return it->get<T>();
 }
 
+// The request's "verify": absent or "xxh3" (the XXH3-128 digest is always
+// checked), or "sha256" to add SHA-256. False for anything else.
+bool wants_sha256(const json& h, bool& sha) {
+  auto it = h.find("verify");
+  if (it == h.end() || it->is_null()) return true;
+  if (!it->is_string()) return false;
+  const auto& v = it->get_ref<const std::string&>();
+  sha = v == "sha256";
+  return sha || v == "xxh3";
+}
+
 }  // namespace
 
 proto::errc errc_for_errno(int err) noexcept {
@@ -266,6 +277,9 @@ struct files_session::upload {
   std::optional<std::int64_t> mtime;
   bool failed = false;  // answered with an error; waiting for put.end to forget it
 
+  /// Only a part with a known target size can be resumed; anything else
+  /// is removed when the upload ends without a commit.
+  bool resumable() const noexcept { return size.has_value() && !private_part; }
   explicit upload(bool sha) : digest(sha), want_sha256(sha) {}
 };
 
@@ -285,7 +299,7 @@ files_session::~files_session() {
   // Uploads cut off by a closed connection keep their part files (they
   // are resumable); private parts are removed.
   for (auto& [id, u] : uploads_) {
-    if (u->private_part && u->dir) ::unlinkat(u->dir.get(), u->part.c_str(), 0);
+    if (!u->resumable() && u->dir) ::unlinkat(u->dir.get(), u->part.c_str(), 0);
     share_.release(u->reserved);
   }
 }
@@ -660,6 +674,17 @@ void files_session::do_symlink(std::uint64_t id, const json& h) {
   if (::symlinkat(target.c_str(), dir.get(), tmp.c_str()) != 0) {
     return error(id, errc_for_errno(errno), errno_message(errno, "symlink '" + *path + "'"));
   }
+  {
+    // Let the kernel follow it, jailed: a chain through links already in
+    // the share (or a parent that is itself a link) must not lead outside.
+    const auto slash = path->rfind('/');
+    const std::string tmp_rel = slash == std::string::npos ? tmp : path->substr(0, slash + 1) + tmp;
+    util::unique_fd probe(share_.jail().open(tmp_rel, O_PATH));
+    if (!probe && -probe.get() != ENOENT && -probe.get() != ELOOP) {
+      ::unlinkat(dir.get(), tmp.c_str(), 0);
+      return error(id, errc::bad_path, "'" + *path + "' -> '" + target + "': the link would lead outside the share");
+    }
+  }
   if (::renameat(dir.get(), tmp.c_str(), dir.get(), leaf.c_str()) != 0) {
     const int e = errno;
     ::unlinkat(dir.get(), tmp.c_str(), 0);
@@ -701,7 +726,8 @@ void files_session::do_put(std::uint64_t id, const json& h, std::string& body) {
   }
   const auto size = opt_number<std::uint64_t>(h, "size");
   const bool is_inline = h.value("inline", false);
-  const bool sha = h.value("sha256", false);
+  bool sha = false;
+  if (!wants_sha256(h, sha)) return error(id, errc::bad_request, "'verify' must be \"xxh3\" or \"sha256\"");
   const auto mode = opt_number<std::uint32_t>(h, "mode");
   const auto mtime = opt_number<std::int64_t>(h, "mtime_ns");
   const bool no_clobber = h.value("no_clobber", false);
@@ -741,18 +767,10 @@ void files_session::do_put(std::uint64_t id, const json& h, std::string& body) {
   // The part file: one well-known name per target (resumable), locked
   // while in use. A concurrent upload of the same name gets a private one.
   u->part = part_name_for(u->leaf);
-  int fd = ::openat(u->dir.get(), u->part.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
-  if (fd >= 0 && ::flock(fd, LOCK_EX | LOCK_NB) != 0) {
-    ::close(fd);
-    u->part += "." + random_suffix();
-    u->private_part = true;
-    fd = ::openat(u->dir.get(), u->part.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-    if (fd >= 0) ::flock(fd, LOCK_EX | LOCK_NB);
-  }
+  int fd = util::open_locked_part(u->dir.get(), u->part, u->private_part);
   if (fd < 0) {
-    const int e = errno;
     share_.release(u->reserved);
-    return error(id, errc_for_errno(e), errno_message(e, "cannot create a part file for '" + *path + "'"));
+    return fail_errno(id, -fd, "cannot create a part file for '" + *path + "'");
   }
   u->file.reset(fd);
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
@@ -796,6 +814,7 @@ void files_session::do_put(std::uint64_t id, const json& h, std::string& body) {
 
 void files_session::fail_upload(upload& u, errc code, const std::string& message) {
   u.failed = true;
+  if (!u.resumable()) ::unlinkat(u.dir.get(), u.part.c_str(), 0);
   spdlog::info("files: upload of '{}' failed: {}", u.leaf, message);
   // The id is known to the caller; find it to answer.
   for (auto& [id, p] : uploads_) {
@@ -881,8 +900,7 @@ void files_session::put_end(std::uint64_t id, const json& h) {
   if (it->second->failed) {
     // Already answered with its error; the part stays for a resume.
     share_.release(it->second->reserved);
-    if (it->second->private_part) ::unlinkat(it->second->dir.get(), it->second->part.c_str(), 0);
-    uploads_.erase(it);
+    uploads_.erase(it);  // (a part that is not resumable is already gone)
     return;
   }
   upload& u = *it->second;
@@ -890,7 +908,7 @@ void files_session::put_end(std::uint64_t id, const json& h) {
     const std::string msg = "'" + u.leaf + "': got " + std::to_string(u.written) + " of " + std::to_string(*u.size) +
                             " bytes";
     share_.release(u.reserved);
-    if (u.private_part) ::unlinkat(u.dir.get(), u.part.c_str(), 0);
+    if (!u.resumable()) ::unlinkat(u.dir.get(), u.part.c_str(), 0);
     uploads_.erase(it);
     return error(id, errc::bad_request, msg);
   }
@@ -916,7 +934,7 @@ void files_session::put_abort(std::uint64_t id, const json& h) {
   auto it = uploads_.find(id);
   if (it == uploads_.end()) return;
   upload& u = *it->second;
-  if (u.private_part || h.value("discard", false)) ::unlinkat(u.dir.get(), u.part.c_str(), 0);
+  if (!u.resumable() || h.value("discard", false)) ::unlinkat(u.dir.get(), u.part.c_str(), 0);
   share_.release(u.reserved);
   uploads_.erase(it);
 }
@@ -980,7 +998,8 @@ void files_session::submit_commit(upload& u, std::uint64_t id) {
 void files_session::do_get(std::uint64_t id, const json& h) {
   auto path = checked_path(id, h, "path");
   if (!path) return;
-  const bool sha = h.value("sha256", false);
+  bool sha = false;
+  if (!wants_sha256(h, sha)) return error(id, errc::bad_request, "'verify' must be \"xxh3\" or \"sha256\"");
   util::unique_fd fd(share_.jail().open(*path, O_RDONLY | O_NONBLOCK));
   if (!fd) return fail_errno(id, -fd.release(), "'" + *path + "'");
   auto d = std::make_unique<download>(sha);

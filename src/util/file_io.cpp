@@ -3,13 +3,18 @@
 #include <setjmp.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/file.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <memory>
 #include <mutex>
+#include <random>
 
 #include "util/digest.hpp"
 
@@ -140,6 +145,38 @@ long read_full(int fd, void* data, std::size_t n) noexcept {
     got += static_cast<std::size_t>(r);
   }
   return static_cast<long>(got);
+}
+
+int open_locked_part(int dirfd, std::string& name, bool& is_private) noexcept {
+  is_private = false;
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    int fd = ::openat(dirfd, name.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) return -errno;
+    if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+      ::close(fd);
+      break;  // in use by another transfer
+    }
+    struct stat mine {}, named {};
+    if (::fstat(fd, &mine) == 0 && S_ISREG(mine.st_mode) &&
+        ::fstatat(dirfd, name.c_str(), &named, AT_SYMLINK_NOFOLLOW) == 0 && mine.st_dev == named.st_dev &&
+        mine.st_ino == named.st_ino) {
+      return fd;
+    }
+    ::close(fd);  // renamed away (committed) under us: try again
+  }
+  try {
+    thread_local std::mt19937_64 rng{std::random_device{}()};
+    char suffix[18];
+    std::snprintf(suffix, sizeof suffix, ".%016llx", static_cast<unsigned long long>(rng()));
+    name += suffix;
+  } catch (...) {
+    return -ENOMEM;
+  }
+  int fd = ::openat(dirfd, name.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (fd < 0) return -errno;
+  ::flock(fd, LOCK_EX | LOCK_NB);
+  is_private = true;
+  return fd;
 }
 
 std::uint64_t raise_fd_limit() noexcept {

@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 namespace cskit::util {
 
@@ -23,6 +24,14 @@ int write_all(int fd, const void* data, std::size_t n) noexcept;
 long read_full(int fd, void* data, std::size_t n, std::uint64_t offset) noexcept;
 /// read(2) until `n` bytes or EOF; returns bytes read or -errno.
 long read_full(int fd, void* data, std::size_t n) noexcept;
+
+/// Opens (creating, mode 0600) the part file `name` in directory `dirfd`
+/// and takes an exclusive flock on it, making sure the locked file is still
+/// the one under that name (another transfer may have renamed it into
+/// place between our open and our lock). When another transfer holds the
+/// lock, a private part `name.<random>` is created instead and `name` is
+/// updated. Returns the descriptor or -errno; `is_private` tells which.
+int open_locked_part(int dirfd, std::string& name, bool& is_private) noexcept;
 
 /// Raises the soft limit on open descriptors to the hard limit; returns
 /// the soft limit now in force.

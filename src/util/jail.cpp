@@ -67,12 +67,16 @@ bool symlink_target_inside(std::string_view link_path, std::string_view target) 
   auto parts = split_relative(link_path);
   if (!parts.empty()) parts.pop_back();  // the link's own name
   std::size_t depth = parts.size();
+  bool named = false;
   for (auto name : split_relative(target)) {
     if (name == ".") continue;
     if (name == "..") {
-      if (depth == 0) return false;
+      // ".." only before any name: after a name (which may itself be a
+      // link, "T/../..") the lexical reading can differ from the kernel's.
+      if (named || depth == 0) return false;
       --depth;
     } else {
+      named = true;
       ++depth;
     }
   }

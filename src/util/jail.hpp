@@ -37,7 +37,10 @@ std::string normalize_relative(std::string_view path);
 std::vector<std::string_view> split_relative(std::string_view normalized);
 /// True when a symlink at `link_path` (normalized, relative to the jail)
 /// with this `target` resolves, lexically, to a place inside the jail.
-/// Absolute targets are never inside.
+/// Absolute targets are never inside, and ".." is allowed only at the
+/// start of the target (never after a name, which could be a link).
+/// Callers also resolve a new link with open() (RESOLVE_BENEATH) to catch
+/// chains through existing links; and every open is jailed anyway.
 bool symlink_target_inside(std::string_view link_path, std::string_view target);
 
 /// Name prefix of part files (transfers in progress). Such names are

@@ -245,7 +245,7 @@ class DisabledChatTest(unittest.TestCase):
             self.assertNotEqual(p.returncode, 0)
             self.assertIn("chat is disabled on this server", p.stderr)
             info = json.loads(srv.cli("info", srv.address, "--json").stdout)
-            self.assertEqual(info["services"], ["core"])
+            self.assertEqual(info["services"], ["core", "files"])
 
 
 class LivenessTest(unittest.TestCase):

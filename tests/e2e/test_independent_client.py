@@ -114,7 +114,7 @@ class Authenticated(unittest.TestCase):
         self.assertIs(type(info["proto"]), int)
         self.assertEqual(info["proto"], 1)
         self.assertEqual(info["name"], NAME)
-        self.assertEqual(info["services"], ["chat", "core"])
+        self.assertEqual(info["services"], ["chat", "core", "files"])
         self.assertEqual(info["user"], "admin")
         self.assertEqual(info["permissions"], ADMIN_PERMISSIONS)
         self.assertEqual(info["limits"], {"max_body": 16777216, "max_header": 65536})
@@ -145,7 +145,7 @@ class Authenticated(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(len(re.findall(r"^ping \d+: [\d.]+ ms$", r.stdout, re.M)), 3, r.stdout)
         self.assertIn(f'hello.name: "{NAME}"', r.stdout)
-        self.assertIn('"services": ["chat", "core"]', r.stdout)
+        self.assertIn('"services": ["chat", "core", "files"]', r.stdout)
 
 
 class AuthFailures(unittest.TestCase):

@@ -55,7 +55,10 @@ TEST(RemotePath, SymlinkTargets) {
   EXPECT_FALSE(util::symlink_target_inside("a/link", "../../x"));
   EXPECT_FALSE(util::symlink_target_inside("a/link", "/etc"));
   EXPECT_FALSE(util::symlink_target_inside("a/link", ""));
-  EXPECT_TRUE(util::symlink_target_inside("a/link", "./b/../c"));
+  // ".." after a name is refused: the name may be a link ("T/../..").
+  EXPECT_FALSE(util::symlink_target_inside("a/link", "./b/../c"));
+  EXPECT_FALSE(util::symlink_target_inside("t/U", "T/../.."));
+  EXPECT_TRUE(util::symlink_target_inside("a/b/link", "./../c/d"));
 }
 
 TEST(PartFiles, NamesAreBoundedAndRecognised) {
