@@ -11,7 +11,6 @@
 #include <chrono>
 #include <cstring>
 #include <map>
-#include <random>
 
 #include "proto/messages.hpp"
 #include "proto/utf8.hpp"
@@ -70,15 +69,6 @@ std::int64_t mtime_of(const struct stat& st) {
   return static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1000000000LL + st.st_mtim.tv_nsec;
 }
 
-int set_mtime(int fd, std::int64_t ns) {
-  timespec ts[2];
-  ts[0].tv_sec = 0;
-  ts[0].tv_nsec = UTIME_OMIT;
-  ts[1].tv_sec = static_cast<time_t>(ns / 1000000000LL);
-  ts[1].tv_nsec = static_cast<long>(ns % 1000000000LL);
-  if (ts[1].tv_nsec < 0) ts[1].tv_nsec += 1000000000L, ts[1].tv_sec -= 1;
-  return ::futimens(fd, ts) == 0 ? 0 : errno;
-}
 
 mode_t default_file_mode() {
   static const mode_t m = [] {
@@ -89,12 +79,6 @@ mode_t default_file_mode() {
   return m;
 }
 
-std::string random_suffix() {
-  thread_local std::mt19937_64 rng{std::random_device{}()};
-  char buf[17];
-  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(rng()));
-  return buf;
-}
 
 // Replies to pipelined requests, matched by id.
 class pipeline {
@@ -575,7 +559,7 @@ void commit_all(std::vector<local_commit>& batch, bool no_clobber, bool flush, t
   for (std::size_t i = 0; i < batch.size(); ++i) {
     auto& c = batch[i];
     if (::fchmod(c.file.get(), c.mode) != 0) err[i] = errno;
-    if (!err[i] && c.mtime) err[i] = set_mtime(c.file.get(), *c.mtime);
+    if (!err[i] && c.mtime) err[i] = util::set_mtime_ns(c.file.get(), *c.mtime);
   }
   int rc = !flush ? 0 : batch.size() == 1 ? ::fsync(batch.front().file.get()) : ::syncfs(batch.front().file.get());
   if (rc != 0) {
@@ -766,7 +750,7 @@ transfer_result file_client::get(const std::vector<std::string>& sources, const 
       r.errors.push_back({local, local_errc(-dir.get()), local_message(-dir.get(), local)});
       continue;
     }
-    const std::string tmp = util::part_file_name(leaf) + "." + random_suffix();
+    const std::string tmp = util::part_file_name(leaf) + "." + util::random_hex64();
     if (::symlinkat(e.target.c_str(), dir.get(), tmp.c_str()) != 0 ||
         ::renameat2(dir.get(), tmp.c_str(), dir.get(), leaf.c_str(), o.no_clobber ? RENAME_NOREPLACE : 0) != 0) {
       const int err = errno;
@@ -987,7 +971,7 @@ transfer_result file_client::get(const std::vector<std::string>& sources, const 
       util::unique_fd fd(jail->open(it->local, O_RDONLY | O_DIRECTORY | O_NOFOLLOW));
       if (!fd) continue;
       ::fchmod(fd.get(), static_cast<mode_t>(it->entry.mode & 0777));
-      set_mtime(fd.get(), it->entry.mtime_ns);
+      util::set_mtime_ns(fd.get(), it->entry.mtime_ns);
     }
   }
   return r;

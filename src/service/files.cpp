@@ -10,7 +10,6 @@
 #include <boost/asio/post.hpp>
 #include <cerrno>
 #include <cstring>
-#include <random>
 #include <spdlog/spdlog.h>
 
 #include "net/connection.hpp"
@@ -37,12 +36,6 @@ constexpr int max_tree_depth = 256;
 std::string part_name_for(std::string_view leaf) { return util::part_file_name(leaf); }
 bool is_part_name(std::string_view name) { return util::is_part_file_name(name); }
 
-std::string random_suffix() {
-  thread_local std::mt19937_64 rng{std::random_device{}()};
-  char buf[17];
-  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(rng()));
-  return buf;
-}
 
 const char* type_name(mode_t m) {
   if (S_ISREG(m)) return "file";
@@ -75,18 +68,6 @@ json entry_json(std::string name, const struct stat& st, int dirfd, const char* 
   return e;
 }
 
-int set_mtime(int fd, std::int64_t ns) {
-  timespec ts[2];
-  ts[0].tv_sec = 0;
-  ts[0].tv_nsec = UTIME_OMIT;
-  ts[1].tv_sec = static_cast<time_t>(ns / 1000000000LL);
-  ts[1].tv_nsec = static_cast<long>(ns % 1000000000LL);
-  if (ts[1].tv_nsec < 0) {
-    ts[1].tv_nsec += 1000000000L;
-    ts[1].tv_sec -= 1;
-  }
-  return ::futimens(fd, ts) == 0 ? 0 : errno;
-}
 
 template <class T>
 std::optional<T> opt_number(const json& h, const char* key) {
@@ -220,7 +201,7 @@ void file_share::committer() {
     for (std::size_t i = 0; i < batch.size(); ++i) {
       auto& j = batch[i];
       if (j.mode && ::fchmod(j.file.get(), *j.mode) != 0) result[i] = errno;
-      if (!result[i] && j.mtime_ns) result[i] = set_mtime(j.file.get(), *j.mtime_ns);
+      if (!result[i] && j.mtime_ns) result[i] = util::set_mtime_ns(j.file.get(), *j.mtime_ns);
     }
     if (options_.fsync) {
       // Group commit: one syncfs() writes every waiting file at once; a
@@ -670,7 +651,7 @@ void files_session::do_symlink(std::uint64_t id, const json& h) {
     return error(id, errc::exists, "'" + *path + "' already exists");
   }
   // Create under a temporary name, then rename over: replacing is atomic.
-  const std::string tmp = part_name_for(leaf) + "." + random_suffix();
+  const std::string tmp = part_name_for(leaf) + "." + util::random_hex64();
   if (::symlinkat(target.c_str(), dir.get(), tmp.c_str()) != 0) {
     return error(id, errc_for_errno(errno), errno_message(errno, "symlink '" + *path + "'"));
   }
@@ -709,7 +690,7 @@ void files_session::do_setattr(std::uint64_t id, const json& h) {
     return error(id, errc_for_errno(errno), errno_message(errno, "chmod '" + *path + "'"));
   }
   if (mtime) {
-    if (int e = set_mtime(fd.get(), *mtime)) return error(id, errc_for_errno(e), errno_message(e, "'" + *path + "'"));
+    if (int e = util::set_mtime_ns(fd.get(), *mtime)) return error(id, errc_for_errno(e), errno_message(e, "'" + *path + "'"));
   }
   reply(id, {{"type", "fs.ok"}});
 }

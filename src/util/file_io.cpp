@@ -147,6 +147,26 @@ long read_full(int fd, void* data, std::size_t n) noexcept {
   return static_cast<long>(got);
 }
 
+int set_mtime_ns(int fd, std::int64_t ns) noexcept {
+  timespec ts[2];
+  ts[0].tv_sec = 0;
+  ts[0].tv_nsec = UTIME_OMIT;
+  ts[1].tv_sec = static_cast<time_t>(ns / 1000000000LL);
+  ts[1].tv_nsec = static_cast<long>(ns % 1000000000LL);
+  if (ts[1].tv_nsec < 0) {
+    ts[1].tv_nsec += 1000000000L;
+    ts[1].tv_sec -= 1;
+  }
+  return ::futimens(fd, ts) == 0 ? 0 : errno;
+}
+
+std::string random_hex64() {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(rng()));
+  return buf;
+}
+
 int open_locked_part(int dirfd, std::string& name, bool& is_private) noexcept {
   is_private = false;
   for (int attempt = 0; attempt < 8; ++attempt) {
@@ -165,10 +185,7 @@ int open_locked_part(int dirfd, std::string& name, bool& is_private) noexcept {
     ::close(fd);  // renamed away (committed) under us: try again
   }
   try {
-    thread_local std::mt19937_64 rng{std::random_device{}()};
-    char suffix[18];
-    std::snprintf(suffix, sizeof suffix, ".%016llx", static_cast<unsigned long long>(rng()));
-    name += suffix;
+    name += "." + random_hex64();
   } catch (...) {
     return -ENOMEM;
   }

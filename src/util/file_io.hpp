@@ -33,6 +33,11 @@ long read_full(int fd, void* data, std::size_t n) noexcept;
 /// updated. Returns the descriptor or -errno; `is_private` tells which.
 int open_locked_part(int dirfd, std::string& name, bool& is_private) noexcept;
 
+/// Sets a file's modification time (nanoseconds since the epoch); 0 or errno.
+int set_mtime_ns(int fd, std::int64_t ns) noexcept;
+/// 16 random hex digits, for temporary names.
+std::string random_hex64();
+
 /// Raises the soft limit on open descriptors to the hard limit; returns
 /// the soft limit now in force.
 std::uint64_t raise_fd_limit() noexcept;
