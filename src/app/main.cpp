@@ -41,13 +41,7 @@ void add_login_options(CLI::App& cmd, client_common& c) {
 
 void add_client_options(CLI::App& cmd, client_common& c) {
   cmd.add_option("host", c.host, "Server as HOST[:PORT] (IPv6 as [ADDR]:PORT); default port 7701")->required();
-  cmd.add_option("--user,-u", c.user, "User name (default: CSKIT_USER, client config, or admin)");
-  cmd.add_option("--token", c.token, "Token (default: CSKIT_TOKEN, then the client config)");
-  cmd.add_option("--client-config", c.client_config, "Client config file (default ~/.config/cskit/client.toml)");
-  cmd.add_option("--connect-timeout", c.connect_timeout, "Seconds to wait for the connection")
-      ->check(CLI::Range(0.1, 3600.0));
-  cmd.add_option("--timeout,-W", c.timeout, "Seconds to wait for each reply")->check(CLI::Range(0.1, 3600.0));
-  cmd.add_flag("--json", c.json, "Print one JSON object instead of text");
+  add_login_options(cmd, c);
 }
 
 int run_serve_impl(serve_options o, CLI::App& cmd) {

@@ -246,25 +246,7 @@ struct connection::impl {
         }
         break;  // need_more
       }
-      std::size_t n = 0;
-      if (!spin_read(n)) {
-        error_code ec = run(
-            [&](auto handler) {
-              socket.async_read_some(asio::buffer(rbuf.get(), rbuf_size),
-                                     [&, handler](const error_code& e, std::size_t got) mutable {
-                                       n = got;
-                                       handler(e);
-                                     });
-            },
-            opts.io_timeout, "waiting for " + (peer.empty() ? std::string("server") : peer));
-        if (ec) {
-          throw client_error(failure::connect, ec == asio::error::eof
-                                                   ? "connection closed by " + peer
-                                                   : "connection to " + peer + " lost: " + ec.message());
-        }
-      }
-      rpos = 0;
-      rlen = n;
+      fill();
     }
   }
 
@@ -284,14 +266,15 @@ struct connection::impl {
 
   proto::frame read_frame() {
     proto::frame f;
-    for (;;) {
-      if (decode_buffered(f)) return f;
-      std::size_t n = 0;
-      if (spin_read(n)) {
-        rpos = 0;
-        rlen = n;
-        continue;
-      }
+    while (!decode_buffered(f)) fill();
+    return f;
+  }
+
+  // Replaces the (fully decoded) read buffer with the next bytes from the
+  // socket: spins briefly, then waits with the io deadline.
+  void fill() {
+    std::size_t n = 0;
+    if (!spin_read(n)) {
       error_code ec = run(
           [&](auto handler) {
             socket.async_read_some(asio::buffer(rbuf.get(), rbuf_size),
@@ -306,9 +289,9 @@ struct connection::impl {
                                                  ? "connection closed by " + peer
                                                  : "connection to " + peer + " lost: " + ec.message());
       }
-      rpos = 0;
-      rlen = n;
     }
+    rpos = 0;
+    rlen = n;
   }
 
   // Polls the non-blocking socket for up to spin_before_block. True when

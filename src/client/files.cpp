@@ -348,7 +348,8 @@ transfer_result file_client::put(const std::vector<std::string>& sources, const 
     if (o.on_progress) o.on_progress(prog);
   };
   pipeline pipe(c_, r);
-  auto file_done = [&](const std::string&) {
+  // The reply handler of an upload (put.done, or its error).
+  auto file_done = [&] {
     return [&](proto::frame& f) {
       ++prog.files_done;
       if (f.type() == "put.done") {
@@ -400,7 +401,7 @@ transfer_result file_client::put(const std::vector<std::string>& sources, const 
       }
       util::content_digest digest(o.sha256);
       std::string buf(1u << 20, '\0');
-      pipe.track(id, it.remote, file_done(it.remote));  // errors while streaming arrive with this id
+      pipe.track(id, it.remote, file_done());  // errors while streaming arrive with this id
       for (;;) {
         if (!pipe.pending(id)) break;  // the server refused the rest (quota, disk full, ...)
         long n = util::read_full(0, buf.data(), buf.size());
@@ -457,7 +458,7 @@ transfer_result file_client::put(const std::vector<std::string>& sources, const 
       if (o.sha256) h["sha256"] = digest.sha256_hex();
       c_.send(h, body);
       prog.bytes_done += size;
-      pipe.track(id, it.remote, file_done(it.remote), body.size());
+      pipe.track(id, it.remote, file_done(), body.size());
       continue;
     }
     const auto id = c_.next_id();
@@ -482,7 +483,7 @@ transfer_result file_client::put(const std::vector<std::string>& sources, const 
         prog.bytes_done += pos;
       }
     }
-    pipe.track(id, it.remote, file_done(it.remote));  // errors while streaming arrive with this id
+    pipe.track(id, it.remote, file_done());  // errors while streaming arrive with this id
     bool first = true, failed = false;
     while (pos < size || first) {
       if (!pipe.pending(id)) {  // the server gave up (disk full, quota, ...)

@@ -149,22 +149,24 @@ frame_decoder::status frame_decoder::decode(std::string_view& in, frame& out) {
   }
 }
 
-errc encode_frame(std::string& out, const json& header, std::string_view body) {
+namespace {
+// Appends the length prefix and the header, declaring `body_length`.
+errc encode_prefix_and_header(std::string& out, const json& header, std::uint64_t body_length) {
   if (!header.is_object()) return errc::header_not_object;
   auto type = header.find("type");
   if (type == header.end() || !type->is_string() || type->get_ref<const std::string&>().empty()) {
     return errc::missing_type;
   }
   if (header.contains("body")) return errc::bad_body_length;
-  if (body.size() > max_body_size) return errc::body_too_large;
+  if (body_length > max_body_size) return errc::body_too_large;
 
   const std::size_t start = out.size();
   out.append(length_prefix_size, '\0');
   out += header.dump(-1, ' ', /*ensure_ascii=*/false, json::error_handler_t::replace);
-  if (!body.empty()) {
+  if (body_length > 0) {
     out.pop_back();  // the closing '}' of a non-empty object
     out += ",\"body\":";
-    out += std::to_string(body.size());
+    out += std::to_string(body_length);
     out += '}';
   }
   const std::size_t header_len = out.size() - start - length_prefix_size;
@@ -176,29 +178,18 @@ errc encode_frame(std::string& out, const json& header, std::string_view body) {
   out[start + 1] = static_cast<char>((header_len >> 16) & 0xFF);
   out[start + 2] = static_cast<char>((header_len >> 8) & 0xFF);
   out[start + 3] = static_cast<char>(header_len & 0xFF);
-  out.append(body.data(), body.size());
   return errc::ok;
+}
+}  // namespace
+
+errc encode_frame(std::string& out, const json& header, std::string_view body) {
+  errc e = encode_prefix_and_header(out, header, body.size());
+  if (e == errc::ok) out.append(body.data(), body.size());
+  return e;
 }
 
 errc encode_frame_header(std::string& out, const json& header, std::uint64_t body_length) {
-  if (body_length > max_body_size) return errc::body_too_large;
-  const std::size_t start = out.size();
-  errc e = encode_frame(out, header, {});
-  if (e != errc::ok || body_length == 0) return e;
-  out.pop_back();  // '}'
-  out += ",\"body\":";
-  out += std::to_string(body_length);
-  out += '}';
-  const std::size_t header_len = out.size() - start - length_prefix_size;
-  if (header_len > max_header_size) {
-    out.resize(start);
-    return errc::header_too_large;
-  }
-  out[start + 0] = static_cast<char>((header_len >> 24) & 0xFF);
-  out[start + 1] = static_cast<char>((header_len >> 16) & 0xFF);
-  out[start + 2] = static_cast<char>((header_len >> 8) & 0xFF);
-  out[start + 3] = static_cast<char>(header_len & 0xFF);
-  return errc::ok;
+  return encode_prefix_and_header(out, header, body_length);
 }
 
 std::string encode_frame(const json& header, std::string_view body) {
