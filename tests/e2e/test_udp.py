@@ -298,7 +298,10 @@ class TimeClientTest(unittest.TestCase):
             p = cli("time", f"127.0.0.1:{chrony.port}", "--json")
             self.assertEqual(p.returncode, 0, p.stderr)
             mine = json.loads(p.stdout)
-            theirs = ntplib_query(chrony.port)
+            # One ntplib sample can be delayed by a loaded machine (tests run
+            # two at a time); like any NTP client, trust the sample with the
+            # lowest round-trip delay of a few.
+            theirs = min((ntplib_query(chrony.port) for _ in range(5)), key=lambda r: r["delay"])
             self.assertEqual(mine["stratum"], theirs["stratum"])
             self.assertEqual(mine["reference_id"], socket.inet_ntoa(struct.pack("!I", theirs["ref_id"])))
             self.assertLess(abs(mine["offset"]), 0.001)
