@@ -1,6 +1,7 @@
 // cskit: one binary, server and client. This file only wires the command
 // line to the commands; the work happens in the libraries.
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdio>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
@@ -100,49 +101,66 @@ int main_impl(int argc, char** argv) {
                                         std::to_string(proto::protocol_version) + ")");
   app.require_subcommand(1);
 
+  // Only the chosen command gets its options: building every command's
+  // options costs about a millisecond of start-up, which is a large part of
+  // a `cskit exec` round trip. `cskit help`, `cskit --help`, an unknown or a
+  // missing command build them all (help and error messages list them).
+  static constexpr std::string_view command_names[] = {"serve", "ping", "time", "sync", "info", "exec", "chat",
+                                                      "put", "get", "ls", "stat", "mkdir", "rm", "mv", "help"};
+  const std::string_view chosen = argc > 1 ? std::string_view(argv[1]) : std::string_view();
+  const bool known = std::find(std::begin(command_names), std::end(command_names), chosen) != std::end(command_names);
+  const bool build_all = chosen == "help" || (!known && chosen != "--version");
+  auto wanted = [&](std::string_view name) { return build_all || chosen == name; };
+
   // serve
   serve_options serve;
   std::chrono::seconds::rep idle = 300, handshake = 10, frame = 30, grace = 5;
   std::string root, state_dir;
   auto* serve_cmd = app.add_subcommand("serve", "Run the server (binds 127.0.0.1:7701 unless told otherwise)");
-  serve_cmd->add_option("--listen,-l", serve.config.listen, "ADDR:PORT to listen on (port 0: any free port)");
-  serve_cmd->add_option("--root,-r", root, "Directory to share (default: <state dir>/share)");
-  serve_cmd->add_option("--config,-c", serve.config_file, "TOML config file (users, limits); flags override it")
-      ->check(CLI::ExistingFile);
-  serve_cmd->add_option("--state-dir", state_dir, "Where the generated admin token lives (default ~/.local/state/cskit)");
-  serve_cmd->add_option("--name", serve.config.name, "Server name shown to clients (default: host name)");
-  serve_cmd->add_option("--threads,-t", serve.config.threads, "Event-loop threads (0 or default: one per core)")
-      ->check(CLI::Range(0, 1024));
-  serve_cmd->add_option("--max-connections", serve.config.max_connections, "Connections served at once")
-      ->check(CLI::Range(1, 1000000));
-  serve_cmd->add_option("--idle-timeout", idle, "Seconds without a frame before a session is closed")
-      ->check(CLI::Range(1, 604800));
-  serve_cmd->add_option("--handshake-timeout", handshake, "Seconds a client has to authenticate")
-      ->check(CLI::Range(1, 3600));
-  serve_cmd->add_option("--frame-timeout", frame, "Seconds to finish a frame once it has started")
-      ->check(CLI::Range(1, 3600));
-  serve_cmd->add_option("--grace", grace, "Seconds sessions get to finish on SIGINT/SIGTERM")
-      ->check(CLI::Range(0, 3600));
-  serve_cmd->add_option("--log-level", serve.config.log_level, "trace, debug, info, warn, error, critical, off");
-  serve_cmd->add_option("--echo-listen", serve.config.echo.listen,
-                        "Also answer RFC 862 echo on UDP and TCP at ADDR[:PORT] (default port 7)");
-  serve_cmd->add_option("--ntp-listen", serve.config.time.listen,
-                        "Also serve time (SNTPv4) on UDP at ADDR[:PORT] (default port 123)");
+  if (wanted("serve")) {
+    serve_cmd->add_option("--listen,-l", serve.config.listen, "ADDR:PORT to listen on (port 0: any free port)");
+    serve_cmd->add_option("--root,-r", root, "Directory to share (default: <state dir>/share)");
+    serve_cmd->add_option("--config,-c", serve.config_file, "TOML config file (users, limits); flags override it")
+        ->check(CLI::ExistingFile);
+    serve_cmd->add_option("--state-dir", state_dir,
+                          "Where the generated admin token lives (default ~/.local/state/cskit)");
+    serve_cmd->add_option("--name", serve.config.name, "Server name shown to clients (default: host name)");
+    serve_cmd->add_option("--threads,-t", serve.config.threads, "Event-loop threads (0 or default: one per core)")
+        ->check(CLI::Range(0, 1024));
+    serve_cmd->add_option("--max-connections", serve.config.max_connections, "Connections served at once")
+        ->check(CLI::Range(1, 1000000));
+    serve_cmd->add_option("--idle-timeout", idle, "Seconds without a frame before a session is closed")
+        ->check(CLI::Range(1, 604800));
+    serve_cmd->add_option("--handshake-timeout", handshake, "Seconds a client has to authenticate")
+        ->check(CLI::Range(1, 3600));
+    serve_cmd->add_option("--frame-timeout", frame, "Seconds to finish a frame once it has started")
+        ->check(CLI::Range(1, 3600));
+    serve_cmd->add_option("--grace", grace, "Seconds sessions get to finish on SIGINT/SIGTERM")
+        ->check(CLI::Range(0, 3600));
+    serve_cmd->add_option("--log-level", serve.config.log_level, "trace, debug, info, warn, error, critical, off");
+    serve_cmd->add_option("--echo-listen", serve.config.echo.listen,
+                          "Also answer RFC 862 echo on UDP and TCP at ADDR[:PORT] (default port 7)");
+    serve_cmd->add_option("--ntp-listen", serve.config.time.listen,
+                          "Also serve time (SNTPv4) on UDP at ADDR[:PORT] (default port 123)");
+  }
 
   // ping
   ping_options ping;
   auto* ping_cmd = app.add_subcommand("ping", "Authenticate, then measure round trips with ping frames");
-  add_client_options(*ping_cmd, ping.common);
-  ping_cmd->add_option("--count,-c", ping.count, "Probes to send (default: until Ctrl-C)")->check(CLI::Range(0L, 100000000L));
-  ping_cmd->add_option("--interval,-i", ping.interval, "Seconds between probes (default 1)")
-      ->check(CLI::Range(0.0, 3600.0));
-  ping_cmd->add_option("--size,-s", ping.size, "Payload bytes per probe (default 0)")
-      ->check(CLI::Range(std::size_t{0}, static_cast<std::size_t>(proto::max_body_size)));
-  ping_cmd->add_flag("--quiet,-q", ping.quiet, "Only print the summary");
   bool ping_udp = false;
-  ping_cmd->add_flag("--udp", ping_udp,
-                     "Probe an RFC 862 UDP echo server instead (any, not only cskit's; default port 7, no login; "
-                     "-s is the datagram size, default 56, -W the loss timeout, default 1 s)");
+  if (wanted("ping")) {
+    add_client_options(*ping_cmd, ping.common);
+    ping_cmd->add_option("--count,-c", ping.count, "Probes to send (default: until Ctrl-C)")
+        ->check(CLI::Range(0L, 100000000L));
+    ping_cmd->add_option("--interval,-i", ping.interval, "Seconds between probes (default 1)")
+        ->check(CLI::Range(0.0, 3600.0));
+    ping_cmd->add_option("--size,-s", ping.size, "Payload bytes per probe (default 0)")
+        ->check(CLI::Range(std::size_t{0}, static_cast<std::size_t>(proto::max_body_size)));
+    ping_cmd->add_flag("--quiet,-q", ping.quiet, "Only print the summary");
+    ping_cmd->add_flag("--udp", ping_udp,
+                       "Probe an RFC 862 UDP echo server instead (any, not only cskit's; default port 7, no login; "
+                       "-s is the datagram size, default 56, -W the loss timeout, default 1 s)");
+  }
 
   // time and sync
   time_options time_opts;
@@ -157,55 +175,62 @@ int main_impl(int argc, char** argv) {
     cmd.add_flag("--json", t.json, "Print one JSON object instead of text");
   };
   auto* time_cmd = app.add_subcommand("time", "Ask an NTP server (cskit's or any other) for the time and the offset");
-  add_time_options(*time_cmd, time_opts);
+  if (wanted("time")) add_time_options(*time_cmd, time_opts);
   sync_options sync_opts;
   auto* sync_cmd = app.add_subcommand(
       "sync", "Measure like 'time', then slew the clock (offset under 0.5 s) or step it (needs CAP_SYS_TIME)");
-  add_time_options(*sync_cmd, sync_opts.query);
-  sync_cmd->add_flag("--dry-run", sync_opts.dry_run, "Only report what would be done");
-  auto* step_flag = sync_cmd->add_flag("--step", sync_opts.force_step, "Step the clock whatever the offset");
-  sync_cmd->add_flag("--slew", sync_opts.force_slew, "Slew the clock whatever the offset")->excludes(step_flag);
+  if (wanted("sync")) {
+    add_time_options(*sync_cmd, sync_opts.query);
+    sync_cmd->add_flag("--dry-run", sync_opts.dry_run, "Only report what would be done");
+    auto* step_flag = sync_cmd->add_flag("--step", sync_opts.force_step, "Step the clock whatever the offset");
+    sync_cmd->add_flag("--slew", sync_opts.force_slew, "Slew the clock whatever the offset")->excludes(step_flag);
+  }
 
   // info
   client_common info;
   auto* info_cmd = app.add_subcommand("info", "Show the server's name, version, services and your permissions");
-  add_client_options(*info_cmd, info);
+  if (wanted("info")) add_client_options(*info_cmd, info);
 
   // exec
   exec_options exec;
   std::vector<std::string> exec_words;
   auto* exec_cmd = app.add_subcommand(
       "exec", "Run a command on one or more servers: cskit exec HOST[,HOST...] [options] -- CMD [ARG...]");
-  exec_cmd->add_option("host", exec_words, "HOST[,HOST...] (none with --hosts); the command follows --");
-  exec_cmd->add_flag("-t,--tty", exec.tty, "Run the command on a terminal (interactive programs; one host only)");
-  exec_cmd->add_flag("-n,--no-stdin", exec.no_stdin, "Give the command /dev/null as stdin");
-  exec_cmd->add_option("--timeout", exec.timeout, "Kill the command (its whole process group) after SECONDS")
-      ->check(CLI::Range(0.001, 1e9));
-  exec_cmd->add_option("--cwd", exec.cwd, "Working directory on the server");
-  exec_cmd->add_option("--env", exec.env, "KEY=VALUE for the command (the server decides which keys are allowed)");
-  exec_cmd->add_option("--shell", exec.shell, "A command line for the server's shell (only where its policy allows)");
-  exec_cmd->add_option("--hosts", exec.hosts_file, "File with one HOST[:PORT] per line (fan-out)");
-  exec_cmd->add_option("-f,--fanout", exec.fanout, "Hosts run at once in fan-out (default 32)")->check(CLI::Range(1, 4096));
-  exec_cmd->add_option("--user,-u", exec.common.user, "User name (default: CSKIT_USER, client config, or admin)");
-  exec_cmd->add_option("--token", exec.common.token, "Token (default: CSKIT_TOKEN, then the client config)");
-  exec_cmd->add_option("--client-config", exec.common.client_config, "Client config file");
-  exec_cmd->add_option("--connect-timeout", exec.common.connect_timeout, "Seconds to wait for the connection")
-      ->check(CLI::Range(0.1, 3600.0));
-  exec_cmd->add_flag("--json", exec.common.json, "After the output, print the exit status as one JSON line");
-  exec_cmd->footer(R"(Exit status: the remote command's exit code, 128+N when it was killed by signal N,
-255 when cskit itself failed (cannot connect, not allowed, ...). Fan-out: the largest of them.
-Without -t, Ctrl-C sends SIGINT to the remote process group; a second Ctrl-C kills it.)");
+  if (wanted("exec")) {
+    exec_cmd->add_option("host", exec_words, "HOST[,HOST...] (none with --hosts); the command follows --");
+    exec_cmd->add_flag("-t,--tty", exec.tty, "Run the command on a terminal (interactive programs; one host only)");
+    exec_cmd->add_flag("-n,--no-stdin", exec.no_stdin, "Give the command /dev/null as stdin");
+    exec_cmd->add_option("--timeout", exec.timeout, "Kill the command (its whole process group) after SECONDS")
+        ->check(CLI::Range(0.001, 1e9));
+    exec_cmd->add_option("--cwd", exec.cwd, "Working directory on the server");
+    exec_cmd->add_option("--env", exec.env, "KEY=VALUE for the command (the server decides which keys are allowed)");
+    exec_cmd->add_option("--shell", exec.shell, "A command line for the server's shell (only where its policy allows)");
+    exec_cmd->add_option("--hosts", exec.hosts_file, "File with one HOST[:PORT] per line (fan-out)");
+    exec_cmd->add_option("-f,--fanout", exec.fanout, "Hosts run at once in fan-out (default 32)")
+        ->check(CLI::Range(1, 4096));
+    exec_cmd->add_option("--user,-u", exec.common.user, "User name (default: CSKIT_USER, client config, or admin)");
+    exec_cmd->add_option("--token", exec.common.token, "Token (default: CSKIT_TOKEN, then the client config)");
+    exec_cmd->add_option("--client-config", exec.common.client_config, "Client config file");
+    exec_cmd->add_option("--connect-timeout", exec.common.connect_timeout, "Seconds to wait for the connection")
+        ->check(CLI::Range(0.1, 3600.0));
+    exec_cmd->add_flag("--json", exec.common.json, "After the output, print the exit status as one JSON line");
+    exec_cmd->footer(R"(Exit status: the remote command's exit code, 128+N when it was killed by signal N,
+  255 when cskit itself failed (cannot connect, not allowed, ...). Fan-out: the largest of them.
+  Without -t, Ctrl-C sends SIGINT to the remote process group; a second Ctrl-C kills it.)");
+  }
 
   // chat
   chat_options chat;
   auto* chat_cmd = app.add_subcommand("chat", "Chat in rooms: cskit chat HOST [--nick NAME] [--room ROOM]");
-  add_client_options(*chat_cmd, chat.common);
-  chat_cmd->add_option("--nick,-N", chat.nick, "Nickname (default: your user name)");
-  chat_cmd->add_option("--room", chat.room, "Room to join first (default: the server's default room)");
-  chat_cmd->footer(R"(On a terminal: type to talk, /help for commands; messages appear above your line.
-Otherwise (a pipe): each input line is sent, each event printed as one line (--json: JSON lines).
-Commands: /join ROOM, /part [ROOM], /msg NICK text, /me action, /who [ROOM], /rooms, /topic [text],
-/nick NAME, /quit [reason], /help.)");
+  if (wanted("chat")) {
+    add_client_options(*chat_cmd, chat.common);
+    chat_cmd->add_option("--nick,-N", chat.nick, "Nickname (default: your user name)");
+    chat_cmd->add_option("--room", chat.room, "Room to join first (default: the server's default room)");
+    chat_cmd->footer(R"(On a terminal: type to talk, /help for commands; messages appear above your line.
+  Otherwise (a pipe): each input line is sent, each event printed as one line (--json: JSON lines).
+  Commands: /join ROOM, /part [ROOM], /msg NICK text, /me action, /who [ROOM], /rooms, /topic [text],
+  /nick NAME, /quit [reason], /help.)");
+  }
 
   // files
   constexpr const char* remote_help = R"(Remote paths are HOST:PATH or HOST:PORT:PATH ([V6ADDR]:PORT:PATH), relative to the
@@ -216,6 +241,7 @@ server's share; HOST: alone is the share's root. Exit codes beyond the common on
   auto* put_cmd = app.add_subcommand("put", "Upload files: cskit put [-r] [-p] LOCAL... HOST:[REMOTE] ('-' is stdin)");
   auto* get_cmd = app.add_subcommand("get", "Download files: cskit get [-r] [-p] HOST:REMOTE... [LOCAL] ('-' is stdout)");
   for (auto [cmd, o] : {std::pair{put_cmd, &put_o}, std::pair{get_cmd, &get_o}}) {
+    if (!wanted(cmd->get_name())) continue;
     cmd->add_option("paths", o->args, "Sources, then the destination")->required();
     cmd->add_flag("-r,--recursive", o->recursive, "Copy directories and everything in them");
     cmd->add_flag("-p,--preserve", o->preserve, "Keep modification times and permission bits");
@@ -229,26 +255,35 @@ it is written, written to a part file, flushed, and renamed into place only when
 match. Run the same command again after an interruption: it resumes where it stopped.
 )") + remote_help);
   }
-  get_cmd->add_flag("--no-fsync", get_o.no_fsync,
+  if (wanted("get")) get_cmd->add_flag("--no-fsync", get_o.no_fsync,
                     "Do not flush downloaded files to disk before renaming them into place (faster, like scp; "
                     "a power failure can then leave an incomplete file)");
   auto* ls_cmd = app.add_subcommand("ls", "List a remote directory: cskit ls [-l] [-R] HOST:[PATH]");
-  ls_cmd->add_option("path", ls_o.args, "HOST:[PATH]")->required();
-  ls_cmd->add_flag("-l", ls_o.long_format, "Long format: type, permissions, size, time");
-  ls_cmd->add_flag("-R,--recursive", ls_o.recursive, "List everything below, as relative paths");
+  if (wanted("ls")) {
+    ls_cmd->add_option("path", ls_o.args, "HOST:[PATH]")->required();
+    ls_cmd->add_flag("-l", ls_o.long_format, "Long format: type, permissions, size, time");
+    ls_cmd->add_flag("-R,--recursive", ls_o.recursive, "List everything below, as relative paths");
+  }
   auto* stat_cmd = app.add_subcommand("stat", "Show a remote file's type, size, permissions and time");
-  stat_cmd->add_option("path", stat_o.args, "HOST:PATH")->required();
+  if (wanted("stat")) stat_cmd->add_option("path", stat_o.args, "HOST:PATH")->required();
   auto* mkdir_cmd = app.add_subcommand("mkdir", "Create a remote directory: cskit mkdir [-p] HOST:PATH");
-  mkdir_cmd->add_option("path", mkdir_o.args, "HOST:PATH")->required();
-  mkdir_cmd->add_flag("-p,--parents", mkdir_o.parents, "Create missing parents; no error if it exists");
+  if (wanted("mkdir")) {
+    mkdir_cmd->add_option("path", mkdir_o.args, "HOST:PATH")->required();
+    mkdir_cmd->add_flag("-p,--parents", mkdir_o.parents, "Create missing parents; no error if it exists");
+  }
   auto* rm_cmd = app.add_subcommand("rm", "Remove a remote file or directory: cskit rm [-r] HOST:PATH");
-  rm_cmd->add_option("path", rm_o.args, "HOST:PATH")->required();
-  rm_cmd->add_flag("-r,--recursive", rm_o.recursive, "Remove a directory and everything in it");
+  if (wanted("rm")) {
+    rm_cmd->add_option("path", rm_o.args, "HOST:PATH")->required();
+    rm_cmd->add_flag("-r,--recursive", rm_o.recursive, "Remove a directory and everything in it");
+  }
   auto* mv_cmd = app.add_subcommand("mv", "Move or rename on the server: cskit mv HOST:FROM TO");
-  mv_cmd->add_option("paths", mv_o.args, "HOST:FROM and TO (a path on the same server)")->required();
-  mv_cmd->add_flag("-n,--no-clobber", mv_o.no_clobber, "Never replace an existing file");
+  if (wanted("mv")) {
+    mv_cmd->add_option("paths", mv_o.args, "HOST:FROM and TO (a path on the same server)")->required();
+    mv_cmd->add_flag("-n,--no-clobber", mv_o.no_clobber, "Never replace an existing file");
+  }
   for (auto [cmd, o] : {std::pair{ls_cmd, &ls_o}, std::pair{stat_cmd, &stat_o}, std::pair{mkdir_cmd, &mkdir_o},
                         std::pair{rm_cmd, &rm_o}, std::pair{mv_cmd, &mv_o}}) {
+    if (!wanted(cmd->get_name())) continue;
     add_login_options(*cmd, o->common);
     cmd->footer(remote_help);
   }
@@ -256,7 +291,7 @@ match. Run the same command again after an interruption: it resumes where it sto
   // help
   std::vector<std::string> help_topic;
   auto* help_cmd = app.add_subcommand("help", "Show help for cskit or for one command");
-  help_cmd->add_option("command", help_topic, "Command to describe");
+  if (wanted("help")) help_cmd->add_option("command", help_topic, "Command to describe");
 
   // Only `cskit help` needs the top-level help; it is produced before
   // parsing (which selects a subcommand), so only when asked for.

@@ -1,10 +1,18 @@
 #include "proto/auth.hpp"
 
+// OpenSSL 3 marks the low-level SHA256_* functions deprecated in favour of
+// EVP, but EVP's first use in a process loads the configuration file and the
+// default provider and fetches the algorithm: about 1 ms, which is most of a
+// fresh `cskit exec` round trip's budget. The low-level functions are the
+// same implementation without that set-up (12 us for the first digest).
+// docs/architecture.md, "Start-up cost", has the measurements.
+#define OPENSSL_SUPPRESS_DEPRECATED
 #include <openssl/crypto.h>
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
-#include <openssl/rand.h>
+#include <openssl/sha.h>
+#include <sys/random.h>
 
+#include <cerrno>
+#include <cstring>
 #include <stdexcept>
 #include <vector>
 
@@ -20,20 +28,64 @@ int hex_value(char c) noexcept {
 
 }  // namespace
 
+void random_bytes(std::uint8_t* out, std::size_t size) {
+  // The kernel's CSPRNG (what OpenSSL seeds from), without OpenSSL's DRBG
+  // set-up (0.6 ms in a fresh process). Flags 0: block only until the pool
+  // is initialised at boot, never return weak bytes.
+  while (size > 0) {
+    ssize_t n = ::getrandom(out, size, 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw std::runtime_error(std::string("getrandom failed: no secure randomness available: ") +
+                               std::strerror(errno));
+    }
+    out += n;
+    size -= static_cast<std::size_t>(n);
+  }
+}
+
 nonce random_nonce() {
   nonce n;
-  if (RAND_bytes(n.data(), static_cast<int>(n.size())) != 1) {
-    throw std::runtime_error("RAND_bytes failed: no secure randomness available");
-  }
+  random_bytes(n.data(), n.size());
   return n;
 }
 
 std::string random_hex(std::size_t n) {
   std::vector<std::uint8_t> bytes(n);
-  if (RAND_bytes(bytes.data(), static_cast<int>(n)) != 1) {
-    throw std::runtime_error("RAND_bytes failed: no secure randomness available");
-  }
+  random_bytes(bytes.data(), bytes.size());
   return to_hex(bytes.data(), bytes.size());
+}
+
+digest hmac_sha256(std::string_view key, std::string_view message) {
+  // RFC 2104 with SHA-256 (block size 64): a key longer than a block is
+  // hashed first; the key, zero-padded to a block, is XORed with 0x36
+  // (inner) and 0x5c (outer).
+  constexpr std::size_t block = 64;
+  std::array<std::uint8_t, block> k{};
+  SHA256_CTX ctx;
+  if (key.size() > block) {
+    SHA256_Init(&ctx);
+    SHA256_Update(&ctx, key.data(), key.size());
+    SHA256_Final(k.data(), &ctx);
+  } else {
+    std::memcpy(k.data(), key.data(), key.size());
+  }
+  std::array<std::uint8_t, block> pad;
+  digest inner{}, out{};
+  for (std::size_t i = 0; i < block; ++i) pad[i] = k[i] ^ 0x36;
+  SHA256_Init(&ctx);
+  SHA256_Update(&ctx, pad.data(), pad.size());
+  SHA256_Update(&ctx, message.data(), message.size());
+  SHA256_Final(inner.data(), &ctx);
+  for (std::size_t i = 0; i < block; ++i) pad[i] = k[i] ^ 0x5c;
+  SHA256_Init(&ctx);
+  SHA256_Update(&ctx, pad.data(), pad.size());
+  SHA256_Update(&ctx, inner.data(), inner.size());
+  SHA256_Final(out.data(), &ctx);
+  OPENSSL_cleanse(k.data(), k.size());
+  OPENSSL_cleanse(pad.data(), pad.size());
+  OPENSSL_cleanse(&ctx, sizeof ctx);
+  return out;
 }
 
 std::string to_hex(const std::uint8_t* data, std::size_t size) {
@@ -70,14 +122,7 @@ digest compute_proof(proof_role role, std::string_view token, std::string_view u
   msg.append(reinterpret_cast<const char*>(server_nonce.data()), server_nonce.size());
   msg.append(reinterpret_cast<const char*>(client_nonce.data()), client_nonce.size());
 
-  digest out{};
-  unsigned int len = 0;
-  if (!HMAC(EVP_sha256(), token.data(), static_cast<int>(token.size()),
-            reinterpret_cast<const unsigned char*>(msg.data()), msg.size(), out.data(), &len) ||
-      len != out.size()) {
-    throw std::runtime_error("HMAC-SHA256 failed");
-  }
-  return out;
+  return hmac_sha256(token, msg);
 }
 
 bool proofs_equal(const digest& a, const digest& b) noexcept {

@@ -21,7 +21,10 @@ namespace cskit::proto {
 using nonce = std::array<std::uint8_t, nonce_size>;
 using digest = std::array<std::uint8_t, 32>;
 
-/// A fresh nonce from the OpenSSL CSPRNG; throws if the RNG fails.
+/// `size` bytes from the kernel's CSPRNG (getrandom); throws if it fails.
+void random_bytes(std::uint8_t* out, std::size_t size);
+
+/// A fresh nonce from the kernel's CSPRNG; throws if it fails.
 nonce random_nonce();
 
 /// `n` random bytes as lowercase hex (for generated tokens).
@@ -36,6 +39,9 @@ std::string to_hex(const std::array<std::uint8_t, N>& a) {
 /// Decodes exactly N bytes of hex (either case); nullopt on any other input.
 template <std::size_t N>
 std::optional<std::array<std::uint8_t, N>> from_hex(std::string_view hex);
+
+/// HMAC-SHA256 (RFC 2104) of `message` under `key`.
+digest hmac_sha256(std::string_view key, std::string_view message);
 
 enum class proof_role { client, server };
 

@@ -1,6 +1,8 @@
 #include "util/digest.hpp"
 
 #include <openssl/evp.h>
+// Inlined (no libxxhash.so to load at start-up; the library is one header).
+#define XXH_INLINE_ALL
 #include <xxhash.h>
 
 #include <cstdint>

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <vector>
+
 using namespace cskit::proto;
 
 namespace {
@@ -41,6 +43,25 @@ TEST(auth, proof_matches_rfc4231_style_reference) {
             "b4b3f4213784d7bd425e821fc7725cfb0c255d28ef451016e2fa790b9803559b");
 }
 
+TEST(auth, hmac_sha256_rfc4231_vectors) {
+  // RFC 4231 test cases 1, 2, 3, 6 and 7 (6 and 7: keys longer than a
+  // block), plus a key of exactly one block.
+  EXPECT_EQ(to_hex(hmac_sha256(std::string(20, '\x0b'), "Hi There")),
+            "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7");
+  EXPECT_EQ(to_hex(hmac_sha256("Jefe", "what do ya want for nothing?")),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+  EXPECT_EQ(to_hex(hmac_sha256(std::string(20, '\xaa'), std::string(50, '\xdd'))),
+            "773ea91e36800e46854db8ebd09181a72959098b3ef8c122d9635514ced565fe");
+  EXPECT_EQ(to_hex(hmac_sha256(std::string(131, '\xaa'), "Test Using Larger Than Block-Size Key - Hash Key First")),
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54");
+  EXPECT_EQ(to_hex(hmac_sha256(std::string(131, '\xaa'),
+                               "This is a test using a larger than block-size key and a larger than block-size "
+                               "data. The key needs to be hashed before being used by the HMAC algorithm.")),
+            "9b09ffa71b942fcb27635fbcd5b0e944bfdc63644f0713938a7f51535c3a35e2");
+  EXPECT_EQ(to_hex(hmac_sha256(std::string(64, 'k'), "exactly one block of key")),
+            "baa93ea4ccc7062ed6870c5e7937dbd35ad7791df4e29df9addeb429ff491acf");
+}
+
 TEST(auth, proofs_differ_by_role_user_token_and_nonces) {
   nonce s = fixed(0), c = fixed(32);
   auto base = compute_proof(proof_role::client, "tok-0123456789abcdef", "alice", s, c);
@@ -54,6 +75,12 @@ TEST(auth, proofs_differ_by_role_user_token_and_nonces) {
 TEST(auth, random_nonces_differ) {
   EXPECT_NE(random_nonce(), random_nonce());
   EXPECT_EQ(random_hex(32).size(), 64u);
+  // More than getrandom's 256-byte single-call guarantee: filled completely.
+  std::vector<std::uint8_t> big(4096, 0);
+  random_bytes(big.data(), big.size());
+  std::size_t zeros = 0;
+  for (auto b : big) zeros += b == 0;
+  EXPECT_LT(zeros, 64u);  // expected about 16
 }
 
 TEST(auth, user_names) {
