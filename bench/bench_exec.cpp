@@ -30,7 +30,7 @@ int main(int argc, char** argv) {
     auto c = client::connection::open(*where, {argv[2], argv[3]});
     auto run_true = [&] {
       const auto id = c.next_id();
-      c.send({{"type", proto::type::exec}, {"id", id}, {"argv", {"true"}}, {"stdin", false}});
+      c.send({{"type", proto::type::exec}, {"id", id}, {"argv", {std::getenv("BENCH_EXEC_PROGRAM") ? std::getenv("BENCH_EXEC_PROGRAM") : "true"}}, {"stdin", false}});
       for (;;) {
         proto::frame f = c.receive();
         if (f.id() != id) continue;

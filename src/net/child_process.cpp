@@ -62,14 +62,16 @@ int pidfd_open(pid_t pid) { return static_cast<int>(::syscall(SYS_pidfd_open, pi
 
 struct child_process::impl : std::enable_shared_from_this<impl> {
   explicit impl(const asio::any_io_executor& ex)
-      : out(ex), err(ex), in(ex), pidfd_desc(ex), drain_timer(ex), out_buf(read_chunk), err_buf(read_chunk) {}
+      : out(ex), err(ex), in(ex), pidfd_desc(ex), drain_timer(ex) {}
 
   pid_t pid = -1;
   bool pty = false;
   asio::posix::stream_descriptor out, err, in, pidfd_desc;
   asio::steady_timer drain_timer;
   callbacks cb;
-  std::vector<char> out_buf, err_buf;
+  // Allocated on the first read and never zero-filled: most commands print
+  // little, and clearing 2 x 256 KiB cost more than spawning `true`.
+  std::unique_ptr<char[]> out_buf, err_buf;
   bool paused = false;
   bool out_reading = false, err_reading = false;
   bool out_eof = false, err_eof = true;  // err_eof is cleared when there is a stderr pipe
@@ -101,7 +103,8 @@ struct child_process::impl : std::enable_shared_from_this<impl> {
     if (paused || reading || eof) return;
     reading = true;
     auto& buf = fd == 1 ? out_buf : err_buf;
-    desc(fd).async_read_some(asio::buffer(buf), [self = shared_from_this(), fd](const error_code& ec, std::size_t n) {
+    if (!buf) buf = std::make_unique_for_overwrite<char[]>(read_chunk);
+    desc(fd).async_read_some(asio::buffer(buf.get(), read_chunk), [self = shared_from_this(), fd](const error_code& ec, std::size_t n) {
       (fd == 1 ? self->out_reading : self->err_reading) = false;
       if (ec) {
         // EOF; EIO on a terminal master once the slave side is closed.
@@ -111,7 +114,7 @@ struct child_process::impl : std::enable_shared_from_this<impl> {
         self->maybe_finish();
         return;
       }
-      if (self->cb.on_output) self->cb.on_output(fd, std::string_view((fd == 1 ? self->out_buf : self->err_buf).data(), n));
+      if (self->cb.on_output) self->cb.on_output(fd, std::string_view((fd == 1 ? self->out_buf : self->err_buf).get(), n));
       self->start_read(fd);
     });
   }
