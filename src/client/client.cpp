@@ -71,6 +71,8 @@ struct connection::impl {
   std::unique_ptr<char[]> rbuf{new char[rbuf_size]};
   std::size_t rpos = 0, rlen = 0;
   std::string wbuf;
+  std::string queued;  // frames waiting for one write (queue())
+  static constexpr std::size_t queue_flush_bytes = 256 << 10;
 
   // Runs one asynchronous operation to completion or until the deadline.
   template <class Start>
@@ -130,7 +132,22 @@ struct connection::impl {
     peer = net::format_host_port(connected.address().to_string(), connected.port());
   }
 
+  void queue(const json& header, std::string_view body) {
+    proto::errc e = proto::encode_frame(queued, header, body);
+    if (e != proto::errc::ok) {
+      throw client_error(failure::protocol, "cannot encode frame: " + std::string(proto::default_message(e)), e);
+    }
+    if (queued.size() >= queue_flush_bytes) flush();
+  }
+
+  void flush() {
+    if (queued.empty()) return;
+    write_raw(queued.data(), queued.size());
+    queued.clear();
+  }
+
   void write(const json& header, std::string_view body) {
+    flush();
     wbuf.clear();
     proto::errc e = proto::encode_frame(wbuf, header, body);
     if (e != proto::errc::ok) {
@@ -159,6 +176,7 @@ struct connection::impl {
   }
 
   std::size_t send_file(const json& header, int fd, std::uint64_t offset, std::size_t length) {
+    flush();
     wbuf.clear();
     proto::errc e = proto::encode_frame_header(wbuf, header, length);
     if (e != proto::errc::ok) {
@@ -273,6 +291,7 @@ struct connection::impl {
   // Replaces the (fully decoded) read buffer with the next bytes from the
   // socket: spins briefly, then waits with the io deadline.
   void fill() {
+    flush();  // never wait for a reply to a request still in our queue
     std::size_t n = 0;
     if (!spin_read(n)) {
       error_code ec = run(
@@ -449,6 +468,8 @@ const server_greeting& connection::greeting() const noexcept { return impl_->gre
 const std::string& connection::peer() const noexcept { return impl_->peer; }
 std::uint64_t connection::next_id() noexcept { return ++impl_->last_id; }
 void connection::send(const json& header, std::string_view body) { impl_->write(header, body); }
+void connection::queue(const json& header, std::string_view body) { impl_->queue(header, body); }
+void connection::flush() { impl_->flush(); }
 proto::frame connection::receive() {
   return guard_json([&] { return impl_->receive(); });
 }

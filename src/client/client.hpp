@@ -82,8 +82,15 @@ class connection {
 
   /// A fresh request id.
   std::uint64_t next_id() noexcept;
-  /// Writes one frame (blocking, with io_timeout).
+  /// Writes one frame (blocking, with io_timeout); queued frames go first.
   void send(const proto::json& header, std::string_view body = {});
+  /// Appends one frame to the send queue instead of writing it. Queued
+  /// frames leave together, in one write: on flush(), send(), send_file(),
+  /// any receive that has to wait, or once 256 KiB are queued. For
+  /// pipelined callers with many small requests. try_receive() does not
+  /// flush: call flush() before waiting on native_handle() yourself.
+  void queue(const proto::json& header, std::string_view body = {});
+  void flush();
   /// Writes one frame whose body is `length` bytes of file `fd` from
   /// `offset`, with sendfile (no copy through user space). A file that
   /// turns out shorter is padded with zeros (the receiver's digest check

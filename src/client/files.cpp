@@ -370,9 +370,15 @@ transfer_result file_client::put(const std::vector<std::string>& sources, const 
     return h;
   };
 
+  std::size_t since_poll = 0;
   for (const auto& it : items) {
     while (pipe.size() >= window_requests || pipe.bytes() >= window_bytes) pipe.wait_one();
-    pipe.poll();
+    // Replies are collected every few items, not before each one: a
+    // non-blocking read per small file was a system call per file.
+    if (++since_poll >= 32) {
+      since_poll = 0;
+      pipe.poll();
+    }
     if (it.what == put_item::dir) {
       const auto id = c_.next_id();
       c_.send({{"type", "fs.mkdir"}, {"id", id}, {"path", it.remote}, {"parents", true}});
@@ -456,7 +462,7 @@ transfer_result file_client::put(const std::vector<std::string>& sources, const 
       h["size"] = size;
       h["xxh3"] = digest.xxh3_hex();
       if (o.sha256) h["sha256"] = digest.sha256_hex();
-      c_.send(h, body);
+      c_.queue(h, body);  // small files leave together (flushed at 256 KiB or on the next wait)
       prog.bytes_done += size;
       pipe.track(id, it.remote, file_done(), body.size());
       continue;
@@ -550,6 +556,7 @@ struct local_commit {
   util::unique_fd dir;
   std::string part, leaf, shown;
   mode_t mode = 0644;
+  bool chmod = true;  // false: the part already has `mode`
   std::optional<std::int64_t> mtime;
 };
 
@@ -559,7 +566,7 @@ void commit_all(std::vector<local_commit>& batch, bool no_clobber, bool flush, t
   std::vector<int> err(batch.size(), 0);
   for (std::size_t i = 0; i < batch.size(); ++i) {
     auto& c = batch[i];
-    if (::fchmod(c.file.get(), c.mode) != 0) err[i] = errno;
+    if (c.chmod && ::fchmod(c.file.get(), c.mode) != 0) err[i] = errno;
     if (!err[i] && c.mtime) err[i] = util::set_mtime_ns(c.file.get(), *c.mtime);
   }
   int rc = !flush ? 0 : batch.size() == 1 ? ::fsync(batch.front().file.get()) : ::syncfs(batch.front().file.get());
@@ -592,6 +599,7 @@ struct get_file {
   util::unique_fd dir, fd;
   std::string leaf, part;
   bool private_part = false;
+  struct stat part_st {};  // the part file as opened (size: what to resume from; mode)
   std::uint64_t pos = 0;
   util::content_digest digest;
   bool failed = false;
@@ -798,7 +806,9 @@ transfer_result file_client::get(const std::vector<std::string>& sources, const 
       return false;
     }
     g.part = util::part_file_name(g.leaf);
-    int fd = util::open_locked_part(g.dir.get(), g.part, g.private_part);
+    // A new part gets its final mode (less the umask) at once, so that
+    // committing it needs no chmod; -p modes are set at commit.
+    int fd = util::open_locked_part(g.dir.get(), g.part, g.private_part, o.preserve ? 0600 : 0666, &g.part_st);
     if (fd < 0) {
       r.errors.push_back({g.local, local_errc(-fd), local_message(-fd, g.local)});
       return false;
@@ -852,6 +862,13 @@ transfer_result file_client::get(const std::vector<std::string>& sources, const 
     prog.bytes_done += data.size();
     report();
   };
+  // Empties a part before the server's content is written from offset 0
+  // (an earlier attempt may have left bytes in it); a new part is empty.
+  auto truncate_part = [&](get_file& g) {
+    if (to_stdout || g.part_st.st_size == 0) return;
+    if (::ftruncate(g.fd.get(), 0) != 0) return fail(g, local_errc(errno), local_message(errno, g.local), false);
+    g.part_st.st_size = 0;
+  };
   auto finish = [&](get_file& g, const json& h) {
     ++prog.files_done;
     if (g.failed) return;
@@ -875,12 +892,16 @@ transfer_result file_client::get(const std::vector<std::string>& sources, const 
     c.leaf = g.leaf;
     c.shown = g.local;
     c.mode = o.preserve ? static_cast<mode_t>(g.entry.mode & 0777) : default_file_mode();
+    c.chmod = (g.part_st.st_mode & 07777) != c.mode;
     if (o.preserve) c.mtime = h.value("mtime_ns", g.entry.mtime_ns);
     batch.push_back(std::move(c));
     if (batch.size() >= commit_batch) commit_all(batch, o.no_clobber, o.fsync, r, r.files);
   };
 
+  // Requests go out in batches, queued and written together: refilling
+  // the window one request per finished file cost a write per file.
   auto send_next = [&] {
+    if (waiting.size() > window_gets / 2) return;
     while (next < files.size() && waiting.size() < window_gets) {
       get_file& g = *files[next++];
       if (!prepare(g)) {
@@ -889,9 +910,8 @@ transfer_result file_client::get(const std::vector<std::string>& sources, const 
       }
       json h = {{"type", "get"}, {"path", g.remote}};
       if (o.sha256) h["verify"] = "sha256";
-      struct stat st {};
-      if (!to_stdout && ::fstat(g.fd.get(), &st) == 0 && st.st_size > 0 &&
-          static_cast<std::uint64_t>(st.st_size) <= g.entry.size) {
+      const struct stat& st = g.part_st;
+      if (!to_stdout && st.st_size > 0 && static_cast<std::uint64_t>(st.st_size) <= g.entry.size) {
         // A part from an interrupted run: offer it; the server checks it.
         if (util::hash_file_range(g.fd.get(), 0, static_cast<std::uint64_t>(st.st_size), g.digest) == 0) {
           h["offset"] = static_cast<std::uint64_t>(st.st_size);
@@ -902,9 +922,10 @@ transfer_result file_client::get(const std::vector<std::string>& sources, const 
       }
       const auto id = c_.next_id();
       h["id"] = id;
-      c_.send(h);
+      c_.queue(h);
       waiting[id] = &g;
     }
+    c_.flush();
   };
 
   send_next();
@@ -936,7 +957,7 @@ transfer_result file_client::get(const std::vector<std::string>& sources, const 
         // The server did not take our part (or there was none): start over,
         // dropping whatever an earlier attempt left in the part file.
         g.digest.reset();
-        if (!to_stdout && ::ftruncate(g.fd.get(), 0) != 0) fail(g, local_errc(errno), local_message(errno, g.local), false);
+        truncate_part(g);
         g.pos = 0;
       } else {
         g.pos = offset;
@@ -950,7 +971,7 @@ transfer_result file_client::get(const std::vector<std::string>& sources, const 
     if (type == "get.file") {
       g.digest.reset();
       g.pos = 0;
-      if (!to_stdout && ::ftruncate(g.fd.get(), 0) != 0) fail(g, local_errc(errno), local_message(errno, g.local), false);
+      truncate_part(g);
       write_data(g, f.body);
       finish(g, f.header);
     } else if (type == "get.end") {

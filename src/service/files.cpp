@@ -255,6 +255,7 @@ struct files_session::upload {
   bool frame_open = false;  // inside a put.data frame
   bool data_seen = false;   // any put.data so far
   std::optional<mode_t> mode;
+  mode_t part_mode = 0;  // the part file's mode as opened
   std::optional<std::int64_t> mtime;
   bool failed = false;  // answered with an error; waiting for put.end to forget it
 
@@ -748,20 +749,23 @@ void files_session::do_put(std::uint64_t id, const json& h, std::string& body) {
   // The part file: one well-known name per target (resumable), locked
   // while in use. A concurrent upload of the same name gets a private one.
   u->part = part_name_for(u->leaf);
-  int fd = util::open_locked_part(u->dir.get(), u->part, u->private_part);
+  // A new part gets its final mode (less the umask) at once when the
+  // client sent none, so committing it needs no chmod.
+  int fd = util::open_locked_part(u->dir.get(), u->part, u->private_part, u->mode ? 0600 : 0666, &st);
   if (fd < 0) {
     share_.release(u->reserved);
     return fail_errno(id, -fd, "cannot create a part file for '" + *path + "'");
   }
   u->file.reset(fd);
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+  u->part_mode = static_cast<mode_t>(st.st_mode & 07777);
+  if (!S_ISREG(st.st_mode)) {
     share_.release(u->reserved);
     return error(id, errc::io_error, "the part file for '" + *path + "' is not a regular file");
   }
 
   if (is_inline) {
     // The whole file in this one frame: write, check, commit.
-    int e = ::ftruncate(fd, 0) == 0 ? util::write_all(fd, body.data(), body.size()) : errno;
+    int e = st.st_size == 0 || ::ftruncate(fd, 0) == 0 ? util::write_all(fd, body.data(), body.size()) : errno;
     u->digest.update(body.data(), body.size());
     u->written = body.size();
     if (e) {
@@ -937,6 +941,7 @@ void files_session::submit_commit(upload& u, std::uint64_t id) {
     }();
     job.mode = static_cast<mode_t>(0666 & ~umask_now);
   }
+  if (job.mode == u.part_mode) job.mode.reset();  // created with it
   job.mtime_ns = u.mtime;
   job.size = u.written;
   job.reserved = u.reserved;

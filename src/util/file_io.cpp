@@ -167,10 +167,10 @@ std::string random_hex64() {
   return buf;
 }
 
-int open_locked_part(int dirfd, std::string& name, bool& is_private) noexcept {
+int open_locked_part(int dirfd, std::string& name, bool& is_private, mode_t create_mode, struct stat* st) noexcept {
   is_private = false;
   for (int attempt = 0; attempt < 8; ++attempt) {
-    int fd = ::openat(dirfd, name.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    int fd = ::openat(dirfd, name.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, create_mode);
     if (fd < 0) return -errno;
     if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
       ::close(fd);
@@ -180,6 +180,7 @@ int open_locked_part(int dirfd, std::string& name, bool& is_private) noexcept {
     if (::fstat(fd, &mine) == 0 && S_ISREG(mine.st_mode) &&
         ::fstatat(dirfd, name.c_str(), &named, AT_SYMLINK_NOFOLLOW) == 0 && mine.st_dev == named.st_dev &&
         mine.st_ino == named.st_ino) {
+      if (st) *st = mine;
       return fd;
     }
     ::close(fd);  // renamed away (committed) under us: try again
@@ -189,10 +190,11 @@ int open_locked_part(int dirfd, std::string& name, bool& is_private) noexcept {
   } catch (...) {
     return -ENOMEM;
   }
-  int fd = ::openat(dirfd, name.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  int fd = ::openat(dirfd, name.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, create_mode);
   if (fd < 0) return -errno;
   ::flock(fd, LOCK_EX | LOCK_NB);
   is_private = true;
+  if (st && ::fstat(fd, st) != 0) *st = {};
   return fd;
 }
 

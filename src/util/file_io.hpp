@@ -1,6 +1,7 @@
 #pragma once
 // Small, careful file I/O helpers shared by the file service and the client.
 
+#include <sys/stat.h>
 #include <sys/types.h>
 
 #include <cstddef>
@@ -25,13 +26,15 @@ long read_full(int fd, void* data, std::size_t n, std::uint64_t offset) noexcept
 /// read(2) until `n` bytes or EOF; returns bytes read or -errno.
 long read_full(int fd, void* data, std::size_t n) noexcept;
 
-/// Opens (creating, mode 0600) the part file `name` in directory `dirfd`
-/// and takes an exclusive flock on it, making sure the locked file is still
+/// Opens (creating with `create_mode`, less the umask) the part file
+/// `name` in directory `dirfd` and takes an exclusive flock on it, making sure the locked file is still
 /// the one under that name (another transfer may have renamed it into
 /// place between our open and our lock). When another transfer holds the
 /// lock, a private part `name.<random>` is created instead and `name` is
-/// updated. Returns the descriptor or -errno; `is_private` tells which.
-int open_locked_part(int dirfd, std::string& name, bool& is_private) noexcept;
+/// updated. Returns the descriptor or -errno; `is_private` tells which,
+/// and `st` (when given) receives the opened file's status.
+int open_locked_part(int dirfd, std::string& name, bool& is_private, mode_t create_mode = 0600,
+                     struct stat* st = nullptr) noexcept;
 
 /// Sets a file's modification time (nanoseconds since the epoch); 0 or errno.
 int set_mtime_ns(int fd, std::int64_t ns) noexcept;
