@@ -69,17 +69,6 @@ std::int64_t mtime_of(const struct stat& st) {
   return static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1000000000LL + st.st_mtim.tv_nsec;
 }
 
-
-mode_t default_file_mode() {
-  static const mode_t m = [] {
-    mode_t u = ::umask(022);
-    ::umask(u);
-    return static_cast<mode_t>(0666 & ~u);
-  }();
-  return m;
-}
-
-
 // Replies to pipelined requests, matched by id.
 class pipeline {
  public:
@@ -891,7 +880,7 @@ transfer_result file_client::get(const std::vector<std::string>& sources, const 
     c.part = g.part;
     c.leaf = g.leaf;
     c.shown = g.local;
-    c.mode = o.preserve ? static_cast<mode_t>(g.entry.mode & 0777) : default_file_mode();
+    c.mode = o.preserve ? static_cast<mode_t>(g.entry.mode & 0777) : util::default_file_mode();
     c.chmod = (g.part_st.st_mode & 07777) != c.mode;
     if (o.preserve) c.mtime = h.value("mtime_ns", g.entry.mtime_ns);
     batch.push_back(std::move(c));

@@ -932,15 +932,7 @@ void files_session::submit_commit(upload& u, std::uint64_t id) {
   job.target = u.leaf;
   job.no_clobber = u.no_clobber;
   job.mode = u.mode;
-  if (!job.mode) {
-    // Like any new file: 0666 less the server's umask.
-    static const mode_t umask_now = [] {
-      mode_t m = ::umask(022);
-      ::umask(m);
-      return m;
-    }();
-    job.mode = static_cast<mode_t>(0666 & ~umask_now);
-  }
+  if (!job.mode) job.mode = util::default_file_mode();  // like any new file
   if (job.mode == u.part_mode) job.mode.reset();  // created with it
   job.mtime_ns = u.mtime;
   job.size = u.written;

@@ -117,11 +117,13 @@ int write_all(int fd, const void* data, std::size_t n) noexcept {
   return 0;
 }
 
-long read_full(int fd, void* data, std::size_t n, std::uint64_t offset) noexcept {
-  char* p = static_cast<char*>(data);
+namespace {
+// Reads until `n` bytes, end of file or an error; `step` does one read.
+template <class Step>
+long read_until_full(char* p, std::size_t n, Step step) noexcept {
   std::size_t got = 0;
   while (got < n) {
-    ssize_t r = ::pread(fd, p + got, n - got, static_cast<off_t>(offset + got));
+    ssize_t r = step(p + got, n - got, got);
     if (r < 0) {
       if (errno == EINTR) continue;
       return -errno;
@@ -131,20 +133,26 @@ long read_full(int fd, void* data, std::size_t n, std::uint64_t offset) noexcept
   }
   return static_cast<long>(got);
 }
+}  // namespace
+
+long read_full(int fd, void* data, std::size_t n, std::uint64_t offset) noexcept {
+  return read_until_full(static_cast<char*>(data), n, [&](char* at, std::size_t want, std::size_t got) {
+    return ::pread(fd, at, want, static_cast<off_t>(offset + got));
+  });
+}
 
 long read_full(int fd, void* data, std::size_t n) noexcept {
-  char* p = static_cast<char*>(data);
-  std::size_t got = 0;
-  while (got < n) {
-    ssize_t r = ::read(fd, p + got, n - got);
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      return -errno;
-    }
-    if (r == 0) break;
-    got += static_cast<std::size_t>(r);
-  }
-  return static_cast<long>(got);
+  return read_until_full(static_cast<char*>(data), n,
+                         [&](char* at, std::size_t want, std::size_t) { return ::read(fd, at, want); });
+}
+
+mode_t default_file_mode() noexcept {
+  static const mode_t m = [] {
+    mode_t u = ::umask(022);
+    ::umask(u);
+    return static_cast<mode_t>(0666 & ~u);
+  }();
+  return m;
 }
 
 int set_mtime_ns(int fd, std::int64_t ns) noexcept {

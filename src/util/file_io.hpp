@@ -36,6 +36,9 @@ long read_full(int fd, void* data, std::size_t n) noexcept;
 int open_locked_part(int dirfd, std::string& name, bool& is_private, mode_t create_mode = 0600,
                      struct stat* st = nullptr) noexcept;
 
+/// 0666 less the process's umask (read once): the mode of a new file.
+mode_t default_file_mode() noexcept;
+
 /// Sets a file's modification time (nanoseconds since the epoch); 0 or errno.
 int set_mtime_ns(int fd, std::int64_t ns) noexcept;
 /// 16 random hex digits, for temporary names.
