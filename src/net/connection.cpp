@@ -26,7 +26,9 @@ namespace {
 // Large reads: bulk uploads arrive at gigabytes per second, and one read
 // per 256 KiB keeps the per-byte syscall cost low. Shared per thread.
 constexpr std::size_t read_chunk = 256 * 1024;
-constexpr int max_reads_per_wakeup = 8;  // fairness between connections on a loop
+constexpr int max_reads_per_wakeup = 8;
+// A drained send buffer larger than this is freed rather than kept.
+constexpr std::size_t keep_idle_buffer = 0;  // fairness between connections on a loop
 
 char* thread_read_buffer() {
   // One buffer per loop thread, shared by all its connections: the reader
@@ -46,15 +48,32 @@ void frame_handler::on_shutdown(connection& c, std::chrono::milliseconds grace) 
   c.close_after_flush("server shutdown", grace);
 }
 
+void flush_queue::add(std::shared_ptr<connection> c) {
+  dirty_.push_back(std::move(c));
+  if (posted_) return;
+  posted_ = true;
+  asio::post(executor_, [this] { run(); });
+}
+
+void flush_queue::run() {
+  posted_ = false;
+  running_.swap(dirty_);
+  for (auto& c : running_) {
+    c->flush_listed_ = false;
+    c->write_now();
+  }
+  running_.clear();
+}
+
 connection::connection(tcp::socket socket, const connection_limits& limits,
-                       std::unique_ptr<frame_handler> handler)
+                       std::unique_ptr<frame_handler> handler, flush_queue* flush)
     : executor_(socket.get_executor()),
       socket_(std::move(socket)),
       limits_(limits),
       handler_(std::move(handler)),
       watchdog_timer_(executor_),
-      writer_wake_(executor_),
-      reader_wake_(executor_) {
+      reader_wake_(executor_),
+      flush_queue_(flush) {
   error_code ec;
   auto ep = socket_.remote_endpoint(ec);
   if (!ec) {
@@ -83,9 +102,14 @@ void connection::start(std::function<void(connection&)> on_finished) {
   // Greet before anything else can be queued (a shutdown posted right after
   // accept must not send `bye` ahead of `hello`).
   handler_->on_open(*this);
-  running_ = 3;
-  auto self = shared_from_this();
-  auto done = [self](std::exception_ptr e) {
+  spawn(read_loop());
+  spawn(watchdog());
+  if (!pending_.empty()) ensure_writer();
+}
+
+void connection::spawn(asio::awaitable<void> co) {
+  ++running_;
+  asio::co_spawn(executor_, std::move(co), [self = shared_from_this()](std::exception_ptr e) {
     if (e) {
       try {
         std::rethrow_exception(e);
@@ -95,10 +119,17 @@ void connection::start(std::function<void(connection&)> on_finished) {
       self->close_now("internal error");
     }
     self->coroutine_done();
-  };
-  asio::co_spawn(executor_, read_loop(), done);
-  asio::co_spawn(executor_, write_loop(), done);
-  asio::co_spawn(executor_, watchdog(), done);
+  });
+}
+
+void connection::ensure_writer() {
+  // The writer exists only while there is something it must wait for: a
+  // socket that would block, file bodies, the final flush before closing.
+  // Everything else is written directly (write_now), so an idle connection
+  // holds no writer.
+  if (writer_running_ || state_ == state::closed || running_ == 0) return;
+  writer_running_ = true;
+  spawn(write_loop());
 }
 
 void connection::coroutine_done() {
@@ -155,8 +186,16 @@ bool connection::queued() {
     return false;
   }
   // Inside a read batch the reader writes the coalesced replies itself when
-  // the batch ends (write_now); otherwise hand them to the writer.
-  if (!in_batch_ && writer_waiting_) wake(writer_wake_);
+  // the batch ends (write_now). Otherwise the loop's flush queue writes
+  // them after the work at hand (more may be queued by then), or, while
+  // file bodies are queued, the writer.
+  if (in_batch_ || flush_listed_ || writer_running_) return true;
+  if (flush_queue_ && segments_.empty()) {
+    flush_listed_ = true;
+    flush_queue_->add(shared_from_this());
+  } else {
+    ensure_writer();
+  }
   return true;
 }
 
@@ -189,7 +228,7 @@ void connection::notify_drain_waiters() {
 void connection::write_now() {
   if (state_ == state::closed || writing_ || pending_.empty()) return;
   if (!segments_.empty()) {  // ordering with file bodies is the writer's job
-    if (writer_waiting_) wake(writer_wake_);
+    ensure_writer();
     return;
   }
   error_code ec;
@@ -199,8 +238,23 @@ void connection::write_now() {
     return;
   }
   if (!ec) pending_.erase(0, n);
-  if (!pending_.empty() && writer_waiting_) wake(writer_wake_);
+  if (!pending_.empty()) ensure_writer();  // the socket is full: wait for it
+  after_progress();
+}
+
+void connection::after_progress() {
+  release_idle_buffers();
+  if (reader_waiting_ && queued_bytes() <= limits_.send_queue_high / 2) wake(reader_wake_);
   notify_drain_waiters();
+}
+
+void connection::release_idle_buffers() noexcept {
+  // Drained: give back what grew during a burst (a long member list, a
+  // backlog of chat messages), so that a thousand idle connections do not
+  // each keep kilobytes of send buffer.
+  if (writing_ || !pending_.empty()) return;
+  if (pending_.capacity() > keep_idle_buffer) std::string().swap(pending_);
+  if (inflight_.capacity() > keep_idle_buffer) std::string().swap(inflight_);
 }
 
 void connection::fail(proto::errc code, std::string_view message, std::optional<std::uint64_t> id,
@@ -222,7 +276,7 @@ void connection::close_after_flush(std::string_view reason, std::chrono::millise
   state_ = state::draining;
   if (close_reason_.empty()) close_reason_ = reason;
   linger_until_ = clock::now() + (flush_limit.count() > 0 ? flush_limit : limits_.linger_timeout);
-  wake(writer_wake_);
+  ensure_writer();  // flushes, then sends FIN
   wake(reader_wake_);
   wake(watchdog_timer_);
 }
@@ -236,7 +290,6 @@ void connection::close_now(std::string_view reason) {
   error_code ec;
   socket_.close(ec);
   wake(watchdog_timer_);
-  wake(writer_wake_);
   wake(reader_wake_);
 }
 
@@ -326,14 +379,7 @@ asio::awaitable<void> connection::read_loop() {
 asio::awaitable<void> connection::write_loop() {
   error_code ec;
   for (;;) {
-    if (pending_.empty() && segments_.empty()) {
-      if (state_ != state::open) break;
-      writer_waiting_ = true;
-      writer_wake_.expires_at(clock::time_point::max());
-      co_await writer_wake_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-      writer_waiting_ = false;
-      continue;
-    }
+    if (pending_.empty() && segments_.empty()) break;
     if (state_ == state::closed) break;
     writing_ = true;
     write_progress_ = clock::now();
@@ -365,7 +411,6 @@ asio::awaitable<void> connection::write_loop() {
       }
       inflight_left_ = 0;
       inflight_.clear();
-      if (inflight_.capacity() > 64 * 1024) std::string().swap(inflight_);
     }
     writing_ = false;
     if (ec) {
@@ -377,10 +422,9 @@ asio::awaitable<void> connection::write_loop() {
       drop_segments();
       break;
     }
-    if (pending_.empty() && pending_.capacity() > 64 * 1024) std::string().swap(pending_);
-    if (reader_waiting_ && queued_bytes() <= limits_.send_queue_high / 2) wake(reader_wake_);
-    notify_drain_waiters();
+    after_progress();
   }
+  writer_running_ = false;
   if (state_ == state::draining) {
     // Everything is flushed: send FIN, then let the reader drain the peer's
     // remaining bytes until EOF or linger_timeout, so that closing does not

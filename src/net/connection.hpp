@@ -1,7 +1,7 @@
 #pragma once
-// A server-side framed connection: one reader, one writer and one watchdog
-// coroutine, all on the connection's own single-threaded io_context, so the
-// connection needs no locks. Every member function must be called on that
+// A server-side framed connection: a reader and a watchdog coroutine, and a
+// writer coroutine only while a write has to wait, all on the connection's
+// own single-threaded io_context, so the connection needs no locks. Every member function must be called on that
 // thread (from the handler's callbacks, or via post(executor(), ...)).
 //
 // Memory: an idle connection holds no read buffer (the reader waits for
@@ -44,6 +44,26 @@ struct connection_limits {
 
 class connection;
 
+/// One per event loop: connections that had frames queued from outside
+/// their own reader (a chat broadcast, a notice) and are written together
+/// by one task at the end of the loop's current work. A receiver then gets
+/// one send for everything queued to it meanwhile, and no coroutine has to
+/// be woken for it. Used only on its loop's thread.
+class flush_queue {
+ public:
+  explicit flush_queue(boost::asio::any_io_executor ex) : executor_(std::move(ex)) {}
+  flush_queue(const flush_queue&) = delete;
+  flush_queue& operator=(const flush_queue&) = delete;
+  void add(std::shared_ptr<connection> c);
+
+ private:
+  void run();
+  boost::asio::any_io_executor executor_;
+  std::vector<std::shared_ptr<connection>> dirty_;
+  std::vector<std::shared_ptr<connection>> running_;
+  bool posted_ = false;
+};
+
 /// The session logic behind a connection (server/session.hpp implements it).
 /// All callbacks run on the connection's thread.
 class frame_handler {
@@ -66,8 +86,9 @@ class frame_handler {
 
 class connection : public std::enable_shared_from_this<connection> {
  public:
+  /// `flush`: the loop's flush queue (null: each send wakes the writer).
   connection(boost::asio::ip::tcp::socket socket, const connection_limits& limits,
-             std::unique_ptr<frame_handler> handler);
+             std::unique_ptr<frame_handler> handler, flush_queue* flush = nullptr);
   ~connection();
   connection(const connection&) = delete;
   connection& operator=(const connection&) = delete;
@@ -123,12 +144,17 @@ class connection : public std::enable_shared_from_this<connection> {
   boost::asio::any_io_executor executor() const { return executor_; }
 
  private:
+  friend class flush_queue;
   enum class state { open, draining, closed };
   boost::asio::awaitable<void> read_loop();
   boost::asio::awaitable<void> write_loop();
   boost::asio::awaitable<void> watchdog();
   void process(std::string_view bytes);
   void write_now();
+  void after_progress();
+  void spawn(boost::asio::awaitable<void> co);
+  void ensure_writer();
+  void release_idle_buffers() noexcept;
   /// After a frame was appended to pending_: enforce the bound, wake the writer.
   bool queued();
   void wake(boost::asio::steady_timer& t) noexcept;
@@ -184,11 +210,12 @@ class connection : public std::enable_shared_from_this<connection> {
   std::string inflight_;
   std::size_t inflight_left_ = 0;
   bool writing_ = false;
-  boost::asio::steady_timer writer_wake_;
   boost::asio::steady_timer reader_wake_;  // backpressure: queue drained
-  bool writer_waiting_ = false;
+  bool writer_running_ = false;
   bool in_batch_ = false;  // the reader is dispatching frames from one read
   bool reader_waiting_ = false;
+  flush_queue* flush_queue_;
+  bool flush_listed_ = false;  // in flush_queue_, not yet written
 };
 
 }  // namespace cskit::net

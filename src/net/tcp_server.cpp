@@ -35,6 +35,7 @@ struct tcp_server::impl {
   struct loop {
     asio::io_context ioc{1};
     asio::executor_work_guard<asio::io_context::executor_type> work{ioc.get_executor()};
+    flush_queue flush{ioc.get_executor()};
     // Touched only on this loop's thread.
     std::unordered_map<connection*, std::shared_ptr<connection>> connections;
   };
@@ -80,7 +81,7 @@ struct tcp_server::impl {
   }
 
   void adopt(loop& l, tcp::socket s) {
-    auto c = std::make_shared<connection>(std::move(s), options.limits, factory());
+    auto c = std::make_shared<connection>(std::move(s), options.limits, factory(), &l.flush);
     l.connections.emplace(c.get(), c);
     c->start([this, &l](connection& done) {
       l.connections.erase(&done);

@@ -95,10 +95,17 @@ void chat_hub::deliver(chat_member& m, const std::shared_ptr<const std::string>&
 }
 
 void chat_hub::broadcast(const room& r, const std::shared_ptr<const std::string>& frame, const chat_member* except) {
+  fan_out(r.members, frame, except);
+}
+
+template <class Range>
+void chat_hub::fan_out(const Range& members, const std::shared_ptr<const std::string>& frame,
+                       const chat_member* except) {
   // One post per event loop, not per receiver: a message to a room of a
-  // thousand costs each loop one wake-up.
+  // thousand costs each loop one wake-up, and a thousand clients leaving
+  // at once do not queue a million tasks.
   std::vector<std::pair<boost::asio::any_io_executor, std::vector<std::weak_ptr<net::connection>>>> per_loop;
-  for (auto* m : r.members) {
+  for (auto* m : members) {
     if (m == except) continue;
     auto it = std::find_if(per_loop.begin(), per_loop.end(), [&](const auto& p) { return p.first == m->executor; });
     if (it == per_loop.end()) {
@@ -170,10 +177,9 @@ chat_client::~chat_client() {
       auto it = hub_.rooms_.find(name);
       if (it == hub_.rooms_.end()) continue;
       it->second.members.erase(&m);
-      for (auto* other : it->second.members) {
-        if (told.insert(other).second) hub_.deliver(*other, quit);
-      }
+      told.insert(it->second.members.begin(), it->second.members.end());
     }
+    hub_.fan_out(told, quit, nullptr);
     hub_.nicks_.erase(lower(m.nick));
     spdlog::info("chat: {} ({}) quit: {}", m.nick, m.peer, close_reason_);
   }
@@ -365,12 +371,11 @@ void chat_client::handle(std::uint64_t id, std::string_view type, const json& h,
     auto frame = encode({{"type", "chat.event"}, {"event", "nick"}, {"nick", m.nick}, {"new_nick", nick},
                          {"ts", now_ms()}});
     std::set<chat_member*> told{&m};
-    hub_.deliver(m, frame);
     for (const auto& name : m.rooms) {
-      for (auto* other : hub_.rooms_[name].members) {
-        if (told.insert(other).second) hub_.deliver(*other, frame);
-      }
+      const auto& members = hub_.rooms_[name].members;
+      told.insert(members.begin(), members.end());
     }
+    hub_.fan_out(told, frame, nullptr);
     hub_.nicks_.erase(lower(m.nick));
     m.nick = nick;
     hub_.nicks_[lower(nick)] = &m;

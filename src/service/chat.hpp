@@ -91,6 +91,10 @@ class chat_hub {
 
   void deliver(chat_member& m, const std::shared_ptr<const std::string>& frame);
   void broadcast(const room& r, const std::shared_ptr<const std::string>& frame, const chat_member* except = nullptr);
+  /// Queues `frame` to each of `members` (no duplicates) but `except`, with
+  /// one task per event loop.
+  template <class Range>
+  void fan_out(const Range& members, const std::shared_ptr<const std::string>& frame, const chat_member* except);
   std::string suggest_nick(const std::string& nick) const;
 
   chat_options options_;
