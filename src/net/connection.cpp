@@ -102,8 +102,9 @@ void connection::start(std::function<void(connection&)> on_finished) {
   // Greet before anything else can be queued (a shutdown posted right after
   // accept must not send `bye` ahead of `hello`).
   handler_->on_open(*this);
-  spawn(read_loop());
-  spawn(watchdog());
+  running_ = 1;  // the reader
+  wait_readable();
+  check_deadlines();
   if (!pending_.empty()) ensure_writer();
 }
 
@@ -118,7 +119,7 @@ void connection::spawn(asio::awaitable<void> co) {
       }
       self->close_now("internal error");
     }
-    self->coroutine_done();
+    self->part_done();
   });
 }
 
@@ -132,7 +133,7 @@ void connection::ensure_writer() {
   spawn(write_loop());
 }
 
-void connection::coroutine_done() {
+void connection::part_done() {
   if (--running_ > 0) return;
   handler_->on_close(*this, close_reason_);
   if (on_finished_) {
@@ -331,49 +332,72 @@ void connection::process(std::string_view in) {
   }
 }
 
-asio::awaitable<void> connection::read_loop() {
-  char* buf = thread_read_buffer();
-  error_code ec;
-  while (state_ != state::closed) {
-    if (state_ == state::open && queued_bytes() > limits_.send_queue_high) {
-      // Backpressure: take no more requests until the peer reads replies.
-      reader_waiting_ = true;
-      reader_wake_.expires_at(clock::time_point::max());
-      co_await reader_wake_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-      reader_waiting_ = false;
-      continue;
-    }
-    co_await socket_.async_wait(tcp::socket::wait_read, asio::redirect_error(asio::use_awaitable, ec));
-    if (ec || state_ == state::closed) break;
-    // Stop early once replies pile up, so the queue overshoots its high-water
-    // mark by at most one read's worth of replies.
-    for (int i = 0; i < max_reads_per_wakeup && state_ != state::closed && queued_bytes() <= limits_.send_queue_high;
-         ++i) {
-      std::size_t n = socket_.read_some(asio::buffer(buf, read_chunk), ec);
-      if (ec == asio::error::would_block || ec == asio::error::try_again) break;
-      if (ec) {
-        if (state_ == state::open && decoder_.mid_frame()) {
-          spdlog::info("connection {}: peer closed the connection in the middle of a frame", peer_);
-        }
-        if (ec == asio::error::eof) peer_eof_ = true;
-        if (ec == asio::error::eof && state_ == state::open) {
-          // Half-close: the peer may still read our replies.
-          close_after_flush("peer closed");
-        } else {
-          close_now(ec == asio::error::eof ? "peer closed" : ec.message());
-        }
-        break;
-      }
-      if (state_ == state::open) {
-        in_batch_ = true;
-        process(std::string_view(buf, n));
-        in_batch_ = false;
-        write_now();
-      }  // draining: discard
-      if (n < read_chunk) break;
-    }
-    if (ec && ec != asio::error::would_block && ec != asio::error::try_again) break;
+void connection::wait_readable() {
+  // One callback is outstanding at a time: either this wait, or the
+  // backpressure wait on reader_wake_. No coroutine frame per connection.
+  if (state_ == state::closed) {
+    part_done();
+    return;
   }
+  if (state_ == state::open && queued_bytes() > limits_.send_queue_high) {
+    // Backpressure: take no more requests until the peer reads replies.
+    reader_waiting_ = true;
+    reader_wake_.expires_at(clock::time_point::max());
+    reader_wake_.async_wait([self = shared_from_this()](const error_code&) {
+      self->reader_waiting_ = false;
+      self->wait_readable();
+    });
+    return;
+  }
+  socket_.async_wait(tcp::socket::wait_read, [self = shared_from_this()](const error_code& ec) {
+    self->on_readable(ec);
+  });
+}
+
+void connection::on_readable(error_code ec) {
+  if (ec || state_ == state::closed) {
+    part_done();
+    return;
+  }
+  char* buf = thread_read_buffer();
+  // Stop early once replies pile up, so the queue overshoots its high-water
+  // mark by at most one read's worth of replies.
+  for (int i = 0; i < max_reads_per_wakeup && state_ != state::closed && queued_bytes() <= limits_.send_queue_high;
+       ++i) {
+    std::size_t n = socket_.read_some(asio::buffer(buf, read_chunk), ec);
+    if (ec == asio::error::would_block || ec == asio::error::try_again) break;
+    if (ec) {
+      if (state_ == state::open && decoder_.mid_frame()) {
+        spdlog::info("connection {}: peer closed the connection in the middle of a frame", peer_);
+      }
+      if (ec == asio::error::eof) peer_eof_ = true;
+      if (ec == asio::error::eof && state_ == state::open) {
+        // Half-close: the peer may still read our replies.
+        close_after_flush("peer closed");
+      } else {
+        close_now(ec == asio::error::eof ? "peer closed" : ec.message());
+      }
+      break;
+    }
+    if (state_ == state::open) {
+      in_batch_ = true;
+      try {
+        process(std::string_view(buf, n));
+      } catch (const std::exception& e) {
+        // A bug in a handler costs this connection, never the server.
+        spdlog::error("connection {}: internal error: {}", peer_, e.what());
+        close_now("internal error");
+      }
+      in_batch_ = false;
+      write_now();
+    }  // draining: discard
+    if (n < read_chunk) break;
+  }
+  if (ec && ec != asio::error::would_block && ec != asio::error::try_again) {
+    part_done();
+    return;
+  }
+  wait_readable();
 }
 
 asio::awaitable<void> connection::write_loop() {
@@ -492,36 +516,38 @@ clock::time_point connection::next_deadline(clock::time_point now, proto::errc& 
   return best;
 }
 
-asio::awaitable<void> connection::watchdog() {
-  error_code ec;
-  // Deadlines that start later (a frame begun, a write begun) are never
-  // earlier than now + min(frame_timeout, write_timeout), so sleeping at most
-  // that long means nobody has to re-arm this timer on the hot path.
+void connection::check_deadlines() {
+  // Runs from start() and then only from its own timer callback, so exactly
+  // one callback is outstanding; others move it earlier with
+  // wake(watchdog_timer_). Deadlines that start later (a frame begun, a
+  // write begun) are never earlier than now + min(frame_timeout,
+  // write_timeout), so sleeping at most that long means nobody has to
+  // re-arm this timer on the hot path.
   const auto max_sleep = std::min(limits_.frame_timeout, limits_.write_timeout);
   while (state_ != state::closed) {
     const auto now = clock::now();
     proto::errc why;
     const auto due = next_deadline(now, why);
-    if (due <= now) {
-      if (delayed_error_ && delayed_error_at_ <= now) {
-        auto err = std::move(*delayed_error_);
-        delayed_error_.reset();
-        (void)proto::encode_frame(pending_, err, {});
-        close_after_flush(err.value("code", "error"));
-      } else if (why == proto::errc::shutting_down) {
-        close_now(close_reason_.empty() ? "linger timeout" : close_reason_);
-      } else if (why == proto::errc::overloaded) {
-        spdlog::info("connection {}: write made no progress for {} ms; closing", peer_, limits_.write_timeout.count());
-        close_now("write timeout");
-      } else {
-        spdlog::info("connection {}: {}", peer_, proto::default_message(why));
-        fail(why);
-      }
-      continue;
+    if (due > now) {
+      watchdog_armed_for_ = std::min(due, now + max_sleep);
+      watchdog_timer_.expires_at(watchdog_armed_for_);
+      watchdog_timer_.async_wait([self = shared_from_this()](const error_code&) { self->check_deadlines(); });
+      return;
     }
-    watchdog_armed_for_ = std::min(due, now + max_sleep);
-    watchdog_timer_.expires_at(watchdog_armed_for_);
-    co_await watchdog_timer_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    if (delayed_error_ && delayed_error_at_ <= now) {
+      auto err = std::move(*delayed_error_);
+      delayed_error_.reset();
+      (void)proto::encode_frame(pending_, err, {});
+      close_after_flush(err.value("code", "error"));
+    } else if (why == proto::errc::shutting_down) {
+      close_now(close_reason_.empty() ? "linger timeout" : close_reason_);
+    } else if (why == proto::errc::overloaded) {
+      spdlog::info("connection {}: write made no progress for {} ms; closing", peer_, limits_.write_timeout.count());
+      close_now("write timeout");
+    } else {
+      spdlog::info("connection {}: {}", peer_, proto::default_message(why));
+      fail(why);
+    }
   }
 }
 

@@ -1,7 +1,8 @@
 #pragma once
-// A server-side framed connection: a reader and a watchdog coroutine, and a
-// writer coroutine only while a write has to wait, all on the connection's
-// own single-threaded io_context, so the connection needs no locks. Every member function must be called on that
+// A server-side framed connection on its own single-threaded io_context, so
+// it needs no locks. The reader and the deadline watchdog are callbacks (one
+// outstanding wait each, no coroutine frame); a writer coroutine exists only
+// while a write has to wait. Every member function must be called on that
 // thread (from the handler's callbacks, or via post(executor(), ...)).
 //
 // Memory: an idle connection holds no read buffer (the reader waits for
@@ -146,9 +147,10 @@ class connection : public std::enable_shared_from_this<connection> {
  private:
   friend class flush_queue;
   enum class state { open, draining, closed };
-  boost::asio::awaitable<void> read_loop();
+  void wait_readable();
+  void on_readable(boost::system::error_code ec);
+  void check_deadlines();
   boost::asio::awaitable<void> write_loop();
-  boost::asio::awaitable<void> watchdog();
   void process(std::string_view bytes);
   void write_now();
   void after_progress();
@@ -158,7 +160,8 @@ class connection : public std::enable_shared_from_this<connection> {
   /// After a frame was appended to pending_: enforce the bound, wake the writer.
   bool queued();
   void wake(boost::asio::steady_timer& t) noexcept;
-  void coroutine_done();
+  /// The reader or the writer has stopped; the last one closes the books.
+  void part_done();
   clock::time_point next_deadline(clock::time_point now, proto::errc& why) const noexcept;
 
   boost::asio::any_io_executor executor_;
@@ -173,7 +176,7 @@ class connection : public std::enable_shared_from_this<connection> {
   state state_ = state::open;
   bool authenticated_ = false;
   bool peer_eof_ = false;  // the peer half-closed (FIN received)
-  int running_ = 0;  // coroutines still alive
+  int running_ = 0;  // reader and writer still active
   std::string close_reason_;
 
   // deadlines
