@@ -72,7 +72,6 @@ connection::connection(tcp::socket socket, const connection_limits& limits,
       limits_(limits),
       handler_(std::move(handler)),
       watchdog_timer_(executor_),
-      reader_wake_(executor_),
       flush_queue_(flush) {
   error_code ec;
   auto ep = socket_.remote_endpoint(ec);
@@ -245,7 +244,7 @@ void connection::write_now() {
 
 void connection::after_progress() {
   release_idle_buffers();
-  if (reader_waiting_ && queued_bytes() <= limits_.send_queue_high / 2) wake(reader_wake_);
+  if (reader_waiting_ && queued_bytes() <= limits_.send_queue_high / 2) resume_reader();
   notify_drain_waiters();
 }
 
@@ -278,7 +277,7 @@ void connection::close_after_flush(std::string_view reason, std::chrono::millise
   if (close_reason_.empty()) close_reason_ = reason;
   linger_until_ = clock::now() + (flush_limit.count() > 0 ? flush_limit : limits_.linger_timeout);
   ensure_writer();  // flushes, then sends FIN
-  wake(reader_wake_);
+  resume_reader();
   wake(watchdog_timer_);
 }
 
@@ -291,7 +290,7 @@ void connection::close_now(std::string_view reason) {
   error_code ec;
   socket_.close(ec);
   wake(watchdog_timer_);
-  wake(reader_wake_);
+  resume_reader();
 }
 
 void connection::set_authenticated() noexcept {
@@ -333,8 +332,8 @@ void connection::process(std::string_view in) {
 }
 
 void connection::wait_readable() {
-  // One callback is outstanding at a time: either this wait, or the
-  // backpressure wait on reader_wake_. No coroutine frame per connection.
+  // At most one callback is outstanding: this wait, or (backpressure) none
+  // until resume_reader() posts one.
   if (state_ == state::closed) {
     part_done();
     return;
@@ -342,16 +341,18 @@ void connection::wait_readable() {
   if (state_ == state::open && queued_bytes() > limits_.send_queue_high) {
     // Backpressure: take no more requests until the peer reads replies.
     reader_waiting_ = true;
-    reader_wake_.expires_at(clock::time_point::max());
-    reader_wake_.async_wait([self = shared_from_this()](const error_code&) {
-      self->reader_waiting_ = false;
-      self->wait_readable();
-    });
     return;
   }
   socket_.async_wait(tcp::socket::wait_read, [self = shared_from_this()](const error_code& ec) {
     self->on_readable(ec);
   });
+}
+
+void connection::resume_reader() {
+  if (!reader_waiting_) return;
+  reader_waiting_ = false;
+  // Posted, never called inline: this may run inside the reader's own batch.
+  asio::post(executor_, [self = shared_from_this()] { self->wait_readable(); });
 }
 
 void connection::on_readable(error_code ec) {
@@ -409,10 +410,10 @@ asio::awaitable<void> connection::write_loop() {
     write_progress_ = clock::now();
     if (!segments_.empty() && segments_.front().at == 0) {
       // A file body is next: sendfile it.
-      ec = co_await write_segment(segments_.front());
+      ec = co_await write_segment();
       ::close(segments_.front().fd);
       file_bytes_queued_ -= segments_.front().length;
-      segments_.pop_front();
+      segments_.erase(segments_.begin());
     } else {
       // Frames (bytes) up to the next file body, or everything.
       const std::size_t take = segments_.empty() ? pending_.size() : segments_.front().at;
@@ -463,17 +464,20 @@ asio::awaitable<void> connection::write_loop() {
   }
 }
 
-asio::awaitable<error_code> connection::write_segment(file_segment& seg) {
+asio::awaitable<error_code> connection::write_segment() {
+  // segments_.front() is looked up again after every wait: send_file may
+  // append to segments_ meanwhile (and move its elements).
   error_code ec;
-  off_t off = static_cast<off_t>(seg.offset);
-  std::size_t left = seg.length;
+  file_segment& first = segments_.front();
+  off_t off = static_cast<off_t>(first.offset);
+  std::size_t left = first.length;
   const int sock = socket_.native_handle();
   while (left > 0 && state_ != state::closed) {
-    ssize_t n = ::sendfile(sock, seg.fd, &off, left);
+    ssize_t n = ::sendfile(sock, segments_.front().fd, &off, left);
     if (n > 0) {
       left -= static_cast<std::size_t>(n);
       file_bytes_queued_ -= static_cast<std::size_t>(n);
-      seg.length -= static_cast<std::size_t>(n);
+      segments_.front().length -= static_cast<std::size_t>(n);
       write_progress_ = clock::now();
       continue;
     }
@@ -492,28 +496,42 @@ asio::awaitable<error_code> connection::write_segment(file_segment& seg) {
     if (ec) co_return ec;
     left -= w;
     file_bytes_queued_ -= w;
-    seg.length -= w;
+    segments_.front().length -= w;
     write_progress_ = clock::now();
   }
   co_return ec;
 }
 
-clock::time_point connection::next_deadline(clock::time_point now, proto::errc& why) const noexcept {
+clock::time_point connection::next_deadline(due& what) const noexcept {
   auto best = clock::time_point::max();
-  why = proto::errc::ok;
-  auto consider = [&](clock::time_point t, proto::errc w) {
-    if (t < best) best = t, why = w;
+  what = due::none;
+  auto consider = [&](clock::time_point t, due w) {
+    if (t < best) best = t, what = w;
   };
-  if (delayed_error_) consider(delayed_error_at_, proto::errc::auth_failed);
-  if (state_ == state::draining) consider(linger_until_, proto::errc::shutting_down);
-  if (writing_) consider(write_progress_ + limits_.write_timeout, proto::errc::overloaded);
+  if (delayed_error_) consider(delayed_error_at_, due::delayed_error);
+  if (state_ == state::draining) consider(linger_until_, due::linger);
+  if (writing_) consider(write_progress_ + limits_.write_timeout, due::write_stall);
   if (state_ == state::open && !delayed_error_) {
-    if (!authenticated_) consider(opened_ + limits_.handshake_timeout, proto::errc::handshake_timeout);
-    if (decoder_.mid_frame()) consider(frame_started_ + limits_.frame_timeout, proto::errc::frame_timeout);
-    if (authenticated_ && !decoder_.mid_frame()) consider(last_activity_ + limits_.idle_timeout, proto::errc::idle_timeout);
+    if (!authenticated_) consider(opened_ + limits_.handshake_timeout, due::handshake);
+    if (decoder_.mid_frame()) consider(frame_started_ + limits_.frame_timeout, due::frame);
+    if (authenticated_ && !decoder_.mid_frame()) consider(last_activity_ + limits_.idle_timeout, due::idle);
+    if (keepalive_drop_.count() > 0) {
+      if (pinged_for_ != last_activity_) consider(last_activity_ + keepalive_ping_, due::ping);
+      consider(last_activity_ + keepalive_drop_, due::ping_timeout);
+    }
   }
-  (void)now;
   return best;
+}
+
+void connection::fail_deadline(proto::errc why) {
+  spdlog::info("connection {}: {}", peer_, proto::default_message(why));
+  fail(why);
+}
+
+void connection::set_keepalive(std::chrono::milliseconds ping_after, std::chrono::milliseconds drop_after) {
+  keepalive_ping_ = ping_after;
+  keepalive_drop_ = drop_after;
+  if (clock::now() + ping_after < watchdog_armed_for_) wake(watchdog_timer_);
 }
 
 void connection::check_deadlines() {
@@ -526,27 +544,39 @@ void connection::check_deadlines() {
   const auto max_sleep = std::min(limits_.frame_timeout, limits_.write_timeout);
   while (state_ != state::closed) {
     const auto now = clock::now();
-    proto::errc why;
-    const auto due = next_deadline(now, why);
-    if (due > now) {
-      watchdog_armed_for_ = std::min(due, now + max_sleep);
+    due what;
+    const auto at = next_deadline(what);
+    if (at > now) {
+      watchdog_armed_for_ = std::min(at, now + max_sleep);
       watchdog_timer_.expires_at(watchdog_armed_for_);
       watchdog_timer_.async_wait([self = shared_from_this()](const error_code&) { self->check_deadlines(); });
       return;
     }
-    if (delayed_error_ && delayed_error_at_ <= now) {
-      auto err = std::move(*delayed_error_);
-      delayed_error_.reset();
-      (void)proto::encode_frame(pending_, err, {});
-      close_after_flush(err.value("code", "error"));
-    } else if (why == proto::errc::shutting_down) {
-      close_now(close_reason_.empty() ? "linger timeout" : close_reason_);
-    } else if (why == proto::errc::overloaded) {
-      spdlog::info("connection {}: write made no progress for {} ms; closing", peer_, limits_.write_timeout.count());
-      close_now("write timeout");
-    } else {
-      spdlog::info("connection {}: {}", peer_, proto::default_message(why));
-      fail(why);
+    switch (what) {
+      case due::none: return;  // not reached: none is never due
+      case due::delayed_error: {
+        auto err = std::move(*delayed_error_);
+        delayed_error_.reset();
+        (void)proto::encode_frame(pending_, err, {});
+        close_after_flush(err.value("code", "error"));
+        break;
+      }
+      case due::linger: close_now(close_reason_.empty() ? "linger timeout" : close_reason_); break;
+      case due::write_stall:
+        spdlog::info("connection {}: write made no progress for {} ms; closing", peer_, limits_.write_timeout.count());
+        close_now("write timeout");
+        break;
+      case due::ping:
+        pinged_for_ = last_activity_;
+        send({{"type", "ping"}});
+        break;
+      case due::ping_timeout:
+        spdlog::info("connection {}: silent for {} ms, no answer to ping; closing", peer_, keepalive_drop_.count());
+        close_now("ping timeout");
+        break;
+      case due::handshake: fail_deadline(proto::errc::handshake_timeout); break;
+      case due::frame: fail_deadline(proto::errc::frame_timeout); break;
+      case due::idle: fail_deadline(proto::errc::idle_timeout); break;
     }
   }
 }

@@ -133,6 +133,11 @@ class connection : public std::enable_shared_from_this<connection> {
   clock::time_point last_activity() const noexcept { return last_activity_; }
   void begin_shutdown(std::chrono::milliseconds grace);
 
+  /// Keepalive (dead and half-open peers): a `ping` after `ping_after` of
+  /// silence, and the connection closed ("ping timeout") after
+  /// `drop_after`. Any frame from the peer counts as life.
+  void set_keepalive(std::chrono::milliseconds ping_after, std::chrono::milliseconds drop_after);
+
   const std::string& peer_address() const noexcept { return peer_address_; }
   const std::string& peer() const noexcept { return peer_; }
   std::size_t queued_bytes() const noexcept { return pending_.size() + inflight_left_ + file_bytes_queued_; }
@@ -149,6 +154,7 @@ class connection : public std::enable_shared_from_this<connection> {
   enum class state { open, draining, closed };
   void wait_readable();
   void on_readable(boost::system::error_code ec);
+  void resume_reader();
   void check_deadlines();
   boost::asio::awaitable<void> write_loop();
   void process(std::string_view bytes);
@@ -162,7 +168,9 @@ class connection : public std::enable_shared_from_this<connection> {
   void wake(boost::asio::steady_timer& t) noexcept;
   /// The reader or the writer has stopped; the last one closes the books.
   void part_done();
-  clock::time_point next_deadline(clock::time_point now, proto::errc& why) const noexcept;
+  enum class due { none, delayed_error, linger, write_stall, ping, ping_timeout, handshake, frame, idle };
+  clock::time_point next_deadline(due& what) const noexcept;
+  void fail_deadline(proto::errc why);
 
   boost::asio::any_io_executor executor_;
   boost::asio::ip::tcp::socket socket_;
@@ -187,6 +195,9 @@ class connection : public std::enable_shared_from_this<connection> {
   clock::time_point write_progress_;
   clock::time_point linger_until_;
   clock::time_point watchdog_armed_for_;
+  std::chrono::milliseconds keepalive_ping_{0};
+  std::chrono::milliseconds keepalive_drop_{0};  // 0: no keepalive
+  clock::time_point pinged_for_;  // the last_activity_ a ping was sent for
 
   // producers waiting for the send queue to drain (when_queue_below)
   std::vector<std::pair<std::size_t, std::function<void()>>> drain_waiters_;
@@ -206,17 +217,16 @@ class connection : public std::enable_shared_from_this<connection> {
     std::uint64_t offset;
     std::size_t length;
   };
-  std::deque<file_segment> segments_;
+  std::vector<file_segment> segments_;  // few; not a deque, which allocates 576 bytes up front
   std::size_t file_bytes_queued_ = 0;
-  boost::asio::awaitable<boost::system::error_code> write_segment(file_segment& s);
+  boost::asio::awaitable<boost::system::error_code> write_segment();
   void drop_segments() noexcept;
   std::string inflight_;
   std::size_t inflight_left_ = 0;
   bool writing_ = false;
-  boost::asio::steady_timer reader_wake_;  // backpressure: queue drained
   bool writer_running_ = false;
   bool in_batch_ = false;  // the reader is dispatching frames from one read
-  bool reader_waiting_ = false;
+  bool reader_waiting_ = false;  // backpressure: no read outstanding until the queue drains
   flush_queue* flush_queue_;
   bool flush_listed_ = false;  // in flush_queue_, not yet written
 };

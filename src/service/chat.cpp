@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <boost/asio/post.hpp>
-#include <boost/asio/steady_timer.hpp>
 #include <spdlog/spdlog.h>
 
 #include "net/connection.hpp"
@@ -23,12 +22,6 @@ struct chat_member {
   std::set<std::string> rooms;
   double tokens = 0;
   std::int64_t refilled_ns = 0;
-};
-
-struct chat_timer {
-  explicit chat_timer(const boost::asio::any_io_executor& ex) : t(ex) {}
-  boost::asio::steady_timer t;
-  bool alive = true;
 };
 
 namespace {
@@ -139,34 +132,13 @@ chat_client::chat_client(chat_hub& hub, net::connection& conn)
   member_->peer = conn.peer();
   member_->tokens = hub.options().burst;
   member_->refilled_ns = util::monotonic_ns();
-  timer_ = std::make_shared<chat_timer>(conn.executor());
-  arm_liveness();
-}
-
-void chat_client::arm_liveness() {
-  // Dead and half-open connections: ping a client that has been silent for
-  // ping_interval, drop it after ping_timeout.
-  const auto& o = hub_.options();
-  timer_->t.expires_after(o.ping_interval / 3);
-  timer_->t.async_wait([t = timer_, w = member_->conn, this](const boost::system::error_code& ec) {
-    if (ec || !t->alive) return;
-    auto c = w.lock();
-    if (!c || c->closing()) return;
-    const auto silent = net::clock::now() - c->last_activity();
-    const auto& opts = hub_.options();
-    if (silent > opts.ping_timeout) {
-      set_close_reason("ping timeout");
-      c->close_now("chat: ping timeout");
-      return;
-    }
-    if (silent > opts.ping_interval) c->send({{"type", proto::type::ping}});
-    arm_liveness();
-  });
+  // Dead and half-open connections: a client silent for ping_interval is
+  // pinged, one silent for ping_timeout is dropped (the connection's own
+  // deadline timer does both).
+  conn.set_keepalive(hub.options().ping_interval, hub.options().ping_timeout);
 }
 
 chat_client::~chat_client() {
-  timer_->alive = false;
-  timer_->t.cancel();
   std::lock_guard lock(hub_.m_);
   auto& m = *member_;
   if (!m.nick.empty()) {

@@ -64,12 +64,9 @@ class chat_client {
   }
 
  private:
-  void arm_liveness();
-
   chat_hub& hub_;
   net::connection& conn_;
   std::shared_ptr<struct chat_member> member_;
-  std::shared_ptr<struct chat_timer> timer_;
   std::string close_reason_ = "connection closed";
   bool reason_from_client_ = false;
 };
