@@ -87,8 +87,27 @@ void chat_hub::deliver(chat_member& m, const std::shared_ptr<const std::string>&
   boost::asio::post(m.executor, [w = m.conn, frame, limit = options_.max_queue] { send_to(w, frame, limit); });
 }
 
-void chat_hub::broadcast(const room& r, const std::shared_ptr<const std::string>& frame, const chat_member* except) {
-  fan_out(r.members, frame, except);
+struct receivers_by_loop {
+  std::vector<std::pair<boost::asio::any_io_executor, std::vector<std::weak_ptr<net::connection>>>> loops;
+};
+
+void chat_hub::broadcast(const room& r, const std::shared_ptr<const std::string>& frame) {
+  if (!r.receivers) {
+    auto by_loop = std::make_shared<receivers_by_loop>();
+    for (auto* m : r.members) {
+      auto& loops = by_loop->loops;
+      auto it = std::find_if(loops.begin(), loops.end(), [&](const auto& p) { return p.first == m->executor; });
+      if (it == loops.end()) it = loops.emplace(loops.end(), m->executor, std::vector<std::weak_ptr<net::connection>>{});
+      it->second.push_back(m->conn);
+    }
+    r.receivers = std::move(by_loop);
+  }
+  // One post per event loop, carrying a reference to that loop's receivers.
+  for (std::size_t i = 0; i < r.receivers->loops.size(); ++i) {
+    boost::asio::post(r.receivers->loops[i].first, [list = r.receivers, i, frame, limit = options_.max_queue] {
+      for (const auto& w : list->loops[i].second) send_to(w, frame, limit);
+    });
+  }
 }
 
 template <class Range>
@@ -149,6 +168,7 @@ chat_client::~chat_client() {
       auto it = hub_.rooms_.find(name);
       if (it == hub_.rooms_.end()) continue;
       it->second.members.erase(&m);
+      it->second.receivers.reset();
       told.insert(it->second.members.begin(), it->second.members.end());
     }
     hub_.fan_out(told, quit, nullptr);
@@ -253,6 +273,7 @@ void chat_client::handle(std::uint64_t id, std::string_view type, const json& h,
     std::vector<std::string> names;
     for (auto* x : r.members) names.push_back(x->nick);
     r.members.insert(&m);
+    r.receivers.reset();
     m.rooms.insert(key);
     conn_.send({{"type", "chat.joined"}, {"id", id}, {"room", "#" + key}, {"topic", r.topic}, {"members", names}});
     for (const auto& past : r.history) hub_.deliver(m, past);  // replay, in order, marked history
@@ -268,6 +289,7 @@ void chat_client::handle(std::uint64_t id, std::string_view type, const json& h,
                                        {"nick", m.nick}, {"reason", h.value("reason", std::string())},
                                        {"ts", now_ms()}}));
     it->second.members.erase(&m);
+    it->second.receivers.reset();
     m.rooms.erase(key);
     return ok();
   }

@@ -83,11 +83,15 @@ class chat_hub {
     std::string topic;
     std::string topic_by;
     std::set<chat_member*> members;
+    /// The members' connections grouped by event loop: built by the first
+    /// broadcast after a membership change, then shared (not copied) by
+    /// every broadcast until the next change. Reset on join, part and quit.
+    mutable std::shared_ptr<const struct receivers_by_loop> receivers;
     std::deque<std::shared_ptr<const std::string>> history;  ///< encoded chat.message frames (history: true)
   };
 
   void deliver(chat_member& m, const std::shared_ptr<const std::string>& frame);
-  void broadcast(const room& r, const std::shared_ptr<const std::string>& frame, const chat_member* except = nullptr);
+  void broadcast(const room& r, const std::shared_ptr<const std::string>& frame);
   /// Queues `frame` to each of `members` (no duplicates) but `except`, with
   /// one task per event loop.
   template <class Range>
