@@ -26,9 +26,10 @@ namespace {
 // Large reads: bulk uploads arrive at gigabytes per second, and one read
 // per 256 KiB keeps the per-byte syscall cost low. Shared per thread.
 constexpr std::size_t read_chunk = 256 * 1024;
-constexpr int max_reads_per_wakeup = 8;
-// A drained send buffer larger than this is freed rather than kept.
-constexpr std::size_t keep_idle_buffer = 0;  // fairness between connections on a loop
+constexpr int max_reads_per_wakeup = 8;  // fairness between connections on a loop
+// A drained send buffer larger than this is freed rather than kept: with 0,
+// every heap buffer is (an idle connection holds none).
+constexpr std::size_t keep_idle_buffer = 0;
 
 char* thread_read_buffer() {
   // One buffer per loop thread, shared by all its connections: the reader
