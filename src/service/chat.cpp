@@ -1,7 +1,6 @@
 #include "service/chat.hpp"
 
 #include <algorithm>
-#include <unordered_map>
 #include <boost/asio/post.hpp>
 #include <spdlog/spdlog.h>
 
@@ -23,16 +22,6 @@ struct chat_member {
   std::set<std::string> rooms;
   double tokens = 0;
   std::int64_t refilled_ns = 0;
-};
-
-// Per event loop: which of its connections are in which room. Only tasks
-// that the hub posts (under its mutex, so in the hub's order) touch it, on
-// that loop's thread. A broadcast then costs the hub one post per loop, with
-// no copy of the member list, however many members the room has.
-struct loop_members {
-  boost::asio::any_io_executor executor;
-  // The member pointer identifies an entry; it is never dereferenced here.
-  std::unordered_map<std::string, std::vector<std::pair<const chat_member*, std::weak_ptr<net::connection>>>> rooms;
 };
 
 namespace {
@@ -98,43 +87,25 @@ void chat_hub::deliver(chat_member& m, const std::shared_ptr<const std::string>&
   boost::asio::post(m.executor, [w = m.conn, frame, limit = options_.max_queue] { send_to(w, frame, limit); });
 }
 
-loop_members* chat_hub::loop_of(const chat_member& m) {
-  for (auto& l : loops_) {
-    if (l->executor == m.executor) return l.get();
+struct receivers_by_loop {
+  std::vector<std::pair<boost::asio::any_io_executor, std::vector<std::weak_ptr<net::connection>>>> loops;
+};
+
+void chat_hub::broadcast(const room& r, const std::shared_ptr<const std::string>& frame) {
+  if (!r.receivers) {
+    auto by_loop = std::make_shared<receivers_by_loop>();
+    for (auto* m : r.members) {
+      auto& loops = by_loop->loops;
+      auto it = std::find_if(loops.begin(), loops.end(), [&](const auto& p) { return p.first == m->executor; });
+      if (it == loops.end()) it = loops.emplace(loops.end(), m->executor, std::vector<std::weak_ptr<net::connection>>{});
+      it->second.push_back(m->conn);
+    }
+    r.receivers = std::move(by_loop);
   }
-  loops_.push_back(std::make_unique<loop_members>());
-  loops_.back()->executor = m.executor;
-  return loops_.back().get();
-}
-
-void chat_hub::add_member(room& r, const std::string& key, chat_member& m) {
-  r.members.insert(&m);
-  loop_members* l = loop_of(m);
-  auto it = std::find_if(r.loops.begin(), r.loops.end(), [&](const auto& p) { return p.first == l; });
-  if (it == r.loops.end()) it = r.loops.emplace(r.loops.end(), l, 0);
-  ++it->second;
-  boost::asio::post(l->executor, [l, key, id = &m, w = m.conn] { l->rooms[key].emplace_back(id, w); });
-}
-
-void chat_hub::remove_member(room& r, const std::string& key, chat_member& m) {
-  if (!r.members.erase(&m)) return;
-  loop_members* l = loop_of(m);
-  auto it = std::find_if(r.loops.begin(), r.loops.end(), [&](const auto& p) { return p.first == l; });
-  if (it != r.loops.end() && --it->second == 0) r.loops.erase(it);
-  boost::asio::post(l->executor, [l, key, id = &m] {
-    auto room = l->rooms.find(key);
-    if (room == l->rooms.end()) return;
-    std::erase_if(room->second, [&](const auto& e) { return e.first == id; });
-    if (room->second.empty()) l->rooms.erase(room);
-  });
-}
-
-void chat_hub::broadcast(const room& r, const std::string& key, const std::shared_ptr<const std::string>& frame) {
-  for (const auto& [l, count] : r.loops) {
-    boost::asio::post(l->executor, [l = l, key, frame, limit = options_.max_queue] {
-      auto room = l->rooms.find(key);
-      if (room == l->rooms.end()) return;
-      for (const auto& e : room->second) send_to(e.second, frame, limit);
+  // One post per event loop, carrying a reference to that loop's receivers.
+  for (std::size_t i = 0; i < r.receivers->loops.size(); ++i) {
+    boost::asio::post(r.receivers->loops[i].first, [list = r.receivers, i, frame, limit = options_.max_queue] {
+      for (const auto& w : list->loops[i].second) send_to(w, frame, limit);
     });
   }
 }
@@ -196,7 +167,8 @@ chat_client::~chat_client() {
     for (const auto& name : m.rooms) {
       auto it = hub_.rooms_.find(name);
       if (it == hub_.rooms_.end()) continue;
-      hub_.remove_member(it->second, name, m);
+      it->second.members.erase(&m);
+      it->second.receivers.reset();
       told.insert(it->second.members.begin(), it->second.members.end());
     }
     hub_.fan_out(told, quit, nullptr);
@@ -300,11 +272,12 @@ void chat_client::handle(std::uint64_t id, std::string_view type, const json& h,
     auto& r = hub_.rooms_[key];  // created on first join
     std::vector<std::string> names;
     for (auto* x : r.members) names.push_back(x->nick);
-    hub_.add_member(r, key, m);
+    r.members.insert(&m);
+    r.receivers.reset();
     m.rooms.insert(key);
     conn_.send({{"type", "chat.joined"}, {"id", id}, {"room", "#" + key}, {"topic", r.topic}, {"members", names}});
     for (const auto& past : r.history) hub_.deliver(m, past);  // replay, in order, marked history
-    hub_.broadcast(r, key, encode({{"type", "chat.event"}, {"event", "join"}, {"room", "#" + key}, {"nick", m.nick},
+    hub_.broadcast(r, encode({{"type", "chat.event"}, {"event", "join"}, {"room", "#" + key}, {"nick", m.nick},
                               {"ts", now_ms()}}));
     return;
   }
@@ -312,10 +285,11 @@ void chat_client::handle(std::uint64_t id, std::string_view type, const json& h,
     if (!room_arg(key, shown)) return;
     auto it = hub_.rooms_.find(key);
     if (it == hub_.rooms_.end() || !m.rooms.count(key)) return error(errc::not_found, "you are not in #" + key);
-    hub_.broadcast(it->second, key, encode({{"type", "chat.event"}, {"event", "part"}, {"room", "#" + key},
+    hub_.broadcast(it->second, encode({{"type", "chat.event"}, {"event", "part"}, {"room", "#" + key},
                                        {"nick", m.nick}, {"reason", h.value("reason", std::string())},
                                        {"ts", now_ms()}}));
-    hub_.remove_member(it->second, key, m);
+    it->second.members.erase(&m);
+    it->second.receivers.reset();
     m.rooms.erase(key);
     return ok();
   }
@@ -326,7 +300,7 @@ void chat_client::handle(std::uint64_t id, std::string_view type, const json& h,
     if (!charge()) return;
     json msg = {{"type", "chat.message"}, {"room", "#" + key}, {"from", m.nick}, {"ts", now_ms()},
                 {"action", h.value("action", false)}};
-    hub_.broadcast(it->second, key, encode(msg, body));
+    hub_.broadcast(it->second, encode(msg, body));
     if (o.history > 0) {
       msg["history"] = true;
       auto& hist = it->second.history;
@@ -375,7 +349,7 @@ void chat_client::handle(std::uint64_t id, std::string_view type, const json& h,
     if (!charge()) return;
     it->second.topic = t->get<std::string>();
     it->second.topic_by = m.nick;
-    hub_.broadcast(it->second, key, encode({{"type", "chat.event"}, {"event", "topic"}, {"room", "#" + key},
+    hub_.broadcast(it->second, encode({{"type", "chat.event"}, {"event", "topic"}, {"room", "#" + key},
                                        {"nick", m.nick}, {"topic", it->second.topic}, {"ts", now_ms()}}));
     return ok();
   }

@@ -83,18 +83,15 @@ class chat_hub {
     std::string topic;
     std::string topic_by;
     std::set<chat_member*> members;
-    /// The event loops with members here, and how many each has.
-    std::vector<std::pair<struct loop_members*, std::size_t>> loops;
+    /// The members' connections grouped by event loop: built by the first
+    /// broadcast after a membership change, then shared (not copied) by
+    /// every broadcast until the next change. Reset on join, part and quit.
+    mutable std::shared_ptr<const struct receivers_by_loop> receivers;
     std::deque<std::shared_ptr<const std::string>> history;  ///< encoded chat.message frames (history: true)
   };
 
   void deliver(chat_member& m, const std::shared_ptr<const std::string>& frame);
-  /// Queues `frame` to every member of room `key`: one task per event loop
-  /// with members there, which walks that loop's own member list.
-  void broadcast(const room& r, const std::string& key, const std::shared_ptr<const std::string>& frame);
-  void add_member(room& r, const std::string& key, chat_member& m);
-  void remove_member(room& r, const std::string& key, chat_member& m);
-  loop_members* loop_of(const chat_member& m);
+  void broadcast(const room& r, const std::shared_ptr<const std::string>& frame);
   /// Queues `frame` to each of `members` (no duplicates) but `except`, with
   /// one task per event loop.
   template <class Range>
@@ -106,7 +103,6 @@ class chat_hub {
   std::map<std::string, chat_member*, std::less<>> nicks_;  ///< lower-cased nick -> member
   std::map<std::string, room, std::less<>> rooms_;
   std::set<chat_member*> members_;
-  std::vector<std::unique_ptr<loop_members>> loops_;
 };
 
 }  // namespace cskit::service
