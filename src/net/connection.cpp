@@ -61,7 +61,7 @@ void flush_queue::run() {
   running_.swap(dirty_);
   for (auto& c : running_) {
     c->flush_listed_ = false;
-    c->write_now();
+    c->guarded([&] { c->write_now(); });
   }
   running_.clear();
 }
@@ -105,7 +105,19 @@ void connection::start(std::function<void(connection&)> on_finished) {
   running_ = 1;  // the reader
   wait_readable();
   check_deadlines();
-  if (!pending_.empty()) ensure_writer();
+  if (!pending_.empty() && !flush_listed_) ensure_writer();
+}
+
+template <class F>
+void connection::guarded(F&& f) noexcept {
+  // Callbacks run straight from the event loop: an exception from a
+  // handler (a drain waiter, a send) costs this connection, never the server.
+  try {
+    f();
+  } catch (const std::exception& e) {
+    spdlog::error("connection {}: internal error: {}", peer_, e.what());
+    close_now("internal error");
+  }
 }
 
 void connection::spawn(asio::awaitable<void> co) {
@@ -383,15 +395,9 @@ void connection::on_readable(error_code ec) {
     }
     if (state_ == state::open) {
       in_batch_ = true;
-      try {
-        process(std::string_view(buf, n));
-      } catch (const std::exception& e) {
-        // A bug in a handler costs this connection, never the server.
-        spdlog::error("connection {}: internal error: {}", peer_, e.what());
-        close_now("internal error");
-      }
+      guarded([&] { process(std::string_view(buf, n)); });
       in_batch_ = false;
-      write_now();
+      guarded([&] { write_now(); });
     }  // draining: discard
     if (n < read_chunk) break;
   }
@@ -469,9 +475,8 @@ asio::awaitable<error_code> connection::write_segment() {
   // segments_.front() is looked up again after every wait: send_file may
   // append to segments_ meanwhile (and move its elements).
   error_code ec;
-  file_segment& first = segments_.front();
-  off_t off = static_cast<off_t>(first.offset);
-  std::size_t left = first.length;
+  off_t off = static_cast<off_t>(segments_.front().offset);
+  std::size_t left = segments_.front().length;
   const int sock = socket_.native_handle();
   while (left > 0 && state_ != state::closed) {
     ssize_t n = ::sendfile(sock, segments_.front().fd, &off, left);
@@ -553,6 +558,12 @@ void connection::check_deadlines() {
       watchdog_timer_.async_wait([self = shared_from_this()](const error_code&) { self->check_deadlines(); });
       return;
     }
+    guarded([&] { act_on(what); });
+  }
+}
+
+void connection::act_on(due what) {
+  {
     switch (what) {
       case due::none: return;  // not reached: none is never due
       case due::delayed_error: {

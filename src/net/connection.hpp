@@ -1,8 +1,9 @@
 #pragma once
 // A server-side framed connection on its own single-threaded io_context, so
-// it needs no locks. The reader and the deadline watchdog are callbacks (one
-// outstanding wait each, no coroutine frame); a writer coroutine exists only
-// while a write has to wait. Every member function must be called on that
+// it needs no locks. The reader and the deadline watchdog are callbacks (at
+// most one outstanding wait each, none for a reader parked by backpressure;
+// no coroutine frame); a writer coroutine exists only while a write has to
+// wait. Every member function must be called on that
 // thread (from the handler's callbacks, or via post(executor(), ...)).
 //
 // Memory: an idle connection holds no read buffer (the reader waits for
@@ -94,7 +95,8 @@ class connection : public std::enable_shared_from_this<connection> {
   connection(const connection&) = delete;
   connection& operator=(const connection&) = delete;
 
-  /// Starts the coroutines. `on_finished` runs once everything has stopped.
+  /// Starts reading and the deadline timer. `on_finished` runs once
+  /// everything has stopped.
   void start(std::function<void(connection&)> on_finished);
 
   /// Queues one frame. Returns false (and drops it) when the connection is
@@ -163,7 +165,8 @@ class connection : public std::enable_shared_from_this<connection> {
   void spawn(boost::asio::awaitable<void> co);
   void ensure_writer();
   void release_idle_buffers() noexcept;
-  /// After a frame was appended to pending_: enforce the bound, wake the writer.
+  /// After a frame was appended to pending_: enforce the bound, then see
+  /// that it gets written (end of read batch, flush queue or writer).
   bool queued();
   void wake(boost::asio::steady_timer& t) noexcept;
   /// The reader or the writer has stopped; the last one closes the books.
@@ -171,6 +174,9 @@ class connection : public std::enable_shared_from_this<connection> {
   enum class due { none, delayed_error, linger, write_stall, ping, ping_timeout, handshake, frame, idle };
   clock::time_point next_deadline(due& what) const noexcept;
   void fail_deadline(proto::errc why);
+  void act_on(due what);
+  template <class F>
+  void guarded(F&& f) noexcept;
 
   boost::asio::any_io_executor executor_;
   boost::asio::ip::tcp::socket socket_;
