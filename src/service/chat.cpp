@@ -91,46 +91,39 @@ struct receivers_by_loop {
   std::vector<std::pair<boost::asio::any_io_executor, std::vector<std::weak_ptr<net::connection>>>> loops;
 };
 
-void chat_hub::broadcast(const room& r, const std::shared_ptr<const std::string>& frame) {
-  if (!r.receivers) {
-    auto by_loop = std::make_shared<receivers_by_loop>();
-    for (auto* m : r.members) {
-      auto& loops = by_loop->loops;
-      auto it = std::find_if(loops.begin(), loops.end(), [&](const auto& p) { return p.first == m->executor; });
-      if (it == loops.end()) it = loops.emplace(loops.end(), m->executor, std::vector<std::weak_ptr<net::connection>>{});
-      it->second.push_back(m->conn);
-    }
-    r.receivers = std::move(by_loop);
+namespace {
+std::shared_ptr<const receivers_by_loop> group_by_loop(const std::set<chat_member*>& members) {
+  auto by_loop = std::make_shared<receivers_by_loop>();
+  auto& loops = by_loop->loops;
+  for (auto* m : members) {
+    auto it = std::find_if(loops.begin(), loops.end(), [&](const auto& p) { return p.first == m->executor; });
+    if (it == loops.end()) it = loops.emplace(loops.end(), m->executor, std::vector<std::weak_ptr<net::connection>>{});
+    it->second.push_back(m->conn);
   }
-  // One post per event loop, carrying a reference to that loop's receivers.
-  for (std::size_t i = 0; i < r.receivers->loops.size(); ++i) {
-    boost::asio::post(r.receivers->loops[i].first, [list = r.receivers, i, frame, limit = options_.max_queue] {
+  return by_loop;
+}
+}  // namespace
+
+void chat_hub::post_to_loops(const std::shared_ptr<const receivers_by_loop>& receivers,
+                             const std::shared_ptr<const std::string>& frame) {
+  // One post per event loop, not per receiver, carrying a reference to that
+  // loop's receivers: a message to a room of a thousand costs each loop one
+  // wake-up, and a thousand clients leaving at once do not queue a million
+  // tasks.
+  for (std::size_t i = 0; i < receivers->loops.size(); ++i) {
+    boost::asio::post(receivers->loops[i].first, [list = receivers, i, frame, limit = options_.max_queue] {
       for (const auto& w : list->loops[i].second) send_to(w, frame, limit);
     });
   }
 }
 
-template <class Range>
-void chat_hub::fan_out(const Range& members, const std::shared_ptr<const std::string>& frame,
-                       const chat_member* except) {
-  // One post per event loop, not per receiver: a message to a room of a
-  // thousand costs each loop one wake-up, and a thousand clients leaving
-  // at once do not queue a million tasks.
-  std::vector<std::pair<boost::asio::any_io_executor, std::vector<std::weak_ptr<net::connection>>>> per_loop;
-  for (auto* m : members) {
-    if (m == except) continue;
-    auto it = std::find_if(per_loop.begin(), per_loop.end(), [&](const auto& p) { return p.first == m->executor; });
-    if (it == per_loop.end()) {
-      per_loop.emplace_back(m->executor, std::vector<std::weak_ptr<net::connection>>{});
-      it = std::prev(per_loop.end());
-    }
-    it->second.push_back(m->conn);
-  }
-  for (auto& [ex, receivers] : per_loop) {
-    boost::asio::post(ex, [receivers = std::move(receivers), frame, limit = options_.max_queue] {
-      for (const auto& w : receivers) send_to(w, frame, limit);
-    });
-  }
+void chat_hub::broadcast(const room& r, const std::shared_ptr<const std::string>& frame) {
+  if (!r.receivers) r.receivers = group_by_loop(r.members);
+  post_to_loops(r.receivers, frame);
+}
+
+void chat_hub::fan_out(const std::set<chat_member*>& members, const std::shared_ptr<const std::string>& frame) {
+  post_to_loops(group_by_loop(members), frame);
 }
 
 std::string chat_hub::suggest_nick(const std::string& nick) const {
@@ -171,7 +164,7 @@ chat_client::~chat_client() {
       it->second.receivers.reset();
       told.insert(it->second.members.begin(), it->second.members.end());
     }
-    hub_.fan_out(told, quit, nullptr);
+    hub_.fan_out(told, quit);
     hub_.nicks_.erase(lower(m.nick));
     spdlog::info("chat: {} ({}) quit: {}", m.nick, m.peer, close_reason_);
   }
@@ -369,7 +362,7 @@ void chat_client::handle(std::uint64_t id, std::string_view type, const json& h,
       const auto& members = hub_.rooms_[name].members;
       told.insert(members.begin(), members.end());
     }
-    hub_.fan_out(told, frame, nullptr);
+    hub_.fan_out(told, frame);
     hub_.nicks_.erase(lower(m.nick));
     m.nick = nick;
     hub_.nicks_[lower(nick)] = &m;

@@ -92,10 +92,10 @@ class chat_hub {
 
   void deliver(chat_member& m, const std::shared_ptr<const std::string>& frame);
   void broadcast(const room& r, const std::shared_ptr<const std::string>& frame);
-  /// Queues `frame` to each of `members` (no duplicates) but `except`, with
-  /// one task per event loop.
-  template <class Range>
-  void fan_out(const Range& members, const std::shared_ptr<const std::string>& frame, const chat_member* except);
+  /// Queues `frame` to each of `members`, with one task per event loop.
+  void fan_out(const std::set<chat_member*>& members, const std::shared_ptr<const std::string>& frame);
+  void post_to_loops(const std::shared_ptr<const struct receivers_by_loop>& receivers,
+                     const std::shared_ptr<const std::string>& frame);
   std::string suggest_nick(const std::string& nick) const;
 
   chat_options options_;
