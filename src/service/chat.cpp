@@ -16,7 +16,7 @@ using proto::json;
 
 struct chat_member {
   std::weak_ptr<net::connection> conn;
-  boost::asio::any_io_executor executor;
+  chat_mailbox* mailbox = nullptr;  ///< its event loop's; owned by the hub
   std::string peer;
   std::string nick;  ///< empty until chat.hello
   std::set<std::string> rooms;
@@ -81,23 +81,78 @@ void send_to(const std::weak_ptr<net::connection>& w, const std::shared_ptr<cons
 }
 }  // namespace
 
-void chat_hub::deliver(chat_member& m, const std::shared_ptr<const std::string>& frame) {
-  // Runs under m_; the send itself happens on the receiver's own loop, in
-  // the order the hub decided (posts to one loop run in order).
-  boost::asio::post(m.executor, [w = m.conn, frame, limit = options_.max_queue] { send_to(w, frame, limit); });
+struct receivers_by_loop {
+  std::vector<std::pair<chat_mailbox*, std::vector<std::weak_ptr<net::connection>>>> loops;
+};
+
+// One per event loop. Deliveries are appended under the hub's mutex, so
+// every loop sees them in the one order the hub decided, and the loop
+// drains them with one task. (Posting each delivery as its own task would
+// not keep that order: Asio runs a task posted from a loop's own thread
+// after tasks other threads post meanwhile, so receivers on different
+// loops could see two senders' messages interleaved differently.)
+class chat_mailbox : public std::enable_shared_from_this<chat_mailbox> {
+ public:
+  chat_mailbox(boost::asio::any_io_executor ex, std::size_t limit) : executor(std::move(ex)), limit_(limit) {}
+  const boost::asio::any_io_executor executor;
+
+  /// `frame` to the receivers `list->loops[index]` (a room), or to `one`.
+  void push(std::shared_ptr<const receivers_by_loop> list, std::uint32_t index, std::weak_ptr<net::connection> one,
+            std::shared_ptr<const std::string> frame) {
+    std::lock_guard lock(m_);
+    items_.push_back({std::move(list), index, std::move(one), std::move(frame)});
+    if (posted_) return;
+    posted_ = true;
+    boost::asio::post(executor, [self = shared_from_this()] { self->drain(); });
+  }
+
+ private:
+  struct item {
+    std::shared_ptr<const receivers_by_loop> list;
+    std::uint32_t index;
+    std::weak_ptr<net::connection> one;
+    std::shared_ptr<const std::string> frame;
+  };
+  void drain() {
+    {
+      std::lock_guard lock(m_);
+      draining_.swap(items_);
+      posted_ = false;
+    }
+    for (const auto& it : draining_) {
+      if (it.list) {
+        for (const auto& w : it.list->loops[it.index].second) send_to(w, it.frame, limit_);
+      } else {
+        send_to(it.one, it.frame, limit_);
+      }
+    }
+    draining_.clear();
+  }
+  std::mutex m_;
+  std::vector<item> items_;     // under m_
+  bool posted_ = false;         // under m_: a drain task is queued
+  std::vector<item> draining_;  // only on the loop's thread
+  const std::size_t limit_;
+};
+
+chat_mailbox& chat_hub::mailbox_for(const boost::asio::any_io_executor& ex) {
+  for (auto& b : mailboxes_) {
+    if (b->executor == ex) return *b;
+  }
+  return *mailboxes_.emplace_back(std::make_shared<chat_mailbox>(ex, options_.max_queue));
 }
 
-struct receivers_by_loop {
-  std::vector<std::pair<boost::asio::any_io_executor, std::vector<std::weak_ptr<net::connection>>>> loops;
-};
+void chat_hub::deliver(chat_member& m, const std::shared_ptr<const std::string>& frame) {
+  m.mailbox->push(nullptr, 0, m.conn, frame);
+}
 
 namespace {
 std::shared_ptr<const receivers_by_loop> group_by_loop(const std::set<chat_member*>& members) {
   auto by_loop = std::make_shared<receivers_by_loop>();
   auto& loops = by_loop->loops;
   for (auto* m : members) {
-    auto it = std::find_if(loops.begin(), loops.end(), [&](const auto& p) { return p.first == m->executor; });
-    if (it == loops.end()) it = loops.emplace(loops.end(), m->executor, std::vector<std::weak_ptr<net::connection>>{});
+    auto it = std::find_if(loops.begin(), loops.end(), [&](const auto& p) { return p.first == m->mailbox; });
+    if (it == loops.end()) it = loops.emplace(loops.end(), m->mailbox, std::vector<std::weak_ptr<net::connection>>{});
     it->second.push_back(m->conn);
   }
   return by_loop;
@@ -106,14 +161,12 @@ std::shared_ptr<const receivers_by_loop> group_by_loop(const std::set<chat_membe
 
 void chat_hub::post_to_loops(const std::shared_ptr<const receivers_by_loop>& receivers,
                              const std::shared_ptr<const std::string>& frame) {
-  // One post per event loop, not per receiver, carrying a reference to that
-  // loop's receivers: a message to a room of a thousand costs each loop one
-  // wake-up, and a thousand clients leaving at once do not queue a million
-  // tasks.
+  // One mailbox entry per event loop, not per receiver, carrying a
+  // reference to that loop's receivers: a message to a room of a thousand
+  // costs each loop one entry, and a thousand clients leaving at once do
+  // not queue a million.
   for (std::size_t i = 0; i < receivers->loops.size(); ++i) {
-    boost::asio::post(receivers->loops[i].first, [list = receivers, i, frame, limit = options_.max_queue] {
-      for (const auto& w : list->loops[i].second) send_to(w, frame, limit);
-    });
+    receivers->loops[i].first->push(receivers, static_cast<std::uint32_t>(i), {}, frame);
   }
 }
 
@@ -140,7 +193,10 @@ std::string chat_hub::suggest_nick(const std::string& nick) const {
 chat_client::chat_client(chat_hub& hub, net::connection& conn)
     : hub_(hub), conn_(conn), member_(std::make_shared<chat_member>()) {
   member_->conn = conn.shared_from_this();
-  member_->executor = conn.executor();
+  {
+    std::lock_guard lock(hub.m_);
+    member_->mailbox = &hub.mailbox_for(conn.executor());
+  }
   member_->peer = conn.peer();
   member_->tokens = hub.options().burst;
   member_->refilled_ns = util::monotonic_ns();

@@ -1,8 +1,8 @@
 #pragma once
 // Chat: nicknames unique across the server, rooms with topics and history,
 // private messages, join/part/quit notices. One hub is shared by every
-// event loop (a mutex guards it); each delivery is posted to the receiving
-// connection's own loop, encoded once per message. A receiver whose send
+// event loop (a mutex guards it); deliveries go, in the hub's order, to a
+// mailbox per event loop that the loop drains, encoded once per message. A receiver whose send
 // queue passes `max_queue` bytes is disconnected: a slow reader never
 // slows anyone else and never grows the server without bound.
 
@@ -15,6 +15,8 @@
 #include <set>
 #include <string>
 #include <vector>
+
+#include <boost/asio/any_io_executor.hpp>
 
 #include "proto/frame.hpp"
 
@@ -44,6 +46,8 @@ bool valid_nick(const std::string& nick);
 bool valid_room(const std::string& room);
 
 class chat_hub;
+class chat_mailbox;
+struct chat_member;
 
 /// One connection's chat state; destroyed when the connection closes,
 /// which sends its quit notice.
@@ -97,12 +101,15 @@ class chat_hub {
   void post_to_loops(const std::shared_ptr<const struct receivers_by_loop>& receivers,
                      const std::shared_ptr<const std::string>& frame);
   std::string suggest_nick(const std::string& nick) const;
+  /// The mailbox of the event loop `ex` (created on first use; under m_).
+  chat_mailbox& mailbox_for(const boost::asio::any_io_executor& ex);
 
   chat_options options_;
   std::mutex m_;
   std::map<std::string, chat_member*, std::less<>> nicks_;  ///< lower-cased nick -> member
   std::map<std::string, room, std::less<>> rooms_;
   std::set<chat_member*> members_;
+  std::vector<std::shared_ptr<chat_mailbox>> mailboxes_;  ///< one per event loop
 };
 
 }  // namespace cskit::service

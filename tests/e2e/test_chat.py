@@ -237,6 +237,73 @@ def rss_kib(pid):
     return 0
 
 
+class OrderAcrossLoopsTest(unittest.TestCase):
+    def test_every_receiver_sees_one_order(self):
+        """Two senders on different event loops say messages at the same
+        time; receivers on both loops must all see the same interleaving
+        (the order the hub accepted them in), each sender's own in order."""
+        conf = "[server]\nthreads = 2\n[chat]\nrate = 0\nhistory = 0\nmax_message = 100\n"
+        server = Server(config_text=conf)
+        socks = []
+        try:
+            def join(nick):
+                s, _ = wire.login(server.port, server.token)
+                socks.append(s)
+                s.sendall(wire.encode({"type": "chat.hello", "id": 1, "nick": nick}))
+                s.sendall(wire.encode({"type": "chat.join", "id": 2, "room": "lobby"}))
+                while wire.read_frame(s)[0].get("id") != 2:
+                    pass
+                return s
+            # Connections are spread over the loops in turn: consecutive ones
+            # land on different loops.
+            senders = [join("s0"), join("s1")]
+            receivers = [join(f"r{i}") for i in range(4)]
+            per_sender = 300
+            batches = []
+            for k, s in enumerate(senders):
+                batches.append(b"".join(wire.encode({"type": "chat.say", "id": 10 + i, "room": "lobby"},
+                                                    f"s{k}-{i}".encode()) for i in range(per_sender)))
+            go = threading.Event()
+
+            def fire(s, batch):
+                go.wait(10)
+                s.sendall(batch)
+
+            def drain(s):  # the senders' replies and copies, so they never stall
+                s.settimeout(0.5)
+                try:
+                    while s.recv(1 << 20):
+                        pass
+                except OSError:
+                    pass
+
+            threads = [threading.Thread(target=fire, args=(s, b)) for s, b in zip(senders, batches)]
+            threads += [threading.Thread(target=drain, args=(s,), daemon=True) for s in senders]
+            for t in threads:
+                t.start()
+            go.set()
+            seen = []
+            for r in receivers:
+                texts = []
+                deadline = time.monotonic() + 30
+                while len(texts) < 2 * per_sender and time.monotonic() < deadline:
+                    h, body = wire.read_frame(r, 30)
+                    if h.get("type") == "chat.message":
+                        texts.append(body.decode())
+                seen.append(texts)
+            self.assertEqual(len(seen[0]), 2 * per_sender)
+            for k in range(2):
+                mine = [t for t in seen[0] if t.startswith(f"s{k}-")]
+                self.assertEqual(mine, [f"s{k}-{i}" for i in range(per_sender)])
+            for i, texts in enumerate(seen[1:], 1):
+                self.assertEqual(texts, seen[0], f"receiver r{i} saw another order than r0")
+        finally:
+            for s in socks:
+                s.close()
+            server.stop()
+            server.cleanup()
+
+
 class DisabledChatTest(unittest.TestCase):
     def test_chat_can_be_switched_off(self):
         with Server(config_text="[chat]\nenabled = false\n") as srv:
