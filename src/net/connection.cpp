@@ -5,6 +5,8 @@
 #include <spdlog/spdlog.h>
 #include <fcntl.h>
 #include <sys/sendfile.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -87,9 +89,12 @@ connection::connection(tcp::socket socket, const connection_limits& limits,
 connection::~connection() { drop_segments(); }
 
 void connection::drop_segments() noexcept {
-  for (auto& seg : segments_) ::close(seg.fd);
+  for (auto& seg : segments_) {
+    if (!seg.bytes) ::close(seg.fd);
+  }
   segments_.clear();
-  file_bytes_queued_ = 0;
+  file_bytes_queued_ = shared_bytes_queued_ = 0;
+  file_segments_ = 0;
 }
 
 void connection::start(std::function<void(connection&)> on_finished) {
@@ -166,9 +171,10 @@ bool connection::send(const proto::json& header, std::string_view body) {
   return queued();
 }
 
-bool connection::send_encoded(std::string_view frame) {
-  if (state_ != state::open) return false;
-  pending_.append(frame);
+bool connection::send_shared(std::shared_ptr<const std::string> frame) {
+  if (state_ != state::open || !frame || frame->empty()) return false;
+  shared_bytes_queued_ += frame->size();
+  segments_.push_back({pending_.size(), std::move(frame)});
   return queued();
 }
 
@@ -186,8 +192,9 @@ bool connection::send_file(const proto::json& header, int fd, std::uint64_t offs
     spdlog::error("connection {}: cannot encode a file frame", peer_);
     return false;
   }
-  segments_.push_back({pending_.size(), dup, offset, length});
+  segments_.push_back({pending_.size(), nullptr, 0, dup, offset, length});
   file_bytes_queued_ += length;
+  ++file_segments_;
   return queued();
 }
 
@@ -203,7 +210,7 @@ bool connection::queued() {
   // them after the work at hand (more may be queued by then), or, while
   // file bodies are queued, the writer.
   if (in_batch_ || flush_listed_ || writer_running_) return true;
-  if (flush_queue_ && segments_.empty()) {
+  if (flush_queue_ && file_segments_ == 0) {
     flush_listed_ = true;
     flush_queue_->add(shared_from_this());
   } else {
@@ -239,20 +246,81 @@ void connection::notify_drain_waiters() {
 }
 
 void connection::write_now() {
-  if (state_ == state::closed || writing_ || pending_.empty()) return;
-  if (!segments_.empty()) {  // ordering with file bodies is the writer's job
-    ensure_writer();
-    return;
+  if (state_ == state::closed || writing_ || nothing_queued()) return;
+  if (!file_body_next()) {
+    error_code ec;
+    write_gathered(ec);
+    if (ec && ec != asio::error::would_block) {
+      close_now("write failed: " + ec.message());
+      return;
+    }
   }
-  error_code ec;
-  std::size_t n = socket_.write_some(asio::buffer(pending_), ec);  // non-blocking socket
-  if (ec && ec != asio::error::would_block && ec != asio::error::try_again) {
-    close_now("write failed: " + ec.message());
-    return;
-  }
-  if (!ec) pending_.erase(0, n);
-  if (!pending_.empty()) ensure_writer();  // the socket is full: wait for it
+  // The socket is full, or a file body is next: the writer waits for it.
+  if (!nothing_queued()) ensure_writer();
   after_progress();
+}
+
+void connection::write_gathered(error_code& ec) {
+  // pending_ bytes and shared frames, in queue order, up to the first file
+  // body (which goes by sendfile).
+  constexpr int max_iov = 64;
+  iovec iov[max_iov];
+  int k = 0;
+  std::size_t pos = 0;
+  bool at_file = false;
+  for (const auto& seg : segments_) {
+    if (seg.at > pos) {
+      iov[k++] = {pending_.data() + pos, seg.at - pos};
+      pos = seg.at;
+      if (k == max_iov) break;
+    }
+    if (!seg.bytes) {
+      at_file = true;
+      break;
+    }
+    iov[k++] = {const_cast<char*>(seg.bytes->data()) + seg.sent, seg.bytes->size() - seg.sent};
+    if (k == max_iov) break;
+  }
+  if (!at_file && k < max_iov && pos < pending_.size()) iov[k++] = {pending_.data() + pos, pending_.size() - pos};
+  ec = {};
+  if (k == 0) return;
+  msghdr msg{};
+  msg.msg_iov = iov;
+  msg.msg_iovlen = static_cast<std::size_t>(k);
+  ssize_t n;
+  do {
+    n = ::sendmsg(socket_.native_handle(), &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    ec = (errno == EAGAIN || errno == EWOULDBLOCK) ? error_code(asio::error::would_block)
+                                                   : error_code(errno, boost::system::system_category());
+    return;
+  }
+  consume(static_cast<std::size_t>(n));
+}
+
+void connection::consume(std::size_t n) noexcept {
+  // Walks the queue as write_gathered laid it out: `pos` bytes of pending_
+  // and the first `done` segments were sent in full.
+  std::size_t pos = 0, done = 0;
+  while (n > 0) {
+    const std::size_t next_at = done < segments_.size() ? segments_[done].at : pending_.size();
+    if (pos < next_at) {
+      const std::size_t take = std::min(n, next_at - pos);
+      pos += take;
+      n -= take;
+      continue;
+    }
+    auto& seg = segments_[done];  // a shared frame: a file body is never in a gathered write
+    const std::size_t take = std::min(n, seg.bytes->size() - seg.sent);
+    seg.sent += take;
+    n -= take;
+    shared_bytes_queued_ -= take;
+    if (seg.sent == seg.bytes->size()) ++done;
+  }
+  segments_.erase(segments_.begin(), segments_.begin() + static_cast<std::ptrdiff_t>(done));
+  pending_.erase(0, pos);
+  for (auto& seg : segments_) seg.at -= pos;
 }
 
 void connection::after_progress() {
@@ -265,9 +333,9 @@ void connection::release_idle_buffers() noexcept {
   // Drained: give back what grew during a burst (a long member list, a
   // backlog of chat messages), so that a thousand idle connections do not
   // each keep kilobytes of send buffer.
-  if (writing_ || !pending_.empty()) return;
+  if (writing_ || !nothing_queued()) return;
   if (pending_.capacity() > keep_idle_buffer) std::string().swap(pending_);
-  if (inflight_.capacity() > keep_idle_buffer) std::string().swap(inflight_);
+  if (segments_.capacity() > 0) std::vector<segment>().swap(segments_);
 }
 
 void connection::fail(proto::errc code, std::string_view message, std::optional<std::uint64_t> id,
@@ -410,39 +478,31 @@ void connection::on_readable(error_code ec) {
 
 asio::awaitable<void> connection::write_loop() {
   error_code ec;
+  bool stalled = false;  // the last gathered write found the socket full
   for (;;) {
-    if (pending_.empty() && segments_.empty()) break;
+    if (nothing_queued()) break;
     if (state_ == state::closed) break;
     writing_ = true;
-    write_progress_ = clock::now();
-    if (!segments_.empty() && segments_.front().at == 0) {
-      // A file body is next: sendfile it.
+    if (!stalled) write_progress_ = clock::now();
+    if (file_body_next()) {
+      // sendfile it.
       ec = co_await write_segment();
       ::close(segments_.front().fd);
       file_bytes_queued_ -= segments_.front().length;
+      --file_segments_;
       segments_.erase(segments_.begin());
+      stalled = false;
     } else {
-      // Frames (bytes) up to the next file body, or everything.
-      const std::size_t take = segments_.empty() ? pending_.size() : segments_.front().at;
-      if (take == pending_.size()) {
-        inflight_.swap(pending_);
-      } else {
-        inflight_.assign(pending_, 0, take);
-        pending_.erase(0, take);
-      }
-      for (auto& seg : segments_) seg.at -= take;
-      inflight_left_ = inflight_.size();
-      std::size_t off = 0;
-      while (off < inflight_.size()) {
-        std::size_t n = co_await socket_.async_write_some(asio::buffer(inflight_.data() + off, inflight_.size() - off),
-                                                          asio::redirect_error(asio::use_awaitable, ec));
-        if (ec) break;
-        off += n;
-        inflight_left_ -= n;
+      // Frames up to the next file body, or everything; nothing is
+      // borrowed across the wait, so more can be queued meanwhile.
+      const std::size_t before = queued_bytes();
+      write_gathered(ec);
+      stalled = ec == asio::error::would_block;
+      if (stalled) {
+        co_await socket_.async_wait(tcp::socket::wait_write, asio::redirect_error(asio::use_awaitable, ec));
+      } else if (!ec && queued_bytes() < before) {
         write_progress_ = clock::now();
       }
-      inflight_left_ = 0;
-      inflight_.clear();
     }
     writing_ = false;
     if (ec) {

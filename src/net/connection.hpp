@@ -8,7 +8,8 @@
 //
 // Memory: an idle connection holds no read buffer (the reader waits for
 // readability, then reads into a per-thread buffer and decodes at once) and
-// no write buffer (released when the queue drains).
+// no write buffer (released when the queue drains). A frame shared by many
+// receivers (a chat broadcast) is queued by reference, not copied.
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
@@ -104,8 +105,10 @@ class connection : public std::enable_shared_from_this<connection> {
   /// would exceed send_queue_max.
   bool send(const proto::json& header, std::string_view body = {});
   /// Queues a frame that is already encoded (one encoding shared by many
-  /// receivers, as in a chat broadcast). Same rules as send().
-  bool send_encoded(std::string_view frame);
+  /// receivers, as in a chat broadcast) by reference: the connection keeps
+  /// `frame` alive until it is written, and never copies it. Same rules as
+  /// send().
+  bool send_shared(std::shared_ptr<const std::string> frame);
   /// Queues a frame whose body is `length` bytes of the open file `fd`
   /// from `offset`, sent with sendfile (no copy through user space). `fd`
   /// is duplicated, so the caller may close its own. Should the file
@@ -142,7 +145,7 @@ class connection : public std::enable_shared_from_this<connection> {
 
   const std::string& peer_address() const noexcept { return peer_address_; }
   const std::string& peer() const noexcept { return peer_; }
-  std::size_t queued_bytes() const noexcept { return pending_.size() + inflight_left_ + file_bytes_queued_; }
+  std::size_t queued_bytes() const noexcept { return pending_.size() + shared_bytes_queued_ + file_bytes_queued_; }
   /// Runs `fn` once (on this connection's thread) as soon as no more than
   /// `bytes` are queued to send: how a producer (command output) waits for
   /// a slow peer instead of growing the queue. Dropped if the connection
@@ -213,22 +216,31 @@ class connection : public std::enable_shared_from_this<connection> {
   std::optional<proto::json> delayed_error_;
   clock::time_point delayed_error_at_;
 
-  // send queue: frames are encoded straight into pending_; the writer swaps
-  // it with inflight_ and writes that in one gathered write.
+  // Send queue: frames are encoded straight into pending_. Shared frames
+  // (send_shared) and file bodies (send_file) are segments that go right
+  // after pending_[0, at), in order. Everything up to the first file body
+  // leaves in one gathered sendmsg.
   std::string pending_;
-  // File bodies (send_file): each goes right after pending_[0, at).
-  struct file_segment {
+  struct segment {
     std::size_t at;
-    int fd;  // owned
-    std::uint64_t offset;
-    std::size_t length;
+    std::shared_ptr<const std::string> bytes;  // a shared frame; null for a file body
+    std::size_t sent = 0;                      // of *bytes
+    int fd = -1;                               // file body: owned
+    std::uint64_t offset = 0;
+    std::size_t length = 0;
   };
-  std::vector<file_segment> segments_;  // few; not a deque, which allocates 576 bytes up front
+  std::vector<segment> segments_;  // not a deque, which allocates 576 bytes up front
   std::size_t file_bytes_queued_ = 0;
+  std::size_t shared_bytes_queued_ = 0;
+  int file_segments_ = 0;
+  bool nothing_queued() const noexcept { return pending_.empty() && segments_.empty(); }
+  bool file_body_next() const noexcept { return !segments_.empty() && segments_.front().at == 0 && !segments_.front().bytes; }
+  /// One non-blocking gathered send of everything before the first file
+  /// body; drops what was sent from the queue. would_block is an error code.
+  void write_gathered(boost::system::error_code& ec);
+  void consume(std::size_t n) noexcept;
   boost::asio::awaitable<boost::system::error_code> write_segment();
   void drop_segments() noexcept;
-  std::string inflight_;
-  std::size_t inflight_left_ = 0;
   bool writing_ = false;
   bool writer_running_ = false;
   bool in_batch_ = false;  // the reader is dispatching frames from one read

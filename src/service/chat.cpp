@@ -77,7 +77,7 @@ void send_to(const std::weak_ptr<net::connection>& w, const std::shared_ptr<cons
     c->close_now("too slow: chat send queue full");
     return;
   }
-  c->send_encoded(*frame);
+  c->send_shared(frame);
 }
 }  // namespace
 
