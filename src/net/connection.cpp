@@ -110,7 +110,7 @@ void connection::start(std::function<void(connection&)> on_finished) {
   running_ = 1;  // the reader
   wait_readable();
   check_deadlines();
-  if (!pending_.empty() && !flush_listed_) ensure_writer();
+  if (!nothing_queued() && !flush_listed_) ensure_writer();
 }
 
 template <class F>

@@ -119,6 +119,12 @@ class chat_mailbox : public std::enable_shared_from_this<chat_mailbox> {
       draining_.swap(items_);
       posted_ = false;
     }
+    // Cleared even if a send throws (out of memory), so that nothing is
+    // delivered twice by the next drain.
+    struct clear_on_exit {
+      std::vector<item>& v;
+      ~clear_on_exit() { v.clear(); }
+    } guard{draining_};
     for (const auto& it : draining_) {
       if (it.list) {
         for (const auto& w : it.list->loops[it.index].second) send_to(w, it.frame, limit_);
@@ -126,7 +132,6 @@ class chat_mailbox : public std::enable_shared_from_this<chat_mailbox> {
         send_to(it.one, it.frame, limit_);
       }
     }
-    draining_.clear();
   }
   std::mutex m_;
   std::vector<item> items_;     // under m_
