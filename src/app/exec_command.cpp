@@ -206,6 +206,22 @@ int run_single(const exec_options& o) {
     int interrupts = 0;
     auto last_send = std::chrono::steady_clock::now();
     std::vector<char> buf(64 * 1024);
+    // Output bodies go from the receive buffer to stdout/stderr as they
+    // arrive, never assembled into a frame first.
+    int out_fd = -1;  // the stream of the exec.output being received; -1: not ours
+    auto stream_output = [&](const json& h) {
+      out_fd = -1;
+      if (h.value("type", "") != proto::type::exec_output || h.value("id", std::uint64_t{0}) != id) return false;
+      out_fd = h.value("fd", 1) == 2 ? STDERR_FILENO : STDOUT_FILENO;
+      return true;
+    };
+    auto write_output = [&](std::string_view part) {
+      if (out_fd == STDERR_FILENO) {
+        if (stderr_ok) stderr_ok = write_all(STDERR_FILENO, part);
+      } else if (out_fd == STDOUT_FILENO && stdout_ok) {
+        stdout_ok = write_all(STDOUT_FILENO, part);
+      }
+    };
     while (!st.finished) {
       // stdin is polled only while the server grants window: POLLHUP would
       // be reported even with no events asked for.
@@ -214,14 +230,13 @@ int run_single(const exec_options& o) {
       const int n = ::poll(fds, poll_stdin ? 3 : 2, 1000);
       if (n < 0 && errno != EINTR) throw client::client_error(client::failure::connect, std::strerror(errno));
       // Remote output first: it is what keeps the server's queue moving.
-      while (auto f = conn.try_receive()) {
+      while (auto f = conn.try_receive_streamed(stream_output, write_output)) {
         if (f->id() != id) continue;
         const auto type = f->type();
         if (type == proto::type::exec_output) {
-          if (f->header.value("fd", 1) == 2) {
-            if (stderr_ok) stderr_ok = write_all(STDERR_FILENO, f->body);
-          } else if (stdout_ok) {
-            stdout_ok = write_all(STDOUT_FILENO, f->body);
+          if (!f->body.empty()) {  // (a body that was not streamed)
+            out_fd = f->header.value("fd", 1) == 2 ? STDERR_FILENO : STDOUT_FILENO;
+            write_output(f->body);
           }
         } else if (type == proto::type::exec_ack) {
           credit += f->header.value("bytes", std::size_t{0});

@@ -233,39 +233,55 @@ struct connection::impl {
     }
   }
 
-  // Like read_frame, but streams the bodies `stream` accepts to `on_part`.
-  proto::frame read_frame_streamed(const std::function<bool(const json&)>& stream,
-                                   const std::function<void(std::string_view)>& on_part) {
+  // Decodes what has been read, handing the bodies `stream` accepts to
+  // `on_part` as they arrive; true when `f` is a whole frame.
+  bool decode_streamed(proto::frame& f, const std::function<bool(const json&)>& stream,
+                       const std::function<void(std::string_view)>& on_part) {
     decoder.report_headers(true);
     struct off_switch {
       proto::frame_decoder& d;
       ~off_switch() { d.report_headers(false); }
     } guard{decoder};
-    proto::frame f;
-    for (;;) {
-      while (rpos < rlen || decoder.frame_pending()) {
-        std::string_view in(rbuf.get() + rpos, rlen - rpos);
-        auto st = decoder.decode(in, f);
-        rpos = rlen - in.size();
-        using S = proto::frame_decoder::status;
-        if (st == S::error) {
-          throw client_error(failure::protocol,
-                             "bad frame from " + peer + ": " + std::string(proto::default_message(decoder.error())),
-                             decoder.error());
-        }
-        if (st == S::frame) return f;
-        if (st == S::header) {
-          if (stream(decoder.current_header())) decoder.stream_body();
-          continue;
-        }
-        if (st == S::body_part) {
-          on_part(decoder.body_part());
-          continue;
-        }
-        break;  // need_more
+    while (rpos < rlen || decoder.frame_pending()) {
+      std::string_view in(rbuf.get() + rpos, rlen - rpos);
+      auto st = decoder.decode(in, f);
+      rpos = rlen - in.size();
+      using S = proto::frame_decoder::status;
+      if (st == S::error) {
+        throw client_error(failure::protocol,
+                           "bad frame from " + peer + ": " + std::string(proto::default_message(decoder.error())),
+                           decoder.error());
       }
-      fill();
+      if (st == S::frame) return true;
+      if (st == S::header) {
+        if (stream(decoder.current_header())) decoder.stream_body();
+        continue;
+      }
+      if (st == S::body_part) {
+        on_part(decoder.body_part());
+        continue;
+      }
+      break;  // need_more
     }
+    return false;
+  }
+
+  // Like read_frame, but streams the bodies `stream` accepts to `on_part`.
+  proto::frame read_frame_streamed(const std::function<bool(const json&)>& stream,
+                                   const std::function<void(std::string_view)>& on_part) {
+    proto::frame f;
+    while (!decode_streamed(f, stream, on_part)) fill();
+    return f;
+  }
+
+  // Like try_read_frame, streaming as read_frame_streamed does.
+  std::optional<proto::frame> try_read_frame_streamed(const std::function<bool(const json&)>& stream,
+                                                      const std::function<void(std::string_view)>& on_part) {
+    proto::frame f;
+    if (decode_streamed(f, stream, on_part)) return f;
+    if (rpos < rlen || !read_available()) return std::nullopt;
+    if (decode_streamed(f, stream, on_part)) return f;
+    return std::nullopt;
   }
 
   // Decodes from what has been read; true when `f` is a whole frame.
@@ -328,22 +344,27 @@ struct connection::impl {
     return false;
   }
 
+  // Reads once without blocking into the (fully decoded) buffer; false
+  // when nothing has arrived.
+  bool read_available() {
+    error_code ec;
+    std::size_t n = socket.read_some(asio::buffer(rbuf.get(), rbuf_size), ec);
+    if (ec == asio::error::would_block || ec == asio::error::try_again) return false;
+    if (ec) {
+      throw client_error(failure::connect, ec == asio::error::eof ? "connection closed by " + peer
+                                                                  : "connection to " + peer + " lost: " + ec.message());
+    }
+    rpos = 0;
+    rlen = n;
+    return true;
+  }
+
   // Decodes what is buffered, then reads once without blocking.
   std::optional<proto::frame> try_read_frame() {
     proto::frame f;
-    for (int round = 0; round < 2; ++round) {
-      if (decode_buffered(f)) return f;
-      if (round == 1) break;
-      error_code ec;
-      std::size_t n = socket.read_some(asio::buffer(rbuf.get(), rbuf_size), ec);
-      if (ec == asio::error::would_block || ec == asio::error::try_again) return std::nullopt;
-      if (ec) {
-        throw client_error(failure::connect, ec == asio::error::eof ? "connection closed by " + peer
-                                                                    : "connection to " + peer + " lost: " + ec.message());
-      }
-      rpos = 0;
-      rlen = n;
-    }
+    if (decode_buffered(f)) return f;
+    if (!read_available()) return std::nullopt;
+    if (decode_buffered(f)) return f;
     return std::nullopt;
   }
 
@@ -477,6 +498,16 @@ proto::frame connection::receive() {
 std::optional<proto::frame> connection::try_receive() {
   return guard_json([&]() -> std::optional<proto::frame> {
     while (auto f = impl_->try_read_frame()) {
+      if (impl_->filter(*f)) return f;
+    }
+    return std::nullopt;
+  });
+}
+
+std::optional<proto::frame> connection::try_receive_streamed(const std::function<bool(const json&)>& stream,
+                                                            const std::function<void(std::string_view)>& on_part) {
+  return guard_json([&]() -> std::optional<proto::frame> {
+    while (auto f = impl_->try_read_frame_streamed(stream, on_part)) {
       if (impl_->filter(*f)) return f;
     }
     return std::nullopt;

@@ -108,6 +108,11 @@ class connection {
   /// Like receive(), but never blocks: nullopt when no whole frame has
   /// arrived yet. For callers that poll() native_handle() themselves.
   std::optional<proto::frame> try_receive();
+  /// try_receive() with the streaming of receive_streamed(): what has
+  /// arrived of an accepted body goes to `on_part` at once, even when the
+  /// frame is not complete yet (nullopt then).
+  std::optional<proto::frame> try_receive_streamed(const std::function<bool(const proto::json&)>& stream,
+                                                   const std::function<void(std::string_view)>& on_part);
   /// The socket, to poll for readability (never read it directly).
   int native_handle() const noexcept;
   /// Sends `header` with a new id and returns the reply with that id. An

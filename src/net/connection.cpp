@@ -163,10 +163,53 @@ void connection::wake(asio::steady_timer& t) noexcept { t.cancel(); }
 
 bool connection::send(const proto::json& header, std::string_view body) {
   if (state_ != state::open) return false;
+  if (body.size() >= direct_body_min && !writing_ && nothing_queued()) return send_direct(header, body);
   proto::errc e = proto::encode_frame(pending_, header, body);
   if (e != proto::errc::ok) {
     spdlog::error("connection {}: cannot encode frame: {}", peer_, proto::default_message(e));
     return false;
+  }
+  return queued();
+}
+
+bool connection::send_direct(const proto::json& header, std::string_view body) {
+  // Nothing is queued, so this frame is next on the wire: offer the header
+  // and the caller's body to the kernel in one non-blocking sendmsg, and
+  // copy into the queue only what the socket did not take. A bulk stream
+  // (command output) then costs no copy through the queue.
+  if (proto::errc e = proto::encode_frame_header(pending_, header, body.size()); e != proto::errc::ok) {
+    pending_.clear();
+    spdlog::error("connection {}: cannot encode frame: {}", peer_, proto::default_message(e));
+    return false;
+  }
+  const std::size_t head = pending_.size();
+  iovec iov[2] = {{pending_.data(), head}, {const_cast<char*>(body.data()), body.size()}};
+  msghdr msg{};
+  msg.msg_iov = iov;
+  msg.msg_iovlen = 2;
+  ssize_t n;
+  do {
+    n = ::sendmsg(socket_.native_handle(), &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno != EAGAIN && errno != EWOULDBLOCK) {
+      pending_.clear();
+      close_now(std::string("write failed: ") + std::strerror(errno));
+      return false;
+    }
+    n = 0;
+  }
+  const auto sent = static_cast<std::size_t>(n);
+  if (sent > 0) write_progress_ = clock::now();
+  if (sent >= head) {
+    pending_.assign(body.substr(sent - head));
+  } else {
+    pending_.erase(0, sent);
+    pending_.append(body);
+  }
+  if (pending_.empty()) {
+    release_idle_buffers();
+    return true;
   }
   return queued();
 }
@@ -495,12 +538,11 @@ asio::awaitable<void> connection::write_loop() {
     } else {
       // Frames up to the next file body, or everything; nothing is
       // borrowed across the wait, so more can be queued meanwhile.
-      const std::size_t before = queued_bytes();
-      write_gathered(ec);
+      write_gathered(ec);  // without an error, it sent something
       stalled = ec == asio::error::would_block;
       if (stalled) {
         co_await socket_.async_wait(tcp::socket::wait_write, asio::redirect_error(asio::use_awaitable, ec));
-      } else if (!ec && queued_bytes() < before) {
+      } else if (!ec) {
         write_progress_ = clock::now();
       }
     }

@@ -241,6 +241,10 @@ class connection : public std::enable_shared_from_this<connection> {
   void consume(std::size_t n) noexcept;
   boost::asio::awaitable<boost::system::error_code> write_segment();
   void drop_segments() noexcept;
+  /// Bodies at least this large are offered to the socket straight from
+  /// the caller's buffer when nothing is queued ahead of them.
+  static constexpr std::size_t direct_body_min = 32u << 10;
+  bool send_direct(const proto::json& header, std::string_view body);
   bool writing_ = false;
   bool writer_running_ = false;
   bool in_batch_ = false;  // the reader is dispatching frames from one read

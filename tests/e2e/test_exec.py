@@ -146,6 +146,24 @@ class ExecTest(unittest.TestCase):
         self.assertEqual(p.stdout.count(b"o"), 50_000_000)
         self.assertEqual(p.stderr.count(b"e"), 50_000_000)
 
+    def test_output_intact_when_the_client_reads_late(self):
+        # The client's stdout is not read at first, so the socket fills and
+        # the server queues the rest of each output frame: every byte must
+        # still arrive once and in order (distinct lines show a reordering).
+        env = dict(self.server.env, CSKIT_USER="ops", CSKIT_TOKEN=OPS_TOKEN)
+        p = subprocess.Popen([BIN, "exec", self.server.address, "-n", "--", "seq", "1", "3000000"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        try:
+            time.sleep(1.5)
+            out, err = p.communicate(timeout=120)
+        finally:
+            if p.poll() is None:
+                p.kill()
+        self.assertEqual((p.returncode, err), (0, b""))
+        expected = "".join(f"{i}\n" for i in range(1, 3000001)).encode()
+        self.assertEqual(len(out), len(expected))
+        self.assertEqual(hashlib.sha256(out).hexdigest(), hashlib.sha256(expected).hexdigest())
+
     def test_disconnect_kills_the_process_group(self):
         marker = "999.%06d" % (uuid.uuid4().int % 1000000)
         env = dict(self.server.env, CSKIT_USER="ops", CSKIT_TOKEN=OPS_TOKEN)
