@@ -180,13 +180,15 @@ void file_share::adjust_usage(std::int64_t delta) noexcept {
   }
 }
 
-void file_share::commit(commit_job job) {
+void file_share::commit(commit_job job, bool wake) {
   {
     std::lock_guard lock(mu_);
     jobs_.push_back(std::move(job));
   }
-  cv_.notify_one();
+  if (wake) cv_.notify_one();
 }
+
+void file_share::wake_committer() { cv_.notify_one(); }
 
 void file_share::committer() {
   for (;;) {
@@ -227,7 +229,9 @@ void file_share::committer() {
                        (replaced && S_ISREG(old.st_mode) ? static_cast<std::int64_t>(old.st_size) : 0));
         }
       }
-      if (result[i] && result[i] != EEXIST && result[i] != EISDIR) {
+      if (result[i] == EEXIST || result[i] == EISDIR) {
+        ::unlinkat(j.dir.get(), j.part.c_str(), 0);  // refused for good; still locked by us
+      } else if (result[i]) {
         spdlog::warn("files: commit of '{}' failed: {}", j.target, std::strerror(result[i]));
       }
       release(j.reserved);
@@ -941,14 +945,7 @@ void files_session::submit_commit(upload& u, std::uint64_t id) {
   json done = {{"type", "put.done"}, {"id", id}, {"size", u.written}, {"xxh3", u.digest.xxh3_hex()}};
   if (u.want_sha256) done["sha256"] = u.digest.sha256_hex();
   ++commits_pending_;
-  job.done = [w = weak_from_this(), ex = conn_.executor(), id, done = std::move(done), leaf = u.leaf,
-              dir = ::fcntl(job.dir.get(), F_DUPFD_CLOEXEC, 0), part = u.part](int err) mutable {
-    if (err && err != EEXIST && err != EISDIR) {
-      // The part stays for a later retry.
-    } else if (err) {
-      ::unlinkat(dir, part.c_str(), 0);
-    }
-    if (dir >= 0) ::close(dir);
+  job.done = [w = weak_from_this(), ex = conn_.executor(), id, done = std::move(done), leaf = u.leaf](int err) mutable {
     // Only a live session may be answered: it keeps its connection, and so
     // the executor, alive. (This runs on the committer thread.)
     if (w.expired()) return;
@@ -968,7 +965,17 @@ void files_session::submit_commit(upload& u, std::uint64_t id) {
       self->pump();
     });
   };
-  share_.commit(std::move(job));
+  // The committer is woken once, after the rest of this read batch (a
+  // tree upload brings dozens of small files per read): woken per file, it
+  // would take each file alone, a flush and two thread switches per file.
+  share_.commit(std::move(job), false);
+  if (!commit_wake_posted_) {
+    commit_wake_posted_ = true;
+    boost::asio::post(conn_.executor(), [self = shared_from_this()] {
+      self->commit_wake_posted_ = false;
+      self->share_.wake_committer();
+    });
+  }
 }
 
 // ---- downloads

@@ -65,6 +65,8 @@ struct commit_job {
   std::uint64_t size = 0;
   std::uint64_t reserved = 0;  ///< quota reservation to release
   /// Called on the committer thread with 0 or an errno (EEXIST: no_clobber).
+  /// A part refused for good (EEXIST, EISDIR) has been removed by then;
+  /// after any other error it stays, for a later retry.
   std::function<void(int err)> done;
 };
 
@@ -87,8 +89,11 @@ class file_share {
   void adjust_usage(std::int64_t delta) noexcept;
   std::uint64_t usage() const noexcept { return usage_.load(); }
 
-  /// Queues a commit; job.done runs on the committer thread.
-  void commit(commit_job job);
+  /// Queues a commit; job.done runs on the committer thread. With `wake`
+  /// false the committer is not woken: the caller calls wake_committer()
+  /// once for many jobs, so that they are flushed and renamed as one batch.
+  void commit(commit_job job, bool wake = true);
+  void wake_committer();
 
  private:
   void committer();
@@ -166,6 +171,7 @@ class files_session : public std::enable_shared_from_this<files_session> {
   std::map<std::uint64_t, std::unique_ptr<upload>> uploads_;
   std::unique_ptr<download> download_;
   int commits_pending_ = 0;
+  bool commit_wake_posted_ = false;
   bool pumping_ = false;
 };
 

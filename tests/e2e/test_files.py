@@ -1662,6 +1662,32 @@ class Concurrency(FilesTestCase):
             self.assertEqual(watch.partial_finals, [], "a partial file appeared under the final name")
             self.assertEqual(part_files(srv.share), [])
 
+    def test_no_clobber_checked_again_at_commit(self):
+        """A target that appears while a no-clobber upload is under way is kept: the commit (a rename
+        that refuses to replace) fails with `exists`, and the upload's part file is removed."""
+        size = 100000
+        data, theirs = random_bytes(size), random_bytes(size)
+        with Server() as srv:
+            with cskit_client.Client.connect("127.0.0.1", srv.port, "admin", TOKEN) as c:
+                write_file(os.path.join(srv.share, "seed"), data)
+                digest = c.request("get", path="seed")[0]["xxh3"]
+                rid = c.next_id()
+                c.send({"type": "put", "id": rid, "path": "late", "size": size, "no_clobber": True})
+                h, _ = c.recv()
+                self.assertEqual((h["type"], h["id"], h["offset"]), ("put.ready", rid, 0))
+                self.assertEqual(len(part_files(srv.share)), 1)
+                write_file(os.path.join(srv.share, "late"), theirs)  # someone else's, meanwhile
+                c.send({"type": "put.data", "id": rid, "offset": 0}, data)
+                c.send({"type": "put.end", "id": rid, "xxh3": digest})
+                h, _ = c.recv()
+                self.assertEqual((h["type"], h.get("id"), h.get("code")), ("error", rid, "exists"), h)
+                self.assertEqual(read_file(os.path.join(srv.share, "late")), theirs)
+                self.assertEqual(part_files(srv.share), [])
+                # The connection goes on working.
+                self.assertEqual(c.request("put", data, path="late2", inline=True, size=size,
+                                           xxh3=digest)[0]["type"], "put.done")
+                self.assertEqual(read_file(os.path.join(srv.share, "late2")), data)
+
 
 # ---------------------------------------------------------------- 10. permissions
 
