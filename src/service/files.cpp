@@ -29,6 +29,7 @@ constexpr std::size_t download_low = 8u << 20;
 constexpr std::size_t max_queued_requests = 8192;
 constexpr std::size_t max_queued_request_bytes = 64u << 20;
 constexpr std::size_t max_uploads_per_connection = 64;
+constexpr std::uint64_t writeback_step = 16u << 20;  // a large upload's data is written back in steps this large
 constexpr std::size_t max_list_entries = 250000;
 constexpr std::size_t list_chunk = 2000;
 constexpr int max_tree_depth = 256;
@@ -190,14 +191,26 @@ void file_share::commit(commit_job job, bool wake) {
 
 void file_share::wake_committer() { cv_.notify_one(); }
 
+void file_share::start_writeback(int file, std::uint64_t offset, std::uint64_t length) {
+  util::unique_fd dup(::fcntl(file, F_DUPFD_CLOEXEC, 0));
+  if (!dup) return;  // only an optimisation: the commit's flush writes it anyway
+  {
+    std::lock_guard lock(mu_);
+    writebacks_.push_back({std::move(dup), offset, length});
+  }
+  cv_.notify_one();
+}
+
 void file_share::committer() {
   for (;;) {
     std::deque<commit_job> batch;
+    std::deque<writeback> writebacks;
     {
       std::unique_lock lock(mu_);
-      cv_.wait(lock, [&] { return stopping_ || !jobs_.empty(); });
-      if (jobs_.empty()) return;  // stopping, and nothing left
+      cv_.wait(lock, [&] { return stopping_ || !jobs_.empty() || !writebacks_.empty(); });
+      if (jobs_.empty() && writebacks_.empty()) return;  // stopping, and nothing left
       batch.swap(jobs_);
+      writebacks.swap(writebacks_);
     }
     std::vector<int> result(batch.size(), 0);
     for (std::size_t i = 0; i < batch.size(); ++i) {
@@ -205,7 +218,7 @@ void file_share::committer() {
       if (j.mode && ::fchmod(j.file.get(), *j.mode) != 0) result[i] = errno;
       if (!result[i] && j.mtime_ns) result[i] = util::set_mtime_ns(j.file.get(), *j.mtime_ns);
     }
-    if (options_.fsync) {
+    if (options_.fsync && !batch.empty()) {
       // Group commit: one syncfs() writes every waiting file at once; a
       // lone file needs only its own fsync.
       int rc = batch.size() == 1 ? ::fsync(batch.front().file.get()) : ::syncfs(batch.front().file.get());
@@ -238,6 +251,11 @@ void file_share::committer() {
       auto done = std::move(j.done);
       j.file.reset();  // releases the part file's lock
       if (done) done(result[i]);
+    }
+    // Write-back hints last: commits are what connections wait for.
+    for (const auto& w : writebacks) {
+      ::sync_file_range(w.file.get(), static_cast<off_t>(w.offset), static_cast<off_t>(w.length),
+                        SYNC_FILE_RANGE_WRITE);
     }
   }
 }
@@ -871,6 +889,10 @@ void files_session::put_data(std::uint64_t id, const json& h, std::string_view p
     off += static_cast<std::size_t>(w);
   }
   u.digest.update(part.data(), part.size());
+  if (share_.options().fsync && (u.written + part.size()) / writeback_step != u.written / writeback_step) {
+    const std::uint64_t end = (u.written + part.size()) / writeback_step * writeback_step;
+    share_.start_writeback(u.file.get(), end - writeback_step, writeback_step);
+  }
   u.written += part.size();
 }
 

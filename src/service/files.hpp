@@ -94,6 +94,11 @@ class file_share {
   /// once for many jobs, so that they are flushed and renamed as one batch.
   void commit(commit_job job, bool wake = true);
   void wake_committer();
+  /// Asks the committer thread to start writing back `length` bytes of
+  /// `file` from `offset` (sync_file_range), so that the flush at commit
+  /// finds little left to do: the disk works while the network does. Takes
+  /// a duplicate of `file`; the caller's thread never waits for the disk.
+  void start_writeback(int file, std::uint64_t offset, std::uint64_t length);
 
  private:
   void committer();
@@ -105,6 +110,11 @@ class file_share {
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<commit_job> jobs_;
+  struct writeback {
+    util::unique_fd file;
+    std::uint64_t offset, length;
+  };
+  std::deque<writeback> writebacks_;
   bool stopping_ = false;
   std::thread thread_;
 };
