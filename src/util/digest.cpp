@@ -1,6 +1,12 @@
 #include "util/digest.hpp"
 
-#include <openssl/evp.h>
+// SHA-256 through OpenSSL's low-level functions, as in proto/auth.cpp: the
+// same implementation as EVP's, without EVP's provider machinery, which a
+// static link would otherwise pull in whole (its tables were four fifths
+// of the relocated data every process start pays for; docs/architecture.md,
+// "Start-up cost").
+#define OPENSSL_SUPPRESS_DEPRECATED
+#include <openssl/sha.h>
 // Inlined (no libxxhash.so to load at start-up; the library is one header).
 #define XXH_INLINE_ALL
 #include <xxhash.h>
@@ -30,20 +36,16 @@ std::string canonical_hex(XXH128_hash_t h) {
 
 struct content_digest::state {
   XXH3_state_t* xxh = nullptr;
-  EVP_MD_CTX* sha = nullptr;
+  std::unique_ptr<SHA256_CTX> sha;
   ~state() {
     if (xxh) XXH3_freeState(xxh);
-    if (sha) EVP_MD_CTX_free(sha);
   }
 };
 
 content_digest::content_digest(bool with_sha256) : s_(std::make_unique<state>()) {
   s_->xxh = XXH3_createState();
   if (!s_->xxh) throw std::bad_alloc();
-  if (with_sha256) {
-    s_->sha = EVP_MD_CTX_new();
-    if (!s_->sha) throw std::bad_alloc();
-  }
+  if (with_sha256) s_->sha = std::make_unique<SHA256_CTX>();
   reset();
 }
 
@@ -53,7 +55,7 @@ content_digest& content_digest::operator=(content_digest&&) noexcept = default;
 
 void content_digest::reset() noexcept {
   XXH3_128bits_reset(s_->xxh);
-  if (s_->sha) EVP_DigestInit_ex(s_->sha, EVP_sha256(), nullptr);
+  if (s_->sha) SHA256_Init(s_->sha.get());
   bytes_ = 0;
 }
 
@@ -62,7 +64,7 @@ bool content_digest::has_sha256() const noexcept { return s_->sha != nullptr; }
 void content_digest::update(const void* data, std::size_t n) noexcept {
   if (n == 0) return;
   XXH3_128bits_update(s_->xxh, data, n);
-  if (s_->sha) EVP_DigestUpdate(s_->sha, data, n);
+  if (s_->sha) SHA256_Update(s_->sha.get(), data, n);
   bytes_ += n;
 }
 
@@ -70,14 +72,10 @@ std::string content_digest::xxh3_hex() const { return canonical_hex(XXH3_128bits
 
 std::string content_digest::sha256_hex() const {
   if (!s_->sha) return {};
-  EVP_MD_CTX* copy = EVP_MD_CTX_new();
-  if (!copy) throw std::bad_alloc();
-  unsigned char out[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  EVP_MD_CTX_copy_ex(copy, s_->sha);
-  EVP_DigestFinal_ex(copy, out, &len);
-  EVP_MD_CTX_free(copy);
-  return to_hex(out, len);
+  SHA256_CTX copy = *s_->sha;  // a plain struct: finishing a copy leaves the running digest as it is
+  unsigned char out[SHA256_DIGEST_LENGTH];
+  SHA256_Final(out, &copy);
+  return to_hex(out, sizeof out);
 }
 
 std::string xxh3_128_hex(const void* data, std::size_t n) { return canonical_hex(XXH3_128bits(data, n)); }

@@ -88,6 +88,20 @@ TEST(Digest, StreamingEqualsOneShot) {
   EXPECT_EQ(d.xxh3_hex(), util::xxh3_128_hex(data.data(), data.size()));
   d.reset();
   EXPECT_EQ(d.xxh3_hex(), util::xxh3_128_hex("", 0));
+
+  // SHA-256 (hashlib.sha256 of the same bytes). Reading the digest midway
+  // must not disturb the running one.
+  util::content_digest s(true);
+  for (std::size_t off = 0; off < data.size(); off += 4093) {
+    s.update(data.data() + off, std::min<std::size_t>(4093, data.size() - off));
+    if (off == 4093 * 9) {
+      EXPECT_EQ(s.sha256_hex(), "8f9ff560c9c4aadcbfb33236fcb16005da8cc9219d0063116a1728394f97c007");
+      EXPECT_EQ(s.sha256_hex(), "8f9ff560c9c4aadcbfb33236fcb16005da8cc9219d0063116a1728394f97c007");
+    }
+  }
+  EXPECT_EQ(s.sha256_hex(), "f5600770a8695a85fc7bb6d18a40a5b80a2b8a39c86f346a1b58f8ccc1e8fde6");
+  s.reset();
+  EXPECT_EQ(s.sha256_hex(), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
 }
 
 TEST(FrameHeaderOnly, MatchesEncodeFrame) {
