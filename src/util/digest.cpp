@@ -11,8 +11,11 @@
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <stdexcept>
+
+#include "util/xxh3_simd.hpp"
 
 namespace cskit::util {
 
@@ -31,6 +34,49 @@ std::string canonical_hex(XXH128_hash_t h) {
   XXH128_canonical_t c;
   XXH128_canonicalFromHash(&c, h);
   return to_hex(c.digest, sizeof c.digest);
+}
+
+void xxh3_update_baseline(void* state, const void* data, std::size_t n) noexcept {
+  XXH3_128bits_update(static_cast<XXH3_state_t*>(state), data, n);
+}
+
+struct xxh3_variant_entry {
+  std::string_view name;
+  detail::xxh3_update_fn update;
+  bool (*usable)();
+};
+
+// Narrowest first. __builtin_cpu_supports also checks that the kernel
+// saves the wider registers (XCR0), not only the CPUID bit.
+const xxh3_variant_entry xxh3_table[] = {
+    {"baseline", xxh3_update_baseline, [] { return true; }},
+#if defined(CSKIT_XXH3_X86_DISPATCH)
+    {"avx2", detail::xxh3_update_avx2, [] { return __builtin_cpu_supports("avx2") != 0; }},
+    {"avx512", detail::xxh3_update_avx512, [] { return __builtin_cpu_supports("avx512f") != 0; }},
+#endif
+};
+
+const xxh3_variant_entry* find_variant(std::string_view name) {
+  for (const auto& v : xxh3_table) {
+    if (v.name == name && v.usable()) return &v;
+  }
+  return nullptr;
+}
+
+// The widest usable variant, chosen at the first hash (not at start-up:
+// most commands never hash, and CPUID is trapped by hypervisors).
+const xxh3_variant_entry& chosen_variant() {
+  static const xxh3_variant_entry& v = [&]() -> const xxh3_variant_entry& {
+#if defined(CSKIT_XXH3_X86_DISPATCH)
+    __builtin_cpu_init();
+#endif
+    const xxh3_variant_entry* best = &xxh3_table[0];
+    for (const auto& e : xxh3_table) {
+      if (e.usable()) best = &e;
+    }
+    return *best;
+  }();
+  return v;
 }
 }  // namespace
 
@@ -63,7 +109,7 @@ bool content_digest::has_sha256() const noexcept { return s_->sha != nullptr; }
 
 void content_digest::update(const void* data, std::size_t n) noexcept {
   if (n == 0) return;
-  XXH3_128bits_update(s_->xxh, data, n);
+  chosen_variant().update(s_->xxh, data, n);
   if (s_->sha) SHA256_Update(s_->sha.get(), data, n);
   bytes_ += n;
 }
@@ -79,5 +125,29 @@ std::string content_digest::sha256_hex() const {
 }
 
 std::string xxh3_128_hex(const void* data, std::size_t n) { return canonical_hex(XXH3_128bits(data, n)); }
+
+std::string_view xxh3_variant() { return chosen_variant().name; }
+
+std::vector<std::string_view> xxh3_usable_variants() {
+  std::vector<std::string_view> out;
+  for (const auto& v : xxh3_table) {
+    if (v.usable()) out.push_back(v.name);
+  }
+  return out;
+}
+
+std::string xxh3_128_hex_with(std::string_view variant, const void* data, std::size_t n, std::size_t piece) {
+  const xxh3_variant_entry* v = find_variant(variant);
+  if (!v) throw std::invalid_argument("XXH3 variant not usable here: " + std::string(variant));
+  XXH3_state_t* st = XXH3_createState();
+  if (!st) throw std::bad_alloc();
+  XXH3_128bits_reset(st);
+  const char* p = static_cast<const char*>(data);
+  if (piece == 0) piece = n ? n : 1;
+  for (std::size_t off = 0; off < n; off += piece) v->update(st, p + off, std::min(piece, n - off));
+  std::string hex = canonical_hex(XXH3_128bits_digest(st));
+  XXH3_freeState(st);
+  return hex;
+}
 
 }  // namespace cskit::util

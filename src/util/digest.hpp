@@ -6,6 +6,8 @@
 #include <cstddef>
 #include <memory>
 #include <string>
+#include <string_view>
+#include <vector>
 
 namespace cskit::util {
 
@@ -39,5 +41,16 @@ class content_digest {
 
 /// One-shot XXH3-128, hex (for tests and small buffers).
 std::string xxh3_128_hex(const void* data, std::size_t n);
+
+/// XXH3 is computed with the widest vector unit this CPU offers:
+/// "baseline" (SSE2 on x86-64), "avx2" or "avx512". The name of the one
+/// content_digest uses (chosen once).
+std::string_view xxh3_variant();
+/// Every variant usable on this CPU, narrowest first.
+std::vector<std::string_view> xxh3_usable_variants();
+/// XXH3-128 of `data` fed to the named variant in pieces of `piece` bytes
+/// (0: at once), hex; throws std::invalid_argument for a variant this CPU
+/// cannot run. For tests: every variant must give the same digest.
+std::string xxh3_128_hex_with(std::string_view variant, const void* data, std::size_t n, std::size_t piece = 0);
 
 }  // namespace cskit::util

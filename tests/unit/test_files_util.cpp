@@ -104,6 +104,34 @@ TEST(Digest, StreamingEqualsOneShot) {
   EXPECT_EQ(s.sha256_hex(), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
 }
 
+
+// content_digest hashes with the widest vector unit the CPU has; every
+// kernel must give the baseline's digest for every length (XXH3 takes
+// different paths at 0-16, 17-128, 129-240 bytes, per stripe, per block)
+// and however the input is cut into updates.
+TEST(Digest, EveryVectorVariantAgreesWithTheBaseline) {
+  std::string data((1 << 20) + 777, '\0');
+  for (std::size_t i = 0; i < data.size(); ++i) data[i] = static_cast<char>(i * 2654435761u >> 11);
+  const auto variants = util::xxh3_usable_variants();
+  ASSERT_FALSE(variants.empty());
+  EXPECT_EQ(variants.front(), "baseline");
+  EXPECT_NE(std::find(variants.begin(), variants.end(), util::xxh3_variant()), variants.end());
+  const std::size_t lengths[] = {0, 1, 3, 16, 17, 64, 128, 129, 200, 240, 241, 1023, 1024, 1025, 4095, 65536, 100003, data.size()};
+  const std::size_t pieces[] = {0, 1, 63, 64, 1000, 4096, 65537};
+  for (auto n : lengths) {
+    const std::string want = util::xxh3_128_hex(data.data(), n);
+    for (auto v : variants) {
+      for (auto piece : pieces) {
+        if (piece == 1 && n > 4096) continue;  // byte by byte only for short inputs
+        EXPECT_EQ(util::xxh3_128_hex_with(v, data.data(), n, piece), want) << v << " n=" << n << " piece=" << piece;
+      }
+    }
+  }
+  util::content_digest d;
+  d.update(data.data(), data.size());
+  EXPECT_EQ(d.xxh3_hex(), util::xxh3_128_hex(data.data(), data.size()));
+  EXPECT_THROW(util::xxh3_128_hex_with("no-such-unit", data.data(), 1), std::invalid_argument);
+}
 TEST(FrameHeaderOnly, MatchesEncodeFrame) {
   std::string a, b;
   const proto::json h = {{"type", "get.data"}, {"id", 7}};
