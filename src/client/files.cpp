@@ -592,7 +592,16 @@ struct get_file {
   std::uint64_t pos = 0;
   util::content_digest digest;
   bool failed = false;
+  bool preallocated = false;  // blocks up to entry.size reserved (util::preallocate)
   explicit get_file(bool sha) : digest(sha) {}
+  get_file(const get_file&) = delete;
+  get_file& operator=(const get_file&) = delete;
+  // A part left behind (failure, lost connection) keeps only its data.
+  ~get_file() { release(); }
+  void release() noexcept {
+    if (preallocated && fd) util::release_preallocation(fd.get(), pos);
+    preallocated = false;
+  }
 };
 
 // Creates directory `rel` (and its parents) under the jail; 0 or errno.
@@ -819,6 +828,7 @@ transfer_result file_client::get(const std::vector<std::string>& sources, const 
     if (!g.failed) r.errors.push_back({to_stdout ? g.remote : g.local, code, msg});
     g.failed = true;
     if (drop_part && g.dir && !g.part.empty()) ::unlinkat(g.dir.get(), g.part.c_str(), 0);
+    g.release();
   };
   auto write_data = [&](get_file& g, std::string_view data) {
     if (g.failed) return;
@@ -954,6 +964,15 @@ transfer_result file_client::get(const std::vector<std::string>& sources, const 
         prog.bytes_done += offset;
       }
       g.entry.size = f.header.value("size", g.entry.size);
+      // Reserve the blocks still to come: a full disk is reported now,
+      // not halfway, and writing into reserved blocks is cheaper.
+      if (!to_stdout && !g.failed && g.entry.size > g.pos) {
+        if (int e = util::preallocate(g.fd.get(), g.pos, g.entry.size - g.pos)) {
+          fail(g, local_errc(e), local_message(e, g.local), g.pos == 0);  // an empty part: nothing to resume
+        } else {
+          g.preallocated = true;
+        }
+      }
       continue;
     }
     waiting.erase(it);

@@ -280,6 +280,13 @@ struct files_session::upload {
   mode_t part_mode = 0;  // the part file's mode as opened
   std::optional<std::int64_t> mtime;
   bool failed = false;  // answered with an error; waiting for put.end to forget it
+  bool preallocated = false;  // blocks up to `size` are reserved (util::preallocate)
+
+  /// A part kept for a resume holds only what was written.
+  void keep_for_resume() noexcept {
+    if (preallocated && file) util::release_preallocation(file.get(), written);
+    preallocated = false;
+  }
 
   /// Only a part with a known target size can be resumed; anything else
   /// is removed when the upload ends without a commit.
@@ -304,6 +311,7 @@ files_session::~files_session() {
   // are resumable); private parts are removed.
   for (auto& [id, u] : uploads_) {
     if (!u->resumable() && u->dir) ::unlinkat(u->dir.get(), u->part.c_str(), 0);
+    if (u->resumable()) u->keep_for_resume();
     share_.release(u->reserved);
   }
 }
@@ -812,6 +820,17 @@ void files_session::do_put(std::uint64_t id, const json& h, std::string& body) {
     share_.release(u->reserved);
     return error(id, errc_for_errno(errno), errno_message(errno, "'" + *path + "'"));
   }
+  // Reserve the blocks still to come: a full disk is reported now, before
+  // any data is sent, and cannot strike halfway.
+  if (u->size && *u->size > offset) {
+    if (int e = util::preallocate(fd, offset, *u->size - offset)) {
+      share_.release(u->reserved);
+      if (offset == 0) ::unlinkat(u->dir.get(), u->part.c_str(), 0);  // empty: nothing to resume
+      return error(id, errc_for_errno(e),
+                   errno_message(e, "'" + *path + "' (" + std::to_string(*u->size - offset) + " bytes to come)"));
+    }
+    u->preallocated = true;
+  }
   u->written = offset;
   json ready = {{"type", "put.ready"}, {"offset", offset}};
   if (offset > 0) ready["xxh3"] = u->digest.xxh3_hex();
@@ -822,6 +841,7 @@ void files_session::do_put(std::uint64_t id, const json& h, std::string& body) {
 void files_session::fail_upload(upload& u, errc code, const std::string& message) {
   u.failed = true;
   if (!u.resumable()) ::unlinkat(u.dir.get(), u.part.c_str(), 0);
+  if (u.resumable()) u.keep_for_resume();
   spdlog::info("files: upload of '{}' failed: {}", u.leaf, message);
   // The id is known to the caller; find it to answer.
   for (auto& [id, p] : uploads_) {
@@ -854,6 +874,11 @@ void files_session::put_data(std::uint64_t id, const json& h, std::string_view p
           return fail_upload(u, errc::io_error, "cannot read back the part file of '" + u.leaf + "'");
         }
         u.written = o;
+        if (u.preallocated) {  // the truncation gave the reserved blocks back
+          if (int e = util::preallocate(u.file.get(), o, *u.size - o)) {
+            return fail_upload(u, errc_for_errno(e), errno_message(e, "'" + u.leaf + "'"));
+          }
+        }
       }
     }
     u.data_seen = true;
@@ -920,6 +945,7 @@ void files_session::put_end(std::uint64_t id, const json& h) {
                             " bytes";
     share_.release(u.reserved);
     if (!u.resumable()) ::unlinkat(u.dir.get(), u.part.c_str(), 0);
+    if (u.resumable()) u.keep_for_resume();
     uploads_.erase(it);
     return error(id, errc::bad_request, msg);
   }
@@ -945,7 +971,11 @@ void files_session::put_abort(std::uint64_t id, const json& h) {
   auto it = uploads_.find(id);
   if (it == uploads_.end()) return;
   upload& u = *it->second;
-  if (!u.resumable() || h.value("discard", false)) ::unlinkat(u.dir.get(), u.part.c_str(), 0);
+  if (!u.resumable() || h.value("discard", false)) {
+    ::unlinkat(u.dir.get(), u.part.c_str(), 0);
+  } else {
+    u.keep_for_resume();
+  }
   share_.release(u.reserved);
   uploads_.erase(it);
 }

@@ -103,6 +103,22 @@ int hash_file_range(int fd, std::uint64_t offset, std::uint64_t length, content_
   return 0;
 }
 
+int preallocate(int fd, std::uint64_t offset, std::uint64_t length) noexcept {
+  if (length == 0) return 0;
+  // The system call itself, not posix_fallocate, which emulates missing
+  // support by writing every block.
+  while (::fallocate(fd, FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset), static_cast<off_t>(length)) != 0) {
+    if (errno == EINTR) continue;
+    return errno == ENOSPC || errno == EDQUOT || errno == EFBIG ? errno : 0;
+  }
+  return 0;
+}
+
+void release_preallocation(int fd, std::uint64_t size) noexcept {
+  // Truncating to the current size frees the blocks past it (ext4, xfs).
+  (void)::ftruncate(fd, static_cast<off_t>(size));
+}
+
 int write_all(int fd, const void* data, std::size_t n) noexcept {
   const char* p = static_cast<const char*>(data);
   while (n > 0) {

@@ -1504,18 +1504,27 @@ def try_tmpfs(path, size="8m"):
     return r.returncode == 0
 
 
-class DiskFull(unittest.TestCase):
+class OnSmallTmpfs(unittest.TestCase):
+    """A tmpfs of TMPFS bytes mounted at self.mnt."""
+    TMPFS = "8m"
+
     def setUp(self):
         self.tmp = tempfile.mkdtemp(prefix="cskit-full-")
         self.mnt = os.path.join(self.tmp, "mnt")
         os.makedirs(self.mnt)
-        if not try_tmpfs(self.mnt):
+        if not try_tmpfs(self.mnt, self.TMPFS):
             shutil.rmtree(self.tmp, ignore_errors=True)
             self.skipTest("needs root and tmpfs mounts")
 
     def tearDown(self):
         subprocess.run(["umount", "-l", self.mnt], capture_output=True, timeout=20)
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class DiskFull(OnSmallTmpfs):
+    """A transfer of known size reserves its blocks (fallocate) before any data moves, so a full disk
+    is reported at once and nothing fills the disk; a stream finds out as it writes. Either way the
+    target keeps its old content, and a part that holds data is kept for a resume."""
 
     def test_server_disk_full(self):
         with Server(share=self.mnt) as srv:
@@ -1528,8 +1537,17 @@ class DiskFull(unittest.TestCase):
                                text=True, timeout=120)
             self.assertEqual(r.returncode, EXIT_NO_SPACE, r.stderr)
             self.assertIn("no space", r.stderr)
+            self.assertIn(str(20 * MiB) + " bytes to come", r.stderr)
             self.assertEqual(read_file(os.path.join(self.mnt, "target.bin")), old)
-            self.assertEqual(len(part_files(self.mnt)), 1, "the part file is kept for a resume")
+            self.assertEqual(part_files(self.mnt), [], "a part with nothing in it is not kept")
+            with self.subTest("a stream (size unknown) finds out as it writes"):
+                with open(big, "rb") as stdin:
+                    r = subprocess.run([BIN, "put", "-", f"{srv.address}:target.bin"], env=env, stdin=stdin,
+                                       capture_output=True, text=True, timeout=120)
+                self.assertEqual(r.returncode, EXIT_NO_SPACE, r.stderr)
+                self.assertIn("no space", r.stderr)
+                self.assertEqual(read_file(os.path.join(self.mnt, "target.bin")), old)
+                self.assertEqual(part_files(self.mnt), [], "a stream cannot be resumed: its part goes")
             # The server is still fine.
             r = subprocess.run([BIN, "stat", f"{srv.address}:target.bin"], env=env, capture_output=True, timeout=30)
             self.assertEqual(r.returncode, EXIT_OK)
@@ -1545,7 +1563,66 @@ class DiskFull(unittest.TestCase):
             self.assertEqual(r.returncode, EXIT_NO_SPACE, r.stderr)
             self.assertIn("no space", r.stderr)
             self.assertEqual(read_file(os.path.join(self.mnt, "big.bin")), old)
-            self.assertEqual(len(part_files(self.mnt)), 1, "the part file is kept for a resume")
+            self.assertEqual(part_files(self.mnt), [], "a part with nothing in it is not kept")
+
+
+class DiskFullOnResume(OnSmallTmpfs):
+    """An interrupted transfer resumed onto a disk that has filled up meanwhile: refused at once, the
+    part keeps what it had; once space is freed, the same command finishes the file."""
+    TMPFS = "160m"
+    SIZE = 128 * MiB
+
+    def fill(self, leave):
+        """Fills the tmpfs up to `leave` bytes free."""
+        st = os.statvfs(self.mnt)
+        filler = os.path.join(self.mnt, "filler")
+        write_big(filler, st.f_bavail * st.f_frsize - leave)
+        return filler
+
+    def resume_onto_full_disk(self, srv, args, watch_dir, final, src, victim):
+        env = dict(srv.env, CSKIT_TOKEN=TOKEN)
+        p = subprocess.Popen([BIN, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and p.poll() is None and part_size(watch_dir) < 16 * MiB:
+            time.sleep(0.001)
+        if victim == "client":
+            p.kill()
+        else:
+            srv.restart(signal.SIGKILL)
+        p.communicate(timeout=60)
+        self.assertEqual(p.returncode, -signal.SIGKILL if victim == "client" else EXIT_CONNECT,
+                         "the transfer ended before it could be interrupted")
+        # The server closes the upload (giving back the blocks it reserved past the data) when it sees
+        # the connection go; a client that loses its server does the same with its own part.
+        self.assertTrue(wait_until(lambda: not server_holds_a_part(srv.proc.pid), 20))
+        kept = part_size(watch_dir)
+        self.assertGreaterEqual(kept, 16 * MiB)
+        filler = self.fill(8 * MiB)  # less than what is still to come
+        r = subprocess.run([BIN, *args], env=env, capture_output=True, text=True, timeout=120)
+        self.assertEqual(r.returncode, EXIT_NO_SPACE, r.stderr)
+        self.assertIn("no space", r.stderr)
+        self.assertFalse(os.path.exists(final))
+        self.assertEqual(part_size(watch_dir), kept, "the part keeps what it had")
+        os.unlink(filler)
+        r = subprocess.run([BIN, *args], env=env, capture_output=True, text=True, timeout=120)
+        self.assertEqual(r.returncode, EXIT_OK, r.stderr)
+        self.assertEqual(json.loads(r.stdout)["resumed_bytes"], kept)
+        self.assertEqual(sha256_file(final), sha256_file(src))
+        self.assertEqual(part_files(self.mnt), [])
+
+    def test_put_resumed_onto_a_full_disk(self):
+        with Server(share=self.mnt) as srv:
+            src = os.path.join(self.tmp, "src.bin")
+            write_big(src, self.SIZE)
+            self.resume_onto_full_disk(srv, ["put", "--json", src, f"{srv.address}:dst.bin"], self.mnt,
+                                       os.path.join(self.mnt, "dst.bin"), src, "client")
+
+    def test_get_resumed_onto_a_full_disk(self):
+        with Server() as srv:
+            src = os.path.join(srv.share, "src.bin")
+            write_big(src, self.SIZE)
+            self.resume_onto_full_disk(srv, ["get", "--json", f"{srv.address}:src.bin", os.path.join(self.mnt, "dst.bin")],
+                                       self.mnt, os.path.join(self.mnt, "dst.bin"), src, "server")
 
 
 class QuotaAndLimits(FilesTestCase):
