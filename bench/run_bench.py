@@ -570,6 +570,14 @@ def timed_pipe(receiver, sender, port, timeout):
         rp.stderr.close()
 
 
+def rotated(cases, rnd):
+    """The cases of round `rnd`, starting at a different one each round: what a
+    case runs after (iperf3 leaves this VM slower for a while; deleting a big
+    tree slows ext4 down) is then not the same case every time."""
+    k = rnd % len(cases)
+    return cases[k:] + cases[:k]
+
+
 def sync():
     subprocess.run(["sync"], check=True, timeout=600)
 
@@ -619,13 +627,13 @@ def bench_files(binary, runs, file_mb=2048, tree_files=10000, command="", client
     """File transfer: cskit get/put against iperf3, scp, an rsync daemon and a
     socat pipe (one big page-cached file), a tree of small files against scp -r,
     rsync -r and tar|socat|tar, and the server's RSS during concurrent transfers.
-    Tools alternate within each round; round 0 is an untimed warm-up."""
+    Tools alternate within each round (rotated each round); round 0 is an untimed warm-up."""
     size = file_mb << 20
     client_size = client_mb << 20
     tmp_root = tempfile.gettempdir()
     free = shutil.disk_usage(tmp_root).free
-    # at most: the big file and one copy, every tree (7 tools, runs + 1 rounds), the concurrent files and one copy
-    need = max(10e9, 2 * size + 7 * (runs + 1) * tree_files * 4096 * 1.2 + 2 * clients * client_size)
+    # at most: the big file and two copies, every tree (9 tools, runs + 1 rounds), the concurrent files and one copy
+    need = max(10e9, 3 * size + 9 * (runs + 1) * tree_files * 4096 * 1.2 + 2 * clients * client_size)
     if free < need:
         msg = f"skipped: {free / 1e9:.1f} GB free in {tmp_root}, the files benchmark needs {need / 1e9:.1f} GB"
         print(f"files: {msg}", file=sys.stderr)
@@ -719,8 +727,9 @@ def bench_files(binary, runs, file_mb=2048, tree_files=10000, command="", client
         ]
         big_res = {name: [] for name, _ in big_cases}
         previous = None
+        scratch = os.path.join(recv, "scratch.bin")
         for rnd in range(runs + 1):
-            for name, run in big_cases:
+            for name, run in rotated(big_cases, rnd):
                 # Warm (BENCHMARKING.md quirk 1): delete the last received file, sync, run at once.
                 if previous:
                     os.unlink(previous)
@@ -731,6 +740,13 @@ def bench_files(binary, runs, file_mb=2048, tree_files=10000, command="", client
                     previous = dst
                     if not same_file(big, dst, size):
                         raise RuntimeError(f"{name}: {dst} is not a copy of {big}")
+                else:
+                    # iperf3 leaves no file: write one (untimed), so that the next
+                    # case, too, starts right after a file of this size was freed.
+                    # Without it, the case after iperf3 met memory the VM had
+                    # handed back meanwhile and ran at 0.6 of its speed.
+                    subprocess.run(["cp", big, scratch], check=True, timeout=600)
+                    previous = scratch
                 if rnd:
                     big_res[name].append(gbps)
         if previous:
@@ -766,9 +782,13 @@ def bench_files(binary, runs, file_mb=2048, tree_files=10000, command="", client
                 return t, dst
             return run
 
+        cs_nofsync = f"127.0.0.1:{port_nofsync}:"
         tree_cases = [
             ("cskit_put", tree_case("cskit_put", lambda r: ([binary, "put", "-r", "-q", tree, f"{cs}put-tree-{r}"],
                                                             os.path.join(share, f"put-tree-{r}")))),
+            ("cskit_put_nofsync", tree_case("cskit_put_nofsync", lambda r: (
+                [binary, "put", "-r", "-q", tree, f"{cs_nofsync}put-tree-nofsync-{r}"],
+                os.path.join(share, f"put-tree-nofsync-{r}")))),
             ("scp_put", tree_case("scp_put", lambda r: (scp + ["-r", tree, f"{host}:{trees}/scp-put-{r}"],
                                                         os.path.join(trees, f"scp-put-{r}")))),
             ("rsync_put", tree_case("rsync_put", lambda r: (["rsync", "-r", "--whole-file", tree + "/",
@@ -777,6 +797,9 @@ def bench_files(binary, runs, file_mb=2048, tree_files=10000, command="", client
             ("cskit_get", tree_case("cskit_get", lambda r: ([binary, "get", "-r", "-q", cs + "tree",
                                                              os.path.join(trees, f"cskit-get-{r}")],
                                                             os.path.join(trees, f"cskit-get-{r}")))),
+            ("cskit_get_nofsync", tree_case("cskit_get_nofsync", lambda r: (
+                [binary, "get", "-r", "-q", "--no-fsync", cs + "tree", os.path.join(trees, f"cskit-get-nofsync-{r}")],
+                os.path.join(trees, f"cskit-get-nofsync-{r}")))),
             ("scp_get", tree_case("scp_get", lambda r: (scp + ["-r", f"{host}:{tree}",
                                                                 os.path.join(trees, f"scp-get-{r}")],
                                                         os.path.join(trees, f"scp-get-{r}")))),
@@ -787,7 +810,7 @@ def bench_files(binary, runs, file_mb=2048, tree_files=10000, command="", client
         ]
         tree_res = {name: [] for name, _ in tree_cases}
         for rnd in range(runs + 1):
-            for name, run in tree_cases:
+            for name, run in rotated(tree_cases, rnd):
                 sync()  # nothing of the previous run is left to write back (cskit ends with syncfs)
                 t, dst = run(rnd)
                 check_tree(dst, expected)
@@ -965,10 +988,10 @@ def files_report(big_res, tree_res, mem, runs, file_mb, tree_files, clients, cli
             ratios[f"big_{c}_over_iperf3_sendfile"] = (med[c] / med["iperf3_sendfile"], None)
             for peer in (f"scp_{d}", f"rsync_{d}", "socat"):
                 ratios[f"big_{c}_over_{peer}"] = (med[c] / med[peer], 1.0 if like or peer != "socat" else None)
-        c = f"cskit_{d}"
-        for peer in (f"scp_{d}", f"rsync_{d}"):
-            ratios[f"tree_{c}_over_{peer}"] = (tmed[c] / tmed[peer], 1.0)
-        ratios[f"tree_{c}_over_tar_socat"] = (tmed[c] / tmed["tar_socat"], 0.5)
+        for c, like in ((f"cskit_{d}_nofsync", True), (f"cskit_{d}", False)):
+            for peer in (f"scp_{d}", f"rsync_{d}"):
+                ratios[f"tree_{c}_over_{peer}"] = (tmed[c] / tmed[peer], 1.0 if like or peer.startswith("scp") else None)
+            ratios[f"tree_{c}_over_tar_socat"] = (tmed[c] / tmed["tar_socat"], 0.5 if like else None)
     for d in ("get", "put"):
         ratios[f"big_cskit_{d}_over_cskit_{d}_nofsync"] = (med[f"cskit_{d}"] / med[f"cskit_{d}_nofsync"], None)
 
@@ -989,7 +1012,9 @@ def files_report(big_res, tree_res, mem, runs, file_mb, tree_files, clients, cli
     }
     tree_cmds = {
         "cskit_put": "cskit put -r -q TREE 127.0.0.1:P:NEW",
+        "cskit_put_nofsync": "cskit put -r -q TREE 127.0.0.1:P:NEW   (server: [files] fsync = false)",
         "cskit_get": "cskit get -r -q 127.0.0.1:P:tree NEW",
+        "cskit_get_nofsync": "cskit get -r -q --no-fsync 127.0.0.1:P:tree NEW",
         "scp_put": "scp -q -r ... TREE USER@127.0.0.1:NEW",
         "scp_get": "scp -q -r ... USER@127.0.0.1:TREE NEW",
         "rsync_put": "rsync -r --whole-file TREE/ rsync://127.0.0.1:P/up/NEW/",
@@ -1015,13 +1040,16 @@ def files_report(big_res, tree_res, mem, runs, file_mb, tree_files, clients, cli
 
     md = [f"## File transfer (`{command}`)", "",
           f"Loopback, {runs} timed round{'s' if runs != 1 else ''} after one untimed warm-up round, "
-          "tools alternating within each round; median and min–max. Every received file or tree is checked "
+          "tools alternating within each round, each round starting one tool later than the last (so that "
+          "no tool always runs right after the same one); median and min–max. Every received file or tree "
+          "is checked "
           "(size and `cmp`, or every file's bytes) outside the timed part. scp is OpenSSH's (SFTP protocol) "
           "against a private sshd with ~/.bashrc masked when run as root; rsync talks to "
           "`rsync --daemon --no-detach`. cskit fsyncs every received file before renaming it into place "
           "(the client unless `--no-fsync`, the server unless `[files] fsync = false`; the `_nofsync` rows "
-          "turn that off); no peer fsyncs, so the targets against iperf3 and socat are judged on the "
-          "`_nofsync` rows, and the durable rows, which wait for the disk, are shown beside them.",
+          "turn that off); no peer fsyncs, so the targets against iperf3, socat, rsync (trees) and tar|socat "
+          "are judged on the `_nofsync` rows, and the durable rows, which wait for the disk, are shown "
+          "beside them (against scp and rsync's single file they must win even while flushing).",
           "",
           f"### One {size_label} page-cached file (warm: received file deleted, `sync`, run at once)", "",
           "| tool | command | GB/s median | min–max |", "|---|---|---|---|"]
