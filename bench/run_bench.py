@@ -353,6 +353,13 @@ def bench_exec(binary, build, runs):
            "startup_cskit_version": [], "startup_ssh_version": []}
     stream = {"cskit": [], "ssh": []}
     session = {"p50": [], "p99": []}
+    # The same commands timed by bench_spawn (posix_spawn + waitpid, no Python
+    # in between): per round, its p50 and p99.
+    spawner = os.path.join(build, "bench", "bench_spawn")
+    lean_cmds = {"cskit": (cskit + ["true"], 60), "ssh_controlmaster": (sshd.command("true", control_master=True), 60),
+                 "ssh": (sshd.command("true"), 8), "startup_cskit_version": ([binary, "--version"], 60),
+                 "startup_true": (["/bin/true"], 60)}
+    lean = {k: {"p50": [], "p99": []} for k in lean_cmds}
     try:
         timed_runs(sshd.command("true", control_master=True), 3)  # start the master
         for _ in range(runs):
@@ -362,6 +369,11 @@ def bench_exec(binary, build, runs):
             # The floor under any CLI round trip: starting the client program.
             rtt["startup_cskit_version"] += timed_runs([binary, "--version"], 60)
             rtt["startup_ssh_version"] += timed_runs(["ssh", "-V"], 60)
+            for name, (cmd, n) in lean_cmds.items():
+                r = json.loads(subprocess.run([spawner, str(n), *cmd], capture_output=True, text=True, check=True,
+                                              env=env, timeout=600).stdout)
+                lean[name]["p50"].append(r["p50_ms"])
+                lean[name]["p99"].append(r["p99_ms"])
             r = json.loads(subprocess.run([os.path.join(build, "bench", "bench_exec"), f"127.0.0.1:{port}", "ops",
                                            token, "500"], capture_output=True, text=True, check=True).stdout)
             session["p50"].append(r["p50_us"] / 1000)
@@ -379,6 +391,9 @@ def bench_exec(binary, build, runs):
     cases["true_round_trip_ms_cskit_in_session"] = {"p50": statistics.median(session["p50"]),
                                                     "p99": statistics.median(session["p99"]),
                                                     "runs": runs}
+    for k, v in lean.items():
+        cases[f"true_round_trip_ms_lean_{k}"] = {"p50": statistics.median(v["p50"]), "p99": statistics.median(v["p99"]),
+                                                "runs": runs}
     for k, v in stream.items():
         cases[f"cat_1GiB_GBps_{k}"] = summary(v)
     return {
@@ -388,6 +403,8 @@ def bench_exec(binary, build, runs):
             "ssh": "ssh -F /dev/null -i KEY -p P root@127.0.0.1 true   (private sshd, ~/.bashrc masked)",
             "ssh_controlmaster": "the same with -o ControlMaster=auto -o ControlPath=... -o ControlPersist=120",
             "stream": "cskit exec 127.0.0.1:P -- cat FILE > /dev/null   vs   ssh ... cat FILE > /dev/null",
+            "lean_*": "the same commands (and /bin/true) timed by bench/bench_spawn RUNS CMD...: posix_spawn and "
+                      "waitpid, no Python in between; p50 and p99 per round, median over the rounds",
         },
         "cases": cases,
         "ratios": {
@@ -395,6 +412,10 @@ def bench_exec(binary, build, runs):
             "ssh_controlmaster_over_cskit_p50": cases["true_round_trip_ms_ssh_controlmaster"]["p50"]
             / cases["true_round_trip_ms_cskit"]["p50"],
             "cat_cskit_over_ssh": statistics.median(stream["cskit"]) / statistics.median(stream["ssh"]),
+            "lean_ssh_over_cskit_p50": cases["true_round_trip_ms_lean_ssh"]["p50"]
+            / cases["true_round_trip_ms_lean_cskit"]["p50"],
+            "lean_ssh_controlmaster_over_cskit_p50": cases["true_round_trip_ms_lean_ssh_controlmaster"]["p50"]
+            / cases["true_round_trip_ms_lean_cskit"]["p50"],
         },
     }
 
