@@ -1625,6 +1625,42 @@ class DiskFullOnResume(OnSmallTmpfs):
                                        self.mnt, os.path.join(self.mnt, "dst.bin"), src, "server")
 
 
+class DirectoryAppearsBeforeCommit(FilesTestCase):
+    """A directory is made under the target's name while an upload runs: the commit refuses it, the
+    directory keeps its content, no part is left. Without a quota the rename itself refuses (the
+    server does not look first); with one (next class), the server looks, for the old file's size."""
+
+    def upload_then_mkdir(self, *flags):
+        target = os.path.join(self.rshare, "target")
+        p = subprocess.Popen([BIN, "put", *flags, "-", self.rr("target")], env=self.env(), stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            p.stdin.write(random_bytes(MiB))
+            p.stdin.flush()
+            self.assertTrue(wait_until(lambda: part_files(self.rshare) != [], 20), "the upload never started")
+            os.mkdir(target)
+            write_file(os.path.join(target, "inside"), b"keep me")
+            _, err = p.communicate(timeout=60)  # closes stdin: the end of the stream
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=10)
+        self.assertEqual(p.returncode, EXIT_EXISTS, err)
+        self.assertEqual(read_file(os.path.join(target, "inside")), b"keep me")
+        self.assert_no_parts(self.rshare)
+        return err.decode()
+
+    def test_directory_in_the_way(self):
+        self.assertIn("is a directory", self.upload_then_mkdir())
+
+    def test_directory_in_the_way_no_clobber(self):
+        self.assertIn("is a directory", self.upload_then_mkdir("-n"))
+
+
+class DirectoryAppearsBeforeCommitWithQuota(DirectoryAppearsBeforeCommit):
+    config_text = '[files]\nquota = "1G"\n'
+
+
 class QuotaAndLimits(FilesTestCase):
     config_text = '[files]\nquota = "10M"\nmax_file_size = "7M"\n'
 
