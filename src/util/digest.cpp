@@ -17,6 +17,10 @@
 
 #include "util/xxh3_simd.hpp"
 
+#if defined(CSKIT_XXH3_X86_DISPATCH)
+#include <cpuid.h>
+#endif
+
 namespace cskit::util {
 
 namespace {
@@ -40,19 +44,46 @@ void xxh3_update_baseline(void* state, const void* data, std::size_t n) noexcept
   XXH3_128bits_update(static_cast<XXH3_state_t*>(state), data, n);
 }
 
+#if defined(CSKIT_XXH3_X86_DISPATCH)
+// What the CPU has and the kernel saves across context switches (XCR0),
+// asked once, at the first use: not through __builtin_cpu_supports, whose
+// detector in libgcc would run at every process start (and CPUID exits to
+// the hypervisor), though most commands never hash.
+struct x86_vector_units {
+  bool avx2 = false;
+  bool avx512f = false;
+};
+
+const x86_vector_units& vector_units() {
+  static const x86_vector_units units = [] {
+    x86_vector_units u;
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & bit_OSXSAVE) || !(c & bit_AVX)) return u;
+    unsigned xcr0 = 0, xcr0_high = 0;
+    __asm__("xgetbv" : "=a"(xcr0), "=d"(xcr0_high) : "c"(0));
+    const bool ymm = (xcr0 & 0x06) == 0x06;  // SSE and AVX state
+    const bool zmm = (xcr0 & 0xe6) == 0xe6;  // ... and opmask, ZMM_Hi256, Hi16_ZMM
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return u;
+    u.avx2 = ymm && (b & bit_AVX2);
+    u.avx512f = zmm && (b & bit_AVX512F);
+    return u;
+  }();
+  return units;
+}
+#endif
+
 struct xxh3_variant_entry {
   std::string_view name;
   detail::xxh3_update_fn update;
   bool (*usable)();
 };
 
-// Narrowest first. __builtin_cpu_supports also checks that the kernel
-// saves the wider registers (XCR0), not only the CPUID bit.
+// Narrowest first.
 const xxh3_variant_entry xxh3_table[] = {
     {"baseline", xxh3_update_baseline, [] { return true; }},
 #if defined(CSKIT_XXH3_X86_DISPATCH)
-    {"avx2", detail::xxh3_update_avx2, [] { return __builtin_cpu_supports("avx2") != 0; }},
-    {"avx512", detail::xxh3_update_avx512, [] { return __builtin_cpu_supports("avx512f") != 0; }},
+    {"avx2", detail::xxh3_update_avx2, [] { return vector_units().avx2; }},
+    {"avx512", detail::xxh3_update_avx512, [] { return vector_units().avx512f; }},
 #endif
 };
 
@@ -63,13 +94,9 @@ const xxh3_variant_entry* find_variant(std::string_view name) {
   return nullptr;
 }
 
-// The widest usable variant, chosen at the first hash (not at start-up:
-// most commands never hash, and CPUID is trapped by hypervisors).
+// The widest usable variant, chosen at the first hash.
 const xxh3_variant_entry& chosen_variant() {
-  static const xxh3_variant_entry& v = [&]() -> const xxh3_variant_entry& {
-#if defined(CSKIT_XXH3_X86_DISPATCH)
-    __builtin_cpu_init();
-#endif
+  static const xxh3_variant_entry& v = []() -> const xxh3_variant_entry& {
     const xxh3_variant_entry* best = &xxh3_table[0];
     for (const auto& e : xxh3_table) {
       if (e.usable()) best = &e;
