@@ -599,7 +599,7 @@ struct get_file {
   // A part left behind (failure, lost connection) keeps only its data.
   ~get_file() { release(); }
   void release() noexcept {
-    if (preallocated && fd) util::release_preallocation(fd.get(), pos);
+    if (preallocated && fd) util::release_preallocation(fd.get());
     preallocated = false;
   }
 };
@@ -812,6 +812,20 @@ transfer_result file_client::get(const std::vector<std::string>& sources, const 
       return false;
     }
     g.fd.reset(fd);
+    // Reserve the file's space before asking for its bytes: a disk that
+    // cannot hold it is reported now, and nothing is sent. (get.begin
+    // reserves again if the server's size or resume point differ.)
+    const auto have = static_cast<std::uint64_t>(g.part_st.st_size);
+    if (g.entry.size > inline_max && g.entry.size > have) {
+      if (int e = util::preallocate(fd, have, g.entry.size - have)) {
+        r.errors.push_back({g.local, local_errc(e), local_message(e, g.local)});
+        if (have == 0) ::unlinkat(g.dir.get(), g.part.c_str(), 0);  // empty: nothing to resume
+        g.fd.reset();
+        g.dir.reset();
+        return false;
+      }
+      g.preallocated = true;
+    }
     return true;
   };
 

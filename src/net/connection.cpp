@@ -29,7 +29,8 @@ namespace {
 // page-cache writes that follow cost less per byte in large pieces (1 MiB
 // reads made uploads 1.7 -> 1.9 GB/s against 256 KiB). Shared per thread.
 constexpr std::size_t read_chunk = 1024 * 1024;
-constexpr int max_reads_per_wakeup = 8;  // fairness between connections on a loop
+// Fairness between connections on a loop: at most 2 MiB read per turn.
+constexpr int max_reads_per_wakeup = 2;
 // A drained send buffer larger than this is freed rather than kept: with 0,
 // every heap buffer is (an idle connection holds none).
 constexpr std::size_t keep_idle_buffer = 0;

@@ -293,7 +293,7 @@ struct files_session::upload {
 
   /// A part kept for a resume holds only what was written.
   void keep_for_resume() noexcept {
-    if (preallocated && file) util::release_preallocation(file.get(), written);
+    if (preallocated && file) util::release_preallocation(file.get());
     preallocated = false;
   }
 
@@ -885,6 +885,7 @@ void files_session::put_data(std::uint64_t id, const json& h, std::string_view p
         u.written = o;
         if (u.preallocated) {  // the truncation gave the reserved blocks back
           if (int e = util::preallocate(u.file.get(), o, *u.size - o)) {
+            if (o == 0) ::unlinkat(u.dir.get(), u.part.c_str(), 0);  // empty: nothing to resume
             return fail_upload(u, errc_for_errno(e), errno_message(e, "'" + u.leaf + "'"));
           }
         }

@@ -15,7 +15,7 @@
 #include <cstdint>
 #include <stdexcept>
 
-#include "util/xxh3_simd.hpp"
+#include "util/xxh3_simd.h"
 
 #if defined(CSKIT_XXH3_X86_DISPATCH)
 #include <cpuid.h>
@@ -40,7 +40,9 @@ std::string canonical_hex(XXH128_hash_t h) {
   return to_hex(c.digest, sizeof c.digest);
 }
 
-void xxh3_update_baseline(void* state, const void* data, std::size_t n) noexcept {
+using xxh3_update_fn = void (*)(void* state, const void* data, std::size_t n);
+
+void xxh3_update_baseline(void* state, const void* data, std::size_t n) {
   XXH3_128bits_update(static_cast<XXH3_state_t*>(state), data, n);
 }
 
@@ -74,7 +76,7 @@ const x86_vector_units& vector_units() {
 
 struct xxh3_variant_entry {
   std::string_view name;
-  detail::xxh3_update_fn update;
+  xxh3_update_fn update;
   bool (*usable)();
 };
 
@@ -82,8 +84,8 @@ struct xxh3_variant_entry {
 const xxh3_variant_entry xxh3_table[] = {
     {"baseline", xxh3_update_baseline, [] { return true; }},
 #if defined(CSKIT_XXH3_X86_DISPATCH)
-    {"avx2", detail::xxh3_update_avx2, [] { return vector_units().avx2; }},
-    {"avx512", detail::xxh3_update_avx512, [] { return vector_units().avx512f; }},
+    {"avx2", cskit_xxh3_update_avx2, [] { return vector_units().avx2; }},
+    {"avx512", cskit_xxh3_update_avx512, [] { return vector_units().avx512f; }},
 #endif
 };
 

@@ -6,7 +6,9 @@
 #include <sys/file.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -105,18 +107,34 @@ int hash_file_range(int fd, std::uint64_t offset, std::uint64_t length, content_
 
 int preallocate(int fd, std::uint64_t offset, std::uint64_t length) noexcept {
   if (length == 0) return 0;
+  struct statfs fs {};
+  if (::fstatfs(fd, &fs) == 0 && fs.f_type == TMPFS_MAGIC) {
+    // tmpfs reserves by allocating the pages at once (0.35 s per GiB here,
+    // on the caller's thread, which may be an event loop), and gains
+    // nothing by it: only check that the space is there.
+    const auto free_bytes = static_cast<std::uint64_t>(fs.f_bavail) * static_cast<std::uint64_t>(fs.f_bsize);
+    return length > free_bytes ? ENOSPC : 0;
+  }
   // The system call itself, not posix_fallocate, which emulates missing
   // support by writing every block.
   while (::fallocate(fd, FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset), static_cast<off_t>(length)) != 0) {
-    if (errno == EINTR) continue;
-    return errno == ENOSPC || errno == EDQUOT || errno == EFBIG ? errno : 0;
+    const int e = errno;
+    if (e == EINTR) continue;
+    if (e != ENOSPC && e != EDQUOT && e != EFBIG) return 0;
+    // A file system may have reserved part of the range before it ran
+    // out (ext4 does): give that back, or the refusal itself would leave
+    // the disk fuller, and a part kept for a resume would hold it.
+    release_preallocation(fd);
+    return e;
   }
   return 0;
 }
 
-void release_preallocation(int fd, std::uint64_t size) noexcept {
-  // Truncating to the current size frees the blocks past it (ext4, xfs).
-  (void)::ftruncate(fd, static_cast<off_t>(size));
+void release_preallocation(int fd) noexcept {
+  // Truncating a file to its own size frees the blocks past it (ext4, xfs,
+  // tmpfs); KEEP_SIZE never moved the size, so it is where the data ends.
+  struct stat st {};
+  if (::fstat(fd, &st) == 0) (void)::ftruncate(fd, st.st_size);
 }
 
 int write_all(int fd, const void* data, std::size_t n) noexcept {

@@ -23,13 +23,16 @@ int hash_file_range(int fd, std::uint64_t offset, std::uint64_t length, content_
 /// without changing its size (fallocate with FALLOC_FL_KEEP_SIZE), so that
 /// writing them cannot run out of space, and costs less: ext4 skips its
 /// delayed allocation per block (page-cache writes 4.2 -> 5.1 GB/s here).
-/// Returns ENOSPC, EDQUOT or EFBIG when the space is not there; 0 on
+/// Returns ENOSPC, EDQUOT or EFBIG when the space is not there (and
+/// nothing past the file's size stays reserved then); 0 on
 /// success and wherever the file system cannot preallocate (the writes
-/// then find out as before). Blocks past the size stay reserved until the
-/// file is truncated: see release_preallocation.
+/// then find out as before). On tmpfs, where reserving means allocating
+/// the pages at once, only the free space is checked. Blocks past the size
+/// stay reserved until the file is truncated: see release_preallocation.
 int preallocate(int fd, std::uint64_t offset, std::uint64_t length) noexcept;
-/// Gives back blocks reserved past `size` (a transfer that stopped short).
-void release_preallocation(int fd, std::uint64_t size) noexcept;
+/// Gives back the blocks reserved past the end of the file's data (a
+/// transfer that stopped short).
+void release_preallocation(int fd) noexcept;
 
 /// write(2) until done; returns 0 or an errno.
 int write_all(int fd, const void* data, std::size_t n) noexcept;

@@ -1566,17 +1566,73 @@ class DiskFull(OnSmallTmpfs):
             self.assertEqual(part_files(self.mnt), [], "a part with nothing in it is not kept")
 
 
-class DiskFullOnResume(OnSmallTmpfs):
+def try_ext4(image, path, size_mb):
+    """Mounts a new ext4 of size_mb MiB (a loop device over `image`) at `path`."""
+    if os.geteuid() != 0 or not shutil.which("mkfs.ext4"):
+        return False
+    with open(image, "wb") as f:
+        f.truncate(size_mb * MiB)
+    if subprocess.run(["mkfs.ext4", "-q", "-F", image], capture_output=True, timeout=60).returncode != 0:
+        return False
+    return subprocess.run(["mount", "-o", "loop", image, path], capture_output=True, timeout=30).returncode == 0
+
+
+class OnSmallExt4(unittest.TestCase):
+    """A new ext4 of EXT4_MB MiB, on a loop device, mounted at self.mnt."""
+    EXT4_MB = 64
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="cskit-ext4-")
+        self.mnt = os.path.join(self.tmp, "mnt")
+        os.makedirs(self.mnt)
+        if not try_ext4(os.path.join(self.tmp, "img"), self.mnt, self.EXT4_MB):
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.skipTest("needs root, mkfs.ext4 and a loop device")
+
+    def tearDown(self):
+        subprocess.run(["umount", "-l", self.mnt], capture_output=True, timeout=20)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def free(self):
+        st = os.statvfs(self.mnt)
+        return st.f_bavail * st.f_frsize
+
+
+class DiskFullExt4(OnSmallExt4):
+    """On ext4 a refused fallocate keeps what it reserved before it ran out (tmpfs undoes it): a
+    transfer refused for space must give that back, or the refusal itself would fill the disk."""
+
+    def refused(self, args, env):
+        before = self.free()
+        r = subprocess.run([BIN, *args], env=env, capture_output=True, text=True, timeout=120)
+        self.assertEqual(r.returncode, EXIT_NO_SPACE, r.stderr)
+        self.assertIn("no space", r.stderr)
+        self.assertEqual(part_files(self.mnt), [])
+        self.assertGreaterEqual(self.free(), before - 64 * 1024, "space reserved for the refused file was kept")
+
+    def test_put_refused_gives_the_space_back(self):
+        src = os.path.join(self.tmp, "big.bin")
+        write_big(src, 100 * MiB)
+        with Server(share=self.mnt) as srv:
+            self.refused(["put", src, f"{srv.address}:big.bin"], dict(srv.env, CSKIT_TOKEN=TOKEN))
+
+    def test_get_refused_gives_the_space_back(self):
+        with Server() as srv:
+            write_big(os.path.join(srv.share, "big.bin"), 100 * MiB)
+            self.refused(["get", f"{srv.address}:big.bin", self.mnt], dict(srv.env, CSKIT_TOKEN=TOKEN))
+
+
+class DiskFullOnResume(OnSmallExt4):
     """An interrupted transfer resumed onto a disk that has filled up meanwhile: refused at once, the
-    part keeps what it had; once space is freed, the same command finishes the file."""
-    TMPFS = "160m"
+    part keeps what it had; once space is freed, the same command finishes the file. On ext4, where
+    the space of a file is reserved before its data moves, and given back when the transfer stops."""
+    EXT4_MB = 176
     SIZE = 128 * MiB
 
     def fill(self, leave):
-        """Fills the tmpfs up to `leave` bytes free."""
-        st = os.statvfs(self.mnt)
+        """Fills the file system up to `leave` bytes free."""
         filler = os.path.join(self.mnt, "filler")
-        write_big(filler, st.f_bavail * st.f_frsize - leave)
+        write_big(filler, self.free() - leave)
         return filler
 
     def resume_onto_full_disk(self, srv, args, watch_dir, final, src, victim):
@@ -1597,12 +1653,16 @@ class DiskFullOnResume(OnSmallTmpfs):
         self.assertTrue(wait_until(lambda: not server_holds_a_part(srv.proc.pid), 20))
         kept = part_size(watch_dir)
         self.assertGreaterEqual(kept, 16 * MiB)
-        filler = self.fill(8 * MiB)  # less than what is still to come
+        self.assertGreaterEqual(self.SIZE - kept, 4 * MiB, "interrupted too late to leave anything to resume")
+        filler = self.fill((self.SIZE - kept) // 2)  # room for half of what is still to come
+        free = self.free()
         r = subprocess.run([BIN, *args], env=env, capture_output=True, text=True, timeout=120)
         self.assertEqual(r.returncode, EXIT_NO_SPACE, r.stderr)
         self.assertIn("no space", r.stderr)
         self.assertFalse(os.path.exists(final))
         self.assertEqual(part_size(watch_dir), kept, "the part keeps what it had")
+        # ext4 keeps what it could reserve before it ran out: the refusal must give it back.
+        self.assertGreaterEqual(self.free(), free - 64 * 1024, "the refused reservation still holds space")
         os.unlink(filler)
         r = subprocess.run([BIN, *args], env=env, capture_output=True, text=True, timeout=120)
         self.assertEqual(r.returncode, EXIT_OK, r.stderr)
