@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import pwd
+import random
 import re
 import resource
 import select
@@ -591,12 +592,15 @@ def timed_pipe(receiver, sender, port, timeout):
         rp.stderr.close()
 
 
-def rotated(cases, rnd):
-    """The cases of round `rnd`, starting at a different one each round: what a
-    case runs after (iperf3 leaves this VM slower for a while; deleting a big
-    tree slows ext4 down) is then not the same case every time."""
-    k = rnd % len(cases)
-    return cases[k:] + cases[:k]
+def shuffled(cases, rnd):
+    """The cases of round `rnd` in an order of their own (seeded by the round,
+    so a run can be repeated): what a case runs after matters on this VM
+    (iperf3 leaves it slower for a while; deleting a big tree slows ext4),
+    and in a fixed or merely rotated order each case would nearly always
+    follow the same other one."""
+    order = list(cases)
+    random.Random(1000 + rnd).shuffle(order)
+    return order
 
 
 def sync():
@@ -648,7 +652,7 @@ def bench_files(binary, runs, file_mb=2048, tree_files=10000, command="", client
     """File transfer: cskit get/put against iperf3, scp, an rsync daemon and a
     socat pipe (one big page-cached file), a tree of small files against scp -r,
     rsync -r and tar|socat|tar, and the server's RSS during concurrent transfers.
-    Tools alternate within each round (rotated each round); round 0 is an untimed warm-up."""
+    Every tool runs once per round, in an order shuffled anew each round; round 0 is an untimed warm-up."""
     size = file_mb << 20
     client_size = client_mb << 20
     tmp_root = tempfile.gettempdir()
@@ -750,7 +754,7 @@ def bench_files(binary, runs, file_mb=2048, tree_files=10000, command="", client
         previous = None
         scratch = os.path.join(recv, "scratch.bin")
         for rnd in range(runs + 1):
-            for name, run in rotated(big_cases, rnd):
+            for name, run in shuffled(big_cases, rnd):
                 # Warm (BENCHMARKING.md quirk 1): delete the last received file, sync, run at once.
                 if previous:
                     os.unlink(previous)
@@ -831,7 +835,7 @@ def bench_files(binary, runs, file_mb=2048, tree_files=10000, command="", client
         ]
         tree_res = {name: [] for name, _ in tree_cases}
         for rnd in range(runs + 1):
-            for name, run in rotated(tree_cases, rnd):
+            for name, run in shuffled(tree_cases, rnd):
                 sync()  # nothing of the previous run is left to write back (cskit ends with syncfs)
                 t, dst = run(rnd)
                 check_tree(dst, expected)
@@ -1061,9 +1065,8 @@ def files_report(big_res, tree_res, mem, runs, file_mb, tree_files, clients, cli
 
     md = [f"## File transfer (`{command}`)", "",
           f"Loopback, {runs} timed round{'s' if runs != 1 else ''} after one untimed warm-up round, "
-          "tools alternating within each round, each round starting one tool later than the last (so that "
-          "no tool always runs right after the same one); median and min–max. Every received file or tree "
-          "is checked "
+          "every tool once per round, in an order shuffled anew each round (seeded, so that no tool always "
+          "runs right after the same one); median and min–max. Every received file or tree is checked "
           "(size and `cmp`, or every file's bytes) outside the timed part. scp is OpenSSH's (SFTP protocol) "
           "against a private sshd with ~/.bashrc masked when run as root; rsync talks to "
           "`rsync --daemon --no-detach`. cskit fsyncs every received file before renaming it into place "
