@@ -1504,21 +1504,37 @@ def try_tmpfs(path, size="8m"):
     return r.returncode == 0
 
 
-class OnSmallTmpfs(unittest.TestCase):
-    """A tmpfs of TMPFS bytes mounted at self.mnt."""
-    TMPFS = "8m"
+class OnSmallFs(unittest.TestCase):
+    """A small file system of its own, mounted at self.mnt by mount() (skipped where it cannot be)."""
+    why_skipped = "needs root and a mount"
+
+    def mount(self):
+        raise NotImplementedError
 
     def setUp(self):
-        self.tmp = tempfile.mkdtemp(prefix="cskit-full-")
+        self.tmp = tempfile.mkdtemp(prefix="cskit-fs-")
         self.mnt = os.path.join(self.tmp, "mnt")
         os.makedirs(self.mnt)
-        if not try_tmpfs(self.mnt, self.TMPFS):
+        if not self.mount():
             shutil.rmtree(self.tmp, ignore_errors=True)
-            self.skipTest("needs root and tmpfs mounts")
+            self.skipTest(self.why_skipped)
 
     def tearDown(self):
         subprocess.run(["umount", "-l", self.mnt], capture_output=True, timeout=20)
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def free(self):
+        st = os.statvfs(self.mnt)
+        return st.f_bavail * st.f_frsize
+
+
+class OnSmallTmpfs(OnSmallFs):
+    """A tmpfs of TMPFS bytes."""
+    TMPFS = "8m"
+    why_skipped = "needs root and tmpfs mounts"
+
+    def mount(self):
+        return try_tmpfs(self.mnt, self.TMPFS)
 
 
 class DiskFull(OnSmallTmpfs):
@@ -1577,25 +1593,13 @@ def try_ext4(image, path, size_mb):
     return subprocess.run(["mount", "-o", "loop", image, path], capture_output=True, timeout=30).returncode == 0
 
 
-class OnSmallExt4(unittest.TestCase):
-    """A new ext4 of EXT4_MB MiB, on a loop device, mounted at self.mnt."""
+class OnSmallExt4(OnSmallFs):
+    """A new ext4 of EXT4_MB MiB, on a loop device."""
     EXT4_MB = 64
+    why_skipped = "needs root, mkfs.ext4 and a loop device"
 
-    def setUp(self):
-        self.tmp = tempfile.mkdtemp(prefix="cskit-ext4-")
-        self.mnt = os.path.join(self.tmp, "mnt")
-        os.makedirs(self.mnt)
-        if not try_ext4(os.path.join(self.tmp, "img"), self.mnt, self.EXT4_MB):
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            self.skipTest("needs root, mkfs.ext4 and a loop device")
-
-    def tearDown(self):
-        subprocess.run(["umount", "-l", self.mnt], capture_output=True, timeout=20)
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def free(self):
-        st = os.statvfs(self.mnt)
-        return st.f_bavail * st.f_frsize
+    def mount(self):
+        return try_ext4(os.path.join(self.tmp, "img"), self.mnt, self.EXT4_MB)
 
 
 class DiskFullExt4(OnSmallExt4):
