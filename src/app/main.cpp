@@ -101,23 +101,29 @@ int main_impl(int argc, char** argv) {
                                         std::to_string(proto::protocol_version) + ")");
   app.require_subcommand(1);
 
-  // Only the chosen command gets its options: building every command's
-  // options costs about a millisecond of start-up, which is a large part of
-  // a `cskit exec` round trip. `cskit help`, `cskit --help`, an unknown or a
-  // missing command build them all (help and error messages list them).
+  // Only the chosen command is built: constructing every command (each a
+  // CLI::App with its own help flag) and every command's options cost about
+  // half of a client's start-up instructions, and `cskit exec -- true` is
+  // timed from a fresh process. `cskit help`, `cskit --help`, an unknown or
+  // a missing command build them all (help and error messages list them).
   static constexpr std::string_view command_names[] = {"serve", "ping", "time", "sync", "info", "exec", "chat",
                                                       "put", "get", "ls", "stat", "mkdir", "rm", "mv", "help"};
   const std::string_view chosen = argc > 1 ? std::string_view(argv[1]) : std::string_view();
   const bool known = std::find(std::begin(command_names), std::end(command_names), chosen) != std::end(command_names);
   const bool build_all = chosen == "help" || (!known && chosen != "--version");
   auto wanted = [&](std::string_view name) { return build_all || chosen == name; };
+  // The command `name`, or nullptr when it is not built.
+  auto command = [&](const char* name, const char* description) -> CLI::App* {
+    return wanted(name) ? app.add_subcommand(name, description) : nullptr;
+  };
+  auto chose = [](const CLI::App* cmd) { return cmd != nullptr && cmd->parsed(); };
 
   // serve
   serve_options serve;
   std::chrono::seconds::rep idle = 300, handshake = 10, frame = 30, grace = 5;
   std::string root, state_dir;
-  auto* serve_cmd = app.add_subcommand("serve", "Run the server (binds 127.0.0.1:7701 unless told otherwise)");
-  if (wanted("serve")) {
+  auto* serve_cmd = command("serve", "Run the server (binds 127.0.0.1:7701 unless told otherwise)");
+  if (serve_cmd) {
     serve_cmd->add_option("--listen,-l", serve.config.listen, "ADDR:PORT to listen on (port 0: any free port)");
     serve_cmd->add_option("--root,-r", root, "Directory to share (default: <state dir>/share)");
     serve_cmd->add_option("--config,-c", serve.config_file, "TOML config file (users, limits); flags override it")
@@ -146,9 +152,9 @@ int main_impl(int argc, char** argv) {
 
   // ping
   ping_options ping;
-  auto* ping_cmd = app.add_subcommand("ping", "Authenticate, then measure round trips with ping frames");
+  auto* ping_cmd = command("ping", "Authenticate, then measure round trips with ping frames");
   bool ping_udp = false;
-  if (wanted("ping")) {
+  if (ping_cmd) {
     add_client_options(*ping_cmd, ping.common);
     ping_cmd->add_option("--count,-c", ping.count, "Probes to send (default: until Ctrl-C)")
         ->check(CLI::Range(0L, 100000000L));
@@ -174,12 +180,12 @@ int main_impl(int argc, char** argv) {
         ->check(CLI::Range(2, 4));
     cmd.add_flag("--json", t.json, "Print one JSON object instead of text");
   };
-  auto* time_cmd = app.add_subcommand("time", "Ask an NTP server (cskit's or any other) for the time and the offset");
-  if (wanted("time")) add_time_options(*time_cmd, time_opts);
+  auto* time_cmd = command("time", "Ask an NTP server (cskit's or any other) for the time and the offset");
+  if (time_cmd) add_time_options(*time_cmd, time_opts);
   sync_options sync_opts;
-  auto* sync_cmd = app.add_subcommand(
+  auto* sync_cmd = command(
       "sync", "Measure like 'time', then slew the clock (offset under 0.5 s) or step it (needs CAP_SYS_TIME)");
-  if (wanted("sync")) {
+  if (sync_cmd) {
     add_time_options(*sync_cmd, sync_opts.query);
     sync_cmd->add_flag("--dry-run", sync_opts.dry_run, "Only report what would be done");
     auto* step_flag = sync_cmd->add_flag("--step", sync_opts.force_step, "Step the clock whatever the offset");
@@ -188,15 +194,15 @@ int main_impl(int argc, char** argv) {
 
   // info
   client_common info;
-  auto* info_cmd = app.add_subcommand("info", "Show the server's name, version, services and your permissions");
-  if (wanted("info")) add_client_options(*info_cmd, info);
+  auto* info_cmd = command("info", "Show the server's name, version, services and your permissions");
+  if (info_cmd) add_client_options(*info_cmd, info);
 
   // exec
   exec_options exec;
   std::vector<std::string> exec_words;
-  auto* exec_cmd = app.add_subcommand(
+  auto* exec_cmd = command(
       "exec", "Run a command on one or more servers: cskit exec HOST[,HOST...] [options] -- CMD [ARG...]");
-  if (wanted("exec")) {
+  if (exec_cmd) {
     exec_cmd->add_option("host", exec_words, "HOST[,HOST...] (none with --hosts); the command follows --");
     exec_cmd->add_flag("-t,--tty", exec.tty, "Run the command on a terminal (interactive programs; one host only)");
     exec_cmd->add_flag("-n,--no-stdin", exec.no_stdin, "Give the command /dev/null as stdin");
@@ -221,8 +227,8 @@ int main_impl(int argc, char** argv) {
 
   // chat
   chat_options chat;
-  auto* chat_cmd = app.add_subcommand("chat", "Chat in rooms: cskit chat HOST [--nick NAME] [--room ROOM]");
-  if (wanted("chat")) {
+  auto* chat_cmd = command("chat", "Chat in rooms: cskit chat HOST [--nick NAME] [--room ROOM]");
+  if (chat_cmd) {
     add_client_options(*chat_cmd, chat.common);
     chat_cmd->add_option("--nick,-N", chat.nick, "Nickname (default: your user name)");
     chat_cmd->add_option("--room", chat.room, "Room to join first (default: the server's default room)");
@@ -238,10 +244,10 @@ server's share; HOST: alone is the share's root. Exit codes beyond the common on
 9 disk full, 10 quota exceeded, 11 content digest mismatch (nothing committed),
 12 the source changed or vanished, 13 not found, 14 already exists.)";
   files_options put_o, get_o, ls_o, stat_o, mkdir_o, rm_o, mv_o;
-  auto* put_cmd = app.add_subcommand("put", "Upload files: cskit put [-r] [-p] LOCAL... HOST:[REMOTE] ('-' is stdin)");
-  auto* get_cmd = app.add_subcommand("get", "Download files: cskit get [-r] [-p] HOST:REMOTE... [LOCAL] ('-' is stdout)");
+  auto* put_cmd = command("put", "Upload files: cskit put [-r] [-p] LOCAL... HOST:[REMOTE] ('-' is stdin)");
+  auto* get_cmd = command("get", "Download files: cskit get [-r] [-p] HOST:REMOTE... [LOCAL] ('-' is stdout)");
   for (auto [cmd, o] : {std::pair{put_cmd, &put_o}, std::pair{get_cmd, &get_o}}) {
-    if (!wanted(cmd->get_name())) continue;
+    if (cmd == nullptr) continue;
     cmd->add_option("paths", o->args, "Sources, then the destination")->required();
     cmd->add_flag("-r,--recursive", o->recursive, "Copy directories and everything in them");
     cmd->add_flag("-p,--preserve", o->preserve, "Keep modification times and permission bits");
@@ -255,43 +261,43 @@ it is written, written to a part file, flushed, and renamed into place only when
 match. Run the same command again after an interruption: it resumes where it stopped.
 )") + remote_help);
   }
-  if (wanted("get")) get_cmd->add_flag("--no-fsync", get_o.no_fsync,
+  if (get_cmd) get_cmd->add_flag("--no-fsync", get_o.no_fsync,
                     "Do not flush downloaded files to disk before renaming them into place (faster, like scp; "
                     "a power failure can then leave an incomplete file)");
-  auto* ls_cmd = app.add_subcommand("ls", "List a remote directory: cskit ls [-l] [-R] HOST:[PATH]");
-  if (wanted("ls")) {
+  auto* ls_cmd = command("ls", "List a remote directory: cskit ls [-l] [-R] HOST:[PATH]");
+  if (ls_cmd) {
     ls_cmd->add_option("path", ls_o.args, "HOST:[PATH]")->required();
     ls_cmd->add_flag("-l", ls_o.long_format, "Long format: type, permissions, size, time");
     ls_cmd->add_flag("-R,--recursive", ls_o.recursive, "List everything below, as relative paths");
   }
-  auto* stat_cmd = app.add_subcommand("stat", "Show a remote file's type, size, permissions and time");
-  if (wanted("stat")) stat_cmd->add_option("path", stat_o.args, "HOST:PATH")->required();
-  auto* mkdir_cmd = app.add_subcommand("mkdir", "Create a remote directory: cskit mkdir [-p] HOST:PATH");
-  if (wanted("mkdir")) {
+  auto* stat_cmd = command("stat", "Show a remote file's type, size, permissions and time");
+  if (stat_cmd) stat_cmd->add_option("path", stat_o.args, "HOST:PATH")->required();
+  auto* mkdir_cmd = command("mkdir", "Create a remote directory: cskit mkdir [-p] HOST:PATH");
+  if (mkdir_cmd) {
     mkdir_cmd->add_option("path", mkdir_o.args, "HOST:PATH")->required();
     mkdir_cmd->add_flag("-p,--parents", mkdir_o.parents, "Create missing parents; no error if it exists");
   }
-  auto* rm_cmd = app.add_subcommand("rm", "Remove a remote file or directory: cskit rm [-r] HOST:PATH");
-  if (wanted("rm")) {
+  auto* rm_cmd = command("rm", "Remove a remote file or directory: cskit rm [-r] HOST:PATH");
+  if (rm_cmd) {
     rm_cmd->add_option("path", rm_o.args, "HOST:PATH")->required();
     rm_cmd->add_flag("-r,--recursive", rm_o.recursive, "Remove a directory and everything in it");
   }
-  auto* mv_cmd = app.add_subcommand("mv", "Move or rename on the server: cskit mv HOST:FROM TO");
-  if (wanted("mv")) {
+  auto* mv_cmd = command("mv", "Move or rename on the server: cskit mv HOST:FROM TO");
+  if (mv_cmd) {
     mv_cmd->add_option("paths", mv_o.args, "HOST:FROM and TO (a path on the same server)")->required();
     mv_cmd->add_flag("-n,--no-clobber", mv_o.no_clobber, "Never replace an existing file");
   }
   for (auto [cmd, o] : {std::pair{ls_cmd, &ls_o}, std::pair{stat_cmd, &stat_o}, std::pair{mkdir_cmd, &mkdir_o},
                         std::pair{rm_cmd, &rm_o}, std::pair{mv_cmd, &mv_o}}) {
-    if (!wanted(cmd->get_name())) continue;
+    if (cmd == nullptr) continue;
     add_login_options(*cmd, o->common);
     cmd->footer(remote_help);
   }
 
   // help
   std::vector<std::string> help_topic;
-  auto* help_cmd = app.add_subcommand("help", "Show help for cskit or for one command");
-  if (wanted("help")) help_cmd->add_option("command", help_topic, "Command to describe");
+  auto* help_cmd = command("help", "Show help for cskit or for one command");
+  if (help_cmd) help_cmd->add_option("command", help_topic, "Command to describe");
 
   // Only `cskit help` needs the top-level help; it is produced before
   // parsing (which selects a subcommand), so only when asked for.
@@ -317,7 +323,7 @@ match. Run the same command again after an interruption: it resumes where it sto
     return rc == 0 ? exit_code::ok : exit_code::usage;
   }
 
-  if (*help_cmd) {
+  if (chose(help_cmd)) {
     if (help_topic.empty()) {
       std::printf("%s", main_help.c_str());
       return exit_code::ok;
@@ -330,7 +336,7 @@ match. Run the same command again after an interruption: it resumes where it sto
       return exit_code::usage;
     }
   }
-  if (*serve_cmd) {
+  if (chose(serve_cmd)) {
     serve.config.idle_timeout = std::chrono::seconds(idle);
     serve.config.handshake_timeout = std::chrono::seconds(handshake);
     serve.config.frame_timeout = std::chrono::seconds(frame);
@@ -339,7 +345,7 @@ match. Run the same command again after an interruption: it resumes where it sto
     serve.config.state_dir = state_dir;
     return run_serve_impl(std::move(serve), *serve_cmd);
   }
-  if (*ping_cmd && ping_udp) {
+  if (chose(ping_cmd) && ping_udp) {
     udp_ping_options u;
     u.host = ping.common.host;
     u.count = ping.count;
@@ -354,10 +360,10 @@ match. Run the same command again after an interruption: it resumes where it sto
     }
     return run_udp_ping(u);
   }
-  if (*ping_cmd) return run_ping(ping);
-  if (*time_cmd) return run_time(time_opts);
-  if (*chat_cmd) return run_chat(chat);
-  if (*exec_cmd) {
+  if (chose(ping_cmd)) return run_ping(ping);
+  if (chose(time_cmd)) return run_time(time_opts);
+  if (chose(chat_cmd)) return run_chat(chat);
+  if (chose(exec_cmd)) {
     // Positionals: HOST, then the command (everything after --). With
     // --hosts FILE there is no HOST word.
     if (exec.hosts_file.empty() == exec_words.empty() || exec_words.size() > 1) {
@@ -369,15 +375,15 @@ match. Run the same command again after an interruption: it resumes where it sto
     exec.common.timeout = 30;
     return run_exec(exec);
   }
-  if (*put_cmd) return run_put(put_o);
-  if (*get_cmd) return run_get(get_o);
-  if (*ls_cmd) return run_ls(ls_o);
-  if (*stat_cmd) return run_stat(stat_o);
-  if (*mkdir_cmd) return run_mkdir(mkdir_o);
-  if (*rm_cmd) return run_rm(rm_o);
-  if (*mv_cmd) return run_mv(mv_o);
-  if (*sync_cmd) return run_sync(sync_opts);
-  if (*info_cmd) return run_info(info);
+  if (chose(put_cmd)) return run_put(put_o);
+  if (chose(get_cmd)) return run_get(get_o);
+  if (chose(ls_cmd)) return run_ls(ls_o);
+  if (chose(stat_cmd)) return run_stat(stat_o);
+  if (chose(mkdir_cmd)) return run_mkdir(mkdir_o);
+  if (chose(rm_cmd)) return run_rm(rm_o);
+  if (chose(mv_cmd)) return run_mv(mv_o);
+  if (chose(sync_cmd)) return run_sync(sync_opts);
+  if (chose(info_cmd)) return run_info(info);
   return exit_code::usage;
 }
 
