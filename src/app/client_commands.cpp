@@ -10,6 +10,7 @@
 #include "app/commands.hpp"
 #include "proto/limits.hpp"
 #include "proto/messages.hpp"
+#include "util/rounding.hpp"
 
 namespace cskit::app {
 
@@ -46,7 +47,7 @@ volatile std::sig_atomic_t interrupted = 0;
 extern "C" void on_sigint(int) { interrupted = 1; }
 
 // Milliseconds rounded to the microsecond, for JSON output.
-double round_us(double ms) { return std::round(ms * 1000.0) / 1000.0; }
+double round_us(double ms) { return util::round_to_places(ms, 3); }
 
 std::chrono::milliseconds ms(double seconds) {
   return std::chrono::milliseconds(static_cast<long long>(seconds * 1000.0));

@@ -11,6 +11,7 @@
 
 #include "app/commands.hpp"
 #include "client/files.hpp"
+#include "util/rounding.hpp"
 
 namespace cskit::app {
 
@@ -165,8 +166,8 @@ int finish_transfer(const char* cmd, const files_options& o, const client::trans
               {"symlinks", r.symlinks},
               {"bytes", r.bytes},
               {"resumed_bytes", r.resumed_bytes},
-              {"seconds", std::round(r.seconds * 1e6) / 1e6},
-              {"bytes_per_second", r.seconds > 0 ? std::round(static_cast<double>(r.bytes - r.resumed_bytes) / r.seconds) : 0.0},
+              {"seconds", util::round_to_places(r.seconds, 6)},
+              {"bytes_per_second", r.seconds > 0 ? util::round_half_away(static_cast<double>(r.bytes - r.resumed_bytes) / r.seconds) : 0.0},
               {"digest", o.verify == "sha256" ? "xxh3-128+sha256" : "xxh3-128"},
               {"errors", errs}};
     std::printf("%s\n", j.dump(-1, ' ', false, json::error_handler_t::replace).c_str());

@@ -17,6 +17,7 @@
 #include "client/udp_ping.hpp"
 #include "service/echo.hpp"
 #include "util/clock.hpp"
+#include "util/rounding.hpp"
 
 namespace cskit::app {
 
@@ -28,7 +29,7 @@ namespace {
 volatile std::sig_atomic_t stop_requested = 0;
 extern "C" void on_stop_signal(int) { stop_requested = 1; }
 
-double round_us(double ms) { return std::round(ms * 1000.0) / 1000.0; }
+double round_us(double ms) { return util::round_to_places(ms, 3); }
 
 std::optional<client::udp_socket> open_udp(const std::string& host, std::uint16_t default_port, bool as_json,
                                            int& rc) {

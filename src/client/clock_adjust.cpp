@@ -1,4 +1,5 @@
 #include "client/clock_adjust.hpp"
+#include "util/rounding.hpp"
 
 #include <linux/capability.h>
 #include <sys/syscall.h>
@@ -36,7 +37,7 @@ bool adjust_clock(double offset, clock_method method, std::string& error) {
     error = "offset is not a number";
     return false;
   }
-  const auto total_ns = static_cast<long long>(std::llround(offset * 1e9));
+  const auto total_ns = static_cast<long long>(util::round_to_int64(offset * 1e9));
   long long sec = total_ns / 1'000'000'000;
   long long nsec = total_ns % 1'000'000'000;
   if (nsec < 0) {  // the kernel wants 0 <= fraction < 1 s
@@ -46,7 +47,7 @@ bool adjust_clock(double offset, clock_method method, std::string& error) {
   int rc;
   if (method == clock_method::slew) {
     // adjtime() takes microseconds, with the same sign convention.
-    long long usec_total = std::llround(offset * 1e6);
+    long long usec_total = util::round_to_int64(offset * 1e6);
     timeval delta{static_cast<time_t>(usec_total / 1'000'000), static_cast<suseconds_t>(usec_total % 1'000'000)};
     rc = ::adjtime(&delta, nullptr);
   } else {

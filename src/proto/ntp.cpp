@@ -1,4 +1,5 @@
 #include "proto/ntp.hpp"
+#include "util/rounding.hpp"
 
 #include <cmath>
 #include <cstring>
@@ -64,7 +65,7 @@ double short_to_seconds(std::uint32_t v) noexcept { return v / 65536.0; }
 std::uint32_t seconds_to_short(double s) noexcept {
   if (!(s > 0)) return 0;  // also NaN
   if (s >= 65536.0) return 0xffffffffu;
-  const long long v = std::llround(s * 65536.0);
+  const long long v = util::round_to_int64(s * 65536.0);
   return v > 0xffffffffLL ? 0xffffffffu : static_cast<std::uint32_t>(v);
 }
 

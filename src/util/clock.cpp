@@ -33,10 +33,17 @@ int clock_precision_log2() noexcept {
       const std::int64_t end = read(CLOCK_REALTIME);
       read_cost = std::min(read_cost, static_cast<double>(end - start) * 1e-9 / n);
     }
-    const double p = std::max({resolution, read_cost, 1e-9});
-    return std::clamp(static_cast<int>(std::ceil(std::log2(p))), -30, 0);
+    return precision_exponent(std::max({resolution, read_cost, 1e-9}));
   }();
   return precision;
+}
+
+int precision_exponent(double seconds) noexcept {
+  // Counted up exactly (powers of two are exact doubles) instead of with
+  // log2(), which would make the binary load libm (tests/only_libc.cmake).
+  int k = -30;
+  for (double power = 0x1p-30; k < 0 && power < seconds; power *= 2) ++k;
+  return k;
 }
 
 int kernel_leap_pending() noexcept {

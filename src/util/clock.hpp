@@ -15,6 +15,10 @@ std::int64_t monotonic_ns() noexcept;
 /// (-20 is about a microsecond). Measured once, on the first call.
 int clock_precision_log2() noexcept;
 
+/// ceil(log2(seconds)) clamped to [-30, 0], the exponent of the smallest
+/// power of two not below `seconds`; -30 for anything not above 2^-30.
+int precision_exponent(double seconds) noexcept;
+
 /// Leap second the kernel has been told about (adjtimex STA_INS/STA_DEL):
 /// 1 for an inserted second, 2 for a deleted one, 0 for none. Read at most
 /// once a second.
