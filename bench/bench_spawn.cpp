@@ -11,6 +11,7 @@
 // With --vs, compares two commands (say, two builds of cskit) in one
 // series: runs alternate A B B A A B ..., so that the VM's slow and fast
 // phases fall on both alike. Prints each one's figures and B's p50 over A's.
+// The first --vs is the separator, so A's own arguments cannot contain one.
 
 #include <fcntl.h>
 #include <spawn.h>
