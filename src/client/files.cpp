@@ -814,7 +814,8 @@ transfer_result file_client::get(const std::vector<std::string>& sources, const 
     g.fd.reset(fd);
     // Reserve the file's space before asking for its bytes: a disk that
     // cannot hold it is reported now, and nothing is sent. (get.begin
-    // reserves again if the server's size or resume point differ.)
+    // reserves again only if the server's size differs or the part was
+    // truncated, which gave the blocks back.)
     const auto have = static_cast<std::uint64_t>(g.part_st.st_size);
     if (g.entry.size > inline_max && g.entry.size > have) {
       if (int e = util::preallocate(fd, have, g.entry.size - have)) {
@@ -881,6 +882,7 @@ transfer_result file_client::get(const std::vector<std::string>& sources, const 
     if (to_stdout || g.part_st.st_size == 0) return;
     if (::ftruncate(g.fd.get(), 0) != 0) return fail(g, local_errc(errno), local_message(errno, g.local), false);
     g.part_st.st_size = 0;
+    g.preallocated = false;  // truncating gave the reserved blocks back
   };
   auto finish = [&](get_file& g, const json& h) {
     ++prog.files_done;
@@ -977,10 +979,13 @@ transfer_result file_client::get(const std::vector<std::string>& sources, const 
         r.resumed_bytes += offset;
         prog.bytes_done += offset;
       }
+      const std::uint64_t listed_size = g.entry.size;
       g.entry.size = f.header.value("size", g.entry.size);
-      // Reserve the blocks still to come: a full disk is reported now,
+      // Reserve the blocks still to come, unless the reservation made
+      // before the request still covers them: a full disk is reported now,
       // not halfway, and writing into reserved blocks is cheaper.
-      if (!to_stdout && !g.failed && g.entry.size > g.pos) {
+      const bool still_reserved = g.preallocated && g.entry.size == listed_size;
+      if (!to_stdout && !g.failed && g.entry.size > g.pos && !still_reserved) {
         if (int e = util::preallocate(g.fd.get(), g.pos, g.entry.size - g.pos)) {
           fail(g, local_errc(e), local_message(e, g.local), g.pos == 0);  // an empty part: nothing to resume
         } else {

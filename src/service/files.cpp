@@ -291,15 +291,21 @@ struct files_session::upload {
   bool failed = false;  // answered with an error; waiting for put.end to forget it
   bool preallocated = false;  // blocks up to `size` are reserved (util::preallocate)
 
-  /// A part kept for a resume holds only what was written.
-  void keep_for_resume() noexcept {
-    if (preallocated && file) util::release_preallocation(file.get());
-    preallocated = false;
-  }
-
   /// Only a part with a known target size can be resumed; anything else
   /// is removed when the upload ends without a commit.
   bool resumable() const noexcept { return size.has_value() && !private_part; }
+
+  /// The upload ends without a commit: a resumable part is kept, holding
+  /// only what was written (its reservation is given back); any other
+  /// part, or any part when `discard`, is removed.
+  void leave_part(bool discard = false) noexcept {
+    if (discard || !resumable()) {
+      if (dir) ::unlinkat(dir.get(), part.c_str(), 0);
+    } else if (preallocated && file) {
+      util::release_preallocation(file.get());
+    }
+    preallocated = false;
+  }
   explicit upload(bool sha) : digest(sha), want_sha256(sha) {}
 };
 
@@ -319,8 +325,7 @@ files_session::~files_session() {
   // Uploads cut off by a closed connection keep their part files (they
   // are resumable); private parts are removed.
   for (auto& [id, u] : uploads_) {
-    if (!u->resumable() && u->dir) ::unlinkat(u->dir.get(), u->part.c_str(), 0);
-    if (u->resumable()) u->keep_for_resume();
+    u->leave_part();
     share_.release(u->reserved);
   }
 }
@@ -849,8 +854,7 @@ void files_session::do_put(std::uint64_t id, const json& h, std::string& body) {
 
 void files_session::fail_upload(upload& u, errc code, const std::string& message) {
   u.failed = true;
-  if (!u.resumable()) ::unlinkat(u.dir.get(), u.part.c_str(), 0);
-  if (u.resumable()) u.keep_for_resume();
+  u.leave_part();
   spdlog::info("files: upload of '{}' failed: {}", u.leaf, message);
   // The id is known to the caller; find it to answer.
   for (auto& [id, p] : uploads_) {
@@ -954,8 +958,7 @@ void files_session::put_end(std::uint64_t id, const json& h) {
     const std::string msg = "'" + u.leaf + "': got " + std::to_string(u.written) + " of " + std::to_string(*u.size) +
                             " bytes";
     share_.release(u.reserved);
-    if (!u.resumable()) ::unlinkat(u.dir.get(), u.part.c_str(), 0);
-    if (u.resumable()) u.keep_for_resume();
+    u.leave_part();
     uploads_.erase(it);
     return error(id, errc::bad_request, msg);
   }
@@ -981,11 +984,7 @@ void files_session::put_abort(std::uint64_t id, const json& h) {
   auto it = uploads_.find(id);
   if (it == uploads_.end()) return;
   upload& u = *it->second;
-  if (!u.resumable() || h.value("discard", false)) {
-    ::unlinkat(u.dir.get(), u.part.c_str(), 0);
-  } else {
-    u.keep_for_resume();
-  }
+  u.leave_part(h.value("discard", false));
   share_.release(u.reserved);
   uploads_.erase(it);
 }
