@@ -7,6 +7,7 @@ set -euo pipefail
 packages=(
   # toolchain
   g++ cmake ninja-build make pkg-config
+  lld                   # links the release binary in start-up order (src/CMakeLists.txt)
   # libraries
   libboost1.81-dev      # Asio 1.26 (C++20 coroutines), Beast
   libssl-dev            # HMAC-SHA256, RAND_bytes, CRYPTO_memcmp

@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+"""Writes src/app/startup.order: the functions a cskit client runs.
+
+The release link (lld --symbol-ordering-file) puts these functions first in
+the text segment, so starting a client touches a few of its 64 KiB
+fault-around windows instead of most of them (docs/architecture.md, "Text
+laid out for start-up"). Run it after changes to the client's start-up
+path, then rebuild and commit the new file:
+
+    cmake --build --preset release
+    python3 scripts/startup-order.py build/release/cskit src/app/startup.order
+
+Needs valgrind (callgrind counts every function that runs). With perf, it
+also samples native runs: valgrind's virtual CPU lacks AVX-512, so glibc
+picks other string functions under it than on the real machine.
+
+A stale list does no harm beyond speed: names that no longer exist are
+ignored by the linker, and new functions are simply placed after the list.
+"""
+import os
+import re
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+TOKEN = "startup-order-token-0123456789abcdef"
+
+
+def start_server(binary, tmp):
+    conf = os.path.join(tmp, "server.toml")
+    with open(conf, "w") as f:
+        f.write('[exec]\nenabled = true\n[[users]]\nname = "order"\n'
+                f'token = "{TOKEN}"\npermissions = ["files-read", "files-write", "exec", "chat"]\n')
+    share = os.path.join(tmp, "share")
+    os.makedirs(share)
+    p = subprocess.Popen([binary, "serve", "--listen", "127.0.0.1:0", "--root", share, "--config", conf,
+                          "--state-dir", os.path.join(tmp, "state"), "--log-level", "warn"],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if select.select([p.stdout], [], [], 1)[0]:
+            m = re.search(r"listening on 127\.0\.0\.1:(\d+)", p.stdout.readline().decode())
+            if m:
+                return p, int(m.group(1))
+    p.kill()
+    sys.exit("startup-order: the server did not start")
+
+
+def client_commands(binary, port, tmp):
+    host = f"127.0.0.1:{port}"
+    small = os.path.join(tmp, "small.txt")
+    with open(small, "w") as f:
+        f.write("hello\n")
+    return [
+        [binary, "--version"],
+        [binary, "exec", host, "--", "true"],
+        [binary, "put", small, f"{host}:"],
+        [binary, "get", f"{host}:small.txt", os.path.join(tmp, "back.txt")],
+        [binary, "ls", "-l", f"{host}:"],
+        [binary, "stat", f"{host}:small.txt"],
+        [binary, "mkdir", f"{host}:dir"],
+        [binary, "mv", f"{host}:dir", "dir2"],
+        [binary, "rm", "-r", f"{host}:dir2"],
+    ]
+
+
+def callgrind_functions(cmd, env, tmp):
+    out = os.path.join(tmp, "callgrind.out")
+    subprocess.run(["valgrind", "--tool=callgrind", "--demangle=no", f"--callgrind-out-file={out}", *cmd],
+                   env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+    # The exit status is not checked: valgrind 3.19 lacks openat2, so `get`
+    # stops where it opens its destination; what ran until then counts.
+    names, ran = {}, set()
+    with open(out) as f:
+        for line in f:
+            m = re.match(r"^(c?fn)=\((\d+)\)(?: (.*))?$", line.rstrip("\n"))
+            if not m:
+                continue
+            kind, ident, name = m.groups()
+            if name:
+                names[ident] = name
+            if kind == "fn":
+                ran.add(ident)
+    os.unlink(out)
+    return {names[i] for i in ran if i in names}
+
+
+def perf_functions(binary, cmd, env, tmp):
+    if not shutil.which("perf"):
+        return set()
+    data = os.path.join(tmp, "perf.data")
+    script = "for i in $(seq 200); do \"$@\" >/dev/null; done"
+    r = subprocess.run(["perf", "record", "-q", "-F", "20000", "-o", data, "--", "sh", "-c", script, "sh", *cmd],
+                       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+    if r.returncode != 0:
+        return set()
+    rep = subprocess.run(["perf", "report", "-i", data, "--no-demangle", "--dsos", os.path.basename(binary),
+                          "--sort", "sym", "--stdio", "-q"], capture_output=True, text=True)
+    os.unlink(data)
+    return {m.group(1) for m in re.finditer(r"\[\.\] (\S+)", rep.stdout)}
+
+
+def main():
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)
+    binary, output = os.path.abspath(sys.argv[1]), sys.argv[2]
+    if not shutil.which("valgrind"):
+        sys.exit("startup-order: needs valgrind (apt-get install valgrind)")
+    tmp = tempfile.mkdtemp(prefix="cskit-order-")
+    server, port = start_server(binary, tmp)
+    env = dict(os.environ, CSKIT_USER="order", CSKIT_TOKEN=TOKEN, HOME=tmp)
+    functions = set()
+    try:
+        for cmd in client_commands(binary, port, tmp):
+            functions |= callgrind_functions(cmd, env, tmp)
+        for cmd in client_commands(binary, port, tmp)[:2]:  # --version and exec, natively
+            functions |= perf_functions(binary, cmd, env, tmp)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        shutil.rmtree(tmp, ignore_errors=True)
+    # Only real symbol names: callgrind also reports "(below main)" and
+    # bare addresses, perf "[unknown]".
+    symbols = sorted(f for f in functions if re.fullmatch(r"[A-Za-z_.$][A-Za-z0-9_.$@]*", f))
+    symbols = [s.split("@")[0] for s in symbols]
+    with open(output, "w") as f:
+        f.write("\n".join(dict.fromkeys(symbols)) + "\n")
+    print(f"startup-order: {len(set(symbols))} functions written to {output}")
+
+
+if __name__ == "__main__":
+    main()
