@@ -55,6 +55,10 @@ void frame_handler::on_shutdown(connection& c, std::chrono::milliseconds grace) 
 
 void flush_queue::add(std::shared_ptr<connection> c) {
   dirty_.push_back(std::move(c));
+  post();
+}
+
+void flush_queue::post() {
   if (posted_) return;
   posted_ = true;
   asio::post(executor_, [this] { run(); });
@@ -62,12 +66,20 @@ void flush_queue::add(std::shared_ptr<connection> c) {
 
 void flush_queue::run() {
   posted_ = false;
-  running_.swap(dirty_);
-  for (auto& c : running_) {
+  if (next_ == running_.size()) {
+    running_.clear();
+    next_ = 0;
+    running_.swap(dirty_);
+  }
+  // A connection stays listed (flush_listed_) until its turn, so frames
+  // queued to it before then go out in this round's send.
+  const std::size_t end = std::min(running_.size(), next_ + slice);
+  for (; next_ < end; ++next_) {
+    auto c = std::move(running_[next_]);
     c->flush_listed_ = false;
     c->guarded([&] { c->write_now(); });
   }
-  running_.clear();
+  if (next_ < running_.size() || !dirty_.empty()) post();
 }
 
 connection::connection(tcp::socket socket, const connection_limits& limits,

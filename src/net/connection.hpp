@@ -49,11 +49,18 @@ class connection;
 
 /// One per event loop: connections that had frames queued from outside
 /// their own reader (a chat broadcast, a notice) and are written together
-/// by one task at the end of the loop's current work. A receiver then gets
-/// one send for everything queued to it meanwhile, and no coroutine has to
-/// be woken for it. Used only on its loop's thread.
+/// by a task behind the loop's current work. A receiver then gets one send
+/// for everything queued to it meanwhile, and no coroutine has to be woken
+/// for it. Used only on its loop's thread.
+///
+/// A round writes `slice` connections per task and then yields to the
+/// loop, so a message that arrives while a round of a large fan-out is
+/// under way is read at once: the receivers the round has not reached yet
+/// take it in the same send, and only those already written wait for the
+/// next round. A delivery then waits at most about one round, not two.
 class flush_queue {
  public:
+  static constexpr std::size_t slice = 64;
   explicit flush_queue(boost::asio::any_io_executor ex) : executor_(std::move(ex)) {}
   flush_queue(const flush_queue&) = delete;
   flush_queue& operator=(const flush_queue&) = delete;
@@ -61,9 +68,11 @@ class flush_queue {
 
  private:
   void run();
+  void post();
   boost::asio::any_io_executor executor_;
-  std::vector<std::shared_ptr<connection>> dirty_;
-  std::vector<std::shared_ptr<connection>> running_;
+  std::vector<std::shared_ptr<connection>> dirty_;    // listed since the round began
+  std::vector<std::shared_ptr<connection>> running_;  // the round; [next_, end) still to write
+  std::size_t next_ = 0;
   bool posted_ = false;
 };
 

@@ -241,7 +241,10 @@ class OrderAcrossLoopsTest(unittest.TestCase):
     def test_every_receiver_sees_one_order(self):
         """Two senders on different event loops say messages at the same
         time; receivers on both loops must all see the same interleaving
-        (the order the hub accepted them in), each sender's own in order."""
+        (the order the hub accepted them in), each sender's own in order.
+        80 receivers per loop: more than one slice of a flush round
+        (net::flush_queue::slice, 64), so messages also arrive while a
+        round is under way and join it for the receivers not yet written."""
         conf = "[server]\nthreads = 2\n[chat]\nrate = 0\nhistory = 0\nmax_message = 100\n"
         server = Server(config_text=conf)
         socks = []
@@ -257,7 +260,7 @@ class OrderAcrossLoopsTest(unittest.TestCase):
             # Connections are spread over the loops in turn: consecutive ones
             # land on different loops.
             senders = [join("s0"), join("s1")]
-            receivers = [join(f"r{i}") for i in range(4)]
+            receivers = [join(f"r{i}") for i in range(160)]
             per_sender = 300
             batches = []
             for k, s in enumerate(senders):
@@ -297,6 +300,44 @@ class OrderAcrossLoopsTest(unittest.TestCase):
                 self.assertEqual(mine, [f"s{k}-{i}" for i in range(per_sender)])
             for i, texts in enumerate(seen[1:], 1):
                 self.assertEqual(texts, seen[0], f"receiver r{i} saw another order than r0")
+        finally:
+            for s in socks:
+                s.close()
+            server.stop()
+            server.cleanup()
+
+
+class LargeRoomTest(unittest.TestCase):
+    def test_every_message_reaches_a_large_room_at_once(self):
+        """One loop, 150 receivers: a broadcast is written over three
+        slices of a flush round (net::flush_queue::slice, 64). Each message
+        is sent on its own, after the previous one has reached everyone, so
+        no later message can push a stalled round along: each must reach
+        all receivers by itself."""
+        conf = "[server]\nthreads = 1\n[chat]\nrate = 0\nhistory = 0\n"
+        server = Server(config_text=conf)
+        socks = []
+        try:
+            def join(nick):
+                s, _ = wire.login(server.port, server.token)
+                socks.append(s)
+                s.sendall(wire.encode({"type": "chat.hello", "id": 1, "nick": nick}))
+                s.sendall(wire.encode({"type": "chat.join", "id": 2, "room": "lobby"}))
+                while wire.read_frame(s)[0].get("id") != 2:
+                    pass
+                return s
+            sender = join("sender")
+            receivers = [join(f"r{i}") for i in range(150)]
+            for n in range(3):
+                sender.sendall(wire.encode({"type": "chat.say", "id": 10 + n, "room": "lobby"}, f"m{n}".encode()))
+                for i, r in enumerate(receivers):
+                    deadline = time.monotonic() + 10
+                    while True:
+                        self.assertLess(time.monotonic(), deadline, f"r{i} never got m{n}")
+                        h, body = wire.read_frame(r, 10)
+                        if h.get("type") == "chat.message":
+                            self.assertEqual(body.decode(), f"m{n}", f"r{i}")
+                            break
         finally:
             for s in socks:
                 s.close()
