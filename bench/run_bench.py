@@ -425,15 +425,20 @@ def bench_chat(binary, build, runs, receivers=1000, messages=10000, rate=300):
     """One sender, RECEIVERS receivers in one room, MESSAGES messages at RATE/s:
     cskit against ngircd, with the same load generator (bench_chat)."""
     exe = os.path.join(build, "bench", "bench_chat")
-    results = {"cskit": [], "ngircd": []}
-    memory = {"cskit": [], "ngircd": []}
+    # cskit twice: with its default of one event loop per core, and with one
+    # loop. On this 2-core machine the generator needs one core for itself,
+    # and ngircd is single-threaded.
+    names = ("cskit", "cskit_1loop", "ngircd")
+    results = {n: [] for n in names}
+    memory = {n: [] for n in names}
     for _ in range(runs):
-        for name in ("cskit", "ngircd"):
-            if name == "cskit":
+        for name in names:
+            if name.startswith("cskit"):
                 conf = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
                 conf.write("[chat]\nrate = 0\nhistory = 0\n")  # one fast sender; IRC has no history
                 conf.close()
-                p, port, tmp = start_server(binary, "--config", conf.name)
+                loops = ["--threads", "1"] if name == "cskit_1loop" else []
+                p, port, tmp = start_server(binary, "--config", conf.name, *loops)
                 os.unlink(conf.name)
                 pid, proto_name = p.pid, "cskit"
             else:
@@ -474,7 +479,7 @@ def bench_chat(binary, build, runs, receivers=1000, messages=10000, rate=300):
                 results[name].append(r)
                 memory[name].append((peak - base) * 1024 / (receivers + 1))
             finally:
-                if name == "cskit":
+                if name.startswith("cskit"):
                     stop_server(p, tmp)
                 else:
                     p.terminate()
@@ -487,11 +492,16 @@ def bench_chat(binary, build, runs, receivers=1000, messages=10000, rate=300):
         cases[f"server_bytes_per_client_peak_{name}"] = summary(memory[name])
     return {
         "command": f"bench_chat cskit|irc 127.0.0.1:P TOKEN {receivers} {messages} {rate}   "
-                   "(cskit with [chat] rate = 0, history = 0; ngircd -n with MaxPenaltyTime = 0, "
-                   "MaxConnectionsIP = 0)",
+                   "(cskit with [chat] rate = 0, history = 0, default threads and --threads 1 (cskit_1loop); "
+                   "ngircd -n with MaxPenaltyTime = 0, MaxConnectionsIP = 0)",
         "cases": cases,
         "ratios": {
             "p99_ngircd_over_cskit": cases["p99_ms_ngircd"]["median"] / max(1e-9, cases["p99_ms_cskit"]["median"]),
+            "p99_ngircd_over_cskit_1loop": cases["p99_ms_ngircd"]["median"]
+            / max(1e-9, cases["p99_ms_cskit_1loop"]["median"]),
+            "p50_ngircd_over_cskit": cases["p50_ms_ngircd"]["median"] / max(1e-9, cases["p50_ms_cskit"]["median"]),
+            "p50_ngircd_over_cskit_1loop": cases["p50_ms_ngircd"]["median"]
+            / max(1e-9, cases["p50_ms_cskit_1loop"]["median"]),
             "deliveries_cskit_over_ngircd": cases["deliveries_per_second_cskit"]["median"]
             / max(1e-9, cases["deliveries_per_second_ngircd"]["median"]),
             "memory_ngircd_over_cskit": cases["server_bytes_per_client_peak_ngircd"]["median"]
