@@ -506,6 +506,8 @@ def bench_chat(binary, build, runs, receivers=1000, messages=10000, rate=300):
             / max(1e-9, cases["deliveries_per_second_ngircd"]["median"]),
             "memory_ngircd_over_cskit": cases["server_bytes_per_client_peak_ngircd"]["median"]
             / max(1e-9, cases["server_bytes_per_client_peak_cskit"]["median"]),
+            "memory_ngircd_over_cskit_1loop": cases["server_bytes_per_client_peak_ngircd"]["median"]
+            / max(1e-9, cases["server_bytes_per_client_peak_cskit_1loop"]["median"]),
         },
     }
 

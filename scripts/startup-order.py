@@ -16,6 +16,15 @@ picks other string functions under it than on the real machine.
 
 A stale list does no harm beyond speed: names that no longer exist are
 ignored by the linker, and new functions are simply placed after the list.
+
+The output varies between runs: perf samples differ, and where several
+names share an address (constructor aliases, glibc's aliases) callgrind
+may report either. So measure before committing a new list, against the
+binary linked with the old one:
+
+    perf stat -r 100 -e page-faults build/release/cskit exec HOST -- true
+
+(a regenerated list once gave 79 faults where the committed one gave 71).
 """
 import os
 import re
@@ -69,10 +78,13 @@ def client_commands(binary, port, tmp):
 
 def callgrind_functions(cmd, env, tmp):
     out = os.path.join(tmp, "callgrind.out")
-    subprocess.run(["valgrind", "--tool=callgrind", "--demangle=no", f"--callgrind-out-file={out}", *cmd],
-                   env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
-    # The exit status is not checked: valgrind 3.19 lacks openat2, so `get`
-    # stops where it opens its destination; what ran until then counts.
+    r = subprocess.run(["valgrind", "--tool=callgrind", "--demangle=no", f"--callgrind-out-file={out}", *cmd],
+                       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=300)
+    # valgrind 3.19 lacks openat2, so `get` stops where it opens its
+    # destination; what ran until then still counts. Any other failure
+    # (a wrong token, a server gone) would silently shorten the list.
+    if r.returncode != 0 and cmd[1] != "get":
+        sys.exit(f"startup-order: {' '.join(cmd[1:])} failed under valgrind ({r.returncode}):\n{r.stderr[-2000:]}")
     names, ran = {}, set()
     with open(out) as f:
         for line in f:
@@ -90,12 +102,15 @@ def callgrind_functions(cmd, env, tmp):
 
 def perf_functions(binary, cmd, env, tmp):
     if not shutil.which("perf"):
+        print("startup-order: no perf; the list lacks the string functions glibc picks natively", file=sys.stderr)
         return set()
     data = os.path.join(tmp, "perf.data")
     script = "for i in $(seq 200); do \"$@\" >/dev/null; done"
     r = subprocess.run(["perf", "record", "-q", "-F", "20000", "-o", data, "--", "sh", "-c", script, "sh", *cmd],
                        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
     if r.returncode != 0:
+        print(f"startup-order: perf record failed ({r.returncode}); the list lacks the string functions "
+              "glibc picks natively", file=sys.stderr)
         return set()
     rep = subprocess.run(["perf", "report", "-i", data, "--no-demangle", "--dsos", os.path.basename(binary),
                           "--sort", "sym", "--stdio", "-q"], capture_output=True, text=True)
@@ -120,15 +135,23 @@ def main():
             functions |= perf_functions(binary, cmd, env, tmp)
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
         shutil.rmtree(tmp, ignore_errors=True)
     # Only real symbol names: callgrind also reports "(below main)" and
     # bare addresses, perf "[unknown]".
     symbols = sorted(f for f in functions if re.fullmatch(r"[A-Za-z_.$][A-Za-z0-9_.$@]*", f))
-    symbols = [s.split("@")[0] for s in symbols]
-    with open(output, "w") as f:
-        f.write("\n".join(dict.fromkeys(symbols)) + "\n")
-    print(f"startup-order: {len(set(symbols))} functions written to {output}")
+    symbols = list(dict.fromkeys(s.split("@")[0] for s in symbols))
+    if len(symbols) < 500:  # a client start runs over a thousand functions
+        sys.exit(f"startup-order: only {len(symbols)} functions found; {output} left as it was")
+    part = output + ".part"
+    with open(part, "w") as f:
+        f.write("\n".join(symbols) + "\n")
+    os.replace(part, output)
+    print(f"startup-order: {len(symbols)} functions written to {output}")
 
 
 if __name__ == "__main__":

@@ -40,7 +40,8 @@ int clock_precision_log2() noexcept {
 
 int precision_exponent(double seconds) noexcept {
   // Counted up exactly (powers of two are exact doubles) instead of with
-  // log2(), which would make the binary load libm (tests/only_libc.cmake).
+  // log2(), which would pull libm's code into the binary (docs/architecture.md,
+  // "Start-up cost").
   int k = -30;
   for (double power = 0x1p-30; k < 0 && power < seconds; power *= 2) ++k;
   return k;

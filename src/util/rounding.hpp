@@ -1,7 +1,7 @@
 #pragma once
-// Rounding without libm. The release binary loads no shared library but
-// libc (tests/only_libc.cmake, docs/architecture.md "Start-up cost"), and
-// std::round and std::llround are calls into libm wherever GCC chooses not
+// Rounding without libm. The release binary once loaded libm for these
+// alone (docs/architecture.md "Start-up cost"; it is now a static PIE),
+// and std::round and std::llround are calls into libm wherever GCC chooses not
 // to expand them inline (in code it deems cold, for one). These do the same
 // with the CPU's truncating conversion and exact arithmetic.
 
