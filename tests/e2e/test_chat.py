@@ -237,26 +237,31 @@ def rss_kib(pid):
     return 0
 
 
+def join_lobby(server, socks, nick):
+    """A raw-protocol client logged in as NICK and in room lobby (its socket
+    also goes into SOCKS, for the caller to close)."""
+    s, _ = wire.login(server.port, server.token)
+    socks.append(s)
+    s.sendall(wire.encode({"type": "chat.hello", "id": 1, "nick": nick}))
+    s.sendall(wire.encode({"type": "chat.join", "id": 2, "room": "lobby"}))
+    while wire.read_frame(s)[0].get("id") != 2:
+        pass
+    return s
+
+
 class OrderAcrossLoopsTest(unittest.TestCase):
     def test_every_receiver_sees_one_order(self):
         """Two senders on different event loops say messages at the same
         time; receivers on both loops must all see the same interleaving
         (the order the hub accepted them in), each sender's own in order.
-        80 receivers per loop: more than one slice of a flush round
-        (net::flush_queue::slice, 64), so messages also arrive while a
-        round is under way and join it for the receivers not yet written."""
+        80 receivers per loop: a flush round spans two slices
+        (net::flush_queue::slice, 64) while messages keep arriving."""
         conf = "[server]\nthreads = 2\n[chat]\nrate = 0\nhistory = 0\nmax_message = 100\n"
         server = Server(config_text=conf)
         socks = []
         try:
             def join(nick):
-                s, _ = wire.login(server.port, server.token)
-                socks.append(s)
-                s.sendall(wire.encode({"type": "chat.hello", "id": 1, "nick": nick}))
-                s.sendall(wire.encode({"type": "chat.join", "id": 2, "room": "lobby"}))
-                while wire.read_frame(s)[0].get("id") != 2:
-                    pass
-                return s
+                return join_lobby(server, socks, nick)
             # Connections are spread over the loops in turn: consecutive ones
             # land on different loops.
             senders = [join("s0"), join("s1")]
@@ -319,13 +324,7 @@ class LargeRoomTest(unittest.TestCase):
         socks = []
         try:
             def join(nick):
-                s, _ = wire.login(server.port, server.token)
-                socks.append(s)
-                s.sendall(wire.encode({"type": "chat.hello", "id": 1, "nick": nick}))
-                s.sendall(wire.encode({"type": "chat.join", "id": 2, "room": "lobby"}))
-                while wire.read_frame(s)[0].get("id") != 2:
-                    pass
-                return s
+                return join_lobby(server, socks, nick)
             sender = join("sender")
             receivers = [join(f"r{i}") for i in range(150)]
             for n in range(3):
