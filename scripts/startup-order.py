@@ -28,34 +28,17 @@ binary linked with the old one:
 """
 import os
 import re
-import select
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+from run_bench import start_server, stop_server  # noqa: E402
 
 TOKEN = "startup-order-token-0123456789abcdef"
-
-
-def start_server(binary, tmp):
-    conf = os.path.join(tmp, "server.toml")
-    with open(conf, "w") as f:
-        f.write('[exec]\nenabled = true\n[[users]]\nname = "order"\n'
-                f'token = "{TOKEN}"\npermissions = ["files-read", "files-write", "exec", "chat"]\n')
-    share = os.path.join(tmp, "share")
-    os.makedirs(share)
-    p = subprocess.Popen([binary, "serve", "--listen", "127.0.0.1:0", "--root", share, "--config", conf,
-                          "--state-dir", os.path.join(tmp, "state"), "--log-level", "warn"],
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if select.select([p.stdout], [], [], 1)[0]:
-            m = re.search(r"listening on 127\.0\.0\.1:(\d+)", p.stdout.readline().decode())
-            if m:
-                return p, int(m.group(1))
-    p.kill()
-    sys.exit("startup-order: the server did not start")
+SERVER_CONFIG = ('[exec]\nenabled = true\n[[users]]\nname = "order"\n'
+                 f'token = "{TOKEN}"\npermissions = ["files-read", "files-write", "exec", "chat"]\n')
 
 
 def client_commands(binary, port, tmp):
@@ -124,8 +107,10 @@ def main():
     binary, output = os.path.abspath(sys.argv[1]), sys.argv[2]
     if not shutil.which("valgrind"):
         sys.exit("startup-order: needs valgrind (apt-get install valgrind)")
-    tmp = tempfile.mkdtemp(prefix="cskit-order-")
-    server, port = start_server(binary, tmp)
+    with tempfile.NamedTemporaryFile("w", suffix=".toml") as conf:
+        conf.write(SERVER_CONFIG)
+        conf.flush()
+        server, port, tmp = start_server(binary, "--config", conf.name)
     env = dict(os.environ, CSKIT_USER="order", CSKIT_TOKEN=TOKEN, HOME=tmp)
     functions = set()
     try:
@@ -134,13 +119,7 @@ def main():
         for cmd in client_commands(binary, port, tmp)[:2]:  # --version and exec, natively
             functions |= perf_functions(binary, cmd, env, tmp)
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        shutil.rmtree(tmp, ignore_errors=True)
+        stop_server(server, tmp)
     # Only real symbol names: callgrind also reports "(below main)" and
     # bare addresses, perf "[unknown]".
     symbols = sorted(f for f in functions if re.fullmatch(r"[A-Za-z_.$][A-Za-z0-9_.$@]*", f))

@@ -237,16 +237,28 @@ def rss_kib(pid):
     return 0
 
 
-def join_lobby(server, socks, nick):
-    """A raw-protocol client logged in as NICK and in room lobby (its socket
-    also goes into SOCKS, for the caller to close)."""
-    s, _ = wire.login(server.port, server.token)
-    socks.append(s)
-    s.sendall(wire.encode({"type": "chat.hello", "id": 1, "nick": nick}))
-    s.sendall(wire.encode({"type": "chat.join", "id": 2, "room": "lobby"}))
-    while wire.read_frame(s)[0].get("id") != 2:
-        pass
-    return s
+class Lobby:
+    """Raw-protocol clients in room lobby of SERVER; closes them on exit."""
+
+    def __init__(self, server):
+        self.server = server
+        self.socks = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for s in self.socks:
+            s.close()
+
+    def join(self, nick):
+        s, _ = wire.login(self.server.port, self.server.token)
+        self.socks.append(s)
+        s.sendall(wire.encode({"type": "chat.hello", "id": 1, "nick": nick}))
+        s.sendall(wire.encode({"type": "chat.join", "id": 2, "room": "lobby"}))
+        while wire.read_frame(s)[0].get("id") != 2:
+            pass
+        return s
 
 
 class OrderAcrossLoopsTest(unittest.TestCase):
@@ -257,11 +269,8 @@ class OrderAcrossLoopsTest(unittest.TestCase):
         80 receivers per loop: a flush round spans two slices
         (net::flush_queue::slice, 64) while messages keep arriving."""
         conf = "[server]\nthreads = 2\n[chat]\nrate = 0\nhistory = 0\nmax_message = 100\n"
-        server = Server(config_text=conf)
-        socks = []
-        try:
-            def join(nick):
-                return join_lobby(server, socks, nick)
+        with Server(config_text=conf) as server, Lobby(server) as lobby:
+            join = lobby.join
             # Connections are spread over the loops in turn: consecutive ones
             # land on different loops.
             senders = [join("s0"), join("s1")]
@@ -305,11 +314,6 @@ class OrderAcrossLoopsTest(unittest.TestCase):
                 self.assertEqual(mine, [f"s{k}-{i}" for i in range(per_sender)])
             for i, texts in enumerate(seen[1:], 1):
                 self.assertEqual(texts, seen[0], f"receiver r{i} saw another order than r0")
-        finally:
-            for s in socks:
-                s.close()
-            server.stop()
-            server.cleanup()
 
 
 class LargeRoomTest(unittest.TestCase):
@@ -320,11 +324,8 @@ class LargeRoomTest(unittest.TestCase):
         no later message can push a stalled round along: each must reach
         all receivers by itself."""
         conf = "[server]\nthreads = 1\n[chat]\nrate = 0\nhistory = 0\n"
-        server = Server(config_text=conf)
-        socks = []
-        try:
-            def join(nick):
-                return join_lobby(server, socks, nick)
+        with Server(config_text=conf) as server, Lobby(server) as lobby:
+            join = lobby.join
             sender = join("sender")
             receivers = [join(f"r{i}") for i in range(150)]
             for n in range(3):
@@ -337,11 +338,6 @@ class LargeRoomTest(unittest.TestCase):
                         if h.get("type") == "chat.message":
                             self.assertEqual(body.decode(), f"m{n}", f"r{i}")
                             break
-        finally:
-            for s in socks:
-                s.close()
-            server.stop()
-            server.cleanup()
 
 
 class DisabledChatTest(unittest.TestCase):
