@@ -540,10 +540,13 @@ transfer_result file_client::put(const std::vector<std::string>& sources, const 
 
 namespace {
 
+// A directory descriptor shared by the files going into that directory.
+using shared_dir = std::shared_ptr<const util::unique_fd>;
+
 struct local_commit {
   util::unique_fd file;
-  util::unique_fd dir;
-  std::string part, leaf, shown;
+  shared_dir dir;
+  std::string part, leaf, shown;  // part empty: an unnamed file (util::open_unnamed)
   mode_t mode = 0644;
   bool chmod = true;  // false: the part already has `mode`
   std::optional<std::int64_t> mtime;
@@ -565,12 +568,16 @@ void commit_all(std::vector<local_commit>& batch, bool no_clobber, bool flush, t
   }
   for (std::size_t i = 0; i < batch.size(); ++i) {
     auto& c = batch[i];
-    if (!err[i] && ::renameat2(c.dir.get(), c.part.c_str(), c.dir.get(), c.leaf.c_str(),
-                               no_clobber ? RENAME_NOREPLACE : 0) != 0) {
+    const int dir = c.dir->get();
+    if (!err[i] && c.part.empty()) {
+      err[i] = util::link_unnamed(c.file.get(), dir, c.leaf.c_str(), no_clobber);
+    } else if (!err[i] && ::renameat2(dir, c.part.c_str(), dir, c.leaf.c_str(), no_clobber ? RENAME_NOREPLACE : 0) != 0) {
       err[i] = errno;
     }
     if (err[i]) {
-      if (err[i] == EEXIST) ::unlinkat(c.dir.get(), c.part.c_str(), 0);
+      // Refused for good (the name is taken, or a directory is in the
+      // way): the part goes. (An unnamed file vanishes when closed.)
+      if ((err[i] == EEXIST || err[i] == EISDIR) && !c.part.empty()) ::unlinkat(dir, c.part.c_str(), 0);
       r.errors.push_back({c.shown, local_errc(err[i]),
                           err[i] == EEXIST ? c.shown + ": already exists (--no-clobber)"
                                            : local_message(err[i], c.shown)});
@@ -585,8 +592,9 @@ struct get_file {
   std::string remote;  // path on the server
   std::string local;   // relative to the local jail ("" with stdout)
   remote_entry entry;
-  util::unique_fd dir, fd;
-  std::string leaf, part;
+  shared_dir dir;
+  util::unique_fd fd;
+  std::string leaf, part;  // part empty: an unnamed file, or stdout
   bool private_part = false;
   struct stat part_st {};  // the part file as opened (size: what to resume from; mode)
   std::uint64_t pos = 0;
@@ -789,24 +797,57 @@ transfer_result file_client::get(const std::vector<std::string>& sources, const 
     if (o.on_progress) o.on_progress(prog);
   };
 
-  // Open each file's part (resumable) just before requesting it.
+  // The directory of the last file prepared: a tree's files come directory
+  // by directory, and share one descriptor instead of a jailed open and a
+  // close each. (Only this process and the user's own programs can move a
+  // local directory; the server only sends names.)
+  std::string last_parent;
+  shared_dir last_dir;
+  auto open_dir = [&](get_file& g) -> bool {
+    const auto slash = g.local.rfind('/');
+    const std::string_view parent =
+        slash == std::string::npos ? std::string_view() : std::string_view(g.local).substr(0, slash);
+    if (!last_dir || parent != last_parent) {
+      util::unique_fd d(jail->open_parent(g.local, g.leaf));
+      if (!d) {
+        const int e = -d.release();
+        r.errors.push_back({g.local, local_errc(e), local_message(e, g.local)});
+        return false;
+      }
+      last_dir = std::make_shared<const util::unique_fd>(std::move(d));
+      last_parent.assign(parent);
+    } else {
+      g.leaf = g.local.substr(slash == std::string::npos ? 0 : slash + 1);
+    }
+    g.dir = last_dir;
+    return true;
+  };
+  // Open each file's part just before requesting it. A file small enough
+  // to arrive in one frame gets an unnamed file, linked into place once it
+  // is verified: nothing to lock, rename or clean up, and nothing to
+  // resume (it would be sent whole anyway). A larger one gets its named,
+  // resumable part.
   auto prepare = [&](get_file& g) -> bool {
     if (to_stdout) return true;
-    g.dir.reset(jail->open_parent(g.local, g.leaf));
-    if (!g.dir) {
-      const int e = -g.dir.release();
-      r.errors.push_back({g.local, local_errc(e), local_message(e, g.local)});
-      return false;
-    }
+    if (!open_dir(g)) return false;
+    const int dir = g.dir->get();
     struct stat st {};
-    if (o.no_clobber && ::fstatat(g.dir.get(), g.leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) {
+    if (o.no_clobber && ::fstatat(dir, g.leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) {
       r.errors.push_back({g.local, errc::exists, g.local + ": already exists (--no-clobber)"});
       return false;
     }
-    g.part = util::part_file_name(g.leaf);
-    // A new part gets its final mode (less the umask) at once, so that
-    // committing it needs no chmod; -p modes are set at commit.
-    int fd = util::open_locked_part(g.dir.get(), g.part, g.private_part, o.preserve ? 0600 : 0666, &g.part_st);
+    // New files get their final mode (less the umask) at once, so that
+    // committing them needs no chmod; -p modes are set at commit.
+    const mode_t create_mode = o.preserve ? 0600 : 0666;
+    int fd = g.entry.size <= inline_max ? util::open_unnamed(dir, create_mode) : -EOPNOTSUPP;
+    if (fd >= 0) {
+      g.part.clear();
+      g.part_st = {};
+      g.part_st.st_mode = S_IFREG | (create_mode & util::default_file_mode());
+    } else if (fd == -EOPNOTSUPP) {
+      g.part = util::part_file_name(g.leaf);
+      fd = util::open_locked_part(dir, g.part, g.private_part, create_mode, &g.part_st);
+    }
     if (fd < 0) {
       r.errors.push_back({g.local, local_errc(-fd), local_message(-fd, g.local)});
       return false;
@@ -820,7 +861,7 @@ transfer_result file_client::get(const std::vector<std::string>& sources, const 
     if (g.entry.size > inline_max && g.entry.size > have) {
       if (int e = util::preallocate(fd, have, g.entry.size - have)) {
         r.errors.push_back({g.local, local_errc(e), local_message(e, g.local)});
-        if (have == 0) ::unlinkat(g.dir.get(), g.part.c_str(), 0);  // empty: nothing to resume
+        if (have == 0 && !g.part.empty()) ::unlinkat(dir, g.part.c_str(), 0);  // empty: nothing to resume
         g.fd.reset();
         g.dir.reset();
         return false;
@@ -842,7 +883,7 @@ transfer_result file_client::get(const std::vector<std::string>& sources, const 
   auto fail = [&](get_file& g, errc code, const std::string& msg, bool drop_part) {
     if (!g.failed) r.errors.push_back({to_stdout ? g.remote : g.local, code, msg});
     g.failed = true;
-    if (drop_part && g.dir && !g.part.empty()) ::unlinkat(g.dir.get(), g.part.c_str(), 0);
+    if (drop_part && g.dir && !g.part.empty()) ::unlinkat(g.dir->get(), g.part.c_str(), 0);
     g.release();
   };
   auto write_data = [&](get_file& g, std::string_view data) {
@@ -1008,7 +1049,7 @@ transfer_result file_client::get(const std::vector<std::string>& sources, const 
       ++prog.files_done;
       fail(g, e.code().value_or(errc::io_error), g.remote + ": " + f.header.value("message", e.what()),
            e.code() == errc::integrity);
-      if (g.private_part && g.dir) ::unlinkat(g.dir.get(), g.part.c_str(), 0);
+      if (g.private_part && g.dir) ::unlinkat(g.dir->get(), g.part.c_str(), 0);
     }
     if (g.failed) g.fd.reset(), g.dir.reset();
     send_next();

@@ -238,6 +238,9 @@ void file_share::committer() {
         const bool replaced = counted && ::fstatat(j.dir.get(), j.target.c_str(), &old, AT_SYMLINK_NOFOLLOW) == 0;
         if (replaced && S_ISDIR(old.st_mode)) {
           result[i] = EISDIR;
+        } else if (j.part.empty()) {
+          // An unnamed file (an upload that came whole): link it into place.
+          result[i] = util::link_unnamed(j.file.get(), j.dir.get(), j.target.c_str(), j.no_clobber);
         } else if (::renameat2(j.dir.get(), j.part.c_str(), j.dir.get(), j.target.c_str(),
                                j.no_clobber ? RENAME_NOREPLACE : 0) != 0) {
           result[i] = errno;
@@ -246,13 +249,16 @@ void file_share::committer() {
               S_ISDIR(old.st_mode)) {
             result[i] = EISDIR;
           }
-        } else if (counted) {
+        }
+        if (!result[i] && counted) {
           adjust_usage(static_cast<std::int64_t>(j.size) -
                        (replaced && S_ISREG(old.st_mode) ? static_cast<std::int64_t>(old.st_size) : 0));
         }
       }
       if (result[i] == EEXIST || result[i] == EISDIR) {
-        ::unlinkat(j.dir.get(), j.part.c_str(), 0);  // refused for good; still locked by us
+        // Refused for good: a named part goes (still locked by us); an
+        // unnamed file vanishes when it is closed.
+        if (!j.part.empty()) ::unlinkat(j.dir.get(), j.part.c_str(), 0);
       } else if (result[i]) {
         spdlog::warn("files: commit of '{}' failed: {}", j.target, std::strerror(result[i]));
       }
@@ -275,7 +281,7 @@ struct files_session::upload {
   util::unique_fd dir;
   util::unique_fd file;
   std::string leaf;
-  std::string part;
+  std::string part;  // empty: an unnamed file (util::open_unnamed), linked at commit
   bool private_part = false;  // not resumable: removed on failure
   std::optional<std::uint64_t> size;
   std::uint64_t written = 0;
@@ -293,14 +299,14 @@ struct files_session::upload {
 
   /// Only a part with a known target size can be resumed; anything else
   /// is removed when the upload ends without a commit.
-  bool resumable() const noexcept { return size.has_value() && !private_part; }
+  bool resumable() const noexcept { return size.has_value() && !private_part && !part.empty(); }
 
   /// The upload ends without a commit: a resumable part is kept, holding
   /// only what was written (its reservation is given back); any other
   /// part, or any part when `discard`, is removed.
   void leave_part(bool discard = false) noexcept {
     if (discard || !resumable()) {
-      if (dir) ::unlinkat(dir.get(), part.c_str(), 0);
+      if (dir && !part.empty()) ::unlinkat(dir.get(), part.c_str(), 0);
     } else if (preallocated && file) {
       util::release_preallocation(file.get());
     }
@@ -790,12 +796,22 @@ void files_session::do_put(std::uint64_t id, const json& h, std::string& body) {
   if (mode) u->mode = static_cast<mode_t>(*mode & 0777);
   u->mtime = mtime;
 
-  // The part file: one well-known name per target (resumable), locked
-  // while in use. A concurrent upload of the same name gets a private one.
-  u->part = part_name_for(u->leaf);
-  // A new part gets its final mode (less the umask) at once when the
+  // A new file gets its final mode (less the umask) at once when the
   // client sent none, so committing it needs no chmod.
-  int fd = util::open_locked_part(u->dir.get(), u->part, u->private_part, u->mode ? 0600 : 0666, &st);
+  const mode_t create_mode = u->mode ? 0600 : 0666;
+  // A file that comes whole in this frame is written to an unnamed file
+  // and linked into place at commit: there is nothing to resume, so no
+  // part needs a name, a lock or a rename.
+  int fd = is_inline ? util::open_unnamed(u->dir.get(), create_mode) : -EOPNOTSUPP;
+  if (fd >= 0) {
+    st = {};
+    st.st_mode = S_IFREG | (create_mode & util::default_file_mode());
+  } else if (fd == -EOPNOTSUPP) {
+    // The part file: one well-known name per target (resumable), locked
+    // while in use. A concurrent upload of the same name gets a private one.
+    u->part = part_name_for(u->leaf);
+    fd = util::open_locked_part(u->dir.get(), u->part, u->private_part, create_mode, &st);
+  }
   if (fd < 0) {
     share_.release(u->reserved);
     return fail_errno(id, -fd, "cannot create a part file for '" + *path + "'");
@@ -814,7 +830,7 @@ void files_session::do_put(std::uint64_t id, const json& h, std::string& body) {
     u->written = body.size();
     if (e) {
       share_.release(u->reserved);
-      if (u->private_part) ::unlinkat(u->dir.get(), u->part.c_str(), 0);
+      if (u->private_part) ::unlinkat(u->dir.get(), u->part.c_str(), 0);  // (an unnamed file has none)
       return error(id, errc_for_errno(e), errno_message(e, "writing '" + *path + "'"));
     }
     uploads_.emplace(id, std::move(u));
@@ -971,7 +987,7 @@ void files_session::put_end(std::uint64_t id, const json& h) {
     const std::string msg = "'" + u.leaf + "': content digest mismatch (sent " + (want.empty() ? "none" : want) +
                             ", received " + got + "); the file was not committed";
     spdlog::warn("files: {}", msg);
-    ::unlinkat(u.dir.get(), u.part.c_str(), 0);
+    if (!u.part.empty()) ::unlinkat(u.dir.get(), u.part.c_str(), 0);
     share_.release(u.reserved);
     uploads_.erase(it);
     return error(id, errc::integrity, msg);

@@ -19,6 +19,7 @@
 #include <random>
 
 #include "util/digest.hpp"
+#include "util/jail.hpp"
 
 namespace cskit::util {
 
@@ -238,6 +239,41 @@ int open_locked_part(int dirfd, std::string& name, bool& is_private, mode_t crea
   is_private = true;
   if (st && ::fstat(fd, st) != 0) *st = {};
   return fd;
+}
+
+int open_unnamed(int dirfd, mode_t create_mode) noexcept {
+  // linkat() of an O_TMPFILE file goes through /proc/self/fd (the
+  // AT_EMPTY_PATH form needs CAP_DAC_READ_SEARCH).
+  static const bool have_proc = ::access("/proc/self/fd", X_OK) == 0;
+  if (!have_proc) return -EOPNOTSUPP;
+  int fd = ::openat(dirfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, create_mode);
+  if (fd >= 0) return fd;
+  const int e = errno;
+  // Kernels and file systems without O_TMPFILE say so in several ways.
+  return -(e == EISDIR || e == EINVAL || e == ENOENT ? EOPNOTSUPP : e);
+}
+
+int link_unnamed(int fd, int dirfd, const char* name, bool no_clobber) noexcept {
+  char self[32];
+  std::snprintf(self, sizeof self, "/proc/self/fd/%d", fd);
+  if (::linkat(AT_FDCWD, self, dirfd, name, AT_SYMLINK_FOLLOW) == 0) return 0;
+  int e = errno;
+  if (e != EEXIST) return e;
+  struct stat old {};
+  if (::fstatat(dirfd, name, &old, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(old.st_mode)) return EISDIR;
+  if (no_clobber) return EEXIST;
+  // Replace: link under a name of our own, then rename over the old entry.
+  std::string tmp;
+  try {
+    tmp = std::string(part_prefix) + "link." + random_hex64();
+  } catch (...) {
+    return ENOMEM;
+  }
+  if (::linkat(AT_FDCWD, self, dirfd, tmp.c_str(), AT_SYMLINK_FOLLOW) != 0) return errno;
+  if (::renameat(dirfd, tmp.c_str(), dirfd, name) == 0) return 0;
+  e = errno;
+  ::unlinkat(dirfd, tmp.c_str(), 0);
+  return e;
 }
 
 std::uint64_t raise_fd_limit() noexcept {

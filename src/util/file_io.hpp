@@ -51,6 +51,21 @@ long read_full(int fd, void* data, std::size_t n) noexcept;
 int open_locked_part(int dirfd, std::string& name, bool& is_private, mode_t create_mode = 0600,
                      struct stat* st = nullptr) noexcept;
 
+/// Creates an unnamed regular file in directory `dirfd` (O_TMPFILE, read
+/// and write, mode `create_mode` less the umask): no directory entry until
+/// link_unnamed gives it its name, and nothing left behind if the process
+/// dies first. Used for files that arrive whole (resuming one would gain
+/// nothing), instead of a named part that must be locked, renamed and
+/// cleaned up. Returns a descriptor, or -errno; -EOPNOTSUPP where the file
+/// system cannot do it or /proc is not mounted (linking needs
+/// /proc/self/fd): callers then fall back to a named part.
+int open_unnamed(int dirfd, mode_t create_mode) noexcept;
+/// Gives the unnamed file `fd` (from open_unnamed) the name `name` in
+/// `dirfd`. An existing entry is replaced atomically (through a temporary
+/// name and rename) unless `no_clobber`, which fails with EEXIST instead.
+/// A directory in the way fails with EISDIR. Returns 0 or an errno.
+int link_unnamed(int fd, int dirfd, const char* name, bool no_clobber) noexcept;
+
 /// 0666 less the process's umask (read once): the mode of a new file.
 mode_t default_file_mode() noexcept;
 

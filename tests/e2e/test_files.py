@@ -385,6 +385,30 @@ class Commands(FilesTestCase):
             self.assertEqual(read_file(os.path.join(self.rshare, "tree", "b.txt")), b"tree b\n")
         self.assert_no_parts(self.rshare, self.local)
 
+    def test_get_over_a_directory_or_a_link(self):
+        """A download never replaces a local directory (its content stays) and replaces a local
+        symlink itself rather than writing through it; whether the file comes whole in one frame
+        (an unnamed file, linked into place) or streamed (a named part, renamed into place)."""
+        for size in (1000, 600000):
+            with self.subTest(size=size):
+                data = random_bytes(size)
+                write_file(os.path.join(self.rshare, f"x{size}"), data)
+                down = self.lp(f"over{size}")
+                write_file(os.path.join(down, f"x{size}", "inside"), b"keep me")
+                for flags in ((), ("-n",)):
+                    r = self.cli("get", *flags, self.rr(f"x{size}"), down)
+                    self.assertNotEqual(r.returncode, EXIT_OK, r.stderr)
+                    self.assertIn(f"x{size}", r.stderr)
+                    self.assertEqual(read_file(os.path.join(down, f"x{size}", "inside")), b"keep me")
+                target = self.lp(f"target{size}")
+                write_file(target, b"not to be touched")
+                os.symlink(target, os.path.join(down, f"l{size}"))
+                self.ok("get", self.rr(f"x{size}"), os.path.join(down, f"l{size}"))
+                self.assertFalse(os.path.islink(os.path.join(down, f"l{size}")))
+                self.assertEqual(read_file(os.path.join(down, f"l{size}")), data)
+                self.assertEqual(read_file(target), b"not to be touched")
+                self.assertEqual(sorted(os.listdir(down)), [f"l{size}", f"x{size}"])
+
     def test_verify_sha256(self):
         for size in (10, 300000, 5 * MiB):
             with self.subTest(size=size):

@@ -5,10 +5,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <vector>
 
 #include "proto/frame.hpp"
 #include "util/digest.hpp"
@@ -241,4 +244,66 @@ TEST(HashFileRange, MatchesAndSurvivesAShrunkFile) {
   EXPECT_EQ(util::hash_file_range(fd, 0, 64u << 20, d2), EIO);
   ::close(fd);
   ::unlink(tmpl);
+}
+
+namespace {
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+std::vector<std::string> names_in(const fs::path& d) {
+  std::vector<std::string> out;
+  for (const auto& e : fs::directory_iterator(d)) out.push_back(e.path().filename().string());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+}  // namespace
+
+TEST(UnnamedFiles, LinkNewReplaceRefuse) {
+  char tmpl[] = "/tmp/cskit-unnamed-XXXXXX";
+  const fs::path d = ::mkdtemp(tmpl);
+  util::unique_fd dir(::open(d.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+  ASSERT_TRUE(dir);
+  auto unnamed = [&](const std::string& content) {
+    int fd = util::open_unnamed(dir.get(), 0666);
+    if (fd == -EOPNOTSUPP) return fd;
+    EXPECT_GE(fd, 0) << std::strerror(-fd);
+    EXPECT_EQ(util::write_all(fd, content.data(), content.size()), 0);
+    return fd;
+  };
+  util::unique_fd a(unnamed("first"));
+  // Linux has had O_TMPFILE on ext4, xfs, btrfs and tmpfs since 3.11-3.18;
+  // where it is missing, transfers fall back to named parts.
+  ASSERT_NE(a.get(), -EOPNOTSUPP) << "no O_TMPFILE in /tmp (or no /proc)";
+  EXPECT_TRUE(names_in(d).empty()) << "an unnamed file has no directory entry";
+
+  // A new name.
+  ASSERT_EQ(util::link_unnamed(a.get(), dir.get(), "f", false), 0);
+  EXPECT_EQ(slurp(d / "f"), "first");
+  // An existing name is replaced whole, and no temporary name is left.
+  util::unique_fd b(unnamed("second"));
+  ASSERT_EQ(util::link_unnamed(b.get(), dir.get(), "f", false), 0);
+  EXPECT_EQ(slurp(d / "f"), "second");
+  EXPECT_EQ(names_in(d), std::vector<std::string>{"f"});
+  // no_clobber refuses and keeps the old content.
+  util::unique_fd c(unnamed("third"));
+  EXPECT_EQ(util::link_unnamed(c.get(), dir.get(), "f", true), EEXIST);
+  EXPECT_EQ(slurp(d / "f"), "second");
+  // A directory in the way is refused either way, and keeps its content.
+  fs::create_directory(d / "sub");
+  std::ofstream(d / "sub/inside") << "keep";
+  EXPECT_EQ(util::link_unnamed(c.get(), dir.get(), "sub", false), EISDIR);
+  EXPECT_EQ(util::link_unnamed(c.get(), dir.get(), "sub", true), EISDIR);
+  EXPECT_EQ(slurp(d / "sub/inside"), "keep");
+  // A symlink in the way is replaced itself, not written through.
+  fs::create_symlink("sub/inside", d / "link");
+  ASSERT_EQ(util::link_unnamed(c.get(), dir.get(), "link", false), 0);
+  EXPECT_FALSE(fs::is_symlink(d / "link"));
+  EXPECT_EQ(slurp(d / "link"), "third");
+  EXPECT_EQ(slurp(d / "sub/inside"), "keep");
+  EXPECT_EQ(names_in(d), (std::vector<std::string>{"f", "link", "sub"}));
+  // Closed before it was linked: nothing is left behind.
+  { util::unique_fd gone(unnamed("never linked")); }
+  EXPECT_EQ(names_in(d), (std::vector<std::string>{"f", "link", "sub"}));
+  fs::remove_all(d);
 }
