@@ -1101,10 +1101,10 @@ class ClientRefusesHostileServer(FilesTestCase):
     def file_entry(self, name, size=6, mode=0o644):
         return {"name": name, "type": "file", "size": size, "mode": mode, "mtime_ns": 10 ** 18}
 
-    def run_get(self, listing, *flags, new_name=False):
+    def run_get(self, listing, *flags, new_name=False, replies=None):
         stats = {"root": {"name": "root", "type": "dir", "size": 0, "mode": 0o755, "mtime_ns": 10 ** 18}}
         good_header = dict(self.good[0], mode=0o4755)
-        files = {"root/good.txt": (good_header, self.good[1]), "*": self.pwned}
+        files = {"root/good.txt": (good_header, self.good[1]), "*": self.pwned, **(replies or {})}
         fake = FakeFileServer(stats, listing, files)
         parent = self.lp("parent")
         dest = os.path.join(parent, "dest")
@@ -1128,6 +1128,32 @@ class ClientRefusesHostileServer(FilesTestCase):
                     self.assertTrue(resolves_inside(p, dest),
                                     f"the client created {p} -> {os.readlink(p)} (resolves to {os.path.realpath(p)})")
         return r, dest, fake
+
+    def test_small_files_that_come_in_pieces_or_corrupt(self):
+        """Files listed at up to 256 KiB are expected whole (get.file) and written to unnamed files.
+        One that comes in pieces after all (get.begin, get.data, get.end) arrives all the same; one
+        whose content does not match its digest is not committed; the others arrive, and nothing
+        else is left in the destination."""
+        good_h, good_b = self.good
+
+        def in_pieces(conn, rid):
+            conn.sendall(wire.encode({"type": "get.begin", "id": rid, "size": len(good_b), "offset": 0,
+                                      "mode": 0o644, "mtime_ns": 10 ** 18}))
+            conn.sendall(wire.encode({"type": "get.data", "id": rid}, good_b[:5]))
+            conn.sendall(wire.encode({"type": "get.data", "id": rid}, good_b[5:]))
+            conn.sendall(wire.encode({"type": "get.end", "id": rid, "size": len(good_b), "xxh3": good_h["xxh3"]}))
+
+        names = [f"f{i:02d}" for i in range(12)]
+        listing = [self.file_entry(n, size=len(good_b)) for n in names + ["pieces", "corrupt"]]
+        replies = {f"root/{n}": (good_h, good_b) for n in names}
+        replies["root/pieces"] = in_pieces
+        replies["root/corrupt"] = (good_h, b"X" + good_b[1:])
+        r, dest, _ = self.run_get(listing, replies=replies)
+        self.assertEqual(r.returncode, EXIT_INTEGRITY, r.stderr)
+        self.assertIn("corrupt: content digest mismatch", r.stderr)
+        self.assertEqual(sorted(os.listdir(os.path.join(dest, "root"))), sorted(names + ["pieces"]))
+        for n in names + ["pieces"]:
+            self.assertEqual(read_file(os.path.join(dest, "root", n)), good_b, n)
 
     def test_hostile_names_from_the_server(self):
         hostile = [
