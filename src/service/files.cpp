@@ -781,8 +781,12 @@ void files_session::do_put(std::uint64_t id, const json& h, std::string& body) {
     return error(id, errc_for_errno(e),
                  e == ENOENT ? "'" + *path + "': the directory does not exist" : errno_message(e, "'" + *path + "'"));
   }
+  // Refuse a directory in the way (or, with no_clobber, any file) before
+  // any data is sent. An inline upload has sent its data already: its
+  // commit refuses both, atomically, so looking first would only cost a
+  // lookup per small file.
   struct stat st {};
-  if (::fstatat(u->dir.get(), u->leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) {
+  if (!is_inline && ::fstatat(u->dir.get(), u->leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) {
     if (S_ISDIR(st.st_mode)) return error(id, errc::exists, "'" + *path + "' is a directory");
     if (no_clobber) return error(id, errc::exists, "'" + *path + "' already exists (no_clobber)");
   }

@@ -409,6 +409,26 @@ class Commands(FilesTestCase):
                 self.assertEqual(read_file(target), b"not to be touched")
                 self.assertEqual(sorted(os.listdir(down)), [f"l{size}", f"x{size}"])
 
+    def test_put_over_a_directory(self):
+        """A file of a tree upload whose name is a directory on the server is refused and the
+        directory keeps its content, whether the file travels whole in its put (inline: refused at
+        commit) or streamed (refused before any data is sent); the other files arrive."""
+        for size in (1000, 600000):
+            with self.subTest(size=size):
+                tree = self.lp(f"up{size}")
+                write_file(os.path.join(tree, "clash"), random_bytes(size))
+                write_file(os.path.join(tree, "fine"), b"fine\n")
+                remote = os.path.join(self.rshare, f"up{size}")
+                write_file(os.path.join(remote, "clash", "inside"), b"keep me")
+                for flags in ((), ("-n",)):
+                    r = self.cli("put", "-r", *flags, tree, self.rr())
+                    self.assertEqual(r.returncode, EXIT_EXISTS, r.stderr)
+                    self.assertIn("is a directory", r.stderr)
+                    self.assertEqual(read_file(os.path.join(remote, "clash", "inside")), b"keep me")
+                    self.assertEqual(read_file(os.path.join(remote, "fine")), b"fine\n")
+                    os.unlink(os.path.join(remote, "fine"))
+                self.assert_no_parts(self.rshare)
+
     def test_verify_sha256(self):
         for size in (10, 300000, 5 * MiB):
             with self.subTest(size=size):
