@@ -16,6 +16,7 @@ import json
 import os
 import pty
 import select
+import shlex
 import shutil
 import signal
 import socket
@@ -1670,6 +1671,67 @@ class OnSmallExt4(OnSmallFs):
 
     def mount(self):
         return try_ext4(os.path.join(self.tmp, "img"), self.mnt, self.EXT4_MB)
+
+
+class WithoutProc(unittest.TestCase):
+    """Where /proc is not mounted (a minimal container or chroot), an unnamed file cannot be linked
+    into place, which goes through /proc/self/fd: files that come whole then use named part files,
+    on both sides, and everything arrives as usual. Server and client run in a mount namespace of
+    their own with an empty tmpfs over /proc."""
+
+    def setUp(self):
+        if os.geteuid() != 0 or not shutil.which("unshare"):
+            self.skipTest("needs root and unshare(1)")
+        self.tmp = tempfile.mkdtemp(prefix="cskit-noproc-")
+        self.wrapper = os.path.join(self.tmp, "cskit-without-proc")
+        with open(self.wrapper, "w") as f:
+            f.write("#!/bin/sh\n"
+                    "exec unshare -m --propagation private sh -c "
+                    "'mount -t tmpfs none /proc && exec \"$0\" \"$@\"' " + shlex.quote(BIN) + ' "$@"\n')
+        os.chmod(self.wrapper, 0o755)
+        probe = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                                "mount -t tmpfs none /proc && test ! -e /proc/self/fd"], capture_output=True, timeout=30)
+        if probe.returncode != 0:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.skipTest("cannot mount over /proc in a new mount namespace")
+
+    def tearDown(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def test_whole_files_use_named_parts(self):
+        import harness
+        real = harness.BIN
+        harness.BIN = self.wrapper  # the server, too, runs without /proc
+        try:
+            srv = Server()
+        finally:
+            harness.BIN = real
+        with srv:
+            env = dict(srv.env, CSKIT_TOKEN=TOKEN)
+            tree = os.path.join(srv.share, "t")
+            content = {f"f{i:02d}": random_bytes(100 * i + 1) for i in range(12)}
+            content["big"] = random_bytes(300000)  # streamed, for comparison
+            for name, data in content.items():
+                write_file(os.path.join(tree, "sub", name), data)
+            local = os.path.join(self.tmp, "local")
+            os.makedirs(local)
+            os.makedirs(os.path.join(srv.share, "back"))
+            for rnd in range(2):  # the second time every file is replaced
+                r = subprocess.run([self.wrapper, "get", "-r", "-q", f"{srv.address}:t", local], env=env,
+                                   capture_output=True, text=True, timeout=120)
+                self.assertEqual(r.returncode, EXIT_OK, r.stderr)
+                for name, data in content.items():
+                    self.assertEqual(read_file(os.path.join(local, "t", "sub", name)), data, name)
+                r = subprocess.run([self.wrapper, "put", "-r", "-q", os.path.join(local, "t"), f"{srv.address}:back"],
+                                   env=env, capture_output=True, text=True, timeout=120)
+                self.assertEqual(r.returncode, EXIT_OK, r.stderr)
+                for name, data in content.items():
+                    self.assertEqual(read_file(os.path.join(srv.share, "back", "t", "sub", name)), data, name)
+                self.assertEqual(part_files(local), [])
+                self.assertEqual(part_files(srv.share), [])
+                content = {name: random_bytes(len(data)) for name, data in content.items()}
+                for name, data in content.items():
+                    write_file(os.path.join(tree, "sub", name), data)
 
 
 class DiskFullExt4(OnSmallExt4):
