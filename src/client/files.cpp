@@ -30,7 +30,7 @@ constexpr std::size_t chunk = 4u << 20;           // bytes per put.data frame
 constexpr std::size_t window_requests = 1024;     // unanswered requests in flight
 constexpr std::size_t window_bytes = 32u << 20;   // inline bytes in flight
 constexpr std::size_t window_gets = 64;           // get requests in flight
-constexpr std::size_t max_commit_batch = 1024;    // files per group commit (2 descriptors each)
+constexpr std::size_t max_commit_batch = 1024;    // files per group commit (a descriptor each, and their directories)
 
 errc local_errc(int err) {
   switch (err) {
@@ -40,7 +40,8 @@ errc local_errc(int err) {
     case EPERM:
     case EROFS: return errc::permission_denied;
     case ENOENT: return errc::not_found;
-    case EEXIST: return errc::exists;
+    case EEXIST:
+    case EISDIR: return errc::exists;  // a directory in the way
     case EXDEV:
     case ELOOP: return errc::bad_path;
     default: return errc::io_error;
@@ -570,7 +571,9 @@ void commit_all(std::vector<local_commit>& batch, bool no_clobber, bool flush, t
     auto& c = batch[i];
     const int dir = c.dir->get();
     if (!err[i] && c.part.empty()) {
+      // Linked into place; a part an earlier, larger version left goes.
       err[i] = util::link_unnamed(c.file.get(), dir, c.leaf.c_str(), no_clobber);
+      if (!err[i]) util::drop_stale_part(dir, c.leaf);
     } else if (!err[i] && ::renameat2(dir, c.part.c_str(), dir, c.leaf.c_str(), no_clobber ? RENAME_NOREPLACE : 0) != 0) {
       err[i] = errno;
     }
@@ -839,11 +842,9 @@ transfer_result file_client::get(const std::vector<std::string>& sources, const 
     // New files get their final mode (less the umask) at once, so that
     // committing them needs no chmod; -p modes are set at commit.
     const mode_t create_mode = o.preserve ? 0600 : 0666;
-    int fd = g.entry.size <= inline_max ? util::open_unnamed(dir, create_mode) : -EOPNOTSUPP;
+    int fd = g.entry.size <= inline_max ? util::open_unnamed(dir, create_mode, g.part_st) : -EOPNOTSUPP;
     if (fd >= 0) {
       g.part.clear();
-      g.part_st = {};
-      g.part_st.st_mode = S_IFREG | (create_mode & util::default_file_mode());
     } else if (fd == -EOPNOTSUPP) {
       g.part = util::part_file_name(g.leaf);
       fd = util::open_locked_part(dir, g.part, g.private_part, create_mode, &g.part_st);
@@ -984,75 +985,82 @@ transfer_result file_client::get(const std::vector<std::string>& sources, const 
     c_.flush();
   };
 
-  send_next();
-  while (!waiting.empty()) {
-    proto::frame f = c_.receive_streamed(
-        [&](const json& h) {
-          current = nullptr;
-          if (h.value("type", "") != "get.data") return false;
-          auto it = waiting.find(h.value("id", std::uint64_t{0}));
-          if (it == waiting.end()) return false;
-          current = it->second;
-          return true;
-        },
-        [&](std::string_view part) {
-          if (current) write_data(*current, part);
-        });
-    auto id = f.id();
-    auto it = id ? waiting.find(*id) : waiting.end();
-    if (it == waiting.end()) continue;
-    get_file& g = *it->second;
-    const auto type = f.type();
-    if (type == "get.data") {
-      if (!f.body.empty()) write_data(g, f.body);  // (a body that was not streamed)
-      continue;
-    }
-    if (type == "get.begin") {
-      const auto offset = f.header.value("offset", std::uint64_t{0});
-      if (offset != g.digest.bytes() || offset == 0) {
-        // The server did not take our part (or there was none): start over,
-        // dropping whatever an earlier attempt left in the part file.
-        g.digest.reset();
-        truncate_part(g);
-        g.pos = 0;
-      } else {
-        g.pos = offset;
-        r.resumed_bytes += offset;
-        prog.bytes_done += offset;
-      }
-      const std::uint64_t listed_size = g.entry.size;
-      g.entry.size = f.header.value("size", g.entry.size);
-      // Reserve the blocks still to come, unless the reservation made
-      // before the request still covers them: a full disk is reported now,
-      // not halfway, and writing into reserved blocks is cheaper.
-      const bool still_reserved = g.preallocated && g.entry.size == listed_size;
-      if (!to_stdout && !g.failed && g.entry.size > g.pos && !still_reserved) {
-        if (int e = util::preallocate(g.fd.get(), g.pos, g.entry.size - g.pos)) {
-          fail(g, local_errc(e), local_message(e, g.local), g.pos == 0);  // an empty part: nothing to resume
-        } else {
-          g.preallocated = true;
-        }
-      }
-      continue;
-    }
-    waiting.erase(it);
-    if (type == "get.file") {
-      g.digest.reset();
-      g.pos = 0;
-      truncate_part(g);
-      write_data(g, f.body);
-      finish(g, f.header);
-    } else if (type == "get.end") {
-      finish(g, f.header);
-    } else if (type == proto::type::error) {
-      auto e = error_from_frame(f);
-      ++prog.files_done;
-      fail(g, e.code().value_or(errc::io_error), g.remote + ": " + f.header.value("message", e.what()),
-           e.code() == errc::integrity);
-      if (g.private_part && g.dir) ::unlinkat(g.dir->get(), g.part.c_str(), 0);
-    }
-    if (g.failed) g.fd.reset(), g.dir.reset();
+  try {
     send_next();
+    while (!waiting.empty()) {
+      proto::frame f = c_.receive_streamed(
+          [&](const json& h) {
+            current = nullptr;
+            if (h.value("type", "") != "get.data") return false;
+            auto it = waiting.find(h.value("id", std::uint64_t{0}));
+            if (it == waiting.end()) return false;
+            current = it->second;
+            return true;
+          },
+          [&](std::string_view part) {
+            if (current) write_data(*current, part);
+          });
+      auto id = f.id();
+      auto it = id ? waiting.find(*id) : waiting.end();
+      if (it == waiting.end()) continue;
+      get_file& g = *it->second;
+      const auto type = f.type();
+      if (type == "get.data") {
+        if (!f.body.empty()) write_data(g, f.body);  // (a body that was not streamed)
+        continue;
+      }
+      if (type == "get.begin") {
+        const auto offset = f.header.value("offset", std::uint64_t{0});
+        if (offset != g.digest.bytes() || offset == 0) {
+          // The server did not take our part (or there was none): start over,
+          // dropping whatever an earlier attempt left in the part file.
+          g.digest.reset();
+          truncate_part(g);
+          g.pos = 0;
+        } else {
+          g.pos = offset;
+          r.resumed_bytes += offset;
+          prog.bytes_done += offset;
+        }
+        const std::uint64_t listed_size = g.entry.size;
+        g.entry.size = f.header.value("size", g.entry.size);
+        // Reserve the blocks still to come, unless the reservation made
+        // before the request still covers them: a full disk is reported now,
+        // not halfway, and writing into reserved blocks is cheaper.
+        const bool still_reserved = g.preallocated && g.entry.size == listed_size;
+        if (!to_stdout && !g.failed && g.entry.size > g.pos && !still_reserved) {
+          if (int e = util::preallocate(g.fd.get(), g.pos, g.entry.size - g.pos)) {
+            fail(g, local_errc(e), local_message(e, g.local), g.pos == 0);  // an empty part: nothing to resume
+          } else {
+            g.preallocated = true;
+          }
+        }
+        continue;
+      }
+      waiting.erase(it);
+      if (type == "get.file") {
+        g.digest.reset();
+        g.pos = 0;
+        truncate_part(g);
+        write_data(g, f.body);
+        finish(g, f.header);
+      } else if (type == "get.end") {
+        finish(g, f.header);
+      } else if (type == proto::type::error) {
+        auto e = error_from_frame(f);
+        ++prog.files_done;
+        fail(g, e.code().value_or(errc::io_error), g.remote + ": " + f.header.value("message", e.what()),
+             e.code() == errc::integrity);
+        if (g.private_part && g.dir) ::unlinkat(g.dir->get(), g.part.c_str(), 0);
+      }
+      if (g.failed) g.fd.reset(), g.dir.reset();
+      send_next();
+    }
+  } catch (...) {
+    // The connection failed: the files already received and verified are
+    // committed all the same (an unnamed one would otherwise be lost).
+    commit_all(batch, o.no_clobber, o.fsync, r, r.files);
+    throw;
   }
   commit_all(batch, o.no_clobber, o.fsync, r, r.files);
 

@@ -239,8 +239,10 @@ void file_share::committer() {
         if (replaced && S_ISDIR(old.st_mode)) {
           result[i] = EISDIR;
         } else if (j.part.empty()) {
-          // An unnamed file (an upload that came whole): link it into place.
+          // An unnamed file (an upload that came whole): link it into place,
+          // and reclaim the part an earlier, larger version left, if any.
           result[i] = util::link_unnamed(j.file.get(), j.dir.get(), j.target.c_str(), j.no_clobber);
+          if (!result[i]) util::drop_stale_part(j.dir.get(), j.target);
         } else if (::renameat2(j.dir.get(), j.part.c_str(), j.dir.get(), j.target.c_str(),
                                j.no_clobber ? RENAME_NOREPLACE : 0) != 0) {
           result[i] = errno;
@@ -280,6 +282,7 @@ void file_share::committer() {
 struct files_session::upload {
   util::unique_fd dir;
   util::unique_fd file;
+  std::string path;  // as the client named it (for messages)
   std::string leaf;
   std::string part;  // empty: an unnamed file (util::open_unnamed), linked at commit
   bool private_part = false;  // not resumable: removed on failure
@@ -775,6 +778,7 @@ void files_session::do_put(std::uint64_t id, const json& h, std::string& body) {
                                           " bytes; this server accepts files up to " + std::to_string(max));
   }
   auto u = std::make_unique<upload>(sha);
+  u->path = *path;
   u->dir.reset(share_.jail().open_parent(*path, u->leaf));
   if (!u->dir) {
     const int e = -u->dir.release();
@@ -791,6 +795,12 @@ void files_session::do_put(std::uint64_t id, const json& h, std::string& body) {
     if (no_clobber) return error(id, errc::exists, "'" + *path + "' already exists (no_clobber)");
   }
   if (!share_.reserve(declared)) {
+    // An inline put was not looked at yet: a name it could not take says so
+    // rather than the quota.
+    if (is_inline && ::fstatat(u->dir.get(), u->leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) {
+      if (S_ISDIR(st.st_mode)) return error(id, errc::exists, "'" + *path + "' is a directory");
+      if (no_clobber) return error(id, errc::exists, "'" + *path + "' already exists (no_clobber)");
+    }
     return error(id, errc::quota_exceeded, "'" + *path + "' (" + std::to_string(declared) +
                                                " bytes) would exceed the share's quota");
   }
@@ -806,11 +816,8 @@ void files_session::do_put(std::uint64_t id, const json& h, std::string& body) {
   // A file that comes whole in this frame is written to an unnamed file
   // and linked into place at commit: there is nothing to resume, so no
   // part needs a name, a lock or a rename.
-  int fd = is_inline ? util::open_unnamed(u->dir.get(), create_mode) : -EOPNOTSUPP;
-  if (fd >= 0) {
-    st = {};
-    st.st_mode = S_IFREG | (create_mode & util::default_file_mode());
-  } else if (fd == -EOPNOTSUPP) {
+  int fd = is_inline ? util::open_unnamed(u->dir.get(), create_mode, st) : -EOPNOTSUPP;
+  if (fd == -EOPNOTSUPP) {
     // The part file: one well-known name per target (resumable), locked
     // while in use. A concurrent upload of the same name gets a private one.
     u->part = part_name_for(u->leaf);
@@ -875,7 +882,7 @@ void files_session::do_put(std::uint64_t id, const json& h, std::string& body) {
 void files_session::fail_upload(upload& u, errc code, const std::string& message) {
   u.failed = true;
   u.leave_part();
-  spdlog::info("files: upload of '{}' failed: {}", u.leaf, message);
+  spdlog::info("files: upload of '{}' failed: {}", u.path, message);
   // The id is known to the caller; find it to answer.
   for (auto& [id, p] : uploads_) {
     if (p.get() == &u) return error(id, code, message);
@@ -900,17 +907,17 @@ void files_session::put_data(std::uint64_t id, const json& h, std::string_view p
                                  " bytes are written");
         }
         if (::ftruncate(u.file.get(), static_cast<off_t>(o)) != 0) {
-          return fail_upload(u, errc_for_errno(errno), errno_message(errno, "'" + u.leaf + "'"));
+          return fail_upload(u, errc_for_errno(errno), errno_message(errno, "'" + u.path + "'"));
         }
         u.digest.reset();
         if (o > 0 && util::hash_file_range(u.file.get(), 0, o, u.digest) != 0) {
-          return fail_upload(u, errc::io_error, "cannot read back the part file of '" + u.leaf + "'");
+          return fail_upload(u, errc::io_error, "cannot read back the part file of '" + u.path + "'");
         }
         u.written = o;
         if (u.preallocated) {  // the truncation gave the reserved blocks back
           if (int e = util::preallocate(u.file.get(), o, *u.size - o)) {
             if (o == 0) ::unlinkat(u.dir.get(), u.part.c_str(), 0);  // empty: nothing to resume
-            return fail_upload(u, errc_for_errno(e), errno_message(e, "'" + u.leaf + "'"));
+            return fail_upload(u, errc_for_errno(e), errno_message(e, "'" + u.path + "'"));
           }
         }
       }
@@ -920,16 +927,16 @@ void files_session::put_data(std::uint64_t id, const json& h, std::string_view p
   if (part.empty()) return;
   const auto max = share_.options().max_file_size;
   if (u.size && u.written + part.size() > *u.size) {
-    return fail_upload(u, errc::bad_request, "more data than the declared size of '" + u.leaf + "'");
+    return fail_upload(u, errc::bad_request, "more data than the declared size of '" + u.path + "'");
   }
   if (max && u.written + part.size() > max) {
-    return fail_upload(u, errc::too_large, "'" + u.leaf + "' is larger than this server accepts (" +
+    return fail_upload(u, errc::too_large, "'" + u.path + "' is larger than this server accepts (" +
                                                std::to_string(max) + " bytes)");
   }
   if (!u.size) {
     // Unknown size (a stream): reserve quota as the data arrives.
     if (!share_.reserve(part.size())) {
-      return fail_upload(u, errc::quota_exceeded, "'" + u.leaf + "' would exceed the share's quota");
+      return fail_upload(u, errc::quota_exceeded, "'" + u.path + "' would exceed the share's quota");
     }
     u.reserved += part.size();
   }
@@ -943,7 +950,7 @@ void files_session::put_data(std::uint64_t id, const json& h, std::string_view p
       (void)::ftruncate(u.file.get(), static_cast<off_t>(u.written + off));
       u.digest.update(part.data(), off);
       u.written += off;
-      return fail_upload(u, errc_for_errno(e), errno_message(e, "writing '" + u.leaf + "'"));
+      return fail_upload(u, errc_for_errno(e), errno_message(e, "writing '" + u.path + "'"));
     }
     off += static_cast<std::size_t>(w);
   }
@@ -975,7 +982,7 @@ void files_session::put_end(std::uint64_t id, const json& h) {
   }
   upload& u = *it->second;
   if (u.size && u.written != *u.size) {
-    const std::string msg = "'" + u.leaf + "': got " + std::to_string(u.written) + " of " + std::to_string(*u.size) +
+    const std::string msg = "'" + u.path + "': got " + std::to_string(u.written) + " of " + std::to_string(*u.size) +
                             " bytes";
     share_.release(u.reserved);
     u.leave_part();
@@ -988,7 +995,7 @@ void files_session::put_end(std::uint64_t id, const json& h) {
   const std::string got_sha = u.want_sha256 ? u.digest.sha256_hex() : std::string();
   if (want != got || (u.want_sha256 && want_sha != got_sha)) {
     // Corrupt: the part is useless for a resume.
-    const std::string msg = "'" + u.leaf + "': content digest mismatch (sent " + (want.empty() ? "none" : want) +
+    const std::string msg = "'" + u.path + "': content digest mismatch (sent " + (want.empty() ? "none" : want) +
                             ", received " + got + "); the file was not committed";
     spdlog::warn("files: {}", msg);
     if (!u.part.empty()) ::unlinkat(u.dir.get(), u.part.c_str(), 0);
@@ -1026,20 +1033,20 @@ void files_session::submit_commit(upload& u, std::uint64_t id) {
   json done = {{"type", "put.done"}, {"id", id}, {"size", u.written}, {"xxh3", u.digest.xxh3_hex()}};
   if (u.want_sha256) done["sha256"] = u.digest.sha256_hex();
   ++commits_pending_;
-  job.done = [w = weak_from_this(), ex = conn_.executor(), id, done = std::move(done), leaf = u.leaf](int err) mutable {
+  job.done = [w = weak_from_this(), ex = conn_.executor(), id, done = std::move(done), shown = u.path](int err) mutable {
     // Only a live session may be answered: it keeps its connection, and so
     // the executor, alive. (This runs on the committer thread.)
     if (w.expired()) return;
-    boost::asio::post(ex, [w, id, err, done = std::move(done), leaf = std::move(leaf)]() mutable {
+    boost::asio::post(ex, [w, id, err, done = std::move(done), shown = std::move(shown)]() mutable {
       auto self = w.lock();
       if (!self) return;
       --self->commits_pending_;
       if (err == EEXIST) {
-        self->error(id, errc::exists, "'" + leaf + "' already exists (no_clobber)");
+        self->error(id, errc::exists, "'" + shown + "' already exists (no_clobber)");
       } else if (err == EISDIR) {
-        self->error(id, errc::exists, "'" + leaf + "' is a directory");
+        self->error(id, errc::exists, "'" + shown + "' is a directory");
       } else if (err) {
-        self->error(id, errc_for_errno(err), errno_message(err, "committing '" + leaf + "'"));
+        self->error(id, errc_for_errno(err), errno_message(err, "committing '" + shown + "'"));
       } else {
         self->conn_.send(done);
       }

@@ -53,11 +53,11 @@ inline constexpr std::uint64_t inline_file_max = 256 * 1024;
 /// Body size of each get.data frame.
 inline constexpr std::size_t data_chunk = 4u << 20;
 
-/// A rename into place, waiting for the committer thread.
+/// A rename (or link) into place, waiting for the committer thread.
 struct commit_job {
   util::unique_fd file;  ///< the part file, open for writing
   util::unique_fd dir;   ///< its directory
-  std::string part;      ///< part file name in dir
+  std::string part;      ///< part file name in dir; empty: `file` is unnamed (util::open_unnamed), to be linked
   std::string target;    ///< final name in dir
   bool no_clobber = false;
   std::optional<mode_t> mode;
@@ -66,7 +66,8 @@ struct commit_job {
   std::uint64_t reserved = 0;  ///< quota reservation to release
   /// Called on the committer thread with 0 or an errno (EEXIST: no_clobber).
   /// A part refused for good (EEXIST, EISDIR) has been removed by then;
-  /// after any other error it stays, for a later retry.
+  /// after any other error it stays, for a later retry. (An unnamed file
+  /// is gone either way once the job is done.)
   std::function<void(int err)> done;
 };
 

@@ -241,13 +241,20 @@ int open_locked_part(int dirfd, std::string& name, bool& is_private, mode_t crea
   return fd;
 }
 
-int open_unnamed(int dirfd, mode_t create_mode) noexcept {
+int open_unnamed(int dirfd, mode_t create_mode, struct stat& st) noexcept {
   // linkat() of an O_TMPFILE file goes through /proc/self/fd (the
   // AT_EMPTY_PATH form needs CAP_DAC_READ_SEARCH).
   static const bool have_proc = ::access("/proc/self/fd", X_OK) == 0;
   if (!have_proc) return -EOPNOTSUPP;
-  int fd = ::openat(dirfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, create_mode);
-  if (fd >= 0) return fd;
+  // The umask applied here too: kernels before 6.0 left it out for
+  // O_TMPFILE on file systems without POSIX ACLs.
+  int fd = ::openat(dirfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, create_mode & default_file_mode());
+  if (fd >= 0) {
+    if (::fstat(fd, &st) == 0) return fd;
+    const int e = errno;
+    ::close(fd);
+    return -e;
+  }
   const int e = errno;
   // Kernels and file systems without O_TMPFILE say so in several ways.
   return -(e == EISDIR || e == EINVAL || e == ENOENT ? EOPNOTSUPP : e);
@@ -274,6 +281,25 @@ int link_unnamed(int fd, int dirfd, const char* name, bool no_clobber) noexcept 
   e = errno;
   ::unlinkat(dirfd, tmp.c_str(), 0);
   return e;
+}
+
+void drop_stale_part(int dirfd, std::string_view leaf) noexcept {
+  std::string name;
+  try {
+    name = part_file_name(leaf);
+  } catch (...) {
+    return;
+  }
+  unique_fd fd(::openat(dirfd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
+  if (!fd) return;  // the usual case: none
+  if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) return;  // a transfer is using it
+  struct stat mine {}, named {};
+  // Still the one under that name (not renamed into place meanwhile)?
+  if (::fstat(fd.get(), &mine) == 0 && S_ISREG(mine.st_mode) &&
+      ::fstatat(dirfd, name.c_str(), &named, AT_SYMLINK_NOFOLLOW) == 0 && mine.st_dev == named.st_dev &&
+      mine.st_ino == named.st_ino) {
+    ::unlinkat(dirfd, name.c_str(), 0);
+  }
 }
 
 std::uint64_t raise_fd_limit() noexcept {

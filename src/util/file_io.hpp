@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 namespace cskit::util {
 
@@ -56,15 +57,21 @@ int open_locked_part(int dirfd, std::string& name, bool& is_private, mode_t crea
 /// link_unnamed gives it its name, and nothing left behind if the process
 /// dies first. Used for files that arrive whole (resuming one would gain
 /// nothing), instead of a named part that must be locked, renamed and
-/// cleaned up. Returns a descriptor, or -errno; -EOPNOTSUPP where the file
-/// system cannot do it or /proc is not mounted (linking needs
-/// /proc/self/fd): callers then fall back to a named part.
-int open_unnamed(int dirfd, mode_t create_mode) noexcept;
+/// cleaned up. `st` receives the file's status (its mode as created).
+/// Returns a descriptor, or -errno; -EOPNOTSUPP where the file system
+/// cannot do it or /proc is not mounted (linking needs /proc/self/fd):
+/// callers then fall back to a named part.
+int open_unnamed(int dirfd, mode_t create_mode, struct stat& st) noexcept;
 /// Gives the unnamed file `fd` (from open_unnamed) the name `name` in
 /// `dirfd`. An existing entry is replaced atomically (through a temporary
 /// name and rename) unless `no_clobber`, which fails with EEXIST instead.
 /// A directory in the way fails with EISDIR. Returns 0 or an errno.
 int link_unnamed(int fd, int dirfd, const char* name, bool no_clobber) noexcept;
+/// Removes the resumable part of `leaf` in `dirfd`, if there is one and no
+/// transfer holds it: called once `leaf` was committed from an unnamed
+/// file, so that a part left by an earlier, interrupted transfer of a
+/// larger version does not stay behind for ever (with its reserved blocks).
+void drop_stale_part(int dirfd, std::string_view leaf) noexcept;
 
 /// 0666 less the process's umask (read once): the mode of a new file.
 mode_t default_file_mode() noexcept;

@@ -430,6 +430,29 @@ class Commands(FilesTestCase):
                     os.unlink(os.path.join(remote, "fine"))
                 self.assert_no_parts(self.rshare)
 
+    def test_stale_parts_are_reclaimed_by_a_small_file(self):
+        """A part left by an interrupted transfer of a large version of a file is removed once a small
+        version (sent whole, through an unnamed file) is committed under that name, on both sides."""
+        with cskit_client.Client.connect("127.0.0.1", self.srv.port, "admin", TOKEN) as c:
+            h, _ = c.request("put", path=f"{self.rdir}/was-large", size=MiB)
+            self.assertEqual(h["type"], "put.ready")
+            c.send({"type": "put.data", "id": h["id"], "offset": 0}, random_bytes(100000))
+        # The connection is gone: the server keeps the part, resumable.
+        self.assertTrue(wait_until(lambda: len(part_files(self.rshare)) == 1, 20), part_files(self.rshare))
+        write_file(self.lp("was-large"), b"small now\n")
+        self.ok("put", self.lp("was-large"), self.rr())
+        self.assertEqual(read_file(os.path.join(self.rshare, "was-large")), b"small now\n")
+        self.assertEqual(part_files(self.rshare), [])
+        # The client: a part of the same name (the name is a digest of the file name) in the destination.
+        write_file(os.path.join(self.rshare, "name-of-part"), b"was-large")
+        with cskit_client.Client.connect("127.0.0.1", self.srv.port, "admin", TOKEN) as c:
+            digest = c.request("get", path=f"{self.rdir}/name-of-part")[0]["xxh3"]
+        down = self.lp("down-stale")
+        write_file(os.path.join(down, PART_PREFIX + digest[:16]), random_bytes(100000))
+        self.ok("get", self.rr("was-large"), down)
+        self.assertEqual(read_file(os.path.join(down, "was-large")), b"small now\n")
+        self.assertEqual(os.listdir(down), ["was-large"])
+
     def test_verify_sha256(self):
         for size in (10, 300000, 5 * MiB):
             with self.subTest(size=size):
@@ -1677,23 +1700,24 @@ class WithoutProc(unittest.TestCase):
     """Where /proc is not mounted (a minimal container or chroot), an unnamed file cannot be linked
     into place, which goes through /proc/self/fd: files that come whole then use named part files,
     on both sides, and everything arrives as usual. Server and client run in a mount namespace of
-    their own with an empty tmpfs over /proc."""
+    their own with an empty tmpfs over /proc (in a user namespace too when not run as root)."""
 
     def setUp(self):
-        if os.geteuid() != 0 or not shutil.which("unshare"):
-            self.skipTest("needs root and unshare(1)")
+        if not shutil.which("unshare"):
+            self.skipTest("needs unshare(1)")
         self.tmp = tempfile.mkdtemp(prefix="cskit-noproc-")
+        unshare = "unshare -m --propagation private" + ("" if os.geteuid() == 0 else " -r")
         self.wrapper = os.path.join(self.tmp, "cskit-without-proc")
         with open(self.wrapper, "w") as f:
             f.write("#!/bin/sh\n"
-                    "exec unshare -m --propagation private sh -c "
+                    f"exec {unshare} sh -c "
                     "'mount -t tmpfs none /proc && exec \"$0\" \"$@\"' " + shlex.quote(BIN) + ' "$@"\n')
         os.chmod(self.wrapper, 0o755)
-        probe = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
-                                "mount -t tmpfs none /proc && test ! -e /proc/self/fd"], capture_output=True, timeout=30)
+        probe = subprocess.run(unshare.split() + ["sh", "-c", "mount -t tmpfs none /proc && test ! -e /proc/self/fd"],
+                               capture_output=True, timeout=30)
         if probe.returncode != 0:
             shutil.rmtree(self.tmp, ignore_errors=True)
-            self.skipTest("cannot mount over /proc in a new mount namespace")
+            self.skipTest("cannot mount over /proc in a new mount namespace: " + probe.stderr.decode(errors="replace"))
 
     def tearDown(self):
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -1878,6 +1902,29 @@ class QuotaAndLimits(FilesTestCase):
             self.ok("put", self.lp("six"), self.rr("b"))
             self.assertEqual(read_file(os.path.join(self.rshare, "b")), read_file(self.lp("six")))
             self.ok("rm", self.rr("b"))
+
+    def test_quota_with_small_files(self):
+        """Small files are sent whole and committed from unnamed files: replacing one counts only
+        the difference, and one refused for its name is told so, even when the quota is full."""
+        write_file(self.lp("small"), random_bytes(200 * 1024))
+        for _ in range(30):  # 30 x 200 KiB: past the 10 MiB quota, were each counted anew
+            self.ok("put", self.lp("small"), self.rr("s"))
+        write_file(self.lp("six"), random_bytes(6 * MiB))
+        self.ok("put", self.lp("six"), self.rr("six"))
+        write_file(self.lp("three"), random_bytes(3 * MiB + 700 * 1024))
+        self.ok("put", self.lp("three"), self.rr("three"))  # 10,140 of 10,240 KiB in use
+        os.makedirs(os.path.join(self.rshare, "d", "small"))  # in the way of the tree's d/small
+        write_file(self.lp("d", "small"), random_bytes(200 * 1024))
+        r = self.cli("put", "-r", self.lp("d"), self.rr())
+        self.assertEqual(r.returncode, EXIT_EXISTS, r.stderr)
+        self.assertIn("/d/small' is a directory", r.stderr)
+        r = self.cli("put", "-n", self.lp("small"), self.rr("s"))
+        self.assertEqual(r.returncode, EXIT_EXISTS, r.stderr)
+        self.assertIn("/s' already exists", r.stderr)
+        r = self.cli("put", self.lp("small"), self.rr("new"))
+        self.assertEqual(r.returncode, EXIT_QUOTA, r.stderr)
+        for name in ("s", "six", "three"):
+            self.ok("rm", self.rr(name))
 
     def test_max_file_size(self):
         write_file(self.lp("eight"), random_bytes(8 * MiB))

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -264,10 +265,15 @@ TEST(UnnamedFiles, LinkNewReplaceRefuse) {
   const fs::path d = ::mkdtemp(tmpl);
   util::unique_fd dir(::open(d.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
   ASSERT_TRUE(dir);
+  const mode_t umask_now = ::umask(022);
+  ::umask(umask_now);
   auto unnamed = [&](const std::string& content) {
-    int fd = util::open_unnamed(dir.get(), 0666);
+    struct stat st {};
+    int fd = util::open_unnamed(dir.get(), 0666, st);
     if (fd == -EOPNOTSUPP) return fd;
     EXPECT_GE(fd, 0) << std::strerror(-fd);
+    EXPECT_TRUE(S_ISREG(st.st_mode));
+    EXPECT_EQ(st.st_mode & 07777, 0666 & ~umask_now) << "created with the mode asked for, less the umask";
     EXPECT_EQ(util::write_all(fd, content.data(), content.size()), 0);
     return fd;
   };
@@ -280,6 +286,9 @@ TEST(UnnamedFiles, LinkNewReplaceRefuse) {
   // A new name.
   ASSERT_EQ(util::link_unnamed(a.get(), dir.get(), "f", false), 0);
   EXPECT_EQ(slurp(d / "f"), "first");
+  struct stat linked {};
+  ASSERT_EQ(::stat((d / "f").c_str(), &linked), 0);
+  EXPECT_EQ(linked.st_mode & 07777, 0666 & ~umask_now);
   // An existing name is replaced whole, and no temporary name is left.
   util::unique_fd b(unnamed("second"));
   ASSERT_EQ(util::link_unnamed(b.get(), dir.get(), "f", false), 0);
@@ -305,5 +314,33 @@ TEST(UnnamedFiles, LinkNewReplaceRefuse) {
   // Closed before it was linked: nothing is left behind.
   { util::unique_fd gone(unnamed("never linked")); }
   EXPECT_EQ(names_in(d), (std::vector<std::string>{"f", "link", "sub"}));
+  fs::remove_all(d);
+}
+
+TEST(UnnamedFiles, StalePartOfACommittedNameIsDropped) {
+  char tmpl[] = "/tmp/cskit-stale-XXXXXX";
+  const fs::path d = ::mkdtemp(tmpl);
+  util::unique_fd dir(::open(d.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+  ASSERT_TRUE(dir);
+  const std::string part = util::part_file_name("f");
+  std::ofstream(d / part) << "left by an interrupted transfer";
+  // Held by a transfer: kept.
+  {
+    util::unique_fd held(::open((d / part).c_str(), O_RDWR | O_CLOEXEC));
+    ASSERT_EQ(::flock(held.get(), LOCK_EX | LOCK_NB), 0);
+    util::drop_stale_part(dir.get(), "f");
+    EXPECT_TRUE(fs::exists(d / part));
+  }
+  // Not held: removed. Another name's part, and a missing one, are left alone.
+  const std::string other = util::part_file_name("g");
+  std::ofstream(d / other) << "g's";
+  util::drop_stale_part(dir.get(), "f");
+  EXPECT_FALSE(fs::exists(d / part));
+  EXPECT_TRUE(fs::exists(d / other));
+  util::drop_stale_part(dir.get(), "f");
+  // A directory under the part's name is not removed.
+  fs::create_directory(d / part);
+  util::drop_stale_part(dir.get(), "f");
+  EXPECT_TRUE(fs::is_directory(d / part));
   fs::remove_all(d);
 }
