@@ -257,8 +257,9 @@ server's share; HOST: alone is the share's root. Exit codes beyond the common on
         ->check(CLI::IsMember({"sha256", "xxh3"}));
     add_login_options(*cmd, o->common);
     cmd->footer(std::string(R"(Every file is digested (XXH3-128) by the sender while it is read and by the receiver while
-it is written, written to a part file, flushed, and renamed into place only when the digests
-match. Run the same command again after an interruption: it resumes where it stopped.
+it is written, written to a temporary file beside the target (a resumable part file; an unnamed
+one for files up to 256 KiB), flushed, and moved into place only when the digests match. Run
+the same command again after an interruption: it resumes where it stopped.
 )") + remote_help);
   }
   if (get_cmd) get_cmd->add_flag("--no-fsync", get_o.no_fsync,

@@ -194,7 +194,9 @@ class ChatTest(unittest.TestCase):
         alice, bob = self.client("alice"), self.client("bob")
         bob.proc.kill()
         e, _ = alice.wait_for(event("quit", "bob"))
-        self.assertEqual(e["reason"], "peer closed")
+        # A killed process's socket ends with FIN, or with RST when data it had not read was
+        # still queued (a notice that arrived just before the kill): both are an abrupt quit.
+        self.assertIn(e["reason"], ("peer closed", "Connection reset by peer"))
         carol = self.client("carol")
         carol.say("/quit see you")
         e, _ = alice.wait_for(event("quit", "carol"))
