@@ -790,17 +790,22 @@ void files_session::do_put(std::uint64_t id, const json& h, std::string& body) {
   // commit refuses both, atomically, so looking first would only cost a
   // lookup per small file.
   struct stat st {};
-  if (!is_inline && ::fstatat(u->dir.get(), u->leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) {
-    if (S_ISDIR(st.st_mode)) return error(id, errc::exists, "'" + *path + "' is a directory");
-    if (no_clobber) return error(id, errc::exists, "'" + *path + "' already exists (no_clobber)");
-  }
+  auto refused_name = [&] {  // answers and returns true when the name cannot be taken
+    if (::fstatat(u->dir.get(), u->leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) return false;
+    if (S_ISDIR(st.st_mode)) {
+      error(id, errc::exists, "'" + *path + "' is a directory");
+    } else if (no_clobber) {
+      error(id, errc::exists, "'" + *path + "' already exists (no_clobber)");
+    } else {
+      return false;
+    }
+    return true;
+  };
+  if (!is_inline && refused_name()) return;
   if (!share_.reserve(declared)) {
     // An inline put was not looked at yet: a name it could not take says so
     // rather than the quota.
-    if (is_inline && ::fstatat(u->dir.get(), u->leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) {
-      if (S_ISDIR(st.st_mode)) return error(id, errc::exists, "'" + *path + "' is a directory");
-      if (no_clobber) return error(id, errc::exists, "'" + *path + "' already exists (no_clobber)");
-    }
+    if (is_inline && refused_name()) return;
     return error(id, errc::quota_exceeded, "'" + *path + "' (" + std::to_string(declared) +
                                                " bytes) would exceed the share's quota");
   }

@@ -210,6 +210,18 @@ std::string random_hex64() {
   return buf;
 }
 
+namespace {
+// True when the regular file open as `fd` is still the one named `name` in
+// `dirfd` (another transfer may have renamed it into place meanwhile);
+// `mine` receives its status.
+bool still_named(int fd, int dirfd, const char* name, struct stat& mine) noexcept {
+  struct stat named {};
+  return ::fstat(fd, &mine) == 0 && S_ISREG(mine.st_mode) &&
+         ::fstatat(dirfd, name, &named, AT_SYMLINK_NOFOLLOW) == 0 && mine.st_dev == named.st_dev &&
+         mine.st_ino == named.st_ino;
+}
+}  // namespace
+
 int open_locked_part(int dirfd, std::string& name, bool& is_private, mode_t create_mode, struct stat* st) noexcept {
   is_private = false;
   for (int attempt = 0; attempt < 8; ++attempt) {
@@ -219,10 +231,8 @@ int open_locked_part(int dirfd, std::string& name, bool& is_private, mode_t crea
       ::close(fd);
       break;  // in use by another transfer
     }
-    struct stat mine {}, named {};
-    if (::fstat(fd, &mine) == 0 && S_ISREG(mine.st_mode) &&
-        ::fstatat(dirfd, name.c_str(), &named, AT_SYMLINK_NOFOLLOW) == 0 && mine.st_dev == named.st_dev &&
-        mine.st_ino == named.st_ino) {
+    struct stat mine {};
+    if (still_named(fd, dirfd, name.c_str(), mine)) {
       if (st) *st = mine;
       return fd;
     }
@@ -293,13 +303,8 @@ void drop_stale_part(int dirfd, std::string_view leaf) noexcept {
   unique_fd fd(::openat(dirfd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
   if (!fd) return;  // the usual case: none
   if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) return;  // a transfer is using it
-  struct stat mine {}, named {};
-  // Still the one under that name (not renamed into place meanwhile)?
-  if (::fstat(fd.get(), &mine) == 0 && S_ISREG(mine.st_mode) &&
-      ::fstatat(dirfd, name.c_str(), &named, AT_SYMLINK_NOFOLLOW) == 0 && mine.st_dev == named.st_dev &&
-      mine.st_ino == named.st_ino) {
-    ::unlinkat(dirfd, name.c_str(), 0);
-  }
+  struct stat mine {};
+  if (still_named(fd.get(), dirfd, name.c_str(), mine)) ::unlinkat(dirfd, name.c_str(), 0);
 }
 
 std::uint64_t raise_fd_limit() noexcept {
