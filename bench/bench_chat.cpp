@@ -183,7 +183,8 @@ raw_cskit cskit_login(const net::host_port& where, const std::string& token, con
   proto::frame hello = read_one(c, d);
   auto sn = proto::from_hex<proto::nonce_size>(hello.header.value("nonce", ""));
   const auto cn = proto::random_nonce();
-  const auto proof = proto::compute_proof(proto::proof_role::client, token, "admin", *sn, cn);
+  const auto proof = proto::compute_proof(proto::proof_role::client, token, "admin", proto::binding_kind::nonces,
+                                          proto::nonce_binding(*sn, cn));
   send_frame(c.fd, {{"type", "auth"}, {"id", 1}, {"proto", proto::protocol_version}, {"user", "admin"},
                     {"nonce", proto::to_hex(cn)}, {"proof", proto::to_hex(proof)}});
   if (read_one(c, d).type() != "welcome") std::exit(1);

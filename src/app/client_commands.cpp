@@ -4,10 +4,14 @@
 #include <cstdio>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
+#include <mutex>
 #include <thread>
 #include <vector>
 
+#include <unistd.h>
+
 #include "app/commands.hpp"
+#include "net/tls.hpp"
 #include "proto/limits.hpp"
 #include "proto/messages.hpp"
 #include "util/rounding.hpp"
@@ -25,6 +29,8 @@ int exit_code_for(client::failure f) noexcept {
     case client::failure::protocol: return exit_code::protocol;
     case client::failure::remote: return exit_code::remote;
     case client::failure::timeout: return exit_code::timeout;
+    case client::failure::host_key_changed: return exit_code::host_key_changed;
+    case client::failure::host_key_unknown: return exit_code::host_key_unknown;
   }
   return exit_code::failure;
 }
@@ -39,6 +45,8 @@ const char* failure_name(client::failure f) {
     case client::failure::protocol: return "protocol";
     case client::failure::remote: return "remote";
     case client::failure::timeout: return "timeout";
+    case client::failure::host_key_changed: return "host_key_changed";
+    case client::failure::host_key_unknown: return "host_key_unknown";
   }
   return "error";
 }
@@ -67,13 +75,59 @@ int report(const client::client_error& e, bool as_json) {
 
 }  // namespace
 
+namespace {
+
+// Reads one line from the terminal, byte by byte, so that nothing typed
+// after it is taken from stdin.
+std::string read_terminal_line() {
+  std::string line;
+  char c;
+  while (line.size() < 256 && ::read(STDIN_FILENO, &c, 1) == 1 && c != '\n') line += c;
+  while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
+  while (!line.empty() && line.front() == ' ') line.erase(line.begin());
+  return line;
+}
+
+// First contact from a terminal: show the key and ask, as ssh does.
+bool confirm_on_terminal(const std::string& host, const std::string& fp, const std::string& untrusted) {
+  static std::mutex one_question_at_a_time;  // exec fan-out connects from several threads
+  std::lock_guard<std::mutex> lock(one_question_at_a_time);
+  std::fprintf(stderr, "The authenticity of server '%s' can't be established.\n", host.c_str());
+  std::fprintf(stderr, "Its key fingerprint is %s.\n", fp.c_str());
+  if (!untrusted.empty()) std::fprintf(stderr, "Its certificate is not vouched for by a trusted CA (%s).\n", untrusted.c_str());
+  std::fprintf(stderr, "This key is not known by any other names.\n");
+  std::fprintf(stderr, "Are you sure you want to continue connecting (yes/no/[fingerprint])? ");
+  for (int tries = 0; tries < 5; ++tries) {
+    const std::string answer = read_terminal_line();
+    if (answer == "yes" || answer == fp) return true;
+    if (answer == "no" || answer.empty()) return false;
+    if (net::tls::is_fingerprint(answer)) {
+      std::fprintf(stderr, "The fingerprint you typed does not match the server's key.\n");
+      return false;
+    }
+    std::fprintf(stderr, "Please type 'yes', 'no' or the fingerprint: ");
+  }
+  return false;
+}
+
+}  // namespace
+
 client::connection connect_client(const client_common& o, const std::string& host) {
   std::string why;
   auto where = net::parse_host_port(host, proto::default_port, &why);
   if (!where) throw client::client_error(client::failure::connect, "invalid host '" + host + "': " + why);
-  client::credential_sources src{o.user, o.token, o.client_config, host};
-  auto creds = client::resolve_credentials(src);
-  return client::connection::open(*where, creds, {ms(o.connect_timeout), ms(o.timeout)});
+  client::credential_sources src{o.user, o.token, o.fingerprint, o.ca_file, o.client_config, host};
+  auto profile = client::resolve_profile(src);
+  client::connect_options opts;
+  opts.connect_timeout = ms(o.connect_timeout);
+  opts.io_timeout = ms(o.timeout);
+  opts.plaintext = o.plaintext;
+  opts.trust.fingerprint = profile.fingerprint;
+  opts.trust.ca_file = profile.ca_file;
+  opts.trust.accept_new = o.accept_new;
+  // Ask only someone who can answer: a terminal on both ends.
+  if (::isatty(STDIN_FILENO) && ::isatty(STDERR_FILENO)) opts.trust.confirm = confirm_on_terminal;
+  return client::connection::open(*where, profile.creds, opts);
 }
 
 int run_ping(const ping_options& o) {
@@ -169,6 +223,12 @@ int run_info(const client_common& o) {
     h.erase("type");
     h.erase("id");
     h["address"] = conn.peer();
+    const auto& g = conn.greeting();
+    // The server reports its side of the transport; this is ours.
+    h["client_transport"] = {{"protocol", g.transport},
+                             {"server_key", g.fingerprint},
+                             {"server_key_trusted_by", g.verified_by},
+                             {"kernel_tls_send", g.kernel_tls_send}};
     if (o.json) {
       std::printf("%s\n", h.dump().c_str());
     } else {
@@ -184,6 +244,15 @@ int run_info(const client_common& o) {
       std::printf("user:        %s\n", h.value("user", "").c_str());
       std::printf("permissions: %s\n", list(h.value("permissions", json::array())).c_str());
       std::printf("services:    %s\n", list(h.value("services", json::array())).c_str());
+      std::printf("transport:   %s\n", g.transport.c_str());
+      if (!g.fingerprint.empty()) {
+        std::printf("server key:  %s (trusted: %s)\n", g.fingerprint.c_str(), g.verified_by.c_str());
+        const json t = h.value("transport", json::object());
+        std::printf("kernel TLS:  %s\n", t.value("kernel_tls_send", false) || g.kernel_tls_send
+                                              ? "in use"
+                                              : (t.value("kernel_offers_tls", false) ? "offered, not in use"
+                                                                                      : "no (the kernel does not offer it)"));
+      }
     }
     conn.close();
     return exit_code::ok;

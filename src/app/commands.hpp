@@ -30,6 +30,9 @@ inline constexpr int integrity = 11;      ///< content digest mismatch: nothing 
 inline constexpr int changed = 12;        ///< the source changed or vanished during the transfer
 inline constexpr int not_found = 13;      ///< no such file or directory
 inline constexpr int exists = 14;         ///< the target exists (--no-clobber, mkdir)
+// server identity (TLS)
+inline constexpr int host_key_changed = 15;  ///< the server's key differs from the pinned or known one
+inline constexpr int host_key_unknown = 16;  ///< the server's key is new and was not accepted, or its certificate is untrusted
 }  // namespace exit_code
 
 /// The exit code for an error code (file commands).
@@ -42,6 +45,10 @@ struct client_common {
   std::optional<std::string> user;
   std::optional<std::string> token;
   std::string client_config;
+  std::optional<std::string> fingerprint;  ///< --fingerprint SHA256:...
+  std::optional<std::string> ca_file;      ///< --ca-file
+  bool accept_new = false;                 ///< --accept-new
+  bool plaintext = false;                  ///< --plaintext
   double connect_timeout = 10;
   double timeout = 30;
   bool json = false;
@@ -139,6 +146,7 @@ int run_mv(const files_options& o);
 struct serve_options {
   server::server_config config;
   std::string config_file;
+  bool print_fingerprint = false;  ///< --print-fingerprint: print the key's fingerprint and exit
 };
 
 }  // namespace cskit::app

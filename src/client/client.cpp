@@ -15,6 +15,8 @@
 #include <sstream>
 #include <toml++/toml.h>
 
+#include "client/server_identity.hpp"
+#include "net/tls.hpp"
 #include "proto/auth.hpp"
 #include "proto/messages.hpp"
 #include "util/paths.hpp"
@@ -58,11 +60,27 @@ client_error error_from_frame(const proto::frame& f) {
   return client_error(kind, "server: " + message + (code_name.empty() ? "" : " [" + code_name + "]"), code);
 }
 
+namespace {
+
+std::shared_ptr<const net::tls::context> client_tls_context() {
+  // One per process, made at the first connection: `cskit --version`,
+  // `help` and the UDP commands never set TLS up.
+  static const std::shared_ptr<const net::tls::context> ctx = [] {
+    net::tls::client_settings s;
+    s.try_ktls = net::tls::kernel_offers_ktls();
+    return net::tls::context::for_client(s);
+  }();
+  return ctx;
+}
+
+}  // namespace
+
 struct connection::impl {
   asio::io_context ioc{1};
   tcp::socket socket{ioc};
   tcp::resolver resolver{ioc};
   connect_options opts;
+  net::host_port where;
   server_greeting greeting;
   std::string peer;
   std::uint64_t last_id = 0;
@@ -73,6 +91,17 @@ struct connection::impl {
   std::string wbuf;
   std::string queued;  // frames waiting for one write (queue())
   static constexpr std::size_t queue_flush_bytes = 256 << 10;
+
+  // TLS (null: the cleartext opt-in). Ciphertext is read in pieces smaller
+  // than rbuf by more than a record, so that all a read decrypts (with a
+  // record begun before it) fits in rbuf, and nothing decrypted is ever
+  // left inside OpenSSL where poll() on the socket could not see it.
+  std::unique_ptr<net::tls::channel> tls;
+  static constexpr std::size_t cipher_chunk = rbuf_size - 64 * 1024;
+  std::unique_ptr<char[]> cbuf;
+  static constexpr std::size_t tls_chunk = 256 * 1024;  // plaintext encrypted and sent at a time
+  std::unique_ptr<char[]> fbuf;  // a file piece, before it is encrypted
+  bool encrypts() const noexcept { return tls && !tls->ktls_send(); }
 
   // Runs one asynchronous operation to completion or until the deadline.
   template <class Start>
@@ -96,7 +125,13 @@ struct connection::impl {
     return result;
   }
 
-  void connect(const net::host_port& where) {
+  client_error lost(const error_code& ec) const {
+    return client_error(failure::connect, ec == asio::error::eof ? "connection closed by " + peer
+                                                                 : "connection to " + peer + " lost: " + ec.message());
+  }
+
+  void connect(const net::host_port& to) {
+    where = to;
     std::vector<tcp::endpoint> endpoints;
     error_code ec;
     // An IP literal needs no resolver (whose thread costs a millisecond).
@@ -130,7 +165,141 @@ struct connection::impl {
     socket.set_option(tcp::no_delay(true), ec);
     socket.non_blocking(true, ec);  // for the spin in read_frame; async ops are unaffected
     peer = net::format_host_port(connected.address().to_string(), connected.port());
+    if (opts.plaintext && !connected.address().is_loopback()) {
+      throw client_error(failure::connect, "refusing to log in to " + peer +
+                                               " over cleartext: --plaintext is for loopback addresses only; "
+                                               "everywhere else cskit uses TLS");
+    }
   }
+
+  // --- TLS set-up ---------------------------------------------------------
+
+  void tls_handshake() {
+    tls = std::make_unique<net::tls::channel>(client_tls_context(), where.host, socket.native_handle());
+    cbuf.reset(new char[cipher_chunk]);
+    std::string first;  // the server's first bytes, to explain a failure
+    for (;;) {
+      const auto r = tls->handshake();
+      send_cipher();
+      if (r == net::tls::channel::result::ok) break;
+      if (r != net::tls::channel::result::want_input) handshake_failed(first, tls->error_text());
+      error_code ec = run([&](auto handler) { socket.async_wait(tcp::socket::wait_read, handler); },
+                          opts.io_timeout, "TLS handshake with " + peer);
+      std::size_t n = 0;
+      if (!ec) n = socket.read_some(asio::buffer(cbuf.get(), cipher_chunk), ec);
+      if (ec == asio::error::would_block || ec == asio::error::try_again) continue;
+      if (ec) handshake_failed(first, ec == asio::error::eof ? "the server closed the connection" : ec.message());
+      if (first.size() < 4096) first.append(cbuf.get(), std::min(n, 4096 - first.size()));
+      tls->feed(std::string_view(cbuf.get(), n));
+    }
+    if (tls->alpn() != net::tls::alpn_id) {
+      throw client_error(failure::protocol, "the TLS server at " + peer + " did not agree to speak cskit (ALPN)");
+    }
+  }
+
+  [[noreturn]] void handshake_failed(const std::string& first, const std::string& why) {
+    const std::string non_tls = net::tls::describe_non_tls(first);
+    if (non_tls.empty()) throw client_error(failure::protocol, "TLS handshake with " + peer + " failed: " + why);
+    // A cskit server that answered in cleartext: its error (at its
+    // connection limit, say) is worth showing, unauthenticated as it is.
+    proto::frame_decoder d;
+    proto::frame f;
+    std::string_view in(first);
+    if (d.decode(in, f) == proto::frame_decoder::status::frame && f.type() == proto::type::error) {
+      client_error e = error_from_frame(f);
+      throw client_error(e.kind(), std::string(e.what()) + " (sent before TLS, unauthenticated)", e.code());
+    }
+    throw client_error(failure::protocol,
+                       "the server at " + peer + " does not speak TLS: " + non_tls +
+                           (f.type() == proto::type::hello ? " (it runs with --plaintext)" : "") +
+                           ". cskit never falls back to cleartext by itself; --plaintext connects without TLS "
+                           "(loopback only)");
+  }
+
+  // --- bytes on the socket ------------------------------------------------
+
+  void wait_writable() {
+    error_code ec = run([&](auto handler) { socket.async_wait(tcp::socket::wait_write, handler); }, opts.io_timeout,
+                        "sending to " + peer);
+    if (ec) throw lost(ec);
+  }
+
+  // Writes all of `data` to the socket, waiting (with the io deadline)
+  // while it is full.
+  void socket_write(const char* data, std::size_t size) {
+    std::size_t off = 0;
+    error_code ec;
+    while (off < size) {
+      std::size_t n = socket.write_some(asio::buffer(data + off, size - off), ec);
+      if (!ec) {
+        off += n;
+        continue;
+      }
+      if (ec != asio::error::would_block && ec != asio::error::try_again) throw lost(ec);
+      wait_writable();
+    }
+  }
+
+  void send_cipher() {
+    const std::string_view out = tls->output();
+    if (out.empty()) return;
+    socket_write(out.data(), out.size());
+    tls->consumed(out.size());
+  }
+
+  // Writes plaintext: encrypted a piece at a time over TLS.
+  void write_raw(const char* data, std::size_t size) {
+    if (!encrypts()) {
+      socket_write(data, size);
+      return;
+    }
+    for (std::size_t off = 0; off < size;) {
+      const std::size_t k = std::min(size - off, tls_chunk);
+      if (!tls->write(std::string_view(data + off, k))) {
+        throw client_error(failure::connect, "TLS error on the connection to " + peer + ": " + tls->error_text());
+      }
+      off += k;
+      send_cipher();
+    }
+    tls->release_buffers();
+  }
+
+  // Decrypts what OpenSSL has into rbuf (fully decoded before this call).
+  std::size_t drain_tls(error_code& ec) {
+    std::size_t got = 0;
+    for (;;) {
+      net::tls::channel::result r;
+      got += tls->read(rbuf.get() + got, rbuf_size - got, r);
+      switch (r) {
+        case net::tls::channel::result::ok:
+          if (got == rbuf_size) return got;
+          continue;
+        case net::tls::channel::result::closed:
+          if (got == 0) ec = asio::error::eof;
+          return got;
+        case net::tls::channel::result::failed:
+          throw client_error(failure::connect, "TLS error on the connection to " + peer + ": " + tls->error_text());
+        default: return got;
+      }
+    }
+  }
+
+  // One non-blocking read of plaintext into rbuf (fully decoded before
+  // this call). would_block: nothing yet.
+  std::size_t read_plain(error_code& ec) {
+    ec = {};
+    if (!tls) return socket.read_some(asio::buffer(rbuf.get(), rbuf_size), ec);
+    if (std::size_t got = drain_tls(ec); got > 0 || ec) return got;
+    for (;;) {
+      std::size_t n = socket.read_some(asio::buffer(cbuf.get(), cipher_chunk), ec);
+      if (ec) return 0;
+      tls->feed(std::string_view(cbuf.get(), n));
+      if (std::size_t got = drain_tls(ec); got > 0 || ec) return got;
+      // a record begun, or a TLS message with no data for us: read on
+    }
+  }
+
+  // --- frames ---------------------------------------------------------------
 
   void queue(const json& header, std::string_view body) {
     proto::errc e = proto::encode_frame(queued, header, body);
@@ -153,26 +322,7 @@ struct connection::impl {
     if (e != proto::errc::ok) {
       throw client_error(failure::protocol, "cannot encode frame: " + std::string(proto::default_message(e)), e);
     }
-    // Write directly while the socket accepts data (the common case); wait
-    // through the event loop, with a deadline, only when it is full.
-    std::size_t off = 0;
-    error_code ec;
-    while (off < wbuf.size()) {
-      std::size_t n = socket.write_some(asio::buffer(wbuf.data() + off, wbuf.size() - off), ec);
-      if (!ec) {
-        off += n;
-        continue;
-      }
-      if (ec != asio::error::would_block && ec != asio::error::try_again) break;
-      ec = run(
-          [&](auto handler) {
-            asio::async_write(socket, asio::buffer(wbuf.data() + off, wbuf.size() - off), handler);
-          },
-          opts.io_timeout, "sending to " + peer);
-      off = wbuf.size();
-      break;
-    }
-    if (ec) throw client_error(failure::connect, "connection to " + peer + " lost: " + ec.message());
+    write_raw(wbuf.data(), wbuf.size());
   }
 
   std::size_t send_file(const json& header, int fd, std::uint64_t offset, std::size_t length) {
@@ -183,6 +333,10 @@ struct connection::impl {
       throw client_error(failure::protocol, "cannot encode frame: " + std::string(proto::default_message(e)), e);
     }
     write_raw(wbuf.data(), wbuf.size());
+    return encrypts() ? send_file_encrypted(fd, offset, length) : send_file_plain(fd, offset, length);
+  }
+
+  std::size_t send_file_plain(int fd, std::uint64_t offset, std::size_t length) {
     off_t off = static_cast<off_t>(offset);
     std::size_t left = length, sent = 0;
     bool short_file = false;
@@ -211,26 +365,28 @@ struct connection::impl {
     return sent;
   }
 
-  void wait_writable() {
-    error_code ec = run([&](auto handler) { socket.async_wait(tcp::socket::wait_write, handler); }, opts.io_timeout,
-                        "sending to " + peer);
-    if (ec) throw client_error(failure::connect, "connection to " + peer + " lost: " + ec.message());
-  }
-
-  void write_raw(const char* data, std::size_t size) {
-    std::size_t off = 0;
-    error_code ec;
-    while (off < size) {
-      std::size_t n = socket.write_some(asio::buffer(data + off, size - off), ec);
-      if (!ec) {
-        off += n;
+  std::size_t send_file_encrypted(int fd, std::uint64_t offset, std::size_t length) {
+    if (!fbuf) fbuf.reset(new char[tls_chunk]);
+    std::size_t left = length, sent = 0;
+    bool short_file = false;
+    while (left > 0) {
+      const std::size_t want = std::min(left, tls_chunk);
+      ssize_t n = short_file ? 0 : ::pread(fd, fbuf.get(), want, static_cast<off_t>(offset + sent));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) throw client_error(failure::connect, std::string("cannot read the file being sent: ") + std::strerror(errno));
+      if (n == 0) {
+        // The file ended early: keep the framing with zeros.
+        short_file = true;
+        std::memset(fbuf.get(), 0, want);
+        write_raw(fbuf.get(), want);
+        left -= want;
         continue;
       }
-      if (ec != asio::error::would_block && ec != asio::error::try_again) {
-        throw client_error(failure::connect, "connection to " + peer + " lost: " + ec.message());
-      }
-      wait_writable();
+      write_raw(fbuf.get(), static_cast<std::size_t>(n));
+      left -= static_cast<std::size_t>(n);
+      sent += static_cast<std::size_t>(n);
     }
+    return sent;
   }
 
   // Decodes what has been read, handing the bodies `stream` accepts to
@@ -310,19 +466,13 @@ struct connection::impl {
     flush();  // never wait for a reply to a request still in our queue
     std::size_t n = 0;
     if (!spin_read(n)) {
-      error_code ec = run(
-          [&](auto handler) {
-            socket.async_read_some(asio::buffer(rbuf.get(), rbuf_size),
-                                   [&, handler](const error_code& e, std::size_t got) mutable {
-                                     n = got;
-                                     handler(e);
-                                   });
-          },
-          opts.io_timeout, "waiting for " + (peer.empty() ? std::string("server") : peer));
-      if (ec) {
-        throw client_error(failure::connect, ec == asio::error::eof
-                                                 ? "connection closed by " + peer
-                                                 : "connection to " + peer + " lost: " + ec.message());
+      for (;;) {
+        error_code ec = run([&](auto handler) { socket.async_wait(tcp::socket::wait_read, handler); },
+                            opts.io_timeout, "waiting for " + (peer.empty() ? std::string("server") : peer));
+        if (!ec) n = read_plain(ec);
+        if (ec == asio::error::would_block || ec == asio::error::try_again) continue;
+        if (ec) throw lost(ec);
+        break;
       }
     }
     rpos = 0;
@@ -337,7 +487,7 @@ struct connection::impl {
     const auto until = std::chrono::steady_clock::now() + opts.spin_before_block;
     error_code ec;
     do {
-      n = socket.read_some(asio::buffer(rbuf.get(), rbuf_size), ec);
+      n = read_plain(ec);
       if (!ec) return true;
       if (ec != asio::error::would_block && ec != asio::error::try_again) return false;
     } while (std::chrono::steady_clock::now() < until);
@@ -348,12 +498,9 @@ struct connection::impl {
   // when nothing has arrived.
   bool read_available() {
     error_code ec;
-    std::size_t n = socket.read_some(asio::buffer(rbuf.get(), rbuf_size), ec);
+    std::size_t n = read_plain(ec);
     if (ec == asio::error::would_block || ec == asio::error::try_again) return false;
-    if (ec) {
-      throw client_error(failure::connect, ec == asio::error::eof ? "connection closed by " + peer
-                                                                  : "connection to " + peer + " lost: " + ec.message());
-    }
+    if (ec) throw lost(ec);
     rpos = 0;
     rlen = n;
     return true;
@@ -392,8 +539,10 @@ struct connection::impl {
     }
   }
 
-  void handshake(const credentials& creds) {
-    proto::frame hello = read_frame();
+  // --- login ----------------------------------------------------------------
+
+  // Checks `hello`; returns the server nonce (cleartext only).
+  std::optional<proto::nonce> check_hello(const proto::frame& hello, proto::binding_kind kind) {
     if (hello.type() == proto::type::error) throw error_from_frame(hello);
     if (hello.type() != proto::type::hello) {
       throw client_error(failure::protocol, "expected 'hello' from " + peer + ", got '" +
@@ -411,31 +560,29 @@ struct connection::impl {
                              ": upgrade the older side",
                          proto::errc::unsupported_version);
     }
-    auto server_nonce = proto::from_hex<proto::nonce_size>(h.value("nonce", ""));
-    if (!server_nonce) throw client_error(failure::protocol, "server hello carries no valid nonce");
     const auto methods = h.value("auth", std::vector<std::string>{});
     if (std::find(methods.begin(), methods.end(), "hmac-sha256") == methods.end()) {
       throw client_error(failure::protocol, "server does not offer hmac-sha256 authentication");
     }
+    if (h.value("binding", "") != proto::to_wire(kind)) {
+      throw client_error(failure::protocol, "server binds its login to '" + h.value("binding", std::string("?")) +
+                                                "', expected '" + std::string(proto::to_wire(kind)) + "'");
+    }
+    if (kind == proto::binding_kind::tls_exporter) return std::nullopt;
+    auto server_nonce = proto::from_hex<proto::nonce_size>(h.value("nonce", ""));
+    if (!server_nonce) throw client_error(failure::protocol, "server hello carries no valid nonce");
+    return server_nonce;
+  }
 
-    const auto client_nonce = proto::random_nonce();
-    const auto proof =
-        proto::compute_proof(proto::proof_role::client, creds.token, creds.user, *server_nonce, client_nonce);
-    const std::uint64_t id = ++last_id;
-    write({{"type", proto::type::auth},
-           {"id", id},
-           {"proto", proto::protocol_version},
-           {"user", creds.user},
-           {"nonce", proto::to_hex(client_nonce)},
-           {"proof", proto::to_hex(proof)}},
-          {});
-    proto::frame reply = read_frame();
+  void check_welcome(const proto::frame& reply, const credentials& creds, proto::binding_kind kind,
+                     const std::string& binding) {
     if (reply.type() == proto::type::error) {
       client_error e = error_from_frame(reply);
       if (e.kind() == failure::auth) {
         throw client_error(failure::auth,
-                           "authentication failed for user '" + creds.user + "' at " + peer +
-                               ": check --user and the token (--token, CSKIT_TOKEN or the client config)",
+                           "authentication failed for user '" + creds.user + "' at " + peer + ": " +
+                               reply.header.value("message", "") +
+                               " (check --user and the token: --token, CSKIT_TOKEN or the client config)",
                            e.code());
       }
       throw e;
@@ -444,8 +591,7 @@ struct connection::impl {
       throw client_error(failure::protocol, "expected 'welcome', got '" + std::string(reply.type()) + "'");
     }
     auto server_proof = proto::from_hex<32>(reply.header.value("proof", ""));
-    const auto expected =
-        proto::compute_proof(proto::proof_role::server, creds.token, creds.user, *server_nonce, client_nonce);
+    const auto expected = proto::compute_proof(proto::proof_role::server, creds.token, creds.user, kind, binding);
     if (!server_proof || !proto::proofs_equal(*server_proof, expected)) {
       throw client_error(failure::auth, "the server at " + peer +
                                             " could not prove it knows your token: it may not be the server "
@@ -453,6 +599,51 @@ struct connection::impl {
     }
     greeting.user = reply.header.value("user", creds.user);
     greeting.permissions = reply.header.value("permissions", std::vector<std::string>{});
+  }
+
+  json auth_frame(const credentials& creds, proto::binding_kind kind, const std::string& binding) {
+    const auto proof = proto::compute_proof(proto::proof_role::client, creds.token, creds.user, kind, binding);
+    return {{"type", proto::type::auth},
+            {"id", ++last_id},
+            {"proto", proto::protocol_version},
+            {"user", creds.user},
+            {"proof", proto::to_hex(proof)}};
+  }
+
+  // TLS: the proof is bound to this TLS session, which both ends already
+  // share, so it goes out at once, with no round trip for a nonce.
+  void login_tls(const credentials& creds) {
+    const auto exported = tls->exporter();
+    const std::string binding(reinterpret_cast<const char*>(exported.data()), exported.size());
+    json auth = auth_frame(creds, proto::binding_kind::tls_exporter, binding);
+    auth["binding"] = proto::binding_check(binding);
+    write(auth, {});
+    check_hello(read_frame(), proto::binding_kind::tls_exporter);
+    check_welcome(read_frame(), creds, proto::binding_kind::tls_exporter, binding);
+  }
+
+  void login_cleartext(const credentials& creds) {
+    const auto server_nonce = check_hello(read_frame(), proto::binding_kind::nonces);
+    const auto client_nonce = proto::random_nonce();
+    const std::string binding = proto::nonce_binding(*server_nonce, client_nonce);
+    json auth = auth_frame(creds, proto::binding_kind::nonces, binding);
+    auth["nonce"] = proto::to_hex(client_nonce);
+    write(auth, {});
+    check_welcome(read_frame(), creds, proto::binding_kind::nonces, binding);
+  }
+
+  void handshake(const credentials& creds) {
+    if (opts.plaintext) {
+      greeting.transport = "cleartext";
+      login_cleartext(creds);
+      return;
+    }
+    tls_handshake();
+    greeting.fingerprint = tls->peer_fingerprint();
+    greeting.verified_by = check_server_identity(*tls, where, opts.trust);
+    greeting.transport = tls->description();
+    greeting.kernel_tls_send = tls->ktls_send();
+    login_tls(creds);
   }
 };
 
@@ -547,6 +738,12 @@ proto::frame connection::request(json header, std::string_view body) {
 void connection::close() noexcept {
   if (!impl_) return;
   error_code ec;
+  if (impl_->tls && impl_->tls->handshake_done() && impl_->socket.is_open()) {
+    // End the TLS stream properly (close_notify), without waiting.
+    impl_->tls->close_notify();
+    const auto out = impl_->tls->output();
+    if (!out.empty()) impl_->socket.write_some(asio::buffer(out.data(), out.size()), ec);
+  }
   impl_->socket.shutdown(tcp::socket::shutdown_both, ec);
   impl_->socket.close(ec);
 }
@@ -563,12 +760,14 @@ std::optional<std::string> env(const char* name) {
 
 }  // namespace
 
-credentials resolve_credentials(const credential_sources& src) {
+client_profile resolve_profile(const credential_sources& src) {
   std::optional<std::string> user = src.flag_user ? src.flag_user : env("CSKIT_USER");
   std::optional<std::string> token = src.flag_token ? src.flag_token : env("CSKIT_TOKEN");
+  std::optional<std::string> fingerprint = src.flag_fingerprint;
+  std::optional<std::string> ca_file = src.flag_ca_file;
 
   const auto path = src.config_file.empty() ? default_client_config() : src.config_file;
-  if ((!user || !token) && !path.empty()) {
+  if (!path.empty()) {
     std::error_code ec;
     if (std::filesystem::exists(path, ec)) {
       toml::table doc;
@@ -579,17 +778,29 @@ credentials resolve_credentials(const credential_sources& src) {
         os << path.string() << ":" << e.source().begin.line << ": " << e.description();
         throw client_error(failure::auth, os.str());
       }
-      if (const auto* host = doc["hosts"][src.host_key].as_table()) {
-        if (!user) user = (*host)["user"].value<std::string>();
-        if (!token) token = (*host)["token"].value<std::string>();
-      }
-      if (!user) user = doc["user"].value<std::string>();
-      if (!token) token = doc["token"].value<std::string>();
+      auto take = [&](std::optional<std::string>& v, const char* key) {
+        if (v) return;
+        if (const auto* host = doc["hosts"][src.host_key].as_table()) v = (*host)[key].value<std::string>();
+        // A pinned key belongs to one host: never taken from the top level.
+        if (!v && std::string_view(key) != "fingerprint") v = doc[key].value<std::string>();
+      };
+      take(user, "user");
+      take(token, "token");
+      take(fingerprint, "fingerprint");
+      take(ca_file, "ca_file");
     } else if (!src.config_file.empty()) {
       throw client_error(failure::auth, "client config " + path.string() + " does not exist");
     }
   }
-  credentials c;
+  if (fingerprint && !net::tls::is_fingerprint(*fingerprint)) {
+    throw client_error(failure::host_key_unknown, "'" + *fingerprint +
+                                                      "' is not a key fingerprint (SHA256: and 43 characters of "
+                                                      "base64, as `cskit serve --print-fingerprint` prints it)");
+  }
+  client_profile p;
+  p.fingerprint = fingerprint;
+  if (ca_file) p.ca_file = *ca_file;
+  credentials& c = p.creds;
   if (user) c.user = *user;
   if (token) {
     c.token = *token;
@@ -600,7 +811,9 @@ credentials resolve_credentials(const credential_sources& src) {
       c.token = std::move(t);
     }
   }
-  return c;
+  return p;
 }
+
+credentials resolve_credentials(const credential_sources& src) { return resolve_profile(src).creds; }
 
 }  // namespace cskit::client

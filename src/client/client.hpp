@@ -27,6 +27,8 @@ enum class failure {
   protocol,    ///< the peer broke the protocol, or versions differ
   remote,      ///< the server answered a request with an error
   timeout,     ///< no answer within the deadline
+  host_key_changed,  ///< the server's key differs from the pinned or known one
+  host_key_unknown,  ///< the server's key is not known and was not accepted (or its certificate is untrusted)
 };
 
 class client_error : public std::runtime_error {
@@ -46,6 +48,21 @@ struct credentials {
   std::string token;
 };
 
+/// How the client decides whether the server is the one meant
+/// (docs/protocol.md, "Server identity"): a pinned fingerprint, then the
+/// known-hosts file, then this machine's own server, then a CA-issued
+/// certificate for the host name, then the user (or accept_new).
+struct server_trust {
+  std::optional<std::string> fingerprint;  ///< pinned: --fingerprint, or the client config for this host
+  bool accept_new = false;                 ///< trust an unknown key and remember it (ssh's accept-new)
+  std::filesystem::path ca_file;           ///< CAs for CA-issued certificates; empty: the system's store
+  std::filesystem::path known_hosts;       ///< empty: default_known_hosts()
+  /// Asks the user whether to trust an unknown key (from a terminal);
+  /// true: trust it and remember it. Null: never ask.
+  std::function<bool(const std::string& host, const std::string& fingerprint, const std::string& untrusted_because)>
+      confirm;
+};
+
 struct connect_options {
   std::chrono::milliseconds connect_timeout{std::chrono::seconds(10)};
   /// Deadline for each wait on an established connection (handshake, replies).
@@ -55,6 +72,10 @@ struct connect_options {
   /// with halt-polling idle states); a reply on loopback or a LAN usually
   /// arrives sooner. Costs at most this much CPU per wait. 0 disables.
   std::chrono::microseconds spin_before_block{200};
+  /// Cleartext instead of TLS: an explicit opt-in, refused unless the
+  /// server is on a loopback address. Never chosen by the client itself.
+  bool plaintext = false;
+  server_trust trust;
 };
 
 struct server_greeting {
@@ -64,6 +85,10 @@ struct server_greeting {
   std::string name;
   std::string user;
   std::vector<std::string> permissions;
+  std::string transport;    ///< "TLSv1.3 TLS_AES_128_GCM_SHA256 X25519", or "cleartext"
+  std::string fingerprint;  ///< the server's key (TLS)
+  std::string verified_by;  ///< how the key was trusted ("known_hosts line 3", ...)
+  bool kernel_tls_send = false;  ///< the kernel encrypts what this client sends
 };
 
 class connection {
@@ -136,10 +161,23 @@ client_error error_from_frame(const proto::frame& f);
 struct credential_sources {
   std::optional<std::string> flag_user;
   std::optional<std::string> flag_token;
+  std::optional<std::string> flag_fingerprint;
+  std::optional<std::string> flag_ca_file;
   std::filesystem::path config_file;  ///< empty: default_client_config()
   std::string host_key;               ///< "host:port" as typed, for [hosts."..."]
 };
 credentials resolve_credentials(const credential_sources& src);
+
+/// Credentials and the server pin for one host: `fingerprint` and `ca_file`
+/// come from the flags, else the host's table in the client config
+/// ([hosts."HOST:PORT"] fingerprint = "SHA256:...", ca_file = "..."), else
+/// the config's top-level keys. Throws client_error (a malformed pin too).
+struct client_profile {
+  credentials creds;
+  std::optional<std::string> fingerprint;
+  std::string ca_file;
+};
+client_profile resolve_profile(const credential_sources& src);
 std::filesystem::path default_client_config();
 
 }  // namespace cskit::client

@@ -1,6 +1,7 @@
 #include "net/connection.hpp"
 
 #include "net/endpoint.hpp"
+#include "net/tls.hpp"
 
 #include <spdlog/spdlog.h>
 #include <fcntl.h>
@@ -35,10 +36,24 @@ constexpr int max_reads_per_wakeup = 2;
 // every heap buffer is (an idle connection holds none).
 constexpr std::size_t keep_idle_buffer = 0;
 
+// TLS: what is encrypted ahead of the socket, at most (the channel's
+// output; a batch of records then leaves in one send), and the piece of a
+// file read, encrypted and queued at a time.
+constexpr std::size_t tls_batch = 256 * 1024;
+
 char* thread_read_buffer() {
   // One buffer per loop thread, shared by all its connections: the reader
   // decodes everything it reads before it next suspends, so no connection
   // ever leaves bytes in it.
+  thread_local std::unique_ptr<char[]> buf(new char[read_chunk]);
+  return buf.get();
+}
+
+char* thread_plain_buffer() {
+  // TLS: the plaintext of what was read into thread_read_buffer(), under
+  // the same rule (decoded before the reader suspends). Also the buffer a
+  // file piece is read into before it is encrypted, which is done before
+  // the writer suspends.
   thread_local std::unique_ptr<char[]> buf(new char[read_chunk]);
   return buf.get();
 }
@@ -83,12 +98,14 @@ void flush_queue::run() {
 }
 
 connection::connection(tcp::socket socket, const connection_limits& limits,
-                       std::unique_ptr<frame_handler> handler, flush_queue* flush)
+                       std::unique_ptr<frame_handler> handler, flush_queue* flush,
+                       std::shared_ptr<const tls::context> tls)
     : executor_(socket.get_executor()),
       socket_(std::move(socket)),
       limits_(limits),
       handler_(std::move(handler)),
       watchdog_timer_(executor_),
+      tls_context_(std::move(tls)),
       flush_queue_(flush) {
   error_code ec;
   auto ep = socket_.remote_endpoint(ec);
@@ -118,10 +135,21 @@ void connection::start(std::function<void(connection&)> on_finished) {
   socket_.set_option(tcp::no_delay(true), ec);
   opened_ = last_activity_ = clock::now();
   decoder_.report_headers(true);  // lets the handler stream bulk bodies
-  // Greet before anything else can be queued (a shutdown posted right after
-  // accept must not send `bye` ahead of `hello`).
-  handler_->on_open(*this);
   running_ = 1;  // the reader
+  if (tls_context_) {
+    // The handler hears of the connection once the TLS handshake is
+    // complete (receive_tls); until then only handshake records move.
+    try {
+      tls_ = std::make_unique<tls::channel>(tls_context_, std::string_view(), socket_.native_handle());
+    } catch (const std::exception& e) {
+      spdlog::error("connection {}: {}", peer_, e.what());
+      close_now("TLS set-up failed");
+    }
+  } else {
+    // Greet before anything else can be queued (a shutdown posted right
+    // after accept must not send `bye` ahead of `hello`).
+    handler_->on_open(*this);
+  }
   wait_readable();
   check_deadlines();
   if (!nothing_queued() && !flush_listed_) ensure_writer();
@@ -175,9 +203,26 @@ void connection::part_done() {
 
 void connection::wake(asio::steady_timer& t) noexcept { t.cancel(); }
 
+std::size_t connection::tls_output_bytes() const noexcept { return tls_ ? tls_->output().size() : 0; }
+bool connection::tls_handshaking() const noexcept { return tls_ && !tls_->handshake_done(); }
+bool connection::encrypts_writes() const noexcept { return tls_ && !tls_->ktls_send(); }
+bool connection::ktls_send() const noexcept { return tls_ && tls_->ktls_send(); }
+
+std::string connection::channel_binding() const {
+  if (!tls_ || !tls_->handshake_done()) return {};
+  const auto b = tls_->exporter();
+  return std::string(reinterpret_cast<const char*>(b.data()), b.size());
+}
+
+std::string connection::tls_description() const {
+  return tls_ && tls_->handshake_done() ? tls_->description() : std::string();
+}
+
 bool connection::send(const proto::json& header, std::string_view body) {
-  if (state_ != state::open) return false;
-  if (body.size() >= direct_body_min && !writing_ && nothing_queued()) return send_direct(header, body);
+  if (state_ != state::open || tls_handshaking()) return false;
+  if (body.size() >= direct_body_min && !writing_ && nothing_queued()) {
+    return encrypts_writes() ? send_direct_tls(header, body) : send_direct(header, body);
+  }
   proto::errc e = proto::encode_frame(pending_, header, body);
   if (e != proto::errc::ok) {
     spdlog::error("connection {}: cannot encode frame: {}", peer_, proto::default_message(e));
@@ -228,15 +273,37 @@ bool connection::send_direct(const proto::json& header, std::string_view body) {
   return queued();
 }
 
+bool connection::send_direct_tls(const proto::json& header, std::string_view body) {
+  // As send_direct: the body is encrypted straight from the caller's
+  // buffer, and the records leave at once as far as the socket takes them.
+  std::string head;
+  if (proto::errc e = proto::encode_frame_header(head, header, body.size()); e != proto::errc::ok) {
+    spdlog::error("connection {}: cannot encode frame: {}", peer_, proto::default_message(e));
+    return false;
+  }
+  if (!tls_->write(head) || !tls_->write(body)) {
+    close_now("TLS error: " + tls_->error_text());
+    return false;
+  }
+  error_code ec;
+  send_tls_output(ec);
+  if (ec && ec != asio::error::would_block) {
+    close_now("write failed: " + ec.message());
+    return false;
+  }
+  if (tls_output_bytes() == 0) return true;
+  return queued();
+}
+
 bool connection::send_shared(std::shared_ptr<const std::string> frame) {
-  if (state_ != state::open || !frame || frame->empty()) return false;
+  if (state_ != state::open || tls_handshaking() || !frame || frame->empty()) return false;
   shared_bytes_queued_ += frame->size();
   segments_.push_back({pending_.size(), std::move(frame)});
   return queued();
 }
 
 bool connection::send_file(const proto::json& header, int fd, std::uint64_t offset, std::size_t length) {
-  if (state_ != state::open) return false;
+  if (state_ != state::open || tls_handshaking()) return false;
   if (length == 0) return send(header);
   int dup = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
   if (dup < 0) {
@@ -304,7 +371,7 @@ void connection::notify_drain_waiters() {
 
 void connection::write_now() {
   if (state_ == state::closed || writing_ || nothing_queued()) return;
-  if (!file_body_next()) {
+  if (!file_body_next() || tls_output_bytes() > 0) {
     error_code ec;
     write_gathered(ec);
     if (ec && ec != asio::error::would_block) {
@@ -317,29 +384,39 @@ void connection::write_now() {
   after_progress();
 }
 
-void connection::write_gathered(error_code& ec) {
+int connection::gather(iovec* iov, int max_iov) const noexcept {
   // pending_ bytes and shared frames, in queue order, up to the first file
-  // body (which goes by sendfile).
-  constexpr int max_iov = 64;
-  iovec iov[max_iov];
+  // body (which goes by sendfile, or is encrypted piece by piece).
   int k = 0;
   std::size_t pos = 0;
   bool at_file = false;
   for (const auto& seg : segments_) {
     if (seg.at > pos) {
-      iov[k++] = {pending_.data() + pos, seg.at - pos};
+      iov[k++] = {const_cast<char*>(pending_.data()) + pos, seg.at - pos};
       pos = seg.at;
-      if (k == max_iov) break;
+      if (k == max_iov) return k;
     }
     if (!seg.bytes) {
       at_file = true;
       break;
     }
     iov[k++] = {const_cast<char*>(seg.bytes->data()) + seg.sent, seg.bytes->size() - seg.sent};
-    if (k == max_iov) break;
+    if (k == max_iov) return k;
   }
-  if (!at_file && k < max_iov && pos < pending_.size()) iov[k++] = {pending_.data() + pos, pending_.size() - pos};
+  if (!at_file && pos < pending_.size()) iov[k++] = {const_cast<char*>(pending_.data()) + pos, pending_.size() - pos};
+  return k;
+}
+
+void connection::write_gathered(error_code& ec) {
   ec = {};
+  if (encrypts_writes()) {
+    if (!tls_handshaking()) encrypt_queued(tls_batch);
+    send_tls_output(ec);
+    return;
+  }
+  constexpr int max_iov = 64;
+  iovec iov[max_iov];
+  const int k = gather(iov, max_iov);
   if (k == 0) return;
   msghdr msg{};
   msg.msg_iov = iov;
@@ -354,6 +431,43 @@ void connection::write_gathered(error_code& ec) {
     return;
   }
   consume(static_cast<std::size_t>(n));
+}
+
+void connection::encrypt_queued(std::size_t budget) {
+  constexpr int max_iov = 64;
+  iovec iov[max_iov];
+  while (state_ != state::closed && tls_output_bytes() < budget) {
+    const int k = gather(iov, max_iov);
+    if (k == 0) return;
+    std::size_t took = 0;
+    for (int i = 0; i < k && tls_output_bytes() < budget; ++i) {
+      const std::size_t len = std::min(iov[i].iov_len, budget - tls_output_bytes());
+      if (!tls_->write(std::string_view(static_cast<const char*>(iov[i].iov_base), len))) {
+        close_now("TLS error: " + tls_->error_text());
+        return;
+      }
+      took += len;
+      if (len < iov[i].iov_len) break;
+    }
+    consume(took);
+  }
+}
+
+void connection::send_tls_output(error_code& ec) {
+  ec = {};
+  const std::string_view out = tls_->output();
+  if (out.empty()) return;
+  ssize_t n;
+  do {
+    n = ::send(socket_.native_handle(), out.data(), out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    ec = (errno == EAGAIN || errno == EWOULDBLOCK) ? error_code(asio::error::would_block)
+                                                   : error_code(errno, boost::system::system_category());
+    return;
+  }
+  if (n > 0) write_progress_ = clock::now();
+  tls_->consumed(static_cast<std::size_t>(n));
 }
 
 void connection::consume(std::size_t n) noexcept {
@@ -393,11 +507,16 @@ void connection::release_idle_buffers() noexcept {
   if (writing_ || !nothing_queued()) return;
   if (pending_.capacity() > keep_idle_buffer) std::string().swap(pending_);
   if (segments_.capacity() > 0) std::vector<segment>().swap(segments_);
+  if (tls_) tls_->release_buffers();
 }
 
 void connection::fail(proto::errc code, std::string_view message, std::optional<std::uint64_t> id,
                       std::chrono::milliseconds delay) {
   if (state_ != state::open || delayed_error_) return;
+  if (tls_handshaking()) {  // no frame can be sent before TLS is up
+    close_now(proto::to_wire(code));
+    return;
+  }
   auto err = proto::make_error(code, message, id);
   if (delay.count() > 0) {
     delayed_error_ = std::move(err);
@@ -437,7 +556,12 @@ void connection::set_authenticated() noexcept {
 }
 
 void connection::begin_shutdown(std::chrono::milliseconds grace) {
-  if (state_ == state::open) handler_->on_shutdown(*this, grace);
+  if (state_ != state::open) return;
+  if (tls_handshaking()) {
+    close_now("server shutdown");
+    return;
+  }
+  handler_->on_shutdown(*this, grace);
 }
 
 void connection::process(std::string_view in) {
@@ -518,7 +642,11 @@ void connection::on_readable(error_code ec) {
       }
       break;
     }
-    if (state_ == state::open) {
+    if (tls_) {
+      guarded([&] { receive_tls(std::string_view(buf, n)); });
+      in_batch_ = false;
+      guarded([&] { write_now(); });
+    } else if (state_ == state::open) {
       in_batch_ = true;
       guarded([&] { process(std::string_view(buf, n)); });
       in_batch_ = false;
@@ -533,17 +661,65 @@ void connection::on_readable(error_code ec) {
   wait_readable();
 }
 
+void connection::receive_tls(std::string_view cipher) {
+  if (state_ != state::open) return;  // draining: discard, as for cleartext
+  tls_->feed(cipher);
+  using result = tls::channel::result;
+  if (!tls_->handshake_done()) {
+    const result r = tls_->handshake();
+    if (r == result::want_input) return;  // the reader's write_now() sends our flight
+    if (r != result::ok) {
+      // A handshake record can always be written to a fresh socket; a
+      // full one (want_write, kernel TLS only) is treated as a failure.
+      spdlog::info("connection {}: TLS handshake failed: {}", peer_,
+                   r == result::want_write ? "the socket's send buffer is full" : tls_->error_text());
+      error_code ec;
+      send_tls_output(ec);  // the alert, if OpenSSL made one
+      close_now("TLS handshake failed");
+      return;
+    }
+    spdlog::debug("connection {}: {}{}", peer_, tls_->description(),
+                  tls_->ktls_send() ? ", kernel TLS for sending" : ", TLS in user space");
+    in_batch_ = true;
+    handler_->on_open(*this);
+  }
+  in_batch_ = true;
+  char* plain = thread_plain_buffer();
+  std::size_t have = 0;
+  result r = result::ok;
+  while (state_ == state::open) {
+    have += tls_->read(plain + have, read_chunk - have, r);
+    if (r == result::ok && have < read_chunk) continue;
+    if (have > 0) process(std::string_view(plain, have));
+    have = 0;
+    if (r != result::ok) break;
+  }
+  in_batch_ = false;
+  if (r == result::closed && state_ == state::open) {
+    peer_eof_ = true;  // close_notify: the peer sends nothing more, but may read our replies
+    close_after_flush("peer closed");
+  } else if (r == result::failed && state_ != state::closed) {
+    spdlog::info("connection {}: TLS error: {}", peer_, tls_->error_text());
+    close_now("TLS error: " + tls_->error_text());
+  }
+}
+
 asio::awaitable<void> connection::write_loop() {
   error_code ec;
   bool stalled = false;  // the last gathered write found the socket full
   for (;;) {
+    if (nothing_queued() && state_ == state::draining && tls_ && tls_->handshake_done() && !close_notify_sent_) {
+      // Flushed: end the TLS stream properly before the FIN.
+      close_notify_sent_ = true;
+      tls_->close_notify();
+    }
     if (nothing_queued()) break;
     if (state_ == state::closed) break;
     writing_ = true;
     if (!stalled) write_progress_ = clock::now();
     if (file_body_next()) {
-      // sendfile it.
-      ec = co_await write_segment();
+      // sendfile it, or encrypt it piece by piece.
+      ec = co_await (encrypts_writes() ? write_segment_tls() : write_segment());
       ::close(segments_.front().fd);
       file_bytes_queued_ -= segments_.front().length;
       --file_segments_;
@@ -624,6 +800,43 @@ asio::awaitable<error_code> connection::write_segment() {
   co_return ec;
 }
 
+asio::awaitable<error_code> connection::write_segment_tls() {
+  // What is already encrypted goes first; then the file is read, encrypted
+  // and sent tls_batch at a time. The plaintext buffer is the thread's:
+  // each piece is encrypted into the channel's output before any wait.
+  // segments_.front() is looked up again after every wait (see write_segment).
+  error_code ec;
+  for (;;) {
+    while (tls_output_bytes() > 0) {
+      send_tls_output(ec);
+      if (ec == asio::error::would_block) {
+        co_await socket_.async_wait(tcp::socket::wait_write, asio::redirect_error(asio::use_awaitable, ec));
+      }
+      if (ec) co_return ec;
+      if (state_ == state::closed) co_return ec;
+    }
+    auto& seg = segments_.front();
+    if (seg.length == 0 || state_ == state::closed) co_return ec;
+    const std::size_t want = std::min(seg.length, tls_batch);
+    char* buf = thread_plain_buffer();
+    ssize_t n = ::pread(seg.fd, buf, want, static_cast<off_t>(seg.offset));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) co_return error_code(errno, boost::system::system_category());
+    if (n == 0) {
+      // The file ended early (it shrank): keep the framing intact with
+      // zeros; the receiver's digest check fails the file.
+      std::memset(buf, 0, want);
+      n = static_cast<ssize_t>(want);
+    }
+    if (!tls_->write(std::string_view(buf, static_cast<std::size_t>(n)))) {
+      co_return error_code(EPROTO, boost::system::system_category());
+    }
+    seg.offset += static_cast<std::uint64_t>(n);
+    seg.length -= static_cast<std::size_t>(n);
+    file_bytes_queued_ -= static_cast<std::size_t>(n);
+  }
+}
+
 clock::time_point connection::next_deadline(due& what) const noexcept {
   auto best = clock::time_point::max();
   what = due::none;
@@ -702,7 +915,15 @@ void connection::act_on(due what) {
         spdlog::info("connection {}: silent for {} ms, no answer to ping; closing", peer_, keepalive_drop_.count());
         close_now("ping timeout");
         break;
-      case due::handshake: fail_deadline(proto::errc::handshake_timeout); break;
+      case due::handshake:
+        if (tls_handshaking()) {
+          spdlog::info("connection {}: TLS handshake not completed within {} ms; closing", peer_,
+                       limits_.handshake_timeout.count());
+          close_now("TLS handshake timeout");
+        } else {
+          fail_deadline(proto::errc::handshake_timeout);
+        }
+        break;
       case due::frame: fail_deadline(proto::errc::frame_timeout); break;
       case due::idle: fail_deadline(proto::errc::idle_timeout); break;
     }

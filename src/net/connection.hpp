@@ -29,6 +29,11 @@
 
 namespace cskit::net {
 
+namespace tls {
+class context;
+class channel;
+}  // namespace tls
+
 using clock = std::chrono::steady_clock;
 
 struct connection_limits {
@@ -99,8 +104,12 @@ class frame_handler {
 class connection : public std::enable_shared_from_this<connection> {
  public:
   /// `flush`: the loop's flush queue (null: each send wakes the writer).
+  /// `tls`: the server's TLS context; null serves cleartext (the explicit
+  /// opt-in). With TLS, nothing reaches the handler before the TLS
+  /// handshake is complete: on_open() follows it.
   connection(boost::asio::ip::tcp::socket socket, const connection_limits& limits,
-             std::unique_ptr<frame_handler> handler, flush_queue* flush = nullptr);
+             std::unique_ptr<frame_handler> handler, flush_queue* flush = nullptr,
+             std::shared_ptr<const tls::context> tls = nullptr);
   ~connection();
   connection(const connection&) = delete;
   connection& operator=(const connection&) = delete;
@@ -152,9 +161,19 @@ class connection : public std::enable_shared_from_this<connection> {
   /// `drop_after`. Any frame from the peer counts as life.
   void set_keepalive(std::chrono::milliseconds ping_after, std::chrono::milliseconds drop_after);
 
+  /// TLS: the RFC 9266 tls-exporter value of this connection (32 bytes);
+  /// empty for a cleartext connection.
+  std::string channel_binding() const;
+  /// TLS: "TLSv1.3 TLS_AES_128_GCM_SHA256 X25519"; "" for cleartext.
+  std::string tls_description() const;
+  /// TLS: whether the kernel encrypts what this connection sends (kTLS).
+  bool ktls_send() const noexcept;
+
   const std::string& peer_address() const noexcept { return peer_address_; }
   const std::string& peer() const noexcept { return peer_; }
-  std::size_t queued_bytes() const noexcept { return pending_.size() + shared_bytes_queued_ + file_bytes_queued_; }
+  std::size_t queued_bytes() const noexcept {
+    return pending_.size() + shared_bytes_queued_ + file_bytes_queued_ + tls_output_bytes();
+  }
   /// Runs `fn` once (on this connection's thread) as soon as no more than
   /// `bytes` are queued to send: how a producer (command output) waits for
   /// a slow peer instead of growing the queue. Dropped if the connection
@@ -242,11 +261,13 @@ class connection : public std::enable_shared_from_this<connection> {
   std::size_t file_bytes_queued_ = 0;
   std::size_t shared_bytes_queued_ = 0;
   int file_segments_ = 0;
-  bool nothing_queued() const noexcept { return pending_.empty() && segments_.empty(); }
+  bool nothing_queued() const noexcept { return pending_.empty() && segments_.empty() && tls_output_bytes() == 0; }
   bool file_body_next() const noexcept { return !segments_.empty() && segments_.front().at == 0 && !segments_.front().bytes; }
   /// One non-blocking gathered send of everything before the first file
   /// body; drops what was sent from the queue. would_block is an error code.
   void write_gathered(boost::system::error_code& ec);
+  /// The queue up to the first file body as iovecs; returns how many.
+  int gather(struct iovec* iov, int max_iov) const noexcept;
   void consume(std::size_t n) noexcept;
   boost::asio::awaitable<boost::system::error_code> write_segment();
   void drop_segments() noexcept;
@@ -254,6 +275,25 @@ class connection : public std::enable_shared_from_this<connection> {
   /// the caller's buffer when nothing is queued ahead of them.
   static constexpr std::size_t direct_body_min = 32u << 10;
   bool send_direct(const proto::json& header, std::string_view body);
+  // TLS (null for cleartext). The queue above holds plaintext; what is
+  // encrypted waits in the channel's output until the socket takes it.
+  std::shared_ptr<const tls::context> tls_context_;
+  std::unique_ptr<tls::channel> tls_;
+  bool close_notify_sent_ = false;
+  /// TLS and the kernel does not encrypt: records are made in user space.
+  bool encrypts_writes() const noexcept;
+  std::size_t tls_output_bytes() const noexcept;
+  bool tls_handshaking() const noexcept;
+  /// Ciphertext from the socket: the handshake, then decrypted frames.
+  void receive_tls(std::string_view cipher);
+  /// Encrypts queued plaintext (up to the first file body) until about
+  /// `budget` bytes wait in the channel's output.
+  void encrypt_queued(std::size_t budget);
+  /// One non-blocking send of the channel's output. would_block is an error code.
+  void send_tls_output(boost::system::error_code& ec);
+  boost::asio::awaitable<boost::system::error_code> write_segment_tls();
+  bool send_direct_tls(const proto::json& header, std::string_view body);
+
   bool writing_ = false;
   bool writer_running_ = false;
   bool in_batch_ = false;  // the reader is dispatching frames from one read

@@ -81,7 +81,7 @@ struct tcp_server::impl {
   }
 
   void adopt(loop& l, tcp::socket s) {
-    auto c = std::make_shared<connection>(std::move(s), options.limits, factory(), &l.flush);
+    auto c = std::make_shared<connection>(std::move(s), options.limits, factory(), &l.flush, options.tls);
     l.connections.emplace(c.get(), c);
     c->start([this, &l](connection& done) {
       l.connections.erase(&done);

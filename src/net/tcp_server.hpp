@@ -20,6 +20,8 @@ struct server_options {
   unsigned threads = 1;
   std::size_t max_connections = 10000;
   connection_limits limits;
+  /// TLS for every connection; null serves cleartext (explicit opt-in only).
+  std::shared_ptr<const tls::context> tls;
   /// After SIGINT/SIGTERM: time connections get to finish before being closed.
   std::chrono::milliseconds grace{std::chrono::seconds(5)};
 };

@@ -113,16 +113,36 @@ std::optional<std::array<std::uint8_t, N>> from_hex(std::string_view hex) {
 
 template std::optional<std::array<std::uint8_t, 32>> from_hex<32>(std::string_view);
 
-digest compute_proof(proof_role role, std::string_view token, std::string_view user,
-                     const nonce& server_nonce, const nonce& client_nonce) {
-  std::string msg = role == proof_role::client ? "cskit/1 client" : "cskit/1 server";
+std::string_view to_wire(binding_kind k) noexcept { return k == binding_kind::tls_exporter ? "tls-exporter" : "nonces"; }
+
+digest compute_proof(proof_role role, std::string_view token, std::string_view user, binding_kind kind,
+                     std::string_view binding) {
+  std::string msg = role == proof_role::client ? "cskit/2 client" : "cskit/2 server";
   msg += '\0';
   msg += user;
   msg += '\0';
-  msg.append(reinterpret_cast<const char*>(server_nonce.data()), server_nonce.size());
-  msg.append(reinterpret_cast<const char*>(client_nonce.data()), client_nonce.size());
-
+  msg += to_wire(kind);
+  msg += '\0';
+  msg += binding;
   return hmac_sha256(token, msg);
+}
+
+std::string nonce_binding(const nonce& server_nonce, const nonce& client_nonce) {
+  std::string b(reinterpret_cast<const char*>(server_nonce.data()), server_nonce.size());
+  b.append(reinterpret_cast<const char*>(client_nonce.data()), client_nonce.size());
+  return b;
+}
+
+std::string binding_check(std::string_view binding) {
+  std::string msg = "cskit/2 binding";
+  msg += '\0';
+  msg += binding;
+  digest d{};
+  SHA256_CTX ctx;
+  SHA256_Init(&ctx);
+  SHA256_Update(&ctx, msg.data(), msg.size());
+  SHA256_Final(d.data(), &ctx);
+  return to_hex(d.data(), 16);
 }
 
 bool proofs_equal(const digest& a, const digest& b) noexcept {

@@ -2,11 +2,14 @@
 // Mutual authentication proofs (docs/protocol.md, "Handshake").
 //
 // Neither side ever sends the token. Each proves knowledge of it with
-//   client_proof = HMAC-SHA256(token, "cskit/1 client" 0x00 user 0x00 server_nonce client_nonce)
-//   server_proof = HMAC-SHA256(token, "cskit/1 server" 0x00 user 0x00 server_nonce client_nonce)
-// where the nonces are the raw 32 bytes (hex on the wire). Distinct labels
-// stop a proof from one direction being replayed in the other; fresh nonces
-// from both sides stop replay across sessions.
+//   client_proof = HMAC-SHA256(token, "cskit/2 client" 0x00 user 0x00 kind 0x00 binding)
+//   server_proof = HMAC-SHA256(token, "cskit/2 server" 0x00 user 0x00 kind 0x00 binding)
+// bound to the channel they travel on: over TLS, `kind` is "tls-exporter"
+// and `binding` the connection's RFC 9266 exporter value (32 bytes), so a
+// relay that terminates TLS on both sides cannot pass a proof through;
+// over cleartext (an explicit opt-in), `kind` is "nonces" and `binding`
+// the server's then the client's fresh 32-byte nonce. Distinct labels stop
+// a proof from one direction being replayed in the other.
 
 #include <array>
 #include <cstdint>
@@ -45,8 +48,21 @@ digest hmac_sha256(std::string_view key, std::string_view message);
 
 enum class proof_role { client, server };
 
-digest compute_proof(proof_role role, std::string_view token, std::string_view user,
-                     const nonce& server_nonce, const nonce& client_nonce);
+/// What a proof is bound to.
+enum class binding_kind { tls_exporter, nonces };
+std::string_view to_wire(binding_kind k) noexcept;
+
+digest compute_proof(proof_role role, std::string_view token, std::string_view user, binding_kind kind,
+                     std::string_view binding);
+
+/// The cleartext binding: server nonce, then client nonce.
+std::string nonce_binding(const nonce& server_nonce, const nonce& client_nonce);
+
+/// What the client sends as `auth.binding` over TLS, so that a server can
+/// tell a relay from a wrong token in its log: the first 16 bytes of
+/// SHA-256("cskit/2 binding" 0x00 exporter), as hex. It reveals nothing
+/// about the exporter value, which both ends of a relay know anyway.
+std::string binding_check(std::string_view binding);
 
 /// Constant-time comparison (CRYPTO_memcmp).
 bool proofs_equal(const digest& a, const digest& b) noexcept;

@@ -10,7 +10,7 @@
 namespace cskit::proto {
 
 /// Protocol version spoken by this build (hello.proto / auth.proto).
-inline constexpr int protocol_version = 1;
+inline constexpr int protocol_version = 2;
 
 /// Size of the header-length prefix (unsigned, network byte order).
 inline constexpr std::size_t length_prefix_size = 4;

@@ -220,6 +220,22 @@ void parse_chat_table(const std::string& source, const toml::table& t, service::
   if (c.ping_timeout <= c.ping_interval) fail_at(source, t, "[chat] ping_timeout must be longer than ping_interval");
 }
 
+void parse_tls_table(const std::string& source, const toml::table& t, tls_options& o) {
+  for (auto&& [k, v] : t) {
+    std::string_view key = k.str();
+    if (key == "plaintext") o.plaintext = get_bool(source, v, key);
+    else if (key == "cert") o.cert = get_string(source, v, key);
+    else if (key == "key") o.key = get_string(source, v, key);
+    else if (key == "kernel_tls") {
+      o.kernel_tls = get_string(source, v, key);
+      if (o.kernel_tls != "auto" && o.kernel_tls != "on" && o.kernel_tls != "off") {
+        fail_at(source, v, "'kernel_tls' must be \"auto\", \"on\" or \"off\"");
+      }
+    } else fail_at(source, v, "unknown key '" + std::string(key) + "' in [tls]");
+  }
+  if (o.cert.empty() != o.key.empty()) fail_at(source, t, "[tls] needs both 'cert' and 'key', or neither");
+}
+
 user_account parse_user(const std::string& source, const toml::table& t) {
   user_account u;
   bool have_token = false;
@@ -272,12 +288,13 @@ server_config parse_config(std::string_view text, const std::string& source) {
     if (key == "server") {
       if (!v.is_table()) fail_at(source, v, "'server' must be a table");
       parse_server_table(source, *v.as_table(), c);
-    } else if (key == "echo" || key == "time" || key == "exec" || key == "chat" || key == "files") {
+    } else if (key == "echo" || key == "time" || key == "exec" || key == "chat" || key == "files" || key == "tls") {
       if (!v.is_table()) fail_at(source, v, "'" + std::string(key) + "' must be a table");
       if (key == "echo") parse_echo_table(source, *v.as_table(), c.echo);
       else if (key == "time") parse_time_table(source, *v.as_table(), c.time);
       else if (key == "exec") parse_exec_table(source, *v.as_table(), c.exec);
       else if (key == "files") parse_files_table(source, *v.as_table(), c.files);
+      else if (key == "tls") parse_tls_table(source, *v.as_table(), c.tls);
       else parse_chat_table(source, *v.as_table(), c.chat);
     } else if (key == "users") {
       const auto* arr = v.as_array();
@@ -289,7 +306,7 @@ server_config parse_config(std::string_view text, const std::string& source) {
         c.users.push_back(std::move(u));
       }
     } else {
-      fail_at(source, v, "unknown top-level key '" + std::string(key) + "' (expected [server], [files], [echo], [time], [exec], [chat] or [[users]])");
+      fail_at(source, v, "unknown top-level key '" + std::string(key) + "' (expected [server], [tls], [files], [echo], [time], [exec], [chat] or [[users]])");
     }
   }
   return c;

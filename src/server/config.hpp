@@ -24,6 +24,20 @@ struct user_account {
   proto::permission_set permissions;
 };
 
+/// [tls]: transport security (docs/protocol.md, "Transport security").
+struct tls_options {
+  /// Cleartext instead of TLS: an explicit opt-in (`[tls] plaintext =
+  /// true` or `serve --plaintext`), for benchmarks on loopback.
+  bool plaintext = false;
+  /// A certificate chain and key (PEM); both empty: the identity generated
+  /// in the state directory (server.crt, server.key).
+  std::filesystem::path cert;
+  std::filesystem::path key;
+  /// Kernel TLS: "auto" (when the kernel offers it), "on" (always ask
+  /// OpenSSL for it) or "off".
+  std::string kernel_tls = "auto";
+};
+
 struct server_config {
   std::string listen = "127.0.0.1:7701";
   std::filesystem::path root;       ///< the share (empty: <state_dir>/share)
@@ -42,6 +56,7 @@ struct server_config {
   service::time_options time;       ///< [time]: SNTPv4 server
   service::exec_options exec;       ///< [exec]: remote execution (off by default)
   service::chat_options chat;       ///< [chat]
+  tls_options tls;                  ///< [tls]
 };
 
 class config_error : public std::runtime_error {

@@ -15,6 +15,8 @@
 #include "server/chat_routes.hpp"
 #include "server/exec_routes.hpp"
 #include "server/file_routes.hpp"
+#include "server/identity.hpp"
+#include "net/tls.hpp"
 #include "server/session.hpp"
 #include "util/file_io.hpp"
 #include "util/paths.hpp"
@@ -29,6 +31,42 @@ std::string host_name() {
   return buf;
 }
 
+// The server's TLS context and the banner line that describes it; a null
+// context for the cleartext opt-in.
+struct tls_setup {
+  std::shared_ptr<const net::tls::context> context;
+  std::string banner;
+};
+
+identity_files identity_of(const server_config& config, const std::string& name) {
+  if (!config.tls.cert.empty()) return {config.tls.cert, config.tls.key, false};
+  return ensure_default_identity(config.state_dir, name);
+}
+
+tls_setup setup_tls(const server_config& config, const std::string& name) {
+  if (config.tls.plaintext) {
+    return {nullptr,
+            "tls: OFF, cleartext by explicit request: tokens' proofs, file contents and commands cross the network "
+            "unprotected"};
+  }
+  const identity_files files = identity_of(config, name);
+  net::tls::server_settings settings{files.cert, files.key};
+  settings.try_ktls = config.tls.kernel_tls == "on" || (config.tls.kernel_tls == "auto" && net::tls::kernel_offers_ktls());
+  std::shared_ptr<const net::tls::context> ctx;
+  try {
+    ctx = net::tls::context::for_server(settings);
+  } catch (const net::tls::error& e) {
+    throw config_error(e.what());
+  }
+  std::string banner = "tls: TLS 1.3, server key " + ctx->fingerprint() + " (" +
+                       (files.generated ? "new, in " : "") + files.cert.string();
+  if (ctx->expires() != "never") banner += ", expires " + ctx->expires();
+  banner += ")";
+  spdlog::debug("kernel TLS: {} (the kernel {} it)", settings.try_ktls ? "asked for" : "not used",
+                net::tls::kernel_offers_ktls() ? "offers" : "does not offer");
+  return {std::move(ctx), std::move(banner)};
+}
+
 std::string join(const std::vector<std::string>& v) {
   std::string s;
   for (const auto& x : v) s += (s.empty() ? "" : ", ") + x;
@@ -37,12 +75,26 @@ std::string join(const std::vector<std::string>& v) {
 
 }  // namespace
 
+void fill_defaults(server_config& config) {
+  if (config.state_dir.empty()) config.state_dir = util::default_state_dir();
+  if (config.name.empty()) config.name = host_name();
+}
+
+std::string server_fingerprint(server_config config) {
+  fill_defaults(config);
+  if (config.tls.plaintext) throw config_error("TLS is off ([tls] plaintext = true): there is no server key");
+  const identity_files files = identity_of(config, config.name);
+  auto fp = net::tls::fingerprint_of_pem_file(files.cert);
+  if (!fp) throw config_error("cannot read a certificate from " + files.cert.string());
+  return *fp;
+}
+
 void run_server(server_config config, const serve_hooks& hooks) {
   std::string why;
   auto listen = net::parse_host_port(config.listen, proto::default_port, &why);
   if (!listen) throw config_error("invalid listen address '" + config.listen + "': " + why);
 
-  if (config.state_dir.empty()) config.state_dir = util::default_state_dir();
+  fill_defaults(config);
   if (config.root.empty()) config.root = config.state_dir / "share";
   std::error_code ec;
   std::filesystem::create_directories(config.root, ec);
@@ -53,7 +105,8 @@ void run_server(server_config config, const serve_hooks& hooks) {
   config.root = std::filesystem::canonical(config.root);
 
   server_context ctx;
-  ctx.name = config.name.empty() ? host_name() : config.name;
+  ctx.name = config.name;
+  tls_setup tls = setup_tls(config, ctx.name);
   std::string token_note;
   if (config.users.empty()) {
     const char* env = std::getenv("CSKIT_TOKEN");
@@ -97,6 +150,7 @@ void run_server(server_config config, const serve_hooks& hooks) {
   o.limits.handshake_timeout = config.handshake_timeout;
   o.limits.frame_timeout = config.frame_timeout;
   o.grace = config.grace;
+  o.tls = tls.context;
 
   // Each connection is one descriptor; the soft limit (often 1024) is far
   // below what the server is meant to hold.
@@ -143,6 +197,7 @@ void run_server(server_config config, const serve_hooks& hooks) {
                 config.exec.allow_shell ? ", shell allowed" : "",
                 config.exec.programs.empty() ? "" : ", allow-list of programs");
   }
+  std::printf("%s\n", tls.banner.c_str());
   for (const auto& line : extra_banner) std::printf("%s\n", line.c_str());
   for (const auto& u : ctx.users) {
     std::printf("user: %s (%s)\n", u.name.c_str(), join(u.permissions.names()).c_str());

@@ -19,4 +19,9 @@ struct serve_hooks {
 /// configuration and std::system_error when it cannot listen.
 void run_server(server_config config, const serve_hooks& hooks = {});
 
+/// The fingerprint of the server's TLS key (`serve --print-fingerprint`),
+/// creating the default identity if there is none yet, so that it can be
+/// shared before the first start. Throws config_error.
+std::string server_fingerprint(server_config config);
+
 }  // namespace cskit::server

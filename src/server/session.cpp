@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "net/tls.hpp"
 #include "proto/limits.hpp"
 #include "proto/messages.hpp"
 #include "version.hpp"
@@ -19,15 +20,25 @@ const user_account* server_context::find_user(std::string_view name) const {
 }
 
 void session::on_open(net::connection& c) {
-  spdlog::info("connection from {}", c.peer());
-  server_nonce_ = proto::random_nonce();
-  c.send({{"type", proto::type::hello},
-          {"proto", proto::protocol_version},
-          {"server", proto::server_software},
-          {"version", cskit_version},
-          {"name", ctx_.name},
-          {"auth", {"hmac-sha256"}},
-          {"nonce", proto::to_hex(server_nonce_)}});
+  json hello = {{"type", proto::type::hello},
+                {"proto", proto::protocol_version},
+                {"server", proto::server_software},
+                {"version", cskit_version},
+                {"name", ctx_.name},
+                {"auth", {"hmac-sha256"}}};
+  binding_ = c.channel_binding();
+  if (!binding_.empty()) {
+    // The TLS exporter is fresh for each connection and both sides
+    // contribute to it: no nonce is needed (docs/protocol.md, "Proofs").
+    spdlog::info("connection from {} ({})", c.peer(), c.tls_description());
+    hello["binding"] = proto::to_wire(proto::binding_kind::tls_exporter);
+  } else {
+    spdlog::info("connection from {} (cleartext)", c.peer());
+    server_nonce_ = proto::random_nonce();
+    hello["binding"] = proto::to_wire(proto::binding_kind::nonces);
+    hello["nonce"] = proto::to_hex(server_nonce_);
+  }
+  c.send(hello);
 }
 
 void session::on_close(net::connection& c, std::string_view reason) {
@@ -102,39 +113,60 @@ void session::authenticate(net::connection& c, proto::frame& f) {
     return;
   }
   auto user_it = h.find("user");
-  auto nonce_it = h.find("nonce");
   auto proof_it = h.find("proof");
-  if (user_it == h.end() || !user_it->is_string() || nonce_it == h.end() || !nonce_it->is_string() ||
-      proof_it == h.end() || !proof_it->is_string()) {
-    c.fail(errc::bad_request, "auth needs string fields user, nonce and proof", id);
+  if (user_it == h.end() || !user_it->is_string() || proof_it == h.end() || !proof_it->is_string()) {
+    c.fail(errc::bad_request, "auth needs string fields user and proof", id);
     return;
   }
   const std::string& name = user_it->get_ref<const std::string&>();
-  auto client_nonce = proto::from_hex<proto::nonce_size>(nonce_it->get_ref<const std::string&>());
   auto proof = proto::from_hex<32>(proof_it->get_ref<const std::string&>());
-  if (!client_nonce || !proof || !proto::is_valid_user_name(name)) {
-    c.fail(errc::bad_request, "auth: nonce and proof must be 64 hex digits, user 1-64 of [A-Za-z0-9._-]", id);
+  if (!proof || !proto::is_valid_user_name(name)) {
+    c.fail(errc::bad_request, "auth: proof must be 64 hex digits, user 1-64 of [A-Za-z0-9._-]", id);
     return;
+  }
+  const auto kind = binding_.empty() ? proto::binding_kind::nonces : proto::binding_kind::tls_exporter;
+  std::string binding = binding_;
+  if (kind == proto::binding_kind::nonces) {
+    auto nonce_it = h.find("nonce");
+    auto client_nonce = nonce_it != h.end() && nonce_it->is_string()
+                            ? proto::from_hex<proto::nonce_size>(nonce_it->get_ref<const std::string&>())
+                            : std::nullopt;
+    if (!client_nonce) {
+      c.fail(errc::bad_request, "auth over cleartext needs a nonce of 64 hex digits", id);
+      return;
+    }
+    binding = proto::nonce_binding(server_nonce_, *client_nonce);
   }
 
   // Always compute an HMAC, even for an unknown user, so that response
   // timing does not reveal which user names exist.
   const user_account* u = ctx_.find_user(name);
   static const std::string decoy_token(32, 'x');
-  auto expected = proto::compute_proof(proto::proof_role::client, u ? u->token : decoy_token, name, server_nonce_,
-                                       *client_nonce);
+  auto expected = proto::compute_proof(proto::proof_role::client, u ? u->token : decoy_token, name, kind, binding);
   if (!u || !proto::proofs_equal(expected, *proof)) {
+    // A client that shows which TLS channel it computed its proof over
+    // lets us tell a relay in the path (which terminates TLS on both
+    // sides, so the two ends export different values) from a wrong token.
+    const std::string seen = h.value("binding", "");
+    const bool relayed = kind == proto::binding_kind::tls_exporter && !seen.empty() &&
+                         seen != proto::binding_check(binding);
     auto delay = ctx_.throttle.on_failure(c.peer_address());
-    spdlog::warn("authentication failed from {} for user '{}'{}", c.peer(), name,
+    spdlog::warn("authentication failed from {} for user '{}'{}{}", c.peer(), name,
+                 relayed ? ": channel binding mismatch, the client's TLS session is not this one (a TLS-terminating "
+                           "relay is in the path)"
+                         : "",
                  delay.count() ? fmt::format(" (reply delayed {} ms)", delay.count()) : "");
-    c.fail(errc::auth_failed, "authentication failed: unknown user or wrong token", id, delay);
+    c.fail(errc::auth_failed,
+           relayed ? "authentication failed: your proof is bound to another TLS session (a relay is in the path)"
+                   : "authentication failed: unknown user or wrong token",
+           id, delay);
     return;
   }
   ctx_.throttle.on_success(c.peer_address());
   user_ = u;
   c.set_authenticated();
   spdlog::info("authenticated {} as {}", c.peer(), u->name);
-  auto server_proof = proto::compute_proof(proto::proof_role::server, u->token, name, server_nonce_, *client_nonce);
+  auto server_proof = proto::compute_proof(proto::proof_role::server, u->token, name, kind, binding);
   json welcome = {{"type", proto::type::welcome},
                   {"user", u->name},
                   {"permissions", u->permissions.names()},
@@ -182,6 +214,20 @@ void session::dispatch(net::connection& c, proto::frame&& f) {
   }
 }
 
+namespace {
+
+// What protects this connection, as the server sees it (info.reply).
+json transport_info(const net::connection& c) {
+  const std::string tls = c.tls_description();
+  if (tls.empty()) return {{"tls", false}};
+  return {{"tls", true},
+          {"protocol", tls},
+          {"kernel_tls_send", c.ktls_send()},
+          {"kernel_offers_tls", net::tls::kernel_offers_ktls()}};
+}
+
+}  // namespace
+
 void register_core_service(server_context& ctx) {
   ctx.registry.add(std::string(proto::type::info), "core", std::nullopt, [&ctx](request& r) {
     r.reply({{"type", proto::type::info_reply},
@@ -192,8 +238,8 @@ void register_core_service(server_context& ctx) {
              {"services", ctx.registry.services()},
              {"user", r.user.name},
              {"permissions", r.user.permissions.names()},
-             {"limits",
-              {{"max_header", proto::max_header_size}, {"max_body", proto::max_body_size}}}});
+             {"limits", {{"max_header", proto::max_header_size}, {"max_body", proto::max_body_size}}},
+             {"transport", transport_info(r.conn)}});
   });
 }
 

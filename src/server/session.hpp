@@ -41,7 +41,8 @@ class session final : public net::frame_handler {
   void dispatch(net::connection& c, proto::frame&& f);
 
   const server_context& ctx_;
-  proto::nonce server_nonce_{};
+  proto::nonce server_nonce_{};  // cleartext only
+  std::string binding_;          // TLS: the connection's exporter value
   const user_account* user_ = nullptr;
   std::uint64_t requests_ = 0;
   connection_scope scope_;

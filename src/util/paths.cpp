@@ -10,6 +10,8 @@ std::filesystem::path default_state_dir() {
   return "/var/lib/cskit";
 }
 
+std::filesystem::path local_server_cert() { return default_state_dir() / "server.crt"; }
+
 std::filesystem::path default_client_config() {
   if (const char* x = std::getenv("XDG_CONFIG_HOME"); x && *x == '/') {
     return std::filesystem::path(x) / "cskit/client.toml";

@@ -82,12 +82,38 @@ class Server:
             m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
             if m:
                 port = int(m.group(1))
+        # The rest of the banner was written with the first line (one
+        # flush); it ends with the "connect:" line.
+        while not self.banner[-1].startswith("connect:") and len(self.banner) < 50:
+            line = self.proc.stdout.readline().decode()
+            if not line:
+                break
+            self.banner.append(line)
         self.port = port
         self.address = f"127.0.0.1:{port}"
+        self.fingerprint = None
+        for line in self.banner:
+            m = re.search(r"server key (SHA256:[A-Za-z0-9+/]{43})", line)
+            if m:
+                self.fingerprint = m.group(1)
+        # Clients run by cli() know this server's key, as after a first
+        # contact that was accepted (tests of first contact use other homes).
+        if self.fingerprint:
+            self.trust(self.home)
         # Keep reading stdout so the pipe can never fill and block the server.
         self._reader = threading.Thread(target=self._drain, args=(self.proc,), daemon=True)
         self._reader.start()
         self._readers.append((self.proc, self._reader))
+
+    def trust(self, home):
+        """Adds this server's key to the known_hosts file under `home`."""
+        path = os.path.join(home, ".config", "cskit", "known_hosts")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        entry = f"{self.address} {self.fingerprint}\n"
+        existing = open(path).read() if os.path.exists(path) else ""
+        if entry not in existing:
+            with open(path, "a") as f:
+                f.write(entry)
 
     def restart(self, sig=signal.SIGKILL, start_timeout=20):
         """Ends the server (SIGKILL unless told otherwise) and starts it again on the same

@@ -7,6 +7,7 @@ import struct
 import time
 import unittest
 
+import tlswire
 import wire
 from harness import TOKEN, Server, raise_fd_limit
 
@@ -47,21 +48,20 @@ class Hostile(unittest.TestCase):
         return h
 
     def hello(self):
-        s = self.srv.connect()
-        h, _ = wire.read_frame(s)
+        s, h = wire.connect(self.srv.port)
         self.assertEqual(h["type"], "hello")
         return s, h
 
     def test_hello_fields(self):
         s, h = self.hello()
         with s:
-            self.assertEqual(h["proto"], 1)
+            self.assertEqual(h["proto"], 2)
             self.assertEqual(h["server"], "cskit")
-            self.assertEqual(len(bytes.fromhex(h["nonce"])), 32)
+            self.assertEqual(h["binding"], "tls-exporter")
+            self.assertNotIn("nonce", h)  # the TLS exporter makes it unnecessary
             self.assertIn("hmac-sha256", h["auth"])
-        s2, h2 = self.hello()
-        with s2:
-            self.assertNotEqual(h["nonce"], h2["nonce"])
+            self.assertEqual(s.version(), "TLSv1.3")
+            self.assertEqual(s.selected_alpn_protocol(), "cskit")
 
     def test_garbage_bytes(self):
         s, _ = self.hello()
@@ -129,16 +129,14 @@ class Hostile(unittest.TestCase):
     def test_wrong_protocol_version(self):
         s, hello = self.hello()
         with s:
-            frame, _ = wire.auth_frame(hello, TOKEN, proto=2)
-            s.sendall(frame)
+            s.sendall(wire.auth_frame(s, TOKEN, proto=1))
             h = self.expect_error_then_close(s, "unsupported_version")
             self.assertEqual(h["id"], 1)
 
     def test_malformed_auth(self):
         s, hello = self.hello()
         with s:
-            s.sendall(wire.encode({"type": "auth", "id": 1, "proto": 1, "user": "admin",
-                                   "nonce": "zz", "proof": "00"}))
+            s.sendall(wire.encode({"type": "auth", "id": 1, "proto": 2, "user": "admin", "proof": "00"}))
             self.expect_error_then_close(s, "bad_request")
 
     def test_idle_timeout(self):
@@ -195,7 +193,8 @@ class Hostile(unittest.TestCase):
         s, _ = wire.login(self.srv.port, TOKEN)
         with s:
             s.sendall(wire.encode({"type": "ping", "id": 3}))
-            s.shutdown(socket.SHUT_WR)
+            # TCP's half-close under TLS (ssl.SSLSocket.shutdown would drop the TLS state).
+            socket.socket.shutdown(s, socket.SHUT_WR)
             h, _ = wire.read_frame(s)
             self.assertEqual((h["type"], h["id"]), ("pong", 3))
             wire.wait_closed(s)
@@ -206,10 +205,9 @@ class AuthFailures(unittest.TestCase):
         with Server() as srv:
             times = []
             for _ in range(5):
-                s = srv.connect()
+                s, _ = wire.connect(srv.port)
                 with s:
-                    hello, _ = wire.read_frame(s)
-                    frame, _ = wire.auth_frame(hello, "wrong-token-0123456789")
+                    frame = wire.auth_frame(s, "wrong-token-0123456789")
                     t0 = time.monotonic()
                     s.sendall(frame)
                     h, _ = wire.read_frame(s, 15)
@@ -219,10 +217,9 @@ class AuthFailures(unittest.TestCase):
             self.assertGreaterEqual(times[3], 0.24, times)
             self.assertGreaterEqual(times[4], 0.49, times)
             # Unknown user: same code, same message, also counted.
-            s = srv.connect()
+            s, _ = wire.connect(srv.port)
             with s:
-                hello, _ = wire.read_frame(s)
-                frame, _ = wire.auth_frame(hello, TOKEN, user="mallory")
+                frame = wire.auth_frame(s, TOKEN, user="mallory")
                 t0 = time.monotonic()
                 s.sendall(frame)
                 h, _ = wire.read_frame(s, 15)
@@ -241,13 +238,11 @@ class ManyConnections(unittest.TestCase):
             socks = []
             try:
                 for _ in range(n):
-                    socks.append(socket.create_connection(("127.0.0.1", srv.port), timeout=20))
-                hellos = [wire.read_frame(s, 20)[0] for s in socks]
-                nonces = []
-                for s, hello in zip(socks, hellos):
-                    frame, cn = wire.auth_frame(hello, TOKEN)
-                    nonces.append(cn)
-                    s.sendall(frame)
+                    socks.append(tlswire.connect(srv.port, timeout=20))
+                for s in socks:
+                    self.assertEqual(wire.read_frame(s, 20)[0]["type"], "hello")
+                for s in socks:
+                    s.sendall(wire.auth_frame(s, TOKEN))
                 for s in socks:
                     h, _ = wire.read_frame(s, 20)
                     self.assertEqual(h["type"], "welcome")

@@ -34,13 +34,21 @@ TEST(auth, hex_rejects_bad_input) {
   EXPECT_FALSE(from_hex<32>(std::string(63, 'a') + "g"));
 }
 
-TEST(auth, proof_matches_rfc4231_style_reference) {
-  // Reference computed independently with Python:
-  //   hmac.new(b"secret-token-123", b"cskit/1 client\0admin\0" + bytes(range(32)) + bytes(range(32,64)),
+TEST(auth, proof_matches_reference_vectors) {
+  // References computed independently with Python (docs/protocol.md has them too):
+  //   hmac.new(b"secret-token-123", b"cskit/2 client\0admin\0nonces\0" + bytes(range(32)) + bytes(range(32,64)),
   //            hashlib.sha256).hexdigest()
   nonce s = fixed(0), c = fixed(32);
-  EXPECT_EQ(to_hex(compute_proof(proof_role::client, "secret-token-123", "admin", s, c)),
-            "b4b3f4213784d7bd425e821fc7725cfb0c255d28ef451016e2fa790b9803559b");
+  EXPECT_EQ(to_hex(compute_proof(proof_role::client, "secret-token-123", "admin", binding_kind::nonces,
+                                 nonce_binding(s, c))),
+            "e324be6a12fd667300c3c5727bee6198245c317844d42ddbc3f3efe0337de346");
+  //   hmac.new(b"secret-token-123", b"cskit/2 server\0admin\0tls-exporter\0" + bytes(range(100,132)), ...)
+  std::string exporter;
+  for (int i = 100; i < 132; ++i) exporter += static_cast<char>(i);
+  EXPECT_EQ(to_hex(compute_proof(proof_role::server, "secret-token-123", "admin", binding_kind::tls_exporter, exporter)),
+            "e700101aaf7b2bc5aa40844ef28e8edec9964bd5303d2c4b9f84a02e3e022012");
+  //   hashlib.sha256(b"cskit/2 binding\0" + bytes(range(100,132))).hexdigest()[:32]
+  EXPECT_EQ(binding_check(exporter), "09e54f7c11de0fc2ce48e8f4ef65b4bf");
 }
 
 TEST(auth, hmac_sha256_rfc4231_vectors) {
@@ -62,14 +70,19 @@ TEST(auth, hmac_sha256_rfc4231_vectors) {
             "baa93ea4ccc7062ed6870c5e7937dbd35ad7791df4e29df9addeb429ff491acf");
 }
 
-TEST(auth, proofs_differ_by_role_user_token_and_nonces) {
+TEST(auth, proofs_differ_by_role_user_token_and_binding) {
   nonce s = fixed(0), c = fixed(32);
-  auto base = compute_proof(proof_role::client, "tok-0123456789abcdef", "alice", s, c);
-  EXPECT_FALSE(proofs_equal(base, compute_proof(proof_role::server, "tok-0123456789abcdef", "alice", s, c)));
-  EXPECT_FALSE(proofs_equal(base, compute_proof(proof_role::client, "tok-0123456789abcdeF", "alice", s, c)));
-  EXPECT_FALSE(proofs_equal(base, compute_proof(proof_role::client, "tok-0123456789abcdef", "alicf", s, c)));
-  EXPECT_FALSE(proofs_equal(base, compute_proof(proof_role::client, "tok-0123456789abcdef", "alice", c, s)));
-  EXPECT_TRUE(proofs_equal(base, compute_proof(proof_role::client, "tok-0123456789abcdef", "alice", s, c)));
+  const auto b = nonce_binding(s, c);
+  const auto kind = binding_kind::nonces;
+  auto base = compute_proof(proof_role::client, "tok-0123456789abcdef", "alice", kind, b);
+  EXPECT_FALSE(proofs_equal(base, compute_proof(proof_role::server, "tok-0123456789abcdef", "alice", kind, b)));
+  EXPECT_FALSE(proofs_equal(base, compute_proof(proof_role::client, "tok-0123456789abcdeF", "alice", kind, b)));
+  EXPECT_FALSE(proofs_equal(base, compute_proof(proof_role::client, "tok-0123456789abcdef", "alicf", kind, b)));
+  EXPECT_FALSE(proofs_equal(base, compute_proof(proof_role::client, "tok-0123456789abcdef", "alice", kind,
+                                                nonce_binding(c, s))));
+  EXPECT_FALSE(proofs_equal(base, compute_proof(proof_role::client, "tok-0123456789abcdef", "alice",
+                                                binding_kind::tls_exporter, b)));
+  EXPECT_TRUE(proofs_equal(base, compute_proof(proof_role::client, "tok-0123456789abcdef", "alice", kind, b)));
 }
 
 TEST(auth, random_nonces_differ) {
