@@ -123,6 +123,7 @@ client::connection connect_client(const client_common& o, const std::string& hos
   opts.io_timeout = ms(o.timeout);
   opts.plaintext = o.plaintext;
   opts.trust.fingerprint = profile.fingerprint;
+  opts.trust.remember_fingerprint = o.fingerprint.has_value();
   opts.trust.ca_file = profile.ca_file;
   opts.trust.accept_new = o.accept_new;
   // Ask only someone who can answer: a terminal on both ends.

@@ -54,6 +54,9 @@ struct credentials {
 /// certificate for the host name, then the user (or accept_new).
 struct server_trust {
   std::optional<std::string> fingerprint;  ///< pinned: --fingerprint, or the client config for this host
+  /// The pin came from the command line: once it matches, the key is
+  /// remembered in known_hosts (if that host has no entry yet).
+  bool remember_fingerprint = false;
   bool accept_new = false;                 ///< trust an unknown key and remember it (ssh's accept-new)
   std::filesystem::path ca_file;           ///< CAs for CA-issued certificates; empty: the system's store
   std::filesystem::path known_hosts;       ///< empty: default_known_hosts()

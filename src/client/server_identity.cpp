@@ -56,23 +56,28 @@ std::string check_server_identity(const net::tls::channel& channel, const net::h
   const std::string host = net::format_host_port(where.host, where.port);
   if (fp.empty()) throw client_error(failure::host_key_unknown, "the server at " + host + " sent no certificate");
 
-  // 1. A fingerprint the user pinned for this connection decides alone.
-  if (trust.fingerprint) {
-    if (fp == *trust.fingerprint) return "pinned fingerprint";
-    throw client_error(failure::host_key_changed,
-                       changed_key_message(host, fp, *trust.fingerprint, "--fingerprint (or the client config)"));
-  }
-  // 2. The known-hosts file.
   const auto file = trust.known_hosts.empty() ? default_known_hosts() : trust.known_hosts;
   const std::string key = known_host_key(where.host, where.port);
-  known_host_result known;
-  if (!file.empty()) {
+  auto look_up = [&] {
+    known_host_result known;
+    if (file.empty()) return known;
     try {
-      known = lookup_known_host(file, key, fp);
+      return lookup_known_host(file, key, fp);
     } catch (const std::exception& e) {
       throw client_error(failure::host_key_unknown, e.what());
     }
+  };
+  // 1. A fingerprint the user pinned for this connection decides alone.
+  if (trust.fingerprint) {
+    if (fp != *trust.fingerprint) {
+      throw client_error(failure::host_key_changed,
+                         changed_key_message(host, fp, *trust.fingerprint, "--fingerprint (or the client config)"));
+    }
+    if (trust.remember_fingerprint && look_up().state == known_host_result::status::unknown) remember(file, key, fp);
+    return "pinned fingerprint";
   }
+  // 2. The known-hosts file.
+  const known_host_result known = look_up();
   if (known.state == known_host_result::status::match) return "known_hosts line " + std::to_string(known.line);
   if (known.state == known_host_result::status::mismatch) {
     throw client_error(failure::host_key_changed,

@@ -695,6 +695,10 @@ void connection::receive_tls(std::string_view cipher) {
     if (r != result::ok) break;
   }
   in_batch_ = false;
+  // A record begun and not finished is a frame in progress (frame deadline).
+  const bool partial = state_ == state::open && tls_->partial_record();
+  if (partial && !mid_frame()) frame_started_ = clock::now();
+  tls_partial_ = partial;
   if (r == result::closed && state_ == state::open) {
     peer_eof_ = true;  // close_notify: the peer sends nothing more, but may read our replies
     close_after_flush("peer closed");
@@ -719,7 +723,12 @@ asio::awaitable<void> connection::write_loop() {
     if (!stalled) write_progress_ = clock::now();
     if (file_body_next()) {
       // sendfile it, or encrypt it piece by piece.
-      ec = co_await (encrypts_writes() ? write_segment_tls() : write_segment());
+      // (Two statements: GCC 12 mishandles a co_await of a conditional expression.)
+      if (encrypts_writes()) {
+        ec = co_await write_segment_tls();
+      } else {
+        ec = co_await write_segment();
+      }
       ::close(segments_.front().fd);
       file_bytes_queued_ -= segments_.front().length;
       --file_segments_;
@@ -848,8 +857,8 @@ clock::time_point connection::next_deadline(due& what) const noexcept {
   if (writing_) consider(write_progress_ + limits_.write_timeout, due::write_stall);
   if (state_ == state::open && !delayed_error_) {
     if (!authenticated_) consider(opened_ + limits_.handshake_timeout, due::handshake);
-    if (decoder_.mid_frame()) consider(frame_started_ + limits_.frame_timeout, due::frame);
-    if (authenticated_ && !decoder_.mid_frame()) consider(last_activity_ + limits_.idle_timeout, due::idle);
+    if (mid_frame()) consider(frame_started_ + limits_.frame_timeout, due::frame);
+    if (authenticated_ && !mid_frame()) consider(last_activity_ + limits_.idle_timeout, due::idle);
     if (keepalive_drop_.count() > 0) {
       if (pinged_for_ != last_activity_) consider(last_activity_ + keepalive_ping_, due::ping);
       consider(last_activity_ + keepalive_drop_, due::ping_timeout);

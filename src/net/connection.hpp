@@ -280,6 +280,8 @@ class connection : public std::enable_shared_from_this<connection> {
   std::shared_ptr<const tls::context> tls_context_;
   std::unique_ptr<tls::channel> tls_;
   bool close_notify_sent_ = false;
+  bool tls_partial_ = false;  // part of a TLS record waits for the rest (frame deadline)
+  bool mid_frame() const noexcept { return decoder_.mid_frame() || tls_partial_; }
   /// TLS and the kernel does not encrypt: records are made in user space.
   bool encrypts_writes() const noexcept;
   std::size_t tls_output_bytes() const noexcept;

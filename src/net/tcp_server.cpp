@@ -70,14 +70,54 @@ struct tcp_server::impl {
     return v;
   }
 
-  static void reject(tcp::socket& s, proto::errc code) {
-    // Best effort, never blocks: the socket is fresh, so its send buffer has room.
+  // Refused connections whose error frame is still in flight, lingering
+  // on the loop they were accepted for: a few, so that a flood of refused
+  // connections costs little more than closing them.
+  static constexpr std::size_t max_lingering = 64;
+  std::atomic<std::size_t> lingering{0};
+
+  void reject(tcp::socket s, proto::errc code) {
+    // Best effort, never blocks: the socket is fresh, so its send buffer has
+    // room. The frame is cleartext even when the server speaks TLS: a
+    // client shows it as sent before TLS, unauthenticated.
     error_code ec;
     s.non_blocking(true, ec);
     std::string bytes = proto::encode_frame(proto::make_error(code));
     s.send(asio::buffer(bytes), 0, ec);
     s.shutdown(tcp::socket::shutdown_send, ec);
-    s.close(ec);
+    if (lingering >= max_lingering) {
+      s.close(ec);
+      return;
+    }
+    // Closing with unread input (a TLS client has already sent its
+    // ClientHello) would send a reset, which can destroy the frame before
+    // the client reads it: read and discard until the client closes, for
+    // at most linger_timeout.
+    struct state {
+      tcp::socket socket;
+      asio::steady_timer timer;
+      char sink[512];
+    };
+    ++lingering;
+    auto ex = s.get_executor();
+    auto st = std::make_shared<state>(state{std::move(s), asio::steady_timer(ex), {}});
+    st->timer.expires_after(options.limits.linger_timeout);
+    st->timer.async_wait([st](const error_code& e) {
+      error_code ignored;
+      if (!e) st->socket.close(ignored);
+    });
+    drain(std::move(st));
+  }
+
+  template <class State>
+  void drain(std::shared_ptr<State> st) {
+    st->socket.async_read_some(asio::buffer(st->sink), [this, st](const error_code& e, std::size_t) {
+      if (!e) return drain(st);
+      error_code ignored;
+      st->timer.cancel();
+      st->socket.close(ignored);
+      --lingering;
+    });
   }
 
   void adopt(loop& l, tcp::socket s) {
@@ -110,7 +150,7 @@ struct tcp_server::impl {
         auto ep = s.remote_endpoint(pe);
         spdlog::warn("refusing connection from {}: limit of {} connections reached",
                      pe ? std::string("(unknown)") : ep.address().to_string(), options.max_connections);
-        reject(s, proto::errc::too_many_connections);
+        reject(std::move(s), proto::errc::too_many_connections);
         continue;
       }
       live.fetch_add(1, std::memory_order_relaxed);

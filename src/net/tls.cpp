@@ -547,6 +547,8 @@ std::size_t channel::read(char* buf, std::size_t cap, result& r) {
   return n;
 }
 
+bool channel::partial_record() const noexcept { return SSL_has_pending(as_ssl(ssl_)) == 1; }
+
 bool channel::write(std::string_view plain) {
   if (plain.empty()) return true;
   ERR_clear_error();

@@ -141,6 +141,10 @@ class channel {
   /// it returns want_input.
   std::size_t read(char* buf, std::size_t cap, result& r);
 
+  /// Part of a record arrived and waits for the rest (after read() gave
+  /// want_input): a frame deadline applies to it.
+  bool partial_record() const noexcept;
+
   /// Encrypts `plain` in full (records of up to 16 KiB) onto output().
   /// False when TLS failed (error_text()).
   bool write(std::string_view plain);

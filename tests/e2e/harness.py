@@ -106,14 +106,16 @@ class Server:
         self._readers.append((self.proc, self._reader))
 
     def trust(self, home):
-        """Adds this server's key to the known_hosts file under `home`."""
+        """Adds this server's key to the known_hosts file under `home`, under the names tests
+        reach it by (127.0.0.1 and localhost)."""
         path = os.path.join(home, ".config", "cskit", "known_hosts")
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        entry = f"{self.address} {self.fingerprint}\n"
         existing = open(path).read() if os.path.exists(path) else ""
-        if entry not in existing:
-            with open(path, "a") as f:
-                f.write(entry)
+        with open(path, "a") as f:
+            for name in (self.address, f"localhost:{self.port}"):
+                entry = f"{name} {self.fingerprint}\n"
+                if entry not in existing:
+                    f.write(entry)
 
     def restart(self, sig=signal.SIGKILL, start_timeout=20):
         """Ends the server (SIGKILL unless told otherwise) and starts it again on the same

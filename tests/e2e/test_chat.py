@@ -12,6 +12,7 @@ import time
 import unittest
 
 from harness import BIN, Server
+import tlswire
 import wire
 
 CHAT_CONF = """
@@ -396,7 +397,9 @@ class LivenessTest(unittest.TestCase):
             alice.wait_for(lambda e: e.get("type") == "chat.joined")
             first.stop()
             alice.wait_for(note(r"connection lost .*reconnecting in 0\.5 s"))
-            second = Server(config_text=CHAT_CONF, listen=f"127.0.0.1:{port}", token=first.token)
+            # The same server restarted: same state directory, so the same key.
+            second = Server(config_text=CHAT_CONF, listen=f"127.0.0.1:{port}", token=first.token,
+                            state_dir=first.state)
             try:
                 e, _ = alice.wait_for(lambda e: e.get("type") == "chat.joined", timeout=30)
                 self.assertEqual(e["room"], "#ops")
@@ -426,12 +429,13 @@ class SlowReaderTest(unittest.TestCase):
         clients = []
         try:
             # A raw client joins, then never reads its socket again.
-            slow = socket.socket()
-            slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect, so it sticks
-            slow.connect(("127.0.0.1", server.port))
-            slow.settimeout(10)
+            raw = socket.socket()
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect, so it sticks
+            raw.connect(("127.0.0.1", server.port))
+            raw.settimeout(10)
+            slow = tlswire.client_context().wrap_socket(raw)
             hello, _ = wire.read_frame(slow)
-            slow.sendall(wire.auth_frame(hello, server.token)[0])
+            slow.sendall(wire.auth_frame(slow, server.token))
             self.assertEqual(wire.read_frame(slow)[0]["type"], "welcome")
             slow.sendall(wire.encode({"type": "chat.hello", "id": 1, "nick": "sloth"}))
             slow.sendall(wire.encode({"type": "chat.join", "id": 2, "room": "lobby"}))
@@ -444,9 +448,8 @@ class SlowReaderTest(unittest.TestCase):
 
             bob = client("bob")
             # The sender is a raw connection that drains everything it is sent.
-            sender = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-            hello, _ = wire.read_frame(sender)
-            sender.sendall(wire.auth_frame(hello, server.token)[0])
+            sender, hello = wire.connect(server.port)
+            sender.sendall(wire.auth_frame(sender, server.token))
             self.assertEqual(wire.read_frame(sender)[0]["type"], "welcome")
             sender.sendall(wire.encode({"type": "chat.hello", "id": 1, "nick": "sender"}))
             sender.sendall(wire.encode({"type": "chat.join", "id": 2, "room": "lobby"}))

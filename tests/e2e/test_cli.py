@@ -9,6 +9,7 @@ import threading
 import time
 import unittest
 
+import tlswire
 import wire
 from harness import BIN, TOKEN, Server, free_port
 
@@ -64,7 +65,7 @@ class PingAndInfo(unittest.TestCase):
     def test_info_text(self):
         r = self.srv.cli("info", self.srv.address)
         self.assertEqual(r.returncode, EXIT_OK, r.stderr)
-        self.assertRegex(r.stdout, r"server:\s+cskit \d+\.\d+\.\d+ \(protocol 1\)")
+        self.assertRegex(r.stdout, r"server:\s+cskit \d+\.\d+\.\d+ \(protocol 2\)")
         self.assertRegex(r.stdout, r"user:\s+admin")
         self.assertRegex(r.stdout, r"permissions:\s+files-read, files-write, chat\n")
         self.assertRegex(r.stdout, r"services:\s+chat, core")
@@ -74,7 +75,7 @@ class PingAndInfo(unittest.TestCase):
         self.assertEqual(r.returncode, EXIT_OK, r.stderr)
         j = json.loads(r.stdout)
         self.assertEqual(j["server"], "cskit")
-        self.assertEqual(j["proto"], 1)
+        self.assertEqual(j["proto"], 2)
         self.assertEqual(j["user"], "admin")
         self.assertEqual(j["permissions"], ["files-read", "files-write", "chat"])
         self.assertNotIn("exec", j["permissions"])
@@ -173,7 +174,7 @@ class Help(unittest.TestCase):
     def test_version(self):
         r = self.run_cli("--version")
         self.assertEqual(r.returncode, EXIT_OK)
-        self.assertRegex(r.stdout, r"cskit \d+\.\d+\.\d+ \(protocol 1\)")
+        self.assertRegex(r.stdout, r"cskit \d+\.\d+\.\d+ \(protocol 2\)")
 
 
 class ServerLifecycle(unittest.TestCase):
@@ -281,14 +282,17 @@ class ServerLifecycle(unittest.TestCase):
 
 
 class FakeServer:
-    """A server that says whatever the test wants, to check the client's checks."""
+    """A server that says whatever the test wants, to check the client's checks. With `tls`, the
+    script gets the connection after a TLS handshake with a throwaway identity, which the client
+    is told to trust (--fingerprint)."""
 
-    def __init__(self, script):
+    def __init__(self, script, tls=True):
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(1)
         self.port = self.sock.getsockname()[1]
         self.script = script
+        self.identity = tlswire.Identity() if tls else None
         self.thread = threading.Thread(target=self.run, daemon=True)
         self.thread.start()
 
@@ -297,29 +301,41 @@ class FakeServer:
         try:
             conn, _ = self.sock.accept()
             with conn:
+                if self.identity:
+                    conn = self.identity.wrap(conn)
                 self.script(conn)
         except OSError:
             pass
 
+    def trust_args(self):
+        return ["--fingerprint", self.identity.fingerprint] if self.identity else []
+
     def close(self):
         self.sock.close()
         self.thread.join(timeout=10)
+        if self.identity:
+            self.identity.cleanup()
+
+
+def hello(**fields):
+    h = {"type": "hello", "proto": 2, "server": "cskit", "version": "9", "name": "fake",
+         "auth": ["hmac-sha256"], "binding": "tls-exporter"}
+    h.update(fields)
+    return wire.encode(h)
 
 
 class ClientChecksTheServer(unittest.TestCase):
-    def run_client(self, script):
-        fake = FakeServer(script)
+    def run_client(self, script, tls=True, *extra):
+        fake = FakeServer(script, tls)
         try:
-            return subprocess.run([BIN, "info", f"127.0.0.1:{fake.port}", "--token", TOKEN],
-                                  capture_output=True, text=True, timeout=30)
+            return subprocess.run([BIN, "info", f"127.0.0.1:{fake.port}", "--token", TOKEN, *fake.trust_args(),
+                                   *extra], capture_output=True, text=True, timeout=30)
         finally:
             fake.close()
 
     def test_server_that_cannot_prove_the_token_is_rejected(self):
         def impostor(conn):
-            conn.sendall(wire.encode({"type": "hello", "proto": 1, "server": "cskit", "version": "9",
-                                      "name": "evil", "auth": ["hmac-sha256"],
-                                      "nonce": os.urandom(32).hex()}))
+            conn.sendall(hello(name="evil"))
             auth, _ = wire.read_frame(conn)
             conn.sendall(wire.encode({"type": "welcome", "id": auth["id"], "user": "admin",
                                       "permissions": [], "proof": "00" * 32}))
@@ -333,30 +349,32 @@ class ClientChecksTheServer(unittest.TestCase):
         seen = {}
 
         def recorder(conn):
-            conn.sendall(wire.encode({"type": "hello", "proto": 1, "server": "cskit", "version": "9",
-                                      "name": "rec", "auth": ["hmac-sha256"],
-                                      "nonce": os.urandom(32).hex()}))
+            conn.sendall(hello(name="rec"))
             conn.settimeout(10)
             seen["bytes"] = conn.recv(65536)
+            seen["exporter"] = tlswire.exporter(conn)
 
         self.run_client(recorder)
         self.assertTrue(seen.get("bytes"))
         self.assertNotIn(TOKEN.encode(), seen["bytes"])
+        # The proof is bound to this TLS session (RFC 9266 tls-exporter).
+        auth = json.loads(seen["bytes"][4:])
+        self.assertEqual(auth["proof"], wire.proof(b"cskit/2 client", TOKEN, "admin", "tls-exporter",
+                                                   seen["exporter"]))
+        self.assertNotIn("nonce", auth)
 
     def test_version_mismatch(self):
         def future(conn):
-            conn.sendall(wire.encode({"type": "hello", "proto": 2, "server": "cskit", "version": "9",
-                                      "name": "future", "nonce": os.urandom(32).hex()}))
+            conn.sendall(hello(proto=3))
             wire.wait_closed(conn, 10)
 
         r = self.run_client(future)
         self.assertEqual(r.returncode, EXIT_PROTOCOL)
-        self.assertIn("protocol version 2", r.stderr)
+        self.assertIn("protocol version 3", r.stderr)
 
     def test_hello_with_wrong_field_types(self):
         def odd(conn):
-            conn.sendall(wire.encode({"type": "hello", "proto": 1, "server": "cskit", "version": 9,
-                                      "name": ["x"], "auth": ["hmac-sha256"], "nonce": 5}))
+            conn.sendall(hello(version=9, name=["x"], binding=5))
             wire.wait_closed(conn, 10)
 
         r = self.run_client(odd)
@@ -365,30 +383,55 @@ class ClientChecksTheServer(unittest.TestCase):
 
     def test_hello_without_a_known_auth_method(self):
         def other(conn):
-            conn.sendall(wire.encode({"type": "hello", "proto": 1, "server": "cskit", "version": "9",
-                                      "name": "x", "auth": ["password"], "nonce": os.urandom(32).hex()}))
+            conn.sendall(hello(auth=["password"]))
             wire.wait_closed(conn, 10)
 
         r = self.run_client(other)
         self.assertEqual(r.returncode, EXIT_PROTOCOL, r.stderr)
         self.assertIn("hmac-sha256", r.stderr)
 
+    def test_hello_binding_to_nonces_over_tls_is_refused(self):
+        # A server that tries to move the login off the TLS channel.
+        def downgrade(conn):
+            conn.sendall(hello(binding="nonces", nonce=os.urandom(32).hex()))
+            wire.wait_closed(conn, 10)
+
+        r = self.run_client(downgrade)
+        self.assertEqual(r.returncode, EXIT_PROTOCOL, r.stderr)
+        self.assertIn("binds its login to 'nonces'", r.stderr)
+
     def test_garbage_from_server(self):
+        # Inside TLS, and instead of TLS.
         r = self.run_client(lambda conn: conn.sendall(b"HTTP/1.1 200 OK\r\n\r\n"))
         self.assertEqual(r.returncode, EXIT_PROTOCOL)
+        r = self.run_client(lambda conn: conn.sendall(b"HTTP/1.1 200 OK\r\n\r\n"), False)
+        self.assertEqual(r.returncode, EXIT_PROTOCOL)
+        self.assertIn("does not speak TLS", r.stderr)
+
+    def test_cleartext_cskit_server_is_never_used_silently(self):
+        # A cskit server without TLS greets in cleartext: the client says so, and stops.
+        def cleartext(conn):
+            conn.sendall(hello(binding="nonces", nonce=os.urandom(32).hex()))
+            wire.wait_closed(conn, 10)
+
+        r = self.run_client(cleartext, False)
+        self.assertEqual(r.returncode, EXIT_PROTOCOL, r.stderr)
+        self.assertIn("does not speak TLS: it answered with a cskit frame without TLS", r.stderr)
+        self.assertIn("never falls back to cleartext", r.stderr)
 
     def test_silent_server_times_out(self):
         def silent(conn):
             time.sleep(3)
 
-        fake = FakeServer(silent)
-        try:
-            r = subprocess.run([BIN, "info", f"127.0.0.1:{fake.port}", "--token", TOKEN, "--timeout", "0.5"],
-                               capture_output=True, text=True, timeout=30)
-        finally:
-            fake.close()
-        self.assertEqual(r.returncode, EXIT_TIMEOUT)
-        self.assertIn("no answer", r.stderr)
+        for tls in (False, True):  # silent before the TLS handshake, and after it
+            fake = FakeServer(silent, tls)
+            try:
+                r = subprocess.run([BIN, "info", f"127.0.0.1:{fake.port}", "--token", TOKEN, "--timeout", "0.5",
+                                    *fake.trust_args()], capture_output=True, text=True, timeout=30)
+            finally:
+                fake.close()
+            self.assertEqual(r.returncode, EXIT_TIMEOUT, r.stderr)
+            self.assertIn("no answer", r.stderr)
 
 
 if __name__ == "__main__":

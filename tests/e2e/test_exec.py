@@ -441,6 +441,8 @@ class FanOutTest(unittest.TestCase):
     def test_three_servers_prefixed_output_and_largest_status(self):
         servers = [exec_server() for _ in range(3)]
         try:
+            for s in servers[1:]:
+                s.trust(servers[0].home)  # the client runs with the first one's home
             hosts = ",".join(s.address for s in servers)
             env = dict(servers[0].env, CSKIT_USER="ops", CSKIT_TOKEN=OPS_TOKEN)
             p = subprocess.run([BIN, "exec", hosts, "-f", "3", "--", "sh", "-c", "echo line1; echo line2; exit 3"],
