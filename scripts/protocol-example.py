@@ -23,6 +23,15 @@ BIN = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file_
 TOKEN = "example-token-0123456789abcdef"
 
 
+def encode(header, body=b""):
+    """As the reference encoder writes a frame: compact JSON, keys sorted, "body" last."""
+    raw = json.dumps(header, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+    if body:
+        raw = raw[:-1] + ',"body":%d}' % len(body)
+    raw = raw.encode()
+    return len(raw).to_bytes(4, "big") + raw + body
+
+
 def frame_dump(raw):
     # Prefix on its own row, then the header and body in rows of 16 from offset 4.
     n = int.from_bytes(raw[:4], "big")
@@ -65,13 +74,15 @@ def capture():
             return prefix + header + body
 
         s.settimeout(10)
-        auth = wire.auth_frame(s, TOKEN)
+        proof = wire.proof(b"cskit/2 client", TOKEN, "admin", "tls-exporter", exporter)
+        auth = encode({"type": "auth", "id": 1, "proto": 2, "user": "admin", "proof": proof,
+                       "binding": wire.binding_check(exporter)})
         s.sendall(auth)
         out.append(("C→S `auth`", auth))
         out.append(("S→C `hello`", read_raw()))
         out.append(("S→C `welcome`", read_raw()))
-        ping = wire.encode({"type": "ping", "id": 2}, b"abc")
-        info = wire.encode({"type": "info", "id": 3})
+        ping = encode({"type": "ping", "id": 2}, b"abc")
+        info = encode({"type": "info", "id": 3})
         s.sendall(ping + info)
         out.append(("C→S `ping`", ping))
         out.append(("C→S `info`", info))

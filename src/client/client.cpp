@@ -261,7 +261,6 @@ struct connection::impl {
       off += k;
       send_cipher();
     }
-    tls->release_buffers();
   }
 
   // Decrypts what OpenSSL has into rbuf (fully decoded before this call).
@@ -325,7 +324,8 @@ struct connection::impl {
     write_raw(wbuf.data(), wbuf.size());
   }
 
-  std::size_t send_file(const json& header, int fd, std::uint64_t offset, std::size_t length) {
+  std::size_t send_file(const json& header, int fd, std::uint64_t offset, std::size_t length,
+                        const std::function<void(std::string_view)>& observe = {}) {
     flush();
     wbuf.clear();
     proto::errc e = proto::encode_frame_header(wbuf, header, length);
@@ -333,7 +333,7 @@ struct connection::impl {
       throw client_error(failure::protocol, "cannot encode frame: " + std::string(proto::default_message(e)), e);
     }
     write_raw(wbuf.data(), wbuf.size());
-    return encrypts() ? send_file_encrypted(fd, offset, length) : send_file_plain(fd, offset, length);
+    return encrypts() ? send_file_encrypted(fd, offset, length, observe) : send_file_plain(fd, offset, length);
   }
 
   std::size_t send_file_plain(int fd, std::uint64_t offset, std::size_t length) {
@@ -365,7 +365,8 @@ struct connection::impl {
     return sent;
   }
 
-  std::size_t send_file_encrypted(int fd, std::uint64_t offset, std::size_t length) {
+  std::size_t send_file_encrypted(int fd, std::uint64_t offset, std::size_t length,
+                                  const std::function<void(std::string_view)>& observe) {
     if (!fbuf) fbuf.reset(new char[tls_chunk]);
     std::size_t left = length, sent = 0;
     bool short_file = false;
@@ -382,6 +383,7 @@ struct connection::impl {
         left -= want;
         continue;
       }
+      if (observe) observe(std::string_view(fbuf.get(), static_cast<std::size_t>(n)));
       write_raw(fbuf.get(), static_cast<std::size_t>(n));
       left -= static_cast<std::size_t>(n);
       sent += static_cast<std::size_t>(n);
@@ -708,6 +710,13 @@ std::optional<proto::frame> connection::try_receive_streamed(const std::function
 std::size_t connection::send_file(const json& header, int fd, std::uint64_t offset, std::size_t length) {
   return impl_->send_file(header, fd, offset, length);
 }
+
+std::size_t connection::send_file(const json& header, int fd, std::uint64_t offset, std::size_t length,
+                                  const std::function<void(std::string_view)>& observe) {
+  return impl_->send_file(header, fd, offset, length, observe);
+}
+
+bool connection::encrypts_in_user_space() const noexcept { return impl_->encrypts(); }
 
 proto::frame connection::receive_streamed(const std::function<bool(const json&)>& stream,
                                           const std::function<void(std::string_view)>& on_part) {

@@ -124,6 +124,12 @@ class connection {
   /// turns out shorter is padded with zeros (the receiver's digest check
   /// then fails); returns the number of real file bytes sent.
   std::size_t send_file(const proto::json& header, int fd, std::uint64_t offset, std::size_t length);
+  /// TLS in user space: send_file reads the file into memory to encrypt
+  /// it, and can show each piece it read to `observe` (a digest), so the
+  /// file is read once. Only when encrypts_in_user_space().
+  std::size_t send_file(const proto::json& header, int fd, std::uint64_t offset, std::size_t length,
+                        const std::function<void(std::string_view)>& observe);
+  bool encrypts_in_user_space() const noexcept;
   /// Like receive(), but a frame whose header `stream` accepts has its
   /// body handed to `on_part` in pieces as it arrives (no buffering of
   /// the whole body); the frame is then returned with an empty body.

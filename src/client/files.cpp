@@ -165,6 +165,18 @@ remote_entry entry_from_json(const json& j) {
   return e;
 }
 
+bool file_client::send_and_digest(const json& header, int fd, std::uint64_t pos, std::size_t n,
+                                  util::content_digest& digest) {
+  if (c_.encrypts_in_user_space()) {
+    const std::size_t sent =
+        c_.send_file(header, fd, pos, n, [&](std::string_view bytes) { digest.update(bytes.data(), bytes.size()); });
+    return sent == n;
+  }
+  if (util::hash_file_range(fd, pos, n, digest) != 0) return false;
+  c_.send_file(header, fd, pos, n);
+  return true;
+}
+
 remote_entry file_client::stat(const std::string& path) {
   auto f = c_.request({{"type", "fs.stat"}, {"path", path}});
   return entry_from_json(f.header.at("entry"));
@@ -487,15 +499,14 @@ transfer_result file_client::put(const std::vector<std::string>& sources, const 
         break;
       }
       const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(chunk, size - pos));
-      if (n > 0 && util::hash_file_range(fd.get(), pos, n, digest) != 0) {
-        failed = true;
-        break;
-      }
       json d = {{"type", "put.data"}, {"id", id}};
       if (first) d["offset"] = pos;
       first = false;
-      if (n > 0) c_.send_file(d, fd.get(), pos, n);
-      else c_.send(d);
+      if (n > 0 && !send_and_digest(d, fd.get(), pos, n, digest)) {
+        failed = true;
+        break;
+      }
+      if (n == 0) c_.send(d);
       pos += n;
       prog.bytes_done += n;
       report();

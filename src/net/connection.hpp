@@ -168,6 +168,11 @@ class connection : public std::enable_shared_from_this<connection> {
   std::string tls_description() const;
   /// TLS: whether the kernel encrypts what this connection sends (kTLS).
   bool ktls_send() const noexcept;
+  /// TLS in user space: every byte sent is encrypted here, so a file body
+  /// passes through this process anyway (send_file reads it with pread).
+  /// A sender that must also digest what it sends does better reading the
+  /// file once itself and sending the bytes it read.
+  bool encrypts_in_user_space() const noexcept { return encrypts_writes(); }
 
   const std::string& peer_address() const noexcept { return peer_address_; }
   const std::string& peer() const noexcept { return peer_; }

@@ -265,6 +265,17 @@ BIO_METHOD* channel_bio_method() {
   return method;
 }
 
+// A name that can stand as a DNS subject alternative name.
+bool is_dns_name(std::string_view name) {
+  if (name.empty() || name.size() > 253) return false;
+  for (char c : name) {
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '.')) {
+      return false;
+    }
+  }
+  return true;
+}
+
 bool is_ip_literal(std::string_view host) {
   if (host.find(':') != std::string_view::npos) return true;  // IPv6
   if (host.empty()) return false;
@@ -344,7 +355,9 @@ pem_identity make_self_signed(const std::string& common_name, const std::string&
   X509V3_set_ctx_nodb(&v3);
   X509V3_set_ctx(&v3, cert, cert, nullptr, nullptr, 0);
   std::string san = "DNS:localhost,IP:127.0.0.1,IP:::1";
-  if (!common_name.empty() && common_name != "localhost" && !is_ip_literal(common_name)) san = "DNS:" + common_name + "," + san;
+  if (is_dns_name(common_name) && common_name != "localhost" && !is_ip_literal(common_name)) {
+    san = "DNS:" + common_name + "," + san;
+  }
   const std::pair<int, std::string> extensions[] = {
       {NID_basic_constraints, "critical,CA:FALSE"},
       {NID_key_usage, "critical,digitalSignature"},

@@ -25,6 +25,12 @@ namespace {
 // Flow control of a download: stop queueing data above `high`, resume below `low`.
 constexpr std::size_t download_high = 16u << 20;
 constexpr std::size_t download_low = 8u << 20;
+// TLS in user space: a download is read, digested and encrypted a piece at
+// a time, and what waits for the socket is ciphertext in memory, so less
+// is let wait.
+constexpr std::size_t tls_piece = 256u << 10;
+constexpr std::size_t tls_download_high = 1u << 20;
+constexpr std::size_t tls_download_low = 512u << 10;
 // Requests waiting behind a download or a commit, per connection.
 constexpr std::size_t max_queued_requests = 8192;
 constexpr std::size_t max_queued_request_bytes = 64u << 20;
@@ -1119,18 +1125,29 @@ void files_session::do_get(std::uint64_t id, const json& h) {
 }
 
 void files_session::stream_download() {
+  // With TLS in user space every byte is read into memory to be encrypted:
+  // reading it once, digesting it there and sending what was read costs
+  // one pass over the file; digesting a mapping of the page cache, then
+  // letting send_file read the file again, costs two (docs/architecture.md).
+  const bool copy_through = conn_.encrypts_in_user_space();
+  const std::size_t high = copy_through ? tls_download_high : download_high;
+  const std::size_t low = copy_through ? tls_download_low : download_low;
   while (download_ && download_->pos < download_->size) {
     if (conn_.closing()) {
       download_.reset();
       return;
     }
-    if (conn_.queued_bytes() > download_high) {
-      conn_.when_queue_below(download_low, [w = weak_from_this()] {
+    if (conn_.queued_bytes() > high) {
+      conn_.when_queue_below(low, [w = weak_from_this()] {
         if (auto self = w.lock()) self->stream_download();
       });
       return;
     }
     download& d = *download_;
+    if (copy_through) {
+      if (!send_piece_read(d)) return;
+      continue;
+    }
     const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(data_chunk, d.size - d.pos));
     if (int e = util::hash_file_range(d.fd.get(), d.pos, n, d.digest)) {
       return finish_download(errc::changed, e == EIO ? "the file shrank while it was being sent"
@@ -1151,6 +1168,26 @@ void files_session::stream_download() {
   reply(download_->id, end);
   download_.reset();
   pump();
+}
+
+bool files_session::send_piece_read(download& d) {
+  // One buffer per loop thread: the piece is encrypted into the
+  // connection's output by send() before this returns.
+  thread_local std::unique_ptr<char[]> buf(new char[tls_piece]);
+  const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(tls_piece, d.size - d.pos));
+  const long got = util::read_full(d.fd.get(), buf.get(), n, d.pos);
+  if (got < 0) {
+    finish_download(errc_for_errno(static_cast<int>(-got)), errno_message(static_cast<int>(-got), "reading the file"));
+    return false;
+  }
+  if (static_cast<std::size_t>(got) != n) {
+    finish_download(errc::changed, "the file shrank while it was being sent");
+    return false;
+  }
+  d.digest.update(buf.get(), n);
+  conn_.send({{"type", "get.data"}, {"id", d.id}}, std::string_view(buf.get(), n));
+  d.pos += n;
+  return true;
 }
 
 void files_session::finish_download(errc code, std::string_view message) {

@@ -153,6 +153,9 @@ class files_session : public std::enable_shared_from_this<files_session> {
 
   void pump();
   bool run(queued_request& q);  // false: must wait (the request stays queued)
+  /// TLS in user space: reads the next piece of a download, digests it and
+  /// sends it. False when the download ended with an error.
+  bool send_piece_read(download& d);
   void error(std::uint64_t id, proto::errc code, std::string_view message);
   /// error() for an errno from the file system, with `what` as context.
   void fail_errno(std::uint64_t id, int err, const std::string& what);

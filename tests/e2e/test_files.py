@@ -32,6 +32,7 @@ import uuid
 
 from harness import BIN, TOKEN, Server
 import cskit_client
+import tlswire
 import wire
 
 EXIT_OK, EXIT_USAGE, EXIT_CONNECT, EXIT_AUTH, EXIT_PERMISSION = 0, 2, 3, 4, 5
@@ -433,7 +434,7 @@ class Commands(FilesTestCase):
     def test_stale_parts_are_reclaimed_by_a_small_file(self):
         """A part left by an interrupted transfer of a large version of a file is removed once a small
         version (sent whole, through an unnamed file) is committed under that name, on both sides."""
-        with cskit_client.Client.connect("127.0.0.1", self.srv.port, "admin", TOKEN) as c:
+        with cskit_client.Client.connect("127.0.0.1", self.srv.port, "admin", TOKEN, fingerprint=self.srv.fingerprint) as c:
             h, _ = c.request("put", path=f"{self.rdir}/was-large", size=MiB)
             self.assertEqual(h["type"], "put.ready")
             c.send({"type": "put.data", "id": h["id"], "offset": 0}, random_bytes(100000))
@@ -445,7 +446,7 @@ class Commands(FilesTestCase):
         self.assertEqual(part_files(self.rshare), [])
         # The client: a part of the same name (the name is a digest of the file name) in the destination.
         write_file(os.path.join(self.rshare, "name-of-part"), b"was-large")
-        with cskit_client.Client.connect("127.0.0.1", self.srv.port, "admin", TOKEN) as c:
+        with cskit_client.Client.connect("127.0.0.1", self.srv.port, "admin", TOKEN, fingerprint=self.srv.fingerprint) as c:
             digest = c.request("get", path=f"{self.rdir}/name-of-part")[0]["xxh3"]
         down = self.lp("down-stale")
         write_file(os.path.join(down, PART_PREFIX + digest[:16]), random_bytes(100000))
@@ -821,7 +822,7 @@ class HostilePaths(FilesTestCase):
                 self.assertNotIn(self.tag, n)
 
     def client(self):
-        return cskit_client.Client.connect("127.0.0.1", self.srv.port, "admin", TOKEN, timeout=20)
+        return cskit_client.Client.connect("127.0.0.1", self.srv.port, "admin", TOKEN, timeout=20, fingerprint=self.srv.fingerprint)
 
     def digest_of(self, body):
         path = os.path.join(self.srv.share, "digest-" + uuid.uuid4().hex)
@@ -1069,6 +1070,7 @@ class FakeFileServer:
     def __init__(self, stats, listing, files):
         self.stats, self.listing, self.files = stats, listing, files
         self.requests = []
+        self.identity = tlswire.Identity()
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(4)
@@ -1094,13 +1096,7 @@ class FakeFileServer:
                     pass
 
     def serve(self, conn):
-        nonce = os.urandom(32)
-        conn.sendall(wire.encode({"type": "hello", "proto": 1, "server": "cskit", "version": "0.1.0",
-                                  "name": "fake", "auth": ["hmac-sha256"], "nonce": nonce.hex()}))
-        auth, _ = wire.read_frame(conn, 20)
-        proof = wire.proof(b"cskit/1 server", TOKEN, auth["user"], nonce, bytes.fromhex(auth["nonce"]))
-        conn.sendall(wire.encode({"type": "welcome", "id": auth["id"], "user": auth["user"],
-                                  "permissions": ["files-read", "files-write"], "proof": proof}))
+        conn, _ = wire.fake_server_login(conn, self.identity, TOKEN)
         while not self.stop.is_set():
             h, _ = wire.read_frame(conn, 30)
             self.requests.append(h)
@@ -1125,10 +1121,15 @@ class FakeFileServer:
                 conn.sendall(wire.encode({"type": "error", "id": rid, "code": "not_found",
                                           "message": "no such file or directory"}))
 
+    def trust_args(self):
+        """What a client needs to trust this server's throwaway key."""
+        return ["--fingerprint", self.identity.fingerprint]
+
     def close(self):
         self.stop.set()
         self.sock.close()
         self.thread.join(timeout=10)
+        self.identity.cleanup()
 
 
 class ClientRefusesHostileServer(FilesTestCase):
@@ -1138,7 +1139,7 @@ class ClientRefusesHostileServer(FilesTestCase):
         # Genuine get.file replies (with their XXH3 digests) from the real server.
         write_file(os.path.join(cls.srv.share, "good.txt"), b"good content\n")
         write_file(os.path.join(cls.srv.share, "pwned"), b"PWNED\n")
-        with cskit_client.Client.connect("127.0.0.1", cls.srv.port, "admin", TOKEN) as c:
+        with cskit_client.Client.connect("127.0.0.1", cls.srv.port, "admin", TOKEN, fingerprint=cls.srv.fingerprint) as c:
             cls.good = c.request("get", path="good.txt")
             cls.pwned = c.request("get", path="pwned")
 
@@ -1157,7 +1158,7 @@ class ClientRefusesHostileServer(FilesTestCase):
         write_file(os.path.join(parent, "sentinel"), b"keep\n")
         before = snapshot(parent)
         try:
-            r = subprocess.run([BIN, "get", "-r", *flags, f"127.0.0.1:{fake.port}:root", dest],
+            r = subprocess.run([BIN, "get", "-r", *flags, *fake.trust_args(), f"127.0.0.1:{fake.port}:root", dest],
                                capture_output=True, text=True, env=self.env(), timeout=60)
         finally:
             fake.close()
@@ -1249,8 +1250,8 @@ class ClientRefusesHostileServer(FilesTestCase):
             with self.subTest(name=name):
                 fake = FakeFileServer(stats, [], files)
                 try:
-                    r = subprocess.run([BIN, "get", f"127.0.0.1:{fake.port}:{name}", self.lp(name)],
-                                       capture_output=True, text=True, env=self.env(), timeout=60)
+                    r = subprocess.run([BIN, "get", *fake.trust_args(), f"127.0.0.1:{fake.port}:{name}",
+                                        self.lp(name)], capture_output=True, text=True, env=self.env(), timeout=60)
                 finally:
                     fake.close()
                 self.assertEqual(r.returncode, EXIT_INTEGRITY, r.stderr)
@@ -1531,22 +1532,16 @@ class Interruptions(FilesTestCase):
 class ClientSurvivesServerLoss(unittest.TestCase):
     """`cskit put` whose server resets the connection mid-upload exits 3, never dies of SIGPIPE."""
 
-    def resetting_server(self, sock):
+    def resetting_server(self, sock, identity):
         try:
-            self._resetting_server(sock)
+            self._resetting_server(sock, identity)
         except (OSError, EOFError, ValueError, KeyError):
             pass  # the client gave up first: the test sees its exit code
 
-    def _resetting_server(self, sock):
-        conn, _ = sock.accept()
-        with conn:
-            nonce = os.urandom(32)
-            conn.sendall(wire.encode({"type": "hello", "proto": 1, "server": "cskit", "version": "0.1.0",
-                                      "name": "fake", "auth": ["hmac-sha256"], "nonce": nonce.hex()}))
-            auth, _ = wire.read_frame(conn, 20)
-            proof = wire.proof(b"cskit/1 server", TOKEN, auth["user"], nonce, bytes.fromhex(auth["nonce"]))
-            conn.sendall(wire.encode({"type": "welcome", "id": auth["id"], "user": auth["user"],
-                                      "permissions": ["files-read", "files-write"], "proof": proof}))
+    def _resetting_server(self, sock, identity):
+        raw, _ = sock.accept()
+        with raw:
+            conn, _ = wire.fake_server_login(raw, identity, TOKEN)
             while True:
                 h, _ = wire.read_frame(conn, 20)
                 if h["type"] == "put":
@@ -1568,15 +1563,18 @@ class ClientSurvivesServerLoss(unittest.TestCase):
         src = os.path.join(tmp, "up.bin")
         write_big(src, 32 * MiB)
         env = dict(os.environ, CSKIT_TOKEN=TOKEN)
+        identity = tlswire.Identity()
+        self.addCleanup(identity.cleanup)
         for attempt in range(16):
             sock = socket.socket()
             sock.bind(("127.0.0.1", 0))
             sock.listen(1)
             sock.settimeout(20)
-            th = threading.Thread(target=lambda: self.resetting_server(sock), daemon=True)
+            th = threading.Thread(target=lambda: self.resetting_server(sock, identity), daemon=True)
             th.start()
             try:
-                r = subprocess.run([BIN, "put", src, f"127.0.0.1:{sock.getsockname()[1]}:up.bin"], env=env,
+                r = subprocess.run([BIN, "put", "--fingerprint", identity.fingerprint, src,
+                                    f"127.0.0.1:{sock.getsockname()[1]}:up.bin"], env=env,
                                    capture_output=True, text=True, timeout=60)
             finally:
                 th.join(timeout=20)
@@ -1988,7 +1986,7 @@ class Concurrency(FilesTestCase):
         with Server(config_text="[files]\nfsync = false\n") as srv:
             inputs = [random_bytes(size) for _ in range(n)]
             digests = []
-            with cskit_client.Client.connect("127.0.0.1", srv.port, "admin", TOKEN) as c:
+            with cskit_client.Client.connect("127.0.0.1", srv.port, "admin", TOKEN, fingerprint=srv.fingerprint) as c:
                 for i, d in enumerate(inputs):
                     write_file(os.path.join(srv.share, f"seed{i}"), d)
                     digests.append(c.request("get", path=f"seed{i}")[0]["xxh3"])
@@ -1996,7 +1994,7 @@ class Concurrency(FilesTestCase):
 
             def writer(i):
                 try:
-                    with cskit_client.Client.connect("127.0.0.1", srv.port, "admin", TOKEN, timeout=30) as c:
+                    with cskit_client.Client.connect("127.0.0.1", srv.port, "admin", TOKEN, timeout=30, fingerprint=srv.fingerprint) as c:
                         for k in range(per):
                             try:
                                 h, _ = c.request("put", inputs[i], path="same", inline=True, size=size,
@@ -2028,7 +2026,7 @@ class Concurrency(FilesTestCase):
         size = 100000
         data, theirs = random_bytes(size), random_bytes(size)
         with Server() as srv:
-            with cskit_client.Client.connect("127.0.0.1", srv.port, "admin", TOKEN) as c:
+            with cskit_client.Client.connect("127.0.0.1", srv.port, "admin", TOKEN, fingerprint=srv.fingerprint) as c:
                 write_file(os.path.join(srv.share, "seed"), data)
                 digest = c.request("get", path="seed")[0]["xxh3"]
                 rid = c.next_id()
@@ -2091,7 +2089,7 @@ permissions = ["chat"]
         with self.subTest(cmd="put - (stdin)"):
             r = self.cli("put", "-W", "10", "-", self.rr("stdin"), input=b"x", binary=True, **ro)
             self.assertEqual(r.returncode, EXIT_PERMISSION, r.stderr)
-        with cskit_client.Client.connect("127.0.0.1", self.srv.port, "reader", READER_TOKEN) as c:
+        with cskit_client.Client.connect("127.0.0.1", self.srv.port, "reader", READER_TOKEN, fingerprint=self.srv.fingerprint) as c:
             for typ, fields in [("fs.setattr", {"path": f"{self.rdir}/f.txt", "mode": 0o777}),
                                 ("fs.symlink", {"path": f"{self.rdir}/l", "target": "f.txt"}),
                                 ("put", {"path": f"{self.rdir}/raw", "size": 1}),
