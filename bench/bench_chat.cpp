@@ -4,7 +4,10 @@
 // the comparison is between servers. Each message carries its send time;
 // every receiver records the delivery latency. Prints one JSON object.
 //
-//   bench_chat cskit|irc HOST:PORT TOKEN RECEIVERS MESSAGES RATE
+//   bench_chat cskit|irc HOST:PORT TOKEN RECEIVERS MESSAGES RATE [tls|plain]
+//
+// tls (the default): every connection is TLS 1.3 (cskit's by default; an
+// IRC server's TLS port); the server's key is not checked (loopback).
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -23,6 +26,7 @@
 #include <vector>
 
 #include "client/client.hpp"
+#include "net/tls.hpp"
 #include "proto/auth.hpp"
 #include "proto/frame.hpp"
 #include "proto/limits.hpp"
@@ -54,12 +58,23 @@ std::string message_text(std::uint64_t seq) {
   return t;
 }
 
-// ------------------------------------------------------------------ IRC
+// ------------------------------------------------------------------ links
 
-struct irc_conn {
+// One connection of the generator: a socket, what was read and not yet
+// used, and TLS when asked for (a channel from cskit's own TLS code, driven
+// by blocking writes and non-blocking reads).
+struct link {
   int fd = -1;
   std::string in;
+  std::unique_ptr<net::tls::channel> tls;
 };
+
+bool use_tls = true;
+
+std::shared_ptr<const net::tls::context> tls_context() {
+  static const auto ctx = net::tls::context::for_client({});
+  return ctx;
+}
 
 int tcp_connect(const net::host_port& where) {
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -76,7 +91,7 @@ int tcp_connect(const net::host_port& where) {
   return fd;
 }
 
-void write_all(int fd, std::string_view s) {
+void write_raw(int fd, std::string_view s) {
   while (!s.empty()) {
     ssize_t n = ::write(fd, s.data(), s.size());
     if (n <= 0) {
@@ -93,19 +108,83 @@ void write_all(int fd, std::string_view s) {
   }
 }
 
+void flush_tls(link& l) {
+  const std::string out(l.tls->output());
+  l.tls->consumed(out.size());
+  write_raw(l.fd, out);
+}
+
+void write_all(link& l, std::string_view s) {
+  if (!l.tls) return write_raw(l.fd, s);
+  if (!l.tls->write(s)) {
+    std::fprintf(stderr, "bench_chat: TLS: %s\n", l.tls->error_text().c_str());
+    std::exit(1);
+  }
+  flush_tls(l);
+}
+
+// Reads what is there (waiting at most `wait_ms`) and appends the
+// plaintext to l.in. False on EOF or error.
+bool read_some(link& l, int wait_ms = 0) {
+  if (wait_ms > 0) {
+    pollfd p{l.fd, POLLIN, 0};
+    ::poll(&p, 1, wait_ms);
+  }
+  char buf[65536];
+  ssize_t n = ::recv(l.fd, buf, sizeof buf, MSG_DONTWAIT);
+  if (n == 0) return false;
+  if (n < 0) return errno == EAGAIN || errno == EINTR;
+  if (!l.tls) {
+    l.in.append(buf, static_cast<std::size_t>(n));
+    return true;
+  }
+  l.tls->feed(std::string_view(buf, static_cast<std::size_t>(n)));
+  if (!l.tls->handshake_done()) {
+    const auto r = l.tls->handshake();
+    flush_tls(l);
+    if (r == net::tls::channel::result::want_input) return true;
+    if (r != net::tls::channel::result::ok) return false;
+  }
+  char plain[65536];
+  for (;;) {
+    net::tls::channel::result r;
+    const std::size_t got = l.tls->read(plain, sizeof plain, r);
+    l.in.append(plain, got);
+    if (r == net::tls::channel::result::ok) continue;
+    return r == net::tls::channel::result::want_input;
+  }
+}
+
+link open_link(const net::host_port& where) {
+  link l{tcp_connect(where), {}, nullptr};
+  if (!use_tls) return l;
+  l.tls = std::make_unique<net::tls::channel>(tls_context(), where.host);
+  l.tls->handshake();  // the ClientHello
+  flush_tls(l);
+  const std::int64_t deadline = util::monotonic_ns() + 30'000'000'000;
+  while (!l.tls->handshake_done() && util::monotonic_ns() < deadline) {
+    if (!read_some(l, 1000)) break;
+  }
+  if (!l.tls->handshake_done()) {
+    std::fprintf(stderr, "bench_chat: TLS handshake failed: %s\n", l.tls->error_text().c_str());
+    std::exit(1);
+  }
+  return l;
+}
+
+// ------------------------------------------------------------------ IRC
+
+using irc_conn = link;
+
 // Reads what is there; calls on_line for each complete line. False on EOF.
 template <class F>
 bool irc_read(irc_conn& c, F&& on_line) {
-  char buf[65536];
-  ssize_t n = ::recv(c.fd, buf, sizeof buf, MSG_DONTWAIT);
-  if (n == 0) return false;
-  if (n < 0) return errno == EAGAIN || errno == EINTR;
-  c.in.append(buf, static_cast<std::size_t>(n));
+  if (!read_some(c)) return false;
   std::size_t start = 0, nl;
   while ((nl = c.in.find('\n', start)) != std::string::npos) {
     std::string_view line(c.in.data() + start, nl - start);
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-    if (line.rfind("PING", 0) == 0) write_all(c.fd, "PONG" + std::string(line.substr(4)) + "\r\n");
+    if (line.rfind("PING", 0) == 0) write_all(c, "PONG" + std::string(line.substr(4)) + "\r\n");
     on_line(line);
     start = nl + 1;
   }
@@ -114,8 +193,8 @@ bool irc_read(irc_conn& c, F&& on_line) {
 }
 
 irc_conn irc_login(const net::host_port& where, const std::string& nick) {
-  irc_conn c{tcp_connect(where), {}};
-  write_all(c.fd, "NICK " + nick + "\r\nUSER " + nick + " 0 * :" + nick + "\r\n");
+  irc_conn c = open_link(where);
+  write_all(c, "NICK " + nick + "\r\nUSER " + nick + " 0 * :" + nick + "\r\n");
   bool welcomed = false, joined = false;
   const std::int64_t deadline = util::monotonic_ns() + 30'000'000'000;
   while (!joined && util::monotonic_ns() < deadline) {
@@ -124,7 +203,7 @@ irc_conn irc_login(const net::host_port& where, const std::string& nick) {
     irc_read(c, [&](std::string_view line) {
       if (!welcomed && line.find(" 001 ") != std::string_view::npos) {
         welcomed = true;
-        write_all(c.fd, "JOIN #bench\r\n");
+        write_all(c, "JOIN #bench\r\n");
       }
       if (welcomed && line.find(" JOIN ") != std::string_view::npos && line.find(":" + nick + "!") == 0) {
         joined = true;
@@ -143,10 +222,7 @@ irc_conn irc_login(const net::host_port& where, const std::string& nick) {
 // scanner that only finds "body" and the type in the header, as cheap as
 // splitting IRC lines: the generator must not be the slower side.
 
-struct raw_cskit {
-  int fd = -1;
-  std::string in;
-};
+using raw_cskit = link;
 
 proto::frame read_one(raw_cskit& c, proto::frame_decoder& d) {
   for (;;) {
@@ -161,37 +237,44 @@ proto::frame read_one(raw_cskit& c, proto::frame_decoder& d) {
         std::exit(1);
       }
     }
-    char buf[65536];
-    ssize_t n = ::recv(c.fd, buf, sizeof buf, 0);
-    if (n <= 0) {
+    if (!read_some(c, 1000)) {
       std::fprintf(stderr, "bench_chat: connection closed during login\n");
       std::exit(1);
     }
-    c.in.append(buf, static_cast<std::size_t>(n));
   }
 }
 
-void send_frame(int fd, const proto::json& h) {
+void send_frame(raw_cskit& c, const proto::json& h) {
   std::string out;
   proto::encode_frame(out, h, {});
-  write_all(fd, out);
+  write_all(c, out);
 }
 
 raw_cskit cskit_login(const net::host_port& where, const std::string& token, const std::string& nick) {
-  raw_cskit c{tcp_connect(where), {}};
+  raw_cskit c = open_link(where);
   proto::frame_decoder d;
-  proto::frame hello = read_one(c, d);
-  auto sn = proto::from_hex<proto::nonce_size>(hello.header.value("nonce", ""));
-  const auto cn = proto::random_nonce();
-  const auto proof = proto::compute_proof(proto::proof_role::client, token, "admin", proto::binding_kind::nonces,
-                                          proto::nonce_binding(*sn, cn));
-  send_frame(c.fd, {{"type", "auth"}, {"id", 1}, {"proto", proto::protocol_version}, {"user", "admin"},
-                    {"nonce", proto::to_hex(cn)}, {"proof", proto::to_hex(proof)}});
+  proto::json auth = {{"type", "auth"}, {"id", 1}, {"proto", proto::protocol_version}, {"user", "admin"}};
+  if (c.tls) {
+    const auto e = c.tls->exporter();
+    const std::string b(reinterpret_cast<const char*>(e.data()), e.size());
+    auth["proof"] = proto::to_hex(
+        proto::compute_proof(proto::proof_role::client, token, "admin", proto::binding_kind::tls_exporter, b));
+    send_frame(c, auth);
+    read_one(c, d);  // hello
+  } else {
+    proto::frame hello = read_one(c, d);
+    auto sn = proto::from_hex<proto::nonce_size>(hello.header.value("nonce", ""));
+    const auto cn = proto::random_nonce();
+    auth["nonce"] = proto::to_hex(cn);
+    auth["proof"] = proto::to_hex(proto::compute_proof(proto::proof_role::client, token, "admin",
+                                                       proto::binding_kind::nonces, proto::nonce_binding(*sn, cn)));
+    send_frame(c, auth);
+  }
   if (read_one(c, d).type() != "welcome") std::exit(1);
-  send_frame(c.fd, {{"type", "chat.hello"}, {"id", 2}, {"nick", nick}});
+  send_frame(c, {{"type", "chat.hello"}, {"id", 2}, {"nick", nick}});
   while (read_one(c, d).id() != 2) {
   }
-  send_frame(c.fd, {{"type", "chat.join"}, {"id", 3}, {"room", "bench"}});
+  send_frame(c, {{"type", "chat.join"}, {"id", 3}, {"room", "bench"}});
   while (read_one(c, d).id() != 3) {
   }
   // Whatever follows in c.in starts at a frame boundary.
@@ -199,11 +282,7 @@ raw_cskit cskit_login(const net::host_port& where, const std::string& token, con
 }
 
 bool cskit_read(raw_cskit& c, bool count) {
-  char buf[65536];
-  ssize_t n = ::recv(c.fd, buf, sizeof buf, MSG_DONTWAIT);
-  if (n == 0) return false;
-  if (n < 0) return errno == EAGAIN || errno == EINTR;
-  c.in.append(buf, static_cast<std::size_t>(n));
+  if (!read_some(c)) return false;
   std::size_t off = 0;
   while (c.in.size() - off >= 4) {
     const auto* p = reinterpret_cast<const unsigned char*>(c.in.data() + off);
@@ -226,10 +305,11 @@ bool cskit_read(raw_cskit& c, bool count) {
 
 int main(int argc, char** argv) {
   if (argc < 7) {
-    std::fprintf(stderr, "usage: bench_chat cskit|irc HOST:PORT TOKEN RECEIVERS MESSAGES RATE\n");
+    std::fprintf(stderr, "usage: bench_chat cskit|irc HOST:PORT TOKEN RECEIVERS MESSAGES RATE [tls|plain]\n");
     return 2;
   }
   const bool irc = std::string(argv[1]) == "irc";
+  use_tls = argc < 8 || std::string(argv[7]) != "plain";
   auto where = net::parse_host_port(argv[2], proto::default_port);
   const std::string token = argv[3];
   const int receivers = std::atoi(argv[4]);
@@ -255,7 +335,10 @@ int main(int argc, char** argv) {
     if (irc) {
       irc_sender = irc_login(*where, "sender");
     } else {
-      sender.emplace(client::connection::open(*where, {"admin", token}));
+      client::connect_options opts;
+      opts.plaintext = !use_tls;
+      opts.trust.accept_new = true;  // loopback; the known_hosts of this run's HOME
+      sender.emplace(client::connection::open(*where, {"admin", token}, opts));
       sender->request({{"type", "chat.hello"}, {"nick", "sender"}});
       sender->request(join);
     }
@@ -309,7 +392,7 @@ int main(int argc, char** argv) {
     while (sent < messages && now - start >= static_cast<std::int64_t>(static_cast<double>(sent) * interval_ns)) {
       const std::string text = message_text(sent);
       if (irc) {
-        write_all(irc_sender.fd, "PRIVMSG #bench :" + text + "\r\n");
+        write_all(irc_sender, "PRIVMSG #bench :" + text + "\r\n");
       } else {
         sender->send({{"type", "chat.say"}, {"id", sender->next_id()}, {"room", "bench"}}, text);
         while (sender->try_receive()) {
@@ -329,9 +412,9 @@ int main(int argc, char** argv) {
     return latencies_ms.empty() ? 0.0 : latencies_ms[static_cast<std::size_t>(q * static_cast<double>(latencies_ms.size() - 1))];
   };
   const double seconds = static_cast<double>(last_delivery_ns - start_real) / 1e9;
-  std::printf("{\"protocol\": \"%s\", \"receivers\": %d, \"messages\": %llu, \"rate\": %.0f, \"expected\": %llu, "
+  std::printf("{\"tls\": %s, \"protocol\": \"%s\", \"receivers\": %d, \"messages\": %llu, \"rate\": %.0f, \"expected\": %llu, "
               "\"delivered\": %llu, \"p50_ms\": %.3f, \"p99_ms\": %.3f, \"max_ms\": %.3f, \"deliveries_per_second\": %.0f}\n",
-              irc ? "irc" : "cskit", receivers, static_cast<unsigned long long>(messages), rate,
+              use_tls ? "true" : "false", irc ? "irc" : "cskit", receivers, static_cast<unsigned long long>(messages), rate,
               static_cast<unsigned long long>(expected), static_cast<unsigned long long>(delivered), pct(0.5), pct(0.99),
               pct(1.0), seconds > 0 ? static_cast<double>(delivered) / seconds : 0.0);
   return delivered == expected ? 0 : 1;

@@ -16,6 +16,18 @@
 #include "proto/messages.hpp"
 
 using namespace cskit;
+
+namespace {
+// Loopback: trust the server's key on first use (in this run's HOME);
+// BENCH_PLAINTEXT=1 for a server run with --plaintext.
+client::connect_options bench_options() {
+  client::connect_options o;
+  o.trust.accept_new = true;
+  const char* plain = std::getenv("BENCH_PLAINTEXT");
+  o.plaintext = plain && *plain == '1';
+  return o;
+}
+}  // namespace
 using clock_type = std::chrono::steady_clock;
 
 int main(int argc, char** argv) {
@@ -27,7 +39,7 @@ int main(int argc, char** argv) {
   if (!where) return 2;
   const long count = argc > 4 ? std::atol(argv[4]) : 1000;
   try {
-    auto c = client::connection::open(*where, {argv[2], argv[3]});
+    auto c = client::connection::open(*where, {argv[2], argv[3]}, bench_options());
     auto run_true = [&] {
       const auto id = c.next_id();
       c.send({{"type", proto::type::exec}, {"id", id}, {"argv", {std::getenv("BENCH_EXEC_PROGRAM") ? std::getenv("BENCH_EXEC_PROGRAM") : "true"}}, {"stdin", false}});

@@ -14,6 +14,18 @@
 #include "proto/limits.hpp"
 
 using namespace cskit;
+
+namespace {
+// Loopback: trust the server's key on first use (in this run's HOME);
+// BENCH_PLAINTEXT=1 for a server run with --plaintext.
+client::connect_options bench_options() {
+  client::connect_options o;
+  o.trust.accept_new = true;
+  const char* plain = std::getenv("BENCH_PLAINTEXT");
+  o.plaintext = plain && *plain == '1';
+  return o;
+}
+}  // namespace
 using clock_type = std::chrono::steady_clock;
 
 int main(int argc, char** argv) {
@@ -27,7 +39,7 @@ int main(int argc, char** argv) {
   const long pipelined = argc > 4 ? std::atol(argv[4]) : 200000;
   const long window = argc > 5 ? std::atol(argv[5]) : 64;
   try {
-    auto c = client::connection::open(*where, {"admin", argv[2]});
+    auto c = client::connection::open(*where, {"admin", argv[2]}, bench_options());
     const proto::json ping = {{"type", "ping"}};
     for (int i = 0; i < 1000; ++i) c.request(ping);  // warm-up
 

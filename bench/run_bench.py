@@ -5,9 +5,10 @@ Each case runs RUNS times (default 5, alternating where there are several
 cases); the median and the min-max range are reported, with the command that
 produced them. Results also go to build/bench/results.json.
 
---only files: file transfer against iperf3, scp, an rsync daemon and socat
-(one big page-cached file, a tree of small files) and the server's memory
-with 100 concurrent transfers; prints a Markdown section after the JSON.
+--only files: file transfer over TLS against scp, rsync over ssh, socat with
+TLS (one big page-cached file, a tree of small files), beside cleartext
+cskit, socat and iperf3, and the server's memory with 100 concurrent
+transfers; prints a Markdown section after the JSON.
 Needs 10 GB free in the temp dir; --file-size-mb and --tree-files shrink it.
 """
 import argparse
@@ -18,6 +19,7 @@ import random
 import re
 import resource
 import select
+import shlex
 import shutil
 import signal
 import socket
@@ -30,27 +32,53 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
+import tlswire  # noqa: E402
 import wire  # noqa: E402
 import udp_peers  # noqa: E402
 
 TOKEN = "bench-token-0123456789abcdef"
 
 
+# The HOME of every client this script runs: its known_hosts learns the key
+# of every server start_server() starts (clients then trust it as after an
+# accepted first contact).
+CLIENT_HOME = tempfile.mkdtemp(prefix="cskit-bench-home-")
+
+
+def trust(home, port, fingerprint):
+    path = os.path.join(home, ".config", "cskit", "known_hosts")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a") as f:
+        f.write(f"127.0.0.1:{port} {fingerprint}\n")
+
+
+def client_env(**extra):
+    return dict(os.environ, HOME=CLIENT_HOME, **extra)
+
+
 def start_server(binary, *args, root=None):
-    """`root`: the directory to share (default: a new one in the server's temp dir)."""
+    """`root`: the directory to share (default: a new one in the server's temp dir). The
+    server's key goes into CLIENT_HOME's known_hosts."""
     tmp = tempfile.mkdtemp(prefix="cskit-bench-")
     env = dict(os.environ, CSKIT_TOKEN=TOKEN, HOME=tmp)
     p = subprocess.Popen([binary, "serve", "--listen", "127.0.0.1:0", "--root", root or os.path.join(tmp, "share"),
                           "--state-dir", os.path.join(tmp, "state"), "--log-level", "warn", *args],
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + 20
+    port = None
     while time.monotonic() < deadline:
         r, _, _ = select.select([p.stdout], [], [], 1)
-        if r:
-            line = p.stdout.readline().decode()
-            m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
-            if m:
-                return p, int(m.group(1)), tmp
+        if not r:
+            continue
+        line = p.stdout.readline().decode()
+        m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+        if m:
+            port = int(m.group(1))
+        m = re.search(r"server key (SHA256:[A-Za-z0-9+/]{43})", line)
+        if m:
+            trust(CLIENT_HOME, port, m.group(1))
+        if port and (line.startswith("connect:") or "tls: OFF" in line):
+            return p, port, tmp
     p.kill()
     raise RuntimeError("server did not start")
 
@@ -95,65 +123,87 @@ def bench_codec(build, runs):
 
 def bench_roundtrip(binary, build, runs):
     exe = os.path.join(build, "bench", "bench_roundtrip")
-    p, port, tmp = start_server(binary, "--threads", "1")
-    try:
-        cmd = [exe, f"127.0.0.1:{port}", TOKEN, "20000", "200000", "64"]
-        samples = []
-        for _ in range(runs):
-            samples.append(json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True,
-                                                     timeout=300).stdout))
-    finally:
-        stop_server(p, tmp)
-    flat = {
-        "sequential_per_second": [s["sequential"]["per_second"] for s in samples],
-        "sequential_p50_us": [s["sequential"]["p50_us"] for s in samples],
-        "sequential_p99_us": [s["sequential"]["p99_us"] for s in samples],
-        "pipelined_per_second": [s["pipelined"]["per_second"] for s in samples],
-    }
-    return {"command": f"cskit serve --threads 1 & {' '.join(cmd[:1])} 127.0.0.1:PORT TOKEN 20000 200000 64",
+    flat = {}
+    for mode in ("tls", "plaintext"):
+        p, port, tmp = start_server(binary, "--threads", "1", *(() if mode == "tls" else ("--plaintext",)))
+        env = client_env(BENCH_PLAINTEXT="1" if mode == "plaintext" else "0")
+        try:
+            cmd = [exe, f"127.0.0.1:{port}", TOKEN, "20000", "200000", "64"]
+            samples = []
+            for _ in range(runs):
+                samples.append(json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, env=env,
+                                                         timeout=300).stdout))
+        finally:
+            stop_server(p, tmp)
+        flat.update({
+            f"sequential_per_second_{mode}": [s["sequential"]["per_second"] for s in samples],
+            f"sequential_p50_us_{mode}": [s["sequential"]["p50_us"] for s in samples],
+            f"sequential_p99_us_{mode}": [s["sequential"]["p99_us"] for s in samples],
+            f"pipelined_per_second_{mode}": [s["pipelined"]["per_second"] for s in samples],
+        })
+    return {"command": "cskit serve --threads 1 [--plaintext] & bench_roundtrip 127.0.0.1:PORT TOKEN 20000 200000 64 "
+                       "(BENCH_PLAINTEXT=1 for --plaintext)",
             "cases": {k: summary(v) for k, v in flat.items()}}
+
+
+def login_batch(port, n, tls):
+    """`n` connections, authenticated in batches (TLS: the default; else --plaintext)."""
+    socks = []
+    for i in range(n):
+        if tls:
+            socks.append(tlswire.connect(port, timeout=30))
+        else:
+            socks.append(socket.create_connection(("127.0.0.1", port), timeout=30))
+        if len(socks) % 200 == 0 or i == n - 1:
+            batch = socks[-200:] if len(socks) % 200 == 0 else socks[-(len(socks) % 200):]
+            hellos = [wire.read_frame(x, 30)[0] for x in batch]
+            for x, h in zip(batch, hellos):
+                if tls:
+                    x.sendall(wire.auth_frame(x, TOKEN))
+                else:
+                    cn = os.urandom(32)
+                    b = bytes.fromhex(h["nonce"]) + cn
+                    x.sendall(wire.encode({"type": "auth", "id": 1, "proto": 2, "user": "admin", "nonce": cn.hex(),
+                                           "proof": wire.proof(b"cskit/2 client", TOKEN, "admin", "nonces", b)}))
+            for x in batch:
+                if wire.read_frame(x, 30)[0]["type"] != "welcome":
+                    raise RuntimeError("login failed")
+    return socks
 
 
 def bench_idle_memory(binary, runs, connections):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    per_conn = []
+    per_conn = {"tls": [], "plaintext": []}
     for _ in range(runs):
-        p, port, tmp = start_server(binary, "--max-connections", str(connections + 100))
-        socks = []
-        try:
-            warm, _ = wire.login(port, TOKEN)  # first connection pays one-off allocations
-            warm.sendall(wire.encode({"type": "ping", "id": 1}))
-            wire.read_frame(warm)
-            time.sleep(0.3)
-            base = rss_kib(p.pid)
-            for i in range(connections):
-                s = socket.create_connection(("127.0.0.1", port), timeout=30)
-                socks.append(s)
-                if len(socks) % 200 == 0 or i == connections - 1:
-                    # authenticate in batches: hello, auth, welcome
-                    batch = socks[-200:] if len(socks) % 200 == 0 else socks[-(len(socks) % 200):]
-                    hellos = [wire.read_frame(x, 30)[0] for x in batch]
-                    for x, h in zip(batch, hellos):
-                        x.sendall(wire.auth_frame(h, TOKEN)[0])
-                    for x in batch:
-                        if wire.read_frame(x, 30)[0]["type"] != "welcome":
-                            raise RuntimeError("login failed")
-            # every connection is authenticated and idle; check a sample still answers
-            for j, x in enumerate(socks[:: max(1, connections // 100)]):
-                x.sendall(wire.encode({"type": "ping", "id": j}))
-                if wire.read_frame(x, 30)[0]["type"] != "pong":
-                    raise RuntimeError("no pong")
-            time.sleep(0.5)
-            after = rss_kib(p.pid)
-            per_conn.append((after - base) * 1024 / connections)
-        finally:
-            for x in socks:
-                x.close()
-            stop_server(p, tmp)
+        for mode in ("tls", "plaintext"):
+            tls = mode == "tls"
+            p, port, tmp = start_server(binary, "--max-connections", str(connections + 100),
+                                        *(() if tls else ("--plaintext",)))
+            socks = []
+            try:
+                warm = login_batch(port, 1, tls)[0]  # the first connection pays one-off allocations
+                warm.sendall(wire.encode({"type": "ping", "id": 1}))
+                wire.read_frame(warm)
+                socks.append(warm)
+                time.sleep(0.3)
+                base = rss_kib(p.pid)
+                socks += login_batch(port, connections, tls)
+                # every connection is authenticated and idle; check a sample still answers
+                for j, x in enumerate(socks[:: max(1, connections // 100)]):
+                    x.sendall(wire.encode({"type": "ping", "id": j}))
+                    if wire.read_frame(x, 30)[0]["type"] != "pong":
+                        raise RuntimeError("no pong")
+                time.sleep(0.5)
+                after = rss_kib(p.pid)
+                per_conn[mode].append((after - base) * 1024 / connections)
+            finally:
+                for x in socks:
+                    x.close()
+                stop_server(p, tmp)
     return {"command": f"bench/run_bench.py --only memory --connections {connections}",
             "connections": connections,
-            "cases": {"rss_bytes_per_idle_authenticated_connection": summary(per_conn)}}
+            "cases": {f"rss_bytes_per_idle_authenticated_connection_{m}": summary(v) for m, v in per_conn.items()}}
 
 
 def banner_port(p, name):
@@ -341,6 +391,7 @@ def bench_exec(binary, build, runs):
     conf.write(f'[exec]\nenabled = true\n[[users]]\nname = "ops"\ntoken = "{token}"\npermissions = ["exec"]\n')
     conf.close()
     p, port, tmp = start_server(binary, "--config", conf.name)
+    pp, pport, ptmp = start_server(binary, "--config", conf.name, "--plaintext")
     os.unlink(conf.name)
     sshd = PrivateSshd()
     big = os.path.join(tmp, "1GiB")
@@ -348,16 +399,18 @@ def bench_exec(binary, build, runs):
         f.write(b"\0" * (1 << 30))
     os.chmod(tmp, 0o755)
     os.chmod(big, 0o644)
-    env = dict(os.environ, CSKIT_USER="ops", CSKIT_TOKEN=token)
+    env = client_env(CSKIT_USER="ops", CSKIT_TOKEN=token)
     cskit = [binary, "exec", f"127.0.0.1:{port}", "--"]
-    rtt = {"cskit": [], "cskit_in_session": [], "ssh_controlmaster": [], "ssh": [],
+    cskit_plain = [binary, "exec", f"127.0.0.1:{pport}", "--plaintext", "--"]
+    rtt = {"cskit": [], "cskit_plaintext": [], "cskit_in_session": [], "ssh_controlmaster": [], "ssh": [],
            "startup_cskit_version": [], "startup_ssh_version": []}
     stream = {"cskit": [], "ssh": []}
     session = {"p50": [], "p99": []}
     # The same commands timed by bench_spawn (posix_spawn + waitpid, no Python
     # in between): per round, its p50 and p99.
     spawner = os.path.join(build, "bench", "bench_spawn")
-    lean_cmds = {"cskit": (cskit + ["true"], 60), "ssh_controlmaster": (sshd.command("true", control_master=True), 60),
+    lean_cmds = {"cskit": (cskit + ["true"], 60), "cskit_plaintext": (cskit_plain + ["true"], 60),
+                 "ssh_controlmaster": (sshd.command("true", control_master=True), 60),
                  "ssh": (sshd.command("true"), 8), "startup_cskit_version": ([binary, "--version"], 60),
                  "startup_true": (["/bin/true"], 60)}
     lean = {k: {"p50": [], "p99": []} for k in lean_cmds}
@@ -365,6 +418,7 @@ def bench_exec(binary, build, runs):
         timed_runs(sshd.command("true", control_master=True), 3)  # start the master
         for _ in range(runs):
             rtt["cskit"] += timed_runs(cskit + ["true"], 60, env)
+            rtt["cskit_plaintext"] += timed_runs(cskit_plain + ["true"], 60, env)
             rtt["ssh_controlmaster"] += timed_runs(sshd.command("true", control_master=True), 60)
             rtt["ssh"] += timed_runs(sshd.command("true"), 8)
             # The floor under any CLI round trip: starting the client program.
@@ -376,7 +430,8 @@ def bench_exec(binary, build, runs):
                 lean[name]["p50"].append(r["p50_ms"])
                 lean[name]["p99"].append(r["p99_ms"])
             r = json.loads(subprocess.run([os.path.join(build, "bench", "bench_exec"), f"127.0.0.1:{port}", "ops",
-                                           token, "500"], capture_output=True, text=True, check=True).stdout)
+                                           token, "500"], capture_output=True, text=True, check=True,
+                                          env=env).stdout)
             session["p50"].append(r["p50_us"] / 1000)
             session["p99"].append(r["p99_us"] / 1000)
             for name, cmd in (("cskit", cskit + ["cat", big]), ("ssh", sshd.command("cat", big))):
@@ -385,6 +440,7 @@ def bench_exec(binary, build, runs):
     finally:
         sshd.stop()
         stop_server(p, tmp)
+        stop_server(pp, ptmp)
     cases = {}
     for k, v in rtt.items():
         if v:
@@ -399,7 +455,9 @@ def bench_exec(binary, build, runs):
         cases[f"cat_1GiB_GBps_{k}"] = summary(v)
     return {
         "commands": {
-            "cskit": "cskit exec 127.0.0.1:P -- true   (a new process and connection each time, like ssh)",
+            "cskit": "cskit exec 127.0.0.1:P -- true   (a new process and TLS connection each time, like ssh)",
+            "cskit_plaintext": "cskit exec 127.0.0.1:P --plaintext -- true   (against cskit serve --plaintext: "
+                               "what TLS costs is the difference)",
             "cskit_in_session": "bench_exec 127.0.0.1:P ops TOKEN 500   (exec true on one open connection)",
             "ssh": "ssh -F /dev/null -i KEY -p P root@127.0.0.1 true   (private sshd, ~/.bashrc masked)",
             "ssh_controlmaster": "the same with -o ControlMaster=auto -o ControlPath=... -o ControlPersist=120",
@@ -417,6 +475,8 @@ def bench_exec(binary, build, runs):
             / cases["true_round_trip_ms_lean_cskit"]["p50"],
             "lean_ssh_controlmaster_over_cskit_p50": cases["true_round_trip_ms_lean_ssh_controlmaster"]["p50"]
             / cases["true_round_trip_ms_lean_cskit"]["p50"],
+            "lean_tls_cost_ms_p50": cases["true_round_trip_ms_lean_cskit"]["p50"]
+            - cases["true_round_trip_ms_lean_cskit_plaintext"]["p50"],
         },
     }
 
@@ -428,28 +488,37 @@ def bench_chat(binary, build, runs, receivers=1000, messages=10000, rate=300):
     # cskit twice: with its default of one event loop per core, and with one
     # loop. On this 2-core machine the generator needs one core for itself,
     # and ngircd is single-threaded.
-    names = ("cskit", "cskit_1loop", "ngircd")
+    # TLS is the default for cskit; ngircd's TLS port (Debian's is built with
+    # SSL) is its peer. The cleartext cases show what TLS costs each.
+    names = ("cskit", "cskit_1loop", "ngircd", "cskit_plaintext", "ngircd_plaintext")
     results = {n: [] for n in names}
     memory = {n: [] for n in names}
     for _ in range(runs):
         for name in names:
+            tls = not name.endswith("_plaintext")
             if name.startswith("cskit"):
                 conf = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
                 conf.write("[chat]\nrate = 0\nhistory = 0\n")  # one fast sender; IRC has no history
                 conf.close()
                 loops = ["--threads", "1"] if name == "cskit_1loop" else []
-                p, port, tmp = start_server(binary, "--config", conf.name, *loops)
+                p, port, tmp = start_server(binary, "--config", conf.name, *loops, *(() if tls else ("--plaintext",)))
                 os.unlink(conf.name)
                 pid, proto_name = p.pid, "cskit"
             else:
                 tmp = tempfile.mkdtemp(prefix="cskit-ngircd-")
-                port = free_tcp_port()
+                port, plain_port = free_tcp_port(), free_tcp_port()
+                subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                                "-nodes", "-keyout", f"{tmp}/key.pem", "-out", f"{tmp}/cert.pem", "-days", "2",
+                                "-subj", "/CN=bench.local"], check=True, capture_output=True)
+                ssl_section = (f"[SSL]\nCertFile = {tmp}/cert.pem\nKeyFile = {tmp}/key.pem\nPorts = {port}\n"
+                               if tls else "")
                 with open(f"{tmp}/ngircd.conf", "w") as f:
-                    f.write(f"[Global]\nName = bench.local\nInfo = bench\nListen = 127.0.0.1\nPorts = {port}\n"
+                    f.write(f"[Global]\nName = bench.local\nInfo = bench\nListen = 127.0.0.1\n"
+                            f"Ports = {plain_port if tls else port}\n"
                             f"PidFile = {tmp}/ngircd.pid\nMotdPhrase = bench\n"
                             "[Limits]\nMaxConnections = 0\nMaxConnectionsIP = 0\nMaxJoins = 0\n"
                             "MaxPenaltyTime = 0\nPingTimeout = 600\nPongTimeout = 600\n"
-                            "[Options]\nDNS = no\nIdent = no\nPAM = no\n")
+                            "[Options]\nDNS = no\nIdent = no\nPAM = no\n" + ssl_section)
                 p = subprocess.Popen(["ngircd", "-n", "-f", f"{tmp}/ngircd.conf"], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
                 deadline = time.monotonic() + 10
@@ -466,7 +535,8 @@ def bench_chat(binary, build, runs, receivers=1000, messages=10000, rate=300):
                 time.sleep(0.3)
                 base = rss_kib(pid)
                 gen = subprocess.Popen([exe, proto_name, f"127.0.0.1:{port}", TOKEN, str(receivers), str(messages),
-                                        str(rate)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                        str(rate), "tls" if tls else "plain"], stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True, env=client_env())
                 # Memory with every receiver connected and joined, before the messages flow.
                 peak = base
                 while gen.poll() is None:
@@ -491,9 +561,10 @@ def bench_chat(binary, build, runs, receivers=1000, messages=10000, rate=300):
             cases[f"{key}_{name}"] = summary([r[key] for r in results[name]])
         cases[f"server_bytes_per_client_peak_{name}"] = summary(memory[name])
     return {
-        "command": f"bench_chat cskit|irc 127.0.0.1:P TOKEN {receivers} {messages} {rate}   "
-                   "(cskit with [chat] rate = 0, history = 0, default threads and --threads 1 (cskit_1loop); "
-                   "ngircd -n with MaxPenaltyTime = 0, MaxConnectionsIP = 0)",
+        "command": f"bench_chat cskit|irc 127.0.0.1:P TOKEN {receivers} {messages} {rate} tls|plain   "
+                   "(cskit with [chat] rate = 0, history = 0, default threads and --threads 1 (cskit_1loop), "
+                   "TLS unless *_plaintext (cskit serve --plaintext); ngircd -n with MaxPenaltyTime = 0, "
+                   "MaxConnectionsIP = 0, an [SSL] port with a P-256 certificate unless *_plaintext)",
         "cases": cases,
         "ratios": {
             "p99_ngircd_over_cskit": cases["p99_ms_ngircd"]["median"] / max(1e-9, cases["p99_ms_cskit"]["median"]),
@@ -502,6 +573,8 @@ def bench_chat(binary, build, runs, receivers=1000, messages=10000, rate=300):
             "p50_ngircd_over_cskit": cases["p50_ms_ngircd"]["median"] / max(1e-9, cases["p50_ms_cskit"]["median"]),
             "p50_ngircd_over_cskit_1loop": cases["p50_ms_ngircd"]["median"]
             / max(1e-9, cases["p50_ms_cskit_1loop"]["median"]),
+            "p99_ngircd_plaintext_over_cskit_plaintext": cases["p99_ms_ngircd_plaintext"]["median"]
+            / max(1e-9, cases["p99_ms_cskit_plaintext"]["median"]),
             "deliveries_cskit_over_ngircd": cases["deliveries_per_second_cskit"]["median"]
             / max(1e-9, cases["deliveries_per_second_ngircd"]["median"]),
             "memory_ngircd_over_cskit": cases["server_bytes_per_client_peak_ngircd"]["median"]
@@ -661,16 +734,17 @@ def server_sockets(pid):
 
 
 def bench_files(binary, runs, file_mb=2048, tree_files=10000, command="", clients=100, client_mb=20):
-    """File transfer: cskit get/put against iperf3, scp, an rsync daemon and a
-    socat pipe (one big page-cached file), a tree of small files against scp -r,
-    rsync -r and tar|socat|tar, and the server's RSS during concurrent transfers.
+    """File transfer over TLS (and cleartext, --plaintext): cskit get/put against scp, rsync over ssh,
+    socat with TLS and without, and iperf3 (one big page-cached file), a tree of small files against
+    scp -r, rsync -e ssh and tar|socat|tar with TLS and without, and the server's RSS during
+    concurrent transfers.
     Every tool runs once per round, in an order shuffled anew each round; round 0 is an untimed warm-up."""
     size = file_mb << 20
     client_size = client_mb << 20
     tmp_root = tempfile.gettempdir()
     free = shutil.disk_usage(tmp_root).free
-    # at most: the big file and two copies, every tree (9 tools, runs + 1 rounds), the concurrent files and one copy
-    need = max(10e9, 3 * size + 9 * (runs + 1) * tree_files * 4096 * 1.2 + 2 * clients * client_size)
+    # at most: the big file and two copies, every tree (12 tools, runs + 1 rounds), the concurrent files and one copy
+    need = max(10e9, 3 * size + 12 * (runs + 1) * tree_files * 4096 * 1.2 + 2 * clients * client_size)
     if free < need:
         msg = f"skipped: {free / 1e9:.1f} GB free in {tmp_root}, the files benchmark needs {need / 1e9:.1f} GB"
         print(f"files: {msg}", file=sys.stderr)
@@ -683,7 +757,7 @@ def bench_files(binary, runs, file_mb=2048, tree_files=10000, command="", client
     trees = os.path.join(work, "trees")  # every tree run gets a new directory in here
     for d in (share, recv, rsync_up, trees):
         os.makedirs(d)
-    env = dict(os.environ, CSKIT_TOKEN=TOKEN, HOME=work)  # no client config from the real home
+    env = client_env(CSKIT_TOKEN=TOKEN)  # no client config from the real home; the servers' keys known
     big = os.path.join(share, "big.bin")
     started = []  # (kind, object) to stop in `finally`
     big_res = {}
@@ -697,13 +771,24 @@ def bench_files(binary, runs, file_mb=2048, tree_files=10000, command="", client
             f.write("[files]\nfsync = false\n")
         p2, port_nofsync, ptmp2 = start_server(binary, "--config", conf, root=share)
         started.append(("cskit", (p2, ptmp2)))
+        p3, port_plain, ptmp3 = start_server(binary, "--config", conf, "--plaintext", root=share)
+        started.append(("cskit", (p3, ptmp3)))
+        # socat with TLS 1.3: a P-256 key and certificate in one PEM (BENCHMARKING.md).
+        socat_pem = os.path.join(work, "socat.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                        "-keyout", socat_pem + ".key", "-out", socat_pem + ".crt", "-days", "2",
+                        "-subj", "/CN=localhost"], check=True, capture_output=True)
+        with open(socat_pem, "w") as out:
+            for part in (".crt", ".key"):
+                with open(socat_pem + part) as f:
+                    out.write(f.read())
         sshd = PrivateSshd()
         started.append(("sshd", sshd))
-        rsyncd = RsyncDaemon(rsync_up, share)
-        started.append(("rsyncd", rsyncd))
         host = f"{sshd.user}@127.0.0.1"
         scp = ["scp", "-q"] + sshd.base[1:-2] + ["-P", str(sshd.port)]  # ssh options, -p PORT -> -P PORT
+        rsync_ssh = ["rsync", "-a", "--whole-file", "-e", " ".join(shlex.quote(a) for a in sshd.base)]
         cs = f"127.0.0.1:{port}:"
+        cs_plain = f"127.0.0.1:{port_plain}:"
 
         # ---- 1. one big page-cached file ------------------------------------------------
         write_random_file(big, size)
@@ -742,25 +827,39 @@ def bench_files(binary, runs, file_mb=2048, tree_files=10000, command="", client
                              ["socat", "-u", "-b", "1048576", f"TCP-LISTEN:{sport},bind=127.0.0.1,reuseaddr",
                               f"OPEN:{dst},creat,trunc"])()
 
+        def socat_tls_case():
+            sport = free_tcp_port()
+            dst = os.path.join(recv, "socat-tls.bin")
+            return file_case(["socat", "-u", "-b", "1048576", f"OPEN:{big}", f"OPENSSL:127.0.0.1:{sport},verify=0"],
+                             dst, sport,
+                             ["socat", "-u", "-b", "1048576",
+                              f"OPENSSL-LISTEN:{sport},bind=127.0.0.1,reuseaddr,cert={socat_pem},verify=0,"
+                              "openssl-min-proto-version=TLS1.3", f"OPEN:{dst},creat,trunc"])()
+
         big_cases = [
             ("cskit_get", file_case([binary, "get", "-q", cs + "big.bin", os.path.join(recv, "cskit.bin")],
                                     os.path.join(recv, "cskit.bin"))),
-            ("scp_get", file_case(scp + [f"{host}:{big}", os.path.join(recv, "scp.bin")],
-                                  os.path.join(recv, "scp.bin"))),
-            ("rsync_get", file_case(["rsync", "-a", "--whole-file", rsyncd.url("src", "big.bin"),
-                                     os.path.join(recv, "rsync.bin")], os.path.join(recv, "rsync.bin"))),
             ("cskit_put", file_case([binary, "put", "-q", big, cs + "put.bin"], os.path.join(share, "put.bin"))),
-            ("scp_put", file_case(scp + [big, f"{host}:{recv}/scp-put.bin"], os.path.join(recv, "scp-put.bin"))),
-            ("rsync_put", file_case(["rsync", "-a", "--whole-file", big, rsyncd.url("up")],
-                                    os.path.join(rsync_up, "big.bin"))),
-            ("socat", socat_case),
-            ("iperf3", lambda: iperf([])),
-            ("iperf3_sendfile", lambda: iperf(["-Z"])),
-            ("cskit_put_nofsync", file_case([binary, "put", "-q", big, f"127.0.0.1:{port_nofsync}:put-nofsync.bin"],
-                                            os.path.join(share, "put-nofsync.bin"))),
             ("cskit_get_nofsync", file_case([binary, "get", "-q", "--no-fsync", cs + "big.bin",
                                              os.path.join(recv, "cskit-nofsync.bin")],
                                             os.path.join(recv, "cskit-nofsync.bin"))),
+            ("cskit_put_nofsync", file_case([binary, "put", "-q", big, f"127.0.0.1:{port_nofsync}:put-nofsync.bin"],
+                                            os.path.join(share, "put-nofsync.bin"))),
+            ("cskit_get_plaintext", file_case([binary, "get", "-q", "--no-fsync", "--plaintext", cs_plain + "big.bin",
+                                               os.path.join(recv, "cskit-plain.bin")],
+                                              os.path.join(recv, "cskit-plain.bin"))),
+            ("cskit_put_plaintext", file_case([binary, "put", "-q", "--plaintext", big, cs_plain + "put-plain.bin"],
+                                              os.path.join(share, "put-plain.bin"))),
+            ("scp_get", file_case(scp + [f"{host}:{big}", os.path.join(recv, "scp.bin")],
+                                  os.path.join(recv, "scp.bin"))),
+            ("scp_put", file_case(scp + [big, f"{host}:{recv}/scp-put.bin"], os.path.join(recv, "scp-put.bin"))),
+            ("rsync_ssh_get", file_case(rsync_ssh + [f"{host}:{big}", os.path.join(recv, "rsync-ssh.bin")],
+                                        os.path.join(recv, "rsync-ssh.bin"))),
+            ("rsync_ssh_put", file_case(rsync_ssh + [big, f"{host}:{recv}/rsync-ssh-put.bin"],
+                                        os.path.join(recv, "rsync-ssh-put.bin"))),
+            ("socat_tls", socat_tls_case),
+            ("socat", socat_case),
+            ("iperf3", lambda: iperf([])),
         ]
         big_res = {name: [] for name, _ in big_cases}
         previous = None
@@ -807,13 +906,18 @@ def bench_files(binary, runs, file_mb=2048, tree_files=10000, command="", client
             # make(r) -> (command, destination directory); a new, never-used one every run
             def run(r):
                 cmd, dst = make(r)
-                if name == "tar_socat":
+                if name in ("tar_socat", "tar_socat_tls"):
                     sport = free_tcp_port()
                     os.mkdir(dst)
-                    t = timed_pipe(["bash", "-c", f"set -o pipefail; socat -u -b 1048576 TCP-LISTEN:{sport},"
-                                    f"bind=127.0.0.1,reuseaddr STDOUT | tar x -C {dst}"],
+                    listen, connect = (f"TCP-LISTEN:{sport},bind=127.0.0.1,reuseaddr", f"TCP:127.0.0.1:{sport}")
+                    if name == "tar_socat_tls":
+                        listen = (f"OPENSSL-LISTEN:{sport},bind=127.0.0.1,reuseaddr,cert={socat_pem},verify=0,"
+                                  "openssl-min-proto-version=TLS1.3")
+                        connect = f"OPENSSL:127.0.0.1:{sport},verify=0"
+                    t = timed_pipe(["bash", "-c", f"set -o pipefail; socat -u -b 1048576 {listen} STDOUT | "
+                                    f"tar x -C {dst}"],
                                    ["bash", "-c", f"set -o pipefail; tar c -C {tree} . | "
-                                    f"socat -u -b 1048576 STDIN TCP:127.0.0.1:{sport}"], sport, 600)
+                                    f"socat -u -b 1048576 STDIN {connect}"], sport, 600)
                 else:
                     t = timed(cmd, 600, env)
                 return t, dst
@@ -826,23 +930,30 @@ def bench_files(binary, runs, file_mb=2048, tree_files=10000, command="", client
             ("cskit_put_nofsync", tree_case("cskit_put_nofsync", lambda r: (
                 [binary, "put", "-r", "-q", tree, f"{cs_nofsync}put-tree-nofsync-{r}"],
                 os.path.join(share, f"put-tree-nofsync-{r}")))),
-            ("scp_put", tree_case("scp_put", lambda r: (scp + ["-r", tree, f"{host}:{trees}/scp-put-{r}"],
-                                                        os.path.join(trees, f"scp-put-{r}")))),
-            ("rsync_put", tree_case("rsync_put", lambda r: (["rsync", "-r", "--whole-file", tree + "/",
-                                                             rsyncd.url("up", f"tree-{r}/")],
-                                                            os.path.join(rsync_up, f"tree-{r}")))),
+            ("cskit_put_plaintext", tree_case("cskit_put_plaintext", lambda r: (
+                [binary, "put", "-r", "-q", "--plaintext", tree, f"{cs_plain}put-tree-plain-{r}"],
+                os.path.join(share, f"put-tree-plain-{r}")))),
             ("cskit_get", tree_case("cskit_get", lambda r: ([binary, "get", "-r", "-q", cs + "tree",
                                                              os.path.join(trees, f"cskit-get-{r}")],
                                                             os.path.join(trees, f"cskit-get-{r}")))),
             ("cskit_get_nofsync", tree_case("cskit_get_nofsync", lambda r: (
                 [binary, "get", "-r", "-q", "--no-fsync", cs + "tree", os.path.join(trees, f"cskit-get-nofsync-{r}")],
                 os.path.join(trees, f"cskit-get-nofsync-{r}")))),
+            ("cskit_get_plaintext", tree_case("cskit_get_plaintext", lambda r: (
+                [binary, "get", "-r", "-q", "--no-fsync", "--plaintext", cs_plain + "tree",
+                 os.path.join(trees, f"cskit-get-plain-{r}")], os.path.join(trees, f"cskit-get-plain-{r}")))),
+            ("scp_put", tree_case("scp_put", lambda r: (scp + ["-r", tree, f"{host}:{trees}/scp-put-{r}"],
+                                                        os.path.join(trees, f"scp-put-{r}")))),
             ("scp_get", tree_case("scp_get", lambda r: (scp + ["-r", f"{host}:{tree}",
                                                                 os.path.join(trees, f"scp-get-{r}")],
                                                         os.path.join(trees, f"scp-get-{r}")))),
-            ("rsync_get", tree_case("rsync_get", lambda r: (["rsync", "-r", "--whole-file", rsyncd.url("src", "tree/"),
-                                                             os.path.join(trees, f"rsync-get-{r}")],
-                                                            os.path.join(trees, f"rsync-get-{r}")))),
+            ("rsync_ssh_put", tree_case("rsync_ssh_put", lambda r: (
+                rsync_ssh + [tree + "/", f"{host}:{trees}/rsync-ssh-put-{r}/"],
+                os.path.join(trees, f"rsync-ssh-put-{r}")))),
+            ("rsync_ssh_get", tree_case("rsync_ssh_get", lambda r: (
+                rsync_ssh + [f"{host}:{tree}/", os.path.join(trees, f"rsync-ssh-get-{r}")],
+                os.path.join(trees, f"rsync-ssh-get-{r}")))),
+            ("tar_socat_tls", tree_case("tar_socat_tls", lambda r: (None, os.path.join(trees, f"tar-tls-{r}")))),
             ("tar_socat", tree_case("tar_socat", lambda r: (None, os.path.join(trees, f"tar-{r}")))),
         ]
         tree_res = {name: [] for name, _ in tree_cases}
@@ -1016,46 +1127,56 @@ def files_report(big_res, tree_res, mem, runs, file_mb, tree_files, clients, cli
     ratios = {}
     for d in ("get", "put"):
         # Like for like: no peer flushes what it receives, so the targets are
-        # judged on cskit with --no-fsync / [files] fsync = false. The durable
-        # default is reported beside it: against scp and rsync it must win
-        # even while flushing; against iperf3 and socat its ratio is shown
-        # for information (the disk sets its pace, see the text).
-        for c, like in ((f"cskit_{d}_nofsync", True), (f"cskit_{d}", False)):
-            ratios[f"big_{c}_over_iperf3"] = (med[c] / med["iperf3"], 0.85 if like else None)
-            ratios[f"big_{c}_over_iperf3_sendfile"] = (med[c] / med["iperf3_sendfile"], None)
-            for peer in (f"scp_{d}", f"rsync_{d}", "socat"):
-                ratios[f"big_{c}_over_{peer}"] = (med[c] / med[peer], 1.0 if like or peer != "socat" else None)
-        for c, like in ((f"cskit_{d}_nofsync", True), (f"cskit_{d}", False)):
-            for peer in (f"scp_{d}", f"rsync_{d}"):
-                ratios[f"tree_{c}_over_{peer}"] = (tmed[c] / tmed[peer], 1.0 if like or peer.startswith("scp") else None)
-            ratios[f"tree_{c}_over_tar_socat"] = (tmed[c] / tmed["tar_socat"], 0.5 if like else None)
-    for d in ("get", "put"):
-        ratios[f"big_cskit_{d}_over_cskit_{d}_nofsync"] = (med[f"cskit_{d}"] / med[f"cskit_{d}_nofsync"], None)
+        # judged on cskit with --no-fsync / [files] fsync = false (TLS, the
+        # default). The durable default is reported beside it.
+        c = f"cskit_{d}_nofsync"
+        ratios[f"big_{c}_over_scp_{d}"] = (med[c] / med[f"scp_{d}"], 3.0)
+        ratios[f"big_{c}_over_rsync_ssh_{d}"] = (med[c] / med[f"rsync_ssh_{d}"], 1.0)
+        ratios[f"big_{c}_over_socat_tls"] = (med[c] / med["socat_tls"], 1.0)
+        ratios[f"big_{c}_over_cskit_{d}_plaintext"] = (med[c] / med[f"cskit_{d}_plaintext"], None)
+        ratios[f"big_{c}_over_iperf3"] = (med[c] / med["iperf3"], None)
+        ratios[f"big_cskit_{d}_over_scp_{d}"] = (med[f"cskit_{d}"] / med[f"scp_{d}"], None)
+        ratios[f"big_cskit_{d}_plaintext_over_socat"] = (med[f"cskit_{d}_plaintext"] / med["socat"], None)
+        ratios[f"tree_{c}_over_rsync_ssh_{d}"] = (tmed[c] / tmed[f"rsync_ssh_{d}"], 1.0)
+        ratios[f"tree_{c}_over_tar_socat_tls"] = (tmed[c] / tmed["tar_socat_tls"], 0.6)
+        ratios[f"tree_{c}_over_scp_{d}"] = (tmed[c] / tmed[f"scp_{d}"], None)
+        ratios[f"tree_{c}_over_cskit_{d}_plaintext"] = (tmed[c] / tmed[f"cskit_{d}_plaintext"], None)
+        ratios[f"tree_cskit_{d}_over_rsync_ssh_{d}"] = (tmed[f"cskit_{d}"] / tmed[f"rsync_ssh_{d}"], None)
 
     size_label = f"{file_mb / 1024:g} GiB" if file_mb % 1024 == 0 else f"{file_mb} MiB"
+    rsync_e = "rsync -a --whole-file -e 'ssh -F /dev/null -i KEY -p P -o StrictHostKeyChecking=no ...'"
+    socat_tls = ("socat -u -b 1048576 OPEN:SRC OPENSSL:127.0.0.1:P,verify=0 → socat -u -b 1048576 "
+                 "OPENSSL-LISTEN:P,bind=127.0.0.1,reuseaddr,cert=S.pem,verify=0,openssl-min-proto-version=TLS1.3 "
+                 "OPEN:DST,creat,trunc")
     big_cmds = {
-        "cskit_get": "cskit get -q 127.0.0.1:P:big.bin DST",
+        "cskit_get": "cskit get -q 127.0.0.1:P:big.bin DST   (TLS, the default)",
         "cskit_put": "cskit put -q SRC 127.0.0.1:P:put.bin",
+        "cskit_get_nofsync": "cskit get -q --no-fsync 127.0.0.1:P:big.bin DST",
         "cskit_put_nofsync": "cskit put -q SRC 127.0.0.1:P:put-nofsync.bin   (server: [files] fsync = false)",
+        "cskit_get_plaintext": "cskit get -q --no-fsync --plaintext ...   (server: --plaintext, fsync = false)",
+        "cskit_put_plaintext": "cskit put -q --plaintext SRC ...   (server: --plaintext, fsync = false)",
         "scp_get": "scp -q -F /dev/null -i KEY -P P USER@127.0.0.1:SRC DST",
         "scp_put": "scp -q -F /dev/null -i KEY -P P SRC USER@127.0.0.1:DST",
-        "rsync_get": "rsync -a --whole-file rsync://127.0.0.1:P/src/big.bin DST",
-        "rsync_put": "rsync -a --whole-file SRC rsync://127.0.0.1:P/up/",
+        "rsync_ssh_get": rsync_e + " USER@127.0.0.1:SRC DST",
+        "rsync_ssh_put": rsync_e + " SRC USER@127.0.0.1:DST",
+        "socat_tls": socat_tls,
         "socat": "socat -u -b 1048576 OPEN:SRC TCP:127.0.0.1:P → "
                  "socat -u -b 1048576 TCP-LISTEN:P,bind=127.0.0.1,reuseaddr OPEN:DST,creat,trunc",
         "iperf3": "iperf3 -c 127.0.0.1 -p P -t 5 -J (receiver bits_per_second)",
-        "iperf3_sendfile": "iperf3 -c 127.0.0.1 -p P -t 5 -J -Z",
-        "cskit_get_nofsync": "cskit get -q --no-fsync 127.0.0.1:P:big.bin DST",
     }
     tree_cmds = {
         "cskit_put": "cskit put -r -q TREE 127.0.0.1:P:NEW",
         "cskit_put_nofsync": "cskit put -r -q TREE 127.0.0.1:P:NEW   (server: [files] fsync = false)",
+        "cskit_put_plaintext": "cskit put -r -q --plaintext TREE 127.0.0.1:P:NEW   (server: --plaintext, fsync = false)",
         "cskit_get": "cskit get -r -q 127.0.0.1:P:tree NEW",
         "cskit_get_nofsync": "cskit get -r -q --no-fsync 127.0.0.1:P:tree NEW",
+        "cskit_get_plaintext": "cskit get -r -q --no-fsync --plaintext 127.0.0.1:P:tree NEW",
         "scp_put": "scp -q -r ... TREE USER@127.0.0.1:NEW",
         "scp_get": "scp -q -r ... USER@127.0.0.1:TREE NEW",
-        "rsync_put": "rsync -r --whole-file TREE/ rsync://127.0.0.1:P/up/NEW/",
-        "rsync_get": "rsync -r --whole-file rsync://127.0.0.1:P/src/tree/ NEW",
+        "rsync_ssh_put": rsync_e + " TREE/ USER@127.0.0.1:NEW/",
+        "rsync_ssh_get": rsync_e + " USER@127.0.0.1:TREE/ NEW",
+        "tar_socat_tls": "tar c -C TREE . | socat -u -b 1048576 STDIN OPENSSL:127.0.0.1:P,verify=0 → "
+                         "socat ... OPENSSL-LISTEN:P,...,openssl-min-proto-version=TLS1.3 STDOUT | tar x -C NEW",
         "tar_socat": "tar c -C TREE . | socat -u -b 1048576 STDIN TCP:127.0.0.1:P → socat ... STDOUT | tar x -C NEW",
     }
 
@@ -1079,13 +1200,13 @@ def files_report(big_res, tree_res, mem, runs, file_mb, tree_files, clients, cli
           f"Loopback, {runs} timed round{'s' if runs != 1 else ''} after one untimed warm-up round, "
           "every tool once per round, in an order shuffled anew each round (seeded, so that no tool always "
           "runs right after the same one); median and min–max. Every received file or tree is checked "
-          "(size and `cmp`, or every file's bytes) outside the timed part. scp is OpenSSH's (SFTP protocol) "
-          "against a private sshd with ~/.bashrc masked when run as root; rsync talks to "
-          "`rsync --daemon --no-detach`. cskit fsyncs every received file before renaming it into place "
+          "(size and `cmp`, or every file's bytes) outside the timed part. cskit runs TLS 1.3 (its default) "
+          "except in the `_plaintext` rows (`--plaintext` on both sides). scp and rsync -e ssh are OpenSSH's "
+          "against a private sshd with ~/.bashrc masked when run as root; socat_tls is socat with TLS 1.3 and "
+          "1 MiB blocks. cskit fsyncs every received file before renaming it into place "
           "(the client unless `--no-fsync`, the server unless `[files] fsync = false`; the `_nofsync` rows "
-          "turn that off); no peer fsyncs, so the targets against iperf3, socat, rsync (trees) and tar|socat "
-          "are judged on the `_nofsync` rows, and the durable rows, which wait for the disk, are shown "
-          "beside them (against scp and rsync's single file they must win even while flushing).",
+          "turn that off); no peer fsyncs, so the targets are judged on the `_nofsync` rows, and the durable "
+          "rows, which wait for the disk, are shown beside them.",
           "",
           f"### One {size_label} page-cached file (warm: received file deleted, `sync`, run at once)", "",
           "| tool | command | GB/s median | min–max |", "|---|---|---|---|"]

@@ -94,7 +94,7 @@ void add_known_host(const std::filesystem::path& file, std::string_view key, std
     if (ec) throw std::runtime_error("cannot create " + dir.string() + ": " + ec.message());
     ::chmod(dir.c_str(), 0700);
   }
-  int fd = ::open(file.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+  int fd = ::open(file.c_str(), O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
   if (fd < 0) throw std::runtime_error("cannot open " + file.string() + ": " + std::strerror(errno));
   // Start on a new line even if the file's last line has no newline.
   std::string entry;

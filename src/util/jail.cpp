@@ -89,12 +89,12 @@ std::string part_file_name(std::string_view leaf) {
 
 bool is_part_file_name(std::string_view name) { return name.substr(0, part_prefix.size()) == part_prefix; }
 
-int open_beneath(int dirfd, std::string_view rel, int flags, unsigned mode) noexcept {
+int open_beneath(int dirfd, std::string_view rel, int flags, unsigned mode, bool no_symlinks) noexcept {
   std::string path = rel.empty() ? std::string(".") : std::string(rel);
   open_how how{};
   how.flags = static_cast<std::uint64_t>(flags | O_CLOEXEC);
   how.mode = (flags & (O_CREAT | O_TMPFILE)) ? mode : 0;
-  how.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
+  how.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | (no_symlinks ? RESOLVE_NO_SYMLINKS : 0);
   int err = EAGAIN;
   for (int attempt = 0; attempt < 64; ++attempt) {
     long fd = ::syscall(SYS_openat2, dirfd, path.c_str(), &how, sizeof how);
@@ -107,7 +107,7 @@ int open_beneath(int dirfd, std::string_view rel, int flags, unsigned mode) noex
   return -err;
 }
 
-dir_jail::dir_jail(const std::filesystem::path& root) {
+dir_jail::dir_jail(const std::filesystem::path& root, bool no_symlinks) : no_symlinks_(no_symlinks) {
   fd_ = ::open(root.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
   if (fd_ < 0) throw std::system_error(errno, std::generic_category(), "cannot open " + root.string());
 }
@@ -117,7 +117,7 @@ dir_jail::~dir_jail() {
 }
 
 int dir_jail::open(std::string_view rel, int flags, unsigned mode) const noexcept {
-  return open_beneath(fd_, rel, flags, mode);
+  return open_beneath(fd_, rel, flags, mode, no_symlinks_);
 }
 
 int dir_jail::open_parent(std::string_view rel, std::string& leaf) const noexcept {
@@ -125,10 +125,10 @@ int dir_jail::open_parent(std::string_view rel, std::string& leaf) const noexcep
   if (rel.empty()) return -EINVAL;
   if (slash == std::string_view::npos) {
     leaf.assign(rel);
-    return open_beneath(fd_, "", O_PATH | O_DIRECTORY);
+    return open_beneath(fd_, "", O_PATH | O_DIRECTORY, 0, no_symlinks_);
   }
   leaf.assign(rel.substr(slash + 1));
-  return open_beneath(fd_, rel.substr(0, slash), O_PATH | O_DIRECTORY);
+  return open_beneath(fd_, rel.substr(0, slash), O_PATH | O_DIRECTORY, 0, no_symlinks_);
 }
 
 }  // namespace cskit::util

@@ -54,9 +54,14 @@ bool is_part_file_name(std::string_view name);
 class dir_jail {
  public:
   /// Opens `root`, which must be a directory. Throws std::system_error.
-  explicit dir_jail(const std::filesystem::path& root);
+  /// `no_symlinks`: no symlink below the root is ever followed
+  /// (RESOLVE_NO_SYMLINKS), for a tree that a peer described: a link it
+  /// sent is written as a link, never walked through.
+  explicit dir_jail(const std::filesystem::path& root, bool no_symlinks = false);
+  /// Takes over `fd`, an open directory (O_PATH is enough).
+  dir_jail(int fd, bool no_symlinks) noexcept : fd_(fd), no_symlinks_(no_symlinks) {}
   ~dir_jail();
-  dir_jail(dir_jail&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
+  dir_jail(dir_jail&& o) noexcept : fd_(o.fd_), no_symlinks_(o.no_symlinks_) { o.fd_ = -1; }
   dir_jail& operator=(dir_jail&&) = delete;
   dir_jail(const dir_jail&) = delete;
   dir_jail& operator=(const dir_jail&) = delete;
@@ -73,10 +78,11 @@ class dir_jail {
 
  private:
   int fd_ = -1;
+  bool no_symlinks_ = false;
 };
 
-/// openat2(dirfd, rel, flags, mode) with RESOLVE_BENEATH|RESOLVE_NO_MAGICLINKS.
-/// Returns a descriptor or -errno.
-int open_beneath(int dirfd, std::string_view rel, int flags, unsigned mode = 0) noexcept;
+/// openat2(dirfd, rel, flags, mode) with RESOLVE_BENEATH|RESOLVE_NO_MAGICLINKS
+/// (and RESOLVE_NO_SYMLINKS with `no_symlinks`). Returns a descriptor or -errno.
+int open_beneath(int dirfd, std::string_view rel, int flags, unsigned mode = 0, bool no_symlinks = false) noexcept;
 
 }  // namespace cskit::util

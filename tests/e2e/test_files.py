@@ -1067,10 +1067,11 @@ class HostilePaths(FilesTestCase):
 class FakeFileServer:
     """Speaks the handshake and answers fs.stat / fs.list / get from tables, to test the client."""
 
-    def __init__(self, stats, listing, files):
+    def __init__(self, stats, listing, files, identity=None):
         self.stats, self.listing, self.files = stats, listing, files
         self.requests = []
-        self.identity = tlswire.Identity()
+        self.own_identity = identity is None
+        self.identity = identity or tlswire.Identity()
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(4)
@@ -1129,7 +1130,150 @@ class FakeFileServer:
         self.stop.set()
         self.sock.close()
         self.thread.join(timeout=10)
-        self.identity.cleanup()
+        if self.own_identity:
+            self.identity.cleanup()
+
+
+def F(name, bad=False):
+    return {"name": name, "type": "file", "size": 6, "mode": 0o644, "mtime_ns": 10 ** 18, "bad": bad}
+
+
+def D(name, bad=False):
+    return {"name": name, "type": "dir", "size": 0, "mode": 0o755, "mtime_ns": 10 ** 18, "bad": bad}
+
+
+def L(name, target, bad=False):
+    return {"name": name, "type": "symlink", "size": 0, "mode": 0o777, "mtime_ns": 0, "target": target, "bad": bad}
+
+
+# Listings a lying server sends for `get -r`: links to "..", absolute links, chains, links later
+# replaced by directories, names that collide once normalised, files under links, entries listed
+# twice with different types. `bad` marks the entries that must be refused (and reported).
+HOSTILE_LISTINGS = [
+    [L("up", "..", True), F("up/evil", True)],
+    [L("up", "../..", True), F("up/evil", True)],
+    [L("up3", "../../..", True), D("up3/x", True), F("up3/x/evil", True)],
+    [L("abs", "/tmp", True), F("abs/evil", True)],
+    [L("root", "/", True), F("root/etc/evil", True)],
+    [L("a", "b"), L("b", "..", True), F("a/evil", True)],
+    [L("a", "b"), L("b", "c"), L("c", "..", True), F("a/evil", True)],
+    [D("sub"), L("sub/up", "../..", True), F("sub/up/evil", True)],
+    [D("sub"), L("sub/up", ".."), F("sub/up/evil", True)],
+    [L("x", "..", True), D("x")],
+    [D("x"), L("x", "..", True)],
+    [F("x", True), D("x")],
+    [D("x"), F("x", True)],
+    [F("x"), L("x", "..", True)],
+    [L("x", "../sentinel", True)],
+    [D("sub"), L("x", "sub/../../sentinel", True)],
+    [L("x", "./../sentinel", True)],
+    [L("x", "../dest/../sentinel", True)],
+    [F("../evil", True)],
+    [F("a/../../evil", True)],
+    [F("/abs", True)],
+    [D("../escape", True)],
+    [D("sub"), F("sub/../../evil", True)],
+    [F("a//b", True)],
+    [F("./a", True)],
+    [F("a/.", True)],
+    [F("", True)],
+    [F(".", True)],
+    [F("..", True)],
+    [L("l", "/etc/passwd", True), F("l")],
+    [L("l", ".."), L("l/x", "..", True)],
+    [L("l", "."), F("l/l/l/evil", True)],
+    [L("l", "l"), F("l/evil", True)],
+    [D("sub"), L("dir", "sub"), F("dir/f", True)],
+    [F(".cskit-part.x", True)],
+    [D("sub"), F("sub/.cskit-part.y", True)],
+    [F("name\u0000nul", True)],
+    [F("ctl\u001b[2Jname", True)],
+    [F("nl\nname", True)],
+    [F("n" * 300, True)],
+    [F("a/" * 2100 + "f", True)],
+    [D("deep/../..", True)],
+    [L("x", "../" * 10, True)],
+    [D("sub"), L("x", "sub/../../../etc", True)],
+    [D("twice"), F("twice/f"), F("twice", True)],
+    [F("up/evil", True), L("up", "..", True)],
+    [D("d"), L("d/x", "../../sentinel", True)],
+    [L("sib", "../sibling", True), F("sib/evil", True)],
+    [L("tmp", "/tmp", True), D("tmp/sub", True)],
+    [D("same/"), F("same", True)],
+    [L("a", "b/c"), D("b"), L("b/c", "../..", True), F("a/evil", True)],
+    [L("x", "..//..", True), F("x/evil", True)],
+    [D("sub"), L("sub/l", "../../sentinel", True), F("sub/l", True)],
+    [L("self", "self/..", True), F("self/evil", True)],
+    [D("a"), D("a/b"), L("a/b/c", "../../../sentinel", True), F("a/b/c/evil", True)],
+]
+
+
+class HostileListings(FilesTestCase):
+    """A server that lies in its listings never makes `get -r` write outside the destination:
+    everything stays beneath the tree's own root, a link it sends is never followed, each refusal
+    is reported, and the exit status is not 0 (docs/protocol.md, "Download")."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.identity = tlswire.Identity()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.identity.cleanup()
+        super().tearDownClass()
+
+    def run_listing(self, i, listing, new_name):
+        stats = {"root": {"name": "root", "type": "dir", "size": 0, "mode": 0o755, "mtime_ns": 10 ** 18}}
+        wire_listing = [{k: v for k, v in e.items() if k != "bad"} for e in listing]
+        body = (b"EVIL!\n")
+        files = {"*": ({"type": "get.file", "size": len(body), "mode": 0o644, "mtime_ns": 10 ** 18,
+                        "xxh3": self.evil_xxh3}, body)}
+        fake = FakeFileServer(stats, wire_listing, files, identity=self.identity)
+        parent = self.lp(f"case{i}-{'new' if new_name else 'existing'}")
+        dest = os.path.join(parent, "dest")
+        os.makedirs(os.path.join(parent, "sibling"))
+        write_file(os.path.join(parent, "sentinel"), b"keep\n")
+        if not new_name:
+            os.makedirs(dest)
+        before = snapshot(parent)
+        try:
+            r = subprocess.run([BIN, "get", "-r", *fake.trust_args(), f"127.0.0.1:{fake.port}:root", dest],
+                               capture_output=True, text=True, env=self.env(), timeout=60)
+        finally:
+            fake.close()
+        after = snapshot(parent)
+        outside = {k: v for k, v in after.items() if k != "dest" and not k.startswith("dest/")}
+        self.assertEqual(outside, {k: v for k, v in before.items() if k != "dest" and not k.startswith("dest/")},
+                         f"listing {i}: the client wrote outside the destination")
+        tree = dest if new_name else os.path.join(dest, "root")
+        for dirpath, dirnames, filenames in os.walk(dest):
+            for n in dirnames + filenames:
+                p = os.path.join(dirpath, n)
+                if os.path.islink(p):
+                    self.assertTrue(resolves_inside(p, tree), f"listing {i}: {p} -> {os.readlink(p)}")
+                elif os.path.isfile(p):
+                    # Only files the listing names, where it names them: none through a link.
+                    rel = os.path.relpath(p, tree)
+                    self.assertIn(rel, [e["name"].rstrip("/") for e in listing if e["type"] == "file"],
+                                  f"listing {i}: unexpected file {rel}")
+        self.assertNotEqual(r.returncode, EXIT_OK, f"listing {i} ({'new' if new_name else 'existing'}): {r.stderr}")
+        for e in listing:
+            name = e["name"].rstrip("/")
+            if e["bad"] and name and name.isprintable() and len(name) < 200:
+                self.assertIn(name, r.stderr, f"listing {i}: the refusal of {e['name']!r} is not reported")
+        self.assertEqual(part_files(parent), [])
+
+    def test_corpus_into_a_new_name_and_into_an_existing_directory(self):
+        self.assertGreaterEqual(len(HOSTILE_LISTINGS), 50)
+        with cskit_client.Client.connect("127.0.0.1", self.srv.port, "admin", TOKEN,
+                                         fingerprint=self.srv.fingerprint) as c:
+            write_file(os.path.join(self.srv.share, "evil.txt"), b"EVIL!\n")
+            self.evil_xxh3 = c.request("get", path="evil.txt")[0]["xxh3"]
+        for i, listing in enumerate(HOSTILE_LISTINGS):
+            for new_name in (True, False):
+                with self.subTest(listing=i, new_name=new_name):
+                    self.run_listing(i, listing, new_name)
 
 
 class ClientRefusesHostileServer(FilesTestCase):

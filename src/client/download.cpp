@@ -1,0 +1,652 @@
+#include "client/download.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <optional>
+
+#include "client/files_detail.hpp"
+#include "proto/messages.hpp"
+
+namespace cskit::client {
+
+using detail::base_name;
+using detail::inline_max;
+using detail::join;
+using detail::local_errc;
+using detail::local_message;
+using proto::errc;
+using proto::json;
+
+namespace {
+
+constexpr std::size_t window_gets = 64;         // get requests in flight
+constexpr std::size_t max_commit_batch = 1024;  // files per group commit (a descriptor each, and their directories)
+
+// A local error in a download, in words: ELOOP below a tree's root means a
+// link was in the way, which a download never walks through.
+std::string download_message(int err, const std::string& what) {
+  if (err == ELOOP) return what + ": a symbolic link is in the way (a download never follows links)";
+  return local_message(err, what);
+}
+
+// Creates directory `rel` (and its parents) under the jail; 0 or errno.
+int make_dirs(const util::dir_jail& jail, const std::string& rel) {
+  std::string done;
+  for (auto name : util::split_relative(rel)) {
+    std::string leaf(name);
+    util::unique_fd parent(jail.open(done, O_PATH | O_DIRECTORY));
+    if (!parent) return -parent.release();
+    if (::mkdirat(parent.get(), leaf.c_str(), 0777) != 0 && errno != EEXIST) return errno;
+    done = join(done, leaf);
+    util::unique_fd check(jail.open(done, O_PATH | O_DIRECTORY | O_NOFOLLOW));
+    if (!check) {
+      check.release();
+      return ENOTDIR;  // exists, but is not a directory (or is a symlink)
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+struct download::item {
+  const util::dir_jail* jail = nullptr;
+  std::string local;  // relative to the jail
+  std::string shown;  // as the user sees it (relative to the destination)
+  remote_entry entry;
+  bool made = false;  // already created (a tree's root)
+};
+
+struct download::file {
+  std::string remote;  // path on the server
+  const util::dir_jail* jail = nullptr;
+  std::string local;  // relative to the jail ("" with stdout)
+  std::string shown;
+  remote_entry entry;
+  shared_dir dir;
+  util::unique_fd fd;
+  std::string leaf, part;  // part empty: an unnamed file, or stdout
+  bool private_part = false;
+  struct stat part_st {};  // the part file as opened (size: what to resume from; mode)
+  std::uint64_t pos = 0;
+  util::content_digest digest;
+  bool failed = false;
+  bool preallocated = false;  // blocks up to entry.size reserved (util::preallocate)
+  explicit file(bool sha) : digest(sha) {}
+  file(const file&) = delete;
+  file& operator=(const file&) = delete;
+  // A part left behind (failure, lost connection) keeps only its data.
+  ~file() { release(); }
+  void release() noexcept {
+    if (preallocated && fd) util::release_preallocation(fd.get());
+    preallocated = false;
+  }
+};
+
+struct download::commit {
+  util::unique_fd file;
+  shared_dir dir;
+  std::string part, leaf, shown;  // part empty: an unnamed file (util::open_unnamed)
+  mode_t mode = 0644;
+  bool chmod = true;  // false: the part already has `mode`
+  std::optional<std::int64_t> mtime;
+};
+
+download::download(connection& c, file_client& files, const transfer_options& o) : c_(c), files_(files), o_(o) {}
+download::~download() = default;
+
+transfer_result download::run(const std::vector<std::string>& sources, const std::string& dest) {
+  detail::clock_guard timer{std::chrono::steady_clock::now(), r_};
+  choose_destination(sources, dest);
+  for (const auto& src : sources) plan_source(src);
+  drop_below_refused_links();
+  make_directories();
+  make_links();
+  check_links();
+  prog_.files_total = queue_.size();
+  for (const auto& f : queue_) prog_.bytes_total += f->entry.size;
+  const std::uint64_t fd_limit = util::raise_fd_limit();
+  commit_batch_ = static_cast<std::size_t>(
+      std::clamp<std::uint64_t>(fd_limit > 288 ? (fd_limit - 256) / 2 : 16, 16, max_commit_batch));
+  try {
+    transfer();
+  } catch (...) {
+    // The connection failed: the files already received and verified are
+    // committed all the same (an unnamed one would otherwise be lost).
+    commit_finished();
+    throw;
+  }
+  commit_finished();
+  restore_directory_attributes();
+  return std::move(r_);
+}
+
+// ------------------------------------------------------------------ plan
+
+void download::choose_destination(const std::vector<std::string>& sources, const std::string& dest) {
+  to_stdout_ = dest == "-";
+  if (to_stdout_) {
+    if (sources.size() != 1) {
+      throw client_error(failure::remote, "'-' (stdout) takes exactly one remote file", errc::bad_request);
+    }
+    return;
+  }
+  // Into an existing directory, or as a new name.
+  base_ = ".";
+  struct stat st {};
+  if (::stat(dest.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+    base_ = dest;
+  } else {
+    if (sources.size() > 1) {
+      throw client_error(failure::remote, dest + ": not a directory (several sources)", errc::not_found);
+    }
+    std::string d = dest;
+    while (d.size() > 1 && d.back() == '/') d.pop_back();
+    auto slash = d.rfind('/');
+    base_ = slash == std::string::npos ? "." : (slash == 0 ? "/" : d.substr(0, slash));
+    new_name_ = slash == std::string::npos ? d : d.substr(slash + 1);
+    if (!util::check_name(new_name_).empty()) {
+      throw client_error(failure::remote, dest + ": not a usable local name", errc::bad_path);
+    }
+  }
+  try {
+    base_jail_ = std::make_unique<util::dir_jail>(base_, true);
+  } catch (const std::system_error& e) {
+    throw client_error(failure::remote, "local destination " + base_ + ": " + e.code().message(),
+                       local_errc(e.code().value()));
+  }
+}
+
+void download::refuse(const std::string& shown, const std::string& why) {
+  r_.errors.push_back({shown, errc::bad_path, "refused a name from the server: '" + shown + "': " + why});
+}
+
+void download::plan_source(const std::string& src_in) {
+  if (std::string why = util::check_relative_path(src_in); !why.empty()) {
+    r_.errors.push_back({src_in, errc::bad_path, "'" + src_in + "': " + why});
+    return;
+  }
+  const std::string src = util::normalize_relative(src_in);
+  remote_entry top;
+  try {
+    top = files_.stat(src);
+  } catch (const client_error& e) {
+    if (e.kind() != failure::remote && e.kind() != failure::permission) throw;
+    r_.errors.push_back({src, e.code().value_or(errc::io_error), e.what()});
+    return;
+  }
+  const std::string root_name = new_name_.empty() ? (src.empty() ? std::string() : base_name(src)) : new_name_;
+  if (top.type == "dir") {
+    if (to_stdout_ || !o_.recursive) {
+      r_.errors.push_back({src, errc::bad_request, "'" + src + "' is a directory" + (to_stdout_ ? "" : " (use -r)")});
+      return;
+    }
+    return plan_tree(src, top, root_name);
+  }
+  if (!to_stdout_ && root_name.empty()) {
+    r_.errors.push_back({src, errc::bad_path, "no local name for '" + src + "'"});
+    return;
+  }
+  auto f = std::make_unique<file>(o_.sha256);
+  f->remote = src;
+  f->jail = base_jail_.get();
+  f->local = f->shown = root_name;
+  f->entry = top;
+  queue_.push_back(std::move(f));
+}
+
+const util::dir_jail* download::make_tree_root(const std::string& root_name, const std::string& shown) {
+  // The tree's own directory (the share's root lands in the destination
+  // itself): everything the server lists goes beneath it, and the kernel
+  // holds it there.
+  if (root_name.empty()) return base_jail_.get();
+  if (int e = make_dirs(*base_jail_, root_name)) {
+    r_.errors.push_back({shown, local_errc(e), download_message(e, "mkdir " + shown)});
+    return nullptr;
+  }
+  ++r_.dirs;
+  const int fd = base_jail_->open(root_name, O_PATH | O_DIRECTORY | O_NOFOLLOW);
+  if (fd < 0) {
+    r_.errors.push_back({shown, local_errc(-fd), download_message(-fd, shown)});
+    return nullptr;
+  }
+  trees_.push_back(std::make_unique<util::dir_jail>(fd, true));
+  return trees_.back().get();
+}
+
+void download::plan_tree(const std::string& src, const remote_entry& top, const std::string& root_name) {
+  std::vector<remote_entry> entries;
+  try {
+    entries = files_.list(src, true);
+  } catch (const client_error& e) {
+    if (e.kind() != failure::remote && e.kind() != failure::permission) throw;
+    r_.errors.push_back({src, e.code().value_or(errc::io_error), e.what()});
+    return;
+  }
+  const util::dir_jail* tree = make_tree_root(root_name, root_name.empty() ? base_ : root_name);
+  if (!tree) return;
+  if (!root_name.empty()) dirs_.push_back({base_jail_.get(), root_name, root_name, top, true});  // for -p
+  for (const auto& e : entries) plan_entry(*tree, root_name, src, e);
+}
+
+void download::plan_entry(const util::dir_jail& tree, const std::string& root_name, const std::string& src,
+                          const remote_entry& e) {
+  const std::string shown_remote = join(src, e.name);
+  if (std::string why = util::check_relative_path(e.name); !why.empty() || util::normalize_relative(e.name).empty()) {
+    return refuse(shown_remote, why.empty() ? "an entry must name something below the directory, not '" + e.name + "'"
+                                            : why);
+  }
+  const std::string rel = util::normalize_relative(e.name);
+  for (auto n : util::split_relative(rel)) {
+    if (util::is_part_file_name(n)) return refuse(shown_remote, "reserved name");
+  }
+  const std::string shown = join(root_name, rel);
+  if (e.type == "dir") {
+    dirs_.push_back({&tree, rel, shown, e});
+  } else if (e.type == "symlink") {
+    // Lexically, from the tree's own root: a link may point anywhere in the
+    // tree, never above it, never to an absolute path.
+    if (!util::symlink_target_inside(rel, e.target)) {
+      refused_links_.push_back({&tree, rel, shown, e});
+      return refuse(shown_remote, "the link's target '" + e.target + "' points outside the destination");
+    }
+    links_.push_back({&tree, rel, shown, e});
+  } else if (e.type == "file") {
+    auto f = std::make_unique<file>(o_.sha256);
+    f->remote = shown_remote;
+    f->jail = &tree;
+    f->local = rel;
+    f->shown = shown;
+    f->entry = e;
+    queue_.push_back(std::move(f));
+  }
+}
+
+void download::drop_below_refused_links() {
+  if (refused_links_.empty()) return;
+  auto below_refused = [&](const util::dir_jail* jail, const std::string& rel) -> const item* {
+    for (const auto& l : refused_links_) {
+      if (l.jail == jail && rel.size() > l.local.size() && rel.compare(0, l.local.size(), l.local) == 0 &&
+          rel[l.local.size()] == '/') {
+        return &l;
+      }
+    }
+    return nullptr;
+  };
+  auto drop = [&](auto& items, auto jail_of, auto rel_of, auto shown_of) {
+    std::erase_if(items, [&](const auto& x) {
+      const item* l = below_refused(jail_of(x), rel_of(x));
+      if (l) refuse(shown_of(x), "it is listed below the refused link '" + l->shown + "'");
+      return l != nullptr;
+    });
+  };
+  drop(dirs_, [](const item& x) { return x.jail; }, [](const item& x) { return x.local; },
+       [](const item& x) { return x.shown; });
+  drop(links_, [](const item& x) { return x.jail; }, [](const item& x) { return x.local; },
+       [](const item& x) { return x.shown; });
+  drop(queue_, [](const std::unique_ptr<file>& f) { return f->jail; },
+       [](const std::unique_ptr<file>& f) { return f->local; }, [](const std::unique_ptr<file>& f) { return f->shown; });
+}
+
+// ------------------------------------------------------------------ shape
+
+void download::make_directories() {
+  for (const auto& d : dirs_) {
+    if (d.made) continue;  // a tree's root, made with its plan
+    if (int e = make_dirs(*d.jail, d.local)) {
+      r_.errors.push_back({d.shown, local_errc(e), download_message(e, "mkdir " + d.shown)});
+    } else {
+      ++r_.dirs;
+    }
+  }
+}
+
+void download::make_links() {
+  for (const auto& l : links_) {
+    std::string leaf;
+    util::unique_fd dir(l.jail->open_parent(l.local, leaf));
+    if (!dir) {
+      r_.errors.push_back({l.shown, local_errc(-dir.get()), download_message(-dir.get(), l.shown)});
+      continue;
+    }
+    const std::string tmp = util::part_file_name(leaf) + "." + util::random_hex64();
+    if (::symlinkat(l.entry.target.c_str(), dir.get(), tmp.c_str()) != 0 ||
+        ::renameat2(dir.get(), tmp.c_str(), dir.get(), leaf.c_str(), o_.no_clobber ? RENAME_NOREPLACE : 0) != 0) {
+      const int err = errno;
+      ::unlinkat(dir.get(), tmp.c_str(), 0);
+      r_.errors.push_back({l.shown, local_errc(err), download_message(err, l.shown)});
+      continue;
+    }
+    ++r_.symlinks;
+  }
+}
+
+void download::check_links() {
+  // Now that every link exists, let the kernel follow each one from the
+  // tree's root (and only for this check): a chain of links must not lead
+  // outside the tree. A link that does is removed again.
+  for (const auto& l : links_) {
+    util::unique_fd probe(util::open_beneath(l.jail->root_fd(), l.local, O_PATH));
+    if (probe || -probe.get() == ENOENT || -probe.get() == ELOOP) continue;
+    std::string leaf;
+    util::unique_fd dir(l.jail->open_parent(l.local, leaf));
+    struct stat st {};
+    if (dir && ::fstatat(dir.get(), leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode)) {
+      ::unlinkat(dir.get(), leaf.c_str(), 0);
+      --r_.symlinks;
+    }
+    refuse(l.shown, "the link's target '" + l.entry.target + "' leads outside the destination (through other links)");
+  }
+}
+
+void download::restore_directory_attributes() {
+  if (!o_.preserve || to_stdout_) return;
+  // Directory times last: creating files inside changes them.
+  for (auto it = dirs_.rbegin(); it != dirs_.rend(); ++it) {
+    util::unique_fd fd(it->jail->open(it->local, O_RDONLY | O_DIRECTORY | O_NOFOLLOW));
+    if (!fd) continue;
+    ::fchmod(fd.get(), static_cast<mode_t>(it->entry.mode & 0777));
+    util::set_mtime_ns(fd.get(), it->entry.mtime_ns);
+  }
+}
+
+// ------------------------------------------------------------------ files
+
+bool download::open_dir(file& f) {
+  const auto slash = f.local.rfind('/');
+  const std::string_view parent =
+      slash == std::string::npos ? std::string_view() : std::string_view(f.local).substr(0, slash);
+  if (last_dir_ && f.jail == last_jail_ && parent == last_parent_) {
+    f.leaf = f.local.substr(slash == std::string::npos ? 0 : slash + 1);
+    f.dir = last_dir_;
+    return true;
+  }
+  util::unique_fd d(f.jail->open_parent(f.local, f.leaf));
+  if (!d) {
+    const int e = -d.release();
+    r_.errors.push_back({f.shown, local_errc(e), download_message(e, f.shown)});
+    return false;
+  }
+  last_dir_ = std::make_shared<const util::unique_fd>(std::move(d));
+  last_jail_ = f.jail;
+  last_parent_.assign(parent);
+  f.dir = last_dir_;
+  return true;
+}
+
+bool download::prepare(file& f) {
+  // Open each file's part just before requesting it. A file small enough
+  // to arrive in one frame gets an unnamed file, linked into place once it
+  // is verified: nothing to lock, rename or clean up, and nothing to
+  // resume (it would be sent whole anyway). A larger one gets its named,
+  // resumable part.
+  if (to_stdout_) return true;
+  if (!open_dir(f)) return false;
+  const int dir = f.dir->get();
+  struct stat st {};
+  if (o_.no_clobber && ::fstatat(dir, f.leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) {
+    r_.errors.push_back({f.shown, errc::exists, f.shown + ": already exists (--no-clobber)"});
+    return false;
+  }
+  // New files get their final mode (less the umask) at once, so that
+  // committing them needs no chmod; -p modes are set at commit.
+  const mode_t create_mode = o_.preserve ? 0600 : 0666;
+  int fd = f.entry.size <= inline_max ? util::open_unnamed(dir, create_mode, f.part_st) : -EOPNOTSUPP;
+  if (fd >= 0) {
+    f.part.clear();
+  } else if (fd == -EOPNOTSUPP) {
+    f.part = util::part_file_name(f.leaf);
+    fd = util::open_locked_part(dir, f.part, f.private_part, create_mode, &f.part_st);
+  }
+  if (fd < 0) {
+    r_.errors.push_back({f.shown, local_errc(-fd), download_message(-fd, f.shown)});
+    return false;
+  }
+  f.fd.reset(fd);
+  // Reserve the file's space before asking for its bytes: a disk that
+  // cannot hold it is reported now, and nothing is sent. (get.begin
+  // reserves again only if the server's size differs or the part was
+  // truncated, which gave the blocks back.)
+  const auto have = static_cast<std::uint64_t>(f.part_st.st_size);
+  if (f.entry.size > inline_max && f.entry.size > have) {
+    if (int e = util::preallocate(fd, have, f.entry.size - have)) {
+      r_.errors.push_back({f.shown, local_errc(e), local_message(e, f.shown)});
+      if (have == 0 && !f.part.empty()) ::unlinkat(dir, f.part.c_str(), 0);  // empty: nothing to resume
+      f.fd.reset();
+      f.dir.reset();
+      return false;
+    }
+    f.preallocated = true;
+  }
+  return true;
+}
+
+void download::send_next() {
+  // Requests go out in batches, queued and written together: refilling
+  // the window one request per finished file cost a write per file.
+  if (waiting_.size() > window_gets / 2) return;
+  while (next_ < queue_.size() && waiting_.size() < window_gets) {
+    file& f = *queue_[next_++];
+    if (!prepare(f)) {
+      ++prog_.files_done;
+      continue;
+    }
+    json h = {{"type", "get"}, {"path", f.remote}};
+    if (o_.sha256) h["verify"] = "sha256";
+    const struct stat& st = f.part_st;
+    if (!to_stdout_ && st.st_size > 0 && static_cast<std::uint64_t>(st.st_size) <= f.entry.size) {
+      // A part from an interrupted run: offer it; the server checks it.
+      if (util::hash_file_range(f.fd.get(), 0, static_cast<std::uint64_t>(st.st_size), f.digest) == 0) {
+        h["offset"] = static_cast<std::uint64_t>(st.st_size);
+        h["xxh3"] = f.digest.xxh3_hex();
+      } else {
+        f.digest.reset();
+      }
+    }
+    const auto id = c_.next_id();
+    h["id"] = id;
+    c_.queue(h);
+    waiting_[id] = &f;
+  }
+  c_.flush();
+}
+
+void download::transfer() {
+  send_next();
+  while (!waiting_.empty()) {
+    proto::frame f = c_.receive_streamed(
+        [&](const json& h) {
+          current_ = nullptr;
+          if (h.value("type", "") != "get.data") return false;
+          auto it = waiting_.find(h.value("id", std::uint64_t{0}));
+          if (it == waiting_.end()) return false;
+          current_ = it->second;
+          return true;
+        },
+        [&](std::string_view part) {
+          if (current_) write_data(*current_, part);
+        });
+    on_frame(f);
+  }
+}
+
+void download::on_frame(proto::frame& frame) {
+  auto id = frame.id();
+  auto it = id ? waiting_.find(*id) : waiting_.end();
+  if (it == waiting_.end()) return;
+  file& f = *it->second;
+  const auto type = frame.type();
+  if (type == "get.data") {
+    if (!frame.body.empty()) write_data(f, frame.body);  // (a body that was not streamed)
+    return;
+  }
+  if (type == "get.begin") return on_begin(f, frame);
+  waiting_.erase(it);
+  if (type == "get.file") {
+    f.digest.reset();
+    f.pos = 0;
+    truncate_part(f);
+    write_data(f, frame.body);
+    finish(f, frame.header);
+  } else if (type == "get.end") {
+    finish(f, frame.header);
+  } else if (type == proto::type::error) {
+    auto e = error_from_frame(frame);
+    ++prog_.files_done;
+    fail(f, e.code().value_or(errc::io_error), f.remote + ": " + frame.header.value("message", e.what()),
+         e.code() == errc::integrity);
+    if (f.private_part && f.dir) ::unlinkat(f.dir->get(), f.part.c_str(), 0);
+  }
+  if (f.failed) f.fd.reset(), f.dir.reset();
+  send_next();
+}
+
+void download::on_begin(file& f, const proto::frame& frame) {
+  const auto offset = frame.header.value("offset", std::uint64_t{0});
+  if (offset != f.digest.bytes() || offset == 0) {
+    // The server did not take our part (or there was none): start over,
+    // dropping whatever an earlier attempt left in the part file.
+    f.digest.reset();
+    truncate_part(f);
+    f.pos = 0;
+  } else {
+    f.pos = offset;
+    r_.resumed_bytes += offset;
+    prog_.bytes_done += offset;
+  }
+  const std::uint64_t listed_size = f.entry.size;
+  f.entry.size = frame.header.value("size", f.entry.size);
+  // Reserve the blocks still to come, unless the reservation made before
+  // the request still covers them: a full disk is reported now, not
+  // halfway, and writing into reserved blocks is cheaper.
+  const bool still_reserved = f.preallocated && f.entry.size == listed_size;
+  if (!to_stdout_ && !f.failed && f.entry.size > f.pos && !still_reserved) {
+    if (int e = util::preallocate(f.fd.get(), f.pos, f.entry.size - f.pos)) {
+      fail(f, local_errc(e), local_message(e, f.shown), f.pos == 0);  // an empty part: nothing to resume
+    } else {
+      f.preallocated = true;
+    }
+  }
+}
+
+void download::write_data(file& f, std::string_view data) {
+  if (f.failed) return;
+  int e = 0;
+  if (to_stdout_) {
+    e = util::write_all(1, data.data(), data.size());
+  } else {
+    std::size_t off = 0;
+    while (off < data.size()) {
+      ssize_t w = ::pwrite(f.fd.get(), data.data() + off, data.size() - off, static_cast<off_t>(f.pos + off));
+      if (w < 0) {
+        if (errno == EINTR) continue;
+        e = errno;
+        break;
+      }
+      off += static_cast<std::size_t>(w);
+    }
+  }
+  if (e) return fail(f, local_errc(e), local_message(e, to_stdout_ ? "writing to stdout" : f.shown), false);
+  f.digest.update(data.data(), data.size());
+  constexpr std::uint64_t writeback_step = 16u << 20;
+  if (o_.fsync && !to_stdout_ && (f.pos + data.size()) / writeback_step != f.pos / writeback_step) {
+    // Start writing back what is complete, so the final fsync has little
+    // left to do: the disk works while the network does.
+    const std::uint64_t end = (f.pos + data.size()) / writeback_step * writeback_step;
+    ::sync_file_range(f.fd.get(), static_cast<off_t>(end - writeback_step), static_cast<off_t>(writeback_step),
+                      SYNC_FILE_RANGE_WRITE);
+  }
+  f.pos += data.size();
+  prog_.bytes_done += data.size();
+  if (o_.on_progress) o_.on_progress(prog_);
+}
+
+void download::truncate_part(file& f) {
+  // Empties a part before the server's content is written from offset 0
+  // (an earlier attempt may have left bytes in it); a new part is empty.
+  if (to_stdout_ || f.part_st.st_size == 0) return;
+  if (::ftruncate(f.fd.get(), 0) != 0) return fail(f, local_errc(errno), local_message(errno, f.shown), false);
+  f.part_st.st_size = 0;
+  f.preallocated = false;  // truncating gave the reserved blocks back
+}
+
+void download::fail(file& f, errc code, const std::string& message, bool drop_part) {
+  if (!f.failed) r_.errors.push_back({to_stdout_ ? f.remote : f.shown, code, message});
+  f.failed = true;
+  if (drop_part && f.dir && !f.part.empty()) ::unlinkat(f.dir->get(), f.part.c_str(), 0);
+  f.release();
+}
+
+void download::finish(file& f, const json& h) {
+  ++prog_.files_done;
+  if (f.failed) return;
+  const std::string want = h.value("xxh3", "");
+  if (f.pos != h.value("size", f.pos) || want != f.digest.xxh3_hex() ||
+      (o_.sha256 && h.value("sha256", "") != f.digest.sha256_hex())) {
+    return fail(f, errc::integrity,
+                (to_stdout_ ? f.remote : f.shown) + ": content digest mismatch (server " + want + ", received " +
+                    f.digest.xxh3_hex() + ")" + (to_stdout_ ? "" : "; the file was not committed"),
+                true);
+  }
+  r_.bytes += f.pos;
+  if (to_stdout_) {
+    ++r_.files;
+    return;
+  }
+  commit c;
+  c.file = std::move(f.fd);
+  c.dir = std::move(f.dir);
+  c.part = f.part;
+  c.leaf = f.leaf;
+  c.shown = f.shown;
+  c.mode = o_.preserve ? static_cast<mode_t>(f.entry.mode & 0777) : util::default_file_mode();
+  c.chmod = (f.part_st.st_mode & 07777) != c.mode;
+  if (o_.preserve) c.mtime = h.value("mtime_ns", f.entry.mtime_ns);
+  batch_.push_back(std::move(c));
+  if (batch_.size() >= commit_batch_) commit_finished();
+}
+
+void download::commit_finished() {
+  // Flushes and renames a batch of finished downloads: one syncfs() for all.
+  if (batch_.empty()) return;
+  std::vector<int> err(batch_.size(), 0);
+  for (std::size_t i = 0; i < batch_.size(); ++i) {
+    auto& c = batch_[i];
+    if (c.chmod && ::fchmod(c.file.get(), c.mode) != 0) err[i] = errno;
+    if (!err[i] && c.mtime) err[i] = util::set_mtime_ns(c.file.get(), *c.mtime);
+  }
+  int rc = !o_.fsync ? 0 : batch_.size() == 1 ? ::fsync(batch_.front().file.get()) : ::syncfs(batch_.front().file.get());
+  if (rc != 0) {
+    const int e = errno;
+    for (auto& x : err) x = x ? x : e;
+  }
+  for (std::size_t i = 0; i < batch_.size(); ++i) {
+    auto& c = batch_[i];
+    const int dir = c.dir->get();
+    if (!err[i] && c.part.empty()) {
+      // Linked into place; a part an earlier, larger version left goes.
+      err[i] = util::link_unnamed(c.file.get(), dir, c.leaf.c_str(), o_.no_clobber);
+      if (!err[i]) util::drop_stale_part(dir, c.leaf);
+    } else if (!err[i] &&
+               ::renameat2(dir, c.part.c_str(), dir, c.leaf.c_str(), o_.no_clobber ? RENAME_NOREPLACE : 0) != 0) {
+      err[i] = errno;
+    }
+    if (err[i]) {
+      // Refused for good (the name is taken, or a directory is in the
+      // way): the part goes. (An unnamed file vanishes when closed.)
+      if ((err[i] == EEXIST || err[i] == EISDIR) && !c.part.empty()) ::unlinkat(dir, c.part.c_str(), 0);
+      r_.errors.push_back({c.shown, local_errc(err[i]),
+                           err[i] == EEXIST ? c.shown + ": already exists (--no-clobber)"
+                                            : local_message(err[i], c.shown)});
+    } else {
+      ++r_.files;
+    }
+  }
+  batch_.clear();
+}
+
+}  // namespace cskit::client

@@ -1,0 +1,101 @@
+#pragma once
+// `cskit get`: downloads files and trees (docs/protocol.md, "Download").
+//
+// A server is never trusted. Every name it sends is checked by syntax, and
+// everything a download creates stays beneath the tree it creates, enforced
+// by the kernel at open time from that tree's own root (openat2 with
+// RESOLVE_BENEATH), never its parent; no symlink below the root is ever
+// followed (RESOLVE_NO_SYMLINKS): a link the server sends is written as a
+// link, checked not to lead outside the tree, and never walked through.
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "client/files.hpp"
+#include "util/digest.hpp"
+#include "util/file_io.hpp"
+#include "util/jail.hpp"
+
+namespace cskit::client {
+
+class download {
+ public:
+  download(connection& c, file_client& files, const transfer_options& o);
+  download(const download&) = delete;
+  download& operator=(const download&) = delete;
+  ~download();
+
+  /// Downloads `sources` into `dest` (an existing local directory, a new
+  /// name for one source, or "-" for stdout). Throws client_error for
+  /// connection-level failures; per-item failures are in the result.
+  transfer_result run(const std::vector<std::string>& sources, const std::string& dest);
+
+ private:
+  struct item;  // a directory, link or file to create, beneath its tree's root
+  struct file;  // a file being downloaded
+  using shared_dir = std::shared_ptr<const util::unique_fd>;
+
+  // Where things go, and what to fetch.
+  void choose_destination(const std::vector<std::string>& sources, const std::string& dest);
+  void plan_source(const std::string& src_in);
+  void plan_tree(const std::string& src, const remote_entry& top, const std::string& root_name);
+  void plan_entry(const util::dir_jail& tree, const std::string& root_name, const std::string& src,
+                  const remote_entry& e);
+  const util::dir_jail* make_tree_root(const std::string& root_name, const std::string& shown);
+  void refuse(const std::string& shown, const std::string& why);
+  /// Drops (and reports) what the listing put below a link that was
+  /// refused: a server that lists entries under a link is never obliged.
+  void drop_below_refused_links();
+
+  // The tree's shape, before any file.
+  void make_directories();
+  void make_links();
+  void check_links();
+
+  // The files.
+  bool open_dir(file& f);
+  bool prepare(file& f);
+  void send_next();
+  void transfer();
+  void on_frame(proto::frame& f);
+  void on_begin(file& f, const proto::frame& frame);
+  void write_data(file& f, std::string_view data);
+  void truncate_part(file& f);
+  void finish(file& f, const proto::json& h);
+  void fail(file& f, proto::errc code, const std::string& message, bool drop_part);
+  void commit_finished();
+  void restore_directory_attributes();
+
+  connection& c_;
+  file_client& files_;
+  const transfer_options& o_;
+  transfer_result r_;
+  transfer_progress prog_;
+
+  bool to_stdout_ = false;
+  std::string base_;      // the local directory things go into
+  std::string new_name_;  // one source under a new name
+  std::unique_ptr<util::dir_jail> base_jail_;
+  std::vector<std::unique_ptr<util::dir_jail>> trees_;  // one per tree downloaded
+
+  std::vector<item> dirs_;
+  std::vector<item> links_;
+  std::vector<item> refused_links_;
+  std::vector<std::unique_ptr<file>> queue_;
+
+  struct commit;
+  std::vector<commit> batch_;  // verified files waiting for one flush
+  std::size_t commit_batch_ = 16;
+  std::map<std::uint64_t, file*> waiting_;  // request id -> file, in request order
+  std::size_t next_ = 0;
+  file* current_ = nullptr;  // the file whose get.data is arriving
+  // The directory of the last file prepared: a tree's files come directory
+  // by directory and share one descriptor.
+  const util::dir_jail* last_jail_ = nullptr;
+  std::string last_parent_;
+  shared_dir last_dir_;
+};
+
+}  // namespace cskit::client
