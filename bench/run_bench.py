@@ -65,20 +65,25 @@ def start_server(binary, *args, root=None):
                           "--state-dir", os.path.join(tmp, "state"), "--log-level", "warn", *args],
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + 20
-    port = None
     while time.monotonic() < deadline:
         r, _, _ = select.select([p.stdout], [], [], 1)
         if not r:
             continue
         line = p.stdout.readline().decode()
         m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
-        if m:
-            port = int(m.group(1))
-        m = re.search(r"server key (SHA256:[A-Za-z0-9+/]{43})", line)
-        if m:
-            trust(CLIENT_HOME, port, m.group(1))
-        if port and (line.startswith("connect:") or "tls: OFF" in line):
-            return p, port, tmp
+        if not m:
+            continue
+        port = int(m.group(1))
+        # The rest of the banner was written with that line (one flush); it
+        # ends with the "connect:" line.
+        for _ in range(50):
+            line = p.stdout.readline().decode()
+            m = re.search(r"server key (SHA256:[A-Za-z0-9+/]{43})", line)
+            if m:
+                trust(CLIENT_HOME, port, m.group(1))
+            if not line or line.startswith("connect:"):
+                break
+        return p, port, tmp
     p.kill()
     raise RuntimeError("server did not start")
 

@@ -194,6 +194,7 @@ void connection::ensure_writer() {
 
 void connection::part_done() {
   if (--running_ > 0) return;
+  admission_.release();
   handler_->on_close(*this, close_reason_);
   if (on_finished_) {
     auto f = std::move(on_finished_);
@@ -550,8 +551,16 @@ void connection::close_now(std::string_view reason) {
   resume_reader();
 }
 
+void connection::run_after(std::chrono::milliseconds delay, std::function<void()> fn) {
+  auto timer = std::make_shared<asio::steady_timer>(executor_, delay);
+  timer->async_wait([self = shared_from_this(), timer, fn = std::move(fn)](const error_code& ec) {
+    if (!ec && !self->closing()) self->guarded(fn);
+  });
+}
+
 void connection::set_authenticated() noexcept {
   authenticated_ = true;
+  admission_.release();
   last_activity_ = clock::now();
 }
 

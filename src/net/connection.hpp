@@ -25,6 +25,7 @@
 #include <string_view>
 #include <vector>
 
+#include "net/admission.hpp"
 #include "proto/frame.hpp"
 
 namespace cskit::net {
@@ -148,8 +149,16 @@ class connection : public std::enable_shared_from_this<connection> {
   void close_now(std::string_view reason);
 
   /// After authentication the read deadline changes from the handshake
-  /// deadline to the idle deadline.
+  /// deadline to the idle deadline, and the admission slot is given back.
   void set_authenticated() noexcept;
+  /// The connection's slot among those not logged in yet (given back when
+  /// it logs in or closes).
+  void hold_admission(admission_slot slot) noexcept { admission_ = std::move(slot); }
+  /// When the connection must have logged in (the handshake deadline).
+  clock::time_point login_deadline() const noexcept { return opened_ + limits_.handshake_timeout; }
+  /// Runs `fn` on this connection's thread after `delay`, unless the
+  /// connection is closing by then.
+  void run_after(std::chrono::milliseconds delay, std::function<void()> fn);
   /// Counts as activity for the idle deadline (long server-side streams).
   void touch() noexcept { last_activity_ = clock::now(); }
   /// When a frame last arrived from the peer (or touch() was called).
@@ -225,6 +234,7 @@ class connection : public std::enable_shared_from_this<connection> {
   proto::frame_decoder decoder_;
   state state_ = state::open;
   bool authenticated_ = false;
+  admission_slot admission_;
   bool peer_eof_ = false;  // the peer half-closed (FIN received)
   int running_ = 0;  // reader and writer still active
   std::string close_reason_;

@@ -1,5 +1,6 @@
 #include "net/tcp_server.hpp"
 
+#include "net/admission.hpp"
 #include "net/endpoint.hpp"
 #include "net/listeners.hpp"
 
@@ -42,6 +43,9 @@ struct tcp_server::impl {
 
   server_options options;
   handler_factory factory;
+  // Declared before `loops`: the connections on them give their slots back
+  // when they are destroyed.
+  admission logins;
   std::vector<std::unique_ptr<loop>> loops;
   tcp::acceptor acceptor;
   asio::signal_set signals;
@@ -60,6 +64,7 @@ struct tcp_server::impl {
   impl(server_options o, handler_factory f)
       : options(std::move(o)),
         factory(std::move(f)),
+        logins(options.max_unauthenticated, options.max_unauthenticated_per_source),
         loops(make_loops(options.threads)),
         acceptor(loops[0]->ioc),
         signals(loops[0]->ioc, SIGINT, SIGTERM) {}
@@ -76,13 +81,13 @@ struct tcp_server::impl {
   static constexpr std::size_t max_lingering = 64;
   std::atomic<std::size_t> lingering{0};
 
-  void reject(tcp::socket s, proto::errc code) {
+  void reject(tcp::socket s, proto::errc code, std::string_view message = {}) {
     // Best effort, never blocks: the socket is fresh, so its send buffer has
     // room. The frame is cleartext even when the server speaks TLS: a
     // client shows it as sent before TLS, unauthenticated.
     error_code ec;
     s.non_blocking(true, ec);
-    std::string bytes = proto::encode_frame(proto::make_error(code));
+    std::string bytes = proto::encode_frame(proto::make_error(code, message));
     s.send(asio::buffer(bytes), 0, ec);
     s.shutdown(tcp::socket::shutdown_send, ec);
     if (lingering >= max_lingering) {
@@ -120,8 +125,44 @@ struct tcp_server::impl {
     });
   }
 
-  void adopt(loop& l, tcp::socket s) {
+  // Refusals are logged at most once a second (a flood must not flood the log).
+  clock::time_point last_refusal_log{};
+  std::size_t refusals_unlogged = 0;
+
+  void log_refusal(const std::string& what) {
+    ++refusals_unlogged;
+    const auto now = clock::now();
+    if (now - last_refusal_log < std::chrono::seconds(1)) return;
+    spdlog::warn("refusing connections: {} ({} refused since the last such message)", what, refusals_unlogged);
+    refusals_unlogged = 0;
+    last_refusal_log = now;
+  }
+
+  // A slot among the connections not logged in yet, or the refusal.
+  bool admit(tcp::socket& s, admission_slot& slot) {
+    error_code ec;
+    const auto ep = s.remote_endpoint(ec);
+    const source_key key = source_key::of(ec ? std::string() : ep.address().to_string());
+    switch (logins.acquire(key)) {
+      case admission::verdict::admitted: slot = admission_slot(&logins, key); return true;
+      case admission::verdict::source_full:
+        log_refusal(fmt::format("{} already has {} connections that have not logged in", key.describe(),
+                                options.max_unauthenticated_per_source));
+        reject(std::move(s), proto::errc::too_many_connections,
+               "too many connections from your address have not logged in yet; try again later");
+        return false;
+      case admission::verdict::total_full:
+        log_refusal(fmt::format("{} connections have not logged in", options.max_unauthenticated));
+        reject(std::move(s), proto::errc::too_many_connections,
+               "too many connections have not logged in yet; try again later");
+        return false;
+    }
+    return false;
+  }
+
+  void adopt(loop& l, tcp::socket s, admission_slot slot) {
     auto c = std::make_shared<connection>(std::move(s), options.limits, factory(), &l.flush, options.tls);
+    c->hold_admission(std::move(slot));
     l.connections.emplace(c.get(), c);
     c->start([this, &l](connection& done) {
       l.connections.erase(&done);
@@ -146,15 +187,16 @@ struct tcp_server::impl {
         continue;
       }
       if (live.load(std::memory_order_relaxed) >= options.max_connections) {
-        error_code pe;
-        auto ep = s.remote_endpoint(pe);
-        spdlog::warn("refusing connection from {}: limit of {} connections reached",
-                     pe ? std::string("(unknown)") : ep.address().to_string(), options.max_connections);
+        log_refusal(fmt::format("the limit of {} connections is reached", options.max_connections));
         reject(std::move(s), proto::errc::too_many_connections);
         continue;
       }
+      admission_slot slot;
+      if (!admit(s, slot)) continue;
       live.fetch_add(1, std::memory_order_relaxed);
-      asio::post(target.ioc, [this, &target, s = std::move(s)]() mutable { adopt(target, std::move(s)); });
+      asio::post(target.ioc, [this, &target, s = std::move(s), slot = std::move(slot)]() mutable {
+        adopt(target, std::move(s), std::move(slot));
+      });
     }
   }
 

@@ -19,6 +19,11 @@ struct server_options {
   std::uint16_t port = 0;
   unsigned threads = 1;
   std::size_t max_connections = 10000;
+  /// Connections not logged in yet (TLS handshake and login in progress):
+  /// at most this many in all, and at most max_unauthenticated_per_source
+  /// from one source (an IPv4 address, an IPv6 /64).
+  std::size_t max_unauthenticated = 4096;
+  std::size_t max_unauthenticated_per_source = 128;
   connection_limits limits;
   /// TLS for every connection; null serves cleartext (explicit opt-in only).
   std::shared_ptr<const tls::context> tls;

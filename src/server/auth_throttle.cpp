@@ -5,47 +5,80 @@
 
 namespace cskit::server {
 
-std::chrono::milliseconds auth_throttle::on_failure(const std::string& address, clock::time_point now) {
-  std::lock_guard lock(mutex_);
-  auto it = records_.find(address);
-  if (it == records_.end()) {
-    if (records_.size() >= policy_.max_entries) prune(now);
-    it = records_.emplace(address, record{}).first;
-  } else if (now - it->second.last > policy_.window) {
-    it->second.failures = 0;
+auth_throttle::record& auth_throttle::get(table& t, const std::string& key, clock::time_point now) {
+  auto it = t.find(key);
+  if (it == t.end()) {
+    if (t.size() >= policy_.max_entries) prune(t, now);
+    it = t.emplace(key, record{0, now, now}).first;
+  } else if (it->second.failures > 0 && now - it->second.last > policy_.window) {
+    it->second.failures = 0;  // forgotten
   }
-  record& r = it->second;
-  r.failures++;
-  r.last = now;
-  int excess = r.failures - policy_.free_failures;
+  return it->second;
+}
+
+std::chrono::milliseconds auth_throttle::penalty(int failures) const {
+  const int excess = failures - policy_.free_failures;
   if (excess <= 0) return std::chrono::milliseconds(0);
   auto delay = policy_.base_delay;
   for (int i = 1; i < excess && delay < policy_.max_delay; ++i) delay *= 2;
   return std::min(delay, policy_.max_delay);
 }
 
-void auth_throttle::on_success(const std::string& address) {
+std::optional<auth_throttle::clock::time_point> auth_throttle::admit(const std::string& source, const std::string& user,
+                                                                     std::chrono::milliseconds max_wait,
+                                                                     clock::time_point now) {
   std::lock_guard lock(mutex_);
-  records_.erase(address);
+  const record& s = get(sources_, source, now);
+  const record& u = get(users_, user, now);
+  const auto when = std::max({now, s.next, u.next});
+  if (when - now > max_wait) return std::nullopt;
+  return when;
 }
 
-int auth_throttle::failures(const std::string& address, clock::time_point now) const {
+void auth_throttle::on_failure(const std::string& source, const std::string& user, clock::time_point at) {
   std::lock_guard lock(mutex_);
-  auto it = records_.find(address);
-  if (it == records_.end() || now - it->second.last > policy_.window) return 0;
+  for (auto* t : {&sources_, &users_}) {
+    record& r = get(*t, t == &sources_ ? source : user, at);
+    ++r.failures;
+    r.last = at;
+    // The next attempt pays for this failure: the 4th waits base_delay,
+    // the 5th twice that, and so on.
+    r.next = std::max(r.next, at) + penalty(r.failures + 1);
+  }
+}
+
+void auth_throttle::on_success(const std::string& user) {
+  std::lock_guard lock(mutex_);
+  users_.erase(user);
+}
+
+int auth_throttle::failures(const table& t, const std::string& key, clock::time_point now) const {
+  auto it = t.find(key);
+  if (it == t.end() || now - it->second.last > policy_.window) return 0;
   return it->second.failures;
 }
 
-void auth_throttle::prune(clock::time_point now) {
-  std::erase_if(records_, [&](const auto& kv) { return now - kv.second.last > policy_.window; });
-  if (records_.size() < policy_.max_entries) return;
+int auth_throttle::source_failures(const std::string& source, clock::time_point now) const {
+  std::lock_guard lock(mutex_);
+  return failures(sources_, source, now);
+}
+
+int auth_throttle::user_failures(const std::string& user, clock::time_point now) const {
+  std::lock_guard lock(mutex_);
+  return failures(users_, user, now);
+}
+
+void auth_throttle::prune(table& t, clock::time_point now) {
+  // Expired: no failure within the window, and no slot still ahead.
+  std::erase_if(t, [&](const auto& kv) { return now - kv.second.last > policy_.window && kv.second.next <= now; });
+  if (t.size() < policy_.max_entries) return;
   std::vector<clock::time_point> times;
-  times.reserve(records_.size());
-  for (const auto& [k, r] : records_) times.push_back(r.last);
+  times.reserve(t.size());
+  for (const auto& [k, r] : t) times.push_back(r.last);
   auto mid = times.begin() + static_cast<std::ptrdiff_t>(times.size() / 2);
   std::nth_element(times.begin(), mid, times.end());
   const auto cutoff = *mid;
-  std::erase_if(records_, [&](const auto& kv) { return kv.second.last <= cutoff; });
+  std::erase_if(t, [&](const auto& kv) { return kv.second.last <= cutoff; });
 }
 
 }  // namespace cskit::server

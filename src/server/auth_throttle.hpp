@@ -1,16 +1,26 @@
 #pragma once
-// Slows down repeated authentication failures from one address.
+// Bounds how fast anyone can guess tokens (docs/protocol.md, "Failure
+// slow-down").
 //
-// Policy: the first `free_failures` failures within `window` cost nothing;
-// each further one delays the error reply by base_delay * 2^(k-1), capped at
-// max_delay. An address's record is forgotten `window` after its last
-// failure, or on a successful login. At most max_entries addresses are
-// tracked: when full, expired records are purged, then the oldest half.
-// Thread-safe.
+// Every login attempt is answered no earlier than the next free slot of its
+// source (an address, or an IPv6 /64) and of the user name it names. A
+// failure moves both slots on: the first `free_failures` within `window`
+// by nothing, then base_delay doubling up to max_delay. Attempts from many
+// connections of one source therefore queue up one after another instead of
+// being answered in parallel, so the guess rate is bounded whatever the
+// parallelism (the 4th attempt within `window` waits base_delay, each one
+// after it twice as long as the one before, up to max_delay), and an
+// attempt that would have to wait longer than the caller
+// allows is refused at once, without being tried. A success clears the
+// user's own record only: a valid login by one account never clears what
+// the source has failed. A record is forgotten `window` after its last
+// failure. At most max_entries records are kept: when full, expired
+// records are purged, then the oldest half. Thread-safe.
 
 #include <chrono>
 #include <cstddef>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <unordered_map>
 
@@ -31,22 +41,38 @@ class auth_throttle {
   auth_throttle() = default;
   explicit auth_throttle(policy p) : policy_(p) {}
 
-  /// Records a failure; returns how long to hold back the error reply.
-  std::chrono::milliseconds on_failure(const std::string& address, clock::time_point now = clock::now());
-  void on_success(const std::string& address);
-  /// Recent failures recorded for `address` (for tests and logs).
-  int failures(const std::string& address, clock::time_point now = clock::now()) const;
+  /// The time the attempt of `user` from `source` may be answered (now,
+  /// or later), or nullopt when that is more than `max_wait` away: refuse
+  /// the attempt without trying it. Call on_failure or on_success with the
+  /// result.
+  std::optional<clock::time_point> admit(const std::string& source, const std::string& user,
+                                         std::chrono::milliseconds max_wait, clock::time_point now = clock::now());
+  /// The attempt admitted for `at` failed: later attempts of that source
+  /// and that user wait for the penalty.
+  void on_failure(const std::string& source, const std::string& user, clock::time_point at);
+  /// The attempt succeeded: the user's record is cleared (not the source's).
+  void on_success(const std::string& user);
+
+  /// Recent failures recorded for a source (for tests and logs).
+  int source_failures(const std::string& source, clock::time_point now = clock::now()) const;
+  int user_failures(const std::string& user, clock::time_point now = clock::now()) const;
 
  private:
   struct record {
     int failures = 0;
-    clock::time_point last;
+    clock::time_point last;  // the last failure
+    clock::time_point next;  // no attempt is answered before
   };
-  void prune(clock::time_point now);
+  using table = std::unordered_map<std::string, record>;
+  record& get(table& t, const std::string& key, clock::time_point now);
+  std::chrono::milliseconds penalty(int failures) const;
+  void prune(table& t, clock::time_point now);
+  int failures(const table& t, const std::string& key, clock::time_point now) const;
 
   policy policy_;
   mutable std::mutex mutex_;
-  std::unordered_map<std::string, record> records_;
+  table sources_;
+  table users_;
 };
 
 }  // namespace cskit::server

@@ -58,6 +58,10 @@ void parse_server_table(const std::string& source, const toml::table& t, server_
     else if (key == "name") c.name = get_string(source, v, key);
     else if (key == "threads") c.threads = get_integer<unsigned>(source, v, key, 0, 1024);
     else if (key == "max_connections") c.max_connections = get_integer<std::size_t>(source, v, key, 1, 1000000);
+    else if (key == "max_unauthenticated") c.max_unauthenticated = get_integer<std::size_t>(source, v, key, 1, 1000000);
+    else if (key == "max_unauthenticated_per_address") {
+      c.max_unauthenticated_per_address = get_integer<std::size_t>(source, v, key, 1, 1000000);
+    }
     else if (key == "idle_timeout") c.idle_timeout = std::chrono::seconds(get_integer<int>(source, v, key, 1, 86400 * 7));
     else if (key == "handshake_timeout") c.handshake_timeout = std::chrono::seconds(get_integer<int>(source, v, key, 1, 3600));
     else if (key == "frame_timeout") c.frame_timeout = std::chrono::seconds(get_integer<int>(source, v, key, 1, 3600));

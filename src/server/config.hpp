@@ -45,6 +45,10 @@ struct server_config {
   std::string name;                 ///< server name shown to clients (default: host name)
   unsigned threads = 0;             ///< 0: one per core
   std::size_t max_connections = 10000;
+  /// Connections not logged in yet: in all, and from one address (IPv4) or
+  /// /64 (IPv6), so that one host cannot keep others from logging in.
+  std::size_t max_unauthenticated = 4096;
+  std::size_t max_unauthenticated_per_address = 128;
   std::chrono::seconds idle_timeout{300};
   std::chrono::seconds handshake_timeout{10};
   std::chrono::seconds frame_timeout{30};

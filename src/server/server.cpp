@@ -146,6 +146,8 @@ void run_server(server_config config, const serve_hooks& hooks) {
   o.port = listen->port;
   o.threads = config.threads ? config.threads : std::max(1u, std::thread::hardware_concurrency());
   o.max_connections = config.max_connections;
+  o.max_unauthenticated = config.max_unauthenticated;
+  o.max_unauthenticated_per_source = config.max_unauthenticated_per_address;
   o.limits.idle_timeout = config.idle_timeout;
   o.limits.handshake_timeout = config.handshake_timeout;
   o.limits.frame_timeout = config.frame_timeout;

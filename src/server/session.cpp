@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "net/admission.hpp"
 #include "net/tls.hpp"
 #include "proto/limits.hpp"
 #include "proto/messages.hpp"
@@ -90,6 +91,16 @@ void session::on_frame(net::connection& c, proto::frame&& f) {
     }
     return;
   }
+  if (welcome_pending_) {
+    // Held until the login's slot comes (a bounded amount).
+    held_bytes_ += f.body.size() + 256;
+    if (held_.size() >= 256 || held_bytes_ > (1u << 20)) {
+      c.fail(errc::bad_request, "too many requests sent ahead of the login's reply");
+      return;
+    }
+    held_.push_back(std::move(f));
+    return;
+  }
   if (!user_) {
     authenticate(c, f);
   } else {
@@ -138,6 +149,21 @@ void session::authenticate(net::connection& c, proto::frame& f) {
     binding = proto::nonce_binding(server_nonce_, *client_nonce);
   }
 
+  // Answered no earlier than the slot of this source and this user name
+  // (auth_throttle): parallel attempts queue up instead of multiplying the
+  // guess rate. One that would wait past the login deadline is not tried.
+  const auto now = auth_throttle::clock::now();
+  const std::string source = net::source_key::of(c.peer_address()).describe();
+  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(c.login_deadline() - now);
+  const auto when = ctx_.throttle.admit(source, name, std::max(std::chrono::milliseconds(0), left - std::chrono::seconds(1)), now);
+  if (!when) {
+    spdlog::warn("login of '{}' from {} refused untried: too many recent failures from {} or for this user", name,
+                 c.peer(), source);
+    c.fail(errc::auth_failed, "too many failed logins from your address or for this user: try again later", id);
+    return;
+  }
+  const auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(*when - now);
+
   // Always compute an HMAC, even for an unknown user, so that response
   // timing does not reveal which user names exist.
   const user_account* u = ctx_.find_user(name);
@@ -150,29 +176,45 @@ void session::authenticate(net::connection& c, proto::frame& f) {
     const std::string seen = h.value("binding", "");
     const bool relayed = kind == proto::binding_kind::tls_exporter && !seen.empty() &&
                          seen != proto::binding_check(binding);
-    auto delay = ctx_.throttle.on_failure(c.peer_address());
+    ctx_.throttle.on_failure(source, name, *when);
     spdlog::warn("authentication failed from {} for user '{}'{}{}", c.peer(), name,
                  relayed ? ": channel binding mismatch, the client's TLS session is not this one (a TLS-terminating "
                            "relay is in the path)"
                          : "",
-                 delay.count() ? fmt::format(" (reply delayed {} ms)", delay.count()) : "");
+                 wait.count() ? fmt::format(" (reply delayed {} ms)", wait.count()) : "");
     c.fail(errc::auth_failed,
            relayed ? "authentication failed: your proof is bound to another TLS session (a relay is in the path)"
                    : "authentication failed: unknown user or wrong token",
-           id, delay);
+           id, wait);
     return;
   }
-  ctx_.throttle.on_success(c.peer_address());
-  user_ = u;
+  ctx_.throttle.on_success(name);
+  const std::string server_proof =
+      proto::to_hex(proto::compute_proof(proto::proof_role::server, u->token, name, kind, binding));
+  if (wait.count() <= 0) return welcome(c, *u, id, server_proof);
+  welcome_pending_ = true;
+  spdlog::info("login of {} as {} held {} ms (recent failures from {})", c.peer(), u->name, wait.count(), source);
+  c.run_after(wait, [this, &c, u, id, server_proof] {
+    welcome(c, *u, id, server_proof);
+    auto held = std::move(held_);
+    held_.clear();
+    held_bytes_ = 0;
+    for (auto& f : held) {
+      if (c.closing()) break;
+      on_frame(c, std::move(f));
+    }
+  });
+}
+
+void session::welcome(net::connection& c, const user_account& u, std::optional<std::uint64_t> id,
+                      const std::string& proof) {
+  welcome_pending_ = false;
+  user_ = &u;
   c.set_authenticated();
-  spdlog::info("authenticated {} as {}", c.peer(), u->name);
-  auto server_proof = proto::compute_proof(proto::proof_role::server, u->token, name, kind, binding);
-  json welcome = {{"type", proto::type::welcome},
-                  {"user", u->name},
-                  {"permissions", u->permissions.names()},
-                  {"proof", proto::to_hex(server_proof)}};
-  if (id) welcome["id"] = *id;
-  c.send(welcome);
+  spdlog::info("authenticated {} as {}", c.peer(), u.name);
+  json w = {{"type", proto::type::welcome}, {"user", u.name}, {"permissions", u.permissions.names()}, {"proof", proof}};
+  if (id) w["id"] = *id;
+  c.send(w);
 }
 
 void session::dispatch(net::connection& c, proto::frame&& f) {

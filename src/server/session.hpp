@@ -38,11 +38,17 @@ class session final : public net::frame_handler {
 
  private:
   void authenticate(net::connection& c, proto::frame& f);
+  void welcome(net::connection& c, const user_account& u, std::optional<std::uint64_t> id, const std::string& proof);
   void dispatch(net::connection& c, proto::frame&& f);
 
   const server_context& ctx_;
   proto::nonce server_nonce_{};  // cleartext only
   std::string binding_;          // TLS: the connection's exporter value
+  // A login that succeeded but waits for its slot (auth_throttle): the
+  // frames pipelined behind it are held, and handled after `welcome`.
+  bool welcome_pending_ = false;
+  std::vector<proto::frame> held_;
+  std::size_t held_bytes_ = 0;
   const user_account* user_ = nullptr;
   std::uint64_t requests_ = 0;
   connection_scope scope_;

@@ -5,34 +5,114 @@
 using cskit::server::auth_throttle;
 using namespace std::chrono_literals;
 
-TEST(auth_throttle, free_failures_then_doubling_delay_with_cap) {
-  auth_throttle t;
-  auto now = auth_throttle::clock::now();
-  EXPECT_EQ(t.on_failure("10.0.0.1", now), 0ms);
-  EXPECT_EQ(t.on_failure("10.0.0.1", now), 0ms);
-  EXPECT_EQ(t.on_failure("10.0.0.1", now), 0ms);
-  EXPECT_EQ(t.on_failure("10.0.0.1", now), 250ms);
-  EXPECT_EQ(t.on_failure("10.0.0.1", now), 500ms);
-  EXPECT_EQ(t.on_failure("10.0.0.1", now), 1000ms);
-  for (int i = 0; i < 20; ++i) t.on_failure("10.0.0.1", now);
-  EXPECT_EQ(t.on_failure("10.0.0.1", now), 8000ms);
-  // Other addresses are unaffected.
-  EXPECT_EQ(t.on_failure("10.0.0.2", now), 0ms);
+namespace {
+// "prefix" and a number (built by append: GCC 12 reports false array-bounds
+// errors for `named("literal", n)`).
+std::string named(const char* prefix, int n) {
+  std::string s(prefix);
+  s.append(std::to_string(n));
+  return s;
 }
 
-TEST(auth_throttle, success_and_time_forget) {
+constexpr auto forever = std::chrono::milliseconds(24h);
+
+// One attempt at `now`; returns how long it waits, after failing.
+std::chrono::milliseconds fail_once(auth_throttle& t, const std::string& source, const std::string& user,
+                                    auth_throttle::clock::time_point now) {
+  auto when = t.admit(source, user, forever, now);
+  EXPECT_TRUE(when);
+  t.on_failure(source, user, *when);
+  return std::chrono::duration_cast<std::chrono::milliseconds>(*when - now);
+}
+}  // namespace
+
+TEST(auth_throttle, free_failures_then_doubling_waits_with_cap) {
   auth_throttle t;
   auto now = auth_throttle::clock::now();
-  for (int i = 0; i < 5; ++i) t.on_failure("a", now);
-  EXPECT_EQ(t.failures("a", now), 5);
-  t.on_success("a");
-  EXPECT_EQ(t.failures("a", now), 0);
-  EXPECT_EQ(t.on_failure("a", now), 0ms);
+  // Sequential attempts, each after the previous answer.
+  std::vector<std::chrono::milliseconds> waits;
+  for (int i = 0; i < 12; ++i) {
+    auto w = fail_once(t, "10.0.0.1", named("u", i), now);  // a new user each time: the source decides
+    waits.push_back(w);
+    now += w;
+  }
+  EXPECT_EQ(waits[0], 0ms);
+  EXPECT_EQ(waits[2], 0ms);
+  EXPECT_EQ(waits[3], 250ms);
+  EXPECT_EQ(waits[4], 500ms);
+  EXPECT_EQ(waits[5], 1000ms);
+  EXPECT_EQ(waits[11], 8000ms);
+  // Other sources and users are unaffected.
+  EXPECT_EQ(fail_once(t, "10.0.0.2", "v", now), 0ms);
+}
 
-  for (int i = 0; i < 5; ++i) t.on_failure("b", now);
+TEST(auth_throttle, parallel_attempts_queue_up) {
+  // 512 attempts arriving at once from one source: answered one after
+  // another, so the guess rate is bounded whatever the parallelism.
+  auth_throttle t;
+  const auto now = auth_throttle::clock::now();
+  auth_throttle::clock::time_point last = now;
+  int within_10s = 0;
+  for (int i = 0; i < 512; ++i) {
+    auto when = t.admit("192.0.2.7", named("user", i % 7), forever, now);
+    ASSERT_TRUE(when);
+    EXPECT_GE(*when, last);
+    last = *when;
+    if (*when - now < 10s) ++within_10s;
+    t.on_failure("192.0.2.7", named("user", i % 7), *when);
+  }
+  EXPECT_LE(within_10s, 10);  // a few guesses, not 512
+}
+
+TEST(auth_throttle, too_long_a_wait_is_refused_untried) {
+  auth_throttle t;
+  auto now = auth_throttle::clock::now();
+  for (int i = 0; i < 8; ++i) fail_once(t, "s", "u", now);
+  EXPECT_FALSE(t.admit("s", "other", 1s, now));  // the source's slot is far ahead
+  EXPECT_TRUE(t.admit("s2", "other", 1s, now));
+}
+
+TEST(auth_throttle, a_valid_login_clears_only_its_user) {
+  auth_throttle t;
+  auto now = auth_throttle::clock::now();
+  // Three wrong guesses and one valid login, repeated: the source's record
+  // keeps growing, so the guesses slow down all the same.
+  for (int round = 0; round < 4; ++round) {
+    for (int i = 0; i < 3; ++i) now += fail_once(t, "a", "victim", now);
+    auto when = t.admit("a", "lowpriv", forever, now);
+    ASSERT_TRUE(when);
+    now = *when;
+    t.on_success("lowpriv");
+  }
+  EXPECT_EQ(t.source_failures("a", now), 12);
+  // The next guess takes the slot the login left; the one after it waits
+  // as long as if no one had logged in.
+  EXPECT_EQ(fail_once(t, "a", "victim", now), 0ms);
+  EXPECT_GE(fail_once(t, "a", "victim", now), 4000ms);
+  // The user who logged in keeps no record; the victim does.
+  EXPECT_EQ(t.user_failures("lowpriv", now), 0);
+  EXPECT_EQ(t.user_failures("victim", now), 14);
+  t.on_success("victim");
+  EXPECT_EQ(t.user_failures("victim", now), 0);
+  EXPECT_EQ(t.source_failures("a", now), 14);
+}
+
+TEST(auth_throttle, one_user_guessed_from_many_sources) {
+  auth_throttle t;
+  auto now = auth_throttle::clock::now();
+  std::chrono::milliseconds total{0};
+  for (int i = 0; i < 20; ++i) total += fail_once(t, named("10.0.0.", i), "admin", now);
+  EXPECT_GE(total, 10000ms);  // the user's slot queues them up too
+}
+
+TEST(auth_throttle, records_are_forgotten) {
+  auth_throttle t;
+  auto now = auth_throttle::clock::now();
+  for (int i = 0; i < 5; ++i) now += fail_once(t, "b", "u", now);
+  EXPECT_EQ(t.source_failures("b", now), 5);
   auto later = now + 601s;
-  EXPECT_EQ(t.failures("b", later), 0);
-  EXPECT_EQ(t.on_failure("b", later), 0ms);
+  EXPECT_EQ(t.source_failures("b", later), 0);
+  EXPECT_EQ(fail_once(t, "b", "u", later), 0ms);
 }
 
 TEST(auth_throttle, table_is_bounded) {
@@ -40,8 +120,12 @@ TEST(auth_throttle, table_is_bounded) {
   p.max_entries = 100;
   auth_throttle t(p);
   auto now = auth_throttle::clock::now();
-  for (int i = 0; i < 1000; ++i) t.on_failure("addr" + std::to_string(i), now + std::chrono::milliseconds(i));
-  // The most recent address is still tracked; the oldest were dropped.
-  EXPECT_EQ(t.failures("addr999", now + 1s), 1);
-  EXPECT_EQ(t.failures("addr0", now + 1s), 0);
+  for (int i = 0; i < 1000; ++i) {
+    auto at = now + std::chrono::milliseconds(i);
+    t.admit(named("addr", i), named("u", i), forever, at);
+    t.on_failure(named("addr", i), named("u", i), at);
+  }
+  // The most recent source is still tracked; the oldest were dropped.
+  EXPECT_EQ(t.source_failures("addr999", now + 1s), 1);
+  EXPECT_EQ(t.source_failures("addr0", now + 1s), 0);
 }
