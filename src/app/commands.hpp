@@ -105,7 +105,7 @@ int run_udp_ping(const udp_ping_options& o);
 
 /// `cskit time` and `cskit sync`.
 struct time_options {
-  std::string host;  ///< HOST[:PORT], default port 123
+  std::vector<std::string> hosts;  ///< HOST[:PORT]..., default port 123
   int samples = 4;
   double timeout = 1.0;  ///< seconds per request
   int version = 4;       ///< NTP version to ask with (2, 3 or 4)
@@ -115,6 +115,8 @@ int run_time(const time_options& o);
 
 struct sync_options {
   time_options query;
+  /// The panic threshold (ntpd's): a larger offset is refused (0: none).
+  double max_offset = 1000;
   bool dry_run = false;
   bool force_step = false;
   bool force_slew = false;

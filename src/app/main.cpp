@@ -163,7 +163,11 @@ void build_ping(command_line& cl) {
 }
 
 void add_time_options(CLI::App& cmd, time_options& t) {
-  cmd.add_option("host", t.host, "NTP server as HOST[:PORT] (default port 123)")->required();
+  cmd.add_option("hosts", t.hosts,
+                 "NTP servers as HOST[:PORT] (default port 123); with several, only those whose correctness "
+                 "intervals agree (a majority) are used; at most 16")
+      ->required()
+      ->expected(1, 16);
   cmd.add_option("--samples,-n", t.samples, "Requests to send; the one with the lowest delay is used (default 4)")
       ->check(CLI::Range(1, 64));
   cmd.add_option("--timeout,-W", t.timeout, "Seconds to wait for each reply (default 1)")->check(CLI::Range(0.01, 60.0));
@@ -178,6 +182,9 @@ void build_time(command_line& cl) {
       cl.command("sync", "Measure like 'time', then slew the clock (offset under 0.5 s) or step it (needs CAP_SYS_TIME)");
   if (!cmd) return;
   add_time_options(*cmd, cl.sync_opts.query);
+  cmd->add_option("--max-offset", cl.sync_opts.max_offset,
+                  "Refuse to change the clock by more than SECONDS (the panic threshold, default 1000; 0: no limit)")
+      ->check(CLI::Range(0.0, 1e12));
   cmd->add_flag("--dry-run", cl.sync_opts.dry_run, "Only report what would be done");
   auto* step_flag = cmd->add_flag("--step", cl.sync_opts.force_step, "Step the clock whatever the offset");
   cmd->add_flag("--slew", cl.sync_opts.force_slew, "Slew the clock whatever the offset")->excludes(step_flag);

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -216,6 +217,24 @@ namespace {
 struct measured {
   client::time_result result;
   bool refused = false;
+  bool opened = false;  // the host could be resolved and a socket opened
+};
+
+// Every server's measurement, and which of them agree (RFC 5905's
+// selection): only the truechimers of a majority are believed.
+struct consensus {
+  std::vector<measured> servers;
+  std::vector<std::size_t> usable;  // servers with a trusted sample
+  ntp::selection selection;         // over `usable`, in that order
+  double offset = 0;                // the truechimers' combined offset
+  std::optional<std::size_t> reference;  // the truechimer with the lowest root distance
+  const measured& ref() const { return servers[*reference]; }
+  bool truechimer(std::size_t server) const {
+    for (std::size_t k = 0; k < usable.size(); ++k) {
+      if (usable[k] == server) return selection.found && selection.truechimers[k];
+    }
+    return false;
+  }
 };
 
 client::time_query_options query_options(const time_options& o) {
@@ -226,7 +245,7 @@ client::time_query_options query_options(const time_options& o) {
   return q;
 }
 
-// Exit code and message when no sample could be trusted.
+// Exit code and message when no sample of a server could be trusted.
 int no_result(const measured& m, std::string& why) {
   const auto& r = m.result;
   if (m.refused) {
@@ -254,7 +273,25 @@ int no_result(const measured& m, std::string& why) {
   return exit_code::protocol;
 }
 
-json result_json(const measured& m) {
+// Why a server was left out of the result ("" when it is used).
+std::string left_out(const consensus& c, std::size_t i) {
+  const measured& m = c.servers[i];
+  if (!m.result.best) {
+    std::string why;
+    no_result(m, why);
+    return why;
+  }
+  if (c.truechimer(i)) return {};
+  const auto& b = *m.result.best;
+  if (!c.selection.found) return "no majority of the servers agrees";
+  return fmt::format("a falseticker: its interval {:+.6f} ± {:.6f} s does not meet [{:+.6f}, {:+.6f}] s, where {} of {} "
+                     "servers agree",
+                     b.offset(), b.root_distance(), c.selection.low, c.selection.high, c.selection.agreeing,
+                     c.usable.size());
+}
+
+json server_json(const consensus& c, std::size_t i) {
+  const auto& m = c.servers[i];
   const auto& r = m.result;
   json samples = json::array();
   for (const auto& s : r.samples) {
@@ -285,29 +322,98 @@ json result_json(const measured& m) {
     j["root_dispersion"] = ntp::short_to_seconds(p.root_dispersion);
     j["root_distance"] = b.root_distance();
   }
+  j["used"] = c.truechimer(i);
+  if (auto why = left_out(c, i); !why.empty()) j["left_out"] = why;
   return j;
 }
 
-void print_result(const measured& m) {
-  const auto& b = *m.result.best;
-  const auto& p = b.reply;
-  const double off = b.offset();
-  std::printf("server     %s, stratum %d, reference %s\n", m.result.server.c_str(), p.stratum,
-              ntp::format_reference_id(p.reference_id, p.stratum).c_str());
-  std::printf("time       %s\n", iso_time(b.t3).c_str());
-  std::printf("offset     %+.6f s (%s)\n", off,
-              off == 0 ? "the clocks agree" : off > 0 ? "the local clock is behind" : "the local clock is ahead");
-  std::printf("delay      %.6f s\n", b.delay());
-  std::printf("samples    %d sent, %d valid, lowest delay used%s\n", m.result.sent, m.result.valid,
-              m.result.kiss.empty() ? "" : (", Kiss-o'-Death " + m.result.kiss + " received").c_str());
+// The result as JSON: the reference server's fields at the top (as for one
+// server), the combined offset, and every server.
+json result_json(const consensus& c) {
+  json j = c.reference ? server_json(c, *c.reference) : json::object();
+  if (c.servers.size() == 1 && !c.reference) j = server_json(c, 0);
+  j.erase("used");
+  j.erase("left_out");
+  if (c.reference) j["offset"] = c.offset;
+  json all = json::array();
+  for (std::size_t i = 0; i < c.servers.size(); ++i) all.push_back(server_json(c, i));
+  j["servers"] = all;
+  if (c.selection.found) {
+    j["agreeing"] = c.selection.agreeing;
+    j["interval"] = {c.selection.low, c.selection.high};
+  }
+  return j;
 }
 
-std::optional<measured> measure(const time_options& o, int& rc) {
-  auto sock = open_udp(o.host, ntp::default_port, o.json, rc);
-  if (!sock) return std::nullopt;
-  measured m;
-  m.result = client::query_time(*sock, query_options(o), &m.refused);
-  return m;
+void print_result(const consensus& c) {
+  if (c.servers.size() > 1) {
+    for (std::size_t i = 0; i < c.servers.size(); ++i) {
+      const auto& m = c.servers[i];
+      if (!m.result.best) {
+        std::printf("%-24s left out: %s\n", m.result.server.c_str(), left_out(c, i).c_str());
+        continue;
+      }
+      const auto& b = *m.result.best;
+      const std::string why = left_out(c, i);
+      std::printf("%-24s offset %+.6f s, delay %.6f s, root distance %.6f s%s\n", m.result.server.c_str(), b.offset(),
+                  b.delay(), b.root_distance(), why.empty() ? ", used" : ("; left out: " + why).c_str());
+    }
+  }
+  const measured& r = c.ref();
+  const auto& b = *r.result.best;
+  const auto& p = b.reply;
+  const double off = c.offset;
+  std::printf("server     %s, stratum %d, reference %s\n", r.result.server.c_str(), p.stratum,
+              ntp::format_reference_id(p.reference_id, p.stratum).c_str());
+  std::printf("time       %s\n", iso_time(b.t3).c_str());
+  std::printf("offset     %+.6f s (%s)%s\n", off,
+              off == 0 ? "the clocks agree" : off > 0 ? "the local clock is behind" : "the local clock is ahead",
+              c.servers.size() > 1 ? fmt::format(", {} of {} servers agree", c.selection.agreeing, c.servers.size()).c_str()
+                                   : "");
+  std::printf("delay      %.6f s\n", b.delay());
+  std::printf("samples    %d sent, %d valid, lowest delay used%s\n", r.result.sent, r.result.valid,
+              r.result.kiss.empty() ? "" : (", Kiss-o'-Death " + r.result.kiss + " received").c_str());
+}
+
+// Measures every server; rc is set for a usage error (a bad host).
+consensus measure_all(const time_options& o, int& rc) {
+  consensus c;
+  for (const auto& host : o.hosts) {
+    measured m;
+    m.result.server = host;
+    int open_rc = exit_code::ok;
+    auto sock = open_udp(host, ntp::default_port, o.json && o.hosts.size() == 1, open_rc);
+    if (!sock) {
+      if (open_rc == exit_code::usage || o.hosts.size() == 1) {
+        rc = open_rc;  // reported by open_udp
+        return c;
+      }
+      m.refused = open_rc == exit_code::connect;
+      c.servers.push_back(std::move(m));
+      continue;
+    }
+    m.opened = true;
+    m.result = client::query_time(*sock, query_options(o), &m.refused);
+    c.servers.push_back(std::move(m));
+  }
+  std::vector<ntp::interval> intervals;
+  for (std::size_t i = 0; i < c.servers.size(); ++i) {
+    const auto& best = c.servers[i].result.best;
+    if (!best) continue;
+    c.usable.push_back(i);
+    intervals.push_back({best->offset(), best->root_distance()});
+  }
+  c.selection = ntp::select_truechimers(intervals);
+  if (!c.selection.found) return c;
+  c.offset = ntp::combined_offset(intervals, c.selection);
+  for (std::size_t k = 0; k < c.usable.size(); ++k) {
+    if (!c.selection.truechimers[k]) continue;
+    const std::size_t i = c.usable[k];
+    if (!c.reference || c.servers[i].result.best->root_distance() < c.ref().result.best->root_distance()) {
+      c.reference = i;
+    }
+  }
+  return c;
 }
 
 int fail(const std::string& message, int rc, bool as_json, const char* kind, json extra = json::object()) {
@@ -329,43 +435,80 @@ const char* kind_of(int rc) {
   }
 }
 
+// Why there is no result (and the exit code), when there is none.
+int no_consensus(const consensus& c, std::string& why) {
+  if (c.servers.size() == 1) return no_result(c.servers.front(), why);
+  if (c.usable.empty()) {
+    why = "none of the " + std::to_string(c.servers.size()) + " servers gave a trustworthy reply";
+    return exit_code::protocol;
+  }
+  why = "the servers disagree: no majority of the " + std::to_string(c.usable.size()) +
+        " that answered has correctness intervals that meet";
+  return exit_code::protocol;
+}
+
+// With several servers and no result: what each one gave.
+void print_failure_details(const consensus& c) {
+  for (std::size_t i = 0; i < c.servers.size(); ++i) {
+    const auto& m = c.servers[i];
+    if (m.result.best) {
+      const auto& b = *m.result.best;
+      std::fprintf(stderr, "%-24s offset %+.6f s, root distance %.6f s\n", m.result.server.c_str(), b.offset(),
+                   b.root_distance());
+    } else {
+      std::fprintf(stderr, "%-24s %s\n", m.result.server.c_str(), left_out(c, i).c_str());
+    }
+  }
+}
+
 }  // namespace
 
 int run_time(const time_options& o) {
   int rc = exit_code::ok;
-  auto m = measure(o, rc);
-  if (!m) return rc;
-  if (!m->result.best) {
+  auto c = measure_all(o, rc);
+  if (rc != exit_code::ok) return rc;
+  if (!c.reference) {
     std::string why;
-    rc = no_result(*m, why);
-    return fail(why, rc, o.json, kind_of(rc), result_json(*m));
+    rc = no_consensus(c, why);
+    if (c.servers.size() > 1 && !o.json) print_failure_details(c);
+    return fail(why, rc, o.json, kind_of(rc), result_json(c));
   }
   if (o.json) {
-    std::printf("%s\n", result_json(*m).dump().c_str());
+    std::printf("%s\n", result_json(c).dump().c_str());
   } else {
-    print_result(*m);
+    print_result(c);
   }
   return exit_code::ok;
 }
 
 int run_sync(const sync_options& o) {
   int rc = exit_code::ok;
-  auto m = measure(o.query, rc);
-  if (!m) return rc;
-  if (!m->result.best) {
+  auto c = measure_all(o.query, rc);
+  if (rc != exit_code::ok) return rc;
+  if (!c.reference) {
     std::string why;
-    rc = no_result(*m, why);
-    return fail(why + "; the clock was not changed", rc, o.query.json, kind_of(rc), result_json(*m));
+    rc = no_consensus(c, why);
+    if (c.servers.size() > 1 && !o.query.json) print_failure_details(c);
+    return fail(why + "; the clock was not changed", rc, o.query.json, kind_of(rc), result_json(c));
   }
-  const double offset = m->result.best->offset();
+  const double offset = c.offset;
+  json j = result_json(c);
+  if (!o.query.json) print_result(c);
+  if (o.max_offset > 0 && std::fabs(offset) > o.max_offset) {
+    // The panic threshold: a server (or a forged reply) this far off is
+    // more likely wrong than the local clock.
+    j["changed"] = false;
+    return fail(fmt::format("refusing to change the clock by {:+.6f} s: beyond the panic threshold of {:g} s "
+                            "(check the servers; --max-offset 0 allows any change); the clock was not changed",
+                            offset, o.max_offset),
+                exit_code::protocol, o.query.json, "panic", j);
+  }
   std::optional<client::clock_method> forced;
   if (o.force_step) forced = client::clock_method::step;
   if (o.force_slew) forced = client::clock_method::slew;
   const auto method = client::choose_clock_method(offset, forced);
-  json j = result_json(*m);
   j["action"] = client::to_string(method);
   j["dry_run"] = o.dry_run;
-  if (!o.query.json) print_result(*m);
 
   if (o.dry_run) {
     j["changed"] = false;

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <vector>
 
 namespace cskit::net {
 
@@ -23,6 +24,19 @@ struct udp_source {
   std::string to_string() const;
 };
 
+/// The server's own UDP endpoints: a datagram that claims to come from one
+/// of them is never answered (a forged source would make the server talk
+/// to itself, or two of its services to each other, forever). Ports of
+/// every UDP listener, and the addresses they are reachable at: the bound
+/// address, or, for a wildcard bind, every address of the host.
+struct own_endpoints {
+  std::vector<std::uint16_t> ports;
+  std::vector<std::array<std::uint8_t, 16>> addresses;  // IPv4-mapped like udp_source
+  /// True when `source` is one of them. `destination`: the address the
+  /// datagram was sent to (always one of ours).
+  bool contains(const udp_source& source, const std::array<std::uint8_t, 16>& destination) const noexcept;
+};
+
 struct datagram {
   /// The received bytes. Mutable: a reply is built in place, which is how
   /// the rule "a reply is never larger than its request" is enforced.
@@ -32,6 +46,8 @@ struct datagram {
   std::size_t wire_size = 0;
   bool truncated = false;
   udp_source source;
+  /// The local address it was sent to (port: the listener's).
+  udp_source destination;
   /// Receive time, CLOCK_REALTIME in ns since 1970: the kernel's timestamp
   /// (SO_TIMESTAMPNS) when available, else read right after the receive.
   std::int64_t rx_time_ns = 0;

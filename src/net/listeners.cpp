@@ -1,5 +1,7 @@
 #include "net/listeners.hpp"
 
+#include <ifaddrs.h>
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -13,6 +15,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 #include <cerrno>
+#include <algorithm>
 #include <cstring>
 #include <spdlog/spdlog.h>
 #include <unordered_set>
@@ -73,6 +76,19 @@ std::int64_t realtime_ns() {
   timespec ts{};
   ::clock_gettime(CLOCK_REALTIME, &ts);
   return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
+// The local address a datagram was sent to, from its packet info.
+template <class Destination>
+std::array<std::uint8_t, 16> destination_address(const Destination& d) {
+  std::array<std::uint8_t, 16> a{};
+  if (d.family == AF_INET) {
+    a[10] = a[11] = 0xff;
+    std::memcpy(a.data() + 12, &d.v4.ipi_addr, 4);
+  } else {
+    std::memcpy(a.data(), &d.v6.ipi6_addr, 16);
+  }
+  return a;
 }
 
 // Room for a timestamp and a packet-info control message.
@@ -139,7 +155,12 @@ udp_endpoint::udp_endpoint(asio::io_context& ioc, udp_options options, std::shar
       handler_(std::move(handler)),
       batch_(std::make_unique<batch>(std::max(1u, options.batch), std::max<std::size_t>(options.max_datagram, 1))) {}
 
-udp_endpoint::~udp_endpoint() = default;
+udp_endpoint::~udp_endpoint() {
+  if (from_self_ > 0) {
+    spdlog::warn("UDP port {}: dropped {} datagram(s) that claimed to come from this server's own UDP endpoints",
+                 local_port_, from_self_);
+  }
+}
 
 void udp_endpoint::bind(const std::string& host, std::uint16_t port) {
   auto addr = parse_bind_address(host);
@@ -174,11 +195,76 @@ std::string udp_endpoint::local_address() const {
   return format_host_port(ep.address().to_string(), ep.port());
 }
 
-void udp_endpoint::start() { asio::co_spawn(socket_.get_executor(), receive_loop(), asio::detached); }
+void udp_endpoint::start() {
+  local_port_ = local_port();
+  bound_ = bound_address();
+  bound_valid_ = true;
+  asio::co_spawn(socket_.get_executor(), receive_loop(), asio::detached);
+}
 
 void udp_endpoint::stop() {
   error_code ec;
   socket_.close(ec);
+}
+
+std::array<std::uint8_t, 16> udp_endpoint::bound_address() const {
+  if (bound_valid_) return bound_;
+  error_code ec;
+  auto ep = socket_.local_endpoint(ec);
+  std::array<std::uint8_t, 16> a{};
+  if (ec) return a;
+  if (ep.address().is_v4()) {
+    a[10] = a[11] = 0xff;
+    const auto v4 = ep.address().to_v4().to_bytes();
+    std::memcpy(a.data() + 12, v4.data(), 4);
+  } else {
+    const auto v6 = ep.address().to_v6().to_bytes();
+    std::memcpy(a.data(), v6.data(), 16);
+  }
+  return a;
+}
+
+bool udp_endpoint::from_outside(const datagram& d) {
+  if (!own_ || !own_->contains(d.source, d.destination.address)) return true;
+  if (from_self_++ == 0) {
+    spdlog::warn("UDP {}: dropped a datagram that claims to come from {}, one of this server's own UDP endpoints "
+                 "(a forged source; it is never answered)",
+                 local_address(), d.source.to_string());
+  }
+  return false;
+}
+
+bool own_endpoints::contains(const udp_source& source, const std::array<std::uint8_t, 16>& destination) const noexcept {
+  if (std::find(ports.begin(), ports.end(), source.port) == ports.end()) return false;
+  if (source.address == destination) return true;
+  // Loopback: 127.0.0.0/8 (IPv4-mapped) and ::1.
+  const auto& a = source.address;
+  const bool mapped = std::all_of(a.begin(), a.begin() + 10, [](std::uint8_t b) { return b == 0; }) && a[10] == 0xff &&
+                      a[11] == 0xff;
+  if (mapped && a[12] == 127) return true;
+  if (std::all_of(a.begin(), a.begin() + 15, [](std::uint8_t b) { return b == 0; }) && a[15] == 1) return true;
+  return std::find(addresses.begin(), addresses.end(), a) != addresses.end();
+}
+
+std::vector<std::array<std::uint8_t, 16>> host_addresses() {
+  std::vector<std::array<std::uint8_t, 16>> out;
+  ifaddrs* list = nullptr;
+  if (::getifaddrs(&list) != 0) return out;
+  for (ifaddrs* i = list; i; i = i->ifa_next) {
+    if (!i->ifa_addr) continue;
+    std::array<std::uint8_t, 16> a{};
+    if (i->ifa_addr->sa_family == AF_INET) {
+      a[10] = a[11] = 0xff;
+      std::memcpy(a.data() + 12, &reinterpret_cast<const sockaddr_in*>(i->ifa_addr)->sin_addr, 4);
+    } else if (i->ifa_addr->sa_family == AF_INET6) {
+      std::memcpy(a.data(), &reinterpret_cast<const sockaddr_in6*>(i->ifa_addr)->sin6_addr, 16);
+    } else {
+      continue;
+    }
+    out.push_back(a);
+  }
+  ::freeifaddrs(list);
+  return out;
 }
 
 asio::awaitable<void> udp_endpoint::receive_loop() {
@@ -219,6 +305,8 @@ void udp_endpoint::serve_batch(unsigned got) {
     d.truncated = (h.msg_flags & MSG_TRUNC) != 0 || d.wire_size > b.slot;
     d.data = {b.data.data() + i * b.slot, std::min(d.wire_size, b.slot)};
     d.source = source_of(b.names[i]);
+    d.destination.address = bound_address();
+    d.destination.port = local_port_;
     d.rx_time_ns = fallback_time;
     b.dst[i].valid = false;
     if ((h.msg_flags & MSG_CTRUNC) == 0) {
@@ -239,6 +327,8 @@ void udp_endpoint::serve_batch(unsigned got) {
         }
       }
     }
+    if (b.dst[i].valid) d.destination.address = destination_address(b.dst[i]);
+    if (!from_outside(d)) continue;
     std::size_t size = handler_->on_datagram(d);
     if (size == datagram_handler::no_reply) continue;
     size = std::min(size, d.data.size());  // never larger than the request

@@ -28,18 +28,33 @@ class udp_endpoint {
   void start();
   /// Closes the socket; must run on the endpoint's loop.
   void stop();
+  /// The server's UDP endpoints, all of them (set before start()).
+  void set_own_endpoints(std::shared_ptr<const own_endpoints> own) { own_ = std::move(own); }
+  /// The address it is bound to (IPv4-mapped), and whether it is a wildcard.
+  std::array<std::uint8_t, 16> bound_address() const;
+  bool wildcard() const noexcept { return wildcard_; }
 
  private:
   struct batch;
   boost::asio::awaitable<void> receive_loop();
   void serve_batch(unsigned n);
+  /// False (and counted) for a datagram claiming to come from one of our own endpoints.
+  bool from_outside(const datagram& d);
 
   boost::asio::ip::udp::socket socket_;
   udp_options options_;
   std::shared_ptr<datagram_handler> handler_;
   std::unique_ptr<batch> batch_;
   bool wildcard_ = false;  // bound to 0.0.0.0/::: replies need the request's destination address
+  std::shared_ptr<const own_endpoints> own_;
+  std::uint64_t from_self_ = 0;  // datagrams dropped: they claimed to come from us
+  std::uint16_t local_port_ = 0;
+  std::array<std::uint8_t, 16> bound_{};
+  bool bound_valid_ = false;
 };
+
+/// Every address of this host (IPv4-mapped), loopback included (getifaddrs).
+std::vector<std::array<std::uint8_t, 16>> host_addresses();
 
 class tcp_echo_listener {
  public:

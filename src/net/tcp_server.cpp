@@ -309,7 +309,22 @@ std::string tcp_server::add_echo(const std::string& host, std::uint16_t port, co
 
 void tcp_server::run() {
   auto& im = *impl_;
-  for (auto& [l, u] : im.udp_endpoints) u->start();
+  // Every UDP service learns every UDP endpoint of the server: a datagram
+  // forged to come from one of them is never answered.
+  auto own = std::make_shared<own_endpoints>();
+  bool any_wildcard = false;
+  for (auto& [l, u] : im.udp_endpoints) {
+    own->ports.push_back(u->local_port());
+    if (u->wildcard()) any_wildcard = true;
+    else own->addresses.push_back(u->bound_address());
+  }
+  if (any_wildcard) {
+    for (const auto& a : host_addresses()) own->addresses.push_back(a);
+  }
+  for (auto& [l, u] : im.udp_endpoints) {
+    u->set_own_endpoints(own);
+    u->start();
+  }
   for (auto& [l, e] : im.echo_listeners) e->start();
   im.signals.async_wait([&im](const error_code& ec, int signo) {
     if (ec) return;

@@ -1,4 +1,6 @@
 #include "proto/ntp.hpp"
+
+#include <algorithm>
 #include "util/rounding.hpp"
 
 #include <cmath>
@@ -246,6 +248,74 @@ reply_check check_reply(std::span<const std::uint8_t> d, std::uint8_t version, s
   if (delay < 0 || delay > limits.max_delay) return reply_check::excessive_delay;
   if (out.root_distance() > limits.max_root_distance) return reply_check::excessive_distance;
   return reply_check::ok;
+}
+
+selection select_truechimers(const std::vector<interval>& servers) {
+  selection out;
+  const int n = static_cast<int>(servers.size());
+  out.truechimers.assign(servers.size(), false);
+  if (n == 0) return out;
+  // Endpoints: -1 opens an interval, +1 closes it, 0 is a midpoint.
+  struct point {
+    double value;
+    int type;
+  };
+  std::vector<point> points;
+  for (const auto& s : servers) {
+    points.push_back({s.low(), -1});
+    points.push_back({s.offset, 0});
+    points.push_back({s.high(), +1});
+  }
+  std::sort(points.begin(), points.end(), [](const point& a, const point& b) {
+    return a.value < b.value || (a.value == b.value && a.type < b.type);
+  });
+  // Allow f falsetickers, f from 0 up to (but not including) half.
+  for (int f = 0; 2 * f < n; ++f) {
+    int found = 0, chime = 0;
+    double low = 0, high = 0;
+    bool have_low = false, have_high = false;
+    for (const auto& p : points) {
+      chime -= p.type;
+      if (chime >= n - f) {
+        low = p.value;
+        have_low = true;
+        break;
+      }
+      if (p.type == 0) ++found;
+    }
+    chime = 0;
+    for (auto it = points.rbegin(); it != points.rend(); ++it) {
+      chime += it->type;
+      if (chime >= n - f) {
+        high = it->value;
+        have_high = true;
+        break;
+      }
+      if (it->type == 0) ++found;
+    }
+    if (found > f || !have_low || !have_high || low > high) continue;
+    out.found = true;
+    out.low = low;
+    out.high = high;
+    for (int i = 0; i < n; ++i) {
+      const auto& s = servers[static_cast<std::size_t>(i)];
+      out.truechimers[static_cast<std::size_t>(i)] = s.low() <= high && s.high() >= low;
+      out.agreeing += out.truechimers[static_cast<std::size_t>(i)];
+    }
+    return out;
+  }
+  return out;
+}
+
+double combined_offset(const std::vector<interval>& servers, const selection& s) noexcept {
+  double weights = 0, sum = 0;
+  for (std::size_t i = 0; i < servers.size(); ++i) {
+    if (!s.truechimers[i]) continue;
+    const double w = 1.0 / std::max(servers[i].distance, 1e-9);
+    weights += w;
+    sum += w * servers[i].offset;
+  }
+  return weights > 0 ? sum / weights : 0.0;
 }
 
 }  // namespace cskit::proto::ntp

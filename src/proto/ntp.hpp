@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <vector>
 #include <string>
 
 namespace cskit::proto::ntp {
@@ -179,5 +180,30 @@ struct sample {
 /// `out.reply.reference_id` holds the kiss code.
 reply_check check_reply(std::span<const std::uint8_t> datagram, std::uint8_t version, std::uint64_t cookie,
                         unix_ns t1, unix_ns t4, const reply_limits& limits, sample& out) noexcept;
+
+/// A server's correctness interval: its offset, give or take its root
+/// distance. The true offset lies within it if the server tells the truth.
+struct interval {
+  double offset = 0;
+  double distance = 0;
+  double low() const noexcept { return offset - distance; }
+  double high() const noexcept { return offset + distance; }
+};
+
+/// RFC 5905's selection (section 11.2.1, Marzullo's intersection): the
+/// largest set of servers whose intervals have a common part, provided it
+/// is a majority. `truechimers[i]` tells whether server i is in it; the
+/// others are falsetickers. `found` is false when no majority agrees.
+struct selection {
+  bool found = false;
+  double low = 0, high = 0;  ///< the intersection the truechimers share
+  std::vector<bool> truechimers;
+  int agreeing = 0;
+};
+selection select_truechimers(const std::vector<interval>& servers);
+
+/// The offset the truechimers of `s` give together: their offsets weighted
+/// by the inverse of their root distance (RFC 5905's combine, simplified).
+double combined_offset(const std::vector<interval>& servers, const selection& s) noexcept;
 
 }  // namespace cskit::proto::ntp

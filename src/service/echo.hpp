@@ -1,8 +1,11 @@
 #pragma once
 // RFC 862 echo over UDP: each datagram comes back byte for byte. Truncated
 // datagrams are never echoed cut; sources are rate limited; datagrams from
-// privileged ports are ignored, so that two echo (or chargen, daytime, ...)
-// services can never be made to bounce traffic off each other forever.
+// privileged ports and from the well-known reflecting services above them
+// are ignored, so that two echo (or chargen, daytime, memcached, ...)
+// services can never be made to bounce traffic off each other forever. (A
+// datagram forged to come from this server's own endpoints never gets here:
+// net::udp_endpoint drops it.)
 
 #include <cstdint>
 #include <memory>
@@ -26,7 +29,7 @@ struct echo_options {
 };
 
 struct echo_stats {
-  std::uint64_t echoed = 0, truncated = 0, rate_limited = 0, privileged_port = 0;
+  std::uint64_t echoed = 0, truncated = 0, rate_limited = 0, service_port = 0;
 };
 
 class echo_service final : public net::datagram_handler {

@@ -705,8 +705,11 @@ class HostileTLS(unittest.TestCase):
         hello = self.client_hello()
         stalled = []
         try:
+            # From ten addresses (127.0.0.10-19, each under its limit of connections not
+            # logged in yet), so that the server really holds all thousand.
             for i in range(1000):
-                s = socket.create_connection(("127.0.0.1", self.srv.port), timeout=10)
+                s = socket.create_connection(("127.0.0.1", self.srv.port), timeout=10,
+                                             source_address=(f"127.0.0.{10 + i % 10}", 0))
                 s.sendall(hello[:10] if i % 2 else b"")
                 stalled.append(s)
             t0 = time.monotonic()

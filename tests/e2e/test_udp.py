@@ -173,6 +173,60 @@ class EchoLimitsTest(unittest.TestCase):
         self.assertIn("no reply within 0.3 s", out)
 
 
+FORGED_SOURCE_SCRIPT = r"""
+import os, re, select, socket, struct, subprocess, sys, tempfile, time
+BIN = sys.argv[1]
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+tmp = tempfile.mkdtemp()
+err = open(tmp + "/err", "w")
+p = subprocess.Popen([BIN, "serve", "--listen", "127.0.0.1:0", "--echo-listen", "127.0.0.1:17007",
+                      "--ntp-listen", "127.0.0.1:17123", "--root", tmp + "/share", "--state-dir", tmp + "/state",
+                      "--threads", "1"], stdout=subprocess.PIPE, stderr=err,
+                     env=dict(os.environ, CSKIT_TOKEN="forged-source-token-0123456789"))
+deadline = time.monotonic() + 20
+while time.monotonic() < deadline:
+    line = p.stdout.readline().decode()
+    if line.startswith("connect:"):
+        break
+
+def forged(src_port, dst_port, payload):
+    # IPv4 + UDP by hand (IP_HDRINCL): the kernel fills in the IP checksum; the UDP one may be 0.
+    udp = struct.pack("!HHHH", src_port, dst_port, 8 + len(payload), 0) + payload
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, socket.IPPROTO_UDP, 0,
+                     socket.inet_aton("127.0.0.1"), socket.inet_aton("127.0.0.1"))
+    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    raw.sendto(ip + udp, ("127.0.0.1", 0))
+    raw.close()
+
+forged(17007, 17007, b"talk to yourself")   # from the echo service itself
+forged(17123, 17007, b"talk to each other")  # from our own NTP service
+# A real client, for comparison: answered once.
+c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+c.settimeout(5)
+c.sendto(b"hello", ("127.0.0.1", 17007))
+print("reply:", c.recv(100))
+time.sleep(1.5)
+p.terminate()
+p.wait(timeout=20)
+err.close()
+print(open(tmp + "/err").read())
+"""
+
+
+class ForgedSourceTest(unittest.TestCase):
+    """A datagram forged to come from the server's own UDP endpoints is never answered: the echo
+    service cannot be made to talk to itself (or to the NTP service) forever."""
+
+    def test_echo_never_answers_its_own_endpoints(self):
+        # A private network namespace, where a raw socket may forge 127.0.0.1 as the source.
+        r = subprocess.run(["unshare", "-rn", "/usr/bin/python3", "-c", FORGED_SOURCE_SCRIPT, BIN],
+                           capture_output=True, text=True, timeout=60)
+        self.assertIn("reply: b'hello'", r.stdout, r.stderr)
+        self.assertIn("echo: 1 datagrams echoed", r.stdout)
+        self.assertIn("UDP port 17007: dropped 2 datagram(s) that claimed to come from this server's own UDP endpoints", r.stdout)
+        self.assertIn("claims to come from 127.0.0.1:17007", r.stdout)
+
+
 class TimeServerTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -348,6 +402,48 @@ class TimeClientTest(unittest.TestCase):
 def clock_gap():
     """Wall clock minus monotonic clock: changes only when the clock is stepped."""
     return time.clock_gettime(time.CLOCK_REALTIME) - time.clock_gettime(time.CLOCK_MONOTONIC)
+
+
+class SeveralServersTest(unittest.TestCase):
+    """`time` and `sync` with several servers use only those whose correctness intervals agree
+    (a majority), and `sync` refuses an offset beyond the panic threshold."""
+
+    SIXTY_THREE_YEARS = 63 * 365.25 * 86400
+
+    def test_a_falseticker_is_left_out_and_says_why(self):
+        with FakeNtpServer("offset", offset=0.0) as a, FakeNtpServer("offset", offset=0.0) as b, \
+                FakeNtpServer("offset", offset=self.SIXTY_THREE_YEARS) as liar:
+            hosts = [f"127.0.0.1:{x.port}" for x in (a, liar, b)]
+            p = cli("time", *hosts, "-n", "2")
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertIn(f"127.0.0.1:{liar.port}", p.stdout)
+            self.assertIn("left out: a falseticker", p.stdout)
+            self.assertIn("2 of 3 servers agree", p.stdout)
+            p = cli("time", *hosts, "-n", "2", "--json")
+            j = json.loads(p.stdout)
+            self.assertLess(abs(j["offset"]), 0.05)
+            self.assertEqual([s["used"] for s in j["servers"]], [True, False, True])
+            self.assertIn("falseticker", j["servers"][1]["left_out"])
+            # Two servers that disagree: no majority, no answer.
+            p = cli("time", hosts[0], hosts[1], "-n", "2")
+            self.assertEqual(p.returncode, 6, p.stderr)
+            self.assertIn("the servers disagree", p.stderr)
+
+    def test_sync_refuses_a_step_beyond_the_panic_threshold(self):
+        with FakeNtpServer("offset", offset=self.SIXTY_THREE_YEARS) as liar:
+            p = cli("sync", f"127.0.0.1:{liar.port}", "-n", "2", "--dry-run")
+            self.assertEqual(p.returncode, 6, p.stderr)
+            self.assertIn("beyond the panic threshold of 1000 s", p.stderr)
+            p = cli("sync", f"127.0.0.1:{liar.port}", "-n", "2", "--dry-run", "--json")
+            j = json.loads(p.stdout)
+            self.assertEqual((j["changed"], j["error"]["kind"]), (False, "panic"))
+            # Told explicitly: allowed (a dry run here).
+            p = cli("sync", f"127.0.0.1:{liar.port}", "-n", "2", "--dry-run", "--max-offset", "0")
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertIn("would step the clock", p.stdout)
+        with FakeNtpServer("offset", offset=500.0) as off:
+            p = cli("sync", f"127.0.0.1:{off.port}", "-n", "2", "--dry-run")
+            self.assertEqual(p.returncode, 0, p.stderr)  # under the threshold
 
 
 class SyncTest(unittest.TestCase):

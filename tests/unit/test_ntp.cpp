@@ -185,3 +185,36 @@ TEST(ntp_client, request_layout) {
   EXPECT_EQ(ntp::parse(r)->transmit.raw(), 0x1122334455667788ULL);
   for (int i = 1; i < 40; ++i) EXPECT_EQ(r[i], 0) << i;
 }
+
+TEST(ntp_selection, truechimers_and_falsetickers) {
+  using ntp::interval;
+  // Three honest servers around +0.010 s, one 63 years off.
+  std::vector<interval> servers = {{0.010, 0.005}, {0.012, 0.004}, {0.009, 0.006}, {1.99e9, 0.005}};
+  auto s = ntp::select_truechimers(servers);
+  ASSERT_TRUE(s.found);
+  EXPECT_EQ(s.truechimers, (std::vector<bool>{true, true, true, false}));
+  EXPECT_EQ(s.agreeing, 3);
+  EXPECT_LE(s.low, s.high);
+  const double c = ntp::combined_offset(servers, s);
+  EXPECT_GT(c, 0.009);
+  EXPECT_LT(c, 0.012);
+}
+
+TEST(ntp_selection, one_server_is_its_own_majority) {
+  auto s = ntp::select_truechimers({{5.0, 0.1}});
+  ASSERT_TRUE(s.found);
+  EXPECT_EQ(s.truechimers, (std::vector<bool>{true}));
+  EXPECT_DOUBLE_EQ(ntp::combined_offset({{5.0, 0.1}}, s), 5.0);
+}
+
+TEST(ntp_selection, no_majority_no_selection) {
+  // Two servers that disagree: neither can be trusted over the other.
+  EXPECT_FALSE(ntp::select_truechimers({{0.0, 0.01}, {100.0, 0.01}}).found);
+  // Three that all disagree.
+  EXPECT_FALSE(ntp::select_truechimers({{0.0, 0.01}, {10.0, 0.01}, {20.0, 0.01}}).found);
+  // Two of three agree: a majority.
+  auto s = ntp::select_truechimers({{0.0, 0.01}, {0.005, 0.01}, {20.0, 0.01}});
+  ASSERT_TRUE(s.found);
+  EXPECT_EQ(s.truechimers, (std::vector<bool>{true, true, false}));
+  EXPECT_TRUE(ntp::select_truechimers({}).truechimers.empty());
+}

@@ -84,12 +84,42 @@ TEST(echo_service, echoes_whole_datagrams_only) {
   EXPECT_EQ(e.on_datagram(d), net::datagram_handler::no_reply);
   auto p = make(b, v4(1, 19));  // chargen's port: never answered
   EXPECT_EQ(e.on_datagram(p), net::datagram_handler::no_reply);
+  auto m = make(b, v4(1, 11211));  // memcached's: a reflector above 1024
+  EXPECT_EQ(e.on_datagram(m), net::datagram_handler::no_reply);
   std::vector<std::uint8_t> empty;
   auto z = make(empty, v4(1));
   EXPECT_EQ(e.on_datagram(z), 0u);  // an empty datagram gets an empty reply
   EXPECT_EQ(e.stats().echoed, 2u);
   EXPECT_EQ(e.stats().truncated, 1u);
-  EXPECT_EQ(e.stats().privileged_port, 1u);
+  EXPECT_EQ(e.stats().service_port, 2u);
+}
+
+TEST(own_endpoints, a_forged_source_of_ours_is_recognised) {
+  net::own_endpoints own;
+  own.ports = {7007, 12300};
+  std::array<std::uint8_t, 16> ten{};  // 10.0.0.5, one of the host's addresses
+  ten[10] = ten[11] = 0xff;
+  ten[12] = 10, ten[15] = 5;
+  own.addresses.push_back(ten);
+  auto dst = v4(2).address;  // the address it was sent to (192.0.2.2 here)
+  net::udp_source s = v4(2, 7007);
+  EXPECT_TRUE(own.contains(s, dst));       // from the very address it was sent to, our port
+  s = v4(2, 12300);
+  EXPECT_TRUE(own.contains(s, dst));       // from our other service
+  s = v4(9, 7007);
+  EXPECT_FALSE(own.contains(s, dst));      // our port, but another host
+  net::udp_source lo;
+  lo.is_v4 = true;
+  lo.address[10] = lo.address[11] = 0xff;
+  lo.address[12] = 127, lo.address[15] = 1;
+  lo.port = 7007;
+  EXPECT_TRUE(own.contains(lo, dst));      // loopback is always us
+  net::udp_source t;
+  t.address = ten;
+  t.port = 12300;
+  EXPECT_TRUE(own.contains(t, dst));       // another address of ours
+  t.port = 40000;
+  EXPECT_FALSE(own.contains(t, dst));      // not one of our ports
 }
 
 TEST(time_service, answers_requests_and_kisses_when_limited) {
