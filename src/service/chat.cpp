@@ -397,8 +397,10 @@ void chat_client::handle(std::uint64_t id, std::string_view type, const json& h,
     if (it == hub_.rooms_.end() || !m.rooms.count(key)) return error(errc::not_found, "you are not in #" + key);
     auto t = h.find("topic");
     if (t == h.end()) return ok({{"room", "#" + key}, {"topic", it->second.topic}, {"by", it->second.topic_by}});
-    if (!t->is_string() || t->get_ref<const std::string&>().size() > o.max_message) {
-      return error(errc::too_large, "a topic is a string of at most " + std::to_string(o.max_message) + " bytes");
+    if (!t->is_string()) return error(errc::bad_request, "'topic' must be a string");
+    if (t->get_ref<const std::string&>().size() > o.max_message) {
+      return error(errc::too_large, "a topic is at most " + std::to_string(o.max_message) + " bytes",
+                   {{"limit", o.max_message}});
     }
     if (!charge()) return;
     it->second.topic = t->get<std::string>();

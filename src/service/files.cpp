@@ -354,6 +354,12 @@ void files_session::error(std::uint64_t id, errc code, std::string_view message)
   conn_.send(proto::make_error(code, message, id));
 }
 
+void files_session::error_over_limit(std::uint64_t id, std::uint64_t limit, std::string_view message) {
+  auto h = proto::make_error(errc::too_large, message, id);
+  h["limit"] = limit;
+  conn_.send(h);
+}
+
 void files_session::fail_errno(std::uint64_t id, int err, const std::string& what) {
   error(id, errc_for_errno(err), errno_message(err, what));
 }
@@ -519,8 +525,8 @@ void files_session::do_list(std::uint64_t id, const json& h) {
   };
   walk(top.release(), "", 0);
   if (too_many) {
-    return error(id, errc::too_large,
-                 "more than " + std::to_string(max_list_entries) + " entries; list a smaller directory");
+    return error_over_limit(id, max_list_entries,
+                            "more than " + std::to_string(max_list_entries) + " entries; list a smaller directory");
   }
   flush(true);
 }
@@ -780,8 +786,8 @@ void files_session::do_put(std::uint64_t id, const json& h, std::string& body) {
   }
   const auto max = share_.options().max_file_size;
   if (max && declared > max) {
-    return error(id, errc::too_large, "'" + *path + "' is " + std::to_string(declared) +
-                                          " bytes; this server accepts files up to " + std::to_string(max));
+    return error_over_limit(id, max, "'" + *path + "' is " + std::to_string(declared) +
+                                         " bytes; this server accepts files up to " + std::to_string(max));
   }
   auto u = std::make_unique<upload>(sha);
   u->path = *path;
@@ -890,13 +896,16 @@ void files_session::do_put(std::uint64_t id, const json& h, std::string& body) {
   reply(id, ready);
 }
 
-void files_session::fail_upload(upload& u, errc code, const std::string& message) {
+void files_session::fail_upload(upload& u, errc code, const std::string& message, std::optional<std::uint64_t> limit) {
   u.failed = true;
-  u.leave_part();
+  // Content that is not what was declared is no use for a resume.
+  u.leave_part(code == errc::integrity);
   spdlog::info("files: upload of '{}' failed: {}", u.path, message);
   // The id is known to the caller; find it to answer.
   for (auto& [id, p] : uploads_) {
-    if (p.get() == &u) return error(id, code, message);
+    if (p.get() != &u) continue;
+    if (limit) return error_over_limit(id, *limit, message);
+    return error(id, code, message);
   }
 }
 
@@ -938,11 +947,13 @@ void files_session::put_data(std::uint64_t id, const json& h, std::string_view p
   if (part.empty()) return;
   const auto max = share_.options().max_file_size;
   if (u.size && u.written + part.size() > *u.size) {
-    return fail_upload(u, errc::bad_request, "more data than the declared size of '" + u.path + "'");
+    return fail_upload(u, errc::integrity,
+                       "'" + u.path + "': more data than its declared size of " + std::to_string(*u.size) +
+                           " bytes; the file was not committed");
   }
   if (max && u.written + part.size() > max) {
-    return fail_upload(u, errc::too_large, "'" + u.path + "' is larger than this server accepts (" +
-                                               std::to_string(max) + " bytes)");
+    return fail_upload(u, errc::too_large,
+                       "'" + u.path + "' is larger than this server accepts (" + std::to_string(max) + " bytes)", max);
   }
   if (!u.size) {
     // Unknown size (a stream): reserve quota as the data arrives.
@@ -992,27 +1003,38 @@ void files_session::put_end(std::uint64_t id, const json& h) {
     return;
   }
   upload& u = *it->second;
-  if (u.size && u.written != *u.size) {
-    const std::string msg = "'" + u.path + "': got " + std::to_string(u.written) + " of " + std::to_string(*u.size) +
-                            " bytes";
-    share_.release(u.reserved);
-    u.leave_part();
-    uploads_.erase(it);
-    return error(id, errc::bad_request, msg);
-  }
-  const std::string want = h.value("xxh3", "");
-  const std::string want_sha = h.value("sha256", "");
-  const std::string got = u.digest.xxh3_hex();
-  const std::string got_sha = u.want_sha256 ? u.digest.sha256_hex() : std::string();
-  if (want != got || (u.want_sha256 && want_sha != got_sha)) {
-    // Corrupt: the part is useless for a resume.
-    const std::string msg = "'" + u.path + "': content digest mismatch (sent " + (want.empty() ? "none" : want) +
-                            ", received " + got + "); the file was not committed";
+  // A refused put.end ends the upload and removes its part.
+  auto refuse = [&](errc code, const std::string& msg) {
     spdlog::warn("files: {}", msg);
-    if (!u.part.empty()) ::unlinkat(u.dir.get(), u.part.c_str(), 0);
+    u.leave_part(true);
     share_.release(u.reserved);
     uploads_.erase(it);
-    return error(id, errc::integrity, msg);
+    error(id, code, msg);
+  };
+  const auto want = h.find("xxh3");
+  const auto want_sha = h.find("sha256");
+  if (want == h.end() || !want->is_string() || (u.want_sha256 && (want_sha == h.end() || !want_sha->is_string()))) {
+    return refuse(errc::bad_request,
+                  "'" + u.path + "': put.end must carry the content's 'xxh3'" +
+                      (u.want_sha256 ? std::string(" and 'sha256' (the upload asked for verify=sha256)") : "") +
+                      "; the file was not committed");
+  }
+  if (u.size && u.written != *u.size) {
+    return refuse(errc::integrity,
+                  "'" + u.path + "': got " + std::to_string(u.written) + " of its declared " + std::to_string(*u.size) +
+                      " bytes; the file was not committed");
+  }
+  if (const std::string got = u.digest.xxh3_hex(); want->get<std::string>() != got) {
+    return refuse(errc::integrity,
+                  "'" + u.path + "': content digest mismatch (xxh3: sent " + want->get<std::string>() + ", received " +
+                      got + "); the file was not committed");
+  }
+  if (u.want_sha256) {
+    if (const std::string got = u.digest.sha256_hex(); want_sha->get<std::string>() != got) {
+      return refuse(errc::integrity,
+                    "'" + u.path + "': content digest mismatch (sha256: sent " + want_sha->get<std::string>() +
+                        ", received " + got + "); the file was not committed");
+    }
   }
   submit_commit(u, id);
   uploads_.erase(id);

@@ -157,6 +157,8 @@ class files_session : public std::enable_shared_from_this<files_session> {
   /// sends it. False when the download ended with an error.
   bool send_piece_read(download& d);
   void error(std::uint64_t id, proto::errc code, std::string_view message);
+  /// `too_large` with the `limit` it went over.
+  void error_over_limit(std::uint64_t id, std::uint64_t limit, std::string_view message);
   /// error() for an errno from the file system, with `what` as context.
   void fail_errno(std::uint64_t id, int err, const std::string& what);
   void reply(std::uint64_t id, proto::json header, std::string_view body = {});
@@ -172,7 +174,8 @@ class files_session : public std::enable_shared_from_this<files_session> {
   void do_get(std::uint64_t id, const proto::json& h);
   void stream_download();
   void finish_download(proto::errc code, std::string_view message);
-  void fail_upload(upload& u, proto::errc code, const std::string& message);
+  void fail_upload(upload& u, proto::errc code, const std::string& message,
+                   std::optional<std::uint64_t> limit = std::nullopt);
   void submit_commit(upload& u, std::uint64_t id);
 
   /// Checks a request path: on failure replies bad_path and returns nullopt.

@@ -232,6 +232,26 @@ class ChatTest(unittest.TestCase):
         self.assertIn("not valid UTF-8", h["message"])
         s.close()
 
+    def test_over_long_message_and_topic_carry_the_limit(self):
+        """`too_large` carries `limit` (docs/protocol.md's error table); a topic that is not a string
+        is a bad request, not `too_large`."""
+        s, _ = wire.login(self.server.port, self.server.token)
+        s.sendall(wire.encode({"type": "chat.hello", "id": 1, "nick": "limits"}))
+        s.sendall(wire.encode({"type": "chat.join", "id": 2, "room": "lobby"}))
+        s.sendall(wire.encode({"type": "chat.say", "id": 3, "room": "lobby"}, b"x" * 201))
+        s.sendall(wire.encode({"type": "chat.topic", "id": 4, "room": "lobby", "topic": "t" * 201}))
+        s.sendall(wire.encode({"type": "chat.topic", "id": 5, "room": "lobby", "topic": 7}))
+        got = {}
+        for _ in range(50):
+            h, _ = wire.read_frame(s)
+            if h.get("id") in (3, 4, 5):
+                got[h["id"]] = h
+            if len(got) == 3:
+                break
+        self.assertEqual([(got[i]["code"], got[i].get("limit")) for i in (3, 4)], [("too_large", 200)] * 2)
+        self.assertEqual(got[5]["code"], "bad_request")
+        s.close()
+
 def rss_kib(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:

@@ -2088,6 +2088,133 @@ class QuotaAndLimits(FilesTestCase):
         self.ok("put", self.lp("small"), self.rr())
         self.ok("rm", self.rr("small"))
 
+    def test_too_large_carries_the_limit(self):
+        """Every `too_large` carries the `limit` it went over, as the error table says."""
+        with cskit_client.Client.connect("127.0.0.1", self.srv.port, "admin", TOKEN,
+                                         fingerprint=self.srv.fingerprint) as c:
+            with self.assertRaises(cskit_client.RemoteError) as cm:
+                c.request("put", path=f"{self.rdir}/big", size=8 * MiB)
+            self.assertEqual((cm.exception.code, cm.exception.header.get("limit")), ("too_large", 7 * MiB))
+            rid = c.next_id()
+            c.send({"type": "put", "id": rid, "path": f"{self.rdir}/stream"})  # no size: a stream
+            self.assertEqual(c.recv()[0]["type"], "put.ready")
+            chunk = bytes(MiB)
+            for _ in range(8):
+                c.send({"type": "put.data", "id": rid}, chunk)
+            h, _ = c.recv()
+            self.assertEqual((h["type"], h.get("id"), h.get("code"), h.get("limit")), ("error", rid, "too_large", 7 * MiB))
+            c.send({"type": "put.end", "id": rid, "xxh3": "0" * 32})  # not answered: the upload failed
+            self.assertEqual(c.request("fs.stat", path=self.rdir)[0]["type"], "fs.stat.reply")
+        self.assertFalse(os.path.exists(os.path.join(self.rshare, "stream")))
+
+
+class UploadRefusals(FilesTestCase):
+    """What docs/protocol.md promises when an upload is not what it declared: `integrity` for a size
+    or digest that differs (the part removed, the message naming what differs), `bad_request` for a
+    missing digest, and a `put.abort` after the end is ignored: no part outlives its upload."""
+
+    def connect(self):
+        return cskit_client.Client.connect("127.0.0.1", self.srv.port, "admin", TOKEN,
+                                           fingerprint=self.srv.fingerprint)
+
+    def start(self, c, name, size, **extra):
+        rid = c.next_id()
+        c.send({"type": "put", "id": rid, "path": f"{self.rdir}/{name}", "size": size, **extra})
+        h, _ = c.recv()
+        self.assertEqual((h["type"], h.get("offset")), ("put.ready", 0), h)
+        return rid
+
+    def xxh3(self, data):
+        """The server's XXH3-128 of data (as a `get` header gives it), on a connection of its own."""
+        write_file(os.path.join(self.rshare, "seed"), data)
+        try:
+            with self.connect() as c:
+                rid = c.next_id()
+                c.send({"type": "get", "id": rid, "path": f"{self.rdir}/seed"})
+                for _ in range(100):  # get (inline), or get.ready, get.data... get.end
+                    h, _ = c.recv()
+                    if h.get("id") == rid and "xxh3" in h:
+                        return h["xxh3"]
+                self.fail("no digest in the server's answer to get")
+        finally:
+            os.unlink(os.path.join(self.rshare, "seed"))
+
+    def refused(self, c, rid, code):
+        h, _ = c.recv()
+        self.assertEqual((h["type"], h.get("id"), h.get("code")), ("error", rid, code), h)
+        # A put.abort with discard afterwards is ignored (no reply), and the connection goes on.
+        c.send({"type": "put.abort", "id": rid, "discard": True})
+        self.assertEqual(c.request("fs.stat", path=self.rdir)[0]["type"], "fs.stat.reply")
+        self.assertEqual(part_files(self.srv.share), [])
+        return h["message"]
+
+    def test_fewer_bytes_than_declared(self):
+        data = random_bytes(300000)
+        digest = self.xxh3(data)
+        with self.connect() as c:
+            rid = self.start(c, "short", 400000)
+            c.send({"type": "put.data", "id": rid, "offset": 0}, data)
+            c.send({"type": "put.end", "id": rid, "xxh3": digest})
+            message = self.refused(c, rid, "integrity")
+        self.assertIn("got 300000 of its declared 400000 bytes", message)
+        self.assertFalse(os.path.exists(os.path.join(self.rshare, "short")))
+
+    def test_more_bytes_than_declared(self):
+        with self.connect() as c:
+            rid = self.start(c, "long", 1000)
+            c.send({"type": "put.data", "id": rid, "offset": 0}, bytes(1500))
+            message = self.refused(c, rid, "integrity")
+            c.send({"type": "put.end", "id": rid, "xxh3": "0" * 32})  # not answered
+            self.assertEqual(c.request("fs.stat", path=self.rdir)[0]["type"], "fs.stat.reply")
+        self.assertIn("more data than its declared size of 1000 bytes", message)
+        self.assertFalse(os.path.exists(os.path.join(self.rshare, "long")))
+
+    def test_sha256_asked_but_not_sent(self):
+        data = random_bytes(5000)
+        digest = self.xxh3(data)
+        with self.connect() as c:
+            rid = self.start(c, "nosha", len(data), verify="sha256")
+            c.send({"type": "put.data", "id": rid, "offset": 0}, data)
+            c.send({"type": "put.end", "id": rid, "xxh3": digest})
+            message = self.refused(c, rid, "bad_request")
+        self.assertIn("'sha256' (the upload asked for verify=sha256)", message)
+        self.assertFalse(os.path.exists(os.path.join(self.rshare, "nosha")))
+
+    def test_a_digest_that_differs_is_named_with_both_values(self):
+        data = random_bytes(5000)
+        digest = self.xxh3(data)
+        wrong = "00" * 32
+        with self.connect() as c:
+            rid = self.start(c, "badsha", len(data), verify="sha256")
+            c.send({"type": "put.data", "id": rid, "offset": 0}, data)
+            c.send({"type": "put.end", "id": rid, "xxh3": digest, "sha256": wrong})
+            message = self.refused(c, rid, "integrity")
+            self.assertIn(f"sha256: sent {wrong}, received {hashlib.sha256(data).hexdigest()}", message)
+            rid = self.start(c, "badxxh3", len(data))
+            c.send({"type": "put.data", "id": rid, "offset": 0}, data)
+            c.send({"type": "put.end", "id": rid, "xxh3": "0" * 32})
+            message = self.refused(c, rid, "integrity")
+            self.assertIn(f"xxh3: sent {'0' * 32}, received {digest}", message)
+            rid = self.start(c, "noxxh3", len(data))
+            c.send({"type": "put.data", "id": rid, "offset": 0}, data)
+            c.send({"type": "put.end", "id": rid})
+            self.assertIn("must carry the content's 'xxh3'", self.refused(c, rid, "bad_request"))
+        for name in ("badsha", "badxxh3", "noxxh3"):
+            self.assertFalse(os.path.exists(os.path.join(self.rshare, name)))
+
+    def test_abort_keeps_or_discards_the_part(self):
+        """put.abort keeps the part for a resume, or removes it with discard."""
+        with self.connect() as c:
+            rid = self.start(c, "kept", 100000)
+            c.send({"type": "put.data", "id": rid, "offset": 0}, bytes(50000))
+            c.send({"type": "put.abort", "id": rid, "discard": False})
+            self.assertEqual(c.request("fs.stat", path=self.rdir)[0]["type"], "fs.stat.reply")
+            self.assertEqual(len(part_files(self.srv.share)), 1)  # kept for a resume
+            rid = self.start(c, "kept", 100000, resume=False)
+            c.send({"type": "put.abort", "id": rid, "discard": True})
+            self.assertEqual(c.request("fs.stat", path=self.rdir)[0]["type"], "fs.stat.reply")
+            self.assertEqual(part_files(self.srv.share), [])
+
 
 # ---------------------------------------------------------------- 9. concurrent writers
 
