@@ -20,6 +20,7 @@
 #include "util/digest.hpp"
 #include "util/file_io.hpp"
 #include "util/jail.hpp"
+#include "util/tree_walk.hpp"
 
 namespace cskit::client {
 
@@ -229,53 +230,59 @@ struct put_item {
   std::string target;
 };
 
-// Adds `local` (a directory) and everything below it to `items`.
+// Adds everything below the directory `local` (to be `remote`) to `items`,
+// at any depth; a path the server could not take is an error, not a gap.
 void walk_local(const std::string& local, const std::string& remote, std::vector<put_item>& items,
-                transfer_result& r, int depth) {
-  DIR* d = ::opendir(local.c_str());
-  if (!d) {
+                transfer_result& r) {
+  util::unique_fd root(::open(local.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!root) {
     r.errors.push_back({local, local_errc(errno), local_message(errno, local)});
     return;
   }
-  std::vector<std::string> names;
-  while (dirent* de = ::readdir(d)) {
-    std::string_view n = de->d_name;
-    if (n != "." && n != "..") names.emplace_back(n);
-  }
-  ::closedir(d);
-  std::sort(names.begin(), names.end());
-  for (const auto& n : names) {
-    const std::string lp = local + "/" + n;
-    if (!proto::is_valid_utf8(n) || !util::check_name(n).empty()) {
-      r.errors.push_back({lp, errc::bad_path, lp + ": the name is not valid UTF-8 or contains control characters; skipped"});
-      continue;
-    }
-    if (util::is_part_file_name(n)) continue;  // our own unfinished downloads
+  util::tree_visitor v;
+  v.enter = [&](const util::tree_entry& e) {
     put_item it;
-    it.local = lp;
-    it.remote = join(remote, n);
-    if (::lstat(lp.c_str(), &it.st) != 0) {
-      r.errors.push_back({lp, local_errc(errno), local_message(errno, lp)});
-      continue;
+    it.local = local + "/" + e.path;
+    it.remote = join(remote, e.path);
+    it.st = e.st;
+    if (util::is_part_file_name(e.name)) return util::walk_step::next;  // our own unfinished downloads
+    if (!proto::is_valid_utf8(e.name) || !util::check_name(e.name).empty()) {
+      r.errors.push_back({it.local, errc::bad_path,
+                          it.local + ": the name is not valid UTF-8 or contains control characters; skipped"});
+      return util::walk_step::next;
     }
-    if (S_ISDIR(it.st.st_mode)) {
+    if (it.remote.size() > util::max_remote_path) {
+      r.errors.push_back({it.local, errc::bad_path,
+                          it.local + ": its remote path would be longer than " +
+                              std::to_string(util::max_remote_path) + " bytes, the longest a server takes; skipped"});
+      return util::walk_step::next;
+    }
+    if (S_ISDIR(e.st.st_mode)) {
       it.what = put_item::dir;
-      items.push_back(it);
-      if (depth < 256) walk_local(lp, it.remote, items, r, depth + 1);
-    } else if (S_ISREG(it.st.st_mode)) {
+    } else if (S_ISREG(e.st.st_mode)) {
       it.what = put_item::file;
-      items.push_back(it);
-    } else if (S_ISLNK(it.st.st_mode)) {
+    } else if (S_ISLNK(e.st.st_mode)) {
       char buf[4097];
-      ssize_t len = ::readlink(lp.c_str(), buf, sizeof buf - 1);
-      if (len < 0) continue;
+      const ssize_t len = ::readlinkat(e.dir_fd, e.name.c_str(), buf, sizeof buf - 1);
+      if (len < 0) {
+        r.errors.push_back({it.local, local_errc(errno), local_message(errno, it.local)});
+        return util::walk_step::next;
+      }
       it.target.assign(buf, static_cast<std::size_t>(len));
       it.what = put_item::symlink;
-      items.push_back(it);
     } else {
-      r.errors.push_back({lp, errc::bad_request, lp + ": not a regular file, directory or symlink; skipped"});
+      r.errors.push_back({it.local, errc::bad_request, it.local + ": not a regular file, directory or symlink; skipped"});
+      return util::walk_step::next;
     }
-  }
+    items.push_back(std::move(it));
+    return util::walk_step::descend;
+  };
+  v.failed = [&](const util::tree_entry& e, int err) {
+    const std::string lp = local + "/" + e.path;
+    r.errors.push_back({lp, local_errc(err), local_message(err, lp)});
+    return util::walk_step::next;
+  };
+  util::walk_tree(std::move(root), v);
 }
 
 }  // namespace
@@ -337,7 +344,7 @@ transfer_result file_client::put(const std::vector<std::string>& sources, const 
       }
       it.what = put_item::dir;
       items.push_back(it);
-      walk_local(src, it.remote, items, r, 0);
+      walk_local(src, it.remote, items, r);
     } else if (S_ISREG(it.st.st_mode)) {
       it.what = put_item::file;
       items.push_back(it);

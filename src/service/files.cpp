@@ -14,6 +14,7 @@
 
 #include "net/connection.hpp"
 #include "proto/utf8.hpp"
+#include "util/tree_walk.hpp"
 
 namespace cskit::service {
 
@@ -38,10 +39,23 @@ constexpr std::size_t max_uploads_per_connection = 64;
 constexpr std::uint64_t writeback_step = 16u << 20;  // a large upload's data is written back in steps this large
 constexpr std::size_t max_list_entries = 250000;
 constexpr std::size_t list_chunk = 2000;
-constexpr int max_tree_depth = 256;
 
 std::string part_name_for(std::string_view leaf) { return util::part_file_name(leaf); }
 bool is_part_name(std::string_view name) { return util::is_part_file_name(name); }
+
+// `rel` below the share-relative directory `dir`.
+std::string under(const std::string& dir, const std::string& rel) { return dir.empty() ? rel : dir + "/" + rel; }
+
+// A path for a message: a very long one keeps its two ends.
+std::string elided(const std::string& p) {
+  constexpr std::size_t keep = 120;
+  if (p.size() <= 2 * keep + 3) return p;
+  auto continuation = [&](std::size_t i) { return (static_cast<unsigned char>(p[i]) & 0xC0) == 0x80; };
+  std::size_t head = keep, tail = p.size() - keep;  // cut between whole UTF-8 characters
+  while (head > 0 && continuation(head)) --head;
+  while (tail < p.size() && continuation(tail)) ++tail;
+  return p.substr(0, head) + "..." + p.substr(tail);
+}
 
 
 const char* type_name(mode_t m) {
@@ -490,43 +504,51 @@ void files_session::do_list(std::uint64_t id, const json& h) {
     return flush(true);
   }
   // Depth-first, each directory's entries sorted by name, a directory
-  // before its contents (a downloader creates it first).
-  std::function<bool(int, const std::string&, int)> walk = [&](int fd, const std::string& prefix, int depth) -> bool {
-    DIR* d = ::fdopendir(fd);
-    if (!d) {
-      ::close(fd);
-      return true;
+  // before its contents (a downloader creates it first). Any depth whose
+  // paths a client can name (max_remote_path); a deeper path, or a
+  // directory that cannot be read, ends the listing with an error rather
+  // than leaving a part of the tree out unsaid.
+  std::string failed_path;
+  int failed_errno = 0;
+  util::tree_visitor v;
+  v.keep = [&](std::string_view n) {
+    if (is_part_name(n)) return false;
+    if (!util::check_name(n).empty() || !proto::is_valid_utf8(n)) {
+      ++skipped;  // a name no client could ask for again (control characters, not UTF-8)
+      return false;
     }
-    std::vector<std::string> names;
-    while (dirent* de = ::readdir(d)) {
-      std::string_view n = de->d_name;
-      if (n == "." || n == ".." || is_part_name(n)) continue;
-      if (!util::check_name(n).empty() || !proto::is_valid_utf8(n)) {
-        ++skipped;  // a name no client could ask for again (control characters, not UTF-8)
-        continue;
-      }
-      names.emplace_back(n);
-    }
-    std::sort(names.begin(), names.end());
-    const int dfd = ::dirfd(d);
-    for (const auto& n : names) {
-      if (too_many) break;
-      struct stat est {};
-      if (::fstatat(dfd, n.c_str(), &est, AT_SYMLINK_NOFOLLOW) != 0) continue;  // vanished meanwhile
-      const std::string rel = prefix.empty() ? n : prefix + "/" + n;
-      add(entry_json(recursive ? rel : n, est, dfd, n.c_str()));
-      if (recursive && S_ISDIR(est.st_mode) && depth < max_tree_depth) {
-        int sub = ::openat(dfd, n.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-        if (sub >= 0) walk(sub, rel, depth + 1);
-      }
-    }
-    ::closedir(d);
     return true;
   };
-  walk(top.release(), "", 0);
+  v.enter = [&](const util::tree_entry& e) {
+    if (too_many) return util::walk_step::stop;
+    if (recursive && under(*path, e.path).size() > util::max_remote_path) {
+      failed_path = e.path;
+      failed_errno = ENAMETOOLONG;
+      return util::walk_step::stop;
+    }
+    add(entry_json(recursive ? e.path : e.name, e.st, e.dir_fd, e.name.c_str()));
+    return recursive ? util::walk_step::descend : util::walk_step::next;
+  };
+  v.failed = [&](const util::tree_entry& e, int err) {
+    failed_path = e.path;
+    failed_errno = err;
+    return util::walk_step::stop;
+  };
+  util::walk_tree(std::move(top), v);
   if (too_many) {
     return error_over_limit(id, max_list_entries,
                             "more than " + std::to_string(max_list_entries) + " entries; list a smaller directory");
+  }
+  if (failed_errno == ENAMETOOLONG) {
+    return error_over_limit(id, util::max_remote_path,
+                            "'" + elided(under(*path, failed_path)) + "' is longer than " +
+                                std::to_string(util::max_remote_path) +
+                                " bytes, the longest path a client can name; the listing stops there");
+  }
+  if (failed_errno) {
+    return error(id, errc_for_errno(failed_errno),
+                 errno_message(failed_errno, "'" + elided(under(*path, failed_path)) + "'") +
+                     "; the listing stops there");
   }
   flush(true);
 }
@@ -572,50 +594,32 @@ void files_session::do_mkdir(std::uint64_t id, const json& h) {
 
 namespace {
 // Removes everything inside the directory `fd` (owned), then nothing else.
-// Returns 0 or an errno; adds the sizes of removed files to `bytes`.
-int remove_contents(int fd, int depth, std::uint64_t& bytes, std::uint64_t& count) {
-  DIR* d = ::fdopendir(fd);
-  if (!d) {
-    int e = errno;
-    ::close(fd);
-    return e;
-  }
+// Removes everything below the directory `fd` (taken over), any depth.
+// Returns 0 or an errno; adds the sizes of removed files to `bytes` and
+// counts the entries removed.
+int remove_contents(int fd, std::uint64_t& bytes, std::uint64_t& count) {
   int result = 0;
-  std::vector<std::string> names;
-  while (dirent* de = ::readdir(d)) {
-    std::string_view n = de->d_name;
-    if (n != "." && n != "..") names.emplace_back(n);
-  }
-  const int dfd = ::dirfd(d);
-  for (const auto& n : names) {
-    struct stat st {};
-    if (::fstatat(dfd, n.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
-    if (S_ISDIR(st.st_mode)) {
-      if (depth >= max_tree_depth) {
-        result = ELOOP;
-        break;
-      }
-      int sub = ::openat(dfd, n.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-      if (sub < 0) {
-        result = errno;
-        break;
-      }
-      if ((result = remove_contents(sub, depth + 1, bytes, count)) != 0) break;
-      if (::unlinkat(dfd, n.c_str(), AT_REMOVEDIR) != 0) {
-        result = errno;
-        break;
-      }
-    } else {
-      if (::unlinkat(dfd, n.c_str(), 0) != 0) {
-        result = errno;
-        break;
-      }
-      if (S_ISREG(st.st_mode)) bytes += static_cast<std::uint64_t>(st.st_size);
+  util::tree_visitor v;
+  v.enter = [&](const util::tree_entry& e) {
+    if (S_ISDIR(e.st.st_mode)) return util::walk_step::descend;
+    if (::unlinkat(e.dir_fd, e.name.c_str(), 0) != 0) {
+      result = errno;
+      return util::walk_step::stop;
+    }
+    if (S_ISREG(e.st.st_mode)) bytes += static_cast<std::uint64_t>(e.st.st_size);
+    ++count;
+    return util::walk_step::next;
+  };
+  v.leave = [&](const util::tree_entry& e) {
+    if (::unlinkat(e.dir_fd, e.name.c_str(), AT_REMOVEDIR) != 0) {
+      result = errno;
+      return util::walk_step::stop;
     }
     ++count;
-  }
-  ::closedir(d);
-  return result;
+    return util::walk_step::next;
+  };
+  const int err = util::walk_tree(util::unique_fd(fd), v);
+  return err ? err : result;
 }
 }  // namespace
 
@@ -635,7 +639,7 @@ void files_session::do_rm(std::uint64_t id, const json& h) {
   if (S_ISDIR(st.st_mode)) {
     if (recursive) {
       int sub = ::openat(dir.get(), leaf.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-      int e = sub < 0 ? errno : remove_contents(sub, 0, bytes, count);
+      int e = sub < 0 ? errno : remove_contents(sub, bytes, count);
       share_.adjust_usage(-static_cast<std::int64_t>(bytes));
       if (e) return error(id, errc_for_errno(e), errno_message(e, "rm -r '" + *path + "'"));
     }

@@ -773,6 +773,82 @@ class NamesAndTrees(FilesTestCase):
         self.assert_no_parts(self.rshare, self.local)
 
 
+def make_deep_tree(root, levels, name_format, leaf=b"at the bottom\n"):
+    """root/<name 0>/<name 1>/.../<name levels-1>/deepest.txt, built one level at a time through
+    directory descriptors (its full path may be longer than PATH_MAX). Returns the relative path of
+    the deepest file."""
+    os.makedirs(root, exist_ok=True)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    names = []
+    try:
+        for i in range(levels):
+            name = name_format % i
+            os.mkdir(name, dir_fd=fd)
+            sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = sub
+            names.append(name)
+        with os.fdopen(os.open("deepest.txt", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), "wb") as f:
+            f.write(leaf)
+    finally:
+        os.close(fd)
+    return "/".join(names + ["deepest.txt"])
+
+
+def read_deep(root, rel):
+    """The content of root/rel, opened one component at a time (rel may be longer than PATH_MAX)."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    parts = rel.split("/")
+    try:
+        for name in parts[:-1]:
+            sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = sub
+        with os.fdopen(os.open(parts[-1], os.O_RDONLY, dir_fd=fd), "rb") as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
+class DeepTrees(FilesTestCase):
+    """Trees of any depth whose paths fit the protocol (4096 bytes) are listed, fetched, sent and
+    removed whole; a deeper path is an error with a non-zero status, never a silent gap; rm -r
+    removes a tree of any depth."""
+
+    def test_three_hundred_levels_both_ways(self):
+        deepest = make_deep_tree(os.path.join(self.rshare, "deep"), 300, "d%03d")
+        listed = self.json_ok("ls", "-R", self.rr("deep"))["entries"]
+        names = [e["name"] for e in listed]
+        self.assertTrue(deepest in names, f"the deepest file is not listed ({len(names)} entries)")
+        self.assertEqual(len(listed), 301)
+        self.ok("get", "-r", self.rr("deep"), self.lp("back"))
+        self.assertEqual(read_deep(self.lp("back"), deepest), b"at the bottom\n")
+        up_deepest = make_deep_tree(self.lp("up"), 300, "u%03d", leaf=b"sent up\n")
+        self.ok("put", "-r", self.lp("up"), self.rr())
+        self.assertEqual(read_deep(os.path.join(self.rshare, "up"), up_deepest), b"sent up\n")
+        for tree in ("deep", "up"):
+            self.ok("rm", "-r", self.rr(tree))
+            self.assertFalse(os.path.exists(os.path.join(self.rshare, tree)))
+
+    def test_paths_longer_than_the_protocol_allows_are_refused_loudly(self):
+        # 500 levels of 9 bytes: the deepest paths pass 4096 bytes.
+        make_deep_tree(os.path.join(self.rshare, "toodeep"), 500, "level%03d")
+        r = self.cli("ls", "-R", self.rr("toodeep"))
+        self.assertNotEqual(r.returncode, EXIT_OK)
+        self.assertIn("longer than 4096 bytes, the longest path a client can name", r.stderr)
+        r = self.cli("get", "-r", self.rr("toodeep"), self.lp("back"))
+        self.assertNotEqual(r.returncode, EXIT_OK)
+        self.assertIn("longer than 4096 bytes", r.stderr)
+        make_deep_tree(self.lp("up"), 500, "level%03d")
+        r = self.cli("put", "-r", self.lp("up"), self.rr())
+        self.assertNotEqual(r.returncode, EXIT_OK)
+        self.assertIn("would be longer than 4096 bytes, the longest a server takes", r.stderr)
+        self.assert_no_parts(self.rshare, self.local)
+        # Removal works at any depth: it needs no path.
+        self.ok("rm", "-r", self.rr("toodeep"))
+        self.assertFalse(os.path.exists(os.path.join(self.rshare, "toodeep")))
+
+
 # ---------------------------------------------------------------- 6. hostile paths
 
 LEXICAL_HOSTILE = [
