@@ -262,7 +262,6 @@ void file_share::committer() {
           // An unnamed file (an upload that came whole): link it into place,
           // and reclaim the part an earlier, larger version left, if any.
           result[i] = util::link_unnamed(j.file.get(), j.dir.get(), j.target.c_str(), j.no_clobber);
-          if (!result[i]) util::drop_stale_part(j.dir.get(), j.target);
         } else if (::renameat2(j.dir.get(), j.part.c_str(), j.dir.get(), j.target.c_str(),
                                j.no_clobber ? RENAME_NOREPLACE : 0) != 0) {
           result[i] = errno;
@@ -275,6 +274,14 @@ void file_share::committer() {
         if (!result[i] && counted) {
           adjust_usage(static_cast<std::int64_t>(j.size) -
                        (replaced && S_ISREG(old.st_mode) ? static_cast<std::int64_t>(old.st_size) : 0));
+        }
+        if (!result[i]) {
+          // The target's part from an earlier upload is of an older version
+          // now: removed when no transfer holds it, else marked so that its
+          // holder removes it rather than keeping it for a resume.
+          if (util::drop_stale_part(j.dir.get(), j.target)) {
+            parts_.supersede(j.dir.get(), part_name_for(j.target), j.submitted);
+          }
         }
       }
       if (result[i] == EEXIST || result[i] == EISDIR) {
@@ -319,6 +326,7 @@ struct files_session::upload {
   std::optional<std::int64_t> mtime;
   bool failed = false;  // answered with an error; waiting for put.end to forget it
   bool preallocated = false;  // blocks up to `size` are reserved (util::preallocate)
+  std::shared_ptr<part_registry::claim> claim;  // a resumable part's registration
 
   /// Only a part with a known target size can be resumed; anything else
   /// is removed when the upload ends without a commit.
@@ -326,9 +334,10 @@ struct files_session::upload {
 
   /// The upload ends without a commit: a resumable part is kept, holding
   /// only what was written (its reservation is given back); any other
-  /// part, or any part when `discard`, is removed.
+  /// part, a part superseded by a commit of its target meanwhile, or any
+  /// part when `discard`, is removed.
   void leave_part(bool discard = false) noexcept {
-    if (discard || !resumable()) {
+    if (discard || !resumable() || (claim && claim->superseded())) {
       if (dir && !part.empty()) ::unlinkat(dir.get(), part.c_str(), 0);
     } else if (preallocated && file) {
       util::release_preallocation(file.get());
@@ -430,20 +439,113 @@ bool files_session::run(queued_request& q) {
   const bool independent = type == "put" || type == "fs.mkdir" || type == "fs.symlink";
   if (!independent && commits_pending_ > 0) return false;
   try {
-    if (type == "put") do_put(q.id, q.header, q.body);
-    else if (type == "get") do_get(q.id, q.header);
-    else if (type == "fs.stat") do_stat(q.id, q.header);
-    else if (type == "fs.list") do_list(q.id, q.header);
-    else if (type == "fs.mkdir") do_mkdir(q.id, q.header);
-    else if (type == "fs.rm") do_rm(q.id, q.header);
-    else if (type == "fs.mv") do_mv(q.id, q.header);
-    else if (type == "fs.symlink") do_symlink(q.id, q.header);
-    else if (type == "fs.setattr") do_setattr(q.id, q.header);
-    else error(q.id, errc::unknown_type, "unknown file request '" + type + "'");
+    if (type == "put") {
+      if (wait_for_part_holder(q)) return false;
+      part_checked_.reset();
+      do_put(q.id, q.header, q.body);
+    } else if (type == "get") {
+      do_get(q.id, q.header);
+    } else if (type == "fs.stat") {
+      do_stat(q.id, q.header);
+    } else if (type == "fs.list") {
+      do_list(q.id, q.header);
+    } else if (type == "fs.mkdir") {
+      do_mkdir(q.id, q.header);
+    } else if (type == "fs.rm") {
+      do_rm(q.id, q.header);
+    } else if (type == "fs.mv") {
+      do_mv(q.id, q.header);
+    } else if (type == "fs.symlink") {
+      do_symlink(q.id, q.header);
+    } else if (type == "fs.setattr") {
+      do_setattr(q.id, q.header);
+    } else {
+      error(q.id, errc::unknown_type, "unknown file request '" + type + "'");
+    }
   } catch (const json::exception& e) {
     error(q.id, errc::bad_request, std::string("'") + type + "': a field has the wrong type (" + e.what() + ")");
   }
   return true;
+}
+
+// ---- a part held by another upload
+
+// How long a put waits for the holder of its part to be found alive or
+// gone, and how long a holder's peer may stay silent once asked.
+constexpr auto part_holder_wait = std::chrono::seconds(5);
+constexpr auto peer_probe_timeout = std::chrono::seconds(3);
+constexpr auto part_poll = std::chrono::milliseconds(50);
+
+bool files_session::wait_for_part_holder(const queued_request& q) {
+  const auto now = std::chrono::steady_clock::now();
+  auto again = [this] {
+    conn_.run_after(part_poll, [w = weak_from_this()] {
+      if (auto self = w.lock()) self->pump();
+    });
+    return true;
+  };
+  if (part_wait_ && part_wait_->id == q.id) {
+    // Done when the holder answered (alive: a fresh part it will be), or
+    // let go of the part (it can be resumed), or at the deadline.
+    if (*part_wait_->alive || now >= part_wait_->until || !holder_of_part(q.header)) {
+      part_wait_.reset();
+      return false;
+    }
+    return again();
+  }
+  if (part_checked_ == q.id) return false;
+  part_checked_ = q.id;
+  auto holder = holder_of_part(q.header);
+  if (!holder) return false;
+  auto alive = std::make_shared<bool>(false);
+  holder->probe([alive, w = weak_from_this(), ex = conn_.executor()](bool is_alive) {
+    boost::asio::post(ex, [alive, w, is_alive] {
+      *alive = is_alive;
+      if (auto self = w.lock()) self->pump();
+    });
+  });
+  part_wait_ = part_wait{q.id, now + part_holder_wait, alive};
+  return again();
+}
+
+std::shared_ptr<part_registry::claim> files_session::holder_of_part(const json& h) const {
+  // Only a resumable upload wants an existing part.
+  if (!h.value("resume", false) || h.value("inline", false) || !h.contains("size")) return nullptr;
+  auto p = h.find("path");
+  if (p == h.end() || !p->is_string()) return nullptr;
+  if (!util::check_relative_path(p->get_ref<const std::string&>()).empty()) return nullptr;  // put will say why
+  const std::string path = util::normalize_relative(p->get_ref<const std::string&>());
+  if (path.empty()) return nullptr;
+  std::string leaf;
+  util::unique_fd dir(share_.jail().open_parent(path, leaf));
+  if (!dir) return nullptr;
+  const std::string part = part_name_for(leaf);
+  util::unique_fd fd(::openat(dir.get(), part.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
+  if (!fd || ::flock(fd.get(), LOCK_EX | LOCK_NB) == 0) return nullptr;  // none, or free
+  auto holder = share_.parts().find(dir.get(), part);
+  for (const auto& [id, u] : uploads_) {
+    if (holder && u->claim == holder) return nullptr;  // this connection's own upload
+  }
+  return holder;
+}
+
+void files_session::probe_peer(std::function<void(bool alive)> done) {
+  const auto since = std::chrono::steady_clock::now();
+  conn_.send(json{{"type", "ping"}});
+  watch_peer(since, std::move(done));
+}
+
+void files_session::watch_peer(std::chrono::steady_clock::time_point since, std::function<void(bool alive)> done) {
+  if (conn_.last_activity() > since) return done(true);
+  if (std::chrono::steady_clock::now() - since >= peer_probe_timeout) {
+    spdlog::info("files: {} silent for {} s while a newer upload waits for the part it holds; closing", conn_.peer(),
+                 peer_probe_timeout.count());
+    conn_.close_now("silent while a newer upload waited for its part");
+    return done(false);
+  }
+  conn_.run_after(part_poll, [w = weak_from_this(), since, done = std::move(done)]() mutable {
+    if (auto self = w.lock()) self->watch_peer(since, std::move(done));
+  });
 }
 
 // ---- metadata operations
@@ -850,6 +952,15 @@ void files_session::do_put(std::uint64_t id, const json& h, std::string& body) {
   }
   u->file.reset(fd);
   u->part_mode = static_cast<mode_t>(st.st_mode & 07777);
+  if (!is_inline && u->resumable()) {
+    // Registered, so that a newer upload of this target can ask whether
+    // this one's peer is still there.
+    u->claim = share_.parts().hold(st, [w = weak_from_this(), ex = conn_.executor()](auto done) {
+      boost::asio::post(ex, [w, done = std::move(done)]() mutable {
+        if (auto self = w.lock()) self->probe_peer(std::move(done));
+      });
+    });
+  }
   if (!S_ISREG(st.st_mode)) {
     share_.release(u->reserved);
     return error(id, errc::io_error, "the part file for '" + *path + "' is not a regular file");

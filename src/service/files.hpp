@@ -17,6 +17,7 @@
 #include <sys/types.h>
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -34,6 +35,7 @@
 #include "proto/frame.hpp"
 #include "util/digest.hpp"
 #include "util/file_io.hpp"
+#include "service/part_registry.hpp"
 #include "util/jail.hpp"
 
 namespace cskit::net {
@@ -64,6 +66,9 @@ struct commit_job {
   std::optional<std::int64_t> mtime_ns;
   std::uint64_t size = 0;
   std::uint64_t reserved = 0;  ///< quota reservation to release
+  /// When the upload ended: a part of this target held since before is
+  /// superseded by the commit.
+  std::chrono::steady_clock::time_point submitted = std::chrono::steady_clock::now();
   /// Called on the committer thread with 0 or an errno (EEXIST: no_clobber).
   /// A part refused for good (EEXIST, EISDIR) has been removed by then;
   /// after any other error it stays, for a later retry. (An unnamed file
@@ -100,6 +105,8 @@ class file_share {
   /// finds little left to do: the disk works while the network does. Takes
   /// a duplicate of `file`; the caller's thread never waits for the disk.
   void start_writeback(int file, std::uint64_t offset, std::uint64_t length);
+  /// Who holds which part (see part_registry).
+  part_registry& parts() noexcept { return parts_; }
 
  private:
   void committer();
@@ -117,6 +124,7 @@ class file_share {
   };
   std::deque<writeback> writebacks_;
   bool stopping_ = false;
+  part_registry parts_;
   std::thread thread_;
 };
 
@@ -153,6 +161,14 @@ class files_session : public std::enable_shared_from_this<files_session> {
 
   void pump();
   bool run(queued_request& q);  // false: must wait (the request stays queued)
+  /// A resumable put whose part another upload holds waits (true) until
+  /// that holder's peer is found alive or gone.
+  bool wait_for_part_holder(const queued_request& q);
+  std::shared_ptr<part_registry::claim> holder_of_part(const proto::json& h) const;
+  /// As the holder: whether this connection's peer is alive (`done(true)`
+  /// at its next sign of life); one that stays silent is closed.
+  void probe_peer(std::function<void(bool alive)> done);
+  void watch_peer(std::chrono::steady_clock::time_point since, std::function<void(bool alive)> done);
   /// TLS in user space: reads the next piece of a download, digests it and
   /// sends it. False when the download ended with an error.
   bool send_piece_read(download& d);
@@ -190,6 +206,13 @@ class files_session : public std::enable_shared_from_this<files_session> {
   int commits_pending_ = 0;
   bool commit_wake_posted_ = false;
   bool pumping_ = false;
+  struct part_wait {
+    std::uint64_t id;
+    std::chrono::steady_clock::time_point until;
+    std::shared_ptr<bool> alive;  // the holder's answer (set on this thread)
+  };
+  std::optional<part_wait> part_wait_;
+  std::optional<std::uint64_t> part_checked_;  // the put whose part holder was looked for
 };
 
 }  // namespace cskit::service

@@ -293,18 +293,19 @@ int link_unnamed(int fd, int dirfd, const char* name, bool no_clobber) noexcept 
   return e;
 }
 
-void drop_stale_part(int dirfd, std::string_view leaf) noexcept {
+bool drop_stale_part(int dirfd, std::string_view leaf) noexcept {
   std::string name;
   try {
     name = part_file_name(leaf);
   } catch (...) {
-    return;
+    return false;
   }
   unique_fd fd(::openat(dirfd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
-  if (!fd) return;  // the usual case: none
-  if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) return;  // a transfer is using it
+  if (!fd) return false;  // the usual case: none
+  if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) return true;  // a transfer is using it
   struct stat mine {};
   if (still_named(fd.get(), dirfd, name.c_str(), mine)) ::unlinkat(dirfd, name.c_str(), 0);
+  return false;
 }
 
 std::uint64_t raise_fd_limit() noexcept {

@@ -68,10 +68,11 @@ int open_unnamed(int dirfd, mode_t create_mode, struct stat& st) noexcept;
 /// A directory in the way fails with EISDIR. Returns 0 or an errno.
 int link_unnamed(int fd, int dirfd, const char* name, bool no_clobber) noexcept;
 /// Removes the resumable part of `leaf` in `dirfd`, if there is one and no
-/// transfer holds it: called once `leaf` was committed from an unnamed
-/// file, so that a part left by an earlier, interrupted transfer of a
-/// larger version does not stay behind for ever (with its reserved blocks).
-void drop_stale_part(int dirfd, std::string_view leaf) noexcept;
+/// transfer holds it: called once `leaf` was committed, so that a part left
+/// by an earlier, interrupted transfer of another version does not stay
+/// behind for ever (with its reserved blocks). True when there is one but
+/// a transfer holds it (it is left to that transfer).
+bool drop_stale_part(int dirfd, std::string_view leaf) noexcept;
 
 /// 0666 less the process's umask (read once): the mode of a new file.
 mode_t default_file_mode() noexcept;

@@ -20,6 +20,7 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import stat
 import struct
 import subprocess
@@ -1804,6 +1805,82 @@ class ClientSurvivesServerLoss(unittest.TestCase):
                           f"({signal.Signals(-r.returncode).name}) when the server reset the connection")
             self.assertEqual(r.returncode, EXIT_CONNECT, r.stderr)
             self.assertIn("lost", r.stderr)
+
+
+class PartTakeover(FilesTestCase):
+    """A part held by an upload whose peer went away without closing (a crashed or cut-off client)
+    does not send the re-run back to the start: the server asks that peer, closes it when it stays
+    silent, and the re-run resumes the part. A part whose target another upload committed meanwhile
+    is removed when its holder ends, not kept for ever."""
+
+    SIZE = 16 * MiB
+    SENT = 4 * MiB
+
+    def hold_part(self, data):
+        """A raw client that starts a resumable upload of the test's `target`, sends SENT bytes of
+        it, and then goes quiet (it neither reads nor sends)."""
+        c = cskit_client.Client.connect("127.0.0.1", self.srv.port, "admin", TOKEN, fingerprint=self.srv.fingerprint)
+        rid = c.next_id()
+        c.send({"type": "put", "id": rid, "path": f"{self.rdir}/target", "size": len(data), "resume": True})
+        h, _ = c.recv()
+        self.assertEqual((h["type"], h["offset"]), ("put.ready", 0), h)
+        c.send({"type": "put.data", "id": rid, "offset": 0}, data[:self.SENT])
+        for _ in range(200):  # until the server has written it all (bounded: 10 s)
+            parts = part_files(self.rshare)
+            if parts and os.path.getsize(parts[0]) == self.SENT:
+                break
+            time.sleep(0.05)
+        self.assertEqual([os.path.getsize(p) for p in part_files(self.rshare)], [self.SENT])
+        return c
+
+    def test_a_rerun_takes_over_the_part_of_a_silent_upload(self):
+        data = random_bytes(self.SIZE)
+        write_file(self.lp("target"), data)
+        holder = self.hold_part(data)
+        try:
+            j = self.json_ok("put", self.lp("target"), self.rr())
+            self.assertEqual(j["resumed_bytes"], self.SENT)
+            self.assertEqual(read_file(os.path.join(self.rshare, "target")), data)
+            self.assert_no_parts(self.rshare)
+            # The silent holder's connection was closed by the server.
+            with self.assertRaises((OSError, ssl.SSLError, cskit_client.ProtocolError, cskit_client.RemoteError)):
+                for _ in range(10):
+                    holder.recv()
+        finally:
+            holder._abort(drain=False)
+
+    def test_a_live_upload_keeps_its_part_until_a_commit_supersedes_it(self):
+        data, newer = random_bytes(self.SIZE), random_bytes(self.SIZE)
+        write_file(self.lp("target"), newer)
+        holder = self.hold_part(data)
+        stop = threading.Event()
+
+        def keep_alive():  # a live but slow peer: a frame every 100 ms
+            while not stop.wait(0.1):
+                try:
+                    holder.send({"type": "ping", "id": holder.next_id()})
+                except OSError:
+                    return
+
+        t = threading.Thread(target=keep_alive, daemon=True)
+        t.start()
+        try:
+            started = time.monotonic()
+            j = self.json_ok("put", self.lp("target"), self.rr())
+            self.assertEqual(j["resumed_bytes"], 0)  # not the live upload's part
+            self.assertLess(time.monotonic() - started, 3.0, "waited as long as for a silent peer")
+            self.assertEqual(read_file(os.path.join(self.rshare, "target")), newer)
+            self.assertEqual(len(part_files(self.rshare)), 1)  # still the live upload's
+        finally:
+            stop.set()
+            t.join(timeout=5)
+            holder._abort(drain=False)  # cut off, no put.abort: its part would normally be kept
+        for _ in range(100):  # bounded: 5 s
+            if not part_files(self.rshare):
+                break
+            time.sleep(0.05)
+        self.assert_no_parts(self.rshare)  # superseded by the commit: removed, not kept for ever
+        self.assertEqual(read_file(os.path.join(self.rshare, "target")), newer)
 
 
 # ---------------------------------------------------------------- 8. disk full, quota, size limit
