@@ -132,6 +132,21 @@ std::string help_text() {
          "/topic [text], /nick NAME, /quit [reason], /help; anything else is said in the current room";
 }
 
+// A chat.who answer as "alice (account alice), bobby (account bob)": each
+// nickname with the account it belongs to.
+std::string who_list(const proto::json& h) {
+  std::string list;
+  const auto accounts = h.value("accounts", proto::json::object());
+  for (const auto& m : h.value("members", std::vector<std::string>{})) {
+    if (!list.empty()) list += ", ";
+    list += neutralize(m);
+    if (auto a = accounts.find(m); a != accounts.end() && a->is_string()) {
+      list += " (account " + neutralize(a->get<std::string>()) + ")";
+    }
+  }
+  return list;
+}
+
 class chat_session {
  public:
   chat_session(const chat_options& o, chat_ui& ui, chat_state& st) : o_(o), ui_(ui), st_(st) {}
@@ -195,9 +210,7 @@ class chat_session {
       }
       if (f->type() == "chat.ok") {
         if (f->header.contains("members")) {
-          std::string list;
-          for (const auto& m : f->header["members"]) list += " " + neutralize(m.get<std::string>());
-          ui_.note(f->header.value("room", std::string()) + ":" + list);
+          ui_.note(f->header.value("room", std::string()) + ": " + who_list(f->header));
         } else if (f->header.contains("rooms")) {
           for (const auto& r : f->header["rooms"]) {
             ui_.note(fmt::format("{} ({} here) {}", r.value("room", ""), r.value("members", 0),

@@ -193,34 +193,96 @@ line_editor::result line_editor::key_bytes(std::string_view in) {
 }
 
 
+namespace {
+
+// Code points that are invisible, or change the direction of the text
+// around them, and so can disguise what a line says: shown as <U+XXXX>.
+bool hidden(char32_t c) {
+  static constexpr std::pair<char32_t, char32_t> ranges[] = {
+      {0x0080, 0x009F},    // C1 controls
+      {0x00AD, 0x00AD},    // soft hyphen
+      {0x034F, 0x034F},    // combining grapheme joiner
+      {0x061C, 0x061C},    // Arabic letter mark
+      {0x115F, 0x1160},    // Hangul fillers
+      {0x17B4, 0x17B5},    // Khmer inherent vowels
+      {0x180B, 0x180F},    // Mongolian variation selectors and vowel separator
+      {0x200B, 0x200F},    // zero width space, non-joiner, joiner; LRM, RLM
+      {0x2028, 0x202E},    // line and paragraph separators; bidi embeddings and overrides
+      {0x2060, 0x206F},    // word joiner, invisible operators, bidi isolates, deprecated formats
+      {0x3164, 0x3164},    // Hangul filler
+      {0xFEFF, 0xFEFF},    // byte order mark, zero width no-break space
+      {0xFFA0, 0xFFA0},    // halfwidth Hangul filler
+      {0xFFF9, 0xFFFB},    // interlinear annotation
+      {0x1D173, 0x1D17A},  // musical symbol formats
+      {0xE0000, 0xE007F},  // tag characters
+  };
+  for (const auto& [lo, hi] : ranges) {
+    if (c >= lo && c <= hi) return true;
+  }
+  return false;
+}
+
+// Emoji that a zero width joiner may join into one picture (the family,
+// the flame heart): the joiner between two of them is what it is meant to
+// be, and stays.
+bool pictographic(char32_t c) {
+  return (c >= 0x1F000 && c <= 0x1FAFF) || (c >= 0x2600 && c <= 0x27BF) || (c >= 0x2300 && c <= 0x23FF) ||
+         (c >= 0x2B00 && c <= 0x2BFF);
+}
+
+// Decodes the UTF-8 sequence at text[i]; its length in `len` (0: not valid).
+char32_t decode(std::string_view text, std::size_t i, std::size_t& len) {
+  const auto b = [&](std::size_t k) { return static_cast<unsigned char>(text[i + k]); };
+  const unsigned char c = b(0);
+  len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
+  if (len == 0 || i + len > text.size()) return len = 0, 0;
+  char32_t cp = len == 1 ? c : c & (0x7F >> len);
+  for (std::size_t k = 1; k < len; ++k) {
+    if ((b(k) & 0xC0) != 0x80) return len = 0, 0;
+    cp = (cp << 6) | (b(k) & 0x3F);
+  }
+  static constexpr char32_t least[] = {0, 0, 0x80, 0x800, 0x10000};
+  if (cp < least[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return len = 0, 0;
+  return cp;
+}
+
+}  // namespace
+
 std::string neutralize(std::string_view text) {
   // Received text is shown, never interpreted: C0 controls (ESC included)
-  // become ^X, DEL ^?, C1 controls and bidirectional overrides <U+XXXX>.
+  // become ^X and DEL ^?; C1 controls and the invisible and
+  // direction-changing characters <U+XXXX>; bytes that are not UTF-8 \xNN.
   std::string out;
   out.reserve(text.size());
-  for (std::size_t i = 0; i < text.size(); ++i) {
-    const auto c = static_cast<unsigned char>(text[i]);
+  char32_t before = 0;  // the previous code point shown, variation selectors aside
+  for (std::size_t i = 0; i < text.size();) {
+    std::size_t len = 0;
+    const char32_t c = decode(text, i, len);
+    if (len == 0) {
+      out += fmt::format("\\x{:02X}", static_cast<unsigned char>(text[i]));
+      ++i;
+      before = 0;
+      continue;
+    }
     if (c < 0x20) {
       out += '^';
       out += static_cast<char>(c + 0x40);
-    } else if (c == 0x7f) {
+    } else if (c == 0x7F) {
       out += "^?";
-    } else if (c == 0xc2 && i + 1 < text.size() && static_cast<unsigned char>(text[i + 1]) >= 0x80 &&
-               static_cast<unsigned char>(text[i + 1]) <= 0x9f) {
-      out += fmt::format("<U+{:04X}>", static_cast<unsigned char>(text[i + 1]));
-      ++i;
-    } else if (c == 0xe2 && i + 2 < text.size() && static_cast<unsigned char>(text[i + 1]) == 0x80 &&
-               ((static_cast<unsigned char>(text[i + 2]) >= 0xaa && static_cast<unsigned char>(text[i + 2]) <= 0xae) ||
-                static_cast<unsigned char>(text[i + 2]) == 0x8b)) {
-      out += fmt::format("<U+20{:02X}>", static_cast<unsigned char>(text[i + 2]) - 0x80);
-      i += 2;
-    } else if (c == 0xe2 && i + 2 < text.size() && static_cast<unsigned char>(text[i + 1]) == 0x81 &&
-               static_cast<unsigned char>(text[i + 2]) >= 0xa6 && static_cast<unsigned char>(text[i + 2]) <= 0xa9) {
-      out += fmt::format("<U+20{:02X}>", static_cast<unsigned char>(text[i + 2]) - 0x80 + 0x40);
-      i += 2;
+    } else if (hidden(c)) {
+      std::size_t next_len = 0;
+      const bool joins_emoji = c == 0x200D && pictographic(before) && i + len < text.size() &&
+                               pictographic(decode(text, i + len, next_len)) && next_len > 0;
+      if (joins_emoji) {
+        out.append(text.substr(i, len));
+      } else {
+        out += fmt::format("<U+{:04X}>", static_cast<std::uint32_t>(c));
+      }
     } else {
-      out += static_cast<char>(c);
+      out.append(text.substr(i, len));
     }
+    if (c != 0xFE0F) before = c;
+    i += len;
   }
   return out;
 }

@@ -55,8 +55,12 @@ class line_editor {
 /// Display width of UTF-8 text in terminal columns.
 std::size_t display_width(std::string_view utf8);
 
-/// Received text made harmless for a terminal: C0 controls (ESC included)
-/// become ^X, DEL ^?, C1 controls and bidirectional overrides <U+XXXX>.
+/// Received text made harmless for a terminal or a pipe: C0 controls (ESC
+/// included) become ^X, DEL ^?; C1 controls and the characters that are
+/// invisible or change the text's direction (LRM, RLM, ALM, bidi embeddings,
+/// overrides and isolates, zero width space, joiners (except a joiner
+/// between two emoji), line and paragraph separators, tag characters, the
+/// BOM, fillers) <U+XXXX>; bytes that are not UTF-8 \xNN.
 std::string neutralize(std::string_view text);
 
 }  // namespace cskit::app

@@ -13,7 +13,7 @@ void register_chat_service(server_context& ctx, service::chat_hub& hub) {
         return;
       }
       auto& client = r.scope.get<service::chat_client>("chat", [&] {
-        auto c = std::make_shared<service::chat_client>(hub, r.conn);
+        auto c = std::make_shared<service::chat_client>(hub, r.conn, r.user.name);
         r.scope.on_close([raw = c.get()](std::string_view reason) { raw->set_close_reason(std::string(reason)); });
         return c;
       });

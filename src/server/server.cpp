@@ -139,6 +139,11 @@ void run_server(server_config config, const serve_hooks& hooks) {
   service::exec_limiter exec_limiter(config.exec);
   register_exec_service(ctx, exec_policy, exec_limiter);
   service::chat_hub chat_hub(config.chat);
+  {
+    std::vector<std::string> accounts;
+    for (const auto& u : ctx.users) accounts.push_back(u.name);
+    chat_hub.set_accounts(accounts);
+  }
   register_chat_service(ctx, chat_hub);
 
   net::server_options o;

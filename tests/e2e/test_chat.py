@@ -252,6 +252,145 @@ class ChatTest(unittest.TestCase):
         self.assertEqual(got[5]["code"], "bad_request")
         s.close()
 
+IDENTITY_TOKENS = {"alice": "alice-token-0123456789abcdef", "bob": "bob-token-0123456789abcdefgh",
+                   "mallory": "mallory-token-0123456789abcd"}
+INVISIBLE = "lrm\u200e rlm\u200f alm\u061c zwnj\u200c zwj\u200d ls\u2028 ps\u2029 tag\U000e0041 bom\ufeff end"
+INVISIBLE_SHOWN = ("lrm<U+200E> rlm<U+200F> alm<U+061C> zwnj<U+200C> zwj<U+200D> ls<U+2028> ps<U+2029> "
+                   "tag<U+E0041> bom<U+FEFF> end")
+
+
+class IdentityTest(unittest.TestCase):
+    """Nicknames are tied to accounts: an account's name is its own, names that look like an
+    account's or like a nickname in use by another account are refused, /who says which account
+    each nickname belongs to; invisible and direction-changing characters are shown, not obeyed."""
+
+    @classmethod
+    def setUpClass(cls):
+        users = "".join(f'[[users]]\nname = "{n}"\ntoken = "{t}"\npermissions = ["chat"]\n\n'
+                        for n, t in IDENTITY_TOKENS.items())
+        cls.server = Server(config_text=CHAT_CONF + "\n" + users)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.stop()
+        cls.server.cleanup()
+
+    def hello(self, account, nick):
+        """A raw connection of `account` introducing itself as `nick`: (socket, answer)."""
+        s, _ = wire.login(self.server.port, IDENTITY_TOKENS[account], user=account)
+        s.sendall(wire.encode({"type": "chat.hello", "id": 1, "nick": nick}))
+        for _ in range(20):
+            h, _ = wire.read_frame(s)
+            if h.get("id") == 1:
+                return s, h
+        self.fail("no answer to chat.hello")
+
+    def refused(self, account, nick, why):
+        s, h = self.hello(account, nick)
+        s.close()
+        self.assertEqual((h["type"], h.get("code")), ("error", "conflict"), (account, nick, h))
+        self.assertIn(why, h["message"])
+        self.assertNotEqual(h["suggestion"].lower(), nick.lower())
+        return h
+
+    def test_names_belong_to_their_accounts(self):
+        self.refused("bob", "alice", "reserved for the account 'alice'")  # before alice is even here
+        for lookalike in ("aIice", "a1ice", "ALICE", "ALlCE", "Alice"):
+            with self.subTest(nick=lookalike):
+                self.refused("bob", lookalike, "alice")
+        self.refused("bob", "rnallory", "looks like 'mallory', an account's name")
+        held = []
+        try:
+            s, h = self.hello("alice", "alice")  # her own name
+            held.append(s)
+            self.assertEqual((h["type"], h["account"]), ("chat.welcome", "alice"))
+            s, h = self.hello("alice", "aIice")  # a second session of hers, a name like her own
+            held.append(s)
+            self.assertEqual(h["type"], "chat.welcome", h)
+            s, h = self.hello("bob", "bobby")
+            held.append(s)
+            self.assertEqual(h["type"], "chat.welcome", h)
+            self.refused("mallory", "b0bby", "looks like 'bobby', which is in use")
+            self.refused("mallory", "BOBBY", "is taken")
+            for i, s in enumerate(held):
+                s.sendall(wire.encode({"type": "chat.join", "id": 2, "room": "ids"}))
+            s = held[-1]
+            s.sendall(wire.encode({"type": "chat.who", "id": 3, "room": "ids"}))
+            for _ in range(50):
+                h, _ = wire.read_frame(s)
+                if h.get("id") == 3:
+                    break
+            self.assertEqual(h["accounts"], {"alice": "alice", "aIice": "alice", "bobby": "bob"})
+            # The terminal client shows it.
+            env = dict(self.server.env, CSKIT_USER="mallory", CSKIT_TOKEN=IDENTITY_TOKENS["mallory"])
+            p = subprocess.run([BIN, "chat", self.server.address, "--nick", "eve", "--room", "ids"],
+                               input="/who\n", capture_output=True, text=True, env=env, timeout=30)
+            self.assertIn("aIice (account alice), alice (account alice), bobby (account bob), eve (account mallory)",
+                          p.stdout, p.stderr)
+        finally:
+            for s in held:
+                s.close()
+
+    def say_invisible(self):
+        s, h = self.hello("alice", "speaker")
+        s.sendall(wire.encode({"type": "chat.join", "id": 2, "room": "lobby"}))
+        s.sendall(wire.encode({"type": "chat.say", "id": 3, "room": "lobby"}, INVISIBLE.encode()))
+        return s
+
+    def test_invisible_characters_on_a_pipe(self):
+        env = dict(self.server.env, CSKIT_USER="bob", CSKIT_TOKEN=IDENTITY_TOKENS["bob"])
+        watcher = subprocess.Popen([BIN, "chat", self.server.address, "--nick", "pipewatch"], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        time.sleep(1)
+        s = self.say_invisible()
+        time.sleep(1)
+        out, _ = watcher.communicate(input=b"", timeout=20)
+        s.close()
+        self.assertIn(INVISIBLE_SHOWN.encode(), out)
+        for raw in ("\u200e", "\u200f", "\u061c", "\u200c", "\u200d", "\u2028", "\u2029", "\U000e0041", "\ufeff"):
+            self.assertNotIn(raw.encode(), out)
+
+    def test_invisible_characters_on_a_terminal(self):
+        import pty
+        env = dict(self.server.env, CSKIT_USER="bob", CSKIT_TOKEN=IDENTITY_TOKENS["bob"], TERM="xterm")
+        master, slave = pty.openpty()
+        p = subprocess.Popen([BIN, "chat", self.server.address, "--nick", "ttywatch"], stdin=slave, stdout=slave,
+                             stderr=slave, env=env, close_fds=True)
+        os.close(slave)
+        out = b""
+        s = None
+        try:
+            deadline = time.monotonic() + 20
+            while b"connected as" not in out and time.monotonic() < deadline:
+                out += self.read_some(master)
+            s = self.say_invisible()
+            while INVISIBLE_SHOWN.encode() not in out and time.monotonic() < deadline:
+                out += self.read_some(master)
+            os.write(master, b"/quit\r")
+            p.wait(timeout=10)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            os.close(master)
+            if s:
+                s.close()
+        self.assertIn(INVISIBLE_SHOWN.encode(), out)
+        for raw in ("\u200e", "\u200f", "\u061c", "\u200c", "\u200d", "\u2028", "\u2029", "\U000e0041", "\ufeff"):
+            self.assertNotIn(raw.encode(), out)
+
+    @staticmethod
+    def read_some(fd):
+        import select
+        r, _, _ = select.select([fd], [], [], 0.2)
+        if not r:
+            return b""
+        try:
+            return os.read(fd, 65536)
+        except OSError:
+            return b""
+
+
 def rss_kib(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:

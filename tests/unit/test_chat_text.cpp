@@ -18,6 +18,41 @@ TEST(neutralize, control_characters_are_shown_not_obeyed) {
   EXPECT_EQ(neutralize("\r\nline"), "^M^Jline");
 }
 
+TEST(neutralize, invisible_and_direction_changing_characters_are_shown) {
+  EXPECT_EQ(neutralize("a\u200Eb\u200Fc\u061Cd"), "a<U+200E>b<U+200F>c<U+061C>d");  // LRM, RLM, ALM
+  EXPECT_EQ(neutralize("zw\u200Bj\u200Cn\u200Dx"), "zw<U+200B>j<U+200C>n<U+200D>x");  // ZWSP, ZWNJ, ZWJ
+  EXPECT_EQ(neutralize("l\u2028p\u2029e"), "l<U+2028>p<U+2029>e");                // line, paragraph separators
+  EXPECT_EQ(neutralize("\uFEFFbom"), "<U+FEFF>bom");
+  EXPECT_EQ(neutralize("tag\U000E0041\U000E007F"), "tag<U+E0041><U+E007F>");      // tag characters
+  EXPECT_EQ(neutralize("pdi\u2069 wj\u2060"), "pdi<U+2069> wj<U+2060>");
+  EXPECT_EQ(neutralize("soft\u00ADhyphen \u3164."), "soft<U+00AD>hyphen <U+3164>.");
+  // A joiner between two emoji makes one picture and stays; elsewhere it is shown.
+  EXPECT_EQ(neutralize("\U0001F469\u200D\U0001F469\u200D\U0001F467"), "\U0001F469\u200D\U0001F469\u200D\U0001F467");
+  EXPECT_EQ(neutralize("\u2764\uFE0F\u200D\U0001F525"), "\u2764\uFE0F\u200D\U0001F525");  // heart on fire
+  EXPECT_EQ(neutralize("a\u200D\U0001F469"), "a<U+200D>\U0001F469");
+  EXPECT_EQ(neutralize("\U0001F469\u200D"), "\U0001F469<U+200D>");
+  // Not UTF-8: each byte shown, nothing passed through raw.
+  EXPECT_EQ(neutralize("bad \xff\xfe end"), "bad \\xFF\\xFE end");
+  EXPECT_EQ(neutralize("cut \xe2\x80"), "cut \\xE2\\x80");
+  EXPECT_EQ(neutralize("overlong \xc0\xaf"), "overlong \\xC0\\xAF");
+  EXPECT_EQ(neutralize("surrogate \xed\xa0\x80"), "surrogate \\xED\\xA0\\x80");
+}
+
+TEST(chat_names, confusable_nicknames_share_a_skeleton) {
+  using cskit::service::nick_skeleton;
+  EXPECT_EQ(nick_skeleton("aIice"), nick_skeleton("alice"));
+  EXPECT_EQ(nick_skeleton("a1ice"), nick_skeleton("alice"));
+  EXPECT_EQ(nick_skeleton("ALICE"), nick_skeleton("alice"));
+  EXPECT_EQ(nick_skeleton("ALlCE"), nick_skeleton("alice"));
+  EXPECT_EQ(nick_skeleton("rnallory"), nick_skeleton("mallory"));
+  EXPECT_EQ(nick_skeleton("b0b"), nick_skeleton("bob"));
+  EXPECT_EQ(nick_skeleton("vvendy"), nick_skeleton("wendy"));
+  EXPECT_EQ(nick_skeleton("clave"), nick_skeleton("dave"));
+  EXPECT_NE(nick_skeleton("alice"), nick_skeleton("alicia"));
+  EXPECT_NE(nick_skeleton("alice"), nick_skeleton("alice_"));
+  EXPECT_NE(nick_skeleton("bob"), nick_skeleton("rob"));
+}
+
 TEST(chat_names, nicknames_and_rooms) {
   EXPECT_TRUE(cskit::service::valid_nick("alice_2.x-y"));
   EXPECT_FALSE(cskit::service::valid_nick(""));
