@@ -39,16 +39,24 @@ bench: build
 	@scripts/install-deps.sh --bench
 	python3 bench/run_bench.py
 
-## make fuzz: run the frame-decoder fuzzer for FUZZ_SECONDS.
+## make fuzz: run each libFuzzer target for FUZZ_SECONDS (default 60):
+## the frame decoder, the server session (login and every service's
+## requests), the NTP parsers, and the client's parsing of server answers.
+FUZZ_TARGETS = decoder session ntp client
 fuzz: deps
 	cmake --preset fuzz >/dev/null
-	cmake --build --preset fuzz --target fuzz_decoder
-	@mkdir -p fuzz/corpus-work
-	build/fuzz/fuzz/fuzz_decoder -max_total_time=$(FUZZ_SECONDS) -max_len=70000 -print_final_stats=1 \
-	  fuzz/corpus-work fuzz/corpus
+	cmake --build --preset fuzz --target $(addprefix fuzz_,$(FUZZ_TARGETS))
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p build/fuzz-work/$$t; \
+	  echo "== fuzz_$$t ($(FUZZ_SECONDS) s)"; \
+	  build/fuzz/fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -max_len=70000 -timeout=20 -rss_limit_mb=3072 \
+	    -print_final_stats=1 -artifact_prefix=build/fuzz-work/$$t- build/fuzz-work/$$t fuzz/corpus-$$t \
+	    || exit 1; \
+	done
 
+## make fuzz-smoke: each target briefly, as CI does.
 fuzz-smoke:
-	$(MAKE) fuzz FUZZ_SECONDS=20
+	$(MAKE) fuzz FUZZ_SECONDS=15
 
 clean:
 	rm -rf build
