@@ -24,14 +24,28 @@ std::chrono::milliseconds auth_throttle::penalty(int failures) const {
   return std::min(delay, policy_.max_delay);
 }
 
+auth_throttle::clock::time_point auth_throttle::slot(const record& r, clock::time_point now) const {
+  // Attempts admitted but not yet settled are counted as failures to
+  // come: one more waits for the penalty it would then owe, so attempts
+  // on several threads at once cannot share a slot.
+  const auto from = std::max(now, r.next);
+  return r.pending > 0 ? from + penalty(r.failures + r.pending + 1) : from;
+}
+
 std::optional<auth_throttle::clock::time_point> auth_throttle::admit(const std::string& source, const std::string& user,
                                                                      std::chrono::milliseconds max_wait,
                                                                      clock::time_point now) {
   std::lock_guard lock(mutex_);
-  const record& s = get(sources_, source, now);
-  const record& u = get(users_, user, now);
-  const auto when = std::max({now, s.next, u.next});
+  record& s = get(sources_, source, now);
+  record& u = get(users_, user, now);
+  // A source the user logged in from before is not held up by the user's
+  // record: failures from elsewhere cannot lock the user out of the
+  // places they log in from.
+  const bool known = std::find(u.good_sources.begin(), u.good_sources.end(), source) != u.good_sources.end();
+  const auto when = std::max(slot(s, now), known ? now : slot(u, now));
   if (when - now > max_wait) return std::nullopt;
+  ++s.pending;
+  ++u.pending;
   return when;
 }
 
@@ -39,6 +53,7 @@ void auth_throttle::on_failure(const std::string& source, const std::string& use
   std::lock_guard lock(mutex_);
   for (auto* t : {&sources_, &users_}) {
     record& r = get(*t, t == &sources_ ? source : user, at);
+    if (r.pending > 0) --r.pending;
     ++r.failures;
     r.last = at;
     // The next attempt pays for this failure: the 4th waits base_delay,
@@ -47,9 +62,18 @@ void auth_throttle::on_failure(const std::string& source, const std::string& use
   }
 }
 
-void auth_throttle::on_success(const std::string& user) {
+void auth_throttle::on_success(const std::string& source, const std::string& user, clock::time_point at) {
   std::lock_guard lock(mutex_);
-  users_.erase(user);
+  record& s = get(sources_, source, at);
+  if (s.pending > 0) --s.pending;
+  record& u = get(users_, user, at);
+  if (u.pending > 0) --u.pending;
+  u.failures = 0;  // the user's own record only: the source keeps what it failed
+  u.next = at;
+  if (std::find(u.good_sources.begin(), u.good_sources.end(), source) == u.good_sources.end()) {
+    if (u.good_sources.size() >= max_good_sources) u.good_sources.erase(u.good_sources.begin());
+    u.good_sources.push_back(source);
+  }
 }
 
 int auth_throttle::failures(const table& t, const std::string& key, clock::time_point now) const {

@@ -11,9 +11,13 @@
 // parallelism (the 4th attempt within `window` waits base_delay, each one
 // after it twice as long as the one before, up to max_delay), and an
 // attempt that would have to wait longer than the caller
-// allows is refused at once, without being tried. A success clears the
-// user's own record only: a valid login by one account never clears what
-// the source has failed. A record is forgotten `window` after its last
+// allows is refused at once, without being tried. Attempts admitted but
+// not settled yet count as failures to come, so attempts on several
+// threads cannot share a slot. A success clears the user's own record
+// only: a valid login by one account never clears what the source has
+// failed. A source the user has logged in from is not held up by the
+// user's record (only by its own), so failures from elsewhere cannot lock
+// a user out of the places they log in from. A record is forgotten `window` after its last
 // failure. At most max_entries records are kept: when full, expired
 // records are purged, then the oldest half. Thread-safe.
 
@@ -23,6 +27,7 @@
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 namespace cskit::server {
 
@@ -50,8 +55,9 @@ class auth_throttle {
   /// The attempt admitted for `at` failed: later attempts of that source
   /// and that user wait for the penalty.
   void on_failure(const std::string& source, const std::string& user, clock::time_point at);
-  /// The attempt succeeded: the user's record is cleared (not the source's).
-  void on_success(const std::string& user);
+  /// The attempt succeeded: the user's record is cleared (not the
+  /// source's), and the source is remembered as one the user logs in from.
+  void on_success(const std::string& source, const std::string& user, clock::time_point at = clock::now());
 
   /// Recent failures recorded for a source (for tests and logs).
   int source_failures(const std::string& source, clock::time_point now = clock::now()) const;
@@ -62,7 +68,11 @@ class auth_throttle {
     int failures = 0;
     clock::time_point last;  // the last failure
     clock::time_point next;  // no attempt is answered before
+    int pending = 0;         // admitted, not settled yet
+    std::vector<std::string> good_sources;  // users: where they logged in from (the latest few)
   };
+  static constexpr std::size_t max_good_sources = 8;
+  clock::time_point slot(const record& r, clock::time_point now) const;
   using table = std::unordered_map<std::string, record>;
   record& get(table& t, const std::string& key, clock::time_point now);
   std::chrono::milliseconds penalty(int failures) const;

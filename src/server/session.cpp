@@ -188,7 +188,7 @@ void session::authenticate(net::connection& c, proto::frame& f) {
            id, wait);
     return;
   }
-  ctx_.throttle.on_success(name);
+  ctx_.throttle.on_success(source, name);
   const std::string server_proof =
       proto::to_hex(proto::compute_proof(proto::proof_role::server, u->token, name, kind, binding));
   if (wait.count() <= 0) return welcome(c, *u, id, server_proof);

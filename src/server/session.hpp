@@ -18,6 +18,9 @@ namespace cskit::server {
 /// Everything sessions share; immutable once the server runs, apart from
 /// the (thread-safe) throttle.
 struct server_context {
+  server_context() = default;
+  explicit server_context(auth_throttle::policy throttle_policy) : throttle(throttle_policy) {}
+
   std::string name;
   std::vector<user_account> users;
   request_registry registry;

@@ -82,7 +82,7 @@ TEST(auth_throttle, a_valid_login_clears_only_its_user) {
     auto when = t.admit("a", "lowpriv", forever, now);
     ASSERT_TRUE(when);
     now = *when;
-    t.on_success("lowpriv");
+    t.on_success("a", "lowpriv", now);
   }
   EXPECT_EQ(t.source_failures("a", now), 12);
   // The next guess takes the slot the login left; the one after it waits
@@ -92,7 +92,7 @@ TEST(auth_throttle, a_valid_login_clears_only_its_user) {
   // The user who logged in keeps no record; the victim does.
   EXPECT_EQ(t.user_failures("lowpriv", now), 0);
   EXPECT_EQ(t.user_failures("victim", now), 14);
-  t.on_success("victim");
+  t.on_success("a", "victim", now);
   EXPECT_EQ(t.user_failures("victim", now), 0);
   EXPECT_EQ(t.source_failures("a", now), 14);
 }
@@ -128,4 +128,35 @@ TEST(auth_throttle, table_is_bounded) {
   // The most recent source is still tracked; the oldest were dropped.
   EXPECT_EQ(t.source_failures("addr999", now + 1s), 1);
   EXPECT_EQ(t.source_failures("addr0", now + 1s), 0);
+}
+
+TEST(auth_throttle, failures_elsewhere_cannot_lock_a_user_out_of_a_known_source) {
+  auth_throttle t;
+  auto now = auth_throttle::clock::now();
+  auto when = t.admit("home", "admin", forever, now);
+  ASSERT_TRUE(when);
+  t.on_success("home", "admin", *when);
+  for (int i = 0; i < 12; ++i) now += fail_once(t, "evil", "admin", now);  // the user's slot is far ahead now
+  EXPECT_FALSE(t.admit("elsewhere", "admin", 1s, now));  // an unknown source waits for the user's slot
+  when = t.admit("home", "admin", 1s, now);              // the admin at home does not
+  ASSERT_TRUE(when);
+  EXPECT_EQ(*when, now);
+  t.on_success("home", "admin", now);
+  EXPECT_FALSE(t.admit("evil", "admin", 1s, now));  // and the attacker's own source is still held back
+}
+
+TEST(auth_throttle, attempts_in_flight_do_not_share_a_slot) {
+  // Several threads admit attempts of one source before any is settled:
+  // each one after the first waits as if those before it had failed.
+  auth_throttle t;
+  auto now = auth_throttle::clock::now();
+  for (int i = 0; i < 3; ++i) now += fail_once(t, "s", named("u", i), now);  // the free failures
+  auto first = t.admit("s", "x", forever, now);
+  auto second = t.admit("s", "y", forever, now);
+  auto third = t.admit("s", "z", forever, now);
+  ASSERT_TRUE(first && second && third);
+  EXPECT_EQ(*first - now, 250ms);
+  EXPECT_GE(*second - *first, 250ms);
+  EXPECT_GT(*third, *second);
+  for (const char* u : {"x", "y", "z"}) t.on_failure("s", u, now);
 }
