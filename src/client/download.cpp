@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <map>
 #include <cerrno>
 #include <optional>
 
@@ -268,12 +269,16 @@ void download::plan_entry(const util::dir_jail& tree, const std::string& root_na
 
 void download::drop_below_refused_links() {
   if (refused_links_.empty()) return;
+  // By tree, each refused link's path: an entry is looked up by each of
+  // its parent paths, so the cost grows with the listing, not with the
+  // listing times the refused links.
+  std::map<const util::dir_jail*, std::map<std::string, const item*, std::less<>>> refused;
+  for (const auto& l : refused_links_) refused[l.jail].emplace(l.local, &l);
   auto below_refused = [&](const util::dir_jail* jail, const std::string& rel) -> const item* {
-    for (const auto& l : refused_links_) {
-      if (l.jail == jail && rel.size() > l.local.size() && rel.compare(0, l.local.size(), l.local) == 0 &&
-          rel[l.local.size()] == '/') {
-        return &l;
-      }
+    auto tree = refused.find(jail);
+    if (tree == refused.end()) return nullptr;
+    for (std::size_t slash = rel.find('/'); slash != std::string::npos; slash = rel.find('/', slash + 1)) {
+      if (auto it = tree->second.find(std::string_view(rel).substr(0, slash)); it != tree->second.end()) return it->second;
     }
     return nullptr;
   };

@@ -479,8 +479,13 @@ constexpr auto part_poll = std::chrono::milliseconds(50);
 bool files_session::wait_for_part_holder(const queued_request& q) {
   const auto now = std::chrono::steady_clock::now();
   auto again = [this] {
+    if (part_poll_armed_) return true;  // one timer, however often the queue is pumped meanwhile
+    part_poll_armed_ = true;
     conn_.run_after(part_poll, [w = weak_from_this()] {
-      if (auto self = w.lock()) self->pump();
+      if (auto self = w.lock()) {
+        self->part_poll_armed_ = false;
+        self->pump();
+      }
     });
     return true;
   };
@@ -530,21 +535,28 @@ std::shared_ptr<part_registry::claim> files_session::holder_of_part(const json& 
 }
 
 void files_session::probe_peer(std::function<void(bool alive)> done) {
-  const auto since = std::chrono::steady_clock::now();
+  // A client that was offered a resume reads its own copy of the part's
+  // bytes to compare digests before it sends anything: silence is normal
+  // for as long as reading that much from a slow disk (100 MB/s) takes.
+  auto quiet = std::chrono::duration_cast<std::chrono::milliseconds>(peer_probe_timeout);
+  for (const auto& [id, u] : uploads_) {
+    if (u->claim && !u->data_seen) quiet = std::max(quiet, peer_probe_timeout + std::chrono::milliseconds(u->written / 100'000));
+  }
   conn_.send(json{{"type", "ping"}});
-  watch_peer(since, std::move(done));
+  const auto now = std::chrono::steady_clock::now();
+  watch_peer(now, now + quiet, std::move(done));
 }
 
-void files_session::watch_peer(std::chrono::steady_clock::time_point since, std::function<void(bool alive)> done) {
+void files_session::watch_peer(std::chrono::steady_clock::time_point since, std::chrono::steady_clock::time_point until,
+                               std::function<void(bool alive)> done) {
   if (conn_.last_activity() > since) return done(true);
-  if (std::chrono::steady_clock::now() - since >= peer_probe_timeout) {
-    spdlog::info("files: {} silent for {} s while a newer upload waits for the part it holds; closing", conn_.peer(),
-                 peer_probe_timeout.count());
+  if (std::chrono::steady_clock::now() >= until) {
+    spdlog::info("files: {} silent while a newer upload waits for the part it holds; closing", conn_.peer());
     conn_.close_now("silent while a newer upload waited for its part");
     return done(false);
   }
-  conn_.run_after(part_poll, [w = weak_from_this(), since, done = std::move(done)]() mutable {
-    if (auto self = w.lock()) self->watch_peer(since, std::move(done));
+  conn_.run_after(part_poll, [w = weak_from_this(), since, until, done = std::move(done)]() mutable {
+    if (auto self = w.lock()) self->watch_peer(since, until, std::move(done));
   });
 }
 

@@ -168,7 +168,8 @@ class files_session : public std::enable_shared_from_this<files_session> {
   /// As the holder: whether this connection's peer is alive (`done(true)`
   /// at its next sign of life); one that stays silent is closed.
   void probe_peer(std::function<void(bool alive)> done);
-  void watch_peer(std::chrono::steady_clock::time_point since, std::function<void(bool alive)> done);
+  void watch_peer(std::chrono::steady_clock::time_point since, std::chrono::steady_clock::time_point until,
+                  std::function<void(bool alive)> done);
   /// TLS in user space: reads the next piece of a download, digests it and
   /// sends it. False when the download ended with an error.
   bool send_piece_read(download& d);
@@ -213,6 +214,7 @@ class files_session : public std::enable_shared_from_this<files_session> {
   };
   std::optional<part_wait> part_wait_;
   std::optional<std::uint64_t> part_checked_;  // the put whose part holder was looked for
+  bool part_poll_armed_ = false;               // a timer will pump the queue again
 };
 
 }  // namespace cskit::service

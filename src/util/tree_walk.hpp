@@ -1,8 +1,11 @@
 #pragma once
 // A depth-first walk of a directory tree without recursion, for trees of
-// any depth: the stack of open directories lives on the heap (one
-// descriptor per level), never on the call stack, and nothing cuts the
-// walk short silently. Each directory's names are read and sorted before
+// any depth: the stack of directories lives on the heap, never on the call
+// stack; at most 32 of them are open at once (a deeper walk closes the
+// shallowest and reopens it through "..", checking it is the same
+// directory, when it climbs back), so neither descriptors nor memory grow
+// with the depth beyond the names being walked; and nothing cuts the walk
+// short silently. Each directory's names are read and sorted before
 // its first entry is visited; entries are lstat'ed (links are never
 // followed) and subdirectories opened with O_NOFOLLOW relative to their
 // parent, so a concurrent rename cannot lead the walk outside the tree.
@@ -48,7 +51,8 @@ struct tree_visitor {
 
 /// Walks everything below the directory `root` (taken over). Returns 0
 /// when the walk ran to its end or a callback stopped it, or the errno
-/// that stopped it when `failed` is unset or said stop.
+/// that stopped it when `failed` is unset or said stop (ESTALE: a
+/// directory the walk had to reopen was moved meanwhile).
 int walk_tree(unique_fd root, const tree_visitor& visitor);
 
 }  // namespace cskit::util
