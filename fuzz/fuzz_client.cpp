@@ -22,6 +22,7 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <utility>
 
 #include "app/line_editor.hpp"
 #include "client/client.hpp"
@@ -140,7 +141,32 @@ void check_shown(std::string_view text) {
   }
 }
 
-void run_client(std::uint8_t op, std::uint16_t port) {
+std::filesystem::path scratch_dir() {
+  return std::filesystem::temp_directory_path() / ("cskit-fuzz-client-" + std::to_string(::getpid()));
+}
+
+// The destination sits three levels below the scratch directory, so that a
+// link to "..", "../..", or "../../.." climbing out of it lands in a
+// directory the check below can see.
+std::filesystem::path prepare_destination() {
+  const auto scratch = scratch_dir();
+  std::filesystem::remove_all(scratch);
+  std::filesystem::create_directories(scratch / "a" / "b" / "dest");
+  return scratch / "a" / "b" / "dest";
+}
+
+// Nothing but the chain scratch/a/b/dest exists outside the destination,
+// however the client's run ended: a lying server cannot write there.
+void check_nothing_escaped() {
+  const auto scratch = scratch_dir();
+  const std::pair<std::filesystem::path, const char*> chain[] = {
+      {scratch, "a"}, {scratch / "a", "b"}, {scratch / "a" / "b", "dest"}};
+  for (const auto& [dir, only] : chain)
+    for (const auto& e : std::filesystem::directory_iterator(dir)) check(e.path().filename() == only);
+  std::filesystem::remove_all(scratch);
+}
+
+void run_client(std::uint8_t op, std::uint16_t port, const std::filesystem::path& dest) {
   client::connect_options opts;
   opts.plaintext = true;
   opts.io_timeout = std::chrono::milliseconds(500);
@@ -148,21 +174,15 @@ void run_client(std::uint8_t op, std::uint16_t port) {
   opts.spin_before_block = std::chrono::microseconds(0);
   auto c = client::connection::open({"127.0.0.1", port}, {std::string(user), std::string(token)}, opts);
   client::file_client files(c);
-  const auto scratch = std::filesystem::temp_directory_path() / ("cskit-fuzz-client-" + std::to_string(::getpid()));
-  std::filesystem::remove_all(scratch);
-  std::filesystem::create_directories(scratch / "dest");
   client::transfer_options o;
   o.fsync = false;
   switch (op % 5) {
     case 0: (void)files.list("tree", true); break;
     case 1: (void)files.list("dir", false); break;
     case 2: (void)files.stat("file"); break;
-    case 3: o.recursive = true; (void)files.get({"tree"}, (scratch / "dest").string(), o); break;
-    default: (void)files.get({"file"}, (scratch / "dest" / "one").string(), o); break;
+    case 3: o.recursive = true; (void)files.get({"tree"}, dest.string(), o); break;
+    default: (void)files.get({"file"}, (dest / "one").string(), o); break;
   }
-  // Nothing beside the destination: a lying server cannot write there.
-  for (const auto& e : std::filesystem::directory_iterator(scratch)) check(e.path().filename() == "dest");
-  std::filesystem::remove_all(scratch);
 }
 
 }  // namespace
@@ -174,11 +194,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   std::uint16_t port = 0;
   const int fd = listener(port);
   std::thread server([&] { serve(fd, answers); });
+  const auto dest = prepare_destination();
   try {
-    run_client(data[0], port);
+    run_client(data[0], port, dest);
   } catch (const std::exception&) {
     // A refusal is a correct answer to a bad server.
   }
   server.join();
+  check_nothing_escaped();
   return 0;
 }

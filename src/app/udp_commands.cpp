@@ -32,8 +32,10 @@ extern "C" void on_stop_signal(int) { stop_requested = 1; }
 
 double round_us(double ms) { return util::round_to_places(ms, 3); }
 
+// With `error` given, a failure to open is stored there rather than printed
+// (the caller reports it with the other servers' results).
 std::optional<client::udp_socket> open_udp(const std::string& host, std::uint16_t default_port, bool as_json,
-                                           int& rc) {
+                                           int& rc, std::string* error = nullptr) {
   std::string why;
   auto where = net::parse_host_port(host, default_port, &why);
   if (!where) {
@@ -44,6 +46,11 @@ std::optional<client::udp_socket> open_udp(const std::string& host, std::uint16_
   try {
     return client::udp_socket::open(*where);
   } catch (const client::client_error& e) {
+    rc = exit_code::connect;
+    if (error) {
+      *error = e.what();
+      return std::nullopt;
+    }
     std::fprintf(stderr, "cskit: %s\n", e.what());
     if (as_json) std::printf("%s\n", json{{"error", {{"kind", "connect"}, {"message", e.what()}}}}.dump().c_str());
     rc = exit_code::connect;
@@ -217,7 +224,8 @@ namespace {
 struct measured {
   client::time_result result;
   bool refused = false;
-  bool opened = false;  // the host could be resolved and a socket opened
+  bool opened = false;     // the host could be resolved and a socket opened
+  std::string open_error;  // why not, when it could not
 };
 
 // Every server's measurement, and which of them agree (RFC 5905's
@@ -248,6 +256,10 @@ client::time_query_options query_options(const time_options& o) {
 // Exit code and message when no sample of a server could be trusted.
 int no_result(const measured& m, std::string& why) {
   const auto& r = m.result;
+  if (!m.opened) {
+    why = m.open_error;
+    return exit_code::connect;
+  }
   if (m.refused) {
     why = "no NTP server at " + r.server + " (port unreachable)";
     return exit_code::connect;
@@ -382,13 +394,13 @@ consensus measure_all(const time_options& o, int& rc) {
     measured m;
     m.result.server = host;
     int open_rc = exit_code::ok;
-    auto sock = open_udp(host, ntp::default_port, o.json && o.hosts.size() == 1, open_rc);
+    const bool alone = o.hosts.size() == 1;
+    auto sock = open_udp(host, ntp::default_port, o.json && alone, open_rc, alone ? nullptr : &m.open_error);
     if (!sock) {
-      if (open_rc == exit_code::usage || o.hosts.size() == 1) {
+      if (open_rc == exit_code::usage || alone) {
         rc = open_rc;  // reported by open_udp
         return c;
       }
-      m.refused = open_rc == exit_code::connect;
       c.servers.push_back(std::move(m));
       continue;
     }
@@ -435,12 +447,30 @@ const char* kind_of(int rc) {
   }
 }
 
+// The exit code when no server gave a trusted sample: the servers' own code
+// when they all failed alike (all unreachable: connect; all silent:
+// timeout), a timeout when each was either silent or unreachable, and a
+// protocol error when any of them answered with something untrustworthy.
+int common_failure(const consensus& c) {
+  std::string unused;
+  std::optional<int> same;
+  bool only_silent_or_unreachable = true;
+  for (const auto& m : c.servers) {
+    const int rc = no_result(m, unused);
+    if (!same) same = rc;
+    if (*same != rc) same = -1;
+    only_silent_or_unreachable &= rc == exit_code::connect || rc == exit_code::timeout;
+  }
+  if (same && *same != -1) return *same;
+  return only_silent_or_unreachable ? exit_code::timeout : exit_code::protocol;
+}
+
 // Why there is no result (and the exit code), when there is none.
 int no_consensus(const consensus& c, std::string& why) {
   if (c.servers.size() == 1) return no_result(c.servers.front(), why);
   if (c.usable.empty()) {
     why = "none of the " + std::to_string(c.servers.size()) + " servers gave a trustworthy reply";
-    return exit_code::protocol;
+    return common_failure(c);
   }
   why = "the servers disagree: no majority of the " + std::to_string(c.usable.size()) +
         " that answered has correctness intervals that meet";

@@ -33,8 +33,15 @@ class Client:
         self.proc = subprocess.Popen([BIN, "chat", server.address, "--nick", nick, "--json", *args],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      env=dict(server.env, CSKIT_TOKEN=server.token), text=True, bufsize=1)
+        self.stderr = []
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
+        self.err_reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self.err_reader.start()
+
+    def _read_stderr(self):
+        for line in self.proc.stderr:
+            self.stderr.append(line)
 
     def _read(self):
         for line in self.proc.stdout:
@@ -62,7 +69,9 @@ class Client:
             seen.append(e)
             if predicate(e):
                 return e, seen
-        raise AssertionError(f"no matching event; saw {seen}")
+        status = self.proc.poll()
+        ended = f"the client exited with status {status}" if status is not None else "the client still runs"
+        raise AssertionError(f"no matching event in {timeout} s; saw {seen}; {ended}; stderr: {''.join(self.stderr)!r}")
 
     def close(self):
         if self.proc.poll() is None:
@@ -114,7 +123,7 @@ class ChatTest(unittest.TestCase):
     def client(self, nick, *args):
         c = Client(self.server, nick, *args)
         self.clients.append(c)
-        c.wait_for(lambda e: e.get("type") == "chat.joined")
+        c.wait_for(lambda e: e.get("type") == "chat.joined", timeout=30)  # generous: a busy machine, under ASan
         return c
 
     def test_join_notices_broadcast_order_utf8(self):

@@ -429,6 +429,29 @@ class SeveralServersTest(unittest.TestCase):
             self.assertEqual(p.returncode, 6, p.stderr)
             self.assertIn("the servers disagree", p.stderr)
 
+    def test_several_servers_failing_alike_give_their_exit_status(self):
+        closed = []
+        for _ in range(2):
+            port = FakeNtpServer("silent")
+            port.stop()  # a closed port: ICMP port unreachable
+            closed.append(f"127.0.0.1:{port.port}")
+        p = cli("time", *closed, "-W", "0.5")
+        self.assertEqual(p.returncode, 3, p.stderr)  # all unreachable: connect
+        self.assertIn("port unreachable", p.stderr)
+        with FakeNtpServer("silent") as a, FakeNtpServer("silent") as b:
+            p = cli("time", f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}", "-n", "1", "-W", "0.3")
+            self.assertEqual(p.returncode, 8, p.stderr)  # all silent: timeout
+            self.assertIn("no reply", p.stderr)
+            # A name that does not resolve is said to be so, not "port unreachable".
+            p = cli("time", f"127.0.0.1:{a.port}", "no-such-host.invalid", "-n", "1", "-W", "0.3")
+            self.assertEqual(p.returncode, 8, p.stderr)  # silent or unreachable: timeout
+            line = [l for l in p.stderr.splitlines() if l.startswith("no-such-host.invalid")]
+            self.assertEqual(len(line), 1, p.stderr)
+            self.assertNotIn("port unreachable", line[0])
+        with FakeNtpServer("silent") as a, FakeNtpServer("unsync") as bad:
+            p = cli("time", f"127.0.0.1:{a.port}", f"127.0.0.1:{bad.port}", "-n", "1", "-W", "0.3")
+            self.assertEqual(p.returncode, 6, p.stderr)  # one answered untrustworthily: protocol
+
     def test_sync_refuses_a_step_beyond_the_panic_threshold(self):
         with FakeNtpServer("offset", offset=self.SIXTY_THREE_YEARS) as liar:
             p = cli("sync", f"127.0.0.1:{liar.port}", "-n", "2", "--dry-run")
