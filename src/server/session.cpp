@@ -163,6 +163,18 @@ void session::authenticate(net::connection& c, proto::frame& f) {
     return;
   }
   const auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(*when - now);
+  // Settled below as a failure or a success; if anything in between ends
+  // the attempt early (an exception closes the connection), as abandoned,
+  // so that it never holds a slot of its source or user.
+  struct settle_guard {
+    auth_throttle& throttle;
+    const std::string& source;
+    const std::string& user;
+    bool settled = false;
+    ~settle_guard() {
+      if (!settled) throttle.abandon(source, user);
+    }
+  } guard{ctx_.throttle, source, name};
 
   // Always compute an HMAC, even for an unknown user, so that response
   // timing does not reveal which user names exist.
@@ -173,9 +185,11 @@ void session::authenticate(net::connection& c, proto::frame& f) {
     // A client that shows which TLS channel it computed its proof over
     // lets us tell a relay in the path (which terminates TLS on both
     // sides, so the two ends export different values) from a wrong token.
-    const std::string seen = h.value("binding", "");
-    const bool relayed = kind == proto::binding_kind::tls_exporter && !seen.empty() &&
-                         seen != proto::binding_check(binding);
+    auto seen = h.find("binding");
+    const bool relayed = kind == proto::binding_kind::tls_exporter && seen != h.end() && seen->is_string() &&
+                         !seen->get_ref<const std::string&>().empty() &&
+                         seen->get_ref<const std::string&>() != proto::binding_check(binding);
+    guard.settled = true;
     ctx_.throttle.on_failure(source, name, *when);
     spdlog::warn("authentication failed from {} for user '{}'{}{}", c.peer(), name,
                  relayed ? ": channel binding mismatch, the client's TLS session is not this one (a TLS-terminating "
@@ -188,7 +202,8 @@ void session::authenticate(net::connection& c, proto::frame& f) {
            id, wait);
     return;
   }
-  ctx_.throttle.on_success(source, name);
+  guard.settled = true;
+  ctx_.throttle.on_success(source, name, *when);
   const std::string server_proof =
       proto::to_hex(proto::compute_proof(proto::proof_role::server, u->token, name, kind, binding));
   if (wait.count() <= 0) return welcome(c, *u, id, server_proof);

@@ -311,6 +311,23 @@ class LoginLimits(unittest.TestCase):
             self.assertLessEqual(len(tried), 12, tried)
             self.assertEqual(len(tried) + len(untried), 64)
 
+    def test_a_malformed_binding_is_a_failed_guess_and_holds_no_slot(self):
+        # `binding` is informational; a number there once ended the attempt
+        # early (an exception closed the connection), leaving it counted as
+        # in flight for ever, so that later logins of the user waited.
+        with Server(log_level="warn") as srv:
+            for i in range(3):
+                s, _ = wire.connect(srv.port)
+                with s:
+                    s.sendall(wire.encode({"type": "auth", "id": 1, "proto": wire.PROTO, "user": "admin",
+                                           "proof": "00" * 32, "binding": i + 1}))
+                    h, _ = wire.read_frame(s, 10)
+                    self.assertEqual((h["type"], h.get("code")), ("error", "auth_failed"), h)
+            t0 = time.monotonic()
+            s, _ = wire.login(srv.port, TOKEN, source="127.0.0.2")
+            s.close()
+            self.assertLess(time.monotonic() - t0, 1.0)  # three failures are free: no wait
+
     def test_a_valid_login_does_not_reset_the_guessing(self):
         conf = ('[[users]]\nname = "admin"\ntoken = "%s"\npermissions = ["files-read"]\n'
                 '[[users]]\nname = "low"\ntoken = "low-token-0123456789abcdef"\npermissions = []\n' % TOKEN)

@@ -160,3 +160,69 @@ TEST(auth_throttle, attempts_in_flight_do_not_share_a_slot) {
   EXPECT_GT(*third, *second);
   for (const char* u : {"x", "y", "z"}) t.on_failure("s", u, now);
 }
+
+TEST(auth_throttle, attempts_in_flight_line_up_as_if_they_had_failed_in_turn) {
+  // Past the cap, each attempt in flight waits the full penalty after the
+  // one before it, not all for the same slot.
+  auth_throttle t;
+  auto now = auth_throttle::clock::now();
+  for (int i = 0; i < 10; ++i) now += fail_once(t, "s", named("u", i), now);
+  std::vector<auth_throttle::clock::time_point> slots;
+  for (int i = 0; i < 4; ++i) {
+    auto when = t.admit("s", named("v", i), forever, now);
+    ASSERT_TRUE(when);
+    slots.push_back(*when);
+  }
+  for (std::size_t i = 1; i < slots.size(); ++i) EXPECT_GE(slots[i] - slots[i - 1], 8000ms) << i;
+  for (int i = 0; i < 4; ++i) t.on_failure("s", named("v", i), slots[static_cast<std::size_t>(i)]);
+}
+
+TEST(auth_throttle, an_abandoned_attempt_holds_no_slot) {
+  auth_throttle t;
+  const auto now = auth_throttle::clock::now();
+  for (int i = 0; i < 50; ++i) {
+    ASSERT_TRUE(t.admit("s", "victim", forever, now));
+    t.abandon("s", "victim");
+  }
+  // Nothing failed and nothing is in flight: the next attempt, from
+  // anywhere, is answered at once.
+  auto when = t.admit("elsewhere", "victim", 1s, now);
+  ASSERT_TRUE(when);
+  EXPECT_EQ(*when, now);
+  EXPECT_EQ(t.user_failures("victim", now), 0);
+}
+
+TEST(auth_throttle, an_attempt_never_settled_is_dropped_after_the_window) {
+  auth_throttle t;
+  auto now = auth_throttle::clock::now();
+  for (int i = 0; i < 20; ++i) ASSERT_TRUE(t.admit(named("s", i), "victim", forever, now));
+  EXPECT_GT(*t.admit("other", "victim", forever, now) - now, 1s);  // twenty in flight: queued behind them
+  now += 601s;
+  auto when = t.admit("other", "victim", forever, now);
+  ASSERT_TRUE(when);
+  EXPECT_EQ(*when, now);
+}
+
+TEST(auth_throttle, refused_attempts_leave_no_record_and_floods_keep_known_sources) {
+  auth_throttle::policy p;
+  p.max_entries = 16;
+  auth_throttle t(p);
+  auto now = auth_throttle::clock::now();
+  auto when = t.admit("home", "admin", forever, now);
+  ASSERT_TRUE(when);
+  t.on_success("home", "admin", *when);
+  // The attacker's source is held far back; its refused attempts for
+  // thousands of made-up names record nothing, so the records that matter
+  // (the user it guessed) stay.
+  for (int i = 0; i < 12; ++i) now += fail_once(t, "evil", "admin", now);
+  for (int i = 0; i < 5000; ++i) EXPECT_FALSE(t.admit("evil", named("made-up", i), 1s, now));
+  EXPECT_EQ(t.user_failures("admin", now), 12);
+  EXPECT_EQ(t.source_failures("evil", now), 12);
+  // Admitted failures from many sources for many names overflow both
+  // tables again and again: the admin's place is still known.
+  for (int i = 0; i < 200; ++i) fail_once(t, named("10.1.0.", i), named("name", i), now);
+  when = t.admit("home", "admin", 1s, now);
+  ASSERT_TRUE(when);
+  EXPECT_EQ(*when, now);
+  t.on_success("home", "admin", *when);
+}
