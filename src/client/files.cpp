@@ -278,11 +278,14 @@ void walk_local(const std::string& local, const std::string& remote, std::vector
     return util::walk_step::descend;
   };
   v.failed = [&](const util::tree_entry& e, int err) {
-    const std::string lp = local + "/" + e.path;
+    const std::string lp = e.path.empty() ? local : local + "/" + e.path;
     r.errors.push_back({lp, local_errc(err), local_message(err, lp)});
     return util::walk_step::next;
   };
-  util::walk_tree(std::move(root), v);
+  const std::size_t errors_before = r.errors.size();
+  if (const int err = util::walk_tree(std::move(root), v); err && r.errors.size() == errors_before) {
+    r.errors.push_back({local, local_errc(err), local_message(err, local)});  // never a silent gap
+  }
 }
 
 }  // namespace

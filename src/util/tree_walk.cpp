@@ -61,19 +61,6 @@ bool stop_on(const tree_visitor& v, const tree_entry& e, int err) {
   return !v.failed || v.failed(e, err) == walk_step::stop;
 }
 
-// Keeps at most max_open_levels descriptors: closes the shallowest open
-// one above the deepest level.
-void limit_open(std::vector<level>& stack) {
-  std::size_t open = 0;
-  for (const auto& l : stack) open += l.fd ? 1 : 0;
-  for (std::size_t i = 0; open > max_open_levels && i + 1 < stack.size(); ++i) {
-    if (stack[i].fd) {
-      stack[i].fd.reset();
-      --open;
-    }
-  }
-}
-
 // The walk climbs back from `child` (still open) to `parent`: opens the
 // parent again if it was closed. 0, or ESTALE when ".." is no longer the
 // directory it was (the tree was moved meanwhile).
@@ -88,56 +75,98 @@ int reopen(level& parent, const level& child) {
   return 0;
 }
 
-}  // namespace
+// A directory of the walk itself failed (the root could not be read, or a
+// directory could not be reopened on the way back): the walk cannot go on,
+// whatever `failed` answers; it is told, so that it can say what stopped.
+int abandon(const tree_visitor& v, const level& l, std::size_t depth, int err) {
+  if (v.failed) {
+    const tree_entry e{-1, l.name, l.path, l.st, depth};
+    v.failed(e, err);
+  }
+  return err;
+}
 
-int walk_tree(unique_fd root, const tree_visitor& v) {
-  std::vector<level> stack(1);
-  stack.back().fd = std::move(root);
-  if (::fstat(stack.back().fd.get(), &stack.back().st) != 0) return errno;
-  if (int e = read_names(stack.back().fd.get(), v, stack.back().names)) return e;
-  while (!stack.empty()) {
-    level& top = stack.back();
-    if (top.next == top.names.size()) {
-      if (stack.size() == 1) break;
-      if (int e = reopen(stack[stack.size() - 2], top)) return e;
-      const level done = std::move(top);
-      stack.pop_back();
-      const tree_entry e{stack.back().fd.get(), done.name, done.path, done.st, stack.size() - 1};
-      if (v.leave && v.leave(e) == walk_step::stop) return 0;
-      continue;
+// The walk's stack of directories. The open ones are always the deepest,
+// stack[lowest_open..]: a push beyond max_open_levels closes the shallowest
+// of them, a climb back below it reopens the parent.
+class walk {
+ public:
+  walk(unique_fd root, const tree_visitor& v) : v_(v) {
+    stack_.emplace_back();
+    stack_.back().fd = std::move(root);
+  }
+
+  int run() {
+    if (::fstat(stack_.back().fd.get(), &stack_.back().st) != 0) return abandon(v_, stack_.back(), 0, errno);
+    if (int e = read_names(stack_.back().fd.get(), v_, stack_.back().names)) return abandon(v_, stack_.back(), 0, e);
+    while (!stack_.empty()) {
+      level& top = stack_.back();
+      const int r = top.next == top.names.size() ? (stack_.size() == 1 ? done : climb()) : visit_next(top);
+      if (r != go_on) return r == done ? 0 : r;
     }
+    return 0;
+  }
+
+ private:
+  static constexpr int go_on = -1, done = -2;  // besides 0 (stopped) and an errno
+
+  // The top directory is finished: back to its parent, then `leave`.
+  int climb() {
+    const std::size_t parent = stack_.size() - 2;
+    if (int e = reopen(stack_[parent], stack_.back())) return abandon(v_, stack_[parent], parent ? parent - 1 : 0, e);
+    lowest_open_ = std::min(lowest_open_, parent);
+    const level finished = std::move(stack_.back());
+    stack_.pop_back();
+    const tree_entry e{stack_.back().fd.get(), finished.name, finished.path, finished.st, stack_.size() - 1};
+    return v_.leave && v_.leave(e) == walk_step::stop ? 0 : go_on;
+  }
+
+  // The next name of the top directory: examined, shown to `enter`, and
+  // entered when it is a directory `enter` descends into.
+  int visit_next(level& top) {
     const int fd = top.fd.get();
     level sub;
     sub.name = top.names[top.next++];
     sub.path = top.path.empty() ? sub.name : top.path + "/" + sub.name;
-    const tree_entry e{fd, sub.name, sub.path, sub.st, stack.size() - 1};
+    const tree_entry e{fd, sub.name, sub.path, sub.st, stack_.size() - 1};
     if (::fstatat(fd, sub.name.c_str(), &sub.st, AT_SYMLINK_NOFOLLOW) != 0) {
       const int err = errno;
-      if (err == ENOENT) continue;  // vanished meanwhile
-      if (stop_on(v, e, err)) return err;
-      continue;
+      if (err == ENOENT) return go_on;  // vanished meanwhile
+      return stop_on(v_, e, err) ? err : go_on;
     }
-    const walk_step step = v.enter(e);
+    const walk_step step = v_.enter(e);
     if (step == walk_step::stop) return 0;
-    if (step != walk_step::descend || !S_ISDIR(sub.st.st_mode)) continue;
-    sub.fd.reset(::openat(fd, sub.name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-    int err = !sub.fd ? errno : 0;
-    if (!err) {
-      // The same directory that was examined (not one renamed in since).
-      struct stat opened {};
-      err = ::fstat(sub.fd.get(), &opened) != 0 ? errno
-            : opened.st_dev != sub.st.st_dev || opened.st_ino != sub.st.st_ino ? ENOENT
-                                                                                : read_names(sub.fd.get(), v, sub.names);
-    }
-    if (err == ENOENT) continue;
-    if (err != 0) {
-      if (stop_on(v, e, err)) return err;
-      continue;
-    }
-    stack.push_back(std::move(sub));  // `top` and `e` are not used past this point
-    limit_open(stack);
+    if (step != walk_step::descend || !S_ISDIR(sub.st.st_mode)) return go_on;
+    const int err = open_level(fd, sub);
+    if (err == ENOENT) return go_on;
+    if (err != 0) return stop_on(v_, e, err) ? err : go_on;
+    push(std::move(sub));  // `top` and `e` are not used past this point
+    return go_on;
   }
-  return 0;
-}
+
+  // Opens the directory `sub` names in `dir_fd` and reads its names. ENOENT
+  // also when it is not the directory examined (one renamed in since).
+  int open_level(int dir_fd, level& sub) {
+    sub.fd.reset(::openat(dir_fd, sub.name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (!sub.fd) return errno;
+    struct stat opened {};
+    if (::fstat(sub.fd.get(), &opened) != 0) return errno;
+    if (opened.st_dev != sub.st.st_dev || opened.st_ino != sub.st.st_ino) return ENOENT;
+    return read_names(sub.fd.get(), v_, sub.names);
+  }
+
+  void push(level sub) {
+    stack_.push_back(std::move(sub));
+    if (stack_.size() - lowest_open_ > max_open_levels) stack_[lowest_open_++].fd.reset();
+  }
+
+  const tree_visitor& v_;
+  std::vector<level> stack_;
+  std::size_t lowest_open_ = 0;
+};
+
+}  // namespace
+
+int walk_tree(unique_fd root, const tree_visitor& v) { return walk(std::move(root), v).run(); }
 
 }  // namespace cskit::util

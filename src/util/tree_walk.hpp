@@ -51,8 +51,11 @@ struct tree_visitor {
 
 /// Walks everything below the directory `root` (taken over). Returns 0
 /// when the walk ran to its end or a callback stopped it, or the errno
-/// that stopped it when `failed` is unset or said stop (ESTALE: a
-/// directory the walk had to reopen was moved meanwhile).
+/// that stopped it when `failed` is unset or said stop. A failure of the
+/// walk's own directories (the root cannot be read; ESTALE: a directory
+/// the walk had to reopen was moved meanwhile) always stops it, and is
+/// also reported to `failed` (with `dir_fd` -1) so that a caller that
+/// collects failures there sees it.
 int walk_tree(unique_fd root, const tree_visitor& visitor);
 
 }  // namespace cskit::util

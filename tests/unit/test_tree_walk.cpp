@@ -163,7 +163,7 @@ TEST_F(TreeWalk, ADirectoryThatCannotBeOpenedIsReportedNotSkipped) {
   const int fill_errno = errno;
   // Two free: "d1" is opened and its names read (through a second,
   // passing descriptor); "d1/d2" can then be opened but not read.
-  for (int i = 0; i < 2 && !filler.empty(); ++i) filler.pop_back();  // one free descriptor
+  for (int i = 0; i < 2 && !filler.empty(); ++i) filler.pop_back();  // two free descriptors
   const int result = walk_tree(std::move(root), v);
   // And without `failed`, the walk stops with the errno.
   v.failed = nullptr;
@@ -176,6 +176,61 @@ TEST_F(TreeWalk, ADirectoryThatCannotBeOpenedIsReportedNotSkipped) {
   EXPECT_EQ(failures[0].second, EMFILE);
   EXPECT_EQ(failures[0].first, "d1/d2");
   EXPECT_EQ(stopped, EMFILE);
+}
+
+TEST_F(TreeWalk, ADirectoryMovedAwayAboveTheOpenOnesStopsTheWalkAndSaysSo) {
+  // 40 levels: the shallowest are closed while the walk is at the bottom.
+  // Moving d6 (with everything below) out of d5 then means the walk cannot
+  // climb back to d5 through "..": it must stop and say so, not carry on
+  // as if the rest of the tree had been walked.
+  std::string rel = "d0";
+  dir(rel);
+  for (int i = 1; i < 40; ++i) {
+    rel.append("/d");
+    rel.append(std::to_string(i));
+    dir(rel);
+  }
+  file("zz-after");  // sorted after d0: never reached, the walk stops first
+  std::vector<std::pair<std::string, int>> failures;
+  bool moved = false, after = false;
+  tree_visitor v;
+  v.enter = [&](const tree_entry& e) {
+    if (e.depth == 39 && !moved) {
+      moved = ::renameat(AT_FDCWD, (root_ + "/d0/d1/d2/d3/d4/d5/d6").c_str(), AT_FDCWD, (root_ + "/moved").c_str()) == 0;
+    }
+    after |= e.path == "zz-after";
+    return walk_step::descend;
+  };
+  v.failed = [&](const tree_entry& e, int err) {
+    failures.emplace_back(e.path, err);
+    return walk_step::next;  // the walk stops all the same: it cannot climb
+  };
+  EXPECT_EQ(walk_tree(open_root(), v), ESTALE);
+  EXPECT_TRUE(moved);
+  EXPECT_FALSE(after);
+  ASSERT_EQ(failures.size(), 1u);
+  EXPECT_EQ(failures[0].first, rel.substr(0, rel.find("/d6")));  // d0/d1/d2/d3/d4/d5
+  EXPECT_EQ(failures[0].second, ESTALE);
+}
+
+TEST_F(TreeWalk, ARootThatCannotBeReadIsReported) {
+  // A descriptor without the right to read (O_PATH): the walk cannot list
+  // the root, whoever runs the test, and must say so rather than report an
+  // empty tree.
+  file("inside");
+  unique_fd path_only(::open(root_.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+  ASSERT_TRUE(path_only);
+  std::vector<std::pair<std::string, int>> failures;
+  tree_visitor v;
+  v.enter = [](const tree_entry&) { return walk_step::descend; };
+  v.failed = [&](const tree_entry& e, int err) {
+    failures.emplace_back(e.path, err);
+    return walk_step::next;
+  };
+  EXPECT_EQ(walk_tree(std::move(path_only), v), EBADF);
+  ASSERT_EQ(failures.size(), 1u);
+  EXPECT_TRUE(failures[0].first.empty());
+  EXPECT_EQ(failures[0].second, EBADF);
 }
 
 TEST_F(TreeWalk, StopEndsTheWalk) {
