@@ -476,6 +476,16 @@ constexpr auto part_holder_wait = std::chrono::seconds(5);
 constexpr auto peer_probe_timeout = std::chrono::seconds(3);
 constexpr auto part_poll = std::chrono::milliseconds(50);
 
+// How long the peer of an upload offered a resume of `bytes` may stay
+// silent once asked: it reads its own copy of those bytes to compare
+// digests before it sends anything, which takes as long as reading that
+// much from a slow disk (100 MB/s) does. Capped at a minute.
+std::chrono::milliseconds quiet_budget(std::uint64_t bytes) {
+  const auto budget = std::chrono::duration_cast<std::chrono::milliseconds>(peer_probe_timeout) +
+                      std::chrono::milliseconds(bytes / 100'000);
+  return std::min(budget, std::chrono::milliseconds(std::chrono::minutes(1)));
+}
+
 bool files_session::wait_for_part_holder(const queued_request& q) {
   const auto now = std::chrono::steady_clock::now();
   auto again = [this] {
@@ -500,7 +510,8 @@ bool files_session::wait_for_part_holder(const queued_request& q) {
   }
   if (part_checked_ == q.id) return false;
   part_checked_ = q.id;
-  auto holder = holder_of_part(q.header);
+  std::uint64_t part_size = 0;
+  auto holder = holder_of_part(q.header, &part_size);
   if (!holder) return false;
   auto alive = std::make_shared<bool>(false);
   holder->probe([alive, w = weak_from_this(), ex = conn_.executor()](bool is_alive) {
@@ -509,11 +520,13 @@ bool files_session::wait_for_part_holder(const queued_request& q) {
       if (auto self = w.lock()) self->pump();
     });
   });
-  part_wait_ = part_wait{q.id, now + part_holder_wait, alive};
+  // Long enough for the holder's peer to use its whole quiet budget.
+  const auto wait = std::max<std::chrono::milliseconds>(part_holder_wait, quiet_budget(part_size) + std::chrono::seconds(2));
+  part_wait_ = part_wait{q.id, now + wait, alive};
   return again();
 }
 
-std::shared_ptr<part_registry::claim> files_session::holder_of_part(const json& h) const {
+std::shared_ptr<part_registry::claim> files_session::holder_of_part(const json& h, std::uint64_t* size) const {
   // Only a resumable upload wants an existing part.
   if (!h.value("resume", false) || h.value("inline", false) || !h.contains("size")) return nullptr;
   auto p = h.find("path");
@@ -527,6 +540,8 @@ std::shared_ptr<part_registry::claim> files_session::holder_of_part(const json& 
   const std::string part = part_name_for(leaf);
   util::unique_fd fd(::openat(dir.get(), part.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
   if (!fd || ::flock(fd.get(), LOCK_EX | LOCK_NB) == 0) return nullptr;  // none, or free
+  struct stat st {};
+  if (size && ::fstat(fd.get(), &st) == 0) *size = static_cast<std::uint64_t>(st.st_size);
   auto holder = share_.parts().find(dir.get(), part);
   for (const auto& [id, u] : uploads_) {
     if (holder && u->claim == holder) return nullptr;  // this connection's own upload
@@ -535,12 +550,11 @@ std::shared_ptr<part_registry::claim> files_session::holder_of_part(const json& 
 }
 
 void files_session::probe_peer(std::function<void(bool alive)> done) {
-  // A client that was offered a resume reads its own copy of the part's
-  // bytes to compare digests before it sends anything: silence is normal
-  // for as long as reading that much from a slow disk (100 MB/s) takes.
+  // A client that was offered a resume may be reading its own copy of the
+  // part before it sends anything (quiet_budget).
   auto quiet = std::chrono::duration_cast<std::chrono::milliseconds>(peer_probe_timeout);
   for (const auto& [id, u] : uploads_) {
-    if (u->claim && !u->data_seen) quiet = std::max(quiet, peer_probe_timeout + std::chrono::milliseconds(u->written / 100'000));
+    if (u->claim && !u->data_seen) quiet = std::max(quiet, quiet_budget(u->written));
   }
   conn_.send(json{{"type", "ping"}});
   const auto now = std::chrono::steady_clock::now();
@@ -648,7 +662,7 @@ void files_session::do_list(std::uint64_t id, const json& h) {
     failed_errno = err;
     return util::walk_step::stop;
   };
-  util::walk_tree(std::move(top), v);
+  if (const int err = util::walk_tree(std::move(top), v); err && !failed_errno) failed_errno = err;
   if (too_many) {
     return error_over_limit(id, max_list_entries,
                             "more than " + std::to_string(max_list_entries) + " entries; list a smaller directory");
@@ -707,7 +721,6 @@ void files_session::do_mkdir(std::uint64_t id, const json& h) {
 }
 
 namespace {
-// Removes everything inside the directory `fd` (owned), then nothing else.
 // Removes everything below the directory `fd` (taken over), any depth.
 // Returns 0 or an errno; adds the sizes of removed files to `bytes` and
 // counts the entries removed.
