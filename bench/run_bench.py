@@ -75,9 +75,11 @@ def start_server(binary, *args, root=None):
             continue
         port = int(m.group(1))
         # The rest of the banner was written with that line (one flush); it
-        # ends with the "connect:" line.
+        # ends with the "connect:" line. Kept for banner_port.
+        p.banner = []
         for _ in range(50):
             line = p.stdout.readline().decode()
+            p.banner.append(line)
             m = re.search(r"server key (SHA256:[A-Za-z0-9+/]{43})", line)
             if m:
                 trust(CLIENT_HOME, port, m.group(1))
@@ -212,12 +214,8 @@ def bench_idle_memory(binary, runs, connections):
 
 
 def banner_port(p, name):
-    # The banner is printed in one go right after "listening on", so plain
-    # reads are bounded (select would miss lines already buffered by Python).
-    for _ in range(30):
-        line = p.stdout.readline().decode()
-        if not line:
-            break
+    # start_server has read the whole banner (up to its "connect:" line).
+    for line in p.banner:
         m = re.match(name + r": 127\.0\.0\.1:(\d+) ", line)
         if m:
             return int(m.group(1))

@@ -163,6 +163,9 @@ void check_nothing_escaped() {
       {scratch, "a"}, {scratch / "a", "b"}, {scratch / "a" / "b", "dest"}};
   for (const auto& [dir, only] : chain)
     for (const auto& e : std::filesystem::directory_iterator(dir)) check(e.path().filename() == only);
+  // ... and the destination is still the directory it was, not a link.
+  const auto dest = std::filesystem::symlink_status(scratch / "a" / "b" / "dest");
+  check(dest.type() == std::filesystem::file_type::directory);
   std::filesystem::remove_all(scratch);
 }
 
@@ -192,9 +195,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const std::string_view answers(reinterpret_cast<const char*>(data + 1), size - 1);
   check_shown(answers);
   std::uint16_t port = 0;
+  const auto dest = prepare_destination();
   const int fd = listener(port);
   std::thread server([&] { serve(fd, answers); });
-  const auto dest = prepare_destination();
   try {
     run_client(data[0], port, dest);
   } catch (const std::exception&) {

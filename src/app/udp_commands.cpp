@@ -53,7 +53,6 @@ std::optional<client::udp_socket> open_udp(const std::string& host, std::uint16_
     }
     std::fprintf(stderr, "cskit: %s\n", e.what());
     if (as_json) std::printf("%s\n", json{{"error", {{"kind", "connect"}, {"message", e.what()}}}}.dump().c_str());
-    rc = exit_code::connect;
     return std::nullopt;
   }
 }

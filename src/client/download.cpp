@@ -5,8 +5,8 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <map>
 #include <cerrno>
+#include <map>
 #include <optional>
 
 #include "client/files_detail.hpp"

@@ -615,11 +615,12 @@ class Cleartext(unittest.TestCase):
             ip addr add 10.9.9.9/32 dev lo
             {BIN} serve --plaintext --listen 10.9.9.9:7701 --root {tmp}/share --state-dir {tmp}/state \
                 >{tmp}/out 2>{tmp}/err &
+            server=$!
             for i in $(seq 50); do grep -q listening {tmp}/out 2>/dev/null && break; sleep 0.1; done
             set +e
             {BIN} ping 10.9.9.9:7701 -c 1 --plaintext; echo "exit=$?"
             {BIN} ping 127.0.0.1:1 -c 1 --plaintext --connect-timeout 1 >/dev/null 2>&1
-            kill %1
+            kill $server; wait $server
         """
         r = subprocess.run(["unshare", "-rn", "sh", "-c", script], capture_output=True, text=True, timeout=60,
                            env=dict(os.environ, CSKIT_TOKEN=TOKEN, HOME=tmp))
