@@ -154,15 +154,18 @@ def bench_roundtrip(binary, build, runs):
 
 
 def login_batch(port, n, tls):
-    """`n` connections, authenticated in batches (TLS: the default; else --plaintext)."""
+    """`n` connections, authenticated in batches (TLS: the default; else --plaintext). A batch
+    stays under the server's default limit of connections not logged in yet from one
+    address (max_unauthenticated_per_address = 128)."""
     socks = []
+    size = 100
     for i in range(n):
         if tls:
             socks.append(tlswire.connect(port, timeout=30))
         else:
             socks.append(socket.create_connection(("127.0.0.1", port), timeout=30))
-        if len(socks) % 200 == 0 or i == n - 1:
-            batch = socks[-200:] if len(socks) % 200 == 0 else socks[-(len(socks) % 200):]
+        if len(socks) % size == 0 or i == n - 1:
+            batch = socks[-size:] if len(socks) % size == 0 else socks[-(len(socks) % size):]
             hellos = [wire.read_frame(x, 30)[0] for x in batch]
             for x, h in zip(batch, hellos):
                 if tls:
@@ -1262,29 +1265,40 @@ def main():
     ap.add_argument("--tree-files", type=int, default=10000, help="files: number of 4 KiB files in the tree")
     a = ap.parse_args()
     binary = os.path.join(a.build, "cskit")
-    results = {"machine": {"cores": os.cpu_count(), "kernel": os.uname().release}}
-    if a.only in (None, "codec"):
-        results["codec"] = bench_codec(a.build, a.runs)
-    if a.only in (None, "roundtrip"):
-        results["roundtrip"] = bench_roundtrip(binary, a.build, a.runs)
-    if a.only in (None, "udp"):
-        results["udp"] = bench_udp(binary, a.build, a.runs)
-    if a.only in (None, "exec"):
-        results["exec"] = bench_exec(binary, a.build, a.runs)
-    if a.only in (None, "chat"):
-        results["chat"] = bench_chat(binary, a.build, max(1, a.runs // 2 + 1))
-    if a.only in (None, "files"):
-        results["files"] = bench_files(binary, a.runs, a.file_size_mb, a.tree_files,
-                                       f"python3 bench/run_bench.py --only files --runs {a.runs} "
-                                       f"--file-size-mb {a.file_size_mb} --tree-files {a.tree_files}")
-    if a.only in (None, "memory"):
-        results["memory"] = bench_idle_memory(binary, max(1, a.runs // 2 + 1), a.connections)
-    os.makedirs(os.path.join(a.build, "..", "bench"), exist_ok=True)
     out = os.path.join(ROOT, "build", "bench", "results.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    markdown = [r.pop("markdown") for r in results.values() if isinstance(r, dict) and "markdown" in r]
-    with open(out, "w") as f:
-        json.dump(results, f, indent=2)
+    # Each section is written as soon as it is done, into what earlier runs
+    # left (so --only runs add up, and a failure late in a run keeps the rest).
+    results = {}
+    if os.path.exists(out):
+        with open(out) as f:
+            results = json.load(f)
+    results["machine"] = {"cores": os.cpu_count(), "kernel": os.uname().release}
+    markdown = []
+    sections = {
+        "codec": lambda: bench_codec(a.build, a.runs),
+        "roundtrip": lambda: bench_roundtrip(binary, a.build, a.runs),
+        "udp": lambda: bench_udp(binary, a.build, a.runs),
+        "exec": lambda: bench_exec(binary, a.build, a.runs),
+        "chat": lambda: bench_chat(binary, a.build, max(1, a.runs // 2 + 1)),
+        "files": lambda: bench_files(binary, a.runs, a.file_size_mb, a.tree_files,
+                                     f"python3 bench/run_bench.py --only files --runs {a.runs} "
+                                     f"--file-size-mb {a.file_size_mb} --tree-files {a.tree_files}"),
+        "memory": lambda: bench_idle_memory(binary, max(1, a.runs // 2 + 1), a.connections),
+    }
+    for name, run in sections.items():
+        if a.only not in (None, name):
+            continue
+        r = run()
+        r["measured"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        if isinstance(r, dict) and "markdown" in r:
+            markdown.append(r.pop("markdown"))
+            with open(os.path.join(os.path.dirname(out), name + ".md"), "w") as f:
+                f.write(markdown[-1])
+        results[name] = r
+        with open(out, "w") as f:
+            json.dump(results, f, indent=2)
+        print(f"{name}: done", flush=True)
     print(json.dumps(results, indent=2))
     for m in markdown:
         print("\n" + m)
