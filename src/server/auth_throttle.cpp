@@ -1,6 +1,7 @@
 #include "server/auth_throttle.hpp"
 
 #include <algorithm>
+#include <iterator>
 #include <vector>
 
 namespace cskit::server {
@@ -60,8 +61,8 @@ std::optional<auth_throttle::clock::time_point> auth_throttle::admit(const std::
   if (when - now > max_wait) return std::nullopt;  // refused untried: nothing recorded
   for (auto* t : {&sources_, &users_}) {
     record& r = get(*t, t == &sources_ ? source : user, now);
+    r.reserved = r.pending == 0 ? when : std::max(r.reserved, when);  // none in flight: no older slot holds
     ++r.pending;
-    r.reserved = std::max(r.reserved, when);
     r.admitted = now;
   }
   return when;
@@ -139,7 +140,12 @@ void auth_throttle::prune(table& t, clock::time_point now) {
   auto mid = times.begin() + static_cast<std::ptrdiff_t>(times.size() / 2);
   std::nth_element(times.begin(), mid, times.end());
   const auto cutoff = *mid;
-  std::erase_if(t, [&](const auto& kv) { return idle(kv.second) && kv.second.last <= cutoff; });
+  // The older half; records as old as the median go only as far as half.
+  std::erase_if(t, [&](const auto& kv) { return idle(kv.second) && kv.second.last < cutoff; });
+  const std::size_t half = policy_.max_entries / 2;
+  for (auto it = t.begin(); it != t.end() && t.size() > half;) {
+    it = idle(it->second) && it->second.last == cutoff ? t.erase(it) : std::next(it);
+  }
 }
 
 }  // namespace cskit::server

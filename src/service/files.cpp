@@ -479,11 +479,14 @@ constexpr auto part_poll = std::chrono::milliseconds(50);
 // How long the peer of an upload offered a resume of `bytes` may stay
 // silent once asked: it reads its own copy of those bytes to compare
 // digests before it sends anything, which takes as long as reading that
-// much from a slow disk (100 MB/s) does. Capped at a minute.
+// much from a slow disk (100 MB/s) does. Capped at 20 s, so that a put
+// waiting for the holder (at most the cap and 2 s) is answered well within
+// a client's 30 s I/O deadline.
+constexpr auto max_quiet = std::chrono::seconds(20);
 std::chrono::milliseconds quiet_budget(std::uint64_t bytes) {
   const auto budget = std::chrono::duration_cast<std::chrono::milliseconds>(peer_probe_timeout) +
                       std::chrono::milliseconds(bytes / 100'000);
-  return std::min(budget, std::chrono::milliseconds(std::chrono::minutes(1)));
+  return std::min(budget, std::chrono::milliseconds(max_quiet));
 }
 
 bool files_session::wait_for_part_holder(const queued_request& q) {
@@ -510,8 +513,7 @@ bool files_session::wait_for_part_holder(const queued_request& q) {
   }
   if (part_checked_ == q.id) return false;
   part_checked_ = q.id;
-  std::uint64_t part_size = 0;
-  auto holder = holder_of_part(q.header, &part_size);
+  auto holder = holder_of_part(q.header);
   if (!holder) return false;
   auto alive = std::make_shared<bool>(false);
   holder->probe([alive, w = weak_from_this(), ex = conn_.executor()](bool is_alive) {
@@ -520,13 +522,14 @@ bool files_session::wait_for_part_holder(const queued_request& q) {
       if (auto self = w.lock()) self->pump();
     });
   });
-  // Long enough for the holder's peer to use its whole quiet budget.
-  const auto wait = std::max<std::chrono::milliseconds>(part_holder_wait, quiet_budget(part_size) + std::chrono::seconds(2));
-  part_wait_ = part_wait{q.id, now + wait, alive};
+  // Long enough for the holder's peer to use the longest quiet budget (the
+  // holder may have a larger part pending than this one); the wait ends as
+  // soon as the holder answers or lets go of the part.
+  part_wait_ = part_wait{q.id, now + std::max<std::chrono::milliseconds>(part_holder_wait, max_quiet + std::chrono::seconds(2)), alive};
   return again();
 }
 
-std::shared_ptr<part_registry::claim> files_session::holder_of_part(const json& h, std::uint64_t* size) const {
+std::shared_ptr<part_registry::claim> files_session::holder_of_part(const json& h) const {
   // Only a resumable upload wants an existing part.
   if (!h.value("resume", false) || h.value("inline", false) || !h.contains("size")) return nullptr;
   auto p = h.find("path");
@@ -540,8 +543,6 @@ std::shared_ptr<part_registry::claim> files_session::holder_of_part(const json& 
   const std::string part = part_name_for(leaf);
   util::unique_fd fd(::openat(dir.get(), part.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
   if (!fd || ::flock(fd.get(), LOCK_EX | LOCK_NB) == 0) return nullptr;  // none, or free
-  struct stat st {};
-  if (size && ::fstat(fd.get(), &st) == 0) *size = static_cast<std::uint64_t>(st.st_size);
   auto holder = share_.parts().find(dir.get(), part);
   for (const auto& [id, u] : uploads_) {
     if (holder && u->claim == holder) return nullptr;  // this connection's own upload

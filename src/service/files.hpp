@@ -165,8 +165,8 @@ class files_session : public std::enable_shared_from_this<files_session> {
   /// that holder's peer is found alive or gone.
   bool wait_for_part_holder(const queued_request& q);
   /// The upload of another connection that holds the part `h` would
-  /// resume (nullptr: none, or free); `size`, when given, gets the part's size.
-  std::shared_ptr<part_registry::claim> holder_of_part(const proto::json& h, std::uint64_t* size = nullptr) const;
+  /// resume (nullptr: none, or free).
+  std::shared_ptr<part_registry::claim> holder_of_part(const proto::json& h) const;
   /// As the holder: whether this connection's peer is alive (`done(true)`
   /// at its next sign of life); one that stays silent is closed.
   void probe_peer(std::function<void(bool alive)> done);

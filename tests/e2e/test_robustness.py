@@ -315,7 +315,7 @@ class LoginLimits(unittest.TestCase):
         # `binding` is informational; a number there once ended the attempt
         # early (an exception closed the connection), leaving it counted as
         # in flight for ever, so that later logins of the user waited.
-        with Server(log_level="warn") as srv:
+        with Server(log_level="info") as srv:
             for i in range(3):
                 s, _ = wire.connect(srv.port)
                 with s:
@@ -323,10 +323,13 @@ class LoginLimits(unittest.TestCase):
                                            "proof": "00" * 32, "binding": i + 1}))
                     h, _ = wire.read_frame(s, 10)
                     self.assertEqual((h["type"], h.get("code")), ("error", "auth_failed"), h)
-            t0 = time.monotonic()
+            # The 4th attempt owes 250 ms after the 3rd failure; past that, a
+            # login is answered at once. Attempts left in flight would still
+            # hold it back (the server logs "held N ms").
+            time.sleep(0.5)
             s, _ = wire.login(srv.port, TOKEN, source="127.0.0.2")
             s.close()
-            self.assertLess(time.monotonic() - t0, 1.0)  # three failures are free: no wait
+            self.assertNotIn("held", srv.stderr())
 
     def test_a_valid_login_does_not_reset_the_guessing(self):
         conf = ('[[users]]\nname = "admin"\ntoken = "%s"\npermissions = ["files-read"]\n'

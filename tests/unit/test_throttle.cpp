@@ -196,7 +196,9 @@ TEST(auth_throttle, an_attempt_never_settled_is_dropped_after_the_window) {
   auth_throttle t;
   auto now = auth_throttle::clock::now();
   for (int i = 0; i < 20; ++i) ASSERT_TRUE(t.admit(named("s", i), "victim", forever, now));
-  EXPECT_GT(*t.admit("other", "victim", forever, now) - now, 1s);  // twenty in flight: queued behind them
+  auto queued = t.admit("other", "victim", forever, now);
+  ASSERT_TRUE(queued);
+  EXPECT_GT(*queued - now, 1s);  // twenty in flight: queued behind them
   now += 601s;
   auto when = t.admit("other", "victim", forever, now);
   ASSERT_TRUE(when);
@@ -219,8 +221,12 @@ TEST(auth_throttle, refused_attempts_leave_no_record_and_floods_keep_known_sourc
   EXPECT_EQ(t.user_failures("admin", now), 12);
   EXPECT_EQ(t.source_failures("evil", now), 12);
   // Admitted failures from many sources for many names overflow both
-  // tables again and again: the admin's place is still known.
+  // tables again and again (the admin's record goes with them); then the
+  // admin is guessed at again from elsewhere, so its user slot is far
+  // ahead: other sources wait for it, its known place does not.
   for (int i = 0; i < 200; ++i) fail_once(t, named("10.1.0.", i), named("name", i), now);
+  for (int i = 0; i < 12; ++i) now += fail_once(t, named("10.2.0.", i), "admin", now);
+  EXPECT_FALSE(t.admit("elsewhere", "admin", 1s, now));
   when = t.admit("home", "admin", 1s, now);
   ASSERT_TRUE(when);
   EXPECT_EQ(*when, now);
