@@ -705,7 +705,9 @@ class InteractiveChatTest(unittest.TestCase):
             other = Client(server, "other")
             other.wait_for(lambda e: e.get("type") == "chat.joined")
             other.say("interrupting message")
-            s = wait_screen(r"<other> interrupting message")
+            # The message, then the input line redrawn intact below it (the
+            # client writes the two one after the other: wait for both).
+            s = wait_screen(r"<other> interrupting message[^\n]*\n(\s*\n)*> half typed 文件\s*$")
             lines = [l for l in s.splitlines() if l.strip()]
             self.assertEqual(lines[-1].rstrip(), "> half typed 文件", s)  # the input line is intact, last
             subprocess.run(tmux + ["send-keys", "-t", session, "-l", " done"], check=True, env=env)
