@@ -108,12 +108,12 @@ void session::on_frame(net::connection& c, proto::frame&& f) {
   }
 }
 
-void session::authenticate(net::connection& c, proto::frame& f) {
+std::optional<session::auth_request> session::parse_auth(net::connection& c, const proto::frame& f) const {
   const auto id = f.id();
   if (f.type() != proto::type::auth) {
     spdlog::info("{}: first frame was '{}', not 'auth'", c.peer(), f.type());
     c.fail(errc::handshake_required, "the first frame must be \"auth\" (see docs/protocol.md)", id);
-    return;
+    return std::nullopt;
   }
   const json& h = f.header;
   auto proto_it = h.find("proto");
@@ -121,33 +121,44 @@ void session::authenticate(net::connection& c, proto::frame& f) {
     spdlog::info("{}: unsupported protocol version {}", c.peer(), proto_it == h.end() ? "(none)" : proto_it->dump());
     c.fail(errc::unsupported_version,
            "this server speaks protocol version " + std::to_string(proto::protocol_version) + " only", id);
-    return;
+    return std::nullopt;
   }
   auto user_it = h.find("user");
   auto proof_it = h.find("proof");
   if (user_it == h.end() || !user_it->is_string() || proof_it == h.end() || !proof_it->is_string()) {
     c.fail(errc::bad_request, "auth needs string fields user and proof", id);
-    return;
+    return std::nullopt;
   }
   const std::string& name = user_it->get_ref<const std::string&>();
   auto proof = proto::from_hex<32>(proof_it->get_ref<const std::string&>());
   if (!proof || !proto::is_valid_user_name(name)) {
     c.fail(errc::bad_request, "auth: proof must be 64 hex digits, user 1-64 of [A-Za-z0-9._-]", id);
-    return;
+    return std::nullopt;
   }
-  const auto kind = binding_.empty() ? proto::binding_kind::nonces : proto::binding_kind::tls_exporter;
-  std::string binding = binding_;
-  if (kind == proto::binding_kind::nonces) {
+  auth_request r{name, *proof, binding_.empty() ? proto::binding_kind::nonces : proto::binding_kind::tls_exporter,
+                 binding_};
+  if (r.kind == proto::binding_kind::nonces) {
     auto nonce_it = h.find("nonce");
     auto client_nonce = nonce_it != h.end() && nonce_it->is_string()
                             ? proto::from_hex<proto::nonce_size>(nonce_it->get_ref<const std::string&>())
                             : std::nullopt;
     if (!client_nonce) {
       c.fail(errc::bad_request, "auth over cleartext needs a nonce of 64 hex digits", id);
-      return;
+      return std::nullopt;
     }
-    binding = proto::nonce_binding(server_nonce_, *client_nonce);
+    r.binding = proto::nonce_binding(server_nonce_, *client_nonce);
   }
+  return r;
+}
+
+void session::authenticate(net::connection& c, proto::frame& f) {
+  auto request = parse_auth(c, f);
+  if (!request) return;
+  const auto id = f.id();
+  const json& h = f.header;
+  const std::string& name = request->user;
+  const auto kind = request->kind;
+  const std::string& binding = request->binding;
 
   // Answered no earlier than the slot of this source and this user name
   // (auth_throttle): parallel attempts queue up instead of multiplying the
@@ -181,7 +192,7 @@ void session::authenticate(net::connection& c, proto::frame& f) {
   const user_account* u = ctx_.find_user(name);
   static const std::string decoy_token(32, 'x');
   auto expected = proto::compute_proof(proto::proof_role::client, u ? u->token : decoy_token, name, kind, binding);
-  if (!u || !proto::proofs_equal(expected, *proof)) {
+  if (!u || !proto::proofs_equal(expected, request->proof)) {
     // A client that shows which TLS channel it computed its proof over
     // lets us tell a relay in the path (which terminates TLS on both
     // sides, so the two ends export different values) from a wrong token.

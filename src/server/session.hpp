@@ -2,6 +2,8 @@
 // The per-connection protocol state machine: hello, mutual authentication,
 // then request dispatch through the registry (docs/protocol.md).
 
+#include <array>
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
@@ -40,6 +42,16 @@ class session final : public net::frame_handler {
   void on_close(net::connection& c, std::string_view reason) override;
 
  private:
+  // What a well-formed `auth` asks: who, the proof, and what it is bound to.
+  struct auth_request {
+    std::string user;
+    std::array<std::uint8_t, 32> proof{};
+    proto::binding_kind kind{};
+    std::string binding;
+  };
+  /// Checks the first frame; answers and returns nullopt when it is not a
+  /// well-formed `auth`.
+  std::optional<auth_request> parse_auth(net::connection& c, const proto::frame& f) const;
   void authenticate(net::connection& c, proto::frame& f);
   void welcome(net::connection& c, const user_account& u, std::optional<std::uint64_t> id, const std::string& proof);
   void dispatch(net::connection& c, proto::frame&& f);

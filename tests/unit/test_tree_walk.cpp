@@ -26,6 +26,18 @@ std::size_t open_descriptors() {
   return n;
 }
 
+// Enters every directory; failures are collected as (path, errno) and the
+// walk goes on.
+tree_visitor descend_and_collect_failures(std::vector<std::pair<std::string, int>>& failures) {
+  tree_visitor v;
+  v.enter = [](const tree_entry&) { return walk_step::descend; };
+  v.failed = [&failures](const tree_entry& e, int err) {
+    failures.emplace_back(e.path, err);
+    return walk_step::next;
+  };
+  return v;
+}
+
 class TreeWalk : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -143,12 +155,7 @@ TEST_F(TreeWalk, ADirectoryThatCannotBeOpenedIsReportedNotSkipped) {
   rlimit saved{};
   ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &saved), 0);
   std::vector<std::pair<std::string, int>> failures;
-  tree_visitor v;
-  v.enter = [](const tree_entry&) { return walk_step::descend; };
-  v.failed = [&](const tree_entry& e, int err) {
-    failures.emplace_back(e.path, err);
-    return walk_step::next;
-  };
+  tree_visitor v = descend_and_collect_failures(failures);
   unique_fd root = open_root();
   unique_fd again = open_root();
   rlimit low = saved;
@@ -221,12 +228,7 @@ TEST_F(TreeWalk, ARootThatCannotBeReadIsReported) {
   unique_fd path_only(::open(root_.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
   ASSERT_TRUE(path_only);
   std::vector<std::pair<std::string, int>> failures;
-  tree_visitor v;
-  v.enter = [](const tree_entry&) { return walk_step::descend; };
-  v.failed = [&](const tree_entry& e, int err) {
-    failures.emplace_back(e.path, err);
-    return walk_step::next;
-  };
+  tree_visitor v = descend_and_collect_failures(failures);
   EXPECT_EQ(walk_tree(std::move(path_only), v), EBADF);
   ASSERT_EQ(failures.size(), 1u);
   EXPECT_TRUE(failures[0].first.empty());
