@@ -321,8 +321,14 @@ class IdentityTest(unittest.TestCase):
             self.assertEqual(h["type"], "chat.welcome", h)
             self.refused("mallory", "b0bby", "looks like 'bobby', which is in use")
             self.refused("mallory", "BOBBY", "is taken")
-            for i, s in enumerate(held):
+            for s in held:
                 s.sendall(wire.encode({"type": "chat.join", "id": 2, "room": "ids"}))
+            for s in held:  # every join answered (they may be on different event loops) before asking who
+                for _ in range(50):
+                    h, _ = wire.read_frame(s)
+                    if h.get("id") == 2:
+                        break
+                self.assertEqual(h.get("id"), 2, h)
             s = held[-1]
             s.sendall(wire.encode({"type": "chat.who", "id": 3, "room": "ids"}))
             for _ in range(50):
