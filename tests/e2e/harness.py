@@ -16,6 +16,9 @@ import time
 BIN = os.environ.get("CSKIT_BIN") or os.path.join(
     os.path.dirname(__file__), "..", "..", "build", "release", "cskit")
 TOKEN = "e2e-test-token-0123456789abcdef"
+# An ASan build is a 250 MB binary that starts slowly when the machine is
+# busy with other tests (CI once took over 20 s to see a banner).
+START_TIMEOUT = 90 if os.environ.get("CSKIT_SANITIZED") else 30
 
 
 def raise_fd_limit():
@@ -28,7 +31,7 @@ def raise_fd_limit():
 class Server:
     """A `cskit serve` process on 127.0.0.1 with a free port."""
 
-    def __init__(self, *args, token=TOKEN, config_text=None, env=None, start_timeout=20, state_dir=None,
+    def __init__(self, *args, token=TOKEN, config_text=None, env=None, start_timeout=None, state_dir=None,
                  log_level="info", listen="127.0.0.1:0", share=None):
         self.dir = tempfile.mkdtemp(prefix="cskit-e2e-")
         self.state = state_dir or os.path.join(self.dir, "state")
@@ -52,7 +55,7 @@ class Server:
         self.token = token
         self.stderr_path = os.path.join(self.dir, "stderr.log")
         self._readers = []
-        self._start(listen, start_timeout, "wb")
+        self._start(listen, start_timeout or START_TIMEOUT, "wb")
 
     def _start(self, listen, start_timeout, stderr_mode):
         cmd = [BIN, "serve", "--listen", listen, "--root", self.share,
@@ -63,15 +66,13 @@ class Server:
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._stderr,
                                      env=self.env, stdin=subprocess.DEVNULL)
         self.banner = []
-        deadline = time.monotonic() + start_timeout
+        started = time.monotonic()
+        deadline = started + start_timeout
         port = None
         while port is None:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self.proc.poll() is not None:
-                self.stop()
-                err = self.stderr()
-                self.cleanup()
-                raise RuntimeError("server did not start: " + err)
+                self._fail_to_start(remaining <= 0, time.monotonic() - started)
             ready, _, _ = select.select([self.proc.stdout], [], [], remaining)
             if not ready:
                 continue
@@ -105,6 +106,16 @@ class Server:
         self._reader.start()
         self._readers.append((self.proc, self._reader))
 
+    def _fail_to_start(self, timed_out, elapsed):
+        if timed_out:
+            how = "no banner within %.1f s" % elapsed
+        else:
+            how = "exited with status %s after %.1f s" % (self.proc.returncode, elapsed)
+        self.stop()
+        err = self.stderr()
+        self.cleanup()
+        raise RuntimeError("server did not start (%s); stdout so far: %r; stderr: %s" % (how, self.banner, err))
+
     def trust(self, home):
         """Adds this server's key to the known_hosts file under `home`, under the names tests
         reach it by (127.0.0.1 and localhost)."""
@@ -117,7 +128,7 @@ class Server:
                 if entry not in existing:
                     f.write(entry)
 
-    def restart(self, sig=signal.SIGKILL, start_timeout=20):
+    def restart(self, sig=signal.SIGKILL, start_timeout=None):
         """Ends the server (SIGKILL unless told otherwise) and starts it again on the same
         port, share, state and config. The stderr log is appended to."""
         if self.proc.poll() is None:
@@ -125,7 +136,7 @@ class Server:
             self.proc.wait(timeout=20)
         if not self._stderr.closed:
             self._stderr.close()
-        self._start(self.address, start_timeout, "ab")
+        self._start(self.address, start_timeout or START_TIMEOUT, "ab")
 
     def _drain(self, proc):
         for line in proc.stdout:
