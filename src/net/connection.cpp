@@ -49,6 +49,16 @@ char* thread_read_buffer() {
   return buf.get();
 }
 
+// TLS: the most plaintext one record carries (RFC 8446, 5.1).
+constexpr std::size_t record_plain = 16 * 1024;
+
+char* thread_record_buffer() {
+  // Small queued pieces gathered into one record's plaintext; filled and
+  // encrypted without a wait in between, so one per loop thread serves all.
+  thread_local std::unique_ptr<char[]> buf(new char[record_plain]);
+  return buf.get();
+}
+
 char* thread_plain_buffer() {
   // TLS: the plaintext of what was read into thread_read_buffer(), under
   // the same rule (decoded before the reader suspends). Also the buffer a
@@ -440,18 +450,45 @@ void connection::encrypt_queued(std::size_t budget) {
   while (state_ != state::closed && tls_output_bytes() < budget) {
     const int k = gather(iov, max_iov);
     if (k == 0) return;
-    std::size_t took = 0;
-    for (int i = 0; i < k && tls_output_bytes() < budget; ++i) {
-      const std::size_t len = std::min(iov[i].iov_len, budget - tls_output_bytes());
-      if (!tls_->write(std::string_view(static_cast<const char*>(iov[i].iov_base), len))) {
-        close_now("TLS error: " + tls_->error_text());
-        return;
-      }
-      took += len;
-      if (len < iov[i].iov_len) break;
-    }
+    const std::size_t took = encrypt_pieces(iov, k, budget);
+    if (took == 0) return;  // the channel failed (and closed the connection)
     consume(took);
   }
+}
+
+std::size_t connection::encrypt_pieces(const iovec* iov, int k, std::size_t budget) {
+  // Small pieces in a row (chat deliveries, replies) are sealed together,
+  // as one record of up to record_plain bytes, instead of one record each:
+  // a receiver that fell a few messages behind costs one AEAD operation
+  // and one record header per batch. A large piece (a file body in
+  // pending_) is sealed where it lies.
+  char* scratch = thread_record_buffer();
+  std::size_t took = 0;
+  int i = 0;
+  while (i < k && tls_output_bytes() < budget) {
+    const std::size_t room = budget - tls_output_bytes();
+    std::size_t n = 0;
+    while (i < k && iov[i].iov_len < record_plain && n + iov[i].iov_len <= std::min(record_plain, room)) {
+      std::memcpy(scratch + n, iov[i].iov_base, iov[i].iov_len);
+      n += iov[i].iov_len;
+      ++i;
+    }
+    std::string_view piece(scratch, n);
+    bool whole = true;
+    if (n == 0) {  // a large piece, or one that does not fit in the budget left: what fits of it
+      const std::size_t len = std::min(iov[i].iov_len, room);
+      piece = std::string_view(static_cast<const char*>(iov[i].iov_base), len);
+      whole = len == iov[i].iov_len;
+      ++i;
+    }
+    if (!tls_->write(piece)) {
+      close_now("TLS error: " + tls_->error_text());
+      return 0;
+    }
+    took += piece.size();
+    if (!whole) break;
+  }
+  return took;
 }
 
 void connection::send_tls_output(error_code& ec) {

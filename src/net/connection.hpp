@@ -306,6 +306,9 @@ class connection : public std::enable_shared_from_this<connection> {
   /// Encrypts queued plaintext (up to the first file body) until about
   /// `budget` bytes wait in the channel's output.
   void encrypt_queued(std::size_t budget);
+  /// Encrypts the gathered pieces into the channel's output while it holds
+  /// less than `budget`; returns the plaintext bytes taken (0: it failed).
+  std::size_t encrypt_pieces(const iovec* iov, int k, std::size_t budget);
   /// One non-blocking send of the channel's output. would_block is an error code.
   void send_tls_output(boost::system::error_code& ec);
   boost::asio::awaitable<boost::system::error_code> write_segment_tls();

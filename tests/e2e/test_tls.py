@@ -19,6 +19,7 @@ import threading
 import time
 import unittest
 
+import cskit_client
 import tlswire
 import wire
 from harness import BIN, TOKEN, Server, free_port, raise_fd_limit
@@ -735,6 +736,94 @@ class HostileTLS(unittest.TestCase):
         finally:
             for s in stalled:
                 s.close()
+
+
+class RecordCounter:
+    """Counts the TLS records in a ciphertext stream fed to it in any pieces."""
+
+    def __init__(self):
+        self.records = 0
+        self._header = b""
+        self._left = 0  # bytes of the current record's payload still to come
+
+    def feed(self, data):
+        view = memoryview(data)
+        while view:
+            if self._left:
+                n = min(self._left, len(view))
+                self._left -= n
+                view = view[n:]
+                continue
+            need = 5 - len(self._header)
+            self._header += bytes(view[:need])
+            view = view[need:]
+            if len(self._header) == 5:
+                self._left = int.from_bytes(self._header[3:5], "big")
+                self._header = b""
+                self.records += 1
+
+
+class RecordsOnTheWire(unittest.TestCase):
+    """What the server sends is sealed in as few records as the queue allows."""
+
+    def setUp(self):
+        self.srv = Server("--threads", "1", config_text="[chat]\nrate = 0\nhistory = 0\n")
+
+    def tearDown(self):
+        self.srv.stop()
+        self.srv.cleanup()
+
+    def connect_counted(self, nick):
+        """A logged-in chat client in #records whose received TLS records are counted from now on."""
+        c = cskit_client.Client.connect("127.0.0.1", self.srv.port, "admin", TOKEN,
+                                        fingerprint=self.srv.fingerprint, timeout=20)
+        self.addCleanup(c.close)
+        c.request("chat.hello", nick=nick)
+        c.request("chat.join", room="#records")
+        counter = RecordCounter()
+        transport = c._t
+
+        def counting_feed(deadline):
+            data = cskit_client._tcp_recv(transport.sock, cskit_client._READ_CHUNK, deadline)
+            counter.feed(data)
+            if data:
+                transport.inc.write(data)
+            else:
+                transport.tcp_eof = True
+                transport.inc.write_eof()
+            return data
+
+        transport._feed = counting_feed
+        return c, counter
+
+    def read_messages(self, c, n, want_oks):
+        """Reads until n chat.message frames (and n chat.ok if `want_oks`) came; returns the frame count."""
+        oks = messages = 0
+        while messages < n or (want_oks and oks < n):
+            h, b = c.recv()
+            if h["type"] == "chat.ok":
+                oks += 1
+            elif h["type"] == "chat.message":
+                self.assertEqual(b, b"line %d" % messages)  # in order, none lost
+                messages += 1
+        return oks + messages
+
+    def test_queued_small_frames_share_records(self):
+        receiver, receiver_records = self.connect_counted("reader")
+        sender, sender_records = self.connect_counted("writer")
+        # 300 messages in one write: the server reads them in one batch, answers each
+        # with chat.ok and the room's chat.message (600 small frames to the sender), and
+        # queues 300 shared frames for the receiver, which reads only afterwards.
+        n = 300
+        sender._send_raw(b"".join(
+            cskit_client.encode_frame({"type": "chat.say", "id": sender.next_id(), "room": "#records"},
+                                      b"line %d" % i) for i in range(n)))
+        sender_frames = self.read_messages(sender, n, want_oks=True)
+        receiver_frames = self.read_messages(receiver, n, want_oks=False)
+        # One record per frame, or per run of replies, before small frames were sealed together.
+        for who, records, frames in (("sender", sender_records.records, sender_frames),
+                                     ("receiver", receiver_records.records, receiver_frames)):
+            self.assertLess(records * 4, frames, f"{who}: {records} records for {frames} frames")
 
 
 if __name__ == "__main__":
