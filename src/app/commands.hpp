@@ -132,6 +132,8 @@ struct files_options {
   bool preserve = false;   ///< -p
   bool parents = false;    ///< mkdir -p
   bool long_format = false;  ///< ls -l
+  bool all = false;          ///< ls -a: names starting with '.' too
+  unsigned port = 0;         ///< -P: the port of every HOST without one (0: default)
   bool no_clobber = false;
   bool quiet = false;
   bool no_fsync = false;   ///< get --no-fsync

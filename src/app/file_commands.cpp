@@ -37,6 +37,7 @@ namespace {
 struct remote_spec {
   std::string host;  // HOST or HOST:PORT, for connect_client
   std::string path;
+  bool port_given = false;  // HOST:PORT:PATH
 };
 
 // HOST:PATH, HOST:PORT:PATH, [V6]:PATH, [V6]:PORT:PATH. nullopt: not remote.
@@ -58,10 +59,40 @@ std::optional<remote_spec> parse_remote(const std::string& s) {
   if (colon != std::string::npos && colon > 0 && colon <= 5 &&
       rest.find_first_not_of("0123456789") == colon) {
     r.host += ":" + rest.substr(0, colon);
+    r.port_given = true;
     rest = rest.substr(colon + 1);
   }
   r.path = rest;
   return r;
+}
+
+bool all_digits(std::string_view s) {
+  return !s.empty() && s.find_first_not_of("0123456789") == std::string_view::npos;
+}
+
+// Applies -P and the rules a remote argument must pass before anything
+// connects; returns why it is refused, or "" with `r` ready to use.
+std::string check_remote(remote_spec& r, const std::string& arg, unsigned port) {
+  // HOST:17701 names a file "17701" at the default port, which is rarely
+  // what was meant: an explicit port (HOST:PORT:PATH or -P) settles it.
+  if (!r.port_given && port == 0 && all_digits(r.path) && r.path.size() <= 5) {
+    return "'" + arg + "' would name a file '" + r.path + "' on " + r.host + " at the default port " +
+           std::to_string(proto::default_port) + ". For port " + r.path + " write " + arg +
+           ": (the share's root) or -P " + r.path + "; for a file of that name, " + r.host + ":./" + r.path;
+  }
+  while (r.path.starts_with("./")) r.path.erase(0, 2);  // HOST:./NAME, as scp takes it
+  if (r.path == ".") r.path.clear();
+  if (port == 0) return {};
+  if (!r.port_given) {
+    r.host += ":" + std::to_string(port);
+    r.port_given = true;
+    return {};
+  }
+  const std::string given = r.host.substr(r.host.rfind(':') + 1);
+  if (std::stoul(given) != port) {
+    return "'" + arg + "' names port " + given + " and -P names port " + std::to_string(port);
+  }
+  return {};
 }
 
 std::string human_bytes(double b) {
@@ -197,22 +228,55 @@ json entry_to_json(const client::remote_entry& e) {
   return j;
 }
 
+// Parses remote arguments that must all name one server; returns why one
+// is refused, or "" with `out` filled.
+std::string parse_remotes(const std::vector<std::string>& args, const files_options& o,
+                          std::vector<remote_spec>& out) {
+  for (const auto& a : args) {
+    auto r = parse_remote(a);
+    if (!r) return "'" + a + "' is not HOST:PATH (the share's root is HOST:)";
+    if (std::string why = check_remote(*r, a, o.port); !why.empty()) return why;
+    if (!out.empty() && r->host != out.front().host) return "all remote paths must be on the same server";
+    out.push_back(std::move(*r));
+  }
+  return {};
+}
+
+// A local argument that reads as HOST:PATH means both ends are remote,
+// which cskit does not do (scp -3 would): say so rather than take it as a
+// local name.
+std::string both_remote(const std::string& local) {
+  return "'" + local + "' is a remote path too: cskit copies between this machine and one server (get, then put, " +
+         "to copy between two); for a local name with a colon, write ./" + local;
+}
+
+client::transfer_options transfer_options_of(const files_options& o, progress_line& line) {
+  client::transfer_options t;
+  t.recursive = o.recursive;
+  t.preserve = o.preserve;
+  t.no_clobber = o.no_clobber;
+  t.sha256 = o.verify == "sha256";
+  t.fsync = !o.no_fsync;
+  t.on_progress = [&line](const client::transfer_progress& p) { line.update(p); };
+  return t;
+}
+
 }  // namespace
 
 int run_put(const files_options& o) {
   if (o.args.size() < 2) return usage("put", "usage: cskit put [-r] [-p] LOCAL... HOST:[REMOTE]");
-  auto dest = parse_remote(o.args.back());
-  if (!dest) return usage("put", "the last argument must be HOST:[REMOTE] (for example 127.0.0.1:backup/)");
+  std::vector<remote_spec> dest;
+  if (!parse_remote(o.args.back())) {
+    return usage("put", "the last argument must be HOST:[REMOTE] (for example 127.0.0.1:backup/)");
+  }
+  if (std::string why = parse_remotes({o.args.back()}, o, dest); !why.empty()) return usage("put", why);
   std::vector<std::string> sources(o.args.begin(), o.args.end() - 1);
+  for (const auto& src : sources) {
+    if (parse_remote(src)) return usage("put", both_remote(src));
+  }
   progress_line line(!o.quiet && !o.common.json && ::isatty(1) && ::isatty(2));
-  return with_connection(o, dest->host, "put", [&](client::file_client& fc) {
-    client::transfer_options t;
-    t.recursive = o.recursive;
-    t.preserve = o.preserve;
-    t.no_clobber = o.no_clobber;
-    t.sha256 = o.verify == "sha256";
-    t.on_progress = [&](const client::transfer_progress& p) { line.update(p); };
-    auto r = fc.put(sources, dest->path, t);
+  return with_connection(o, dest[0].host, "put", [&](client::file_client& fc) {
+    auto r = fc.put(sources, dest[0].path, transfer_options_of(o, line));
     line.done();
     return finish_transfer("put", o, r);
   });
@@ -225,70 +289,89 @@ int run_get(const files_options& o) {
   if (o.args.size() > 1) {
     local = o.args.back();
     remote_args.pop_back();
+    if (parse_remote(local)) return usage("get", both_remote(local));
   }
-  std::string host;
+  std::vector<remote_spec> specs;
+  if (std::string why = parse_remotes(remote_args, o, specs); !why.empty()) return usage("get", why);
   std::vector<std::string> paths;
-  for (const auto& a : remote_args) {
-    auto r = parse_remote(a);
-    if (!r) return usage("get", "'" + a + "' is not HOST:PATH");
-    if (!host.empty() && r->host != host) return usage("get", "all sources must be on the same server");
-    host = r->host;
-    paths.push_back(r->path);
-  }
+  for (const auto& r : specs) paths.push_back(r.path);
   progress_line line(!o.quiet && !o.common.json && local != "-" && ::isatty(1) && ::isatty(2));
-  return with_connection(o, host, "get", [&](client::file_client& fc) {
-    client::transfer_options t;
-    t.recursive = o.recursive;
-    t.preserve = o.preserve;
-    t.no_clobber = o.no_clobber;
-    t.sha256 = o.verify == "sha256";
-    t.fsync = !o.no_fsync;
-    t.on_progress = [&](const client::transfer_progress& p) { line.update(p); };
-    auto r = fc.get(paths, local, t);
+  return with_connection(o, specs.front().host, "get", [&](client::file_client& fc) {
+    auto r = fc.get(paths, local, transfer_options_of(o, line));
     line.done();
     return finish_transfer("get", o, r);
   });
 }
 
+namespace {
+
+// A relative path with a component that starts with '.'.
+bool hidden(std::string_view path) {
+  for (std::size_t i = 0;;) {
+    if (i < path.size() && path[i] == '.') return true;
+    i = path.find('/', i);
+    if (i == std::string_view::npos) return false;
+    ++i;
+  }
+}
+
+// As ls and sftp's ls: names starting with '.' (and what is below them)
+// are left out unless -a, except a file named on the command line.
+void drop_hidden(client::file_client& fc, const std::string& path, std::vector<client::remote_entry>& entries) {
+  const auto slash = path.rfind('/');
+  const std::string base = slash == std::string::npos ? path : path.substr(slash + 1);
+  if (entries.size() == 1 && entries[0].name == base && hidden(base) && fc.stat(path).type != "dir") return;
+  std::erase_if(entries, [](const client::remote_entry& e) { return hidden(e.name); });
+}
+
+void print_listing(const files_options& o, const std::vector<client::remote_entry>& entries) {
+  for (const auto& e : entries) {
+    std::string name = printable(e.name) + (e.type == "dir" && !o.long_format ? "/" : "");
+    if (o.long_format) {
+      std::string line = fmt::format("{} {:>12} {} {}", format_mode(e), e.size, format_time(e.mtime_ns), name);
+      if (e.type == "symlink") line += " -> " + printable(e.target);
+      std::printf("%s\n", line.c_str());
+    } else {
+      std::printf("%s\n", name.c_str());
+    }
+  }
+}
+
+}  // namespace
+
 int run_ls(const files_options& o) {
-  if (o.args.size() != 1) return usage("ls", "usage: cskit ls [-l] [-R] HOST:[PATH]");
-  auto spec = parse_remote(o.args.front());
-  if (!spec) return usage("ls", "'" + o.args.front() + "' is not HOST:[PATH] (the root is HOST:)");
-  return with_connection(o, spec->host, "ls", [&](client::file_client& fc) {
-    auto entries = fc.list(spec->path, o.recursive);
+  if (o.args.size() != 1) return usage("ls", "usage: cskit ls [-l] [-a] [-R] HOST:[PATH]");
+  std::vector<remote_spec> specs;
+  if (std::string why = parse_remotes(o.args, o, specs); !why.empty()) return usage("ls", why);
+  const remote_spec& spec = specs.front();
+  return with_connection(o, spec.host, "ls", [&](client::file_client& fc) {
+    auto entries = fc.list(spec.path, o.recursive);
+    if (!o.all) drop_hidden(fc, spec.path, entries);
     if (o.common.json) {
       json arr = json::array();
       for (const auto& e : entries) arr.push_back(entry_to_json(e));
-      std::printf("%s\n", json({{"ok", true}, {"path", spec->path}, {"entries", arr}})
+      std::printf("%s\n", json({{"ok", true}, {"path", spec.path}, {"entries", arr}})
                               .dump(-1, ' ', false, json::error_handler_t::replace)
                               .c_str());
       return exit_code::ok;
     }
-    for (const auto& e : entries) {
-      std::string name = printable(e.name) + (e.type == "dir" && !o.long_format ? "/" : "");
-      if (o.long_format) {
-        std::string line = fmt::format("{} {:>12} {} {}", format_mode(e), e.size, format_time(e.mtime_ns), name);
-        if (e.type == "symlink") line += " -> " + printable(e.target);
-        std::printf("%s\n", line.c_str());
-      } else {
-        std::printf("%s\n", name.c_str());
-      }
-    }
+    print_listing(o, entries);
     return exit_code::ok;
   });
 }
 
 int run_stat(const files_options& o) {
   if (o.args.size() != 1) return usage("stat", "usage: cskit stat HOST:PATH");
-  auto spec = parse_remote(o.args.front());
-  if (!spec) return usage("stat", "'" + o.args.front() + "' is not HOST:PATH");
-  return with_connection(o, spec->host, "stat", [&](client::file_client& fc) {
-    auto e = fc.stat(spec->path);
+  std::vector<remote_spec> specs;
+  if (std::string why = parse_remotes(o.args, o, specs); !why.empty()) return usage("stat", why);
+  const remote_spec& spec = specs.front();
+  return with_connection(o, spec.host, "stat", [&](client::file_client& fc) {
+    auto e = fc.stat(spec.path);
     if (o.common.json) {
       std::printf("%s\n", json({{"ok", true}, {"entry", entry_to_json(e)}}).dump(-1, ' ', false, json::error_handler_t::replace).c_str());
     } else {
       std::printf("  name: %s\n  type: %s\n  size: %llu\n  mode: %s (%04o)\nmodify: %s\n",
-                  printable(spec->path.empty() ? "/" : spec->path).c_str(), e.type.c_str(),
+                  printable(spec.path.empty() ? "/" : spec.path).c_str(), e.type.c_str(),
                   static_cast<unsigned long long>(e.size), format_mode(e).c_str(), e.mode, format_time(e.mtime_ns).c_str());
       if (e.type == "symlink") std::printf("target: %s\n", printable(e.target).c_str());
     }
@@ -297,49 +380,79 @@ int run_stat(const files_options& o) {
 }
 
 namespace {
-int simple(const files_options& o, const char* cmd, std::size_t nargs, const char* use,
-           const std::function<json(client::file_client&, const std::vector<remote_spec>&)>& fn) {
-  if (o.args.size() != nargs) return usage(cmd, std::string("usage: ") + use);
+
+// mkdir and rm: each path in turn on one connection, as their local
+// namesakes do; a path that fails is reported and the others go on.
+int each_path(const files_options& o, const char* cmd, const char* use,
+              const std::function<json(client::file_client&, const std::string&)>& fn) {
+  if (o.args.empty()) return usage(cmd, std::string("usage: ") + use);
   std::vector<remote_spec> specs;
-  for (const auto& a : o.args) {
-    auto s = parse_remote(a);
-    if (!s) {
-      if (specs.empty()) return usage(cmd, "'" + a + "' is not HOST:PATH");
-      specs.push_back({specs.front().host, a});  // mv's TO may omit the host
-      continue;
-    }
-    if (!specs.empty() && s->host != specs.front().host) return usage(cmd, "both paths must be on the same server");
-    specs.push_back(*s);
-  }
+  if (std::string why = parse_remotes(o.args, o, specs); !why.empty()) return usage(cmd, why);
   return with_connection(o, specs.front().host, cmd, [&](client::file_client& fc) {
-    json j = fn(fc, specs);
+    int rc = exit_code::ok;
+    json results = json::array();
+    for (const auto& spec : specs) {
+      try {
+        json one = fn(fc, spec.path);
+        one["path"] = spec.path;
+        one["ok"] = true;
+        results.push_back(std::move(one));
+      } catch (const client::client_error& e) {
+        if (e.kind() != client::failure::remote && e.kind() != client::failure::permission) throw;
+        std::fprintf(stderr, "cskit %s: %s\n", cmd, printable(e.what()).c_str());
+        const errc code = e.code().value_or(errc::io_error);
+        if (rc == exit_code::ok) rc = exit_code_for(code);
+        results.push_back({{"path", spec.path},
+                           {"ok", false},
+                           {"error", {{"code", proto::to_wire(code)}, {"message", e.what()}}}});
+      }
+    }
     if (o.common.json) {
-      j["ok"] = true;
+      // One path: its fields at the top as well, as before several were taken.
+      json j = results.size() == 1 ? results[0] : json::object();
+      j["ok"] = rc == exit_code::ok;
+      j["results"] = results;
       std::printf("%s\n", j.dump(-1, ' ', false, json::error_handler_t::replace).c_str());
     }
-    return exit_code::ok;
+    return rc;
   });
 }
+
 }  // namespace
 
 int run_mkdir(const files_options& o) {
-  return simple(o, "mkdir", 1, "cskit mkdir [-p] HOST:PATH", [&](client::file_client& fc, const auto& s) {
-    fc.mkdir(s[0].path, o.parents);
-    return json{{"path", s[0].path}};
+  return each_path(o, "mkdir", "cskit mkdir [-p] HOST:PATH...", [&](client::file_client& fc, const std::string& path) {
+    fc.mkdir(path, o.parents);
+    return json::object();
   });
 }
 
 int run_rm(const files_options& o) {
-  return simple(o, "rm", 1, "cskit rm [-r] HOST:PATH", [&](client::file_client& fc, const auto& s) {
-    auto n = fc.rm(s[0].path, o.recursive);
-    return json{{"path", s[0].path}, {"removed", n}};
+  return each_path(o, "rm", "cskit rm [-r] HOST:PATH...", [&](client::file_client& fc, const std::string& path) {
+    return json{{"removed", fc.rm(path, o.recursive)}};
   });
 }
 
 int run_mv(const files_options& o) {
-  return simple(o, "mv", 2, "cskit mv [--no-clobber] HOST:FROM TO", [&](client::file_client& fc, const auto& s) {
-    auto to = fc.mv(s[0].path, s[1].path, o.no_clobber);
-    return json{{"from", s[0].path}, {"to", to}};
+  if (o.args.size() != 2) return usage("mv", "usage: cskit mv [--no-clobber] HOST:FROM TO");
+  std::vector<remote_spec> specs;
+  if (std::string why = parse_remotes({o.args[0]}, o, specs); !why.empty()) return usage("mv", why);
+  const std::string& to_arg = o.args[1];
+  if (auto to = parse_remote(to_arg)) {  // TO names the same server, or only a path there
+    if (std::string why = check_remote(*to, to_arg, o.port); !why.empty()) return usage("mv", why);
+    if (to->host != specs.front().host) return usage("mv", "both paths must be on the same server");
+    specs.push_back(std::move(*to));
+  } else {
+    specs.push_back({specs.front().host, to_arg, true});
+  }
+  return with_connection(o, specs.front().host, "mv", [&](client::file_client& fc) {
+    auto to = fc.mv(specs[0].path, specs[1].path, o.no_clobber);
+    if (o.common.json) {
+      std::printf("%s\n", json({{"ok", true}, {"from", specs[0].path}, {"to", to}})
+                              .dump(-1, ' ', false, json::error_handler_t::replace)
+                              .c_str());
+    }
+    return exit_code::ok;
   });
 }
 

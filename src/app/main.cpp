@@ -33,9 +33,17 @@ constexpr const char* exit_codes_text = R"(Exit codes:
 )";
 
 constexpr const char* remote_help = R"(Remote paths are HOST:PATH or HOST:PORT:PATH ([V6ADDR]:PORT:PATH), relative to the
-server's share; HOST: alone is the share's root. Exit codes beyond the common ones:
+server's share; HOST: alone is the share's root; -P PORT gives the port of every HOST without
+one. HOST:DIGITS is refused as ambiguous: write HOST:PORT: for a port, HOST:./DIGITS for a
+file. A local name with a colon is written ./NAME. Exit codes beyond the common ones:
 9 disk full, 10 quota exceeded, 11 content digest mismatch (nothing committed),
 12 the source changed or vanished, 13 not found, 14 already exists.)";
+
+// -P PORT, as scp has it, for the file commands (their HOST:PATH arguments
+// may also name the port).
+void add_port_option(CLI::App& cmd, files_options& o) {
+  cmd.add_option("-P,--port", o.port, "Port of every HOST that names none (default 7701)")->check(CLI::Range(1, 65535));
+}
 
 // How a client decides to trust the server (TLS): shared by every client command.
 void add_trust_options(CLI::App& cmd, client_common& c) {
@@ -241,6 +249,7 @@ void build_transfers(command_line& cl) {
     cmd->add_flag("-n,--no-clobber", o->no_clobber, "Never replace an existing file");
     cmd->add_option("--verify", o->verify, "Also check a SHA-256 digest (XXH3-128 is always checked)")
         ->check(CLI::IsMember({"sha256", "xxh3"}));
+    add_port_option(*cmd, *o);
     add_login_options(*cmd, o->common);
     cmd->footer(std::string(R"(Every file is digested (XXH3-128) by the sender while it is read and by the receiver while
 it is written, written to a temporary file beside the target (a resumable part file; an unnamed
@@ -256,20 +265,21 @@ the same command again after an interruption: it resumes where it stopped.
 }
 
 void build_remote_fs(command_line& cl) {
-  if ((cl.ls_cmd = cl.command("ls", "List a remote directory: cskit ls [-l] [-R] HOST:[PATH]"))) {
+  if ((cl.ls_cmd = cl.command("ls", "List a remote directory: cskit ls [-l] [-a] [-R] HOST:[PATH]"))) {
     cl.ls_cmd->add_option("path", cl.ls_o.args, "HOST:[PATH]")->required();
     cl.ls_cmd->add_flag("-l", cl.ls_o.long_format, "Long format: type, permissions, size, time");
+    cl.ls_cmd->add_flag("-a,--all", cl.ls_o.all, "Also names that start with '.' (left out otherwise, as ls does)");
     cl.ls_cmd->add_flag("-R,--recursive", cl.ls_o.recursive, "List everything below, as relative paths");
   }
   if ((cl.stat_cmd = cl.command("stat", "Show a remote file's type, size, permissions and time"))) {
     cl.stat_cmd->add_option("path", cl.stat_o.args, "HOST:PATH")->required();
   }
-  if ((cl.mkdir_cmd = cl.command("mkdir", "Create a remote directory: cskit mkdir [-p] HOST:PATH"))) {
-    cl.mkdir_cmd->add_option("path", cl.mkdir_o.args, "HOST:PATH")->required();
+  if ((cl.mkdir_cmd = cl.command("mkdir", "Create remote directories: cskit mkdir [-p] HOST:PATH..."))) {
+    cl.mkdir_cmd->add_option("paths", cl.mkdir_o.args, "HOST:PATH..., all on one server")->required();
     cl.mkdir_cmd->add_flag("-p,--parents", cl.mkdir_o.parents, "Create missing parents; no error if it exists");
   }
-  if ((cl.rm_cmd = cl.command("rm", "Remove a remote file or directory: cskit rm [-r] HOST:PATH"))) {
-    cl.rm_cmd->add_option("path", cl.rm_o.args, "HOST:PATH")->required();
+  if ((cl.rm_cmd = cl.command("rm", "Remove remote files or directories: cskit rm [-r] HOST:PATH..."))) {
+    cl.rm_cmd->add_option("paths", cl.rm_o.args, "HOST:PATH..., all on one server")->required();
     cl.rm_cmd->add_flag("-r,--recursive", cl.rm_o.recursive, "Remove a directory and everything in it");
   }
   if ((cl.mv_cmd = cl.command("mv", "Move or rename on the server: cskit mv HOST:FROM TO"))) {
@@ -280,6 +290,7 @@ void build_remote_fs(command_line& cl) {
                         std::pair{cl.mkdir_cmd, &cl.mkdir_o}, std::pair{cl.rm_cmd, &cl.rm_o},
                         std::pair{cl.mv_cmd, &cl.mv_o}}) {
     if (cmd == nullptr) continue;
+    add_port_option(*cmd, *o);
     add_login_options(*cmd, o->common);
     cmd->footer(remote_help);
   }

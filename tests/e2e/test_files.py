@@ -668,6 +668,90 @@ class Commands(FilesTestCase):
                 self.assertNotIn("[permission_denied]", r.stderr)
         self.assertFalse(os.path.exists(os.path.join(self.rshare, "nodir")))
 
+    def test_port_option_and_a_port_that_looks_like_a_path(self):
+        write_file(self.lp("f"), b"x")
+        port = str(self.srv.port)
+        # HOST:DIGITS would name a file at the default port: refused with what to write instead.
+        for args in (("put", self.lp("f"), f"127.0.0.1:{port}"), ("get", f"127.0.0.1:{port}", self.lp("g")),
+                     ("ls", f"127.0.0.1:{port}"), ("rm", f"127.0.0.1:{port}")):
+            with self.subTest(args=args[0]):
+                r = self.cli(*args)
+                self.assertEqual(r.returncode, EXIT_USAGE, r.stderr)
+                self.assertIn(f"would name a file '{port}'", r.stderr)
+                self.assertIn(f"write 127.0.0.1:{port}: (the share's root) or -P {port}", r.stderr)
+                self.assertIn(f"127.0.0.1:./{port}", r.stderr)
+        self.assertFalse(os.path.exists(self.lp("g")))
+        # -P gives the port; HOST:./DIGITS names the file.
+        self.ok("put", "-P", port, self.lp("f"), f"127.0.0.1:{self.rdir}/a")
+        self.assertEqual(read_file(os.path.join(self.rshare, "a")), b"x")
+        digits = str(40000 + os.getpid() % 20000)
+        try:
+            self.ok("put", self.lp("f"), f"127.0.0.1:./{digits}", "--port", port)
+            self.assertEqual(read_file(os.path.join(self.srv.share, digits)), b"x")
+            self.ok("get", "-P", port, f"127.0.0.1:./{digits}", self.lp("back"))
+            self.assertEqual(read_file(self.lp("back")), b"x")
+            self.ok("rm", "-P", port, f"127.0.0.1:./{digits}")
+        finally:
+            if os.path.exists(os.path.join(self.srv.share, digits)):
+                os.unlink(os.path.join(self.srv.share, digits))
+        self.assertEqual(self.ok("ls", "-P", port, f"127.0.0.1:{self.rdir}").stdout, "a\n")
+        # The same port twice is fine; two different ones are refused.
+        self.ok("ls", "-P", port, self.rr())
+        r = self.cli("ls", "-P", "1", self.rr())
+        self.assertEqual(r.returncode, EXIT_USAGE)
+        self.assertIn(f"names port {port} and -P names port 1", r.stderr)
+
+    def test_both_ends_remote_is_refused(self):
+        write_file(os.path.join(self.rshare, "f"), b"remote")
+        for args in (("get", self.rr("f"), self.rr("g")), ("put", self.rr("f"), self.rr("g"))):
+            with self.subTest(cmd=args[0]):
+                r = self.cli(*args, cwd=self.local)
+                self.assertEqual(r.returncode, EXIT_USAGE, r.stderr)
+                self.assertIn("is a remote path too", r.stderr)
+        self.assertEqual(os.listdir(self.local), [])
+        self.assertEqual(os.listdir(self.rshare), ["f"])
+        # A local name with a colon is written ./NAME.
+        self.ok("get", self.rr("f"), "./x:y", cwd=self.local)
+        self.assertEqual(read_file(self.lp("x:y")), b"remote")
+
+    def test_ls_leaves_out_dot_names_unless_all(self):
+        for name in (".hidden", ".hd/x", "vis", "d/.inner", "d/seen"):
+            write_file(os.path.join(self.rshare, name), b"x")
+        self.assertEqual(self.ok("ls", self.rr()).stdout.splitlines(), ["d/", "vis"])
+        self.assertEqual(self.ok("ls", "-R", self.rr()).stdout.splitlines(), ["d/", "d/seen", "vis"])
+        self.assertEqual(self.ok("ls", "-aR", self.rr()).stdout.splitlines(),
+                         [".hd/", ".hd/x", ".hidden", "d/", "d/.inner", "d/seen", "vis"])
+        lines = self.ok("ls", "-la", self.rr()).stdout.splitlines()  # combined short flags
+        self.assertEqual([line.rsplit(" ", 1)[1] for line in lines], [".hd", ".hidden", "d", "vis"])
+        self.assertEqual([e["name"] for e in self.json_ok("ls", self.rr())["entries"]], ["d", "vis"])
+        self.assertEqual(len(self.json_ok("ls", "--all", self.rr())["entries"]), 4)
+        # Named on the command line: a hidden file is shown, a hidden directory's content too.
+        self.assertEqual(self.ok("ls", self.rr(".hidden")).stdout, ".hidden\n")
+        self.assertEqual(self.ok("ls", self.rr(".hd")).stdout, "x\n")
+
+    def test_mkdir_and_rm_take_several_paths(self):
+        write_file(os.path.join(self.rshare, "file"), b"x")
+        r = self.cli("mkdir", self.rr("a"), self.rr("file"), self.rr("b"))
+        self.assertEqual(r.returncode, EXIT_EXISTS, r.stderr)
+        self.assertIn("'" + self.rdir + "/file' already exists", r.stderr)
+        self.assertTrue(os.path.isdir(os.path.join(self.rshare, "a")))
+        self.assertTrue(os.path.isdir(os.path.join(self.rshare, "b")))  # the one after the failure too
+        self.ok("mkdir", "-p", self.rr("a/1"), self.rr("a/2"))
+        r = self.cli("rm", "-r", "--json", self.rr("a"), self.rr("nope"), self.rr("file"))
+        self.assertEqual(r.returncode, EXIT_NOT_FOUND, r.stderr)
+        j = json.loads(r.stdout)
+        self.assertFalse(j["ok"])
+        self.assertEqual([(x["path"], x["ok"]) for x in j["results"]],
+                         [(f"{self.rdir}/a", True), (f"{self.rdir}/nope", False), (f"{self.rdir}/file", True)])
+        self.assertEqual(j["results"][0]["removed"], 3)
+        self.assertEqual(j["results"][1]["error"]["code"], "not_found")
+        self.assertEqual(sorted(os.listdir(self.rshare)), ["b"])
+        # Paths on two servers are refused before anything is done.
+        r = self.cli("rm", self.rr("b"), f"127.0.0.2:{self.srv.port}:{self.rdir}/b")
+        self.assertEqual(r.returncode, EXIT_USAGE)
+        self.assertIn("same server", r.stderr)
+        self.assertTrue(os.path.isdir(os.path.join(self.rshare, "b")))
+
 
 # ---------------------------------------------------------------- 2, 3. sizes
 
