@@ -244,7 +244,9 @@ void build_transfers(command_line& cl) {
     if (cmd == nullptr) continue;
     cmd->add_option("paths", o->args, "Sources, then the destination")->required();
     cmd->add_flag("-r,--recursive", o->recursive, "Copy directories and everything in them");
-    cmd->add_flag("-p,--preserve", o->preserve, "Keep modification times and permission bits");
+    cmd->add_flag("-p,--preserve", o->preserve,
+                 "Keep modification times, and impose the permission bits on replaced files too (without -p a new "
+                 "file gets the source's bits less the umask, a replaced one keeps its own)");
     cmd->add_flag("-q,--quiet", o->quiet, "No progress line");
     cmd->add_flag("-n,--no-clobber", o->no_clobber, "Never replace an existing file");
     cmd->add_option("--verify", o->verify, "Also check a SHA-256 digest (XXH3-128 is always checked)")

@@ -77,6 +77,7 @@ struct download::file {
   util::content_digest digest;
   bool failed = false;
   bool preallocated = false;  // blocks up to entry.size reserved (util::preallocate)
+  mode_t mode = 0644;         // what the committed file gets (prepare())
   explicit file(bool sha) : digest(sha) {}
   file(const file&) = delete;
   file& operator=(const file&) = delete;
@@ -397,9 +398,13 @@ bool download::prepare(file& f) {
     r_.errors.push_back({f.shown, errc::exists, f.shown + ": already exists (--no-clobber)"});
     return false;
   }
-  // New files get their final mode (less the umask) at once, so that
-  // committing them needs no chmod; -p modes are set at commit.
-  const mode_t create_mode = o_.preserve ? 0600 : 0666;
+  // Without -p a file gets the server's permission bits less the umask,
+  // or keeps those of the file it replaces (as cp and scp); the part is
+  // created with them (and u+rw, so that it can be resumed), so that most
+  // commits need no chmod. -p modes are set at commit.
+  f.mode = o_.preserve ? static_cast<mode_t>(f.entry.mode & 0777)
+                       : util::received_file_mode(dir, f.leaf.c_str(), static_cast<mode_t>(f.entry.mode));
+  const mode_t create_mode = o_.preserve ? 0600 : (f.mode | 0600);
   int fd = f.entry.size <= inline_max ? util::open_unnamed(dir, create_mode, f.part_st) : -EOPNOTSUPP;
   if (fd >= 0) {
     f.part.clear();
@@ -608,7 +613,7 @@ void download::finish(file& f, const json& h) {
   c.part = f.part;
   c.leaf = f.leaf;
   c.shown = f.shown;
-  c.mode = o_.preserve ? static_cast<mode_t>(f.entry.mode & 0777) : util::default_file_mode();
+  c.mode = f.mode;
   c.chmod = (f.part_st.st_mode & 07777) != c.mode;
   if (o_.preserve) c.mtime = h.value("mtime_ns", f.entry.mtime_ns);
   batch_.push_back(std::move(c));

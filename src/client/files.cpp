@@ -380,9 +380,12 @@ transfer_result file_client::put(const std::vector<std::string>& sources, const 
     json h = {{"type", "put"}, {"path", it.remote}};
     if (o.no_clobber) h["no_clobber"] = true;
     if (o.sha256) h["verify"] = "sha256";
-    if (o.preserve && it.what != put_item::stream) {
+    if (it.what == put_item::stream) return h;
+    if (o.preserve) {
       h["mode"] = it.st.st_mode & 0777;
       h["mtime_ns"] = mtime_of(it.st);
+    } else {
+      h["source_mode"] = it.st.st_mode & 0777;  // a new file gets it less the server's umask
     }
     return h;
   };
@@ -463,6 +466,7 @@ transfer_result file_client::put(const std::vector<std::string>& sources, const 
     util::content_digest digest(o.sha256);
     json h = base_put(it);
     if (o.preserve) h["mtime_ns"] = mtime_of(st), h["mode"] = st.st_mode & 0777;
+    else h["source_mode"] = st.st_mode & 0777;
     if (size <= inline_max) {
       std::string body(static_cast<std::size_t>(size) + 1, '\0');
       long n = util::read_full(fd.get(), body.data(), body.size(), 0);

@@ -895,6 +895,29 @@ void files_session::do_setattr(std::uint64_t id, const json& h) {
 
 // ---- uploads
 
+namespace {
+
+// The mode an upload's part is created with, and the one the committed
+// file gets (none: the part's). `mode` (-p) is imposed at commit on a
+// private 0600 part. `source_mode` gives a new file the sender's
+// permission bits less the umask and leaves a replaced file its own, as cp
+// and scp do; the part has them already (and u+rw, to be resumable), so
+// most commits need no chmod. Neither: 0666 less the umask.
+struct upload_modes {
+  std::optional<mode_t> final;
+  mode_t create = 0666;
+};
+
+upload_modes modes_for(int dir, const std::string& leaf, std::optional<std::uint32_t> mode,
+                       std::optional<std::uint32_t> source_mode) {
+  if (mode) return {static_cast<mode_t>(*mode & 0777), 0600};
+  if (!source_mode) return {};
+  const mode_t m = util::received_file_mode(dir, leaf.c_str(), static_cast<mode_t>(*source_mode & 0777));
+  return {m, static_cast<mode_t>(m | 0600)};
+}
+
+}  // namespace
+
 void files_session::do_put(std::uint64_t id, const json& h, std::string& body) {
   auto path = checked_path(id, h, "path");
   if (!path) return;
@@ -956,12 +979,10 @@ void files_session::do_put(std::uint64_t id, const json& h, std::string& body) {
   u->reserved = declared;
   u->size = is_inline ? std::optional<std::uint64_t>(body.size()) : size;
   u->no_clobber = no_clobber;
-  if (mode) u->mode = static_cast<mode_t>(*mode & 0777);
+  const upload_modes modes = modes_for(u->dir.get(), u->leaf, mode, opt_number<std::uint32_t>(h, "source_mode"));
+  u->mode = modes.final;
   u->mtime = mtime;
-
-  // A new file gets its final mode (less the umask) at once when the
-  // client sent none, so committing it needs no chmod.
-  const mode_t create_mode = u->mode ? 0600 : 0666;
+  const mode_t create_mode = modes.create;
   // A file that comes whole in this frame is written to an unnamed file
   // and linked into place at commit: there is nothing to resume, so no
   // part needs a name, a lock or a rename.

@@ -181,13 +181,27 @@ long read_full(int fd, void* data, std::size_t n) noexcept {
                          [&](char* at, std::size_t want, std::size_t) { return ::read(fd, at, want); });
 }
 
-mode_t default_file_mode() noexcept {
-  static const mode_t m = [] {
-    mode_t u = ::umask(022);
-    ::umask(u);
-    return static_cast<mode_t>(0666 & ~u);
+namespace {
+mode_t process_umask() noexcept {
+  static const mode_t u = [] {
+    mode_t m = ::umask(022);
+    ::umask(m);
+    return m;
   }();
-  return m;
+  return u;
+}
+}  // namespace
+
+mode_t default_file_mode() noexcept { return static_cast<mode_t>(0666 & ~process_umask()); }
+
+mode_t received_file_mode(int dirfd, const char* leaf, mode_t source_mode) noexcept {
+  struct stat st {};
+  if (::fstatat(dirfd, leaf, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode)) {
+    return static_cast<mode_t>(st.st_mode & 0777);  // never set-id bits onto new content
+  }
+  source_mode &= 0777;
+  if (source_mode == 0) return default_file_mode();
+  return static_cast<mode_t>(source_mode & ~process_umask());
 }
 
 int set_mtime_ns(int fd, std::int64_t ns) noexcept {
@@ -258,7 +272,7 @@ int open_unnamed(int dirfd, mode_t create_mode, struct stat& st) noexcept {
   if (!have_proc) return -EOPNOTSUPP;
   // The umask applied here too: kernels before 6.0 left it out for
   // O_TMPFILE on file systems without POSIX ACLs.
-  int fd = ::openat(dirfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, create_mode & default_file_mode());
+  int fd = ::openat(dirfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, create_mode & ~process_umask());
   if (fd >= 0) {
     if (::fstat(fd, &st) == 0) return fd;
     const int e = errno;

@@ -77,6 +77,13 @@ bool drop_stale_part(int dirfd, std::string_view leaf) noexcept;
 /// 0666 less the process's umask (read once): the mode of a new file.
 mode_t default_file_mode() noexcept;
 
+/// The mode a received file gets when its sender's mode is not imposed
+/// (no -p), as cp and scp give it: a file that replaces another keeps that
+/// one's permission bits (not set-id ones); a new one gets `source_mode`'s
+/// rwx bits less the umask, or default_file_mode() when the sender gave
+/// none (0).
+mode_t received_file_mode(int dirfd, const char* leaf, mode_t source_mode) noexcept;
+
 /// Sets a file's modification time (nanoseconds since the epoch); 0 or errno.
 int set_mtime_ns(int fd, std::int64_t ns) noexcept;
 /// 16 random hex digits, for temporary names.

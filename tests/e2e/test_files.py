@@ -752,6 +752,37 @@ class Commands(FilesTestCase):
         self.assertIn("same server", r.stderr)
         self.assertTrue(os.path.isdir(os.path.join(self.rshare, "b")))
 
+    def test_new_files_keep_their_permission_bits_both_ways(self):
+        """Without -p, as cp and scp: a new file gets the source's bits less the umask; a file
+        that is replaced keeps its own. Small (one frame) and large (streamed) files alike."""
+        umask = os.umask(0)
+        os.umask(umask)
+        modes = {"key": 0o600, "tool": 0o755, "readonly": 0o444, "shared": 0o664}
+        for name, mode in modes.items():
+            for size, suffix in ((10, ""), (300 * 1024, ".big")):
+                write_file(self.lp("src", name + suffix), b"k" * size)
+                os.chmod(self.lp("src", name + suffix), mode)
+        os.makedirs(os.path.join(self.rshare, "up"))
+        write_file(os.path.join(self.rshare, "up", "key"), b"old")
+        os.chmod(os.path.join(self.rshare, "up", "key"), 0o640)  # replaced: keeps 0640
+        self.ok("put", *sorted(glob.glob(self.lp("src", "*"))), self.rr("up/"))
+        write_file(self.lp("down", "tool"), b"old")
+        os.chmod(self.lp("down", "tool"), 0o700)  # replaced: keeps 0700
+        self.ok("get", *[self.rr("up/" + n) for n in sorted(os.listdir(os.path.join(self.rshare, "up")))],
+                self.lp("down"))
+        for name, mode in modes.items():
+            for suffix in ("", ".big"):
+                up = stat.S_IMODE(os.stat(os.path.join(self.rshare, "up", name + suffix)).st_mode)
+                down = stat.S_IMODE(os.stat(self.lp("down", name + suffix)).st_mode)
+                want_up = 0o640 if name + suffix == "key" else mode & ~umask
+                want_down = 0o700 if name + suffix == "tool" else want_up & ~umask
+                with self.subTest(file=name + suffix):
+                    self.assertEqual(oct(up), oct(want_up))
+                    self.assertEqual(oct(down), oct(want_down))
+        # -p still imposes the source's bits, replaced file or not.
+        self.ok("put", "-p", self.lp("src", "tool"), self.rr("up/key"))
+        self.assertEqual(stat.S_IMODE(os.stat(os.path.join(self.rshare, "up", "key")).st_mode), 0o755)
+
 
 # ---------------------------------------------------------------- 2, 3. sizes
 

@@ -344,3 +344,31 @@ TEST(UnnamedFiles, StalePartOfACommittedNameIsDropped) {
   EXPECT_TRUE(fs::is_directory(d / part));
   fs::remove_all(d);
 }
+
+TEST(ReceivedFileMode, NewFilesTakeTheSourceBitsReplacedOnesKeepTheirs) {
+  const fs::path dir = fs::temp_directory_path() / ("cskit-mode-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  const int dfd = ::open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+  ASSERT_GE(dfd, 0);
+  const mode_t mask = ::umask(0);  // read it (util reads it once): the test follows whatever it is
+  ::umask(mask);
+  // New: the source's rwx bits less the umask; 0 (no mode sent) is 0666 less the umask.
+  EXPECT_EQ(util::received_file_mode(dfd, "new", 0755), 0755 & ~mask);
+  EXPECT_EQ(util::received_file_mode(dfd, "new", 0600), 0600 & ~mask);
+  EXPECT_EQ(util::received_file_mode(dfd, "new", 04755), 0755 & ~mask);  // never set-id bits
+  EXPECT_EQ(util::received_file_mode(dfd, "new", 0), 0666 & ~mask);
+  EXPECT_EQ(util::received_file_mode(dfd, "new", 0), util::default_file_mode());
+  // Replaced: the existing file's bits, set-id bits left out.
+  const int f = ::openat(dfd, "old", O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
+  ASSERT_GE(f, 0);
+  ASSERT_EQ(::fchmod(f, 02640), 0);
+  ::close(f);
+  EXPECT_EQ(util::received_file_mode(dfd, "old", 0777), 0640u);
+  // A directory or a symlink in the way is no file to keep the bits of.
+  ASSERT_EQ(::mkdirat(dfd, "adir", 0700), 0);
+  ASSERT_EQ(::symlinkat("old", dfd, "alink"), 0);
+  EXPECT_EQ(util::received_file_mode(dfd, "adir", 0644), 0644 & ~mask);
+  EXPECT_EQ(util::received_file_mode(dfd, "alink", 0644), 0644 & ~mask);
+  ::close(dfd);
+  fs::remove_all(dir);
+}
