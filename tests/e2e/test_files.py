@@ -336,16 +336,16 @@ class Commands(FilesTestCase):
         st = os.stat(self.lp("single.sh"))
         self.assertEqual((st.st_mtime_ns, stat.S_IMODE(st.st_mode)), (old_ns, 0o751))
 
-        # Without -p: a new time and the default mode (0666 less the umask).
+        # Without -p: a new time, and the source's permission bits less the umask (as cp and scp).
         before = time.time_ns() - 2_000_000_000
         self.ok("put", self.lp("src", "p.sh"), self.rr("fresh.sh"))
         st = os.stat(os.path.join(self.rshare, "fresh.sh"))
         self.assertGreater(st.st_mtime_ns, before)
-        self.assertEqual(stat.S_IMODE(st.st_mode), 0o666 & ~UMASK)
+        self.assertEqual(stat.S_IMODE(st.st_mode), 0o751 & ~UMASK)
         self.ok("get", self.rr("single.sh"), self.lp("fresh-local.sh"))
         st = os.stat(self.lp("fresh-local.sh"))
         self.assertGreater(st.st_mtime_ns, before)
-        self.assertEqual(stat.S_IMODE(st.st_mode), 0o666 & ~UMASK)
+        self.assertEqual(stat.S_IMODE(st.st_mode), 0o751 & ~UMASK)
 
     def test_no_clobber(self):
         write_file(self.lp("new.txt"), b"new content\n")
