@@ -1,4 +1,5 @@
 // `cskit put`, `get`, `ls`, `stat`, `mkdir`, `rm`, `mv`.
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -112,43 +113,118 @@ std::string printable(std::string_view s) {
   return out;
 }
 
+// Terminal columns a string takes, roughly: a character beyond ASCII may be
+// wide (CJK), so it counts as two; better cut a name too short than wrap.
+std::size_t columns(std::string_view s) {
+  std::size_t n = 0;
+  for (unsigned char c : s) {
+    if (c < 0x80) ++n;
+    else if (c >= 0xc0) n += 2;  // a lead byte; continuation bytes add nothing
+  }
+  return n;
+}
+
+// The end of `name` that fits in `room` columns, "..." in front when cut
+// (the file name is at the end of a path), never inside a character.
+std::string fit(const std::string& name, std::size_t room) {
+  if (columns(name) <= room) return name;
+  if (room <= 3) return {};
+  std::size_t start = name.size();
+  while (start > 0 && columns(std::string_view(name).substr(start - 1)) <= room - 3) --start;
+  while (start < name.size() && (static_cast<unsigned char>(name[start]) & 0xc0) == 0x80) ++start;
+  return "..." + name.substr(start);
+}
+
+std::string clock_time(double seconds) {
+  const auto s = static_cast<long>(seconds + 0.5);
+  return s >= 3600 ? fmt::format("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60) : fmt::format("{:02}:{:02}", s / 60, s % 60);
+}
+
 // A progress line on stderr, a few times a second, only when stdout and
-// stderr are terminals (and not -q, --json, or data on stdout).
+// stderr are terminals (and not -q, --json, or data on stdout): the file
+// at hand, then how far, how fast and how long still. When the transfer
+// ends a summary takes its place and stays, as scp leaves one.
 class progress_line {
  public:
   explicit progress_line(bool on) : on_(on), start_(std::chrono::steady_clock::now()) {}
-  ~progress_line() { done(); }
+  ~progress_line() { clear(); }
+
   void update(const client::transfer_progress& p) {
     if (!on_) return;
     auto now = std::chrono::steady_clock::now();
     if (now - last_ < std::chrono::milliseconds(250) && p.bytes_done < p.bytes_total) return;
     last_ = now;
+    files_total_ = p.files_total;
+    name_ = printable(p.current);
     const double secs = std::chrono::duration<double>(now - start_).count();
-    const double rate = secs > 0 ? static_cast<double>(p.bytes_done) / secs : 0;
+    const double rate = secs > 0 ? static_cast<double>(p.bytes_done - p.resumed_bytes) / secs : 0;
     std::string eta = "--:--";
     if (rate > 0 && p.bytes_total >= p.bytes_done) {
-      auto left = static_cast<long>((static_cast<double>(p.bytes_total - p.bytes_done)) / rate);
-      eta = fmt::format("{}:{:02}", left / 60, left % 60);
+      eta = clock_time(static_cast<double>(p.bytes_total - p.bytes_done) / rate);
     }
     const int pct = p.bytes_total ? static_cast<int>(100.0 * static_cast<double>(p.bytes_done) /
                                                      static_cast<double>(p.bytes_total))
                                   : 100;
-    std::fprintf(stderr, "\r\033[K%3d%%  %s / %s  %llu/%llu files  %s/s  ETA %s", pct,
-                 human_bytes(static_cast<double>(p.bytes_done)).c_str(),
-                 human_bytes(static_cast<double>(p.bytes_total)).c_str(),
-                 static_cast<unsigned long long>(p.files_done), static_cast<unsigned long long>(p.files_total),
-                 human_bytes(rate).c_str(), eta.c_str());
-    std::fflush(stderr);
-    shown_ = true;
+    std::string rest = fmt::format("{:3d}%  {} / {}", pct, human_bytes(static_cast<double>(p.bytes_done)),
+                                   human_bytes(static_cast<double>(p.bytes_total)));
+    if (p.files_total != 1) rest += fmt::format("  {}/{} files", p.files_done, p.files_total);
+    rest += fmt::format("  {}/s  ETA {}", human_bytes(rate), eta);
+    if (p.resumed_bytes) rest += fmt::format("  (resumed {})", human_bytes(static_cast<double>(p.resumed_bytes)));
+    show(rest);
   }
-  void done() {
-    if (shown_) std::fprintf(stderr, "\r\033[K");
-    shown_ = false;
+
+  /// Replaces the live line with a summary that stays.
+  void finish(const client::transfer_result& r) {
+    if (!on_) return;
+    clear();
+    const bool one_file = r.files == 1 && files_total_ == 1 && !name_.empty();
+    std::vector<std::string> parts;
+    if (!one_file) {
+      parts.push_back(files_total_ > r.files ? fmt::format("{} of {} files", r.files, files_total_)
+                                             : fmt::format("{} file{}", r.files, r.files == 1 ? "" : "s"));
+    }
+    if (r.files == files_total_) parts.push_back("100%");
+    const double rate = r.seconds > 0 ? static_cast<double>(r.bytes - r.resumed_bytes) / r.seconds : 0;
+    parts.push_back(human_bytes(static_cast<double>(r.bytes)));
+    parts.push_back(human_bytes(rate) + "/s");
+    parts.push_back(clock_time(r.seconds));
+    if (r.dirs) parts.push_back(fmt::format("{} dir{}", r.dirs, r.dirs == 1 ? "" : "s"));
+    if (r.resumed_bytes) parts.push_back(fmt::format("({} resumed)", human_bytes(static_cast<double>(r.resumed_bytes))));
+    std::string rest;
+    for (const auto& part : parts) rest += (rest.empty() ? "" : "  ") + part;
+    if (one_file) {
+      const std::size_t width = terminal_width();
+      const std::size_t room = width > columns(rest) + 3 ? width - columns(rest) - 3 : 0;
+      const auto slash = name_.find_last_of('/', name_.size() > 1 ? name_.size() - 2 : 0);
+      rest = fit(slash == std::string::npos ? name_ : name_.substr(slash + 1), room) + "  " + rest;  // as scp: the base name
+    }
+    std::fprintf(stderr, "%s\n", rest.c_str());
+    std::fflush(stderr);
   }
 
  private:
+  void show(const std::string& rest) {
+    const std::size_t width = terminal_width();
+    const std::size_t room = width > columns(rest) + 3 ? width - columns(rest) - 3 : 0;
+    const std::string name = fit(name_, room);
+    std::fprintf(stderr, "\r\033[K%s%s%s", name.c_str(), name.empty() ? "" : "  ", rest.c_str());
+    std::fflush(stderr);
+    shown_ = true;
+  }
+  void clear() {
+    if (shown_) std::fprintf(stderr, "\r\033[K");
+    shown_ = false;
+  }
+  static std::size_t terminal_width() {
+    winsize ws{};
+    if (::ioctl(2, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0) return ws.ws_col;
+    return 80;
+  }
+
   bool on_;
   bool shown_ = false;
+  std::uint64_t files_total_ = 0;
+  std::string name_;
   std::chrono::steady_clock::time_point start_, last_{};
 };
 
@@ -277,7 +353,7 @@ int run_put(const files_options& o) {
   progress_line line(!o.quiet && !o.common.json && ::isatty(1) && ::isatty(2));
   return with_connection(o, dest[0].host, "put", [&](client::file_client& fc) {
     auto r = fc.put(sources, dest[0].path, transfer_options_of(o, line));
-    line.done();
+    line.finish(r);
     return finish_transfer("put", o, r);
   });
 }
@@ -298,7 +374,7 @@ int run_get(const files_options& o) {
   progress_line line(!o.quiet && !o.common.json && local != "-" && ::isatty(1) && ::isatty(2));
   return with_connection(o, specs.front().host, "get", [&](client::file_client& fc) {
     auto r = fc.get(paths, local, transfer_options_of(o, line));
-    line.done();
+    line.finish(r);
     return finish_transfer("get", o, r);
   });
 }

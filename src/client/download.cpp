@@ -102,28 +102,31 @@ download::download(connection& c, file_client& files, const transfer_options& o)
 download::~download() = default;
 
 transfer_result download::run(const std::vector<std::string>& sources, const std::string& dest) {
-  detail::clock_guard timer{std::chrono::steady_clock::now(), r_};
-  choose_destination(sources, dest);
-  for (const auto& src : sources) plan_source(src);
-  drop_below_refused_links();
-  make_directories();
-  make_links();
-  check_links();
-  prog_.files_total = queue_.size();
-  for (const auto& f : queue_) prog_.bytes_total += f->entry.size;
-  const std::uint64_t fd_limit = util::raise_fd_limit();
-  commit_batch_ = static_cast<std::size_t>(
-      std::clamp<std::uint64_t>(fd_limit > 288 ? (fd_limit - 256) / 2 : 16, 16, max_commit_batch));
-  try {
-    transfer();
-  } catch (...) {
-    // The connection failed: the files already received and verified are
-    // committed all the same (an unnamed one would otherwise be lost).
+  {
+    // Timed into r_ when the block ends (r_ is moved out after it).
+    detail::clock_guard timer{std::chrono::steady_clock::now(), r_};
+    choose_destination(sources, dest);
+    for (const auto& src : sources) plan_source(src);
+    drop_below_refused_links();
+    make_directories();
+    make_links();
+    check_links();
+    prog_.files_total = queue_.size();
+    for (const auto& f : queue_) prog_.bytes_total += f->entry.size;
+    const std::uint64_t fd_limit = util::raise_fd_limit();
+    commit_batch_ = static_cast<std::size_t>(
+        std::clamp<std::uint64_t>(fd_limit > 288 ? (fd_limit - 256) / 2 : 16, 16, max_commit_batch));
+    try {
+      transfer();
+    } catch (...) {
+      // The connection failed: the files already received and verified are
+      // committed all the same (an unnamed one would otherwise be lost).
+      commit_finished();
+      throw;
+    }
     commit_finished();
-    throw;
+    restore_directory_attributes();
   }
-  commit_finished();
-  restore_directory_attributes();
   return std::move(r_);
 }
 
@@ -527,6 +530,7 @@ void download::on_begin(file& f, const proto::frame& frame) {
     f.pos = offset;
     r_.resumed_bytes += offset;
     prog_.bytes_done += offset;
+    prog_.resumed_bytes += offset;
   }
   const std::uint64_t listed_size = f.entry.size;
   f.entry.size = frame.header.value("size", f.entry.size);
@@ -572,6 +576,7 @@ void download::write_data(file& f, std::string_view data) {
   }
   f.pos += data.size();
   prog_.bytes_done += data.size();
+  if (prog_.current != f.shown) prog_.current = f.shown;
   if (o_.on_progress) o_.on_progress(prog_);
 }
 

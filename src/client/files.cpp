@@ -415,6 +415,7 @@ transfer_result file_client::put(const std::vector<std::string>& sources, const 
       });
       continue;
     }
+    prog.current = it.what == put_item::stream ? "(stdin)" : it.local;
     if (it.what == put_item::stream) {
       // stdin: size unknown, so no resume; digested and committed like a file.
       const auto id = c_.next_id();
@@ -508,6 +509,7 @@ transfer_result file_client::put(const std::vector<std::string>& sources, const 
       } else {
         r.resumed_bytes += pos;
         prog.bytes_done += pos;
+        prog.resumed_bytes += pos;
       }
     }
     pipe.track(id, it.remote, file_done());  // errors while streaming arrive with this id

@@ -27,10 +27,12 @@ struct remote_entry {
 };
 
 struct transfer_progress {
-  std::uint64_t bytes_done = 0;
+  std::uint64_t bytes_done = 0;     ///< resumed bytes included
   std::uint64_t bytes_total = 0;
   std::uint64_t files_done = 0;
   std::uint64_t files_total = 0;
+  std::uint64_t resumed_bytes = 0;  ///< of bytes_done, already there from an earlier attempt
+  std::string current;              ///< the file being sent or received, as the user named it
 };
 
 struct transfer_options {

@@ -292,6 +292,8 @@ class Commands(FilesTestCase):
         os.makedirs(self.lp("back"))
         j = self.json_ok("get", "-r", self.rr("tree"), self.lp("back"))
         self.assertEqual((j["files"], j["dirs"], j["symlinks"]), (4, 5, 4), j)
+        self.assertGreater(j["seconds"], 0, j)  # get once reported 0 (timed after its result was moved out)
+        self.assertGreater(j["bytes_per_second"], 0, j)
         self.assertEqual(snapshot(src), snapshot(self.lp("back", "tree")))
         self.assertEqual(os.readlink(self.lp("back", "tree", "a", "up-link")), "../top.txt")
         # The contents of a directory into a new name.
@@ -1746,6 +1748,15 @@ class Interruptions(FilesTestCase):
         self.assertEqual(watch.shrank(), [], "a part file shrank: a transfer started over instead of resuming")
         self.assert_no_parts(self.rshare, self.local)
 
+    def test_a_resumed_transfer_says_so_on_a_terminal(self):
+        write_big(os.path.join(self.rshare, "src.bin"), self.SIZE)
+        args = ["get", self.rr("src.bin"), self.lp("dst.bin")]
+        self.run_and_interrupt(args, self.local, 64 * MiB, "client")
+        rc, out = run_on_pty(self.env(), *args, timeout=300)
+        self.assertEqual(rc, EXIT_OK, out)
+        self.assertRegex(out, r"dst\.bin  +\d+%  [\d.]+ MiB / 200\.0 MiB  .*  \(resumed [\d.]+ MiB\)")
+        self.assertRegex(out, r"\r\x1b\[Kdst\.bin  100%  200\.0 MiB  .*  \([\d.]+ MiB resumed\)\r\n$")
+
     def test_server_survives_clients_killed_during_downloads(self):
         """A downloading client that disappears (its kernel resets the connection) must not take the
         server with it. (The server's sendfile() to a reset socket raised SIGPIPE, which it does not ignore.)"""
@@ -2663,47 +2674,59 @@ permissions = ["chat"]
 
 # ---------------------------------------------------------------- 11. progress
 
+def run_on_pty(env, *args, timeout=60):
+    """Runs `cskit ARGS` with stdout and stderr on a terminal; returns (exit status, output)."""
+    master, slave = pty.openpty()
+    try:
+        p = subprocess.Popen([BIN, *args], env=env, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
+    finally:
+        os.close(slave)
+    out = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError as e:  # EIO: the child closed the terminal
+                    if e.errno != errno.EIO:
+                        raise
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            elif p.poll() is not None:
+                break
+        p.wait(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        os.close(master)
+    return p.returncode, out.decode(errors="replace")
+
+
 class Progress(FilesTestCase):
     def run_on_pty(self, *args, timeout=60):
-        master, slave = pty.openpty()
-        try:
-            p = subprocess.Popen([BIN, *args], env=self.env(), stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
-        finally:
-            os.close(slave)
-        out = b""
-        deadline = time.monotonic() + timeout
-        try:
-            while time.monotonic() < deadline:
-                ready, _, _ = select.select([master], [], [], 0.2)
-                if ready:
-                    try:
-                        chunk = os.read(master, 65536)
-                    except OSError as e:  # EIO: the child closed the terminal
-                        if e.errno != errno.EIO:
-                            raise
-                        break
-                    if not chunk:
-                        break
-                    out += chunk
-                elif p.poll() is not None:
-                    break
-            p.wait(timeout=30)
-        finally:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-            os.close(master)
-        return p.returncode, out.decode(errors="replace")
+        return run_on_pty(self.env(), *args, timeout=timeout)
 
     def test_progress_on_a_terminal_only(self):
         write_big(self.lp("p.bin"), 64 * MiB)
         rc, out = self.run_on_pty("put", self.lp("p.bin"), self.rr())
         self.assertEqual(rc, EXIT_OK, out)
-        self.assertRegex(out, r"\d+%\s+[\d.]+ \w*B / 64\.0 MiB\s+\d+/1 files")
-        self.assertIn("100%", out)
+        # The live line names the file; a summary stays when it ends, as scp leaves one.
+        self.assertRegex(out, r"p\.bin  +\d+%\s+[\d.]+ \w*B / 64\.0 MiB  [\d.]+ \w*B/s  ETA ")
+        self.assertRegex(out, r"\r\x1b\[Kp\.bin  100%  64\.0 MiB  [\d.]+ \w*B/s  \d\d:\d\d\r\n$")
         rc, out = self.run_on_pty("get", self.rr("p.bin"), self.lp("back.bin"))
         self.assertEqual(rc, EXIT_OK, out)
-        self.assertIn("100%", out)
+        self.assertRegex(out, r"\r\x1b\[Kback\.bin  100%  64\.0 MiB  [\d.]+ \w*B/s  \d\d:\d\d\r\n$")
+        # Several files: how many, and the directories made.
+        for i in range(3):
+            write_file(self.lp("tree", f"f{i}"), b"x" * 1000)
+        rc, out = self.run_on_pty("put", "-r", self.lp("tree"), self.rr("tree"))
+        self.assertEqual(rc, EXIT_OK, out)
+        self.assertRegex(out, r"3 files  100%  2\.9 KiB  [\d.]+ \w*B/s  \d\d:\d\d  1 dir\r\n$")
         # -q and --json: no progress, even on a terminal.
         rc, out = self.run_on_pty("put", "-q", self.lp("p.bin"), self.rr("q.bin"))
         self.assertEqual((rc, out), (EXIT_OK, ""))
