@@ -113,11 +113,16 @@ bool confirm_on_terminal(const std::string& host, const std::string& fp, const s
 }  // namespace
 
 client::connection connect_client(const client_common& o, const std::string& host) {
-  std::string why;
-  auto where = net::parse_host_port(host, proto::default_port, &why);
-  if (!where) throw client::client_error(client::failure::connect, "invalid host '" + host + "': " + why);
   client::credential_sources src{o.user, o.token, o.fingerprint, o.ca_file, o.client_config, host};
-  auto profile = client::resolve_profile(src);
+  auto profile = client::resolve_profile(src);  // a [hosts.NAME] alias may say where `host` is
+  std::string why;
+  auto where = net::parse_host_port(profile.connect_to, proto::default_port, &why);
+  if (!where) {
+    throw client::client_error(client::failure::connect,
+                               "invalid host '" + host + "'" +
+                                   (profile.connect_to != host ? " (in the client config: " + profile.connect_to + ")" : "") +
+                                   ": " + why);
+  }
   client::connect_options opts;
   opts.connect_timeout = ms(o.connect_timeout);
   opts.io_timeout = ms(o.timeout);

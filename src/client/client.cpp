@@ -769,44 +769,117 @@ std::optional<std::string> env(const char* name) {
 
 }  // namespace
 
+namespace {
+
+// "box:17701" -> {"box", "17701"}; "[::1]:7701" -> {"[::1]", "7701"}; no port: {"box", ""}.
+std::pair<std::string, std::string> split_port(const std::string& host) {
+  const auto colon = host.rfind(':');
+  const bool bracketed = !host.empty() && host.front() == '[';
+  if (colon == std::string::npos || (bracketed && host.find(']') > colon) ||
+      (!bracketed && host.find(':') != colon)) {
+    return {host, ""};
+  }
+  return {host.substr(0, colon), host.substr(colon + 1)};
+}
+
+toml::table load_client_config(const std::filesystem::path& path, bool named) {
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) {
+    if (named) throw client_error(failure::auth, "client config " + path.string() + " does not exist");
+    return {};
+  }
+  try {
+    return toml::parse_file(path.string());
+  } catch (const toml::parse_error& e) {
+    std::ostringstream os;
+    os << path.string() << ":" << e.source().begin.line << ": " << e.description();
+    throw client_error(failure::auth, os.str());
+  }
+}
+
+[[noreturn]] void bad_host_entry(const std::filesystem::path& path, const std::string& name, const std::string& why) {
+  throw client_error(failure::auth, path.string() + ": [hosts.\"" + name + "\"]: " + why);
+}
+
+// Where an alias's table says the host is: its address, and its port unless
+// the command line named one.
+std::string connect_target(const std::filesystem::path& path, const std::string& table_name, const toml::table& t,
+                           const std::string& typed) {
+  auto [name, port] = split_port(typed);
+  std::string address = name;
+  if (const auto* a = t.get("address")) {
+    const auto v = a->value<std::string>();
+    if (!v || v->empty()) bad_host_entry(path, table_name, "'address' must be a host name or an IP address");
+    address = v->find(':') != std::string::npos && v->front() != '[' ? "[" + *v + "]" : *v;  // IPv6
+  }
+  if (port.empty()) {
+    if (const auto* pn = t.get("port")) {
+      const auto v = pn->value<std::int64_t>();
+      if (!v || *v < 1 || *v > 65535) bad_host_entry(path, table_name, "'port' must be a number from 1 to 65535");
+      port = std::to_string(*v);
+    }
+  }
+  return port.empty() ? address : address + ":" + port;
+}
+
+std::optional<std::string> token_from_file(const std::filesystem::path& config, const std::string& table_name,
+                                           std::string file) {
+  if (file.starts_with("~/")) {  // as ssh_config's IdentityFile
+    const char* home = std::getenv("HOME");
+    if (!home || !*home) bad_host_entry(config, table_name, "token_file " + file + ": HOME is not set");
+    file = std::string(home) + file.substr(1);
+  }
+  std::string token;
+  switch (util::read_private_token(file, token)) {
+    case util::token_file_status::ok: return token;
+    case util::token_file_status::missing: bad_host_entry(config, table_name, "token_file " + file + " does not exist");
+    case util::token_file_status::not_private:
+      bad_host_entry(config, table_name, "token_file " + file + " may be read by others (chmod 600 it)");
+    case util::token_file_status::empty: bad_host_entry(config, table_name, "token_file " + file + " is empty");
+    case util::token_file_status::unreadable: bad_host_entry(config, table_name, "cannot read token_file " + file);
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
 client_profile resolve_profile(const credential_sources& src) {
   std::optional<std::string> user = src.flag_user ? src.flag_user : env("CSKIT_USER");
   std::optional<std::string> token = src.flag_token ? src.flag_token : env("CSKIT_TOKEN");
   std::optional<std::string> fingerprint = src.flag_fingerprint;
   std::optional<std::string> ca_file = src.flag_ca_file;
+  client_profile p;
+  p.connect_to = src.host_key;
 
   const auto path = src.config_file.empty() ? default_client_config() : src.config_file;
   if (!path.empty()) {
-    std::error_code ec;
-    if (std::filesystem::exists(path, ec)) {
-      toml::table doc;
-      try {
-        doc = toml::parse_file(path.string());
-      } catch (const toml::parse_error& e) {
-        std::ostringstream os;
-        os << path.string() << ":" << e.source().begin.line << ": " << e.description();
-        throw client_error(failure::auth, os.str());
-      }
-      auto take = [&](std::optional<std::string>& v, const char* key) {
-        if (v) return;
-        if (const auto* host = doc["hosts"][src.host_key].as_table()) v = (*host)[key].value<std::string>();
-        // A pinned key belongs to one host: never taken from the top level.
-        if (!v && std::string_view(key) != "fingerprint") v = doc[key].value<std::string>();
-      };
-      take(user, "user");
-      take(token, "token");
-      take(fingerprint, "fingerprint");
-      take(ca_file, "ca_file");
-    } else if (!src.config_file.empty()) {
-      throw client_error(failure::auth, "client config " + path.string() + " does not exist");
+    const toml::table doc = load_client_config(path, !src.config_file.empty());
+    std::string table_name = src.host_key;
+    const toml::table* host = doc["hosts"][table_name].as_table();
+    if (!host) {
+      table_name = split_port(src.host_key).first;
+      host = doc["hosts"][table_name].as_table();
     }
+    auto take = [&](std::optional<std::string>& v, const char* key) {
+      if (v) return;
+      if (host) v = (*host)[key].value<std::string>();
+      // A pinned key belongs to one host: never taken from the top level.
+      if (!v && std::string_view(key) != "fingerprint") v = doc[key].value<std::string>();
+    };
+    take(user, "user");
+    if (!token && host) {
+      if (auto file = (*host)["token_file"].value<std::string>()) token = token_from_file(path, table_name, *file);
+    }
+    take(token, "token");
+    take(fingerprint, "fingerprint");
+    take(ca_file, "ca_file");
+    if (host) p.connect_to = connect_target(path, table_name, *host, src.host_key);
   }
   if (fingerprint && !net::tls::is_fingerprint(*fingerprint)) {
     throw client_error(failure::host_key_unknown, "'" + *fingerprint +
                                                       "' is not a key fingerprint (SHA256: and 43 characters of "
                                                       "base64, as `cskit serve --print-fingerprint` prints it)");
   }
-  client_profile p;
   p.fingerprint = fingerprint;
   if (ca_file) p.ca_file = *ca_file;
   credentials& c = p.creds;

@@ -181,10 +181,16 @@ credentials resolve_credentials(const credential_sources& src);
 /// come from the flags, else the host's table in the client config
 /// ([hosts."HOST:PORT"] fingerprint = "SHA256:...", ca_file = "..."), else
 /// the config's top-level keys. Throws client_error (a malformed pin too).
+///
+/// A host's table may also name where it is, as ssh_config's Host does:
+/// [hosts.box] address = "10.0.0.5", port = 17701, token_file = "..."; then
+/// `box` (and `box:PORT`) on the command line connects there. A table is
+/// looked up as typed ("box:17701"), then by the name alone ("box").
 struct client_profile {
   credentials creds;
   std::optional<std::string> fingerprint;
   std::string ca_file;
+  std::string connect_to;  ///< HOST[:PORT] to connect to: the alias resolved, or the host as typed
 };
 client_profile resolve_profile(const credential_sources& src);
 std::filesystem::path default_client_config();

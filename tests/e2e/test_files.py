@@ -785,6 +785,44 @@ class Commands(FilesTestCase):
         self.ok("put", "-p", self.lp("src", "tool"), self.rr("up/key"))
         self.assertEqual(stat.S_IMODE(os.stat(os.path.join(self.rshare, "up", "key")).st_mode), 0o755)
 
+    def test_host_alias_in_the_client_config(self):
+        """[hosts.NAME] as ssh_config's Host: address, port, token_file; `cskit get box:PATH` works."""
+        write_file(os.path.join(self.rshare, "notes.txt"), b"notes")
+        token_file = os.path.join(self.srv.home, ".config", "cskit", "box.token")  # written as ~/... below
+        os.makedirs(os.path.dirname(token_file), exist_ok=True)
+        write_file(token_file, (self.srv.token or TOKEN).encode() + b"\n")
+        os.chmod(token_file, 0o600)
+        config = self.lp("client.toml")
+        with open(config, "w") as f:
+            f.write(f'token = "wrong-token-at-the-top-level-0123"\n'
+                    f'[hosts.box]\naddress = "127.0.0.1"\nport = {self.srv.port}\ntoken_file = "~/.config/cskit/box.token"\n')
+        env = self.env()
+        env.pop("CSKIT_TOKEN")
+
+        def run(*args):
+            return subprocess.run([BIN, *args, "--client-config", config], capture_output=True, text=True,
+                                  env=env, timeout=60, cwd=self.local)
+
+        r = run("get", f"box:{self.rdir}/notes.txt", "got.txt")
+        self.assertEqual(r.returncode, EXIT_OK, r.stderr)
+        self.assertEqual(read_file(self.lp("got.txt")), b"notes")
+        self.assertEqual(run("ls", f"box:{self.rdir}").stdout, "notes.txt\n")
+        self.assertEqual(run("put", "got.txt", f"box:{self.rdir}/again.txt").returncode, EXIT_OK)
+        self.assertEqual(read_file(os.path.join(self.rshare, "again.txt")), b"notes")
+        # A port on the command line wins over the table's (nothing listens on port 1).
+        self.assertEqual(run("ls", f"box:1:{self.rdir}").returncode, EXIT_CONNECT)
+        # A token file others may read is refused, as ssh refuses such a key.
+        os.chmod(token_file, 0o644)
+        r = run("ls", f"box:{self.rdir}")
+        self.assertEqual(r.returncode, EXIT_AUTH, r.stderr)
+        self.assertIn("may be read by others", r.stderr)
+        # A port that is no port is named with its table.
+        with open(config, "w") as f:
+            f.write('[hosts.box]\naddress = "127.0.0.1"\nport = 70000\n')
+        r = run("ls", "box:")
+        self.assertEqual(r.returncode, EXIT_AUTH, r.stderr)
+        self.assertIn('[hosts."box"]: \'port\' must be a number from 1 to 65535', r.stderr)
+
 
 # ---------------------------------------------------------------- 2, 3. sizes
 
