@@ -125,6 +125,12 @@ transfer_result download::run(const std::vector<std::string>& sources, const std
       throw;
     }
     commit_finished();
+    if (marked_tree_ && r_.errors.empty()) {
+      // Complete: the mark goes (before -p sets the directories' times).
+      if (int e = util::clear_unfinished_copy(marked_tree_->root_fd())) {
+        r_.errors.push_back({new_name_, local_errc(e), download_message(e, new_name_)});
+      }
+    }
     restore_directory_attributes();
   }
   return std::move(r_);
@@ -140,10 +146,11 @@ void download::choose_destination(const std::vector<std::string>& sources, const
     }
     return;
   }
-  // Into an existing directory, or as a new name.
+  // Into an existing directory, or as a new name (also into a directory
+  // that an unfinished copy of the same source made under this new name).
   base_ = ".";
   struct stat st {};
-  if (::stat(dest.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+  if (::stat(dest.c_str(), &st) == 0 && S_ISDIR(st.st_mode) && !continues_a_copy(sources, dest)) {
     base_ = dest;
   } else {
     if (sources.size() > 1) {
@@ -164,6 +171,19 @@ void download::choose_destination(const std::vector<std::string>& sources, const
     throw client_error(failure::remote, "local destination " + base_ + ": " + e.code().message(),
                        local_errc(e.code().value()));
   }
+}
+
+std::string download::copy_source(const std::string& src) {
+  std::string s = util::normalize_relative(src);
+  return s.empty() ? "." : s;  // the share's root
+}
+
+bool download::continues_a_copy(const std::vector<std::string>& sources, const std::string& dest) const {
+  if (sources.size() != 1 || !o_.recursive) return false;
+  util::unique_fd d(::open(dest.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+  if (!d) return false;
+  const auto source = util::unfinished_copy_of(d.get());
+  return source && *source == copy_source(sources[0]);
 }
 
 void download::refuse(const std::string& shown, const std::string& why) {
@@ -190,6 +210,7 @@ void download::plan_source(const std::string& src_in) {
       r_.errors.push_back({src, errc::bad_request, "'" + src + "' is a directory" + (to_stdout_ ? "" : " (use -r)")});
       return;
     }
+    marked_source_ = src;
     return plan_tree(src, top, root_name);
   }
   if (!to_stdout_ && root_name.empty()) {
@@ -220,6 +241,14 @@ const util::dir_jail* download::make_tree_root(const std::string& root_name, con
     return nullptr;
   }
   trees_.push_back(std::make_unique<util::dir_jail>(fd, true));
+  if (!new_name_.empty() && marked_tree_ == nullptr) {
+    // A tree under a new name: marked until complete (a re-run continues it).
+    if (int e = util::mark_unfinished_copy(fd, copy_source(marked_source_))) {
+      r_.errors.push_back({shown, local_errc(e), download_message(e, shown)});
+      return nullptr;
+    }
+    marked_tree_ = trees_.back().get();
+  }
   return trees_.back().get();
 }
 

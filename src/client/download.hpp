@@ -39,6 +39,10 @@ class download {
 
   // Where things go, and what to fetch.
   void choose_destination(const std::vector<std::string>& sources, const std::string& dest);
+  /// `dest` is a directory that an unfinished copy of the one source made.
+  bool continues_a_copy(const std::vector<std::string>& sources, const std::string& dest) const;
+  /// How a source is named in the mark of a tree copied from it.
+  static std::string copy_source(const std::string& src);
   void plan_source(const std::string& src_in);
   void plan_tree(const std::string& src, const remote_entry& top, const std::string& root_name);
   void plan_entry(const util::dir_jail& tree, const std::string& root_name, const std::string& src,
@@ -79,6 +83,10 @@ class download {
   std::string new_name_;  // one source under a new name
   std::unique_ptr<util::dir_jail> base_jail_;
   std::vector<std::unique_ptr<util::dir_jail>> trees_;  // one per tree downloaded
+  // The tree made under new_name_, marked unfinished until complete
+  // (util::unfinished_copy_marker), and the source it copies.
+  const util::dir_jail* marked_tree_ = nullptr;
+  std::string marked_source_;
 
   std::vector<item> dirs_;
   std::vector<item> links_;

@@ -160,6 +160,26 @@ std::string base_name(std::string p) {
 
 }  // namespace detail
 
+namespace {
+
+bool is_local_dir(const std::string& path) {
+  struct stat st {};
+  return path != "-" && ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+// The name a local source has on the server: its base name ("." and ".."
+// resolved to the directory's own name).
+std::string local_leaf(const std::string& src) {
+  std::string leaf = base_name(src);
+  if (leaf == "." || leaf == ".." || leaf == "/") {
+    char buf[PATH_MAX];
+    if (::realpath(src.c_str(), buf)) leaf = base_name(buf);
+  }
+  return leaf;
+}
+
+}  // namespace
+
 remote_entry entry_from_json(const json& j) {
   remote_entry e;
   e.name = j.value("name", "");
@@ -168,6 +188,7 @@ remote_entry entry_from_json(const json& j) {
   e.mode = j.value("mode", 0u);
   e.mtime_ns = j.value("mtime_ns", std::int64_t{0});
   e.target = j.value("target", "");
+  e.unfinished_copy_of = j.value("unfinished_copy_of", "");
   return e;
 }
 
@@ -299,13 +320,18 @@ transfer_result file_client::put(const std::vector<std::string>& sources, const 
   }
   const std::string dest = util::normalize_relative(dest_in);
   bool dest_is_dir = dest.empty();
+  // A directory copied under a new name: its top is marked until the copy
+  // is complete, so that a re-run continues it rather than nesting a copy.
+  const bool one_tree = o.recursive && sources.size() == 1 && is_local_dir(sources[0]);
   if (!dest_is_dir) {
     try {
-      dest_is_dir = stat(dest).type == "dir";
+      const remote_entry e = stat(dest);
+      dest_is_dir = e.type == "dir" && !(one_tree && e.unfinished_copy_of == local_leaf(sources[0]));
     } catch (const client_error& e) {
       if (e.code() != errc::not_found) throw;
     }
   }
+  const std::string new_tree = one_tree && !dest_is_dir ? local_leaf(sources[0]) : std::string();
   if (!dest_is_dir && sources.size() > 1) {
     throw client_error(failure::remote, "'" + dest + "' is not a directory on the server (several sources)",
                        errc::not_found);
@@ -329,11 +355,7 @@ transfer_result file_client::put(const std::vector<std::string>& sources, const 
       r.errors.push_back({src, local_errc(errno), local_message(errno, src)});
       continue;
     }
-    std::string leaf = base_name(src);
-    if (leaf == "." || leaf == ".." || leaf == "/") {
-      char buf[4096];
-      if (::realpath(src.c_str(), buf)) leaf = base_name(buf);
-    }
+    const std::string leaf = local_leaf(src);
     if (!proto::is_valid_utf8(leaf) || !util::check_name(leaf).empty()) {
       r.errors.push_back({src, errc::bad_path, src + ": the name is not valid UTF-8 or contains control characters"});
       continue;
@@ -401,7 +423,9 @@ transfer_result file_client::put(const std::vector<std::string>& sources, const 
     }
     if (it.what == put_item::dir) {
       const auto id = c_.next_id();
-      c_.send({{"type", "fs.mkdir"}, {"id", id}, {"path", it.remote}, {"parents", true}});
+      json mkdir = {{"type", "fs.mkdir"}, {"id", id}, {"path", it.remote}, {"parents", true}};
+      if (!new_tree.empty() && it.remote == dest) mkdir["tree_of"] = new_tree;
+      c_.send(mkdir);
       pipe.track(id, it.remote, [&](proto::frame& f) {
         if (f.type() == "fs.ok") ++r.dirs;
       });
@@ -553,6 +577,13 @@ transfer_result file_client::put(const std::vector<std::string>& sources, const 
     c_.send(end);
   }
   pipe.drain();
+  if (!new_tree.empty() && r.errors.empty()) {
+    // Complete: the mark goes (before -p sets the directories' times).
+    const auto id = c_.next_id();
+    c_.send({{"type", "fs.setattr"}, {"id", id}, {"path", dest}, {"copy_finished", true}});
+    pipe.track(id, dest, nullptr);
+    pipe.drain();
+  }
 
   if (o.preserve) {
     // Directory times last: creating files inside changes them.

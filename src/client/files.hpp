@@ -24,6 +24,9 @@ struct remote_entry {
   std::uint32_t mode = 0;  ///< permission bits
   std::int64_t mtime_ns = 0;
   std::string target;  ///< symlinks
+  /// fs.stat of a directory that a tree copy under way created: the
+  /// source it copies (util::unfinished_copy_marker).
+  std::string unfinished_copy_of;
 };
 
 struct transfer_progress {

@@ -591,7 +591,16 @@ void files_session::do_stat(std::uint64_t id, const json& h) {
   if (::fstatat(dir.get(), leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
     return error(id, errc_for_errno(errno), errno_message(errno, "'" + *path + "'"));
   }
-  reply(id, {{"type", "fs.stat.reply"}, {"entry", entry_json(leaf, st, dir.get(), leaf.c_str())}});
+  json entry = entry_json(leaf, st, dir.get(), leaf.c_str());
+  if (S_ISDIR(st.st_mode)) {
+    util::unique_fd sub(::openat(dir.get(), leaf.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (sub) {
+      if (auto source = util::unfinished_copy_of(sub.get()); source && proto::is_valid_utf8(*source)) {
+        entry["unfinished_copy_of"] = *source;
+      }
+    }
+  }
+  reply(id, {{"type", "fs.stat.reply"}, {"entry", std::move(entry)}});
 }
 
 void files_session::do_list(std::uint64_t id, const json& h) {
@@ -698,7 +707,8 @@ void files_session::do_mkdir(std::uint64_t id, const json& h) {
       return error(id, errc_for_errno(e), e == EEXIST ? "'" + *path + "' already exists"
                                                       : errno_message(e, "mkdir '" + *path + "'"));
     }
-    return reply(id, {{"type", "fs.ok"}});
+    util::unique_fd made(::openat(dir.get(), leaf.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    return finish_mkdir(id, h, made.get(), *path);
   }
   // -p: create each missing component; never follow a symlink on the way.
   util::unique_fd cur(::fcntl(share_.jail().root_fd(), F_DUPFD_CLOEXEC, 0));
@@ -717,6 +727,24 @@ void files_session::do_mkdir(std::uint64_t id, const json& h) {
                                               : errno_message(e, "'" + done + "'"));
     }
     cur.reset(next);
+  }
+  finish_mkdir(id, h, cur.get(), *path);
+}
+
+void files_session::finish_mkdir(std::uint64_t id, const json& h, int dirfd, const std::string& path) {
+  // `tree_of`: the directory is the top of a tree copied under a new name;
+  // marked unfinished until the client says the copy is complete.
+  auto it = h.find("tree_of");
+  if (it != h.end() && !it->is_null()) {
+    if (!it->is_string() || it->get_ref<const std::string&>().empty() ||
+        it->get_ref<const std::string&>().size() > util::max_copy_source_name ||
+        !proto::is_valid_utf8(it->get_ref<const std::string&>())) {
+      return error(id, errc::bad_request, "'tree_of' must be a non-empty UTF-8 string of at most 4096 bytes");
+    }
+    if (dirfd < 0) return fail_errno(id, errno, "'" + path + "'");
+    if (int e = util::mark_unfinished_copy(dirfd, it->get_ref<const std::string&>())) {
+      return error(id, errc_for_errno(e), errno_message(e, "marking '" + path + "' as a copy under way"));
+    }
   }
   reply(id, {{"type", "fs.ok"}});
 }
@@ -883,6 +911,9 @@ void files_session::do_setattr(std::uint64_t id, const json& h) {
     const int e = -fd.release();
     if (e == ELOOP) return reply(id, {{"type", "fs.ok"}});  // a symlink: nothing to set
     return error(id, errc_for_errno(e), errno_message(e, "'" + *path + "'"));
+  }
+  if (h.value("copy_finished", false)) {
+    if (int e = util::clear_unfinished_copy(fd.get())) return error(id, errc_for_errno(e), errno_message(e, "'" + *path + "'"));
   }
   if (mode && ::fchmod(fd.get(), static_cast<mode_t>(*mode & 0777)) != 0) {
     return error(id, errc_for_errno(errno), errno_message(errno, "chmod '" + *path + "'"));

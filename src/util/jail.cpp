@@ -89,6 +89,45 @@ std::string part_file_name(std::string_view leaf) {
 
 bool is_part_file_name(std::string_view name) { return name.substr(0, part_prefix.size()) == part_prefix; }
 
+int mark_unfinished_copy(int dirfd, std::string_view source) noexcept {
+  const std::string name(unfinished_copy_marker);
+  const int fd = ::openat(dirfd, name.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (fd < 0) return errno;
+  int err = 0;
+  std::size_t done = 0;
+  while (done < source.size() && !err) {
+    const ssize_t n = ::write(fd, source.data() + done, source.size() - done);
+    if (n < 0 && errno != EINTR) err = errno;
+    if (n > 0) done += static_cast<std::size_t>(n);
+  }
+  if (::close(fd) != 0 && !err) err = errno;
+  return err;
+}
+
+std::optional<std::string> unfinished_copy_of(int dirfd) noexcept {
+  const std::string name(unfinished_copy_marker);
+  const int fd = ::openat(dirfd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) return std::nullopt;
+  std::string text(max_copy_source_name + 1, '\0');
+  std::size_t have = 0;
+  while (have < text.size()) {
+    const ssize_t n = ::read(fd, text.data() + have, text.size() - have);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    have += static_cast<std::size_t>(n);
+  }
+  ::close(fd);
+  if (have > max_copy_source_name) return std::nullopt;  // not ours
+  text.resize(have);
+  return text;
+}
+
+int clear_unfinished_copy(int dirfd) noexcept {
+  const std::string name(unfinished_copy_marker);
+  if (::unlinkat(dirfd, name.c_str(), 0) != 0 && errno != ENOENT) return errno;
+  return 0;
+}
+
 int open_beneath(int dirfd, std::string_view rel, int flags, unsigned mode, bool no_symlinks) noexcept {
   std::string path = rel.empty() ? std::string(".") : std::string(rel);
   open_how how{};

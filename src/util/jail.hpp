@@ -11,6 +11,7 @@
 
 #include <cstddef>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -50,6 +51,20 @@ inline constexpr std::string_view part_prefix = ".cskit-part.";
 /// hash of the name (fits NAME_MAX whatever the name's length).
 std::string part_file_name(std::string_view leaf);
 bool is_part_file_name(std::string_view name);
+
+/// A tree copied under a new name (put -r t HOST:new, get -r HOST:t new)
+/// carries this file in its top directory, holding the source's name,
+/// from the moment the copy creates it until the copy is complete: a
+/// re-run of the same copy that finds it continues into the directory
+/// instead of nesting a second copy in it. Hidden like any part file.
+inline constexpr std::string_view unfinished_copy_marker = ".cskit-part.tree";
+inline constexpr std::size_t max_copy_source_name = 4096;
+/// Writes the marker into the directory `dirfd` (O_PATH is enough); 0 or an errno.
+int mark_unfinished_copy(int dirfd, std::string_view source) noexcept;
+/// The source named by the marker in `dirfd`, if there is one.
+std::optional<std::string> unfinished_copy_of(int dirfd) noexcept;
+/// Removes the marker (none there is fine); 0 or an errno.
+int clear_unfinished_copy(int dirfd) noexcept;
 
 class dir_jail {
  public:

@@ -139,6 +139,12 @@ def wait_until(predicate, timeout=10, step=0.02):
     return predicate()
 
 
+def digest_snapshot(root):
+    """snapshot() with each file's content as its SHA-256: cheap to compare and to print."""
+    return {rel: (v[0], hashlib.sha256(v[1]).hexdigest(), v[2]) if v[0] == "file" else v
+            for rel, v in snapshot(root).items()}
+
+
 def server_holds_a_part(pid):
     """True while the process has a part file open."""
     try:
@@ -822,6 +828,49 @@ class Commands(FilesTestCase):
         r = run("ls", "box:")
         self.assertEqual(r.returncode, EXIT_AUTH, r.stderr)
         self.assertIn('[hosts."box"]: \'port\' must be a number from 1 to 65535', r.stderr)
+
+    def test_rerun_of_an_unfinished_tree_copy_continues_it(self):
+        """put -r t HOST:new and get -r HOST:t new that did not finish, run again, continue into
+        `new` (they used to nest a second copy in it); the mark goes when the copy is complete."""
+        marker = ".cskit-part.tree"
+        src = self.lp("t")
+        write_file(os.path.join(src, "a"), b"a" * 1000)
+        write_file(os.path.join(src, "b", "c"), b"c" * 300_000)
+        os.mkfifo(os.path.join(src, "fifo"))  # cannot be sent: the first run ends with an error
+        r = self.cli("put", "-r", src, self.rr("new"))
+        self.assertNotEqual(r.returncode, EXIT_OK)
+        self.assertIn("not a regular file", r.stderr)
+        self.assertEqual(read_file(os.path.join(self.rshare, "new", marker)), b"t")
+        self.assertNotIn(marker, self.ok("ls", "-a", self.rr("new")).stdout)  # hidden
+        os.unlink(os.path.join(src, "fifo"))
+        write_file(os.path.join(src, "d"), b"d")
+        self.ok("put", "-r", src, self.rr("new"))
+        self.assertEqual(snapshot(src), snapshot(os.path.join(self.rshare, "new")))  # no new/t, no mark
+        # Complete: a later copy of the same tree goes into it, as scp and cp do.
+        self.ok("put", "-r", src, self.rr("new"))
+        self.assertTrue(os.path.isdir(os.path.join(self.rshare, "new", "t")))
+        # Only a re-run of the same source continues: another tree goes inside.
+        write_file(self.lp("other", "x"), b"x")
+        os.mkfifo(self.lp("other", "fifo"))
+        self.cli("put", "-r", self.lp("other"), self.rr("new2"))
+        os.unlink(self.lp("other", "fifo"))
+        self.ok("put", "-r", src, self.rr("new2"))
+        self.assertEqual(snapshot(src), snapshot(os.path.join(self.rshare, "new2", "t")))
+
+        # get -r: a link the client refuses ends the first run with an error.
+        tree = os.path.join(self.rshare, "g")
+        write_file(os.path.join(tree, "a"), b"a" * 1000)
+        write_file(os.path.join(tree, "b", "c"), b"c" * 300_000)
+        os.symlink("../../../outside", os.path.join(tree, "bad-link"))
+        r = self.cli("get", "-r", self.rr("g"), self.lp("local"))
+        self.assertNotEqual(r.returncode, EXIT_OK)
+        self.assertEqual(read_file(self.lp("local", marker)), f"{self.rdir}/g".encode())
+        os.unlink(os.path.join(tree, "bad-link"))
+        write_file(os.path.join(tree, "d"), b"d")
+        self.ok("get", "-r", self.rr("g"), self.lp("local"))
+        self.assertEqual(snapshot(tree), snapshot(self.lp("local")))  # no local/g, no mark
+        self.ok("get", "-r", self.rr("g"), self.lp("local"))
+        self.assertEqual(snapshot(tree), snapshot(self.lp("local", "g")))
 
 
 # ---------------------------------------------------------------- 2, 3. sizes
@@ -1785,6 +1834,40 @@ class Interruptions(FilesTestCase):
         self.assertEqual(watch.partial_finals, [], "a partial file appeared under the final name")
         self.assertEqual(watch.shrank(), [], "a part file shrank: a transfer started over instead of resuming")
         self.assert_no_parts(self.rshare, self.local)
+
+    def kill_when(self, args, ready):
+        """Runs `cskit ARGS` and SIGKILLs it once ready() is true; fails if it ended first."""
+        p = self.start(*args)
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and p.poll() is None and not ready():
+                time.sleep(0.001)
+            self.assertIsNone(p.poll(), "the transfer ended before it could be interrupted")
+            os.kill(p.pid, signal.SIGKILL)
+        finally:
+            if p.poll() is None:
+                p.kill()
+            p.communicate(timeout=30)
+
+    def test_killed_tree_copies_under_a_new_name_continue_when_run_again(self):
+        src = self.lp("t")
+        block = os.urandom(MiB)
+        for i in range(64):
+            os.makedirs(os.path.join(src, f"d{i % 4}"), exist_ok=True)
+            write_big(os.path.join(src, f"d{i % 4}", f"f{i:02}"), 4 * MiB, block)
+
+        def files_below(root):
+            return sum(len(files) for _, _, files in os.walk(root))
+
+        dest = os.path.join(self.rshare, "copy")
+        self.kill_when(["put", "-r", src, self.rr("copy")], lambda: files_below(dest) >= 3)
+        self.assertTrue(wait_until(lambda: not server_holds_a_part(self.srv.proc.pid), 20))
+        self.ok("put", "-r", src, self.rr("copy"), timeout=300)
+        self.assertEqual(digest_snapshot(src), digest_snapshot(dest))  # not copy/t, no mark, no part left
+        back = self.lp("back")
+        self.kill_when(["get", "-r", self.rr("copy"), back], lambda: files_below(back) >= 3)
+        self.ok("get", "-r", self.rr("copy"), back, timeout=300)
+        self.assertEqual(digest_snapshot(src), digest_snapshot(back))
 
     def test_a_resumed_transfer_says_so_on_a_terminal(self):
         write_big(os.path.join(self.rshare, "src.bin"), self.SIZE)
