@@ -401,11 +401,16 @@ class ClientChecksTheServer(unittest.TestCase):
         self.assertIn("binds its login to 'nonces'", r.stderr)
 
     def test_garbage_from_server(self):
-        # Inside TLS, and instead of TLS.
-        r = self.run_client(lambda conn: conn.sendall(b"HTTP/1.1 200 OK\r\n\r\n"))
-        self.assertEqual(r.returncode, EXIT_PROTOCOL)
-        r = self.run_client(lambda conn: conn.sendall(b"HTTP/1.1 200 OK\r\n\r\n"), False)
-        self.assertEqual(r.returncode, EXIT_PROTOCOL)
+        # Inside TLS, and instead of TLS. The fake server waits for the client to hang up: closing
+        # with the client's bytes unread would reset the connection, which the client may see first.
+        def garbage(conn):
+            conn.sendall(b"HTTP/1.1 200 OK\r\n\r\n")
+            wire.wait_closed(conn, 10)
+
+        r = self.run_client(garbage)
+        self.assertEqual(r.returncode, EXIT_PROTOCOL, r.stderr)
+        r = self.run_client(garbage, False)
+        self.assertEqual(r.returncode, EXIT_PROTOCOL, r.stderr)
         self.assertIn("does not speak TLS", r.stderr)
 
     def test_cleartext_cskit_server_is_never_used_silently(self):
