@@ -151,11 +151,14 @@ class progress_line {
 
   void update(const client::transfer_progress& p) {
     if (!on_) return;
+    files_total_ = p.files_total;  // for the summary, even when nothing is shown now
+    if (p.current != current_) {
+      current_ = p.current;
+      name_ = printable(p.current);
+    }
     auto now = std::chrono::steady_clock::now();
     if (now - last_ < std::chrono::milliseconds(250) && p.bytes_done < p.bytes_total) return;
     last_ = now;
-    files_total_ = p.files_total;
-    name_ = printable(p.current);
     const double secs = std::chrono::duration<double>(now - start_).count();
     const double rate = secs > 0 ? static_cast<double>(p.bytes_done - p.resumed_bytes) / secs : 0;
     std::string eta = "--:--";
@@ -224,7 +227,7 @@ class progress_line {
   bool on_;
   bool shown_ = false;
   std::uint64_t files_total_ = 0;
-  std::string name_;
+  std::string current_, name_;  // the file at hand, and as shown
   std::chrono::steady_clock::time_point start_, last_{};
 };
 

@@ -857,8 +857,11 @@ client_profile resolve_profile(const credential_sources& src) {
     std::string table_name = src.host_key;
     const toml::table* host = doc["hosts"][table_name].as_table();
     if (!host) {
+      // HOST:PORT also finds an alias's table [hosts.HOST] (one that says
+      // where HOST is); a plain host's table stays with the host as typed.
       table_name = split_port(src.host_key).first;
       host = doc["hosts"][table_name].as_table();
+      if (host && !host->contains("address") && !host->contains("port")) host = nullptr;
     }
     auto take = [&](std::optional<std::string>& v, const char* key) {
       if (v) return;

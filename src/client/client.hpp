@@ -185,7 +185,8 @@ credentials resolve_credentials(const credential_sources& src);
 /// A host's table may also name where it is, as ssh_config's Host does:
 /// [hosts.box] address = "10.0.0.5", port = 17701, token_file = "..."; then
 /// `box` (and `box:PORT`) on the command line connects there. A table is
-/// looked up as typed ("box:17701"), then by the name alone ("box").
+/// looked up as typed ("box:17701"), then, if it names an address or a
+/// port, by the name alone ("box").
 struct client_profile {
   credentials creds;
   std::optional<std::string> fingerprint;

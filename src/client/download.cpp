@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <climits>
+#include <cstring>
 #include <map>
 #include <optional>
 
@@ -150,13 +152,24 @@ void download::choose_destination(const std::vector<std::string>& sources, const
   // that an unfinished copy of the same source made under this new name).
   base_ = ".";
   struct stat st {};
-  if (::stat(dest.c_str(), &st) == 0 && S_ISDIR(st.st_mode) && !continues_a_copy(sources, dest)) {
+  const bool is_dir = ::stat(dest.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+  if (is_dir && !continues_a_copy(sources, dest)) {
     base_ = dest;
   } else {
     if (sources.size() > 1) {
       throw client_error(failure::remote, dest + ": not a directory (several sources)", errc::not_found);
     }
     std::string d = dest;
+    if (is_dir) {
+      // The copy continues where it is, whatever it was called this time
+      // (".", "new/.", a link to it).
+      char buf[PATH_MAX];
+      if (!::realpath(dest.c_str(), buf)) {
+        throw client_error(failure::remote, "local destination " + dest + ": " + std::strerror(errno),
+                           local_errc(errno));
+      }
+      d = buf;
+    }
     while (d.size() > 1 && d.back() == '/') d.pop_back();
     auto slash = d.rfind('/');
     base_ = slash == std::string::npos ? "." : (slash == 0 ? "/" : d.substr(0, slash));
@@ -560,6 +573,8 @@ void download::on_begin(file& f, const proto::frame& frame) {
     r_.resumed_bytes += offset;
     prog_.bytes_done += offset;
     prog_.resumed_bytes += offset;
+    prog_.current = f.shown;
+    if (o_.on_progress) o_.on_progress(prog_);  // a file that was all there gets no data to report it
   }
   const std::uint64_t listed_size = f.entry.size;
   f.entry.size = frame.header.value("size", f.entry.size);

@@ -178,6 +178,15 @@ std::string local_leaf(const std::string& src) {
   return leaf;
 }
 
+// What marks a tree copied from the local directory `src` under a new
+// name: its name, and a digest of where it is (another tree of the same
+// name is another copy), never the local path itself.
+std::string copy_mark(const std::string& src) {
+  char buf[PATH_MAX];
+  const std::string where = ::realpath(src.c_str(), buf) ? buf : src;
+  return local_leaf(src) + " " + util::xxh3_128_hex(where.data(), where.size()).substr(0, 16);
+}
+
 }  // namespace
 
 remote_entry entry_from_json(const json& j) {
@@ -326,12 +335,12 @@ transfer_result file_client::put(const std::vector<std::string>& sources, const 
   if (!dest_is_dir) {
     try {
       const remote_entry e = stat(dest);
-      dest_is_dir = e.type == "dir" && !(one_tree && e.unfinished_copy_of == local_leaf(sources[0]));
+      dest_is_dir = e.type == "dir" && !(one_tree && e.unfinished_copy_of == copy_mark(sources[0]));
     } catch (const client_error& e) {
       if (e.code() != errc::not_found) throw;
     }
   }
-  const std::string new_tree = one_tree && !dest_is_dir ? local_leaf(sources[0]) : std::string();
+  const std::string new_tree = one_tree && !dest_is_dir ? copy_mark(sources[0]) : std::string();
   if (!dest_is_dir && sources.size() > 1) {
     throw client_error(failure::remote, "'" + dest + "' is not a directory on the server (several sources)",
                        errc::not_found);
@@ -421,10 +430,19 @@ transfer_result file_client::put(const std::vector<std::string>& sources, const 
       since_poll = 0;
       pipe.poll();
     }
+    if (it.what == put_item::dir && !new_tree.empty() && it.remote == dest) {
+      // The top of a copy under a new name: its mark must be in place (the
+      // server refuses a directory another copy, or anyone, made meanwhile)
+      // before anything is sent into it.
+      const auto id = c_.next_id();
+      c_.send({{"type", "fs.mkdir"}, {"id", id}, {"path", dest}, {"parents", true}, {"tree_of", new_tree}});
+      if (!pipe.wait_for(id, dest)) break;
+      ++r.dirs;
+      continue;
+    }
     if (it.what == put_item::dir) {
       const auto id = c_.next_id();
       json mkdir = {{"type", "fs.mkdir"}, {"id", id}, {"path", it.remote}, {"parents", true}};
-      if (!new_tree.empty() && it.remote == dest) mkdir["tree_of"] = new_tree;
       c_.send(mkdir);
       pipe.track(id, it.remote, [&](proto::frame& f) {
         if (f.type() == "fs.ok") ++r.dirs;

@@ -698,6 +698,15 @@ void files_session::do_mkdir(std::uint64_t id, const json& h) {
   const bool parents = h.value("parents", false);
   const auto mode = opt_number<std::uint32_t>(h, "mode");
   const mode_t m = mode ? static_cast<mode_t>(*mode & 0777) : 0777;
+  std::optional<std::string> tree_of;
+  if (auto it = h.find("tree_of"); it != h.end() && !it->is_null()) {
+    if (!it->is_string() || it->get_ref<const std::string&>().empty() ||
+        it->get_ref<const std::string&>().size() > util::max_copy_source_name ||
+        !proto::is_valid_utf8(it->get_ref<const std::string&>())) {
+      return error(id, errc::bad_request, "'tree_of' must be a non-empty UTF-8 string of at most 4096 bytes");
+    }
+    tree_of = it->get<std::string>();
+  }
   if (!parents) {
     std::string leaf;
     util::unique_fd dir(share_.jail().open_parent(*path, leaf));
@@ -708,15 +717,17 @@ void files_session::do_mkdir(std::uint64_t id, const json& h) {
                                                       : errno_message(e, "mkdir '" + *path + "'"));
     }
     util::unique_fd made(::openat(dir.get(), leaf.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-    return finish_mkdir(id, h, made.get(), *path);
+    return finish_mkdir(id, made.get(), true, *path, tree_of);
   }
   // -p: create each missing component; never follow a symlink on the way.
   util::unique_fd cur(::fcntl(share_.jail().root_fd(), F_DUPFD_CLOEXEC, 0));
   std::string done;
+  bool created = false;
   for (auto name : util::split_relative(*path)) {
     std::string n(name);
     done += (done.empty() ? "" : "/") + n;
-    if (::mkdirat(cur.get(), n.c_str(), m) != 0 && errno != EEXIST) {
+    created = ::mkdirat(cur.get(), n.c_str(), m) == 0;
+    if (!created && errno != EEXIST) {
       return error(id, errc_for_errno(errno), errno_message(errno, "mkdir '" + done + "'"));
     }
     int next = ::openat(cur.get(), n.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
@@ -728,21 +739,22 @@ void files_session::do_mkdir(std::uint64_t id, const json& h) {
     }
     cur.reset(next);
   }
-  finish_mkdir(id, h, cur.get(), *path);
+  finish_mkdir(id, cur.get(), created, *path, tree_of);
 }
 
-void files_session::finish_mkdir(std::uint64_t id, const json& h, int dirfd, const std::string& path) {
-  // `tree_of`: the directory is the top of a tree copied under a new name;
-  // marked unfinished until the client says the copy is complete.
-  auto it = h.find("tree_of");
-  if (it != h.end() && !it->is_null()) {
-    if (!it->is_string() || it->get_ref<const std::string&>().empty() ||
-        it->get_ref<const std::string&>().size() > util::max_copy_source_name ||
-        !proto::is_valid_utf8(it->get_ref<const std::string&>())) {
-      return error(id, errc::bad_request, "'tree_of' must be a non-empty UTF-8 string of at most 4096 bytes");
-    }
+void files_session::finish_mkdir(std::uint64_t id, int dirfd, bool created, const std::string& path,
+                                 const std::optional<std::string>& tree_of) {
+  // `tree_of`: the directory is the top of a tree copied under a new name,
+  // marked unfinished until the client says the copy is complete. Only a
+  // directory this request made, or one the same copy marked before: never
+  // someone else's.
+  if (tree_of) {
     if (dirfd < 0) return fail_errno(id, errno, "'" + path + "'");
-    if (int e = util::mark_unfinished_copy(dirfd, it->get_ref<const std::string&>())) {
+    if (!created && util::unfinished_copy_of(dirfd) != tree_of) {
+      return error(id, errc::exists, "'" + path + "' exists and is not an unfinished copy of '" + *tree_of +
+                                         "' (made meanwhile?): run the command again to copy into it");
+    }
+    if (int e = util::mark_unfinished_copy(dirfd, *tree_of)) {
       return error(id, errc_for_errno(e), errno_message(e, "marking '" + path + "' as a copy under way"));
     }
   }
@@ -762,6 +774,7 @@ int remove_contents(int fd, std::uint64_t& bytes, std::uint64_t& count) {
       result = errno;
       return util::walk_step::stop;
     }
+    if (e.name == util::unfinished_copy_marker) return util::walk_step::next;  // never charged, never counted
     if (S_ISREG(e.st.st_mode)) bytes += static_cast<std::uint64_t>(e.st.st_size);
     ++count;
     return util::walk_step::next;
@@ -776,6 +789,23 @@ int remove_contents(int fd, std::uint64_t& bytes, std::uint64_t& count) {
   };
   const int err = util::walk_tree(util::unique_fd(fd), v);
   return err ? err : result;
+}
+}  // namespace
+
+namespace {
+// rmdir, for a directory that may hold nothing but an unfinished copy's
+// mark (hidden from listings, so it looks empty): then the mark goes too.
+// 0 or an errno.
+int remove_directory(int dir, const char* leaf) {
+  if (::unlinkat(dir, leaf, AT_REMOVEDIR) == 0) return 0;
+  const int e = errno;
+  if (e != ENOTEMPTY && e != EEXIST) return e;
+  util::unique_fd sub(::openat(dir, leaf, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  const auto mark = sub ? util::unfinished_copy_of(sub.get()) : std::nullopt;
+  if (!mark || util::clear_unfinished_copy(sub.get()) != 0) return e;
+  if (::unlinkat(dir, leaf, AT_REMOVEDIR) == 0) return 0;
+  util::mark_unfinished_copy(sub.get(), *mark);  // not empty after all: the copy keeps its mark
+  return e;
 }
 }  // namespace
 
@@ -799,8 +829,7 @@ void files_session::do_rm(std::uint64_t id, const json& h) {
       share_.adjust_usage(-static_cast<std::int64_t>(bytes));
       if (e) return error(id, errc_for_errno(e), errno_message(e, "rm -r '" + *path + "'"));
     }
-    if (::unlinkat(dir.get(), leaf.c_str(), AT_REMOVEDIR) != 0) {
-      const int e = errno;
+    if (const int e = remove_directory(dir.get(), leaf.c_str())) {
       if (e == ENOTEMPTY || e == EEXIST) {
         return error(id, errc::exists, "'" + *path + "' is a directory that is not empty (use -r)");
       }

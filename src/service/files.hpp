@@ -185,7 +185,8 @@ class files_session : public std::enable_shared_from_this<files_session> {
   void do_stat(std::uint64_t id, const proto::json& h);
   void do_list(std::uint64_t id, const proto::json& h);
   void do_mkdir(std::uint64_t id, const proto::json& h);
-  void finish_mkdir(std::uint64_t id, const proto::json& h, int dirfd, const std::string& path);
+  void finish_mkdir(std::uint64_t id, int dirfd, bool created, const std::string& path,
+                    const std::optional<std::string>& tree_of);
   void do_rm(std::uint64_t id, const proto::json& h);
   void do_mv(std::uint64_t id, const proto::json& h);
   void do_symlink(std::uint64_t id, const proto::json& h);

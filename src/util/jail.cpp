@@ -91,7 +91,8 @@ bool is_part_file_name(std::string_view name) { return name.substr(0, part_prefi
 
 int mark_unfinished_copy(int dirfd, std::string_view source) noexcept {
   const std::string name(unfinished_copy_marker);
-  const int fd = ::openat(dirfd, name.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+  // O_NONBLOCK: a FIFO planted under the name fails (ENXIO) instead of blocking.
+  const int fd = ::openat(dirfd, name.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0600);
   if (fd < 0) return errno;
   int err = 0;
   std::size_t done = 0;

@@ -773,6 +773,8 @@ class Commands(FilesTestCase):
         os.makedirs(os.path.join(self.rshare, "up"))
         write_file(os.path.join(self.rshare, "up", "key"), b"old")
         os.chmod(os.path.join(self.rshare, "up", "key"), 0o640)  # replaced: keeps 0640
+        write_file(os.path.join(self.rshare, "up", "key.big"), b"old")
+        os.chmod(os.path.join(self.rshare, "up", "key.big"), 0o604)  # a streamed one too
         self.ok("put", *sorted(glob.glob(self.lp("src", "*"))), self.rr("up/"))
         write_file(self.lp("down", "tool"), b"old")
         os.chmod(self.lp("down", "tool"), 0o700)  # replaced: keeps 0700
@@ -782,7 +784,7 @@ class Commands(FilesTestCase):
             for suffix in ("", ".big"):
                 up = stat.S_IMODE(os.stat(os.path.join(self.rshare, "up", name + suffix)).st_mode)
                 down = stat.S_IMODE(os.stat(self.lp("down", name + suffix)).st_mode)
-                want_up = 0o640 if name + suffix == "key" else mode & ~umask
+                want_up = {"key": 0o640, "key.big": 0o604}.get(name + suffix, mode & ~umask)
                 want_down = 0o700 if name + suffix == "tool" else want_up & ~umask
                 with self.subTest(file=name + suffix):
                     self.assertEqual(oct(up), oct(want_up))
@@ -840,7 +842,7 @@ class Commands(FilesTestCase):
         r = self.cli("put", "-r", src, self.rr("new"))
         self.assertNotEqual(r.returncode, EXIT_OK)
         self.assertIn("not a regular file", r.stderr)
-        self.assertEqual(read_file(os.path.join(self.rshare, "new", marker)), b"t")
+        self.assertRegex(read_file(os.path.join(self.rshare, "new", marker)), rb"^t [0-9a-f]{16}$")
         self.assertNotIn(marker, self.ok("ls", "-a", self.rr("new")).stdout)  # hidden
         os.unlink(os.path.join(src, "fifo"))
         write_file(os.path.join(src, "d"), b"d")
@@ -871,6 +873,48 @@ class Commands(FilesTestCase):
         self.assertEqual(snapshot(tree), snapshot(self.lp("local")))  # no local/g, no mark
         self.ok("get", "-r", self.rr("g"), self.lp("local"))
         self.assertEqual(snapshot(tree), snapshot(self.lp("local", "g")))
+        # Continued from inside the new name (as "."), it still continues there.
+        os.symlink("../../../outside", os.path.join(tree, "bad-link"))
+        self.cli("get", "-r", self.rr("g"), self.lp("again"))
+        os.unlink(os.path.join(tree, "bad-link"))
+        self.ok("get", "-r", self.rr("g"), ".", cwd=self.lp("again"))
+        self.assertEqual(snapshot(tree), snapshot(self.lp("again")))
+
+    def test_unfinished_copy_marks_are_only_where_a_copy_made_them(self):
+        marker = ".cskit-part.tree"
+        os.makedirs(os.path.join(self.rshare, "theirs"))
+        write_file(os.path.join(self.rshare, "theirs", "keep"), b"theirs")
+        with cskit_client.Client.connect("127.0.0.1", self.srv.port, "admin", TOKEN,
+                                         fingerprint=self.srv.fingerprint) as c:
+            # A directory made by someone else (or meanwhile) is never marked as a copy's.
+            with self.assertRaises(cskit_client.RemoteError) as cm:
+                c.request("fs.mkdir", path=f"{self.rdir}/theirs", parents=True, tree_of="t 0123456789abcdef")
+            self.assertEqual(cm.exception.code, "exists")
+            self.assertIn("not an unfinished copy", str(cm.exception))
+            self.assertFalse(os.path.exists(os.path.join(self.rshare, "theirs", marker)))
+            self.assertNotIn("unfinished_copy_of", c.request("fs.stat", path=f"{self.rdir}/theirs")[0]["entry"])
+            # A bad tree_of is refused before anything is made.
+            for bad in ("", 7, "x" * 4097):
+                with self.assertRaises(cskit_client.RemoteError) as cm:
+                    c.request("fs.mkdir", path=f"{self.rdir}/made", parents=True, tree_of=bad)
+                self.assertEqual(cm.exception.code, "bad_request")
+            self.assertFalse(os.path.exists(os.path.join(self.rshare, "made")))
+            # A copy's own directory: marked, seen by fs.stat, marked again by its re-run.
+            c.request("fs.mkdir", path=f"{self.rdir}/mine", parents=True, tree_of="t 0123456789abcdef")
+            c.request("fs.mkdir", path=f"{self.rdir}/mine", parents=True, tree_of="t 0123456789abcdef")
+            entry = c.request("fs.stat", path=f"{self.rdir}/mine")[0]["entry"]
+            self.assertEqual(entry["unfinished_copy_of"], "t 0123456789abcdef")
+            with self.assertRaises(cskit_client.RemoteError):  # another copy's name: not this one's
+                c.request("fs.mkdir", path=f"{self.rdir}/mine", parents=True, tree_of="u 0123456789abcdef")
+        # Empty but for the hidden mark: rm removes it, as it looks empty.
+        self.ok("rm", self.rr("mine"))
+        self.assertFalse(os.path.exists(os.path.join(self.rshare, "mine")))
+        # Not empty: rm refuses and the mark stays.
+        os.makedirs(os.path.join(self.rshare, "busy"))
+        write_file(os.path.join(self.rshare, "busy", marker), b"t 0123456789abcdef")
+        write_file(os.path.join(self.rshare, "busy", "f"), b"f")
+        self.assertEqual(self.cli("rm", self.rr("busy")).returncode, EXIT_EXISTS)
+        self.assertEqual(read_file(os.path.join(self.rshare, "busy", marker)), b"t 0123456789abcdef")
 
 
 # ---------------------------------------------------------------- 2, 3. sizes
