@@ -2,6 +2,7 @@
 
 #include "client/download.hpp"
 #include "client/files_detail.hpp"
+#include "client/upload_plan.hpp"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -160,35 +161,6 @@ std::string base_name(std::string p) {
 
 }  // namespace detail
 
-namespace {
-
-bool is_local_dir(const std::string& path) {
-  struct stat st {};
-  return path != "-" && ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-}
-
-// The name a local source has on the server: its base name ("." and ".."
-// resolved to the directory's own name).
-std::string local_leaf(const std::string& src) {
-  std::string leaf = base_name(src);
-  if (leaf == "." || leaf == ".." || leaf == "/") {
-    char buf[PATH_MAX];
-    if (::realpath(src.c_str(), buf)) leaf = base_name(buf);
-  }
-  return leaf;
-}
-
-// What marks a tree copied from the local directory `src` under a new
-// name: its name, and a digest of where it is (another tree of the same
-// name is another copy), never the local path itself.
-std::string copy_mark(const std::string& src) {
-  char buf[PATH_MAX];
-  const std::string where = ::realpath(src.c_str(), buf) ? buf : src;
-  return local_leaf(src) + " " + util::xxh3_128_hex(where.data(), where.size()).substr(0, 16);
-}
-
-}  // namespace
-
 remote_entry entry_from_json(const json& j) {
   remote_entry e;
   e.name = j.value("name", "");
@@ -249,143 +221,24 @@ std::string file_client::mv(const std::string& from, const std::string& to, bool
 }
 
 // ------------------------------------------------------------------ put
-
-namespace {
-
-struct put_item {
-  enum kind { dir, file, symlink, stream } what;
-  std::string local;
-  std::string remote;
-  struct stat st {};
-  std::string target;
-};
-
-// Adds everything below the directory `local` (to be `remote`) to `items`,
-// at any depth; a path the server could not take is an error, not a gap.
-void walk_local(const std::string& local, const std::string& remote, std::vector<put_item>& items,
-                transfer_result& r) {
-  util::unique_fd root(::open(local.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (!root) {
-    r.errors.push_back({local, local_errc(errno), local_message(errno, local)});
-    return;
-  }
-  util::tree_visitor v;
-  v.enter = [&](const util::tree_entry& e) {
-    put_item it;
-    it.local = local + "/" + e.path;
-    it.remote = join(remote, e.path);
-    it.st = e.st;
-    if (util::is_part_file_name(e.name)) return util::walk_step::next;  // our own unfinished downloads
-    if (!proto::is_valid_utf8(e.name) || !util::check_name(e.name).empty()) {
-      r.errors.push_back({it.local, errc::bad_path,
-                          it.local + ": the name is not valid UTF-8 or contains control characters; skipped"});
-      return util::walk_step::next;
-    }
-    if (it.remote.size() > util::max_remote_path) {
-      r.errors.push_back({it.local, errc::bad_path,
-                          it.local + ": its remote path would be longer than " +
-                              std::to_string(util::max_remote_path) + " bytes, the longest a server takes; skipped"});
-      return util::walk_step::next;
-    }
-    if (S_ISDIR(e.st.st_mode)) {
-      it.what = put_item::dir;
-    } else if (S_ISREG(e.st.st_mode)) {
-      it.what = put_item::file;
-    } else if (S_ISLNK(e.st.st_mode)) {
-      char buf[4097];
-      const ssize_t len = ::readlinkat(e.dir_fd, e.name.c_str(), buf, sizeof buf - 1);
-      if (len < 0) {
-        r.errors.push_back({it.local, local_errc(errno), local_message(errno, it.local)});
-        return util::walk_step::next;
-      }
-      it.target.assign(buf, static_cast<std::size_t>(len));
-      it.what = put_item::symlink;
-    } else {
-      r.errors.push_back({it.local, errc::bad_request, it.local + ": not a regular file, directory or symlink; skipped"});
-      return util::walk_step::next;
-    }
-    items.push_back(std::move(it));
-    return util::walk_step::descend;
-  };
-  v.failed = [&](const util::tree_entry& e, int err) {
-    const std::string lp = e.path.empty() ? local : local + "/" + e.path;
-    r.errors.push_back({lp, local_errc(err), local_message(err, lp)});
-    return util::walk_step::next;
-  };
-  const std::size_t errors_before = r.errors.size();
-  if (const int err = util::walk_tree(std::move(root), v); err && r.errors.size() == errors_before) {
-    r.errors.push_back({local, local_errc(err), local_message(err, local)});  // never a silent gap
-  }
-}
-
-}  // namespace
+// What to send where is decided by plan_put (client/upload_plan.cpp); this
+// sends it, pipelined.
 
 transfer_result file_client::put(const std::vector<std::string>& sources, const std::string& dest_in,
                                  const transfer_options& o) {
   transfer_result r;
   clock_guard timer{std::chrono::steady_clock::now(), r};
-  if (std::string why = util::check_relative_path(dest_in); !why.empty()) {
-    throw client_error(failure::remote, "remote path '" + dest_in + "': " + why, errc::bad_path);
-  }
-  const std::string dest = util::normalize_relative(dest_in);
-  bool dest_is_dir = dest.empty();
-  // A directory copied under a new name: its top is marked until the copy
-  // is complete, so that a re-run continues it rather than nesting a copy.
-  const bool one_tree = o.recursive && sources.size() == 1 && is_local_dir(sources[0]);
-  if (!dest_is_dir) {
+  const put_plan plan = plan_put(sources, dest_in, o, r, [this](const std::string& path) -> std::optional<remote_entry> {
     try {
-      const remote_entry e = stat(dest);
-      dest_is_dir = e.type == "dir" && !(one_tree && e.unfinished_copy_of == copy_mark(sources[0]));
+      return stat(path);
     } catch (const client_error& e) {
       if (e.code() != errc::not_found) throw;
+      return std::nullopt;
     }
-  }
-  const std::string new_tree = one_tree && !dest_is_dir ? copy_mark(sources[0]) : std::string();
-  if (!dest_is_dir && sources.size() > 1) {
-    throw client_error(failure::remote, "'" + dest + "' is not a directory on the server (several sources)",
-                       errc::not_found);
-  }
-
-  std::vector<put_item> items;
-  for (const auto& src : sources) {
-    put_item it;
-    if (src == "-") {
-      if (dest_is_dir) {
-        r.errors.push_back({"-", errc::bad_request, "stdin needs a remote file name, not a directory"});
-        continue;
-      }
-      it.what = put_item::stream;
-      it.local = "-";
-      it.remote = dest;
-      items.push_back(it);
-      continue;
-    }
-    if (::stat(src.c_str(), &it.st) != 0) {  // a symlink named on the command line is followed
-      r.errors.push_back({src, local_errc(errno), local_message(errno, src)});
-      continue;
-    }
-    const std::string leaf = local_leaf(src);
-    if (!proto::is_valid_utf8(leaf) || !util::check_name(leaf).empty()) {
-      r.errors.push_back({src, errc::bad_path, src + ": the name is not valid UTF-8 or contains control characters"});
-      continue;
-    }
-    it.local = src;
-    it.remote = dest_is_dir ? join(dest, leaf) : dest;
-    if (S_ISDIR(it.st.st_mode)) {
-      if (!o.recursive) {
-        r.errors.push_back({src, errc::bad_request, src + ": is a directory (use -r)"});
-        continue;
-      }
-      it.what = put_item::dir;
-      items.push_back(it);
-      walk_local(src, it.remote, items, r);
-    } else if (S_ISREG(it.st.st_mode)) {
-      it.what = put_item::file;
-      items.push_back(it);
-    } else {
-      r.errors.push_back({src, errc::bad_request, src + ": not a regular file or directory"});
-    }
-  }
+  });
+  const std::vector<put_item>& items = plan.items;
+  const std::string& dest = plan.dest;
+  const std::string& new_tree = plan.new_tree;
 
   transfer_progress prog;
   for (const auto& it : items) {

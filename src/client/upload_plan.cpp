@@ -1,0 +1,183 @@
+#include "client/upload_plan.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <climits>
+#include <cstdlib>
+
+#include "client/files_detail.hpp"
+#include "proto/utf8.hpp"
+#include "util/digest.hpp"
+#include "util/file_io.hpp"
+#include "util/jail.hpp"
+#include "util/tree_walk.hpp"
+
+namespace cskit::client {
+
+using proto::errc;
+using detail::base_name;
+using detail::join;
+using detail::local_errc;
+using detail::local_message;
+
+namespace {
+
+bool is_local_dir(const std::string& path) {
+  struct stat st {};
+  return path != "-" && ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+// The name a local source has on the server: its base name ("." and ".."
+// resolved to the directory's own name).
+std::string local_leaf(const std::string& src) {
+  std::string leaf = base_name(src);
+  if (leaf == "." || leaf == ".." || leaf == "/") {
+    char buf[PATH_MAX];
+    if (::realpath(src.c_str(), buf)) leaf = base_name(buf);
+  }
+  return leaf;
+}
+
+
+// Adds everything below the directory `local` (to be `remote`) to `items`,
+// at any depth; a path the server could not take is an error, not a gap.
+void walk_local(const std::string& local, const std::string& remote, std::vector<put_item>& items,
+                transfer_result& r) {
+  util::unique_fd root(::open(local.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!root) {
+    r.errors.push_back({local, local_errc(errno), local_message(errno, local)});
+    return;
+  }
+  util::tree_visitor v;
+  v.enter = [&](const util::tree_entry& e) {
+    put_item it;
+    it.local = local + "/" + e.path;
+    it.remote = join(remote, e.path);
+    it.st = e.st;
+    if (util::is_part_file_name(e.name)) return util::walk_step::next;  // our own unfinished downloads
+    if (!proto::is_valid_utf8(e.name) || !util::check_name(e.name).empty()) {
+      r.errors.push_back({it.local, errc::bad_path,
+                          it.local + ": the name is not valid UTF-8 or contains control characters; skipped"});
+      return util::walk_step::next;
+    }
+    if (it.remote.size() > util::max_remote_path) {
+      r.errors.push_back({it.local, errc::bad_path,
+                          it.local + ": its remote path would be longer than " +
+                              std::to_string(util::max_remote_path) + " bytes, the longest a server takes; skipped"});
+      return util::walk_step::next;
+    }
+    if (S_ISDIR(e.st.st_mode)) {
+      it.what = put_item::dir;
+    } else if (S_ISREG(e.st.st_mode)) {
+      it.what = put_item::file;
+    } else if (S_ISLNK(e.st.st_mode)) {
+      char buf[4097];
+      const ssize_t len = ::readlinkat(e.dir_fd, e.name.c_str(), buf, sizeof buf - 1);
+      if (len < 0) {
+        r.errors.push_back({it.local, local_errc(errno), local_message(errno, it.local)});
+        return util::walk_step::next;
+      }
+      it.target.assign(buf, static_cast<std::size_t>(len));
+      it.what = put_item::symlink;
+    } else {
+      r.errors.push_back({it.local, errc::bad_request, it.local + ": not a regular file, directory or symlink; skipped"});
+      return util::walk_step::next;
+    }
+    items.push_back(std::move(it));
+    return util::walk_step::descend;
+  };
+  v.failed = [&](const util::tree_entry& e, int err) {
+    const std::string lp = e.path.empty() ? local : local + "/" + e.path;
+    r.errors.push_back({lp, local_errc(err), local_message(err, lp)});
+    return util::walk_step::next;
+  };
+  const std::size_t errors_before = r.errors.size();
+  if (const int err = util::walk_tree(std::move(root), v); err && r.errors.size() == errors_before) {
+    r.errors.push_back({local, local_errc(err), local_message(err, local)});  // never a silent gap
+  }
+}
+
+
+// Into the destination directory, or under the destination's name (also
+// when it is a directory that an unfinished copy of the one source made).
+void choose_destination(put_plan& plan, const std::vector<std::string>& sources, const transfer_options& o,
+                        const remote_stat_fn& remote_stat) {
+  plan.dest_is_dir = plan.dest.empty();
+  const bool one_tree = o.recursive && sources.size() == 1 && is_local_dir(sources[0]);
+  if (!plan.dest_is_dir) {
+    if (const auto e = remote_stat(plan.dest)) {
+      plan.dest_is_dir = e->type == "dir" && !(one_tree && e->unfinished_copy_of == copy_mark(sources[0]));
+    }
+  }
+  if (!plan.dest_is_dir && sources.size() > 1) {
+    throw client_error(failure::remote, "'" + plan.dest + "' is not a directory on the server (several sources)",
+                       errc::not_found);
+  }
+  // Its top is marked until the copy is complete, so that a re-run
+  // continues it rather than nesting a second copy in it.
+  if (one_tree && !plan.dest_is_dir) plan.new_tree = copy_mark(sources[0]);
+}
+
+// One command-line source: its items (a directory's whole tree), or an error.
+void add_source(put_plan& plan, const std::string& src, const transfer_options& o, transfer_result& r) {
+  put_item it;
+  if (src == "-") {
+    if (plan.dest_is_dir) {
+      r.errors.push_back({"-", errc::bad_request, "stdin needs a remote file name, not a directory"});
+      return;
+    }
+    it.what = put_item::stream;
+    it.local = "-";
+    it.remote = plan.dest;
+    plan.items.push_back(it);
+    return;
+  }
+  if (::stat(src.c_str(), &it.st) != 0) {  // a symlink named on the command line is followed
+    r.errors.push_back({src, local_errc(errno), local_message(errno, src)});
+    return;
+  }
+  const std::string leaf = local_leaf(src);
+  if (!proto::is_valid_utf8(leaf) || !util::check_name(leaf).empty()) {
+    r.errors.push_back({src, errc::bad_path, src + ": the name is not valid UTF-8 or contains control characters"});
+    return;
+  }
+  it.local = src;
+  it.remote = plan.dest_is_dir ? join(plan.dest, leaf) : plan.dest;
+  if (S_ISDIR(it.st.st_mode)) {
+    if (!o.recursive) {
+      r.errors.push_back({src, errc::bad_request, src + ": is a directory (use -r)"});
+      return;
+    }
+    it.what = put_item::dir;
+    plan.items.push_back(it);
+    walk_local(src, it.remote, plan.items, r);
+  } else if (S_ISREG(it.st.st_mode)) {
+    it.what = put_item::file;
+    plan.items.push_back(it);
+  } else {
+    r.errors.push_back({src, errc::bad_request, src + ": not a regular file or directory"});
+  }
+}
+
+}  // namespace
+
+std::string copy_mark(const std::string& src) {
+  char buf[PATH_MAX];
+  const std::string where = ::realpath(src.c_str(), buf) ? buf : src;
+  return local_leaf(src) + " " + util::xxh3_128_hex(where.data(), where.size()).substr(0, 16);
+}
+
+put_plan plan_put(const std::vector<std::string>& sources, const std::string& dest, const transfer_options& o,
+                  transfer_result& r, const remote_stat_fn& remote_stat) {
+  if (std::string why = util::check_relative_path(dest); !why.empty()) {
+    throw client_error(failure::remote, "remote path '" + dest + "': " + why, errc::bad_path);
+  }
+  put_plan plan;
+  plan.dest = util::normalize_relative(dest);
+  choose_destination(plan, sources, o, remote_stat);
+  for (const auto& src : sources) add_source(plan, src, o, r);
+  return plan;
+}
+
+}  // namespace cskit::client

@@ -1,0 +1,128 @@
+// client::plan_put: what a put sends where, decided without a server.
+#include "client/upload_plan.hpp"
+
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace fs = std::filesystem;
+using namespace cskit;
+using client::put_item;
+
+namespace {
+
+class PutPlan : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/cskit-plan-XXXXXX";
+    dir_ = ::mkdtemp(tmpl);
+    fs::create_directories(dir_ / "t/sub");
+    std::ofstream(dir_ / "t/a") << "a";
+    std::ofstream(dir_ / "t/sub/b") << "b";
+    std::ofstream(dir_ / "t/.cskit-part.0123456789abcdef") << "an unfinished download";
+    std::ofstream(dir_ / "f") << "f";
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  // The server as a map of path -> entry; anything else does not exist.
+  client::put_plan plan(const std::vector<std::string>& sources, const std::string& dest, bool recursive = true) {
+    client::transfer_options o;
+    o.recursive = recursive;
+    result_ = {};
+    return client::plan_put(sources, dest, o, result_,
+                            [this](const std::string& path) -> std::optional<client::remote_entry> {
+                              asked_.push_back(path);
+                              auto it = server_.find(path);
+                              if (it == server_.end()) return std::nullopt;
+                              return it->second;
+                            });
+  }
+  static std::map<std::string, put_item::kind> remote_items(const client::put_plan& p) {
+    std::map<std::string, put_item::kind> m;
+    for (const auto& it : p.items) m[it.remote] = it.what;
+    return m;
+  }
+  static client::remote_entry dir(std::string mark = {}) {
+    client::remote_entry e;
+    e.type = "dir";
+    e.unfinished_copy_of = std::move(mark);
+    return e;
+  }
+  std::string src(const char* name) const { return (dir_ / name).string(); }
+
+  fs::path dir_;
+  std::map<std::string, client::remote_entry> server_;
+  std::vector<std::string> asked_;
+  client::transfer_result result_;
+};
+
+TEST_F(PutPlan, TreeUnderANewNameIsMarked) {
+  const auto p = plan({src("t")}, "backup/new/");
+  EXPECT_EQ(asked_, std::vector<std::string>{"backup/new"});
+  EXPECT_FALSE(p.dest_is_dir);
+  EXPECT_EQ(p.dest, "backup/new");
+  EXPECT_EQ(p.new_tree, client::copy_mark(src("t")));
+  EXPECT_TRUE(p.new_tree.starts_with("t ")) << p.new_tree;
+  ASSERT_FALSE(p.items.empty());
+  EXPECT_EQ(p.items.front().remote, "backup/new");  // the top first: it is made (and marked) first
+  const auto want = std::map<std::string, put_item::kind>{
+      {"backup/new", put_item::dir}, {"backup/new/a", put_item::file},
+      {"backup/new/sub", put_item::dir}, {"backup/new/sub/b", put_item::file}};
+  EXPECT_EQ(remote_items(p), want);  // the local part file is not sent
+  EXPECT_TRUE(result_.errors.empty());
+}
+
+TEST_F(PutPlan, IntoAnExistingDirectory) {
+  server_["backup"] = dir();
+  const auto p = plan({src("t"), src("f")}, "backup");
+  EXPECT_TRUE(p.dest_is_dir);
+  EXPECT_TRUE(p.new_tree.empty());
+  EXPECT_EQ(remote_items(p).count("backup/t/sub/b"), 1u);
+  EXPECT_EQ(remote_items(p).at("backup/f"), put_item::file);
+}
+
+TEST_F(PutPlan, AnUnfinishedCopyOfTheSameTreeIsContinued) {
+  server_["new"] = dir(client::copy_mark(src("t")));
+  const auto p = plan({src("t")}, "new");
+  EXPECT_FALSE(p.dest_is_dir);
+  EXPECT_EQ(p.new_tree, client::copy_mark(src("t")));
+  EXPECT_EQ(remote_items(p).count("new/a"), 1u);
+  EXPECT_EQ(remote_items(p).count("new/t"), 0u);
+}
+
+TEST_F(PutPlan, AnotherTreesUnfinishedCopyIsNotContinued) {
+  fs::create_directories(dir_ / "elsewhere/t");
+  server_["new"] = dir(client::copy_mark((dir_ / "elsewhere/t").string()));  // same name, another tree
+  const auto p = plan({src("t")}, "new");
+  EXPECT_TRUE(p.dest_is_dir);
+  EXPECT_TRUE(p.new_tree.empty());
+  EXPECT_EQ(remote_items(p).count("new/t/a"), 1u);
+}
+
+TEST_F(PutPlan, LocalProblemsAreErrorsAndTheRestGoes) {
+  server_["d"] = dir();
+  const auto p = plan({src("t"), src("missing"), "-", src("f")}, "d", false);
+  // A directory without -r, a missing file, stdin into a directory: each an error; f still goes.
+  ASSERT_EQ(result_.errors.size(), 3u);
+  EXPECT_NE(result_.errors[0].message.find("use -r"), std::string::npos);
+  EXPECT_EQ(result_.errors[1].code, proto::errc::not_found);
+  EXPECT_NE(result_.errors[2].message.find("stdin needs a remote file name"), std::string::npos);
+  EXPECT_EQ(remote_items(p), (std::map<std::string, put_item::kind>{{"d/f", put_item::file}}));
+}
+
+TEST_F(PutPlan, DestinationsThatCannotBeUsedThrow) {
+  EXPECT_THROW(plan({src("f"), src("t")}, "nodir"), client::client_error);  // several sources, no directory
+  EXPECT_THROW(plan({src("f")}, "/etc/passwd"), client::client_error);
+  EXPECT_THROW(plan({src("f")}, "a/../b"), client::client_error);
+  const auto p = plan({"-"}, "from-stdin");
+  ASSERT_EQ(p.items.size(), 1u);
+  EXPECT_EQ(p.items[0].what, put_item::stream);
+}
+
+}  // namespace
