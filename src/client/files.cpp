@@ -173,18 +173,6 @@ remote_entry entry_from_json(const json& j) {
   return e;
 }
 
-bool file_client::send_and_digest(const json& header, int fd, std::uint64_t pos, std::size_t n,
-                                  util::content_digest& digest) {
-  if (c_.encrypts_in_user_space()) {
-    const std::size_t sent =
-        c_.send_file(header, fd, pos, n, [&](std::string_view bytes) { digest.update(bytes.data(), bytes.size()); });
-    return sent == n;
-  }
-  if (util::hash_file_range(fd, pos, n, digest) != 0) return false;
-  c_.send_file(header, fd, pos, n);
-  return true;
-}
-
 remote_entry file_client::stat(const std::string& path) {
   auto f = c_.request({{"type", "fs.stat"}, {"path", path}});
   return entry_from_json(f.header.at("entry"));
@@ -221,14 +209,315 @@ std::string file_client::mv(const std::string& from, const std::string& to, bool
 }
 
 // ------------------------------------------------------------------ put
-// What to send where is decided by plan_put (client/upload_plan.cpp); this
-// sends it, pipelined.
 
-transfer_result file_client::put(const std::vector<std::string>& sources, const std::string& dest_in,
+namespace {
+
+// Sends `n` bytes of `fd` from `pos` as the body of `header`, adding them
+// to `digest`: read once and digested in memory when TLS copies them
+// through user space anyway, else digested from the page cache and sent
+// with sendfile. False if the file could not be read.
+bool send_and_digest(connection& c, const json& header, int fd, std::uint64_t pos, std::size_t n,
+                     util::content_digest& digest) {
+  if (c.encrypts_in_user_space()) {
+    const std::size_t sent =
+        c.send_file(header, fd, pos, n, [&](std::string_view bytes) { digest.update(bytes.data(), bytes.size()); });
+    return sent == n;
+  }
+  if (util::hash_file_range(fd, pos, n, digest) != 0) return false;
+  c.send_file(header, fd, pos, n);
+  return true;
+}
+
+// Sends a planned put (client/upload_plan.cpp decides what goes where),
+// pipelined: directories, links and small files (one frame each) go
+// without waiting for their answers; a large file waits for put.ready
+// (which says where to resume) and then streams.
+class upload {
+ public:
+  upload(connection& c, const transfer_options& o, const put_plan& plan, transfer_result& r)
+      : c_(c), o_(o), plan_(plan), r_(r), pipe_(c, r) {}
+
+  void run() {
+    count_totals();
+    std::size_t since_poll = 0;
+    for (const auto& it : plan_.items) {
+      while (pipe_.size() >= window_requests || pipe_.bytes() >= window_bytes) pipe_.wait_one();
+      // Replies are collected every few items, not before each one: a
+      // non-blocking read per small file was a system call per file.
+      if (++since_poll >= 32) {
+        since_poll = 0;
+        pipe_.poll();
+      }
+      if (!send(it)) break;
+    }
+    pipe_.drain();
+    finish_tree();
+    if (o_.preserve) restore_directory_attributes();
+  }
+
+ private:
+  void count_totals() {
+    for (const auto& it : plan_.items) {
+      if (it.what == put_item::file) prog_.bytes_total += static_cast<std::uint64_t>(it.st.st_size);
+      if (it.what == put_item::file || it.what == put_item::stream) ++prog_.files_total;
+    }
+  }
+
+  // False: nothing more may be sent (the top of a new tree was refused).
+  bool send(const put_item& it) {
+    switch (it.what) {
+      case put_item::dir:
+        if (!plan_.new_tree.empty() && it.remote == plan_.dest) return make_tree_top();
+        send_dir(it);
+        return true;
+      case put_item::symlink: send_symlink(it); return true;
+      case put_item::stream:
+        prog_.current = "(stdin)";
+        send_stream(it);
+        return true;
+      case put_item::file:
+        prog_.current = it.local;
+        send_file(it);
+        return true;
+    }
+    return true;
+  }
+
+  bool make_tree_top() {
+    // The top of a copy under a new name: its mark must be in place (the
+    // server refuses a directory another copy, or anyone, made meanwhile)
+    // before anything is sent into it.
+    const auto id = c_.next_id();
+    c_.send({{"type", "fs.mkdir"}, {"id", id}, {"path", plan_.dest}, {"parents", true}, {"tree_of", plan_.new_tree}});
+    if (!pipe_.wait_for(id, plan_.dest)) return false;
+    ++r_.dirs;
+    return true;
+  }
+
+  void send_dir(const put_item& it) {
+    const auto id = c_.next_id();
+    c_.send({{"type", "fs.mkdir"}, {"id", id}, {"path", it.remote}, {"parents", true}});
+    pipe_.track(id, it.remote, [this](proto::frame& f) {
+      if (f.type() == "fs.ok") ++r_.dirs;
+    });
+  }
+
+  void send_symlink(const put_item& it) {
+    const auto id = c_.next_id();
+    c_.send({{"type", "fs.symlink"}, {"id", id}, {"path", it.remote}, {"target", it.target}});
+    pipe_.track(id, it.remote, [this](proto::frame& f) {
+      if (f.type() == "fs.ok") ++r_.symlinks;
+    });
+  }
+
+  // stdin: size unknown, so no resume; digested and committed like a file.
+  void send_stream(const put_item& it) {
+    const auto id = c_.next_id();
+    json h = base_put(it);
+    h["id"] = id;
+    c_.send(h);
+    if (!pipe_.wait_for(id, it.remote)) {
+      ++prog_.files_done;
+      return;
+    }
+    util::content_digest digest(o_.sha256);
+    std::string buf(1u << 20, '\0');
+    pipe_.track(id, it.remote, file_done());  // errors while streaming arrive with this id
+    while (pipe_.pending(id)) {  // until the server refuses the rest (quota, disk full, ...)
+      const long n = util::read_full(0, buf.data(), buf.size());
+      if (n < 0) {
+        r_.errors.push_back({"-", local_errc(static_cast<int>(-n)), local_message(static_cast<int>(-n), "reading stdin")});
+        abandon(id);
+        return;
+      }
+      if (n == 0) return send_end(id, digest);
+      digest.update(buf.data(), static_cast<std::size_t>(n));
+      c_.send({{"type", "put.data"}, {"id", id}}, std::string_view(buf.data(), static_cast<std::size_t>(n)));
+      prog_.bytes_done += static_cast<std::uint64_t>(n);
+      report();
+      pipe_.poll();
+    }
+  }
+
+  void send_file(const put_item& it) {
+    util::unique_fd fd(::open(it.local.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd) {
+      r_.errors.push_back({it.local, local_errc(errno), local_message(errno, it.local)});
+      ++prog_.files_done;
+      return;
+    }
+    struct stat st {};
+    ::fstat(fd.get(), &st);
+    json h = base_put(it);
+    if (o_.preserve) h["mtime_ns"] = mtime_of(st), h["mode"] = st.st_mode & 0777;
+    else h["source_mode"] = st.st_mode & 0777;
+    if (static_cast<std::uint64_t>(st.st_size) <= inline_max) return send_inline(it, fd.get(), std::move(h), st);
+    send_streamed(it, fd.get(), std::move(h), st);
+  }
+
+  // The whole file in the request, queued with other small files.
+  void send_inline(const put_item& it, int fd, json h, const struct stat& st) {
+    const auto size = static_cast<std::uint64_t>(st.st_size);
+    std::string body(static_cast<std::size_t>(size) + 1, '\0');
+    const long n = util::read_full(fd, body.data(), body.size(), 0);
+    if (n < 0 || static_cast<std::uint64_t>(n) != size) {
+      r_.errors.push_back({it.local, errc::changed, it.local + ": changed or vanished while it was being read"});
+      ++prog_.files_done;
+      return;
+    }
+    body.resize(static_cast<std::size_t>(size));
+    util::content_digest digest(o_.sha256);
+    digest.update(body.data(), body.size());
+    const auto id = c_.next_id();
+    h["id"] = id;
+    h["inline"] = true;
+    h["size"] = size;
+    h["xxh3"] = digest.xxh3_hex();
+    if (o_.sha256) h["sha256"] = digest.sha256_hex();
+    c_.queue(h, body);  // small files leave together (flushed at 256 KiB or on the next wait)
+    prog_.bytes_done += size;
+    pipe_.track(id, it.remote, file_done(), body.size());
+  }
+
+  // put, put.ready (where to resume), the rest in pieces, put.end.
+  void send_streamed(const put_item& it, int fd, json h, const struct stat& st) {
+    const auto size = static_cast<std::uint64_t>(st.st_size);
+    const auto id = c_.next_id();
+    h["id"] = id;
+    h["size"] = size;
+    h["resume"] = true;
+    c_.send(h);
+    auto ready = pipe_.wait_for(id, it.remote);
+    if (!ready) {
+      ++prog_.files_done;
+      return;
+    }
+    util::content_digest digest(o_.sha256);
+    std::uint64_t pos = resume_point(fd, size, *ready, digest);
+    pipe_.track(id, it.remote, file_done());  // errors while streaming arrive with this id
+    bool first = true;
+    while (pos < size || first) {
+      if (!pipe_.pending(id)) return;  // the server gave up (disk full, quota, ...): it said why
+      const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(chunk, size - pos));
+      json d = {{"type", "put.data"}, {"id", id}};
+      if (first) d["offset"] = pos;
+      first = false;
+      if (n > 0 && !send_and_digest(c_, d, fd, pos, n, digest)) return changed(it, id);
+      if (n == 0) c_.send(d);
+      pos += n;
+      prog_.bytes_done += n;
+      report();
+      pipe_.poll();
+    }
+    struct stat after {};
+    if (::fstat(fd, &after) != 0 || after.st_size != st.st_size || after.st_mtim.tv_sec != st.st_mtim.tv_sec ||
+        after.st_mtim.tv_nsec != st.st_mtim.tv_nsec) {
+      return changed(it, id);
+    }
+    send_end(id, digest);
+  }
+
+  // Where the server's part lets this file resume: only if the part is a
+  // prefix of the file (its digest says so); 0 otherwise.
+  std::uint64_t resume_point(int fd, std::uint64_t size, const proto::frame& ready, util::content_digest& digest) {
+    const std::uint64_t pos = ready.header.value("offset", std::uint64_t{0});
+    if (pos == 0 || pos > size) return 0;
+    if (util::hash_file_range(fd, 0, pos, digest) != 0 || digest.xxh3_hex() != ready.header.value("xxh3", "")) {
+      digest.reset();
+      return 0;
+    }
+    r_.resumed_bytes += pos;
+    prog_.bytes_done += pos;
+    prog_.resumed_bytes += pos;
+    return pos;
+  }
+
+  // Our side failed: the source shrank or changed while being sent.
+  void changed(const put_item& it, std::uint64_t id) {
+    if (!pipe_.pending(id)) return;  // the server had already given up, and said why
+    r_.errors.push_back({it.local, errc::changed, it.local + ": changed or vanished while it was being sent"});
+    abandon(id);
+  }
+
+  void abandon(std::uint64_t id) {
+    c_.send({{"type", "put.abort"}, {"id", id}, {"discard", true}});
+    pipe_.forget(id);
+    ++prog_.files_done;
+  }
+
+  void send_end(std::uint64_t id, const util::content_digest& digest) {
+    json end = {{"type", "put.end"}, {"id", id}, {"xxh3", digest.xxh3_hex()}};
+    if (o_.sha256) end["sha256"] = digest.sha256_hex();
+    c_.send(end);
+  }
+
+  json base_put(const put_item& it) const {
+    json h = {{"type", "put"}, {"path", it.remote}};
+    if (o_.no_clobber) h["no_clobber"] = true;
+    if (o_.sha256) h["verify"] = "sha256";
+    if (it.what == put_item::stream) return h;
+    if (o_.preserve) {
+      h["mode"] = it.st.st_mode & 0777;
+      h["mtime_ns"] = mtime_of(it.st);
+    } else {
+      h["source_mode"] = it.st.st_mode & 0777;  // a new file gets it less the server's umask
+    }
+    return h;
+  }
+
+  // The reply handler of an upload (put.done, or its error).
+  pipeline::on_reply file_done() {
+    return [this](proto::frame& f) {
+      ++prog_.files_done;
+      if (f.type() == "put.done") {
+        ++r_.files;
+        r_.bytes += f.header.value("size", std::uint64_t{0});
+      }
+      report();
+    };
+  }
+
+  void report() {
+    if (o_.on_progress) o_.on_progress(prog_);
+  }
+
+  void finish_tree() {
+    if (plan_.new_tree.empty() || !r_.errors.empty()) return;
+    // Complete: the mark goes (before -p sets the directories' times).
+    const auto id = c_.next_id();
+    c_.send({{"type", "fs.setattr"}, {"id", id}, {"path", plan_.dest}, {"copy_finished", true}});
+    pipe_.track(id, plan_.dest, nullptr);
+    pipe_.drain();
+  }
+
+  void restore_directory_attributes() {
+    // Directory times last: creating files inside changes them.
+    for (auto it = plan_.items.rbegin(); it != plan_.items.rend(); ++it) {
+      if (it->what != put_item::dir) continue;
+      const auto id = c_.next_id();
+      c_.send({{"type", "fs.setattr"}, {"id", id}, {"path", it->remote}, {"mode", it->st.st_mode & 0777},
+               {"mtime_ns", mtime_of(it->st)}});
+      pipe_.track(id, it->remote, nullptr);
+      while (pipe_.size() >= window_requests) pipe_.wait_one();
+    }
+    pipe_.drain();
+  }
+
+  connection& c_;
+  const transfer_options& o_;
+  const put_plan& plan_;
+  transfer_result& r_;
+  pipeline pipe_;
+  transfer_progress prog_;
+};
+
+}  // namespace
+
+transfer_result file_client::put(const std::vector<std::string>& sources, const std::string& dest,
                                  const transfer_options& o) {
   transfer_result r;
   clock_guard timer{std::chrono::steady_clock::now(), r};
-  const put_plan plan = plan_put(sources, dest_in, o, r, [this](const std::string& path) -> std::optional<remote_entry> {
+  const put_plan plan = plan_put(sources, dest, o, r, [this](const std::string& path) -> std::optional<remote_entry> {
     try {
       return stat(path);
     } catch (const client_error& e) {
@@ -236,238 +525,7 @@ transfer_result file_client::put(const std::vector<std::string>& sources, const 
       return std::nullopt;
     }
   });
-  const std::vector<put_item>& items = plan.items;
-  const std::string& dest = plan.dest;
-  const std::string& new_tree = plan.new_tree;
-
-  transfer_progress prog;
-  for (const auto& it : items) {
-    if (it.what == put_item::file) prog.bytes_total += static_cast<std::uint64_t>(it.st.st_size);
-    if (it.what == put_item::file || it.what == put_item::stream) ++prog.files_total;
-  }
-  auto report = [&] {
-    if (o.on_progress) o.on_progress(prog);
-  };
-  pipeline pipe(c_, r);
-  // The reply handler of an upload (put.done, or its error).
-  auto file_done = [&] {
-    return [&](proto::frame& f) {
-      ++prog.files_done;
-      if (f.type() == "put.done") {
-        ++r.files;
-        r.bytes += f.header.value("size", std::uint64_t{0});
-      }
-      report();
-    };
-  };
-  auto base_put = [&](const put_item& it) {
-    json h = {{"type", "put"}, {"path", it.remote}};
-    if (o.no_clobber) h["no_clobber"] = true;
-    if (o.sha256) h["verify"] = "sha256";
-    if (it.what == put_item::stream) return h;
-    if (o.preserve) {
-      h["mode"] = it.st.st_mode & 0777;
-      h["mtime_ns"] = mtime_of(it.st);
-    } else {
-      h["source_mode"] = it.st.st_mode & 0777;  // a new file gets it less the server's umask
-    }
-    return h;
-  };
-
-  std::size_t since_poll = 0;
-  for (const auto& it : items) {
-    while (pipe.size() >= window_requests || pipe.bytes() >= window_bytes) pipe.wait_one();
-    // Replies are collected every few items, not before each one: a
-    // non-blocking read per small file was a system call per file.
-    if (++since_poll >= 32) {
-      since_poll = 0;
-      pipe.poll();
-    }
-    if (it.what == put_item::dir && !new_tree.empty() && it.remote == dest) {
-      // The top of a copy under a new name: its mark must be in place (the
-      // server refuses a directory another copy, or anyone, made meanwhile)
-      // before anything is sent into it.
-      const auto id = c_.next_id();
-      c_.send({{"type", "fs.mkdir"}, {"id", id}, {"path", dest}, {"parents", true}, {"tree_of", new_tree}});
-      if (!pipe.wait_for(id, dest)) break;
-      ++r.dirs;
-      continue;
-    }
-    if (it.what == put_item::dir) {
-      const auto id = c_.next_id();
-      json mkdir = {{"type", "fs.mkdir"}, {"id", id}, {"path", it.remote}, {"parents", true}};
-      c_.send(mkdir);
-      pipe.track(id, it.remote, [&](proto::frame& f) {
-        if (f.type() == "fs.ok") ++r.dirs;
-      });
-      continue;
-    }
-    if (it.what == put_item::symlink) {
-      const auto id = c_.next_id();
-      c_.send({{"type", "fs.symlink"}, {"id", id}, {"path", it.remote}, {"target", it.target}});
-      pipe.track(id, it.remote, [&](proto::frame& f) {
-        if (f.type() == "fs.ok") ++r.symlinks;
-      });
-      continue;
-    }
-    prog.current = it.what == put_item::stream ? "(stdin)" : it.local;
-    if (it.what == put_item::stream) {
-      // stdin: size unknown, so no resume; digested and committed like a file.
-      const auto id = c_.next_id();
-      json h = base_put(it);
-      h["id"] = id;
-      c_.send(h);
-      if (!pipe.wait_for(id, it.remote)) {
-        ++prog.files_done;
-        continue;
-      }
-      util::content_digest digest(o.sha256);
-      std::string buf(1u << 20, '\0');
-      pipe.track(id, it.remote, file_done());  // errors while streaming arrive with this id
-      for (;;) {
-        if (!pipe.pending(id)) break;  // the server refused the rest (quota, disk full, ...)
-        long n = util::read_full(0, buf.data(), buf.size());
-        if (n < 0) {
-          r.errors.push_back({"-", local_errc(static_cast<int>(-n)), local_message(static_cast<int>(-n), "reading stdin")});
-          c_.send({{"type", "put.abort"}, {"id", id}, {"discard", true}});
-          pipe.forget(id);
-          ++prog.files_done;
-          break;
-        }
-        if (n == 0) {
-          json end = {{"type", "put.end"}, {"id", id}, {"xxh3", digest.xxh3_hex()}};
-          if (o.sha256) end["sha256"] = digest.sha256_hex();
-          c_.send(end);
-          break;
-        }
-        digest.update(buf.data(), static_cast<std::size_t>(n));
-        c_.send({{"type", "put.data"}, {"id", id}}, std::string_view(buf.data(), static_cast<std::size_t>(n)));
-        prog.bytes_done += static_cast<std::uint64_t>(n);
-        report();
-        pipe.poll();
-      }
-      continue;
-    }
-
-    // A regular file.
-    util::unique_fd fd(::open(it.local.c_str(), O_RDONLY | O_CLOEXEC));
-    if (!fd) {
-      r.errors.push_back({it.local, local_errc(errno), local_message(errno, it.local)});
-      ++prog.files_done;
-      continue;
-    }
-    struct stat st {};
-    ::fstat(fd.get(), &st);
-    const auto size = static_cast<std::uint64_t>(st.st_size);
-    util::content_digest digest(o.sha256);
-    json h = base_put(it);
-    if (o.preserve) h["mtime_ns"] = mtime_of(st), h["mode"] = st.st_mode & 0777;
-    else h["source_mode"] = st.st_mode & 0777;
-    if (size <= inline_max) {
-      std::string body(static_cast<std::size_t>(size) + 1, '\0');
-      long n = util::read_full(fd.get(), body.data(), body.size(), 0);
-      if (n < 0 || static_cast<std::uint64_t>(n) != size) {
-        r.errors.push_back({it.local, errc::changed, it.local + ": changed or vanished while it was being read"});
-        ++prog.files_done;
-        continue;
-      }
-      body.resize(static_cast<std::size_t>(size));
-      digest.update(body.data(), body.size());
-      const auto id = c_.next_id();
-      h["id"] = id;
-      h["inline"] = true;
-      h["size"] = size;
-      h["xxh3"] = digest.xxh3_hex();
-      if (o.sha256) h["sha256"] = digest.sha256_hex();
-      c_.queue(h, body);  // small files leave together (flushed at 256 KiB or on the next wait)
-      prog.bytes_done += size;
-      pipe.track(id, it.remote, file_done(), body.size());
-      continue;
-    }
-    const auto id = c_.next_id();
-    h["id"] = id;
-    h["size"] = size;
-    h["resume"] = true;
-    c_.send(h);
-    auto ready = pipe.wait_for(id, it.remote);
-    if (!ready) {
-      ++prog.files_done;
-      continue;
-    }
-    std::uint64_t pos = ready->header.value("offset", std::uint64_t{0});
-    if (pos > size) pos = 0;
-    if (pos > 0) {
-      // Resume only if the part on the server is a prefix of this file.
-      if (util::hash_file_range(fd.get(), 0, pos, digest) != 0 || digest.xxh3_hex() != ready->header.value("xxh3", "")) {
-        digest.reset();
-        pos = 0;
-      } else {
-        r.resumed_bytes += pos;
-        prog.bytes_done += pos;
-        prog.resumed_bytes += pos;
-      }
-    }
-    pipe.track(id, it.remote, file_done());  // errors while streaming arrive with this id
-    bool first = true, failed = false;
-    while (pos < size || first) {
-      if (!pipe.pending(id)) {  // the server gave up (disk full, quota, ...)
-        failed = true;
-        break;
-      }
-      const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(chunk, size - pos));
-      json d = {{"type", "put.data"}, {"id", id}};
-      if (first) d["offset"] = pos;
-      first = false;
-      if (n > 0 && !send_and_digest(d, fd.get(), pos, n, digest)) {
-        failed = true;
-        break;
-      }
-      if (n == 0) c_.send(d);
-      pos += n;
-      prog.bytes_done += n;
-      report();
-      pipe.poll();
-    }
-    struct stat after {};
-    if (!failed && (::fstat(fd.get(), &after) != 0 || after.st_size != st.st_size ||
-                    after.st_mtim.tv_sec != st.st_mtim.tv_sec || after.st_mtim.tv_nsec != st.st_mtim.tv_nsec)) {
-      failed = true;
-    }
-    if (failed) {
-      if (pipe.pending(id)) {
-        // Our side failed: the source shrank or changed while being sent.
-        r.errors.push_back({it.local, errc::changed, it.local + ": changed or vanished while it was being sent"});
-        c_.send({{"type", "put.abort"}, {"id", id}, {"discard", true}});
-        pipe.forget(id);
-        ++prog.files_done;
-      }
-      continue;
-    }
-    json end = {{"type", "put.end"}, {"id", id}, {"xxh3", digest.xxh3_hex()}};
-    if (o.sha256) end["sha256"] = digest.sha256_hex();
-    c_.send(end);
-  }
-  pipe.drain();
-  if (!new_tree.empty() && r.errors.empty()) {
-    // Complete: the mark goes (before -p sets the directories' times).
-    const auto id = c_.next_id();
-    c_.send({{"type", "fs.setattr"}, {"id", id}, {"path", dest}, {"copy_finished", true}});
-    pipe.track(id, dest, nullptr);
-    pipe.drain();
-  }
-
-  if (o.preserve) {
-    // Directory times last: creating files inside changes them.
-    for (auto it = items.rbegin(); it != items.rend(); ++it) {
-      if (it->what != put_item::dir) continue;
-      const auto id = c_.next_id();
-      c_.send({{"type", "fs.setattr"}, {"id", id}, {"path", it->remote}, {"mode", it->st.st_mode & 0777},
-               {"mtime_ns", mtime_of(it->st)}});
-      pipe.track(id, it->remote, nullptr);
-      while (pipe.size() >= window_requests) pipe.wait_one();
-    }
-    pipe.drain();
-  }
+  upload(c_, o, plan, r).run();
   return r;
 }
 

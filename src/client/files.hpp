@@ -89,13 +89,6 @@ class file_client {
   transfer_result get(const std::vector<std::string>& sources, const std::string& dest, const transfer_options& o);
 
  private:
-  /// Sends `n` bytes of `fd` from `pos` as the body of `header`, adding
-  /// them to `digest`: read once and digested in memory when TLS copies
-  /// them through user space anyway, else digested from the page cache and
-  /// sent with sendfile. False if the file could not be read.
-  bool send_and_digest(const proto::json& header, int fd, std::uint64_t pos, std::size_t n,
-                       util::content_digest& digest);
-
   connection& c_;
 };
 
