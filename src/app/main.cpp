@@ -34,8 +34,9 @@ constexpr const char* exit_codes_text = R"(Exit codes:
 
 constexpr const char* remote_help = R"(Remote paths are HOST:PATH or HOST:PORT:PATH ([V6ADDR]:PORT:PATH), relative to the
 server's share; HOST: alone is the share's root; -P PORT gives the port of every HOST without
-one. HOST:DIGITS is refused as ambiguous: write HOST:PORT: for a port, HOST:./DIGITS for a
-file. A local name with a colon is written ./NAME. Exit codes beyond the common ones:
+one; HOST may be a [hosts.NAME] alias of the client config. HOST:DIGITS is refused as
+ambiguous: write HOST:PORT: for a port, HOST:./DIGITS for a file. A local name with a colon
+is written ./NAME. Exit codes beyond the common ones:
 9 disk full, 10 quota exceeded, 11 content digest mismatch (nothing committed),
 12 the source changed or vanished, 13 not found, 14 already exists.)";
 
@@ -256,7 +257,9 @@ void build_transfers(command_line& cl) {
     cmd->footer(std::string(R"(Every file is digested (XXH3-128) by the sender while it is read and by the receiver while
 it is written, written to a temporary file beside the target (a resumable part file; an unnamed
 one for files up to 256 KiB), flushed, and moved into place only when the digests match. Run
-the same command again after an interruption: it resumes where it stopped.
+the same command again after an interruption: it resumes where it stopped (a tree copied under
+a new name continues in it). Without -p a new file gets the source's permission bits less the
+umask, and a replaced one keeps its own.
 )") + remote_help);
   }
   if (cl.get_cmd) {

@@ -361,7 +361,10 @@ class TimeClientTest(unittest.TestCase):
             self.assertEqual(mine["stratum"], theirs["stratum"])
             self.assertEqual(mine["reference_id"], socket.inet_ntoa(struct.pack("!I", theirs["ref_id"])))
             self.assertLess(abs(mine["offset"]), 0.001)
-            self.assertLess(abs(mine["offset"] - theirs["offset"]), 0.005)
+            # Each offset is known to within half its sample's round trip (RFC 5905): a
+            # Python client on a busy machine (ASan beside it) can lose milliseconds there.
+            self.assertLess(abs(mine["offset"] - theirs["offset"]), 0.005 + (mine["delay"] + theirs["delay"]) / 2,
+                            (mine, theirs))
             # The server's transmit time falls inside our own run (chronyd
             # serves this machine's clock). Not compared with ntplib's
             # tx_time: its five samples are taken seconds later under load.
