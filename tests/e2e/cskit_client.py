@@ -585,6 +585,7 @@ class _TLSTransport:
                                                               server_side=False,
                                                               server_hostname=sni)
         self.tcp_eof = False
+        self.on_received = None  # called with every chunk of TLS bytes read (tests count records)
 
     def _flush(self, deadline):
         while self.out.pending:
@@ -592,6 +593,8 @@ class _TLSTransport:
 
     def _feed(self, deadline):
         data = _tcp_recv(self.sock, _READ_CHUNK, deadline)
+        if self.on_received:
+            self.on_received(data)
         if data:
             self.inc.write(data)
         else:

@@ -2,6 +2,7 @@
 
 The binary comes from $CSKIT_BIN (set by CTest). Every wait is bounded.
 """
+import errno
 import os
 import re
 import select
@@ -200,6 +201,20 @@ class Server:
             self.stop()
         finally:
             self.cleanup()
+
+
+def read_pty(fd, wait=0.2):
+    """One read from the master side of a pseudo-terminal: the bytes, b"" when none came
+    within `wait` seconds, None once the terminal's other side is closed (EIO or EOF)."""
+    ready, _, _ = select.select([fd], [], [], wait)
+    if not ready:
+        return b""
+    try:
+        return os.read(fd, 65536) or None
+    except OSError as e:
+        if e.errno != errno.EIO:
+            raise
+        return None
 
 
 def free_port():

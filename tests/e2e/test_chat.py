@@ -11,7 +11,7 @@ import threading
 import time
 import unittest
 
-from harness import BIN, Server
+from harness import BIN, Server, read_pty
 import tlswire
 import wire
 
@@ -396,14 +396,7 @@ class IdentityTest(unittest.TestCase):
 
     @staticmethod
     def read_some(fd):
-        import select
-        r, _, _ = select.select([fd], [], [], 0.2)
-        if not r:
-            return b""
-        try:
-            return os.read(fd, 65536)
-        except OSError:
-            return b""
+        return read_pty(fd) or b""
 
 
 def rss_kib(pid):

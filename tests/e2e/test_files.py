@@ -7,7 +7,6 @@ size limit, concurrent writers, permissions and the progress line.
 
 Every wait is bounded; everything runs on 127.0.0.1 in temporary directories.
 """
-import errno
 import filecmp
 import glob
 import hashlib
@@ -15,7 +14,6 @@ import io
 import json
 import os
 import pty
-import select
 import shlex
 import shutil
 import signal
@@ -31,7 +29,7 @@ import time
 import unittest
 import uuid
 
-from harness import BIN, TOKEN, Server
+from harness import BIN, TOKEN, Server, read_pty
 import cskit_client
 import tlswire
 import wire
@@ -2855,18 +2853,11 @@ def run_on_pty(env, *args, timeout=60):
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 0.2)
-            if ready:
-                try:
-                    chunk = os.read(master, 65536)
-                except OSError as e:  # EIO: the child closed the terminal
-                    if e.errno != errno.EIO:
-                        raise
-                    break
-                if not chunk:
-                    break
-                out += chunk
-            elif p.poll() is not None:
+            chunk = read_pty(master)
+            if chunk is None:
+                break
+            out += chunk
+            if not chunk and p.poll() is not None:
                 break
         p.wait(timeout=30)
     finally:
