@@ -138,6 +138,13 @@ struct files_options {
   bool quiet = false;
   bool no_fsync = false;   ///< get --no-fsync
   std::string verify;      ///< "" or "sha256"
+  bool archive = false;    ///< put/get -a: -r -p, and unchanged files are not sent again
+  bool dry_run = false;    ///< put/get --dry-run
+  struct filter_rule {
+    bool include = false;  ///< --include (else --exclude)
+    std::string pattern;
+  };
+  std::vector<filter_rule> filter_rules;  ///< --exclude/--include, in command-line order
 };
 int run_put(const files_options& o);
 int run_get(const files_options& o);

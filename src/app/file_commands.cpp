@@ -193,6 +193,8 @@ class progress_line {
     parts.push_back(clock_time(r.seconds));
     if (r.dirs) parts.push_back(fmt::format("{} dir{}", r.dirs, r.dirs == 1 ? "" : "s"));
     if (r.resumed_bytes) parts.push_back(fmt::format("({} resumed)", human_bytes(static_cast<double>(r.resumed_bytes))));
+    if (r.unchanged) parts.push_back(fmt::format("{} unchanged", r.unchanged));
+    if (r.excluded) parts.push_back(fmt::format("{} excluded", r.excluded));
     std::string rest;
     for (const auto& part : parts) rest += (rest.empty() ? "" : "  ") + part;
     if (one_file) {
@@ -261,8 +263,40 @@ int usage(const char* cmd, const std::string& msg) {
   return exit_code::usage;
 }
 
+// --dry-run, as text: a line per step, then what it comes to.
+void print_planned(const client::transfer_result& r) {
+  std::uint64_t files = 0, bytes = 0;
+  for (const auto& step : r.planned) {
+    switch (step.what) {
+      case client::planned_step::send:
+        ++files;
+        bytes += step.size;
+        std::printf("send   %s  (%s)\n", printable(step.path).c_str(), human_bytes(static_cast<double>(step.size)).c_str());
+        break;
+      case client::planned_step::mkdir: std::printf("mkdir  %s\n", printable(step.path).c_str()); break;
+      case client::planned_step::link: std::printf("link   %s\n", printable(step.path).c_str()); break;
+    }
+  }
+  std::printf("dry run: %llu file%s (%s) would be sent, %llu unchanged, %llu excluded; nothing was changed\n",
+              static_cast<unsigned long long>(files), files == 1 ? "" : "s",
+              human_bytes(static_cast<double>(bytes)).c_str(), static_cast<unsigned long long>(r.unchanged),
+              static_cast<unsigned long long>(r.excluded));
+}
+
+json planned_json(const client::transfer_result& r) {
+  json steps = json::array();
+  for (const auto& step : r.planned) {
+    static constexpr const char* names[] = {"send", "mkdir", "link"};
+    json j = {{"action", names[step.what]}, {"path", step.path}};
+    if (step.what == client::planned_step::send) j["size"] = step.size;
+    steps.push_back(std::move(j));
+  }
+  return steps;
+}
+
 int finish_transfer(const char* cmd, const files_options& o, const client::transfer_result& r) {
   int rc = exit_code::ok;
+  if (o.dry_run && !o.common.json) print_planned(r);
   for (const auto& e : r.errors) {
     std::fprintf(stderr, "cskit %s: %s\n", cmd, printable(e.message).c_str());
     if (rc == exit_code::ok) rc = exit_code_for(e.code);
@@ -279,7 +313,13 @@ int finish_transfer(const char* cmd, const files_options& o, const client::trans
               {"seconds", util::round_to_places(r.seconds, 6)},
               {"bytes_per_second", r.seconds > 0 ? util::round_half_away(static_cast<double>(r.bytes - r.resumed_bytes) / r.seconds) : 0.0},
               {"digest", o.verify == "sha256" ? "xxh3-128+sha256" : "xxh3-128"},
+              {"unchanged", r.unchanged},
+              {"excluded", r.excluded},
               {"errors", errs}};
+    if (o.dry_run) {
+      j["dry_run"] = true;
+      j["planned"] = planned_json(r);
+    }
     std::printf("%s\n", j.dump(-1, ' ', false, json::error_handler_t::replace).c_str());
   }
   return rc;
@@ -329,15 +369,41 @@ std::string both_remote(const std::string& local) {
          "to copy between two); for a local name with a colon, write ./" + local;
 }
 
+// --exclude/--include as given; throws std::invalid_argument naming a bad
+// pattern.
+client::path_filter filter_of(const files_options& o) {
+  client::path_filter f;
+  for (const auto& rule : o.filter_rules) {
+    f.add(rule.include ? client::path_filter::action::include : client::path_filter::action::exclude, rule.pattern);
+  }
+  return f;
+}
+
 client::transfer_options transfer_options_of(const files_options& o, progress_line& line) {
   client::transfer_options t;
-  t.recursive = o.recursive;
-  t.preserve = o.preserve;
+  t.recursive = o.recursive || o.archive;
+  t.preserve = o.preserve || o.archive;
+  t.skip_unchanged = o.archive;
+  t.dry_run = o.dry_run;
+  t.filter = filter_of(o);
   t.no_clobber = o.no_clobber;
   t.sha256 = o.verify == "sha256";
   t.fsync = !o.no_fsync;
   t.on_progress = [&line](const client::transfer_progress& p) { line.update(p); };
   return t;
+}
+
+// What the transfer flags cannot mean together; "" when they are fine.
+std::string check_transfer_flags(const files_options& o) {
+  try {
+    (void)filter_of(o);
+  } catch (const std::invalid_argument& e) {
+    return std::string("--exclude/--include: ") + e.what();
+  }
+  if (!o.filter_rules.empty() && !o.recursive && !o.archive) {
+    return "--exclude and --include choose inside a tree: they need -r (or -a)";
+  }
+  return {};
 }
 
 }  // namespace
@@ -353,7 +419,8 @@ int run_put(const files_options& o) {
   for (const auto& src : sources) {
     if (parse_remote(src)) return usage("put", both_remote(src));
   }
-  progress_line line(!o.quiet && !o.common.json && ::isatty(1) && ::isatty(2));
+  if (std::string why = check_transfer_flags(o); !why.empty()) return usage("put", why);
+  progress_line line(!o.quiet && !o.common.json && !o.dry_run && ::isatty(1) && ::isatty(2));
   return with_connection(o, dest[0].host, "put", [&](client::file_client& fc) {
     auto r = fc.put(sources, dest[0].path, transfer_options_of(o, line));
     line.finish(r);
@@ -374,7 +441,8 @@ int run_get(const files_options& o) {
   if (std::string why = parse_remotes(remote_args, o, specs); !why.empty()) return usage("get", why);
   std::vector<std::string> paths;
   for (const auto& r : specs) paths.push_back(r.path);
-  progress_line line(!o.quiet && !o.common.json && local != "-" && ::isatty(1) && ::isatty(2));
+  if (std::string why = check_transfer_flags(o); !why.empty()) return usage("get", why);
+  progress_line line(!o.quiet && !o.common.json && !o.dry_run && local != "-" && ::isatty(1) && ::isatty(2));
   return with_connection(o, specs.front().host, "get", [&](client::file_client& fc) {
     auto r = fc.get(paths, local, transfer_options_of(o, line));
     line.finish(r);

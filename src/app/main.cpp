@@ -239,8 +239,8 @@ void build_chat(command_line& cl) {
 }
 
 void build_transfers(command_line& cl) {
-  cl.put_cmd = cl.command("put", "Upload files: cskit put [-r] [-p] LOCAL... HOST:[REMOTE] ('-' is stdin)");
-  cl.get_cmd = cl.command("get", "Download files: cskit get [-r] [-p] HOST:REMOTE... [LOCAL] ('-' is stdout)");
+  cl.put_cmd = cl.command("put", "Upload files: cskit put [-r] [-p] [-a] LOCAL... HOST:[REMOTE] ('-' is stdin)");
+  cl.get_cmd = cl.command("get", "Download files: cskit get [-r] [-p] [-a] HOST:REMOTE... [LOCAL] ('-' is stdout)");
   for (auto [cmd, o] : {std::pair{cl.put_cmd, &cl.put_o}, std::pair{cl.get_cmd, &cl.get_o}}) {
     if (cmd == nullptr) continue;
     cmd->add_option("paths", o->args, "Sources, then the destination")->required();
@@ -250,11 +250,27 @@ void build_transfers(command_line& cl) {
                  "file gets the source's bits less the umask, a replaced one keeps its own)");
     cmd->add_flag("-q,--quiet", o->quiet, "No progress line");
     cmd->add_flag("-n,--no-clobber", o->no_clobber, "Never replace an existing file");
+    cmd->add_flag("-a,--archive", o->archive,
+                  "Like rsync -a: -r and -p, and a file whose destination has the same size and modification time "
+                  "is not sent again (a re-run sends only what changed)");
+    cmd->add_flag("--dry-run", o->dry_run, "Say what would be sent and made, and change nothing");
+    for (const bool include : {false, true}) {
+      cmd->add_option_function<std::string>(
+             include ? "--include" : "--exclude",
+             [o, include](const std::string& pattern) { o->filter_rules.push_back({include, pattern}); },
+             include ? "Take what matches PATTERN even if a later --exclude matches it (rules apply in order)"
+                     : "Leave out what matches PATTERN: rsync's rules (*.o, cache/, /top-only, a/**/b)")
+          ->type_name("PATTERN")
+          ->trigger_on_parse()
+          ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+    }
     cmd->add_option("--verify", o->verify, "Also check a SHA-256 digest (XXH3-128 is always checked)")
         ->check(CLI::IsMember({"sha256", "xxh3"}));
     add_port_option(*cmd, *o);
     add_login_options(*cmd, o->common);
-    cmd->footer(std::string(R"(Every file is digested (XXH3-128) by the sender while it is read and by the receiver while
+    cmd->footer(std::string(R"(Tree copies choose with --exclude/--include (rules tried in order, the first that matches
+decides; a directory left out is not entered) and skip unchanged files with -a.
+Every file is digested (XXH3-128) by the sender while it is read and by the receiver while
 it is written, written to a temporary file beside the target (a resumable part file; an unnamed
 one for files up to 256 KiB), flushed, and moved into place only when the digests match. Run
 the same command again after an interruption: it resumes where it stopped (a tree copied under

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <unordered_set>
 #include <cerrno>
 #include <climits>
 #include <cstring>
@@ -110,32 +111,41 @@ transfer_result download::run(const std::vector<std::string>& sources, const std
     choose_destination(sources, dest);
     for (const auto& src : sources) plan_source(src);
     drop_below_refused_links();
-    make_directories();
-    make_links();
-    check_links();
-    prog_.files_total = queue_.size();
-    for (const auto& f : queue_) prog_.bytes_total += f->entry.size;
-    const std::uint64_t fd_limit = util::raise_fd_limit();
-    commit_batch_ = static_cast<std::size_t>(
-        std::clamp<std::uint64_t>(fd_limit > 288 ? (fd_limit - 256) / 2 : 16, 16, max_commit_batch));
-    try {
-      transfer();
-    } catch (...) {
-      // The connection failed: the files already received and verified are
-      // committed all the same (an unnamed one would otherwise be lost).
-      commit_finished();
-      throw;
+    if (o_.skip_unchanged) drop_unchanged();
+    if (o_.dry_run) {
+      list_planned();
+    } else {
+      execute();
     }
-    commit_finished();
-    if (marked_tree_ && r_.errors.empty()) {
-      // Complete: the mark goes (before -p sets the directories' times).
-      if (int e = util::clear_unfinished_copy(marked_tree_->root_fd())) {
-        r_.errors.push_back({new_name_, local_errc(e), download_message(e, new_name_)});
-      }
-    }
-    restore_directory_attributes();
   }
   return std::move(r_);
+}
+
+void download::execute() {
+  make_directories();
+  make_links();
+  check_links();
+  prog_.files_total = queue_.size();
+  for (const auto& f : queue_) prog_.bytes_total += f->entry.size;
+  const std::uint64_t fd_limit = util::raise_fd_limit();
+  commit_batch_ = static_cast<std::size_t>(
+      std::clamp<std::uint64_t>(fd_limit > 288 ? (fd_limit - 256) / 2 : 16, 16, max_commit_batch));
+  try {
+    transfer();
+  } catch (...) {
+    // The connection failed: the files already received and verified are
+    // committed all the same (an unnamed one would otherwise be lost).
+    commit_finished();
+    throw;
+  }
+  commit_finished();
+  if (marked_tree_ && r_.errors.empty()) {
+    // Complete: the mark goes (before -p sets the directories' times).
+    if (int e = util::clear_unfinished_copy(marked_tree_->root_fd())) {
+      r_.errors.push_back({new_name_, local_errc(e), download_message(e, new_name_)});
+    }
+  }
+  restore_directory_attributes();
 }
 
 // ------------------------------------------------------------------ plan
@@ -152,7 +162,19 @@ void download::choose_destination(const std::vector<std::string>& sources, const
   // that an unfinished copy of the same source made under this new name).
   base_ = ".";
   struct stat st {};
-  const bool is_dir = ::stat(dest.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+  bool is_dir = ::stat(dest.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+  if (!is_dir && o_.skip_unchanged && into_directory(sources)) {
+    // -a, as rsync: a directory (or several sources) always goes into the
+    // destination, made when missing, so that every run means the same.
+    if (!o_.dry_run && ::mkdir(dest.c_str(), 0777) != 0 && errno != EEXIST) {
+      throw client_error(failure::remote, "local destination " + dest + ": " + std::strerror(errno), local_errc(errno));
+    }
+    is_dir = true;
+  }
+  if (is_dir && o_.dry_run && ::stat(dest.c_str(), &st) != 0) {
+    base_ = dest;  // not made by a dry run: nothing in it exists yet, and base_jail_ stays empty
+    return;
+  }
   if (is_dir && !continues_a_copy(sources, dest)) {
     base_ = dest;
   } else {
@@ -191,6 +213,16 @@ std::string download::copy_source(const std::string& src) {
   return s.empty() ? "." : s;  // the share's root
 }
 
+bool download::into_directory(const std::vector<std::string>& sources) const {
+  if (sources.size() != 1) return true;
+  try {
+    return files_.stat(util::normalize_relative(sources[0])).type == "dir";
+  } catch (const client_error& e) {
+    if (e.kind() != failure::remote && e.kind() != failure::permission) throw;
+    return false;  // plan_source reports it
+  }
+}
+
 bool download::continues_a_copy(const std::vector<std::string>& sources, const std::string& dest) const {
   if (sources.size() != 1 || !o_.recursive) return false;
   util::unique_fd d(::open(dest.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
@@ -217,7 +249,8 @@ void download::plan_source(const std::string& src_in) {
     r_.errors.push_back({src, e.code().value_or(errc::io_error), e.what()});
     return;
   }
-  const std::string root_name = new_name_.empty() ? (src.empty() ? std::string() : base_name(src)) : new_name_;
+  std::string root_name = new_name_.empty() ? (src.empty() ? std::string() : base_name(src)) : new_name_;
+  if (o_.skip_unchanged && top.type == "dir" && src_in.size() > 1 && src_in.back() == '/') root_name.clear();  // -a SRC/
   if (top.type == "dir") {
     if (to_stdout_ || !o_.recursive) {
       r_.errors.push_back({src, errc::bad_request, "'" + src + "' is a directory" + (to_stdout_ ? "" : " (use -r)")});
@@ -243,6 +276,15 @@ const util::dir_jail* download::make_tree_root(const std::string& root_name, con
   // itself): everything the server lists goes beneath it, and the kernel
   // holds it there.
   if (root_name.empty()) return base_jail_.get();
+  if (o_.dry_run) {
+    // Nothing is made: the tree as it is, or nullptr when it is not there
+    // yet (everything in it would be sent).
+    if (!base_jail_) return nullptr;
+    const int fd = base_jail_->open(root_name, O_PATH | O_DIRECTORY | O_NOFOLLOW);
+    if (fd < 0) return nullptr;
+    trees_.push_back(std::make_unique<util::dir_jail>(fd, true));
+    return trees_.back().get();
+  }
   if (int e = make_dirs(*base_jail_, root_name)) {
     r_.errors.push_back({shown, local_errc(e), download_message(e, "mkdir " + shown)});
     return nullptr;
@@ -275,12 +317,29 @@ void download::plan_tree(const std::string& src, const remote_entry& top, const 
     return;
   }
   const util::dir_jail* tree = make_tree_root(root_name, root_name.empty() ? base_ : root_name);
-  if (!tree) return;
+  if (!tree && !o_.dry_run) return;
   if (!root_name.empty()) dirs_.push_back({base_jail_.get(), root_name, root_name, top, true});  // for -p
-  for (const auto& e : entries) plan_entry(*tree, root_name, src, e);
+  std::unordered_set<std::string> left_out;  // directories excluded, with all they hold
+  for (const auto& e : entries) {
+    if (!o_.filter.empty() && filtered_out(e, left_out)) continue;
+    plan_entry(tree, root_name, src, e);
+  }
 }
 
-void download::plan_entry(const util::dir_jail& tree, const std::string& root_name, const std::string& src,
+bool download::filtered_out(const remote_entry& e, std::unordered_set<std::string>& left_out) {
+  if (!util::check_relative_path(e.name).empty()) return false;  // plan_entry refuses it
+  const std::string rel = util::normalize_relative(e.name);
+  for (std::size_t slash = rel.find('/'); slash != std::string::npos; slash = rel.find('/', slash + 1)) {
+    if (left_out.count(rel.substr(0, slash))) return true;  // inside an excluded directory
+  }
+  const bool is_dir = e.type == "dir";
+  if (!o_.filter.excluded(rel, is_dir)) return false;
+  ++r_.excluded;
+  if (is_dir) left_out.insert(rel);
+  return true;
+}
+
+void download::plan_entry(const util::dir_jail* tree, const std::string& root_name, const std::string& src,
                           const remote_entry& e) {
   const std::string shown_remote = join(src, e.name);
   if (std::string why = util::check_relative_path(e.name); !why.empty() || util::normalize_relative(e.name).empty()) {
@@ -293,19 +352,19 @@ void download::plan_entry(const util::dir_jail& tree, const std::string& root_na
   }
   const std::string shown = join(root_name, rel);
   if (e.type == "dir") {
-    dirs_.push_back({&tree, rel, shown, e});
+    dirs_.push_back({tree, rel, shown, e});
   } else if (e.type == "symlink") {
     // Lexically, from the tree's own root: a link may point anywhere in the
     // tree, never above it, never to an absolute path.
     if (!util::symlink_target_inside(rel, e.target)) {
-      refused_links_.push_back({&tree, rel, shown, e});
+      refused_links_.push_back({tree, rel, shown, e});
       return refuse(shown_remote, "the link's target '" + e.target + "' points outside the destination");
     }
-    links_.push_back({&tree, rel, shown, e});
+    links_.push_back({tree, rel, shown, e});
   } else if (e.type == "file") {
     auto f = std::make_unique<file>(o_.sha256);
     f->remote = shown_remote;
-    f->jail = &tree;
+    f->jail = tree;
     f->local = rel;
     f->shown = shown;
     f->entry = e;
@@ -341,6 +400,35 @@ void download::drop_below_refused_links() {
        [](const item& x) { return x.shown; });
   drop(queue_, [](const std::unique_ptr<file>& f) { return f->jail; },
        [](const std::unique_ptr<file>& f) { return f->local; }, [](const std::unique_ptr<file>& f) { return f->shown; });
+}
+
+void download::drop_unchanged() {
+  if (to_stdout_) return;
+  std::erase_if(queue_, [&](const std::unique_ptr<file>& f) {
+    if (!f->jail) return false;  // its tree is not there yet (--dry-run)
+    std::string leaf;
+    int err = 0;
+    const shared_dir dir = parent_dir(*f->jail, f->local, leaf, err);
+    struct stat st {};
+    const bool same = dir && ::fstatat(dir->get(), leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+                      S_ISREG(st.st_mode) && static_cast<std::uint64_t>(st.st_size) == f->entry.size &&
+                      util::mtime_ns(st) == f->entry.mtime_ns;
+    if (same) ++r_.unchanged;
+    return same;
+  });
+}
+
+void download::list_planned() {
+  auto exists = [](const item& d) {
+    if (!d.jail) return false;
+    util::unique_fd fd(d.jail->open(d.local, O_PATH | O_DIRECTORY | O_NOFOLLOW));
+    return static_cast<bool>(fd);
+  };
+  for (const auto& d : dirs_) {
+    if (!exists(d)) r_.planned.push_back({planned_step::mkdir, d.shown, 0});
+  }
+  for (const auto& l : links_) r_.planned.push_back({planned_step::link, l.shown, 0});
+  for (const auto& f : queue_) r_.planned.push_back({planned_step::send, to_stdout_ ? "-" : f->shown, f->entry.size});
 }
 
 // ------------------------------------------------------------------ shape
@@ -407,26 +495,31 @@ void download::restore_directory_attributes() {
 
 // ------------------------------------------------------------------ files
 
-bool download::open_dir(file& f) {
-  const auto slash = f.local.rfind('/');
+download::shared_dir download::parent_dir(const util::dir_jail& jail, const std::string& local, std::string& leaf,
+                                          int& err) {
+  const auto slash = local.rfind('/');
   const std::string_view parent =
-      slash == std::string::npos ? std::string_view() : std::string_view(f.local).substr(0, slash);
-  if (last_dir_ && f.jail == last_jail_ && parent == last_parent_) {
-    f.leaf = f.local.substr(slash == std::string::npos ? 0 : slash + 1);
-    f.dir = last_dir_;
-    return true;
+      slash == std::string::npos ? std::string_view() : std::string_view(local).substr(0, slash);
+  if (last_dir_ && &jail == last_jail_ && parent == last_parent_) {
+    leaf = local.substr(slash == std::string::npos ? 0 : slash + 1);
+    return last_dir_;
   }
-  util::unique_fd d(f.jail->open_parent(f.local, f.leaf));
+  util::unique_fd d(jail.open_parent(local, leaf));
   if (!d) {
-    const int e = -d.release();
-    r_.errors.push_back({f.shown, local_errc(e), download_message(e, f.shown)});
-    return false;
+    err = -d.release();
+    return nullptr;
   }
   last_dir_ = std::make_shared<const util::unique_fd>(std::move(d));
-  last_jail_ = f.jail;
+  last_jail_ = &jail;
   last_parent_.assign(parent);
-  f.dir = last_dir_;
-  return true;
+  return last_dir_;
+}
+
+bool download::open_dir(file& f) {
+  int e = 0;
+  f.dir = parent_dir(*f.jail, f.local, f.leaf, e);
+  if (!f.dir) r_.errors.push_back({f.shown, local_errc(e), download_message(e, f.shown)});
+  return f.dir != nullptr;
 }
 
 bool download::prepare(file& f) {

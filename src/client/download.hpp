@@ -11,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include "client/files.hpp"
@@ -41,12 +42,25 @@ class download {
   void choose_destination(const std::vector<std::string>& sources, const std::string& dest);
   /// `dest` is a directory that an unfinished copy of the one source made.
   bool continues_a_copy(const std::vector<std::string>& sources, const std::string& dest) const;
+  /// -a: whether the sources go into the destination as a directory (a
+  /// remote directory, or several sources), as rsync puts them.
+  bool into_directory(const std::vector<std::string>& sources) const;
   /// How a source is named in the mark of a tree copied from it.
   static std::string copy_source(const std::string& src);
   void plan_source(const std::string& src_in);
   void plan_tree(const std::string& src, const remote_entry& top, const std::string& root_name);
-  void plan_entry(const util::dir_jail& tree, const std::string& root_name, const std::string& src,
+  /// `tree`: nullptr for a tree a --dry-run did not make.
+  void plan_entry(const util::dir_jail* tree, const std::string& root_name, const std::string& src,
                   const remote_entry& e);
+  /// --exclude/--include: whether `e` is left out, by a rule or by being
+  /// inside a directory left out (recorded in `left_out`).
+  bool filtered_out(const remote_entry& e, std::unordered_set<std::string>& left_out);
+  /// -a: drops the files whose local copy has the same size and time.
+  void drop_unchanged();
+  /// --dry-run: what would be done, into the result.
+  void list_planned();
+  /// Everything after the plan: the tree's shape, the files, the commit.
+  void execute();
   const util::dir_jail* make_tree_root(const std::string& root_name, const std::string& shown);
   void refuse(const std::string& shown, const std::string& why);
   /// Drops (and reports) what the listing put below a link that was
@@ -59,6 +73,10 @@ class download {
   void check_links();
 
   // The files.
+  /// The directory that holds `local` in `jail` (the last one is kept:
+  /// a tree's files come directory by directory); nullptr and `err` set
+  /// when it cannot be opened.
+  shared_dir parent_dir(const util::dir_jail& jail, const std::string& local, std::string& leaf, int& err);
   bool open_dir(file& f);
   bool prepare(file& f);
   void send_next();
@@ -81,7 +99,7 @@ class download {
   bool to_stdout_ = false;
   std::string base_;      // the local directory things go into
   std::string new_name_;  // one source under a new name
-  std::unique_ptr<util::dir_jail> base_jail_;
+  std::unique_ptr<util::dir_jail> base_jail_;  // empty only in a --dry-run into a directory not made yet
   std::vector<std::unique_ptr<util::dir_jail>> trees_;  // one per tree downloaded
   // The tree made under new_name_, marked unfinished until complete
   // (util::unfinished_copy_marker), and the source it copies.

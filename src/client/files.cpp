@@ -41,10 +41,6 @@ using detail::join;
 using detail::local_errc;
 using detail::local_message;
 
-std::int64_t mtime_of(const struct stat& st) {
-  return static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1000000000LL + st.st_mtim.tv_nsec;
-}
-
 // Replies to pipelined requests, matched by id.
 class pipeline {
  public:
@@ -349,7 +345,7 @@ class upload {
     struct stat st {};
     ::fstat(fd.get(), &st);
     json h = base_put(it);
-    if (o_.preserve) h["mtime_ns"] = mtime_of(st), h["mode"] = st.st_mode & 0777;
+    if (o_.preserve) h["mtime_ns"] = util::mtime_ns(st), h["mode"] = st.st_mode & 0777;
     else h["source_mode"] = st.st_mode & 0777;
     if (static_cast<std::uint64_t>(st.st_size) <= inline_max) return send_inline(it, fd.get(), std::move(h), st);
     send_streamed(it, fd.get(), std::move(h), st);
@@ -458,7 +454,7 @@ class upload {
     if (it.what == put_item::stream) return h;
     if (o_.preserve) {
       h["mode"] = it.st.st_mode & 0777;
-      h["mtime_ns"] = mtime_of(it.st);
+      h["mtime_ns"] = util::mtime_ns(it.st);
     } else {
       h["source_mode"] = it.st.st_mode & 0777;  // a new file gets it less the server's umask
     }
@@ -493,10 +489,10 @@ class upload {
   void restore_directory_attributes() {
     // Directory times last: creating files inside changes them.
     for (auto it = plan_.items.rbegin(); it != plan_.items.rend(); ++it) {
-      if (it->what != put_item::dir) continue;
+      if (it->what != put_item::dir || it->container) continue;
       const auto id = c_.next_id();
       c_.send({{"type", "fs.setattr"}, {"id", id}, {"path", it->remote}, {"mode", it->st.st_mode & 0777},
-               {"mtime_ns", mtime_of(it->st)}});
+               {"mtime_ns", util::mtime_ns(it->st)}});
       pipe_.track(id, it->remote, nullptr);
       while (pipe_.size() >= window_requests) pipe_.wait_one();
     }
@@ -513,21 +509,54 @@ class upload {
 
 }  // namespace
 
+namespace {
+
+// What the server holds at and below `tops`.
+remote_tree remote_tree_at(file_client& fc, const std::vector<std::string>& tops) {
+  // One stat per top, one listing per directory: the replies of a listing
+  // stream in bulk, whatever the number of files.
+  remote_tree there;
+  for (const auto& top : tops) {
+    auto e = fc.stat_if_exists(top);
+    if (!e) continue;
+    if (e->type == "dir") {
+      for (auto& x : fc.list(top, true)) {
+        std::string path = join(top, x.name);
+        there.insert_or_assign(std::move(path), std::move(x));
+      }
+    }
+    there.insert_or_assign(top, std::move(*e));
+  }
+  return there;
+}
+
+}  // namespace
+
 transfer_result file_client::put(const std::vector<std::string>& sources, const std::string& dest,
                                  const transfer_options& o) {
   transfer_result r;
   clock_guard timer{std::chrono::steady_clock::now(), r};
-  const put_plan plan = plan_put(sources, dest, o, r, [this](const std::string& path) -> std::optional<remote_entry> {
-    try {
-      return stat(path);
-    } catch (const client_error& e) {
-      if (e.code() != errc::not_found) throw;
-      return std::nullopt;
-    }
-  });
+  put_plan plan = plan_put(sources, dest, o, r, [this](const std::string& path) { return stat_if_exists(path); });
+  remote_tree there;
+  if (o.skip_unchanged || o.dry_run) there = remote_tree_at(*this, plan.tops);
+  if (o.skip_unchanged) drop_unchanged(plan, there, r);
+  if (o.dry_run) {
+    r.planned = planned_steps(plan, there);
+    return r;
+  }
   upload(c_, o, plan, r).run();
   return r;
 }
+
+std::optional<remote_entry> file_client::stat_if_exists(const std::string& path) {
+  try {
+    return stat(path);
+  } catch (const client_error& e) {
+    if (e.code() != errc::not_found) throw;
+    return std::nullopt;
+  }
+}
+
 
 transfer_result file_client::get(const std::vector<std::string>& sources, const std::string& dest,
                                  const transfer_options& o) {

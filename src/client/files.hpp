@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "client/client.hpp"
+#include "client/path_filter.hpp"
 #include "proto/errc.hpp"
 #include "util/digest.hpp"
 
@@ -44,6 +45,12 @@ struct transfer_options {
   bool no_clobber = false;  ///< never replace an existing file
   bool sha256 = false;      ///< --verify sha256, in addition to XXH3-128
   bool fsync = true;        ///< get: flush downloaded files before renaming them into place
+  /// -a: a file whose destination has the same size and modification time
+  /// is not sent again (rsync's quick check; -a also keeps times, so that
+  /// a second run finds them equal).
+  bool skip_unchanged = false;
+  bool dry_run = false;  ///< --dry-run: plan, say what would be done (transfer_result::planned), change nothing
+  path_filter filter;    ///< --exclude/--include: what a tree copy leaves out
   /// Called often (after each chunk and file); the caller throttles drawing.
   std::function<void(const transfer_progress&)> on_progress;
 };
@@ -56,12 +63,22 @@ struct transfer_error {
   std::string message;
 };
 
+/// --dry-run: one thing a transfer would do.
+struct planned_step {
+  enum kind { send, mkdir, link } what;
+  std::string path;  ///< where, as the user names it (remote for put, local for get)
+  std::uint64_t size = 0;  ///< send: the file's size
+};
+
 struct transfer_result {
   std::uint64_t files = 0;
   std::uint64_t dirs = 0;
   std::uint64_t symlinks = 0;
   std::uint64_t bytes = 0;          ///< content bytes of the files transferred
   std::uint64_t resumed_bytes = 0;  ///< of which already there from an earlier attempt
+  std::uint64_t unchanged = 0;      ///< files not sent: the destination had them already (-a)
+  std::uint64_t excluded = 0;       ///< entries left out by --exclude/--include (a directory counts once)
+  std::vector<planned_step> planned;  ///< --dry-run only
   double seconds = 0;
   std::vector<transfer_error> errors;
 };
@@ -71,6 +88,8 @@ class file_client {
   explicit file_client(connection& c) : c_(c) {}
 
   remote_entry stat(const std::string& path);
+  /// stat, with nullopt for a path that does not exist.
+  std::optional<remote_entry> stat_if_exists(const std::string& path);
   /// A directory's entries (recursive: every entry below, as relative
   /// paths, a directory before its contents); a file lists as itself.
   std::vector<remote_entry> list(const std::string& path, bool recursive);

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstdlib>
 
@@ -42,8 +43,8 @@ std::string local_leaf(const std::string& src) {
 
 // Adds everything below the directory `local` (to be `remote`) to `items`,
 // at any depth; a path the server could not take is an error, not a gap.
-void walk_local(const std::string& local, const std::string& remote, std::vector<put_item>& items,
-                transfer_result& r) {
+void walk_local(const std::string& local, const std::string& remote, const transfer_options& o,
+                std::vector<put_item>& items, transfer_result& r) {
   util::unique_fd root(::open(local.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!root) {
     r.errors.push_back({local, local_errc(errno), local_message(errno, local)});
@@ -56,6 +57,10 @@ void walk_local(const std::string& local, const std::string& remote, std::vector
     it.remote = join(remote, e.path);
     it.st = e.st;
     if (util::is_part_file_name(e.name)) return util::walk_step::next;  // our own unfinished downloads
+    if (o.filter.excluded(e.path, S_ISDIR(e.st.st_mode))) {
+      ++r.excluded;
+      return util::walk_step::next;  // a directory is not entered
+    }
     if (!proto::is_valid_utf8(e.name) || !util::check_name(e.name).empty()) {
       r.errors.push_back({it.local, errc::bad_path,
                           it.local + ": the name is not valid UTF-8 or contains control characters; skipped"});
@@ -105,6 +110,18 @@ void choose_destination(put_plan& plan, const std::vector<std::string>& sources,
                         const remote_stat_fn& remote_stat) {
   plan.dest_is_dir = plan.dest.empty();
   const bool one_tree = o.recursive && sources.size() == 1 && is_local_dir(sources[0]);
+  if (o.skip_unchanged && (sources.size() > 1 || std::any_of(sources.begin(), sources.end(), is_local_dir))) {
+    // -a, as rsync: directories (and several sources) always go into the
+    // destination, which is made when missing, so that every run of the
+    // same command means the same; SRC/ puts SRC's contents there.
+    plan.dest_is_dir = true;
+    if (!plan.dest.empty() && !remote_stat(plan.dest)) {
+      put_item container{put_item::dir, {}, plan.dest, {}, {}};
+      container.container = true;
+      plan.items.push_back(std::move(container));
+    }
+    return;
+  }
   if (!plan.dest_is_dir) {
     if (const auto e = remote_stat(plan.dest)) {
       plan.dest_is_dir = e->type == "dir" && !(one_tree && e->unfinished_copy_of == copy_mark(sources[0]));
@@ -149,18 +166,59 @@ void add_source(put_plan& plan, const std::string& src, const transfer_options& 
       r.errors.push_back({src, errc::bad_request, src + ": is a directory (use -r)"});
       return;
     }
+    if (o.skip_unchanged && src.size() > 1 && src.back() == '/') {  // -a SRC/: its contents
+      it.remote = plan.dest;
+      if (it.remote.empty()) {  // into the share itself, whose own mode and time stay
+        plan.tops.push_back(it.remote);
+        walk_local(src, it.remote, o, plan.items, r);
+        return;
+      }
+    }
     it.what = put_item::dir;
     plan.items.push_back(it);
-    walk_local(src, it.remote, plan.items, r);
+    plan.tops.push_back(it.remote);
+    walk_local(src, it.remote, o, plan.items, r);
   } else if (S_ISREG(it.st.st_mode)) {
     it.what = put_item::file;
     plan.items.push_back(it);
+    plan.tops.push_back(it.remote);
   } else {
     r.errors.push_back({src, errc::bad_request, src + ": not a regular file or directory"});
   }
 }
 
 }  // namespace
+
+void drop_unchanged(put_plan& plan, const remote_tree& there, transfer_result& r) {
+  std::erase_if(plan.items, [&](const put_item& it) {
+    if (it.what != put_item::file) return false;
+    const auto e = there.find(it.remote);
+    const bool same = e != there.end() && e->second.type == "file" &&
+                      e->second.size == static_cast<std::uint64_t>(it.st.st_size) &&
+                      e->second.mtime_ns == util::mtime_ns(it.st);
+    if (same) ++r.unchanged;
+    return same;
+  });
+}
+
+std::vector<planned_step> planned_steps(const put_plan& plan, const remote_tree& there) {
+  std::vector<planned_step> steps;
+  for (const auto& it : plan.items) {
+    switch (it.what) {
+      case put_item::dir: {
+        const auto e = there.find(it.remote);
+        if (e == there.end() || e->second.type != "dir") steps.push_back({planned_step::mkdir, it.remote, 0});
+        break;
+      }
+      case put_item::symlink: steps.push_back({planned_step::link, it.remote, 0}); break;
+      case put_item::file:
+        steps.push_back({planned_step::send, it.remote, static_cast<std::uint64_t>(it.st.st_size)});
+        break;
+      case put_item::stream: steps.push_back({planned_step::send, it.remote, 0}); break;
+    }
+  }
+  return steps;
+}
 
 std::string copy_mark(const std::string& src) {
   char buf[PATH_MAX];

@@ -9,6 +9,7 @@
 
 #include <functional>
 #include <optional>
+#include <unordered_map>
 #include <string>
 #include <vector>
 
@@ -22,6 +23,10 @@ struct put_item {
   std::string remote;
   struct stat st {};
   std::string target;  ///< symlinks
+  /// A directory made only to hold the sources (-a into a missing
+  /// destination): no local directory stands behind it, so -p gives it
+  /// no mode or time.
+  bool container = false;
 };
 
 struct put_plan {
@@ -31,7 +36,13 @@ struct put_plan {
   /// the mark that identifies it (fs.mkdir tree_of); empty otherwise.
   std::string new_tree;
   std::vector<put_item> items;  ///< a directory before its contents
+  /// Where each local source lands on the server (a file, or the top of a
+  /// tree): what -a and --dry-run ask the server about, in bulk.
+  std::vector<std::string> tops;
 };
+
+/// What the server holds at and below the plan's tops, by remote path.
+using remote_tree = std::unordered_map<std::string, remote_entry>;
 
 /// What the server says `path` is; nullopt when it does not exist.
 using remote_stat_fn = std::function<std::optional<remote_entry>(const std::string& path)>;
@@ -40,6 +51,14 @@ using remote_stat_fn = std::function<std::optional<remote_entry>(const std::stri
 /// entry is skipped); a destination that cannot be used throws client_error.
 put_plan plan_put(const std::vector<std::string>& sources, const std::string& dest, const transfer_options& o,
                   transfer_result& r, const remote_stat_fn& remote_stat);
+
+/// -a: drops the files whose remote counterpart is a file of the same size
+/// and modification time (rsync's quick check), counted in r.unchanged.
+void drop_unchanged(put_plan& plan, const remote_tree& there, transfer_result& r);
+
+/// --dry-run: what executing `plan` would do; directories `there` already
+/// has are not made again, so they are left out.
+std::vector<planned_step> planned_steps(const put_plan& plan, const remote_tree& there);
 
 /// What marks a tree copied from the local directory `src` under a new
 /// name: its name, and a digest of where it is (another tree of the same

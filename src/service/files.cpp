@@ -65,10 +65,6 @@ const char* type_name(mode_t m) {
   return "other";
 }
 
-std::int64_t mtime_ns(const struct stat& st) {
-  return static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1000000000LL + st.st_mtim.tv_nsec;
-}
-
 std::string read_link(int dirfd, const char* name) {
   char buf[util::max_remote_path + 1];
   ssize_t n = ::readlinkat(dirfd, name, buf, sizeof buf - 1);
@@ -81,7 +77,7 @@ json entry_json(std::string name, const struct stat& st, int dirfd, const char* 
             {"type", type_name(st.st_mode)},
             {"size", S_ISREG(st.st_mode) ? static_cast<std::uint64_t>(st.st_size) : 0},
             {"mode", st.st_mode & 07777},
-            {"mtime_ns", mtime_ns(st)}};
+            {"mtime_ns", util::mtime_ns(st)}};
   if (S_ISLNK(st.st_mode)) {
     std::string t = read_link(dirfd, leaf);
     e["target"] = proto::is_valid_utf8(t) ? t : std::string();
@@ -1336,7 +1332,7 @@ void files_session::do_get(std::uint64_t id, const json& h) {
   if (!S_ISREG(d->st.st_mode)) return error(id, errc::bad_request, "'" + *path + "' is not a regular file");
   d->id = id;
   d->size = static_cast<std::uint64_t>(d->st.st_size);
-  json meta = {{"size", d->size}, {"mode", d->st.st_mode & 07777}, {"mtime_ns", mtime_ns(d->st)}};
+  json meta = {{"size", d->size}, {"mode", d->st.st_mode & 07777}, {"mtime_ns", util::mtime_ns(d->st)}};
 
   // Resume: continue after the receiver's part if it matches our content.
   const auto offset = opt_number<std::uint64_t>(h, "offset").value_or(0);

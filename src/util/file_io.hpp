@@ -84,6 +84,10 @@ mode_t default_file_mode() noexcept;
 /// none (0).
 mode_t received_file_mode(int dirfd, const char* leaf, mode_t source_mode) noexcept;
 
+/// A file's modification time in nanoseconds since the epoch.
+inline std::int64_t mtime_ns(const struct stat& st) noexcept {
+  return static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1000000000LL + st.st_mtim.tv_nsec;
+}
 /// Sets a file's modification time (nanoseconds since the epoch); 0 or errno.
 int set_mtime_ns(int fd, std::int64_t ns) noexcept;
 /// 16 random hex digits, for temporary names.

@@ -2868,6 +2868,107 @@ def run_on_pty(env, *args, timeout=60):
     return p.returncode, out.decode(errors="replace")
 
 
+class Sync(FilesTestCase):
+    """-a (rsync's quick check and destination rule), --exclude/--include and --dry-run, both ways."""
+
+    def make_tree(self, root):
+        for i in range(20):
+            write_file(os.path.join(root, f"d{i % 4}", f"f{i}.txt"), b"content %d\n" % i * (i + 1))
+        write_file(os.path.join(root, "build", "out.o"), b"object")
+        write_file(os.path.join(root, "keep.log"), b"kept")
+        write_file(os.path.join(root, "noise.log"), b"left out")
+        write_file(os.path.join(root, "d0", "deep", "x.o"), b"object too")
+
+    def test_put_again_sends_only_what_changed(self):
+        src = self.lp("src")
+        self.make_tree(src)
+        first = self.json_ok("put", "-a", src, self.rr("backup"))
+        self.assertEqual(first["files"], 24)
+        self.assertEqual(snapshot(src), snapshot(os.path.join(self.rshare, "backup", "src")))
+        again = self.json_ok("put", "-a", src, self.rr("backup"))
+        # The same command means the same place (backup/src), and nothing is sent.
+        self.assertEqual((again["files"], again["bytes"], again["unchanged"]), (0, 0, 24))
+        self.assertFalse(os.path.exists(os.path.join(self.rshare, "backup", "src", "src")))
+        # A changed file goes, and one whose time alone changed (same size).
+        write_file(os.path.join(src, "d1", "f1.txt"), b"changed, and longer than before")
+        os.utime(os.path.join(src, "d2", "f2.txt"), ns=(1_500_000_000_000_000_000, 1_500_000_000_000_000_000))
+        third = self.json_ok("put", "-a", src, self.rr("backup"))
+        self.assertEqual((third["files"], third["unchanged"]), (2, 22))
+        self.assertEqual(snapshot(src), snapshot(os.path.join(self.rshare, "backup", "src")))
+        self.assertEqual(os.stat(os.path.join(self.rshare, "backup", "src", "d2", "f2.txt")).st_mtime_ns,
+                         1_500_000_000_000_000_000)
+        # SRC/ puts the contents, as rsync does.
+        self.json_ok("put", "-a", src + "/", self.rr("flat"))
+        self.assertEqual(snapshot(src), snapshot(os.path.join(self.rshare, "flat")))
+
+    def test_get_again_sends_only_what_changed(self):
+        remote = os.path.join(self.rshare, "tree")
+        self.make_tree(remote)
+        first = self.json_ok("get", "-a", self.rr("tree"), self.lp("copy"))
+        self.assertEqual(first["files"], 24)
+        self.assertEqual(snapshot(remote), snapshot(self.lp("copy", "tree")))  # into copy/, made for it
+        again = self.json_ok("get", "-a", self.rr("tree"), self.lp("copy"))
+        self.assertEqual((again["files"], again["bytes"], again["unchanged"]), (0, 0, 24))
+        self.assertFalse(os.path.exists(self.lp("copy", "tree", "tree")))
+        write_file(os.path.join(remote, "d3", "f3.txt"), b"new content on the server")
+        third = self.json_ok("get", "-a", self.rr("tree"), self.lp("copy"))
+        self.assertEqual((third["files"], third["unchanged"]), (1, 23))
+        self.assertEqual(snapshot(remote), snapshot(self.lp("copy", "tree")))
+        self.json_ok("get", "-a", self.rr("tree") + "/", self.lp("flat"))
+        self.assertEqual(snapshot(remote), snapshot(self.lp("flat")))
+
+    def test_exclude_and_include_both_ways(self):
+        src = self.lp("src")
+        self.make_tree(src)
+        rules = ["--include", "keep.log", "--exclude", "*.log", "--exclude", "build/", "--exclude", "*.o"]
+        up = self.json_ok("put", "-r", *rules, src, self.rr("up"))
+        self.assertEqual(up["excluded"], 3)  # noise.log, build/ (once), d0/deep/x.o
+        there = snapshot(os.path.join(self.rshare, "up"))
+        self.assertIn("keep.log", there)
+        for gone in ("noise.log", "build", "build/out.o", "d0/deep/x.o"):
+            self.assertNotIn(gone, there)
+        self.assertIn("d0/deep", there)  # the directory stays, without what was left out
+        down = self.json_ok("get", "-r", *rules, self.r(f"{self.rdir}/up"), self.lp("down"))
+        self.assertEqual(down["excluded"], 0)  # nothing left to exclude
+        self.assertEqual(snapshot(self.lp("down")), there)
+        # From the server's full tree, the same rules leave the same things out.
+        full = os.path.join(self.rshare, "full")
+        self.make_tree(full)
+        down = self.json_ok("get", "-r", *rules, self.rr("full"), self.lp("down2"))
+        self.assertEqual(down["excluded"], 3)
+        self.assertEqual(snapshot(self.lp("down2")), there)
+        # Anchored: /build leaves the top one out, not a deeper one of that name.
+        write_file(os.path.join(full, "d1", "build", "kept.txt"), b"deeper")
+        self.json_ok("get", "-r", "--exclude", "/build", self.rr("full"), self.lp("down3"))
+        self.assertFalse(os.path.exists(self.lp("down3", "build")))
+        self.assertTrue(os.path.exists(self.lp("down3", "d1", "build", "kept.txt")))
+
+    def test_dry_run_changes_nothing(self):
+        src = self.lp("src")
+        self.make_tree(src)
+        self.json_ok("put", "-a", src, self.rr("b"))
+        write_file(os.path.join(src, "d1", "new.txt"), b"new")
+        before_remote = snapshot(self.rshare)
+        r = self.ok("put", "-a", "--dry-run", src, self.rr("b"))
+        self.assertEqual(snapshot(self.rshare), before_remote)
+        self.assertIn(f"send   {self.rdir}/b/src/d1/new.txt  (3 B)", r.stdout)
+        self.assertIn("dry run: 1 file (3 B) would be sent, 24 unchanged", r.stdout)
+        j = self.json_ok("put", "-a", "--dry-run", src, self.rr("b"))
+        self.assertEqual(j["planned"], [{"action": "send", "path": f"{self.rdir}/b/src/d1/new.txt", "size": 3}])
+        # get: nothing made locally, not even the destination.
+        r = self.ok("get", "-a", "--dry-run", self.rr("b"), self.lp("nowhere"))
+        self.assertFalse(os.path.exists(self.lp("nowhere")))
+        self.assertIn("mkdir  b/src/d0", r.stdout)
+        self.assertIn("dry run: 24 files", r.stdout)
+
+    def test_bad_filter_use_is_a_usage_error(self):
+        write_file(self.lp("f"), b"x")
+        for args in (["--exclude", "a[b", "-r"], ["--exclude", "", "-r"], ["--exclude", "*.o"]):
+            r = self.cli("put", *args, self.lp("f"), self.rr())
+            self.assertEqual(r.returncode, EXIT_USAGE, r.stderr)
+            self.assertIn("--exclude", r.stderr)
+
+
 class Progress(FilesTestCase):
     def run_on_pty(self, *args, timeout=60):
         return run_on_pty(self.env(), *args, timeout=timeout)

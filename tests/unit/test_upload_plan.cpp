@@ -1,5 +1,6 @@
 // client::plan_put: what a put sends where, decided without a server.
 #include "client/upload_plan.hpp"
+#include "util/file_io.hpp"
 
 #include <gtest/gtest.h>
 #include <sys/stat.h>
@@ -34,6 +35,18 @@ class PutPlan : public ::testing::Test {
   client::put_plan plan(const std::vector<std::string>& sources, const std::string& dest, bool recursive = true) {
     client::transfer_options o;
     o.recursive = recursive;
+    return plan_with(sources, dest, o);
+  }
+  // -a: recursive, times kept, unchanged files skipped.
+  client::put_plan plan_archive(const std::vector<std::string>& sources, const std::string& dest,
+                                client::path_filter filter = {}) {
+    client::transfer_options o;
+    o.recursive = o.preserve = o.skip_unchanged = true;
+    o.filter = std::move(filter);
+    return plan_with(sources, dest, o);
+  }
+  client::put_plan plan_with(const std::vector<std::string>& sources, const std::string& dest,
+                             const client::transfer_options& o) {
     result_ = {};
     return client::plan_put(sources, dest, o, result_,
                             [this](const std::string& path) -> std::optional<client::remote_entry> {
@@ -126,3 +139,64 @@ TEST_F(PutPlan, DestinationsThatCannotBeUsedThrow) {
 }
 
 }  // namespace
+
+TEST_F(PutPlan, ArchiveGoesIntoTheDestinationEveryTime) {
+  // -a, as rsync: the first run into a missing destination and the next
+  // into the one it made mean the same (backup/t), never backup/t/t.
+  auto p = plan_archive({src("t")}, "backup");
+  EXPECT_TRUE(p.dest_is_dir);
+  EXPECT_TRUE(p.new_tree.empty());  // no copy-under-a-new-name mark
+  ASSERT_FALSE(p.items.empty());
+  EXPECT_EQ(p.items.front().remote, "backup");
+  EXPECT_TRUE(p.items.front().container);  // made to hold the sources: -p gives it nothing
+  EXPECT_EQ(p.tops, std::vector<std::string>{"backup/t"});
+  EXPECT_EQ(remote_items(p).count("backup/t/sub/b"), 1u);
+
+  server_["backup"] = dir();
+  p = plan_archive({src("t")}, "backup");
+  EXPECT_EQ(p.items.front().remote, "backup/t");  // no container: it exists
+  EXPECT_EQ(remote_items(p).count("backup/t/sub/b"), 1u);
+
+  // SRC/: its contents.
+  p = plan_archive({src("t") + "/"}, "backup");
+  EXPECT_EQ(p.tops, std::vector<std::string>{"backup"});
+  EXPECT_EQ(remote_items(p).count("backup/sub/b"), 1u);
+  EXPECT_EQ(remote_items(p).count("backup/t"), 0u);
+}
+
+TEST_F(PutPlan, UnchangedFilesAreDropped) {
+  auto p = plan_archive({src("t")}, "");
+  struct stat a {};
+  ASSERT_EQ(::stat(src("t/a").c_str(), &a), 0);
+  client::remote_tree there;
+  client::remote_entry same;
+  same.type = "file";
+  same.size = static_cast<std::uint64_t>(a.st_size);
+  same.mtime_ns = util::mtime_ns(a);
+  there["t/a"] = same;
+  client::remote_entry older = same;
+  older.mtime_ns -= 1;  // one nanosecond off: sent again
+  there["t/sub/b"] = older;
+  there["t/sub"] = dir();
+  client::drop_unchanged(p, there, result_);
+  EXPECT_EQ(result_.unchanged, 1u);
+  const auto items = remote_items(p);
+  EXPECT_EQ(items.count("t/a"), 0u);
+  EXPECT_EQ(items.count("t/sub/b"), 1u);
+  EXPECT_EQ(items.count("t/sub"), 1u);  // directories stay (-p sets their times)
+
+  // --dry-run says what is left, and does not make a directory twice.
+  const auto steps = client::planned_steps(p, there);
+  std::map<std::string, client::planned_step::kind> by_path;
+  for (const auto& step : steps) by_path[step.path] = step.what;
+  EXPECT_EQ(by_path, (std::map<std::string, client::planned_step::kind>{{"t", client::planned_step::mkdir},
+                                                                        {"t/sub/b", client::planned_step::send}}));
+}
+
+TEST_F(PutPlan, FilterLeavesOutAndDoesNotEnter) {
+  client::path_filter f;
+  f.add(client::path_filter::action::exclude, "sub/");
+  auto p = plan_archive({src("t")}, "", f);
+  EXPECT_EQ(remote_items(p), (std::map<std::string, put_item::kind>{{"t", put_item::dir}, {"t/a", put_item::file}}));
+  EXPECT_EQ(result_.excluded, 1u);  // the directory, once, not what it holds
+}
