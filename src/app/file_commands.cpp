@@ -409,7 +409,7 @@ std::string check_transfer_flags(const files_options& o) {
 }  // namespace
 
 int run_put(const files_options& o) {
-  if (o.args.size() < 2) return usage("put", "usage: cskit put [-r] [-p] LOCAL... HOST:[REMOTE]");
+  if (o.args.size() < 2) return usage("put", "usage: cskit put [-r] [-p] [-a] LOCAL... HOST:[REMOTE]");
   std::vector<remote_spec> dest;
   if (!parse_remote(o.args.back())) {
     return usage("put", "the last argument must be HOST:[REMOTE] (for example 127.0.0.1:backup/)");
@@ -429,7 +429,7 @@ int run_put(const files_options& o) {
 }
 
 int run_get(const files_options& o) {
-  if (o.args.empty()) return usage("get", "usage: cskit get [-r] [-p] HOST:REMOTE... [LOCAL]");
+  if (o.args.empty()) return usage("get", "usage: cskit get [-r] [-p] [-a] HOST:REMOTE... [LOCAL]");
   std::vector<std::string> remote_args = o.args;
   std::string local = ".";
   if (o.args.size() > 1) {

@@ -5,7 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <unordered_set>
+#include <set>
 #include <cerrno>
 #include <climits>
 #include <cstring>
@@ -175,7 +175,9 @@ void download::choose_destination(const std::vector<std::string>& sources, const
     base_ = dest;  // not made by a dry run: nothing in it exists yet, and base_jail_ stays empty
     return;
   }
-  if (is_dir && !continues_a_copy(sources, dest)) {
+  // (-a never continues a copy under a new name: its sources always go
+  // into the destination, and a re-run skips what is complete.)
+  if (is_dir && (o_.skip_unchanged || !continues_a_copy(sources, dest))) {
     base_ = dest;
   } else {
     if (sources.size() > 1) {
@@ -250,7 +252,9 @@ void download::plan_source(const std::string& src_in) {
     return;
   }
   std::string root_name = new_name_.empty() ? (src.empty() ? std::string() : base_name(src)) : new_name_;
-  if (o_.skip_unchanged && top.type == "dir" && src_in.size() > 1 && src_in.back() == '/') root_name.clear();  // -a SRC/
+  if (o_.skip_unchanged && new_name_.empty() && top.type == "dir" && src_in.size() > 1 && src_in.back() == '/') {
+    root_name.clear();  // -a SRC/: its contents, into the destination itself
+  }
   if (top.type == "dir") {
     if (to_stdout_ || !o_.recursive) {
       r_.errors.push_back({src, errc::bad_request, "'" + src + "' is a directory" + (to_stdout_ ? "" : " (use -r)")});
@@ -319,18 +323,20 @@ void download::plan_tree(const std::string& src, const remote_entry& top, const 
   const util::dir_jail* tree = make_tree_root(root_name, root_name.empty() ? base_ : root_name);
   if (!tree && !o_.dry_run) return;
   if (!root_name.empty()) dirs_.push_back({base_jail_.get(), root_name, root_name, top, true});  // for -p
-  std::unordered_set<std::string> left_out;  // directories excluded, with all they hold
+  std::set<std::string, std::less<>> left_out;  // directories excluded, with all they hold
   for (const auto& e : entries) {
     if (!o_.filter.empty() && filtered_out(e, left_out)) continue;
     plan_entry(tree, root_name, src, e);
   }
 }
 
-bool download::filtered_out(const remote_entry& e, std::unordered_set<std::string>& left_out) {
+bool download::filtered_out(const remote_entry& e, std::set<std::string, std::less<>>& left_out) {
   if (!util::check_relative_path(e.name).empty()) return false;  // plan_entry refuses it
   const std::string rel = util::normalize_relative(e.name);
-  for (std::size_t slash = rel.find('/'); slash != std::string::npos; slash = rel.find('/', slash + 1)) {
-    if (left_out.count(rel.substr(0, slash))) return true;  // inside an excluded directory
+  if (!left_out.empty()) {
+    for (std::size_t slash = rel.find('/'); slash != std::string::npos; slash = rel.find('/', slash + 1)) {
+      if (left_out.find(std::string_view(rel).substr(0, slash)) != left_out.end()) return true;  // inside one left out
+    }
   }
   const bool is_dir = e.type == "dir";
   if (!o_.filter.excluded(rel, is_dir)) return false;
@@ -404,21 +410,38 @@ void download::drop_below_refused_links() {
 
 void download::drop_unchanged() {
   if (to_stdout_) return;
-  std::erase_if(queue_, [&](const std::unique_ptr<file>& f) {
-    if (!f->jail) return false;  // its tree is not there yet (--dry-run)
-    std::string leaf;
+  // What is there now, looked up beneath the tree's root (nullptr jail:
+  // a tree a --dry-run did not make, where nothing is there yet).
+  auto local_stat = [&](const util::dir_jail* jail, const std::string& local, struct stat& st, std::string& leaf,
+                        shared_dir& dir) {
     int err = 0;
-    const shared_dir dir = parent_dir(*f->jail, f->local, leaf, err);
+    dir = jail ? parent_dir(*jail, local, leaf, err) : nullptr;
+    return dir && ::fstatat(dir->get(), leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0;
+  };
+  std::erase_if(queue_, [&](const std::unique_ptr<file>& f) {
     struct stat st {};
-    const bool same = dir && ::fstatat(dir->get(), leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-                      S_ISREG(st.st_mode) && static_cast<std::uint64_t>(st.st_size) == f->entry.size &&
-                      util::mtime_ns(st) == f->entry.mtime_ns;
+    std::string leaf;
+    shared_dir dir;
+    // rsync's quick check, and the permission bits -a keeps.
+    const bool same = local_stat(f->jail, f->local, st, leaf, dir) && S_ISREG(st.st_mode) &&
+                      static_cast<std::uint64_t>(st.st_size) == f->entry.size &&
+                      util::mtime_ns(st) == f->entry.mtime_ns && (st.st_mode & 0777) == (f->entry.mode & 0777);
     if (same) ++r_.unchanged;
     return same;
+  });
+  std::erase_if(links_, [&](const item& l) {
+    struct stat st {};
+    std::string leaf;
+    shared_dir dir;
+    if (!local_stat(l.jail, l.local, st, leaf, dir) || !S_ISLNK(st.st_mode)) return false;
+    char buf[4097];
+    const ssize_t n = ::readlinkat(dir->get(), leaf.c_str(), buf, sizeof buf - 1);
+    return n >= 0 && std::string_view(buf, static_cast<std::size_t>(n)) == l.entry.target;  // the same link
   });
 }
 
 void download::list_planned() {
+  if (!base_jail_) r_.planned.push_back({planned_step::mkdir, base_, 0});  // -a into a destination not made yet
   auto exists = [](const item& d) {
     if (!d.jail) return false;
     util::unique_fd fd(d.jail->open(d.local, O_PATH | O_DIRECTORY | O_NOFOLLOW));

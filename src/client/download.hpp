@@ -11,7 +11,7 @@
 #include <map>
 #include <memory>
 #include <string>
-#include <unordered_set>
+#include <set>
 #include <vector>
 
 #include "client/files.hpp"
@@ -54,8 +54,9 @@ class download {
                   const remote_entry& e);
   /// --exclude/--include: whether `e` is left out, by a rule or by being
   /// inside a directory left out (recorded in `left_out`).
-  bool filtered_out(const remote_entry& e, std::unordered_set<std::string>& left_out);
-  /// -a: drops the files whose local copy has the same size and time.
+  bool filtered_out(const remote_entry& e, std::set<std::string, std::less<>>& left_out);
+  /// -a: drops the files whose local copy has the same size, time and
+  /// permission bits, and the links already there with the same target.
   void drop_unchanged();
   /// --dry-run: what would be done, into the result.
   void list_planned();

@@ -49,7 +49,8 @@ std::size_t class_end(std::string_view p, std::size_t i) {
 // A backtracking matcher that remembers the (pattern, text) positions
 // already known not to match, so that no pattern and path (a server's
 // listing can hold names of 255 bytes and paths of 4096) costs more than
-// the pattern's stars times the path's length squared.
+// the pattern's stars times the path's length squared, however many
+// starting positions are tried on the same text.
 class matcher {
  public:
   matcher(std::string_view p, std::string_view t) : p_(p), t_(t), failed_((p.size() + 1) * (t.size() + 1)) {}
@@ -121,6 +122,9 @@ void path_filter::add(action a, std::string_view pattern) {
     } else if (pattern[i] == '[') {
       const std::size_t end = class_end(pattern, i);
       if (end == std::string_view::npos) throw std::invalid_argument("pattern '" + shown + "' has a '[' without its ']'");
+      if (pattern.substr(i, end - i).find("[:") != std::string_view::npos) {
+        throw std::invalid_argument("pattern '" + shown + "': character classes such as [:alpha:] are not supported");
+      }
       i = end - 1;
     }
   }
@@ -140,9 +144,11 @@ bool path_filter::excluded(std::string_view path, bool is_dir) const {
       hit = glob_match(r.pattern, last_name(path));
     } else {
       // The path's end at any name boundary: the whole path, then after
-      // each '/'.
+      // each '/'. One matcher for all of them: every suffix ends where the
+      // path ends, so what it learns of one position holds for the next.
+      matcher m(r.pattern, path);
       for (std::size_t from = 0; !hit && from != std::string_view::npos;) {
-        hit = glob_match(r.pattern, path.substr(from));
+        hit = m.at(0, from);
         const std::size_t slash = path.find('/', from);
         from = slash == std::string_view::npos ? slash : slash + 1;
       }

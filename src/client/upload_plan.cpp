@@ -115,7 +115,19 @@ void choose_destination(put_plan& plan, const std::vector<std::string>& sources,
     // destination, which is made when missing, so that every run of the
     // same command means the same; SRC/ puts SRC's contents there.
     plan.dest_is_dir = true;
-    if (!plan.dest.empty() && !remote_stat(plan.dest)) {
+    if (plan.dest.empty()) return;
+    if (const auto e = remote_stat(plan.dest)) {
+      if (e->type != "dir") {
+        throw client_error(failure::remote, "'" + plan.dest + "' exists on the server and is not a directory",
+                           errc::exists);
+      }
+      return;
+    }
+    // A SRC/ source makes it as its own; otherwise it is made to hold them.
+    const bool made_by_a_source = std::any_of(sources.begin(), sources.end(), [](const std::string& src) {
+      return src.size() > 1 && src.back() == '/' && is_local_dir(src);
+    });
+    if (!made_by_a_source) {
       put_item container{put_item::dir, {}, plan.dest, {}, {}};
       container.container = true;
       plan.items.push_back(std::move(container));
@@ -191,11 +203,13 @@ void add_source(put_plan& plan, const std::string& src, const transfer_options& 
 
 void drop_unchanged(put_plan& plan, const remote_tree& there, transfer_result& r) {
   std::erase_if(plan.items, [&](const put_item& it) {
-    if (it.what != put_item::file) return false;
     const auto e = there.find(it.remote);
-    const bool same = e != there.end() && e->second.type == "file" &&
-                      e->second.size == static_cast<std::uint64_t>(it.st.st_size) &&
-                      e->second.mtime_ns == util::mtime_ns(it.st);
+    if (e == there.end()) return false;
+    if (it.what == put_item::symlink) return e->second.type == "symlink" && e->second.target == it.target;
+    if (it.what != put_item::file) return false;
+    // rsync's quick check, and the permission bits -a keeps.
+    const bool same = e->second.type == "file" && e->second.size == static_cast<std::uint64_t>(it.st.st_size) &&
+                      e->second.mtime_ns == util::mtime_ns(it.st) && (e->second.mode & 0777) == (it.st.st_mode & 0777);
     if (same) ++r.unchanged;
     return same;
   });

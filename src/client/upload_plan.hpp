@@ -52,8 +52,9 @@ using remote_stat_fn = std::function<std::optional<remote_entry>(const std::stri
 put_plan plan_put(const std::vector<std::string>& sources, const std::string& dest, const transfer_options& o,
                   transfer_result& r, const remote_stat_fn& remote_stat);
 
-/// -a: drops the files whose remote counterpart is a file of the same size
-/// and modification time (rsync's quick check), counted in r.unchanged.
+/// -a: drops the files whose remote counterpart is a file of the same size,
+/// modification time (rsync's quick check) and permission bits, counted
+/// in r.unchanged, and the links already there with the same target.
 void drop_unchanged(put_plan& plan, const remote_tree& there, transfer_result& r);
 
 /// --dry-run: what executing `plan` would do; directories `there` already

@@ -2897,9 +2897,20 @@ class Sync(FilesTestCase):
         self.assertEqual(snapshot(src), snapshot(os.path.join(self.rshare, "backup", "src")))
         self.assertEqual(os.stat(os.path.join(self.rshare, "backup", "src", "d2", "f2.txt")).st_mtime_ns,
                          1_500_000_000_000_000_000)
-        # SRC/ puts the contents, as rsync does.
+        # New permission bits alone (chmod keeps the time): sent again, with them.
+        os.chmod(os.path.join(src, "d3", "f3.txt"), 0o750)
+        fourth = self.json_ok("put", "-a", src, self.rr("backup"))
+        self.assertEqual((fourth["files"], fourth["unchanged"]), (1, 23))
+        self.assertEqual(stat.S_IMODE(os.stat(os.path.join(self.rshare, "backup", "src", "d3", "f3.txt")).st_mode),
+                         0o750)
+        # SRC/ puts the contents, as rsync does; a destination that is a file is refused once.
         self.json_ok("put", "-a", src + "/", self.rr("flat"))
         self.assertEqual(snapshot(src), snapshot(os.path.join(self.rshare, "flat")))
+        write_file(os.path.join(self.rshare, "plain"), b"a file")
+        r = self.cli("put", "-a", src, self.rr("plain"))
+        self.assertEqual(r.returncode, EXIT_EXISTS, r.stderr)
+        self.assertIn("is not a directory", r.stderr)
+        self.assertEqual(read_file(os.path.join(self.rshare, "plain")), b"a file")
 
     def test_get_again_sends_only_what_changed(self):
         remote = os.path.join(self.rshare, "tree")

@@ -37,6 +37,20 @@ TEST(Glob, NoBlowUpOnLongPathsAndManyStars) {
   EXPECT_TRUE(glob_match("**a**a**a**a**a**a", path));
 }
 
+TEST(PathFilter, DeepHostilePathsStayCheap) {
+  // A server may list paths of 4096 bytes with 2048 levels: every name
+  // boundary is tried, through one matcher, so this stays quick.
+  std::string path;
+  while (path.size() < 4000) path += "a/";
+  path += "z";
+  path_filter f;
+  f.add(action::exclude, "**a**a**b/c");
+  f.add(action::exclude, "a/**/q");
+  EXPECT_FALSE(f.excluded(path, false));
+  f.add(action::exclude, "a/a/z");
+  EXPECT_TRUE(f.excluded(path, false));
+}
+
 TEST(PathFilter, LastNameAtAnyDepth) {
   path_filter f;
   f.add(action::exclude, "*.tmp");
@@ -97,6 +111,7 @@ TEST(PathFilter, BadPatternsRefused) {
   EXPECT_THROW(f.add(action::exclude, "/"), std::invalid_argument);
   EXPECT_THROW(f.add(action::exclude, "a[bc"), std::invalid_argument);
   EXPECT_THROW(f.add(action::exclude, "ab\\"), std::invalid_argument);
+  EXPECT_THROW(f.add(action::exclude, "[[:alpha:]]x"), std::invalid_argument);
   EXPECT_TRUE(f.empty());
   f.add(action::exclude, "a\\[b");
   EXPECT_TRUE(f.excluded("a[b", false));

@@ -173,10 +173,20 @@ TEST_F(PutPlan, UnchangedFilesAreDropped) {
   same.type = "file";
   same.size = static_cast<std::uint64_t>(a.st_size);
   same.mtime_ns = util::mtime_ns(a);
+  same.mode = a.st_mode & 07777;
   there["t/a"] = same;
   client::remote_entry older = same;
   older.mtime_ns -= 1;  // one nanosecond off: sent again
   there["t/sub/b"] = older;
+  {
+    client::remote_entry other_bits = same;  // the same data and time, other permission bits: sent again
+    other_bits.mode ^= 0100;
+    auto q = p;
+    client::transfer_result qr;
+    client::drop_unchanged(q, {{"t/a", other_bits}}, qr);
+    EXPECT_EQ(qr.unchanged, 0u);
+    EXPECT_EQ(remote_items(q).count("t/a"), 1u);
+  }
   there["t/sub"] = dir();
   client::drop_unchanged(p, there, result_);
   EXPECT_EQ(result_.unchanged, 1u);
