@@ -195,6 +195,7 @@ class progress_line {
     if (r.resumed_bytes) parts.push_back(fmt::format("({} resumed)", human_bytes(static_cast<double>(r.resumed_bytes))));
     if (r.unchanged) parts.push_back(fmt::format("{} unchanged", r.unchanged));
     if (r.excluded) parts.push_back(fmt::format("{} excluded", r.excluded));
+    if (r.deleted) parts.push_back(fmt::format("{} deleted", r.deleted));
     std::string rest;
     for (const auto& part : parts) rest += (rest.empty() ? "" : "  ") + part;
     if (one_file) {
@@ -265,7 +266,7 @@ int usage(const char* cmd, const std::string& msg) {
 
 // --dry-run, as text: a line per step, then what it comes to.
 void print_planned(const client::transfer_result& r) {
-  std::uint64_t files = 0, bytes = 0;
+  std::uint64_t files = 0, bytes = 0, deletions = 0;
   for (const auto& step : r.planned) {
     switch (step.what) {
       case client::planned_step::send:
@@ -275,18 +276,23 @@ void print_planned(const client::transfer_result& r) {
         break;
       case client::planned_step::mkdir: std::printf("mkdir  %s\n", printable(step.path).c_str()); break;
       case client::planned_step::link: std::printf("link   %s\n", printable(step.path).c_str()); break;
+      case client::planned_step::remove:
+        ++deletions;
+        std::printf("delete %s\n", printable(step.path).c_str());
+        break;
     }
   }
-  std::printf("dry run: %llu file%s (%s) would be sent, %llu unchanged, %llu excluded; nothing was changed\n",
-              static_cast<unsigned long long>(files), files == 1 ? "" : "s",
-              human_bytes(static_cast<double>(bytes)).c_str(), static_cast<unsigned long long>(r.unchanged),
-              static_cast<unsigned long long>(r.excluded));
+  std::printf("dry run: %llu file%s (%s) would be sent, %llu unchanged, %llu excluded", static_cast<unsigned long long>(files),
+              files == 1 ? "" : "s", human_bytes(static_cast<double>(bytes)).c_str(),
+              static_cast<unsigned long long>(r.unchanged), static_cast<unsigned long long>(r.excluded));
+  if (deletions) std::printf(", %llu deleted (with all they hold)", static_cast<unsigned long long>(deletions));
+  std::printf("; nothing was changed\n");
 }
 
 json planned_json(const client::transfer_result& r) {
   json steps = json::array();
   for (const auto& step : r.planned) {
-    static constexpr const char* names[] = {"send", "mkdir", "link"};
+    static constexpr const char* names[] = {"send", "mkdir", "link", "delete"};
     json j = {{"action", names[step.what]}, {"path", step.path}};
     if (step.what == client::planned_step::send) j["size"] = step.size;
     steps.push_back(std::move(j));
@@ -315,6 +321,7 @@ int finish_transfer(const char* cmd, const files_options& o, const client::trans
               {"digest", o.verify == "sha256" ? "xxh3-128+sha256" : "xxh3-128"},
               {"unchanged", r.unchanged},
               {"excluded", r.excluded},
+              {"deleted", r.deleted},
               {"errors", errs}};
     if (o.dry_run) {
       j["dry_run"] = true;
@@ -385,6 +392,7 @@ client::transfer_options transfer_options_of(const files_options& o, progress_li
   t.preserve = o.preserve || o.archive;
   t.skip_unchanged = o.archive;
   t.dry_run = o.dry_run;
+  t.delete_extraneous = o.delete_extraneous;
   t.filter = filter_of(o);
   t.no_clobber = o.no_clobber;
   t.sha256 = o.verify == "sha256";
@@ -403,6 +411,7 @@ std::string check_transfer_flags(const files_options& o) {
   if (!o.filter_rules.empty() && !o.recursive && !o.archive) {
     return "--exclude and --include choose inside a tree: they need -r (or -a)";
   }
+  if (o.delete_extraneous && !o.recursive && !o.archive) return "--delete keeps a tree in step: it needs -r (or -a)";
   return {};
 }
 

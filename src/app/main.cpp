@@ -253,7 +253,10 @@ void build_transfers(command_line& cl) {
     cmd->add_flag("-a,--archive", o->archive,
                   "Like rsync -a: -r and -p, and a file whose destination has the same size and modification time "
                   "is not sent again (a re-run sends only what changed)");
-    cmd->add_flag("--dry-run", o->dry_run, "Say what would be sent and made, and change nothing");
+    cmd->add_flag("--dry-run", o->dry_run, "Say what would be sent, made and deleted, and change nothing");
+    cmd->add_flag("--delete", o->delete_extraneous,
+                  "Remove from the destination tree what the source no longer has (not what --exclude leaves out); "
+                  "only after a transfer without errors");
     for (const bool include : {false, true}) {
       cmd->add_option_function<std::string>(
              include ? "--include" : "--exclude",

@@ -13,6 +13,7 @@
 #include <optional>
 
 #include "client/files_detail.hpp"
+#include "util/tree_walk.hpp"
 #include "proto/messages.hpp"
 
 namespace cskit::client {
@@ -139,6 +140,8 @@ void download::execute() {
     throw;
   }
   commit_finished();
+  // --delete only after a transfer without errors (as rsync).
+  if (o_.delete_extraneous && r_.errors.empty()) prune_extraneous(true);
   if (marked_tree_ && r_.errors.empty()) {
     // Complete: the mark goes (before -p sets the directories' times).
     if (int e = util::clear_unfinished_copy(marked_tree_->root_fd())) {
@@ -324,7 +327,13 @@ void download::plan_tree(const std::string& src, const remote_entry& top, const 
   if (!tree && !o_.dry_run) return;
   if (!root_name.empty()) dirs_.push_back({base_jail_.get(), root_name, root_name, top, true});  // for -p
   std::set<std::string, std::less<>> left_out;  // directories excluded, with all they hold
+  listed_tree* listed = nullptr;
+  if (o_.delete_extraneous) {
+    listed = &listed_[tree];
+    listed->shown = root_name;
+  }
   for (const auto& e : entries) {
+    if (listed && util::check_relative_path(e.name).empty()) listed->names.insert(util::normalize_relative(e.name));
     if (!o_.filter.empty() && filtered_out(e, left_out)) continue;
     plan_entry(tree, root_name, src, e);
   }
@@ -452,6 +461,57 @@ void download::list_planned() {
   }
   for (const auto& l : links_) r_.planned.push_back({planned_step::link, l.shown, 0});
   for (const auto& f : queue_) r_.planned.push_back({planned_step::send, to_stdout_ ? "-" : f->shown, f->entry.size});
+  if (o_.delete_extraneous) prune_extraneous(false);
+}
+
+void download::prune_extraneous(bool act) {
+  for (const auto& [tree, listed] : listed_) {
+    if (!tree) continue;  // a tree a --dry-run did not make: nothing in it yet
+    util::unique_fd root(::openat(tree->root_fd(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    const std::string top = listed.shown.empty() ? base_ : listed.shown;
+    if (!root) {
+      r_.errors.push_back({top, local_errc(errno), download_message(errno, top)});
+      continue;
+    }
+    util::tree_visitor v;
+    v.keep = [](std::string_view n) { return !util::is_part_file_name(n) && n != util::unfinished_copy_marker; };
+    v.enter = [&](const util::tree_entry& e) {
+      const bool is_dir = S_ISDIR(e.st.st_mode);
+      if (listed.names.count(e.path) || o_.filter.excluded(e.path, is_dir)) {
+        return is_dir ? util::walk_step::descend : util::walk_step::next;
+      }
+      const std::string shown = join(listed.shown, e.path);
+      if (act) {
+        remove_extraneous(e, shown);
+      } else {
+        r_.planned.push_back({planned_step::remove, shown, 0});
+      }
+      return util::walk_step::next;  // a directory went (or would go) whole
+    };
+    v.failed = [&](const util::tree_entry& e, int err) {
+      const std::string shown = join(listed.shown, e.path);
+      r_.errors.push_back({shown, local_errc(err), download_message(err, shown)});
+      return util::walk_step::next;
+    };
+    util::walk_tree(std::move(root), v);
+  }
+}
+
+void download::remove_extraneous(const util::tree_entry& e, const std::string& shown) {
+  std::uint64_t removed = 1;
+  int err = 0;
+  if (S_ISDIR(e.st.st_mode)) {
+    util::unique_fd sub(::openat(e.dir_fd, e.name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    err = !sub ? errno : util::remove_tree_contents(std::move(sub), [&](const util::tree_entry&) { ++removed; });
+    if (!err && ::unlinkat(e.dir_fd, e.name.c_str(), AT_REMOVEDIR) != 0) err = errno;
+  } else if (::unlinkat(e.dir_fd, e.name.c_str(), 0) != 0) {
+    err = errno;
+  }
+  if (err) {
+    r_.errors.push_back({shown, local_errc(err), download_message(err, "delete " + shown)});
+  } else {
+    r_.deleted += removed;
+  }
 }
 
 // ------------------------------------------------------------------ shape

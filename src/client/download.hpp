@@ -12,12 +12,14 @@
 #include <memory>
 #include <string>
 #include <set>
+#include <unordered_set>
 #include <vector>
 
 #include "client/files.hpp"
 #include "util/digest.hpp"
 #include "util/file_io.hpp"
 #include "util/jail.hpp"
+#include "util/tree_walk.hpp"
 
 namespace cskit::client {
 
@@ -60,6 +62,11 @@ class download {
   void drop_unchanged();
   /// --dry-run: what would be done, into the result.
   void list_planned();
+  /// --delete: what each tree holds that its listing did not name (and
+  /// --exclude does not protect), the highest of each such subtree:
+  /// removed when `act`, else listed as planned.
+  void prune_extraneous(bool act);
+  void remove_extraneous(const util::tree_entry& e, const std::string& shown);
   /// Everything after the plan: the tree's shape, the files, the commit.
   void execute();
   const util::dir_jail* make_tree_root(const std::string& root_name, const std::string& shown);
@@ -111,6 +118,12 @@ class download {
   std::vector<item> links_;
   std::vector<item> refused_links_;
   std::vector<std::unique_ptr<file>> queue_;
+  // --delete: by tree, every name its listing held (before the filters).
+  struct listed_tree {
+    std::string shown;  // the tree as the user sees it ("" : the destination itself)
+    std::unordered_set<std::string> names;
+  };
+  std::map<const util::dir_jail*, listed_tree> listed_;
 
   struct commit;
   std::vector<commit> batch_;  // verified files waiting for one flush

@@ -248,6 +248,9 @@ class upload {
     }
     pipe_.drain();
     finish_tree();
+    // --delete only after a transfer without errors (as rsync): a source
+    // that could not be read in full must not empty the destination.
+    if (!plan_.deletions.empty() && r_.errors.empty()) delete_extraneous();
     if (o_.preserve) restore_directory_attributes();
   }
 
@@ -486,6 +489,18 @@ class upload {
     pipe_.drain();
   }
 
+  void delete_extraneous() {
+    for (const auto& path : plan_.deletions) {
+      const auto id = c_.next_id();
+      c_.send({{"type", "fs.rm"}, {"id", id}, {"path", path}, {"recursive", true}});
+      pipe_.track(id, path, [this](proto::frame& f) {
+        if (f.type() == "fs.ok") r_.deleted += f.header.value("removed", std::uint64_t{0});
+      });
+      while (pipe_.size() >= window_requests) pipe_.wait_one();
+    }
+    pipe_.drain();
+  }
+
   void restore_directory_attributes() {
     // Directory times last: creating files inside changes them.
     for (auto it = plan_.items.rbegin(); it != plan_.items.rend(); ++it) {
@@ -538,7 +553,8 @@ transfer_result file_client::put(const std::vector<std::string>& sources, const 
   clock_guard timer{std::chrono::steady_clock::now(), r};
   put_plan plan = plan_put(sources, dest, o, r, [this](const std::string& path) { return stat_if_exists(path); });
   remote_tree there;
-  if (o.skip_unchanged || o.dry_run) there = remote_tree_at(*this, plan.tops);
+  if (o.skip_unchanged || o.dry_run || o.delete_extraneous) there = remote_tree_at(*this, plan.tops);
+  if (o.delete_extraneous) plan_deletions(plan, there, o.filter);
   if (o.skip_unchanged) drop_unchanged(plan, there, r);
   if (o.dry_run) {
     r.planned = planned_steps(plan, there);

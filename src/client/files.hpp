@@ -50,6 +50,10 @@ struct transfer_options {
   /// a second run finds them equal).
   bool skip_unchanged = false;
   bool dry_run = false;  ///< --dry-run: plan, say what would be done (transfer_result::planned), change nothing
+  /// --delete: in a tree copy, remove from the destination what the source
+  /// no longer has (not what --exclude protects), after a transfer without
+  /// errors, never outside the tree.
+  bool delete_extraneous = false;
   path_filter filter;    ///< --exclude/--include: what a tree copy leaves out
   /// Called often (after each chunk and file); the caller throttles drawing.
   std::function<void(const transfer_progress&)> on_progress;
@@ -65,7 +69,7 @@ struct transfer_error {
 
 /// --dry-run: one thing a transfer would do.
 struct planned_step {
-  enum kind { send, mkdir, link } what;
+  enum kind { send, mkdir, link, remove } what;
   std::string path;  ///< where, as the user names it (remote for put, local for get)
   std::uint64_t size = 0;  ///< send: the file's size
 };
@@ -78,6 +82,7 @@ struct transfer_result {
   std::uint64_t resumed_bytes = 0;  ///< of which already there from an earlier attempt
   std::uint64_t unchanged = 0;      ///< files not sent: the destination had them already (-a)
   std::uint64_t excluded = 0;       ///< entries left out by --exclude/--include (a directory counts once)
+  std::uint64_t deleted = 0;        ///< --delete: entries removed from the destination (all they held counted)
   std::vector<planned_step> planned;  ///< --dry-run only
   double seconds = 0;
   std::vector<transfer_error> errors;

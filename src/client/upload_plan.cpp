@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <unordered_set>
 #include <cstdlib>
 
 #include "client/files_detail.hpp"
@@ -201,6 +202,38 @@ void add_source(put_plan& plan, const std::string& src, const transfer_options& 
 
 }  // namespace
 
+void plan_deletions(put_plan& plan, const remote_tree& there, const path_filter& filter) {
+  std::unordered_set<std::string> kept;
+  for (const auto& it : plan.items) kept.insert(it.remote);
+  std::vector<std::string> tree_tops;
+  for (const auto& top : plan.tops) {
+    const auto e = there.find(top);
+    if (e != there.end() && e->second.type == "dir" && kept.count(top) + top.empty() > 0) tree_tops.push_back(top);
+  }
+  std::unordered_set<std::string> doomed;
+  for (const auto& [path, e] : there) {
+    if (kept.count(path)) continue;
+    for (const auto& top : tree_tops) {
+      const bool below = top.empty() ? !path.empty() : path.size() > top.size() + 1 && path.starts_with(top) &&
+                                                            path[top.size()] == '/';
+      if (!below) continue;
+      const std::string_view rel = top.empty() ? std::string_view(path) : std::string_view(path).substr(top.size() + 1);
+      if (!filter.excluded(rel, e.type == "dir")) doomed.insert(path);
+      break;
+    }
+  }
+  // Only the highest of each doomed subtree: removing it takes the rest.
+  for (const auto& path : doomed) {
+    bool inside_another = false;
+    for (std::size_t slash = path.find('/'); slash != std::string::npos && !inside_another;
+         slash = path.find('/', slash + 1)) {
+      inside_another = doomed.count(path.substr(0, slash)) > 0;
+    }
+    if (!inside_another) plan.deletions.push_back(path);
+  }
+  std::sort(plan.deletions.begin(), plan.deletions.end());
+}
+
 void drop_unchanged(put_plan& plan, const remote_tree& there, transfer_result& r) {
   std::erase_if(plan.items, [&](const put_item& it) {
     const auto e = there.find(it.remote);
@@ -231,6 +264,7 @@ std::vector<planned_step> planned_steps(const put_plan& plan, const remote_tree&
       case put_item::stream: steps.push_back({planned_step::send, it.remote, 0}); break;
     }
   }
+  for (const auto& path : plan.deletions) steps.push_back({planned_step::remove, path, 0});
   return steps;
 }
 

@@ -39,6 +39,9 @@ struct put_plan {
   /// Where each local source lands on the server (a file, or the top of a
   /// tree): what -a and --dry-run ask the server about, in bulk.
   std::vector<std::string> tops;
+  /// --delete: what the destination has and the source no longer does,
+  /// the highest of each such subtree only (its removal takes the rest).
+  std::vector<std::string> deletions;
 };
 
 /// What the server holds at and below the plan's tops, by remote path.
@@ -51,6 +54,12 @@ using remote_stat_fn = std::function<std::optional<remote_entry>(const std::stri
 /// entry is skipped); a destination that cannot be used throws client_error.
 put_plan plan_put(const std::vector<std::string>& sources, const std::string& dest, const transfer_options& o,
                   transfer_result& r, const remote_stat_fn& remote_stat);
+
+/// --delete: fills plan.deletions from what `there` holds below each
+/// directory the plan copies, leaving what `filter` excludes (as rsync
+/// protects it). Call it before drop_unchanged (which drops items that
+/// the source still has).
+void plan_deletions(put_plan& plan, const remote_tree& there, const path_filter& filter);
 
 /// -a: drops the files whose remote counterpart is a file of the same size,
 /// modification time (rsync's quick check) and permission bits, counted

@@ -762,29 +762,11 @@ namespace {
 // Returns 0 or an errno; adds the sizes of removed files to `bytes` and
 // counts the entries removed.
 int remove_contents(int fd, std::uint64_t& bytes, std::uint64_t& count) {
-  int result = 0;
-  util::tree_visitor v;
-  v.enter = [&](const util::tree_entry& e) {
-    if (S_ISDIR(e.st.st_mode)) return util::walk_step::descend;
-    if (::unlinkat(e.dir_fd, e.name.c_str(), 0) != 0) {
-      result = errno;
-      return util::walk_step::stop;
-    }
-    if (e.name == util::unfinished_copy_marker) return util::walk_step::next;  // never charged, never counted
+  return util::remove_tree_contents(util::unique_fd(fd), [&](const util::tree_entry& e) {
+    if (e.name == util::unfinished_copy_marker) return;  // never charged, never counted
     if (S_ISREG(e.st.st_mode)) bytes += static_cast<std::uint64_t>(e.st.st_size);
     ++count;
-    return util::walk_step::next;
-  };
-  v.leave = [&](const util::tree_entry& e) {
-    if (::unlinkat(e.dir_fd, e.name.c_str(), AT_REMOVEDIR) != 0) {
-      result = errno;
-      return util::walk_step::stop;
-    }
-    ++count;
-    return util::walk_step::next;
-  };
-  const int err = util::walk_tree(util::unique_fd(fd), v);
-  return err ? err : result;
+  });
 }
 }  // namespace
 

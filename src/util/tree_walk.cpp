@@ -169,4 +169,28 @@ class walk {
 
 int walk_tree(unique_fd root, const tree_visitor& v) { return walk(std::move(root), v).run(); }
 
+int remove_tree_contents(unique_fd root, const std::function<void(const tree_entry&)>& removed) {
+  int result = 0;
+  tree_visitor v;
+  v.enter = [&](const tree_entry& e) {
+    if (S_ISDIR(e.st.st_mode)) return walk_step::descend;
+    if (::unlinkat(e.dir_fd, e.name.c_str(), 0) != 0) {
+      result = errno;
+      return walk_step::stop;
+    }
+    if (removed) removed(e);
+    return walk_step::next;
+  };
+  v.leave = [&](const tree_entry& e) {
+    if (::unlinkat(e.dir_fd, e.name.c_str(), AT_REMOVEDIR) != 0) {
+      result = errno;
+      return walk_step::stop;
+    }
+    if (removed) removed(e);
+    return walk_step::next;
+  };
+  const int err = walk_tree(std::move(root), v);
+  return err ? err : result;
+}
+
 }  // namespace cskit::util

@@ -58,4 +58,10 @@ struct tree_visitor {
 /// collects failures there sees it.
 int walk_tree(unique_fd root, const tree_visitor& visitor);
 
+/// Removes everything below the directory `root` (taken over), at any
+/// depth, by descriptors (never by path, so nothing outside it can be
+/// reached through a link). `removed` (optional) is told of each entry
+/// once it is gone. Returns 0, or the errno that stopped it.
+int remove_tree_contents(unique_fd root, const std::function<void(const tree_entry&)>& removed = {});
+
 }  // namespace cskit::util

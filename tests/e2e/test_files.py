@@ -2972,6 +2972,58 @@ class Sync(FilesTestCase):
         self.assertIn("mkdir  b/src/d0", r.stdout)
         self.assertIn("dry run: 24 files", r.stdout)
 
+    def test_delete_both_ways(self):
+        src = self.lp("src")
+        self.make_tree(src)
+        self.json_ok("put", "-a", src, self.rr("m"))
+        mirror = os.path.join(self.rshare, "m", "src")
+        shutil.rmtree(os.path.join(src, "d1"))
+        os.remove(os.path.join(src, "noise.log"))
+        write_file(os.path.join(mirror, "extra.keep"), b"protected by --exclude")
+        write_file(os.path.join(self.rshare, "m", "beside.txt"), b"outside the tree: never touched")
+        before = snapshot(self.rshare)
+        r = self.ok("put", "-a", "--delete", "--exclude", "*.keep", "--dry-run", src, self.rr("m"))
+        self.assertEqual(snapshot(self.rshare), before)
+        self.assertIn(f"delete {self.rdir}/m/src/d1\n", r.stdout)
+        self.assertIn(f"delete {self.rdir}/m/src/noise.log\n", r.stdout)
+        self.assertNotIn("extra.keep", r.stdout)
+        j = self.json_ok("put", "-a", "--delete", "--exclude", "*.keep", src, self.rr("m"))
+        self.assertEqual(j["deleted"], 7)  # d1, its 5 files, noise.log
+        there = snapshot(mirror)
+        self.assertEqual({k: v for k, v in there.items() if k != "extra.keep"}, snapshot(src))
+        self.assertIn("extra.keep", there)
+        self.assertTrue(os.path.exists(os.path.join(self.rshare, "m", "beside.txt")))
+        # get: the local copy follows the server's tree the same way.
+        self.json_ok("get", "-a", self.rr("m/src"), self.lp("back"))
+        os.remove(os.path.join(mirror, "keep.log"))
+        write_file(self.lp("back", "src", "local-only", "f"), b"x")
+        write_file(self.lp("back", "beside.txt"), b"outside the tree")
+        r = self.ok("get", "-a", "--delete", "--dry-run", self.rr("m/src"), self.lp("back"))
+        self.assertIn("delete src/keep.log\n", r.stdout)
+        self.assertIn("delete src/local-only\n", r.stdout)
+        self.assertTrue(os.path.exists(self.lp("back", "src", "local-only", "f")))
+        j = self.json_ok("get", "-a", "--delete", self.rr("m/src"), self.lp("back"))
+        self.assertEqual(j["deleted"], 3)  # keep.log, local-only and its file
+        self.assertEqual(snapshot(self.lp("back", "src")), snapshot(mirror))
+        self.assertTrue(os.path.exists(self.lp("back", "beside.txt")))
+
+    def test_delete_never_after_errors(self):
+        src = self.lp("src")
+        self.make_tree(src)
+        self.json_ok("put", "-a", src, self.rr("m"))
+        os.remove(os.path.join(src, "keep.log"))
+        # A name no server takes (a control character): an error for that
+        # entry, so the source was not sent in full and nothing is deleted.
+        write_file(os.path.join(src, "bad\x01name"), b"x")
+        r = self.cli("put", "-a", "--delete", src, self.rr("m"), "--json")
+        self.assertNotEqual(r.returncode, EXIT_OK)
+        j = json.loads(r.stdout)
+        self.assertEqual(j["deleted"], 0)
+        self.assertIn("control characters", j["errors"][0]["message"])
+        self.assertTrue(os.path.exists(os.path.join(self.rshare, "m", "src", "keep.log")))
+        os.remove(os.path.join(src, "bad\x01name"))
+        self.assertEqual(self.json_ok("put", "-a", "--delete", src, self.rr("m"))["deleted"], 1)
+
     def test_bad_filter_use_is_a_usage_error(self):
         write_file(self.lp("f"), b"x")
         for args in (["--exclude", "a[b", "-r"], ["--exclude", "", "-r"], ["--exclude", "*.o"]):

@@ -210,3 +210,29 @@ TEST_F(PutPlan, FilterLeavesOutAndDoesNotEnter) {
   EXPECT_EQ(remote_items(p), (std::map<std::string, put_item::kind>{{"t", put_item::dir}, {"t/a", put_item::file}}));
   EXPECT_EQ(result_.excluded, 1u);  // the directory, once, not what it holds
 }
+
+TEST_F(PutPlan, DeletionsAreWhatTheSourceNoLongerHasAndNotWhatIsExcluded) {
+  client::path_filter f;
+  f.add(client::path_filter::action::exclude, "*.keep");
+  auto p = plan_archive({src("t")}, "", f);
+  client::remote_tree there;
+  auto entry = [](const char* type) {
+    client::remote_entry e;
+    e.type = type;
+    return e;
+  };
+  there["t"] = entry("dir");
+  there["t/a"] = entry("file");           // the source has it
+  there["t/gone"] = entry("file");        // not any more
+  there["t/old"] = entry("dir");          // a whole directory that went
+  there["t/old/x"] = entry("file");       //   (removed with it, not on its own)
+  there["t/old/deeper"] = entry("dir");
+  there["t/old-ish"] = entry("file");     // sorts between old and old/x
+  there["t/notes.keep"] = entry("file");  // excluded: protected, as rsync does
+  there["elsewhere"] = entry("file");     // outside the tree: never
+  client::plan_deletions(p, there, f);
+  EXPECT_EQ(p.deletions, (std::vector<std::string>{"t/gone", "t/old", "t/old-ish"}));
+  const auto steps = client::planned_steps(p, there);
+  ASSERT_FALSE(steps.empty());
+  EXPECT_EQ(steps.back().what, client::planned_step::remove);
+}
