@@ -127,6 +127,7 @@ client::connection connect_client(const client_common& o, const std::string& hos
   opts.connect_timeout = ms(o.connect_timeout);
   opts.io_timeout = ms(o.timeout);
   opts.plaintext = o.plaintext;
+  opts.rate_limit = o.rate_limit;
   opts.trust.fingerprint = profile.fingerprint;
   opts.trust.remember_fingerprint = o.fingerprint.has_value();
   opts.trust.ca_file = profile.ca_file;

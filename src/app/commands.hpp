@@ -52,7 +52,13 @@ struct client_common {
   double connect_timeout = 10;
   double timeout = 30;
   bool json = false;
+  std::uint64_t rate_limit = 0;  ///< put/get --bwlimit, bytes per second (0: none)
 };
+
+/// --bwlimit's RATE as rsync reads it: KiB per second, or with a suffix
+/// K, M or G (powers of 1024; "KiB", "MB" and the like read the same);
+/// "0" is no limit. nullopt when it is not a rate, or under 1 KiB/s.
+std::optional<std::uint64_t> parse_rate(std::string_view text);
 
 struct ping_options {
   client_common common;

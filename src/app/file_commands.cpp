@@ -2,10 +2,12 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <chrono>
 #include <csignal>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -416,6 +418,31 @@ std::string check_transfer_flags(const files_options& o) {
 }
 
 }  // namespace
+
+std::optional<std::uint64_t> parse_rate(std::string_view text) {
+  std::size_t digits = 0;
+  while (digits < text.size() && (std::isdigit(static_cast<unsigned char>(text[digits])) || text[digits] == '.')) ++digits;
+  if (digits == 0 || digits > 20) return std::nullopt;
+  char* end = nullptr;
+  const std::string number(text.substr(0, digits));
+  const double value = std::strtod(number.c_str(), &end);
+  if (end != number.c_str() + number.size() || !(value >= 0)) return std::nullopt;
+  std::string unit(text.substr(digits));
+  for (auto& c : unit) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (unit.ends_with("ib")) {
+    unit.resize(unit.size() - 2);
+  } else if (unit.ends_with("b") && unit.size() == 2) {
+    unit.pop_back();
+  }
+  double scale = 0;
+  if (unit.empty() || unit == "k") scale = 1024.0;
+  else if (unit == "m") scale = 1024.0 * 1024;
+  else if (unit == "g") scale = 1024.0 * 1024 * 1024;
+  if (scale == 0 || value * scale > 1e15) return std::nullopt;
+  const auto rate = static_cast<std::uint64_t>(value * scale);
+  if (rate != 0 && rate < 1024) return std::nullopt;
+  return rate;
+}
 
 int run_put(const files_options& o) {
   if (o.args.size() < 2) return usage("put", "usage: cskit put [-r] [-p] [-a] LOCAL... HOST:[REMOTE]");

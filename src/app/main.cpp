@@ -254,6 +254,15 @@ void build_transfers(command_line& cl) {
                   "Like rsync -a: -r and -p, and a file whose destination has the same size and modification time "
                   "is not sent again (a re-run sends only what changed)");
     cmd->add_flag("--dry-run", o->dry_run, "Say what would be sent, made and deleted, and change nothing");
+    cmd->add_option_function<std::string>(
+           "--bwlimit",
+           [o](const std::string& text) {
+             const auto rate = parse_rate(text);
+             if (!rate) throw CLI::ValidationError("--bwlimit", "'" + text + "' is not a rate (KiB/s, or 500K, 10M, 1G; at least 1K)");
+             o->common.rate_limit = *rate;
+           },
+           "Average bytes per second, both ways, as rsync's --bwlimit: KiB/s, or with K, M or G")
+        ->type_name("RATE");
     cmd->add_flag("--delete", o->delete_extraneous,
                   "Remove from the destination tree what the source no longer has (not what --exclude leaves out); "
                   "only after a transfer without errors");

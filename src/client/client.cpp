@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
+#include <thread>
 #include <toml++/toml.h>
 
 #include "client/server_identity.hpp"
@@ -75,6 +76,36 @@ std::shared_ptr<const net::tls::context> client_tls_context() {
 
 }  // namespace
 
+// --bwlimit: a token bucket over the bytes that cross the socket, either
+// way. Each read and write is at most piece() bytes, and after each one the
+// caller sleeps for as long as it ran ahead of the rate; a piece is a tenth
+// of a second's worth, so no pause is long and no peer deadline is near.
+class pacer {
+ public:
+  explicit pacer(std::uint64_t bytes_per_second)
+      : rate_(static_cast<double>(bytes_per_second)), last_(std::chrono::steady_clock::now()) {}
+
+  std::size_t piece() const noexcept {
+    return static_cast<std::size_t>(std::clamp(rate_ / 10, 512.0, 4.0 * 1024 * 1024));
+  }
+
+  void spend(std::size_t bytes) {
+    const auto now = std::chrono::steady_clock::now();
+    const double idle = std::chrono::duration<double>(now - last_).count();
+    tokens_ = std::min(tokens_ + idle * rate_, static_cast<double>(piece())) - static_cast<double>(bytes);
+    last_ = now;
+    if (tokens_ >= 0) return;
+    std::this_thread::sleep_for(std::chrono::duration<double>(-tokens_ / rate_));
+    tokens_ = 0;
+    last_ = std::chrono::steady_clock::now();
+  }
+
+ private:
+  double rate_;
+  double tokens_ = 0;
+  std::chrono::steady_clock::time_point last_;
+};
+
 struct connection::impl {
   asio::io_context ioc{1};
   tcp::socket socket{ioc};
@@ -102,6 +133,9 @@ struct connection::impl {
   static constexpr std::size_t tls_chunk = 256 * 1024;  // plaintext encrypted and sent at a time
   std::unique_ptr<char[]> fbuf;  // a file piece, before it is encrypted
   bool encrypts() const noexcept { return tls && !tls->ktls_send(); }
+  std::optional<pacer> pace;  // --bwlimit
+  // At most one piece of the rate limit at a time (all of `want` without one).
+  std::size_t paced(std::size_t want) const noexcept { return pace ? std::min(want, pace->piece()) : want; }
 
   // Runs one asynchronous operation to completion or until the deadline.
   template <class Start>
@@ -230,9 +264,10 @@ struct connection::impl {
     std::size_t off = 0;
     error_code ec;
     while (off < size) {
-      std::size_t n = socket.write_some(asio::buffer(data + off, size - off), ec);
+      std::size_t n = socket.write_some(asio::buffer(data + off, paced(size - off)), ec);
       if (!ec) {
         off += n;
+        if (pace) pace->spend(n);
         continue;
       }
       if (ec != asio::error::would_block && ec != asio::error::try_again) throw lost(ec);
@@ -287,11 +322,16 @@ struct connection::impl {
   // this call). would_block: nothing yet.
   std::size_t read_plain(error_code& ec) {
     ec = {};
-    if (!tls) return socket.read_some(asio::buffer(rbuf.get(), rbuf_size), ec);
+    if (!tls) {
+      const std::size_t n = socket.read_some(asio::buffer(rbuf.get(), paced(rbuf_size)), ec);
+      if (pace && !ec) pace->spend(n);
+      return n;
+    }
     if (std::size_t got = drain_tls(ec); got > 0 || ec) return got;
     for (;;) {
-      std::size_t n = socket.read_some(asio::buffer(cbuf.get(), cipher_chunk), ec);
+      std::size_t n = socket.read_some(asio::buffer(cbuf.get(), paced(cipher_chunk)), ec);
       if (ec) return 0;
+      if (pace) pace->spend(n);
       tls->feed(std::string_view(cbuf.get(), n));
       if (std::size_t got = drain_tls(ec); got > 0 || ec) return got;
       // a record begun, or a TLS message with no data for us: read on
@@ -341,10 +381,11 @@ struct connection::impl {
     std::size_t left = length, sent = 0;
     bool short_file = false;
     while (left > 0) {
-      ssize_t n = short_file ? 0 : ::sendfile(socket.native_handle(), fd, &off, left);
+      ssize_t n = short_file ? 0 : ::sendfile(socket.native_handle(), fd, &off, paced(left));
       if (n > 0) {
         left -= static_cast<std::size_t>(n);
         sent += static_cast<std::size_t>(n);
+        if (pace) pace->spend(static_cast<std::size_t>(n));
         continue;
       }
       if (n < 0 && errno == EINTR) continue;
@@ -675,6 +716,7 @@ connection connection::open(const net::host_port& where, const credentials& cred
   p->opts = opts;
   p->connect(where);
   guard_json([&] { p->handshake(creds); });
+  if (opts.rate_limit) p->pace.emplace(opts.rate_limit);  // the transfer's bytes, not the login's
   return connection(std::move(p));
 }
 
@@ -717,6 +759,7 @@ std::size_t connection::send_file(const json& header, int fd, std::uint64_t offs
 }
 
 bool connection::encrypts_in_user_space() const noexcept { return impl_->encrypts(); }
+std::uint64_t connection::rate_limit() const noexcept { return impl_->opts.rate_limit; }
 
 proto::frame connection::receive_streamed(const std::function<bool(const json&)>& stream,
                                           const std::function<void(std::string_view)>& on_part) {

@@ -78,6 +78,10 @@ struct connect_options {
   /// Cleartext instead of TLS: an explicit opt-in, refused unless the
   /// server is on a loopback address. Never chosen by the client itself.
   bool plaintext = false;
+  /// --bwlimit: bytes per second this connection sends and receives, on
+  /// average (0: no limit). The socket is read and written in pieces of
+  /// a tenth of a second's worth, with pauses between them.
+  std::uint64_t rate_limit = 0;
   server_trust trust;
 };
 
@@ -130,6 +134,8 @@ class connection {
   std::size_t send_file(const proto::json& header, int fd, std::uint64_t offset, std::size_t length,
                         const std::function<void(std::string_view)>& observe);
   bool encrypts_in_user_space() const noexcept;
+  /// connect_options::rate_limit (0: none).
+  std::uint64_t rate_limit() const noexcept;
   /// Like receive(), but a frame whose header `stream` accepts has its
   /// body handed to `on_part` in pieces as it arrives (no buffering of
   /// the whole body); the frame is then returned with an empty body.

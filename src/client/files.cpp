@@ -231,7 +231,7 @@ bool send_and_digest(connection& c, const json& header, int fd, std::uint64_t po
 class upload {
  public:
   upload(connection& c, const transfer_options& o, const put_plan& plan, transfer_result& r)
-      : c_(c), o_(o), plan_(plan), r_(r), pipe_(c, r) {}
+      : c_(c), o_(o), plan_(plan), r_(r), pipe_(c, r), frame_max_(frame_max(c.rate_limit())) {}
 
   void run() {
     count_totals();
@@ -350,7 +350,9 @@ class upload {
     json h = base_put(it);
     if (o_.preserve) h["mtime_ns"] = util::mtime_ns(st), h["mode"] = st.st_mode & 0777;
     else h["source_mode"] = st.st_mode & 0777;
-    if (static_cast<std::uint64_t>(st.st_size) <= inline_max) return send_inline(it, fd.get(), std::move(h), st);
+    if (static_cast<std::uint64_t>(st.st_size) <= std::min<std::uint64_t>(inline_max, frame_max_)) {
+      return send_inline(it, fd.get(), std::move(h), st);
+    }
     send_streamed(it, fd.get(), std::move(h), st);
   }
 
@@ -397,7 +399,7 @@ class upload {
     bool first = true;
     while (pos < size || first) {
       if (!pipe_.pending(id)) return;  // the server gave up (disk full, quota, ...): it said why
-      const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(chunk, size - pos));
+      const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(frame_max_, size - pos));
       json d = {{"type", "put.data"}, {"id", id}};
       if (first) d["offset"] = pos;
       first = false;
@@ -514,11 +516,18 @@ class upload {
     pipe_.drain();
   }
 
+  // Bytes per put.data frame: under --bwlimit, what the rate sends in about
+  // 4 s (the server allows a frame 30 s to arrive), else `chunk`.
+  static std::size_t frame_max(std::uint64_t rate) {
+    return rate ? static_cast<std::size_t>(std::clamp<std::uint64_t>(rate * 4, 16 * 1024, chunk)) : chunk;
+  }
+
   connection& c_;
   const transfer_options& o_;
   const put_plan& plan_;
   transfer_result& r_;
   pipeline pipe_;
+  std::size_t frame_max_;
   transfer_progress prog_;
 };
 

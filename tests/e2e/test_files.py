@@ -3024,6 +3024,26 @@ class Sync(FilesTestCase):
         os.remove(os.path.join(src, "bad\x01name"))
         self.assertEqual(self.json_ok("put", "-a", "--delete", src, self.rr("m"))["deleted"], 1)
 
+    def test_bwlimit_paces_both_ways(self):
+        data = os.urandom(400 * 1024)
+        write_file(self.lp("f"), data)
+        # 400 KiB at 100 KiB/s: about 4 s each way (a tenth of a second may
+        # go at once); a lower bound only, which no slow machine can break.
+        for args, dest in ((["put", self.lp("f"), self.rr("f")], os.path.join(self.rshare, "f")),
+                           (["get", self.rr("f"), self.lp("back")], self.lp("back"))):
+            start = time.monotonic()
+            j = self.json_ok(args[0], "--bwlimit", "100K", *args[1:])
+            took = time.monotonic() - start
+            self.assertGreater(took, 3.0, j)
+            self.assertLess(j["bytes_per_second"], 110 * 1024, j)
+            self.assertEqual(read_file(dest), data)
+        for bad in ("fast", "0.5K", "10T", "-1", ""):
+            r = self.cli("put", "--bwlimit", bad, self.lp("f"), self.rr("g"))
+            self.assertEqual(r.returncode, EXIT_USAGE, (bad, r.stderr))
+            self.assertIn("--bwlimit", r.stderr)
+        for good in ("1M", "2048", "1.5m", "640KiB", "0"):
+            self.json_ok("put", "--bwlimit", good, self.lp("f"), self.rr("g"))
+
     def test_bad_filter_use_is_a_usage_error(self):
         write_file(self.lp("f"), b"x")
         for args in (["--exclude", "a[b", "-r"], ["--exclude", "", "-r"], ["--exclude", "*.o"]):
