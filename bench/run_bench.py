@@ -1255,12 +1255,141 @@ def files_report(big_res, tree_res, mem, runs, file_mb, tree_files, clients, cli
     }
 
 
+def make_small_tree(root, files, size=4096):
+    """`files` files of `size` random bytes in 100 directories."""
+    for i in range(files):
+        d = os.path.join(root, f"d{i % 100:02d}")
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, f"f{i:05d}"), "wb") as f:
+            f.write(os.urandom(size))
+
+
+def change_files(root, files, every, rnd):
+    """Rewrites every `every`-th file of make_small_tree's tree with new bytes of the same size
+    (a new modification time too), as an editor would; returns how many."""
+    n = 0
+    for i in range(rnd % every, files, every):
+        path = os.path.join(root, f"d{i % 100:02d}", f"f{i:05d}")
+        size = os.path.getsize(path)
+        with open(path, "wb") as f:
+            f.write(os.urandom(size))
+        n += 1
+    return n
+
+
+def rsync_stat_bytes(stdout, what):
+    """A byte count from rsync --stats: what = "sent" or "received"."""
+    m = re.search(rf"Total bytes {what}: ([\d,]+)", stdout)
+    return int(m.group(1).replace(",", "")) if m else None
+
+
+def bench_sync(binary, runs, tree_files=10000):
+    """Keeping a tree in step (issue 20): a no-op re-sync of `tree_files` files of 4 KiB and one
+    after 1% of them changed, both ways, `cskit put/get -a` against `rsync -a -e ssh` as users
+    run it (its delta algorithm on, --stats for the bytes it sent). The trees start equal; each
+    round times every case once, in an order shuffled anew each round."""
+    work = tempfile.mkdtemp(prefix="cskit-bench-sync-")
+    share = os.path.join(work, "share")
+    local = os.path.join(work, "local")
+    for d in (share, local):
+        os.makedirs(d)
+    env = client_env(CSKIT_TOKEN=TOKEN)
+    src = os.path.join(local, "src")
+    make_small_tree(src, tree_files)
+    os.makedirs(os.path.join(work, "rsync-up"))
+    os.makedirs(os.path.join(local, "rsync-down"))
+    started = []
+    res = {}
+    sent = {}
+    try:
+        p, port, ptmp = start_server(binary, root=share)
+        started.append(("cskit", (p, ptmp)))
+        sshd = PrivateSshd()
+        started.append(("sshd", sshd))
+        host = f"{sshd.user}@127.0.0.1"
+        rsync = ["rsync", "-a", "--stats", "-e", " ".join(shlex.quote(a) for a in sshd.base)]
+        cs = f"127.0.0.1:{port}:"
+        # The copies each tool keeps in step: on the server side for put, locally for get.
+        cskit_up = os.path.join(share, "up")  # cskit put -a src HOST:up  ->  share/up/src
+        rsync_up = os.path.join(work, "rsync-up")  # rsync -a src/ host:rsync-up/src/
+        cskit_down = os.path.join(local, "cskit-down")  # cskit get -a HOST:up/src cskit-down -> cskit-down/src
+        rsync_down = os.path.join(local, "rsync-down")
+        cases = {
+            "cskit_put": [binary, "put", "-a", "--json", src, cs + "up"],
+            "rsync_put": rsync + [src + "/", f"{host}:{rsync_up}/src/"],
+            "cskit_get": [binary, "get", "-a", "--json", cs + "up/src", cskit_down],
+            "rsync_get": rsync + [f"{host}:{rsync_up}/src/", os.path.join(rsync_down, "src") + "/"],
+        }
+        def run_case(name):
+            t0 = time.perf_counter()
+            r = subprocess.run(cases[name], capture_output=True, text=True, env=env, timeout=1800)
+            t = time.perf_counter() - t0
+            if r.returncode != 0:
+                raise RuntimeError(f"{name}: exit {r.returncode}: {r.stderr[-500:]}")
+            if name.startswith("cskit"):
+                b = json.loads(r.stdout)["bytes"]
+            else:  # what crossed the connection towards the receiving side
+                b = rsync_stat_bytes(r.stdout, "sent" if name.endswith("_put") else "received")
+            return t, b
+        # The first copies (untimed), then the puts once more so that the gets copy what they keep.
+        for name in ("cskit_put", "rsync_put", "cskit_get", "rsync_get"):
+            run_case(name)
+        for rnd in range(runs):
+            for phase in ("noop", "changed_1pct"):
+                if phase == "changed_1pct":
+                    # 1% of the source changes; the puts carry it to the server side, the gets back.
+                    change_files(src, tree_files, 100, rnd)
+                # The puts first: then the gets fetch what the puts just carried (the same 1%).
+                for name in (shuffled(["cskit_put", "rsync_put"], rnd) + shuffled(["cskit_get", "rsync_get"], rnd)):
+                    t, b = run_case(name)
+                    res.setdefault(f"{phase}_{name}", []).append(t)
+                    sent.setdefault(f"{phase}_{name}", []).append(b)
+        for name, dst in (("cskit_put", os.path.join(cskit_up, "src")), ("rsync_put", os.path.join(rsync_up, "src")),
+                          ("cskit_get", os.path.join(cskit_down, "src")), ("rsync_get", os.path.join(rsync_down, "src"))):
+            expected = src if name.endswith("_put") else (os.path.join(cskit_up, "src") if name == "cskit_get"
+                                                         else os.path.join(rsync_up, "src"))
+            r = subprocess.run(["diff", "-r", "-q", expected, dst], capture_output=True, text=True)
+            if r.returncode != 0:
+                raise RuntimeError(f"{name}: the copy differs from its source: {r.stdout[:500]}")
+    finally:
+        for kind, obj in reversed(started):
+            if kind == "cskit":
+                stop_server(*obj)
+            else:
+                obj.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    cases_out = {f"{k}_seconds": summary(v) for k, v in res.items()}
+    cases_out.update({f"{k}_bytes_sent": summary([x for x in v if x is not None]) for k, v in sent.items()
+                      if any(x is not None for x in v)})
+    ratios = {}
+    for phase in ("noop", "changed_1pct"):
+        for d in ("put", "get"):
+            ratios[f"{phase}_{d}_rsync_over_cskit"] = (statistics.median(res[f"{phase}_rsync_{d}"]) /
+                                                       statistics.median(res[f"{phase}_cskit_{d}"]))
+    md = [f"## Keeping a tree in step: {tree_files:,} files of 4 KiB, `-a` against `rsync -a -e ssh` ({runs} rounds)", "",
+          "| case | cskit | rsync over ssh | rsync / cskit | bytes cskit sent | bytes rsync sent |", "|---|---|---|---|---|---|"]
+    for phase, label in (("noop", "nothing changed"), ("changed_1pct", "1% of the files changed")):
+        for d in ("put", "get"):
+            c, r = statistics.median(res[f"{phase}_cskit_{d}"]), statistics.median(res[f"{phase}_rsync_{d}"])
+            cb = statistics.median(sent[f"{phase}_cskit_{d}"])
+            rb = [x for x in sent[f"{phase}_rsync_{d}"] if x is not None]
+            rbs = f"{statistics.median(rb):,.0f}" if rb else "?"
+            md.append(f"| {d}, {label} | {c * 1000:.0f} ms | {r * 1000:.0f} ms | {r / c:.2f} | {cb:,.0f} | {rbs} |")
+    md.append("")
+    md.append("rsync's bytes are its `--stats` total bytes sent (put) or received (get), protocol and file "
+              "lists included; cskit's are the file bytes it moved (`--json` `bytes`), without its listing "
+              "and framing.")
+    return {"commands": {"cskit_put": "cskit put -a --json SRC HOST:up", "rsync_put": "rsync -a --stats -e ssh SRC/ HOST:DST/src/",
+                         "cskit_get": "cskit get -a --json HOST:up/src DST", "rsync_get": "rsync -a --stats -e ssh HOST:SRC/ DST/src/"},
+            "cases": cases_out, "ratios": ratios, "markdown": "\n".join(md) + "\n"}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default=os.path.join(ROOT, "build", "release"))
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--connections", type=int, default=10000)
-    ap.add_argument("--only", choices=["codec", "roundtrip", "memory", "udp", "exec", "chat", "files"])
+    ap.add_argument("--only", choices=["codec", "roundtrip", "memory", "udp", "exec", "chat", "files", "sync"])
     ap.add_argument("--file-size-mb", type=int, default=2048, help="files: size of the big file (MiB)")
     ap.add_argument("--tree-files", type=int, default=10000, help="files: number of 4 KiB files in the tree")
     a = ap.parse_args()
@@ -1285,6 +1414,7 @@ def main():
                                      f"python3 bench/run_bench.py --only files --runs {a.runs} "
                                      f"--file-size-mb {a.file_size_mb} --tree-files {a.tree_files}"),
         "memory": lambda: bench_idle_memory(binary, max(1, a.runs // 2 + 1), a.connections),
+        "sync": lambda: bench_sync(binary, a.runs, a.tree_files),
     }
     for name, run in sections.items():
         if a.only not in (None, name):
