@@ -146,6 +146,7 @@ struct files_options {
   std::string verify;      ///< "" or "sha256"
   bool archive = false;    ///< put/get -a: -r -p, and unchanged files are not sent again
   bool dry_run = false;    ///< put/get --dry-run
+  bool checksum = false;   ///< put/get -c
   bool delete_extraneous = false;  ///< put/get --delete
   struct filter_rule {
     bool include = false;  ///< --include (else --exclude)

@@ -394,6 +394,7 @@ client::transfer_options transfer_options_of(const files_options& o, progress_li
   t.preserve = o.preserve || o.archive;
   t.skip_unchanged = o.archive;
   t.dry_run = o.dry_run;
+  t.checksum = o.checksum;
   t.delete_extraneous = o.delete_extraneous;
   t.filter = filter_of(o);
   t.no_clobber = o.no_clobber;

@@ -253,6 +253,9 @@ void build_transfers(command_line& cl) {
     cmd->add_flag("-a,--archive", o->archive,
                   "Like rsync -a: -r and -p, and a file whose destination has the same size and modification time "
                   "is not sent again (a re-run sends only what changed)");
+    cmd->add_flag("-c,--checksum", o->checksum,
+                  "Skip a file whose destination has the same size and XXH3-128 digest, whatever its time (the "
+                  "server reads its copies to compare; with -p, times and bits are brought in line)");
     cmd->add_flag("--dry-run", o->dry_run, "Say what would be sent, made and deleted, and change nothing");
     cmd->add_option_function<std::string>(
            "--bwlimit",

@@ -112,7 +112,7 @@ transfer_result download::run(const std::vector<std::string>& sources, const std
     choose_destination(sources, dest);
     for (const auto& src : sources) plan_source(src);
     drop_below_refused_links();
-    if (o_.skip_unchanged) drop_unchanged();
+    if (o_.skip_unchanged || o_.checksum) drop_unchanged();
     if (o_.dry_run) {
       list_planned();
     } else {
@@ -270,6 +270,9 @@ void download::plan_source(const std::string& src_in) {
     r_.errors.push_back({src, errc::bad_path, "no local name for '" + src + "'"});
     return;
   }
+  if (o_.checksum && !to_stdout_ && top.type == "file") {
+    if (auto one = files_.list(src, false, true); one.size() == 1) top.xxh3 = one.front().xxh3;
+  }
   auto f = std::make_unique<file>(o_.sha256);
   f->remote = src;
   f->jail = base_jail_.get();
@@ -317,7 +320,7 @@ const util::dir_jail* download::make_tree_root(const std::string& root_name, con
 void download::plan_tree(const std::string& src, const remote_entry& top, const std::string& root_name) {
   std::vector<remote_entry> entries;
   try {
-    entries = files_.list(src, true);
+    entries = files_.list(src, true, o_.checksum);
   } catch (const client_error& e) {
     if (e.kind() != failure::remote && e.kind() != failure::permission) throw;
     r_.errors.push_back({src, e.code().value_or(errc::io_error), e.what()});
@@ -431,10 +434,16 @@ void download::drop_unchanged() {
     struct stat st {};
     std::string leaf;
     shared_dir dir;
-    // rsync's quick check, and the permission bits -a keeps.
-    const bool same = local_stat(f->jail, f->local, st, leaf, dir) && S_ISREG(st.st_mode) &&
-                      static_cast<std::uint64_t>(st.st_size) == f->entry.size &&
-                      util::mtime_ns(st) == f->entry.mtime_ns && (st.st_mode & 0777) == (f->entry.mode & 0777);
+    if (!local_stat(f->jail, f->local, st, leaf, dir) || !S_ISREG(st.st_mode) ||
+        static_cast<std::uint64_t>(st.st_size) != f->entry.size) {
+      return false;
+    }
+    const bool same_time_and_bits = util::mtime_ns(st) == f->entry.mtime_ns && (st.st_mode & 0777) == (f->entry.mode & 0777);
+    bool same = same_time_and_bits;  // rsync's quick check, and the bits -a keeps
+    if (o_.checksum) {
+      same = !f->entry.xxh3.empty() && local_xxh3(dir->get(), leaf, f->entry.size) == f->entry.xxh3;
+      if (same && o_.preserve && !o_.dry_run && !same_time_and_bits) retouch(dir->get(), leaf, *f);
+    }
     if (same) ++r_.unchanged;
     return same;
   });
@@ -447,6 +456,22 @@ void download::drop_unchanged() {
     const ssize_t n = ::readlinkat(dir->get(), leaf.c_str(), buf, sizeof buf - 1);
     return n >= 0 && std::string_view(buf, static_cast<std::size_t>(n)) == l.entry.target;  // the same link
   });
+}
+
+std::string download::local_xxh3(int dir, const std::string& leaf, std::uint64_t size) {
+  util::unique_fd fd(::openat(dir, leaf.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
+  util::content_digest d(false);
+  if (!fd || util::hash_file_range(fd.get(), 0, size, d) != 0) return {};
+  return d.xxh3_hex();
+}
+
+void download::retouch(int dir, const std::string& leaf, const file& f) {
+  // -c -p: the same content already; the server's time and bits.
+  util::unique_fd fd(::openat(dir, leaf.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
+  int err = fd ? 0 : errno;
+  if (!err && ::fchmod(fd.get(), static_cast<mode_t>(f.entry.mode & 0777)) != 0) err = errno;
+  if (!err) err = util::set_mtime_ns(fd.get(), f.entry.mtime_ns);
+  if (err) r_.errors.push_back({f.shown, local_errc(err), download_message(err, f.shown)});
 }
 
 void download::list_planned() {

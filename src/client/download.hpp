@@ -60,6 +60,11 @@ class download {
   /// -a: drops the files whose local copy has the same size, time and
   /// permission bits, and the links already there with the same target.
   void drop_unchanged();
+  /// -c: the XXH3-128 of the file `leaf` in `dir` ("" if it cannot be read whole).
+  static std::string local_xxh3(int dir, const std::string& leaf, std::uint64_t size);
+  /// -c -p: gives a file already there with the same content the server's
+  /// time and permission bits.
+  void retouch(int dir, const std::string& leaf, const file& f);
   /// --dry-run: what would be done, into the result.
   void list_planned();
   /// --delete: what each tree holds that its listing did not name (and

@@ -166,6 +166,7 @@ remote_entry entry_from_json(const json& j) {
   e.mtime_ns = j.value("mtime_ns", std::int64_t{0});
   e.target = j.value("target", "");
   e.unfinished_copy_of = j.value("unfinished_copy_of", "");
+  e.xxh3 = j.value("xxh3", "");
   return e;
 }
 
@@ -174,14 +175,17 @@ remote_entry file_client::stat(const std::string& path) {
   return entry_from_json(f.header.at("entry"));
 }
 
-std::vector<remote_entry> file_client::list(const std::string& path, bool recursive) {
+std::vector<remote_entry> file_client::list(const std::string& path, bool recursive, bool digests) {
   const auto id = c_.next_id();
-  c_.send({{"type", "fs.list"}, {"id", id}, {"path", path}, {"recursive", recursive}});
+  json h = {{"type", "fs.list"}, {"id", id}, {"path", path}, {"recursive", recursive}};
+  if (digests) h["digests"] = true;
+  c_.send(h);
   std::vector<remote_entry> out;
   for (;;) {
     proto::frame f = c_.receive();
     if (f.id() != id) continue;
     if (f.type() == proto::type::error) throw error_from_frame(f);
+    if (f.type() == "fs.list.progress") continue;  // still hashing: the wait starts again
     json arr = json::parse(f.body, nullptr, false);
     if (!arr.is_array()) throw client_error(failure::protocol, "fs.list.reply: the body is not a JSON array");
     for (auto& e : arr) out.push_back(entry_from_json(e));
@@ -251,6 +255,7 @@ class upload {
     // --delete only after a transfer without errors (as rsync): a source
     // that could not be read in full must not empty the destination.
     if (!plan_.deletions.empty() && r_.errors.empty()) delete_extraneous();
+    retouch();
     if (o_.preserve) restore_directory_attributes();
   }
 
@@ -491,6 +496,19 @@ class upload {
     pipe_.drain();
   }
 
+  // -c -p: what was already there with the same content gets the
+  // source's time and permission bits.
+  void retouch() {
+    for (const auto& it : plan_.retouch) {
+      const auto id = c_.next_id();
+      c_.send({{"type", "fs.setattr"}, {"id", id}, {"path", it.remote}, {"mode", it.st.st_mode & 0777},
+               {"mtime_ns", util::mtime_ns(it.st)}});
+      pipe_.track(id, it.remote, nullptr);
+      while (pipe_.size() >= window_requests) pipe_.wait_one();
+    }
+    pipe_.drain();
+  }
+
   void delete_extraneous() {
     for (const auto& path : plan_.deletions) {
       const auto id = c_.next_id();
@@ -535,8 +553,8 @@ class upload {
 
 namespace {
 
-// What the server holds at and below `tops`.
-remote_tree remote_tree_at(file_client& fc, const std::vector<std::string>& tops) {
+// What the server holds at and below `tops` (with each file's digest).
+remote_tree remote_tree_at(file_client& fc, const std::vector<std::string>& tops, bool digests) {
   // One stat per top, one listing per directory: the replies of a listing
   // stream in bulk, whatever the number of files.
   remote_tree there;
@@ -544,10 +562,12 @@ remote_tree remote_tree_at(file_client& fc, const std::vector<std::string>& tops
     auto e = fc.stat_if_exists(top);
     if (!e) continue;
     if (e->type == "dir") {
-      for (auto& x : fc.list(top, true)) {
+      for (auto& x : fc.list(top, true, digests)) {
         std::string path = join(top, x.name);
         there.insert_or_assign(std::move(path), std::move(x));
       }
+    } else if (e->type == "file" && digests) {
+      if (auto one = fc.list(top, false, true); one.size() == 1) e->xxh3 = one.front().xxh3;
     }
     there.insert_or_assign(top, std::move(*e));
   }
@@ -562,9 +582,11 @@ transfer_result file_client::put(const std::vector<std::string>& sources, const 
   clock_guard timer{std::chrono::steady_clock::now(), r};
   put_plan plan = plan_put(sources, dest, o, r, [this](const std::string& path) { return stat_if_exists(path); });
   remote_tree there;
-  if (o.skip_unchanged || o.dry_run || o.delete_extraneous) there = remote_tree_at(*this, plan.tops);
+  if (o.skip_unchanged || o.checksum || o.dry_run || o.delete_extraneous) {
+    there = remote_tree_at(*this, plan.tops, o.checksum);
+  }
   if (o.delete_extraneous) plan_deletions(plan, there, o.filter);
-  if (o.skip_unchanged) drop_unchanged(plan, there, r);
+  if (o.skip_unchanged || o.checksum) drop_unchanged(plan, there, o, r);
   if (o.dry_run) {
     r.planned = planned_steps(plan, there);
     return r;

@@ -28,6 +28,9 @@ struct remote_entry {
   /// fs.stat of a directory that a tree copy under way created: the
   /// source it copies (util::unfinished_copy_marker).
   std::string unfinished_copy_of;
+  /// fs.list with digests: the file's XXH3-128, 32 hex digits ("" when
+  /// not asked for, or the server could not read the file whole).
+  std::string xxh3;
 };
 
 struct transfer_progress {
@@ -49,6 +52,10 @@ struct transfer_options {
   /// is not sent again (rsync's quick check; -a also keeps times, so that
   /// a second run finds them equal).
   bool skip_unchanged = false;
+  /// -c/--checksum: a file whose destination has the same size and
+  /// XXH3-128 is not sent (whatever its time), with or without -a; under
+  /// -p its time and permission bits are brought in line instead.
+  bool checksum = false;
   bool dry_run = false;  ///< --dry-run: plan, say what would be done (transfer_result::planned), change nothing
   /// --delete: in a tree copy, remove from the destination what the source
   /// no longer has (not what --exclude protects), after a transfer without
@@ -97,7 +104,9 @@ class file_client {
   std::optional<remote_entry> stat_if_exists(const std::string& path);
   /// A directory's entries (recursive: every entry below, as relative
   /// paths, a directory before its contents); a file lists as itself.
-  std::vector<remote_entry> list(const std::string& path, bool recursive);
+  /// `digests`: each file's entry also has its XXH3-128 (remote_entry::xxh3),
+  /// which the server computes first (fs.list.progress frames meanwhile).
+  std::vector<remote_entry> list(const std::string& path, bool recursive, bool digests = false);
   void mkdir(const std::string& path, bool parents);
   std::uint64_t rm(const std::string& path, bool recursive);
   /// Returns where it ended up (into an existing directory, like mv).

@@ -234,15 +234,35 @@ void plan_deletions(put_plan& plan, const remote_tree& there, const path_filter&
   std::sort(plan.deletions.begin(), plan.deletions.end());
 }
 
-void drop_unchanged(put_plan& plan, const remote_tree& there, transfer_result& r) {
+namespace {
+
+// The XXH3-128 of a local file, as hex; "" when it cannot be read whole.
+std::string local_xxh3(const put_item& it) {
+  util::unique_fd fd(::open(it.local.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+  util::content_digest d(false);
+  if (!fd || util::hash_file_range(fd.get(), 0, static_cast<std::uint64_t>(it.st.st_size), d) != 0) return {};
+  return d.xxh3_hex();
+}
+
+}  // namespace
+
+void drop_unchanged(put_plan& plan, const remote_tree& there, const transfer_options& o, transfer_result& r) {
   std::erase_if(plan.items, [&](const put_item& it) {
     const auto e = there.find(it.remote);
     if (e == there.end()) return false;
-    if (it.what == put_item::symlink) return e->second.type == "symlink" && e->second.target == it.target;
-    if (it.what != put_item::file) return false;
-    // rsync's quick check, and the permission bits -a keeps.
-    const bool same = e->second.type == "file" && e->second.size == static_cast<std::uint64_t>(it.st.st_size) &&
-                      e->second.mtime_ns == util::mtime_ns(it.st) && (e->second.mode & 0777) == (it.st.st_mode & 0777);
+    const remote_entry& x = e->second;
+    if (it.what == put_item::symlink) return x.type == "symlink" && x.target == it.target;
+    if (it.what != put_item::file || x.type != "file" || x.size != static_cast<std::uint64_t>(it.st.st_size)) {
+      return false;
+    }
+    const bool same_time_and_bits = x.mtime_ns == util::mtime_ns(it.st) && (x.mode & 0777) == (it.st.st_mode & 0777);
+    bool same = false;
+    if (o.checksum) {
+      same = !x.xxh3.empty() && local_xxh3(it) == x.xxh3;
+      if (same && o.preserve && !same_time_and_bits) plan.retouch.push_back(it);
+    } else {
+      same = same_time_and_bits;  // rsync's quick check, and the bits -a keeps
+    }
     if (same) ++r.unchanged;
     return same;
   });

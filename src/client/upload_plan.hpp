@@ -42,6 +42,9 @@ struct put_plan {
   /// --delete: what the destination has and the source no longer does,
   /// the highest of each such subtree only (its removal takes the rest).
   std::vector<std::string> deletions;
+  /// -c with -p: files already there with the same content whose time or
+  /// permission bits differ: only those are set (fs.setattr).
+  std::vector<put_item> retouch;
 };
 
 /// What the server holds at and below the plan's tops, by remote path.
@@ -62,9 +65,12 @@ put_plan plan_put(const std::vector<std::string>& sources, const std::string& de
 void plan_deletions(put_plan& plan, const remote_tree& there, const path_filter& filter);
 
 /// -a: drops the files whose remote counterpart is a file of the same size,
-/// modification time (rsync's quick check) and permission bits, counted
-/// in r.unchanged, and the links already there with the same target.
-void drop_unchanged(put_plan& plan, const remote_tree& there, transfer_result& r);
+/// modification time (rsync's quick check) and permission bits; with
+/// o.checksum, those of the same size and XXH3-128 instead (the local
+/// file is read; under -p one whose time or bits differ goes to
+/// plan.retouch). Counted in r.unchanged. Links already there with the
+/// same target are dropped too.
+void drop_unchanged(put_plan& plan, const remote_tree& there, const transfer_options& o, transfer_result& r);
 
 /// --dry-run: what executing `plan` would do; directories `there` already
 /// has are not made again, so they are left out.

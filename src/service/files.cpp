@@ -161,6 +161,7 @@ file_share::file_share(const std::filesystem::path& root, files_options options)
     usage_ = total;
   }
   thread_ = std::thread([this] { committer(); });
+  hash_thread_ = std::thread([this] { hasher(); });
 }
 
 file_share::~file_share() {
@@ -169,7 +170,31 @@ file_share::~file_share() {
     stopping_ = true;
   }
   cv_.notify_all();
+  hash_cv_.notify_all();
   if (thread_.joinable()) thread_.join();
+  if (hash_thread_.joinable()) hash_thread_.join();
+}
+
+void file_share::hash_in_background(std::function<void()> job) {
+  {
+    std::lock_guard lock(mu_);
+    hash_jobs_.push_back(std::move(job));
+  }
+  hash_cv_.notify_one();
+}
+
+void file_share::hasher() {
+  for (;;) {
+    std::function<void()> job;
+    {
+      std::unique_lock lock(mu_);
+      hash_cv_.wait(lock, [&] { return stopping_ || !hash_jobs_.empty(); });
+      if (stopping_) return;
+      job = std::move(hash_jobs_.front());
+      hash_jobs_.pop_front();
+    }
+    job();
+  }
 }
 
 bool file_share::reserve(std::uint64_t bytes) noexcept {
@@ -599,10 +624,72 @@ void files_session::do_stat(std::uint64_t id, const json& h) {
   reply(id, {{"type", "fs.stat.reply"}, {"entry", std::move(entry)}});
 }
 
+struct files_session::digest_listing {
+  struct file {
+    std::size_t chunk, index;  // where its entry is
+    std::string path;          // share-relative
+    std::uint64_t size;
+    std::string xxh3;          // filled on the hashing thread ("" : could not be read whole)
+  };
+  std::uint64_t id = 0;
+  std::vector<json> chunks;
+  std::vector<file> files;
+  std::size_t skipped = 0;
+};
+
+void files_session::list_with_digests(std::shared_ptr<digest_listing> work) {
+  share_.hash_in_background([work, &jail = share_.jail(), w = weak_from_this(), ex = conn_.executor()] {
+    // A progress frame at most once a second, so that the client (whose
+    // every wait has a deadline) knows the server is still at it.
+    auto last_sign = std::chrono::steady_clock::now();
+    std::uint64_t hashed = 0;
+    for (auto& f : work->files) {
+      if (std::chrono::steady_clock::now() - last_sign >= std::chrono::seconds(1)) {
+        last_sign = std::chrono::steady_clock::now();
+        boost::asio::post(ex, [w, id = work->id, hashed, total = work->files.size()] {
+          if (auto self = w.lock()) {
+            self->conn_.touch();  // the client waits: not idle
+            self->reply(id, {{"type", "fs.list.progress"}, {"files_hashed", hashed}, {"files", total}});
+          }
+        });
+      }
+      ++hashed;
+      util::unique_fd fd(jail.open(f.path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK));  // a FIFO must not block
+      struct stat st {};
+      util::content_digest d(false);
+      if (fd && ::fstat(fd.get(), &st) == 0 && S_ISREG(st.st_mode) &&
+          static_cast<std::uint64_t>(st.st_size) == f.size && util::hash_file_range(fd.get(), 0, f.size, d) == 0) {
+        f.xxh3 = d.xxh3_hex();
+      }
+    }
+    boost::asio::post(ex, [w, work] {
+      if (auto self = w.lock()) self->send_listing(*work);
+    });
+  });
+}
+
+void files_session::send_listing(digest_listing& work) {
+  for (const auto& f : work.files) {
+    if (!f.xxh3.empty()) work.chunks[f.chunk][f.index]["xxh3"] = f.xxh3;
+  }
+  for (std::size_t i = 0; i < work.chunks.size(); ++i) {
+    const bool done = i + 1 == work.chunks.size();
+    reply(work.id, {{"type", "fs.list.reply"}, {"count", work.chunks[i].size()}, {"done", done}, {"skipped", work.skipped}},
+          work.chunks[i].dump(-1, ' ', false, json::error_handler_t::replace));
+  }
+}
+
 void files_session::do_list(std::uint64_t id, const json& h) {
   auto path = checked_path(id, h, "path");
   if (!path) return;
   const bool recursive = h.value("recursive", false);
+  // With digests the frames wait for the hashing thread: the listing is
+  // kept whole until then (at most max_list_entries entries).
+  std::shared_ptr<digest_listing> digests;
+  if (h.value("digests", false)) {
+    digests = std::make_shared<digest_listing>();
+    digests->id = id;
+  }
   util::unique_fd top(share_.jail().open(*path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK));  // a FIFO must not block
   if (!top) {
     int e = -top.release();
@@ -618,11 +705,21 @@ void files_session::do_list(std::uint64_t id, const json& h) {
   std::size_t total = 0, skipped = 0;
   bool too_many = false;
   auto flush = [&](bool done) {
-    reply(id, {{"type", "fs.list.reply"}, {"count", chunk.size()}, {"done", done}, {"skipped", skipped}},
-          chunk.dump(-1, ' ', false, json::error_handler_t::replace));
+    if (digests) {
+      digests->chunks.push_back(std::move(chunk));
+      digests->skipped = skipped;
+      if (done) list_with_digests(std::move(digests));
+    } else {
+      reply(id, {{"type", "fs.list.reply"}, {"count", chunk.size()}, {"done", done}, {"skipped", skipped}},
+            chunk.dump(-1, ' ', false, json::error_handler_t::replace));
+    }
     chunk = json::array();
   };
-  auto add = [&](json e) {
+  // `shared`: the entry's share-relative path, for its digest.
+  auto add = [&](json e, const std::string& shared) {
+    if (digests && e.value("type", "") == "file") {
+      digests->files.push_back({digests->chunks.size(), chunk.size(), shared, e.value("size", std::uint64_t{0}), {}});
+    }
     chunk.push_back(std::move(e));
     if (++total > max_list_entries) too_many = true;
     if (chunk.size() >= list_chunk) flush(false);
@@ -634,7 +731,7 @@ void files_session::do_list(std::uint64_t id, const json& h) {
     if (!dir || ::fstatat(dir.get(), leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
       return error(id, errc::not_found, "'" + *path + "': no such file or directory");
     }
-    add(entry_json(leaf, st, dir.get(), leaf.c_str()));
+    add(entry_json(leaf, st, dir.get(), leaf.c_str()), *path);
     return flush(true);
   }
   // Depth-first, each directory's entries sorted by name, a directory
@@ -660,7 +757,8 @@ void files_session::do_list(std::uint64_t id, const json& h) {
       failed_errno = ENAMETOOLONG;
       return util::walk_step::stop;
     }
-    add(entry_json(recursive ? e.path : e.name, e.st, e.dir_fd, e.name.c_str()));
+    add(entry_json(recursive ? e.path : e.name, e.st, e.dir_fd, e.name.c_str()),
+        digests ? under(*path, e.path) : std::string());
     return recursive ? util::walk_step::descend : util::walk_step::next;
   };
   v.failed = [&](const util::tree_entry& e, int err) {

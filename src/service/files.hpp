@@ -107,9 +107,14 @@ class file_share {
   void start_writeback(int file, std::uint64_t offset, std::uint64_t length);
   /// Who holds which part (see part_registry).
   part_registry& parts() noexcept { return parts_; }
+  /// Runs `job` on the share's hashing thread, one job after another:
+  /// digests of whole files (fs.list's `digests`) read the disk there,
+  /// never on an event loop. Jobs still queued at shutdown are dropped.
+  void hash_in_background(std::function<void()> job);
 
  private:
   void committer();
+  void hasher();
 
   util::dir_jail jail_;
   files_options options_;
@@ -125,7 +130,10 @@ class file_share {
   std::deque<writeback> writebacks_;
   bool stopping_ = false;
   part_registry parts_;
+  std::deque<std::function<void()>> hash_jobs_;  // guarded by mu_
+  std::condition_variable hash_cv_;
   std::thread thread_;
+  std::thread hash_thread_;
 };
 
 /// Maps an errno from a file operation to a protocol error and message.
@@ -184,6 +192,11 @@ class files_session : public std::enable_shared_from_this<files_session> {
 
   void do_stat(std::uint64_t id, const proto::json& h);
   void do_list(std::uint64_t id, const proto::json& h);
+  /// fs.list with `digests`: the listing is complete in `work`; its files
+  /// are hashed on the share's hashing thread, then the frames are sent.
+  struct digest_listing;
+  void list_with_digests(std::shared_ptr<digest_listing> work);
+  void send_listing(digest_listing& work);
   void do_mkdir(std::uint64_t id, const proto::json& h);
   void finish_mkdir(std::uint64_t id, int dirfd, bool created, const std::string& path,
                     const std::optional<std::string>& tree_of);

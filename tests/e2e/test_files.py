@@ -3024,6 +3024,77 @@ class Sync(FilesTestCase):
         os.remove(os.path.join(src, "bad\x01name"))
         self.assertEqual(self.json_ok("put", "-a", "--delete", src, self.rr("m"))["deleted"], 1)
 
+    def test_checksum_compares_content_both_ways(self):
+        src = self.lp("src")
+        self.make_tree(src)
+        self.json_ok("put", "-a", src, self.rr("c"))
+        copy = os.path.join(self.rshare, "c", "src")
+        # Same size, same time, other bytes: the quick check is fooled, -c is not.
+        victim = os.path.join(src, "d1", "f5.txt")
+        st = os.stat(victim)
+        write_file(victim, bytes(b ^ 1 for b in read_file(victim)))
+        os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+        self.assertEqual(self.json_ok("put", "-a", src, self.rr("c"))["files"], 0)
+        j = self.json_ok("put", "-a", "-c", src, self.rr("c"))
+        self.assertEqual((j["files"], j["unchanged"]), (1, 23))
+        self.assertEqual(snapshot(copy), snapshot(src))
+        # A new time alone: nothing sent, the time follows (-a keeps times).
+        os.utime(os.path.join(src, "d2", "f2.txt"), ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))
+        j = self.json_ok("put", "-a", "-c", src, self.rr("c"))
+        self.assertEqual((j["files"], j["unchanged"]), (0, 24))
+        self.assertEqual(os.stat(os.path.join(copy, "d2", "f2.txt")).st_mtime_ns, 1_600_000_000_000_000_000)
+        # get: the same, from the server's side.
+        self.json_ok("get", "-a", self.rr("c/src"), self.lp("back"))
+        theirs = os.path.join(copy, "d3", "f7.txt")
+        st = os.stat(theirs)
+        write_file(theirs, bytes(b ^ 2 for b in read_file(theirs)))
+        os.utime(theirs, ns=(st.st_atime_ns, st.st_mtime_ns))
+        self.assertEqual(self.json_ok("get", "-a", self.rr("c/src"), self.lp("back"))["files"], 0)
+        j = self.json_ok("get", "-a", "--checksum", self.rr("c/src"), self.lp("back"))
+        self.assertEqual((j["files"], j["unchanged"]), (1, 23))
+        self.assertEqual(snapshot(self.lp("back", "src")), snapshot(copy))
+        os.utime(os.path.join(copy, "keep.log"), ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
+        j = self.json_ok("get", "-a", "-c", self.rr("c/src"), self.lp("back"))
+        self.assertEqual((j["files"], j["unchanged"]), (0, 24))
+        self.assertEqual(os.stat(self.lp("back", "src", "keep.log")).st_mtime_ns, 1_700_000_000_000_000_000)
+        # One file, without -a: -c alone skips it when the content is the same.
+        j = self.json_ok("put", "-c", os.path.join(src, "keep.log"), self.rr("c/src/keep.log"))
+        self.assertEqual((j["files"], j["unchanged"]), (0, 1))
+
+    def test_list_digests_on_the_wire(self):
+        w = os.path.join(self.rshare, "w")
+        write_file(os.path.join(w, "a.bin"), os.urandom(200000))  # one get.file frame, with its xxh3
+        write_file(os.path.join(w, "sub", "same.bin"), read_file(os.path.join(w, "a.bin")))
+        write_file(os.path.join(w, "empty"), b"")
+        os.symlink("a.bin", os.path.join(w, "link"))
+        os.mkfifo(os.path.join(w, "fifo"))  # never opened for a digest (it would block)
+        with cskit_client.Client.connect("127.0.0.1", self.srv.port, "admin", TOKEN,
+                                         fingerprint=self.srv.fingerprint) as c:
+            c.send({"type": "fs.list", "id": 7, "path": f"{self.rdir}/w", "recursive": True, "digests": True})
+            entries, frames = {}, 0
+            while True:
+                h, body = c.recv()
+                self.assertEqual(h["id"], 7, h)
+                frames += 1
+                if h["type"] == "fs.list.progress":
+                    continue
+                self.assertEqual(h["type"], "fs.list.reply", h)
+                for e in json.loads(body):
+                    entries[e["name"]] = e
+                if h["done"]:
+                    break
+            # The digest is the one a download reports for the same bytes.
+            want = c.request("get", path=f"{self.rdir}/w/a.bin")[0]["xxh3"]
+            self.assertRegex(entries["a.bin"]["xxh3"], r"^[0-9a-f]{32}$")
+            self.assertEqual(entries["a.bin"]["xxh3"], want)
+            self.assertEqual(entries["sub/same.bin"]["xxh3"], want)
+            self.assertEqual(entries["empty"]["xxh3"], c.request("get", path=f"{self.rdir}/w/empty")[0]["xxh3"])
+            for name in ("link", "fifo", "sub"):
+                self.assertNotIn("xxh3", entries[name])
+            # Without `digests`, as before: no digest, no waiting.
+            h, body = c.request("fs.list", path=f"{self.rdir}/w", recursive=False)
+            self.assertTrue(all("xxh3" not in e for e in json.loads(body)))
+
     def test_bwlimit_paces_both_ways(self):
         data = os.urandom(400 * 1024)
         write_file(self.lp("f"), data)

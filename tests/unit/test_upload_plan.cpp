@@ -45,6 +45,11 @@ class PutPlan : public ::testing::Test {
     o.filter = std::move(filter);
     return plan_with(sources, dest, o);
   }
+  static client::transfer_options archive_options() {
+    client::transfer_options o;
+    o.recursive = o.preserve = o.skip_unchanged = true;
+    return o;
+  }
   client::put_plan plan_with(const std::vector<std::string>& sources, const std::string& dest,
                              const client::transfer_options& o) {
     result_ = {};
@@ -183,12 +188,12 @@ TEST_F(PutPlan, UnchangedFilesAreDropped) {
     other_bits.mode ^= 0100;
     auto q = p;
     client::transfer_result qr;
-    client::drop_unchanged(q, {{"t/a", other_bits}}, qr);
+    client::drop_unchanged(q, {{"t/a", other_bits}}, archive_options(), qr);
     EXPECT_EQ(qr.unchanged, 0u);
     EXPECT_EQ(remote_items(q).count("t/a"), 1u);
   }
   there["t/sub"] = dir();
-  client::drop_unchanged(p, there, result_);
+  client::drop_unchanged(p, there, archive_options(), result_);
   EXPECT_EQ(result_.unchanged, 1u);
   const auto items = remote_items(p);
   EXPECT_EQ(items.count("t/a"), 0u);
