@@ -1367,7 +1367,7 @@ def bench_sync(binary, runs, tree_files=10000):
             ratios[f"{phase}_{d}_rsync_over_cskit"] = (statistics.median(res[f"{phase}_rsync_{d}"]) /
                                                        statistics.median(res[f"{phase}_cskit_{d}"]))
     md = [f"## Keeping a tree in step: {tree_files:,} files of 4 KiB, `-a` against `rsync -a -e ssh` ({runs} rounds)", "",
-          "| case | cskit | rsync over ssh | rsync / cskit | bytes cskit sent | bytes rsync sent |", "|---|---|---|---|---|---|"]
+          "| case | cskit | rsync over ssh | rsync / cskit | file bytes cskit moved | bytes rsync sent (all) |", "|---|---|---|---|---|---|"]
     for phase, label in (("noop", "nothing changed"), ("changed_1pct", "1% of the files changed")):
         for d in ("put", "get"):
             c, r = statistics.median(res[f"{phase}_cskit_{d}"]), statistics.median(res[f"{phase}_rsync_{d}"])

@@ -430,15 +430,19 @@ std::optional<std::uint64_t> parse_rate(std::string_view text) {
   if (end != number.c_str() + number.size() || !(value >= 0)) return std::nullopt;
   std::string unit(text.substr(digits));
   for (auto& c : unit) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  // As rsync: K, M, G (and KiB, MiB, GiB) are powers of 1024, KB, MB, GB
+  // powers of 1000; no suffix is K.
+  double base = 1024.0;
   if (unit.ends_with("ib")) {
     unit.resize(unit.size() - 2);
-  } else if (unit.ends_with("b") && unit.size() == 2) {
+  } else if (unit.size() == 2 && unit.back() == 'b') {
     unit.pop_back();
+    base = 1000.0;
   }
   double scale = 0;
-  if (unit.empty() || unit == "k") scale = 1024.0;
-  else if (unit == "m") scale = 1024.0 * 1024;
-  else if (unit == "g") scale = 1024.0 * 1024 * 1024;
+  if (unit.empty() || unit == "k") scale = base;
+  else if (unit == "m") scale = base * base;
+  else if (unit == "g") scale = base * base * base;
   if (scale == 0 || value * scale > 1e15) return std::nullopt;
   const auto rate = static_cast<std::uint64_t>(value * scale);
   if (rate != 0 && rate < 1024) return std::nullopt;

@@ -115,6 +115,7 @@ struct connection::impl {
   server_greeting greeting;
   std::string peer;
   std::uint64_t last_id = 0;
+  std::chrono::steady_clock::time_point last_keep_alive = std::chrono::steady_clock::now();
   proto::frame_decoder decoder;
   static constexpr std::size_t rbuf_size = 256 * 1024;  // bulk streams (exec output) arrive in large reads
   std::unique_ptr<char[]> rbuf{new char[rbuf_size]};
@@ -760,6 +761,13 @@ std::size_t connection::send_file(const json& header, int fd, std::uint64_t offs
 
 bool connection::encrypts_in_user_space() const noexcept { return impl_->encrypts(); }
 std::uint64_t connection::rate_limit() const noexcept { return impl_->opts.rate_limit; }
+
+void connection::keep_alive() {
+  const auto now = std::chrono::steady_clock::now();
+  if (now - impl_->last_keep_alive < std::chrono::seconds(30)) return;
+  impl_->last_keep_alive = now;
+  impl_->write({{"type", proto::type::ping}}, {});
+}
 
 proto::frame connection::receive_streamed(const std::function<bool(const json&)>& stream,
                                           const std::function<void(std::string_view)>& on_part) {

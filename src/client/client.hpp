@@ -136,6 +136,12 @@ class connection {
   bool encrypts_in_user_space() const noexcept;
   /// connect_options::rate_limit (0: none).
   std::uint64_t rate_limit() const noexcept;
+  /// For a client busy on its own side (hashing local files) between
+  /// requests: sends a `ping` without id (its `pong` is passed over like
+  /// any reply nobody waits for) when 30 s passed since the last, so that
+  /// the server's idle deadline does not close the connection. Cheap to
+  /// call often.
+  void keep_alive();
   /// Like receive(), but a frame whose header `stream` accepts has its
   /// body handed to `on_part` in pieces as it arrives (no buffering of
   /// the whole body); the frame is then returned with an empty body.

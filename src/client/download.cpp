@@ -141,7 +141,7 @@ void download::execute() {
   }
   commit_finished();
   // --delete only after a transfer without errors (as rsync).
-  if (o_.delete_extraneous && r_.errors.empty()) prune_extraneous(true);
+  if (o_.delete_extraneous) prune_extraneous(true);
   if (marked_tree_ && r_.errors.empty()) {
     // Complete: the mark goes (before -p sets the directories' times).
     if (int e = util::clear_unfinished_copy(marked_tree_->root_fd())) {
@@ -273,6 +273,7 @@ void download::plan_source(const std::string& src_in) {
   if (o_.checksum && !to_stdout_ && top.type == "file") {
     if (auto one = files_.list(src, false, true); one.size() == 1) top.xxh3 = one.front().xxh3;
   }
+  note_landing(root_name);
   auto f = std::make_unique<file>(o_.sha256);
   f->remote = src;
   f->jail = base_jail_.get();
@@ -328,12 +329,22 @@ void download::plan_tree(const std::string& src, const remote_entry& top, const 
   }
   const util::dir_jail* tree = make_tree_root(root_name, root_name.empty() ? base_ : root_name);
   if (!tree && !o_.dry_run) return;
+  note_landing(root_name);
   if (!root_name.empty()) dirs_.push_back({base_jail_.get(), root_name, root_name, top, true});  // for -p
   std::set<std::string, std::less<>> left_out;  // directories excluded, with all they hold
   listed_tree* listed = nullptr;
-  if (o_.delete_extraneous) {
-    listed = &listed_[tree];
-    listed->shown = root_name;
+  if (o_.delete_extraneous && tree) {
+    listed = &listed_tree_of(*tree);
+    listed->prune = true;
+    if (listed->shown.empty()) listed->shown = root_name;
+    // Names the server left out of its listing may be here: --delete cannot
+    // tell them from what the source no longer has, so it deletes nothing.
+    if (files_.last_list_skipped() > 0) {
+      r_.errors.push_back({src, errc::bad_path,
+                           "'" + src + "': the server left " + std::to_string(files_.last_list_skipped()) +
+                               " name(s) out of its listing (not UTF-8, or control characters); --delete "
+                               "deletes nothing"});
+    }
   }
   for (const auto& e : entries) {
     if (listed && util::check_relative_path(e.name).empty()) listed->names.insert(util::normalize_relative(e.name));
@@ -441,6 +452,7 @@ void download::drop_unchanged() {
     const bool same_time_and_bits = util::mtime_ns(st) == f->entry.mtime_ns && (st.st_mode & 0777) == (f->entry.mode & 0777);
     bool same = same_time_and_bits;  // rsync's quick check, and the bits -a keeps
     if (o_.checksum) {
+      c_.keep_alive();
       same = !f->entry.xxh3.empty() && local_xxh3(dir->get(), leaf, f->entry.size) == f->entry.xxh3;
       if (same && o_.preserve && !o_.dry_run && !same_time_and_bits) retouch(dir->get(), leaf, *f);
     }
@@ -489,9 +501,39 @@ void download::list_planned() {
   if (o_.delete_extraneous) prune_extraneous(false);
 }
 
+download::listed_tree& download::listed_tree_of(const util::dir_jail& tree) {
+  // By the directory itself: two sources that land in one directory (or a
+  // tree and the files beside it) share what is kept there.
+  struct stat st {};
+  ::fstat(tree.root_fd(), &st);
+  listed_tree& l = listed_[{st.st_dev, st.st_ino}];
+  if (!l.jail) l.jail = &tree;
+  return l;
+}
+
+void download::note_landing(const std::string& name) {
+  // What a source creates in the destination itself is the source's, not
+  // extraneous, should another source's contents (-a SRC/) land there too.
+  if (!o_.delete_extraneous || !base_jail_ || name.empty() || name.find('/') != std::string::npos) return;
+  listed_tree_of(*base_jail_).landed.insert(name);
+}
+
 void download::prune_extraneous(bool act) {
-  for (const auto& [tree, listed] : listed_) {
-    if (!tree) continue;  // a tree a --dry-run did not make: nothing in it yet
+  if (!r_.errors.empty()) return;  // never after errors (nor in a dry run's list)
+  for (const auto& [key, listed] : listed_) {
+    for (const auto& name : listed.landed) {
+      if (listed.prune && listed.names.count(name)) {
+        // Two sources put the same name there: which one's listing decides
+        // what stays below it is not clear, so nothing is deleted.
+        r_.errors.push_back({name, errc::exists,
+                             "'" + name + "' comes from two sources; --delete deletes nothing"});
+        return;
+      }
+    }
+  }
+  for (const auto& [key, listed] : listed_) {
+    if (!listed.prune) continue;  // only names noted there, nothing listed into it
+    const util::dir_jail* tree = listed.jail;
     util::unique_fd root(::openat(tree->root_fd(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
     const std::string top = listed.shown.empty() ? base_ : listed.shown;
     if (!root) {
@@ -502,9 +544,9 @@ void download::prune_extraneous(bool act) {
     v.keep = [](std::string_view n) { return !util::is_part_file_name(n) && n != util::unfinished_copy_marker; };
     v.enter = [&](const util::tree_entry& e) {
       const bool is_dir = S_ISDIR(e.st.st_mode);
-      if (listed.names.count(e.path) || o_.filter.excluded(e.path, is_dir)) {
-        return is_dir ? util::walk_step::descend : util::walk_step::next;
-      }
+      if (o_.filter.excluded(e.path, is_dir)) return util::walk_step::next;  // protected, with all it holds
+      if (listed.landed.count(e.path)) return util::walk_step::next;  // another source's, judged by its own listing
+      if (listed.names.count(e.path)) return is_dir ? util::walk_step::descend : util::walk_step::next;
       const std::string shown = join(listed.shown, e.path);
       if (act) {
         remove_extraneous(e, shown);

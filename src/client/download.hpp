@@ -123,12 +123,19 @@ class download {
   std::vector<item> links_;
   std::vector<item> refused_links_;
   std::vector<std::unique_ptr<file>> queue_;
-  // --delete: by tree, every name its listing held (before the filters).
+  // --delete: by local directory (device, inode), every name that is the
+  // sources' there: what their listings held (before the filters), and
+  // what a source lands as in the destination itself.
   struct listed_tree {
-    std::string shown;  // the tree as the user sees it ("" : the destination itself)
-    std::unordered_set<std::string> names;
+    const util::dir_jail* jail = nullptr;
+    std::string shown;   // the tree as the user sees it ("" : the destination itself)
+    bool prune = false;  // a listing was copied into it: what it does not name goes
+    std::unordered_set<std::string> names;   // from the listings copied into it
+    std::unordered_set<std::string> landed;  // a source's own file or tree root, in the destination itself
   };
-  std::map<const util::dir_jail*, listed_tree> listed_;
+  std::map<std::pair<dev_t, ino_t>, listed_tree> listed_;
+  listed_tree& listed_tree_of(const util::dir_jail& tree);
+  void note_landing(const std::string& name);
 
   struct commit;
   std::vector<commit> batch_;  // verified files waiting for one flush

@@ -181,11 +181,13 @@ std::vector<remote_entry> file_client::list(const std::string& path, bool recurs
   if (digests) h["digests"] = true;
   c_.send(h);
   std::vector<remote_entry> out;
+  last_list_skipped_ = 0;
   for (;;) {
     proto::frame f = c_.receive();
     if (f.id() != id) continue;
     if (f.type() == proto::type::error) throw error_from_frame(f);
     if (f.type() == "fs.list.progress") continue;  // still hashing: the wait starts again
+    last_list_skipped_ = std::max(last_list_skipped_, f.header.value("skipped", std::uint64_t{0}));
     json arr = json::parse(f.body, nullptr, false);
     if (!arr.is_array()) throw client_error(failure::protocol, "fs.list.reply: the body is not a JSON array");
     for (auto& e : arr) out.push_back(entry_from_json(e));
@@ -586,7 +588,8 @@ transfer_result file_client::put(const std::vector<std::string>& sources, const 
     there = remote_tree_at(*this, plan.tops, o.checksum);
   }
   if (o.delete_extraneous) plan_deletions(plan, there, o.filter);
-  if (o.skip_unchanged || o.checksum) drop_unchanged(plan, there, o, r);
+  if (o.skip_unchanged || o.checksum) drop_unchanged(plan, there, o, r, [this] { c_.keep_alive(); });
+  if (!r.errors.empty()) plan.deletions.clear();  // never after errors: not in a dry run's list either
   if (o.dry_run) {
     r.planned = planned_steps(plan, there);
     return r;

@@ -107,6 +107,9 @@ class file_client {
   /// `digests`: each file's entry also has its XXH3-128 (remote_entry::xxh3),
   /// which the server computes first (fs.list.progress frames meanwhile).
   std::vector<remote_entry> list(const std::string& path, bool recursive, bool digests = false);
+  /// How many names the last list() said the server left out (`skipped`:
+  /// names no client could ask for again).
+  std::uint64_t last_list_skipped() const noexcept { return last_list_skipped_; }
   void mkdir(const std::string& path, bool parents);
   std::uint64_t rm(const std::string& path, bool recursive);
   /// Returns where it ended up (into an existing directory, like mv).
@@ -123,6 +126,7 @@ class file_client {
 
  private:
   connection& c_;
+  std::uint64_t last_list_skipped_ = 0;
 };
 
 remote_entry entry_from_json(const proto::json& j);

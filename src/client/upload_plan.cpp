@@ -202,6 +202,20 @@ void add_source(put_plan& plan, const std::string& src, const transfer_options& 
 
 }  // namespace
 
+namespace {
+
+// Whether --exclude protects `rel`: itself, or a directory it is in (which
+// the copy never entered, so what is in it was never listed as kept).
+bool excluded_or_inside(const path_filter& filter, std::string_view rel, bool is_dir) {
+  if (filter.empty()) return false;
+  for (std::size_t slash = rel.find('/'); slash != std::string_view::npos; slash = rel.find('/', slash + 1)) {
+    if (filter.excluded(rel.substr(0, slash), true)) return true;
+  }
+  return filter.excluded(rel, is_dir);
+}
+
+}  // namespace
+
 void plan_deletions(put_plan& plan, const remote_tree& there, const path_filter& filter) {
   std::unordered_set<std::string> kept;
   for (const auto& it : plan.items) kept.insert(it.remote);
@@ -218,7 +232,7 @@ void plan_deletions(put_plan& plan, const remote_tree& there, const path_filter&
                                                             path[top.size()] == '/';
       if (!below) continue;
       const std::string_view rel = top.empty() ? std::string_view(path) : std::string_view(path).substr(top.size() + 1);
-      if (!filter.excluded(rel, e.type == "dir")) doomed.insert(path);
+      if (!excluded_or_inside(filter, rel, e.type == "dir")) doomed.insert(path);
       break;
     }
   }
@@ -236,17 +250,25 @@ void plan_deletions(put_plan& plan, const remote_tree& there, const path_filter&
 
 namespace {
 
-// The XXH3-128 of a local file, as hex; "" when it cannot be read whole.
+// The XXH3-128 of a local file, as hex; "" when it cannot be read whole or
+// is no longer what the plan saw (then it is sent, and checked then). A
+// source named on the command line may be a link to its file, as when sent.
 std::string local_xxh3(const put_item& it) {
-  util::unique_fd fd(::open(it.local.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+  util::unique_fd fd(::open(it.local.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
+  struct stat now {};
   util::content_digest d(false);
-  if (!fd || util::hash_file_range(fd.get(), 0, static_cast<std::uint64_t>(it.st.st_size), d) != 0) return {};
+  if (!fd || ::fstat(fd.get(), &now) != 0 || !S_ISREG(now.st_mode) || now.st_size != it.st.st_size ||
+      util::mtime_ns(now) != util::mtime_ns(it.st) ||
+      util::hash_file_range(fd.get(), 0, static_cast<std::uint64_t>(it.st.st_size), d) != 0) {
+    return {};
+  }
   return d.xxh3_hex();
 }
 
 }  // namespace
 
-void drop_unchanged(put_plan& plan, const remote_tree& there, const transfer_options& o, transfer_result& r) {
+void drop_unchanged(put_plan& plan, const remote_tree& there, const transfer_options& o, transfer_result& r,
+                    const std::function<void()>& keep_alive) {
   std::erase_if(plan.items, [&](const put_item& it) {
     const auto e = there.find(it.remote);
     if (e == there.end()) return false;
@@ -258,6 +280,7 @@ void drop_unchanged(put_plan& plan, const remote_tree& there, const transfer_opt
     const bool same_time_and_bits = x.mtime_ns == util::mtime_ns(it.st) && (x.mode & 0777) == (it.st.st_mode & 0777);
     bool same = false;
     if (o.checksum) {
+      if (keep_alive) keep_alive();
       same = !x.xxh3.empty() && local_xxh3(it) == x.xxh3;
       if (same && o.preserve && !same_time_and_bits) plan.retouch.push_back(it);
     } else {

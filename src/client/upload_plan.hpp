@@ -70,7 +70,10 @@ void plan_deletions(put_plan& plan, const remote_tree& there, const path_filter&
 /// file is read; under -p one whose time or bits differ goes to
 /// plan.retouch). Counted in r.unchanged. Links already there with the
 /// same target are dropped too.
-void drop_unchanged(put_plan& plan, const remote_tree& there, const transfer_options& o, transfer_result& r);
+/// `keep_alive` (optional) is called before each local file is read, so
+/// that a long read of the local tree does not leave the connection idle.
+void drop_unchanged(put_plan& plan, const remote_tree& there, const transfer_options& o, transfer_result& r,
+                    const std::function<void()>& keep_alive = {});
 
 /// --dry-run: what executing `plan` would do; directories `there` already
 /// has are not made again, so they are left out.

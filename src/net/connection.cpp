@@ -904,7 +904,11 @@ clock::time_point connection::next_deadline(due& what) const noexcept {
   if (state_ == state::open && !delayed_error_) {
     if (!authenticated_) consider(opened_ + limits_.handshake_timeout, due::handshake);
     if (mid_frame()) consider(frame_started_ + limits_.frame_timeout, due::frame);
-    if (authenticated_ && !mid_frame()) consider(last_activity_ + limits_.idle_timeout, due::idle);
+    // Idle: nothing from the peer, and nothing it took from us, for that
+    // long (a long download to a peer that only reads is not idle).
+    if (authenticated_ && !mid_frame()) {
+      consider(std::max(last_activity_, write_progress_) + limits_.idle_timeout, due::idle);
+    }
     if (keepalive_drop_.count() > 0) {
       if (pinged_for_ != last_activity_) consider(last_activity_ + keepalive_ping_, due::ping);
       consider(last_activity_ + keepalive_drop_, due::ping_timeout);

@@ -223,6 +223,9 @@ void run_server(server_config config, const serve_hooks& hooks) {
   if (hooks.on_listening) hooks.on_listening(address);
 
   srv.run();
+  // The share's threads post their results to the event loops: they stop
+  // (an unfinished digest job is abandoned) while the loops still exist.
+  share->stop();
   spdlog::info("server stopped");
 }
 

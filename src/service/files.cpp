@@ -164,7 +164,10 @@ file_share::file_share(const std::filesystem::path& root, files_options options)
   hash_thread_ = std::thread([this] { hasher(); });
 }
 
-file_share::~file_share() {
+file_share::~file_share() { stop(); }
+
+void file_share::stop() {
+  stop_requested_ = true;
   {
     std::lock_guard lock(mu_);
     stopping_ = true;
@@ -175,12 +178,14 @@ file_share::~file_share() {
   if (hash_thread_.joinable()) hash_thread_.join();
 }
 
-void file_share::hash_in_background(std::function<void()> job) {
+bool file_share::hash_in_background(std::function<void()> job) {
   {
     std::lock_guard lock(mu_);
+    if (stopping_ || hash_jobs_.size() >= max_hash_jobs) return false;
     hash_jobs_.push_back(std::move(job));
   }
   hash_cv_.notify_one();
+  return true;
 }
 
 void file_share::hasher() {
@@ -344,6 +349,7 @@ struct files_session::upload {
   bool data_seen = false;   // any put.data so far
   std::optional<mode_t> mode;
   mode_t part_mode = 0;  // the part file's mode as opened
+  mode_t create_mode = 0;  // what the part is created with (modes_for)
   std::optional<std::int64_t> mtime;
   bool failed = false;  // answered with an error; waiting for put.end to forget it
   bool preallocated = false;  // blocks up to `size` are reserved (util::preallocate)
@@ -455,7 +461,7 @@ bool files_session::run(queued_request& q) {
   // requests that look at the share wait for this connection's commits,
   // so that `put` then `mv` of the same file works. Uploads and mkdir do
   // not wait: a tree upload flows without a round trip per file.
-  if (download_) return false;
+  if (download_ || digest_pending_) return false;
   const std::string type = q.header.value("type", "");
   const bool independent = type == "put" || type == "fs.mkdir" || type == "fs.symlink";
   if (!independent && commits_pending_ > 0) return false;
@@ -635,36 +641,64 @@ struct files_session::digest_listing {
   std::vector<json> chunks;
   std::vector<file> files;
   std::size_t skipped = 0;
+  std::atomic<std::size_t> hashed{0};  // files done, for the progress frames
 };
 
+namespace {
+
+// The XXH3-128 of a listed file, read in slices so that `cancelled` is
+// asked often; "" when it cannot be read whole as listed.
+template <class Cancelled>
+std::string digest_of(const util::dir_jail& jail, const std::string& path, std::uint64_t size, Cancelled cancelled) {
+  constexpr std::uint64_t slice = 64u << 20;
+  util::unique_fd fd(jail.open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK));  // a FIFO must not block
+  struct stat st {};
+  if (!fd || ::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode) || static_cast<std::uint64_t>(st.st_size) != size) {
+    return {};
+  }
+  util::content_digest d(false);
+  for (std::uint64_t at = 0; at < size; at += slice) {
+    if (cancelled() || util::hash_file_range(fd.get(), at, std::min(slice, size - at), d) != 0) return {};
+  }
+  return d.xxh3_hex();
+}
+
+}  // namespace
+
 void files_session::list_with_digests(std::shared_ptr<digest_listing> work) {
-  share_.hash_in_background([work, &jail = share_.jail(), w = weak_from_this(), ex = conn_.executor()] {
-    // A progress frame at most once a second, so that the client (whose
-    // every wait has a deadline) knows the server is still at it.
-    auto last_sign = std::chrono::steady_clock::now();
-    std::uint64_t hashed = 0;
+  if (work->files.empty()) return send_listing(*work);
+  digest_pending_ = work;  // holds the request line (run()) until it is answered
+  const bool queued = share_.hash_in_background([work, &share = share_, w = weak_from_this(), ex = conn_.executor()] {
+    auto gone = [&] { return share.stopping() || w.expired(); };  // nobody to answer, or shutting down
     for (auto& f : work->files) {
-      if (std::chrono::steady_clock::now() - last_sign >= std::chrono::seconds(1)) {
-        last_sign = std::chrono::steady_clock::now();
-        boost::asio::post(ex, [w, id = work->id, hashed, total = work->files.size()] {
-          if (auto self = w.lock()) {
-            self->conn_.touch();  // the client waits: not idle
-            self->reply(id, {{"type", "fs.list.progress"}, {"files_hashed", hashed}, {"files", total}});
-          }
-        });
-      }
-      ++hashed;
-      util::unique_fd fd(jail.open(f.path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK));  // a FIFO must not block
-      struct stat st {};
-      util::content_digest d(false);
-      if (fd && ::fstat(fd.get(), &st) == 0 && S_ISREG(st.st_mode) &&
-          static_cast<std::uint64_t>(st.st_size) == f.size && util::hash_file_range(fd.get(), 0, f.size, d) == 0) {
-        f.xxh3 = d.xxh3_hex();
-      }
+      if (gone()) return;
+      f.xxh3 = digest_of(share.jail(), f.path, f.size, gone);
+      work->hashed.fetch_add(1, std::memory_order_relaxed);
     }
     boost::asio::post(ex, [w, work] {
       if (auto self = w.lock()) self->send_listing(*work);
     });
+  });
+  if (!queued) {
+    digest_pending_.reset();
+    return error(work->id, errc::busy, "the server is computing too many digests; try again shortly");
+  }
+  report_digest_progress();
+}
+
+void files_session::report_digest_progress() {
+  // Once a second while the digests are being computed (or wait their
+  // turn): the client, whose every wait has a deadline, knows the server
+  // is at it, and the connection is not idle.
+  conn_.run_after(std::chrono::seconds(1), [w = weak_from_this()] {
+    auto self = w.lock();
+    if (!self || !self->digest_pending_) return;
+    const auto& work = *self->digest_pending_;
+    self->conn_.touch();
+    self->reply(work.id, {{"type", "fs.list.progress"},
+                          {"files_hashed", work.hashed.load(std::memory_order_relaxed)},
+                          {"files", work.files.size()}});
+    self->report_digest_progress();
   });
 }
 
@@ -676,6 +710,10 @@ void files_session::send_listing(digest_listing& work) {
     const bool done = i + 1 == work.chunks.size();
     reply(work.id, {{"type", "fs.list.reply"}, {"count", work.chunks[i].size()}, {"done", done}, {"skipped", work.skipped}},
           work.chunks[i].dump(-1, ' ', false, json::error_handler_t::replace));
+  }
+  if (digest_pending_.get() == &work) {
+    digest_pending_.reset();
+    pump();  // the requests that waited for it
   }
 }
 
@@ -1054,127 +1092,175 @@ upload_modes modes_for(int dir, const std::string& leaf, std::optional<std::uint
 
 }  // namespace
 
-void files_session::do_put(std::uint64_t id, const json& h, std::string& body) {
-  auto path = checked_path(id, h, "path");
-  if (!path) return;
-  if (path->empty()) return error(id, errc::bad_path, "put needs a file name, not the share's root");
-  if (uploads_.count(id)) return error(id, errc::bad_request, "request id already in use by an upload");
-  if (uploads_.size() >= max_uploads_per_connection) {
-    return error(id, errc::busy, "too many uploads open on this connection");
-  }
-  const auto size = opt_number<std::uint64_t>(h, "size");
-  const bool is_inline = h.value("inline", false);
+// A put request, checked: what do_put needs of its header.
+struct files_session::put_request {
+  std::string path;
+  std::optional<std::uint64_t> size;
+  bool is_inline = false;
   bool sha = false;
-  if (!wants_sha256(h, sha)) return error(id, errc::bad_request, "'verify' must be \"xxh3\" or \"sha256\"");
-  const auto mode = opt_number<std::uint32_t>(h, "mode");
-  const auto mtime = opt_number<std::int64_t>(h, "mtime_ns");
-  const bool no_clobber = h.value("no_clobber", false);
-  const bool resume = h.value("resume", false);
-  const std::uint64_t declared = is_inline ? body.size() : size.value_or(0);
-  if (is_inline && size && *size != body.size()) {
-    return error(id, errc::bad_request, "inline put: size " + std::to_string(*size) + " but the body has " +
-                                            std::to_string(body.size()) + " bytes");
+  bool no_clobber = false;
+  bool resume = false;
+  std::uint64_t declared = 0;  // bytes to reserve against the quota
+};
+
+void files_session::do_put(std::uint64_t id, const json& h, std::string& body) {
+  const auto req = parse_put(id, h, body);
+  if (!req) return;
+  auto u = open_put_target(id, h, *req);
+  if (!u) return;
+  struct stat st {};
+  if (!open_put_part(id, *u, *req, st)) return;
+  if (req->is_inline) return put_inline(id, std::move(u), h, body, st);
+  put_streamed(id, std::move(u), *req, st);
+}
+
+std::optional<files_session::put_request> files_session::parse_put(std::uint64_t id, const json& h,
+                                                                   const std::string& body) {
+  auto path = checked_path(id, h, "path");
+  if (!path) return std::nullopt;
+  auto refuse = [&](errc code, std::string_view why) {
+    error(id, code, why);
+    return std::nullopt;
+  };
+  if (path->empty()) return refuse(errc::bad_path, "put needs a file name, not the share's root");
+  if (uploads_.count(id)) return refuse(errc::bad_request, "request id already in use by an upload");
+  if (uploads_.size() >= max_uploads_per_connection) return refuse(errc::busy, "too many uploads open on this connection");
+  put_request r;
+  r.path = std::move(*path);
+  r.size = opt_number<std::uint64_t>(h, "size");
+  r.is_inline = h.value("inline", false);
+  if (!wants_sha256(h, r.sha)) return refuse(errc::bad_request, "'verify' must be \"xxh3\" or \"sha256\"");
+  r.no_clobber = h.value("no_clobber", false);
+  r.resume = h.value("resume", false);
+  r.declared = r.is_inline ? body.size() : r.size.value_or(0);
+  if (r.is_inline && r.size && *r.size != body.size()) {
+    return refuse(errc::bad_request, "inline put: size " + std::to_string(*r.size) + " but the body has " +
+                                         std::to_string(body.size()) + " bytes");
   }
   const auto max = share_.options().max_file_size;
-  if (max && declared > max) {
-    return error_over_limit(id, max, "'" + *path + "' is " + std::to_string(declared) +
-                                         " bytes; this server accepts files up to " + std::to_string(max));
+  if (max && r.declared > max) {
+    error_over_limit(id, max, "'" + r.path + "' is " + std::to_string(r.declared) +
+                                  " bytes; this server accepts files up to " + std::to_string(max));
+    return std::nullopt;
   }
-  auto u = std::make_unique<upload>(sha);
-  u->path = *path;
-  u->dir.reset(share_.jail().open_parent(*path, u->leaf));
+  if (r.is_inline) r.size = body.size();
+  return r;
+}
+
+bool files_session::refuse_put_target(std::uint64_t id, const upload& u, const put_request& req) {
+  struct stat st {};
+  if (::fstatat(u.dir.get(), u.leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) return false;
+  if (S_ISDIR(st.st_mode)) {
+    error(id, errc::exists, "'" + req.path + "' is a directory");
+  } else if (req.no_clobber) {
+    error(id, errc::exists, "'" + req.path + "' already exists (no_clobber)");
+  } else {
+    return false;
+  }
+  return true;
+}
+
+std::unique_ptr<files_session::upload> files_session::open_put_target(std::uint64_t id, const json& h,
+                                                                      const put_request& req) {
+  auto u = std::make_unique<upload>(req.sha);
+  u->path = req.path;
+  u->dir.reset(share_.jail().open_parent(req.path, u->leaf));
   if (!u->dir) {
     const int e = -u->dir.release();
-    return error(id, errc_for_errno(e),
-                 e == ENOENT ? "'" + *path + "': the directory does not exist" : errno_message(e, "'" + *path + "'"));
+    error(id, errc_for_errno(e),
+          e == ENOENT ? "'" + req.path + "': the directory does not exist" : errno_message(e, "'" + req.path + "'"));
+    return nullptr;
   }
   // Refuse a directory in the way (or, with no_clobber, any file) before
   // any data is sent. An inline upload has sent its data already: its
   // commit refuses both, atomically, so looking first would only cost a
   // lookup per small file.
-  struct stat st {};
-  auto refused_name = [&] {  // answers and returns true when the name cannot be taken
-    if (::fstatat(u->dir.get(), u->leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) return false;
-    if (S_ISDIR(st.st_mode)) {
-      error(id, errc::exists, "'" + *path + "' is a directory");
-    } else if (no_clobber) {
-      error(id, errc::exists, "'" + *path + "' already exists (no_clobber)");
-    } else {
-      return false;
-    }
-    return true;
-  };
-  if (!is_inline && refused_name()) return;
-  if (!share_.reserve(declared)) {
+  if (!req.is_inline && refuse_put_target(id, *u, req)) return nullptr;
+  if (!share_.reserve(req.declared)) {
     // An inline put was not looked at yet: a name it could not take says so
     // rather than the quota.
-    if (is_inline && refused_name()) return;
-    return error(id, errc::quota_exceeded, "'" + *path + "' (" + std::to_string(declared) +
-                                               " bytes) would exceed the share's quota");
+    if (req.is_inline && refuse_put_target(id, *u, req)) return nullptr;
+    error(id, errc::quota_exceeded, "'" + req.path + "' (" + std::to_string(req.declared) +
+                                        " bytes) would exceed the share's quota");
+    return nullptr;
   }
-  u->reserved = declared;
-  u->size = is_inline ? std::optional<std::uint64_t>(body.size()) : size;
-  u->no_clobber = no_clobber;
-  const upload_modes modes = modes_for(u->dir.get(), u->leaf, mode, opt_number<std::uint32_t>(h, "source_mode"));
+  u->reserved = req.declared;
+  u->size = req.size;
+  u->no_clobber = req.no_clobber;
+  const upload_modes modes = modes_for(u->dir.get(), u->leaf, opt_number<std::uint32_t>(h, "mode"),
+                                       opt_number<std::uint32_t>(h, "source_mode"));
   u->mode = modes.final;
-  u->mtime = mtime;
-  const mode_t create_mode = modes.create;
+  u->create_mode = modes.create;
+  u->mtime = opt_number<std::int64_t>(h, "mtime_ns");
+  return u;
+}
+
+bool files_session::open_put_part(std::uint64_t id, upload& u, const put_request& req, struct stat& st) {
   // A file that comes whole in this frame is written to an unnamed file
   // and linked into place at commit: there is nothing to resume, so no
   // part needs a name, a lock or a rename.
-  int fd = is_inline ? util::open_unnamed(u->dir.get(), create_mode, st) : -EOPNOTSUPP;
+  int fd = req.is_inline ? util::open_unnamed(u.dir.get(), u.create_mode, st) : -EOPNOTSUPP;
   if (fd == -EOPNOTSUPP) {
     // The part file: one well-known name per target (resumable), locked
     // while in use. A concurrent upload of the same name gets a private one.
-    u->part = part_name_for(u->leaf);
-    fd = util::open_locked_part(u->dir.get(), u->part, u->private_part, create_mode, &st);
+    u.part = part_name_for(u.leaf);
+    fd = util::open_locked_part(u.dir.get(), u.part, u.private_part, u.create_mode, &st);
   }
   if (fd < 0) {
-    share_.release(u->reserved);
-    return fail_errno(id, -fd, "cannot create a part file for '" + *path + "'");
+    share_.release(u.reserved);
+    fail_errno(id, -fd, "cannot create a part file for '" + req.path + "'");
+    return false;
   }
-  u->file.reset(fd);
-  u->part_mode = static_cast<mode_t>(st.st_mode & 07777);
-  if (!is_inline && u->resumable()) {
+  u.file.reset(fd);
+  u.part_mode = static_cast<mode_t>(st.st_mode & 07777);
+  if (!req.is_inline && u.resumable()) {
     // Registered, so that a newer upload of this target can ask whether
     // this one's peer is still there.
-    u->claim = share_.parts().hold(st, [w = weak_from_this(), ex = conn_.executor()](auto done) {
+    u.claim = share_.parts().hold(st, [w = weak_from_this(), ex = conn_.executor()](auto done) {
       boost::asio::post(ex, [w, done = std::move(done)]() mutable {
         if (auto self = w.lock()) self->probe_peer(std::move(done));
       });
     });
   }
   if (!S_ISREG(st.st_mode)) {
+    share_.release(u.reserved);
+    error(id, errc::io_error, "the part file for '" + req.path + "' is not a regular file");
+    return false;
+  }
+  return true;
+}
+
+void files_session::put_inline(std::uint64_t id, std::unique_ptr<upload> u, const json& h, const std::string& body,
+                               const struct stat& st) {
+  // The whole file in this one frame: write, check, commit.
+  const int fd = u->file.get();
+  int e = st.st_size == 0 || ::ftruncate(fd, 0) == 0 ? util::write_all(fd, body.data(), body.size()) : errno;
+  u->digest.update(body.data(), body.size());
+  u->written = body.size();
+  if (e) {
     share_.release(u->reserved);
-    return error(id, errc::io_error, "the part file for '" + *path + "' is not a regular file");
+    if (u->private_part) ::unlinkat(u->dir.get(), u->part.c_str(), 0);  // (an unnamed file has none)
+    return error(id, errc_for_errno(e), errno_message(e, "writing '" + u->path + "'"));
   }
+  uploads_.emplace(id, std::move(u));
+  put_end(id, h);
+}
 
-  if (is_inline) {
-    // The whole file in this one frame: write, check, commit.
-    int e = st.st_size == 0 || ::ftruncate(fd, 0) == 0 ? util::write_all(fd, body.data(), body.size()) : errno;
-    u->digest.update(body.data(), body.size());
-    u->written = body.size();
-    if (e) {
-      share_.release(u->reserved);
-      if (u->private_part) ::unlinkat(u->dir.get(), u->part.c_str(), 0);  // (an unnamed file has none)
-      return error(id, errc_for_errno(e), errno_message(e, "writing '" + *path + "'"));
-    }
-    uploads_.emplace(id, std::move(u));
-    return put_end(id, h);
-  }
-
+void files_session::put_streamed(std::uint64_t id, std::unique_ptr<upload> u, const put_request& req,
+                                 const struct stat& st) {
+  const int fd = u->file.get();
   std::uint64_t offset = 0;
-  if (resume && !u->private_part && u->size && st.st_size > 0 && static_cast<std::uint64_t>(st.st_size) <= *u->size) {
+  if (req.resume && !u->private_part && u->size && st.st_size > 0 &&
+      static_cast<std::uint64_t>(st.st_size) <= *u->size) {
     offset = static_cast<std::uint64_t>(st.st_size);
-    if (int e = util::hash_file_range(fd, 0, offset, u->digest)) {
-      offset = 0;
+    if (util::hash_file_range(fd, 0, offset, u->digest) != 0) {
+      offset = 0;  // unreadable: start over
       u->digest.reset();
-      (void)e;
     }
   }
   if (offset == 0 && st.st_size != 0 && ::ftruncate(fd, 0) != 0) {
     share_.release(u->reserved);
-    return error(id, errc_for_errno(errno), errno_message(errno, "'" + *path + "'"));
+    return error(id, errc_for_errno(errno), errno_message(errno, "'" + req.path + "'"));
   }
   // Reserve the blocks still to come: a full disk is reported now, before
   // any data is sent, and cannot strike halfway.
@@ -1183,7 +1269,7 @@ void files_session::do_put(std::uint64_t id, const json& h, std::string& body) {
       share_.release(u->reserved);
       if (offset == 0) ::unlinkat(u->dir.get(), u->part.c_str(), 0);  // empty: nothing to resume
       return error(id, errc_for_errno(e),
-                   errno_message(e, "'" + *path + "' (" + std::to_string(*u->size - offset) + " bytes to come)"));
+                   errno_message(e, "'" + req.path + "' (" + std::to_string(*u->size - offset) + " bytes to come)"));
     }
     u->preallocated = true;
   }

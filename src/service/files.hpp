@@ -24,6 +24,8 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <sys/stat.h>
+
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -109,8 +111,16 @@ class file_share {
   part_registry& parts() noexcept { return parts_; }
   /// Runs `job` on the share's hashing thread, one job after another:
   /// digests of whole files (fs.list's `digests`) read the disk there,
-  /// never on an event loop. Jobs still queued at shutdown are dropped.
-  void hash_in_background(std::function<void()> job);
+  /// never on an event loop. False (nothing queued) when max_hash_jobs are
+  /// waiting already. Jobs still queued at stop() are dropped; a running
+  /// one sees stopping() and ends early.
+  bool hash_in_background(std::function<void()> job);
+  bool stopping() const noexcept { return stop_requested_.load(std::memory_order_relaxed); }
+  static constexpr std::size_t max_hash_jobs = 64;
+  /// Stops and joins the committer (after its queue) and the hashing
+  /// thread; called once the event loops have stopped, before they are
+  /// destroyed (both threads post to them). The destructor does it too.
+  void stop();
 
  private:
   void committer();
@@ -131,6 +141,7 @@ class file_share {
   bool stopping_ = false;
   part_registry parts_;
   std::deque<std::function<void()>> hash_jobs_;  // guarded by mu_
+  std::atomic<bool> stop_requested_{false};
   std::condition_variable hash_cv_;
   std::thread thread_;
   std::thread hash_thread_;
@@ -196,6 +207,7 @@ class files_session : public std::enable_shared_from_this<files_session> {
   /// are hashed on the share's hashing thread, then the frames are sent.
   struct digest_listing;
   void list_with_digests(std::shared_ptr<digest_listing> work);
+  void report_digest_progress();
   void send_listing(digest_listing& work);
   void do_mkdir(std::uint64_t id, const proto::json& h);
   void finish_mkdir(std::uint64_t id, int dirfd, bool created, const std::string& path,
@@ -205,6 +217,16 @@ class files_session : public std::enable_shared_from_this<files_session> {
   void do_symlink(std::uint64_t id, const proto::json& h);
   void do_setattr(std::uint64_t id, const proto::json& h);
   void do_put(std::uint64_t id, const proto::json& h, std::string& body);
+  // do_put's steps; each answers the request itself when it fails.
+  struct put_request;
+  std::optional<put_request> parse_put(std::uint64_t id, const proto::json& h, const std::string& body);
+  /// Whether the target name cannot be taken (a directory, or no_clobber and it exists); answered.
+  bool refuse_put_target(std::uint64_t id, const upload& u, const put_request& req);
+  std::unique_ptr<upload> open_put_target(std::uint64_t id, const proto::json& h, const put_request& req);
+  bool open_put_part(std::uint64_t id, upload& u, const put_request& req, struct stat& st);
+  void put_inline(std::uint64_t id, std::unique_ptr<upload> u, const proto::json& h, const std::string& body,
+                  const struct stat& st);
+  void put_streamed(std::uint64_t id, std::unique_ptr<upload> u, const put_request& req, const struct stat& st);
   void do_get(std::uint64_t id, const proto::json& h);
   void stream_download();
   void finish_download(proto::errc code, std::string_view message);
@@ -221,6 +243,7 @@ class files_session : public std::enable_shared_from_this<files_session> {
   std::size_t queued_bytes_ = 0;
   std::map<std::uint64_t, std::unique_ptr<upload>> uploads_;
   std::unique_ptr<download> download_;
+  std::shared_ptr<digest_listing> digest_pending_;  // an fs.list with digests being computed: the line waits
   int commits_pending_ = 0;
   bool commit_wake_posted_ = false;
   bool pumping_ = false;

@@ -3007,6 +3007,37 @@ class Sync(FilesTestCase):
         self.assertEqual(snapshot(self.lp("back", "src")), snapshot(mirror))
         self.assertTrue(os.path.exists(self.lp("back", "beside.txt")))
 
+    def test_delete_keeps_excluded_directories_and_other_sources(self):
+        src = self.lp("src")
+        self.make_tree(src)
+        self.json_ok("put", "-a", "--exclude", "build/", src, self.rr("m"))
+        mirror = os.path.join(self.rshare, "m", "src")
+        write_file(os.path.join(mirror, "build", "server-only.o"), b"made on the server")
+        os.remove(os.path.join(src, "keep.log"))
+        j = self.json_ok("put", "-a", "--delete", "--exclude", "build/", src, self.rr("m"))
+        self.assertEqual(j["deleted"], 1)  # keep.log; build/ and what it holds are protected
+        self.assertTrue(os.path.exists(os.path.join(mirror, "build", "server-only.o")))
+        # get: an excluded local directory is not entered either.
+        self.json_ok("get", "-a", self.rr("m/src"), self.lp("back"))
+        write_file(self.lp("back", "src", "build", "local-only.o"), b"made here")
+        j = self.json_ok("get", "-a", "--delete", "--exclude", "build/", self.rr("m/src"), self.lp("back"))
+        self.assertTrue(os.path.exists(self.lp("back", "src", "build", "local-only.o")))
+        # Two sources into one destination: the contents of one (b/) and the tree
+        # of the other (a) both belong there; neither deletes the other.
+        write_file(os.path.join(self.rshare, "two", "a", "x"), b"a's")
+        write_file(os.path.join(self.rshare, "two", "b", "y"), b"b's")
+        write_file(os.path.join(self.rshare, "two", "f"), b"a file source")
+        for _ in range(2):
+            j = self.json_ok("get", "-a", "--delete", self.rr("two/a"), self.rr("two/b") + "/", self.rr("two/f"),
+                             self.lp("merged"))
+            self.assertEqual(j["deleted"], 0, j)
+        self.assertEqual(sorted(os.listdir(self.lp("merged"))), ["a", "f", "y"])
+        write_file(self.lp("merged", "stray"), b"not from any source")
+        j = self.json_ok("get", "-a", "--delete", self.rr("two/a"), self.rr("two/b") + "/", self.rr("two/f"),
+                         self.lp("merged"))
+        self.assertEqual(j["deleted"], 1)
+        self.assertEqual(sorted(os.listdir(self.lp("merged"))), ["a", "f", "y"])
+
     def test_delete_never_after_errors(self):
         src = self.lp("src")
         self.make_tree(src)
@@ -3091,6 +3122,15 @@ class Sync(FilesTestCase):
             self.assertEqual(entries["empty"]["xxh3"], c.request("get", path=f"{self.rdir}/w/empty")[0]["xxh3"])
             for name in ("link", "fifo", "sub"):
                 self.assertNotIn("xxh3", entries[name])
+            # Requests behind it wait for its answer: order is kept.
+            c.send({"type": "fs.list", "id": 8, "path": f"{self.rdir}/w", "recursive": True, "digests": True})
+            c.send({"type": "fs.stat", "id": 9, "path": f"{self.rdir}/w/a.bin"})
+            order = []
+            while 9 not in order:
+                h, _ = c.recv()
+                if h["type"] != "fs.list.progress":
+                    order.append(h["id"])
+            self.assertEqual(order, [8, 9])
             # Without `digests`, as before: no digest, no waiting.
             h, body = c.request("fs.list", path=f"{self.rdir}/w", recursive=False)
             self.assertTrue(all("xxh3" not in e for e in json.loads(body)))
@@ -3121,6 +3161,22 @@ class Sync(FilesTestCase):
             r = self.cli("put", *args, self.lp("f"), self.rr())
             self.assertEqual(r.returncode, EXIT_USAGE, r.stderr)
             self.assertIn("--exclude", r.stderr)
+
+
+class SlowReaders(FilesTestCase):
+    """A download read slowly (--bwlimit) outlasts the server's idle deadline: a client
+    that takes the server's bytes is not idle."""
+    server_args = ("--idle-timeout", "2")
+
+    def test_slow_download_is_not_idle(self):
+        data = os.urandom(600 * 1024)
+        write_file(os.path.join(self.rshare, "slow.bin"), data)
+        start = time.monotonic()
+        self.json_ok("get", "--bwlimit", "100K", self.rr("slow.bin"), self.lp("slow.bin"))
+        self.assertGreater(time.monotonic() - start, 4.0)  # twice the idle deadline, at least
+        self.assertEqual(read_file(self.lp("slow.bin")), data)
+        # (A client that sends nothing and is sent nothing is still closed at
+        # the idle deadline: test_robustness.test_idle_timeout.)
 
 
 class Progress(FilesTestCase):

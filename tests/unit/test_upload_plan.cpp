@@ -219,6 +219,7 @@ TEST_F(PutPlan, FilterLeavesOutAndDoesNotEnter) {
 TEST_F(PutPlan, DeletionsAreWhatTheSourceNoLongerHasAndNotWhatIsExcluded) {
   client::path_filter f;
   f.add(client::path_filter::action::exclude, "*.keep");
+  f.add(client::path_filter::action::exclude, "cache/");
   auto p = plan_archive({src("t")}, "", f);
   client::remote_tree there;
   auto entry = [](const char* type) {
@@ -234,6 +235,8 @@ TEST_F(PutPlan, DeletionsAreWhatTheSourceNoLongerHasAndNotWhatIsExcluded) {
   there["t/old/deeper"] = entry("dir");
   there["t/old-ish"] = entry("file");     // sorts between old and old/x
   there["t/notes.keep"] = entry("file");  // excluded: protected, as rsync does
+  there["t/cache"] = entry("dir");        // an excluded directory: protected with all it holds
+  there["t/cache/old.bin"] = entry("file");
   there["elsewhere"] = entry("file");     // outside the tree: never
   client::plan_deletions(p, there, f);
   EXPECT_EQ(p.deletions, (std::vector<std::string>{"t/gone", "t/old", "t/old-ish"}));
