@@ -599,6 +599,9 @@ void connection::set_authenticated() noexcept {
   authenticated_ = true;
   admission_.release();
   last_activity_ = clock::now();
+  // The watchdog may be waiting for the handshake deadline: an idle
+  // deadline that comes sooner must not wait for it.
+  if (last_activity_ + limits_.idle_timeout < watchdog_armed_for_) wake(watchdog_timer_);
 }
 
 void connection::begin_shutdown(std::chrono::milliseconds grace) {

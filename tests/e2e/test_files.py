@@ -3175,8 +3175,16 @@ class SlowReaders(FilesTestCase):
         self.json_ok("get", "--bwlimit", "100K", self.rr("slow.bin"), self.lp("slow.bin"))
         self.assertGreater(time.monotonic() - start, 4.0)  # twice the idle deadline, at least
         self.assertEqual(read_file(self.lp("slow.bin")), data)
-        # (A client that sends nothing and is sent nothing is still closed at
-        # the idle deadline: test_robustness.test_idle_timeout.)
+
+    def test_idle_client_closed_at_the_idle_deadline(self):
+        # Sooner than the handshake deadline (10 s): the watchdog, armed for
+        # that one during the login, is re-armed for the idle deadline.
+        with cskit_client.Client.connect("127.0.0.1", self.srv.port, "admin", TOKEN,
+                                         fingerprint=self.srv.fingerprint) as c:
+            start = time.monotonic()
+            h, _ = c.recv()  # nothing comes until the server gives up on us
+            self.assertEqual((h["type"], h.get("code")), ("error", "idle_timeout"), h)
+            self.assertLess(time.monotonic() - start, 6.0)
 
 
 class Progress(FilesTestCase):
