@@ -531,7 +531,8 @@ void download::prune_extraneous(bool act) {
       }
     }
   }
-  for (const auto& [key, listed] : listed_) {
+  for (const auto& entry : listed_) {
+    const listed_tree& listed = entry.second;  // (a reference the lambdas below can capture)
     if (!listed.prune) continue;  // only names noted there, nothing listed into it
     const util::dir_jail* tree = listed.jail;
     util::unique_fd root(::openat(tree->root_fd(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
