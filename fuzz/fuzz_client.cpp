@@ -180,8 +180,8 @@ void run_client(std::uint8_t op, std::uint16_t port, const std::filesystem::path
   client::transfer_options o;
   o.fsync = false;
   switch (op % 5) {
-    case 0: (void)files.list("tree", true); break;
-    case 1: (void)files.list("dir", false); break;
+    case 0: (void)files.list("tree", true, false); break;
+    case 1: (void)files.list("dir", false, false); break;
     case 2: (void)files.stat("file"); break;
     case 3: o.recursive = true; (void)files.get({"tree"}, dest.string(), o); break;
     default: (void)files.get({"file"}, (dest / "one").string(), o); break;

@@ -533,7 +533,7 @@ int run_ls(const files_options& o) {
   if (std::string why = parse_remotes(o.args, o, specs); !why.empty()) return usage("ls", why);
   const remote_spec& spec = specs.front();
   return with_connection(o, spec.host, "ls", [&](client::file_client& fc) {
-    auto entries = fc.list(spec.path, o.recursive);
+    auto entries = fc.list(spec.path, o.recursive, false);
     if (!o.all) drop_hidden(fc, spec.path, entries);
     if (o.common.json) {
       json arr = json::array();

@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <climits>
 #include <cstring>
+#include <stdexcept>
 #include <map>
 #include <optional>
 
@@ -102,7 +103,7 @@ struct download::commit {
   std::optional<std::int64_t> mtime;
 };
 
-download::download(connection& c, file_client& files, const transfer_options& o) : c_(c), files_(files), o_(o) {}
+download::download(connection* c, remote_lister& files, const transfer_options& o) : c_(c), files_(files), o_(o) {}
 download::~download() = default;
 
 transfer_result download::run(const std::vector<std::string>& sources, const std::string& dest) {
@@ -123,6 +124,7 @@ transfer_result download::run(const std::vector<std::string>& sources, const std
 }
 
 void download::execute() {
+  if (!c_) throw std::logic_error("download: no connection to transfer with (only a dry run plans without one)");
   make_directories();
   make_links();
   check_links();
@@ -452,7 +454,7 @@ void download::drop_unchanged() {
     const bool same_time_and_bits = util::mtime_ns(st) == f->entry.mtime_ns && (st.st_mode & 0777) == (f->entry.mode & 0777);
     bool same = same_time_and_bits;  // rsync's quick check, and the bits -a keeps
     if (o_.checksum) {
-      c_.keep_alive();
+      files_.keep_alive();
       same = !f->entry.xxh3.empty() && local_xxh3(dir->get(), leaf, f->entry.size) == f->entry.xxh3;
       if (same && o_.preserve && !o_.dry_run && !same_time_and_bits) retouch(dir->get(), leaf, *f);
     }
@@ -746,18 +748,18 @@ void download::send_next() {
         f.digest.reset();
       }
     }
-    const auto id = c_.next_id();
+    const auto id = c_->next_id();
     h["id"] = id;
-    c_.queue(h);
+    c_->queue(h);
     waiting_[id] = &f;
   }
-  c_.flush();
+  c_->flush();
 }
 
 void download::transfer() {
   send_next();
   while (!waiting_.empty()) {
-    proto::frame f = c_.receive_streamed(
+    proto::frame f = c_->receive_streamed(
         [&](const json& h) {
           current_ = nullptr;
           if (h.value("type", "") != "get.data") return false;

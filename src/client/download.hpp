@@ -25,7 +25,9 @@ namespace cskit::client {
 
 class download {
  public:
-  download(connection& c, file_client& files, const transfer_options& o);
+  /// `files` answers the planning's questions; `c` carries the transfer
+  /// (nullptr: only a --dry-run, which plans and transfers nothing).
+  download(connection* c, remote_lister& files, const transfer_options& o);
   download(const download&) = delete;
   download& operator=(const download&) = delete;
   ~download();
@@ -103,8 +105,8 @@ class download {
   void commit_finished();
   void restore_directory_attributes();
 
-  connection& c_;
-  file_client& files_;
+  connection* c_;
+  remote_lister& files_;
   const transfer_options& o_;
   transfer_result r_;
   transfer_progress prog_;

@@ -196,6 +196,8 @@ std::vector<remote_entry> file_client::list(const std::string& path, bool recurs
   return out;
 }
 
+void file_client::keep_alive() { c_.keep_alive(); }
+
 void file_client::mkdir(const std::string& path, bool parents) {
   c_.request({{"type", "fs.mkdir"}, {"path", path}, {"parents", parents}});
 }
@@ -610,7 +612,7 @@ std::optional<remote_entry> file_client::stat_if_exists(const std::string& path)
 
 transfer_result file_client::get(const std::vector<std::string>& sources, const std::string& dest,
                                  const transfer_options& o) {
-  return download(c_, *this, o).run(sources, dest);
+  return download(&c_, *this, o).run(sources, dest);
 }
 
 }  // namespace cskit::client

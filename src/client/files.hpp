@@ -95,21 +95,35 @@ struct transfer_result {
   std::vector<transfer_error> errors;
 };
 
-class file_client {
+/// What planning a download asks of the server (file_client; a fake in
+/// tests/unit/test_download_plan.cpp, which plans without a network).
+class remote_lister {
+ public:
+  virtual ~remote_lister() = default;
+  virtual remote_entry stat(const std::string& path) = 0;
+  /// A directory's entries (recursive: every entry below, as relative
+  /// paths, a directory before its contents); a file lists as itself.
+  /// `digests`: each file's entry also has its XXH3-128.
+  virtual std::vector<remote_entry> list(const std::string& path, bool recursive, bool digests) = 0;
+  /// How many names the last list() said the server left out (`skipped`).
+  virtual std::uint64_t last_list_skipped() const noexcept = 0;
+  /// Called while the client works on its own for a while (hashing local
+  /// files): keeps the connection from looking idle.
+  virtual void keep_alive() = 0;
+};
+
+class file_client : public remote_lister {
  public:
   explicit file_client(connection& c) : c_(c) {}
 
-  remote_entry stat(const std::string& path);
+  remote_entry stat(const std::string& path) override;
   /// stat, with nullopt for a path that does not exist.
   std::optional<remote_entry> stat_if_exists(const std::string& path);
-  /// A directory's entries (recursive: every entry below, as relative
-  /// paths, a directory before its contents); a file lists as itself.
-  /// `digests`: each file's entry also has its XXH3-128 (remote_entry::xxh3),
-  /// which the server computes first (fs.list.progress frames meanwhile).
-  std::vector<remote_entry> list(const std::string& path, bool recursive, bool digests = false);
-  /// How many names the last list() said the server left out (`skipped`:
-  /// names no client could ask for again).
-  std::uint64_t last_list_skipped() const noexcept { return last_list_skipped_; }
+  /// With `digests` the server computes them first (fs.list.progress
+  /// frames meanwhile).
+  std::vector<remote_entry> list(const std::string& path, bool recursive, bool digests) override;
+  std::uint64_t last_list_skipped() const noexcept override { return last_list_skipped_; }
+  void keep_alive() override;
   void mkdir(const std::string& path, bool parents);
   std::uint64_t rm(const std::string& path, bool recursive);
   /// Returns where it ended up (into an existing directory, like mv).
