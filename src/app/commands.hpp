@@ -57,7 +57,8 @@ struct client_common {
 
 /// --bwlimit's RATE as rsync reads it: KiB per second, or with a suffix
 /// K, M or G (or KiB, MiB, GiB: powers of 1024), KB, MB or GB (powers of
-/// 1000); "0" is no limit. nullopt when it is not a rate, or under 1 KiB/s.
+/// 1000); "0" is no limit. nullopt when it is not a rate, or under 1000
+/// bytes per second.
 std::optional<std::uint64_t> parse_rate(std::string_view text);
 
 struct ping_options {

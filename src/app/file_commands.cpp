@@ -445,7 +445,7 @@ std::optional<std::uint64_t> parse_rate(std::string_view text) {
   else if (unit == "g") scale = base * base * base;
   if (scale == 0 || value * scale > 1e15) return std::nullopt;
   const auto rate = static_cast<std::uint64_t>(value * scale);
-  if (rate != 0 && rate < 1024) return std::nullopt;
+  if (rate != 0 && rate < 1000) return std::nullopt;
   return rate;
 }
 

@@ -261,7 +261,7 @@ void build_transfers(command_line& cl) {
            "--bwlimit",
            [o](const std::string& text) {
              const auto rate = parse_rate(text);
-             if (!rate) throw CLI::ValidationError("--bwlimit", "'" + text + "' is not a rate (KiB/s, or 500K, 10M, 1G; at least 1K)");
+             if (!rate) throw CLI::ValidationError("--bwlimit", "'" + text + "' is not a rate (KiB/s, or 500K, 10M, 1G; at least 1KB)");
              o->common.rate_limit = *rate;
            },
            "Average bytes per second, both ways, as rsync's --bwlimit: KiB/s, or with K, M or G")

@@ -764,7 +764,7 @@ std::uint64_t connection::rate_limit() const noexcept { return impl_->opts.rate_
 
 void connection::keep_alive() {
   const auto now = std::chrono::steady_clock::now();
-  if (now - impl_->last_keep_alive < std::chrono::seconds(30)) return;
+  if (now - impl_->last_keep_alive < std::chrono::seconds(10)) return;
   impl_->last_keep_alive = now;
   impl_->write({{"type", proto::type::ping}}, {});
 }

@@ -138,7 +138,7 @@ class connection {
   std::uint64_t rate_limit() const noexcept;
   /// For a client busy on its own side (hashing local files) between
   /// requests: sends a `ping` without id (its `pong` is passed over like
-  /// any reply nobody waits for) when 30 s passed since the last, so that
+  /// any reply nobody waits for) when 10 s passed since the last, so that
   /// the server's idle deadline does not close the connection. Cheap to
   /// call often.
   void keep_alive();

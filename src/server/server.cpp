@@ -222,10 +222,16 @@ void run_server(server_config config, const serve_hooks& hooks) {
   spdlog::info("listening on {} as '{}'", address, ctx.name);
   if (hooks.on_listening) hooks.on_listening(address);
 
-  srv.run();
-  // The share's threads post their results to the event loops: they stop
-  // (an unfinished digest job is abandoned) while the loops still exist.
-  share->stop();
+  {
+    // The share's threads post their results to the event loops: they
+    // stop (an unfinished digest job is abandoned) while the loops still
+    // exist, however run() ends.
+    struct stop_share {
+      service::file_share& s;
+      ~stop_share() { s.stop(); }
+    } guard{*share};
+    srv.run();
+  }
   spdlog::info("server stopped");
 }
 

@@ -689,10 +689,11 @@ void files_session::list_with_digests(std::shared_ptr<digest_listing> work) {
 void files_session::report_digest_progress() {
   // Once a second while the digests are being computed (or wait their
   // turn): the client, whose every wait has a deadline, knows the server
-  // is at it, and the connection is not idle.
-  conn_.run_after(std::chrono::seconds(1), [w = weak_from_this()] {
+  // is at it, and the connection is not idle. One timer per listing: it
+  // ends with the listing it was started for.
+  conn_.run_after(std::chrono::seconds(1), [w = weak_from_this(), listing = std::weak_ptr(digest_pending_)] {
     auto self = w.lock();
-    if (!self || !self->digest_pending_) return;
+    if (!self || !self->digest_pending_ || self->digest_pending_ != listing.lock()) return;
     const auto& work = *self->digest_pending_;
     self->conn_.touch();
     self->reply(work.id, {{"type", "fs.list.progress"},
@@ -1101,12 +1102,14 @@ struct files_session::put_request {
   bool no_clobber = false;
   bool resume = false;
   std::uint64_t declared = 0;  // bytes to reserve against the quota
+  std::optional<std::uint32_t> mode, source_mode;
+  std::optional<std::int64_t> mtime_ns;
 };
 
 void files_session::do_put(std::uint64_t id, const json& h, std::string& body) {
   const auto req = parse_put(id, h, body);
   if (!req) return;
-  auto u = open_put_target(id, h, *req);
+  auto u = open_put_target(id, *req);
   if (!u) return;
   struct stat st {};
   if (!open_put_part(id, *u, *req, st)) return;
@@ -1132,6 +1135,11 @@ std::optional<files_session::put_request> files_session::parse_put(std::uint64_t
   if (!wants_sha256(h, r.sha)) return refuse(errc::bad_request, "'verify' must be \"xxh3\" or \"sha256\"");
   r.no_clobber = h.value("no_clobber", false);
   r.resume = h.value("resume", false);
+  // Everything that can still fail to parse is read here, before the quota
+  // is reserved (open_put_target): nothing may throw while it is held.
+  r.mode = opt_number<std::uint32_t>(h, "mode");
+  r.source_mode = opt_number<std::uint32_t>(h, "source_mode");
+  r.mtime_ns = opt_number<std::int64_t>(h, "mtime_ns");
   r.declared = r.is_inline ? body.size() : r.size.value_or(0);
   if (r.is_inline && r.size && *r.size != body.size()) {
     return refuse(errc::bad_request, "inline put: size " + std::to_string(*r.size) + " but the body has " +
@@ -1160,8 +1168,7 @@ bool files_session::refuse_put_target(std::uint64_t id, const upload& u, const p
   return true;
 }
 
-std::unique_ptr<files_session::upload> files_session::open_put_target(std::uint64_t id, const json& h,
-                                                                      const put_request& req) {
+std::unique_ptr<files_session::upload> files_session::open_put_target(std::uint64_t id, const put_request& req) {
   auto u = std::make_unique<upload>(req.sha);
   u->path = req.path;
   u->dir.reset(share_.jail().open_parent(req.path, u->leaf));
@@ -1187,11 +1194,10 @@ std::unique_ptr<files_session::upload> files_session::open_put_target(std::uint6
   u->reserved = req.declared;
   u->size = req.size;
   u->no_clobber = req.no_clobber;
-  const upload_modes modes = modes_for(u->dir.get(), u->leaf, opt_number<std::uint32_t>(h, "mode"),
-                                       opt_number<std::uint32_t>(h, "source_mode"));
+  const upload_modes modes = modes_for(u->dir.get(), u->leaf, req.mode, req.source_mode);
   u->mode = modes.final;
   u->create_mode = modes.create;
-  u->mtime = opt_number<std::int64_t>(h, "mtime_ns");
+  u->mtime = req.mtime_ns;
   return u;
 }
 

@@ -222,7 +222,7 @@ class files_session : public std::enable_shared_from_this<files_session> {
   std::optional<put_request> parse_put(std::uint64_t id, const proto::json& h, const std::string& body);
   /// Whether the target name cannot be taken (a directory, or no_clobber and it exists); answered.
   bool refuse_put_target(std::uint64_t id, const upload& u, const put_request& req);
-  std::unique_ptr<upload> open_put_target(std::uint64_t id, const proto::json& h, const put_request& req);
+  std::unique_ptr<upload> open_put_target(std::uint64_t id, const put_request& req);
   bool open_put_part(std::uint64_t id, upload& u, const put_request& req, struct stat& st);
   void put_inline(std::uint64_t id, std::unique_ptr<upload> u, const proto::json& h, const std::string& body,
                   const struct stat& st);

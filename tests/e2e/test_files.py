@@ -3152,7 +3152,7 @@ class Sync(FilesTestCase):
             r = self.cli("put", "--bwlimit", bad, self.lp("f"), self.rr("g"))
             self.assertEqual(r.returncode, EXIT_USAGE, (bad, r.stderr))
             self.assertIn("--bwlimit", r.stderr)
-        for good in ("1M", "2048", "1.5m", "640KiB", "0"):
+        for good in ("1M", "2048", "1.5m", "640KiB", "100MB", "0"):
             self.json_ok("put", "--bwlimit", good, self.lp("f"), self.rr("g"))
 
     def test_bad_filter_use_is_a_usage_error(self):
