@@ -148,6 +148,7 @@ struct files_options {
   bool archive = false;    ///< put/get -a: -r -p, and unchanged files are not sent again
   bool dry_run = false;    ///< put/get --dry-run
   bool checksum = false;   ///< put/get -c
+  bool whole_file = false; ///< put -W: no delta transfer
   bool delete_extraneous = false;  ///< put/get --delete
   struct filter_rule {
     bool include = false;  ///< --include (else --exclude)

@@ -195,6 +195,10 @@ class progress_line {
     parts.push_back(clock_time(r.seconds));
     if (r.dirs) parts.push_back(fmt::format("{} dir{}", r.dirs, r.dirs == 1 ? "" : "s"));
     if (r.resumed_bytes) parts.push_back(fmt::format("({} resumed)", human_bytes(static_cast<double>(r.resumed_bytes))));
+    if (r.matched_bytes) {
+      parts.push_back(fmt::format("({} matched, {} sent)", human_bytes(static_cast<double>(r.matched_bytes)),
+                                  human_bytes(static_cast<double>(r.bytes - r.resumed_bytes - r.matched_bytes))));
+    }
     if (r.unchanged) parts.push_back(fmt::format("{} unchanged", r.unchanged));
     if (r.excluded) parts.push_back(fmt::format("{} excluded", r.excluded));
     if (r.deleted) parts.push_back(fmt::format("{} deleted", r.deleted));
@@ -318,6 +322,7 @@ int finish_transfer(const char* cmd, const files_options& o, const client::trans
               {"symlinks", r.symlinks},
               {"bytes", r.bytes},
               {"resumed_bytes", r.resumed_bytes},
+              {"matched_bytes", r.matched_bytes},
               {"seconds", util::round_to_places(r.seconds, 6)},
               {"bytes_per_second", r.seconds > 0 ? util::round_half_away(static_cast<double>(r.bytes - r.resumed_bytes) / r.seconds) : 0.0},
               {"digest", o.verify == "sha256" ? "xxh3-128+sha256" : "xxh3-128"},
@@ -395,6 +400,7 @@ client::transfer_options transfer_options_of(const files_options& o, progress_li
   t.skip_unchanged = o.archive;
   t.dry_run = o.dry_run;
   t.checksum = o.checksum;
+  t.delta = (o.archive || o.checksum) && !o.whole_file;
   t.delete_extraneous = o.delete_extraneous;
   t.filter = filter_of(o);
   t.no_clobber = o.no_clobber;

@@ -293,6 +293,11 @@ a new name continues in it). Without -p a new file gets the source's permission 
 umask, and a replaced one keeps its own.
 )") + remote_help);
   }
+  if (cl.put_cmd) {
+    cl.put_cmd->add_flag("--whole-file", cl.put_o.whole_file,
+                         "With -a or -c, send a changed file whole instead of only what differs from the server's "
+                         "copy (rsync's --whole-file; -W is --timeout here)");
+  }
   if (cl.get_cmd) {
     cl.get_cmd->add_flag("--no-fsync", cl.get_o.no_fsync,
                          "Do not flush downloaded files to disk before renaming them into place (faster, like scp; "

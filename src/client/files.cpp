@@ -14,10 +14,13 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <atomic>
 #include <map>
+#include <thread>
 
 #include "proto/messages.hpp"
 #include "proto/utf8.hpp"
+#include "util/delta.hpp"
 #include "util/digest.hpp"
 #include "util/file_io.hpp"
 #include "util/jail.hpp"
@@ -232,6 +235,35 @@ bool send_and_digest(connection& c, const json& header, int fd, std::uint64_t po
   return true;
 }
 
+// The chunks of a file being sent, cut on a thread of their own while the
+// server reads its old copy (both take about as long). Stopped, not
+// waited for, when they are not needed.
+class local_chunks {
+ public:
+  local_chunks(int fd, std::uint64_t size)
+      : thread_([this, fd, size] {
+          result_ = util::delta::chunk_file(fd, size, util::delta::params_for(size),
+                                            [this](std::uint64_t) { return stop_.load(std::memory_order_relaxed); });
+        }) {}
+  ~local_chunks() {
+    stop_ = true;
+    thread_.join();
+  }
+  local_chunks(const local_chunks&) = delete;
+  local_chunks& operator=(const local_chunks&) = delete;
+  /// nullopt: the file could not be read as it was.
+  std::optional<std::vector<util::delta::chunk>> get() {
+    thread_.join();
+    thread_ = std::thread([] {});
+    return std::move(result_);
+  }
+
+ private:
+  std::atomic<bool> stop_{false};
+  std::optional<std::vector<util::delta::chunk>> result_;
+  std::thread thread_;
+};
+
 // Sends a planned put (client/upload_plan.cpp decides what goes where),
 // pipelined: directories, links and small files (one frame each) go
 // without waiting for their answers; a large file waits for put.ready
@@ -389,35 +421,42 @@ class upload {
     pipe_.track(id, it.remote, file_done(), body.size());
   }
 
-  // put, put.ready (where to resume), the rest in pieces, put.end.
+  // put, put.ready (where to resume; with delta, what the server has),
+  // the content in steps (sent, or copied from the server's old copy),
+  // put.end.
   void send_streamed(const put_item& it, int fd, json h, const struct stat& st) {
     const auto size = static_cast<std::uint64_t>(st.st_size);
     const auto id = c_.next_id();
     h["id"] = id;
     h["size"] = size;
     h["resume"] = true;
+    std::optional<local_chunks> mine;
+    if (o_.delta) {
+      h["delta"] = true;
+      mine.emplace(fd, size);
+    }
     c_.send(h);
-    auto ready = pipe_.wait_for(id, it.remote);
+    auto ready = wait_ready(id, it.remote);
     if (!ready) {
       ++prog_.files_done;
       return;
     }
     util::content_digest digest(o_.sha256);
     std::uint64_t pos = resume_point(fd, size, *ready, digest);
-    pipe_.track(id, it.remote, file_done());  // errors while streaming arrive with this id
-    bool first = true;
-    while (pos < size || first) {
-      if (!pipe_.pending(id)) return;  // the server gave up (disk full, quota, ...): it said why
-      const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(frame_max_, size - pos));
-      json d = {{"type", "put.data"}, {"id", id}};
-      if (first) d["offset"] = pos;
-      first = false;
-      if (n > 0 && !send_and_digest(c_, d, fd, pos, n, digest)) return changed(it, id);
-      if (n == 0) c_.send(d);
-      pos += n;
-      prog_.bytes_done += n;
-      report();
-      pipe_.poll();
+    std::vector<util::delta::op> steps = {{util::delta::op::literal, 0, size}};
+    if (mine && ready->header.contains("basis")) {
+      auto planned = delta_steps(it, id, *ready, *mine, size);
+      if (!planned) {
+        ++prog_.files_done;  // the server refused; it said why
+        return;
+      }
+      steps = std::move(*planned);
+    }
+    const std::uint64_t matched = util::delta::copied_bytes(util::delta::ops_from(steps, pos));
+    pipe_.track(id, it.remote, file_done(matched));  // errors while streaming arrive with this id
+    c_.send({{"type", "put.data"}, {"id", id}, {"offset", pos}});  // where the steps start
+    for (const auto& step : util::delta::ops_from(steps, pos)) {
+      if (!send_step(it, id, fd, step, pos, digest)) return;
     }
     struct stat after {};
     if (::fstat(fd, &after) != 0 || after.st_size != st.st_size || after.st_mtim.tv_sec != st.st_mtim.tv_sec ||
@@ -425,6 +464,65 @@ class upload {
       return changed(it, id);
     }
     send_end(id, digest);
+  }
+
+  // put.ready, after any put.progress (the server reading its old copy).
+  std::optional<proto::frame> wait_ready(std::uint64_t id, const std::string& path) {
+    auto f = pipe_.wait_for(id, path);
+    while (f && f->type() == "put.progress") f = pipe_.wait_for(id, path);
+    return f;
+  }
+
+  // The steps that rebuild this file from the server's old copy, whose
+  // groups came with put.ready: ours are compared with them, the chunks
+  // of those we lack are asked for (put.chunks). The whole file as one
+  // literal step when our chunks cannot be had or the server's records do
+  // not add up; nullopt when the server refused (recorded).
+  std::optional<std::vector<util::delta::op>> delta_steps(const put_item& it, std::uint64_t id,
+                                                          const proto::frame& ready, local_chunks& mine,
+                                                          std::uint64_t size) {
+    namespace d = util::delta;
+    const std::vector<d::op> whole = {{d::op::literal, 0, size}};
+    const json& basis = ready.header["basis"];
+    auto ours = mine.get();
+    const auto theirs = d::decode_groups(ready.body, basis.value("size", std::uint64_t{0}));
+    if (!ours || !theirs || basis.value("chunk_avg", 0u) != d::params_for(size).avg) return whole;
+    const auto our_groups = d::group_chunks(*ours);
+    const auto wanted = d::unmatched_groups(our_groups, *theirs);
+    std::vector<d::chunk> their_chunks;
+    if (!wanted.empty()) {
+      c_.send({{"type", "put.chunks"}, {"id", id}}, d::encode_indices(wanted));
+      auto reply = pipe_.wait_for(id, it.remote);
+      if (!reply) return std::nullopt;
+      auto decoded = d::decode_chunks(reply->body, *theirs, wanted);
+      if (!decoded) return whole;
+      their_chunks = std::move(*decoded);
+    }
+    return d::plan_ops(*ours, our_groups, *theirs, their_chunks);
+  }
+
+  // One step: our bytes in put.data frames, or put.copy frames for what
+  // the server has (digested here from our own copy, which is the same).
+  bool send_step(const put_item& it, std::uint64_t id, int fd, const util::delta::op& step, std::uint64_t& pos,
+                 util::content_digest& digest) {
+    const bool copy = step.what == util::delta::op::copy;
+    const std::uint64_t piece_max = copy ? proto::max_body_size : frame_max_;
+    for (std::uint64_t done = 0; done < step.length;) {
+      if (!pipe_.pending(id)) return false;  // the server gave up (disk full, quota, ...): it said why
+      const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(piece_max, step.length - done));
+      if (copy) {
+        if (util::hash_file_range(fd, pos, n, digest) != 0) return changed(it, id), false;
+        c_.send({{"type", "put.copy"}, {"id", id}, {"from", step.from + done}, {"size", n}});
+      } else if (!send_and_digest(c_, {{"type", "put.data"}, {"id", id}}, fd, pos, n, digest)) {
+        return changed(it, id), false;
+      }
+      done += n;
+      pos += n;
+      prog_.bytes_done += n;
+      report();
+      pipe_.poll();
+    }
+    return true;
   }
 
   // Where the server's part lets this file resume: only if the part is a
@@ -476,12 +574,14 @@ class upload {
   }
 
   // The reply handler of an upload (put.done, or its error).
-  pipeline::on_reply file_done() {
-    return [this](proto::frame& f) {
+  // `matched`: bytes the server copied from its old copy (delta).
+  pipeline::on_reply file_done(std::uint64_t matched = 0) {
+    return [this, matched](proto::frame& f) {
       ++prog_.files_done;
       if (f.type() == "put.done") {
         ++r_.files;
         r_.bytes += f.header.value("size", std::uint64_t{0});
+        r_.matched_bytes += matched;
       }
       report();
     };

@@ -56,6 +56,10 @@ struct transfer_options {
   /// XXH3-128 is not sent (whatever its time), with or without -a; under
   /// -p its time and permission bits are brought in line instead.
   bool checksum = false;
+  /// Send a changed file's differences only, when the destination has an
+  /// older copy (-a/-c, unless --whole-file): content-defined chunks,
+  /// util/delta.hpp. Uploads only so far.
+  bool delta = false;
   bool dry_run = false;  ///< --dry-run: plan, say what would be done (transfer_result::planned), change nothing
   /// --delete: in a tree copy, remove from the destination what the source
   /// no longer has (not what --exclude protects), after a transfer without
@@ -87,6 +91,7 @@ struct transfer_result {
   std::uint64_t symlinks = 0;
   std::uint64_t bytes = 0;          ///< content bytes of the files transferred
   std::uint64_t resumed_bytes = 0;  ///< of which already there from an earlier attempt
+  std::uint64_t matched_bytes = 0;  ///< of which the receiver took from its old copy (delta), not from the wire
   std::uint64_t unchanged = 0;      ///< files not sent: the destination had them already (-a)
   std::uint64_t excluded = 0;       ///< entries left out by --exclude/--include (a directory counts once)
   std::uint64_t deleted = 0;        ///< --delete: entries removed from the destination (all they held counted)

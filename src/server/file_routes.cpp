@@ -33,6 +33,10 @@ void register_file_service(server_context& ctx, service::file_share& share) {
         s.put_data_done(r.id);
       });
   ctx.registry.add("put.end", "files", write, [&share](request& r) { session_for(r, share).put_end(r.id, r.frame.header); });
+  ctx.registry.add("put.chunks", "files", write,
+                   [&share](request& r) { session_for(r, share).put_chunks(r.id, r.frame.body); });
+  ctx.registry.add("put.copy", "files", write,
+                   [&share](request& r) { session_for(r, share).put_copy(r.id, r.frame.header); });
   ctx.registry.add("put.abort", "files", write,
                    [&share](request& r) { session_for(r, share).put_abort(r.id, r.frame.header); });
 }

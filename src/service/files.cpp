@@ -14,6 +14,7 @@
 
 #include "net/connection.hpp"
 #include "proto/utf8.hpp"
+#include "util/delta.hpp"
 #include "util/tree_walk.hpp"
 
 namespace cskit::service {
@@ -39,6 +40,10 @@ constexpr std::size_t max_uploads_per_connection = 64;
 constexpr std::uint64_t writeback_step = 16u << 20;  // a large upload's data is written back in steps this large
 constexpr std::size_t max_list_entries = 250000;
 constexpr std::size_t list_chunk = 2000;
+// A put's basis (delta) is offered only when its chunk list is bounded:
+// at most this many chunks of the smallest size (24 bytes each in memory,
+// 12 in the reply), and for one upload per connection at a time.
+constexpr std::uint64_t max_basis_chunks = 1u << 19;
 
 std::string part_name_for(std::string_view leaf) { return util::part_file_name(leaf); }
 bool is_part_name(std::string_view name) { return util::is_part_file_name(name); }
@@ -354,6 +359,14 @@ struct files_session::upload {
   bool failed = false;  // answered with an error; waiting for put.end to forget it
   bool preallocated = false;  // blocks up to `size` are reserved (util::preallocate)
   std::shared_ptr<part_registry::claim> claim;  // a resumable part's registration
+  // Delta (a put with "delta"): the target's old content, which put.copy
+  // reads, and its chunks until put.chunks asks for them.
+  std::uint64_t serial = 0;     // tells this upload from a later one with the same id
+  bool awaiting_basis = false;  // put.ready comes once the basis is read
+  util::unique_fd basis;
+  std::uint64_t basis_size = 0;
+  std::vector<util::delta::chunk> basis_chunks;
+  std::vector<util::delta::group> basis_groups;
 
   /// Only a part with a known target size can be resumed; anything else
   /// is removed when the upload ends without a commit.
@@ -461,7 +474,7 @@ bool files_session::run(queued_request& q) {
   // requests that look at the share wait for this connection's commits,
   // so that `put` then `mv` of the same file works. Uploads and mkdir do
   // not wait: a tree upload flows without a round trip per file.
-  if (download_ || digest_pending_) return false;
+  if (download_ || line_held_) return false;
   const std::string type = q.header.value("type", "");
   const bool independent = type == "put" || type == "fs.mkdir" || type == "fs.symlink";
   if (!independent && commits_pending_ > 0) return false;
@@ -667,7 +680,7 @@ std::string digest_of(const util::dir_jail& jail, const std::string& path, std::
 
 void files_session::list_with_digests(std::shared_ptr<digest_listing> work) {
   if (work->files.empty()) return send_listing(*work);
-  digest_pending_ = work;  // holds the request line (run()) until it is answered
+  line_held_ = work;  // holds the request line (run()) until it is answered
   const bool queued = share_.hash_in_background([work, &share = share_, w = weak_from_this(), ex = conn_.executor()] {
     auto gone = [&] { return share.stopping() || w.expired(); };  // nobody to answer, or shutting down
     for (auto& f : work->files) {
@@ -680,26 +693,28 @@ void files_session::list_with_digests(std::shared_ptr<digest_listing> work) {
     });
   });
   if (!queued) {
-    digest_pending_.reset();
+    line_held_.reset();
     return error(work->id, errc::busy, "the server is computing too many digests; try again shortly");
   }
-  report_digest_progress();
+  report_progress(work, work->id, [work] {
+    return json{{"type", "fs.list.progress"},
+                {"files_hashed", work->hashed.load(std::memory_order_relaxed)},
+                {"files", work->files.size()}};
+  });
 }
 
-void files_session::report_digest_progress() {
-  // Once a second while the digests are being computed (or wait their
-  // turn): the client, whose every wait has a deadline, knows the server
-  // is at it, and the connection is not idle. One timer per listing: it
-  // ends with the listing it was started for.
-  conn_.run_after(std::chrono::seconds(1), [w = weak_from_this(), listing = std::weak_ptr(digest_pending_)] {
+void files_session::report_progress(std::weak_ptr<void> job, std::uint64_t id, std::function<json()> frame) {
+  // Once a second while the hashing thread works for a request (or the
+  // job waits its turn): the client, whose every wait has a deadline,
+  // knows the server is at it, and the connection is not idle. One timer
+  // per job: it ends with the job it was started for.
+  conn_.run_after(std::chrono::seconds(1), [w = weak_from_this(), job, id, frame = std::move(frame)]() mutable {
     auto self = w.lock();
-    if (!self || !self->digest_pending_ || self->digest_pending_ != listing.lock()) return;
-    const auto& work = *self->digest_pending_;
+    auto held = job.lock();
+    if (!self || !held || self->line_held_ != held) return;
     self->conn_.touch();
-    self->reply(work.id, {{"type", "fs.list.progress"},
-                          {"files_hashed", work.hashed.load(std::memory_order_relaxed)},
-                          {"files", work.files.size()}});
-    self->report_digest_progress();
+    self->reply(id, frame());
+    self->report_progress(std::move(job), id, std::move(frame));
   });
 }
 
@@ -712,8 +727,8 @@ void files_session::send_listing(digest_listing& work) {
     reply(work.id, {{"type", "fs.list.reply"}, {"count", work.chunks[i].size()}, {"done", done}, {"skipped", work.skipped}},
           work.chunks[i].dump(-1, ' ', false, json::error_handler_t::replace));
   }
-  if (digest_pending_.get() == &work) {
-    digest_pending_.reset();
+  if (line_held_.get() == &work) {
+    line_held_.reset();
     pump();  // the requests that waited for it
   }
 }
@@ -1104,6 +1119,15 @@ struct files_session::put_request {
   std::uint64_t declared = 0;  // bytes to reserve against the quota
   std::optional<std::uint32_t> mode, source_mode;
   std::optional<std::int64_t> mtime_ns;
+  bool delta = false;
+};
+
+// A put's basis being chunked on the hashing thread.
+struct files_session::basis_job {
+  std::uint64_t id = 0, serial = 0, size = 0;
+  util::delta::params params;
+  util::unique_fd fd;  // its own: the upload may end meanwhile
+  std::atomic<std::uint64_t> read{0};
 };
 
 void files_session::do_put(std::uint64_t id, const json& h, std::string& body) {
@@ -1140,6 +1164,7 @@ std::optional<files_session::put_request> files_session::parse_put(std::uint64_t
   r.mode = opt_number<std::uint32_t>(h, "mode");
   r.source_mode = opt_number<std::uint32_t>(h, "source_mode");
   r.mtime_ns = opt_number<std::int64_t>(h, "mtime_ns");
+  r.delta = h.value("delta", false);
   r.declared = r.is_inline ? body.size() : r.size.value_or(0);
   if (r.is_inline && r.size && *r.size != body.size()) {
     return refuse(errc::bad_request, "inline put: size " + std::to_string(*r.size) + " but the body has " +
@@ -1280,10 +1305,130 @@ void files_session::put_streamed(std::uint64_t id, std::unique_ptr<upload> u, co
     u->preallocated = true;
   }
   u->written = offset;
-  json ready = {{"type", "put.ready"}, {"offset", offset}};
-  if (offset > 0) ready["xxh3"] = u->digest.xxh3_hex();
+  u->serial = ++upload_serial_;
+  const bool with_basis = req.delta && offer_basis(id, *u);
+  const upload& ref = *u;
   uploads_.emplace(id, std::move(u));
-  reply(id, ready);
+  if (!with_basis) reply(id, ready_frame(ref));  // else once the basis is read
+}
+
+json files_session::ready_frame(const upload& u) const {
+  json ready = {{"type", "put.ready"}, {"offset", u.written}};
+  if (u.written > 0) ready["xxh3"] = u.digest.xxh3_hex();
+  return ready;
+}
+
+bool files_session::offer_basis(std::uint64_t id, upload& u) {
+  // The target as it is now, if it is a regular file whose chunk list is
+  // small enough to keep; one such upload per connection at a time.
+  for (const auto& [other, up] : uploads_) {
+    if (up->basis) return false;
+  }
+  const auto params = util::delta::params_for(*u.size);
+  util::unique_fd fd(::openat(u.dir.get(), u.leaf.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
+  struct stat st {};
+  if (!fd || ::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode) || st.st_size == 0 ||
+      static_cast<std::uint64_t>(st.st_size) > std::uint64_t{params.min} * max_basis_chunks) {
+    return false;
+  }
+  auto job = std::make_shared<basis_job>();
+  job->id = id;
+  job->serial = u.serial;
+  job->size = static_cast<std::uint64_t>(st.st_size);
+  job->params = params;
+  job->fd.reset(::fcntl(fd.get(), F_DUPFD_CLOEXEC, 0));
+  if (!job->fd) return false;
+  const bool queued = share_.hash_in_background([job, &share = share_, w = weak_from_this(), ex = conn_.executor()] {
+    auto chunks = util::delta::chunk_file(job->fd.get(), job->size, job->params, [&](std::uint64_t done) {
+      job->read.store(done, std::memory_order_relaxed);
+      return share.stopping() || w.expired();  // nobody to answer, or shutting down
+    });
+    if (share.stopping() || w.expired()) return;
+    boost::asio::post(ex, [w, job, chunks = std::move(chunks)]() mutable {
+      if (auto self = w.lock()) self->basis_ready(*job, std::move(chunks));
+    });
+  });
+  if (!queued) return false;  // the hashing thread is busy: the file comes whole
+  u.basis = std::move(fd);
+  u.basis_size = job->size;
+  u.awaiting_basis = true;
+  line_held_ = job;
+  report_progress(job, id, [job] {
+    return json{{"type", "put.progress"}, {"bytes_read", job->read.load(std::memory_order_relaxed)}, {"bytes", job->size}};
+  });
+  return true;
+}
+
+void files_session::basis_ready(const basis_job& job, std::optional<std::vector<util::delta::chunk>> chunks) {
+  if (line_held_.get() == &job) line_held_.reset();
+  auto it = uploads_.find(job.id);
+  if (it != uploads_.end() && it->second->serial == job.serial && it->second->awaiting_basis) {
+    upload& u = *it->second;
+    u.awaiting_basis = false;
+    json ready = ready_frame(u);
+    std::string body;
+    if (chunks) {
+      u.basis_groups = util::delta::group_chunks(*chunks);
+      u.basis_chunks = std::move(*chunks);
+      body = util::delta::encode_groups(u.basis_groups);
+      ready["basis"] = {{"size", u.basis_size}, {"chunk_avg", job.params.avg}, {"groups", u.basis_groups.size()}};
+    } else {
+      u.basis.reset();  // not readable as it was: the file comes whole
+    }
+    reply(job.id, ready, body);
+  }
+  pump();  // the requests that waited
+}
+
+void files_session::put_chunks(std::uint64_t id, std::string_view body) {
+  auto it = uploads_.find(id);
+  if (it == uploads_.end()) return error(id, errc::not_found, "put.chunks for an upload that is not open");
+  upload& u = *it->second;
+  if (u.failed) return;
+  if (u.awaiting_basis || u.basis_groups.empty()) {
+    return fail_upload(u, errc::bad_request, "put.chunks: '" + u.path + "' has no basis to describe (or it was asked once)");
+  }
+  const auto which = util::delta::decode_indices(body, u.basis_groups.size());
+  if (!which) {
+    return fail_upload(u, errc::bad_request,
+                       "put.chunks: the body must be group numbers (u32, big-endian), increasing, below " +
+                           std::to_string(u.basis_groups.size()));
+  }
+  const std::string records = util::delta::encode_chunks(u.basis_chunks, u.basis_groups, *which);
+  // Asked once: the lists are not kept any longer than that.
+  u.basis_chunks = {};
+  u.basis_groups = {};
+  reply(id, {{"type", "put.chunks.reply"}, {"count", records.size() / util::delta::chunk_record}}, records);
+}
+
+void files_session::put_copy(std::uint64_t id, const json& h) {
+  auto it = uploads_.find(id);
+  if (it == uploads_.end()) return error(id, errc::not_found, "put.copy for an upload that is not open");
+  upload& u = *it->second;
+  if (u.failed) return;
+  if (!u.basis || u.awaiting_basis) {
+    return fail_upload(u, errc::bad_request, "put.copy: '" + u.path + "' has no basis to copy from");
+  }
+  const auto from = h.find("from"), size = h.find("size");
+  if (from == h.end() || size == h.end() || !from->is_number_unsigned() || !size->is_number_unsigned() ||
+      size->get<std::uint64_t>() == 0 || size->get<std::uint64_t>() > proto::max_body_size ||
+      from->get<std::uint64_t>() > u.basis_size || size->get<std::uint64_t>() > u.basis_size - from->get<std::uint64_t>()) {
+    return fail_upload(u, errc::bad_request,
+                       "put.copy: 'from' and 'size' must name 1 byte to 16 MiB within the old file (" +
+                           std::to_string(u.basis_size) + " bytes)");
+  }
+  u.data_seen = true;
+  const auto at = from->get<std::uint64_t>(), n = size->get<std::uint64_t>();
+  std::string buf(static_cast<std::size_t>(std::min<std::uint64_t>(n, 1u << 20)), '\0');
+  for (std::uint64_t done = 0; done < n;) {
+    const auto piece = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), n - done));
+    if (util::read_full(u.basis.get(), buf.data(), piece, at + done) != static_cast<long>(piece)) {
+      return fail_upload(u, errc::changed,
+                         "'" + u.path + "': its old content changed while the new one was built from it; send it again");
+    }
+    if (!append(u, std::string_view(buf.data(), piece))) return;
+    done += piece;
+  }
 }
 
 void files_session::fail_upload(upload& u, errc code, const std::string& message, std::optional<std::uint64_t> limit) {
@@ -1303,6 +1448,7 @@ void files_session::put_data(std::uint64_t id, const json& h, std::string_view p
   auto it = uploads_.find(id);
   if (it == uploads_.end() || it->second->failed) return;
   upload& u = *it->second;
+  if (u.awaiting_basis) return fail_upload(u, errc::bad_request, "put.data before put.ready");
   if (!u.frame_open) {
     u.frame_open = true;
     if (auto off = h.find("offset"); off != h.end()) {
@@ -1334,24 +1480,31 @@ void files_session::put_data(std::uint64_t id, const json& h, std::string_view p
     }
     u.data_seen = true;
   }
-  if (part.empty()) return;
+  if (!part.empty()) append(u, part);
+}
+
+bool files_session::append(upload& u, std::string_view part) {
+  // Checked before anything is written: the declared size, the server's
+  // largest file, and (for a stream of unknown length) the quota.
   const auto max = share_.options().max_file_size;
+  std::optional<std::uint64_t> limit;
+  std::string refused;
+  errc code = errc::integrity;
   if (u.size && u.written + part.size() > *u.size) {
-    return fail_upload(u, errc::integrity,
-                       "'" + u.path + "': more data than its declared size of " + std::to_string(*u.size) +
-                           " bytes; the file was not committed");
+    refused = "'" + u.path + "': more data than its declared size of " + std::to_string(*u.size) +
+              " bytes; the file was not committed";
+  } else if (max && u.written + part.size() > max) {
+    code = errc::too_large, limit = max;
+    refused = "'" + u.path + "' is larger than this server accepts (" + std::to_string(max) + " bytes)";
+  } else if (!u.size && !share_.reserve(part.size())) {
+    code = errc::quota_exceeded;
+    refused = "'" + u.path + "' would exceed the share's quota";
   }
-  if (max && u.written + part.size() > max) {
-    return fail_upload(u, errc::too_large,
-                       "'" + u.path + "' is larger than this server accepts (" + std::to_string(max) + " bytes)", max);
+  if (!refused.empty()) {
+    fail_upload(u, code, refused, limit);
+    return false;
   }
-  if (!u.size) {
-    // Unknown size (a stream): reserve quota as the data arrives.
-    if (!share_.reserve(part.size())) {
-      return fail_upload(u, errc::quota_exceeded, "'" + u.path + "' would exceed the share's quota");
-    }
-    u.reserved += part.size();
-  }
+  if (!u.size) u.reserved += part.size();
   std::size_t off = 0;
   while (off < part.size()) {
     ssize_t w = ::pwrite(u.file.get(), part.data() + off, part.size() - off, static_cast<off_t>(u.written + off));
@@ -1362,7 +1515,8 @@ void files_session::put_data(std::uint64_t id, const json& h, std::string_view p
       (void)::ftruncate(u.file.get(), static_cast<off_t>(u.written + off));
       u.digest.update(part.data(), off);
       u.written += off;
-      return fail_upload(u, errc_for_errno(e), errno_message(e, "writing '" + u.path + "'"));
+      fail_upload(u, errc_for_errno(e), errno_message(e, "writing '" + u.path + "'"));
+      return false;
     }
     off += static_cast<std::size_t>(w);
   }
@@ -1372,6 +1526,7 @@ void files_session::put_data(std::uint64_t id, const json& h, std::string_view p
     share_.start_writeback(u.file.get(), end - writeback_step, writeback_step);
   }
   u.written += part.size();
+  return true;
 }
 
 void files_session::put_data_done(std::uint64_t id) {

@@ -35,6 +35,7 @@
 
 #include "proto/errc.hpp"
 #include "proto/frame.hpp"
+#include "util/delta.hpp"
 #include "util/digest.hpp"
 #include "util/file_io.hpp"
 #include "service/part_registry.hpp"
@@ -165,6 +166,10 @@ class files_session : public std::enable_shared_from_this<files_session> {
   void put_data_done(std::uint64_t id);
   void put_end(std::uint64_t id, const proto::json& header);
   void put_abort(std::uint64_t id, const proto::json& header);
+  /// Delta: the chunk lists of basis groups (put.chunks), and a piece of
+  /// the new content copied from the basis (put.copy).
+  void put_chunks(std::uint64_t id, std::string_view body);
+  void put_copy(std::uint64_t id, const proto::json& header);
 
   /// Uploads in progress (for tests and logging).
   std::size_t uploads() const noexcept { return uploads_.size(); }
@@ -207,7 +212,7 @@ class files_session : public std::enable_shared_from_this<files_session> {
   /// are hashed on the share's hashing thread, then the frames are sent.
   struct digest_listing;
   void list_with_digests(std::shared_ptr<digest_listing> work);
-  void report_digest_progress();
+  void report_progress(std::weak_ptr<void> job, std::uint64_t id, std::function<proto::json()> frame);
   void send_listing(digest_listing& work);
   void do_mkdir(std::uint64_t id, const proto::json& h);
   void finish_mkdir(std::uint64_t id, int dirfd, bool created, const std::string& path,
@@ -227,6 +232,11 @@ class files_session : public std::enable_shared_from_this<files_session> {
   void put_inline(std::uint64_t id, std::unique_ptr<upload> u, const proto::json& h, const std::string& body,
                   const struct stat& st);
   void put_streamed(std::uint64_t id, std::unique_ptr<upload> u, const put_request& req, const struct stat& st);
+  proto::json ready_frame(const upload& u) const;
+  struct basis_job;
+  bool offer_basis(std::uint64_t id, upload& u);
+  void basis_ready(const basis_job& job, std::optional<std::vector<util::delta::chunk>> chunks);
+  bool append(upload& u, std::string_view bytes);  // false: the upload failed (and was answered)
   void do_get(std::uint64_t id, const proto::json& h);
   void stream_download();
   void finish_download(proto::errc code, std::string_view message);
@@ -243,7 +253,10 @@ class files_session : public std::enable_shared_from_this<files_session> {
   std::size_t queued_bytes_ = 0;
   std::map<std::uint64_t, std::unique_ptr<upload>> uploads_;
   std::unique_ptr<download> download_;
-  std::shared_ptr<digest_listing> digest_pending_;  // an fs.list with digests being computed: the line waits
+  // A request the hashing thread works for (an fs.list with digests, a
+  // put's basis): the requests after it wait.
+  std::shared_ptr<void> line_held_;
+  std::uint64_t upload_serial_ = 0;
   int commits_pending_ = 0;
   bool commit_wake_posted_ = false;
   bool pumping_ = false;

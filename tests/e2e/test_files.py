@@ -3225,5 +3225,172 @@ class Progress(FilesTestCase):
         self.assertEqual(json.loads(r.stdout)["bytes"], 64 * MiB)
 
 
+class Delta(FilesTestCase):
+    """put -a/-c sends a changed large file's differences only (content-defined chunks); the server checks
+    every step a client asks of it."""
+
+    def put_a(self, *extra):
+        return self.json_ok("put", "-a", *extra, self.lp("big.bin"), self.rr())
+
+    def assert_same(self):
+        self.assertEqual(read_file(self.lp("big.bin")), read_file(os.path.join(self.rshare, "big.bin")))
+        self.assert_no_parts(self.rshare)
+
+    def test_changed_large_file_sends_about_the_change(self):
+        size = 16 * MiB
+        write_file(self.lp("big.bin"), random_bytes(size))
+        first = self.put_a()
+        self.assertEqual((first["files"], first["matched_bytes"]), (1, 0))
+        self.assert_same()
+        # 1 MiB appended: the old 16 MiB are copied on the server (all but
+        # the last chunk, which the append lengthened: at most 256 KiB).
+        with open(self.lp("big.bin"), "ab") as f:
+            f.write(random_bytes(MiB))
+        r = self.put_a()
+        self.assertEqual((r["files"], r["bytes"]), (1, size + MiB))
+        self.assertGreaterEqual(r["matched_bytes"], size - 256 * 1024)
+        self.assert_same()
+        # 1 MiB changed in the middle, the size unchanged.
+        with open(self.lp("big.bin"), "r+b") as f:
+            f.seek(8 * MiB)
+            f.write(random_bytes(MiB))
+        r = self.put_a()
+        self.assertGreaterEqual(r["matched_bytes"], size - MiB - 2 * 256 * 1024)
+        self.assert_same()
+        # Bytes inserted near the start shift everything after them.
+        data = read_file(self.lp("big.bin"))
+        write_file(self.lp("big.bin"), data[:100000] + b"inserted" + data[100000:])
+        r = self.put_a()
+        self.assertGreaterEqual(r["matched_bytes"], len(data) - 2 * 256 * 1024)
+        self.assert_same()
+        # -c compares content, and sends differences too; --whole-file sends the file whole.
+        with open(self.lp("big.bin"), "r+b") as f:
+            f.write(b"new first bytes")
+        r = self.json_ok("put", "-c", self.lp("big.bin"), self.rr("big.bin"))
+        self.assertGreater(r["matched_bytes"], size - MiB)
+        self.assert_same()
+        with open(self.lp("big.bin"), "r+b") as f:
+            f.write(b"and again")
+        r = self.put_a("--whole-file")
+        self.assertEqual((r["files"], r["matched_bytes"]), (1, 0))
+        self.assert_same()
+        # Nothing in common: all sent, and right.
+        write_file(self.lp("big.bin"), random_bytes(2 * MiB))
+        r = self.put_a()
+        self.assertEqual(r["matched_bytes"], 0)
+        self.assert_same()
+
+    def test_interrupted_delta_upload_resumes(self):
+        write_file(self.lp("big.bin"), random_bytes(64 * MiB))
+        self.put_a()
+        with open(self.lp("big.bin"), "r+b") as f:  # changes all along the file
+            for at in range(0, 64 * MiB, 8 * MiB):
+                f.seek(at)
+                f.write(random_bytes(512 * 1024))
+        p = subprocess.Popen([BIN, "put", "-a", "--bwlimit", "4M", self.lp("big.bin"), self.rr()],
+                             env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            wait_until(lambda: part_size(self.rshare) >= 8 * MiB or p.poll() is not None, 60, 0.01)
+            p.kill()
+            p.communicate(timeout=30)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        self.assertGreaterEqual(part_size(self.rshare), 8 * MiB, "the upload did not get far enough")
+        r = self.put_a()
+        self.assertGreaterEqual(r["resumed_bytes"], 8 * MiB)
+        self.assertGreater(r["matched_bytes"], 16 * MiB)
+        self.assert_same()
+
+    def xxh3_hex(self, data):
+        """The server's XXH3-128 of data, from the get.end of a download of it."""
+        seed = os.path.join(self.rshare, "seed")
+        write_file(seed, data)
+        s, _ = wire.login(self.srv.port, TOKEN)
+        try:
+            s.sendall(wire.encode({"type": "get", "id": 1, "path": f"{self.rdir}/seed"}))
+            for _ in range(100):
+                h, _ = wire.read_frame(s)
+                if "xxh3" in h:
+                    return h["xxh3"]
+            self.fail("no digest in the answer to get")
+        finally:
+            s.close()
+            os.unlink(seed)
+
+    def open_delta_upload(self, s, rid, name, size):
+        """put with delta for `name` (which exists on the server); returns put.ready and its body."""
+        s.sendall(wire.encode({"type": "put", "id": rid, "path": f"{self.rdir}/{name}", "size": size, "delta": True}))
+        for _ in range(100):
+            h, body = wire.read_frame(s, 20)
+            if h.get("type") != "put.progress":
+                return h, body
+        self.fail("no put.ready")
+
+    def test_hostile_delta_requests_are_refused(self):
+        old = random_bytes(2 * MiB)
+        write_file(os.path.join(self.rshare, "t.bin"), old)
+        s, _ = wire.login(self.srv.port, TOKEN)
+        try:
+            ready, body = self.open_delta_upload(s, 1, "t.bin", 3 * MiB)
+            self.assertEqual(ready["type"], "put.ready", ready)
+            self.assertEqual(ready["basis"]["size"], 2 * MiB)
+            self.assertEqual(len(body), ready["basis"]["groups"] * 16)
+            # A copy from past the old file's end.
+            s.sendall(wire.encode({"type": "put.copy", "id": 1, "from": 2 * MiB - 10, "size": 11}))
+            err, _ = wire.read_frame(s)
+            self.assertEqual((err["type"], err["id"], err["code"]), ("error", 1, "bad_request"), err)
+            s.sendall(wire.encode({"type": "put.end", "id": 1, "xxh3": "0" * 32}))
+            # Group numbers that repeat (a reply could be made to grow without bound), then a valid request.
+            ready, body = self.open_delta_upload(s, 2, "t.bin", 3 * MiB)
+            s.sendall(wire.encode({"type": "put.chunks", "id": 2}, struct.pack(">II", 0, 0)))
+            err, _ = wire.read_frame(s)
+            self.assertEqual((err["id"], err["code"]), (2, "bad_request"), err)
+            s.sendall(wire.encode({"type": "put.abort", "id": 2, "discard": True}))
+            ready, body = self.open_delta_upload(s, 3, "t.bin", 3 * MiB)
+            s.sendall(wire.encode({"type": "put.chunks", "id": 3}, struct.pack(">I", 0)))
+            reply, records = wire.read_frame(s)
+            self.assertEqual(reply["type"], "put.chunks.reply", reply)
+            self.assertEqual(len(records), reply["count"] * 12)
+            first_group = struct.unpack(">Q", body[:8])[0]
+            self.assertEqual(sum(struct.unpack(">I", records[i:i + 4])[0] for i in range(0, len(records), 12)),
+                             first_group)
+            # A copy of 16 MiB + 1 (over the frame limit), and a wrong type.
+            s.sendall(wire.encode({"type": "put.copy", "id": 3, "from": 0, "size": 16 * MiB + 1}))
+            err, _ = wire.read_frame(s)
+            self.assertEqual((err["id"], err["code"]), (3, "bad_request"), err)
+            s.sendall(wire.encode({"type": "put.abort", "id": 3, "discard": True}))
+            # No basis asked for: nothing to copy from.
+            s.sendall(wire.encode({"type": "put", "id": 4, "path": f"{self.rdir}/new.bin", "size": MiB}))
+            ready, _ = wire.read_frame(s)
+            self.assertNotIn("basis", ready)
+            s.sendall(wire.encode({"type": "put.copy", "id": 4, "from": 0, "size": 10}))
+            err, _ = wire.read_frame(s)
+            self.assertEqual((err["id"], err["code"]), (4, "bad_request"), err)
+            s.sendall(wire.encode({"type": "put.abort", "id": 4, "discard": True}))
+            # A copy that lies about the content: the digest refuses it, the old file stays.
+            ready, body = self.open_delta_upload(s, 5, "t.bin", 2 * MiB)
+            s.sendall(wire.encode({"type": "put.data", "id": 5, "offset": 0}))
+            s.sendall(wire.encode({"type": "put.copy", "id": 5, "from": 0, "size": 2 * MiB}))
+            s.sendall(wire.encode({"type": "put.end", "id": 5, "xxh3": "0" * 32}))
+            err, _ = wire.read_frame(s)
+            self.assertEqual((err["id"], err["code"]), (5, "integrity"), err)
+            # The connection still works, and a well-formed copy commits.
+            ready, body = self.open_delta_upload(s, 6, "t.bin", 2 * MiB)
+            s.sendall(wire.encode({"type": "put.data", "id": 6, "offset": 0}))
+            s.sendall(wire.encode({"type": "put.copy", "id": 6, "from": MiB, "size": MiB}))
+            s.sendall(wire.encode({"type": "put.copy", "id": 6, "from": 0, "size": MiB}))
+            swapped = old[MiB:] + old[:MiB]
+            s.sendall(wire.encode({"type": "put.end", "id": 6, "xxh3": self.xxh3_hex(swapped)}))
+            done, _ = wire.read_frame(s)
+            self.assertEqual(done["type"], "put.done", done)
+        finally:
+            s.close()
+        self.assertEqual(read_file(os.path.join(self.rshare, "t.bin")), swapped)
+        self.assert_no_parts(self.rshare)
+        self.assertFalse(os.path.exists(os.path.join(self.rshare, "new.bin")))
+
+
 if __name__ == "__main__":
     unittest.main()

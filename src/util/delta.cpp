@@ -1,0 +1,338 @@
+#include "util/delta.hpp"
+
+#define XXH_INLINE_ALL
+#include <fcntl.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include <algorithm>
+#include <array>
+#include <bit>
+#include <memory>
+#include <unordered_map>
+
+#include "util/file_io.hpp"
+
+namespace cskit::util::delta {
+
+namespace {
+
+// The gear table: splitmix64's outputs 1 to 256 (docs/protocol.md gives
+// the formula, so that another implementation cuts at the same places).
+constexpr std::uint64_t splitmix(std::uint64_t state) {
+  std::uint64_t z = state;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
+constexpr std::array<std::uint64_t, 256> make_gear() {
+  std::array<std::uint64_t, 256> g{};
+  for (std::uint64_t i = 0; i < 256; ++i) g[i] = splitmix((i + 1) * 0x9E3779B97F4A7C15ULL);
+  return g;
+}
+constexpr std::array<std::uint64_t, 256> gear = make_gear();
+
+// The `bits` highest bits set: they depend on the last 64 bytes hashed.
+constexpr std::uint64_t top_bits(unsigned bits) { return bits == 0 ? 0 : ~std::uint64_t{0} << (64 - bits); }
+
+void put_be(std::string& out, std::uint64_t v, int bytes) {
+  for (int i = bytes - 1; i >= 0; --i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xFF));
+}
+std::uint64_t get_be(const char* p, int bytes) {
+  std::uint64_t v = 0;
+  for (int i = 0; i < bytes; ++i) v = (v << 8) | static_cast<unsigned char>(p[i]);
+  return v;
+}
+
+void append_chunk_record(std::string& out, const chunk& c) {
+  put_be(out, c.length, 4);
+  put_be(out, c.hash, 8);
+}
+
+// Appends `o`, merged with the last step when it continues it.
+void push(std::vector<op>& ops, op o) {
+  if (o.length == 0) return;
+  if (!ops.empty()) {
+    op& last = ops.back();
+    if (last.what == o.what && last.from + last.length == o.from) {
+      last.length += o.length;
+      return;
+    }
+  }
+  ops.push_back(o);
+}
+
+// (hash, size) -> offset, for whatever the basis offers.
+class offsets_by_hash {
+ public:
+  void add(std::uint64_t hash, std::uint64_t bytes, std::uint64_t offset) { map_.emplace(hash, entry{bytes, offset}); }
+  std::optional<std::uint64_t> find(std::uint64_t hash, std::uint64_t bytes) const {
+    auto [lo, hi] = map_.equal_range(hash);
+    for (auto it = lo; it != hi; ++it) {
+      if (it->second.bytes == bytes) return it->second.offset;
+    }
+    return std::nullopt;
+  }
+
+ private:
+  struct entry {
+    std::uint64_t bytes, offset;
+  };
+  std::unordered_multimap<std::uint64_t, entry> map_;
+};
+
+}  // namespace
+
+params params_with(unsigned avg_bits) noexcept {
+  params p;
+  p.avg_bits = avg_bits;
+  p.avg = std::uint32_t{1} << avg_bits;
+  p.min = p.avg / 4;
+  p.max = p.avg * 4;
+  return p;
+}
+
+params params_for(std::uint64_t size) noexcept {
+  const unsigned bits = size <= 1 ? 0u : static_cast<unsigned>(std::bit_width(size - 1));  // ceil(log2(size))
+  return params_with(std::clamp(bits > 14 ? bits - 14 : 0u, 16u, 24u));
+}
+
+chunker::chunker(params p)
+    : p_(p), mask_small_(top_bits(p.avg_bits + 1)), mask_large_(top_bits(p.avg_bits - 1)), state_(XXH3_createState()) {
+  if (!state_) throw std::bad_alloc();
+  XXH3_64bits_reset(static_cast<XXH3_state_t*>(state_));
+}
+
+chunker::~chunker() { XXH3_freeState(static_cast<XXH3_state_t*>(state_)); }
+
+void chunker::cut(std::vector<chunk>& out) {
+  auto* s = static_cast<XXH3_state_t*>(state_);
+  out.push_back({offset_, len_, XXH3_64bits_digest(s)});
+  offset_ += len_;
+  len_ = 0;
+  h_ = 0;
+  XXH3_64bits_reset(s);
+}
+
+void chunker::feed(const void* data, std::size_t n, std::vector<chunk>& out) {
+  const auto* d = static_cast<const unsigned char*>(data);
+  auto* s = static_cast<XXH3_state_t*>(state_);
+  std::size_t hashed = 0;  // bytes of `d` given to the chunk digest so far
+  std::size_t i = 0;
+  while (i < n) {
+    if (len_ < p_.min) {  // never cut before `min`: not even looked at
+      const std::size_t take = std::min<std::size_t>(n - i, p_.min - len_);
+      i += take;
+      len_ += static_cast<std::uint32_t>(take);
+      continue;
+    }
+    // Normalised chunking: harder to cut before `avg`, easier after.
+    const bool before_avg = len_ < p_.avg;
+    const std::uint64_t mask = before_avg ? mask_small_ : mask_large_;
+    const std::size_t until = i + std::min<std::size_t>(n - i, (before_avg ? p_.avg : p_.max) - len_);
+    std::uint64_t h = h_;
+    std::size_t j = i;
+    bool found = false;
+    while (j < until) {
+      h = (h << 1) + gear[d[j++]];
+      if ((h & mask) == 0) {
+        found = true;
+        break;
+      }
+    }
+    len_ += static_cast<std::uint32_t>(j - i);
+    h_ = h;
+    i = j;
+    if (found || len_ == p_.max) {
+      XXH3_64bits_update(s, d + hashed, i - hashed);
+      hashed = i;
+      cut(out);
+    }
+  }
+  XXH3_64bits_update(s, d + hashed, n - hashed);
+}
+
+void chunker::finish(std::vector<chunk>& out) {
+  if (len_ > 0) cut(out);
+}
+
+std::optional<std::vector<chunk>> chunk_file(int fd, std::uint64_t size, params p,
+                                             const std::function<bool(std::uint64_t bytes_read)>& cancelled) {
+  constexpr std::size_t block = 8u << 20;
+  std::unique_ptr<char[]> buf(new (std::nothrow) char[block]);
+  if (!buf) return std::nullopt;
+  (void)::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+  chunker c(p);
+  std::vector<chunk> out;
+  out.reserve(static_cast<std::size_t>(std::min<std::uint64_t>(size / p.avg + 16, 1u << 20)));
+  for (std::uint64_t at = 0; at < size;) {
+    if (cancelled && cancelled(at)) return std::nullopt;
+    const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(block, size - at));
+    const long n = read_full(fd, buf.get(), want, at);
+    if (n != static_cast<long>(want)) return std::nullopt;  // an error, or it shrank
+    c.feed(buf.get(), want, out);
+    at += want;
+  }
+  c.finish(out);
+  return out;
+}
+
+std::vector<group> group_chunks(const std::vector<chunk>& chunks) {
+  constexpr std::size_t max_group = 256;
+  std::vector<group> groups;
+  std::string records;
+  group g;
+  for (std::size_t i = 0; i < chunks.size(); ++i) {
+    if (g.count == 0) g = {chunks[i].offset, 0, 0, i, 0};
+    append_chunk_record(records, chunks[i]);
+    g.bytes += chunks[i].length;
+    ++g.count;
+    if (chunks[i].hash % 64 == 0 || g.count == max_group || i + 1 == chunks.size()) {
+      g.hash = XXH3_64bits(records.data(), records.size());
+      groups.push_back(g);
+      records.clear();
+      g.count = 0;
+    }
+  }
+  return groups;
+}
+
+std::string encode_groups(const std::vector<group>& groups) {
+  std::string out;
+  out.reserve(groups.size() * group_record);
+  for (const auto& g : groups) {
+    put_be(out, g.bytes, 8);
+    put_be(out, g.hash, 8);
+  }
+  return out;
+}
+
+std::optional<std::vector<group>> decode_groups(std::string_view body, std::uint64_t size) {
+  if (body.size() % group_record != 0) return std::nullopt;
+  std::vector<group> groups;
+  groups.reserve(body.size() / group_record);
+  std::uint64_t offset = 0;
+  for (std::size_t at = 0; at < body.size(); at += group_record) {
+    group g;
+    g.offset = offset;
+    g.bytes = get_be(body.data() + at, 8);
+    g.hash = get_be(body.data() + at + 8, 8);
+    if (g.bytes == 0 || g.bytes > size - offset) return std::nullopt;
+    offset += g.bytes;
+    groups.push_back(g);
+  }
+  if (offset != size) return std::nullopt;
+  return groups;
+}
+
+std::string encode_chunks(const std::vector<chunk>& chunks, const std::vector<group>& groups,
+                          const std::vector<std::uint32_t>& which) {
+  std::string out;
+  for (auto w : which) {
+    const group& g = groups.at(w);
+    for (std::size_t i = g.first; i < g.first + g.count; ++i) append_chunk_record(out, chunks.at(i));
+  }
+  return out;
+}
+
+std::optional<std::vector<chunk>> decode_chunks(std::string_view body, const std::vector<group>& groups,
+                                                const std::vector<std::uint32_t>& which) {
+  if (body.size() % chunk_record != 0) return std::nullopt;
+  std::vector<chunk> out;
+  out.reserve(body.size() / chunk_record);
+  std::size_t at = 0;
+  for (auto w : which) {
+    if (w >= groups.size()) return std::nullopt;
+    const group& g = groups[w];
+    std::uint64_t got = 0;
+    while (got < g.bytes) {
+      if (at == body.size()) return std::nullopt;
+      chunk c;
+      c.length = static_cast<std::uint32_t>(get_be(body.data() + at, 4));
+      c.hash = get_be(body.data() + at + 4, 8);
+      at += chunk_record;
+      if (c.length == 0 || c.length > g.bytes - got) return std::nullopt;
+      c.offset = g.offset + got;
+      got += c.length;
+      out.push_back(c);
+    }
+  }
+  if (at != body.size()) return std::nullopt;
+  return out;
+}
+
+std::string encode_indices(const std::vector<std::uint32_t>& which) {
+  std::string out;
+  out.reserve(which.size() * 4);
+  for (auto w : which) put_be(out, w, 4);
+  return out;
+}
+
+std::optional<std::vector<std::uint32_t>> decode_indices(std::string_view body, std::size_t count) {
+  if (body.size() % 4 != 0) return std::nullopt;
+  std::vector<std::uint32_t> out;
+  out.reserve(body.size() / 4);
+  for (std::size_t at = 0; at < body.size(); at += 4) {
+    const auto v = static_cast<std::uint32_t>(get_be(body.data() + at, 4));
+    if (v >= count || (!out.empty() && v <= out.back())) return std::nullopt;
+    out.push_back(v);
+  }
+  return out;
+}
+
+std::vector<std::uint32_t> unmatched_groups(const std::vector<group>& source, const std::vector<group>& basis) {
+  offsets_by_hash ours;
+  for (const auto& g : source) ours.add(g.hash, g.bytes, g.offset);
+  std::vector<std::uint32_t> out;
+  for (std::size_t i = 0; i < basis.size(); ++i) {
+    if (!ours.find(basis[i].hash, basis[i].bytes)) out.push_back(static_cast<std::uint32_t>(i));
+  }
+  return out;
+}
+
+std::vector<op> plan_ops(const std::vector<chunk>& source, const std::vector<group>& source_groups,
+                         const std::vector<group>& basis_groups, const std::vector<chunk>& basis_chunks) {
+  offsets_by_hash whole, single;
+  for (const auto& g : basis_groups) whole.add(g.hash, g.bytes, g.offset);
+  for (const auto& c : basis_chunks) single.add(c.hash, c.length, c.offset);
+  std::vector<op> ops;
+  for (const auto& g : source_groups) {
+    if (auto at = whole.find(g.hash, g.bytes)) {
+      push(ops, {op::copy, *at, g.bytes});
+      continue;
+    }
+    for (std::size_t i = g.first; i < g.first + g.count; ++i) {
+      const chunk& c = source[i];
+      if (auto at = single.find(c.hash, c.length)) {
+        push(ops, {op::copy, *at, c.length});
+      } else {
+        push(ops, {op::literal, c.offset, c.length});
+      }
+    }
+  }
+  return ops;
+}
+
+std::vector<op> ops_from(const std::vector<op>& ops, std::uint64_t pos) {
+  std::vector<op> out;
+  std::uint64_t at = 0;  // where the current step's output begins
+  for (const auto& o : ops) {
+    const std::uint64_t end = at + o.length;
+    if (end > pos) {
+      const std::uint64_t skip = pos > at ? pos - at : 0;
+      out.push_back({o.what, o.from + skip, o.length - skip});
+    }
+    at = end;
+  }
+  return out;
+}
+
+std::uint64_t copied_bytes(const std::vector<op>& ops) noexcept {
+  std::uint64_t n = 0;
+  for (const auto& o : ops) {
+    if (o.what == op::copy) n += o.length;
+  }
+  return n;
+}
+
+}  // namespace cskit::util::delta
