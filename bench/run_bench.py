@@ -12,6 +12,7 @@ transfers; prints a Markdown section after the JSON.
 Needs 10 GB free in the temp dir; --file-size-mb and --tree-files shrink it.
 """
 import argparse
+import filecmp
 import json
 import os
 import pwd
@@ -1384,14 +1385,136 @@ def bench_sync(binary, runs, tree_files=10000):
             "cases": cases_out, "ratios": ratios, "markdown": "\n".join(md) + "\n"}
 
 
+def lo_rx_bytes():
+    """Bytes received on the loopback interface so far (each packet once, headers included)."""
+    with open("/proc/net/dev") as f:
+        for line in f:
+            name, _, rest = line.partition(":")
+            if name.strip() == "lo":
+                return int(rest.split()[0])
+    raise RuntimeError("no loopback interface in /proc/net/dev")
+
+
+def write_random(path, size):
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, 16 << 20)
+            f.write(os.urandom(n))
+            left -= n
+
+
+def bench_delta(binary, runs, size_mb=1024):
+    """Delta transfer of one large file (issue 20): a `size_mb` MiB file with 1 MiB appended, and
+    with 1 MiB changed in its middle, sent over its old version by `cskit put -a` (to a server
+    with `[files] fsync = false`: rsync does not flush either), `rsync -a` to an rsync daemon and
+    `rsync -a -e ssh`, each in its delta mode. Every timed run starts from the old version at the
+    destination (copied there with an old time, then `sync`). Bytes on the wire: what the
+    loopback interface received during the command (both directions, TCP/IP headers, TLS and ssh
+    included); the machine is otherwise idle."""
+    work = tempfile.mkdtemp(prefix="cskit-bench-delta-")
+    size = size_mb << 20
+    old = os.path.join(work, "old.bin")
+    local = os.path.join(work, "local")
+    share, rsyncd_dir, ssh_dir = (os.path.join(work, d) for d in ("share", "rsyncd", "ssh"))
+    for d in (local, share, rsyncd_dir, ssh_dir):
+        os.makedirs(d)
+    write_random(old, size)
+    edits = {"append": os.path.join(local, "append.bin"), "middle": os.path.join(local, "middle.bin")}
+    shutil.copyfile(old, edits["append"])
+    with open(edits["append"], "ab") as f:
+        f.write(os.urandom(1 << 20))
+    shutil.copyfile(old, edits["middle"])
+    with open(edits["middle"], "r+b") as f:
+        f.seek(size // 2)
+        f.write(os.urandom(1 << 20))
+    old_time = time.time() - 86400
+    env = client_env(CSKIT_TOKEN=TOKEN)
+    started = []
+    res, wire = {}, {}
+    try:
+        conf = os.path.join(work, "nofsync.toml")
+        with open(conf, "w") as f:
+            f.write("[files]\nfsync = false\n")
+        p, port, ptmp = start_server(binary, "--config", conf, root=share)
+        started.append(("cskit", (p, ptmp)))
+        rsyncd = RsyncDaemon(rsyncd_dir, local)
+        started.append(("rsyncd", rsyncd))
+        sshd = PrivateSshd()
+        started.append(("sshd", sshd))
+        ssh_e = " ".join(shlex.quote(a) for a in sshd.base)
+        tools = {
+            "cskit": (share, lambda src: [binary, "put", "-a", "-q", src, f"127.0.0.1:{port}:"]),
+            "rsyncd": (rsyncd_dir, lambda src: ["rsync", "-a", src, rsyncd.url("up")]),
+            "rsync_ssh": (ssh_dir, lambda src: ["rsync", "-a", "-e", ssh_e, src, f"{sshd.user}@127.0.0.1:{ssh_dir}/"]),
+        }
+
+        def run_case(edit, tool, check):
+            dest_dir, command = tools[tool]
+            src = edits[edit]
+            dest = os.path.join(dest_dir, os.path.basename(src))
+            shutil.copyfile(old, dest)
+            os.utime(dest, (old_time, old_time))
+            os.sync()
+            b0 = lo_rx_bytes()
+            t0 = time.perf_counter()
+            r = subprocess.run(command(src), capture_output=True, text=True, env=env, timeout=900)
+            t = time.perf_counter() - t0
+            b = lo_rx_bytes() - b0
+            if r.returncode != 0:
+                raise RuntimeError(f"{tool} {edit}: exit {r.returncode}: {r.stderr[-500:]}")
+            if check and not filecmp.cmp(src, dest, shallow=False):
+                raise RuntimeError(f"{tool} {edit}: the copy differs from its source")
+            return t, b
+
+        cases = [(e, t) for e in edits for t in tools]
+        for rnd in range(runs):
+            for edit, tool in shuffled(cases, rnd):
+                t, b = run_case(edit, tool, check=rnd == 0)
+                res.setdefault(f"{edit}_{tool}", []).append(t)
+                wire.setdefault(f"{edit}_{tool}", []).append(b)
+    finally:
+        for kind, obj in reversed(started):
+            if kind == "cskit":
+                stop_server(*obj)
+            else:
+                obj.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    med = {k: statistics.median(v) for k, v in res.items()}
+    wmed = {k: statistics.median(v) for k, v in wire.items()}
+    cases_out = {f"{k}_seconds": summary(v) for k, v in res.items()}
+    cases_out.update({f"{k}_wire_bytes": summary(v) for k, v in wire.items()})
+    ratios = {}
+    for edit in ("append", "middle"):
+        for peer in ("rsyncd", "rsync_ssh"):
+            ratios[f"{edit}_{peer}_over_cskit_seconds"] = med[f"{edit}_{peer}"] / med[f"{edit}_cskit"]
+            ratios[f"{edit}_{peer}_over_cskit_wire_bytes"] = wmed[f"{edit}_{peer}"] / wmed[f"{edit}_cskit"]
+    label = {"append": f"{size_mb} MiB + 1 MiB appended", "middle": f"{size_mb} MiB, 1 MiB changed in the middle"}
+    md = [f"## Delta transfer of a large file: `put -a` against rsync's delta algorithm ({runs} rounds)", "",
+          "| case | cskit | rsync daemon | rsync -e ssh | bytes on the wire: cskit | rsync daemon | rsync -e ssh |",
+          "|---|---|---|---|---|---|---|"]
+    for edit in ("append", "middle"):
+        md.append(f"| {label[edit]} | {med[f'{edit}_cskit']:.2f} s | {med[f'{edit}_rsyncd']:.2f} s | "
+                  f"{med[f'{edit}_rsync_ssh']:.2f} s | {wmed[f'{edit}_cskit']:,.0f} | {wmed[f'{edit}_rsyncd']:,.0f} | "
+                  f"{wmed[f'{edit}_rsync_ssh']:,.0f} |")
+    md.append("")
+    md.append("Medians. Bytes on the wire: what the loopback interface received during the command (each "
+              "direction, TCP/IP headers, TLS and ssh included). cskit's server runs with `[files] fsync = "
+              "false`, as rsync does not flush what it writes.")
+    return {"commands": {"cskit": "cskit put -a -q SRC 127.0.0.1:P:", "rsyncd": "rsync -a SRC rsync://127.0.0.1:P/up/",
+                         "rsync_ssh": "rsync -a -e 'ssh -F /dev/null -i KEY -p P ...' SRC USER@127.0.0.1:DST/"},
+            "cases": cases_out, "ratios": ratios, "markdown": "\n".join(md) + "\n"}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default=os.path.join(ROOT, "build", "release"))
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--connections", type=int, default=10000)
-    ap.add_argument("--only", choices=["codec", "roundtrip", "memory", "udp", "exec", "chat", "files", "sync"])
+    ap.add_argument("--only", choices=["codec", "roundtrip", "memory", "udp", "exec", "chat", "files", "sync", "delta"])
     ap.add_argument("--file-size-mb", type=int, default=2048, help="files: size of the big file (MiB)")
     ap.add_argument("--tree-files", type=int, default=10000, help="files: number of 4 KiB files in the tree")
+    ap.add_argument("--delta-size-mb", type=int, default=1024, help="delta: size of the file that changes (MiB)")
     a = ap.parse_args()
     binary = os.path.join(a.build, "cskit")
     out = os.path.join(ROOT, "build", "bench", "results.json")
@@ -1415,6 +1538,7 @@ def main():
                                      f"--file-size-mb {a.file_size_mb} --tree-files {a.tree_files}"),
         "memory": lambda: bench_idle_memory(binary, max(1, a.runs // 2 + 1), a.connections),
         "sync": lambda: bench_sync(binary, a.runs, a.tree_files),
+        "delta": lambda: bench_delta(binary, a.runs, a.delta_size_mb),
     }
     for name, run in sections.items():
         if a.only not in (None, name):

@@ -14,9 +14,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
-#include <atomic>
 #include <map>
-#include <thread>
 
 #include "proto/messages.hpp"
 #include "proto/utf8.hpp"
@@ -235,35 +233,6 @@ bool send_and_digest(connection& c, const json& header, int fd, std::uint64_t po
   return true;
 }
 
-// The chunks of a file being sent, cut on a thread of their own while the
-// server reads its old copy (both take about as long). Stopped, not
-// waited for, when they are not needed.
-class local_chunks {
- public:
-  local_chunks(int fd, std::uint64_t size)
-      : thread_([this, fd, size] {
-          result_ = util::delta::chunk_file(fd, size, util::delta::params_for(size),
-                                            [this](std::uint64_t) { return stop_.load(std::memory_order_relaxed); });
-        }) {}
-  ~local_chunks() {
-    stop_ = true;
-    thread_.join();
-  }
-  local_chunks(const local_chunks&) = delete;
-  local_chunks& operator=(const local_chunks&) = delete;
-  /// nullopt: the file could not be read as it was.
-  std::optional<std::vector<util::delta::chunk>> get() {
-    thread_.join();
-    thread_ = std::thread([] {});
-    return std::move(result_);
-  }
-
- private:
-  std::atomic<bool> stop_{false};
-  std::optional<std::vector<util::delta::chunk>> result_;
-  std::thread thread_;
-};
-
 // Sends a planned put (client/upload_plan.cpp decides what goes where),
 // pipelined: directories, links and small files (one frame each) go
 // without waiting for their answers; a large file waits for put.ready
@@ -421,43 +390,46 @@ class upload {
     pipe_.track(id, it.remote, file_done(), body.size());
   }
 
-  // put, put.ready (where to resume; with delta, what the server has),
-  // the content in steps (sent, or copied from the server's old copy),
-  // put.end.
+  // put, put.ready (where to resume; with delta, whether the server has
+  // an old copy), the content (sent, or with delta copied from the old
+  // copy where it is the same), put.end.
   void send_streamed(const put_item& it, int fd, json h, const struct stat& st) {
     const auto size = static_cast<std::uint64_t>(st.st_size);
     const auto id = c_.next_id();
     h["id"] = id;
     h["size"] = size;
     h["resume"] = true;
-    std::optional<local_chunks> mine;
-    if (o_.delta) {
-      h["delta"] = true;
-      mine.emplace(fd, size);
-    }
+    if (o_.delta) h["delta"] = true;
     c_.send(h);
-    auto ready = wait_ready(id, it.remote);
+    auto ready = pipe_.wait_for(id, it.remote);
     if (!ready) {
       ++prog_.files_done;
       return;
     }
     util::content_digest digest(o_.sha256);
-    std::uint64_t pos = resume_point(fd, size, *ready, digest);
-    std::vector<util::delta::op> steps = {{util::delta::op::literal, 0, size}};
-    if (mine && ready->header.contains("basis")) {
-      auto planned = delta_steps(it, id, *ready, *mine, size);
-      if (!planned) {
-        ++prog_.files_done;  // the server refused; it said why
-        return;
-      }
-      steps = std::move(*planned);
+    const std::uint64_t pos = resume_point(fd, size, *ready, digest);
+    if (ready->header.contains("basis")) return send_delta(it, fd, id, *ready, st, pos);
+    pipe_.track(id, it.remote, file_done());  // errors while streaming arrive with this id
+    bool first = true;
+    for (std::uint64_t at = pos; at < size || first;) {
+      if (!pipe_.pending(id)) return;  // the server gave up (disk full, quota, ...): it said why
+      const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(frame_max_, size - at));
+      json d = {{"type", "put.data"}, {"id", id}};
+      if (first) d["offset"] = at;
+      first = false;
+      if (n > 0 && !send_and_digest(c_, d, fd, at, n, digest)) return changed(it, id);
+      if (n == 0) c_.send(d);
+      at += n;
+      prog_.bytes_done += n;
+      report();
+      pipe_.poll();
     }
-    const std::uint64_t matched = util::delta::copied_bytes(util::delta::ops_from(steps, pos));
-    pipe_.track(id, it.remote, file_done(matched));  // errors while streaming arrive with this id
-    c_.send({{"type", "put.data"}, {"id", id}, {"offset", pos}});  // where the steps start
-    for (const auto& step : util::delta::ops_from(steps, pos)) {
-      if (!send_step(it, id, fd, step, pos, digest)) return;
-    }
+    finish_file(it, id, fd, st, digest);
+  }
+
+  // put.end, unless the file changed while it was sent.
+  void finish_file(const put_item& it, std::uint64_t id, int fd, const struct stat& st,
+                   const util::content_digest& digest) {
     struct stat after {};
     if (::fstat(fd, &after) != 0 || after.st_size != st.st_size || after.st_mtim.tv_sec != st.st_mtim.tv_sec ||
         after.st_mtim.tv_nsec != st.st_mtim.tv_nsec) {
@@ -466,63 +438,173 @@ class upload {
     send_end(id, digest);
   }
 
-  // put.ready, after any put.progress (the server reading its old copy).
-  std::optional<proto::frame> wait_ready(std::uint64_t id, const std::string& path) {
-    auto f = pipe_.wait_for(id, path);
-    while (f && f->type() == "put.progress") f = pipe_.wait_for(id, path);
-    return f;
-  }
+  // ---- delta: the server has an old copy (its *basis*)
 
-  // The steps that rebuild this file from the server's old copy, whose
-  // groups came with put.ready: ours are compared with them, the chunks
-  // of those we lack are asked for (put.chunks). The whole file as one
-  // literal step when our chunks cannot be had or the server's records do
-  // not add up; nullopt when the server refused (recorded).
-  std::optional<std::vector<util::delta::op>> delta_steps(const put_item& it, std::uint64_t id,
-                                                          const proto::frame& ready, local_chunks& mine,
-                                                          std::uint64_t size) {
+  // Our file is read once: cut into chunks (util/delta.hpp), digested, and
+  // compared with the basis's groups as they come (put.basis). What both
+  // have, in order, is sent as put.copy at once, so the server rebuilds
+  // while both still read; the rest waits for the whole basis, whose
+  // differing groups' chunks are then asked for (put.chunks).
+  struct delta_run {
+    const put_item* it;
+    std::uint64_t id, size, resume_at;
+    int fd;
+    std::uint64_t basis_size;
+    std::vector<util::delta::chunk> ours;
+    std::vector<util::delta::group> our_groups;
+    util::delta::grouper grouper;
+    std::vector<util::delta::group> theirs;
+    util::delta::basis_index their_index;
+    bool theirs_done = false;
+    bool theirs_unusable = false;  // not readable, or records that do not add up: the rest goes literal
+    std::size_t next = 0;      // our first group not yet described by steps
+    std::uint64_t out = 0;     // bytes of the file the steps so far describe
+    std::uint64_t matched = 0;
+    bool failed = false;  // the server refused (recorded), or our file changed
+  };
+
+  void send_delta(const put_item& it, int fd, std::uint64_t id, const proto::frame& ready, const struct stat& st,
+                  std::uint64_t pos) {
     namespace d = util::delta;
-    const std::vector<d::op> whole = {{d::op::literal, 0, size}};
-    const json& basis = ready.header["basis"];
-    auto ours = mine.get();
-    const auto theirs = d::decode_groups(ready.body, basis.value("size", std::uint64_t{0}));
-    if (!ours || !theirs || basis.value("chunk_avg", 0u) != d::params_for(size).avg) return whole;
-    const auto our_groups = d::group_chunks(*ours);
-    const auto wanted = d::unmatched_groups(our_groups, *theirs);
-    std::vector<d::chunk> their_chunks;
-    if (!wanted.empty()) {
-      c_.send({{"type", "put.chunks"}, {"id", id}}, d::encode_indices(wanted));
-      auto reply = pipe_.wait_for(id, it.remote);
-      if (!reply) return std::nullopt;
-      auto decoded = d::decode_chunks(reply->body, *theirs, wanted);
-      if (!decoded) return whole;
-      their_chunks = std::move(*decoded);
+    const auto size = static_cast<std::uint64_t>(st.st_size);
+    delta_run run{&it, id, size, pos, fd, ready.header["basis"].value("size", std::uint64_t{0}), {}, {}, {}, {}, {}};
+    if (ready.header["basis"].value("chunk_avg", 0u) != d::params_for(size).avg) run.theirs_unusable = true;
+    c_.send({{"type", "put.data"}, {"id", id}, {"offset", pos}});  // where the steps start
+    util::content_digest whole(o_.sha256);
+    d::reading r;
+    r.observe = [&](std::string_view bytes) { whole.update(bytes.data(), bytes.size()); };
+    r.progress = [&](bool done) {
+      if (done) {
+        run.grouper.finish(run.ours, run.our_groups);
+      } else {
+        run.grouper.add(run.ours, run.our_groups);
+      }
+      take_frames(run, false);
+      send_matched(run);
+      return !run.failed;
+    };
+    if (!d::chunk_file(fd, size, d::params_for(size), run.ours, r)) {
+      if (!run.failed) changed_in_delta(run);
+      return;
     }
-    return d::plan_ops(*ours, our_groups, *theirs, their_chunks);
+    while (!run.theirs_done && !run.theirs_unusable && !run.failed) take_frames(run, true);
+    if (!run.failed) send_matched(run);
+    if (!run.failed) send_the_rest(run);
+    if (run.failed) return;
+    pipe_.track(id, it.remote, file_done(run.matched));
+    finish_file(it, id, fd, st, whole);
   }
 
-  // One step: our bytes in put.data frames, or put.copy frames for what
-  // the server has (digested here from our own copy, which is the same).
-  bool send_step(const put_item& it, std::uint64_t id, int fd, const util::delta::op& step, std::uint64_t& pos,
-                 util::content_digest& digest) {
+  // Frames for this upload (put.basis, put.progress, an error); others go
+  // to the pipeline. `wait`: until one of ours has come.
+  void take_frames(delta_run& run, bool wait) {
+    for (;;) {
+      auto f = wait ? std::optional<proto::frame>(c_.receive()) : c_.try_receive();
+      if (!f) return;
+      if (f->id() != run.id) {
+        pipe_.handle(*f);
+        continue;
+      }
+      if (f->type() == proto::type::error) {
+        auto e = error_from_frame(*f);
+        r_.errors.push_back({run.it->remote, e.code().value_or(errc::io_error), f->header.value("message", e.what())});
+        ++prog_.files_done;
+        run.failed = true;
+        return;
+      }
+      if (f->type() == "put.basis") take_groups(run, *f);
+      if (wait) return;
+    }
+  }
+
+  void take_groups(delta_run& run, const proto::frame& f) {
+    const bool last = f.header.value("done", false);
+    const std::size_t had = run.theirs.size();
+    if (run.theirs_unusable || f.header.value("failed", false) ||
+        !util::delta::decode_more_groups(f.body, run.basis_size, last, run.theirs)) {
+      run.theirs_unusable = true;
+      return;
+    }
+    for (std::size_t i = had; i < run.theirs.size(); ++i) {
+      run.their_index.add(run.theirs[i].hash, run.theirs[i].bytes, run.theirs[i].offset);
+    }
+    run.theirs_done = last;
+  }
+
+  // Our next groups, as long as the basis has each.
+  void send_matched(delta_run& run) {
+    while (!run.failed && run.next < run.our_groups.size()) {
+      const auto& g = run.our_groups[run.next];
+      const auto at = run.their_index.find(g.hash, g.bytes);
+      if (!at) return;
+      send_step(run, {util::delta::op::copy, *at, g.bytes});
+      ++run.next;
+    }
+  }
+
+  // Our groups the basis has no copy of: chunk by chunk, against the
+  // chunks of the basis's groups that we have no copy of.
+  void send_the_rest(delta_run& run) {
+    namespace d = util::delta;
+    std::vector<d::chunk> their_chunks;
+    if (!run.theirs_unusable) {
+      const auto wanted = d::unmatched_groups(run.our_groups, run.theirs);
+      if (!wanted.empty() && run.next < run.our_groups.size()) {
+        c_.send({{"type", "put.chunks"}, {"id", run.id}}, d::encode_indices(wanted));
+        auto reply = pipe_.wait_for(run.id, run.it->remote);
+        while (reply && reply->type() == "put.progress") reply = pipe_.wait_for(run.id, run.it->remote);
+        if (!reply) {
+          ++prog_.files_done;
+          run.failed = true;
+          return;
+        }
+        if (auto decoded = d::decode_chunks(reply->body, run.theirs, wanted)) their_chunks = std::move(*decoded);
+      }
+    }
+    const std::vector<d::group> rest(run.our_groups.begin() + static_cast<long>(run.next), run.our_groups.end());
+    for (const auto& step : d::plan_ops(run.ours, rest, run.theirs, their_chunks)) {
+      if (run.failed) return;
+      send_step(run, step);
+    }
+  }
+
+  // One step, in frames: put.copy (at most a frame's worth each, the
+  // server copies it in one go) or put.data from our file. What the part
+  // already has (a resume) is skipped.
+  void send_step(delta_run& run, util::delta::op step) {
+    const std::uint64_t end = run.out + step.length;
+    if (end <= run.resume_at) {
+      run.out = end;
+      return;
+    }
+    if (run.out < run.resume_at) {
+      step.from += run.resume_at - run.out;
+      step.length -= run.resume_at - run.out;
+      run.out = run.resume_at;
+    }
     const bool copy = step.what == util::delta::op::copy;
-    const std::uint64_t piece_max = copy ? proto::max_body_size : frame_max_;
-    for (std::uint64_t done = 0; done < step.length;) {
-      if (!pipe_.pending(id)) return false;  // the server gave up (disk full, quota, ...): it said why
-      const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(piece_max, step.length - done));
+    for (std::uint64_t done = 0; done < step.length && !run.failed;) {
+      const auto n = static_cast<std::size_t>(
+          std::min<std::uint64_t>(copy ? proto::max_body_size : frame_max_, step.length - done));
       if (copy) {
-        if (util::hash_file_range(fd, pos, n, digest) != 0) return changed(it, id), false;
-        c_.send({{"type", "put.copy"}, {"id", id}, {"from", step.from + done}, {"size", n}});
-      } else if (!send_and_digest(c_, {{"type", "put.data"}, {"id", id}}, fd, pos, n, digest)) {
-        return changed(it, id), false;
+        c_.send({{"type", "put.copy"}, {"id", run.id}, {"from", step.from + done}, {"size", n}});
+        run.matched += n;
+      } else if (c_.send_file({{"type", "put.data"}, {"id", run.id}}, run.fd, step.from + done, n) != n) {
+        return changed_in_delta(run);
       }
       done += n;
-      pos += n;
+      run.out += n;
       prog_.bytes_done += n;
       report();
-      pipe_.poll();
+      take_frames(run, false);
     }
-    return true;
+  }
+
+  void changed_in_delta(delta_run& run) {
+    run.failed = true;
+    r_.errors.push_back({run.it->local, errc::changed, run.it->local + ": changed or vanished while it was being sent"});
+    c_.send({{"type", "put.abort"}, {"id", run.id}, {"discard", true}});
+    ++prog_.files_done;
   }
 
   // Where the server's part lets this file resume: only if the part is a

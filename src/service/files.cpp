@@ -43,7 +43,7 @@ constexpr std::size_t list_chunk = 2000;
 // A put's basis (delta) is offered only when its chunk list is bounded:
 // at most this many chunks of the smallest size (24 bytes each in memory,
 // 12 in the reply), and for one upload per connection at a time.
-constexpr std::uint64_t max_basis_chunks = 1u << 19;
+constexpr std::uint64_t max_basis_chunks = 1u << 20;
 
 std::string part_name_for(std::string_view leaf) { return util::part_file_name(leaf); }
 bool is_part_name(std::string_view name) { return util::is_part_file_name(name); }
@@ -361,10 +361,12 @@ struct files_session::upload {
   std::shared_ptr<part_registry::claim> claim;  // a resumable part's registration
   // Delta (a put with "delta"): the target's old content, which put.copy
   // reads, and its chunks until put.chunks asks for them.
-  std::uint64_t serial = 0;     // tells this upload from a later one with the same id
-  bool awaiting_basis = false;  // put.ready comes once the basis is read
+  std::uint64_t serial = 0;  // tells this upload from a later one with the same id
   util::unique_fd basis;
   std::uint64_t basis_size = 0;
+  std::shared_ptr<basis_job> reading;  // the hashing thread's job that describes it
+  bool basis_done = false;             // every group was sent (put.basis with done)
+  bool chunks_asked = false;
   std::vector<util::delta::chunk> basis_chunks;
   std::vector<util::delta::group> basis_groups;
 
@@ -385,6 +387,9 @@ struct files_session::upload {
     preallocated = false;
   }
   explicit upload(bool sha) : digest(sha), want_sha256(sha) {}
+  ~upload();
+  upload(const upload&) = delete;
+  upload& operator=(const upload&) = delete;
 };
 
 struct files_session::download {
@@ -696,25 +701,28 @@ void files_session::list_with_digests(std::shared_ptr<digest_listing> work) {
     line_held_.reset();
     return error(work->id, errc::busy, "the server is computing too many digests; try again shortly");
   }
-  report_progress(work, work->id, [work] {
+  report_progress(work->id, [this, listing = std::weak_ptr(work)]() -> std::optional<json> {
+    auto work = listing.lock();
+    if (!work || line_held_ != work) return std::nullopt;
     return json{{"type", "fs.list.progress"},
                 {"files_hashed", work->hashed.load(std::memory_order_relaxed)},
                 {"files", work->files.size()}};
   });
 }
 
-void files_session::report_progress(std::weak_ptr<void> job, std::uint64_t id, std::function<json()> frame) {
+void files_session::report_progress(std::uint64_t id, std::function<std::optional<json>()> frame) {
   // Once a second while the hashing thread works for a request (or the
   // job waits its turn): the client, whose every wait has a deadline,
-  // knows the server is at it, and the connection is not idle. One timer
-  // per job: it ends with the job it was started for.
-  conn_.run_after(std::chrono::seconds(1), [w = weak_from_this(), job, id, frame = std::move(frame)]() mutable {
+  // knows the server is at it, and the connection is not idle. `frame`
+  // says what to send, or nullopt once the job is over.
+  conn_.run_after(std::chrono::seconds(1), [w = weak_from_this(), id, frame = std::move(frame)]() mutable {
     auto self = w.lock();
-    auto held = job.lock();
-    if (!self || !held || self->line_held_ != held) return;
+    if (!self) return;
+    auto f = frame();
+    if (!f) return;
     self->conn_.touch();
-    self->reply(id, frame());
-    self->report_progress(std::move(job), id, std::move(frame));
+    self->reply(id, std::move(*f));
+    self->report_progress(id, std::move(frame));
   });
 }
 
@@ -1128,7 +1136,13 @@ struct files_session::basis_job {
   util::delta::params params;
   util::unique_fd fd;  // its own: the upload may end meanwhile
   std::atomic<std::uint64_t> read{0};
+  std::atomic<bool> cancelled{false};  // the upload ended
+  std::atomic<bool> finished{false};
 };
+
+files_session::upload::~upload() {
+  if (reading) reading->cancelled = true;
+}
 
 void files_session::do_put(std::uint64_t id, const json& h, std::string& body) {
   const auto req = parse_put(id, h, body);
@@ -1306,10 +1320,12 @@ void files_session::put_streamed(std::uint64_t id, std::unique_ptr<upload> u, co
   }
   u->written = offset;
   u->serial = ++upload_serial_;
-  const bool with_basis = req.delta && offer_basis(id, *u);
-  const upload& ref = *u;
+  json ready = ready_frame(*u);
+  if (req.delta && offer_basis(id, *u)) {
+    ready["basis"] = {{"size", u->basis_size}, {"chunk_avg", util::delta::params_for(*u->size).avg}};
+  }
   uploads_.emplace(id, std::move(u));
-  if (!with_basis) reply(id, ready_frame(ref));  // else once the basis is read
+  reply(id, ready);
 }
 
 json files_session::ready_frame(const upload& u) const {
@@ -1337,47 +1353,79 @@ bool files_session::offer_basis(std::uint64_t id, upload& u) {
   job->size = static_cast<std::uint64_t>(st.st_size);
   job->params = params;
   job->fd.reset(::fcntl(fd.get(), F_DUPFD_CLOEXEC, 0));
-  if (!job->fd) return false;
-  const bool queued = share_.hash_in_background([job, &share = share_, w = weak_from_this(), ex = conn_.executor()] {
-    auto chunks = util::delta::chunk_file(job->fd.get(), job->size, job->params, [&](std::uint64_t done) {
-      job->read.store(done, std::memory_order_relaxed);
-      return share.stopping() || w.expired();  // nobody to answer, or shutting down
+  auto read_basis = [job, &share = share_, w = weak_from_this(), ex = conn_.executor()] {
+    auto gone = [&] { return share.stopping() || w.expired() || job->cancelled; };
+    describe_basis(*job, gone, [&](basis_batch batch) {
+      boost::asio::post(ex, [w, job, batch = std::move(batch)]() mutable {
+        if (auto self = w.lock()) self->basis_arrived(*job, std::move(batch));
+      });
     });
-    if (share.stopping() || w.expired()) return;
-    boost::asio::post(ex, [w, job, chunks = std::move(chunks)]() mutable {
-      if (auto self = w.lock()) self->basis_ready(*job, std::move(chunks));
-    });
-  });
-  if (!queued) return false;  // the hashing thread is busy: the file comes whole
+  };
+  if (!job->fd || !share_.hash_in_background(std::move(read_basis))) {
+    return false;  // the hashing thread is busy: the file comes whole
+  }
   u.basis = std::move(fd);
   u.basis_size = job->size;
-  u.awaiting_basis = true;
-  line_held_ = job;
-  report_progress(job, id, [job] {
+  u.reading = job;
+  report_progress(id, [job]() -> std::optional<json> {
+    if (job->finished || job->cancelled) return std::nullopt;
     return json{{"type", "put.progress"}, {"bytes_read", job->read.load(std::memory_order_relaxed)}, {"bytes", job->size}};
   });
   return true;
 }
 
-void files_session::basis_ready(const basis_job& job, std::optional<std::vector<util::delta::chunk>> chunks) {
-  if (line_held_.get() == &job) line_held_.reset();
-  auto it = uploads_.find(job.id);
-  if (it != uploads_.end() && it->second->serial == job.serial && it->second->awaiting_basis) {
-    upload& u = *it->second;
-    u.awaiting_basis = false;
-    json ready = ready_frame(u);
-    std::string body;
-    if (chunks) {
-      u.basis_groups = util::delta::group_chunks(*chunks);
-      u.basis_chunks = std::move(*chunks);
-      body = util::delta::encode_groups(u.basis_groups);
-      ready["basis"] = {{"size", u.basis_size}, {"chunk_avg", job.params.avg}, {"groups", u.basis_groups.size()}};
+void files_session::describe_basis(basis_job& job, const std::function<bool()>& gone,
+                                   const std::function<void(basis_batch)>& deliver) {
+  // On the hashing thread: the basis's groups go to the session as they
+  // are completed (the sender starts matching, and the server copying,
+  // while the rest is read); each batch brings its chunks too.
+  std::vector<util::delta::chunk> chunks;
+  std::vector<util::delta::group> groups;
+  util::delta::grouper grouper;
+  std::size_t posted_chunks = 0, posted_groups = 0;
+  auto post = [&](bool done, bool failed) {
+    basis_batch batch;
+    const std::size_t upto = done ? chunks.size() : groups.back().first + groups.back().count;
+    batch.chunks.assign(chunks.begin() + static_cast<long>(posted_chunks), chunks.begin() + static_cast<long>(upto));
+    batch.groups.assign(groups.begin() + static_cast<long>(posted_groups), groups.end());
+    batch.done = done;
+    batch.failed = failed;
+    posted_chunks = upto;
+    posted_groups = groups.size();
+    deliver(std::move(batch));
+  };
+  util::delta::reading r;
+  r.observe = [&](std::string_view bytes) { job.read.fetch_add(bytes.size(), std::memory_order_relaxed); };
+  r.progress = [&](bool done) {
+    if (done) {
+      grouper.finish(chunks, groups);
     } else {
-      u.basis.reset();  // not readable as it was: the file comes whole
+      grouper.add(chunks, groups);
     }
-    reply(job.id, ready, body);
+    if (done) job.finished = true;  // no put.progress after the last put.basis
+    if (done || groups.size() > posted_groups) post(done, false);
+    return !gone();
+  };
+  const bool ok = util::delta::chunk_file(job.fd.get(), job.size, job.params, chunks, r);
+  if (!ok && !gone()) {
+    job.finished = true;
+    post(true, true);  // not readable as it was: no more groups
   }
-  pump();  // the requests that waited
+  job.finished = true;
+}
+
+void files_session::basis_arrived(const basis_job& job, basis_batch batch) {
+  auto it = uploads_.find(job.id);
+  if (it == uploads_.end() || it->second->serial != job.serial || it->second->failed) return;
+  upload& u = *it->second;
+  // The groups' chunk indices count from the basis's first chunk: the
+  // batches come in order, and each brings the chunks of its groups.
+  u.basis_chunks.insert(u.basis_chunks.end(), batch.chunks.begin(), batch.chunks.end());
+  u.basis_groups.insert(u.basis_groups.end(), batch.groups.begin(), batch.groups.end());
+  u.basis_done = batch.done;
+  json h = {{"type", "put.basis"}, {"count", batch.groups.size()}, {"done", batch.done}};
+  if (batch.failed) h["failed"] = true;
+  reply(job.id, h, util::delta::encode_groups(batch.groups));
 }
 
 void files_session::put_chunks(std::uint64_t id, std::string_view body) {
@@ -1385,8 +1433,10 @@ void files_session::put_chunks(std::uint64_t id, std::string_view body) {
   if (it == uploads_.end()) return error(id, errc::not_found, "put.chunks for an upload that is not open");
   upload& u = *it->second;
   if (u.failed) return;
-  if (u.awaiting_basis || u.basis_groups.empty()) {
-    return fail_upload(u, errc::bad_request, "put.chunks: '" + u.path + "' has no basis to describe (or it was asked once)");
+  if (!u.basis_done || u.chunks_asked || u.basis_groups.empty()) {
+    return fail_upload(u, errc::bad_request,
+                       "put.chunks: '" + u.path + "' has no basis described in full (put.basis with done), or "
+                       "its chunks were asked for once");
   }
   const auto which = util::delta::decode_indices(body, u.basis_groups.size());
   if (!which) {
@@ -1396,6 +1446,7 @@ void files_session::put_chunks(std::uint64_t id, std::string_view body) {
   }
   const std::string records = util::delta::encode_chunks(u.basis_chunks, u.basis_groups, *which);
   // Asked once: the lists are not kept any longer than that.
+  u.chunks_asked = true;
   u.basis_chunks = {};
   u.basis_groups = {};
   reply(id, {{"type", "put.chunks.reply"}, {"count", records.size() / util::delta::chunk_record}}, records);
@@ -1406,9 +1457,7 @@ void files_session::put_copy(std::uint64_t id, const json& h) {
   if (it == uploads_.end()) return error(id, errc::not_found, "put.copy for an upload that is not open");
   upload& u = *it->second;
   if (u.failed) return;
-  if (!u.basis || u.awaiting_basis) {
-    return fail_upload(u, errc::bad_request, "put.copy: '" + u.path + "' has no basis to copy from");
-  }
+  if (!u.basis) return fail_upload(u, errc::bad_request, "put.copy: '" + u.path + "' has no basis to copy from");
   const auto from = h.find("from"), size = h.find("size");
   if (from == h.end() || size == h.end() || !from->is_number_unsigned() || !size->is_number_unsigned() ||
       size->get<std::uint64_t>() == 0 || size->get<std::uint64_t>() > proto::max_body_size ||
@@ -1448,7 +1497,6 @@ void files_session::put_data(std::uint64_t id, const json& h, std::string_view p
   auto it = uploads_.find(id);
   if (it == uploads_.end() || it->second->failed) return;
   upload& u = *it->second;
-  if (u.awaiting_basis) return fail_upload(u, errc::bad_request, "put.data before put.ready");
   if (!u.frame_open) {
     u.frame_open = true;
     if (auto off = h.find("offset"); off != h.end()) {

@@ -212,7 +212,7 @@ class files_session : public std::enable_shared_from_this<files_session> {
   /// are hashed on the share's hashing thread, then the frames are sent.
   struct digest_listing;
   void list_with_digests(std::shared_ptr<digest_listing> work);
-  void report_progress(std::weak_ptr<void> job, std::uint64_t id, std::function<proto::json()> frame);
+  void report_progress(std::uint64_t id, std::function<std::optional<proto::json>()> frame);
   void send_listing(digest_listing& work);
   void do_mkdir(std::uint64_t id, const proto::json& h);
   void finish_mkdir(std::uint64_t id, int dirfd, bool created, const std::string& path,
@@ -234,8 +234,17 @@ class files_session : public std::enable_shared_from_this<files_session> {
   void put_streamed(std::uint64_t id, std::unique_ptr<upload> u, const put_request& req, const struct stat& st);
   proto::json ready_frame(const upload& u) const;
   struct basis_job;
+  struct basis_batch {
+    std::vector<util::delta::chunk> chunks;
+    std::vector<util::delta::group> groups;
+    bool done = false, failed = false;
+  };
   bool offer_basis(std::uint64_t id, upload& u);
-  void basis_ready(const basis_job& job, std::optional<std::vector<util::delta::chunk>> chunks);
+  // On the hashing thread: reads the basis and hands its groups to
+  // `deliver` in batches; `gone` says when nobody needs them any more.
+  static void describe_basis(basis_job& job, const std::function<bool()>& gone,
+                             const std::function<void(basis_batch)>& deliver);
+  void basis_arrived(const basis_job& job, basis_batch batch);
   bool append(upload& u, std::string_view bytes);  // false: the upload failed (and was answered)
   void do_get(std::uint64_t id, const proto::json& h);
   void stream_download();

@@ -9,7 +9,6 @@
 #include <array>
 #include <bit>
 #include <memory>
-#include <unordered_map>
 
 #include "util/file_io.hpp"
 
@@ -31,6 +30,15 @@ constexpr std::array<std::uint64_t, 256> make_gear() {
   return g;
 }
 constexpr std::array<std::uint64_t, 256> gear = make_gear();
+// Two bytes a step: ((h << 1) + gear[a]) << 1) + gear[b] is
+// (h << 2) + (gear[a] << 1) + gear[b], and the last two terms do not wait
+// for h (the chain is half as long).
+constexpr std::array<std::uint64_t, 256> make_gear_shifted() {
+  std::array<std::uint64_t, 256> g{};
+  for (std::size_t i = 0; i < 256; ++i) g[i] = gear[i] << 1;
+  return g;
+}
+constexpr std::array<std::uint64_t, 256> gear_shifted = make_gear_shifted();
 
 // The `bits` highest bits set: they depend on the last 64 bytes hashed.
 constexpr std::uint64_t top_bits(unsigned bits) { return bits == 0 ? 0 : ~std::uint64_t{0} << (64 - bits); }
@@ -62,25 +70,6 @@ void push(std::vector<op>& ops, op o) {
   ops.push_back(o);
 }
 
-// (hash, size) -> offset, for whatever the basis offers.
-class offsets_by_hash {
- public:
-  void add(std::uint64_t hash, std::uint64_t bytes, std::uint64_t offset) { map_.emplace(hash, entry{bytes, offset}); }
-  std::optional<std::uint64_t> find(std::uint64_t hash, std::uint64_t bytes) const {
-    auto [lo, hi] = map_.equal_range(hash);
-    for (auto it = lo; it != hi; ++it) {
-      if (it->second.bytes == bytes) return it->second.offset;
-    }
-    return std::nullopt;
-  }
-
- private:
-  struct entry {
-    std::uint64_t bytes, offset;
-  };
-  std::unordered_multimap<std::uint64_t, entry> map_;
-};
-
 }  // namespace
 
 params params_with(unsigned avg_bits) noexcept {
@@ -94,11 +83,11 @@ params params_with(unsigned avg_bits) noexcept {
 
 params params_for(std::uint64_t size) noexcept {
   const unsigned bits = size <= 1 ? 0u : static_cast<unsigned>(std::bit_width(size - 1));  // ceil(log2(size))
-  return params_with(std::clamp(bits > 14 ? bits - 14 : 0u, 16u, 24u));
+  return params_with(std::clamp(bits > 16 ? bits - 16 : 0u, 14u, 22u));
 }
 
 chunker::chunker(params p)
-    : p_(p), mask_small_(top_bits(p.avg_bits + 1)), mask_large_(top_bits(p.avg_bits - 1)), state_(XXH3_createState()) {
+    : p_(p), mask_small_(top_bits(p.avg_bits)), mask_large_(top_bits(p.avg_bits - 2)), state_(XXH3_createState()) {
   if (!state_) throw std::bad_alloc();
   XXH3_64bits_reset(static_cast<XXH3_state_t*>(state_));
 }
@@ -126,20 +115,28 @@ void chunker::feed(const void* data, std::size_t n, std::vector<chunk>& out) {
       len_ += static_cast<std::uint32_t>(take);
       continue;
     }
-    // Normalised chunking: harder to cut before `avg`, easier after.
+    // Normalised chunking: harder to cut before `avg`, easier after (one
+    // bit more and one less than avg's; a bit less each again, as only
+    // every second position is looked at).
     const bool before_avg = len_ < p_.avg;
     const std::uint64_t mask = before_avg ? mask_small_ : mask_large_;
     const std::size_t until = i + std::min<std::size_t>(n - i, (before_avg ? p_.avg : p_.max) - len_);
+    // A cut is looked for where the chunk's length is even: two bytes a
+    // step (a piece that ends between them leaves the length odd, and the
+    // next piece's first byte makes it even again).
     std::uint64_t h = h_;
     std::size_t j = i;
     bool found = false;
-    while (j < until) {
+    if ((len_ & 1) != 0) {
       h = (h << 1) + gear[d[j++]];
-      if ((h & mask) == 0) {
-        found = true;
-        break;
-      }
+      found = (h & mask) == 0;
     }
+    while (!found && j + 2 <= until) {
+      h = (h << 2) + gear_shifted[d[j]] + gear[d[j + 1]];
+      j += 2;
+      found = (h & mask) == 0;
+    }
+    if (!found && j < until) h = (h << 1) + gear[d[j++]];  // the piece ends here: looked at with the next
     len_ += static_cast<std::uint32_t>(j - i);
     h_ = h;
     i = j;
@@ -156,44 +153,67 @@ void chunker::finish(std::vector<chunk>& out) {
   if (len_ > 0) cut(out);
 }
 
-std::optional<std::vector<chunk>> chunk_file(int fd, std::uint64_t size, params p,
-                                             const std::function<bool(std::uint64_t bytes_read)>& cancelled) {
+bool chunk_file(int fd, std::uint64_t size, params p, std::vector<chunk>& out, const reading& r) {
   constexpr std::size_t block = 8u << 20;
   std::unique_ptr<char[]> buf(new (std::nothrow) char[block]);
-  if (!buf) return std::nullopt;
+  if (!buf) return false;
   (void)::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
   chunker c(p);
-  std::vector<chunk> out;
-  out.reserve(static_cast<std::size_t>(std::min<std::uint64_t>(size / p.avg + 16, 1u << 20)));
+  out.reserve(out.size() + static_cast<std::size_t>(std::min<std::uint64_t>(size / p.avg + 16, 1u << 20)));
   for (std::uint64_t at = 0; at < size;) {
-    if (cancelled && cancelled(at)) return std::nullopt;
     const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(block, size - at));
     const long n = read_full(fd, buf.get(), want, at);
-    if (n != static_cast<long>(want)) return std::nullopt;  // an error, or it shrank
+    if (n != static_cast<long>(want)) return false;  // an error, or it shrank
+    if (r.observe) r.observe(std::string_view(buf.get(), want));
     c.feed(buf.get(), want, out);
     at += want;
+    if (at == size) c.finish(out);
+    if (r.progress && !r.progress(at == size)) return false;
   }
-  c.finish(out);
-  return out;
+  if (size == 0 && r.progress) r.progress(true);
+  return true;
+}
+
+void basis_index::add(std::uint64_t hash, std::uint64_t bytes, std::uint64_t offset) {
+  map_.emplace(hash, entry{bytes, offset});
+}
+
+std::optional<std::uint64_t> basis_index::find(std::uint64_t hash, std::uint64_t bytes) const {
+  auto [lo, hi] = map_.equal_range(hash);
+  for (auto it = lo; it != hi; ++it) {
+    if (it->second.bytes == bytes) return it->second.offset;
+  }
+  return std::nullopt;
+}
+
+void grouper::close(std::vector<group>& out) {
+  open_.hash = XXH3_64bits(records_.data(), records_.size());
+  out.push_back(open_);
+  records_.clear();
+  open_.count = 0;
+}
+
+void grouper::add(const std::vector<chunk>& chunks, std::vector<group>& out) {
+  constexpr std::size_t max_group = 256;
+  for (; next_ < chunks.size(); ++next_) {
+    const chunk& c = chunks[next_];
+    if (open_.count == 0) open_ = {c.offset, 0, 0, next_, 0};
+    append_chunk_record(records_, c);
+    open_.bytes += c.length;
+    ++open_.count;
+    if (c.hash % 64 == 0 || open_.count == max_group) close(out);
+  }
+}
+
+void grouper::finish(const std::vector<chunk>& chunks, std::vector<group>& out) {
+  add(chunks, out);
+  if (open_.count > 0) close(out);
 }
 
 std::vector<group> group_chunks(const std::vector<chunk>& chunks) {
-  constexpr std::size_t max_group = 256;
   std::vector<group> groups;
-  std::string records;
-  group g;
-  for (std::size_t i = 0; i < chunks.size(); ++i) {
-    if (g.count == 0) g = {chunks[i].offset, 0, 0, i, 0};
-    append_chunk_record(records, chunks[i]);
-    g.bytes += chunks[i].length;
-    ++g.count;
-    if (chunks[i].hash % 64 == 0 || g.count == max_group || i + 1 == chunks.size()) {
-      g.hash = XXH3_64bits(records.data(), records.size());
-      groups.push_back(g);
-      records.clear();
-      g.count = 0;
-    }
-  }
+  grouper g;
+  g.finish(chunks, groups);
   return groups;
 }
 
@@ -207,21 +227,25 @@ std::string encode_groups(const std::vector<group>& groups) {
   return out;
 }
 
-std::optional<std::vector<group>> decode_groups(std::string_view body, std::uint64_t size) {
-  if (body.size() % group_record != 0) return std::nullopt;
-  std::vector<group> groups;
-  groups.reserve(body.size() / group_record);
-  std::uint64_t offset = 0;
+bool decode_more_groups(std::string_view body, std::uint64_t size, bool last, std::vector<group>& groups) {
+  if (body.size() % group_record != 0) return false;
+  std::uint64_t offset = groups.empty() ? 0 : groups.back().offset + groups.back().bytes;
+  groups.reserve(groups.size() + body.size() / group_record);
   for (std::size_t at = 0; at < body.size(); at += group_record) {
     group g;
     g.offset = offset;
     g.bytes = get_be(body.data() + at, 8);
     g.hash = get_be(body.data() + at + 8, 8);
-    if (g.bytes == 0 || g.bytes > size - offset) return std::nullopt;
+    if (g.bytes == 0 || offset > size || g.bytes > size - offset) return false;
     offset += g.bytes;
     groups.push_back(g);
   }
-  if (offset != size) return std::nullopt;
+  return !last || offset == size;
+}
+
+std::optional<std::vector<group>> decode_groups(std::string_view body, std::uint64_t size) {
+  std::vector<group> groups;
+  if (!decode_more_groups(body, size, true, groups)) return std::nullopt;
   return groups;
 }
 
@@ -281,7 +305,7 @@ std::optional<std::vector<std::uint32_t>> decode_indices(std::string_view body, 
 }
 
 std::vector<std::uint32_t> unmatched_groups(const std::vector<group>& source, const std::vector<group>& basis) {
-  offsets_by_hash ours;
+  basis_index ours;
   for (const auto& g : source) ours.add(g.hash, g.bytes, g.offset);
   std::vector<std::uint32_t> out;
   for (std::size_t i = 0; i < basis.size(); ++i) {
@@ -292,7 +316,7 @@ std::vector<std::uint32_t> unmatched_groups(const std::vector<group>& source, co
 
 std::vector<op> plan_ops(const std::vector<chunk>& source, const std::vector<group>& source_groups,
                          const std::vector<group>& basis_groups, const std::vector<chunk>& basis_chunks) {
-  offsets_by_hash whole, single;
+  basis_index whole, single;
   for (const auto& g : basis_groups) whole.add(g.hash, g.bytes, g.offset);
   for (const auto& c : basis_chunks) single.add(c.hash, c.length, c.offset);
   std::vector<op> ops;

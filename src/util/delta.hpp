@@ -12,6 +12,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 namespace cskit::util::delta {
@@ -20,11 +21,13 @@ namespace cskit::util::delta {
 /// max = avg*4. Both sides derive them from the size of the file being
 /// sent (params_for), so that they cut the same content at the same places.
 struct params {
-  unsigned avg_bits = 16;
-  std::uint32_t min = 16u << 10, avg = 64u << 10, max = 256u << 10;
+  unsigned avg_bits = 14;
+  std::uint32_t min = 4u << 10, avg = 16u << 10, max = 64u << 10;
 };
-/// 64 KiB chunks on average up to 1 GiB, then larger (about 16,384 chunks
-/// a file, up to 16 MiB chunks).
+/// 16 KiB chunks on average up to 1 GiB, then larger (about 65,536 chunks
+/// a file), up to 4 MiB (16 MiB at most for one chunk). Small chunks cost
+/// little on the wire: only the groups of a basis are sent whole, the
+/// chunks only of the groups that differ.
 params params_for(std::uint64_t size) noexcept;
 /// Params with avg = 2^avg_bits (for tests).
 params params_with(unsigned avg_bits) noexcept;
@@ -57,11 +60,16 @@ class chunker {
   void* state_;  // XXH3_state_t
 };
 
-/// The chunks of bytes [0, size) of `fd`, read from the start; nullopt
-/// when the file cannot be read as that long, or when `cancelled` says
-/// so (it is asked between reads, with the bytes read so far).
-std::optional<std::vector<chunk>> chunk_file(int fd, std::uint64_t size, params p,
-                                             const std::function<bool(std::uint64_t bytes_read)>& cancelled = {});
+/// What chunk_file shows of its work as it goes.
+struct reading {
+  std::function<void(std::string_view bytes)> observe;  ///< each block read, in order (a digest)
+  std::function<bool(bool done)> progress;               ///< after each block; false stops the reading
+};
+/// Reads bytes [0, size) of `fd` from the start and appends its chunks to
+/// `out` as they are cut (the last call of `progress` has done = true and
+/// sees them all). False when the file cannot be read as that long, or
+/// when `progress` stopped it.
+bool chunk_file(int fd, std::uint64_t size, params p, std::vector<chunk>& out, const reading& r = {});
 
 /// Runs of chunks. A group ends after a chunk whose hash is 0 modulo 64
 /// (so about 64 chunks, content-defined: an edit moves only the groups
@@ -73,6 +81,32 @@ struct group {
   std::size_t first = 0, count = 0;  ///< its chunks (in the list it was made from)
 };
 std::vector<group> group_chunks(const std::vector<chunk>& chunks);
+/// group_chunks as the chunks come: `chunks` is the list so far (it only
+/// grows); each call appends the groups completed since the last.
+class grouper {
+ public:
+  void add(const std::vector<chunk>& chunks, std::vector<group>& out);
+  void finish(const std::vector<chunk>& chunks, std::vector<group>& out);  ///< the last group, shorter
+
+ private:
+  void close(std::vector<group>& out);
+  std::size_t next_ = 0;  // the first chunk not yet in a group
+  group open_;
+  std::string records_;
+};
+
+/// Where the basis has a group or chunk of a given hash and size.
+class basis_index {
+ public:
+  void add(std::uint64_t hash, std::uint64_t bytes, std::uint64_t offset);
+  std::optional<std::uint64_t> find(std::uint64_t hash, std::uint64_t bytes) const;
+
+ private:
+  struct entry {
+    std::uint64_t bytes, offset;
+  };
+  std::unordered_multimap<std::uint64_t, entry> map_;
+};
 
 /// On the wire: a group is 16 bytes (bytes, hash: u64 big-endian each), a
 /// chunk 12 (length u32, hash u64, big-endian).
@@ -82,6 +116,10 @@ std::string encode_groups(const std::vector<group>& groups);
 /// The groups of a basis of `size` bytes, with their offsets; nullopt when
 /// the records are malformed or do not add up to `size` exactly.
 std::optional<std::vector<group>> decode_groups(std::string_view body, std::uint64_t size);
+/// The same for groups that come in batches: appends to `groups` (offsets
+/// continue from its last); false when a record is malformed, the groups
+/// go past `size`, or, for the `last` batch, do not reach it.
+bool decode_more_groups(std::string_view body, std::uint64_t size, bool last, std::vector<group>& groups);
 /// The chunk records of the groups `which` (indices into `groups`, in
 /// that order).
 std::string encode_chunks(const std::vector<chunk>& chunks, const std::vector<group>& groups,

@@ -3320,13 +3320,22 @@ class Delta(FilesTestCase):
             os.unlink(seed)
 
     def open_delta_upload(self, s, rid, name, size):
-        """put with delta for `name` (which exists on the server); returns put.ready and its body."""
+        """put with delta for `name` (which exists on the server); returns put.ready and the basis's group
+        records (from the put.basis frames)."""
         s.sendall(wire.encode({"type": "put", "id": rid, "path": f"{self.rdir}/{name}", "size": size, "delta": True}))
-        for _ in range(100):
+        ready, _ = wire.read_frame(s, 20)
+        self.assertEqual(ready["type"], "put.ready", ready)
+        groups = b""
+        for _ in range(1000):
             h, body = wire.read_frame(s, 20)
-            if h.get("type") != "put.progress":
-                return h, body
-        self.fail("no put.ready")
+            if h.get("type") == "put.progress":
+                continue
+            self.assertEqual((h["type"], h["id"]), ("put.basis", rid), h)
+            self.assertEqual(len(body), h["count"] * 16)
+            groups += body
+            if h["done"]:
+                return ready, groups
+        self.fail("the basis's groups did not end")
 
     def test_hostile_delta_requests_are_refused(self):
         old = random_bytes(2 * MiB)
@@ -3334,9 +3343,8 @@ class Delta(FilesTestCase):
         s, _ = wire.login(self.srv.port, TOKEN)
         try:
             ready, body = self.open_delta_upload(s, 1, "t.bin", 3 * MiB)
-            self.assertEqual(ready["type"], "put.ready", ready)
             self.assertEqual(ready["basis"]["size"], 2 * MiB)
-            self.assertEqual(len(body), ready["basis"]["groups"] * 16)
+            self.assertEqual(sum(struct.unpack(">Q", body[i:i + 8])[0] for i in range(0, len(body), 16)), 2 * MiB)
             # A copy from past the old file's end.
             s.sendall(wire.encode({"type": "put.copy", "id": 1, "from": 2 * MiB - 10, "size": 11}))
             err, _ = wire.read_frame(s)

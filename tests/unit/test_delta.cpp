@@ -70,12 +70,12 @@ std::uint64_t literal_bytes(const std::vector<op>& ops) {
 }  // namespace
 
 TEST(DeltaParams, ScaleWithTheFile) {
-  EXPECT_EQ(params_for(0).avg, 64u << 10);
-  EXPECT_EQ(params_for(100).avg, 64u << 10);
-  EXPECT_EQ(params_for(1ull << 30).avg, 64u << 10);
-  EXPECT_EQ(params_for((1ull << 30) + 1).avg, 128u << 10);
-  EXPECT_EQ(params_for(64ull << 30).avg, 4u << 20);
-  EXPECT_EQ(params_for(~0ull).avg, 16u << 20);
+  EXPECT_EQ(params_for(0).avg, 16u << 10);
+  EXPECT_EQ(params_for(100).avg, 16u << 10);
+  EXPECT_EQ(params_for(1ull << 30).avg, 16u << 10);
+  EXPECT_EQ(params_for((1ull << 30) + 1).avg, 32u << 10);
+  EXPECT_EQ(params_for(64ull << 30).avg, 1u << 20);
+  EXPECT_EQ(params_for(~0ull).avg, 4u << 20);
   const params p = params_for(1ull << 30);
   EXPECT_EQ(p.min, p.avg / 4);
   EXPECT_EQ(p.max, p.avg * 4);
@@ -176,6 +176,27 @@ TEST(DeltaPlan, InsertionsDeletionsAndStrangers) {
   EXPECT_TRUE(empty.ops.empty());
 }
 
+TEST(DeltaPlan, GroupsAsChunksComeAreTheSame) {
+  const params p = params_with(12);
+  const auto all = chunks_of(random_bytes(8 << 20, 13), p);
+  std::vector<chunk> so_far;
+  std::vector<group> groups;
+  grouper g;
+  for (std::size_t i = 0; i < all.size(); i += 37) {
+    so_far.insert(so_far.end(), all.begin() + static_cast<long>(i), all.begin() + static_cast<long>(std::min(i + 37, all.size())));
+    g.add(so_far, groups);
+  }
+  g.finish(so_far, groups);
+  const auto at_once = group_chunks(all);
+  ASSERT_EQ(groups.size(), at_once.size());
+  for (std::size_t i = 0; i < groups.size(); ++i) {
+    EXPECT_EQ(groups[i].hash, at_once[i].hash);
+    EXPECT_EQ(groups[i].bytes, at_once[i].bytes);
+    EXPECT_EQ(groups[i].first, at_once[i].first);
+  }
+  EXPECT_GT(groups.size(), 4u);
+}
+
 TEST(DeltaPlan, ResumeTakesTheStepsFromAnyByte) {
   const std::vector<op> ops = {{op::copy, 100, 50}, {op::literal, 50, 10}, {op::copy, 0, 40}};
   EXPECT_EQ(ops_from(ops, 0), ops);
@@ -226,12 +247,26 @@ TEST(DeltaChunker, ChunkFileReadsLikeMemory) {
   const std::string data = random_bytes(3 << 20, 12);
   ASSERT_EQ(write_all(fd, data.data(), data.size()), 0);
   const params p = params_with(12);
-  auto from_file = chunk_file(fd, data.size(), p);
-  ASSERT_TRUE(from_file);
+  std::vector<chunk> from_file;
+  std::string seen;
+  int calls = 0, done_calls = 0;
+  reading r;
+  r.observe = [&](std::string_view bytes) { seen += bytes; };
+  r.progress = [&](bool done) {
+    ++calls;
+    done_calls += done;
+    return true;
+  };
+  ASSERT_TRUE(chunk_file(fd, data.size(), p, from_file, r));
+  EXPECT_EQ(seen, data);
+  EXPECT_EQ(calls, 1);  // one block of 8 MiB
+  EXPECT_EQ(done_calls, 1);
   const auto in_memory = chunks_of(data, p);
-  ASSERT_EQ(from_file->size(), in_memory.size());
-  EXPECT_EQ(from_file->back().hash, in_memory.back().hash);
-  EXPECT_FALSE(chunk_file(fd, data.size() + 1, p));  // shorter than it was said to be
-  EXPECT_FALSE(chunk_file(fd, data.size(), p, [](std::uint64_t) { return true; }));
+  ASSERT_EQ(from_file.size(), in_memory.size());
+  EXPECT_EQ(from_file.back().hash, in_memory.back().hash);
+  std::vector<chunk> more;
+  EXPECT_FALSE(chunk_file(fd, data.size() + 1, p, more));  // shorter than it was said to be
+  r.progress = [](bool) { return false; };
+  EXPECT_FALSE(chunk_file(fd, data.size(), p, more, r));
   ::close(fd);
 }
