@@ -284,7 +284,8 @@ void build_transfers(command_line& cl) {
     add_port_option(*cmd, *o);
     add_login_options(*cmd, o->common);
     cmd->footer(std::string(R"(Tree copies choose with --exclude/--include (rules tried in order, the first that matches
-decides; a directory left out is not entered) and skip unchanged files with -a.
+decides; a directory left out is not entered) and skip unchanged files with -a. With -a or -c,
+put sends a changed file the server has an older copy of as its differences only.
 Every file is digested (XXH3-128) by the sender while it is read and by the receiver while
 it is written, written to a temporary file beside the target (a resumable part file; an unnamed
 one for files up to 256 KiB), flushed, and moved into place only when the digests match. Run

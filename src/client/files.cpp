@@ -68,6 +68,7 @@ class pipeline {
     if (!id) return;
     auto it = inflight_.find(*id);
     if (it == inflight_.end()) return;  // a late reply to something given up
+    if (f.type() == "put.progress" || f.type() == "put.basis") return;  // not the answer (delta: a late basis frame)
     auto entry = std::move(it->second);
     inflight_.erase(it);
     bytes_ -= entry.bytes;
@@ -487,7 +488,7 @@ class upload {
       if (!run.failed) changed_in_delta(run);
       return;
     }
-    while (!run.theirs_done && !run.theirs_unusable && !run.failed) take_frames(run, true);
+    while (!run.theirs_done && !run.failed) take_frames(run, true);  // (all of it, even unusable)
     if (!run.failed) send_matched(run);
     if (!run.failed) send_the_rest(run);
     if (run.failed) return;
@@ -520,20 +521,20 @@ class upload {
   void take_groups(delta_run& run, const proto::frame& f) {
     const bool last = f.header.value("done", false);
     const std::size_t had = run.theirs.size();
+    run.theirs_done = last;
     if (run.theirs_unusable || f.header.value("failed", false) ||
         !util::delta::decode_more_groups(f.body, run.basis_size, last, run.theirs)) {
-      run.theirs_unusable = true;
+      run.theirs_unusable = true;  // what was copied stands (the digest will tell); the rest goes whole
       return;
     }
     for (std::size_t i = had; i < run.theirs.size(); ++i) {
       run.their_index.add(run.theirs[i].hash, run.theirs[i].bytes, run.theirs[i].offset);
     }
-    run.theirs_done = last;
   }
 
   // Our next groups, as long as the basis has each.
   void send_matched(delta_run& run) {
-    while (!run.failed && run.next < run.our_groups.size()) {
+    while (!run.failed && !run.theirs_unusable && run.next < run.our_groups.size()) {
       const auto& g = run.our_groups[run.next];
       const auto at = run.their_index.find(g.hash, g.bytes);
       if (!at) return;
@@ -562,7 +563,8 @@ class upload {
       }
     }
     const std::vector<d::group> rest(run.our_groups.begin() + static_cast<long>(run.next), run.our_groups.end());
-    for (const auto& step : d::plan_ops(run.ours, rest, run.theirs, their_chunks)) {
+    const std::vector<d::group> none;
+    for (const auto& step : d::plan_ops(run.ours, rest, run.theirs_unusable ? none : run.theirs, their_chunks)) {
       if (run.failed) return;
       send_step(run, step);
     }
