@@ -1302,6 +1302,7 @@ def bench_sync(binary, runs, tree_files=10000):
     started = []
     res = {}
     sent = {}
+    wire = {}
     try:
         p, port, ptmp = start_server(binary, root=share)
         started.append(("cskit", (p, ptmp)))
@@ -1322,16 +1323,18 @@ def bench_sync(binary, runs, tree_files=10000):
             "rsync_get": rsync + [f"{host}:{rsync_up}/src/", os.path.join(rsync_down, "src") + "/"],
         }
         def run_case(name):
+            b0 = lo_rx_bytes()
             t0 = time.perf_counter()
             r = subprocess.run(cases[name], capture_output=True, text=True, env=env, timeout=1800)
             t = time.perf_counter() - t0
+            wire_bytes = lo_rx_bytes() - b0
             if r.returncode != 0:
                 raise RuntimeError(f"{name}: exit {r.returncode}: {r.stderr[-500:]}")
             if name.startswith("cskit"):
                 b = json.loads(r.stdout)["bytes"]
             else:  # what crossed the connection towards the receiving side
                 b = rsync_stat_bytes(r.stdout, "sent" if name.endswith("_put") else "received")
-            return t, b
+            return t, b, wire_bytes
         # The first copies (untimed), then the puts once more so that the gets copy what they keep.
         for name in ("cskit_put", "rsync_put", "cskit_get", "rsync_get"):
             run_case(name)
@@ -1342,9 +1345,10 @@ def bench_sync(binary, runs, tree_files=10000):
                     change_files(src, tree_files, 100, rnd)
                 # The puts first: then the gets fetch what the puts just carried (the same 1%).
                 for name in (shuffled(["cskit_put", "rsync_put"], rnd) + shuffled(["cskit_get", "rsync_get"], rnd)):
-                    t, b = run_case(name)
+                    t, b, w = run_case(name)
                     res.setdefault(f"{phase}_{name}", []).append(t)
                     sent.setdefault(f"{phase}_{name}", []).append(b)
+                    wire.setdefault(f"{phase}_{name}", []).append(w)
         for name, dst in (("cskit_put", os.path.join(cskit_up, "src")), ("rsync_put", os.path.join(rsync_up, "src")),
                           ("cskit_get", os.path.join(cskit_down, "src")), ("rsync_get", os.path.join(rsync_down, "src"))):
             expected = src if name.endswith("_put") else (os.path.join(cskit_up, "src") if name == "cskit_get"
@@ -1362,24 +1366,31 @@ def bench_sync(binary, runs, tree_files=10000):
     cases_out = {f"{k}_seconds": summary(v) for k, v in res.items()}
     cases_out.update({f"{k}_bytes_sent": summary([x for x in v if x is not None]) for k, v in sent.items()
                       if any(x is not None for x in v)})
+    cases_out.update({f"{k}_wire_bytes": summary(v) for k, v in wire.items()})
     ratios = {}
     for phase in ("noop", "changed_1pct"):
         for d in ("put", "get"):
             ratios[f"{phase}_{d}_rsync_over_cskit"] = (statistics.median(res[f"{phase}_rsync_{d}"]) /
                                                        statistics.median(res[f"{phase}_cskit_{d}"]))
+            ratios[f"{phase}_{d}_rsync_over_cskit_wire_bytes"] = (statistics.median(wire[f"{phase}_rsync_{d}"]) /
+                                                                  statistics.median(wire[f"{phase}_cskit_{d}"]))
     md = [f"## Keeping a tree in step: {tree_files:,} files of 4 KiB, `-a` against `rsync -a -e ssh` ({runs} rounds)", "",
-          "| case | cskit | rsync over ssh | rsync / cskit | file bytes cskit moved | bytes rsync sent (all) |", "|---|---|---|---|---|---|"]
+          "| case | cskit | rsync over ssh | rsync / cskit | bytes on the wire: cskit | rsync over ssh | "
+          "file bytes cskit moved | bytes rsync sent (all) |", "|---|---|---|---|---|---|---|---|"]
     for phase, label in (("noop", "nothing changed"), ("changed_1pct", "1% of the files changed")):
         for d in ("put", "get"):
             c, r = statistics.median(res[f"{phase}_cskit_{d}"]), statistics.median(res[f"{phase}_rsync_{d}"])
             cb = statistics.median(sent[f"{phase}_cskit_{d}"])
             rb = [x for x in sent[f"{phase}_rsync_{d}"] if x is not None]
             rbs = f"{statistics.median(rb):,.0f}" if rb else "?"
-            md.append(f"| {d}, {label} | {c * 1000:.0f} ms | {r * 1000:.0f} ms | {r / c:.2f} | {cb:,.0f} | {rbs} |")
+            cw, rw = statistics.median(wire[f"{phase}_cskit_{d}"]), statistics.median(wire[f"{phase}_rsync_{d}"])
+            md.append(f"| {d}, {label} | {c * 1000:.0f} ms | {r * 1000:.0f} ms | {r / c:.2f} | {cw:,.0f} | {rw:,.0f} | "
+                      f"{cb:,.0f} | {rbs} |")
     md.append("")
-    md.append("rsync's bytes are its `--stats` total bytes sent (put) or received (get), protocol and file "
-              "lists included; cskit's are the file bytes it moved (`--json` `bytes`), without its listing "
-              "and framing.")
+    md.append("Bytes on the wire: what the loopback interface received during the command (both directions, "
+              "TCP/IP headers, TLS and ssh included). rsync's `--stats` bytes are its total bytes sent (put) or "
+              "received (get), protocol and file lists included; cskit's file bytes are what it moved "
+              "(`--json` `bytes`).")
     return {"commands": {"cskit_put": "cskit put -a --json SRC HOST:up", "rsync_put": "rsync -a --stats -e ssh SRC/ HOST:DST/src/",
                          "cskit_get": "cskit get -a --json HOST:up/src DST", "rsync_get": "rsync -a --stats -e ssh HOST:SRC/ DST/src/"},
             "cases": cases_out, "ratios": ratios, "markdown": "\n".join(md) + "\n"}
