@@ -16,6 +16,7 @@
 #include <cstring>
 #include <map>
 
+#include "proto/listing.hpp"
 #include "proto/messages.hpp"
 #include "proto/utf8.hpp"
 #include "util/delta.hpp"
@@ -179,7 +180,7 @@ remote_entry file_client::stat(const std::string& path) {
 
 std::vector<remote_entry> file_client::list(const std::string& path, bool recursive, bool digests) {
   const auto id = c_.next_id();
-  json h = {{"type", "fs.list"}, {"id", id}, {"path", path}, {"recursive", recursive}};
+  json h = {{"type", "fs.list"}, {"id", id}, {"path", path}, {"recursive", recursive}, {"packed", true}};
   if (digests) h["digests"] = true;
   c_.send(h);
   std::vector<remote_entry> out;
@@ -190,8 +191,15 @@ std::vector<remote_entry> file_client::list(const std::string& path, bool recurs
     if (f.type() == proto::type::error) throw error_from_frame(f);
     if (f.type() == "fs.list.progress") continue;  // still hashing: the wait starts again
     last_list_skipped_ = std::max(last_list_skipped_, f.header.value("skipped", std::uint64_t{0}));
-    json arr = json::parse(f.body, nullptr, false);
-    if (!arr.is_array()) throw client_error(failure::protocol, "fs.list.reply: the body is not a JSON array");
+    json arr;
+    if (f.header.value("packed", false)) {
+      auto unpacked = proto::unpack_entries(f.body);
+      if (!unpacked) throw client_error(failure::protocol, "fs.list.reply: a malformed packed listing");
+      arr = std::move(*unpacked);
+    } else {
+      arr = json::parse(f.body, nullptr, false);
+      if (!arr.is_array()) throw client_error(failure::protocol, "fs.list.reply: the body is not a JSON array");
+    }
     for (auto& e : arr) out.push_back(entry_from_json(e));
     if (f.header.value("done", true)) break;
   }

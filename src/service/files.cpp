@@ -13,6 +13,7 @@
 #include <spdlog/spdlog.h>
 
 #include "net/connection.hpp"
+#include "proto/listing.hpp"
 #include "proto/utf8.hpp"
 #include "util/delta.hpp"
 #include "util/tree_walk.hpp"
@@ -656,6 +657,7 @@ struct files_session::digest_listing {
     std::string xxh3;          // filled on the hashing thread ("" : could not be read whole)
   };
   std::uint64_t id = 0;
+  bool packed = false;
   std::vector<json> chunks;
   std::vector<file> files;
   std::size_t skipped = 0;
@@ -731,9 +733,7 @@ void files_session::send_listing(digest_listing& work) {
     if (!f.xxh3.empty()) work.chunks[f.chunk][f.index]["xxh3"] = f.xxh3;
   }
   for (std::size_t i = 0; i < work.chunks.size(); ++i) {
-    const bool done = i + 1 == work.chunks.size();
-    reply(work.id, {{"type", "fs.list.reply"}, {"count", work.chunks[i].size()}, {"done", done}, {"skipped", work.skipped}},
-          work.chunks[i].dump(-1, ' ', false, json::error_handler_t::replace));
+    send_list_frame(work.id, work.chunks[i], i + 1 == work.chunks.size(), work.skipped, work.packed);
   }
   if (line_held_.get() == &work) {
     line_held_.reset();
@@ -741,16 +741,26 @@ void files_session::send_listing(digest_listing& work) {
   }
 }
 
+void files_session::send_list_frame(std::uint64_t id, const json& entries, bool done, std::size_t skipped,
+                                    bool packed) {
+  json h = {{"type", "fs.list.reply"}, {"count", entries.size()}, {"done", done}, {"skipped", skipped}};
+  if (packed) h["packed"] = true;
+  reply(id, std::move(h),
+        packed ? proto::pack_entries(entries) : entries.dump(-1, ' ', false, json::error_handler_t::replace));
+}
+
 void files_session::do_list(std::uint64_t id, const json& h) {
   auto path = checked_path(id, h, "path");
   if (!path) return;
   const bool recursive = h.value("recursive", false);
+  const bool packed = h.value("packed", false);
   // With digests the frames wait for the hashing thread: the listing is
   // kept whole until then (at most max_list_entries entries).
   std::shared_ptr<digest_listing> digests;
   if (h.value("digests", false)) {
     digests = std::make_shared<digest_listing>();
     digests->id = id;
+    digests->packed = packed;
   }
   util::unique_fd top(share_.jail().open(*path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK));  // a FIFO must not block
   if (!top) {
@@ -772,8 +782,7 @@ void files_session::do_list(std::uint64_t id, const json& h) {
       digests->skipped = skipped;
       if (done) list_with_digests(std::move(digests));
     } else {
-      reply(id, {{"type", "fs.list.reply"}, {"count", chunk.size()}, {"done", done}, {"skipped", skipped}},
-            chunk.dump(-1, ' ', false, json::error_handler_t::replace));
+      send_list_frame(id, chunk, done, skipped, packed);
     }
     chunk = json::array();
   };

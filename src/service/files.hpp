@@ -214,6 +214,7 @@ class files_session : public std::enable_shared_from_this<files_session> {
   void list_with_digests(std::shared_ptr<digest_listing> work);
   void report_progress(std::uint64_t id, std::function<std::optional<proto::json>()> frame);
   void send_listing(digest_listing& work);
+  void send_list_frame(std::uint64_t id, const proto::json& entries, bool done, std::size_t skipped, bool packed);
   void do_mkdir(std::uint64_t id, const proto::json& h);
   void finish_mkdir(std::uint64_t id, int dirfd, bool created, const std::string& path,
                     const std::optional<std::string>& tree_of);

@@ -3225,6 +3225,90 @@ class Progress(FilesTestCase):
         self.assertEqual(json.loads(r.stdout)["bytes"], 64 * MiB)
 
 
+class PackedListing(FilesTestCase):
+    """fs.list with "packed": decoded here from docs/protocol.md alone, it says what the JSON form says."""
+
+    @staticmethod
+    def unpack(body):
+        def varint(at):
+            v, shift = 0, 0
+            while True:
+                b = body[at]
+                at += 1
+                v |= (b & 0x7F) << shift
+                shift += 7
+                if not b & 0x80:
+                    return v, at
+        entries, name, mode, mtime, at = [], b"", None, 0, 0
+        while at < len(body):
+            flags = body[at]
+            at += 1
+            shared, at = varint(at)
+            n, at = varint(at)
+            name = name[:shared] + body[at:at + n]
+            at += n
+            size, at = varint(at)
+            if not flags & 4:
+                mode, at = varint(at)
+            zz, at = varint(at)
+            mtime = (mtime + ((zz >> 1) ^ -(zz & 1))) % (1 << 64)
+            e = {"name": name.decode(), "type": ["file", "dir", "symlink", "other"][flags & 3], "size": size,
+                 "mode": mode, "mtime_ns": mtime - (1 << 64) if mtime >= 1 << 63 else mtime}
+            if flags & 8:
+                e["xxh3"] = body[at:at + 16].hex()
+                at += 16
+            if flags & 16:
+                n, at = varint(at)
+                e["target"] = body[at:at + n].decode()
+                at += n
+            entries.append(e)
+        return entries
+
+    def listing(self, s, rid, **extra):
+        s.sendall(wire.encode({"type": "fs.list", "id": rid, "path": self.rdir, "recursive": True, **extra}))
+        frames = []
+        for _ in range(1000):
+            h, body = wire.read_frame(s, 30)
+            if h["type"] == "fs.list.progress":
+                continue
+            self.assertEqual(h["type"], "fs.list.reply", h)
+            frames.append((h, body))
+            if h["done"]:
+                return frames
+        self.fail("the listing did not end")
+
+    def test_packed_listing_says_what_json_says(self):
+        for i in range(2500):  # two frames' worth
+            write_file(os.path.join(self.rshare, f"d{i % 3}", f"文件{i:05d}"), b"x" * (i % 7))
+        os.symlink("d0", os.path.join(self.rshare, "link"))
+        os.utime(os.path.join(self.rshare, "d1"), ns=(1, -1_000_000_000))  # before the epoch
+        os.chmod(os.path.join(self.rshare, "d2", "文件00002"), 0o600)
+        s, _ = wire.login(self.srv.port, TOKEN)
+        try:
+            plain = [e for h, body in self.listing(s, 1) for e in json.loads(body)]
+            packed_frames = self.listing(s, 2, packed=True)
+            with_digests = self.listing(s, 3, packed=True, digests=True)
+        finally:
+            s.close()
+        self.assertGreater(len(packed_frames), 1)
+        packed = []
+        for h, body in packed_frames:
+            self.assertTrue(h["packed"])
+            entries = self.unpack(body)
+            self.assertEqual(len(entries), h["count"])
+            packed += entries
+        self.assertEqual(packed, plain)
+        self.assertLess(sum(len(b) for _, b in packed_frames) * 4,
+                        sum(len(json.dumps(e, separators=(",", ":"))) for e in plain))
+        digested = [e for h, body in with_digests for e in self.unpack(body)]
+        self.assertEqual(len(digested), len(plain))
+        for e in digested:
+            self.assertEqual("xxh3" in e, e["type"] == "file", e)
+        # d0/文件00000 is empty: docs/protocol.md gives the XXH3-128 of no bytes.
+        self.assertEqual(next(e for e in digested if e["name"] == "d0/文件00000")["xxh3"],
+                         "99aa06d3014798d86001c324468d497f")
+
+
 class Delta(FilesTestCase):
     """put -a/-c sends a changed large file's differences only (content-defined chunks); the server checks
     every step a client asks of it."""
