@@ -7,6 +7,7 @@
 #include <climits>
 #include <unordered_set>
 #include <cstdlib>
+#include <set>
 
 #include "client/files_detail.hpp"
 #include "proto/utf8.hpp"
@@ -288,6 +289,32 @@ void drop_unchanged(put_plan& plan, const remote_tree& there, const transfer_opt
     }
     if (same) ++r.unchanged;
     return same;
+  });
+  drop_unchanged_dirs(plan, there, o);
+}
+
+void drop_unchanged_dirs(put_plan& plan, const remote_tree& there, const transfer_options& o) {
+  auto parent = [](const std::string& p) {
+    const auto slash = p.rfind('/');
+    return slash == std::string::npos ? std::string() : p.substr(0, slash);
+  };
+  auto is_remote_dir = [&](const std::string& p) {
+    const auto e = there.find(p);
+    return e != there.end() && e->second.type == "dir";
+  };
+  // Directories whose entries change: what is sent, made or deleted in them.
+  std::set<std::string> touched;
+  for (const auto& it : plan.items) {
+    if (it.what != put_item::dir || !is_remote_dir(it.remote)) touched.insert(parent(it.remote));
+  }
+  for (const auto& d : plan.deletions) touched.insert(parent(d));
+  std::erase_if(plan.items, [&](const put_item& it) {
+    if (it.what != put_item::dir || it.container || !is_remote_dir(it.remote)) return false;
+    if (!plan.new_tree.empty() && it.remote == plan.dest) return false;  // its mark is checked there
+    if (!o.preserve) return true;  // there already: nothing to make
+    const remote_entry& x = there.at(it.remote);
+    return x.mtime_ns == util::mtime_ns(it.st) && (x.mode & 0777) == (it.st.st_mode & 0777) &&
+           !touched.count(it.remote);  // -p would only set what it has
   });
 }
 

@@ -75,6 +75,11 @@ void plan_deletions(put_plan& plan, const remote_tree& there, const path_filter&
 void drop_unchanged(put_plan& plan, const remote_tree& there, const transfer_options& o, transfer_result& r,
                     const std::function<void()>& keep_alive = {});
 
+/// Part of drop_unchanged: directories the server has need no mkdir; under
+/// -p, one whose time and bits are the source's, and in which nothing is
+/// sent, made or deleted, needs no setattr either, and is dropped.
+void drop_unchanged_dirs(put_plan& plan, const remote_tree& there, const transfer_options& o);
+
 /// --dry-run: what executing `plan` would do; directories `there` already
 /// has are not made again, so they are left out.
 std::vector<planned_step> planned_steps(const put_plan& plan, const remote_tree& there);

@@ -2912,6 +2912,27 @@ class Sync(FilesTestCase):
         self.assertIn("is not a directory", r.stderr)
         self.assertEqual(read_file(os.path.join(self.rshare, "plain")), b"a file")
 
+    def test_put_again_keeps_directory_times(self):
+        src = self.lp("src")
+        self.make_tree(src)
+        self.json_ok("put", "-a", src, self.rr("backup"))
+        there = os.path.join(self.rshare, "backup", "src")
+
+        def dir_times(root):
+            return {d: (os.stat(os.path.join(root, d)).st_mtime_ns, stat.S_IMODE(os.stat(os.path.join(root, d)).st_mode))
+                    for d in ("", "d0", "d1", "d2", "d3", "build", "d0/deep")}
+        self.assertEqual(dir_times(there), dir_times(src))
+        # A file changes in d1 (d1's time is set again after it lands), d2 gets new bits, and
+        # a no-op run after that touches nothing.
+        write_file(os.path.join(src, "d1", "f1.txt"), b"changed")
+        os.utime(os.path.join(src, "d1"), ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))
+        os.chmod(os.path.join(src, "d2"), 0o750)
+        self.json_ok("put", "-a", src, self.rr("backup"))
+        self.assertEqual(dir_times(there), dir_times(src))
+        again = self.json_ok("put", "-a", src, self.rr("backup"))
+        self.assertEqual((again["files"], again["dirs"]), (0, 0))
+        self.assertEqual(dir_times(there), dir_times(src))
+
     def test_get_again_sends_only_what_changed(self):
         remote = os.path.join(self.rshare, "tree")
         self.make_tree(remote)

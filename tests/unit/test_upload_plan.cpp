@@ -208,6 +208,42 @@ TEST_F(PutPlan, UnchangedFilesAreDropped) {
                                                                         {"t/sub/b", client::planned_step::send}}));
 }
 
+TEST_F(PutPlan, DirectoriesAlreadyThereAreLeftAlone) {
+  // t/ (with a, sub/b, quiet/c): the server has all of it, the same.
+  fs::create_directories(dir_ / "t/quiet");
+  std::ofstream(dir_ / "t/quiet/c") << "c";
+  auto p = plan_archive({src("t")}, "");
+  client::remote_tree there;
+  for (const auto& it : p.items) {
+    client::remote_entry e;
+    e.type = it.what == put_item::dir ? "dir" : "file";
+    e.size = static_cast<std::uint64_t>(it.st.st_size);
+    e.mtime_ns = util::mtime_ns(it.st);
+    e.mode = it.st.st_mode & 07777;
+    there[it.remote] = e;
+  }
+  there["t/sub/b"].mtime_ns -= 1;  // b changed: sent, so sub's time must be set again after
+  client::transfer_result r;
+  auto q = p;
+  client::drop_unchanged(q, there, archive_options(), r);
+  const auto items = remote_items(q);
+  EXPECT_EQ(items, (std::map<std::string, put_item::kind>{{"t/sub", put_item::dir}, {"t/sub/b", put_item::file}}));
+  // A directory with other bits, or one something is deleted from, is kept for -p's setattr.
+  there["t/quiet"].mode ^= 0070;
+  q = p;
+  q.deletions.push_back("t/gone");
+  client::drop_unchanged(q, there, archive_options(), r);
+  EXPECT_EQ(remote_items(q).count("t/quiet"), 1u);
+  EXPECT_EQ(remote_items(q).count("t"), 1u);
+  // Without -p, a directory that is there needs nothing at all.
+  auto no_p = archive_options();
+  no_p.preserve = false;
+  q = p;
+  client::drop_unchanged(q, there, no_p, r);
+  EXPECT_EQ(remote_items(q).count("t/quiet"), 0u);
+  EXPECT_EQ(remote_items(q).count("t/sub"), 0u);
+}
+
 TEST_F(PutPlan, FilterLeavesOutAndDoesNotEnter) {
   client::path_filter f;
   f.add(client::path_filter::action::exclude, "sub/");
