@@ -37,7 +37,12 @@ double round_us(double ms) { return util::round_to_places(ms, 3); }
 std::optional<client::udp_socket> open_udp(const std::string& host, std::uint16_t default_port, bool as_json,
                                            int& rc, std::string* error = nullptr) {
   std::string why;
-  auto where = net::parse_host_port(host, default_port, &why);
+  std::optional<net::host_port> where;
+  try {
+    where = net::parse_host_port(client::udp_target(host), default_port, &why);
+  } catch (const client::client_error& e) {  // a client config that cannot be read
+    why = e.what();
+  }
   if (!where) {
     std::fprintf(stderr, "cskit: invalid host '%s': %s\n", host.c_str(), why.c_str());
     rc = exit_code::usage;

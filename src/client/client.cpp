@@ -854,15 +854,20 @@ toml::table load_client_config(const std::filesystem::path& path, bool named) {
 
 // Where an alias's table says the host is: its address, and its port unless
 // the command line named one.
+// A host's `address` in its table (IPv6 in brackets), or `name` without one.
+std::string alias_address(const std::filesystem::path& path, const std::string& table_name, const toml::table& t,
+                          const std::string& name) {
+  const auto* a = t.get("address");
+  if (!a) return name;
+  const auto v = a->value<std::string>();
+  if (!v || v->empty()) bad_host_entry(path, table_name, "'address' must be a host name or an IP address");
+  return v->find(':') != std::string::npos && v->front() != '[' ? "[" + *v + "]" : *v;
+}
+
 std::string connect_target(const std::filesystem::path& path, const std::string& table_name, const toml::table& t,
                            const std::string& typed) {
   auto [name, port] = split_port(typed);
-  std::string address = name;
-  if (const auto* a = t.get("address")) {
-    const auto v = a->value<std::string>();
-    if (!v || v->empty()) bad_host_entry(path, table_name, "'address' must be a host name or an IP address");
-    address = v->find(':') != std::string::npos && v->front() != '[' ? "[" + *v + "]" : *v;  // IPv6
-  }
+  const std::string address = alias_address(path, table_name, t, name);
   if (port.empty()) {
     if (const auto* pn = t.get("port")) {
       const auto v = pn->value<std::int64_t>();
@@ -893,6 +898,19 @@ std::optional<std::string> token_from_file(const std::filesystem::path& config, 
 }
 
 }  // namespace
+
+std::string udp_target(const std::string& typed) {
+  // Only where the host is: the alias's port is its cskit (TCP) port, not
+  // the echo or NTP one.
+  const auto path = default_client_config();
+  if (path.empty()) return typed;
+  const toml::table doc = load_client_config(path, false);
+  auto [name, port] = split_port(typed);
+  const toml::table* host = doc["hosts"][name].as_table();
+  if (!host) return typed;
+  const std::string address = alias_address(path, name, *host, name);
+  return port.empty() ? address : address + ":" + port;
+}
 
 client_profile resolve_profile(const credential_sources& src) {
   std::optional<std::string> user = src.flag_user ? src.flag_user : env("CSKIT_USER");

@@ -207,5 +207,9 @@ struct client_profile {
 };
 client_profile resolve_profile(const credential_sources& src);
 std::filesystem::path default_client_config();
+/// HOST[:PORT] for a UDP command (echo, time): a [hosts.HOST] alias of the
+/// client config with an `address` gives the address; the port stays the
+/// one typed (or the service's), never the alias's cskit port.
+std::string udp_target(const std::string& typed);
 
 }  // namespace cskit::client

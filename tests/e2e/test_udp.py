@@ -5,9 +5,11 @@ import json
 import os
 import random
 import re
+import shutil
 import socket
 import struct
 import subprocess
+import tempfile
 import threading
 import time
 import unittest
@@ -54,6 +56,7 @@ class EchoTest(unittest.TestCase):
     def setUpClass(cls):
         cls.server = udp_server()
         cls.port = service_port(cls.server, "echo")
+        cls.ntp_port = service_port(cls.server, "time")
 
     @classmethod
     def tearDownClass(cls):
@@ -105,6 +108,27 @@ class EchoTest(unittest.TestCase):
                                         re.M)), 5)
         self.assertIn("5 probes sent, 5 received, 0% lost", p.stdout)
         self.assertRegex(p.stdout, r"rtt min/avg/max/mdev = [0-9.]+/[0-9.]+/[0-9.]+/[0-9.]+ ms")
+
+    def test_udp_commands_know_host_aliases(self):
+        """A [hosts.NAME] alias of the client config gives ping --udp and time its address; its port
+        (the cskit port) is not theirs."""
+        home = tempfile.mkdtemp(prefix="cskit-udp-alias-")
+        try:
+            os.makedirs(os.path.join(home, ".config", "cskit"))
+            with open(os.path.join(home, ".config", "cskit", "client.toml"), "w") as f:
+                f.write('[hosts.box]\naddress = "127.0.0.1"\nport = 9\n')
+            env = dict(os.environ, HOME=home)
+            env.pop("XDG_CONFIG_HOME", None)
+            p = cli("ping", "--udp", f"box:{self.port}", "-c", "2", "-i", "0.05", env=env)
+            self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+            self.assertIn("2 probes sent, 2 received", p.stdout)
+            p = cli("time", f"box:{self.ntp_port}", "--json", env=env)
+            self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+            self.assertEqual(json.loads(p.stdout)["server"], f"127.0.0.1:{self.ntp_port}")
+            p = cli("ping", "--udp", "nosuchalias.invalid:7", "-c", "1", "-W", "0.2", env=env)
+            self.assertNotEqual(p.returncode, 0)
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
 
     def test_ping_udp_json_and_sizes(self):
         for size in (16, 1000, 65507):
