@@ -40,13 +40,18 @@ std::string download_message(int err, const std::string& what) {
 }
 
 // Creates directory `rel` (and its parents) under the jail; 0 or errno.
-int make_dirs(const util::dir_jail& jail, const std::string& rel) {
+// `mode`: the last one's, when this makes it (less the umask); its
+// parents get 0777 less the umask, as mkdir -p gives them.
+int make_dirs(const util::dir_jail& jail, const std::string& rel, mode_t mode = 0777) {
   std::string done;
-  for (auto name : util::split_relative(rel)) {
-    std::string leaf(name);
+  const auto names = util::split_relative(rel);
+  for (std::size_t i = 0; i < names.size(); ++i) {
+    std::string leaf(names[i]);
     util::unique_fd parent(jail.open(done, O_PATH | O_DIRECTORY));
     if (!parent) return -parent.release();
-    if (::mkdirat(parent.get(), leaf.c_str(), 0777) != 0 && errno != EEXIST) return errno;
+    if (::mkdirat(parent.get(), leaf.c_str(), i + 1 == names.size() ? mode : 0777) != 0 && errno != EEXIST) {
+      return errno;
+    }
     done = join(done, leaf);
     util::unique_fd check(jail.open(done, O_PATH | O_DIRECTORY | O_NOFOLLOW));
     if (!check) {
@@ -284,7 +289,7 @@ void download::plan_source(const std::string& src_in) {
   queue_.push_back(std::move(f));
 }
 
-const util::dir_jail* download::make_tree_root(const std::string& root_name, const std::string& shown) {
+const util::dir_jail* download::make_tree_root(const std::string& root_name, const std::string& shown, mode_t mode) {
   // The tree's own directory (the share's root lands in the destination
   // itself): everything the server lists goes beneath it, and the kernel
   // holds it there.
@@ -298,7 +303,7 @@ const util::dir_jail* download::make_tree_root(const std::string& root_name, con
     trees_.push_back(std::make_unique<util::dir_jail>(fd, true));
     return trees_.back().get();
   }
-  if (int e = make_dirs(*base_jail_, root_name)) {
+  if (int e = make_dirs(*base_jail_, root_name, mode)) {
     r_.errors.push_back({shown, local_errc(e), download_message(e, "mkdir " + shown)});
     return nullptr;
   }
@@ -329,7 +334,8 @@ void download::plan_tree(const std::string& src, const remote_entry& top, const 
     r_.errors.push_back({src, e.code().value_or(errc::io_error), e.what()});
     return;
   }
-  const util::dir_jail* tree = make_tree_root(root_name, root_name.empty() ? base_ : root_name);
+  const util::dir_jail* tree = make_tree_root(root_name, root_name.empty() ? base_ : root_name,
+                                              static_cast<mode_t>((top.mode & 0777) | 0700));
   if (!tree && !o_.dry_run) return;
   note_landing(root_name);
   if (!root_name.empty()) dirs_.push_back({base_jail_.get(), root_name, root_name, top, true});  // for -p
@@ -589,7 +595,10 @@ void download::remove_extraneous(const util::tree_entry& e, const std::string& s
 void download::make_directories() {
   for (const auto& d : dirs_) {
     if (d.made) continue;  // a tree's root, made with its plan
-    if (int e = make_dirs(*d.jail, d.local)) {
+    // The source's permission bits, as cp and scp give a new directory
+    // (less the umask; the owner can always fill it: -p sets the exact
+    // bits once it is full).
+    if (int e = make_dirs(*d.jail, d.local, static_cast<mode_t>((d.entry.mode & 0777) | 0700))) {
       r_.errors.push_back({d.shown, local_errc(e), download_message(e, "mkdir " + d.shown)});
     } else {
       ++r_.dirs;

@@ -76,7 +76,8 @@ class download {
   void remove_extraneous(const util::tree_entry& e, const std::string& shown);
   /// Everything after the plan: the tree's shape, the files, the commit.
   void execute();
-  const util::dir_jail* make_tree_root(const std::string& root_name, const std::string& shown);
+  /// `mode`: the root's when this makes it (the source's bits, less the umask).
+  const util::dir_jail* make_tree_root(const std::string& root_name, const std::string& shown, mode_t mode);
   void refuse(const std::string& shown, const std::string& why);
   /// Drops (and reports) what the listing put below a link that was
   /// refused: a server that lists entries under a link is never obliged.

@@ -285,7 +285,7 @@ class upload {
   bool send(const put_item& it) {
     switch (it.what) {
       case put_item::dir:
-        if (!plan_.new_tree.empty() && it.remote == plan_.dest) return make_tree_top();
+        if (!plan_.new_tree.empty() && it.remote == plan_.dest) return make_tree_top(it);
         send_dir(it);
         return true;
       case put_item::symlink: send_symlink(it); return true;
@@ -301,20 +301,28 @@ class upload {
     return true;
   }
 
-  bool make_tree_top() {
+  bool make_tree_top(const put_item& it) {
     // The top of a copy under a new name: its mark must be in place (the
     // server refuses a directory another copy, or anyone, made meanwhile)
     // before anything is sent into it.
     const auto id = c_.next_id();
-    c_.send({{"type", "fs.mkdir"}, {"id", id}, {"path", plan_.dest}, {"parents", true}, {"tree_of", plan_.new_tree}});
+    c_.send({{"type", "fs.mkdir"}, {"id", id}, {"path", plan_.dest}, {"parents", true}, {"tree_of", plan_.new_tree},
+             {"mode", new_dir_mode(&it)}});
     if (!pipe_.wait_for(id, plan_.dest)) return false;
     ++r_.dirs;
     return true;
   }
 
+  // A new directory gets the source's permission bits (less the server's
+  // umask), as cp and scp give them; the owner can always fill it (-p
+  // sets the exact bits once it is full).
+  static unsigned new_dir_mode(const put_item* it) {
+    return it && !it->container ? (it->st.st_mode & 0777) | 0700 : 0777;
+  }
+
   void send_dir(const put_item& it) {
     const auto id = c_.next_id();
-    c_.send({{"type", "fs.mkdir"}, {"id", id}, {"path", it.remote}, {"parents", true}});
+    c_.send({{"type", "fs.mkdir"}, {"id", id}, {"path", it.remote}, {"parents", true}, {"mode", new_dir_mode(&it)}});
     pipe_.track(id, it.remote, [this](proto::frame& f) {
       if (f.type() == "fs.ok") ++r_.dirs;
     });

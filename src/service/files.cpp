@@ -885,13 +885,16 @@ void files_session::do_mkdir(std::uint64_t id, const json& h) {
     return finish_mkdir(id, made.get(), true, *path, tree_of);
   }
   // -p: create each missing component; never follow a symlink on the way.
+  // Missing parents get 0777 (less the umask), as mkdir -p gives them;
+  // `mode` is the last one's.
   util::unique_fd cur(::fcntl(share_.jail().root_fd(), F_DUPFD_CLOEXEC, 0));
   std::string done;
   bool created = false;
-  for (auto name : util::split_relative(*path)) {
-    std::string n(name);
+  const auto names = util::split_relative(*path);
+  for (std::size_t i = 0; i < names.size(); ++i) {
+    std::string n(names[i]);
     done += (done.empty() ? "" : "/") + n;
-    created = ::mkdirat(cur.get(), n.c_str(), m) == 0;
+    created = ::mkdirat(cur.get(), n.c_str(), i + 1 == names.size() ? m : 0777) == 0;
     if (!created && errno != EEXIST) {
       return error(id, errc_for_errno(errno), errno_message(errno, "mkdir '" + done + "'"));
     }

@@ -758,6 +758,33 @@ class Commands(FilesTestCase):
         self.assertIn("same server", r.stderr)
         self.assertTrue(os.path.isdir(os.path.join(self.rshare, "b")))
 
+    def test_new_directories_keep_their_permission_bits_both_ways(self):
+        """Without -p, as scp and cp: a new directory gets the source's bits (the owner's rwx added,
+        so that it can be filled) less the umask, both ways, a new tree's top included."""
+        umask = os.umask(0)
+        os.umask(umask)
+        for d, mode in (("", 0o750), ("private", 0o700), ("open", 0o775), ("readonly", 0o555)):
+            write_file(self.lp("src", d, "f"), b"x")
+            os.chmod(self.lp("src", d), mode)
+        want = {d: (mode | 0o700) & ~umask for d, mode in (("", 0o750), ("private", 0o700), ("open", 0o775),
+                                                           ("readonly", 0o555))}
+        try:
+            self.ok("put", "-r", self.lp("src"), self.rr("up"))
+            there = os.path.join(self.rshare, "up")
+            got = {d: stat.S_IMODE(os.stat(os.path.join(there, d)).st_mode) for d in want}
+            self.assertEqual(got, want)
+            self.assertEqual(read_file(os.path.join(there, "readonly", "f")), b"x")  # filled all the same
+            self.ok("get", "-r", self.rr("up"), self.lp("down"))
+            got = {d: stat.S_IMODE(os.stat(self.lp("down", d)).st_mode) for d in want}
+            self.assertEqual(got, {d: (m | 0o700) & ~umask for d, m in want.items()})
+            # -p: the exact bits.
+            self.ok("put", "-r", "-p", self.lp("src"), self.rr("exact"))
+            self.assertEqual(stat.S_IMODE(os.stat(os.path.join(self.rshare, "exact", "readonly")).st_mode), 0o555)
+        finally:
+            for root in (self.lp("src"), os.path.join(self.rshare, "up"), os.path.join(self.rshare, "exact")):
+                for dirpath, _, _ in os.walk(root):
+                    os.chmod(dirpath, 0o755)
+
     def test_new_files_keep_their_permission_bits_both_ways(self):
         """Without -p, as cp and scp: a new file gets the source's bits less the umask; a file
         that is replaced keeps its own. Small (one frame) and large (streamed) files alike."""
