@@ -195,7 +195,7 @@ class progress_line {
     parts.push_back(clock_time(r.seconds));
     if (r.dirs) parts.push_back(fmt::format("{} dir{}", r.dirs, r.dirs == 1 ? "" : "s"));
     if (r.resumed_bytes) parts.push_back(fmt::format("({} resumed)", human_bytes(static_cast<double>(r.resumed_bytes))));
-    if (r.matched_bytes) {
+    if (r.matched_bytes && r.bytes >= r.resumed_bytes + r.matched_bytes) {
       parts.push_back(fmt::format("({} matched, {} sent)", human_bytes(static_cast<double>(r.matched_bytes)),
                                   human_bytes(static_cast<double>(r.bytes - r.resumed_bytes - r.matched_bytes))));
     }

@@ -35,6 +35,8 @@ namespace {
 constexpr std::size_t chunk = 4u << 20;           // bytes per put.data frame
 constexpr std::size_t window_requests = 1024;     // unanswered requests in flight
 constexpr std::size_t window_bytes = 32u << 20;   // inline bytes in flight
+constexpr std::uint64_t max_basis_chunks = 1u << 20;  // the most a server describes (docs/protocol.md)
+constexpr std::size_t max_listing = 250000;           // entries: the server's limit for one listing
 
 using detail::base_name;
 using detail::clock_guard;
@@ -193,7 +195,7 @@ std::vector<remote_entry> file_client::list(const std::string& path, bool recurs
     last_list_skipped_ = std::max(last_list_skipped_, f.header.value("skipped", std::uint64_t{0}));
     json arr;
     if (f.header.value("packed", false)) {
-      auto unpacked = proto::unpack_entries(f.body);
+      auto unpacked = proto::unpack_entries(f.body, proto::max_packed_entries);
       if (!unpacked) throw client_error(failure::protocol, "fs.list.reply: a malformed packed listing");
       arr = std::move(*unpacked);
     } else {
@@ -201,6 +203,9 @@ std::vector<remote_entry> file_client::list(const std::string& path, bool recurs
       if (!arr.is_array()) throw client_error(failure::protocol, "fs.list.reply: the body is not a JSON array");
     }
     for (auto& e : arr) out.push_back(entry_from_json(e));
+    if (out.size() > max_listing) {
+      throw client_error(failure::protocol, "fs.list: more entries than a server sends for one listing");
+    }
     if (f.header.value("done", true)) break;
   }
   return out;
@@ -429,7 +434,7 @@ class upload {
     pipe_.track(id, it.remote, file_done());  // errors while streaming arrive with this id
     bool first = true;
     for (std::uint64_t at = pos; at < size || first;) {
-      if (!pipe_.pending(id)) return;  // the server gave up (disk full, quota, ...): it said why
+      if (!pipe_.pending(id)) return forget_upload(id);  // the server gave up (disk full, quota, ...): it said why
       const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(frame_max_, size - at));
       json d = {{"type", "put.data"}, {"id", id}};
       if (first) d["offset"] = at;
@@ -485,7 +490,13 @@ class upload {
     namespace d = util::delta;
     const auto size = static_cast<std::uint64_t>(st.st_size);
     delta_run run{&it, id, size, pos, fd, ready.header["basis"].value("size", std::uint64_t{0}), {}, {}, {}, {}, {}};
-    if (ready.header["basis"].value("chunk_avg", 0u) != d::params_for(size).avg) run.theirs_unusable = true;
+    // Records about a basis no honest server would describe (another chunk
+    // size, more than 2^20 smallest chunks) are not kept: the file goes whole.
+    const d::params params = d::params_for(size);
+    if (ready.header["basis"].value("chunk_avg", 0u) != params.avg ||
+        run.basis_size / params.min > max_basis_chunks) {
+      run.theirs_unusable = true;
+    }
     c_.send({{"type", "put.data"}, {"id", id}, {"offset", pos}});  // where the steps start
     util::content_digest whole(o_.sha256);
     d::reading r;
@@ -527,6 +538,7 @@ class upload {
         r_.errors.push_back({run.it->remote, e.code().value_or(errc::io_error), f->header.value("message", e.what())});
         ++prog_.files_done;
         run.failed = true;
+        forget_upload(run.id);
         return;
       }
       if (f->type() == "put.basis") take_groups(run, *f);
@@ -539,7 +551,8 @@ class upload {
     const std::size_t had = run.theirs.size();
     run.theirs_done = last;
     if (run.theirs_unusable || f.header.value("failed", false) ||
-        !util::delta::decode_more_groups(f.body, run.basis_size, last, run.theirs)) {
+        !util::delta::decode_more_groups(f.body, run.basis_size, last, run.theirs) ||
+        run.theirs.size() > max_basis_chunks + 1) {
       run.theirs_unusable = true;  // what was copied stands (the digest will tell); the rest goes whole
       return;
     }
@@ -573,6 +586,7 @@ class upload {
         if (!reply) {
           ++prog_.files_done;
           run.failed = true;
+          forget_upload(run.id);
           return;
         }
         if (auto decoded = d::decode_chunks(reply->body, run.theirs, wanted)) their_chunks = std::move(*decoded);
@@ -603,7 +617,7 @@ class upload {
     const bool copy = step.what == util::delta::op::copy;
     for (std::uint64_t done = 0; done < step.length && !run.failed;) {
       const auto n = static_cast<std::size_t>(
-          std::min<std::uint64_t>(copy ? proto::max_body_size : frame_max_, step.length - done));
+          std::min<std::uint64_t>(copy ? chunk : frame_max_, step.length - done));
       if (copy) {
         c_.send({{"type", "put.copy"}, {"id", run.id}, {"from", step.from + done}, {"size", n}});
         run.matched += n;
@@ -617,6 +631,10 @@ class upload {
       take_frames(run, false);
     }
   }
+
+  // The server refused an upload (and said why): it lets go of it, its
+  // part kept for a resume, instead of holding it until the connection ends.
+  void forget_upload(std::uint64_t id) { c_.send({{"type", "put.abort"}, {"id", id}, {"discard", false}}); }
 
   void changed_in_delta(delta_run& run) {
     run.failed = true;

@@ -137,13 +137,14 @@ std::string pack_entries(const json& entries) {
   return out;
 }
 
-std::optional<json> unpack_entries(std::string_view body) {
+std::optional<json> unpack_entries(std::string_view body, std::size_t max_entries) {
   reader r(body);
   json entries = json::array();
   std::string name;
   std::uint64_t mode = 0, mtime = 0;
   bool have_mode = false;
   while (!r.done()) {
+    if (entries.size() == max_entries) return std::nullopt;
     std::uint8_t flags;
     std::uint64_t shared, size, zz;
     std::string_view suffix;

@@ -16,8 +16,11 @@ namespace cskit::proto {
 /// Entries as fs.list describes them (JSON objects: name, type, size,
 /// mode, mtime_ns, and target or xxh3 when present), packed.
 std::string pack_entries(const json& entries);
+/// Entries in one fs.list.reply frame, at most.
+inline constexpr std::size_t max_packed_entries = 2000;
 /// The entries of a packed body, as JSON objects; nullopt when it is
-/// malformed (every length is checked before it is used).
-std::optional<json> unpack_entries(std::string_view body);
+/// malformed (every length is checked before it is used) or holds more
+/// than `max_entries` (a 7-byte record can name a 4 KiB path).
+std::optional<json> unpack_entries(std::string_view body, std::size_t max_entries = max_packed_entries);
 
 }  // namespace cskit::proto

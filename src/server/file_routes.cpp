@@ -9,7 +9,10 @@ namespace cskit::server {
 namespace {
 service::files_session& session_for(request& r, service::file_share& share) {
   return r.scope.get<service::files_session>(
-      "files", [&] { return std::make_shared<service::files_session>(share, r.conn); });
+      "files", [&] {
+        return std::make_shared<service::files_session>(share, r.conn,
+                                                        r.user.permissions.has(proto::permission::files_read));
+      });
 }
 }  // namespace
 
@@ -33,9 +36,11 @@ void register_file_service(server_context& ctx, service::file_share& share) {
         s.put_data_done(r.id);
       });
   ctx.registry.add("put.end", "files", write, [&share](request& r) { session_for(r, share).put_end(r.id, r.frame.header); });
-  ctx.registry.add("put.chunks", "files", write,
+  // Delta transfer reads the target's old content: files-read too (an
+  // upload, which needs files-write, must be open for either).
+  ctx.registry.add("put.chunks", "files", read,
                    [&share](request& r) { session_for(r, share).put_chunks(r.id, r.frame.body); });
-  ctx.registry.add("put.copy", "files", write,
+  ctx.registry.add("put.copy", "files", read,
                    [&share](request& r) { session_for(r, share).put_copy(r.id, r.frame.header); });
   ctx.registry.add("put.abort", "files", write,
                    [&share](request& r) { session_for(r, share).put_abort(r.id, r.frame.header); });

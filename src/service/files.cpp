@@ -40,11 +40,16 @@ constexpr std::size_t max_queued_request_bytes = 64u << 20;
 constexpr std::size_t max_uploads_per_connection = 64;
 constexpr std::uint64_t writeback_step = 16u << 20;  // a large upload's data is written back in steps this large
 constexpr std::size_t max_list_entries = 250000;
-constexpr std::size_t list_chunk = 2000;
+constexpr std::size_t list_chunk = proto::max_packed_entries;
 // A put's basis (delta) is offered only when its chunk list is bounded:
 // at most this many chunks of the smallest size (24 bytes each in memory,
 // 12 in the reply), and for one upload per connection at a time.
 constexpr std::uint64_t max_basis_chunks = 1u << 20;
+// put.copy steps are carried out this much at a time between other work
+// on the event loop (a 40-byte frame can ask for 4 MiB of disk work); at
+// most this many wait, else they are carried out at once.
+constexpr std::uint64_t copy_slice = 4u << 20;
+constexpr std::size_t max_pending_copies = 4096;
 
 std::string part_name_for(std::string_view leaf) { return util::part_file_name(leaf); }
 bool is_part_name(std::string_view name) { return util::is_part_file_name(name); }
@@ -208,6 +213,14 @@ void file_share::hasher() {
   }
 }
 
+bool file_share::reserve_basis_memory(std::uint64_t bytes) noexcept {
+  std::uint64_t now = basis_memory_.load();
+  do {
+    if (now + bytes > max_basis_memory) return false;
+  } while (!basis_memory_.compare_exchange_weak(now, now + bytes));
+  return true;
+}
+
 bool file_share::reserve(std::uint64_t bytes) noexcept {
   if (options_.quota == 0) return true;
   std::uint64_t r = reserved_.load();
@@ -338,6 +351,16 @@ void file_share::committer() {
 
 // ---------------------------------------------------------------- session
 
+// A put's basis being chunked on the hashing thread.
+struct files_session::basis_job {
+  std::uint64_t id = 0, serial = 0, size = 0;
+  util::delta::params params;
+  util::unique_fd fd;  // its own: the upload may end meanwhile
+  std::atomic<std::uint64_t> read{0};
+  std::atomic<bool> cancelled{false};  // the upload ended
+  std::atomic<bool> finished{false};
+};
+
 struct files_session::upload {
   util::unique_fd dir;
   util::unique_fd file;
@@ -370,6 +393,32 @@ struct files_session::upload {
   bool chunks_asked = false;
   std::vector<util::delta::chunk> basis_chunks;
   std::vector<util::delta::group> basis_groups;
+  // put.copy steps not carried out yet: done a slice at a time between
+  // other work on the event loop, and all of them before anything that
+  // comes after (put.data, put.end).
+  struct pending_copy {
+    std::uint64_t from, size;
+  };
+  std::deque<pending_copy> copies;
+  std::uint64_t copies_bytes = 0;
+  bool copies_scheduled = false;
+  file_share* basis_share = nullptr;  // holds basis_memory of its bound
+  std::uint64_t basis_memory = 0;
+
+  /// Ends delta transfer for this upload (it failed or ended): the basis's
+  /// reading stops and what describes it is let go.
+  void drop_basis() noexcept {
+    if (reading) reading->cancelled = true;
+    if (basis_share) basis_share->release_basis_memory(basis_memory);
+    basis_share = nullptr;
+    basis_memory = 0;
+    reading.reset();
+    basis.reset();
+    basis_chunks = {};
+    basis_groups = {};
+    copies.clear();
+    copies_bytes = 0;
+  }
 
   /// Only a part with a known target size can be resumed; anything else
   /// is removed when the upload ends without a commit.
@@ -403,7 +452,8 @@ struct files_session::download {
   explicit download(bool sha) : digest(sha) {}
 };
 
-files_session::files_session(file_share& share, net::connection& conn) : share_(share), conn_(conn) {}
+files_session::files_session(file_share& share, net::connection& conn, bool may_read)
+    : share_(share), conn_(conn), may_read_(may_read) {}
 
 files_session::~files_session() {
   // Uploads cut off by a closed connection keep their part files (they
@@ -1142,19 +1192,7 @@ struct files_session::put_request {
   bool delta = false;
 };
 
-// A put's basis being chunked on the hashing thread.
-struct files_session::basis_job {
-  std::uint64_t id = 0, serial = 0, size = 0;
-  util::delta::params params;
-  util::unique_fd fd;  // its own: the upload may end meanwhile
-  std::atomic<std::uint64_t> read{0};
-  std::atomic<bool> cancelled{false};  // the upload ended
-  std::atomic<bool> finished{false};
-};
-
-files_session::upload::~upload() {
-  if (reading) reading->cancelled = true;
-}
+files_session::upload::~upload() { drop_basis(); }
 
 void files_session::do_put(std::uint64_t id, const json& h, std::string& body) {
   const auto req = parse_put(id, h, body);
@@ -1190,7 +1228,7 @@ std::optional<files_session::put_request> files_session::parse_put(std::uint64_t
   r.mode = opt_number<std::uint32_t>(h, "mode");
   r.source_mode = opt_number<std::uint32_t>(h, "source_mode");
   r.mtime_ns = opt_number<std::int64_t>(h, "mtime_ns");
-  r.delta = h.value("delta", false);
+  r.delta = h.value("delta", false) && r.size && !r.is_inline;  // (else ignored: an ordinary upload)
   r.declared = r.is_inline ? body.size() : r.size.value_or(0);
   if (r.is_inline && r.size && *r.size != body.size()) {
     return refuse(errc::bad_request, "inline put: size " + std::to_string(*r.size) + " but the body has " +
@@ -1346,19 +1384,37 @@ json files_session::ready_frame(const upload& u) const {
   return ready;
 }
 
-bool files_session::offer_basis(std::uint64_t id, upload& u) {
+util::unique_fd files_session::basis_candidate(const upload& u, const util::delta::params& params,
+                                               struct stat& st) const {
   // The target as it is now, if it is a regular file whose chunk list is
-  // small enough to keep; one such upload per connection at a time.
+  // small enough to keep; one such upload per connection at a time, and
+  // only for a user who may read it.
+  if (!may_read_ || !u.size || (basis_job_ && !basis_job_->finished)) return {};
   for (const auto& [other, up] : uploads_) {
-    if (up->basis) return false;
+    if (up->basis || up->reading) return {};
   }
-  const auto params = util::delta::params_for(*u.size);
   util::unique_fd fd(::openat(u.dir.get(), u.leaf.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
-  struct stat st {};
+  // A basis much larger than the new file would cost a long read for
+  // little: the file goes whole then.
+  const std::uint64_t four_times = *u.size > (~std::uint64_t{0} >> 2) ? ~std::uint64_t{0} : *u.size * 4;
+  const auto bound = std::min(std::uint64_t{params.min} * max_basis_chunks, std::max(four_times, std::uint64_t{64} << 20));
   if (!fd || ::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode) || st.st_size == 0 ||
-      static_cast<std::uint64_t>(st.st_size) > std::uint64_t{params.min} * max_basis_chunks) {
-    return false;
+      static_cast<std::uint64_t>(st.st_size) > bound) {
+    return {};
   }
+  return fd;
+}
+
+bool files_session::offer_basis(std::uint64_t id, upload& u) {
+  const auto params = util::delta::params_for(u.size.value_or(0));
+  struct stat st {};
+  util::unique_fd fd = basis_candidate(u, params, st);
+  if (!fd) return false;
+  // Its lists: a chunk (24 bytes) and at most a group (40) per smallest chunk.
+  const std::uint64_t memory = (static_cast<std::uint64_t>(st.st_size) / params.min + 1) * 64;
+  if (!share_.reserve_basis_memory(memory)) return false;
+  u.basis_share = &share_;
+  u.basis_memory = memory;
   auto job = std::make_shared<basis_job>();
   job->id = id;
   job->serial = u.serial;
@@ -1374,8 +1430,10 @@ bool files_session::offer_basis(std::uint64_t id, upload& u) {
     });
   };
   if (!job->fd || !share_.hash_in_background(std::move(read_basis))) {
+    u.drop_basis();
     return false;  // the hashing thread is busy: the file comes whole
   }
+  basis_job_ = job;
   u.basis = std::move(fd);
   u.basis_size = job->size;
   u.reading = job;
@@ -1388,6 +1446,10 @@ bool files_session::offer_basis(std::uint64_t id, upload& u) {
 
 void files_session::describe_basis(basis_job& job, const std::function<bool()>& gone,
                                    const std::function<void(basis_batch)>& deliver) {
+  if (gone()) {  // the upload ended while the job waited its turn
+    job.finished = true;
+    return;
+  }
   // On the hashing thread: the basis's groups go to the session as they
   // are completed (the sender starts matching, and the server copying,
   // while the rest is read); each batch brings its chunks too.
@@ -1472,28 +1534,75 @@ void files_session::put_copy(std::uint64_t id, const json& h) {
   if (!u.basis) return fail_upload(u, errc::bad_request, "put.copy: '" + u.path + "' has no basis to copy from");
   const auto from = h.find("from"), size = h.find("size");
   if (from == h.end() || size == h.end() || !from->is_number_unsigned() || !size->is_number_unsigned() ||
-      size->get<std::uint64_t>() == 0 || size->get<std::uint64_t>() > proto::max_body_size ||
+      size->get<std::uint64_t>() == 0 || size->get<std::uint64_t>() > data_chunk ||
       from->get<std::uint64_t>() > u.basis_size || size->get<std::uint64_t>() > u.basis_size - from->get<std::uint64_t>()) {
     return fail_upload(u, errc::bad_request,
-                       "put.copy: 'from' and 'size' must name 1 byte to 16 MiB within the old file (" +
+                       "put.copy: 'from' and 'size' must name 1 byte to 4 MiB within the old file (" +
                            std::to_string(u.basis_size) + " bytes)");
   }
+  const auto n = size->get<std::uint64_t>();
+  if (u.size && u.written + u.copies_bytes + n > *u.size) {
+    return fail_upload(u, errc::integrity,
+                       "'" + u.path + "': more data than its declared size of " + std::to_string(*u.size) +
+                           " bytes; the file was not committed");
+  }
   u.data_seen = true;
-  const auto at = from->get<std::uint64_t>(), n = size->get<std::uint64_t>();
+  u.copies.push_back({from->get<std::uint64_t>(), n});
+  u.copies_bytes += n;
+  // Many small steps queued: carried out now rather than held in memory.
+  if (u.copies.size() >= max_pending_copies) return drain_copies(id, ~std::uint64_t{0});
+  schedule_copies(id);
+}
+
+void files_session::schedule_copies(std::uint64_t id) {
+  auto it = uploads_.find(id);
+  if (it == uploads_.end() || it->second->copies_scheduled || it->second->copies.empty()) return;
+  it->second->copies_scheduled = true;
+  boost::asio::post(conn_.executor(), [w = weak_from_this(), id, serial = it->second->serial] {
+    auto self = w.lock();
+    if (!self) return;
+    auto it = self->uploads_.find(id);
+    if (it == self->uploads_.end() || it->second->serial != serial) return;
+    it->second->copies_scheduled = false;
+    self->drain_copies(id, copy_slice);
+    self->schedule_copies(id);  // the rest, after whatever else waits on this loop
+  });
+}
+
+void files_session::drain_copies(std::uint64_t id, std::uint64_t budget) {
+  auto it = uploads_.find(id);
+  if (it == uploads_.end()) return;
+  upload& u = *it->second;
+  while (!u.copies.empty() && budget > 0 && !u.failed) {
+    auto& c = u.copies.front();
+    const std::uint64_t n = std::min(c.size, budget);
+    if (!copy_from_basis(u, c.from, n)) return;
+    u.copies_bytes -= n;
+    budget -= n;
+    c.from += n;
+    c.size -= n;
+    if (c.size == 0) u.copies.pop_front();
+  }
+}
+
+bool files_session::copy_from_basis(upload& u, std::uint64_t from, std::uint64_t n) {
   std::string buf(static_cast<std::size_t>(std::min<std::uint64_t>(n, 1u << 20)), '\0');
   for (std::uint64_t done = 0; done < n;) {
     const auto piece = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), n - done));
-    if (util::read_full(u.basis.get(), buf.data(), piece, at + done) != static_cast<long>(piece)) {
-      return fail_upload(u, errc::changed,
-                         "'" + u.path + "': its old content changed while the new one was built from it; send it again");
+    if (util::read_full(u.basis.get(), buf.data(), piece, from + done) != static_cast<long>(piece)) {
+      fail_upload(u, errc::changed,
+                  "'" + u.path + "': its old content changed while the new one was built from it; send it again");
+      return false;
     }
-    if (!append(u, std::string_view(buf.data(), piece))) return;
+    if (!append(u, std::string_view(buf.data(), piece))) return false;
     done += piece;
   }
+  return true;
 }
 
 void files_session::fail_upload(upload& u, errc code, const std::string& message, std::optional<std::uint64_t> limit) {
   u.failed = true;
+  u.drop_basis();
   // Content that is not what was declared is no use for a resume.
   u.leave_part(code == errc::integrity);
   spdlog::info("files: upload of '{}' failed: {}", u.path, message);
@@ -1509,6 +1618,10 @@ void files_session::put_data(std::uint64_t id, const json& h, std::string_view p
   auto it = uploads_.find(id);
   if (it == uploads_.end() || it->second->failed) return;
   upload& u = *it->second;
+  if (!u.copies.empty()) {
+    drain_copies(id, ~std::uint64_t{0});  // the steps before these bytes come first
+    if (u.failed) return;
+  }
   if (!u.frame_open) {
     u.frame_open = true;
     if (auto off = h.find("offset"); off != h.end()) {
@@ -1601,6 +1714,7 @@ void files_session::put_data_done(std::uint64_t id) {
 void files_session::put_end(std::uint64_t id, const json& h) {
   auto it = uploads_.find(id);
   if (it == uploads_.end()) return error(id, errc::not_found, "put.end for an upload that is not open");
+  if (!it->second->copies.empty()) drain_copies(id, ~std::uint64_t{0});
   if (it->second->failed) {
     // Already answered with its error; the part stays for a resume.
     share_.release(it->second->reserved);

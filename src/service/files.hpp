@@ -98,6 +98,13 @@ class file_share {
   void adjust_usage(std::int64_t delta) noexcept;
   std::uint64_t usage() const noexcept { return usage_.load(); }
 
+  /// Memory for the descriptions of delta uploads' old contents (their
+  /// chunk and group lists), bounded for the whole share: false when
+  /// `bytes` more would pass the bound (the upload then goes whole).
+  bool reserve_basis_memory(std::uint64_t bytes) noexcept;
+  void release_basis_memory(std::uint64_t bytes) noexcept { basis_memory_ -= bytes; }
+  static constexpr std::uint64_t max_basis_memory = 256u << 20;
+
   /// Queues a commit; job.done runs on the committer thread. With `wake`
   /// false the committer is not woken: the caller calls wake_committer()
   /// once for many jobs, so that they are flushed and renamed as one batch.
@@ -131,6 +138,7 @@ class file_share {
   files_options options_;
   std::atomic<std::uint64_t> usage_{0};
   std::atomic<std::uint64_t> reserved_{0};
+  std::atomic<std::uint64_t> basis_memory_{0};
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<commit_job> jobs_;
@@ -156,7 +164,9 @@ std::string errno_message(int err, std::string_view what);
 /// member runs on the connection's thread.
 class files_session : public std::enable_shared_from_this<files_session> {
  public:
-  files_session(file_share& share, net::connection& conn);
+  /// `may_read`: the user has files-read too (a put's old content, which
+  /// delta transfer describes and copies from, is only offered then).
+  files_session(file_share& share, net::connection& conn, bool may_read = true);
   ~files_session();
 
   // Requests (header = the request's frame header, id its id). Replies and
@@ -241,12 +251,16 @@ class files_session : public std::enable_shared_from_this<files_session> {
     bool done = false, failed = false;
   };
   bool offer_basis(std::uint64_t id, upload& u);
+  util::unique_fd basis_candidate(const upload& u, const util::delta::params& params, struct stat& st) const;
   // On the hashing thread: reads the basis and hands its groups to
   // `deliver` in batches; `gone` says when nobody needs them any more.
   static void describe_basis(basis_job& job, const std::function<bool()>& gone,
                              const std::function<void(basis_batch)>& deliver);
   void basis_arrived(const basis_job& job, basis_batch batch);
   bool append(upload& u, std::string_view bytes);  // false: the upload failed (and was answered)
+  bool copy_from_basis(upload& u, std::uint64_t from, std::uint64_t size);  // likewise
+  void drain_copies(std::uint64_t id, std::uint64_t budget);
+  void schedule_copies(std::uint64_t id);
   void do_get(std::uint64_t id, const proto::json& h);
   void stream_download();
   void finish_download(proto::errc code, std::string_view message);
@@ -263,9 +277,11 @@ class files_session : public std::enable_shared_from_this<files_session> {
   std::size_t queued_bytes_ = 0;
   std::map<std::uint64_t, std::unique_ptr<upload>> uploads_;
   std::unique_ptr<download> download_;
-  // A request the hashing thread works for (an fs.list with digests, a
-  // put's basis): the requests after it wait.
+  // An fs.list with digests the hashing thread works for: the requests
+  // after it wait.
   std::shared_ptr<void> line_held_;
+  bool may_read_ = true;
+  std::shared_ptr<basis_job> basis_job_;  // the last put basis read for this connection
   std::uint64_t upload_serial_ = 0;
   int commits_pending_ = 0;
   bool commit_wake_posted_ = false;

@@ -337,20 +337,6 @@ std::vector<op> plan_ops(const std::vector<chunk>& source, const std::vector<gro
   return ops;
 }
 
-std::vector<op> ops_from(const std::vector<op>& ops, std::uint64_t pos) {
-  std::vector<op> out;
-  std::uint64_t at = 0;  // where the current step's output begins
-  for (const auto& o : ops) {
-    const std::uint64_t end = at + o.length;
-    if (end > pos) {
-      const std::uint64_t skip = pos > at ? pos - at : 0;
-      out.push_back({o.what, o.from + skip, o.length - skip});
-    }
-    at = end;
-  }
-  return out;
-}
-
 std::uint64_t copied_bytes(const std::vector<op>& ops) noexcept {
   std::uint64_t n = 0;
   for (const auto& o : ops) {

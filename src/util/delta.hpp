@@ -150,8 +150,6 @@ std::vector<std::uint32_t> unmatched_groups(const std::vector<group>& source, co
 /// the unmatched groups), the rest literal. Adjacent steps are merged.
 std::vector<op> plan_ops(const std::vector<chunk>& source, const std::vector<group>& source_groups,
                          const std::vector<group>& basis_groups, const std::vector<chunk>& basis_chunks);
-/// The steps that rebuild the output from byte `pos` on (a resume).
-std::vector<op> ops_from(const std::vector<op>& ops, std::uint64_t pos);
 /// Bytes the steps copy from the basis.
 std::uint64_t copied_bytes(const std::vector<op>& ops) noexcept;
 

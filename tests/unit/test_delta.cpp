@@ -197,16 +197,6 @@ TEST(DeltaPlan, GroupsAsChunksComeAreTheSame) {
   EXPECT_GT(groups.size(), 4u);
 }
 
-TEST(DeltaPlan, ResumeTakesTheStepsFromAnyByte) {
-  const std::vector<op> ops = {{op::copy, 100, 50}, {op::literal, 50, 10}, {op::copy, 0, 40}};
-  EXPECT_EQ(ops_from(ops, 0), ops);
-  EXPECT_EQ(ops_from(ops, 20), (std::vector<op>{{op::copy, 120, 30}, {op::literal, 50, 10}, {op::copy, 0, 40}}));
-  EXPECT_EQ(ops_from(ops, 50), (std::vector<op>{{op::literal, 50, 10}, {op::copy, 0, 40}}));
-  EXPECT_EQ(ops_from(ops, 55), (std::vector<op>{{op::literal, 55, 5}, {op::copy, 0, 40}}));
-  EXPECT_EQ(ops_from(ops, 99), (std::vector<op>{{op::copy, 39, 1}}));
-  EXPECT_TRUE(ops_from(ops, 100).empty());
-}
-
 TEST(DeltaWire, MalformedRecordsAreRefused) {
   const params p = params_with(12);
   const std::string basis = random_bytes(1 << 20, 11);
