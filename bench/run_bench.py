@@ -109,6 +109,15 @@ def rss_kib(pid):
     raise RuntimeError("no VmRSS")
 
 
+def stop_started(started):
+    """Stops what a benchmark started, last first: ("cskit", (proc, tmp)) or (name, obj with stop())."""
+    for kind, obj in reversed(started):
+        if kind == "cskit":
+            stop_server(*obj)
+        else:
+            obj.stop()
+
+
 def summary(values):
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": len(values)}
 
@@ -1357,11 +1366,7 @@ def bench_sync(binary, runs, tree_files=10000):
             if r.returncode != 0:
                 raise RuntimeError(f"{name}: the copy differs from its source: {r.stdout[:500]}")
     finally:
-        for kind, obj in reversed(started):
-            if kind == "cskit":
-                stop_server(*obj)
-            else:
-                obj.stop()
+        stop_started(started)
         shutil.rmtree(work, ignore_errors=True)
     cases_out = {f"{k}_seconds": summary(v) for k, v in res.items()}
     cases_out.update({f"{k}_bytes_sent": summary([x for x in v if x is not None]) for k, v in sent.items()
@@ -1485,11 +1490,7 @@ def bench_delta(binary, runs, size_mb=1024):
                 res.setdefault(f"{edit}_{tool}", []).append(t)
                 wire.setdefault(f"{edit}_{tool}", []).append(b)
     finally:
-        for kind, obj in reversed(started):
-            if kind == "cskit":
-                stop_server(*obj)
-            else:
-                obj.stop()
+        stop_started(started)
         shutil.rmtree(work, ignore_errors=True)
     med = {k: statistics.median(v) for k, v in res.items()}
     wmed = {k: statistics.median(v) for k, v in wire.items()}
