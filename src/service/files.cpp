@@ -46,9 +46,13 @@ constexpr std::size_t list_chunk = proto::max_packed_entries;
 // 12 in the reply), and for one upload per connection at a time.
 constexpr std::uint64_t max_basis_chunks = 1u << 20;
 // put.copy steps are carried out this much at a time between other work
-// on the event loop (a 40-byte frame can ask for 4 MiB of disk work); at
-// most this many wait, else they are carried out at once.
+// on the event loop (a 40-byte frame can ask for 4 MiB of disk work). At
+// most this much waits (in at most this many steps): past it, each new
+// step is carried out as it comes, like a put.data frame's write, which
+// paces the client; whatever waits is done before the upload's next data
+// or its end.
 constexpr std::uint64_t copy_slice = 4u << 20;
+constexpr std::uint64_t max_pending_copy_bytes = 16u << 20;
 constexpr std::size_t max_pending_copies = 4096;
 
 std::string part_name_for(std::string_view leaf) { return util::part_file_name(leaf); }
@@ -799,52 +803,56 @@ void files_session::send_list_frame(std::uint64_t id, const json& entries, bool 
         packed ? proto::pack_entries(entries) : entries.dump(-1, ' ', false, json::error_handler_t::replace));
 }
 
-void files_session::do_list(std::uint64_t id, const json& h) {
-  auto path = checked_path(id, h, "path");
-  if (!path) return;
-  const bool recursive = h.value("recursive", false);
-  const bool packed = h.value("packed", false);
-  // With digests the frames wait for the hashing thread: the listing is
-  // kept whole until then (at most max_list_entries entries).
+// One fs.list answer as its entries come: a frame every list_chunk
+// entries, or (with digests) all kept for the hashing thread.
+struct files_session::list_output {
+  files_session& session;
+  std::uint64_t id;
+  bool packed;
   std::shared_ptr<digest_listing> digests;
-  if (h.value("digests", false)) {
-    digests = std::make_shared<digest_listing>();
-    digests->id = id;
-    digests->packed = packed;
-  }
-  util::unique_fd top(share_.jail().open(*path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK));  // a FIFO must not block
-  if (!top) {
-    int e = -top.release();
-    if (e == ELOOP) {
-      // The path is a symbolic link: list it as one entry.
-      e = 0;
-    }
-    if (e) return error(id, errc_for_errno(e), errno_message(e, "'" + *path + "'"));
-  }
-  struct stat st {};
-  if (top && ::fstat(top.get(), &st) != 0) return error(id, errc::io_error, errno_message(errno, "stat"));
   json chunk = json::array();
   std::size_t total = 0, skipped = 0;
   bool too_many = false;
-  auto flush = [&](bool done) {
+
+  void flush(bool done) {
     if (digests) {
       digests->chunks.push_back(std::move(chunk));
       digests->skipped = skipped;
-      if (done) list_with_digests(std::move(digests));
+      if (done) session.list_with_digests(std::move(digests));
     } else {
-      send_list_frame(id, chunk, done, skipped, packed);
+      session.send_list_frame(id, chunk, done, skipped, packed);
     }
     chunk = json::array();
-  };
+  }
   // `shared`: the entry's share-relative path, for its digest.
-  auto add = [&](json e, const std::string& shared) {
+  void add(json e, const std::string& shared) {
     if (digests && e.value("type", "") == "file") {
       digests->files.push_back({digests->chunks.size(), chunk.size(), shared, e.value("size", std::uint64_t{0}), {}});
     }
     chunk.push_back(std::move(e));
     if (++total > max_list_entries) too_many = true;
     if (chunk.size() >= list_chunk) flush(false);
-  };
+  }
+};
+
+void files_session::do_list(std::uint64_t id, const json& h) {
+  auto path = checked_path(id, h, "path");
+  if (!path) return;
+  list_output out{*this, id, h.value("packed", false), nullptr};
+  // With digests the frames wait for the hashing thread: the listing is
+  // kept whole until then (at most max_list_entries entries).
+  if (h.value("digests", false)) {
+    out.digests = std::make_shared<digest_listing>();
+    out.digests->id = id;
+    out.digests->packed = out.packed;
+  }
+  util::unique_fd top(share_.jail().open(*path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK));  // a FIFO must not block
+  if (!top) {
+    const int e = -top.release();
+    if (e != ELOOP) return error(id, errc_for_errno(e), errno_message(e, "'" + *path + "'"));  // (a link: one entry)
+  }
+  struct stat st {};
+  if (top && ::fstat(top.get(), &st) != 0) return error(id, errc::io_error, errno_message(errno, "stat"));
   if (!top || !S_ISDIR(st.st_mode)) {
     // A file (or link): one entry, named by its last component.
     std::string leaf;
@@ -852,9 +860,13 @@ void files_session::do_list(std::uint64_t id, const json& h) {
     if (!dir || ::fstatat(dir.get(), leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
       return error(id, errc::not_found, "'" + *path + "': no such file or directory");
     }
-    add(entry_json(leaf, st, dir.get(), leaf.c_str()), *path);
-    return flush(true);
+    out.add(entry_json(leaf, st, dir.get(), leaf.c_str()), *path);
+    return out.flush(true);
   }
+  list_tree(out, *path, h.value("recursive", false), std::move(top));
+}
+
+void files_session::list_tree(list_output& out, const std::string& path, bool recursive, util::unique_fd top) {
   // Depth-first, each directory's entries sorted by name, a directory
   // before its contents (a downloader creates it first). Any depth whose
   // paths a client can name (max_remote_path); a deeper path, or a
@@ -866,20 +878,20 @@ void files_session::do_list(std::uint64_t id, const json& h) {
   v.keep = [&](std::string_view n) {
     if (is_part_name(n)) return false;
     if (!util::check_name(n).empty() || !proto::is_valid_utf8(n)) {
-      ++skipped;  // a name no client could ask for again (control characters, not UTF-8)
+      ++out.skipped;  // a name no client could ask for again (control characters, not UTF-8)
       return false;
     }
     return true;
   };
   v.enter = [&](const util::tree_entry& e) {
-    if (too_many) return util::walk_step::stop;
-    if (recursive && under(*path, e.path).size() > util::max_remote_path) {
+    if (out.too_many) return util::walk_step::stop;
+    if (recursive && under(path, e.path).size() > util::max_remote_path) {
       failed_path = e.path;
       failed_errno = ENAMETOOLONG;
       return util::walk_step::stop;
     }
-    add(entry_json(recursive ? e.path : e.name, e.st, e.dir_fd, e.name.c_str()),
-        digests ? under(*path, e.path) : std::string());
+    out.add(entry_json(recursive ? e.path : e.name, e.st, e.dir_fd, e.name.c_str()),
+            out.digests ? under(path, e.path) : std::string());
     return recursive ? util::walk_step::descend : util::walk_step::next;
   };
   v.failed = [&](const util::tree_entry& e, int err) {
@@ -888,22 +900,21 @@ void files_session::do_list(std::uint64_t id, const json& h) {
     return util::walk_step::stop;
   };
   if (const int err = util::walk_tree(std::move(top), v); err && !failed_errno) failed_errno = err;
-  if (too_many) {
-    return error_over_limit(id, max_list_entries,
+  if (out.too_many) {
+    return error_over_limit(out.id, max_list_entries,
                             "more than " + std::to_string(max_list_entries) + " entries; list a smaller directory");
   }
-  if (failed_errno == ENAMETOOLONG) {
+  if (failed_errno) return report_list_failure(out.id, under(path, failed_path), failed_errno);
+  out.flush(true);
+}
+
+void files_session::report_list_failure(std::uint64_t id, const std::string& where, int err) {
+  if (err == ENAMETOOLONG) {
     return error_over_limit(id, util::max_remote_path,
-                            "'" + elided(under(*path, failed_path)) + "' is longer than " +
-                                std::to_string(util::max_remote_path) +
+                            "'" + elided(where) + "' is longer than " + std::to_string(util::max_remote_path) +
                                 " bytes, the longest path a client can name; the listing stops there");
   }
-  if (failed_errno) {
-    return error(id, errc_for_errno(failed_errno),
-                 errno_message(failed_errno, "'" + elided(under(*path, failed_path)) + "'") +
-                     "; the listing stops there");
-  }
-  flush(true);
+  error(id, errc_for_errno(err), errno_message(err, "'" + elided(where) + "'") + "; the listing stops there");
 }
 
 void files_session::do_mkdir(std::uint64_t id, const json& h) {
@@ -1549,8 +1560,11 @@ void files_session::put_copy(std::uint64_t id, const json& h) {
   u.data_seen = true;
   u.copies.push_back({from->get<std::uint64_t>(), n});
   u.copies_bytes += n;
-  // Many small steps queued: carried out now rather than held in memory.
-  if (u.copies.size() >= max_pending_copies) return drain_copies(id, ~std::uint64_t{0});
+  if (u.copies.size() > max_pending_copies) {
+    drain_copies(id, ~std::uint64_t{0});  // many small steps: carried out rather than held
+  } else if (u.copies_bytes > max_pending_copy_bytes) {
+    drain_copies(id, u.copies_bytes - max_pending_copy_bytes);
+  }
   schedule_copies(id);
 }
 

@@ -218,6 +218,9 @@ class files_session : public std::enable_shared_from_this<files_session> {
 
   void do_stat(std::uint64_t id, const proto::json& h);
   void do_list(std::uint64_t id, const proto::json& h);
+  struct list_output;
+  void list_tree(list_output& out, const std::string& path, bool recursive, util::unique_fd top);
+  void report_list_failure(std::uint64_t id, const std::string& where, int err);
   /// fs.list with `digests`: the listing is complete in `work`; its files
   /// are hashed on the share's hashing thread, then the frames are sent.
   struct digest_listing;
