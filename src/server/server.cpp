@@ -89,12 +89,10 @@ std::string server_fingerprint(server_config config) {
   return *fp;
 }
 
-void run_server(server_config config, const serve_hooks& hooks) {
-  std::string why;
-  auto listen = net::parse_host_port(config.listen, proto::default_port, &why);
-  if (!listen) throw config_error("invalid listen address '" + config.listen + "': " + why);
+namespace {
 
-  fill_defaults(config);
+// The share's directory, made when missing, as an absolute path.
+void prepare_share_root(server_config& config) {
   if (config.root.empty()) config.root = config.state_dir / "share";
   std::error_code ec;
   std::filesystem::create_directories(config.root, ec);
@@ -103,25 +101,120 @@ void run_server(server_config config, const serve_hooks& hooks) {
                        (ec ? ec.message() : "not a directory"));
   }
   config.root = std::filesystem::canonical(config.root);
+}
+
+// The accounts: the config's, or the generated admin; returns what the
+// banner says of the admin's token (empty with configured users).
+std::string set_up_users(const server_config& config, server_context& ctx) {
+  if (!config.users.empty()) {
+    ctx.users = config.users;
+    return {};
+  }
+  const char* env = std::getenv("CSKIT_TOKEN");
+  bool generated = false;
+  std::string token = load_or_create_admin_token(config.state_dir, env ? env : "", generated);
+  ctx.users.push_back({"admin", token, default_admin_permissions()});
+  if (env && *env) return "admin token: taken from CSKIT_TOKEN";
+  return std::string("admin token: ") + token + (generated ? "  (new, saved in " : "  (from ") +
+         (config.state_dir / "admin.token").string() + ")";
+}
+
+net::server_options server_options_of(const server_config& config, const net::host_port& listen,
+                                      const tls_setup& tls) {
+  net::server_options o;
+  o.host = listen.host;
+  o.port = listen.port;
+  o.threads = config.threads ? config.threads : std::max(1u, std::thread::hardware_concurrency());
+  o.max_connections = config.max_connections;
+  o.max_unauthenticated = config.max_unauthenticated;
+  o.max_unauthenticated_per_source = config.max_unauthenticated_per_address;
+  o.limits.idle_timeout = config.idle_timeout;
+  o.limits.handshake_timeout = config.handshake_timeout;
+  o.limits.frame_timeout = config.frame_timeout;
+  o.grace = config.grace;
+  o.tls = tls.context;
+  return o;
+}
+
+// RFC 862 echo and the SNTP server, when configured; their banner lines.
+std::vector<std::string> add_datagram_services(net::tcp_server& srv, const server_config& config) {
+  std::vector<std::string> banner;
+  std::string why;
+  if (!config.echo.listen.empty()) {
+    auto ep = net::parse_host_port(config.echo.listen, service::echo_default_port, &why);
+    if (!ep) throw config_error("invalid echo listen address '" + config.echo.listen + "': " + why);
+    net::udp_options uo;
+    uo.max_datagram = config.echo.max_datagram;
+    net::tcp_echo_options to;
+    to.max_connections = config.echo.max_tcp_connections;
+    auto bound = srv.add_echo(ep->host, ep->port, uo, std::make_shared<service::echo_service>(config.echo), to);
+    banner.push_back("echo: " + bound + " (RFC 862, UDP and TCP)");
+  }
+  if (!config.time.listen.empty()) {
+    auto ep = net::parse_host_port(config.time.listen, proto::ntp::default_port, &why);
+    if (!ep) throw config_error("invalid NTP listen address '" + config.time.listen + "': " + why);
+    net::udp_options uo;
+    uo.max_datagram = 1024;  // NTP with extension fields; bigger is dropped as truncated
+    uo.kernel_timestamps = true;
+    auto bound = srv.add_udp(ep->host, ep->port, uo, std::make_shared<service::time_service>(config.time));
+    banner.push_back("time: " + bound + " (SNTPv4, stratum " + std::to_string(config.time.stratum) + ", reference " +
+                     proto::ntp::format_reference_id(config.time.reference_id, config.time.stratum) + ")");
+  }
+  return banner;
+}
+
+struct banner {
+  std::string address;
+  unsigned threads;
+  std::string tls;
+  std::vector<std::string> services;  // echo, time
+  std::string token_note;
+  std::string exec_account;
+};
+
+void print_banner(const server_config& config, const server_context& ctx, const banner& b) {
+  std::printf("cskit %s listening on %s (protocol %d, %u thread%s)\n", cskit_version, b.address.c_str(),
+              proto::protocol_version, b.threads, b.threads == 1 ? "" : "s");
+  std::printf("share: %s%s%s\n", config.root.string().c_str(),
+              config.files.quota ? (", quota " + std::to_string(config.files.quota) + " bytes").c_str() : "",
+              config.files.max_file_size
+                  ? (", files up to " + std::to_string(config.files.max_file_size) + " bytes").c_str()
+                  : "");
+  if (config.exec.enabled) {
+    std::printf("exec: enabled, commands run as %s%s%s\n", b.exec_account.c_str(),
+                config.exec.allow_shell ? ", shell allowed" : "",
+                config.exec.programs.empty() ? "" : ", allow-list of programs");
+  }
+  std::printf("%s\n", b.tls.c_str());
+  for (const auto& line : b.services) std::printf("%s\n", line.c_str());
+  for (const auto& u : ctx.users) {
+    std::printf("user: %s (%s)\n", u.name.c_str(), join(u.permissions.names()).c_str());
+  }
+  if (!b.token_note.empty()) std::printf("%s\n", b.token_note.c_str());
+  if (config.users.empty() && std::getenv("CSKIT_TOKEN") && *std::getenv("CSKIT_TOKEN")) {
+    std::printf("connect: CSKIT_TOKEN=<the same token> cskit ping %s\n", b.address.c_str());
+  } else if (config.users.empty()) {
+    std::printf("connect: CSKIT_TOKEN=$(cat %s) cskit ping %s\n",
+                (config.state_dir / "admin.token").string().c_str(), b.address.c_str());
+  } else {
+    std::printf("connect: cskit ping --user NAME --token TOKEN %s\n", b.address.c_str());
+  }
+  std::fflush(stdout);
+}
+
+}  // namespace
+
+void run_server(server_config config, const serve_hooks& hooks) {
+  std::string why;
+  auto listen = net::parse_host_port(config.listen, proto::default_port, &why);
+  if (!listen) throw config_error("invalid listen address '" + config.listen + "': " + why);
+  fill_defaults(config);
+  prepare_share_root(config);
 
   server_context ctx;
   ctx.name = config.name;
   tls_setup tls = setup_tls(config, ctx.name);
-  std::string token_note;
-  if (config.users.empty()) {
-    const char* env = std::getenv("CSKIT_TOKEN");
-    bool generated = false;
-    std::string token = load_or_create_admin_token(config.state_dir, env ? env : "", generated);
-    ctx.users.push_back({"admin", token, default_admin_permissions()});
-    if (env && *env) {
-      token_note = "admin token: taken from CSKIT_TOKEN";
-    } else {
-      token_note = std::string("admin token: ") + token + (generated ? "  (new, saved in " : "  (from ") +
-                   (config.state_dir / "admin.token").string() + ")";
-    }
-  } else {
-    ctx.users = config.users;
-  }
+  const std::string token_note = set_up_users(config, ctx);
   register_core_service(ctx);
   std::unique_ptr<service::file_share> share;
   try {
@@ -146,19 +239,7 @@ void run_server(server_config config, const serve_hooks& hooks) {
   }
   register_chat_service(ctx, chat_hub);
 
-  net::server_options o;
-  o.host = listen->host;
-  o.port = listen->port;
-  o.threads = config.threads ? config.threads : std::max(1u, std::thread::hardware_concurrency());
-  o.max_connections = config.max_connections;
-  o.max_unauthenticated = config.max_unauthenticated;
-  o.max_unauthenticated_per_source = config.max_unauthenticated_per_address;
-  o.limits.idle_timeout = config.idle_timeout;
-  o.limits.handshake_timeout = config.handshake_timeout;
-  o.limits.frame_timeout = config.frame_timeout;
-  o.grace = config.grace;
-  o.tls = tls.context;
-
+  const net::server_options o = server_options_of(config, *listen, tls);
   // Each connection is one descriptor; the soft limit (often 1024) is far
   // below what the server is meant to hold.
   util::raise_fd_limit();
@@ -169,59 +250,10 @@ void run_server(server_config config, const serve_hooks& hooks) {
   net::tcp_server srv(o, [&ctx] { return std::make_unique<session>(ctx); });
   srv.listen();
   const std::string address = srv.local_address();
-  std::vector<std::string> extra_banner;
-  if (!config.echo.listen.empty()) {
-    auto ep = net::parse_host_port(config.echo.listen, service::echo_default_port, &why);
-    if (!ep) throw config_error("invalid echo listen address '" + config.echo.listen + "': " + why);
-    net::udp_options uo;
-    uo.max_datagram = config.echo.max_datagram;
-    net::tcp_echo_options to;
-    to.max_connections = config.echo.max_tcp_connections;
-    auto bound = srv.add_echo(ep->host, ep->port, uo, std::make_shared<service::echo_service>(config.echo), to);
-    extra_banner.push_back("echo: " + bound + " (RFC 862, UDP and TCP)");
-  }
-  if (!config.time.listen.empty()) {
-    auto ep = net::parse_host_port(config.time.listen, proto::ntp::default_port, &why);
-    if (!ep) throw config_error("invalid NTP listen address '" + config.time.listen + "': " + why);
-    net::udp_options uo;
-    uo.max_datagram = 1024;  // NTP with extension fields; bigger is dropped as truncated
-    uo.kernel_timestamps = true;
-    auto bound = srv.add_udp(ep->host, ep->port, uo, std::make_shared<service::time_service>(config.time));
-    extra_banner.push_back("time: " + bound + " (SNTPv4, stratum " + std::to_string(config.time.stratum) +
-                           ", reference " +
-                           proto::ntp::format_reference_id(config.time.reference_id, config.time.stratum) + ")");
-  }
-
-  std::printf("cskit %s listening on %s (protocol %d, %u thread%s)\n", cskit_version, address.c_str(),
-              proto::protocol_version, o.threads, o.threads == 1 ? "" : "s");
-  std::printf("share: %s%s%s\n", config.root.string().c_str(),
-              config.files.quota ? (", quota " + std::to_string(config.files.quota) + " bytes").c_str() : "",
-              config.files.max_file_size
-                  ? (", files up to " + std::to_string(config.files.max_file_size) + " bytes").c_str()
-                  : "");
-  if (config.exec.enabled) {
-    std::printf("exec: enabled, commands run as %s%s%s\n", exec_policy.account.c_str(),
-                config.exec.allow_shell ? ", shell allowed" : "",
-                config.exec.programs.empty() ? "" : ", allow-list of programs");
-  }
-  std::printf("%s\n", tls.banner.c_str());
-  for (const auto& line : extra_banner) std::printf("%s\n", line.c_str());
-  for (const auto& u : ctx.users) {
-    std::printf("user: %s (%s)\n", u.name.c_str(), join(u.permissions.names()).c_str());
-  }
-  if (!token_note.empty()) std::printf("%s\n", token_note.c_str());
-  if (config.users.empty() && std::getenv("CSKIT_TOKEN") && *std::getenv("CSKIT_TOKEN")) {
-    std::printf("connect: CSKIT_TOKEN=<the same token> cskit ping %s\n", address.c_str());
-  } else if (config.users.empty()) {
-    std::printf("connect: CSKIT_TOKEN=$(cat %s) cskit ping %s\n",
-                (config.state_dir / "admin.token").string().c_str(), address.c_str());
-  } else {
-    std::printf("connect: cskit ping --user NAME --token TOKEN %s\n", address.c_str());
-  }
-  std::fflush(stdout);
+  print_banner(config, ctx, {address, o.threads, tls.banner, add_datagram_services(srv, config), token_note,
+                             exec_policy.account});
   spdlog::info("listening on {} as '{}'", address, ctx.name);
   if (hooks.on_listening) hooks.on_listening(address);
-
   {
     // The share's threads post their results to the event loops: they
     // stop (an unfinished digest job is abandoned) while the loops still
