@@ -368,6 +368,7 @@ class upload {
       report();
       pipe_.poll();
     }
+    forget_upload(id);  // the server refused the rest, and said why
   }
 
   void send_file(const put_item& it) {
@@ -660,7 +661,7 @@ class upload {
 
   // Our side failed: the source shrank or changed while being sent.
   void changed(const put_item& it, std::uint64_t id) {
-    if (!pipe_.pending(id)) return;  // the server had already given up, and said why
+    if (!pipe_.pending(id)) return forget_upload(id);  // the server had already given up, and said why
     r_.errors.push_back({it.local, errc::changed, it.local + ": changed or vanished while it was being sent"});
     abandon(id);
   }

@@ -1421,8 +1421,9 @@ bool files_session::offer_basis(std::uint64_t id, upload& u) {
   struct stat st {};
   util::unique_fd fd = basis_candidate(u, params, st);
   if (!fd) return false;
-  // Its lists: a chunk (24 bytes) and at most a group (40) per smallest chunk.
-  const std::uint64_t memory = (static_cast<std::uint64_t>(st.st_size) / params.min + 1) * 64;
+  // Its lists: a chunk (24 bytes) and at most a group (40) per smallest
+  // chunk, twice while it is read (the hashing thread's and the session's).
+  const std::uint64_t memory = (static_cast<std::uint64_t>(st.st_size) / params.min + 1) * 128;
   if (!share_.reserve_basis_memory(memory)) return false;
   u.basis_share = &share_;
   u.basis_memory = memory;
@@ -1459,6 +1460,7 @@ void files_session::describe_basis(basis_job& job, const std::function<bool()>& 
                                    const std::function<void(basis_batch)>& deliver) {
   if (gone()) {  // the upload ended while the job waited its turn
     job.finished = true;
+    job.fd.reset();
     return;
   }
   // On the hashing thread: the basis's groups go to the session as they
@@ -1492,6 +1494,7 @@ void files_session::describe_basis(basis_job& job, const std::function<bool()>& 
     return !gone();
   };
   const bool ok = util::delta::chunk_file(job.fd.get(), job.size, job.params, chunks, r);
+  job.fd.reset();  // (the old file, replaced at commit, must not stay open: its blocks would)
   if (!ok && !gone()) {
     job.finished = true;
     post(true, true);  // not readable as it was: no more groups
@@ -1530,10 +1533,14 @@ void files_session::put_chunks(std::uint64_t id, std::string_view body) {
                            std::to_string(u.basis_groups.size()));
   }
   const std::string records = util::delta::encode_chunks(u.basis_chunks, u.basis_groups, *which);
-  // Asked once: the lists are not kept any longer than that.
+  // Asked once: the lists are not kept any longer than that (the hashing
+  // thread's were let go when it was done).
   u.chunks_asked = true;
   u.basis_chunks = {};
   u.basis_groups = {};
+  if (u.basis_share) u.basis_share->release_basis_memory(u.basis_memory);
+  u.basis_share = nullptr;
+  u.basis_memory = 0;
   reply(id, {{"type", "put.chunks.reply"}, {"count", records.size() / util::delta::chunk_record}}, records);
 }
 

@@ -3560,6 +3560,11 @@ class Delta(FilesTestCase):
             s.sendall(wire.encode({"type": "put.end", "id": 6, "xxh3": self.xxh3_hex(swapped)}))
             done, _ = wire.read_frame(s)
             self.assertEqual(done["type"], "put.done", done)
+            # The connection stays open: the replaced file is not held open by the server (its
+            # blocks would stay allocated while the quota counts them free).
+            fd_dir = f"/proc/{self.srv.proc.pid}/fd"
+            held = [os.readlink(os.path.join(fd_dir, n)) for n in os.listdir(fd_dir)]
+            self.assertFalse([h for h in held if h.startswith(self.rshare) and h.endswith("(deleted)")], held)
             s.sendall(wire.encode({"type": "put.abort", "id": 1, "discard": True}))
             s.sendall(wire.encode({"type": "ping", "id": 99}))
             pong, _ = wire.read_frame(s)
