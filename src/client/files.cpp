@@ -431,7 +431,9 @@ class upload {
     }
     util::content_digest digest(o_.sha256);
     const std::uint64_t pos = resume_point(fd, size, *ready, digest);
-    if (ready->header.contains("basis")) return send_delta(it, fd, id, *ready, st, pos);
+    if (ready->header.contains("basis") && ready->header["basis"].is_object()) {
+      return send_delta(it, fd, id, *ready, st, pos);
+    }
     pipe_.track(id, it.remote, file_done());  // errors while streaming arrive with this id
     bool first = true;
     for (std::uint64_t at = pos; at < size || first;) {
@@ -490,12 +492,16 @@ class upload {
                   std::uint64_t pos) {
     namespace d = util::delta;
     const auto size = static_cast<std::uint64_t>(st.st_size);
-    delta_run run{&it, id, size, pos, fd, ready.header["basis"].value("size", std::uint64_t{0}), {}, {}, {}, {}, {}};
+    const json& basis = ready.header["basis"];
+    auto number = [&](const char* key) {
+      const auto v = basis.find(key);
+      return v != basis.end() && v->is_number_unsigned() ? v->get<std::uint64_t>() : 0;
+    };
+    delta_run run{&it, id, size, pos, fd, number("size"), {}, {}, {}, {}, {}};
     // Records about a basis no honest server would describe (another chunk
     // size, more than 2^20 smallest chunks) are not kept: the file goes whole.
     const d::params params = d::params_for(size);
-    if (ready.header["basis"].value("chunk_avg", 0u) != params.avg ||
-        run.basis_size / params.min > max_basis_chunks) {
+    if (number("chunk_avg") != params.avg || run.basis_size / params.min > max_basis_chunks) {
       run.theirs_unusable = true;
     }
     c_.send({{"type", "put.data"}, {"id", id}, {"offset", pos}});  // where the steps start
