@@ -137,6 +137,18 @@ def wait_until(predicate, timeout=10, step=0.02):
     return predicate()
 
 
+def kill_when(p, ready, timeout=60, step=0.01):
+    """Kills the process p once ready() is true (or once it has ended), and reaps it."""
+    try:
+        wait_until(lambda: ready() or p.poll() is not None, timeout, step)
+        p.kill()
+        p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def digest_snapshot(root):
     """snapshot() with each file's content as its SHA-256: cheap to compare and to print."""
     return {rel: (v[0], hashlib.sha256(v[1]).hexdigest(), v[2]) if v[0] == "file" else v
@@ -1975,14 +1987,7 @@ class Interruptions(FilesTestCase):
         # And killed CLI clients, at a few points.
         for i, threshold in enumerate((1, 20, 47)):
             p = self.start("get", self.rr("dl.bin"), self.lp(f"dl{i}.bin"))
-            try:
-                wait_until(lambda: part_size(self.local) >= threshold * MiB or p.poll() is not None, 60, 0.001)
-                p.kill()
-                p.communicate(timeout=30)
-            finally:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
+            kill_when(p, lambda: part_size(self.local) >= threshold * MiB, step=0.001)
             time.sleep(0.1)
             self.assert_server_alive(f"after a `cskit get` was killed {threshold} MiB into a download")
             for f in glob.glob(os.path.join(glob.escape(self.local), PART_PREFIX + "*")):
@@ -3456,14 +3461,7 @@ class Delta(FilesTestCase):
                 f.write(random_bytes(512 * 1024))
         p = subprocess.Popen([BIN, "put", "-a", "--bwlimit", "4M", self.lp("big.bin"), self.rr()],
                              env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            wait_until(lambda: part_size(self.rshare) >= 8 * MiB or p.poll() is not None, 60, 0.01)
-            p.kill()
-            p.communicate(timeout=30)
-        finally:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        kill_when(p, lambda: part_size(self.rshare) >= 8 * MiB)
         self.assertGreaterEqual(part_size(self.rshare), 8 * MiB, "the upload did not get far enough")
         r = self.put_a()
         self.assertGreaterEqual(r["resumed_bytes"], 8 * MiB)
