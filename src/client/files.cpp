@@ -518,7 +518,7 @@ class upload {
       send_matched(run);
       return !run.failed;
     };
-    if (!d::chunk_file(fd, size, d::params_for(size), run.ours, r)) {
+    if (!d::chunk_file(fd, size, params, run.ours, r)) {
       if (!run.failed) changed_in_delta(run);
       return;
     }

@@ -1607,7 +1607,9 @@ void files_session::drain_copies(std::uint64_t id, std::uint64_t budget) {
 }
 
 bool files_session::copy_from_basis(upload& u, std::uint64_t from, std::uint64_t n) {
-  std::string buf(static_cast<std::size_t>(std::min<std::uint64_t>(n, 1u << 20)), '\0');
+  // One buffer per session, made at the first copy (not one per step).
+  std::string& buf = copy_buffer_;
+  if (buf.empty()) buf.resize(1u << 20);
   for (std::uint64_t done = 0; done < n;) {
     const auto piece = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), n - done));
     if (util::read_full(u.basis.get(), buf.data(), piece, from + done) != static_cast<long>(piece)) {

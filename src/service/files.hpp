@@ -286,6 +286,7 @@ class files_session : public std::enable_shared_from_this<files_session> {
   bool may_read_ = true;
   std::shared_ptr<basis_job> basis_job_;  // the last put basis read for this connection
   std::uint64_t upload_serial_ = 0;
+  std::string copy_buffer_;  // put.copy's reads of a basis
   int commits_pending_ = 0;
   bool commit_wake_posted_ = false;
   bool pumping_ = false;
