@@ -13,6 +13,7 @@
 #include <map>
 #include <optional>
 
+#include "client/download_parts.hpp"
 #include "client/files_detail.hpp"
 #include "util/tree_walk.hpp"
 #include "proto/messages.hpp"
@@ -63,50 +64,6 @@ int make_dirs(const util::dir_jail& jail, const std::string& rel, mode_t mode = 
 }
 
 }  // namespace
-
-struct download::item {
-  const util::dir_jail* jail = nullptr;
-  std::string local;  // relative to the jail
-  std::string shown;  // as the user sees it (relative to the destination)
-  remote_entry entry;
-  bool made = false;  // already created (a tree's root)
-};
-
-struct download::file {
-  std::string remote;  // path on the server
-  const util::dir_jail* jail = nullptr;
-  std::string local;  // relative to the jail ("" with stdout)
-  std::string shown;
-  remote_entry entry;
-  shared_dir dir;
-  util::unique_fd fd;
-  std::string leaf, part;  // part empty: an unnamed file, or stdout
-  bool private_part = false;
-  struct stat part_st {};  // the part file as opened (size: what to resume from; mode)
-  std::uint64_t pos = 0;
-  util::content_digest digest;
-  bool failed = false;
-  bool preallocated = false;  // blocks up to entry.size reserved (util::preallocate)
-  mode_t mode = 0644;         // what the committed file gets (prepare())
-  explicit file(bool sha) : digest(sha) {}
-  file(const file&) = delete;
-  file& operator=(const file&) = delete;
-  // A part left behind (failure, lost connection) keeps only its data.
-  ~file() { release(); }
-  void release() noexcept {
-    if (preallocated && fd) util::release_preallocation(fd.get());
-    preallocated = false;
-  }
-};
-
-struct download::commit {
-  util::unique_fd file;
-  shared_dir dir;
-  std::string part, leaf, shown;  // part empty: an unnamed file (util::open_unnamed)
-  mode_t mode = 0644;
-  bool chmod = true;  // false: the part already has `mode`
-  std::optional<std::int64_t> mtime;
-};
 
 download::download(connection* c, remote_lister& files, const transfer_options& o) : c_(c), files_(files), o_(o) {}
 download::~download() = default;
@@ -747,6 +704,7 @@ void download::send_next() {
     }
     json h = {{"type", "get"}, {"path", f.remote}};
     if (o_.sha256) h["verify"] = "sha256";
+    if (open_basis(f)) h["delta"] = true;
     const struct stat& st = f.part_st;
     if (!to_stdout_ && st.st_size > 0 && static_cast<std::uint64_t>(st.st_size) <= f.entry.size) {
       // A part from an interrupted run: offer it; the server checks it.
@@ -757,10 +715,10 @@ void download::send_next() {
         f.digest.reset();
       }
     }
-    const auto id = c_->next_id();
-    h["id"] = id;
+    f.id = c_->next_id();
+    h["id"] = f.id;
     c_->queue(h);
-    waiting_[id] = &f;
+    waiting_[f.id] = &f;
   }
   c_->flush();
 }
@@ -778,7 +736,7 @@ void download::transfer() {
           return true;
         },
         [&](std::string_view part) {
-          if (current_) write_data(*current_, part);
+          if (current_) take_data(*current_, part);
         });
     on_frame(f);
   }
@@ -791,10 +749,13 @@ void download::on_frame(proto::frame& frame) {
   file& f = *it->second;
   const auto type = frame.type();
   if (type == "get.data") {
-    if (!frame.body.empty()) write_data(f, frame.body);  // (a body that was not streamed)
+    if (!frame.body.empty()) take_data(f, frame.body);  // (a body that was not streamed)
     return;
   }
   if (type == "get.begin") return on_begin(f, frame);
+  if (type == "get.groups") return take_groups(f, frame);
+  if (type == "get.chunks.reply") return take_chunks(f, frame);
+  if (type == "get.progress") return;  // the server reads its file for a delta: still working
   waiting_.erase(it);
   if (type == "get.file") {
     f.digest.reset();
@@ -811,7 +772,7 @@ void download::on_frame(proto::frame& frame) {
          e.code() == errc::integrity);
     if (f.private_part && f.dir) ::unlinkat(f.dir->get(), f.part.c_str(), 0);
   }
-  if (f.failed) f.fd.reset(), f.dir.reset();
+  if (f.failed) f.fd.reset(), f.dir.reset(), f.delta.reset();
   send_next();
 }
 
@@ -844,6 +805,12 @@ void download::on_begin(file& f, const proto::frame& frame) {
       f.preallocated = true;
     }
   }
+  if (f.delta) start_delta(f, frame.header);
+}
+
+void download::take_data(file& f, std::string_view data) {
+  if (f.delta) return take_literal(f, data);
+  write_data(f, data);
 }
 
 void download::write_data(file& f, std::string_view data) {
@@ -897,6 +864,12 @@ void download::fail(file& f, errc code, const std::string& message, bool drop_pa
 
 void download::finish(file& f, const json& h) {
   ++prog_.files_done;
+  std::uint64_t matched = 0;
+  if (f.delta && !f.failed) {
+    run_copies(f);  // (the steps after the last range)
+    matched = f.delta->matched;
+  }
+  f.delta.reset();  // (our old copy is closed before this file replaces it)
   if (f.failed) return;
   const std::string want = h.value("xxh3", "");
   if (f.pos != h.value("size", f.pos) || want != f.digest.xxh3_hex() ||
@@ -907,6 +880,7 @@ void download::finish(file& f, const json& h) {
                 true);
   }
   r_.bytes += f.pos;
+  r_.matched_bytes += matched;
   if (to_stdout_) {
     ++r_.files;
     return;

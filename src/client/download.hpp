@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "client/files.hpp"
+#include "util/delta.hpp"
 #include "util/digest.hpp"
 #include "util/file_io.hpp"
 #include "util/jail.hpp"
@@ -40,6 +41,7 @@ class download {
  private:
   struct item;  // a directory, link or file to create, beneath its tree's root
   struct file;  // a file being downloaded
+  struct delta_get;  // a file rebuilt from its older local copy (download_delta.cpp)
   using shared_dir = std::shared_ptr<const util::unique_fd>;
 
   // Where things go, and what to fetch.
@@ -99,8 +101,28 @@ class download {
   void transfer();
   void on_frame(proto::frame& f);
   void on_begin(file& f, const proto::frame& frame);
+  /// get.data's bytes: written at the part's end, or (delta) where the
+  /// steps say.
+  void take_data(file& f, std::string_view data);
   void write_data(file& f, std::string_view data);
   void truncate_part(file& f);
+
+  // Delta downloads (-a, -c): the server describes its file, we rebuild
+  // it from our older copy and ask only for the ranges we lack.
+  /// Opens the destination's current file as a basis; false: none fit.
+  bool open_basis(file& f);
+  /// get.begin: the server's answer to "delta"; cuts our copy into chunks.
+  void start_delta(file& f, const proto::json& begin);
+  void take_groups(file& f, const proto::frame& frame);
+  void take_chunks(file& f, const proto::frame& frame);
+  /// Our copy is of no use (or the server's records were not): everything
+  /// from the part's end is asked for.
+  void fetch_whole(file& f);
+  /// Steps from the description: copies now, the rest asked for.
+  void fetch_steps(file& f, std::vector<util::delta::op> ops);
+  void take_literal(file& f, std::string_view data);
+  /// The copies that come next, from our old copy into the part.
+  void run_copies(file& f);
   void finish(file& f, const proto::json& h);
   void fail(file& f, proto::errc code, const std::string& message, bool drop_part);
   void commit_finished();
@@ -143,6 +165,7 @@ class download {
   struct commit;
   std::vector<commit> batch_;  // verified files waiting for one flush
   std::size_t commit_batch_ = 16;
+  std::string copy_buffer_;  // delta copies from our old copies
   std::map<std::uint64_t, file*> waiting_;  // request id -> file, in request order
   std::size_t next_ = 0;
   file* current_ = nullptr;  // the file whose get.data is arriving

@@ -35,7 +35,6 @@ namespace {
 constexpr std::size_t chunk = 4u << 20;           // bytes per put.data frame
 constexpr std::size_t window_requests = 1024;     // unanswered requests in flight
 constexpr std::size_t window_bytes = 32u << 20;   // inline bytes in flight
-constexpr std::uint64_t max_basis_chunks = 1u << 20;  // the most a server describes (docs/protocol.md)
 constexpr std::size_t max_listing = 250000;           // entries: the server's limit for one listing
 
 using detail::base_name;
@@ -501,7 +500,7 @@ class upload {
     // Records about a basis no honest server would describe (another chunk
     // size, more than 2^20 smallest chunks) are not kept: the file goes whole.
     const d::params params = d::params_for(size);
-    if (number("chunk_avg") != params.avg || run.basis_size / params.min > max_basis_chunks) {
+    if (number("chunk_avg") != params.avg || run.basis_size / params.min > detail::max_delta_chunks) {
       run.theirs_unusable = true;
     }
     c_.send({{"type", "put.data"}, {"id", id}, {"offset", pos}});  // where the steps start
@@ -559,7 +558,7 @@ class upload {
     run.theirs_done = last;
     if (run.theirs_unusable || f.header.value("failed", false) ||
         !util::delta::decode_more_groups(f.body, run.basis_size, last, run.theirs) ||
-        run.theirs.size() > max_basis_chunks + 1) {
+        run.theirs.size() > detail::max_delta_chunks + 1) {
       run.theirs_unusable = true;  // what was copied stands (the digest will tell); the rest goes whole
       return;
     }

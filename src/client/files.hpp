@@ -58,7 +58,7 @@ struct transfer_options {
   bool checksum = false;
   /// Send a changed file's differences only, when the destination has an
   /// older copy (-a/-c, unless --whole-file): content-defined chunks,
-  /// util/delta.hpp. Uploads only so far.
+  /// util/delta.hpp. Both ways: a get rebuilds from the local copy.
   bool delta = false;
   bool dry_run = false;  ///< --dry-run: plan, say what would be done (transfer_result::planned), change nothing
   /// --delete: in a tree copy, remove from the destination what the source

@@ -14,6 +14,9 @@ namespace cskit::client::detail {
 
 /// Files up to this size travel in one frame (the server's inline_file_max).
 inline constexpr std::uint64_t inline_max = 256 * 1024;
+/// Delta transfer: the most chunks of the smallest size a server may
+/// describe (docs/protocol.md); past that, a file goes whole.
+inline constexpr std::uint64_t max_delta_chunks = 1u << 20;
 
 /// The error code a local errno is reported as.
 proto::errc local_errc(int err);

@@ -42,6 +42,12 @@ void register_file_service(server_context& ctx, service::file_share& share) {
                    [&share](request& r) { session_for(r, share).put_chunks(r.id, r.frame.body); });
   ctx.registry.add("put.copy", "files", read,
                    [&share](request& r) { session_for(r, share).put_copy(r.id, r.frame.header); });
+  // A delta download's questions: answered by the download in progress
+  // (the one holding the line), not queued behind it.
+  ctx.registry.add("get.chunks", "files", read,
+                   [&share](request& r) { session_for(r, share).get_chunks(r.id, r.frame.body); });
+  ctx.registry.add("get.ranges", "files", read,
+                   [&share](request& r) { session_for(r, share).get_ranges(r.id, r.frame.body); });
   ctx.registry.add("put.abort", "files", write,
                    [&share](request& r) { session_for(r, share).put_abort(r.id, r.frame.header); });
 }

@@ -355,11 +355,12 @@ void file_share::committer() {
 
 // ---------------------------------------------------------------- session
 
-// A put's basis being chunked on the hashing thread.
+// A put's basis, or a delta get's file, being chunked on the hashing thread.
 struct files_session::basis_job {
   std::uint64_t id = 0, serial = 0, size = 0;
   util::delta::params params;
   util::unique_fd fd;  // its own: the upload may end meanwhile
+  std::unique_ptr<util::content_digest> whole;  // a get's: the digest of what was read
   std::atomic<std::uint64_t> read{0};
   std::atomic<bool> cancelled{false};  // the upload ended
   std::atomic<bool> finished{false};
@@ -453,7 +454,49 @@ struct files_session::download {
   std::uint64_t pos = 0;
   struct stat st {};
   util::content_digest digest;
+  // Delta (a get with "delta"): the hashing thread describes the file
+  // (get.groups) and digests it; then only the ranges the client asks for
+  // are sent, and get.end carries the description's digest.
+  std::shared_ptr<basis_job> describing;
+  std::uint64_t serial = 0;
+  bool described = false, chunks_asked = false, ranges_given = false;
+  std::vector<util::delta::chunk> chunks;
+  std::vector<util::delta::group> groups;
+  std::deque<util::delta::range> ranges;
+  std::string xxh3, sha256;  // of the whole file, as described
+  file_share* memory_share = nullptr;  // holds `memory` of its basis-memory bound
+  std::uint64_t memory = 0;
+
   explicit download(bool sha) : digest(sha) {}
+  ~download() {
+    if (describing) describing->cancelled = true;
+    drop_lists();
+  }
+  download(const download&) = delete;
+  download& operator=(const download&) = delete;
+  bool delta() const noexcept { return describing != nullptr; }
+  void drop_lists() noexcept {
+    chunks = {};
+    groups = {};
+    if (memory_share) memory_share->release_basis_memory(memory);
+    memory_share = nullptr;
+    memory = 0;
+  }
+  // What is sent: the file from `pos`, or a delta's ranges.
+  bool more() const noexcept { return delta() ? !ranges.empty() : pos < size; }
+  std::pair<std::uint64_t, std::size_t> next_piece(std::size_t limit) const noexcept {
+    if (delta()) return {ranges.front().offset, static_cast<std::size_t>(std::min<std::uint64_t>(limit, ranges.front().length))};
+    return {pos, static_cast<std::size_t>(std::min<std::uint64_t>(limit, size - pos))};
+  }
+  void advance(std::size_t n) noexcept {
+    if (!delta()) {
+      pos += n;
+      return;
+    }
+    ranges.front().offset += n;
+    ranges.front().length -= n;
+    if (ranges.front().length == 0) ranges.pop_front();
+  }
 };
 
 files_session::files_session(file_share& share, net::connection& conn, bool may_read)
@@ -1427,21 +1470,9 @@ bool files_session::offer_basis(std::uint64_t id, upload& u) {
   if (!share_.reserve_basis_memory(memory)) return false;
   u.basis_share = &share_;
   u.basis_memory = memory;
-  auto job = std::make_shared<basis_job>();
-  job->id = id;
-  job->serial = u.serial;
-  job->size = static_cast<std::uint64_t>(st.st_size);
-  job->params = params;
-  job->fd.reset(::fcntl(fd.get(), F_DUPFD_CLOEXEC, 0));
-  auto read_basis = [job, &share = share_, w = weak_from_this(), ex = conn_.executor()] {
-    auto gone = [&] { return share.stopping() || w.expired() || job->cancelled; };
-    describe_basis(*job, gone, [&](basis_batch batch) {
-      boost::asio::post(ex, [w, job, batch = std::move(batch)]() mutable {
-        if (auto self = w.lock()) self->basis_arrived(*job, std::move(batch));
-      });
-    });
-  };
-  if (!job->fd || !share_.hash_in_background(std::move(read_basis))) {
+  auto job = describe_in_background(id, u.serial, fd.get(), static_cast<std::uint64_t>(st.st_size), params, std::nullopt,
+                                    &files_session::basis_arrived, "put.progress");
+  if (!job) {
     u.drop_basis();
     return false;  // the hashing thread is busy: the file comes whole
   }
@@ -1449,11 +1480,34 @@ bool files_session::offer_basis(std::uint64_t id, upload& u) {
   u.basis = std::move(fd);
   u.basis_size = job->size;
   u.reading = job;
-  report_progress(id, [job]() -> std::optional<json> {
-    if (job->finished || job->cancelled) return std::nullopt;
-    return json{{"type", "put.progress"}, {"bytes_read", job->read.load(std::memory_order_relaxed)}, {"bytes", job->size}};
-  });
   return true;
+}
+
+std::shared_ptr<files_session::basis_job> files_session::describe_in_background(
+    std::uint64_t id, std::uint64_t serial, int fd, std::uint64_t size, const util::delta::params& params,
+    std::optional<bool> digest_sha, void (files_session::*arrived)(const basis_job&, basis_batch),
+    const char* progress_type) {
+  auto job = std::make_shared<basis_job>();
+  job->id = id;
+  job->serial = serial;
+  job->size = size;
+  job->params = params;
+  if (digest_sha) job->whole = std::make_unique<util::content_digest>(*digest_sha);
+  job->fd.reset(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
+  auto read = [job, arrived, &share = share_, w = weak_from_this(), ex = conn_.executor()] {
+    auto gone = [&] { return share.stopping() || w.expired() || job->cancelled; };
+    describe_basis(*job, gone, [&](basis_batch batch) {
+      boost::asio::post(ex, [w, job, arrived, batch = std::move(batch)]() mutable {
+        if (auto self = w.lock()) ((*self).*arrived)(*job, std::move(batch));
+      });
+    });
+  };
+  if (!job->fd || !share_.hash_in_background(std::move(read))) return nullptr;
+  report_progress(id, [job, progress_type]() -> std::optional<json> {
+    if (job->finished || job->cancelled) return std::nullopt;
+    return json{{"type", progress_type}, {"bytes_read", job->read.load(std::memory_order_relaxed)}, {"bytes", job->size}};
+  });
+  return job;
 }
 
 void files_session::describe_basis(basis_job& job, const std::function<bool()>& gone,
@@ -1477,12 +1531,19 @@ void files_session::describe_basis(basis_job& job, const std::function<bool()>& 
     batch.groups.assign(groups.begin() + static_cast<long>(posted_groups), groups.end());
     batch.done = done;
     batch.failed = failed;
+    if (done && !failed && job.whole) {
+      batch.xxh3 = job.whole->xxh3_hex();
+      if (job.whole->has_sha256()) batch.sha256 = job.whole->sha256_hex();
+    }
     posted_chunks = upto;
     posted_groups = groups.size();
     deliver(std::move(batch));
   };
   util::delta::reading r;
-  r.observe = [&](std::string_view bytes) { job.read.fetch_add(bytes.size(), std::memory_order_relaxed); };
+  r.observe = [&](std::string_view bytes) {
+    if (job.whole) job.whole->update(bytes.data(), bytes.size());
+    job.read.fetch_add(bytes.size(), std::memory_order_relaxed);
+  };
   r.progress = [&](bool done) {
     if (done) {
       grouper.finish(chunks, groups);
@@ -1882,9 +1943,89 @@ void files_session::do_get(std::uint64_t id, const json& h) {
   }
   meta["type"] = "get.begin";
   meta["offset"] = d->pos;
-  reply(id, meta);
   d->fd = std::move(fd);
+  const auto delta = h.find("delta");
+  if (delta != h.end() && delta->is_boolean() && delta->get<bool>() && d->pos < d->size && offer_description(*d)) {
+    meta["delta"] = {{"chunk_avg", d->describing->params.avg}};
+  }
+  reply(id, meta);
   download_ = std::move(d);
+  stream_download();  // (a delta download waits for its description and the client's ranges)
+}
+
+bool files_session::offer_description(download& d) {
+  // Files that fit one frame come whole anyway; the description's lists
+  // count against the same bound as a put's basis.
+  const auto params = util::delta::params_for(d.size);
+  if (d.size <= inline_file_max || d.size / params.min > max_basis_chunks) return false;
+  const std::uint64_t memory = (d.size / params.min + 1) * 128;
+  if (!share_.reserve_basis_memory(memory)) return false;
+  d.memory_share = &share_;
+  d.memory = memory;
+  d.serial = ++upload_serial_;
+  d.describing = describe_in_background(d.id, d.serial, d.fd.get(), d.size, params, d.digest.has_sha256(),
+                                        &files_session::description_arrived, "get.progress");
+  if (!d.describing) d.drop_lists();
+  return d.delta();
+}
+
+void files_session::description_arrived(const basis_job& job, basis_batch batch) {
+  if (!download_ || download_->id != job.id || download_->serial != job.serial) return;
+  download& d = *download_;
+  if (batch.failed) return finish_download(errc::changed, "the file changed while it was being read");
+  if (!d.ranges_given) {  // (ranges already asked for: the lists are not needed)
+    d.chunks.insert(d.chunks.end(), batch.chunks.begin(), batch.chunks.end());
+    d.groups.insert(d.groups.end(), batch.groups.begin(), batch.groups.end());
+  }
+  json h = {{"type", "get.groups"}, {"count", batch.groups.size()}, {"done", batch.done}};
+  reply(job.id, h, util::delta::encode_groups(batch.groups));
+  if (!batch.done) return;
+  d.described = true;
+  d.xxh3 = std::move(batch.xxh3);
+  d.sha256 = std::move(batch.sha256);
+  stream_download();  // if the ranges came already
+}
+
+files_session::download* files_session::delta_download(std::uint64_t id, const char* what) {
+  if (!download_ || download_->id != id) return nullptr;  // over (and answered), or never: ignored
+  if (!download_->delta()) {
+    finish_download(errc::bad_request, std::string(what) + " for a download that is not a delta download");
+    return nullptr;
+  }
+  return download_.get();
+}
+
+void files_session::get_chunks(std::uint64_t id, std::string_view body) {
+  download* d = delta_download(id, "get.chunks");
+  if (!d) return;
+  if (!d->described || d->chunks_asked || d->ranges_given) {
+    return finish_download(errc::bad_request,
+                           "get.chunks comes once, after get.groups with done and before get.ranges");
+  }
+  const auto which = util::delta::decode_indices(body, d->groups.size());
+  if (!which) {
+    return finish_download(errc::bad_request, "get.chunks: the body must be group numbers (u32, big-endian), "
+                                              "increasing, below " + std::to_string(d->groups.size()));
+  }
+  const std::string records = util::delta::encode_chunks(d->chunks, d->groups, *which);
+  d->chunks_asked = true;
+  d->drop_lists();
+  reply(id, {{"type", "get.chunks.reply"}, {"count", records.size() / util::delta::chunk_record}}, records);
+}
+
+void files_session::get_ranges(std::uint64_t id, std::string_view body) {
+  download* d = delta_download(id, "get.ranges");
+  if (!d) return;
+  if (d->ranges_given) return finish_download(errc::bad_request, "get.ranges comes once per download");
+  auto ranges = util::delta::decode_ranges(body, d->size);
+  if (!ranges) {
+    return finish_download(errc::bad_request, "get.ranges: the body must be ranges (offset, length: u64 big-endian), "
+                                              "non-empty, increasing, within the file's " + std::to_string(d->size) +
+                                              " bytes");
+  }
+  d->ranges.assign(ranges->begin(), ranges->end());
+  d->ranges_given = true;
+  d->drop_lists();
   stream_download();
 }
 
@@ -1896,7 +2037,8 @@ void files_session::stream_download() {
   const bool copy_through = conn_.encrypts_in_user_space();
   const std::size_t high = copy_through ? tls_download_high : download_high;
   const std::size_t low = copy_through ? tls_download_low : download_low;
-  while (download_ && download_->pos < download_->size) {
+  if (download_ && download_->delta() && !(download_->described && download_->ranges_given)) return;
+  while (download_ && download_->more()) {
     if (conn_.closing()) {
       download_.reset();
       return;
@@ -1908,17 +2050,18 @@ void files_session::stream_download() {
       return;
     }
     download& d = *download_;
+    const auto [at, n] = d.next_piece(copy_through ? tls_piece : data_chunk);
     if (copy_through) {
-      if (!send_piece_read(d)) return;
+      if (!send_piece_read(d, at, n)) return;
+      d.advance(n);
       continue;
     }
-    const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(data_chunk, d.size - d.pos));
-    if (int e = util::hash_file_range(d.fd.get(), d.pos, n, d.digest)) {
+    if (int e = d.delta() ? 0 : util::hash_file_range(d.fd.get(), at, n, d.digest)) {
       return finish_download(errc::changed, e == EIO ? "the file shrank while it was being sent"
                                                      : errno_message(e, "reading the file"));
     }
-    conn_.send_file({{"type", "get.data"}, {"id", d.id}}, d.fd.get(), d.pos, n);
-    d.pos += n;
+    conn_.send_file({{"type", "get.data"}, {"id", d.id}}, d.fd.get(), at, n);
+    d.advance(n);
   }
   if (!download_) return;
   struct stat now {};
@@ -1927,19 +2070,19 @@ void files_session::stream_download() {
       now.st_mtim.tv_nsec != was.st_mtim.tv_nsec) {
     return finish_download(errc::changed, "the file changed while it was being sent");
   }
-  json end = {{"type", "get.end"}, {"size", download_->size}, {"xxh3", download_->digest.xxh3_hex()}};
-  if (download_->digest.has_sha256()) end["sha256"] = download_->digest.sha256_hex();
+  const download& d = *download_;
+  json end = {{"type", "get.end"}, {"size", d.size}, {"xxh3", d.delta() ? d.xxh3 : d.digest.xxh3_hex()}};
+  if (d.digest.has_sha256()) end["sha256"] = d.delta() ? d.sha256 : d.digest.sha256_hex();
   reply(download_->id, end);
   download_.reset();
   pump();
 }
 
-bool files_session::send_piece_read(download& d) {
+bool files_session::send_piece_read(download& d, std::uint64_t at, std::size_t n) {
   // One buffer per loop thread: the piece is encrypted into the
   // connection's output by send() before this returns.
   thread_local std::unique_ptr<char[]> buf(new char[tls_piece]);
-  const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(tls_piece, d.size - d.pos));
-  const long got = util::read_full(d.fd.get(), buf.get(), n, d.pos);
+  const long got = util::read_full(d.fd.get(), buf.get(), n, at);
   if (got < 0) {
     finish_download(errc_for_errno(static_cast<int>(-got)), errno_message(static_cast<int>(-got), "reading the file"));
     return false;
@@ -1948,9 +2091,8 @@ bool files_session::send_piece_read(download& d) {
     finish_download(errc::changed, "the file shrank while it was being sent");
     return false;
   }
-  d.digest.update(buf.get(), n);
+  if (!d.delta()) d.digest.update(buf.get(), n);  // (a delta's digest is its description's)
   conn_.send({{"type", "get.data"}, {"id", d.id}}, std::string_view(buf.get(), n));
-  d.pos += n;
   return true;
 }
 

@@ -180,6 +180,10 @@ class files_session : public std::enable_shared_from_this<files_session> {
   /// the new content copied from the basis (put.copy).
   void put_chunks(std::uint64_t id, std::string_view body);
   void put_copy(std::uint64_t id, const proto::json& header);
+  /// Delta downloads: the chunk lists of some of the file's groups
+  /// (get.chunks), and the byte ranges the client lacks (get.ranges).
+  void get_chunks(std::uint64_t id, std::string_view body);
+  void get_ranges(std::uint64_t id, std::string_view body);
 
   /// Uploads in progress (for tests and logging).
   std::size_t uploads() const noexcept { return uploads_.size(); }
@@ -208,7 +212,7 @@ class files_session : public std::enable_shared_from_this<files_session> {
                   std::function<void(bool alive)> done);
   /// TLS in user space: reads the next piece of a download, digests it and
   /// sends it. False when the download ended with an error.
-  bool send_piece_read(download& d);
+  bool send_piece_read(download& d, std::uint64_t at, std::size_t n);
   void error(std::uint64_t id, proto::errc code, std::string_view message);
   /// `too_large` with the `limit` it went over.
   void error_over_limit(std::uint64_t id, std::uint64_t limit, std::string_view message);
@@ -252,8 +256,17 @@ class files_session : public std::enable_shared_from_this<files_session> {
     std::vector<util::delta::chunk> chunks;
     std::vector<util::delta::group> groups;
     bool done = false, failed = false;
+    std::string xxh3, sha256;  // a download's whole content (done)
   };
   bool offer_basis(std::uint64_t id, upload& u);
+  /// Starts the hashing thread's description of `fd` (a put's basis, a
+  /// get's file) for request `id`; its batches go to `arrived`, and
+  /// `progress_type` frames report it once a second. nullptr when the
+  /// thread is too busy.
+  std::shared_ptr<basis_job> describe_in_background(std::uint64_t id, std::uint64_t serial, int fd, std::uint64_t size,
+                                                    const util::delta::params& params, std::optional<bool> digest_sha,
+                                                    void (files_session::*arrived)(const basis_job&, basis_batch),
+                                                    const char* progress_type);
   util::unique_fd basis_candidate(const upload& u, const util::delta::params& params, struct stat& st) const;
   // On the hashing thread: reads the basis and hands its groups to
   // `deliver` in batches; `gone` says when nobody needs them any more.
@@ -265,6 +278,12 @@ class files_session : public std::enable_shared_from_this<files_session> {
   void drain_copies(std::uint64_t id, std::uint64_t budget);
   void schedule_copies(std::uint64_t id);
   void do_get(std::uint64_t id, const proto::json& h);
+  /// A get with "delta": describes the file (get.groups) instead of
+  /// streaming it, if it may; the client then asks for ranges.
+  bool offer_description(download& d);
+  void description_arrived(const basis_job& job, basis_batch batch);
+  /// The current download, if it is the delta download `id` (else answered or ignored).
+  download* delta_download(std::uint64_t id, const char* what);
   void stream_download();
   void finish_download(proto::errc code, std::string_view message);
   void fail_upload(upload& u, proto::errc code, const std::string& message,

@@ -337,6 +337,64 @@ std::vector<op> plan_ops(const std::vector<chunk>& source, const std::vector<gro
   return ops;
 }
 
+std::vector<op> plan_fetch(const std::vector<group>& source_groups, const std::vector<std::uint32_t>& wanted,
+                           const std::vector<chunk>& source_chunks, const std::vector<chunk>& basis,
+                           const std::vector<group>& basis_groups) {
+  basis_index whole, single;
+  for (const auto& g : basis_groups) whole.add(g.hash, g.bytes, g.offset);
+  for (const auto& c : basis) single.add(c.hash, c.length, c.offset);
+  std::vector<op> ops;
+  std::size_t next_wanted = 0, next_chunk = 0;
+  for (std::size_t i = 0; i < source_groups.size(); ++i) {
+    const group& g = source_groups[i];
+    const bool listed = next_wanted < wanted.size() && wanted[next_wanted] == i;
+    next_wanted += listed ? 1 : 0;
+    const auto at_whole = whole.find(g.hash, g.bytes);
+    if (at_whole) {
+      push(ops, {op::copy, *at_whole, g.bytes});
+    } else if (!listed) {
+      push(ops, {op::literal, g.offset, g.bytes});  // its chunks were not asked for
+    }
+    if (!listed) continue;
+    // The group's chunks (decode_chunks made them add up to its size).
+    for (std::uint64_t got = 0; got < g.bytes && next_chunk < source_chunks.size(); ++next_chunk) {
+      const chunk& c = source_chunks[next_chunk];
+      got += c.length;
+      if (at_whole) continue;  // (asked for, yet the basis had it whole)
+      if (auto at = single.find(c.hash, c.length)) {
+        push(ops, {op::copy, *at, c.length});
+      } else {
+        push(ops, {op::literal, c.offset, c.length});
+      }
+    }
+  }
+  return ops;
+}
+
+std::string encode_ranges(const std::vector<range>& ranges) {
+  std::string out;
+  out.reserve(ranges.size() * range_record);
+  for (const auto& r : ranges) {
+    put_be(out, r.offset, 8);
+    put_be(out, r.length, 8);
+  }
+  return out;
+}
+
+std::optional<std::vector<range>> decode_ranges(std::string_view body, std::uint64_t size) {
+  if (body.size() % range_record != 0) return std::nullopt;
+  std::vector<range> out;
+  out.reserve(body.size() / range_record);
+  std::uint64_t end = 0;
+  for (std::size_t at = 0; at < body.size(); at += range_record) {
+    range r{get_be(body.data() + at, 8), get_be(body.data() + at + 8, 8)};
+    if (r.length == 0 || r.offset < end || r.offset > size || r.length > size - r.offset) return std::nullopt;
+    end = r.offset + r.length;
+    out.push_back(r);
+  }
+  return out;
+}
+
 std::uint64_t copied_bytes(const std::vector<op>& ops) noexcept {
   std::uint64_t n = 0;
   for (const auto& o : ops) {

@@ -150,6 +150,26 @@ std::vector<std::uint32_t> unmatched_groups(const std::vector<group>& source, co
 /// the unmatched groups), the rest literal. Adjacent steps are merged.
 std::vector<op> plan_ops(const std::vector<chunk>& source, const std::vector<group>& source_groups,
                          const std::vector<group>& basis_groups, const std::vector<chunk>& basis_chunks);
+/// The same for a download, where the receiver holds the basis: how to
+/// rebuild the sender's file (its groups, and the chunks of its groups
+/// `wanted` as decode_chunks read them) from the receiver's own old copy
+/// (`basis`, `basis_groups`). Copies name offsets in the basis, literals
+/// offsets in the sender's file: the ranges to ask for.
+std::vector<op> plan_fetch(const std::vector<group>& source_groups, const std::vector<std::uint32_t>& wanted,
+                           const std::vector<chunk>& source_chunks, const std::vector<chunk>& basis,
+                           const std::vector<group>& basis_groups);
+
+/// Byte ranges of a file (a get.ranges body): 16 bytes each, offset and
+/// length (u64 big-endian). Decoding wants them non-empty, increasing,
+/// not overlapping and within `size`; nullopt otherwise.
+struct range {
+  std::uint64_t offset = 0, length = 0;
+  bool operator==(const range&) const = default;
+};
+inline constexpr std::size_t range_record = 16;
+std::string encode_ranges(const std::vector<range>& ranges);
+std::optional<std::vector<range>> decode_ranges(std::string_view body, std::uint64_t size);
+
 /// Bytes the steps copy from the basis.
 std::uint64_t copied_bytes(const std::vector<op>& ops) noexcept;
 

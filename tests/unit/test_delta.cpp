@@ -61,6 +61,24 @@ exchange delta_between(const std::string& basis, const std::string& source, para
   return {plan_ops(schunks, sgroups, *got_groups, *got_chunks), groups_wire.size() + chunks_wire.size()};
 }
 
+// The same for a download: the receiver (holding the basis) reads the
+// sender's groups, asks for the chunks of those it lacks, and plans copies
+// from its basis and ranges of the sender's file.
+exchange fetch_between(const std::string& basis, const std::string& source, params p) {
+  const auto bchunks = chunks_of(basis, p);
+  const auto bgroups = group_chunks(bchunks);
+  const auto schunks = chunks_of(source, p);
+  const auto sgroups = group_chunks(schunks);
+  const std::string groups_wire = encode_groups(sgroups);
+  auto got_groups = decode_groups(groups_wire, source.size());
+  EXPECT_TRUE(got_groups);
+  const auto want = unmatched_groups(bgroups, *got_groups);
+  const std::string chunks_wire = encode_chunks(schunks, sgroups, want);
+  auto got_chunks = decode_chunks(chunks_wire, *got_groups, want);
+  EXPECT_TRUE(got_chunks);
+  return {plan_fetch(*got_groups, want, *got_chunks, bchunks, bgroups), groups_wire.size() + chunks_wire.size()};
+}
+
 std::uint64_t literal_bytes(const std::vector<op>& ops) {
   std::uint64_t n = 0;
   for (const auto& o : ops) n += o.what == op::literal ? o.length : 0;
@@ -195,6 +213,58 @@ TEST(DeltaPlan, GroupsAsChunksComeAreTheSame) {
     EXPECT_EQ(groups[i].first, at_once[i].first);
   }
   EXPECT_GT(groups.size(), 4u);
+}
+
+TEST(DeltaFetch, RebuildsTheSendersFileFromTheBasis) {
+  const params p = params_with(12);
+  const std::string basis = random_bytes(8 << 20, 21);
+  std::string middle = basis;
+  middle.replace(4 << 20, 256 << 10, random_bytes(256 << 10, 22));
+  std::string inserted = basis;
+  inserted.insert(777777, random_bytes(3000, 23));
+  const std::string appended = basis + random_bytes(256 << 10, 24);
+  const std::string shorter = basis.substr(0, 5 << 20);
+  for (const std::string* source : std::initializer_list<const std::string*>{&middle, &inserted, &appended, &shorter}) {
+    const auto x = fetch_between(basis, *source, p);
+    EXPECT_EQ(rebuild(x.ops, basis, *source), *source);
+    EXPECT_LE(literal_bytes(x.ops), (256u << 10) + 2 * p.max);
+    EXPECT_LT(x.signature_bytes, source->size() / p.avg * chunk_record / 4);
+  }
+  const std::string stranger = random_bytes(1 << 20, 25);
+  const auto x = fetch_between(basis, stranger, p);
+  EXPECT_EQ(rebuild(x.ops, basis, stranger), stranger);
+  EXPECT_EQ(copied_bytes(x.ops), 0u);
+  EXPECT_TRUE(fetch_between(basis, "", p).ops.empty());
+}
+
+TEST(DeltaFetch, GroupsNotAskedForAreFetchedWhole) {
+  // A receiver may ask for no chunk lists at all: what its basis lacks
+  // is then fetched group by group.
+  const params p = params_with(12);
+  const std::string basis = random_bytes(4 << 20, 26);
+  std::string source = basis;
+  source.replace(1 << 20, 1000, random_bytes(1000, 27));
+  const auto bchunks = chunks_of(basis, p);
+  const auto schunks = chunks_of(source, p);
+  const auto sgroups = group_chunks(schunks);
+  const auto ops = plan_fetch(sgroups, {}, {}, bchunks, group_chunks(bchunks));
+  EXPECT_EQ(rebuild(ops, basis, source), source);
+  EXPECT_GT(literal_bytes(ops), 1000u);
+  EXPECT_GT(copied_bytes(ops), 2u << 20);
+}
+
+TEST(DeltaWire, RangesAreCheckedAgainstTheFile) {
+  const std::vector<range> rs = {{0, 10}, {10, 5}, {100, 900}};
+  const std::string wire = encode_ranges(rs);
+  EXPECT_EQ(wire.size(), 3 * range_record);
+  EXPECT_EQ(decode_ranges(wire, 1000), rs);
+  EXPECT_TRUE(decode_ranges("", 0));
+  EXPECT_FALSE(decode_ranges(wire, 999));                                      // past the end
+  EXPECT_FALSE(decode_ranges(encode_ranges({{5, 10}, {10, 1}}), 1000));        // overlapping
+  EXPECT_FALSE(decode_ranges(encode_ranges({{50, 1}, {10, 1}}), 1000));        // backwards
+  EXPECT_FALSE(decode_ranges(encode_ranges({{1, 0}}), 1000));                  // empty
+  EXPECT_FALSE(decode_ranges(encode_ranges({{1, ~std::uint64_t{0}}}), 1000));  // no overflow
+  EXPECT_FALSE(decode_ranges(wire.substr(1), 1000));
 }
 
 TEST(DeltaWire, MalformedRecordsAreRefused) {
