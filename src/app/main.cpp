@@ -285,7 +285,7 @@ void build_transfers(command_line& cl) {
     add_login_options(*cmd, o->common);
     cmd->footer(std::string(R"(Tree copies choose with --exclude/--include (rules tried in order, the first that matches
 decides; a directory left out is not entered) and skip unchanged files with -a. With -a or -c,
-put sends a changed file the server has an older copy of as its differences only.
+a changed file the receiving side has an older copy of travels as its differences only.
 Every file is digested (XXH3-128) by the sender while it is read and by the receiver while
 it is written, written to a temporary file beside the target (a resumable part file; an unnamed
 one for files up to 256 KiB), flushed, and moved into place only when the digests match. Run
@@ -300,6 +300,9 @@ umask, and a replaced one keeps its own.
                          "copy (rsync's --whole-file; -W is --timeout here)");
   }
   if (cl.get_cmd) {
+    cl.get_cmd->add_flag("--whole-file", cl.get_o.whole_file,
+                         "With -a or -c, fetch a changed file whole instead of only what differs from the local "
+                         "copy (rsync's --whole-file; -W is --timeout here)");
     cl.get_cmd->add_flag("--no-fsync", cl.get_o.no_fsync,
                          "Do not flush downloaded files to disk before renaming them into place (faster, like scp; "
                          "a power failure can then leave an incomplete file)");

@@ -3574,5 +3574,213 @@ class Delta(FilesTestCase):
         self.assertFalse(os.path.exists(os.path.join(self.rshare, "new.bin")))
 
 
+
+class DeltaGet(FilesTestCase):
+    """get -a/-c rebuilds a changed large file from the local older copy and fetches only the ranges it
+    lacks; the server checks every request, and the client every answer."""
+
+    def get_a(self, *extra):
+        return self.json_ok("get", "-a", *extra, self.rr("big.bin"), self.lp("big.bin"))
+
+    def assert_same(self):
+        self.assertEqual(read_file(self.lp("big.bin")), read_file(os.path.join(self.rshare, "big.bin")))
+        self.assert_no_parts(self.local)
+
+    def test_changed_large_file_fetches_about_the_change(self):
+        size = 16 * MiB
+        remote = os.path.join(self.rshare, "big.bin")
+        write_file(remote, random_bytes(size))
+        first = self.get_a()
+        self.assertEqual((first["files"], first["matched_bytes"]), (1, 0))
+        self.assert_same()
+        with open(remote, "ab") as f:  # 1 MiB appended
+            f.write(random_bytes(MiB))
+        r = self.get_a()
+        self.assertEqual((r["files"], r["bytes"]), (1, size + MiB))
+        self.assertGreaterEqual(r["matched_bytes"], size - 256 * 1024)
+        self.assert_same()
+        with open(remote, "r+b") as f:  # 1 MiB changed in the middle
+            f.seek(8 * MiB)
+            f.write(random_bytes(MiB))
+        r = self.get_a()
+        self.assertGreaterEqual(r["matched_bytes"], size - MiB - 2 * 256 * 1024)
+        self.assert_same()
+        data = read_file(remote)  # bytes inserted near the start; then the file shortened
+        write_file(remote, data[:100000] + b"inserted" + data[100000:12 * MiB])
+        r = self.get_a()
+        self.assertGreaterEqual(r["matched_bytes"], 12 * MiB - 2 * 256 * 1024)
+        self.assert_same()
+        with open(remote, "r+b") as f:  # -c too, with SHA-256 checked as well
+            f.write(b"new first bytes")
+        r = self.json_ok("get", "-c", "--verify", "sha256", self.rr("big.bin"), self.lp("big.bin"))
+        self.assertGreater(r["matched_bytes"], 10 * MiB)
+        self.assert_same()
+        with open(remote, "r+b") as f:
+            f.write(b"and again")
+        r = self.get_a("--whole-file")
+        self.assertEqual((r["files"], r["matched_bytes"]), (1, 0))
+        self.assert_same()
+        write_file(remote, random_bytes(2 * MiB))  # nothing in common: all fetched, and right
+        r = self.get_a()
+        self.assertEqual(r["matched_bytes"], 0)
+        self.assert_same()
+
+    def test_interrupted_delta_download_resumes(self):
+        remote = os.path.join(self.rshare, "big.bin")
+        write_file(remote, random_bytes(64 * MiB))
+        self.get_a()
+        with open(remote, "r+b") as f:  # changes all along the file
+            for at in range(0, 64 * MiB, 8 * MiB):
+                f.seek(at)
+                f.write(random_bytes(512 * 1024))
+        p = subprocess.Popen([BIN, "get", "-a", "--bwlimit", "2M", self.rr("big.bin"), self.lp("big.bin")],
+                             env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        kill_when(p, lambda: part_size(self.local) >= 8 * MiB)
+        self.assertGreaterEqual(part_size(self.local), 8 * MiB, "the download did not get far enough")
+        r = self.get_a()
+        self.assertGreaterEqual(r["resumed_bytes"], 8 * MiB)
+        self.assertGreater(r["matched_bytes"], 16 * MiB)
+        self.assert_same()
+
+    def open_delta_get(self, s, rid, name):
+        """get with delta; returns get.begin and the group records (from the get.groups frames)."""
+        s.sendall(wire.encode({"type": "get", "id": rid, "path": f"{self.rdir}/{name}", "delta": True}))
+        begin, _ = wire.read_frame(s, 20)
+        self.assertEqual((begin["type"], begin["delta"]["chunk_avg"]), ("get.begin", 16384), begin)
+        groups = b""
+        for _ in range(1000):
+            h, body = wire.read_frame(s, 20)
+            if h.get("type") == "get.progress":
+                continue
+            self.assertEqual((h["type"], h["id"]), ("get.groups", rid), h)
+            self.assertEqual(len(body), h["count"] * 16)
+            groups += body
+            if h["done"]:
+                return begin, groups
+        self.fail("the file's groups did not end")
+
+    def test_hostile_delta_get_requests_are_refused(self):
+        data = random_bytes(2 * MiB)
+        write_file(os.path.join(self.rshare, "t.bin"), data)
+        write_file(os.path.join(self.rshare, "small.bin"), data[:1000])
+        s, _ = wire.login(self.srv.port, TOKEN)
+        try:
+            # Overlapping ranges: refused, the download ends, the connection goes on.
+            begin, groups = self.open_delta_get(s, 1, "t.bin")
+            self.assertEqual(sum(struct.unpack(">Q", groups[i:i + 8])[0] for i in range(0, len(groups), 16)), 2 * MiB)
+            s.sendall(wire.encode({"type": "get.ranges", "id": 1}, struct.pack(">QQQQ", 0, 10, 5, 10)))
+            err, _ = wire.read_frame(s)
+            self.assertEqual((err["type"], err["id"], err["code"]), ("error", 1, "bad_request"), err)
+            # Past the end; then repeated group numbers.
+            self.open_delta_get(s, 2, "t.bin")
+            s.sendall(wire.encode({"type": "get.ranges", "id": 2}, struct.pack(">QQ", 2 * MiB - 5, 6)))
+            err, _ = wire.read_frame(s)
+            self.assertEqual((err["id"], err["code"]), (2, "bad_request"), err)
+            self.open_delta_get(s, 3, "t.bin")
+            s.sendall(wire.encode({"type": "get.chunks", "id": 3}, struct.pack(">II", 0, 0)))
+            err, _ = wire.read_frame(s)
+            self.assertEqual((err["id"], err["code"]), (3, "bad_request"), err)
+            # For a download that is over: ignored (the next frame answers the ping).
+            s.sendall(wire.encode({"type": "get.ranges", "id": 3}, struct.pack(">QQ", 0, 10)))
+            s.sendall(wire.encode({"type": "ping", "id": 99}))
+            pong, _ = wire.read_frame(s)
+            self.assertEqual(pong["type"], "pong", pong)
+            # A well-formed exchange: the first group's chunks, then two ranges; get.end has the
+            # digest of the whole file, as a plain get does.
+            begin, groups = self.open_delta_get(s, 4, "t.bin")
+            s.sendall(wire.encode({"type": "get.chunks", "id": 4}, struct.pack(">I", 0)))
+            reply, records = wire.read_frame(s)
+            self.assertEqual(reply["type"], "get.chunks.reply", reply)
+            self.assertEqual(len(records), reply["count"] * 12)
+            self.assertEqual(sum(struct.unpack(">I", records[i:i + 4])[0] for i in range(0, len(records), 12)),
+                             struct.unpack(">Q", groups[:8])[0])
+            s.sendall(wire.encode({"type": "get.chunks", "id": 4}, struct.pack(">I", 0)))  # twice: refused
+            err, _ = wire.read_frame(s)
+            self.assertEqual((err["id"], err["code"]), (4, "bad_request"), err)
+            begin, groups = self.open_delta_get(s, 5, "t.bin")
+            s.sendall(wire.encode({"type": "get.ranges", "id": 5}, struct.pack(">QQQQ", 0, 10, 100, 20)))
+            got = b""
+            for _ in range(10):
+                h, body = wire.read_frame(s)
+                if h["type"] != "get.data":
+                    break
+                got += body
+            self.assertEqual((h["type"], got), ("get.end", data[0:10] + data[100:120]), h)
+            self.assertEqual(h["xxh3"], self.xxh3_of(s, "t.bin"))
+            # A small file comes whole (get.file), delta or not.
+            s.sendall(wire.encode({"type": "get", "id": 6, "path": f"{self.rdir}/small.bin", "delta": True}))
+            h, body = wire.read_frame(s)
+            self.assertEqual((h["type"], body), ("get.file", data[:1000]), h)
+        finally:
+            s.close()
+
+    def xxh3_of(self, s, name):
+        s.sendall(wire.encode({"type": "get", "id": 50, "path": f"{self.rdir}/{name}"}))
+        for _ in range(100):
+            h, _ = wire.read_frame(s)
+            if h["type"] == "get.end":
+                return h["xxh3"]
+        self.fail("no get.end")
+
+    def test_client_checks_a_lying_delta_server(self):
+        old = random_bytes(MiB)
+        new = old + random_bytes(512 * 1024)
+        write_file(os.path.join(self.rshare, "new.bin"), new)
+        s, _ = wire.login(self.srv.port, TOKEN)
+        try:
+            digest = self.xxh3_of(s, "new.bin")
+        finally:
+            s.close()
+        entry = {"name": "big.bin", "type": "file", "size": len(new), "mode": 0o644, "mtime_ns": 2 * 10 ** 18}
+        asked = []
+
+        def serve(groups, extra=b"", xxh3=digest, avg=16384, data_first=False):
+            def reply(conn, rid):
+                conn.sendall(wire.encode({"type": "get.begin", "id": rid, "size": len(new), "offset": 0, "mode": 0o644,
+                                          "mtime_ns": entry["mtime_ns"], "delta": {"chunk_avg": avg}}))
+                if data_first:  # bytes nobody asked for
+                    conn.sendall(wire.encode({"type": "get.data", "id": rid}, new[:10]))
+                    conn.sendall(wire.encode({"type": "get.end", "id": rid, "size": len(new), "xxh3": xxh3}))
+                    return
+                if groups is not None:
+                    conn.sendall(wire.encode({"type": "get.groups", "id": rid, "count": len(groups) // 16,
+                                              "done": True}, groups))
+                for _ in range(20):
+                    h, body = wire.read_frame(conn, 30)
+                    if h["type"] == "get.ranges":
+                        break
+                asked.append(body)
+                ranges = [struct.unpack(">QQ", body[i:i + 16]) for i in range(0, len(body), 16)]
+                payload = b"".join(new[o:o + n] for o, n in ranges) + extra
+                conn.sendall(wire.encode({"type": "get.data", "id": rid}, payload))
+                conn.sendall(wire.encode({"type": "get.end", "id": rid, "size": len(new), "xxh3": xxh3}))
+            return reply
+
+        whole = struct.pack(">QQ", 0, len(new))
+        too_long = struct.pack(">QQ", len(new) + 1, 1)  # groups that pass the file's end
+        cases = [
+            ("groups that do not add up", serve(too_long), True, whole),
+            ("another chunk size", serve(None, avg=12345), True, whole),
+            ("data before any range", serve(None, data_first=True), False, None),
+            ("more data than asked", serve(too_long, extra=b"0123456789"), False, whole),
+            ("a digest that lies", serve(too_long, xxh3="0" * 32), False, whole),
+        ]
+        for name, reply, ok, want_asked in cases:
+            with self.subTest(name):
+                write_file(self.lp("big.bin"), old)
+                asked.clear()
+                fake = FakeFileServer({"big.bin": entry}, [entry], {"big.bin": reply})
+                try:
+                    r = subprocess.run([BIN, "get", "-a", *fake.trust_args(), f"127.0.0.1:{fake.port}:big.bin",
+                                        self.lp("big.bin")], capture_output=True, text=True, env=self.env(), timeout=60)
+                finally:
+                    fake.close()
+                if want_asked is not None:
+                    self.assertEqual(asked, [want_asked])
+                self.assertEqual(read_file(self.lp("big.bin")), new if ok else old, r.stderr)
+                self.assertEqual(r.returncode == EXIT_OK, ok, r.stderr)
+                self.assert_no_parts(self.local)
+                self.assertEqual(sorted(os.listdir(self.local)), ["big.bin"])
+
 if __name__ == "__main__":
     unittest.main()
