@@ -1421,19 +1421,21 @@ def write_random(path, size):
 
 
 def bench_delta(binary, runs, size_mb=1024):
-    """Delta transfer of one large file (issue 20): a `size_mb` MiB file with 1 MiB appended, and
-    with 1 MiB changed in its middle, sent over its old version by `cskit put -a` (to a server
-    with `[files] fsync = false`: rsync does not flush either), `rsync -a` to an rsync daemon and
-    `rsync -a -e ssh`, each in its delta mode. Every timed run starts from the old version at the
-    destination (copied there with an old time, then `sync`). Bytes on the wire: what the
-    loopback interface received during the command (both directions, TCP/IP headers, TLS and ssh
-    included); the machine is otherwise idle."""
+    """Delta transfer of one large file (issue 20), both ways: a `size_mb` MiB file with 1 MiB
+    appended, and with 1 MiB changed in its middle, sent over its old version by `cskit put -a`
+    (to a server with `[files] fsync = false`: rsync does not flush either) and fetched over it
+    by `cskit get -a --no-fsync`, against `rsync -a` with an rsync daemon and `rsync -a -e ssh`,
+    each in its delta mode. Every timed run starts from the old version at the destination
+    (copied there with an old time, then `sync`). Bytes on the wire: what the loopback interface
+    received during the command (both directions, TCP/IP headers, TLS and ssh included); the
+    machine is otherwise idle."""
     work = tempfile.mkdtemp(prefix="cskit-bench-delta-")
     size = size_mb << 20
     old = os.path.join(work, "old.bin")
     local = os.path.join(work, "local")
-    share, rsyncd_dir, ssh_dir = (os.path.join(work, d) for d in ("share", "rsyncd", "ssh"))
-    for d in (local, share, rsyncd_dir, ssh_dir):
+    share = os.path.join(work, "share")
+    dests = {d: os.path.join(work, d) for d in ("rsyncd", "ssh", "get_cskit", "get_rsyncd", "get_ssh")}
+    for d in (local, share, os.path.join(share, "new"), *dests.values()):
         os.makedirs(d)
     write_random(old, size)
     edits = {"append": os.path.join(local, "append.bin"), "middle": os.path.join(local, "middle.bin")}
@@ -1444,6 +1446,8 @@ def bench_delta(binary, runs, size_mb=1024):
     with open(edits["middle"], "r+b") as f:
         f.seek(size // 2)
         f.write(os.urandom(1 << 20))
+    for path in edits.values():  # what the server offers to get (never written: links will do)
+        os.link(path, os.path.join(share, "new", os.path.basename(path)))
     old_time = time.time() - 86400
     env = client_env(CSKIT_TOKEN=TOKEN)
     started = []
@@ -1454,41 +1458,49 @@ def bench_delta(binary, runs, size_mb=1024):
             f.write("[files]\nfsync = false\n")
         p, port, ptmp = start_server(binary, "--config", conf, root=share)
         started.append(("cskit", (p, ptmp)))
-        rsyncd = RsyncDaemon(rsyncd_dir, local)
+        rsyncd = RsyncDaemon(dests["rsyncd"], local)
         started.append(("rsyncd", rsyncd))
         sshd = PrivateSshd()
         started.append(("sshd", sshd))
         ssh_e = " ".join(shlex.quote(a) for a in sshd.base)
+        remote = f"{sshd.user}@127.0.0.1:"
+        # (direction, tool) -> (destination directory, command for a file name)
         tools = {
-            "cskit": (share, lambda src: [binary, "put", "-a", "-q", src, f"127.0.0.1:{port}:"]),
-            "rsyncd": (rsyncd_dir, lambda src: ["rsync", "-a", src, rsyncd.url("up")]),
-            "rsync_ssh": (ssh_dir, lambda src: ["rsync", "-a", "-e", ssh_e, src, f"{sshd.user}@127.0.0.1:{ssh_dir}/"]),
+            ("put", "cskit"): (share, lambda n: [binary, "put", "-a", "-q", os.path.join(local, n), f"127.0.0.1:{port}:"]),
+            ("put", "rsyncd"): (dests["rsyncd"], lambda n: ["rsync", "-a", os.path.join(local, n), rsyncd.url("up")]),
+            ("put", "rsync_ssh"): (dests["ssh"], lambda n: ["rsync", "-a", "-e", ssh_e, os.path.join(local, n),
+                                                            f"{remote}{dests['ssh']}/"]),
+            ("get", "cskit"): (dests["get_cskit"], lambda n: [binary, "get", "-a", "-q", "--no-fsync",
+                                                              f"127.0.0.1:{port}:new/{n}", os.path.join(dests["get_cskit"], n)]),
+            ("get", "rsyncd"): (dests["get_rsyncd"], lambda n: ["rsync", "-a", rsyncd.url("src", n), dests["get_rsyncd"] + "/"]),
+            ("get", "rsync_ssh"): (dests["get_ssh"], lambda n: ["rsync", "-a", "-e", ssh_e, f"{remote}{local}/{n}",
+                                                                dests["get_ssh"] + "/"]),
         }
 
-        def run_case(edit, tool, check):
-            dest_dir, command = tools[tool]
-            src = edits[edit]
-            dest = os.path.join(dest_dir, os.path.basename(src))
+        def run_case(edit, direction, tool, check):
+            dest_dir, command = tools[(direction, tool)]
+            name = os.path.basename(edits[edit])
+            dest = os.path.join(dest_dir, name)
             shutil.copyfile(old, dest)
             os.utime(dest, (old_time, old_time))
             os.sync()
             b0 = lo_rx_bytes()
             t0 = time.perf_counter()
-            r = subprocess.run(command(src), capture_output=True, text=True, env=env, timeout=900)
+            r = subprocess.run(command(name), capture_output=True, text=True, env=env, timeout=900)
             t = time.perf_counter() - t0
             b = lo_rx_bytes() - b0
             if r.returncode != 0:
-                raise RuntimeError(f"{tool} {edit}: exit {r.returncode}: {r.stderr[-500:]}")
-            if check and not filecmp.cmp(src, dest, shallow=False):
-                raise RuntimeError(f"{tool} {edit}: the copy differs from its source")
+                raise RuntimeError(f"{direction} {tool} {edit}: exit {r.returncode}: {r.stderr[-500:]}")
+            if check and not filecmp.cmp(edits[edit], dest, shallow=False):
+                raise RuntimeError(f"{direction} {tool} {edit}: the copy differs from its source")
             return t, b
 
-        cases = [(e, t) for e in edits for t in tools]
+        cases = [(e, d, t) for e in edits for (d, t) in tools]
         for rnd in range(runs):
-            for edit, tool in shuffled(cases, rnd):
-                t, b = run_case(edit, tool, check=rnd == 0)
-                res.setdefault(f"{edit}_{tool}", []).append(t)
-                wire.setdefault(f"{edit}_{tool}", []).append(b)
+            for edit, direction, tool in shuffled(cases, rnd):
+                t, b = run_case(edit, direction, tool, check=rnd == 0)
+                res.setdefault(f"{direction}_{edit}_{tool}", []).append(t)
+                wire.setdefault(f"{direction}_{edit}_{tool}", []).append(b)
     finally:
         stop_started(started)
         shutil.rmtree(work, ignore_errors=True)
@@ -1497,24 +1509,32 @@ def bench_delta(binary, runs, size_mb=1024):
     cases_out = {f"{k}_seconds": summary(v) for k, v in res.items()}
     cases_out.update({f"{k}_wire_bytes": summary(v) for k, v in wire.items()})
     ratios = {}
-    for edit in ("append", "middle"):
-        for peer in ("rsyncd", "rsync_ssh"):
-            ratios[f"{edit}_{peer}_over_cskit_seconds"] = med[f"{edit}_{peer}"] / med[f"{edit}_cskit"]
-            ratios[f"{edit}_{peer}_over_cskit_wire_bytes"] = wmed[f"{edit}_{peer}"] / wmed[f"{edit}_cskit"]
+    for direction in ("put", "get"):
+        for edit in ("append", "middle"):
+            k = f"{direction}_{edit}"
+            for peer in ("rsyncd", "rsync_ssh"):
+                ratios[f"{k}_{peer}_over_cskit_seconds"] = med[f"{k}_{peer}"] / med[f"{k}_cskit"]
+                ratios[f"{k}_{peer}_over_cskit_wire_bytes"] = wmed[f"{k}_{peer}"] / wmed[f"{k}_cskit"]
     label = {"append": f"{size_mb} MiB + 1 MiB appended", "middle": f"{size_mb} MiB, 1 MiB changed in the middle"}
-    md = [f"## Delta transfer of a large file: `put -a` against rsync's delta algorithm ({runs} rounds)", "",
+    md = [f"## Delta transfer of a large file: `put -a` / `get -a` against rsync's delta algorithm ({runs} rounds)", "",
           "| case | cskit | rsync daemon | rsync -e ssh | bytes on the wire: cskit | rsync daemon | rsync -e ssh |",
           "|---|---|---|---|---|---|---|"]
-    for edit in ("append", "middle"):
-        md.append(f"| {label[edit]} | {med[f'{edit}_cskit']:.2f} s | {med[f'{edit}_rsyncd']:.2f} s | "
-                  f"{med[f'{edit}_rsync_ssh']:.2f} s | {wmed[f'{edit}_cskit']:,.0f} | {wmed[f'{edit}_rsyncd']:,.0f} | "
-                  f"{wmed[f'{edit}_rsync_ssh']:,.0f} |")
+    for direction in ("put", "get"):
+        for edit in ("append", "middle"):
+            k = f"{direction}_{edit}"
+            md.append(f"| {direction}: {label[edit]} | {med[f'{k}_cskit']:.2f} s | {med[f'{k}_rsyncd']:.2f} s | "
+                      f"{med[f'{k}_rsync_ssh']:.2f} s | {wmed[f'{k}_cskit']:,.0f} | {wmed[f'{k}_rsyncd']:,.0f} | "
+                      f"{wmed[f'{k}_rsync_ssh']:,.0f} |")
     md.append("")
     md.append("Medians. Bytes on the wire: what the loopback interface received during the command (each "
               "direction, TCP/IP headers, TLS and ssh included). cskit's server runs with `[files] fsync = "
-              "false`, as rsync does not flush what it writes.")
-    return {"commands": {"cskit": "cskit put -a -q SRC 127.0.0.1:P:", "rsyncd": "rsync -a SRC rsync://127.0.0.1:P/up/",
-                         "rsync_ssh": "rsync -a -e 'ssh -F /dev/null -i KEY -p P ...' SRC USER@127.0.0.1:DST/"},
+              "false` and its downloads with `--no-fsync`, as rsync does not flush what it writes.")
+    return {"commands": {"put_cskit": "cskit put -a -q SRC 127.0.0.1:P:",
+                         "put_rsyncd": "rsync -a SRC rsync://127.0.0.1:P/up/",
+                         "put_rsync_ssh": "rsync -a -e 'ssh -F /dev/null -i KEY -p P ...' SRC USER@127.0.0.1:DST/",
+                         "get_cskit": "cskit get -a -q --no-fsync 127.0.0.1:P:new/NAME DST/NAME",
+                         "get_rsyncd": "rsync -a rsync://127.0.0.1:P/src/NAME DST/",
+                         "get_rsync_ssh": "rsync -a -e 'ssh -F /dev/null -i KEY -p P ...' USER@127.0.0.1:SRC/NAME DST/"},
             "cases": cases_out, "ratios": ratios, "markdown": "\n".join(md) + "\n"}
 
 

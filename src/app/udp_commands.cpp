@@ -81,144 +81,178 @@ std::string iso_time(std::int64_t unix_ns) {
 
 // ------------------------------------------------------------ ping --udp
 
-int run_udp_ping(const udp_ping_options& o) {
-  int rc = exit_code::ok;
-  auto sock = open_udp(o.host, service::echo_default_port, o.json, rc);
-  if (!sock) return rc;
-  const std::string peer = sock->peer();
-  std::random_device rd;
-  client::udp_probes probes(static_cast<std::uint32_t>(rd()), o.size);
-  const std::size_t size = std::max(o.size, client::udp_probes::min_size);
-  if (!o.json) {
-    std::printf("PING %s (UDP echo): %zu data bytes\n", peer.c_str(), size);
-    std::fflush(stdout);
-  }
-  struct sigaction sa {};
-  sa.sa_handler = on_stop_signal;
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGINT, &sa, nullptr);
+namespace {
 
-  const std::int64_t interval_ns = static_cast<std::int64_t>(o.interval * 1e9);
-  const std::int64_t timeout_ns = static_cast<std::int64_t>(o.timeout * 1e9);
-  const std::int64_t started = util::monotonic_ns();
-  std::int64_t next_send = started;
-  std::uint64_t next_expiry_check = 1;  // lowest seq neither answered nor reported lost
-  std::vector<double> rtts;
-  std::vector<std::uint8_t> buf(65536);
-  json events = json::array();
-  std::uint64_t refused = 0;
-  auto line = [&](const std::string& text) {
-    if (!o.json && !o.quiet) {
+// One `ping --udp` run: probes sent at the interval, each answered, lost
+// (no reply within the timeout) or refused; a line per event, then the
+// summary (or one JSON object).
+class udp_pinger {
+ public:
+  udp_pinger(const udp_ping_options& o, client::udp_socket& sock)
+      : o_(o),
+        sock_(sock),
+        peer_(sock.peer()),
+        probes_(static_cast<std::uint32_t>(std::random_device{}()), o.size),
+        size_(std::max(o.size, client::udp_probes::min_size)),
+        interval_ns_(static_cast<std::int64_t>(o.interval * 1e9)),
+        timeout_ns_(static_cast<std::int64_t>(o.timeout * 1e9)) {}
+
+  /// Until every probe asked for is answered or lost, or Ctrl-C.
+  void run() {
+    if (!o_.json) {
+      std::printf("PING %s (UDP echo): %zu data bytes\n", peer_.c_str(), size_);
+      std::fflush(stdout);
+    }
+    started_ = next_send_ = util::monotonic_ns();
+    for (;;) {
+      const std::int64_t now = util::monotonic_ns();
+      settle(now);
+      const bool more = o_.count == 0 || static_cast<long>(probes_.sent()) < o_.count;
+      if (stop_requested) break;
+      if (more && now >= next_send_) {
+        send_probe(now);
+        continue;
+      }
+      // Done when everything was sent and every probe is answered or lost.
+      if (!more && unsettled_ > probes_.sent()) break;
+      std::int64_t wake = unsettled_ <= probes_.sent() ? probes_.send_mono_ns(unsettled_) + timeout_ns_ : now + timeout_ns_;
+      if (more) wake = std::min(wake, next_send_);
+      if (auto got = sock_.receive(buf_, wake)) take(*got);
+    }
+  }
+
+  /// The summary; the exit status (timeout when a probe went unanswered).
+  int report() const {
+    const double elapsed = static_cast<double>(util::monotonic_ns() - started_) / 1e6;
+    const auto sent = probes_.sent();
+    const auto received = rtts_.size();
+    const double loss = sent ? 100.0 * static_cast<double>(sent - received) / static_cast<double>(sent) : 0.0;
+    const auto s = client::rtt_summary::of(rtts_);
+    if (o_.json) {
+      json j = {{"host", peer_},
+                {"protocol", "udp-echo"},
+                {"size", size_},
+                {"sent", sent},
+                {"received", received},
+                {"duplicates", probes_.duplicates()},
+                {"out_of_order", probes_.reordered()},
+                {"corrupted", probes_.corrupted()},
+                {"port_unreachable", refused_},
+                {"loss_percent", loss},
+                {"time_ms", round_us(elapsed)},
+                {"rtt_ms", {{"min", round_us(s.min)}, {"avg", round_us(s.avg)}, {"max", round_us(s.max)},
+                            {"mdev", round_us(s.mdev)}}},
+                {"events", events_}};
+      std::printf("%s\n", j.dump().c_str());
+    } else {
+      std::printf("\n--- %s UDP ping statistics ---\n", peer_.c_str());
+      std::string extra;
+      if (probes_.duplicates()) extra += fmt::format(", +{} duplicates", probes_.duplicates());
+      if (probes_.reordered()) extra += fmt::format(", {} out of order", probes_.reordered());
+      if (probes_.corrupted()) extra += fmt::format(", {} corrupted", probes_.corrupted());
+      std::printf("%llu probes sent, %zu received%s, %.0f%% lost, time %.0f ms\n",
+                  static_cast<unsigned long long>(sent), received, extra.c_str(), loss, elapsed);
+      if (received) std::printf("rtt min/avg/max/mdev = %.3f/%.3f/%.3f/%.3f ms\n", s.min, s.avg, s.max, s.mdev);
+    }
+    return received < sent ? exit_code::timeout : exit_code::ok;
+  }
+
+ private:
+  void line(const std::string& text) const {
+    if (!o_.json && !o_.quiet) {
       std::printf("%s\n", text.c_str());
       std::fflush(stdout);
     }
-  };
-  auto settle = [&](std::int64_t now) {
-    // Moves past probes that are answered or whose time is up.
-    while (next_expiry_check <= probes.sent() && (probes.answered(next_expiry_check) ||
-                                                  probes.send_mono_ns(next_expiry_check) + timeout_ns <= now)) {
-      if (!probes.answered(next_expiry_check)) {
-        line(fmt::format("seq={}: no reply within {:.1f} s", next_expiry_check, o.timeout));
-        events.push_back({{"seq", next_expiry_check}, {"event", "lost"}});
-      }
-      ++next_expiry_check;
-    }
-  };
+  }
 
-  for (;;) {
-    const std::int64_t now = util::monotonic_ns();
-    settle(now);
-    const bool more = o.count == 0 || static_cast<long>(probes.sent()) < o.count;
-    if (stop_requested) break;
-    if (more && now >= next_send) {
-      const std::uint64_t seq = probes.sent() + 1;
-      const std::int64_t real = util::realtime_ns();
-      auto bytes = probes.make(seq, real, util::monotonic_ns());
-      std::string err;
-      if (!sock->send(bytes, &err)) {
-        ++refused;
-        line(fmt::format("From {}: seq={}: {}", peer, seq, err));
-        events.push_back({{"seq", seq}, {"event", "send_failed"}, {"error", err}});
+  // Moves past the probes that are answered or whose time is up.
+  void settle(std::int64_t now) {
+    while (unsettled_ <= probes_.sent() &&
+           (probes_.answered(unsettled_) || probes_.send_mono_ns(unsettled_) + timeout_ns_ <= now)) {
+      if (!probes_.answered(unsettled_)) {
+        line(fmt::format("seq={}: no reply within {:.1f} s", unsettled_, o_.timeout));
+        events_.push_back({{"seq", unsettled_}, {"event", "lost"}});
       }
-      next_send += interval_ns;
-      if (next_send < now) next_send = now;  // never burst to catch up
-      continue;
+      ++unsettled_;
     }
-    // Done when everything was sent and every probe is answered or lost.
-    if (!more && next_expiry_check > probes.sent()) break;
-    std::int64_t wake = next_expiry_check <= probes.sent() ? probes.send_mono_ns(next_expiry_check) + timeout_ns
-                                                            : now + timeout_ns;
-    if (more) wake = std::min(wake, next_send);
-    auto got = sock->receive(buf, wake);
-    if (!got) continue;
-    if (got->refused) {
-      ++refused;
-      line(fmt::format("From {}: port unreachable", peer));
-      events.push_back({{"event", "port_unreachable"}});
-      continue;
+  }
+
+  void send_probe(std::int64_t now) {
+    const std::uint64_t seq = probes_.sent() + 1;
+    auto bytes = probes_.make(seq, util::realtime_ns(), util::monotonic_ns());
+    std::string err;
+    if (!sock_.send(bytes, &err)) {
+      ++refused_;
+      line(fmt::format("From {}: seq={}: {}", peer_, seq, err));
+      events_.push_back({{"seq", seq}, {"event", "send_failed"}, {"error", err}});
+    }
+    next_send_ += interval_ns_;
+    if (next_send_ < now) next_send_ = now;  // never burst to catch up
+  }
+
+  void take(const client::udp_socket::received& got) {
+    if (got.refused) {
+      ++refused_;
+      line(fmt::format("From {}: port unreachable", peer_));
+      events_.push_back({{"event", "port_unreachable"}});
+      return;
     }
     const std::int64_t mono = util::monotonic_ns();
-    if (got->truncated) {
-      line(fmt::format("{} bytes from {}: larger than any probe (truncated), ignored", got->wire_size, peer));
-      continue;
+    if (got.truncated) {
+      line(fmt::format("{} bytes from {}: larger than any probe (truncated), ignored", got.wire_size, peer_));
+      return;
     }
-    auto r = probes.classify(std::span(buf.data(), got->size));
+    auto r = probes_.classify(std::span(buf_.data(), got.size));
     using kind = client::udp_probes::kind;
-    if (r.what == kind::stray) continue;
+    if (r.what == kind::stray) return;
     if (r.what == kind::corrupt) {
-      line(fmt::format("{} bytes from {}: seq={} corrupted (differs from what was sent)", got->size, peer, r.seq));
-      events.push_back({{"seq", r.seq}, {"event", "corrupt"}});
-      continue;
+      line(fmt::format("{} bytes from {}: seq={} corrupted (differs from what was sent)", got.size, peer_, r.seq));
+      events_.push_back({{"seq", r.seq}, {"event", "corrupt"}});
+      return;
     }
     // Kernel receive time minus send time; the monotonic clock is the
     // fallback if the wall clock moved in between.
     const double mono_ms = static_cast<double>(mono - r.send_mono_ns) / 1e6;
-    double rtt = static_cast<double>(got->rx_time_ns - r.send_real_ns) / 1e6;
+    double rtt = static_cast<double>(got.rx_time_ns - r.send_real_ns) / 1e6;
     if (!(rtt > 0 && rtt <= mono_ms + 1.0)) rtt = mono_ms;
     if (r.what == kind::duplicate) {
-      line(fmt::format("{} bytes from {}: seq={} time={:.3f} ms (DUP!)", got->size, peer, r.seq, rtt));
-      events.push_back({{"seq", r.seq}, {"event", "duplicate"}, {"rtt_ms", round_us(rtt)}});
-      continue;
+      line(fmt::format("{} bytes from {}: seq={} time={:.3f} ms (DUP!)", got.size, peer_, r.seq, rtt));
+      events_.push_back({{"seq", r.seq}, {"event", "duplicate"}, {"rtt_ms", round_us(rtt)}});
+      return;
     }
-    rtts.push_back(rtt);
-    line(fmt::format("{} bytes from {}: seq={} time={:.3f} ms{}", got->size, peer, r.seq, rtt,
+    rtts_.push_back(rtt);
+    line(fmt::format("{} bytes from {}: seq={} time={:.3f} ms{}", got.size, peer_, r.seq, rtt,
                      r.out_of_order ? " (out of order)" : ""));
-    events.push_back({{"seq", r.seq}, {"event", "reply"}, {"rtt_ms", round_us(rtt)}, {"out_of_order", r.out_of_order}});
+    events_.push_back({{"seq", r.seq}, {"event", "reply"}, {"rtt_ms", round_us(rtt)}, {"out_of_order", r.out_of_order}});
   }
 
-  const double elapsed = static_cast<double>(util::monotonic_ns() - started) / 1e6;
-  const auto sent = probes.sent();
-  const auto received = rtts.size();
-  const double loss = sent ? 100.0 * static_cast<double>(sent - received) / static_cast<double>(sent) : 0.0;
-  const auto s = client::rtt_summary::of(rtts);
-  if (o.json) {
-    json j = {{"host", peer},
-              {"protocol", "udp-echo"},
-              {"size", size},
-              {"sent", sent},
-              {"received", received},
-              {"duplicates", probes.duplicates()},
-              {"out_of_order", probes.reordered()},
-              {"corrupted", probes.corrupted()},
-              {"port_unreachable", refused},
-              {"loss_percent", loss},
-              {"time_ms", round_us(elapsed)},
-              {"rtt_ms", {{"min", round_us(s.min)}, {"avg", round_us(s.avg)}, {"max", round_us(s.max)},
-                          {"mdev", round_us(s.mdev)}}},
-              {"events", events}};
-    std::printf("%s\n", j.dump().c_str());
-  } else {
-    std::printf("\n--- %s UDP ping statistics ---\n", peer.c_str());
-    std::string extra;
-    if (probes.duplicates()) extra += fmt::format(", +{} duplicates", probes.duplicates());
-    if (probes.reordered()) extra += fmt::format(", {} out of order", probes.reordered());
-    if (probes.corrupted()) extra += fmt::format(", {} corrupted", probes.corrupted());
-    std::printf("%llu probes sent, %zu received%s, %.0f%% lost, time %.0f ms\n",
-                static_cast<unsigned long long>(sent), received, extra.c_str(), loss, elapsed);
-    if (received) std::printf("rtt min/avg/max/mdev = %.3f/%.3f/%.3f/%.3f ms\n", s.min, s.avg, s.max, s.mdev);
-  }
-  if (received < sent) return exit_code::timeout;
-  return exit_code::ok;
+  const udp_ping_options& o_;
+  client::udp_socket& sock_;
+  const std::string peer_;
+  client::udp_probes probes_;
+  const std::size_t size_;
+  const std::int64_t interval_ns_, timeout_ns_;
+  std::int64_t started_ = 0, next_send_ = 0;
+  std::uint64_t unsettled_ = 1;  // the lowest seq neither answered nor reported lost
+  std::vector<double> rtts_;
+  std::vector<std::uint8_t> buf_ = std::vector<std::uint8_t>(65536);
+  json events_ = json::array();
+  std::uint64_t refused_ = 0;
+};
+
+}  // namespace
+
+int run_udp_ping(const udp_ping_options& o) {
+  int rc = exit_code::ok;
+  auto sock = open_udp(o.host, service::echo_default_port, o.json, rc);
+  if (!sock) return rc;
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, nullptr);
+  udp_pinger pinger(o, *sock);
+  pinger.run();
+  return pinger.report();
 }
 
 // ------------------------------------------------------------ time / sync

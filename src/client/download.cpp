@@ -725,20 +725,35 @@ void download::send_next() {
 
 void download::transfer() {
   send_next();
-  while (!waiting_.empty()) {
-    proto::frame f = c_->receive_streamed(
-        [&](const json& h) {
-          current_ = nullptr;
-          if (h.value("type", "") != "get.data") return false;
-          auto it = waiting_.find(h.value("id", std::uint64_t{0}));
-          if (it == waiting_.end()) return false;
-          current_ = it->second;
-          return true;
-        },
-        [&](std::string_view part) {
-          if (current_) take_data(*current_, part);
-        });
-    on_frame(f);
+  auto stream = [&](const json& h) {
+    current_ = nullptr;
+    if (h.value("type", "") != "get.data") return false;
+    auto it = waiting_.find(h.value("id", std::uint64_t{0}));
+    if (it == waiting_.end()) return false;
+    current_ = it->second;
+    return true;
+  };
+  auto part = [&](std::string_view bytes) {
+    if (current_) take_data(*current_, bytes);
+  };
+  constexpr std::uint64_t rebuild_slice = 4u << 20;  // between reads of the connection
+  while (!waiting_.empty() || !rebuilding_.empty()) {
+    auto ready = std::find_if(rebuilding_.begin(), rebuilding_.end(), [&](file* f) { return can_rebuild(*f); });
+    if (ready != rebuilding_.end()) {
+      file& f = **ready;
+      rebuild_some(f, rebuild_slice);
+      settle(f);
+      while (auto frame = c_->try_receive_streamed(stream, part)) on_frame(*frame);
+      continue;
+    }
+    if (waiting_.empty()) {
+      // Nothing more will come, and no part can grow: settle fails them.
+      for (file* f : std::vector<file*>(rebuilding_)) settle(*f);
+      if (!rebuilding_.empty()) break;  // (cannot happen: settle took them all)
+      continue;
+    }
+    proto::frame frame = c_->receive_streamed(stream, part);
+    on_frame(frame);
   }
 }
 
@@ -757,6 +772,11 @@ void download::on_frame(proto::frame& frame) {
   if (type == "get.chunks.reply") return take_chunks(f, frame);
   if (type == "get.progress") return;  // the server reads its file for a delta: still working
   waiting_.erase(it);
+  if (type == "get.end" && f.delta && f.delta->asked) {
+    f.delta->end = frame.header;  // done once the part is complete
+    settle(f);
+    return send_next();
+  }
   if (type == "get.file") {
     f.digest.reset();
     f.pos = 0;
@@ -766,13 +786,14 @@ void download::on_frame(proto::frame& frame) {
   } else if (type == "get.end") {
     finish(f, frame.header);
   } else if (type == proto::type::error) {
+    std::erase(rebuilding_, &f);
     auto e = error_from_frame(frame);
     ++prog_.files_done;
     fail(f, e.code().value_or(errc::io_error), f.remote + ": " + frame.header.value("message", e.what()),
          e.code() == errc::integrity);
     if (f.private_part && f.dir) ::unlinkat(f.dir->get(), f.part.c_str(), 0);
   }
-  if (f.failed) f.fd.reset(), f.dir.reset(), f.delta.reset();
+  if (f.failed) f.drop_delta(), f.fd.reset(), f.dir.reset();
   send_next();
 }
 
@@ -815,21 +836,8 @@ void download::take_data(file& f, std::string_view data) {
 
 void download::write_data(file& f, std::string_view data) {
   if (f.failed) return;
-  int e = 0;
-  if (to_stdout_) {
-    e = util::write_all(1, data.data(), data.size());
-  } else {
-    std::size_t off = 0;
-    while (off < data.size()) {
-      ssize_t w = ::pwrite(f.fd.get(), data.data() + off, data.size() - off, static_cast<off_t>(f.pos + off));
-      if (w < 0) {
-        if (errno == EINTR) continue;
-        e = errno;
-        break;
-      }
-      off += static_cast<std::size_t>(w);
-    }
-  }
+  const int e = to_stdout_ ? util::write_all(1, data.data(), data.size())
+                           : util::pwrite_all(f.fd.get(), data.data(), data.size(), f.pos);
   if (e) return fail(f, local_errc(e), local_message(e, to_stdout_ ? "writing to stdout" : f.shown), false);
   f.digest.update(data.data(), data.size());
   constexpr std::uint64_t writeback_step = 16u << 20;
@@ -864,12 +872,8 @@ void download::fail(file& f, errc code, const std::string& message, bool drop_pa
 
 void download::finish(file& f, const json& h) {
   ++prog_.files_done;
-  std::uint64_t matched = 0;
-  if (f.delta && !f.failed) {
-    run_copies(f);  // (the steps after the last range)
-    matched = f.delta->matched;
-  }
-  f.delta.reset();  // (our old copy is closed before this file replaces it)
+  const std::uint64_t matched = f.delta && !f.failed ? f.delta->matched : 0;
+  if (!f.failed) f.delta.reset();  // (complete: our old copy is closed before the file replaces it)
   if (f.failed) return;
   const std::string want = h.value("xxh3", "");
   if (f.pos != h.value("size", f.pos) || want != f.digest.xxh3_hex() ||

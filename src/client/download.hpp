@@ -118,11 +118,18 @@ class download {
   /// Our copy is of no use (or the server's records were not): everything
   /// from the part's end is asked for.
   void fetch_whole(file& f);
-  /// Steps from the description: copies now, the rest asked for.
+  /// Steps from the description: the ranges asked for, the copies to do.
   void fetch_steps(file& f, std::vector<util::delta::op> ops);
+  /// A range's bytes, written where they go (digested when the part is
+  /// complete up to there).
   void take_literal(file& f, std::string_view data);
-  /// The copies that come next, from our old copy into the part.
-  void run_copies(file& f);
+  /// Whether f's part can grow now (a copy, or bytes that came already).
+  bool can_rebuild(file& f);
+  /// Grows f's part in order by up to `budget` bytes: copies from our old
+  /// copy, and digests of the ranges written ahead.
+  void rebuild_some(file& f, std::uint64_t budget);
+  /// Finishes f once its part is complete and get.end came (or it failed).
+  void settle(file& f);
   void finish(file& f, const proto::json& h);
   void fail(file& f, proto::errc code, const std::string& message, bool drop_part);
   void commit_finished();
@@ -166,6 +173,10 @@ class download {
   std::vector<commit> batch_;  // verified files waiting for one flush
   std::size_t commit_batch_ = 16;
   std::string copy_buffer_;  // delta copies from our old copies
+  // Delta files whose parts are being rebuilt: copies are done a slice at
+  // a time between reads of the connection (never a long stretch without
+  // reading it, which would stall the server's writes).
+  std::vector<file*> rebuilding_;
   std::map<std::uint64_t, file*> waiting_;  // request id -> file, in request order
   std::size_t next_ = 0;
   file* current_ = nullptr;  // the file whose get.data is arriving

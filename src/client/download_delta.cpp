@@ -1,11 +1,16 @@
-// Delta downloads (docs/protocol.md, "Delta transfer for get"): a file the
-// destination already has an older copy of is rebuilt from that copy and
-// the byte ranges of the server's file it lacks. The server describes its
-// file (groups of content-defined chunks, util/delta.hpp) and digests it;
-// we cut our copy the same way, ask for the chunk lists of the groups we
-// lack, then for the ranges, and write the part in order: copies from our
-// copy, ranges as they arrive. The digest of the whole decides, as for any
-// download; the part is committed the same way.
+// Delta downloads (docs/protocol.md, "Delta transfer for downloads"): a
+// file the destination already has an older copy of is rebuilt from that
+// copy and the byte ranges of the server's file it lacks. The server
+// describes its file (groups of content-defined chunks, util/delta.hpp)
+// and digests it; we cut our copy the same way, ask for the chunk lists of
+// the groups we lack, then for the ranges, and grow the part in order:
+// copies from our copy, a slice at a time between reads of the connection
+// (transfer()), and the ranges' bytes, written at once where the part
+// ends, else kept in memory until it gets there (16 MiB; past that written
+// ahead into the part and read back for the digest). The digest of the
+// whole decides, as for any download; the part is committed the same way,
+// and a part left behind is cut back to what was written in order, so that
+// it can be resumed.
 //
 // A server is not trusted: its records are checked (sizes add up, counts
 // bounded) and anything unusable means asking for the whole file; data it
@@ -37,6 +42,9 @@ bool download::open_basis(file& f) {
   // if it is a regular file (never through a link) not much larger than
   // the new one.
   if (!o_.delta || to_stdout_ || f.part.empty() || f.entry.size <= detail::inline_max || !f.dir) return false;
+  // A part that has most of the file already: the rest comes whole (both
+  // sides would read all of it to describe it).
+  if (static_cast<std::uint64_t>(f.part_st.st_size) >= f.entry.size / 2) return false;
   util::unique_fd fd(::openat(f.dir->get(), f.leaf.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
   struct stat st {};
   if (!fd || ::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode) || st.st_size == 0) return false;
@@ -111,8 +119,8 @@ void download::take_chunks(file& f, const proto::frame& frame) {
 }
 
 void download::fetch_whole(file& f) {
-  std::vector<d::op> all;
-  if (!f.failed && f.pos < f.delta->size) all.push_back({d::op::literal, f.pos, f.delta->size - f.pos});
+  std::vector<d::op> all;  // (fetch_steps skips what the part has)
+  if (f.delta->size > 0) all.push_back({d::op::literal, 0, f.delta->size});
   fetch_steps(f, std::move(all));
 }
 
@@ -126,62 +134,118 @@ void download::fetch_steps(file& f, std::vector<d::op> ops) {
   // start there.
   std::uint64_t out = 0;
   std::vector<d::range> ranges;
-  for (auto step : ops) {
-    const std::uint64_t end = out + step.length;
+  for (auto op : ops) {
+    const std::uint64_t end = out + op.length;
     if (end > f.pos && !f.failed) {
       const std::uint64_t skip = f.pos > out ? f.pos - out : 0;
-      step.from += skip;
-      step.length -= skip;
-      if (step.what == d::op::literal) ranges.push_back({step.from, step.length});
-      dg.steps.push_back(step);
+      if (op.what == d::op::literal) ranges.push_back({op.from + skip, op.length - skip});
+      dg.steps.push_back({op.what, op.from + skip, op.length - skip, out + skip});
     }
     out = end;
   }
+  dg.receiving = 0;
+  while (dg.receiving < dg.steps.size() && dg.steps[dg.receiving].what != d::op::literal) ++dg.receiving;
   // A failed file still answers: the server waits for the ranges (none).
   c_->send({{"type", "get.ranges"}, {"id", f.id}}, d::encode_ranges(ranges));
-  run_copies(f);
+  if (!f.failed) rebuilding_.push_back(&f);
 }
 
 void download::take_literal(file& f, std::string_view data) {
   delta_get& dg = *f.delta;
   while (!data.empty() && !f.failed) {
-    if (!dg.asked || dg.steps.empty() || dg.steps.front().what != d::op::literal) {
+    if (!dg.asked || dg.receiving >= dg.steps.size()) {
       return fail(f, errc::integrity, f.shown + ": the server sent bytes that were not asked for", true);
     }
-    d::op& step = dg.steps.front();
-    const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(step.length, data.size()));
-    write_data(f, data.substr(0, n));
+    const auto& step = dg.steps[dg.receiving];
+    const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(step.length - dg.received, data.size()));
+    const std::uint64_t at = step.at + dg.received;
+    const std::string_view bytes = data.substr(0, n);
+    if (at == f.pos) {
+      write_data(f, bytes);  // where the part ends: written and digested at once
+    } else if (dg.spilled == 0 && dg.waiting.size() - dg.waiting_head + n <= delta_get::max_waiting) {
+      dg.waiting.append(bytes);  // until the copies before it are done
+    } else if (int e = util::pwrite_all(f.fd.get(), bytes.data(), n, at)) {
+      return fail(f, local_errc(e), local_message(e, f.shown), false);
+    } else {
+      dg.spilled += n;
+      dg.wrote_ahead = true;
+      prog_.bytes_done += n;
+    }
     data.remove_prefix(n);
-    step.from += n;
-    step.length -= n;
-    if (step.length == 0) {
-      dg.steps.pop_front();
-      run_copies(f);
+    dg.received += n;
+    if (dg.received == step.length) {
+      dg.received = 0;
+      do {
+        ++dg.receiving;
+      } while (dg.receiving < dg.steps.size() && dg.steps[dg.receiving].what != d::op::literal);
     }
   }
 }
 
-void download::run_copies(file& f) {
+bool download::can_rebuild(file& f) {
+  if (f.failed || !f.delta) return false;
   delta_get& dg = *f.delta;
-  if (copy_buffer_.size() < copy_piece) copy_buffer_.resize(copy_piece);
-  while (!f.failed && !dg.steps.empty() && dg.steps.front().what == d::op::copy) {
-    d::op& step = dg.steps.front();
-    const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(step.length, copy_piece));
-    const long got = util::read_full(dg.basis.get(), copy_buffer_.data(), n, step.from);
-    if (got != static_cast<long>(n)) {
-      const int e = got < 0 ? static_cast<int>(-got) : 0;
-      return fail(f, e ? local_errc(e) : errc::changed,
-                  e ? local_message(e, f.shown + " (the old copy)")
-                    : f.shown + ": the old copy changed while it was being read; run the command again",
-                  false);
-    }
-    write_data(f, std::string_view(copy_buffer_.data(), n));
-    c_->keep_alive();
-    dg.matched += n;
-    step.from += n;
-    step.length -= n;
-    if (step.length == 0) dg.steps.pop_front();
+  while (dg.frontier < dg.steps.size() && f.pos >= dg.steps[dg.frontier].at + dg.steps[dg.frontier].length) {
+    ++dg.frontier;
   }
+  return dg.frontier < dg.steps.size() && dg.ready(dg.frontier) > f.pos - dg.steps[dg.frontier].at;
+}
+
+void download::rebuild_some(file& f, std::uint64_t budget) {
+  if (copy_buffer_.size() < copy_piece) copy_buffer_.resize(copy_piece);
+  while (budget > 0 && can_rebuild(f)) {
+    delta_get& dg = *f.delta;
+    const auto& step = dg.steps[dg.frontier];
+    const std::uint64_t done = f.pos - step.at;
+    auto n = static_cast<std::size_t>(std::min({dg.ready(dg.frontier) - done, std::uint64_t{copy_piece}, budget}));
+    if (step.what == d::op::literal && dg.waiting_head < dg.waiting.size()) {
+      // Range bytes that waited in memory: written now.
+      n = std::min(n, dg.waiting.size() - dg.waiting_head);
+      write_data(f, std::string_view(dg.waiting).substr(dg.waiting_head, n));
+      dg.waiting_head += n;
+      if (dg.waiting_head == dg.waiting.size() || dg.waiting_head > dg.waiting.size() / 2) {
+        dg.waiting.erase(0, dg.waiting_head);
+        dg.waiting_head = 0;
+      }
+    } else {
+      // A copy reads our old copy; range bytes written ahead are read back
+      // from the part, for the digest.
+      const bool copy = step.what == d::op::copy;
+      const long got = util::read_full(copy ? dg.basis.get() : f.fd.get(), copy_buffer_.data(), n,
+                                       copy ? step.from + done : f.pos);
+      if (got != static_cast<long>(n)) {
+        const int e = got < 0 ? static_cast<int>(-got) : 0;
+        return fail(f, e ? local_errc(e) : errc::changed,
+                    e ? local_message(e, f.shown)
+                      : f.shown + ": the old copy changed while it was being read; run the command again",
+                    false);
+      }
+      if (copy) {
+        write_data(f, std::string_view(copy_buffer_.data(), n));
+        dg.matched += n;
+      } else {
+        f.digest.update(copy_buffer_.data(), n);
+        f.pos += n;
+        dg.spilled -= n;
+      }
+    }
+    budget -= std::min<std::uint64_t>(budget, n);
+    c_->keep_alive();
+  }
+}
+
+void download::settle(file& f) {
+  delta_get& dg = *f.delta;
+  if (!f.failed && !dg.end) return;  // more to come
+  if (!f.failed && f.pos != dg.size) {
+    if (can_rebuild(f)) return;
+    fail(f, errc::integrity, f.shown + ": the server ended the download before it sent the ranges asked for", true);
+  }
+  std::erase(rebuilding_, &f);
+  if (!dg.end) return;  // (failed: its get.end or error is still to come)
+  const json end = std::move(*dg.end);
+  finish(f, end);
+  if (f.failed) f.drop_delta(), f.fd.reset(), f.dir.reset();
 }
 
 }  // namespace cskit::client

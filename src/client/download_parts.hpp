@@ -4,6 +4,7 @@
 // download_delta.cpp (rebuilding a file from an older local copy).
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <deque>
 #include <memory>
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "client/download.hpp"
+#include "proto/frame.hpp"
 #include "util/delta.hpp"
 #include "util/digest.hpp"
 #include "util/file_io.hpp"
@@ -46,6 +48,10 @@ struct download::file {
   std::unique_ptr<delta_get> delta;  // asked for "delta", or rebuilding from our old copy
   explicit file(bool sha);
   ~file();
+  /// Ends a delta (failed, or the file is left behind): the bytes of its
+  /// ranges written past the part's end are cut off, so that the part is
+  /// a prefix of the file again, which a later run can resume.
+  void drop_delta() noexcept;
   file(const file&) = delete;
   file& operator=(const file&) = delete;
   void release() noexcept {
@@ -76,12 +82,44 @@ struct download::delta_get {
   std::vector<std::uint32_t> wanted;       // those whose chunks were asked for
   bool offered = false;      // get.begin said yes
   bool asked = false;        // get.ranges sent: the steps are known
-  std::deque<util::delta::op> steps;  // what the part still needs, in order
-  std::uint64_t matched = 0;          // bytes copied from the basis
+  // What the part needs from where it was when asked, in order: copies
+  // from the basis, and the ranges' bytes, each at its offset `at`.
+  struct step {
+    util::delta::op::kind what;
+    std::uint64_t from, length, at;
+  };
+  std::vector<step> steps;
+  std::size_t frontier = 0;   // the step the part's end (file::pos) is in
+  std::size_t receiving = 0;  // the range step the next bytes of data are for
+  std::uint64_t received = 0;  // of it so far
+  // Range bytes that came before the part reached them (copies before
+  // them still to do): kept in memory, up to max_waiting; past that,
+  // written ahead into the part (`spilled`, after those in memory) and
+  // read back for the digest when the part reaches them.
+  static constexpr std::size_t max_waiting = 16u << 20;
+  std::string waiting;
+  std::size_t waiting_head = 0;
+  std::uint64_t spilled = 0;
+  bool wrote_ahead = false;  // the part has bytes past its end
+  std::optional<proto::json> end;  // get.end, come before the part was complete
+  std::uint64_t matched = 0;       // bytes copied from the basis
+
+  /// Bytes of step i that are in the part (copies: all of it, as soon as
+  /// they are done).
+  std::uint64_t ready(std::size_t i) const noexcept {
+    if (steps[i].what == util::delta::op::copy || i < receiving) return steps[i].length;
+    return i == receiving ? received : 0;
+  }
 };
 
 inline download::file::file(bool sha) : digest(sha) {}
-// A part left behind (failure, lost connection) keeps only its data.
-inline download::file::~file() { release(); }
+inline download::file::~file() {
+  drop_delta();
+  release();
+}
+inline void download::file::drop_delta() noexcept {
+  if (delta && delta->wrote_ahead && fd) (void)::ftruncate(fd.get(), static_cast<off_t>(pos));
+  delta.reset();
+}
 
 }  // namespace cskit::client

@@ -281,69 +281,10 @@ void file_share::committer() {
       batch.swap(jobs_);
       writebacks.swap(writebacks_);
     }
-    std::vector<int> result(batch.size(), 0);
+    std::vector<int> result = make_durable(batch);
     for (std::size_t i = 0; i < batch.size(); ++i) {
-      auto& j = batch[i];
-      if (j.mode && ::fchmod(j.file.get(), *j.mode) != 0) result[i] = errno;
-      if (!result[i] && j.mtime_ns) result[i] = util::set_mtime_ns(j.file.get(), *j.mtime_ns);
-    }
-    if (options_.fsync && !batch.empty()) {
-      // Group commit: one syncfs() writes every waiting file at once; a
-      // lone file needs only its own fsync.
-      int rc = batch.size() == 1 ? ::fsync(batch.front().file.get()) : ::syncfs(batch.front().file.get());
-      if (rc != 0) {
-        const int e = errno;
-        for (auto& r : result) r = r ? r : e;
-      }
-    }
-    for (std::size_t i = 0; i < batch.size(); ++i) {
-      auto& j = batch[i];
-      if (!result[i]) {
-        // Only the quota needs the size of a file being replaced. Without
-        // one, the rename itself refuses a directory in the way (EISDIR, or
-        // EEXIST with no_clobber): one system call less per file.
-        const bool counted = options_.quota > 0;
-        struct stat old {};
-        const bool replaced = counted && ::fstatat(j.dir.get(), j.target.c_str(), &old, AT_SYMLINK_NOFOLLOW) == 0;
-        if (replaced && S_ISDIR(old.st_mode)) {
-          result[i] = EISDIR;
-        } else if (j.part.empty()) {
-          // An unnamed file (an upload that came whole): link it into place,
-          // and reclaim the part an earlier, larger version left, if any.
-          result[i] = util::link_unnamed(j.file.get(), j.dir.get(), j.target.c_str(), j.no_clobber);
-        } else if (::renameat2(j.dir.get(), j.part.c_str(), j.dir.get(), j.target.c_str(),
-                               j.no_clobber ? RENAME_NOREPLACE : 0) != 0) {
-          result[i] = errno;
-          // With no_clobber a directory in the way is EEXIST too: say which.
-          if (result[i] == EEXIST && ::fstatat(j.dir.get(), j.target.c_str(), &old, AT_SYMLINK_NOFOLLOW) == 0 &&
-              S_ISDIR(old.st_mode)) {
-            result[i] = EISDIR;
-          }
-        }
-        if (!result[i] && counted) {
-          adjust_usage(static_cast<std::int64_t>(j.size) -
-                       (replaced && S_ISREG(old.st_mode) ? static_cast<std::int64_t>(old.st_size) : 0));
-        }
-        if (!result[i]) {
-          // The target's part from an earlier upload is of an older version
-          // now: removed when no transfer holds it, else marked so that its
-          // holder removes it rather than keeping it for a resume.
-          if (util::drop_stale_part(j.dir.get(), j.target)) {
-            parts_.supersede(j.dir.get(), part_name_for(j.target), j.submitted);
-          }
-        }
-      }
-      if (result[i] == EEXIST || result[i] == EISDIR) {
-        // Refused for good: a named part goes (still locked by us); an
-        // unnamed file vanishes when it is closed.
-        if (!j.part.empty()) ::unlinkat(j.dir.get(), j.part.c_str(), 0);
-      } else if (result[i]) {
-        spdlog::warn("files: commit of '{}' failed: {}", j.target, std::strerror(result[i]));
-      }
-      release(j.reserved);
-      auto done = std::move(j.done);
-      j.file.reset();  // releases the part file's lock
-      if (done) done(result[i]);
+      if (!result[i]) result[i] = rename_into_place(batch[i]);
+      finish_commit(batch[i], result[i]);
     }
     // Write-back hints last: commits are what connections wait for.
     for (const auto& w : writebacks) {
@@ -351,6 +292,76 @@ void file_share::committer() {
                         SYNC_FILE_RANGE_WRITE);
     }
   }
+}
+
+std::vector<int> file_share::make_durable(std::deque<commit_job>& batch) {
+  std::vector<int> result(batch.size(), 0);
+  for (std::size_t i = 0; i < batch.size(); ++i) {
+    auto& j = batch[i];
+    if (j.mode && ::fchmod(j.file.get(), *j.mode) != 0) result[i] = errno;
+    if (!result[i] && j.mtime_ns) result[i] = util::set_mtime_ns(j.file.get(), *j.mtime_ns);
+  }
+  if (options_.fsync && !batch.empty()) {
+    // Group commit: one syncfs() writes every waiting file at once; a
+    // lone file needs only its own fsync.
+    int rc = batch.size() == 1 ? ::fsync(batch.front().file.get()) : ::syncfs(batch.front().file.get());
+    if (rc != 0) {
+      const int e = errno;
+      for (auto& r : result) r = r ? r : e;
+    }
+  }
+  return result;
+}
+
+int file_share::rename_into_place(commit_job& j) {
+  // Only the quota needs the size of a file being replaced. Without one,
+  // the rename itself refuses a directory in the way (EISDIR, or EEXIST
+  // with no_clobber): one system call less per file.
+  const bool counted = options_.quota > 0;
+  struct stat old {};
+  const bool replaced = counted && ::fstatat(j.dir.get(), j.target.c_str(), &old, AT_SYMLINK_NOFOLLOW) == 0;
+  int err = 0;
+  if (replaced && S_ISDIR(old.st_mode)) {
+    err = EISDIR;
+  } else if (j.part.empty()) {
+    // An unnamed file (an upload that came whole): link it into place,
+    // and reclaim the part an earlier, larger version left, if any.
+    err = util::link_unnamed(j.file.get(), j.dir.get(), j.target.c_str(), j.no_clobber);
+  } else if (::renameat2(j.dir.get(), j.part.c_str(), j.dir.get(), j.target.c_str(),
+                         j.no_clobber ? RENAME_NOREPLACE : 0) != 0) {
+    err = errno;
+    // With no_clobber a directory in the way is EEXIST too: say which.
+    if (err == EEXIST && ::fstatat(j.dir.get(), j.target.c_str(), &old, AT_SYMLINK_NOFOLLOW) == 0 &&
+        S_ISDIR(old.st_mode)) {
+      err = EISDIR;
+    }
+  }
+  if (err) return err;
+  if (counted) {
+    adjust_usage(static_cast<std::int64_t>(j.size) -
+                 (replaced && S_ISREG(old.st_mode) ? static_cast<std::int64_t>(old.st_size) : 0));
+  }
+  // The target's part from an earlier upload is of an older version now:
+  // removed when no transfer holds it, else marked so that its holder
+  // removes it rather than keeping it for a resume.
+  if (util::drop_stale_part(j.dir.get(), j.target)) {
+    parts_.supersede(j.dir.get(), part_name_for(j.target), j.submitted);
+  }
+  return 0;
+}
+
+void file_share::finish_commit(commit_job& j, int result) {
+  if (result == EEXIST || result == EISDIR) {
+    // Refused for good: a named part goes (still locked by us); an
+    // unnamed file vanishes when it is closed.
+    if (!j.part.empty()) ::unlinkat(j.dir.get(), j.part.c_str(), 0);
+  } else if (result) {
+    spdlog::warn("files: commit of '{}' failed: {}", j.target, std::strerror(result));
+  }
+  release(j.reserved);
+  auto done = std::move(j.done);
+  j.file.reset();  // releases the part file's lock
+  if (done) done(result);
 }
 
 // ---------------------------------------------------------------- session

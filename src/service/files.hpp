@@ -132,6 +132,11 @@ class file_share {
 
  private:
   void committer();
+  // The committer's steps: mode, time and one flush for the batch (an
+  // errno per job), the rename (or link) of one, and its answer.
+  std::vector<int> make_durable(std::deque<commit_job>& batch);
+  int rename_into_place(commit_job& j);
+  void finish_commit(commit_job& j, int result);
   void hasher();
 
   util::dir_jail jail_;

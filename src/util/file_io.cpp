@@ -152,6 +152,21 @@ int write_all(int fd, const void* data, std::size_t n) noexcept {
   return 0;
 }
 
+int pwrite_all(int fd, const void* data, std::size_t n, std::uint64_t offset) noexcept {
+  const char* p = static_cast<const char*>(data);
+  while (n > 0) {
+    ssize_t w = ::pwrite(fd, p, n, static_cast<off_t>(offset));
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    p += w;
+    offset += static_cast<std::uint64_t>(w);
+    n -= static_cast<std::size_t>(w);
+  }
+  return 0;
+}
+
 namespace {
 // Reads until `n` bytes, end of file or an error; `step` does one read.
 template <class Step>

@@ -37,6 +37,8 @@ void release_preallocation(int fd) noexcept;
 
 /// write(2) until done; returns 0 or an errno.
 int write_all(int fd, const void* data, std::size_t n) noexcept;
+/// pwrite(2) at `offset` until done; returns 0 or an errno.
+int pwrite_all(int fd, const void* data, std::size_t n, std::uint64_t offset) noexcept;
 /// pread(2) until `n` bytes or EOF; returns bytes read or -errno.
 long read_full(int fd, void* data, std::size_t n, std::uint64_t offset) noexcept;
 /// read(2) until `n` bytes or EOF; returns bytes read or -errno.

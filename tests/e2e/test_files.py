@@ -3625,6 +3625,21 @@ class DeltaGet(FilesTestCase):
         self.assertEqual(r["matched_bytes"], 0)
         self.assert_same()
 
+    def test_large_change_after_a_long_copy(self):
+        """The client copies a long unchanged stretch a slice at a time and keeps reading the
+        connection meanwhile: the bytes of the change after it wait in memory (16 MiB) and, past
+        that, are written ahead into the part and read back for the digest when the part reaches
+        them. (Reading nothing while copying would stall the server, which closes a connection
+        it cannot write to for 30 s.)"""
+        remote = os.path.join(self.rshare, "big.bin")
+        same = random_bytes(192 * MiB)
+        write_file(remote, same + random_bytes(8 * MiB))
+        self.get_a()
+        write_file(remote, same + random_bytes(64 * MiB))
+        r = self.get_a()
+        self.assertGreaterEqual(r["matched_bytes"], 192 * MiB - 256 * 1024)
+        self.assert_same()
+
     def test_interrupted_delta_download_resumes(self):
         remote = os.path.join(self.rshare, "big.bin")
         write_file(remote, random_bytes(64 * MiB))
@@ -3781,6 +3796,60 @@ class DeltaGet(FilesTestCase):
                 self.assertEqual(r.returncode == EXIT_OK, ok, r.stderr)
                 self.assert_no_parts(self.local)
                 self.assertEqual(sorted(os.listdir(self.local)), ["big.bin"])
+
+    def test_lying_delta_server_and_a_resumed_part(self):
+        """A resumed delta download whose server's description is of no use asks for the rest of
+        the file from where the part ends (not from the start, nor twice that far)."""
+        old = random_bytes(MiB)
+        new = old + random_bytes(MiB)
+        write_file(os.path.join(self.rshare, "new.bin"), new)
+        s, _ = wire.login(self.srv.port, TOKEN)
+        try:
+            digest = self.xxh3_of(s, "new.bin")
+        finally:
+            s.close()
+        entry = {"name": "big.bin", "type": "file", "size": len(new), "mode": 0o644, "mtime_ns": 2 * 10 ** 18}
+        asked, offered = [], []
+        cut = 300 * 1024
+
+        def begin(conn, rid, offset):
+            conn.sendall(wire.encode({"type": "get.begin", "id": rid, "size": len(new), "offset": offset,
+                                      "mode": 0o644, "mtime_ns": entry["mtime_ns"], "delta": {"chunk_avg": 16384}}))
+            conn.sendall(wire.encode({"type": "get.groups", "id": rid, "count": 1, "done": True},
+                                     struct.pack(">QQ", len(new) + 1, 1)))  # does not add up
+            for _ in range(20):
+                h, body = wire.read_frame(conn, 30)
+                if h["type"] == "get.ranges":
+                    asked.append(body)
+                    return [struct.unpack(">QQ", body[i:i + 16]) for i in range(0, len(body), 16)]
+            raise ValueError("no get.ranges")
+
+        def cut_short(conn, rid):  # the first cut bytes, then the connection drops
+            ranges = begin(conn, rid, 0)
+            conn.sendall(wire.encode({"type": "get.data", "id": rid}, new[ranges[0][0]:cut]))
+            time.sleep(0.2)
+            conn.close()
+
+        def resume(conn, rid):
+            offset = fake.requests[-1].get("offset", 0)
+            offered.append(offset)
+            ranges = begin(conn, rid, offset)
+            conn.sendall(wire.encode({"type": "get.data", "id": rid}, b"".join(new[o:o + n] for o, n in ranges)))
+            conn.sendall(wire.encode({"type": "get.end", "id": rid, "size": len(new), "xxh3": digest}))
+
+        write_file(self.lp("big.bin"), old)
+        for reply, ok in ((cut_short, False), (resume, True)):
+            fake = FakeFileServer({"big.bin": entry}, [entry], {"big.bin": reply})
+            try:
+                r = subprocess.run([BIN, "get", "-a", *fake.trust_args(), f"127.0.0.1:{fake.port}:big.bin",
+                                    self.lp("big.bin")], capture_output=True, text=True, env=self.env(), timeout=60)
+            finally:
+                fake.close()
+            self.assertEqual(r.returncode == EXIT_OK, ok, r.stderr)
+        self.assertEqual(offered, [cut])
+        self.assertEqual(asked, [struct.pack(">QQ", 0, len(new)), struct.pack(">QQ", cut, len(new) - cut)])
+        self.assertEqual(read_file(self.lp("big.bin")), new)
+        self.assert_no_parts(self.local)
 
 if __name__ == "__main__":
     unittest.main()

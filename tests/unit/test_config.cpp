@@ -1,4 +1,5 @@
 #include "server/config.hpp"
+#include "temp_dir.hpp"
 
 #include <gtest/gtest.h>
 #include <sys/stat.h>
@@ -19,14 +20,8 @@ std::string config_error_of(const std::string& text) {
   return "";
 }
 
-struct temp_dir {
-  std::filesystem::path path;
-  temp_dir() {
-    char tmpl[] = "/tmp/cskit-test-XXXXXX";
-    path = ::mkdtemp(tmpl);
-  }
-  ~temp_dir() { std::filesystem::remove_all(path); }
-};
+using cskit::test::temp_dir;
+
 }  // namespace
 
 TEST(config, parses_a_full_file) {

@@ -16,6 +16,7 @@
 
 #include "client/download.hpp"
 #include "util/file_io.hpp"
+#include "temp_dir.hpp"
 
 namespace fs = std::filesystem;
 using namespace cskit;
@@ -80,15 +81,12 @@ class fake_server : public client::remote_lister {
 class GetPlan : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/cskit-getplan-XXXXXX";
-    dir_ = ::mkdtemp(tmpl);
     fs::create_directories(dir_ / "dest");
     server_.dir("t");
     server_.file("t/a", 3);
     server_.dir("t/sub");
     server_.file("t/sub/b", 5);
   }
-  void TearDown() override { fs::remove_all(dir_); }
 
   client::transfer_result plan(const std::vector<std::string>& sources, bool archive = true, bool del = false,
                                client::path_filter filter = {}) {
@@ -121,7 +119,8 @@ class GetPlan : public ::testing::Test {
     ASSERT_EQ(util::set_mtime_ns(fd.get(), mtime_ns), 0);
   }
 
-  fs::path dir_;
+  cskit::test::temp_dir tmp_{"cskit-getplan"};
+  const fs::path dir_ = tmp_.path;
   fake_server server_;
 };
 

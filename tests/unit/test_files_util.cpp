@@ -17,6 +17,7 @@
 #include "proto/frame.hpp"
 #include "util/digest.hpp"
 #include "util/file_io.hpp"
+#include "temp_dir.hpp"
 
 namespace fs = std::filesystem;
 using namespace cskit;
@@ -200,8 +201,6 @@ TEST(StreamedBody, NotStreamingBuffersAsBefore) {
 class JailTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/cskit-jail-XXXXXX";
-    dir_ = ::mkdtemp(tmpl);
     fs::create_directories(dir_ / "share/sub");
     fs::create_directories(dir_ / "outside");
     std::ofstream(dir_ / "outside/secret") << "secret";
@@ -210,8 +209,8 @@ class JailTest : public ::testing::Test {
     fs::create_symlink("../../outside", dir_ / "share/sub/rel_link");
     fs::create_symlink("ok", dir_ / "share/sub/inside_link");
   }
-  void TearDown() override { fs::remove_all(dir_); }
-  fs::path dir_;
+  test::temp_dir tmp_{"cskit-jail"};
+  const fs::path dir_ = tmp_.path;
 };
 
 TEST_F(JailTest, OpensInsideAndRefusesEscapes) {
@@ -261,8 +260,8 @@ std::vector<std::string> names_in(const fs::path& d) {
 }  // namespace
 
 TEST(UnnamedFiles, LinkNewReplaceRefuse) {
-  char tmpl[] = "/tmp/cskit-unnamed-XXXXXX";
-  const fs::path d = ::mkdtemp(tmpl);
+  const test::temp_dir tmp("cskit-unnamed");
+  const fs::path& d = tmp.path;
   util::unique_fd dir(::open(d.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
   ASSERT_TRUE(dir);
   const mode_t umask_now = ::umask(022);
@@ -314,12 +313,11 @@ TEST(UnnamedFiles, LinkNewReplaceRefuse) {
   // Closed before it was linked: nothing is left behind.
   { util::unique_fd gone(unnamed("never linked")); }
   EXPECT_EQ(names_in(d), (std::vector<std::string>{"f", "link", "sub"}));
-  fs::remove_all(d);
 }
 
 TEST(UnnamedFiles, StalePartOfACommittedNameIsDropped) {
-  char tmpl[] = "/tmp/cskit-stale-XXXXXX";
-  const fs::path d = ::mkdtemp(tmpl);
+  const test::temp_dir tmp("cskit-stale");
+  const fs::path& d = tmp.path;
   util::unique_fd dir(::open(d.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
   ASSERT_TRUE(dir);
   const std::string part = util::part_file_name("f");
@@ -342,12 +340,11 @@ TEST(UnnamedFiles, StalePartOfACommittedNameIsDropped) {
   fs::create_directory(d / part);
   util::drop_stale_part(dir.get(), "f");
   EXPECT_TRUE(fs::is_directory(d / part));
-  fs::remove_all(d);
 }
 
 TEST(ReceivedFileMode, NewFilesTakeTheSourceBitsReplacedOnesKeepTheirs) {
-  const fs::path dir = fs::temp_directory_path() / ("cskit-mode-" + std::to_string(::getpid()));
-  fs::create_directories(dir);
+  const test::temp_dir tmp("cskit-mode");
+  const fs::path& dir = tmp.path;
   const int dfd = ::open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
   ASSERT_GE(dfd, 0);
   const mode_t mask = ::umask(0);  // read it (util reads it once): the test follows whatever it is
@@ -370,5 +367,4 @@ TEST(ReceivedFileMode, NewFilesTakeTheSourceBitsReplacedOnesKeepTheirs) {
   EXPECT_EQ(util::received_file_mode(dfd, "adir", 0644), 0644 & ~mask);
   EXPECT_EQ(util::received_file_mode(dfd, "alink", 0644), 0644 & ~mask);
   ::close(dfd);
-  fs::remove_all(dir);
 }

@@ -11,19 +11,13 @@
 #include "net/tls.hpp"
 #include "server/config.hpp"
 #include "server/identity.hpp"
+#include "temp_dir.hpp"
 
 using namespace cskit;
 
 namespace {
 
-struct temp_dir {
-  std::filesystem::path path;
-  temp_dir() {
-    char tmpl[] = "/tmp/cskit-kh-XXXXXX";
-    path = ::mkdtemp(tmpl);
-  }
-  ~temp_dir() { std::filesystem::remove_all(path); }
-};
+using cskit::test::temp_dir;
 
 const std::string fp_a = "SHA256:PSKUr70hzc53QzycktrCx+akl5NWaOSjGlwPzWdQz3k";
 const std::string fp_b = "SHA256:dq5NiokqtEIkaKmNzTjrzpu9CCfCKBR7f7pAVoxVdys";

@@ -1,6 +1,7 @@
 // client::plan_put: what a put sends where, decided without a server.
 #include "client/upload_plan.hpp"
 #include "util/file_io.hpp"
+#include "temp_dir.hpp"
 
 #include <gtest/gtest.h>
 #include <sys/stat.h>
@@ -21,15 +22,12 @@ namespace {
 class PutPlan : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/cskit-plan-XXXXXX";
-    dir_ = ::mkdtemp(tmpl);
     fs::create_directories(dir_ / "t/sub");
     std::ofstream(dir_ / "t/a") << "a";
     std::ofstream(dir_ / "t/sub/b") << "b";
     std::ofstream(dir_ / "t/.cskit-part.0123456789abcdef") << "an unfinished download";
     std::ofstream(dir_ / "f") << "f";
   }
-  void TearDown() override { fs::remove_all(dir_); }
 
   // The server as a map of path -> entry; anything else does not exist.
   client::put_plan plan(const std::vector<std::string>& sources, const std::string& dest, bool recursive = true) {
@@ -74,7 +72,8 @@ class PutPlan : public ::testing::Test {
   }
   std::string src(const char* name) const { return (dir_ / name).string(); }
 
-  fs::path dir_;
+  cskit::test::temp_dir tmp_{"cskit-plan"};
+  const fs::path dir_ = tmp_.path;
   std::map<std::string, client::remote_entry> server_;
   std::vector<std::string> asked_;
   client::transfer_result result_;
