@@ -1969,6 +1969,7 @@ bool files_session::offer_description(download& d) {
   // count against the same bound as a put's basis.
   const auto params = util::delta::params_for(d.size);
   if (d.size <= inline_file_max || d.size / params.min > max_basis_chunks) return false;
+  if (basis_job_ && !basis_job_->finished) return false;  // one reading per connection (with puts' bases)
   const std::uint64_t memory = (d.size / params.min + 1) * 128;
   if (!share_.reserve_basis_memory(memory)) return false;
   d.memory_share = &share_;
@@ -1976,8 +1977,12 @@ bool files_session::offer_description(download& d) {
   d.serial = ++upload_serial_;
   d.describing = describe_in_background(d.id, d.serial, d.fd.get(), d.size, params, d.digest.has_sha256(),
                                         &files_session::description_arrived, "get.progress");
-  if (!d.describing) d.drop_lists();
-  return d.delta();
+  if (!d.describing) {
+    d.drop_lists();
+    return false;
+  }
+  basis_job_ = d.describing;
+  return true;
 }
 
 void files_session::description_arrived(const basis_job& job, basis_batch batch) {
@@ -1994,7 +1999,22 @@ void files_session::description_arrived(const basis_job& job, basis_batch batch)
   d.described = true;
   d.xxh3 = std::move(batch.xxh3);
   d.sha256 = std::move(batch.sha256);
-  stream_download();  // if the ranges came already
+  if (d.ranges_given) {
+    d.drop_lists();  // (the hashing thread is done with them too)
+    return stream_download();
+  }
+  // The lists are held for the client, which may still be reading its
+  // own copy (up to four times this file, 25 MB/s is slow): not for ever.
+  const auto deadline = std::chrono::seconds(60) + std::chrono::seconds(d.size / 25'000'000);
+  conn_.run_after(deadline, [w = weak_from_this(), id = d.id, serial = d.serial, deadline] {
+    auto self = w.lock();
+    if (!self || !self->download_ || self->download_->id != id || self->download_->serial != serial ||
+        self->download_->ranges_given) {
+      return;
+    }
+    self->finish_download(errc::bad_request, "no get.ranges within " + std::to_string(deadline.count()) +
+                                                 " s of the description (get.groups with done)");
+  });
 }
 
 files_session::download* files_session::delta_download(std::uint64_t id, const char* what) {
@@ -2029,14 +2049,28 @@ void files_session::get_ranges(std::uint64_t id, std::string_view body) {
   if (!d) return;
   if (d->ranges_given) return finish_download(errc::bad_request, "get.ranges comes once per download");
   auto ranges = util::delta::decode_ranges(body, d->size);
-  if (!ranges) {
-    return finish_download(errc::bad_request, "get.ranges: the body must be ranges (offset, length: u64 big-endian), "
-                                              "non-empty, increasing, within the file's " + std::to_string(d->size) +
-                                              " bytes");
+  // No more ranges than the file has chunks: each is a pread (and, under
+  // TLS, part of a frame) for the server.
+  const std::uint64_t most = d->size / d->describing->params.min + 1;
+  if (!ranges || ranges->size() > most) {
+    return finish_download(errc::bad_request, "get.ranges: the body must be at most " + std::to_string(most) +
+                                              " ranges (offset, length: u64 big-endian), non-empty, increasing, "
+                                              "within the file's " + std::to_string(d->size) + " bytes");
   }
-  d->ranges.assign(ranges->begin(), ranges->end());
+  for (const auto& r : *ranges) {
+    if (!d->ranges.empty() && d->ranges.back().offset + d->ranges.back().length == r.offset) {
+      d->ranges.back().length += r.length;  // (ranges that touch are one)
+    } else {
+      d->ranges.push_back(r);
+    }
+  }
   d->ranges_given = true;
-  d->drop_lists();
+  if (d->described) {
+    d->drop_lists();
+  } else {
+    d->chunks = {};  // (the memory stays counted until the hashing thread is done)
+    d->groups = {};
+  }
   stream_download();
 }
 
@@ -2061,13 +2095,17 @@ void files_session::stream_download() {
       return;
     }
     download& d = *download_;
+    if (d.delta()) {
+      if (!send_ranges_read(d)) return;
+      continue;
+    }
     const auto [at, n] = d.next_piece(copy_through ? tls_piece : data_chunk);
     if (copy_through) {
       if (!send_piece_read(d, at, n)) return;
       d.advance(n);
       continue;
     }
-    if (int e = d.delta() ? 0 : util::hash_file_range(d.fd.get(), at, n, d.digest)) {
+    if (int e = util::hash_file_range(d.fd.get(), at, n, d.digest)) {
       return finish_download(errc::changed, e == EIO ? "the file shrank while it was being sent"
                                                      : errno_message(e, "reading the file"));
     }
@@ -2102,8 +2140,33 @@ bool files_session::send_piece_read(download& d, std::uint64_t at, std::size_t n
     finish_download(errc::changed, "the file shrank while it was being sent");
     return false;
   }
-  if (!d.delta()) d.digest.update(buf.get(), n);  // (a delta's digest is its description's)
+  d.digest.update(buf.get(), n);
   conn_.send({{"type", "get.data"}, {"id", d.id}}, std::string_view(buf.get(), n));
+  return true;
+}
+
+bool files_session::send_ranges_read(download& d) {
+  // A delta's ranges are read into one frame of up to tls_piece bytes,
+  // however small they are (a frame per range would cost a frame header,
+  // and without TLS a descriptor for sendfile, per range); a bounded
+  // number of reads per frame keeps each turn of the loop short.
+  thread_local std::unique_ptr<char[]> buf(new char[tls_piece]);
+  std::size_t filled = 0;
+  for (int reads = 0; filled < tls_piece && d.more() && reads < 1024; ++reads) {
+    const auto [at, n] = d.next_piece(tls_piece - filled);
+    const long got = util::read_full(d.fd.get(), buf.get() + filled, n, at);
+    if (got < 0) {
+      finish_download(errc_for_errno(static_cast<int>(-got)), errno_message(static_cast<int>(-got), "reading the file"));
+      return false;
+    }
+    if (static_cast<std::size_t>(got) != n) {
+      finish_download(errc::changed, "the file shrank while it was being sent");
+      return false;
+    }
+    filled += n;
+    d.advance(n);
+  }
+  conn_.send({{"type", "get.data"}, {"id", d.id}}, std::string_view(buf.get(), filled));
   return true;
 }
 

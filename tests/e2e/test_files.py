@@ -3722,6 +3722,47 @@ class DeltaGet(FilesTestCase):
                 got += body
             self.assertEqual((h["type"], got), ("get.end", data[0:10] + data[100:120]), h)
             self.assertEqual(h["xxh3"], self.xxh3_of(s, "t.bin"))
+            # Many small ranges come in few frames; more ranges than the file has chunks (2 MiB of
+            # 4 KiB at least: 513) are refused.
+            self.open_delta_get(s, 7, "t.bin")
+            many = [(i * 4000, 1 + i % 3) for i in range(500)]
+            s.sendall(wire.encode({"type": "get.ranges", "id": 7}, b"".join(struct.pack(">QQ", o, n) for o, n in many)))
+            frames, got = 0, b""
+            for _ in range(600):
+                h, body = wire.read_frame(s)
+                if h["type"] != "get.data":
+                    break
+                frames += 1
+                got += body
+            self.assertEqual((h["type"], got), ("get.end", b"".join(data[o:o + n] for o, n in many)), h)
+            self.assertEqual(frames, 1)
+            self.open_delta_get(s, 8, "t.bin")
+            s.sendall(wire.encode({"type": "get.ranges", "id": 8},
+                                  b"".join(struct.pack(">QQ", i * 2, 1) for i in range(600))))
+            err, _ = wire.read_frame(s)
+            self.assertEqual((err["id"], err["code"]), (8, "bad_request"), err)
+            # One description at a time per connection: a delta get ended at once (get.chunks before
+            # the description is done) leaves its reading behind; the next one comes whole.
+            write_file(os.path.join(self.rshare, "big.bin"), random_bytes(64 * MiB))
+            s.sendall(wire.encode({"type": "get", "id": 20, "path": f"{self.rdir}/big.bin", "delta": True}) +
+                      wire.encode({"type": "get.chunks", "id": 20}, struct.pack(">I", 0)) +
+                      wire.encode({"type": "get", "id": 21, "path": f"{self.rdir}/big.bin", "delta": True}))
+            h, _ = wire.read_frame(s)
+            self.assertEqual((h["type"], h["id"]), ("get.begin", 20), h)
+            self.assertIn("delta", h)
+            for _ in range(100):
+                h, _ = wire.read_frame(s)
+                if h["type"] == "error":
+                    break
+            self.assertEqual((h["id"], h["code"]), (20, "bad_request"), h)
+            h, _ = wire.read_frame(s)
+            self.assertEqual((h["type"], h["id"]), ("get.begin", 21), h)
+            self.assertNotIn("delta", h)
+            for _ in range(2000):  # (256 KiB frames under TLS)
+                h, _ = wire.read_frame(s, 20)
+                if h["type"] != "get.data":
+                    break
+            self.assertEqual((h["type"], h["id"]), ("get.end", 21), h)
             # A small file comes whole (get.file), delta or not.
             s.sendall(wire.encode({"type": "get", "id": 6, "path": f"{self.rdir}/small.bin", "delta": True}))
             h, body = wire.read_frame(s)
