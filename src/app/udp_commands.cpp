@@ -179,7 +179,8 @@ class udp_pinger {
 
   void send_probe(std::int64_t now) {
     const std::uint64_t seq = probes_.sent() + 1;
-    auto bytes = probes_.make(seq, util::realtime_ns(), util::monotonic_ns());
+    const std::int64_t real = util::realtime_ns();  // (before the monotonic time, as always)
+    auto bytes = probes_.make(seq, real, util::monotonic_ns());
     std::string err;
     if (!sock_.send(bytes, &err)) {
       ++refused_;

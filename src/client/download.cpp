@@ -234,9 +234,6 @@ void download::plan_source(const std::string& src_in) {
     r_.errors.push_back({src, errc::bad_path, "no local name for '" + src + "'"});
     return;
   }
-  if (o_.checksum && !to_stdout_ && top.type == "file") {
-    if (auto one = files_.list(src, false, true); one.size() == 1) top.xxh3 = one.front().xxh3;
-  }
   note_landing(root_name);
   auto f = std::make_unique<file>(o_.sha256);
   f->remote = src;
@@ -285,7 +282,7 @@ const util::dir_jail* download::make_tree_root(const std::string& root_name, con
 void download::plan_tree(const std::string& src, const remote_entry& top, const std::string& root_name) {
   std::vector<remote_entry> entries;
   try {
-    entries = files_.list(src, true, o_.checksum);
+    entries = files_.list(src, true, false);
   } catch (const client_error& e) {
     if (e.kind() != failure::remote && e.kind() != failure::permission) throw;
     r_.errors.push_back({src, e.code().value_or(errc::io_error), e.what()});
@@ -396,16 +393,42 @@ void download::drop_below_refused_links() {
        [](const std::unique_ptr<file>& f) { return f->local; }, [](const std::unique_ptr<file>& f) { return f->shown; });
 }
 
-void download::drop_unchanged() {
-  if (to_stdout_) return;
+bool download::local_stat(const util::dir_jail* jail, const std::string& local, struct stat& st, std::string& leaf,
+                          shared_dir& dir) {
   // What is there now, looked up beneath the tree's root (nullptr jail:
   // a tree a --dry-run did not make, where nothing is there yet).
-  auto local_stat = [&](const util::dir_jail* jail, const std::string& local, struct stat& st, std::string& leaf,
-                        shared_dir& dir) {
-    int err = 0;
-    dir = jail ? parent_dir(*jail, local, leaf, err) : nullptr;
-    return dir && ::fstatat(dir->get(), leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0;
-  };
+  int err = 0;
+  dir = jail ? parent_dir(*jail, local, leaf, err) : nullptr;
+  return dir && ::fstatat(dir->get(), leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0;
+}
+
+bool download::same_size_here(const file& f) {
+  struct stat st {};
+  std::string leaf;
+  shared_dir dir;
+  return local_stat(f.jail, f.local, st, leaf, dir) && S_ISREG(st.st_mode) &&
+         static_cast<std::uint64_t>(st.st_size) == f.entry.size;
+}
+
+void download::fetch_remote_digests() {
+  // -c: only a file of the same size as ours can be the same: only those
+  // are hashed on the server, in bulk.
+  std::vector<file*> which;
+  std::vector<std::string> paths;
+  for (const auto& f : queue_) {
+    if (same_size_here(*f)) {
+      which.push_back(f.get());
+      paths.push_back(f->remote);
+    }
+  }
+  if (paths.empty()) return;
+  const auto sums = files_.digests(paths);
+  for (std::size_t i = 0; i < which.size() && i < sums.size(); ++i) which[i]->entry.xxh3 = sums[i];
+}
+
+void download::drop_unchanged() {
+  if (to_stdout_) return;
+  if (o_.checksum) fetch_remote_digests();
   std::erase_if(queue_, [&](const std::unique_ptr<file>& f) {
     struct stat st {};
     std::string leaf;
@@ -695,8 +718,12 @@ bool download::prepare(file& f) {
 void download::send_next() {
   // Requests go out in batches, queued and written together: refilling
   // the window one request per finished file cost a write per file.
-  if (waiting_.size() > window_gets / 2) return;
-  while (next_ < queue_.size() && waiting_.size() < window_gets) {
+  // A delta file whose get.end came but whose part is still being rebuilt
+  // counts too: its descriptors, reserved blocks and memory are held.
+  const std::size_t rebuilding = static_cast<std::size_t>(
+      std::count_if(rebuilding_.begin(), rebuilding_.end(), [](const file* f) { return f->delta->end.has_value(); }));
+  if (waiting_.size() + rebuilding > window_gets / 2) return;
+  while (next_ < queue_.size() && waiting_.size() + rebuilding < window_gets) {
     file& f = *queue_[next_++];
     if (!prepare(f)) {
       ++prog_.files_done;
@@ -743,13 +770,28 @@ void download::transfer() {
       file& f = **ready;
       rebuild_some(f, rebuild_slice);
       settle(f);
-      while (auto frame = c_->try_receive_streamed(stream, part)) on_frame(*frame);
+      // What has come meanwhile (a read ends inside a frame more often than
+      // not: a few reads, each of what the socket holds).
+      for (int reads = 0, frames = 0; reads < 16 && frames < 1024;) {
+        if (auto frame = c_->try_receive_streamed(stream, part)) {
+          on_frame(*frame);
+          ++frames;
+        } else {
+          ++reads;
+        }
+      }
       continue;
     }
     if (waiting_.empty()) {
       // Nothing more will come, and no part can grow: settle fails them.
-      for (file* f : std::vector<file*>(rebuilding_)) settle(*f);
-      if (!rebuilding_.empty()) break;  // (cannot happen: settle took them all)
+      for (file* f : std::vector<file*>(rebuilding_)) {
+        settle(*f);
+        if (std::erase(rebuilding_, f) > 0) {  // (settle finishes any that got their get.end)
+          ++prog_.files_done;
+          fail(*f, errc::integrity, f->shown + ": the download ended before the file was complete", true);
+          f->delta.reset(), f->fd.reset(), f->dir.reset();
+        }
+      }
       continue;
     }
     proto::frame frame = c_->receive_streamed(stream, part);
@@ -777,7 +819,11 @@ void download::on_frame(proto::frame& frame) {
     settle(f);
     return send_next();
   }
-  if (type == "get.file") {
+  std::erase(rebuilding_, &f);
+  if (type == "get.file" && f.delta && f.delta->offered) {
+    ++prog_.files_done;
+    fail(f, errc::integrity, f.shown + ": the server sent the whole file after offering a delta", true);
+  } else if (type == "get.file") {
     f.digest.reset();
     f.pos = 0;
     truncate_part(f);
@@ -792,12 +838,18 @@ void download::on_frame(proto::frame& frame) {
     fail(f, e.code().value_or(errc::io_error), f.remote + ": " + frame.header.value("message", e.what()),
          e.code() == errc::integrity);
     if (f.private_part && f.dir) ::unlinkat(f.dir->get(), f.part.c_str(), 0);
+  } else {
+    ++prog_.files_done;
+    fail(f, errc::integrity, f.shown + ": the server answered with '" + std::string(type) + "'", true);
   }
-  if (f.failed) f.drop_delta(), f.fd.reset(), f.dir.reset();
+  if (f.failed) f.delta.reset(), f.fd.reset(), f.dir.reset();
   send_next();
 }
 
 void download::on_begin(file& f, const proto::frame& frame) {
+  if (f.delta && f.delta->offered) {
+    return fail(f, errc::integrity, f.shown + ": the server began the download twice", true);
+  }
   const auto offset = frame.header.value("offset", std::uint64_t{0});
   if (offset != f.digest.bytes() || offset == 0) {
     // The server did not take our part (or there was none): start over,

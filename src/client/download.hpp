@@ -64,6 +64,12 @@ class download {
   /// -a: drops the files whose local copy has the same size, time and
   /// permission bits, and the links already there with the same target.
   void drop_unchanged();
+  bool local_stat(const util::dir_jail* jail, const std::string& local, struct stat& st, std::string& leaf,
+                  shared_dir& dir);
+  /// Whether the destination has a regular file of f's size where f goes.
+  bool same_size_here(const file& f);
+  /// -c: the server's digests of the files that may be the same as ours.
+  void fetch_remote_digests();
   /// -c: the XXH3-128 of the file `leaf` in `dir` ("" if it cannot be read whole).
   static std::string local_xxh3(int dir, const std::string& leaf, std::uint64_t size);
   /// -c -p: gives a file already there with the same content the server's
@@ -123,10 +129,15 @@ class download {
   /// A range's bytes, written where they go (digested when the part is
   /// complete up to there).
   void take_literal(file& f, std::string_view data);
+  /// Range bytes kept in memory, all files together (at most
+  /// delta_get::max_waiting).
+  std::size_t waiting_in_memory() const;
+  /// Range bytes that came too early for memory, into f's spill file; 0 or an errno.
+  int spill(file& f, std::string_view bytes, std::uint64_t at);
   /// Whether f's part can grow now (a copy, or bytes that came already).
   bool can_rebuild(file& f);
   /// Grows f's part in order by up to `budget` bytes: copies from our old
-  /// copy, and digests of the ranges written ahead.
+  /// copy, and range bytes that waited (in memory or the spill file).
   void rebuild_some(file& f, std::uint64_t budget);
   /// Finishes f once its part is complete and get.end came (or it failed).
   void settle(file& f);

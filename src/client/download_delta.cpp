@@ -6,11 +6,12 @@
 // the groups we lack, then for the ranges, and grow the part in order:
 // copies from our copy, a slice at a time between reads of the connection
 // (transfer()), and the ranges' bytes, written at once where the part
-// ends, else kept in memory until it gets there (16 MiB; past that written
-// ahead into the part and read back for the digest). The digest of the
-// whole decides, as for any download; the part is committed the same way,
-// and a part left behind is cut back to what was written in order, so that
-// it can be resumed.
+// ends, else kept in memory until it gets there (16 MiB for the whole
+// download; past that in an unnamed spill file, read back when the part
+// gets there). The part is only ever written in order, so a part left
+// behind (whatever stopped the client) is a prefix of the new file, which
+// the next run resumes. The digest of the whole decides, as for any
+// download; the part is committed the same way.
 //
 // A server is not trusted: its records are checked (sizes add up, counts
 // bounded) and anything unusable means asking for the whole file; data it
@@ -20,6 +21,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 
 #include "client/download_parts.hpp"
 #include "client/files_detail.hpp"
@@ -162,14 +164,10 @@ void download::take_literal(file& f, std::string_view data) {
     const std::string_view bytes = data.substr(0, n);
     if (at == f.pos) {
       write_data(f, bytes);  // where the part ends: written and digested at once
-    } else if (dg.spilled == 0 && dg.waiting.size() - dg.waiting_head + n <= delta_get::max_waiting) {
+    } else if (dg.spilled == 0 && waiting_in_memory() + n <= delta_get::max_waiting) {
       dg.waiting.append(bytes);  // until the copies before it are done
-    } else if (int e = util::pwrite_all(f.fd.get(), bytes.data(), n, at)) {
-      return fail(f, local_errc(e), local_message(e, f.shown), false);
-    } else {
-      dg.spilled += n;
-      dg.wrote_ahead = true;
-      prog_.bytes_done += n;
+    } else if (int e = spill(f, bytes, at)) {
+      return fail(f, local_errc(e), local_message(e, f.shown + " (a temporary file)"), false);
     }
     data.remove_prefix(n);
     dg.received += n;
@@ -182,8 +180,37 @@ void download::take_literal(file& f, std::string_view data) {
   }
 }
 
+std::size_t download::waiting_in_memory() const {
+  std::size_t n = 0;
+  for (const file* f : rebuilding_) {
+    if (f->delta) n += f->delta->waiting.size() - f->delta->waiting_head;
+  }
+  return n;
+}
+
+int download::spill(file& f, std::string_view bytes, std::uint64_t at) {
+  delta_get& dg = *f.delta;
+  if (!dg.spill) {
+    // Unnamed (gone when closed), beside the part, else in the temporary
+    // directory; sparse: each byte at its offset in the new file.
+    struct stat st {};
+    int fd = util::open_unnamed(f.dir->get(), 0600, st);
+    if (fd < 0) {
+      const char* tmp = std::getenv("TMPDIR");
+      util::unique_fd dir(::open(tmp && *tmp ? tmp : "/tmp", O_PATH | O_DIRECTORY | O_CLOEXEC));
+      fd = dir ? util::open_unnamed(dir.get(), 0600, st) : -errno;
+    }
+    if (fd < 0) return -fd;
+    dg.spill.reset(fd);
+  }
+  if (int e = util::pwrite_all(dg.spill.get(), bytes.data(), bytes.size(), at)) return e;
+  dg.spilled += bytes.size();
+  prog_.bytes_done += bytes.size();
+  return 0;
+}
+
 bool download::can_rebuild(file& f) {
-  if (f.failed || !f.delta) return false;
+  if (f.failed || !f.delta || !f.delta->asked) return false;
   delta_get& dg = *f.delta;
   while (dg.frontier < dg.steps.size() && f.pos >= dg.steps[dg.frontier].at + dg.steps[dg.frontier].length) {
     ++dg.frontier;
@@ -203,15 +230,15 @@ void download::rebuild_some(file& f, std::uint64_t budget) {
       n = std::min(n, dg.waiting.size() - dg.waiting_head);
       write_data(f, std::string_view(dg.waiting).substr(dg.waiting_head, n));
       dg.waiting_head += n;
-      if (dg.waiting_head == dg.waiting.size() || dg.waiting_head > dg.waiting.size() / 2) {
-        dg.waiting.erase(0, dg.waiting_head);
+      if (dg.waiting_head == dg.waiting.size() || dg.waiting_head > (1u << 20)) {
+        dg.waiting.erase(0, dg.waiting_head);  // (a memmove of what is left, at most every MiB)
         dg.waiting_head = 0;
       }
     } else {
-      // A copy reads our old copy; range bytes written ahead are read back
-      // from the part, for the digest.
+      // A copy reads our old copy; range bytes that waited in the spill
+      // file are read back from it.
       const bool copy = step.what == d::op::copy;
-      const long got = util::read_full(copy ? dg.basis.get() : f.fd.get(), copy_buffer_.data(), n,
+      const long got = util::read_full(copy ? dg.basis.get() : dg.spill.get(), copy_buffer_.data(), n,
                                        copy ? step.from + done : f.pos);
       if (got != static_cast<long>(n)) {
         const int e = got < 0 ? static_cast<int>(-got) : 0;
@@ -220,12 +247,11 @@ void download::rebuild_some(file& f, std::uint64_t budget) {
                       : f.shown + ": the old copy changed while it was being read; run the command again",
                     false);
       }
+      write_data(f, std::string_view(copy_buffer_.data(), n));
       if (copy) {
-        write_data(f, std::string_view(copy_buffer_.data(), n));
         dg.matched += n;
       } else {
-        f.digest.update(copy_buffer_.data(), n);
-        f.pos += n;
+        prog_.bytes_done -= n;  // (counted when it came)
         dg.spilled -= n;
       }
     }
@@ -235,6 +261,10 @@ void download::rebuild_some(file& f, std::uint64_t budget) {
 }
 
 void download::settle(file& f) {
+  if (!f.delta) {  // (over already)
+    std::erase(rebuilding_, &f);
+    return;
+  }
   delta_get& dg = *f.delta;
   if (!f.failed && !dg.end) return;  // more to come
   if (!f.failed && f.pos != dg.size) {
@@ -245,7 +275,7 @@ void download::settle(file& f) {
   if (!dg.end) return;  // (failed: its get.end or error is still to come)
   const json end = std::move(*dg.end);
   finish(f, end);
-  if (f.failed) f.drop_delta(), f.fd.reset(), f.dir.reset();
+  if (f.failed) f.delta.reset(), f.fd.reset(), f.dir.reset();
 }
 
 }  // namespace cskit::client

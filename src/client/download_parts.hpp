@@ -4,7 +4,6 @@
 // download_delta.cpp (rebuilding a file from an older local copy).
 
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include <deque>
 #include <memory>
@@ -48,10 +47,6 @@ struct download::file {
   std::unique_ptr<delta_get> delta;  // asked for "delta", or rebuilding from our old copy
   explicit file(bool sha);
   ~file();
-  /// Ends a delta (failed, or the file is left behind): the bytes of its
-  /// ranges written past the part's end are cut off, so that the part is
-  /// a prefix of the file again, which a later run can resume.
-  void drop_delta() noexcept;
   file(const file&) = delete;
   file& operator=(const file&) = delete;
   void release() noexcept {
@@ -93,14 +88,16 @@ struct download::delta_get {
   std::size_t receiving = 0;  // the range step the next bytes of data are for
   std::uint64_t received = 0;  // of it so far
   // Range bytes that came before the part reached them (copies before
-  // them still to do): kept in memory, up to max_waiting; past that,
-  // written ahead into the part (`spilled`, after those in memory) and
-  // read back for the digest when the part reaches them.
+  // them still to do): kept in memory, up to max_waiting for the whole
+  // download; past that, written to an unnamed file (`spill`, at their
+  // offsets in the new file) and read back when the part reaches them.
+  // The part itself is only ever written in order: whatever stops the
+  // client, it is a prefix of the new file, which a later run resumes.
   static constexpr std::size_t max_waiting = 16u << 20;
   std::string waiting;
   std::size_t waiting_head = 0;
-  std::uint64_t spilled = 0;
-  bool wrote_ahead = false;  // the part has bytes past its end
+  std::uint64_t spilled = 0;  // bytes in `spill`, after those in memory
+  util::unique_fd spill;
   std::optional<proto::json> end;  // get.end, come before the part was complete
   std::uint64_t matched = 0;       // bytes copied from the basis
 
@@ -113,13 +110,7 @@ struct download::delta_get {
 };
 
 inline download::file::file(bool sha) : digest(sha) {}
-inline download::file::~file() {
-  drop_delta();
-  release();
-}
-inline void download::file::drop_delta() noexcept {
-  if (delta && delta->wrote_ahead && fd) (void)::ftruncate(fd.get(), static_cast<off_t>(pos));
-  delta.reset();
-}
+// A part left behind (failure, lost connection) keeps only its data.
+inline download::file::~file() { release(); }
 
 }  // namespace cskit::client

@@ -179,6 +179,37 @@ remote_entry file_client::stat(const std::string& path) {
   return entry_from_json(f.header.at("entry"));
 }
 
+std::vector<std::string> file_client::digests(const std::vector<std::string>& paths) {
+  // All the batches at once (the server answers them in order, one
+  // hashing job after another), then their replies.
+  constexpr std::size_t batch = 1000;  // the server's max_digest_paths
+  std::vector<std::uint64_t> ids;
+  for (std::size_t at = 0; at < paths.size(); at += batch) {
+    const auto end = paths.begin() + static_cast<long>(std::min(paths.size(), at + batch));
+    ids.push_back(c_.next_id());
+    c_.queue({{"type", "fs.digest"}, {"id", ids.back()}, {"paths", std::vector<std::string>(paths.begin() + static_cast<long>(at), end)}});
+  }
+  c_.flush();
+  std::vector<std::string> out;
+  out.reserve(paths.size());
+  for (const auto id : ids) {
+    for (;;) {
+      proto::frame f = c_.receive();
+      if (f.id() != id) continue;
+      if (f.type() == proto::type::error) throw error_from_frame(f);
+      if (f.type() == "fs.digest.progress") continue;  // still hashing: the wait starts again
+      const auto it = f.header.find("xxh3");
+      const std::size_t want = std::min(batch, paths.size() - out.size());
+      if (it == f.header.end() || !it->is_array() || it->size() != want) {
+        throw client_error(failure::protocol, "fs.digest.reply: not one digest per path");
+      }
+      for (const auto& d : *it) out.push_back(d.is_string() ? d.get<std::string>() : std::string());
+      break;
+    }
+  }
+  return out;
+}
+
 std::vector<remote_entry> file_client::list(const std::string& path, bool recursive, bool digests) {
   const auto id = c_.next_id();
   json h = {{"type", "fs.list"}, {"id", id}, {"path", path}, {"recursive", recursive}, {"packed", true}};
@@ -781,8 +812,8 @@ class upload {
 
 namespace {
 
-// What the server holds at and below `tops` (with each file's digest).
-remote_tree remote_tree_at(file_client& fc, const std::vector<std::string>& tops, bool digests) {
+// What the server holds at and below `tops`.
+remote_tree remote_tree_at(file_client& fc, const std::vector<std::string>& tops) {
   // One stat per top, one listing per directory: the replies of a listing
   // stream in bulk, whatever the number of files.
   remote_tree there;
@@ -790,12 +821,10 @@ remote_tree remote_tree_at(file_client& fc, const std::vector<std::string>& tops
     auto e = fc.stat_if_exists(top);
     if (!e) continue;
     if (e->type == "dir") {
-      for (auto& x : fc.list(top, true, digests)) {
+      for (auto& x : fc.list(top, true, false)) {
         std::string path = join(top, x.name);
         there.insert_or_assign(std::move(path), std::move(x));
       }
-    } else if (e->type == "file" && digests) {
-      if (auto one = fc.list(top, false, true); one.size() == 1) e->xxh3 = one.front().xxh3;
     }
     there.insert_or_assign(top, std::move(*e));
   }
@@ -811,7 +840,13 @@ transfer_result file_client::put(const std::vector<std::string>& sources, const 
   put_plan plan = plan_put(sources, dest, o, r, [this](const std::string& path) { return stat_if_exists(path); });
   remote_tree there;
   if (o.skip_unchanged || o.checksum || o.dry_run || o.delete_extraneous) {
-    there = remote_tree_at(*this, plan.tops, o.checksum);
+    there = remote_tree_at(*this, plan.tops);
+  }
+  if (o.checksum) {
+    // Only a file of the same size can be the same: only those are hashed.
+    const auto paths = digest_candidates(plan, there);
+    const auto sums = digests(paths);
+    for (std::size_t i = 0; i < paths.size(); ++i) there.at(paths[i]).xxh3 = sums[i];
   }
   if (o.delete_extraneous) plan_deletions(plan, there, o.filter);
   if (o.skip_unchanged || o.checksum) drop_unchanged(plan, there, o, r, [this] { c_.keep_alive(); });

@@ -115,6 +115,9 @@ class remote_lister {
   /// Called while the client works on its own for a while (hashing local
   /// files): keeps the connection from looking idle.
   virtual void keep_alive() = 0;
+  /// The XXH3-128 of each of these files ("" for one that is not a
+  /// regular file or cannot be read whole), in bulk (fs.digest).
+  virtual std::vector<std::string> digests(const std::vector<std::string>& paths) = 0;
 };
 
 class file_client : public remote_lister {
@@ -127,6 +130,7 @@ class file_client : public remote_lister {
   /// With `digests` the server computes them first (fs.list.progress
   /// frames meanwhile).
   std::vector<remote_entry> list(const std::string& path, bool recursive, bool digests) override;
+  std::vector<std::string> digests(const std::vector<std::string>& paths) override;
   std::uint64_t last_list_skipped() const noexcept override { return last_list_skipped_; }
   void keep_alive() override;
   void mkdir(const std::string& path, bool parents);

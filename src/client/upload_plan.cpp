@@ -268,6 +268,18 @@ std::string local_xxh3(const put_item& it) {
 
 }  // namespace
 
+std::vector<std::string> digest_candidates(const put_plan& plan, const remote_tree& there) {
+  std::vector<std::string> out;
+  for (const auto& it : plan.items) {
+    const auto e = there.find(it.remote);
+    if (it.what == put_item::file && e != there.end() && e->second.type == "file" &&
+        e->second.size == static_cast<std::uint64_t>(it.st.st_size)) {
+      out.push_back(it.remote);
+    }
+  }
+  return out;
+}
+
 void drop_unchanged(put_plan& plan, const remote_tree& there, const transfer_options& o, transfer_result& r,
                     const std::function<void()>& keep_alive) {
   std::erase_if(plan.items, [&](const put_item& it) {

@@ -64,9 +64,14 @@ put_plan plan_put(const std::vector<std::string>& sources, const std::string& de
 /// the source still has).
 void plan_deletions(put_plan& plan, const remote_tree& there, const path_filter& filter);
 
+/// -c: the remote files whose digests can tell (those of the same size as
+/// the file that would replace them), to ask the server for.
+std::vector<std::string> digest_candidates(const put_plan& plan, const remote_tree& there);
+
 /// -a: drops the files whose remote counterpart is a file of the same size,
 /// modification time (rsync's quick check) and permission bits; with
-/// o.checksum, those of the same size and XXH3-128 instead (the local
+/// o.checksum, those of the same size and XXH3-128 (in `there`, from
+/// the digests of digest_candidates) instead (the local
 /// file is read; under -p one whose time or bits differ goes to
 /// plan.retouch). Counted in r.unchanged. Links already there with the
 /// same target are dropped too.

@@ -22,7 +22,7 @@ void register_file_service(server_context& ctx, service::file_share& share) {
   auto queued = [&share](request& r) {
     session_for(r, share).request(r.id, std::move(r.frame.header), std::move(r.frame.body));
   };
-  for (const char* type : {"get", "fs.stat", "fs.list"}) ctx.registry.add(type, "files", read, queued);
+  for (const char* type : {"get", "fs.stat", "fs.list", "fs.digest"}) ctx.registry.add(type, "files", read, queued);
   for (const char* type : {"put", "fs.mkdir", "fs.rm", "fs.mv", "fs.symlink", "fs.setattr"}) {
     ctx.registry.add(type, "files", write, queued);
   }

@@ -4,7 +4,8 @@
 
 namespace cskit::server {
 
-/// Registers the file requests: get, fs.stat and fs.list need `files-read`;
+/// Registers the file requests: get (and a delta get's get.chunks and
+/// get.ranges), fs.stat, fs.list and fs.digest need `files-read`;
 /// put, put.data, put.end, put.abort, fs.mkdir, fs.rm, fs.mv, fs.symlink and
 /// fs.setattr need `files-write`. `share` must outlive the server.
 void register_file_service(server_context& ctx, service::file_share& share);

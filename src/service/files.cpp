@@ -603,6 +603,8 @@ bool files_session::run(queued_request& q) {
       do_stat(q.id, q.header);
     } else if (type == "fs.list") {
       do_list(q.id, q.header);
+    } else if (type == "fs.digest") {
+      do_digest(q.id, q.header);
     } else if (type == "fs.mkdir") {
       do_mkdir(q.id, q.header);
     } else if (type == "fs.rm") {
@@ -774,16 +776,19 @@ struct files_session::digest_listing {
 
 namespace {
 
-// The XXH3-128 of a listed file, read in slices so that `cancelled` is
-// asked often; "" when it cannot be read whole as listed.
+// The XXH3-128 of a regular file, read in slices so that `cancelled` is
+// asked often; "" when it cannot be read whole (as `listed`, if given).
 template <class Cancelled>
-std::string digest_of(const util::dir_jail& jail, const std::string& path, std::uint64_t size, Cancelled cancelled) {
+std::string digest_of(const util::dir_jail& jail, const std::string& path, std::optional<std::uint64_t> listed,
+                      Cancelled cancelled) {
   constexpr std::uint64_t slice = 64u << 20;
   util::unique_fd fd(jail.open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK));  // a FIFO must not block
   struct stat st {};
-  if (!fd || ::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode) || static_cast<std::uint64_t>(st.st_size) != size) {
+  if (!fd || ::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode) ||
+      (listed && static_cast<std::uint64_t>(st.st_size) != *listed)) {
     return {};
   }
+  const auto size = static_cast<std::uint64_t>(st.st_size);
   util::content_digest d(false);
   for (std::uint64_t at = 0; at < size; at += slice) {
     if (cancelled() || util::hash_file_range(fd.get(), at, std::min(slice, size - at), d) != 0) return {};
@@ -792,6 +797,60 @@ std::string digest_of(const util::dir_jail& jail, const std::string& path, std::
 }
 
 }  // namespace
+
+// fs.digest: the digests of the files a client names.
+struct files_session::digest_request {
+  std::uint64_t id = 0;
+  std::vector<std::string> paths;  // share-relative, checked
+  std::vector<std::string> xxh3;   // filled on the hashing thread
+  std::atomic<std::size_t> hashed{0};
+};
+
+void files_session::do_digest(std::uint64_t id, const json& h) {
+  const auto paths = h.find("paths");
+  if (paths == h.end() || !paths->is_array() || paths->empty() || paths->size() > max_digest_paths) {
+    return error(id, errc::bad_request,
+                 "'paths' must be an array of 1 to " + std::to_string(max_digest_paths) + " paths");
+  }
+  auto work = std::make_shared<digest_request>();
+  work->id = id;
+  for (const auto& p : *paths) {
+    auto path = checked_path(id, json{{"path", p}}, "path");
+    if (!path) return;
+    work->paths.push_back(std::move(*path));
+  }
+  work->xxh3.resize(work->paths.size());
+  line_held_ = work;  // holds the request line (run()) until it is answered
+  const bool queued = share_.hash_in_background([work, &share = share_, w = weak_from_this(), ex = conn_.executor()] {
+    auto gone = [&] { return share.stopping() || w.expired(); };
+    for (std::size_t i = 0; i < work->paths.size() && !gone(); ++i) {
+      work->xxh3[i] = digest_of(share.jail(), work->paths[i], std::nullopt, gone);
+      work->hashed.fetch_add(1, std::memory_order_relaxed);
+    }
+    boost::asio::post(ex, [w, work] {
+      if (auto self = w.lock()) self->send_digests(*work);
+    });
+  });
+  if (!queued) {
+    line_held_.reset();
+    return error(id, errc::busy, "the server is computing too many digests; try again shortly");
+  }
+  report_progress(id, [this, request = std::weak_ptr(work)]() -> std::optional<json> {
+    auto work = request.lock();
+    if (!work || line_held_ != work) return std::nullopt;
+    return json{{"type", "fs.digest.progress"},
+                {"files_hashed", work->hashed.load(std::memory_order_relaxed)},
+                {"files", work->paths.size()}};
+  });
+}
+
+void files_session::send_digests(digest_request& work) {
+  reply(work.id, {{"type", "fs.digest.reply"}, {"xxh3", work.xxh3}});
+  if (line_held_.get() == &work) {
+    line_held_.reset();
+    pump();  // the requests that waited for it
+  }
+}
 
 void files_session::list_with_digests(std::shared_ptr<digest_listing> work) {
   if (work->files.empty()) return send_listing(*work);
@@ -2004,15 +2063,23 @@ void files_session::description_arrived(const basis_job& job, basis_batch batch)
     return stream_download();
   }
   // The lists are held for the client, which may still be reading its
-  // own copy (up to four times this file, 25 MB/s is slow): not for ever.
-  const auto deadline = std::chrono::seconds(60) + std::chrono::seconds(d.size / 25'000'000);
-  conn_.run_after(deadline, [w = weak_from_this(), id = d.id, serial = d.serial, deadline] {
+  // own copy (up to four times this file; 25 MB/s is slow): not for ever.
+  const auto allowed = std::chrono::seconds(60) + std::chrono::seconds(d.size / 25'000'000 * 4);
+  watch_ranges_deadline(d.id, d.serial, std::chrono::steady_clock::now() + allowed, allowed);
+}
+
+void files_session::watch_ranges_deadline(std::uint64_t id, std::uint64_t serial,
+                                          std::chrono::steady_clock::time_point until, std::chrono::seconds allowed) {
+  // Checked every few seconds rather than with one long timer, which would
+  // keep the connection's state alive that long after it closed.
+  conn_.run_after(std::chrono::seconds(5), [w = weak_from_this(), id, serial, until, allowed] {
     auto self = w.lock();
-    if (!self || !self->download_ || self->download_->id != id || self->download_->serial != serial ||
-        self->download_->ranges_given) {
+    if (!self || self->conn_.closing() || !self->download_ || self->download_->id != id ||
+        self->download_->serial != serial || self->download_->ranges_given) {
       return;
     }
-    self->finish_download(errc::bad_request, "no get.ranges within " + std::to_string(deadline.count()) +
+    if (std::chrono::steady_clock::now() < until) return self->watch_ranges_deadline(id, serial, until, allowed);
+    self->finish_download(errc::bad_request, "no get.ranges within " + std::to_string(allowed.count()) +
                                                  " s of the description (get.groups with done)");
   });
 }

@@ -55,6 +55,8 @@ struct files_options {
 
 /// Files up to this size may be sent in one frame (put with a body, get.file).
 inline constexpr std::uint64_t inline_file_max = 256 * 1024;
+/// Paths one fs.digest may name.
+inline constexpr std::size_t max_digest_paths = 1000;
 /// Body size of each get.data frame.
 inline constexpr std::size_t data_chunk = 4u << 20;
 
@@ -237,6 +239,10 @@ class files_session : public std::enable_shared_from_this<files_session> {
   struct digest_listing;
   void list_with_digests(std::shared_ptr<digest_listing> work);
   void report_progress(std::uint64_t id, std::function<std::optional<proto::json>()> frame);
+  /// fs.digest: whole-file digests of named files, on the hashing thread.
+  struct digest_request;
+  void do_digest(std::uint64_t id, const proto::json& h);
+  void send_digests(digest_request& work);
   void send_listing(digest_listing& work);
   void send_list_frame(std::uint64_t id, const proto::json& entries, bool done, std::size_t skipped, bool packed);
   void do_mkdir(std::uint64_t id, const proto::json& h);
@@ -289,6 +295,9 @@ class files_session : public std::enable_shared_from_this<files_session> {
   /// streaming it, if it may; the client then asks for ranges.
   bool offer_description(download& d);
   void description_arrived(const basis_job& job, basis_batch batch);
+  /// Ends the delta download `id` if its get.ranges has not come by `until`.
+  void watch_ranges_deadline(std::uint64_t id, std::uint64_t serial, std::chrono::steady_clock::time_point until,
+                             std::chrono::seconds allowed);
   /// The current download, if it is the delta download `id` (else answered or ignored).
   download* delta_download(std::uint64_t id, const char* what);
   void stream_download();

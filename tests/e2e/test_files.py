@@ -3575,6 +3575,38 @@ class Delta(FilesTestCase):
 
 
 
+class Digests(FilesTestCase):
+    """fs.digest: the XXH3-128 of named files, in bulk (what put -c and get -c ask for the files
+    whose sizes match)."""
+
+    def test_digests_of_named_files(self):
+        write_file(os.path.join(self.rshare, "a.bin"), b"hello\n")
+        os.makedirs(os.path.join(self.rshare, "sub"))
+        os.symlink("a.bin", os.path.join(self.rshare, "link"))
+        s, _ = wire.login(self.srv.port, TOKEN)
+        try:
+            names = ["a.bin", "sub", "missing", "link"]
+            s.sendall(wire.encode({"type": "fs.digest", "id": 1, "paths": [f"{self.rdir}/{n}" for n in names]}))
+            h, _ = wire.read_frame(s)
+            self.assertEqual(h["type"], "fs.digest.reply", h)
+            self.assertEqual(h["xxh3"], ["6bba86c7e069f56d5a10b435f1c8e49c", "", "", ""])
+            for rid, paths, code in ((2, [f"{self.rdir}/../x"], "bad_path"), (3, [], "bad_request"),
+                                     (4, ["a"] * 1001, "bad_request"), (5, [7], "bad_request")):
+                s.sendall(wire.encode({"type": "fs.digest", "id": rid, "paths": paths}))
+                h, _ = wire.read_frame(s)
+                self.assertEqual((h["type"], h["id"], h["code"]), ("error", rid, code), h)
+        finally:
+            s.close()
+        # -c: a file of another size is sent without being read on the server; one of the same
+        # size and content is not sent.
+        write_file(self.lp("a.bin"), b"hello\n")
+        write_file(self.lp("b.bin"), b"other content\n")
+        write_file(os.path.join(self.rshare, "b.bin"), b"old\n")
+        r = self.json_ok("put", "-c", self.lp("a.bin"), self.lp("b.bin"), self.rr())
+        self.assertEqual((r["files"], r["unchanged"]), (1, 1))
+        self.assertEqual(read_file(os.path.join(self.rshare, "b.bin")), b"other content\n")
+
+
 class DeltaGet(FilesTestCase):
     """get -a/-c rebuilds a changed large file from the local older copy and fetches only the ranges it
     lacks; the server checks every request, and the client every answer."""
@@ -3628,8 +3660,7 @@ class DeltaGet(FilesTestCase):
     def test_large_change_after_a_long_copy(self):
         """The client copies a long unchanged stretch a slice at a time and keeps reading the
         connection meanwhile: the bytes of the change after it wait in memory (16 MiB) and, past
-        that, are written ahead into the part and read back for the digest when the part reaches
-        them. (Reading nothing while copying would stall the server, which closes a connection
+        that, in an unnamed spill file, read back when the part reaches them. (Reading nothing while copying would stall the server, which closes a connection
         it cannot write to for 30 s.)"""
         remote = os.path.join(self.rshare, "big.bin")
         same = random_bytes(192 * MiB)

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "client/download.hpp"
+#include "util/digest.hpp"
 #include "util/file_io.hpp"
 #include "temp_dir.hpp"
 
@@ -76,6 +77,16 @@ class fake_server : public client::remote_lister {
   }
   std::uint64_t last_list_skipped() const noexcept override { return skipped; }
   void keep_alive() override { ++keep_alives; }
+  std::map<std::string, std::string> sums;  // path -> XXH3-128 (fs.digest)
+  std::vector<std::string> digested;        // what was asked for
+  std::vector<std::string> digests(const std::vector<std::string>& paths) override {
+    std::vector<std::string> out;
+    for (const auto& p : paths) {
+      digested.push_back(p);
+      out.push_back(sums.count(p) ? sums[p] : std::string());
+    }
+    return out;
+  }
 };
 
 class GetPlan : public ::testing::Test {
@@ -89,9 +100,10 @@ class GetPlan : public ::testing::Test {
   }
 
   client::transfer_result plan(const std::vector<std::string>& sources, bool archive = true, bool del = false,
-                               client::path_filter filter = {}) {
+                               client::path_filter filter = {}, bool checksum = false) {
     client::transfer_options o;
     o.recursive = o.preserve = o.skip_unchanged = archive;
+    o.checksum = checksum;
     o.recursive = true;
     o.dry_run = true;
     o.delete_extraneous = del;
@@ -142,6 +154,21 @@ TEST_F(GetPlan, ArchiveSkipsWhatIsThereWithTheSameSizeTimeAndBits) {
   EXPECT_EQ(steps(r), (std::map<std::string, planned_step::kind>{{"t/sub/b", planned_step::send}}));
   local_file("t/a", "abc", 1'700'000'000'000'000'000, 0600);  // other permission bits: sent
   EXPECT_EQ(steps(plan({"t"})).count("t/a"), 1u);
+}
+
+TEST_F(GetPlan, ChecksumAsksTheServerOnlyForFilesOfTheSameSize) {
+  local_file("t/a", "abc", 1);       // the same size, another time: its digest decides
+  local_file("t/sub/b", "1234", 1);  // another size: sent, no digest needed
+  util::content_digest abc(false);
+  abc.update("abc", 3);
+  server_.sums["t/a"] = abc.xxh3_hex();
+  auto r = plan({"t"}, false, false, {}, true);
+  EXPECT_EQ(server_.digested, (std::vector<std::string>{"t/a"}));
+  EXPECT_EQ(r.unchanged, 1u);
+  EXPECT_EQ(steps(r), (std::map<std::string, planned_step::kind>{{"t/sub/b", planned_step::send}}));
+  server_.sums["t/a"] = std::string(32, '0');  // other content
+  r = plan({"t"}, false, false, {}, true);
+  EXPECT_EQ(steps(r).count("t/a"), 1u);
 }
 
 TEST_F(GetPlan, DeletionsAreWhatTheListingDoesNotNameAndNotWhatIsExcluded) {

@@ -104,6 +104,22 @@ TEST_F(PutPlan, IntoAnExistingDirectory) {
   EXPECT_EQ(remote_items(p).at("backup/f"), put_item::file);
 }
 
+TEST_F(PutPlan, ChecksumAsksForTheDigestsOfFilesOfTheSameSizeOnly) {
+  server_["backup"] = dir();
+  const auto p = plan({src("t"), src("f")}, "backup");
+  auto file_of = [](std::uint64_t size) {
+    client::remote_entry e;
+    e.type = "file";
+    e.size = size;
+    return e;
+  };
+  client::remote_tree there;
+  there["backup/t/a"] = file_of(1);      // "a": the same size
+  there["backup/t/sub/b"] = file_of(2);  // another size
+  there["backup/f"] = dir();             // not a file
+  EXPECT_EQ(client::digest_candidates(p, there), (std::vector<std::string>{"backup/t/a"}));
+}
+
 TEST_F(PutPlan, AnUnfinishedCopyOfTheSameTreeIsContinued) {
   server_["new"] = dir(client::copy_mark(src("t")));
   const auto p = plan({src("t")}, "new");
