@@ -51,8 +51,8 @@ bool download::open_basis(file& f) {
   struct stat st {};
   if (!fd || ::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode) || st.st_size == 0) return false;
   const auto size = static_cast<std::uint64_t>(st.st_size);
-  if (size > std::max(f.entry.size / 4 > (~std::uint64_t{0} >> 4) ? ~std::uint64_t{0} : f.entry.size * 4,
-                      std::uint64_t{64} << 20)) {
+  const std::uint64_t four_times = f.entry.size > (~std::uint64_t{0} >> 2) ? ~std::uint64_t{0} : f.entry.size * 4;
+  if (size > std::max(four_times, std::uint64_t{64} << 20)) {
     return false;  // reading it would cost more than it could save
   }
   f.delta = std::make_unique<delta_get>();

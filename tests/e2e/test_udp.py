@@ -6,6 +6,7 @@ import os
 import random
 import re
 import shutil
+import select
 import socket
 import struct
 import subprocess
@@ -184,9 +185,20 @@ class EchoLimitsTest(unittest.TestCase):
             port = service_port(srv, "echo")
             ping = subprocess.Popen([BIN, "ping", "--udp", f"127.0.0.1:{port}", "-c", "20", "-i", "0.05",
                                      "-W", "0.3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            time.sleep(0.45)
+            # The server stops once a few replies came (not after a fixed time: a loaded machine,
+            # or the sanitizers, may take that long to start the client).
+            seen = b""
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and seen.count(b"bytes from") < 3:
+                ready, _, _ = select.select([ping.stdout], [], [], 1)
+                if ready:
+                    chunk = os.read(ping.stdout.fileno(), 65536)  # (unbuffered: select sees all there is)
+                    if not chunk:
+                        break
+                    seen += chunk
             srv.stop()
-            out, err = ping.communicate(timeout=30)
+            rest, err = ping.communicate(timeout=30)
+            out = seen.decode() + rest
         finally:
             srv.cleanup()
         self.assertEqual(ping.returncode, 8, out + err)
