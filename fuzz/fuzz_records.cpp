@@ -1,6 +1,6 @@
 // libFuzzer target for the binary records peers send about files (make
 // fuzz): packed listings (proto/listing) and delta transfer's group,
-// chunk and index records (util/delta). The first input byte picks the
+// chunk, index and range records (util/delta). The first input byte picks the
 // decoder, the rest is the body. Invariants: what decodes re-encodes to
 // the same bytes (listings: to a body that decodes to the same entries),
 // groups never reach past the size they describe, and each requested
@@ -69,16 +69,29 @@ void indices(std::string_view body) {
   for (std::size_t i = 0; i < got->size(); ++i) check((*got)[i] < 1000 && (i == 0 || (*got)[i - 1] < (*got)[i]));
 }
 
+void ranges(std::string_view body) {
+  constexpr std::uint64_t size = 1u << 30;
+  auto got = util::delta::decode_ranges(body, size);
+  if (!got) return;
+  check(util::delta::encode_ranges(*got) == body);
+  std::uint64_t end = 0;
+  for (const auto& r : *got) {
+    check(r.length > 0 && r.offset >= end && r.offset + r.length <= size);
+    end = r.offset + r.length;
+  }
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   if (size == 0) return 0;
   const std::string_view body(reinterpret_cast<const char*>(data) + 1, size - 1);
-  switch (data[0] % 4) {
+  switch (data[0] % 5) {
     case 0: listing(body); break;
     case 1: groups(body); break;
     case 2: chunks(body); break;
-    default: indices(body); break;
+    case 3: indices(body); break;
+    default: ranges(body); break;
   }
   return 0;
 }
