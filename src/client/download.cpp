@@ -721,7 +721,7 @@ void download::send_next() {
   // A delta file whose get.end came but whose part is still being rebuilt
   // counts too: its descriptors, reserved blocks and memory are held.
   const std::size_t rebuilding = static_cast<std::size_t>(
-      std::count_if(rebuilding_.begin(), rebuilding_.end(), [](const file* f) { return f->delta->end.has_value(); }));
+      std::count_if(rebuilding_.begin(), rebuilding_.end(), [](const file* f) { return f->delta && f->delta->end.has_value(); }));
   if (waiting_.size() + rebuilding > window_gets / 2) return;
   while (next_ < queue_.size() && waiting_.size() + rebuilding < window_gets) {
     file& f = *queue_[next_++];
@@ -770,6 +770,7 @@ void download::transfer() {
       file& f = **ready;
       rebuild_some(f, rebuild_slice);
       settle(f);
+      send_next();  // (a file done here frees a place in the window)
       // What has come meanwhile (a read ends inside a frame more often than
       // not: a few reads, each of what the socket holds).
       for (int reads = 0, frames = 0; reads < 16 && frames < 1024;) {
@@ -792,6 +793,7 @@ void download::transfer() {
           f->delta.reset(), f->fd.reset(), f->dir.reset();
         }
       }
+      send_next();
       continue;
     }
     proto::frame frame = c_->receive_streamed(stream, part);

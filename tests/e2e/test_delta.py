@@ -292,6 +292,34 @@ class DeltaGet(FilesTestCase):
         self.assertGreaterEqual(r["matched_bytes"], 192 * MiB - 256 * 1024)
         self.assert_same()
 
+    def test_a_tree_of_changed_files_both_ways(self):
+        """More changed files than the client keeps requests in flight (64): every one is
+        rebuilt from its old copy, whether its rebuild ends before or after its get.end."""
+        tree = os.path.join(self.rshare, "tree")
+        os.makedirs(tree)
+        names = [f"f{i:03d}.bin" for i in range(90)]
+        for n in names:
+            write_file(os.path.join(tree, n), random_bytes(512 * 1024))
+        self.json_ok("get", "-a", self.rr("tree"), self.lp())
+        for n in names:
+            with open(os.path.join(tree, n), "r+b") as f:
+                f.seek(300 * 1024)
+                f.write(random_bytes(1000))
+        r = self.json_ok("get", "-a", self.rr("tree"), self.lp())
+        self.assertEqual(r["files"], len(names))
+        self.assertGreater(r["matched_bytes"], len(names) * 256 * 1024)
+        for n in names:
+            self.assertEqual(read_file(self.lp("tree", n)), read_file(os.path.join(tree, n)), n)
+        self.assert_no_parts(self.local)
+        for n in names:  # and back
+            with open(self.lp("tree", n), "r+b") as f:
+                f.seek(100 * 1024)
+                f.write(random_bytes(1000))
+        r = self.json_ok("put", "-a", self.lp("tree"), self.rr())
+        self.assertEqual(r["files"], len(names))
+        for n in names:
+            self.assertEqual(read_file(self.lp("tree", n)), read_file(os.path.join(tree, n)), n)
+
     def test_interrupted_delta_download_resumes(self):
         remote = os.path.join(self.rshare, "big.bin")
         write_file(remote, random_bytes(64 * MiB))
