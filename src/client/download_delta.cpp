@@ -241,11 +241,12 @@ void download::rebuild_some(file& f, std::uint64_t budget) {
       const long got = util::read_full(copy ? dg.basis.get() : dg.spill.get(), copy_buffer_.data(), n,
                                        copy ? step.from + done : f.pos);
       if (got != static_cast<long>(n)) {
-        const int e = got < 0 ? static_cast<int>(-got) : 0;
-        return fail(f, e ? local_errc(e) : errc::changed,
-                    e ? local_message(e, f.shown)
-                      : f.shown + ": the old copy changed while it was being read; run the command again",
-                    false);
+        const int e = got < 0 ? static_cast<int>(-got) : EIO;
+        if (copy && got >= 0) {
+          return fail(f, errc::changed, f.shown + ": the old copy changed while it was being read; run the command again",
+                      false);
+        }
+        return fail(f, local_errc(e), local_message(e, f.shown + (copy ? " (the old copy)" : " (a temporary file)")), false);
       }
       write_data(f, std::string_view(copy_buffer_.data(), n));
       if (copy) {

@@ -1,5 +1,6 @@
 #include "service/files.hpp"
 
+#include <unordered_map>
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/file.h>
@@ -604,7 +605,7 @@ bool files_session::run(queued_request& q) {
     } else if (type == "fs.list") {
       do_list(q.id, q.header);
     } else if (type == "fs.digest") {
-      do_digest(q.id, q.header);
+      do_digest(q.id, q.body);
     } else if (type == "fs.mkdir") {
       do_mkdir(q.id, q.header);
     } else if (type == "fs.rm") {
@@ -806,15 +807,17 @@ struct files_session::digest_request {
   std::atomic<std::size_t> hashed{0};
 };
 
-void files_session::do_digest(std::uint64_t id, const json& h) {
-  const auto paths = h.find("paths");
-  if (paths == h.end() || !paths->is_array() || paths->empty() || paths->size() > max_digest_paths) {
+void files_session::do_digest(std::uint64_t id, const std::string& body) {
+  // The paths are the body (a JSON array): a header could not hold 1000
+  // long ones.
+  const json paths = json::parse(body, nullptr, false);
+  if (!paths.is_array() || paths.empty() || paths.size() > max_digest_paths) {
     return error(id, errc::bad_request,
-                 "'paths' must be an array of 1 to " + std::to_string(max_digest_paths) + " paths");
+                 "the body must be a JSON array of 1 to " + std::to_string(max_digest_paths) + " paths");
   }
   auto work = std::make_shared<digest_request>();
   work->id = id;
-  for (const auto& p : *paths) {
+  for (const auto& p : paths) {
     auto path = checked_path(id, json{{"path", p}}, "path");
     if (!path) return;
     work->paths.push_back(std::move(*path));
@@ -823,8 +826,11 @@ void files_session::do_digest(std::uint64_t id, const json& h) {
   line_held_ = work;  // holds the request line (run()) until it is answered
   const bool queued = share_.hash_in_background([work, &share = share_, w = weak_from_this(), ex = conn_.executor()] {
     auto gone = [&] { return share.stopping() || w.expired(); };
+    std::unordered_map<std::string, std::string> seen;  // a path named twice is read once
     for (std::size_t i = 0; i < work->paths.size() && !gone(); ++i) {
-      work->xxh3[i] = digest_of(share.jail(), work->paths[i], std::nullopt, gone);
+      auto [it, fresh] = seen.try_emplace(work->paths[i]);
+      if (fresh) it->second = digest_of(share.jail(), work->paths[i], std::nullopt, gone);
+      work->xxh3[i] = it->second;
       work->hashed.fetch_add(1, std::memory_order_relaxed);
     }
     boost::asio::post(ex, [w, work] {

@@ -241,7 +241,7 @@ class files_session : public std::enable_shared_from_this<files_session> {
   void report_progress(std::uint64_t id, std::function<std::optional<proto::json>()> frame);
   /// fs.digest: whole-file digests of named files, on the hashing thread.
   struct digest_request;
-  void do_digest(std::uint64_t id, const proto::json& h);
+  void do_digest(std::uint64_t id, const std::string& body);
   void send_digests(digest_request& work);
   void send_listing(digest_listing& work);
   void send_list_frame(std::uint64_t id, const proto::json& entries, bool done, std::size_t skipped, bool packed);

@@ -6,6 +6,7 @@ server that lies.
 Every wait is bounded; everything runs on 127.0.0.1 in temporary directories.
 """
 
+import json
 import os
 import struct
 import subprocess
@@ -206,14 +207,18 @@ class Digests(FilesTestCase):
         os.symlink("a.bin", os.path.join(self.rshare, "link"))
         s, _ = wire.login(self.srv.port, TOKEN)
         try:
-            names = ["a.bin", "sub", "missing", "link"]
-            s.sendall(wire.encode({"type": "fs.digest", "id": 1, "paths": [f"{self.rdir}/{n}" for n in names]}))
+            # 1000 long paths (more than a frame header could hold), one file named twice.
+            names = ["a.bin", "sub", "missing", "link", "a.bin"] + ["x" * 200] * 995
+            body = json.dumps([f"{self.rdir}/{n}" for n in names]).encode()
+            s.sendall(wire.encode({"type": "fs.digest", "id": 1}, body))
             h, _ = wire.read_frame(s)
             self.assertEqual(h["type"], "fs.digest.reply", h)
-            self.assertEqual(h["xxh3"], ["6bba86c7e069f56d5a10b435f1c8e49c", "", "", ""])
+            hello = "6bba86c7e069f56d5a10b435f1c8e49c"
+            self.assertEqual(h["xxh3"], [hello, "", "", "", hello] + [""] * 995)
             for rid, paths, code in ((2, [f"{self.rdir}/../x"], "bad_path"), (3, [], "bad_request"),
-                                     (4, ["a"] * 1001, "bad_request"), (5, [7], "bad_request")):
-                s.sendall(wire.encode({"type": "fs.digest", "id": rid, "paths": paths}))
+                                     (4, ["a"] * 1001, "bad_request"), (5, [7], "bad_request"),
+                                     (6, {"a": 1}, "bad_request")):
+                s.sendall(wire.encode({"type": "fs.digest", "id": rid}, json.dumps(paths).encode()))
                 h, _ = wire.read_frame(s)
                 self.assertEqual((h["type"], h["id"], h["code"]), ("error", rid, code), h)
         finally:
