@@ -834,7 +834,6 @@ void download::on_frame(proto::frame& frame) {
   } else if (type == "get.end") {
     finish(f, frame.header);
   } else if (type == proto::type::error) {
-    std::erase(rebuilding_, &f);
     auto e = error_from_frame(frame);
     ++prog_.files_done;
     fail(f, e.code().value_or(errc::io_error), f.remote + ": " + frame.header.value("message", e.what()),
