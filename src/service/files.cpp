@@ -2200,11 +2200,18 @@ void files_session::stream_download() {
   pump();
 }
 
-bool files_session::send_piece_read(download& d, std::uint64_t at, std::size_t n) {
-  // One buffer per loop thread: the piece is encrypted into the
-  // connection's output by send() before this returns.
+namespace {
+// One buffer per loop thread for the pieces of downloads read into memory:
+// each is encrypted into the connection's output by send() before the
+// next is read.
+char* download_buffer() {
   thread_local std::unique_ptr<char[]> buf(new char[tls_piece]);
-  const long got = util::read_full(d.fd.get(), buf.get(), n, at);
+  return buf.get();
+}
+}  // namespace
+
+bool files_session::read_piece(download& d, char* into, std::uint64_t at, std::size_t n) {
+  const long got = util::read_full(d.fd.get(), into, n, at);
   if (got < 0) {
     finish_download(errc_for_errno(static_cast<int>(-got)), errno_message(static_cast<int>(-got), "reading the file"));
     return false;
@@ -2213,8 +2220,14 @@ bool files_session::send_piece_read(download& d, std::uint64_t at, std::size_t n
     finish_download(errc::changed, "the file shrank while it was being sent");
     return false;
   }
-  d.digest.update(buf.get(), n);
-  conn_.send({{"type", "get.data"}, {"id", d.id}}, std::string_view(buf.get(), n));
+  return true;
+}
+
+bool files_session::send_piece_read(download& d, std::uint64_t at, std::size_t n) {
+  char* buf = download_buffer();
+  if (!read_piece(d, buf, at, n)) return false;
+  d.digest.update(buf, n);
+  conn_.send({{"type", "get.data"}, {"id", d.id}}, std::string_view(buf, n));
   return true;
 }
 
@@ -2223,23 +2236,15 @@ bool files_session::send_ranges_read(download& d) {
   // however small they are (a frame per range would cost a frame header,
   // and without TLS a descriptor for sendfile, per range); a bounded
   // number of reads per frame keeps each turn of the loop short.
-  thread_local std::unique_ptr<char[]> buf(new char[tls_piece]);
+  char* buf = download_buffer();
   std::size_t filled = 0;
   for (int reads = 0; filled < tls_piece && d.more() && reads < 1024; ++reads) {
     const auto [at, n] = d.next_piece(tls_piece - filled);
-    const long got = util::read_full(d.fd.get(), buf.get() + filled, n, at);
-    if (got < 0) {
-      finish_download(errc_for_errno(static_cast<int>(-got)), errno_message(static_cast<int>(-got), "reading the file"));
-      return false;
-    }
-    if (static_cast<std::size_t>(got) != n) {
-      finish_download(errc::changed, "the file shrank while it was being sent");
-      return false;
-    }
+    if (!read_piece(d, buf + filled, at, n)) return false;
     filled += n;
     d.advance(n);
   }
-  conn_.send({{"type", "get.data"}, {"id", d.id}}, std::string_view(buf.get(), filled));
+  conn_.send({{"type", "get.data"}, {"id", d.id}}, std::string_view(buf, filled));
   return true;
 }
 

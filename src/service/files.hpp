@@ -220,6 +220,9 @@ class files_session : public std::enable_shared_from_this<files_session> {
   /// TLS in user space: reads the next piece of a download, digests it and
   /// sends it. False when the download ended with an error.
   bool send_piece_read(download& d, std::uint64_t at, std::size_t n);
+  /// Reads n bytes of the download's file at `at`; false (and the download
+  /// ended with an error) when it cannot be read as that long.
+  bool read_piece(download& d, char* into, std::uint64_t at, std::size_t n);
   /// A delta download's ranges: as many as fill a frame, read and sent.
   bool send_ranges_read(download& d);
   void error(std::uint64_t id, proto::errc code, std::string_view message);
