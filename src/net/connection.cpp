@@ -73,6 +73,13 @@ char* thread_plain_buffer() {
 bool frame_handler::on_header(connection&, const proto::json&) { return false; }
 void frame_handler::on_body_part(connection&, std::string_view) {}
 
+void frame_handler::on_line(connection&, std::string_view) {}
+void frame_handler::on_line_too_long(connection&) {}
+void frame_handler::encode_failure(std::string& out, const proto::json& error) {
+  (void)proto::encode_frame(out, error, {});
+}
+void frame_handler::send_ping(connection& c) { c.send({{"type", "ping"}}); }
+
 void frame_handler::on_shutdown(connection& c, std::chrono::milliseconds grace) {
   c.send({{"type", "bye"}, {"code", "shutting_down"}, {"message", "server is shutting down"}});
   c.close_after_flush("server shutdown", grace);
@@ -145,6 +152,7 @@ void connection::start(std::function<void(connection&)> on_finished) {
   socket_.set_option(tcp::no_delay(true), ec);
   opened_ = last_activity_ = clock::now();
   decoder_.report_headers(true);  // lets the handler stream bulk bodies
+  line_limit_ = handler_->line_limit();
   running_ = 1;  // the reader
   if (tls_context_) {
     // The handler hears of the connection once the TLS handshake is
@@ -310,6 +318,12 @@ bool connection::send_shared(std::shared_ptr<const std::string> frame) {
   if (state_ != state::open || tls_handshaking() || !frame || frame->empty()) return false;
   shared_bytes_queued_ += frame->size();
   segments_.push_back({pending_.size(), std::move(frame)});
+  return queued();
+}
+
+bool connection::send_raw(std::string_view bytes) {
+  if (state_ != state::open || tls_handshaking()) return false;
+  pending_.append(bytes);
   return queued();
 }
 
@@ -562,7 +576,7 @@ void connection::fail(proto::errc code, std::string_view message, std::optional<
     if (delayed_error_at_ < watchdog_armed_for_) wake(watchdog_timer_);
     return;
   }
-  (void)proto::encode_frame(pending_, err, {});
+  handler_->encode_failure(pending_, err);
   close_after_flush(proto::to_wire(code));
 }
 
@@ -613,7 +627,37 @@ void connection::begin_shutdown(std::chrono::milliseconds grace) {
   handler_->on_shutdown(*this, grace);
 }
 
+void connection::process_lines(std::string_view in) {
+  const auto now = clock::now();
+  while (!in.empty() && state_ == state::open && !delayed_error_) {
+    if (line_.empty() && !skipping_line_) frame_started_ = now;
+    const auto lf = in.find('\n');
+    const std::string_view piece = in.substr(0, lf);
+    in.remove_prefix(lf == std::string_view::npos ? in.size() : lf + 1);
+    if (!skipping_line_) {
+      if (line_.size() + piece.size() > line_limit_) {
+        line_.clear();
+        skipping_line_ = true;
+        handler_->on_line_too_long(*this);
+      } else {
+        line_.append(piece);
+      }
+    }
+    if (lf == std::string_view::npos) return;  // the rest comes later
+    last_activity_ = now;
+    if (skipping_line_) {
+      skipping_line_ = false;
+      continue;
+    }
+    std::string line = std::move(line_);
+    line_.clear();
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    handler_->on_line(*this, line);
+  }
+}
+
 void connection::process(std::string_view in) {
+  if (line_limit_ > 0) return process_lines(in);
   const auto now = clock::now();
   proto::frame f;
   using st = proto::frame_decoder::status;
@@ -960,7 +1004,7 @@ void connection::act_on(due what) {
       case due::delayed_error: {
         auto err = std::move(*delayed_error_);
         delayed_error_.reset();
-        (void)proto::encode_frame(pending_, err, {});
+        handler_->encode_failure(pending_, err);
         close_after_flush(err.value("code", "error"));
         break;
       }
@@ -971,7 +1015,7 @@ void connection::act_on(due what) {
         break;
       case due::ping:
         pinged_for_ = last_activity_;
-        send({{"type", "ping"}});
+        handler_->send_ping(*this);
         break;
       case due::ping_timeout:
         spdlog::info("connection {}: silent for {} ms, no answer to ping; closing", peer_, keepalive_drop_.count());

@@ -100,6 +100,21 @@ class frame_handler {
   virtual void on_shutdown(connection& c, std::chrono::milliseconds grace);
   /// Called exactly once, after the socket is closed.
   virtual void on_close(connection& c, std::string_view reason) = 0;
+
+  // A line protocol (IRC) instead of frames: when line_limit() is not 0,
+  // the connection splits what it reads at LF (a CR before it is dropped)
+  // and hands each line to on_line; a line longer than line_limit() bytes
+  // is discarded up to its LF and reported by on_line_too_long. A partial
+  // line is a frame in progress for the frame deadline.
+  virtual std::size_t line_limit() const { return 0; }
+  virtual void on_line(connection& c, std::string_view line);
+  virtual void on_line_too_long(connection& c);
+  /// What the connection says in its protocol when it gives up on the peer
+  /// (a deadline, an error) just before closing. Default: the cskit
+  /// `error` frame `error`.
+  virtual void encode_failure(std::string& out, const proto::json& error);
+  /// The keepalive ping (set_keepalive). Default: a cskit `ping` frame.
+  virtual void send_ping(connection& c);
 };
 
 class connection : public std::enable_shared_from_this<connection> {
@@ -128,6 +143,8 @@ class connection : public std::enable_shared_from_this<connection> {
   /// `frame` alive until it is written, and never copies it. Same rules as
   /// send().
   bool send_shared(std::shared_ptr<const std::string> frame);
+  /// Queues bytes as they are (a line protocol's output). Same rules as send().
+  bool send_raw(std::string_view bytes);
   /// Queues a frame whose body is `length` bytes of the open file `fd`
   /// from `offset`, sent with sendfile (no copy through user space). `fd`
   /// is duplicated, so the caller may close its own. Should the file
@@ -232,6 +249,12 @@ class connection : public std::enable_shared_from_this<connection> {
   std::string peer_;          // ip:port
 
   proto::frame_decoder decoder_;
+  // Line mode (frame_handler::line_limit): the partial line read so far,
+  // and whether the rest of an over-long line is being skipped.
+  std::size_t line_limit_ = 0;
+  std::string line_;
+  bool skipping_line_ = false;
+  void process_lines(std::string_view bytes);
   state state_ = state::open;
   bool authenticated_ = false;
   admission_slot admission_;
@@ -296,7 +319,9 @@ class connection : public std::enable_shared_from_this<connection> {
   std::unique_ptr<tls::channel> tls_;
   bool close_notify_sent_ = false;
   bool tls_partial_ = false;  // part of a TLS record waits for the rest (frame deadline)
-  bool mid_frame() const noexcept { return decoder_.mid_frame() || tls_partial_; }
+  bool mid_frame() const noexcept {
+    return decoder_.mid_frame() || tls_partial_ || !line_.empty() || skipping_line_;
+  }
   /// TLS and the kernel does not encrypt: records are made in user space.
   bool encrypts_writes() const noexcept;
   std::size_t tls_output_bytes() const noexcept;

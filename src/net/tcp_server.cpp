@@ -41,13 +41,22 @@ struct tcp_server::impl {
     std::unordered_map<connection*, std::shared_ptr<connection>> connections;
   };
 
+  // A listening socket and what its connections speak: the primary one
+  // (options.port, `factory`, options.tls) and any added by add_listener.
+  struct listener {
+    explicit listener(asio::io_context& ioc) : acceptor(ioc) {}
+    tcp::acceptor acceptor;
+    handler_factory factory;
+    std::shared_ptr<const tls::context> tls;
+    refusal_encoder refusal;  // null: a cskit error frame
+  };
+
   server_options options;
-  handler_factory factory;
   // Declared before `loops`: the connections on them give their slots back
   // when they are destroyed.
   admission logins;
   std::vector<std::unique_ptr<loop>> loops;
-  tcp::acceptor acceptor;
+  std::vector<std::unique_ptr<listener>> listeners;  // [0]: the primary
   asio::signal_set signals;
   std::atomic<std::size_t> live{0};
   bool stopping = false;  // loop 0 only
@@ -63,11 +72,13 @@ struct tcp_server::impl {
 
   impl(server_options o, handler_factory f)
       : options(std::move(o)),
-        factory(std::move(f)),
         logins(options.max_unauthenticated, options.max_unauthenticated_per_source),
         loops(make_loops(options.threads)),
-        acceptor(loops[0]->ioc),
-        signals(loops[0]->ioc, SIGINT, SIGTERM) {}
+        signals(loops[0]->ioc, SIGINT, SIGTERM) {
+    auto& primary = *listeners.emplace_back(std::make_unique<listener>(loops[0]->ioc));
+    primary.factory = std::move(f);
+    primary.tls = options.tls;
+  }
 
   static std::vector<std::unique_ptr<loop>> make_loops(unsigned n) {
     std::vector<std::unique_ptr<loop>> v;
@@ -81,13 +92,14 @@ struct tcp_server::impl {
   static constexpr std::size_t max_lingering = 64;
   std::atomic<std::size_t> lingering{0};
 
-  void reject(tcp::socket s, proto::errc code, std::string_view message = {}) {
+  void reject(const listener& via, tcp::socket s, proto::errc code, std::string_view message = {}) {
     // Best effort, never blocks: the socket is fresh, so its send buffer has
     // room. The frame is cleartext even when the server speaks TLS: a
     // client shows it as sent before TLS, unauthenticated.
     error_code ec;
     s.non_blocking(true, ec);
-    std::string bytes = proto::encode_frame(proto::make_error(code, message));
+    const std::string text(message.empty() ? proto::default_message(code) : message);
+    std::string bytes = via.refusal ? via.refusal(text) : proto::encode_frame(proto::make_error(code, message));
     s.send(asio::buffer(bytes), 0, ec);
     s.shutdown(tcp::socket::shutdown_send, ec);
     if (lingering >= max_lingering) {
@@ -139,7 +151,7 @@ struct tcp_server::impl {
   }
 
   // A slot among the connections not logged in yet, or the refusal.
-  bool admit(tcp::socket& s, admission_slot& slot) {
+  bool admit(const listener& via, tcp::socket& s, admission_slot& slot) {
     error_code ec;
     const auto ep = s.remote_endpoint(ec);
     const source_key key = source_key::of(ec ? std::string() : ep.address().to_string());
@@ -148,20 +160,20 @@ struct tcp_server::impl {
       case admission::verdict::source_full:
         log_refusal(fmt::format("{} already has {} connections that have not logged in", key.describe(),
                                 options.max_unauthenticated_per_source));
-        reject(std::move(s), proto::errc::too_many_connections,
+        reject(via, std::move(s), proto::errc::too_many_connections,
                "too many connections from your address have not logged in yet; try again later");
         return false;
       case admission::verdict::total_full:
         log_refusal(fmt::format("{} connections have not logged in", options.max_unauthenticated));
-        reject(std::move(s), proto::errc::too_many_connections,
+        reject(via, std::move(s), proto::errc::too_many_connections,
                "too many connections have not logged in yet; try again later");
         return false;
     }
     return false;
   }
 
-  void adopt(loop& l, tcp::socket s, admission_slot slot) {
-    auto c = std::make_shared<connection>(std::move(s), options.limits, factory(), &l.flush, options.tls);
+  void adopt(const listener& via, loop& l, tcp::socket s, admission_slot slot) {
+    auto c = std::make_shared<connection>(std::move(s), options.limits, via.factory(), &l.flush, via.tls);
     c->hold_admission(std::move(slot));
     l.connections.emplace(c.get(), c);
     c->start([this, &l](connection& done) {
@@ -170,8 +182,9 @@ struct tcp_server::impl {
     });
   }
 
-  asio::awaitable<void> accept_loop() {
+  asio::awaitable<void> accept_loop(listener& via) {
     error_code ec;
+    auto& acceptor = via.acceptor;
     while (!stopping) {
       loop& target = *loops[next_loop++ % loops.size()];
       tcp::socket s = co_await acceptor.async_accept(target.ioc, asio::redirect_error(asio::use_awaitable, ec));
@@ -188,14 +201,14 @@ struct tcp_server::impl {
       }
       if (live.load(std::memory_order_relaxed) >= options.max_connections) {
         log_refusal(fmt::format("the limit of {} connections is reached", options.max_connections));
-        reject(std::move(s), proto::errc::too_many_connections);
+        reject(via, std::move(s), proto::errc::too_many_connections);
         continue;
       }
       admission_slot slot;
-      if (!admit(s, slot)) continue;
+      if (!admit(via, s, slot)) continue;
       live.fetch_add(1, std::memory_order_relaxed);
-      asio::post(target.ioc, [this, &target, s = std::move(s), slot = std::move(slot)]() mutable {
-        adopt(target, std::move(s), std::move(slot));
+      asio::post(target.ioc, [this, &via, &target, s = std::move(s), slot = std::move(slot)]() mutable {
+        adopt(via, target, std::move(s), std::move(slot));
       });
     }
   }
@@ -205,7 +218,7 @@ struct tcp_server::impl {
     stopping = true;
     spdlog::info("shutting down: no new connections; {} open, grace {} ms", live.load(), options.grace.count());
     error_code ec;
-    acceptor.close(ec);
+    for (auto& l : listeners) l->acceptor.close(ec);
     signals.cancel(ec);
     for (auto& [l, u] : udp_endpoints) asio::post(l->ioc, [u = u.get()] { u->stop(); });
     for (auto& [l, e] : echo_listeners) asio::post(l->ioc, [e = e.get()] { e->stop(); });
@@ -254,13 +267,12 @@ tcp_server::tcp_server(server_options options, handler_factory factory)
 
 tcp_server::~tcp_server() = default;
 
-void tcp_server::listen() {
-  auto& o = impl_->options;
+namespace {
+void bind_acceptor(tcp::acceptor& a, const std::string& host, std::uint16_t port) {
   error_code ec;
-  auto addr = asio::ip::make_address(o.host, ec);
-  if (ec) throw std::system_error(ec, "invalid listen address '" + o.host + "' (give an IP address)");
-  tcp::endpoint ep(addr, o.port);
-  auto& a = impl_->acceptor;
+  auto addr = asio::ip::make_address(host, ec);
+  if (ec) throw std::system_error(ec, "invalid listen address '" + host + "' (give an IP address)");
+  tcp::endpoint ep(addr, port);
   a.open(ep.protocol(), ec);
   if (ec) throw std::system_error(ec, "cannot open socket");
   a.set_option(tcp::acceptor::reuse_address(true), ec);
@@ -270,10 +282,29 @@ void tcp_server::listen() {
   a.listen(asio::socket_base::max_listen_connections, ec);
   if (ec) throw std::system_error(ec, "cannot listen on " + format_address(ep));
 }
+}  // namespace
 
-std::uint16_t tcp_server::local_port() const { return impl_->acceptor.local_endpoint().port(); }
+void tcp_server::listen() {
+  bind_acceptor(impl_->listeners[0]->acceptor, impl_->options.host, impl_->options.port);
+}
 
-std::string tcp_server::local_address() const { return format_address(impl_->acceptor.local_endpoint()); }
+std::uint16_t tcp_server::local_port() const { return impl_->listeners[0]->acceptor.local_endpoint().port(); }
+
+std::string tcp_server::local_address() const {
+  return format_address(impl_->listeners[0]->acceptor.local_endpoint());
+}
+
+std::string tcp_server::add_listener(const std::string& host, std::uint16_t port, handler_factory factory,
+                                     std::shared_ptr<const tls::context> tls, refusal_encoder refusal) {
+  auto l = std::make_unique<impl::listener>(impl_->loops[0]->ioc);
+  bind_acceptor(l->acceptor, host, port);
+  l->factory = std::move(factory);
+  l->tls = std::move(tls);
+  l->refusal = std::move(refusal);
+  std::string address = format_address(l->acceptor.local_endpoint());
+  impl_->listeners.push_back(std::move(l));
+  return address;
+}
 
 std::string tcp_server::add_udp(const std::string& host, std::uint16_t port, const udp_options& options,
                                 std::shared_ptr<datagram_handler> handler) {
@@ -331,14 +362,16 @@ void tcp_server::run() {
     spdlog::info("received {}", signo == SIGINT ? "SIGINT" : "SIGTERM");
     im.begin_shutdown();
   });
-  asio::co_spawn(im.loops[0]->ioc, im.accept_loop(), [](std::exception_ptr e) {
-    if (!e) return;
-    try {
-      std::rethrow_exception(e);
-    } catch (const std::exception& ex) {
-      spdlog::critical("accept loop failed: {}", ex.what());
-    }
-  });
+  for (auto& l : im.listeners) {
+    asio::co_spawn(im.loops[0]->ioc, im.accept_loop(*l), [](std::exception_ptr e) {
+      if (!e) return;
+      try {
+        std::rethrow_exception(e);
+      } catch (const std::exception& ex) {
+        spdlog::critical("accept loop failed: {}", ex.what());
+      }
+    });
+  }
   std::vector<std::thread> threads;
   for (std::size_t i = 1; i < im.loops.size(); ++i) {
     threads.emplace_back([&l = *im.loops[i]] { l.ioc.run(); });

@@ -34,6 +34,9 @@ struct server_options {
 class tcp_server {
  public:
   using handler_factory = std::function<std::unique_ptr<frame_handler>()>;
+  /// The bytes a listener sends to a connection it refuses (too many
+  /// connections), given the reason; null: a cskit `error` frame.
+  using refusal_encoder = std::function<std::string(const std::string& reason)>;
 
   tcp_server(server_options options, handler_factory factory);
   ~tcp_server();
@@ -45,6 +48,13 @@ class tcp_server {
   /// The bound address, e.g. "127.0.0.1:7701" (valid after listen()).
   std::string local_address() const;
   std::uint16_t local_port() const;
+
+  /// Another listening socket, served by the same event loops, limits and
+  /// admission as the primary one, whose connections get handlers from
+  /// `factory` and TLS from `tls` (null: cleartext). Call before run().
+  /// Returns the bound address. Throws std::system_error.
+  std::string add_listener(const std::string& host, std::uint16_t port, handler_factory factory,
+                           std::shared_ptr<const tls::context> tls, refusal_encoder refusal);
 
   /// Serves datagrams on HOST:PORT (port 0: any free port) with `handler`,
   /// on one of the event loops, until shutdown. Call before run(). Returns
