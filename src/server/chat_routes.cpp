@@ -6,7 +6,7 @@ namespace cskit::server {
 
 void register_chat_service(server_context& ctx, service::chat_hub& hub) {
   for (const char* type : {"chat.hello", "chat.join", "chat.part", "chat.say", "chat.msg", "chat.who", "chat.rooms",
-                           "chat.topic", "chat.nick", "chat.quit"}) {
+                           "chat.topic", "chat.nick", "chat.away", "chat.whois", "chat.quit"}) {
     ctx.registry.add(type, "chat", proto::permission::chat, [&hub](request& r) {
       if (!hub.options().enabled) {
         r.error(proto::errc::not_allowed, "chat is disabled on this server (its config has [chat] enabled = false)");

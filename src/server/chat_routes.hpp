@@ -1,6 +1,6 @@
 #pragma once
 #include "server/session.hpp"
-#include "service/chat.hpp"
+#include "service/chat_client.hpp"
 
 namespace cskit::server {
 

@@ -5,26 +5,12 @@
 #include <spdlog/spdlog.h>
 
 #include "net/connection.hpp"
-#include "proto/messages.hpp"
 #include "proto/utf8.hpp"
 #include "util/clock.hpp"
 
 namespace cskit::service {
 
 using proto::errc;
-using proto::json;
-
-struct chat_member {
-  std::weak_ptr<net::connection> conn;
-  chat_mailbox* mailbox = nullptr;  ///< its event loop's; owned by the hub
-  std::string peer;
-  std::string nick;  ///< empty until chat.hello
-  std::string skeleton;  ///< nick_skeleton(nick)
-  std::string account;   ///< the account it logged in as
-  std::set<std::string> rooms;
-  double tokens = 0;
-  std::int64_t refilled_ns = 0;
-};
 
 namespace {
 
@@ -43,16 +29,14 @@ std::string lower(std::string s) {
   return s;
 }
 
-std::string room_key(std::string room) {
-  if (!room.empty() && room[0] == '#') room.erase(0, 1);
-  return lower(room);
+chat_refusal refusal(errc code, std::string message) {
+  chat_refusal r;
+  r.code = code;
+  r.message = std::move(message);
+  return r;
 }
 
-std::shared_ptr<const std::string> encode(const json& header, std::string_view body = {}) {
-  auto s = std::make_shared<std::string>();
-  proto::encode_frame(*s, header, body);
-  return s;
-}
+const char* const room_rule = "a room name is 1-64 letters, digits, '-', '_' or '.', optionally after '#'";
 
 }  // namespace
 
@@ -63,28 +47,54 @@ bool valid_room(const std::string& r) {
   return r.size() > from && r.size() - from <= 64 && name_chars(r, from);
 }
 
-// ------------------------------------------------------------------ hub
+std::string room_key(std::string room) {
+  if (!room.empty() && room[0] == '#') room.erase(0, 1);
+  return lower(room);
+}
 
-chat_hub::chat_hub(chat_options o) : options_(std::move(o)) {}
-chat_hub::~chat_hub() = default;
+// ------------------------------------------------------------------ delivery
 
 namespace {
-// Queues one encoded frame to one receiver, on the receiver's loop.
-void send_to(const std::weak_ptr<net::connection>& w, const std::shared_ptr<const std::string>& frame,
-             std::size_t limit) {
-  auto c = w.lock();
+// Queues one encoded event to one receiver, on the receiver's loop.
+void send_to(const chat_receiver& r, const std::shared_ptr<const std::string>& bytes, std::size_t limit) {
+  auto c = r.conn.lock();
   if (!c || c->closing()) return;
-  if (c->queued_bytes() + frame->size() > limit) {
+  if (c->queued_bytes() + bytes->size() > limit) {
     spdlog::warn("chat: {} is not reading (over {} bytes queued); disconnecting", c->peer(), limit);
     c->close_now("too slow: chat send queue full");
     return;
   }
-  c->send_shared(frame);
+  c->send_shared(bytes);
 }
+
+// An event's encodings on one loop: one per (codec, variant, own), made
+// when the first receiver of that kind needs it.
+class encodings {
+ public:
+  explicit encodings(const chat_event& e) : e_(e) {}
+  const std::shared_ptr<const std::string>* get(const chat_receiver& r) {
+    const bool own = r.member == e_.sender;
+    for (const auto& x : made_) {
+      if (x.codec == r.codec && x.variant == r.variant && x.own == own) return x.bytes ? &x.bytes : nullptr;
+    }
+    auto& x = made_.emplace_back(entry{r.codec, r.variant, own, r.codec->encode(e_, r.variant, own)});
+    return x.bytes ? &x.bytes : nullptr;
+  }
+
+ private:
+  struct entry {
+    const chat_codec* codec;
+    unsigned variant;
+    bool own;
+    std::shared_ptr<const std::string> bytes;
+  };
+  const chat_event& e_;
+  std::vector<entry> made_;
+};
 }  // namespace
 
 struct receivers_by_loop {
-  std::vector<std::pair<chat_mailbox*, std::vector<std::weak_ptr<net::connection>>>> loops;
+  std::vector<std::pair<chat_mailbox*, std::vector<std::shared_ptr<const chat_receiver>>>> loops;
 };
 
 // One per event loop. Deliveries are appended under the hub's mutex, so
@@ -98,11 +108,11 @@ class chat_mailbox : public std::enable_shared_from_this<chat_mailbox> {
   chat_mailbox(boost::asio::any_io_executor ex, std::size_t limit) : executor(std::move(ex)), limit_(limit) {}
   const boost::asio::any_io_executor executor;
 
-  /// `frame` to the receivers `list->loops[index]` (a room), or to `one`.
-  void push(std::shared_ptr<const receivers_by_loop> list, std::uint32_t index, std::weak_ptr<net::connection> one,
-            std::shared_ptr<const std::string> frame) {
+  /// `e` to the receivers `list->loops[index]` (a room), or to `one`.
+  void push(std::shared_ptr<const receivers_by_loop> list, std::uint32_t index,
+            std::shared_ptr<const chat_receiver> one, std::shared_ptr<const chat_event> e) {
     std::lock_guard lock(m_);
-    items_.push_back({std::move(list), index, std::move(one), std::move(frame)});
+    items_.push_back({std::move(list), index, std::move(one), std::move(e)});
     if (posted_) return;
     posted_ = true;
     boost::asio::post(executor, [self = shared_from_this()] { self->drain(); });
@@ -112,9 +122,12 @@ class chat_mailbox : public std::enable_shared_from_this<chat_mailbox> {
   struct item {
     std::shared_ptr<const receivers_by_loop> list;
     std::uint32_t index;
-    std::weak_ptr<net::connection> one;
-    std::shared_ptr<const std::string> frame;
+    std::shared_ptr<const chat_receiver> one;
+    std::shared_ptr<const chat_event> event;
   };
+  void send(encodings& enc, const chat_receiver& r) {
+    if (const auto* bytes = enc.get(r)) send_to(r, *bytes, limit_);
+  }
   void drain() {
     {
       std::lock_guard lock(m_);
@@ -128,10 +141,11 @@ class chat_mailbox : public std::enable_shared_from_this<chat_mailbox> {
       ~clear_on_exit() { v.clear(); }
     } guard{draining_};
     for (const auto& it : draining_) {
+      encodings enc(*it.event);
       if (it.list) {
-        for (const auto& w : it.list->loops[it.index].second) send_to(w, it.frame, limit_);
+        for (const auto& r : it.list->loops[it.index].second) send(enc, *r);
       } else {
-        send_to(it.one, it.frame, limit_);
+        send(enc, *it.one);
       }
     }
   }
@@ -142,6 +156,12 @@ class chat_mailbox : public std::enable_shared_from_this<chat_mailbox> {
   const std::size_t limit_;
 };
 
+// ------------------------------------------------------------------ hub
+
+chat_hub::chat_hub(chat_options o)
+    : options_(std::move(o)), next_event_(static_cast<std::uint64_t>(util::realtime_ns() / 1000)) {}
+chat_hub::~chat_hub() = default;
+
 chat_mailbox& chat_hub::mailbox_for(const boost::asio::any_io_executor& ex) {
   for (auto& b : mailboxes_) {
     if (b->executor == ex) return *b;
@@ -149,8 +169,8 @@ chat_mailbox& chat_hub::mailbox_for(const boost::asio::any_io_executor& ex) {
   return *mailboxes_.emplace_back(std::make_shared<chat_mailbox>(ex, options_.max_queue));
 }
 
-void chat_hub::deliver(chat_member& m, const std::shared_ptr<const std::string>& frame) {
-  m.mailbox->push(nullptr, 0, m.conn, frame);
+void chat_hub::deliver(chat_member& m, const std::shared_ptr<const chat_event>& e) {
+  m.mailbox->push(nullptr, 0, m.receiver, e);
 }
 
 namespace {
@@ -159,32 +179,55 @@ std::shared_ptr<const receivers_by_loop> group_by_loop(const std::set<chat_membe
   auto& loops = by_loop->loops;
   for (auto* m : members) {
     auto it = std::find_if(loops.begin(), loops.end(), [&](const auto& p) { return p.first == m->mailbox; });
-    if (it == loops.end()) it = loops.emplace(loops.end(), m->mailbox, std::vector<std::weak_ptr<net::connection>>{});
-    it->second.push_back(m->conn);
+    if (it == loops.end()) it = loops.emplace(loops.end(), m->mailbox, std::vector<std::shared_ptr<const chat_receiver>>{});
+    it->second.push_back(m->receiver);
   }
   return by_loop;
 }
 }  // namespace
 
 void chat_hub::post_to_loops(const std::shared_ptr<const receivers_by_loop>& receivers,
-                             const std::shared_ptr<const std::string>& frame) {
+                             const std::shared_ptr<const chat_event>& e) {
   // One mailbox entry per event loop, not per receiver, carrying a
   // reference to that loop's receivers: a message to a room of a thousand
   // costs each loop one entry, and a thousand clients leaving at once do
   // not queue a million.
   for (std::size_t i = 0; i < receivers->loops.size(); ++i) {
-    receivers->loops[i].first->push(receivers, static_cast<std::uint32_t>(i), {}, frame);
+    receivers->loops[i].first->push(receivers, static_cast<std::uint32_t>(i), nullptr, e);
   }
 }
 
-void chat_hub::broadcast(const room& r, const std::shared_ptr<const std::string>& frame) {
+void chat_hub::broadcast(const room& r, const std::shared_ptr<const chat_event>& e) {
   if (!r.receivers) r.receivers = group_by_loop(r.members);
-  post_to_loops(r.receivers, frame);
+  post_to_loops(r.receivers, e);
 }
 
-void chat_hub::fan_out(const std::set<chat_member*>& members, const std::shared_ptr<const std::string>& frame) {
-  post_to_loops(group_by_loop(members), frame);
+void chat_hub::fan_out(const std::set<chat_member*>& members, const std::shared_ptr<const chat_event>& e) {
+  post_to_loops(group_by_loop(members), e);
 }
+
+std::set<chat_member*> chat_hub::neighbours(const chat_member& m) {
+  std::set<chat_member*> told{const_cast<chat_member*>(&m)};
+  for (const auto& key : m.rooms) {
+    auto it = rooms_.find(key);
+    if (it != rooms_.end()) told.insert(it->second.members.begin(), it->second.members.end());
+  }
+  return told;
+}
+
+std::shared_ptr<chat_event> chat_hub::make_event(chat_event::kind what, const chat_member& m, std::string room) {
+  auto e = std::make_shared<chat_event>();
+  e->what = what;
+  e->room = std::move(room);
+  e->nick = m.nick;
+  e->account = m.account;
+  e->ts_ms = now_ms();
+  e->id = ++next_event_;
+  e->sender = m.id;
+  return e;
+}
+
+// ------------------------------------------------------------------ names
 
 std::string nick_skeleton(std::string_view nick) {
   // Nicknames compare without case, so the skeleton is of the lower-case
@@ -244,6 +287,27 @@ std::string chat_hub::suggest_nick(const std::string& nick, const chat_member& s
   return valid_nick(self.account) && nick_refusal(self.account, self).empty() ? self.account : base + "_";
 }
 
+chat_refusal chat_hub::refuse_nick(const std::string& nick, const chat_member& self) const {
+  if (!valid_nick(nick)) return refusal(errc::bad_request, "a nickname is 1-32 letters, digits, '-', '_' or '.'");
+  std::string why = nick_refusal(nick, self);
+  if (why.empty()) return {};
+  chat_refusal r = refusal(errc::conflict, std::move(why));
+  r.suggestion = suggest_nick(nick, self);
+  r.message += "; try '" + r.suggestion + "'";
+  return r;
+}
+
+std::string chat_hub::free_nick(const chat_member& m, const std::string& nick) {
+  std::lock_guard lock(m_);
+  if (valid_nick(nick) && nick_refusal(nick, m).empty()) return nick;
+  return suggest_nick(valid_nick(nick) ? nick : std::string("guest"), m);
+}
+
+std::string chat_hub::nick_problem(const chat_member& m, const std::string& nick) {
+  std::lock_guard lock(m_);
+  return refuse_nick(nick, m).message;
+}
+
 void chat_hub::name(chat_member& m, const std::string& nick) {
   m.nick = nick;
   m.skeleton = nick_skeleton(nick);
@@ -261,300 +325,294 @@ void chat_hub::unname(chat_member& m) {
   }
 }
 
-// ------------------------------------------------------------------ client
+// ------------------------------------------------------------------ rules
 
-chat_client::chat_client(chat_hub& hub, net::connection& conn, std::string account)
-    : hub_(hub), conn_(conn), member_(std::make_shared<chat_member>()) {
-  member_->conn = conn.shared_from_this();
-  member_->account = std::move(account);
-  {
-    std::lock_guard lock(hub.m_);
-    member_->mailbox = &hub.mailbox_for(conn.executor());
-  }
-  member_->peer = conn.peer();
-  member_->tokens = hub.options().burst;
-  member_->refilled_ns = util::monotonic_ns();
-  // Dead and half-open connections: a client silent for ping_interval is
-  // pinged, one silent for ping_timeout is dropped (the connection's own
-  // deadline timer does both).
-  conn.set_keepalive(hub.options().ping_interval, hub.options().ping_timeout);
-}
-
-chat_client::~chat_client() {
-  std::lock_guard lock(hub_.m_);
-  auto& m = *member_;
-  if (!m.nick.empty()) {
-    auto quit = encode({{"type", "chat.event"}, {"event", "quit"}, {"nick", m.nick}, {"reason", close_reason_},
-                        {"ts", now_ms()}});
-    std::set<chat_member*> told;
-    for (const auto& name : m.rooms) {
-      auto it = hub_.rooms_.find(name);
-      if (it == hub_.rooms_.end()) continue;
-      it->second.members.erase(&m);
-      it->second.receivers.reset();
-      told.insert(it->second.members.begin(), it->second.members.end());
-    }
-    hub_.fan_out(told, quit);
-    hub_.unname(m);
-    spdlog::info("chat: {} ({}) quit: {}", m.nick, m.peer, close_reason_);
-  }
-  hub_.members_.erase(&m);
-}
-
-// ------------------------------------------------------------------ requests
-
-void chat_client::handle(std::uint64_t id, std::string_view type, const json& h, const std::string& body) {
-  std::lock_guard lock(hub_.m_);
-  const call c{id, h, body};
-  if (type == "chat.hello") return on_hello(c);
-  if (member_->nick.empty()) return error(id, errc::bad_request, "send chat.hello with a nickname first");
-  using handler = void (chat_client::*)(const call&);
-  static constexpr std::pair<std::string_view, handler> handlers[] = {
-      {"chat.join", &chat_client::on_join},   {"chat.part", &chat_client::on_part},
-      {"chat.say", &chat_client::on_say},     {"chat.msg", &chat_client::on_msg},
-      {"chat.who", &chat_client::on_who},     {"chat.rooms", &chat_client::on_rooms},
-      {"chat.topic", &chat_client::on_topic}, {"chat.nick", &chat_client::on_nick},
-      {"chat.quit", &chat_client::on_quit},
-  };
-  for (const auto& [name, fn] : handlers) {
-    if (type == name) return (this->*fn)(c);
-  }
-  error(id, errc::unknown_type, "unknown chat request '" + std::string(type) + "'");
-}
-
-void chat_client::error(std::uint64_t id, errc code, const std::string& message, json extra) {
-  json e = proto::make_error(code, message, id);
-  for (auto& [k, v] : extra.items()) e[k] = v;
-  conn_.send(e);
-}
-
-void chat_client::ok(std::uint64_t id, json extra) {
-  json r = {{"type", "chat.ok"}, {"id", id}};
-  for (auto& [k, v] : extra.items()) r[k] = v;
-  conn_.send(r);
-}
-
-bool chat_client::room_arg(const call& c, std::string& key) {
-  const std::string shown = c.h.value("room", std::string());
-  if (!valid_room(shown)) {
-    error(c.id, errc::bad_request, "a room name is 1-64 letters, digits, '-', '_' or '.', optionally after '#'");
-    return false;
-  }
-  key = room_key(shown);
-  return true;
-}
-
-// A room the member is in, or nullptr (answered).
-chat_hub::room* chat_client::my_room(const call& c, std::string& key) {
-  if (!room_arg(c, key)) return nullptr;
-  auto it = hub_.rooms_.find(key);
-  if (it == hub_.rooms_.end() || !member_->rooms.count(key)) {
-    error(c.id, errc::not_found, "you are not in #" + key);
-    return nullptr;
-  }
-  return &it->second;
-}
-
-bool chat_client::charge(std::uint64_t id) {
+chat_refusal chat_hub::charge(chat_member& m) {
   // Token bucket for everything that makes other people's screens change.
-  const auto& o = hub_.options();
-  auto& m = *member_;
+  const auto& o = options_;
   const std::int64_t now = util::monotonic_ns();
   m.tokens = std::min(o.burst, m.tokens + o.rate * static_cast<double>(now - m.refilled_ns) * 1e-9);
   m.refilled_ns = now;
   if (o.rate <= 0 || m.tokens >= 1.0) {
     m.tokens -= 1.0;
-    return true;
+    return {};
   }
   const double retry = (1.0 - m.tokens) / o.rate;
-  error(id, errc::rate_limited,
-        "slow down: at most " + std::to_string(static_cast<int>(o.rate)) + " messages per second; retry in " +
-            std::to_string(static_cast<int>(retry * 1000)) + " ms",
-        {{"retry_after", retry}});
-  return false;
+  chat_refusal r = refusal(errc::rate_limited, "slow down: at most " + std::to_string(static_cast<int>(o.rate)) +
+                                                   " messages per second; retry in " +
+                                                   std::to_string(static_cast<int>(retry * 1000)) + " ms");
+  r.retry_after = retry;
+  return r;
 }
 
-bool chat_client::text_ok(const call& c) {
-  const auto max = hub_.options().max_message;
-  if (c.body.empty()) {
-    error(c.id, errc::bad_request, "empty message");
-    return false;
+chat_refusal chat_hub::check_text(const std::string& text) const {
+  const auto max = options_.max_message;
+  if (text.empty()) return refusal(errc::bad_request, "empty message");
+  if (text.size() > max) {
+    chat_refusal r = refusal(errc::too_large, "message is " + std::to_string(text.size()) +
+                                                  " bytes; the limit is " + std::to_string(max));
+    r.limit = max;
+    return r;
   }
-  if (c.body.size() > max) {
-    error(c.id, errc::too_large,
-          "message is " + std::to_string(c.body.size()) + " bytes; the limit is " + std::to_string(max),
-          {{"limit", max}});
-    return false;
-  }
-  if (!proto::is_valid_utf8(c.body)) {
-    error(c.id, errc::bad_request, "message is not valid UTF-8");
-    return false;
-  }
-  return true;
+  if (!proto::is_valid_utf8(text)) return refusal(errc::bad_request, "message is not valid UTF-8");
+  return {};
 }
 
-// A nickname this member cannot take: answered with the reason and a
-// suggestion. False when `nick` is free for it.
-bool chat_client::nick_refused(std::uint64_t id, const std::string& nick) {
-  if (!valid_nick(nick)) {
-    error(id, errc::bad_request, "a nickname is 1-32 letters, digits, '-', '_' or '.'");
-    return true;
+chat_hub::room* chat_hub::my_room(const chat_member& m, const std::string& name, std::string& key,
+                                  chat_refusal& why) {
+  if (!valid_room(name)) {
+    why = refusal(errc::bad_request, room_rule);
+    return nullptr;
   }
-  const std::string why = hub_.nick_refusal(nick, *member_);
-  if (why.empty()) return false;
-  const std::string alt = hub_.suggest_nick(nick, *member_);
-  error(id, errc::conflict, why + "; try '" + alt + "'", {{"suggestion", alt}});
-  return true;
+  key = room_key(name);
+  auto it = rooms_.find(key);
+  if (it == rooms_.end() || !m.rooms.count(key)) {
+    why = refusal(errc::not_found, "you are not in #" + key);
+    return nullptr;
+  }
+  return &it->second;
 }
 
-void chat_client::on_hello(const call& c) {
-  auto& m = *member_;
-  if (!m.nick.empty()) return error(c.id, errc::bad_request, "already introduced as " + m.nick);
-  const std::string nick = c.h.value("nick", std::string());
-  if (nick_refused(c.id, nick)) return;
-  hub_.name(m, nick);
-  hub_.members_.insert(&m);
+// ------------------------------------------------------------------ requests
+
+std::shared_ptr<chat_member> chat_hub::enter(std::shared_ptr<chat_receiver> receiver,
+                                             const boost::asio::any_io_executor& ex, std::string account,
+                                             std::string peer) {
+  auto m = std::make_shared<chat_member>();
+  m->receiver = std::move(receiver);
+  m->account = std::move(account);
+  m->peer = std::move(peer);
+  m->tokens = options_.burst;
+  m->refilled_ns = util::monotonic_ns();
+  m->signon_ms = m->last_said_ms = now_ms();
+  std::lock_guard lock(m_);
+  m->id = next_member_++;
+  m->receiver->member = m->id;
+  m->mailbox = &mailbox_for(ex);
+  return m;
+}
+
+void chat_hub::leave(chat_member& m, const std::string& reason) {
+  std::lock_guard lock(m_);
+  if (m.nick.empty()) return;
+  auto quit = make_event(chat_event::kind::quit, m);
+  quit->text = reason;
+  std::set<chat_member*> told;
+  for (const auto& key : m.rooms) {
+    auto it = rooms_.find(key);
+    if (it == rooms_.end()) continue;
+    it->second.members.erase(&m);
+    it->second.receivers.reset();
+    told.insert(it->second.members.begin(), it->second.members.end());
+  }
+  m.rooms.clear();
+  fan_out(told, quit);
+  unname(m);
+  members_.erase(&m);
+  spdlog::info("chat: {} ({}) quit: {}", m.nick, m.peer, reason);
+  m.nick.clear();
+}
+
+chat_refusal chat_hub::hello(chat_member& m, const std::string& nick) {
+  std::lock_guard lock(m_);
+  if (!m.nick.empty()) return refusal(errc::bad_request, "already introduced as " + m.nick);
+  if (auto r = refuse_nick(nick, m); !r.ok()) return r;
+  name(m, nick);
+  members_.insert(&m);
   spdlog::info("chat: {} is {} (account {})", m.peer, nick, m.account);
-  const auto& o = hub_.options();
-  conn_.send({{"type", "chat.welcome"},
-              {"id", c.id},
-              {"nick", nick},
-              {"account", m.account},
-              {"default_room", o.default_room},
-              {"max_message", o.max_message},
-              {"history", o.history},
-              {"ts", now_ms()}});
+  return {};
 }
 
-void chat_client::on_join(const call& c) {
-  std::string key;
-  if (!room_arg(c, key)) return;
-  auto& m = *member_;
-  const auto& o = hub_.options();
-  if (m.rooms.count(key)) return error(c.id, errc::bad_request, "already in #" + key);
-  if (!hub_.rooms_.count(key) && hub_.rooms_.size() >= o.max_rooms) {
-    return error(c.id, errc::busy, "the server has its maximum of " + std::to_string(o.max_rooms) + " rooms");
+chat_refusal chat_hub::join(chat_member& m, const std::string& name, chat_room_view& out) {
+  if (!valid_room(name)) return refusal(errc::bad_request, room_rule);
+  const std::string key = room_key(name);
+  std::lock_guard lock(m_);
+  if (m.rooms.count(key)) return refusal(errc::bad_request, "already in #" + key);
+  if (!rooms_.count(key) && rooms_.size() >= options_.max_rooms) {
+    return refusal(errc::busy, "the server has its maximum of " + std::to_string(options_.max_rooms) + " rooms");
   }
-  auto& r = hub_.rooms_[key];  // created on first join
-  std::vector<std::string> names;
-  for (auto* x : r.members) names.push_back(x->nick);
+  auto& r = rooms_[key];  // created on first join
   r.members.insert(&m);
   r.receivers.reset();
   m.rooms.insert(key);
-  conn_.send({{"type", "chat.joined"}, {"id", c.id}, {"room", "#" + key}, {"topic", r.topic}, {"members", names}});
-  for (const auto& past : r.history) hub_.deliver(m, past);  // replay, in order, marked history
-  hub_.broadcast(r, encode({{"type", "chat.event"}, {"event", "join"}, {"room", "#" + key}, {"nick", m.nick},
-                            {"account", m.account}, {"ts", now_ms()}}));
+  out.room = "#" + key;
+  out.topic = r.topic;
+  out.topic_by = r.topic_by;
+  out.topic_ms = r.topic_ms;
+  out.members.clear();
+  for (auto* x : r.members) {
+    out.members.emplace_back(x->nick, x->account);
+    if (!x->away.empty()) out.away.push_back(x->nick);
+  }
+  std::sort(out.members.begin(), out.members.end());
+  out.history.assign(r.history.begin(), r.history.end());
+  broadcast(r, make_event(chat_event::kind::join, m, "#" + key));
+  return {};
 }
 
-void chat_client::on_part(const call& c) {
+chat_refusal chat_hub::part(chat_member& m, const std::string& name, const std::string& reason) {
+  std::lock_guard lock(m_);
   std::string key;
-  auto* r = my_room(c, key);
-  if (!r) return;
-  auto& m = *member_;
-  hub_.broadcast(*r, encode({{"type", "chat.event"}, {"event", "part"}, {"room", "#" + key}, {"nick", m.nick},
-                             {"reason", c.h.value("reason", std::string())}, {"ts", now_ms()}}));
+  chat_refusal why;
+  room* r = my_room(m, name, key, why);
+  if (!r) return why;
+  auto e = make_event(chat_event::kind::part, m, "#" + key);
+  e->text = reason.size() > options_.max_message ? std::string() : reason;
+  broadcast(*r, e);
   r->members.erase(&m);
   r->receivers.reset();
   m.rooms.erase(key);
-  ok(c.id);
+  return {};
 }
 
-void chat_client::on_say(const call& c) {
+chat_refusal chat_hub::say(chat_member& m, const std::string& name, const std::string& text, chat_say how) {
+  std::lock_guard lock(m_);
   std::string key;
-  auto* r = my_room(c, key);
-  if (!r || !text_ok(c) || !charge(c.id)) return;
-  json msg = {{"type", "chat.message"}, {"room", "#" + key}, {"from", member_->nick}, {"ts", now_ms()},
-              {"action", c.h.value("action", false)}};
-  hub_.broadcast(*r, encode(msg, c.body));
-  if (const auto keep = hub_.options().history; keep > 0) {
-    msg["history"] = true;
-    r->history.push_back(encode(msg, c.body));
+  chat_refusal why;
+  room* r = my_room(m, name, key, why);
+  if (!r) return why;
+  if (auto t = check_text(text); !t.ok()) return t;
+  if (auto c = charge(m); !c.ok()) return c;
+  auto e = make_event(chat_event::kind::message, m, "#" + key);
+  e->text = text;
+  e->action = how.action;
+  e->notice = how.notice;
+  m.last_said_ms = e->ts_ms;
+  broadcast(*r, e);
+  if (const auto keep = options_.history; keep > 0) {
+    r->history.push_back(std::move(e));
     while (r->history.size() > keep) r->history.pop_front();
   }
-  ok(c.id);
+  return {};
 }
 
-void chat_client::on_msg(const call& c) {
-  const std::string to = c.h.value("to", std::string());
-  auto it = hub_.nicks_.find(lower(to));
-  if (it == hub_.nicks_.end()) return error(c.id, errc::not_found, "no one is called '" + to + "'");
-  if (!text_ok(c) || !charge(c.id)) return;
-  auto& m = *member_;
-  auto frame = encode({{"type", "chat.message"}, {"to", it->second->nick}, {"from", m.nick}, {"private", true},
-                       {"ts", now_ms()}, {"action", c.h.value("action", false)}},
-                      c.body);
-  hub_.deliver(*it->second, frame);
-  if (it->second != &m) hub_.deliver(m, frame);  // the sender sees what was delivered
-  ok(c.id);
+chat_refusal chat_hub::msg(chat_member& m, const std::string& to, const std::string& text, chat_say how,
+                           std::string* to_nick) {
+  std::lock_guard lock(m_);
+  auto it = nicks_.find(lower(to));
+  if (it == nicks_.end()) return refusal(errc::not_found, "no one is called '" + to + "'");
+  if (auto t = check_text(text); !t.ok()) return t;
+  if (auto c = charge(m); !c.ok()) return c;
+  chat_member& target = *it->second;
+  auto e = make_event(chat_event::kind::message, m);
+  e->is_private = true;
+  e->target = target.nick;
+  e->text = text;
+  e->action = how.action;
+  e->notice = how.notice;
+  m.last_said_ms = e->ts_ms;
+  if (to_nick) *to_nick = target.nick;
+  deliver(target, e);
+  if (&target != &m) deliver(m, e);  // the sender sees what was delivered
+  return {};
 }
 
-void chat_client::on_who(const call& c) {
+chat_refusal chat_hub::who(const std::string& name, chat_room_view& out) {
+  if (!valid_room(name)) return refusal(errc::bad_request, room_rule);
+  const std::string key = room_key(name);
+  std::lock_guard lock(m_);
+  auto it = rooms_.find(key);
+  if (it == rooms_.end()) return refusal(errc::not_found, "no room #" + key);
+  out.room = "#" + key;
+  out.topic = it->second.topic;
+  out.topic_by = it->second.topic_by;
+  out.topic_ms = it->second.topic_ms;
+  for (auto* x : it->second.members) {
+    out.members.emplace_back(x->nick, x->account);
+    if (!x->away.empty()) out.away.push_back(x->nick);
+  }
+  std::sort(out.members.begin(), out.members.end());
+  return {};
+}
+
+std::vector<chat_room_summary> chat_hub::rooms() {
+  std::lock_guard lock(m_);
+  std::vector<chat_room_summary> list;
+  for (const auto& [name, r] : rooms_) {
+    if (!r.members.empty()) list.push_back({"#" + name, r.members.size(), r.topic});
+  }
+  return list;
+}
+
+chat_refusal chat_hub::topic(chat_member& m, const std::string& name, const std::string* topic,
+                             chat_room_view& out) {
+  std::lock_guard lock(m_);
   std::string key;
-  if (!room_arg(c, key)) return;
-  auto it = hub_.rooms_.find(key);
-  if (it == hub_.rooms_.end()) return error(c.id, errc::not_found, "no room #" + key);
-  std::vector<std::pair<std::string, std::string>> who;
-  for (auto* x : it->second.members) who.emplace_back(x->nick, x->account);
-  std::sort(who.begin(), who.end());
-  json names = json::array(), accounts = json::object();
-  for (const auto& [nick, account] : who) {
-    names.push_back(nick);
-    accounts[nick] = account;
+  chat_refusal why;
+  room* r = my_room(m, name, key, why);
+  if (!r) return why;
+  out.room = "#" + key;
+  if (topic) {
+    const auto max = options_.max_message;
+    if (topic->size() > max) {
+      chat_refusal t = refusal(errc::too_large, "a topic is at most " + std::to_string(max) + " bytes");
+      t.limit = max;
+      return t;
+    }
+    if (!proto::is_valid_utf8(*topic)) return refusal(errc::bad_request, "the topic is not valid UTF-8");
+    if (auto c = charge(m); !c.ok()) return c;
+    auto e = make_event(chat_event::kind::topic, m, "#" + key);
+    e->text = *topic;
+    r->topic = *topic;
+    r->topic_by = m.nick;
+    r->topic_ms = e->ts_ms;
+    broadcast(*r, e);
   }
-  ok(c.id, {{"room", "#" + key}, {"members", names}, {"accounts", accounts}, {"topic", it->second.topic}});
+  out.topic = r->topic;
+  out.topic_by = r->topic_by;
+  out.topic_ms = r->topic_ms;
+  return {};
 }
 
-void chat_client::on_rooms(const call& c) {
-  json list = json::array();
-  for (const auto& [name, r] : hub_.rooms_) {
-    if (!r.members.empty()) list.push_back({{"room", "#" + name}, {"members", r.members.size()}, {"topic", r.topic}});
-  }
-  ok(c.id, {{"rooms", list}});
+chat_refusal chat_hub::nick(chat_member& m, const std::string& nick) {
+  std::lock_guard lock(m_);
+  if (auto r = refuse_nick(nick, m); !r.ok()) return r;
+  if (auto c = charge(m); !c.ok()) return c;
+  auto e = make_event(chat_event::kind::nick, m);
+  e->text = nick;
+  fan_out(neighbours(m), e);
+  unname(m);
+  name(m, nick);
+  return {};
 }
 
-void chat_client::on_topic(const call& c) {
-  std::string key;
-  auto* r = my_room(c, key);
-  if (!r) return;
-  auto t = c.h.find("topic");
-  if (t == c.h.end()) return ok(c.id, {{"room", "#" + key}, {"topic", r->topic}, {"by", r->topic_by}});
-  const auto max = hub_.options().max_message;
-  if (!t->is_string()) return error(c.id, errc::bad_request, "'topic' must be a string");
-  if (t->get_ref<const std::string&>().size() > max) {
-    return error(c.id, errc::too_large, "a topic is at most " + std::to_string(max) + " bytes", {{"limit", max}});
+chat_refusal chat_hub::away(chat_member& m, const std::string& text) {
+  std::lock_guard lock(m_);
+  if (text.size() > options_.max_message) {
+    chat_refusal t = refusal(errc::too_large, "an away message is at most " + std::to_string(options_.max_message) +
+                                                  " bytes");
+    t.limit = options_.max_message;
+    return t;
   }
-  if (!charge(c.id)) return;
-  r->topic = t->get<std::string>();
-  r->topic_by = member_->nick;
-  hub_.broadcast(*r, encode({{"type", "chat.event"}, {"event", "topic"}, {"room", "#" + key},
-                             {"nick", member_->nick}, {"topic", r->topic}, {"ts", now_ms()}}));
-  ok(c.id);
+  if (!text.empty() && !proto::is_valid_utf8(text)) return refusal(errc::bad_request, "not valid UTF-8");
+  if (text == m.away) return {};
+  m.away = text;
+  auto e = make_event(chat_event::kind::away, m);
+  e->text = text;
+  fan_out(neighbours(m), e);
+  return {};
 }
 
-void chat_client::on_nick(const call& c) {
-  const std::string nick = c.h.value("nick", std::string());
-  if (nick_refused(c.id, nick) || !charge(c.id)) return;
-  auto& m = *member_;
-  auto frame = encode({{"type", "chat.event"}, {"event", "nick"}, {"nick", m.nick}, {"new_nick", nick},
-                       {"ts", now_ms()}});
-  std::set<chat_member*> told{&m};
-  for (const auto& name : m.rooms) {
-    const auto& members = hub_.rooms_[name].members;
-    told.insert(members.begin(), members.end());
-  }
-  hub_.fan_out(told, frame);
-  hub_.unname(m);
-  hub_.name(m, nick);
-  ok(c.id, {{"nick", nick}});
+chat_refusal chat_hub::whois(const std::string& nick, chat_member_view& out) {
+  std::lock_guard lock(m_);
+  auto it = nicks_.find(lower(nick));
+  if (it == nicks_.end()) return refusal(errc::not_found, "no one is called '" + nick + "'");
+  const chat_member& x = *it->second;
+  out.nick = x.nick;
+  out.account = x.account;
+  out.away = x.away;
+  out.peer = x.peer;
+  out.signon_ms = x.signon_ms;
+  out.idle_ms = std::max<std::int64_t>(0, now_ms() - x.last_said_ms);
+  for (const auto& k : x.rooms) out.rooms.push_back("#" + k);
+  return {};
 }
 
-void chat_client::on_quit(const call& c) {
-  std::string reason = c.h.value("reason", std::string("quit"));
-  if (reason.size() > hub_.options().max_message) reason = "quit";
-  set_close_reason(reason.empty() ? "quit" : reason, true);
-  ok(c.id);
-  conn_.close_after_flush("chat quit");
+std::pair<std::size_t, std::size_t> chat_hub::counts() {
+  std::lock_guard lock(m_);
+  std::size_t rooms = 0;
+  for (const auto& [name, r] : rooms_) rooms += r.members.empty() ? 0 : 1;
+  return {members_.size(), rooms};
 }
 
 }  // namespace cskit::service

@@ -1,0 +1,212 @@
+#include "service/chat_client.hpp"
+
+#include "net/connection.hpp"
+#include "proto/messages.hpp"
+#include "util/clock.hpp"
+
+namespace cskit::service {
+
+using proto::errc;
+using proto::json;
+
+namespace {
+
+std::shared_ptr<const std::string> encode(const json& header, std::string_view body = {}) {
+  auto s = std::make_shared<std::string>();
+  proto::encode_frame(*s, header, body);
+  return s;
+}
+
+json message_header(const chat_event& e) {
+  json h = {{"type", "chat.message"}};
+  if (e.is_private) {
+    h["to"] = e.target;
+  } else {
+    h["room"] = e.room;
+  }
+  h["from"] = e.nick;
+  if (e.is_private) h["private"] = true;
+  h["ts"] = e.ts_ms;
+  h["action"] = e.action;
+  if (e.notice) h["notice"] = true;
+  return h;
+}
+
+json event_header(const chat_event& e) {
+  using k = chat_event::kind;
+  json h = {{"type", "chat.event"}};
+  switch (e.what) {
+    case k::join:
+      h.update({{"event", "join"}, {"room", e.room}, {"nick", e.nick}, {"account", e.account}});
+      break;
+    case k::part: h.update({{"event", "part"}, {"room", e.room}, {"nick", e.nick}, {"reason", e.text}}); break;
+    case k::quit: h.update({{"event", "quit"}, {"nick", e.nick}, {"reason", e.text}}); break;
+    case k::nick: h.update({{"event", "nick"}, {"nick", e.nick}, {"new_nick", e.text}}); break;
+    case k::topic: h.update({{"event", "topic"}, {"room", e.room}, {"nick", e.nick}, {"topic", e.text}}); break;
+    case k::away: h.update({{"event", "away"}, {"nick", e.nick}, {"message", e.text}}); break;
+    case k::message: break;  // not an event
+  }
+  h["ts"] = e.ts_ms;
+  return h;
+}
+
+class cskit_codec final : public chat_codec {
+ public:
+  std::shared_ptr<const std::string> encode(const chat_event& e, unsigned, bool) const override {
+    if (e.what == chat_event::kind::message) return service::encode(message_header(e), e.text);
+    return service::encode(event_header(e));
+  }
+};
+
+}  // namespace
+
+const chat_codec& cskit_chat_codec() {
+  static const cskit_codec codec;
+  return codec;
+}
+
+chat_client::chat_client(chat_hub& hub, net::connection& conn, std::string account) : hub_(hub), conn_(conn) {
+  auto receiver = std::make_shared<chat_receiver>();
+  receiver->conn = conn.shared_from_this();
+  receiver->codec = &cskit_chat_codec();
+  member_ = hub.enter(std::move(receiver), conn.executor(), std::move(account), conn.peer());
+  // Dead and half-open connections: a client silent for ping_interval is
+  // pinged, one silent for ping_timeout is dropped (the connection's own
+  // deadline timer does both).
+  conn.set_keepalive(hub.options().ping_interval, hub.options().ping_timeout);
+}
+
+chat_client::~chat_client() { hub_.leave(*member_, close_reason_); }
+
+void chat_client::handle(std::uint64_t id, std::string_view type, const json& h, const std::string& body) {
+  const call c{id, h, body};
+  if (type == "chat.hello") return on_hello(c);
+  if (member_->nick.empty()) return answer(id, {errc::bad_request, "send chat.hello with a nickname first"});
+  using handler = void (chat_client::*)(const call&);
+  static constexpr std::pair<std::string_view, handler> handlers[] = {
+      {"chat.join", &chat_client::on_join},   {"chat.part", &chat_client::on_part},
+      {"chat.say", &chat_client::on_say},     {"chat.msg", &chat_client::on_msg},
+      {"chat.who", &chat_client::on_who},     {"chat.rooms", &chat_client::on_rooms},
+      {"chat.topic", &chat_client::on_topic}, {"chat.nick", &chat_client::on_nick},
+      {"chat.away", &chat_client::on_away},   {"chat.whois", &chat_client::on_whois},
+      {"chat.quit", &chat_client::on_quit},
+  };
+  for (const auto& [name, fn] : handlers) {
+    if (type == name) return (this->*fn)(c);
+  }
+  answer(id, {errc::unknown_type, "unknown chat request '" + std::string(type) + "'"});
+}
+
+void chat_client::answer(std::uint64_t id, const chat_refusal& r, json extra) {
+  if (r.ok()) {
+    json reply = {{"type", "chat.ok"}, {"id", id}};
+    reply.update(extra);
+    conn_.send(reply);
+    return;
+  }
+  json e = proto::make_error(r.code, r.message, id);
+  if (!r.suggestion.empty()) e["suggestion"] = r.suggestion;
+  if (r.code == errc::rate_limited) e["retry_after"] = r.retry_after;
+  if (r.limit) e["limit"] = r.limit;
+  conn_.send(e);
+}
+
+namespace {
+std::string text_field(const json& h, const char* key) { return h.value(key, std::string()); }
+}  // namespace
+
+void chat_client::on_hello(const call& c) {
+  if (auto r = hub_.hello(*member_, text_field(c.h, "nick")); !r.ok()) return answer(c.id, r);
+  const auto& o = hub_.options();
+  conn_.send({{"type", "chat.welcome"},
+              {"id", c.id},
+              {"nick", member_->nick},
+              {"account", member_->account},
+              {"default_room", o.default_room},
+              {"max_message", o.max_message},
+              {"history", o.history},
+              {"ts", util::realtime_ns() / 1'000'000}});
+}
+
+void chat_client::on_join(const call& c) {
+  chat_room_view v;
+  if (auto r = hub_.join(*member_, text_field(c.h, "room"), v); !r.ok()) return answer(c.id, r);
+  json names = json::array();
+  for (const auto& [nick, account] : v.members) {
+    if (nick != member_->nick) names.push_back(nick);
+  }
+  conn_.send({{"type", "chat.joined"}, {"id", c.id}, {"room", v.room}, {"topic", v.topic}, {"members", names}});
+  // The replay goes out before the join event, which the hub queued to
+  // the room's mailboxes: they are drained after this request.
+  for (const auto& past : v.history) {
+    json h = message_header(*past);
+    h["history"] = true;
+    conn_.send(h, past->text);
+  }
+}
+
+void chat_client::on_part(const call& c) {
+  answer(c.id, hub_.part(*member_, text_field(c.h, "room"), text_field(c.h, "reason")));
+}
+
+void chat_client::on_say(const call& c) {
+  answer(c.id, hub_.say(*member_, text_field(c.h, "room"), c.body, {c.h.value("action", false), false}));
+}
+
+void chat_client::on_msg(const call& c) {
+  answer(c.id, hub_.msg(*member_, text_field(c.h, "to"), c.body, {c.h.value("action", false), false}));
+}
+
+void chat_client::on_who(const call& c) {
+  chat_room_view v;
+  if (auto r = hub_.who(text_field(c.h, "room"), v); !r.ok()) return answer(c.id, r);
+  json names = json::array(), accounts = json::object();
+  for (const auto& [nick, account] : v.members) {
+    names.push_back(nick);
+    accounts[nick] = account;
+  }
+  answer(c.id, {}, {{"room", v.room}, {"members", names}, {"accounts", accounts}, {"topic", v.topic},
+                    {"away", v.away}});
+}
+
+void chat_client::on_rooms(const call& c) {
+  json list = json::array();
+  for (const auto& r : hub_.rooms()) list.push_back({{"room", r.room}, {"members", r.members}, {"topic", r.topic}});
+  answer(c.id, {}, {{"rooms", list}});
+}
+
+void chat_client::on_topic(const call& c) {
+  auto t = c.h.find("topic");
+  if (t != c.h.end() && !t->is_string()) return answer(c.id, {errc::bad_request, "'topic' must be a string"});
+  const std::string* topic = t == c.h.end() ? nullptr : &t->get_ref<const std::string&>();
+  chat_room_view v;
+  if (auto r = hub_.topic(*member_, text_field(c.h, "room"), topic, v); !r.ok()) return answer(c.id, r);
+  if (topic) return answer(c.id, {});
+  answer(c.id, {}, {{"room", v.room}, {"topic", v.topic}, {"by", v.topic_by}});
+}
+
+void chat_client::on_nick(const call& c) {
+  if (auto r = hub_.nick(*member_, text_field(c.h, "nick")); !r.ok()) return answer(c.id, r);
+  answer(c.id, {}, {{"nick", member_->nick}});
+}
+
+void chat_client::on_away(const call& c) {
+  answer(c.id, hub_.away(*member_, text_field(c.h, "message")), {{"away", !member_->away.empty()}});
+}
+
+void chat_client::on_whois(const call& c) {
+  chat_member_view v;
+  if (auto r = hub_.whois(text_field(c.h, "nick"), v); !r.ok()) return answer(c.id, r);
+  answer(c.id, {}, {{"nick", v.nick}, {"account", v.account}, {"away", v.away}, {"rooms", v.rooms},
+                    {"signon", v.signon_ms}, {"idle_ms", v.idle_ms}});
+}
+
+void chat_client::on_quit(const call& c) {
+  std::string reason = c.h.value("reason", std::string("quit"));
+  if (reason.size() > hub_.options().max_message) reason = "quit";
+  set_close_reason(reason.empty() ? "quit" : reason, true);
+  answer(c.id, {});
+  conn_.close_after_flush("chat quit");
+}
+
+}  // namespace cskit::service
