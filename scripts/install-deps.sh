@@ -21,6 +21,7 @@ packages=(
   python3               # end-to-end tests and the independent client
   chrony python3-ntplib socat   # third-party NTP and echo peers (tests, benchmarks)
   tmux                  # drives the interactive chat client in a test
+  irssi weechat-headless python3-irc   # real IRC clients and a bot against the IRC front end
   openssl               # s_client / x509 / req: third-party TLS peer and certificates in tests
   iproute2              # `ip link set lo up` inside the network namespaces tests create
   e2fsprogs             # mkfs.ext4: a small file system for the disk-full tests

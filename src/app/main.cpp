@@ -147,6 +147,8 @@ void build_serve(command_line& cl) {
   cmd->add_option("--log-level", c.log_level, "trace, debug, info, warn, error, critical, off");
   cmd->add_option("--echo-listen", c.echo.listen, "Also answer RFC 862 echo on UDP and TCP at ADDR[:PORT] (default port 7)");
   cmd->add_option("--ntp-listen", c.time.listen, "Also serve time (SNTPv4) on UDP at ADDR[:PORT] (default port 123)");
+  cmd->add_option("--irc-listen", c.irc.listen,
+                  "Also accept IRC clients (irssi, WeeChat, bots) into chat at ADDR[:PORT] (default port 6697, TLS)");
   cmd->add_option("--tls-cert", cl.tls_cert, "Certificate chain (PEM), e.g. from a CA (default: a key and "
                                              "self-signed certificate generated in the state directory)");
   cmd->add_option("--tls-key", cl.tls_key, "Private key (PEM, no passphrase) for --tls-cert");
@@ -380,6 +382,7 @@ int run_serve_impl(serve_options o, CLI::App& cmd) {
   if (cmd.count("--log-level")) cfg.log_level = f.log_level;
   if (cmd.count("--echo-listen")) cfg.echo.listen = f.echo.listen;
   if (cmd.count("--ntp-listen")) cfg.time.listen = f.time.listen;
+  if (cmd.count("--irc-listen")) cfg.irc.listen = f.irc.listen;
   if (cmd.count("--plaintext")) cfg.tls.plaintext = true;
   if (cmd.count("--tls-cert") || cmd.count("--tls-key")) {
     if (f.tls.cert.empty() || f.tls.key.empty()) {

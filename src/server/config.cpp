@@ -212,6 +212,8 @@ void parse_chat_table(const std::string& source, const toml::table& t, service::
       c.default_room = get_string(source, v, key);
       if (!service::valid_room(c.default_room)) fail_at(source, v, "'default_room' is not a valid room name");
     } else if (key == "history") c.history = get_integer<std::size_t>(source, v, key, 0, 100000);
+    else if (key == "history_keep") c.history_keep = get_integer<std::size_t>(source, v, key, 0, 100000000);
+    else if (key == "history_days") c.history_max_age = std::chrono::hours(24 * get_integer<int>(source, v, key, 0, 100000));
     else if (key == "max_message") c.max_message = get_integer<std::size_t>(source, v, key, 1, 1 << 20);
     else if (key == "rate") c.rate = get_number(source, v, key, 0, 1e6);
     else if (key == "burst") c.burst = get_number(source, v, key, 1, 1e6);
@@ -222,6 +224,21 @@ void parse_chat_table(const std::string& source, const toml::table& t, service::
     else fail_at(source, v, "unknown key '" + std::string(key) + "' in [chat]");
   }
   if (c.ping_timeout <= c.ping_interval) fail_at(source, t, "[chat] ping_timeout must be longer than ping_interval");
+}
+
+void parse_irc_table(const std::string& source, const toml::table& t, irc_options& o) {
+  for (auto&& [k, v] : t) {
+    std::string_view key = k.str();
+    if (key == "listen") o.listen = get_string(source, v, key);
+    else if (key == "tls") o.tls = get_bool(source, v, key);
+    else if (key == "plaintext_remote") o.plaintext_remote = get_bool(source, v, key);
+    else if (key == "network") {
+      o.network = get_string(source, v, key);
+      if (!service::valid_nick(o.network)) fail_at(source, v, "'network' must be 1-32 letters, digits, '-', '_' or '.'");
+    } else if (key == "motd") o.motd = get_string(source, v, key);
+    else if (key == "history_max") o.history_max = get_integer<std::size_t>(source, v, key, 1, 100000);
+    else fail_at(source, v, "unknown key '" + std::string(key) + "' in [irc]");
+  }
 }
 
 void parse_tls_table(const std::string& source, const toml::table& t, tls_options& o) {
@@ -292,13 +309,15 @@ server_config parse_config(std::string_view text, const std::string& source) {
     if (key == "server") {
       if (!v.is_table()) fail_at(source, v, "'server' must be a table");
       parse_server_table(source, *v.as_table(), c);
-    } else if (key == "echo" || key == "time" || key == "exec" || key == "chat" || key == "files" || key == "tls") {
+    } else if (key == "echo" || key == "time" || key == "exec" || key == "chat" || key == "files" || key == "tls" ||
+               key == "irc") {
       if (!v.is_table()) fail_at(source, v, "'" + std::string(key) + "' must be a table");
       if (key == "echo") parse_echo_table(source, *v.as_table(), c.echo);
       else if (key == "time") parse_time_table(source, *v.as_table(), c.time);
       else if (key == "exec") parse_exec_table(source, *v.as_table(), c.exec);
       else if (key == "files") parse_files_table(source, *v.as_table(), c.files);
       else if (key == "tls") parse_tls_table(source, *v.as_table(), c.tls);
+      else if (key == "irc") parse_irc_table(source, *v.as_table(), c.irc);
       else parse_chat_table(source, *v.as_table(), c.chat);
     } else if (key == "users") {
       const auto* arr = v.as_array();
@@ -310,7 +329,7 @@ server_config parse_config(std::string_view text, const std::string& source) {
         c.users.push_back(std::move(u));
       }
     } else {
-      fail_at(source, v, "unknown top-level key '" + std::string(key) + "' (expected [server], [tls], [files], [echo], [time], [exec], [chat] or [[users]])");
+      fail_at(source, v, "unknown top-level key '" + std::string(key) + "' (expected [server], [tls], [files], [echo], [time], [exec], [chat], [irc] or [[users]])");
     }
   }
   return c;

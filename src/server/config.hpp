@@ -38,6 +38,16 @@ struct tls_options {
   std::string kernel_tls = "auto";
 };
 
+/// [irc]: the IRC front end to chat (docs/irc.md).
+struct irc_options {
+  std::string listen;          ///< ADDR[:PORT] (default port 6697); empty: off
+  bool tls = true;             ///< TLS with the server's key; false: cleartext, loopback only unless...
+  bool plaintext_remote = false;  ///< ...this allows cleartext on other addresses
+  std::string network = "cskit";
+  std::string motd;            ///< the message of the day (lines)
+  std::size_t history_max = 1000;  ///< messages one CHATHISTORY request returns at most
+};
+
 struct server_config {
   std::string listen = "127.0.0.1:7701";
   std::filesystem::path root;       ///< the share (empty: <state_dir>/share)
@@ -60,6 +70,7 @@ struct server_config {
   service::time_options time;       ///< [time]: SNTPv4 server
   service::exec_options exec;       ///< [exec]: remote execution (off by default)
   service::chat_options chat;       ///< [chat]
+  irc_options irc;                  ///< [irc]
   tls_options tls;                  ///< [tls]
 };
 

@@ -13,9 +13,11 @@
 #include "proto/limits.hpp"
 #include "proto/ntp.hpp"
 #include "server/chat_routes.hpp"
+#include "service/chat_history.hpp"
 #include "server/exec_routes.hpp"
 #include "server/file_routes.hpp"
 #include "server/identity.hpp"
+#include "server/irc_session.hpp"
 #include "net/tls.hpp"
 #include "server/session.hpp"
 #include "util/file_io.hpp"
@@ -163,6 +165,42 @@ std::vector<std::string> add_datagram_services(net::tcp_server& srv, const serve
   return banner;
 }
 
+bool loopback_host(const std::string& host) {
+  return host == "::1" || host == "localhost" || host.rfind("127.", 0) == 0;
+}
+
+// The IRC front end, when configured: its listener, and its banner line.
+std::string add_irc_front(net::tcp_server& srv, const server_config& config, const tls_setup& tls,
+                          const irc_front& front) {
+  std::string why;
+  auto ep = net::parse_host_port(config.irc.listen, 6697, &why);
+  if (!ep) throw config_error("invalid IRC listen address '" + config.irc.listen + "': " + why);
+  const bool use_tls = config.irc.tls && tls.context;
+  if (!use_tls && !loopback_host(ep->host) && !config.irc.plaintext_remote) {
+    throw config_error("IRC without TLS on " + config.irc.listen +
+                       ": cleartext is allowed on loopback only, unless [irc] plaintext_remote = true");
+  }
+  auto bound = srv.add_listener(ep->host, ep->port, [&front] { return std::make_unique<irc_session>(front); },
+                                use_tls ? tls.context : nullptr, &irc_front::closing);
+  return "irc: " + bound + (use_tls ? " (TLS)" : " (cleartext)");
+}
+
+service::irc_settings irc_settings_of(const server_config& config) {
+  service::irc_settings s;
+  s.server_name = service::valid_nick(config.name) ? config.name : "cskit";
+  s.network = config.irc.network;
+  s.host = "cskit";
+  s.history_max = config.irc.history_max;
+  std::size_t at = 0;
+  const std::string& motd = config.irc.motd;
+  while (at < motd.size()) {
+    const auto nl = motd.find('\n', at);
+    s.motd.push_back(motd.substr(at, nl == std::string::npos ? std::string::npos : nl - at));
+    at = nl == std::string::npos ? motd.size() : nl + 1;
+  }
+  return s;
+}
+
 struct banner {
   std::string address;
   unsigned threads;
@@ -238,6 +276,7 @@ void run_server(server_config config, const serve_hooks& hooks) {
     chat_hub.set_accounts(accounts);
   }
   register_chat_service(ctx, chat_hub);
+  irc_front irc(ctx, chat_hub, irc_settings_of(config));
 
   const net::server_options o = server_options_of(config, *listen, tls);
   // Each connection is one descriptor; the soft limit (often 1024) is far
@@ -250,8 +289,9 @@ void run_server(server_config config, const serve_hooks& hooks) {
   net::tcp_server srv(o, [&ctx] { return std::make_unique<session>(ctx); });
   srv.listen();
   const std::string address = srv.local_address();
-  print_banner(config, ctx, {address, o.threads, tls.banner, add_datagram_services(srv, config), token_note,
-                             exec_policy.account});
+  std::vector<std::string> side = add_datagram_services(srv, config);
+  if (!config.irc.listen.empty() && config.chat.enabled) side.push_back(add_irc_front(srv, config, tls, irc));
+  print_banner(config, ctx, {address, o.threads, tls.banner, std::move(side), token_note, exec_policy.account});
   spdlog::info("listening on {} as '{}'", address, ctx.name);
   if (hooks.on_listening) hooks.on_listening(address);
   {

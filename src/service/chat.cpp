@@ -6,6 +6,7 @@
 
 #include "net/connection.hpp"
 #include "proto/utf8.hpp"
+#include "service/chat_history.hpp"
 #include "util/clock.hpp"
 
 namespace cskit::service {
@@ -158,8 +159,14 @@ class chat_mailbox : public std::enable_shared_from_this<chat_mailbox> {
 
 // ------------------------------------------------------------------ hub
 
-chat_hub::chat_hub(chat_options o)
-    : options_(std::move(o)), next_event_(static_cast<std::uint64_t>(util::realtime_ns() / 1000)) {}
+chat_hub::chat_hub(chat_options o, std::unique_ptr<chat_history> history)
+    : options_(std::move(o)),
+      store_(history ? std::move(history)
+                     : make_memory_history({options_.history_keep,
+                                            std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                options_.history_max_age)
+                                                .count()})),
+      next_event_(static_cast<std::uint64_t>(util::realtime_ns() / 1000)) {}
 chat_hub::~chat_hub() = default;
 
 chat_mailbox& chat_hub::mailbox_for(const boost::asio::any_io_executor& ex) {
@@ -432,6 +439,13 @@ chat_refusal chat_hub::join(chat_member& m, const std::string& name, chat_room_v
     return refusal(errc::busy, "the server has its maximum of " + std::to_string(options_.max_rooms) + " rooms");
   }
   auto& r = rooms_[key];  // created on first join
+  if (!r.loaded) {
+    r.loaded = true;
+    chat_history_query latest;
+    latest.a.any = true;
+    latest.limit = options_.history;
+    for (auto& e : store_->query("#" + key, latest)) r.history.push_back(std::move(e));
+  }
   r.members.insert(&m);
   r.receivers.reset();
   m.rooms.insert(key);
@@ -479,6 +493,7 @@ chat_refusal chat_hub::say(chat_member& m, const std::string& name, const std::s
   e->notice = how.notice;
   m.last_said_ms = e->ts_ms;
   broadcast(*r, e);
+  store_->add(e->room, e);
   if (const auto keep = options_.history; keep > 0) {
     r->history.push_back(std::move(e));
     while (r->history.size() > keep) r->history.pop_front();
@@ -504,6 +519,7 @@ chat_refusal chat_hub::msg(chat_member& m, const std::string& to, const std::str
   if (to_nick) *to_nick = target.nick;
   deliver(target, e);
   if (&target != &m) deliver(m, e);  // the sender sees what was delivered
+  store_->add(chat_history::pair_key(m.account, target.account), e);
   return {};
 }
 
@@ -605,6 +621,28 @@ chat_refusal chat_hub::whois(const std::string& nick, chat_member_view& out) {
   out.signon_ms = x.signon_ms;
   out.idle_ms = std::max<std::int64_t>(0, now_ms() - x.last_said_ms);
   for (const auto& k : x.rooms) out.rooms.push_back("#" + k);
+  return {};
+}
+
+chat_refusal chat_hub::history(const chat_member& m, const std::string& target, const chat_history_query& q,
+                              std::vector<std::shared_ptr<const chat_event>>& out) {
+  std::string key;
+  {
+    std::lock_guard lock(m_);
+    if (!target.empty() && target[0] == '#') {
+      if (!valid_room(target) || !m.rooms.count(room_key(target))) {
+        return refusal(errc::not_found, "you are not in " + target);
+      }
+      key = "#" + room_key(target);
+    } else if (auto it = nicks_.find(lower(target)); it != nicks_.end()) {
+      key = chat_history::pair_key(m.account, it->second->account);
+    } else {
+      auto a = std::find_if(accounts_.begin(), accounts_.end(), [&](const account& x) { return x.key == lower(target); });
+      if (a == accounts_.end()) return refusal(errc::not_found, "no one is called '" + target + "'");
+      key = chat_history::pair_key(m.account, a->name);
+    }
+  }
+  out = store_->query(key, q);
   return {};
 }
 

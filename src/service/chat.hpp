@@ -36,6 +36,8 @@ struct chat_options {
   bool enabled = true;
   std::string default_room = "lobby";
   std::size_t history = 50;               ///< messages replayed on join
+  std::size_t history_keep = 10000;       ///< messages kept per room and per pair of accounts (CHATHISTORY)
+  std::chrono::hours history_max_age{0};  ///< and for at most this long (0: no age limit)
   std::size_t max_message = 2000;         ///< bytes of UTF-8 text
   double rate = 5;                        ///< messages per second per client...
   double burst = 10;                      ///< ...with this burst
@@ -99,6 +101,8 @@ struct chat_receiver {
 };
 
 class chat_mailbox;
+class chat_history;
+struct chat_history_query;
 
 /// One connection's place in the hub. Its nickname, account and rooms
 /// change only through the hub, on the member's own connection thread (and
@@ -158,7 +162,9 @@ struct chat_say {
 
 class chat_hub {
  public:
-  explicit chat_hub(chat_options o);
+  /// `history`: where messages are kept (null: in memory, within the
+  /// options' retention).
+  explicit chat_hub(chat_options o, std::unique_ptr<chat_history> history = nullptr);
   ~chat_hub();
   const chat_options& options() const noexcept { return options_; }
   /// The server's accounts: each one's name is reserved as its nickname,
@@ -194,6 +200,10 @@ class chat_hub {
   /// who share a room with the member.
   chat_refusal away(chat_member& m, const std::string& text);
   chat_refusal whois(const std::string& nick, chat_member_view& out);
+  /// Stored messages of a room the member is in ("#room") or of its
+  /// private conversation with `target` (a nickname, or an account's name).
+  chat_refusal history(const chat_member& m, const std::string& target, const chat_history_query& q,
+                       std::vector<std::shared_ptr<const chat_event>>& out);
   /// Members with a nickname, and rooms with members.
   std::pair<std::size_t, std::size_t> counts();
   /// A nickname `m` can take, from `nick` (numbered, or its account's name).
@@ -211,7 +221,8 @@ class chat_hub {
     /// broadcast after a membership change, then shared (not copied) by
     /// every broadcast until the next change. Reset on join, part and quit.
     mutable std::shared_ptr<const struct receivers_by_loop> receivers;
-    std::deque<std::shared_ptr<const chat_event>> history;
+    std::deque<std::shared_ptr<const chat_event>> history;  ///< the last `history`, for the join replay
+    bool loaded = false;  ///< history read from the store
   };
 
   std::shared_ptr<chat_event> make_event(chat_event::kind what, const chat_member& m, std::string room = {});
@@ -241,6 +252,7 @@ class chat_hub {
   chat_mailbox& mailbox_for(const boost::asio::any_io_executor& ex);
 
   chat_options options_;
+  std::unique_ptr<chat_history> store_;
   std::mutex m_;
   std::uint64_t next_member_ = 1;
   std::uint64_t next_event_;
