@@ -16,6 +16,7 @@ packages=(
   libspdlog-dev libfmt-dev
   libtomlplusplus-dev   # --config FILE
   libxxhash-dev         # XXH3-128 content digests of transferred files
+  libsqlite3-dev        # chat history that survives restarts
   # tests, benchmarks, fuzzing
   libgtest-dev libgmock-dev libbenchmark-dev
   python3               # end-to-end tests and the independent client

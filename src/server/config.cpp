@@ -212,6 +212,12 @@ void parse_chat_table(const std::string& source, const toml::table& t, service::
       c.default_room = get_string(source, v, key);
       if (!service::valid_room(c.default_room)) fail_at(source, v, "'default_room' is not a valid room name");
     } else if (key == "history") c.history = get_integer<std::size_t>(source, v, key, 0, 100000);
+    else if (key == "history_store") {
+      c.history_store = get_string(source, v, key);
+      if (c.history_store != "sqlite" && c.history_store != "memory") {
+        fail_at(source, v, "'history_store' must be \"sqlite\" or \"memory\"");
+      }
+    } else if (key == "history_path") c.history_path = get_string(source, v, key);
     else if (key == "history_keep") c.history_keep = get_integer<std::size_t>(source, v, key, 0, 100000000);
     else if (key == "history_days") c.history_max_age = std::chrono::hours(24 * get_integer<int>(source, v, key, 0, 100000));
     else if (key == "max_message") c.max_message = get_integer<std::size_t>(source, v, key, 1, 1 << 20);

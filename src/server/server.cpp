@@ -14,6 +14,7 @@
 #include "proto/ntp.hpp"
 #include "server/chat_routes.hpp"
 #include "service/chat_history.hpp"
+#include "service/chat_sqlite.hpp"
 #include "server/exec_routes.hpp"
 #include "server/file_routes.hpp"
 #include "server/identity.hpp"
@@ -201,6 +202,21 @@ service::irc_settings irc_settings_of(const server_config& config) {
   return s;
 }
 
+// Where chat keeps its history: SQLite in the state directory unless told otherwise.
+std::unique_ptr<service::chat_history> open_history(const server_config& config) {
+  const auto& c = config.chat;
+  const service::chat_retention retention{
+      c.history_keep, std::chrono::duration_cast<std::chrono::milliseconds>(c.history_max_age).count()};
+  if (c.history_store == "memory" || !c.enabled) return service::make_memory_history(retention);
+  const std::filesystem::path path =
+      c.history_path.empty() ? config.state_dir / "chat-history.sqlite3" : std::filesystem::path(c.history_path);
+  try {
+    return service::open_sqlite_history(path, retention);
+  } catch (const service::history_error& e) {
+    throw config_error(e.what());
+  }
+}
+
 struct banner {
   std::string address;
   unsigned threads;
@@ -269,7 +285,7 @@ void run_server(server_config config, const serve_hooks& hooks) {
   }
   service::exec_limiter exec_limiter(config.exec);
   register_exec_service(ctx, exec_policy, exec_limiter);
-  service::chat_hub chat_hub(config.chat);
+  service::chat_hub chat_hub(config.chat, open_history(config));
   {
     std::vector<std::string> accounts;
     for (const auto& u : ctx.users) accounts.push_back(u.name);

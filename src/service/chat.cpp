@@ -166,7 +166,7 @@ chat_hub::chat_hub(chat_options o, std::unique_ptr<chat_history> history)
                                             std::chrono::duration_cast<std::chrono::milliseconds>(
                                                 options_.history_max_age)
                                                 .count()})),
-      next_event_(static_cast<std::uint64_t>(util::realtime_ns() / 1000)) {}
+      next_event_(std::max(static_cast<std::uint64_t>(util::realtime_ns() / 1000), store_->last_id())) {}
 chat_hub::~chat_hub() = default;
 
 chat_mailbox& chat_hub::mailbox_for(const boost::asio::any_io_executor& ex) {

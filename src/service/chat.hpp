@@ -38,6 +38,8 @@ struct chat_options {
   std::size_t history = 50;               ///< messages replayed on join
   std::size_t history_keep = 10000;       ///< messages kept per room and per pair of accounts (CHATHISTORY)
   std::chrono::hours history_max_age{0};  ///< and for at most this long (0: no age limit)
+  std::string history_store = "sqlite";   ///< "sqlite" (lasts) or "memory" (lost at restart)
+  std::string history_path;               ///< the SQLite file (empty: <state dir>/chat-history.sqlite3)
   std::size_t max_message = 2000;         ///< bytes of UTF-8 text
   double rate = 5;                        ///< messages per second per client...
   double burst = 10;                      ///< ...with this burst

@@ -46,6 +46,8 @@ class chat_history {
                                                                const chat_history_query& q) = 0;
   /// Waits until everything added is stored (a no-op in memory).
   virtual void flush() {}
+  /// The highest message id stored (0: none): ids go on from there.
+  virtual std::uint64_t last_id() { return 0; }
 };
 
 /// History in memory: lost at restart.

@@ -6,6 +6,7 @@ import base64
 import os
 import re
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -474,6 +475,66 @@ class IrcTest(unittest.TestCase):
                            capture_output=True, text=True, timeout=30, env=dict(os.environ, CSKIT_TOKEN="x" * 20))
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("cleartext is allowed on loopback only", r.stderr)
+
+
+class HistoryLastsTest(unittest.TestCase):
+    """History is kept in SQLite in the state directory: it survives a restart
+    and feeds both the cskit join replay and CHATHISTORY."""
+
+    def test_history_survives_a_restart(self):
+        with Server(config_text=CONF, token=None) as server:
+            port, _ = irc_port(server)
+            t = IrcTest()
+            t.server, t.port, t.tls, t.open = server, port, True, []
+            try:
+                a = t.login("alice", caps=("sasl", "batch", "server-time", "message-tags", "draft/chathistory"))
+                b = t.login("bob")
+                for c in (a, b):
+                    c.send("JOIN #kept")
+                    c.expect(r" 366 ")
+                for i in range(3):
+                    a.send(f"PRIVMSG #kept :kept {i}")
+                    b.expect(f"PRIVMSG #kept :kept {i}")
+                a.send("PRIVMSG bob :private and kept")
+                b.expect("private and kept")
+                a.send("CHATHISTORY LATEST #kept * 10")
+                before = [text for _, text in t.history_batch(a)]
+            finally:
+                t.tearDown()
+            server.restart(sig=signal.SIGTERM)
+            self.assertTrue(os.path.exists(os.path.join(server.state, "chat-history.sqlite3")))
+            port, _ = irc_port(server)
+            t.port, t.open = port, []
+            try:
+                cskit = t.chat_client("carol", "carol", "--room", "#kept")
+                replay = []
+                for i in range(3):
+                    e, _ = cskit.wait_for(message(f"kept {i}", "alice"))
+                    self.assertTrue(e.get("history"), e)
+                    replay.append(e["text"])
+                a = t.login("alice", caps=("sasl", "batch", "server-time", "message-tags", "draft/chathistory"))
+                a.send("JOIN #kept")
+                a.expect(r" 366 ")
+                a.send("CHATHISTORY LATEST #kept * 10")
+                self.assertEqual([text for _, text in t.history_batch(a)], before)
+                a.send("CHATHISTORY LATEST bob * 10")
+                a.expect(r"BATCH \+\S+ chathistory bob")
+                a.expect(r"PRIVMSG bob :private and kept")
+            finally:
+                t.tearDown()
+
+    def test_a_damaged_database_stops_the_server_with_a_clear_error(self):
+        state = tempfile.mkdtemp(prefix="cskit-irc-")
+        try:
+            with open(os.path.join(state, "chat-history.sqlite3"), "wb") as f:
+                f.write(b"not a database" * 1000)
+            r = subprocess.run([BIN, "serve", "--listen", "127.0.0.1:0", "--state-dir", state],
+                               capture_output=True, text=True, timeout=30, env=dict(os.environ, CSKIT_TOKEN="x" * 20))
+            self.assertEqual(r.returncode, 1, r.stderr)  # as any other error in the set-up
+            self.assertIn("chat-history.sqlite3", r.stderr)
+            self.assertRegex(r.stderr, r"not a database|damaged")
+        finally:
+            shutil.rmtree(state, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- real clients
