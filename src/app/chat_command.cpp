@@ -13,6 +13,7 @@
 #include <cstring>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
+#include <map>
 #include <set>
 #include <thread>
 
@@ -105,6 +106,11 @@ class chat_ui {
     }
   }
 
+  /// Where a typed line goes, shown in the prompt: "[#lobby] > ".
+  void status(const std::string& where) {
+    if (editor_) editor_->set_prompt(where.empty() ? "> " : "[" + neutralize(where) + "] > ");
+  }
+
   void note(const std::string& text) { show(o_.common.json ? json{{"type", "note"}, {"text", text}}.dump() : "-- " + text); }
   void set_me(const std::string& n) { me_ = n; }
 
@@ -121,15 +127,22 @@ class chat_ui {
 };
 
 struct chat_state {
-  std::string nick;
-  std::string current;           ///< room the next plain line goes to
+  std::string nick;                ///< empty: the account's name, learnt at login
+  bool nick_given = false;         ///< --nick: no automatic fallback when it is taken
+  std::string current;             ///< room the next plain line goes to
+  std::string query;               ///< /query NICK: plain lines go to NICK instead
   std::vector<std::string> rooms;  ///< joined, in order (to rejoin)
   bool quitting = false;
+  bool paced = false;              ///< not a terminal: each line waits for its answer (rate limit)
+  int refused = 0;                 ///< lines the server refused (the exit status says so)
+  int awaiting_echo = 0;           ///< own messages accepted and not seen back yet
+  bool interrupt_armed = false;    ///< Ctrl-C with a typed line: the next one quits
 };
 
 std::string help_text() {
-  return "commands: /join ROOM, /part [ROOM], /msg NICK text, /me action, /who [ROOM], /rooms, "
-         "/topic [text], /nick NAME, /quit [reason], /help; anything else is said in the current room";
+  return "commands: /join (/j) ROOM, /part [ROOM], /msg NICK|#ROOM text, /query (/q) [NICK], /me action, "
+         "/names (/who) [ROOM], /list (/rooms), /whois NICK, /away [message], /topic [text], /nick NAME, "
+         "/quit [reason], /help; anything else goes to the current room (or /query)";
 }
 
 // A chat.who answer as "alice (account alice), bobby (account bob)": each
@@ -147,6 +160,18 @@ std::string who_list(const proto::json& h) {
   return list;
 }
 
+std::string whois_text(const proto::json& h) {
+  std::string rooms;
+  for (const auto& r : h.value("rooms", std::vector<std::string>{})) rooms += " " + neutralize(r);
+  std::string text = neutralize(h.value("nick", std::string())) + " is account " +
+                     neutralize(h.value("account", std::string())) + ", idle " +
+                     std::to_string(h.value("idle_ms", std::int64_t{0}) / 1000) + " s";
+  if (!rooms.empty()) text += ", in" + rooms;
+  const std::string away = h.value("away", std::string());
+  if (!away.empty()) text += "; away: " + neutralize(away);
+  return text;
+}
+
 class chat_session {
  public:
   chat_session(const chat_options& o, chat_ui& ui, chat_state& st) : o_(o), ui_(ui), st_(st) {}
@@ -154,7 +179,8 @@ class chat_session {
   /// Connects, introduces itself and (re)joins. Throws client_error.
   void open() {
     conn_.emplace(connect_client(o_.common, o_.common.host));
-    proto::frame w = request({{"type", "chat.hello"}, {"nick", st_.nick}});
+    if (st_.nick.empty()) st_.nick = conn_->greeting().user;  // the login's name is reserved for it
+    proto::frame w = hello();
     st_.nick = w.header.value("nick", st_.nick);
     ui_.set_me(st_.nick);
     if (st_.rooms.empty()) st_.rooms.push_back(o_.room.empty() ? w.header.value("default_room", "lobby") : o_.room);
@@ -168,65 +194,38 @@ class chat_session {
     const std::string name = j.header.value("room", room);
     if (std::find(st_.rooms.begin(), st_.rooms.end(), name) == st_.rooms.end()) st_.rooms.push_back(name);
     st_.current = name;
+    st_.query.clear();
     if (!o_.common.json) {
       std::string members;
       for (const auto& m : j.header.value("members", std::vector<std::string>{})) members += " " + neutralize(m);
-      ui_.note("joined " + name + (j.header.value("topic", std::string()).empty() ? "" : " (topic: " + neutralize(j.header.value("topic", std::string())) + ")") +
+      const std::string topic = neutralize(j.header.value("topic", std::string()));
+      ui_.note("joined " + name + (topic.empty() ? "" : " (topic: " + topic + ")") +
                (members.empty() ? "" : "; here:" + members));
     } else {
       ui_.render(j);
     }
+    show_status();
   }
 
   /// Sends a request and waits for its reply, showing what arrives meanwhile.
   proto::frame request(json h, std::string_view body = {}) {
+    proto::frame f = exchange(std::move(h), body);
+    if (f.type() == proto::type::error) throw client::error_from_frame(f);
+    return f;
+  }
+
+  /// Sends without waiting; the reply (chat.ok or an error) is handled by
+  /// pump() as `kind` says.
+  void send(json h, std::string_view body = {}, std::string kind = {}) {
     const auto id = conn_->next_id();
     h["id"] = id;
     conn_->send(h, body);
     last_send_ = std::chrono::steady_clock::now();
-    for (;;) {
-      proto::frame f = conn_->receive();
-      if (f.id() == id) {
-        if (f.type() == proto::type::error) throw client::error_from_frame(f);
-        return f;
-      }
-      ui_.render(f);
-    }
-  }
-
-  /// Sends without waiting; the reply (chat.ok or an error) is handled by pump().
-  void send(json h, std::string_view body = {}) {
-    h["id"] = conn_->next_id();
-    conn_->send(h, body);
-    last_send_ = std::chrono::steady_clock::now();
+    if (!kind.empty()) pending_[id] = std::move(kind);
   }
 
   void pump() {
-    while (auto f = conn_->try_receive()) {
-      if (f->type() == proto::type::error) {
-        const std::string msg = f->header.value("message", std::string("error"));
-        ui_.note("error: " + msg);
-        continue;
-      }
-      if (f->type() == "chat.ok") {
-        if (f->header.contains("members")) {
-          ui_.note(f->header.value("room", std::string()) + ": " + who_list(f->header));
-        } else if (f->header.contains("rooms")) {
-          for (const auto& r : f->header["rooms"]) {
-            ui_.note(fmt::format("{} ({} here) {}", r.value("room", ""), r.value("members", 0),
-                                 neutralize(r.value("topic", ""))));
-          }
-        } else if (f->header.contains("topic")) {
-          ui_.note("topic of " + f->header.value("room", std::string()) + ": " +
-                   neutralize(f->header.value("topic", std::string())));
-        } else if (f->header.contains("nick")) {
-          st_.nick = f->header.value("nick", st_.nick);
-          ui_.set_me(st_.nick);
-        }
-        continue;
-      }
-      ui_.render(*f);
-    }
+    while (auto f = conn_->try_receive()) answer(*f);
     if (std::chrono::steady_clock::now() - last_send_ > keepalive) {
       conn_->send({{"type", proto::type::ping}});
       last_send_ = std::chrono::steady_clock::now();
@@ -235,61 +234,38 @@ class chat_session {
 
   /// One line typed by the user.
   void line(const std::string& text) {
+    st_.interrupt_armed = false;
     if (text.empty()) return;
-    if (text[0] != '/') {
-      if (st_.current.empty()) return ui_.note("join a room first (/join ROOM)");
-      return send({{"type", "chat.say"}, {"room", st_.current}}, text);
-    }
+    if (text[0] != '/') return say_here(text);
     const auto sp = text.find(' ');
     const std::string cmd = text.substr(0, sp);
-    std::string arg = sp == std::string::npos ? "" : text.substr(sp + 1);
-    if (cmd == "/join" && !arg.empty()) {
-      const auto id = conn_->next_id();
-      conn_->send({{"type", "chat.join"}, {"id", id}, {"room", arg}});
-      // The reply is handled synchronously to learn the room's canonical name.
-      for (;;) {
-        proto::frame f = conn_->receive();
-        if (f.id() == id) {
-          if (f.type() == proto::type::error) {
-            ui_.note("error: " + f.header.value("message", std::string()));
-          } else {
-            const std::string name = f.header.value("room", arg);
-            if (std::find(st_.rooms.begin(), st_.rooms.end(), name) == st_.rooms.end()) st_.rooms.push_back(name);
-            st_.current = name;
-            ui_.note("joined " + name);
-          }
-          break;
-        }
-        ui_.render(f);
-      }
-    } else if (cmd == "/part") {
-      const std::string room = arg.empty() ? st_.current : arg;
-      send({{"type", "chat.part"}, {"room", room}});
-      st_.rooms.erase(std::remove(st_.rooms.begin(), st_.rooms.end(), room), st_.rooms.end());
-      if (st_.current == room) st_.current = st_.rooms.empty() ? "" : st_.rooms.back();
-    } else if (cmd == "/msg") {
-      const auto s2 = arg.find(' ');
-      if (s2 == std::string::npos) return ui_.note("usage: /msg NICK text");
-      send({{"type", "chat.msg"}, {"to", arg.substr(0, s2)}}, arg.substr(s2 + 1));
-    } else if (cmd == "/me" && !arg.empty()) {
-      send({{"type", "chat.say"}, {"room", st_.current}, {"action", true}}, arg);
-    } else if (cmd == "/who") {
-      send({{"type", "chat.who"}, {"room", arg.empty() ? st_.current : arg}});
-    } else if (cmd == "/rooms") {
-      send({{"type", "chat.rooms"}});
-    } else if (cmd == "/topic") {
-      json h = {{"type", "chat.topic"}, {"room", st_.current}};
-      if (!arg.empty()) h["topic"] = arg;
-      send(h);
-    } else if (cmd == "/nick" && !arg.empty()) {
-      send({{"type", "chat.nick"}, {"nick", arg}});
-    } else if (cmd == "/quit") {
-      st_.quitting = true;
-      send({{"type", "chat.quit"}, {"reason", arg.empty() ? "quit" : arg}});
-    } else if (cmd == "/help") {
-      ui_.note(help_text());
-    } else {
-      ui_.note("unknown command " + cmd + "; " + help_text());
+    const std::string arg = sp == std::string::npos ? "" : text.substr(sp + 1);
+    using handler = void (chat_session::*)(const std::string&);
+    static const std::pair<std::string_view, handler> commands[] = {
+        {"/join", &chat_session::cmd_join},   {"/j", &chat_session::cmd_join},
+        {"/part", &chat_session::cmd_part},   {"/msg", &chat_session::cmd_msg},
+        {"/query", &chat_session::cmd_query}, {"/q", &chat_session::cmd_query},
+        {"/me", &chat_session::cmd_me},       {"/who", &chat_session::cmd_names},
+        {"/names", &chat_session::cmd_names}, {"/rooms", &chat_session::cmd_list},
+        {"/list", &chat_session::cmd_list},   {"/whois", &chat_session::cmd_whois},
+        {"/away", &chat_session::cmd_away},   {"/topic", &chat_session::cmd_topic},
+        {"/nick", &chat_session::cmd_nick},   {"/quit", &chat_session::cmd_quit},
+        {"/help", &chat_session::cmd_help},
+    };
+    for (const auto& [name, fn] : commands) {
+      if (cmd == name) return (this->*fn)(arg);
+    }
+    ui_.note("unknown command " + cmd + "; " + help_text());
+  }
+
+  /// Waits (at most `limit`) until the server has sent back every message
+  /// of ours it accepted, so that a piped session shows all its own lines.
+  void wait_for_echoes(std::chrono::milliseconds limit) {
+    const auto until = std::chrono::steady_clock::now() + limit;
+    while (st_.awaiting_echo > 0 && std::chrono::steady_clock::now() < until) {
+      pollfd p{fd(), POLLIN, 0};
+      ::poll(&p, 1, 50);
+      pump();
     }
   }
 
@@ -300,21 +276,259 @@ class chat_session {
   }
 
  private:
+  // chat.hello; a default nickname that is taken (another session of the
+  // same account has it) falls back to the server's suggestion.
+  proto::frame hello() {
+    for (int attempt = 0;; ++attempt) {
+      proto::frame w = exchange({{"type", "chat.hello"}, {"nick", st_.nick}});
+      if (w.type() != proto::type::error) return w;
+      const std::string suggestion = w.header.value("suggestion", std::string());
+      if (st_.nick_given || suggestion.empty() || attempt >= 3 ||
+          w.header.value("code", std::string()) != proto::to_wire(proto::errc::conflict)) {
+        throw client::error_from_frame(w);
+      }
+      ui_.note("nickname " + neutralize(st_.nick) + " is taken; you are " + neutralize(suggestion));
+      st_.nick = suggestion;
+    }
+  }
+
+  /// Sends a request and returns its reply (an error frame too), showing
+  /// what arrives meanwhile.
+  proto::frame exchange(json h, std::string_view body = {}) {
+    const auto id = conn_->next_id();
+    h["id"] = id;
+    conn_->send(h, body);
+    last_send_ = std::chrono::steady_clock::now();
+    for (;;) {
+      proto::frame f = conn_->receive();
+      if (f.id() == id) return f;
+      answer(f);
+    }
+  }
+
+  // Something the server sent that is not the reply being waited for.
+  void answer(const proto::frame& f) {
+    std::string kind;
+    if (auto it = f.id() ? pending_.find(*f.id()) : pending_.end(); it != pending_.end()) {
+      kind = std::move(it->second);
+      pending_.erase(it);
+    }
+    if (f.type() == proto::type::error) {
+      if (kind == "say") ++st_.refused;
+      return ui_.note("error: " + f.header.value("message", std::string("error")));
+    }
+    if (f.type() != "chat.ok") {
+      if (f.type() == "chat.message" && f.header.value("from", std::string()) == st_.nick &&
+          !f.header.value("history", false) && st_.awaiting_echo > 0) {
+        --st_.awaiting_echo;
+      }
+      return ui_.render(f);
+    }
+    show_reply(kind, f.header);
+  }
+
+  void show_reply(const std::string& kind, const json& h) {
+    if (kind == "say") ++st_.awaiting_echo;
+    else if (kind == "names") ui_.note(h.value("room", std::string()) + ": " + who_list(h));
+    else if (kind == "whois") ui_.note(whois_text(h));
+    else if (kind == "topic") {
+      ui_.note("topic of " + h.value("room", std::string()) + ": " + neutralize(h.value("topic", std::string())));
+    } else if (kind == "list") {
+      for (const auto& r : h.value("rooms", json::array())) {
+        ui_.note(fmt::format("{} ({} here) {}", r.value("room", ""), r.value("members", 0),
+                             neutralize(r.value("topic", ""))));
+      }
+    } else if (kind == "away") {
+      ui_.note(h.value("away", false) ? "you are marked as away" : "you are back");
+    } else if (kind == "nick") {
+      st_.nick = h.value("nick", st_.nick);
+      ui_.set_me(st_.nick);
+    }
+  }
+
+  void show_status() { ui_.status(st_.query.empty() ? st_.current : "-> " + st_.query); }
+
+  void say_here(const std::string& text) {
+    if (!st_.query.empty()) return say({{"type", "chat.msg"}, {"to", st_.query}}, text);
+    if (st_.current.empty()) return ui_.note("join a room first (/join ROOM)");
+    say({{"type", "chat.say"}, {"room", st_.current}}, text);
+  }
+
+  // A message: on a terminal sent at once; piped, each waits for its
+  // answer, and one the rate limit refuses is sent again when the server
+  // says it may be, so that piped input is paced, never dropped.
+  void say(json h, const std::string& text) {
+    if (!st_.paced) return send(std::move(h), text, "say");
+    for (;;) {
+      proto::frame r = exchange(h, text);
+      if (r.type() != proto::type::error) return show_reply("say", r.header);
+      if (r.header.value("code", std::string()) != proto::to_wire(proto::errc::rate_limited)) {
+        ++st_.refused;
+        return ui_.note("error: " + r.header.value("message", std::string("error")));
+      }
+      const double retry = std::clamp(r.header.value("retry_after", 0.2), 0.01, 10.0);
+      wait(std::chrono::milliseconds(static_cast<int>(retry * 1000) + 1));
+    }
+  }
+
+  // Sleeps, still reading what the server sends.
+  void wait(std::chrono::milliseconds d) {
+    const auto until = std::chrono::steady_clock::now() + d;
+    for (auto now = std::chrono::steady_clock::now(); now < until; now = std::chrono::steady_clock::now()) {
+      pollfd p{fd(), POLLIN, 0};
+      ::poll(&p, 1, static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(until - now).count()) + 1);
+      pump();
+    }
+  }
+
+  void cmd_join(const std::string& arg) {
+    if (arg.empty()) return ui_.note("usage: /join ROOM");
+    proto::frame f = exchange({{"type", "chat.join"}, {"room", arg}}, {});
+    if (f.type() == proto::type::error) return ui_.note("error: " + f.header.value("message", std::string()));
+    const std::string name = f.header.value("room", arg);
+    if (std::find(st_.rooms.begin(), st_.rooms.end(), name) == st_.rooms.end()) st_.rooms.push_back(name);
+    st_.current = name;
+    st_.query.clear();
+    ui_.note("joined " + name);
+    show_status();
+  }
+
+  void cmd_part(const std::string& arg) {
+    const std::string room = arg.empty() ? st_.current : arg;
+    send({{"type", "chat.part"}, {"room", room}});
+    st_.rooms.erase(std::remove(st_.rooms.begin(), st_.rooms.end(), room), st_.rooms.end());
+    if (st_.current == room) st_.current = st_.rooms.empty() ? "" : st_.rooms.back();
+    show_status();
+  }
+
+  void cmd_msg(const std::string& arg) {
+    const auto sp = arg.find(' ');
+    if (sp == std::string::npos) return ui_.note("usage: /msg NICK text, or /msg #ROOM text");
+    const std::string to = arg.substr(0, sp), text = arg.substr(sp + 1);
+    if (to[0] == '#') return say({{"type", "chat.say"}, {"room", to}}, text);
+    say({{"type", "chat.msg"}, {"to", to}}, text);
+  }
+
+  void cmd_query(const std::string& arg) {
+    const auto sp = arg.find(' ');
+    st_.query = arg.substr(0, sp);
+    show_status();
+    if (st_.query.empty()) return ui_.note("lines go to " + (st_.current.empty() ? "no room" : st_.current));
+    ui_.note("lines go to " + neutralize(st_.query) + " (/query alone goes back to " + st_.current + ")");
+    if (sp != std::string::npos) say({{"type", "chat.msg"}, {"to", st_.query}}, arg.substr(sp + 1));
+  }
+
+  void cmd_me(const std::string& arg) {
+    if (arg.empty()) return ui_.note("usage: /me action");
+    if (!st_.query.empty()) return say({{"type", "chat.msg"}, {"to", st_.query}, {"action", true}}, arg);
+    say({{"type", "chat.say"}, {"room", st_.current}, {"action", true}}, arg);
+  }
+
+  void cmd_names(const std::string& arg) { send({{"type", "chat.who"}, {"room", arg.empty() ? st_.current : arg}}, {}, "names"); }
+  void cmd_list(const std::string&) { send({{"type", "chat.rooms"}}, {}, "list"); }
+
+  void cmd_whois(const std::string& arg) {
+    if (arg.empty()) return ui_.note("usage: /whois NICK");
+    send({{"type", "chat.whois"}, {"nick", arg}}, {}, "whois");
+  }
+
+  void cmd_away(const std::string& arg) { send({{"type", "chat.away"}, {"message", arg}}, {}, "away"); }
+
+  void cmd_topic(const std::string& arg) {
+    json h = {{"type", "chat.topic"}, {"room", st_.current}};
+    if (!arg.empty()) h["topic"] = arg;
+    send(h, {}, arg.empty() ? "topic" : "");
+  }
+
+  void cmd_nick(const std::string& arg) {
+    if (arg.empty()) return ui_.note("usage: /nick NAME");
+    send({{"type", "chat.nick"}, {"nick", arg}}, {}, "nick");
+  }
+
+  void cmd_quit(const std::string& arg) {
+    st_.quitting = true;
+    send({{"type", "chat.quit"}, {"reason", arg.empty() ? "quit" : arg}});
+  }
+
+  void cmd_help(const std::string&) { ui_.note(help_text()); }
+
   const chat_options& o_;
   chat_ui& ui_;
   chat_state& st_;
   std::optional<client::connection> conn_;
+  std::map<std::uint64_t, std::string> pending_;  ///< requests sent without waiting: what their reply is
   std::chrono::steady_clock::time_point last_send_ = std::chrono::steady_clock::now();
 };
 
-std::string default_nick() {
-  const char* u = std::getenv("USER");
-  std::string n = u && *u ? u : "guest";
-  n.erase(std::remove_if(n.begin(), n.end(), [](char c) {
-            return !(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.');
-          }),
-          n.end());
-  return n.empty() ? "guest" : n.substr(0, 32);
+// Reads what stdin has (not a terminal) and hands each whole line to the
+// session; false at the end of the input.
+bool read_piped(chat_session& s, chat_state& st, std::string& pending) {
+  char buf[4096];
+  const ssize_t n = ::read(STDIN_FILENO, buf, sizeof buf);
+  if (n < 0 && errno == EINTR) return true;
+  if (n <= 0) {
+    if (!pending.empty()) s.line(pending);
+    pending.clear();
+    return false;
+  }
+  pending.append(buf, static_cast<std::size_t>(n));
+  std::size_t nl;
+  while (!st.quitting && (nl = pending.find('\n')) != std::string::npos) {
+    std::string line = pending.substr(0, nl);
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    pending.erase(0, nl + 1);
+    s.line(line);
+  }
+  return true;
+}
+
+// A key press on the terminal.
+void read_keys(chat_session& s, chat_state& st, chat_ui& ui, line_editor& editor) {
+  switch (auto r = editor.feed(); r.kind) {
+    case line_editor::result::line: s.line(r.text); break;
+    case line_editor::result::eof: s.line("/quit"); break;
+    case line_editor::result::interrupt:
+      // Ctrl-C with a typed line keeps the line; a second one (or one on
+      // an empty line) quits.
+      if (!r.text.empty() && !st.interrupt_armed) {
+        st.interrupt_armed = true;
+        ui.note("Ctrl-C again quits; your line is kept (Enter sends it)");
+      } else {
+        s.line("/quit interrupted");
+      }
+      break;
+    case line_editor::result::none: break;
+  }
+}
+
+// One connection's life: events and input until quit or the connection is
+// lost (client_error).
+void converse(chat_session& s, chat_state& st, chat_ui& ui, line_editor* editor, bool& stdin_open) {
+  std::string pending;  // piped input: a partial line
+  while (!st.quitting) {
+    pollfd fds[2] = {{s.fd(), POLLIN, 0}, {STDIN_FILENO, POLLIN, 0}};
+    ::poll(fds, stdin_open ? 2 : 1, 1000);
+    s.pump();
+    if (!stdin_open || !(fds[1].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+    if (editor) {
+      read_keys(s, st, ui, *editor);
+    } else if (!read_piped(s, st, pending)) {
+      stdin_open = false;  // end of input: our own lines back, then goodbye
+      s.wait_for_echoes(std::chrono::seconds(5));
+      s.line("/quit");
+    }
+  }
+  // Wait (briefly) for the server to confirm the quit and close.
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  try {
+    while (std::chrono::steady_clock::now() < until) {
+      pollfd p{s.fd(), POLLIN, 0};
+      ::poll(&p, 1, 100);
+      s.pump();
+    }
+  } catch (const client::client_error&) {
+    // the server closed the connection: done
+  }
 }
 
 }  // namespace
@@ -324,7 +538,9 @@ int run_chat(const chat_options& o) {
   ::signal(SIGPIPE, SIG_IGN);
   chat_ui ui(o, interactive);
   chat_state st;
-  st.nick = o.nick.empty() ? default_nick() : o.nick;
+  st.nick = o.nick;
+  st.nick_given = !o.nick.empty();
+  st.paced = !interactive;
   std::optional<line_editor> editor;
   bool stdin_open = true;
   std::chrono::milliseconds backoff{500};
@@ -339,53 +555,10 @@ int run_chat(const chat_options& o) {
       if (interactive && !editor) {
         editor.emplace("> ");
         ui.attach(&*editor);
+        ui.status(st.current);
         ui.note("connected as " + st.nick + "; " + help_text());
       }
-      std::string pending;  // scriptable mode: a partial line
-      while (!st.quitting) {
-        pollfd fds[2] = {{s.fd(), POLLIN, 0}, {STDIN_FILENO, POLLIN, 0}};
-        ::poll(fds, stdin_open ? 2 : 1, 1000);
-        s.pump();
-        if (!stdin_open || !(fds[1].revents & (POLLIN | POLLHUP | POLLERR))) continue;
-        if (editor) {
-          switch (auto r = editor->feed(); r.kind) {
-            case line_editor::result::line: s.line(r.text); break;
-            case line_editor::result::eof: s.line("/quit"); break;
-            case line_editor::result::interrupt: s.line("/quit interrupted"); break;
-            case line_editor::result::none: break;
-          }
-          continue;
-        }
-        char buf[4096];
-        ssize_t n = ::read(STDIN_FILENO, buf, sizeof buf);
-        if (n <= 0) {
-          if (n < 0 && errno == EINTR) continue;
-          stdin_open = false;  // end of input: say goodbye once what we sent is answered
-          if (!pending.empty()) s.line(pending);
-          s.line("/quit");
-          break;
-        }
-        pending.append(buf, static_cast<std::size_t>(n));
-        std::size_t nl;
-        while ((nl = pending.find('\n')) != std::string::npos) {
-          std::string line = pending.substr(0, nl);
-          if (!line.empty() && line.back() == '\r') line.pop_back();
-          pending.erase(0, nl + 1);
-          s.line(line);
-          if (st.quitting) break;
-        }
-      }
-      // Wait (briefly) for the server to confirm the quit and close.
-      const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(2);
-      try {
-        while (std::chrono::steady_clock::now() < until) {
-          pollfd p{s.fd(), POLLIN, 0};
-          ::poll(&p, 1, 100);
-          s.pump();
-        }
-      } catch (const client::client_error&) {
-        // the server closed the connection: done
-      }
+      converse(s, st, ui, editor ? &*editor : nullptr, stdin_open);
       s.close();
     } catch (const client::client_error& e) {
       s.close();
@@ -401,6 +574,11 @@ int run_chat(const chat_options& o) {
       std::this_thread::sleep_for(backoff);
       backoff = std::min<std::chrono::milliseconds>(backoff * 2, std::chrono::seconds(30));
     }
+  }
+  if (st.refused > 0) {
+    if (editor) editor.reset();
+    std::fprintf(stderr, "cskit chat: the server refused %d line%s\n", st.refused, st.refused == 1 ? "" : "s");
+    return exit_code::remote;
   }
   return exit_code::ok;
 }

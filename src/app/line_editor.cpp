@@ -73,6 +73,12 @@ void line_editor::redraw() {
   out(s);
 }
 
+void line_editor::set_prompt(std::string prompt) {
+  if (prompt == prompt_) return;
+  prompt_ = std::move(prompt);
+  redraw();
+}
+
 void line_editor::print_above(const std::string& text) {
   if (attached_) out("\r\x1b[K" + text + "\n");
   redraw();
@@ -177,7 +183,7 @@ line_editor::result line_editor::key_bytes(std::string_view in) {
         cursor_ = p;
         break;
       }
-      case 0x03: return {result::interrupt, {}};                   // Ctrl-C
+      case 0x03: return {result::interrupt, buf_};                 // Ctrl-C: the line stays
       case 0x04:                                                   // Ctrl-D
         if (buf_.empty()) return {result::eof, {}};
         buf_.erase(cursor_, next_char(cursor_) - cursor_);

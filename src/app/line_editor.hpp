@@ -29,6 +29,8 @@ class line_editor {
   result feed();
   /// Prints a line above the input line and redraws the input unchanged.
   void print_above(const std::string& text);
+  /// A new prompt (the chat client's status: where a line goes).
+  void set_prompt(std::string prompt);
 
   // Exposed for tests.
   const std::string& buffer() const noexcept { return buf_; }

@@ -100,7 +100,7 @@ struct tcp_server::impl {
     s.non_blocking(true, ec);
     const std::string text(message.empty() ? proto::default_message(code) : message);
     std::string bytes = via.refusal ? via.refusal(text) : proto::encode_frame(proto::make_error(code, message));
-    s.send(asio::buffer(bytes), 0, ec);
+    if (!bytes.empty()) s.send(asio::buffer(bytes), 0, ec);
     s.shutdown(tcp::socket::shutdown_send, ec);
     if (lingering >= max_lingering) {
       s.close(ec);

@@ -28,7 +28,9 @@ std::string start_date() {
 }
 
 std::vector<std::string> isupport_tokens(const service::chat_options& o, const service::irc_settings& s) {
-  const std::string text = std::to_string(o.max_message);
+  // What an IRC client may send in one line of its own, not cskit's
+  // max_message: the 512-byte line is the tighter bound.
+  const std::string text = std::to_string(std::min(o.max_message, service::max_irc_text));
   return {"AWAYLEN=" + text,
           "CASEMAPPING=ascii",
           "CHANLIMIT=#:" + std::to_string(o.max_rooms),
@@ -40,7 +42,7 @@ std::vector<std::string> isupport_tokens(const service::chat_options& o, const s
           "NETWORK=" + s.network,
           "NICKLEN=32",
           "PREFIX=",
-          "TARGMAX=PRIVMSG:4,NOTICE:4,JOIN:,PART:,NAMES:",
+          "TARGMAX=PRIVMSG:4,NOTICE:4,JOIN:,PART:,NAMES:,WHOIS:1",
           "TOPICLEN=" + text,
           "UTF8ONLY"};
 }
@@ -96,7 +98,13 @@ void irc_session::numeric(net::connection& c, std::string_view what, std::initia
   for (auto x : params) p.emplace_back(x);
   std::string line;
   irc::append(line, {}, front_.settings.server_name, what, p, true);
-  c.send_raw(line);
+  send(c, std::move(line));
+}
+
+void irc_session::send(net::connection& c, std::string lines) {
+  // Once registered, in the hub's order with everything else it is sent.
+  if (chat_) return chat_->send(std::move(lines));
+  c.send_raw(lines);
 }
 
 std::string irc_session::current_nick() const {
@@ -144,8 +152,10 @@ void irc_session::on_line(net::connection& c, std::string_view line) {
   if (!proto::is_valid_utf8(line)) {
     std::string fail;
     irc::append(fail, {}, front_.settings.server_name, "FAIL",
-                {m.command, "INVALID_UTF8", "Message rejected: it is not valid UTF-8 (this server is UTF8ONLY)"}, true);
-    c.send_raw(fail);
+                {service::irc_word(m.command), "INVALID_UTF8",
+                 "Message rejected: it is not valid UTF-8 (this server is UTF8ONLY)"},
+                true);
+    send(c, std::move(fail));
     return;
   }
   handle(c, m);
@@ -158,7 +168,7 @@ void irc_session::handle(net::connection& c, const irc::message& m) {
     std::string line;
     irc::append(line, {}, front_.settings.server_name, "PONG",
                 {front_.settings.server_name, m.params.empty() ? std::string() : m.params[0]}, true);
-    c.send_raw(line);
+    send(c, std::move(line));
     return;
   }
   if (cmd == "PONG") return;
@@ -174,7 +184,7 @@ void irc_session::handle(net::connection& c, const irc::message& m) {
   if (cmd == "NICK") {
     if (m.params.empty() || m.params[0].empty()) return numeric(c, "431", {"No nickname given"});
     if (!service::valid_nick(m.params[0])) {
-      return numeric(c, "432", {m.params[0], "Erroneous nickname: 1-32 letters, digits, '-', '_' or '.'"});
+      return numeric(c, "432", {service::irc_word(m.params[0]), "Erroneous nickname: 1-32 letters, digits, '-', '_' or '.'"});
     }
     nick_ = m.params[0];
     return try_register(c);
@@ -189,7 +199,7 @@ void irc_session::handle(net::connection& c, const irc::message& m) {
 
 void irc_session::on_quit(net::connection& c, const irc::message& m) {
   const std::string reason = m.params.empty() || m.params[0].empty() ? std::string("Client quit") : m.params[0];
-  if (chat_) chat_->set_quit_reason(reason.substr(0, front_.hub.options().max_message));
+  if (chat_) chat_->set_quit_reason(service::irc_text(reason));
   quit_given_ = true;  // the client's reason, not the connection's
   close(c, "quit");
 }
@@ -201,7 +211,7 @@ void irc_session::on_cap(net::connection& c, const irc::message& m) {
   auto reply = [&](std::string_view what, std::string_view text) {
     std::string line;
     irc::append(line, {}, front_.settings.server_name, "CAP", {current_nick(), what, text}, true);
-    c.send_raw(line);
+    send(c, std::move(line));
   };
   if (sub == "LS") {
     if (!chat_) cap_negotiating_ = true;
@@ -248,16 +258,19 @@ void irc_session::on_cap(net::connection& c, const irc::message& m) {
     cap_negotiating_ = false;
     return try_register(c);
   }
-  numeric(c, "410", {sub, "Invalid CAP command"});
+  numeric(c, "410", {service::irc_word(sub), "Invalid CAP command"});
 }
 
 // ------------------------------------------------------------------ login
 
 void irc_session::on_authenticate(net::connection& c, const irc::message& m) {
-  if (!(caps_ & service::cap_sasl)) return numeric(c, "904", {"SASL authentication failed: request the sasl capability first"});
+  if (!(caps_ & service::cap_sasl)) {
+    return numeric(c, "904", {"SASL authentication failed: request the sasl capability first"});
+  }
   if (account_ || login_pending_) return numeric(c, "907", {"You have already authenticated using SASL"});
   const std::string arg = m.params.empty() ? std::string() : m.params[0];
   if (!sasl_started_) {
+    if (arg == "*") return numeric(c, "906", {"SASL authentication aborted"});
     if (arg != "PLAIN") {
       numeric(c, "908", {"PLAIN", "are available SASL mechanisms"});
       return numeric(c, "904", {"SASL authentication failed: only PLAIN is offered"});
@@ -270,6 +283,10 @@ void irc_session::on_authenticate(net::connection& c, const irc::message& m) {
   if (arg == "*") {
     sasl_started_ = false;
     return numeric(c, "906", {"SASL authentication aborted"});
+  }
+  if (arg.size() > 400) {
+    sasl_started_ = false;
+    return numeric(c, "905", {"SASL message too long: send it in chunks of 400 bytes"});
   }
   // Chunks of 400 bytes; a shorter one (or "+") ends the message.
   if (arg != "+") sasl_buffer_ += arg;

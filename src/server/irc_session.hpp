@@ -57,6 +57,8 @@ class irc_session final : public net::frame_handler {
   void welcome(net::connection& c);
   void numeric(net::connection& c, std::string_view what, std::initializer_list<std::string_view> params);
   void close(net::connection& c, std::string_view reason);
+  /// Lines to the client: directly before registration, then in the hub's order.
+  void send(net::connection& c, std::string lines);
   /// The nickname replies are addressed to ("*" before there is one).
   std::string current_nick() const;
 

@@ -182,7 +182,10 @@ std::string add_irc_front(net::tcp_server& srv, const server_config& config, con
                        ": cleartext is allowed on loopback only, unless [irc] plaintext_remote = true");
   }
   auto bound = srv.add_listener(ep->host, ep->port, [&front] { return std::make_unique<irc_session>(front); },
-                                use_tls ? tls.context : nullptr, &irc_front::closing);
+                                use_tls ? tls.context : nullptr,
+                                // (a TLS client could not read a cleartext line: it is just closed)
+                                use_tls ? net::tcp_server::refusal_encoder([](const std::string&) { return std::string(); })
+                                        : net::tcp_server::refusal_encoder(&irc_front::closing));
   return "irc: " + bound + (use_tls ? " (TLS)" : " (cleartext)");
 }
 

@@ -109,11 +109,13 @@ class chat_mailbox : public std::enable_shared_from_this<chat_mailbox> {
   chat_mailbox(boost::asio::any_io_executor ex, std::size_t limit) : executor(std::move(ex)), limit_(limit) {}
   const boost::asio::any_io_executor executor;
 
-  /// `e` to the receivers `list->loops[index]` (a room), or to `one`.
+  /// `e` to the receivers `list->loops[index]` (a room), or to `one`; or
+  /// `raw` bytes to `one`.
   void push(std::shared_ptr<const receivers_by_loop> list, std::uint32_t index,
-            std::shared_ptr<const chat_receiver> one, std::shared_ptr<const chat_event> e) {
+            std::shared_ptr<const chat_receiver> one, std::shared_ptr<const chat_event> e,
+            std::shared_ptr<const std::string> raw = nullptr) {
     std::lock_guard lock(m_);
-    items_.push_back({std::move(list), index, std::move(one), std::move(e)});
+    items_.push_back({std::move(list), index, std::move(one), std::move(e), std::move(raw)});
     if (posted_) return;
     posted_ = true;
     boost::asio::post(executor, [self = shared_from_this()] { self->drain(); });
@@ -125,6 +127,7 @@ class chat_mailbox : public std::enable_shared_from_this<chat_mailbox> {
     std::uint32_t index;
     std::shared_ptr<const chat_receiver> one;
     std::shared_ptr<const chat_event> event;
+    std::shared_ptr<const std::string> raw;
   };
   void send(encodings& enc, const chat_receiver& r) {
     if (const auto* bytes = enc.get(r)) send_to(r, *bytes, limit_);
@@ -142,6 +145,12 @@ class chat_mailbox : public std::enable_shared_from_this<chat_mailbox> {
       ~clear_on_exit() { v.clear(); }
     } guard{draining_};
     for (const auto& it : draining_) {
+      if (it.raw) {
+        // A reply the client asked for: bounded by the connection's own
+        // send queue, not by max_queue, which is for what others send it.
+        if (auto c = it.one->conn.lock(); c && !c->closing()) c->send_shared(it.raw);
+        continue;
+      }
       encodings enc(*it.event);
       if (it.list) {
         for (const auto& r : it.list->loops[it.index].second) send(enc, *r);
@@ -263,8 +272,19 @@ void chat_hub::set_accounts(const std::vector<std::string>& names) {
   }
 }
 
+namespace {
+// Names IRC users trust to be the network's services: a client set up to
+// identify to NickServ would send its password to whoever held it.
+bool service_name(const std::string& key) {
+  static const char* const names[] = {"nickserv", "chanserv", "memoserv", "operserv", "hostserv",
+                                      "botserv",  "saslserv", "global",   "cskit",    "server"};
+  return std::any_of(std::begin(names), std::end(names), [&](const char* n) { return key == n; });
+}
+}  // namespace
+
 std::string chat_hub::nick_refusal(const std::string& nick, const chat_member& self) const {
   const std::string key = lower(nick), skeleton = nick_skeleton(nick);
+  if (service_name(key)) return "nickname '" + nick + "' is reserved for the server's services";
   if (auto it = nicks_.find(key); it != nicks_.end() && it->second != &self) {
     return "nickname '" + nick + "' is taken";
   }
@@ -352,6 +372,24 @@ chat_refusal chat_hub::charge(chat_member& m) {
   return r;
 }
 
+chat_refusal chat_hub::charge_move(chat_member& m) {
+  // Joins and parts: their own bucket, twice the burst (a client joins its
+  // rooms at once on connecting), so that moving about never costs
+  // messages and a join/part flood is still bounded.
+  const auto& o = options_;
+  const double burst = std::max(20.0, 2 * o.burst);
+  const std::int64_t now = util::monotonic_ns();
+  m.moves = std::min(burst, m.moves + o.rate * static_cast<double>(now - m.moves_refilled_ns) * 1e-9);
+  m.moves_refilled_ns = now;
+  if (o.rate <= 0 || m.moves >= 1.0) {
+    m.moves -= 1.0;
+    return {};
+  }
+  chat_refusal r = refusal(errc::rate_limited, "slow down: too many joins and parts");
+  r.retry_after = (1.0 - m.moves) / o.rate;
+  return r;
+}
+
 chat_refusal chat_hub::check_text(const std::string& text) const {
   const auto max = options_.max_message;
   if (text.empty()) return refusal(errc::bad_request, "empty message");
@@ -390,7 +428,8 @@ std::shared_ptr<chat_member> chat_hub::enter(std::shared_ptr<chat_receiver> rece
   m->account = std::move(account);
   m->peer = std::move(peer);
   m->tokens = options_.burst;
-  m->refilled_ns = util::monotonic_ns();
+  m->moves = std::max(20.0, 2 * options_.burst);  // charge_move's burst
+  m->refilled_ns = m->moves_refilled_ns = util::monotonic_ns();
   m->signon_ms = m->last_said_ms = now_ms();
   std::lock_guard lock(m_);
   m->id = next_member_++;
@@ -411,6 +450,7 @@ void chat_hub::leave(chat_member& m, const std::string& reason) {
     it->second.members.erase(&m);
     it->second.receivers.reset();
     told.insert(it->second.members.begin(), it->second.members.end());
+    forget_if_empty(key);
   }
   m.rooms.clear();
   fan_out(told, quit);
@@ -430,7 +470,7 @@ chat_refusal chat_hub::hello(chat_member& m, const std::string& nick) {
   return {};
 }
 
-chat_refusal chat_hub::join(chat_member& m, const std::string& name, chat_room_view& out) {
+chat_refusal chat_hub::join(chat_member& m, const std::string& name, const join_reply& reply) {
   if (!valid_room(name)) return refusal(errc::bad_request, room_rule);
   const std::string key = room_key(name);
   std::lock_guard lock(m_);
@@ -438,6 +478,7 @@ chat_refusal chat_hub::join(chat_member& m, const std::string& name, chat_room_v
   if (!rooms_.count(key) && rooms_.size() >= options_.max_rooms) {
     return refusal(errc::busy, "the server has its maximum of " + std::to_string(options_.max_rooms) + " rooms");
   }
+  if (auto c = charge_move(m); !c.ok()) return c;
   auto& r = rooms_[key];  // created on first join
   if (!r.loaded) {
     r.loaded = true;
@@ -449,19 +490,35 @@ chat_refusal chat_hub::join(chat_member& m, const std::string& name, chat_room_v
   r.members.insert(&m);
   r.receivers.reset();
   m.rooms.insert(key);
+  chat_room_view out;
   out.room = "#" + key;
   out.topic = r.topic;
   out.topic_by = r.topic_by;
   out.topic_ms = r.topic_ms;
-  out.members.clear();
   for (auto* x : r.members) {
     out.members.emplace_back(x->nick, x->account);
     if (!x->away.empty()) out.away.push_back(x->nick);
   }
   std::sort(out.members.begin(), out.members.end());
   out.history.assign(r.history.begin(), r.history.end());
+  m.mailbox->push(nullptr, 0, m.receiver, nullptr, std::make_shared<const std::string>(reply(out)));
   broadcast(r, make_event(chat_event::kind::join, m, "#" + key));
   return {};
+}
+
+void chat_hub::send_in_order(chat_member& m, std::string bytes) {
+  if (bytes.empty()) return;
+  m.mailbox->push(nullptr, 0, m.receiver, nullptr, std::make_shared<const std::string>(std::move(bytes)));
+}
+
+void chat_hub::set_invisible(chat_member& m, bool on) {
+  std::lock_guard lock(m_);
+  m.invisible = on;
+}
+
+void chat_hub::forget_if_empty(const std::string& key) {
+  auto it = rooms_.find(key);
+  if (it != rooms_.end() && it->second.members.empty() && it->second.topic.empty()) rooms_.erase(it);
 }
 
 chat_refusal chat_hub::part(chat_member& m, const std::string& name, const std::string& reason) {
@@ -470,12 +527,14 @@ chat_refusal chat_hub::part(chat_member& m, const std::string& name, const std::
   chat_refusal why;
   room* r = my_room(m, name, key, why);
   if (!r) return why;
+  if (auto c = charge_move(m); !c.ok()) return c;
   auto e = make_event(chat_event::kind::part, m, "#" + key);
-  e->text = reason.size() > options_.max_message ? std::string() : reason;
+  e->text = reason.size() > options_.max_message || !proto::is_valid_utf8(reason) ? std::string() : reason;
   broadcast(*r, e);
   r->members.erase(&m);
   r->receivers.reset();
   m.rooms.erase(key);
+  forget_if_empty(key);
   return {};
 }
 
@@ -517,6 +576,7 @@ chat_refusal chat_hub::msg(chat_member& m, const std::string& to, const std::str
   e->notice = how.notice;
   m.last_said_ms = e->ts_ms;
   if (to_nick) *to_nick = target.nick;
+  if (&target == &m) e->sender = 0;  // to oneself: delivered once, as received
   deliver(target, e);
   if (&target != &m) deliver(m, e);  // the sender sees what was delivered
   store_->add(chat_history::pair_key(m.account, target.account), e);
@@ -602,6 +662,7 @@ chat_refusal chat_hub::away(chat_member& m, const std::string& text) {
   }
   if (!text.empty() && !proto::is_valid_utf8(text)) return refusal(errc::bad_request, "not valid UTF-8");
   if (text == m.away) return {};
+  if (auto c = charge(m); !c.ok()) return c;
   m.away = text;
   auto e = make_event(chat_event::kind::away, m);
   e->text = text;
@@ -618,6 +679,7 @@ chat_refusal chat_hub::whois(const std::string& nick, chat_member_view& out) {
   out.account = x.account;
   out.away = x.away;
   out.peer = x.peer;
+  out.invisible = x.invisible;
   out.signon_ms = x.signon_ms;
   out.idle_ms = std::max<std::int64_t>(0, now_ms() - x.last_said_ms);
   for (const auto& k : x.rooms) out.rooms.push_back("#" + k);

@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -121,8 +122,11 @@ struct chat_member {
   std::set<std::string> rooms;  ///< keys
   std::int64_t signon_ms = 0;
   std::int64_t last_said_ms = 0;
-  double tokens = 0;
+  bool invisible = false;
+  double tokens = 0;         ///< messages, topics, nicknames, away
   std::int64_t refilled_ns = 0;
+  double moves = 0;          ///< joins and parts (a bucket of their own)
+  std::int64_t moves_refilled_ns = 0;
 };
 
 /// A refused request: the error code and message every protocol reports,
@@ -153,6 +157,7 @@ struct chat_room_summary {
 
 struct chat_member_view {
   std::string nick, account, away, peer;
+  bool invisible = false;
   std::vector<std::string> rooms;  ///< "#key"
   std::int64_t signon_ms = 0, idle_ms = 0;
 };
@@ -183,10 +188,17 @@ class chat_hub {
 
   /// The member's first nickname.
   chat_refusal hello(chat_member& m, const std::string& nick);
-  /// Joins (creating the room on first join); `out` gets the room as the
-  /// joiner finds it, with its history. Then a join event to the room,
-  /// the joiner included.
-  chat_refusal join(chat_member& m, const std::string& room, chat_room_view& out);
+  /// The joiner's answer, made from the room as it finds it.
+  using join_reply = std::function<std::string(const chat_room_view&)>;
+  /// Joins (creating the room on first join). `reply`'s bytes go to the
+  /// joiner in the hub's order, ahead of anything said in the room after
+  /// the join; then a join event to the room, the joiner included.
+  chat_refusal join(chat_member& m, const std::string& room, const join_reply& reply);
+  /// Bytes to the member in the order of everything else it is sent
+  /// through the hub (a reply that must not overtake an event).
+  void send_in_order(chat_member& m, std::string bytes);
+  /// Shown to WHO only by those who share a room with it (IRC's +i).
+  void set_invisible(chat_member& m, bool on);
   chat_refusal part(chat_member& m, const std::string& room, const std::string& reason);
   chat_refusal say(chat_member& m, const std::string& room, const std::string& text, chat_say how);
   /// A private message; `to_nick` gets the receiver's nickname as shown.
@@ -247,6 +259,10 @@ class chat_hub {
   void name(chat_member& m, const std::string& nick);  // under m_
   void unname(chat_member& m);                         // under m_
   chat_refusal charge(chat_member& m);
+  chat_refusal charge_move(chat_member& m);
+  /// A room nobody is in and that has no topic is forgotten (its history
+  /// stays in the store), so that max_rooms counts rooms in use.
+  void forget_if_empty(const std::string& key);
   chat_refusal check_text(const std::string& text) const;
   /// The room `name` if valid and `m` is in it; else the refusal.
   room* my_room(const chat_member& m, const std::string& name, std::string& key, chat_refusal& why);

@@ -1,5 +1,7 @@
 #include "service/chat_client.hpp"
 
+#include <boost/asio/post.hpp>
+
 #include "net/connection.hpp"
 #include "proto/messages.hpp"
 #include "util/clock.hpp"
@@ -129,20 +131,25 @@ void chat_client::on_hello(const call& c) {
 }
 
 void chat_client::on_join(const call& c) {
-  chat_room_view v;
-  if (auto r = hub_.join(*member_, text_field(c.h, "room"), v); !r.ok()) return answer(c.id, r);
-  json names = json::array();
-  for (const auto& [nick, account] : v.members) {
-    if (nick != member_->nick) names.push_back(nick);
-  }
-  conn_.send({{"type", "chat.joined"}, {"id", c.id}, {"room", v.room}, {"topic", v.topic}, {"members", names}});
-  // The replay goes out before the join event, which the hub queued to
-  // the room's mailboxes: they are drained after this request.
-  for (const auto& past : v.history) {
-    json h = message_header(*past);
-    h["history"] = true;
-    conn_.send(h, past->text);
-  }
+  const std::string& me = member_->nick;
+  // chat.joined, then the replay, in the hub's order: ahead of the join
+  // event and of anything said in the room after the join.
+  auto reply = [&](const chat_room_view& v) {
+    json names = json::array();
+    for (const auto& [nick, account] : v.members) {
+      if (nick != me) names.push_back(nick);
+    }
+    std::string out;
+    proto::encode_frame(out, {{"type", "chat.joined"}, {"id", c.id}, {"room", v.room}, {"topic", v.topic},
+                              {"members", names}});
+    for (const auto& past : v.history) {
+      json h = message_header(*past);
+      h["history"] = true;
+      proto::encode_frame(out, h, past->text);
+    }
+    return out;
+  };
+  if (auto r = hub_.join(*member_, text_field(c.h, "room"), reply); !r.ok()) answer(c.id, r);
 }
 
 void chat_client::on_part(const call& c) {
@@ -191,7 +198,8 @@ void chat_client::on_nick(const call& c) {
 }
 
 void chat_client::on_away(const call& c) {
-  answer(c.id, hub_.away(*member_, text_field(c.h, "message")), {{"away", !member_->away.empty()}});
+  const chat_refusal r = hub_.away(*member_, text_field(c.h, "message"));
+  answer(c.id, r, {{"away", !member_->away.empty()}});
 }
 
 void chat_client::on_whois(const call& c) {
@@ -206,7 +214,11 @@ void chat_client::on_quit(const call& c) {
   if (reason.size() > hub_.options().max_message) reason = "quit";
   set_close_reason(reason.empty() ? "quit" : reason, true);
   answer(c.id, {});
-  conn_.close_after_flush("chat quit");
+  // Closed behind what the hub has queued to this client so far (its own
+  // last messages coming back), which this loop delivers first.
+  boost::asio::post(conn_.executor(), [w = conn_.weak_from_this()] {
+    if (auto c = w.lock()) c->close_after_flush("chat quit");
+  });
 }
 
 }  // namespace cskit::service

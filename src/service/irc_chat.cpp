@@ -1,6 +1,7 @@
 #include "service/irc_chat.hpp"
 
 #include <algorithm>
+#include <charconv>
 
 #include "net/connection.hpp"
 #include "service/chat_history.hpp"
@@ -23,6 +24,19 @@ const std::vector<irc_cap_name>& irc_caps() {
 }
 
 // ------------------------------------------------------------------ codec
+
+std::string irc_text(std::string_view text) {
+  // Free text in a line of its own kind (a topic, a reason, an away
+  // message): one line, within what a 512-byte line leaves for it.
+  const auto pieces = irc::split_text(irc::one_line(text), max_irc_text);
+  return pieces.empty() ? std::string() : pieces.front();
+}
+
+std::string irc_word(std::string_view s) {
+  // A middle parameter echoed back: one word, never empty, never ':'-led.
+  if (s.empty() || s.front() == ':' || s.find_first_of(" \r\n") != std::string_view::npos) return "*";
+  return std::string(s);
+}
 
 std::string irc_codec::prefix(std::string_view nick, std::string_view account) const {
   std::string p(nick);
@@ -57,8 +71,14 @@ void irc_codec::message_lines(std::string& out, const chat_event& e, unsigned ca
   const std::size_t overhead = 1 + from.size() + 1 + command.size() + 1 + target.size() + 2 + 2 +
                                (e.action ? 9 : 0);
   const std::size_t room = overhead < irc::max_line - 32 ? irc::max_line - overhead : 32;
+  // A long or multi-line text takes several lines; only the first carries
+  // the message's id (a msgid names one line), the others the rest of its tags.
+  const std::string rest = tags(e, caps & ~cap_message_tags, batch);
+  bool first = true;
   for (const auto& piece : irc::split_text(e.text, room)) {
-    irc::append(out, t, from, command, {target, e.action ? "\x01" "ACTION " + piece + "\x01" : piece}, true);
+    irc::append(out, first ? t : rest, from, command, {target, e.action ? "\x01" "ACTION " + piece + "\x01" : piece},
+                true);
+    first = false;
   }
 }
 
@@ -75,16 +95,16 @@ std::shared_ptr<const std::string> irc_codec::encode(const chat_event& e, unsign
       if (own) return nullptr;  // the joiner's own JOIN goes out with its reply, before NAMES
       irc::append(*out, tags(e, caps), from, "JOIN", {e.room});
       break;
-    case k::part: irc::append(*out, tags(e, caps), from, "PART", {e.room, irc::one_line(e.text)}, true); break;
-    case k::quit: irc::append(*out, tags(e, caps), from, "QUIT", {"Quit: " + irc::one_line(e.text)}, true); break;
+    case k::part: irc::append(*out, tags(e, caps), from, "PART", {e.room, irc_text(e.text)}, true); break;
+    case k::quit: irc::append(*out, tags(e, caps), from, "QUIT", {"Quit: " + irc_text(e.text)}, true); break;
     case k::nick: irc::append(*out, tags(e, caps), from, "NICK", {e.text}, true); break;
-    case k::topic: irc::append(*out, tags(e, caps), from, "TOPIC", {e.room, irc::one_line(e.text)}, true); break;
+    case k::topic: irc::append(*out, tags(e, caps), from, "TOPIC", {e.room, irc_text(e.text)}, true); break;
     case k::away:
       if (own || !(caps & cap_away_notify)) return nullptr;
       if (e.text.empty()) {
         irc::append(*out, tags(e, caps), from, "AWAY", {});
       } else {
-        irc::append(*out, tags(e, caps), from, "AWAY", {irc::one_line(e.text)}, true);
+        irc::append(*out, tags(e, caps), from, "AWAY", {irc_text(e.text)}, true);
       }
       break;
   }
@@ -112,30 +132,39 @@ void irc_chat::set_caps(unsigned caps) {
   receiver_->variant = caps & irc_variant_caps;
 }
 
-void irc_chat::reply(std::string_view what, std::initializer_list<std::string_view> params) {
+void irc_chat::numeric(std::string& out, std::string_view what, std::initializer_list<std::string_view> params) const {
   std::vector<std::string> p{std::string(member_->nick.empty() ? "*" : member_->nick)};
   for (auto x : params) p.emplace_back(x);
-  reply(what, p);
+  irc::append(out, {}, settings_.server_name, what, p, p.size() > 1);
+}
+
+void irc_chat::reply(std::string_view what, std::initializer_list<std::string_view> params) {
+  std::string line;
+  numeric(line, what, params);
+  send(std::move(line));
 }
 
 void irc_chat::reply(std::string_view what, const std::vector<std::string>& params) {
   std::string line;
   irc::append(line, {}, settings_.server_name, what, params, params.size() > 1);
-  conn_.send_raw(line);
+  send(std::move(line));
 }
+
+void irc_chat::send(std::string lines) { hub_.send_in_order(*member_, std::move(lines)); }
 
 void irc_chat::fail(std::string_view command, std::string_view code, std::initializer_list<std::string_view> context,
                     std::string_view text) {
   std::vector<std::string> p{std::string(command), std::string(code)};
-  for (auto x : context) p.emplace_back(x);
+  for (auto x : context) p.push_back(irc_word(x));
   p.emplace_back(text);
   std::string line;
   irc::append(line, {}, settings_.server_name, "FAIL", p, true);
-  conn_.send_raw(line);
+  send(std::move(line));
 }
 
-void irc_chat::refuse(const chat_refusal& r, std::string_view command, std::string_view target) {
+void irc_chat::refuse(const chat_refusal& r, std::string_view command, std::string_view target_given) {
   const std::string text = irc::one_line(r.message);
+  const std::string target = irc_word(target_given);
   switch (r.code) {
     case errc::rate_limited: return reply("263", {command, text});  // RPL_TRYAGAIN
     case errc::conflict: return reply("433", {target, text});       // ERR_NICKNAMEINUSE
@@ -171,6 +200,7 @@ bool irc_chat::handle(const irc::message& m) {
       return true;
     }
   }
+  if (m.command == "TAGMSG") return true;  // client-only tags (typing...): not relayed, not refused
   if (m.command == "MOTD") return send_motd(), true;
   if (m.command == "LUSERS") return send_lusers(), true;
   return false;
@@ -233,62 +263,65 @@ void irc_chat::on_join(const irc::message& m) {
 }
 
 void irc_chat::join_one(const std::string& room) {
-  if (room[0] != '#') return reply("403", {room, "No such channel: room names start with '#'"});
-  chat_room_view v;
-  if (auto r = hub_.join(*member_, room, v); !r.ok()) {
+  if (room[0] != '#') return reply("403", {irc_word(room), "No such channel: room names start with '#'"});
+  // The JOIN echo, topic, names and the replay, in the hub's order: ahead
+  // of the room's traffic (the hub's join event skips its own joiner for
+  // IRC, see irc_codec).
+  auto answer = [&](const chat_room_view& v) {
+    chat_event self;
+    self.what = chat_event::kind::join;
+    self.nick = member_->nick;
+    self.account = member_->account;
+    self.ts_ms = util::realtime_ns() / 1'000'000;
+    std::string out;
+    irc::append(out, codec_.tags(self, caps_), codec_.prefix(self.nick, self.account), "JOIN", {v.room});
+    topic_lines(out, v, false);
+    names_lines(out, v);
+    // Old lines replayed as if new would mislead: only a client that can
+    // tell (server-time) gets the replay, and not one that fetches history
+    // itself (draft/chathistory).
+    if ((caps_ & cap_server_time) && !(caps_ & cap_chathistory)) history_lines(out, v.room, v.history);
+    return out;
+  };
+  if (auto r = hub_.join(*member_, room, answer); !r.ok()) {
     if (r.code == errc::bad_request && member_->rooms.count(room_key(room))) return;  // already in it
-    return refuse(r, "JOIN", room);
+    refuse(r, "JOIN", room);
   }
-  // The JOIN echo, then topic and names, ahead of the room's traffic (the
-  // hub's join event skips its own joiner for IRC, see irc_codec).
-  chat_event self;
-  self.what = chat_event::kind::join;
-  self.nick = member_->nick;
-  self.account = member_->account;
-  self.ts_ms = util::realtime_ns() / 1'000'000;
-  std::string line;
-  irc::append(line, codec_.tags(self, caps_), codec_.prefix(self.nick, self.account), "JOIN", {v.room});
-  conn_.send_raw(line);
-  send_topic(v, false);
-  send_names(v);
-  // A client that fetches history itself (draft/chathistory) gets no replay.
-  if (!(caps_ & cap_chathistory) && !v.history.empty()) send_history(v.room, v.history);
 }
 
-void irc_chat::send_history(const std::string& target, const std::vector<std::shared_ptr<const chat_event>>& events) {
-  std::string out;
+void irc_chat::history_lines(std::string& out, const std::string& target,
+                             const std::vector<std::shared_ptr<const chat_event>>& events) {
+  if (events.empty()) return;
   const bool batched = caps_ & cap_batch;
   const std::string ref = batched ? next_batch() : std::string();
   if (batched) irc::append(out, {}, settings_.server_name, "BATCH", {"+" + ref, "chathistory", target});
   for (const auto& e : events) codec_.message_lines(out, *e, caps_, ref);
   if (batched) irc::append(out, {}, settings_.server_name, "BATCH", {"-" + ref});
-  conn_.send_raw(out);
 }
 
-void irc_chat::send_topic(const chat_room_view& v, bool none_too) {
+void irc_chat::topic_lines(std::string& out, const chat_room_view& v, bool none_too) const {
   if (v.topic.empty()) {
-    if (none_too) reply("331", {v.room, "No topic is set"});
+    if (none_too) numeric(out, "331", {v.room, "No topic is set"});
     return;
   }
-  reply("332", {v.room, irc::one_line(v.topic)});
-  reply("333", {v.room, v.topic_by.empty() ? settings_.server_name : v.topic_by, std::to_string(v.topic_ms / 1000)});
+  numeric(out, "332", {v.room, irc_text(v.topic)});
+  numeric(out, "333", {v.room, v.topic_by.empty() ? settings_.server_name : v.topic_by, std::to_string(v.topic_ms / 1000)});
 }
 
-void irc_chat::send_names(const chat_room_view& v) {
+void irc_chat::names_lines(std::string& out, const chat_room_view& v) const {
   // As many nicknames a line as fit in 512 bytes.
-  const std::string head = ":" + settings_.server_name + " 353 " + member_->nick + " = " + v.room + " :";
+  const std::size_t head = 1 + settings_.server_name.size() + 5 + member_->nick.size() + 3 + v.room.size() + 4;
   std::string names;
-  auto flush = [&] {
-    if (!names.empty()) reply("353", {"=", v.room, names});
-    names.clear();
-  };
   for (const auto& [nick, account] : v.members) {
-    if (head.size() + names.size() + nick.size() + 3 > irc::max_line) flush();
+    if (!names.empty() && head + names.size() + nick.size() + 3 > irc::max_line) {
+      numeric(out, "353", {"=", v.room, names});
+      names.clear();
+    }
     if (!names.empty()) names += ' ';
     names += nick;
   }
-  flush();
-  reply("366", {v.room, "End of /NAMES list"});
+  if (!names.empty()) numeric(out, "353", {"=", v.room, names});
+  numeric(out, "366", {v.room, "End of /NAMES list"});
 }
 
 void irc_chat::on_part(const irc::message& m) {
@@ -296,7 +329,7 @@ void irc_chat::on_part(const irc::message& m) {
   const std::string reason = m.params.size() > 1 ? m.params[1] : std::string();
   for (const auto& room : split_list(m.params[0])) {
     if (auto r = hub_.part(*member_, room, reason); !r.ok()) {
-      reply(r.code == errc::not_found ? "442" : "403", {room, irc::one_line(r.message)});
+      reply(r.code == errc::not_found ? "442" : "403", {irc_word(room), irc::one_line(r.message)});
     }
   }
 }
@@ -306,15 +339,21 @@ void irc_chat::on_topic(const irc::message& m) {
   chat_room_view v;
   const std::string* topic = m.params.size() > 1 ? &m.params[1] : nullptr;
   if (auto r = hub_.topic(*member_, m.params[0], topic, v); !r.ok()) return refuse(r, "TOPIC", m.params[0]);
-  if (!topic) send_topic(v, true);  // a new topic comes back as the TOPIC line to the room
+  if (!topic) {  // (a new topic comes back as the TOPIC line to the room)
+    std::string out;
+    topic_lines(out, v, true);
+    send(std::move(out));
+  }
 }
 
 void irc_chat::on_names(const irc::message& m) {
   if (m.params.empty()) return reply("366", {"*", "End of /NAMES list"});
   for (const auto& room : split_list(m.params[0])) {
     chat_room_view v;
-    if (hub_.who(room, v).ok()) send_names(v);
-    else reply("366", {room, "End of /NAMES list"});
+    std::string out;
+    if (hub_.who(room, v).ok()) names_lines(out, v);
+    else numeric(out, "366", {irc_word(room), "End of /NAMES list"});
+    send(std::move(out));
   }
 }
 
@@ -327,15 +366,21 @@ void irc_chat::on_who(const irc::message& m) {
   chat_room_view v;
   chat_member_view w;
   if (!mask.empty() && mask[0] == '#') {
-    if (hub_.who(mask, v).ok()) {
+    // A room's members are listed to its members; to others, like any +i user, not.
+    if (hub_.who(mask, v).ok() && member_->rooms.count(room_key(mask))) {
       for (const auto& [nick, account] : v.members) {
         line(v.room, nick, account, std::count(v.away.begin(), v.away.end(), nick) > 0);
       }
     }
-  } else if (hub_.whois(mask, w).ok()) {
+  } else if (hub_.whois(mask, w).ok() && visible_to_me(w)) {
     line("*", w.nick, w.account, !w.away.empty());
   }
-  reply("315", {mask, "End of /WHO list"});
+  reply("315", {irc_word(mask), "End of /WHO list"});
+}
+
+bool irc_chat::visible_to_me(const chat_member_view& w) const {
+  if (!w.invisible || w.nick == member_->nick) return true;
+  return std::any_of(w.rooms.begin(), w.rooms.end(), [&](const std::string& r) { return member_->rooms.count(room_key(r)); });
 }
 
 void irc_chat::on_whois(const irc::message& m) {
@@ -347,13 +392,17 @@ void irc_chat::on_whois(const irc::message& m) {
     return reply("318", {nick, "End of /WHOIS list"});
   }
   reply("311", {w.nick, w.account, settings_.host, "*", w.nick});
-  if (!w.rooms.empty()) {
-    std::string rooms;
-    for (const auto& r : w.rooms) rooms += (rooms.empty() ? "" : " ") + r;
-    reply("319", {w.nick, rooms});
+  std::string rooms;  // RPL_WHOISCHANNELS, in lines that fit
+  for (const auto& r : w.rooms) {
+    if (rooms.size() + r.size() > 400) {
+      reply("319", {w.nick, rooms});
+      rooms.clear();
+    }
+    rooms += (rooms.empty() ? "" : " ") + r;
   }
+  if (!rooms.empty()) reply("319", {w.nick, rooms});
   reply("312", {w.nick, settings_.server_name, "cskit"});
-  if (!w.away.empty()) reply("301", {w.nick, irc::one_line(w.away)});
+  if (!w.away.empty()) reply("301", {w.nick, irc_text(w.away)});
   reply("330", {w.nick, w.account, "is logged in as"});
   reply("317", {w.nick, std::to_string(w.idle_ms / 1000), std::to_string(w.signon_ms / 1000), "seconds idle, signon time"});
   reply("318", {w.nick, "End of /WHOIS list"});
@@ -361,7 +410,7 @@ void irc_chat::on_whois(const irc::message& m) {
 
 void irc_chat::on_list(const irc::message&) {
   reply("321", {"Channel", "Users  Name"});
-  for (const auto& r : hub_.rooms()) reply("322", {r.room, std::to_string(r.members), irc::one_line(r.topic)});
+  for (const auto& r : hub_.rooms()) reply("322", {r.room, std::to_string(r.members), irc_text(r.topic)});
   reply("323", {"End of /LIST"});
 }
 
@@ -400,9 +449,10 @@ void irc_chat::on_mode(const irc::message& m) {
     else known = false;
   }
   if (!known) return reply("501", {"Unknown MODE flag: only i is known"});
+  hub_.set_invisible(*member_, invisible_);
   std::string line;
-  irc::append(line, {}, member_->nick, "MODE", {member_->nick, invisible_ ? "+i" : "-i"});
-  conn_.send_raw(line);
+  irc::append(line, {}, member_->nick, "MODE", {member_->nick, invisible_ ? "+i" : "-i"}, true);
+  send(std::move(line));
 }
 
 void irc_chat::on_userhost(const irc::message& m) {
@@ -465,10 +515,9 @@ bool parse_ref(const std::string& s, chat_history_query::ref& r) {
   }
   if (s.rfind("msgid=", 0) == 0) {
     const std::string id = s.substr(6);
-    if (id.empty() || id.size() > 20 || id.find_first_not_of("0123456789") != std::string::npos) return false;
+    const auto [end, ec] = std::from_chars(id.data(), id.data() + id.size(), r.id);
     r.by_id = true;
-    r.id = std::stoull(id);
-    return true;
+    return !id.empty() && ec == std::errc() && end == id.data() + id.size();
   }
   return false;
 }
@@ -494,21 +543,24 @@ void irc_chat::on_chathistory(const irc::message& m) {
       (between && (!parse_ref(m.params[3], q.b) || q.b.any))) {
     return fail("CHATHISTORY", "INVALID_PARAMS", {sub, m.params[2]}, "Invalid message reference");
   }
-  if (limit.empty() || limit.size() > 6 || limit.find_first_not_of("0123456789") != std::string::npos) {
+  std::size_t n = 0;
+  const auto [end, ec] = std::from_chars(limit.data(), limit.data() + limit.size(), n);
+  if (limit.empty() || ec != std::errc() || end != limit.data() + limit.size()) {
     return fail("CHATHISTORY", "INVALID_PARAMS", {sub, limit}, "Invalid limit");
   }
-  q.limit = std::min<std::size_t>(std::stoul(limit), settings_.history_max);
+  q.limit = std::min(n, settings_.history_max);
   std::vector<std::shared_ptr<const chat_event>> events;
   if (auto r = hub_.history(*member_, target, q, events); !r.ok()) {
     return fail("CHATHISTORY", "INVALID_TARGET", {sub, target}, irc::one_line(r.message));
   }
-  // Always a batch (the client asked for draft/chathistory, which needs batch).
+  // A batch (even an empty one) for a client that has batch.
   std::string out;
-  const std::string ref = next_batch();
-  irc::append(out, {}, settings_.server_name, "BATCH", {"+" + ref, "chathistory", target});
-  for (const auto& e : events) codec_.message_lines(out, *e, caps_ | cap_batch, ref);
-  irc::append(out, {}, settings_.server_name, "BATCH", {"-" + ref});
-  conn_.send_raw(out);
+  const bool batched = caps_ & cap_batch;
+  const std::string ref = batched ? next_batch() : std::string();
+  if (batched) irc::append(out, {}, settings_.server_name, "BATCH", {"+" + ref, "chathistory", target});
+  for (const auto& e : events) codec_.message_lines(out, *e, caps_, ref);
+  if (batched) irc::append(out, {}, settings_.server_name, "BATCH", {"-" + ref});
+  send(std::move(out));
 }
 
 }  // namespace cskit::service

@@ -31,6 +31,15 @@ enum irc_cap : unsigned {
 inline constexpr unsigned irc_variant_caps =
     cap_message_tags | cap_server_time | cap_account_tag | cap_echo_message | cap_away_notify | cap_batch;
 
+/// Bytes of free text (a topic, a reason) one IRC line carries; longer
+/// ones are cut at a character boundary.
+inline constexpr std::size_t max_irc_text = 390;
+/// `text` as one line of at most max_irc_text bytes.
+std::string irc_text(std::string_view text);
+/// A client's string echoed as a middle parameter: itself when it is one
+/// word, else "*".
+std::string irc_word(std::string_view s);
+
 /// The capabilities a server offers, in CAP LS order, and their bits.
 struct irc_cap_name {
   std::string_view name;
@@ -82,6 +91,8 @@ class irc_chat {
   /// Numeric or command `what` from the server to this client.
   void reply(std::string_view what, std::initializer_list<std::string_view> params);
   void reply(std::string_view what, const std::vector<std::string>& params);
+  /// Lines to this client in the hub's order (after every event queued to it so far).
+  void send(std::string lines);
   void send_lusers();
   void send_motd();
 
@@ -102,11 +113,14 @@ class irc_chat {
   void on_ison(const proto::irc::message& m);
   void on_chathistory(const proto::irc::message& m);
   void join_one(const std::string& room);
-  void send_names(const chat_room_view& v);
-  void send_topic(const chat_room_view& v, bool none_too);
-  /// Sends `lines` of history for `target` (in a chathistory batch when the
-  /// client has batch).
-  void send_history(const std::string& target, const std::vector<std::shared_ptr<const chat_event>>& events);
+  /// Appends numeric `what` to this client.
+  void numeric(std::string& out, std::string_view what, std::initializer_list<std::string_view> params) const;
+  void names_lines(std::string& out, const chat_room_view& v) const;
+  void topic_lines(std::string& out, const chat_room_view& v, bool none_too) const;
+  /// History of `target` (in a chathistory batch when the client has batch).
+  void history_lines(std::string& out, const std::string& target,
+                     const std::vector<std::shared_ptr<const chat_event>>& events);
+  bool visible_to_me(const chat_member_view& w) const;
   /// The refusal of a chat request as the numeric IRC clients expect.
   void refuse(const chat_refusal& r, std::string_view command, std::string_view target);
   void fail(std::string_view command, std::string_view code, std::initializer_list<std::string_view> context,

@@ -188,17 +188,35 @@ class ChatTest(unittest.TestCase):
         carol.say("/topic")
         carol.wait_for(note("topic of #lobby: release on Friday"))
 
-    def test_rate_limit_and_over_long_message(self):
+    def test_piped_lines_are_paced_to_the_rate_limit(self):
+        """Piped lines beyond the rate limit (5 a second, burst 5) wait their turn instead of being
+        dropped; a line the server refuses for good makes the exit status non-zero."""
         alice = self.client("alice")
+        start = time.monotonic()
         for i in range(12):
             alice.say(f"flood {i}")
-        alice.wait_for(note(r"slow down: at most 5 messages per second"))
+        for i in range(12):
+            alice.wait_for(message(f"flood {i}", "alice"))
+        self.assertGreater(time.monotonic() - start, 1.0)  # 7 beyond the burst, at 5 a second
         alice.say("x" * 201)
         alice.wait_for(note(r"message is 201 bytes; the limit is 200"))
-        time.sleep(1.2)
         alice.say("y" * 200)  # exactly at the limit: accepted, not truncated
         e, _ = alice.wait_for(message("y" * 200))
         self.assertEqual(len(e["text"]), 200)
+        self.assertEqual(alice.close(), 7)
+        alice.err_reader.join(timeout=5)
+        self.assertIn("the server refused 1 line", "".join(alice.stderr))
+
+    def test_piped_session_shows_every_own_line(self):
+        """A whole script piped in and stdin closed at once: every line comes back before the client quits."""
+        lines = "".join(f"line {i}\n" for i in range(8))
+        r = subprocess.run([BIN, "chat", self.server.address, "--nick", "scripted", "--json"], input=lines,
+                           capture_output=True, text=True, timeout=60,
+                           env=dict(self.server.env, CSKIT_TOKEN=self.server.token))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        said = [json.loads(l).get("text") for l in r.stdout.splitlines()
+                if json.loads(l).get("type") == "chat.message" and json.loads(l).get("from") == "scripted"]
+        self.assertEqual(said, [f"line {i}" for i in range(8)])
 
     def test_abrupt_disconnect_gives_a_quit_notice(self):
         alice, bob = self.client("alice"), self.client("bob")
@@ -345,6 +363,35 @@ class IdentityTest(unittest.TestCase):
         finally:
             for s in held:
                 s.close()
+
+    def test_the_login_names_the_default_nickname(self):
+        """Without --nick the client chats under its account's name; if another session of the
+        account holds it, under the server's suggestion, and says so."""
+        env = dict(self.server.env, CSKIT_USER="bob", CSKIT_TOKEN=IDENTITY_TOKENS["bob"])
+
+        def said(p):
+            for line in p.stdout.splitlines():
+                e = json.loads(line)
+                if e.get("type") == "chat.message" and e.get("text") == "who am i" and not e.get("history"):
+                    return e["from"]
+            self.fail(f"no own message in {p.stdout!r}; stderr {p.stderr!r}")
+
+        cmd = [BIN, "chat", self.server.address, "--room", "defaults", "--json"]
+        p = subprocess.run(cmd, input="who am i\n", capture_output=True, text=True, env=env, timeout=30)
+        self.assertEqual(said(p), "bob")
+        for _ in range(100):  # the first session's quit may still be under way
+            s, h = self.hello("bob", "bob")
+            if h["type"] == "chat.welcome":
+                break
+            s.close()
+            time.sleep(0.05)
+        self.assertEqual(h["type"], "chat.welcome", h)
+        try:
+            p = subprocess.run(cmd, input="who am i\n", capture_output=True, text=True, env=env, timeout=30)
+            self.assertEqual(said(p), "bob2")
+            self.assertIn("nickname bob is taken; you are bob2", p.stdout)
+        finally:
+            s.close()
 
     def say_invisible(self):
         s, h = self.hello("alice", "speaker")
@@ -699,19 +746,39 @@ class InteractiveChatTest(unittest.TestCase):
                 self.fail(f"no {pattern!r} on screen:\n{screen()}")
 
             wait_screen(r"connected as typer")
+            wait_screen(r"\[#lobby\] >\s*$")  # the status: where a typed line goes
             subprocess.run(tmux + ["send-keys", "-t", session, "-l", "half typed 文件"], check=True, env=env)
-            wait_screen(r"> half typed 文件")
+            wait_screen(r"\[#lobby\] > half typed 文件")
+            # Ctrl-C with a typed line keeps it (a second one would quit).
+            subprocess.run(tmux + ["send-keys", "-t", session, "C-c"], check=True, env=env)
+            wait_screen(r"Ctrl-C again quits; your line is kept")
+            wait_screen(r"\[#lobby\] > half typed 文件\s*$")
             other = Client(server, "other")
             other.wait_for(lambda e: e.get("type") == "chat.joined")
             other.say("interrupting message")
             # The message, then the input line redrawn intact below it (the
             # client writes the two one after the other: wait for both).
-            s = wait_screen(r"<other> interrupting message[^\n]*\n(\s*\n)*> half typed 文件\s*$")
+            s = wait_screen(r"<other> interrupting message[^\n]*\n(\s*\n)*\[#lobby\] > half typed 文件\s*$")
             lines = [l for l in s.splitlines() if l.strip()]
-            self.assertEqual(lines[-1].rstrip(), "> half typed 文件", s)  # the input line is intact, last
+            self.assertEqual(lines[-1].rstrip(), "[#lobby] > half typed 文件", s)  # the input line is intact, last
             subprocess.run(tmux + ["send-keys", "-t", session, "-l", " done"], check=True, env=env)
             subprocess.run(tmux + ["send-keys", "-t", session, "Enter"], check=True, env=env)
             e, _ = other.wait_for(message("half typed 文件 done", "typer"))
+            # irssi's habits: /j, /q (a private conversation), /names, /whois, /away.
+            for keys, shown in (("/j #side", r"\[#side\] >\s*$"), ("/q other", r"\[-> other\] >\s*$")):
+                subprocess.run(tmux + ["send-keys", "-t", session, "-l", keys], check=True, env=env)
+                subprocess.run(tmux + ["send-keys", "-t", session, "Enter"], check=True, env=env)
+                wait_screen(shown)
+            subprocess.run(tmux + ["send-keys", "-t", session, "-l", "just for you"], check=True, env=env)
+            subprocess.run(tmux + ["send-keys", "-t", session, "Enter"], check=True, env=env)
+            other.wait_for(message("just for you", "typer", private=True))
+            for keys, shown in (("/names #lobby", r"#lobby: other \(account admin\), typer"),
+                                ("/whois other", r"other is account admin, idle \d+ s, in #lobby"),
+                                ("/away lunch", r"you are marked as away"),
+                                ("/msg #lobby to the room", r"#lobby <typer> to the room")):
+                subprocess.run(tmux + ["send-keys", "-t", session, "-l", keys], check=True, env=env)
+                subprocess.run(tmux + ["send-keys", "-t", session, "Enter"], check=True, env=env)
+                wait_screen(shown)
             subprocess.run(tmux + ["send-keys", "-t", session, "-l", "/quit bye"], check=True, env=env)
             subprocess.run(tmux + ["send-keys", "-t", session, "Enter"], check=True, env=env)
             e, _ = other.wait_for(event("quit", "typer"))

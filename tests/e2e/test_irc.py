@@ -433,6 +433,85 @@ class IrcTest(unittest.TestCase):
         b.send("USER again 0 * :x")
         b.expect(r" 462 ")
 
+    def test_own_lines_keep_their_order(self):
+        """PART and JOIN in one write (irssi's /cycle), NICK then JOIN: the client sees its own
+        lines in the order it sent the commands."""
+        a = self.login("alice")
+        a.send("JOIN #cycle")
+        a.expect(r" 366 ")
+        a.send(b"PART #cycle :cycling\r\nJOIN #cycle\r\n")
+        a.expect(r":alice!\S+ PART #cycle")
+        a.expect(r":alice!\S+ JOIN #cycle")
+        a.expect(r" 366 alice #cycle ")
+        a.send(b"NICK alice_\r\nJOIN #after\r\nTOPIC #after\r\n")
+        a.expect(r":alice!\S+ NICK :alice_")
+        a.expect(r":alice_!\S+ JOIN #after")
+        a.expect(r" 331 alice_ #after ")
+
+    def test_long_messages_tags_and_odd_requests(self):
+        a = self.login("alice", caps=("sasl", "message-tags", "echo-message", "batch", "draft/chathistory"))
+        cskit = self.chat_client("bob", "bob", "--room", "#long")
+        a.send("JOIN #long")
+        a.expect(r" 366 ")
+        cskit.say("é" * 600 + " second line")
+        lines = [a.expect(r"PRIVMSG #long :")]
+        while "second line" not in lines[-1]:
+            lines.append(a.expect(r"PRIVMSG #long :"))
+        self.assertGreater(len(lines), 1)
+        for line in lines:
+            self.assertLessEqual(len(line.partition(" ")[2].encode()) + 2, 512, line)  # without the tags
+        self.assertEqual(sum("msgid=" in line for line in lines), 1, lines)  # one message id, on the first line
+        a.send("PRIVMSG alice :note to self")  # without echo-message it is still delivered once
+        a.expect(r"PRIVMSG alice :note to self")
+        a.send("@+typing=active TAGMSG #long")
+        a.send("CHATHISTORY BEFORE #long msgid=99999999999999999999999 10")
+        a.expect(r"FAIL CHATHISTORY INVALID_PARAMS BEFORE")
+        a.send("NICK NickServ")
+        a.expect(r" 433 alice NickServ :nickname 'NickServ' is reserved for the server's services")
+        a.send("PING :alive")
+        a.expect(r"PONG \S+ :alive")
+        self.assertFalse(any(" 421 " in l for l in a.lines), a.lines)
+
+    def test_away_and_moves_are_rate_limited_and_invisible_users_hidden(self):
+        a = self.login("alice")
+        b = self.login("bob")
+        a.send("".join("AWAY :x\r\nAWAY\r\n" for _ in range(10)).encode())
+        a.expect(r" 263 alice AWAY :slow down")
+        a.send("MODE alice +i")
+        a.expect(r":alice MODE alice :\+i")
+        b.send("WHO alice")
+        end = b.expect(r" 315 ")
+        self.assertFalse(any(" 352 " in l for l in b.seen), b.seen)  # shares no room with alice
+        self.assertIn("alice", end)
+        b.send("JOIN #seen")
+        b.expect(r" 366 ")
+        a.send("JOIN #seen")
+        a.expect(r" 366 ")
+        b.send("WHO alice")
+        b.expect(r" 352 bob \* alice ")
+
+    def test_sasl_chunks(self):
+        c = self.connect()
+        c.send("CAP REQ :sasl")
+        c.expect("ACK")
+        c.send("AUTHENTICATE *")
+        c.expect(r" 906 ")
+        c.send("AUTHENTICATE PLAIN")
+        c.expect(r"^AUTHENTICATE \+")
+        c.send("AUTHENTICATE " + "A" * 404)
+        c.expect(r" 905 ")
+        # A chunk of exactly 400 bytes means more follows: nothing is answered until "+".
+        c.send("AUTHENTICATE PLAIN")
+        c.expect(r"^AUTHENTICATE \+")
+        c.send("AUTHENTICATE " + "QUFB" * 100)  # "AAA" * 100: no NUL, so not PLAIN
+        c.quiet(r" 90\d ", 0.3)
+        c.send("AUTHENTICATE +")
+        c.expect(r" 904 .*malformed PLAIN message")
+        c.send("AUTHENTICATE PLAIN")
+        c.expect(r"^AUTHENTICATE \+")
+        c.send("AUTHENTICATE " + base64.b64encode(f"carol\0carol\0{TOKENS['carol']}".encode()).decode())
+        c.expect(r" 903 ")
+
     # ------------------------------------------------------------ bad input
 
     def test_bad_input_gets_clear_replies(self):
