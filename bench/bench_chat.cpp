@@ -4,7 +4,7 @@
 // the comparison is between servers. Each message carries its send time;
 // every receiver records the delivery latency. Prints one JSON object.
 //
-//   bench_chat cskit|irc HOST:PORT TOKEN RECEIVERS MESSAGES RATE [tls|plain]
+//   bench_chat cskit|irc|cskit-irc HOST:PORT TOKEN RECEIVERS MESSAGES RATE [tls|plain]
 //
 // tls (the default): every connection is TLS 1.3 (cskit's by default; an
 // IRC server's TLS port); the server's key is not checked (loopback).
@@ -192,9 +192,13 @@ bool irc_read(irc_conn& c, F&& on_line) {
   return true;
 }
 
+// cskit's IRC front end wants a login (PASS user:token); ngircd none.
+std::string irc_pass;
+
 irc_conn irc_login(const net::host_port& where, const std::string& nick) {
   irc_conn c = open_link(where);
-  write_all(c, "NICK " + nick + "\r\nUSER " + nick + " 0 * :" + nick + "\r\n");
+  write_all(c, (irc_pass.empty() ? std::string() : "PASS " + irc_pass + "\r\n") + "NICK " + nick + "\r\nUSER " +
+                   nick + " 0 * :" + nick + "\r\n");
   bool welcomed = false, joined = false;
   const std::int64_t deadline = util::monotonic_ns() + 30'000'000'000;
   while (!joined && util::monotonic_ns() < deadline) {
@@ -305,13 +309,15 @@ bool cskit_read(raw_cskit& c, bool count) {
 
 int main(int argc, char** argv) {
   if (argc < 7) {
-    std::fprintf(stderr, "usage: bench_chat cskit|irc HOST:PORT TOKEN RECEIVERS MESSAGES RATE [tls|plain]\n");
+    std::fprintf(stderr, "usage: bench_chat cskit|irc|cskit-irc HOST:PORT TOKEN RECEIVERS MESSAGES RATE [tls|plain]\n");
     return 2;
   }
-  const bool irc = std::string(argv[1]) == "irc";
+  // irc: an IRC server (ngircd); cskit-irc: cskit's IRC front end (PASS admin:TOKEN).
+  const bool irc = std::string(argv[1]) == "irc" || std::string(argv[1]) == "cskit-irc";
   use_tls = argc < 8 || std::string(argv[7]) != "plain";
   auto where = net::parse_host_port(argv[2], proto::default_port);
   const std::string token = argv[3];
+  if (std::string(argv[1]) == "cskit-irc") irc_pass = "admin:" + token;
   const int receivers = std::atoi(argv[4]);
   const std::uint64_t messages = std::strtoull(argv[5], nullptr, 10);
   const double rate = std::atof(argv[6]);

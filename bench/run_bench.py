@@ -497,16 +497,22 @@ def bench_exec(binary, build, runs):
     }
 
 
-def bench_chat(binary, build, runs, receivers=1000, messages=10000, rate=300):
+CHAT_CASES = ("cskit", "cskit_1loop", "ngircd", "cskit_plaintext", "ngircd_plaintext", "cskit_irc", "cskit_nostore")
+
+
+def bench_chat(binary, build, runs, receivers=1000, messages=10000, rate=300, names=CHAT_CASES):
     """One sender, RECEIVERS receivers in one room, MESSAGES messages at RATE/s:
-    cskit against ngircd, with the same load generator (bench_chat)."""
+    cskit against ngircd, with the same load generator (bench_chat).
+    cskit_irc: the receivers and the sender on cskit's IRC front end (TLS),
+    as against ngircd. cskit_nostore: history not stored ([chat]
+    history_keep = 0); every other cskit case stores it in SQLite (the
+    default), so the two show what storing costs fan-out."""
     exe = os.path.join(build, "bench", "bench_chat")
     # cskit twice: with its default of one event loop per core, and with one
     # loop. On this 2-core machine the generator needs one core for itself,
     # and ngircd is single-threaded.
     # TLS is the default for cskit; ngircd's TLS port (Debian's is built with
     # SSL) is its peer. The cleartext cases show what TLS costs each.
-    names = ("cskit", "cskit_1loop", "ngircd", "cskit_plaintext", "ngircd_plaintext")
     results = {n: [] for n in names}
     memory = {n: [] for n in names}
     for _ in range(runs):
@@ -514,12 +520,17 @@ def bench_chat(binary, build, runs, receivers=1000, messages=10000, rate=300):
             tls = not name.endswith("_plaintext")
             if name.startswith("cskit"):
                 conf = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
-                conf.write("[chat]\nrate = 0\nhistory = 0\n")  # one fast sender; IRC has no history
+                # One fast sender; no join replay (ngircd has none).
+                conf.write("[chat]\nrate = 0\nhistory = 0\n" +
+                           ("history_keep = 0\n" if name == "cskit_nostore" else "") +
+                           ("[irc]\nlisten = \"127.0.0.1:0\"\n" if name == "cskit_irc" else ""))
                 conf.close()
                 loops = ["--threads", "1"] if name == "cskit_1loop" else []
                 p, port, tmp = start_server(binary, "--config", conf.name, *loops, *(() if tls else ("--plaintext",)))
                 os.unlink(conf.name)
                 pid, proto_name = p.pid, "cskit"
+                if name == "cskit_irc":
+                    port, proto_name = banner_port(p, "irc"), "cskit-irc"
             else:
                 tmp = tempfile.mkdtemp(prefix="cskit-ngircd-")
                 port, plain_port = free_tcp_port(), free_tcp_port()
@@ -576,6 +587,25 @@ def bench_chat(binary, build, runs, receivers=1000, messages=10000, rate=300):
         for key in ("p50_ms", "p99_ms", "deliveries_per_second"):
             cases[f"{key}_{name}"] = summary([r[key] for r in results[name]])
         cases[f"server_bytes_per_client_peak_{name}"] = summary(memory[name])
+
+    def ratio(a, b):
+        return cases[a]["median"] / max(1e-9, cases[b]["median"]) if a in cases and b in cases else None
+
+    if names != CHAT_CASES:
+        return {
+            "command": f"bench_chat cskit|irc|cskit-irc 127.0.0.1:P TOKEN {receivers} {messages} {rate} tls   "
+                       f"(cases {', '.join(names)}; cskit with [chat] rate = 0, history = 0, and history_keep = 0 "
+                       "for cskit_nostore; cskit_irc: [irc] listen, PASS admin:TOKEN; ngircd as in --only chat)",
+            "cases": cases,
+            "ratios": {
+                "p99_ngircd_over_cskit_irc": ratio("p99_ms_ngircd", "p99_ms_cskit_irc"),
+                "p50_ngircd_over_cskit_irc": ratio("p50_ms_ngircd", "p50_ms_cskit_irc"),
+                "memory_ngircd_over_cskit_irc": ratio("server_bytes_per_client_peak_ngircd",
+                                                      "server_bytes_per_client_peak_cskit_irc"),
+                "p99_stored_over_not_stored": ratio("p99_ms_cskit", "p99_ms_cskit_nostore"),
+                "p50_stored_over_not_stored": ratio("p50_ms_cskit", "p50_ms_cskit_nostore"),
+            },
+        }
     return {
         "command": f"bench_chat cskit|irc 127.0.0.1:P TOKEN {receivers} {messages} {rate} tls|plain   "
                    "(cskit with [chat] rate = 0, history = 0, default threads and --threads 1 (cskit_1loop), "
@@ -597,6 +627,85 @@ def bench_chat(binary, build, runs, receivers=1000, messages=10000, rate=300):
             / max(1e-9, cases["server_bytes_per_client_peak_cskit"]["median"]),
             "memory_ngircd_over_cskit_1loop": cases["server_bytes_per_client_peak_ngircd"]["median"]
             / max(1e-9, cases["server_bytes_per_client_peak_cskit_1loop"]["median"]),
+        },
+    }
+
+
+def bench_history(binary, runs, messages=1000, queries=200, joins=200):
+    """IRC CHATHISTORY LATEST of MESSAGES stored messages, and the join
+    replay of 50 (JOIN until the end of its chathistory batch, then PART),
+    each timed from the command sent to the last line read, over TLS on
+    loopback, the history in SQLite."""
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+
+    def connect(port, nick, caps):
+        s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)))
+        s.sendall(f"PASS admin:{TOKEN}\r\nCAP REQ :{caps}\r\nNICK {nick}\r\nUSER {nick} 0 * :b\r\nCAP END\r\n"
+                  .encode())
+        until(s, b" 376 ", b" 422 ")
+        return s
+
+    def until(s, *marks, buf=None):
+        data = b""
+        while not any(m in data for m in marks):
+            chunk = s.recv(1 << 20)
+            if not chunk:
+                raise RuntimeError("connection closed: " + data[-300:].decode(errors="replace"))
+            data = data[-64:] + chunk if len(data) > 1 << 20 else data + chunk
+        return data
+
+    latest, replay = [], []
+    for _ in range(runs):
+        conf = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
+        conf.write("[chat]\nrate = 0\nhistory = 50\n[irc]\nlisten = \"127.0.0.1:0\"\n")
+        conf.close()
+        p, _, tmp = start_server(binary, "--config", conf.name)
+        os.unlink(conf.name)
+        try:
+            port = banner_port(p, "irc")
+            a = connect(port, "writer", "batch server-time message-tags draft/chathistory")
+            a.sendall(b"JOIN #h\r\n")
+            until(a, b" 366 ")
+            a.sendall(b"".join(f"PRIVMSG #h :message number {i} of the history benchmark\r\n".encode()
+                               for i in range(messages)))
+            # Stored (or waiting to be): every one is in the answer.
+            for _ in range(100):
+                a.sendall(f"CHATHISTORY LATEST #h * {messages}\r\n".encode())
+                if until(a, b"BATCH -").count(b"PRIVMSG #h") >= messages:
+                    break
+                time.sleep(0.1)
+            times = []
+            for _ in range(queries):
+                t0 = time.perf_counter()
+                a.sendall(f"CHATHISTORY LATEST #h * {messages}\r\n".encode())
+                until(a, b"BATCH -")
+                times.append((time.perf_counter() - t0) * 1000)
+            latest.append((percentile(times, 0.5), percentile(times, 0.99)))
+            b = connect(port, "joiner", "batch server-time")
+            times = []
+            for _ in range(joins):
+                t0 = time.perf_counter()
+                b.sendall(b"JOIN #h\r\n")
+                until(b, b"BATCH -")
+                times.append((time.perf_counter() - t0) * 1000)
+                b.sendall(b"PART #h\r\n")
+                until(b, b" PART #h")
+            replay.append((percentile(times, 0.5), percentile(times, 0.99)))
+            a.close()
+            b.close()
+        finally:
+            stop_server(p, tmp)
+    return {
+        "command": f"bench/run_bench.py --only history --runs {runs}  (Python over TLS: CHATHISTORY LATEST #h * "
+                   f"{messages} x {queries}, JOIN/PART with a replay of 50 x {joins}; [chat] rate = 0, history = 50)",
+        "cases": {
+            "chathistory_latest_1000_p50_ms": summary([x[0] for x in latest]),
+            "chathistory_latest_1000_p99_ms": summary([x[1] for x in latest]),
+            "join_replay_50_p50_ms": summary([x[0] for x in replay]),
+            "join_replay_50_p99_ms": summary([x[1] for x in replay]),
         },
     }
 
@@ -1543,7 +1652,8 @@ def main():
     ap.add_argument("--build", default=os.path.join(ROOT, "build", "release"))
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--connections", type=int, default=10000)
-    ap.add_argument("--only", choices=["codec", "roundtrip", "memory", "udp", "exec", "chat", "files", "sync", "delta"])
+    ap.add_argument("--only", choices=["codec", "roundtrip", "memory", "udp", "exec", "chat", "irc", "history", "files",
+                                       "sync", "delta"])
     ap.add_argument("--file-size-mb", type=int, default=2048, help="files: size of the big file (MiB)")
     ap.add_argument("--tree-files", type=int, default=10000, help="files: number of 4 KiB files in the tree")
     ap.add_argument("--delta-size-mb", type=int, default=1024, help="delta: size of the file that changes (MiB)")
@@ -1565,6 +1675,11 @@ def main():
         "udp": lambda: bench_udp(binary, a.build, a.runs),
         "exec": lambda: bench_exec(binary, a.build, a.runs),
         "chat": lambda: bench_chat(binary, a.build, max(1, a.runs // 2 + 1)),
+        # The IRC front end against ngircd, and what storing history costs
+        # fan-out: a part of "chat" (that runs every case) for a shorter run.
+        "irc": lambda: bench_chat(binary, a.build, max(1, a.runs // 2 + 1),
+                                  names=("cskit", "cskit_nostore", "cskit_irc", "ngircd")),
+        "history": lambda: bench_history(binary, max(1, a.runs // 2 + 1)),
         "files": lambda: bench_files(binary, a.runs, a.file_size_mb, a.tree_files,
                                      f"python3 bench/run_bench.py --only files --runs {a.runs} "
                                      f"--file-size-mb {a.file_size_mb} --tree-files {a.tree_files}"),
@@ -1573,7 +1688,7 @@ def main():
         "delta": lambda: bench_delta(binary, a.runs, a.delta_size_mb),
     }
     for name, run in sections.items():
-        if a.only not in (None, name):
+        if a.only not in (None, name) or (a.only is None and name == "irc"):  # "chat" has its cases
             continue
         r = run()
         r["measured"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

@@ -2,10 +2,12 @@
 // exchange and the request headers of every service (core, files, chat,
 // exec), through the real session over a real loopback connection.
 //
-// The first input byte picks the mode. Even: the rest is sent as the
-// client's first bytes, so the fuzzer speaks the login exchange itself.
-// Odd: the harness logs in first (a correct cleartext proof) and the rest
-// is the client's requests, so every service's request parsing is reached.
+// The first input byte picks the mode. Bit 0 clear: the rest is sent as
+// the client's first bytes, so the fuzzer speaks the login exchange
+// itself. Set: the harness logs in first (a correct cleartext proof) and
+// the rest is the client's requests, so every service's request parsing is
+// reached. Bit 1 set: the same over the IRC front end (server/irc_session:
+// CAP, SASL, PASS and registration; logged in, every chat command).
 // The server must answer or close, never crash, hang or leak (ASan, UBSan
 // and libFuzzer's own leak and timeout checks). Seeds: fuzz/corpus-session,
 // recorded from real sessions by scripts/fuzz-seeds.py.
@@ -30,6 +32,7 @@
 #include "server/chat_routes.hpp"
 #include "server/exec_routes.hpp"
 #include "server/file_routes.hpp"
+#include "server/irc_session.hpp"
 #include "server/session.hpp"
 #include "service/chat.hpp"
 #include "service/exec.hpp"
@@ -67,6 +70,7 @@ struct server_side {
   // slow down (auth_throttle) the logins of the requests' inputs.
   server::server_context login_ctx{unthrottled()}, requests_ctx;
   net::connection_limits limits;
+  server::irc_front irc_login{login_ctx, chat, {}}, irc_requests{requests_ctx, chat, {}};
 
   server_side() {
     spdlog::set_level(spdlog::level::off);
@@ -163,6 +167,15 @@ bool log_in(asio::io_context& io, int fd) {
   return true;
 }
 
+// Registers on the IRC front end with PASS and joins a room.
+bool irc_log_in(asio::io_context& io, int fd) {
+  const std::string lines = "PASS " + std::string(user) + ":" + std::string(token) +
+                            "\r\nNICK fz\r\nUSER fz 0 * :fuzz\r\nJOIN #fuzz\r\n";
+  if (::send(fd, lines.data(), lines.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(lines.size())) return false;
+  settle(io, fd);
+  return true;
+}
+
 // Sends `data` to the server, letting it run whenever the socket is full.
 void feed(asio::io_context& io, int fd, std::string_view data) {
   for (int rounds = 0; !data.empty() && rounds < 10000; ++rounds) {
@@ -184,11 +197,14 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   tcp::socket client(s.io), accepted(s.io);
   client.connect(s.acceptor.local_endpoint());
   s.acceptor.accept(accepted);
-  auto conn = std::make_shared<net::connection>(
-      std::move(accepted), s.limits, std::make_unique<server::session>(logged_in ? s.requests_ctx : s.login_ctx));
+  const bool irc = data[0] & 2;
+  std::unique_ptr<net::frame_handler> handler;
+  if (irc) handler = std::make_unique<server::irc_session>(logged_in ? s.irc_requests : s.irc_login);
+  else handler = std::make_unique<server::session>(logged_in ? s.requests_ctx : s.login_ctx);
+  auto conn = std::make_shared<net::connection>(std::move(accepted), s.limits, std::move(handler));
   conn->start([](net::connection&) {});
   const int fd = client.native_handle();
-  if (!logged_in || log_in(s.io, fd)) {
+  if (!logged_in || (irc ? irc_log_in(s.io, fd) : log_in(s.io, fd))) {
     feed(s.io, fd, input);
     ::shutdown(fd, SHUT_WR);
     settle(s.io, fd);

@@ -136,6 +136,9 @@ struct chat_state {
   bool paced = false;              ///< not a terminal: each line waits for its answer (rate limit)
   int refused = 0;                 ///< lines the server refused (the exit status says so)
   int awaiting_echo = 0;           ///< own messages accepted and not seen back yet
+  std::string previous_nick;       ///< echoes of lines sent before a /nick carry it
+  std::string piped;               ///< piped input read and not handled yet (kept across reconnects)
+  bool input_done = false;         ///< piped input has ended
   bool interrupt_armed = false;    ///< Ctrl-C with a typed line: the next one quits
 };
 
@@ -160,6 +163,17 @@ std::string who_list(const proto::json& h) {
   return list;
 }
 
+// A nickname from an account's name: the characters nicknames may have,
+// at most 32 (an account's name may have 64).
+std::string nick_from(std::string name) {
+  name.erase(std::remove_if(name.begin(), name.end(), [](char c) {
+               return !(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.');
+             }),
+             name.end());
+  name.resize(std::min<std::size_t>(name.size(), 32));
+  return name.empty() ? "guest" : name;
+}
+
 std::string whois_text(const proto::json& h) {
   std::string rooms;
   for (const auto& r : h.value("rooms", std::vector<std::string>{})) rooms += " " + neutralize(r);
@@ -179,7 +193,8 @@ class chat_session {
   /// Connects, introduces itself and (re)joins. Throws client_error.
   void open() {
     conn_.emplace(connect_client(o_.common, o_.common.host));
-    if (st_.nick.empty()) st_.nick = conn_->greeting().user;  // the login's name is reserved for it
+    st_.awaiting_echo = 0;  // a new connection: nothing of ours is on its way back
+    if (st_.nick.empty()) st_.nick = nick_from(conn_->greeting().user);  // the login's name is reserved for it
     proto::frame w = hello();
     st_.nick = w.header.value("nick", st_.nick);
     ui_.set_me(st_.nick);
@@ -318,7 +333,8 @@ class chat_session {
       return ui_.note("error: " + f.header.value("message", std::string("error")));
     }
     if (f.type() != "chat.ok") {
-      if (f.type() == "chat.message" && f.header.value("from", std::string()) == st_.nick &&
+      const std::string from = f.header.value("from", std::string());
+      if (f.type() == "chat.message" && (from == st_.nick || from == st_.previous_nick) &&
           !f.header.value("history", false) && st_.awaiting_echo > 0) {
         --st_.awaiting_echo;
       }
@@ -341,6 +357,7 @@ class chat_session {
     } else if (kind == "away") {
       ui_.note(h.value("away", false) ? "you are marked as away" : "you are back");
     } else if (kind == "nick") {
+      st_.previous_nick = st_.nick;
       st_.nick = h.value("nick", st_.nick);
       ui_.set_me(st_.nick);
     }
@@ -460,26 +477,39 @@ class chat_session {
   std::chrono::steady_clock::time_point last_send_ = std::chrono::steady_clock::now();
 };
 
-// Reads what stdin has (not a terminal) and hands each whole line to the
-// session; false at the end of the input.
-bool read_piped(chat_session& s, chat_state& st, std::string& pending) {
+// Hands each whole line of the piped input to the session. A line leaves
+// the buffer only once handled: one cut short by a lost connection is sent
+// again after the reconnect.
+void handle_piped(chat_session& s, chat_state& st) {
+  std::size_t nl;
+  while (!st.quitting && (nl = st.piped.find('\n')) != std::string::npos) {
+    std::string line = st.piped.substr(0, nl);
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    s.line(line);
+    st.piped.erase(0, nl + 1);
+  }
+  if (st.input_done && !st.quitting && !st.piped.empty()) {  // a last line without its newline
+    s.line(st.piped);
+    st.piped.clear();
+  }
+}
+
+// Reads what stdin has (not a terminal); false at the end of the input.
+bool read_piped(chat_session& s, chat_state& st) {
   char buf[4096];
   const ssize_t n = ::read(STDIN_FILENO, buf, sizeof buf);
   if (n < 0 && errno == EINTR) return true;
-  if (n <= 0) {
-    if (!pending.empty()) s.line(pending);
-    pending.clear();
-    return false;
-  }
-  pending.append(buf, static_cast<std::size_t>(n));
-  std::size_t nl;
-  while (!st.quitting && (nl = pending.find('\n')) != std::string::npos) {
-    std::string line = pending.substr(0, nl);
-    if (!line.empty() && line.back() == '\r') line.pop_back();
-    pending.erase(0, nl + 1);
-    s.line(line);
-  }
-  return true;
+  if (n <= 0) st.input_done = true;
+  else st.piped.append(buf, static_cast<std::size_t>(n));
+  handle_piped(s, st);
+  return !st.input_done;
+}
+
+// The end of piped input: our own lines back, then goodbye.
+void finish_piped(chat_session& s, chat_state& st) {
+  handle_piped(s, st);
+  s.wait_for_echoes(std::chrono::seconds(5));
+  if (!st.quitting) s.line("/quit");
 }
 
 // A key press on the terminal.
@@ -504,7 +534,7 @@ void read_keys(chat_session& s, chat_state& st, chat_ui& ui, line_editor& editor
 // One connection's life: events and input until quit or the connection is
 // lost (client_error).
 void converse(chat_session& s, chat_state& st, chat_ui& ui, line_editor* editor, bool& stdin_open) {
-  std::string pending;  // piped input: a partial line
+  if (!editor && st.input_done) finish_piped(s, st);  // reconnected after the input ended
   while (!st.quitting) {
     pollfd fds[2] = {{s.fd(), POLLIN, 0}, {STDIN_FILENO, POLLIN, 0}};
     ::poll(fds, stdin_open ? 2 : 1, 1000);
@@ -512,10 +542,9 @@ void converse(chat_session& s, chat_state& st, chat_ui& ui, line_editor* editor,
     if (!stdin_open || !(fds[1].revents & (POLLIN | POLLHUP | POLLERR))) continue;
     if (editor) {
       read_keys(s, st, ui, *editor);
-    } else if (!read_piped(s, st, pending)) {
-      stdin_open = false;  // end of input: our own lines back, then goodbye
-      s.wait_for_echoes(std::chrono::seconds(5));
-      s.line("/quit");
+    } else if (!read_piped(s, st)) {
+      stdin_open = false;
+      finish_piped(s, st);
     }
   }
   // Wait (briefly) for the server to confirm the quit and close.

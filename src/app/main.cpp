@@ -232,12 +232,16 @@ void build_chat(command_line& cl) {
   auto* cmd = cl.chat_cmd = cl.command("chat", "Chat in rooms: cskit chat HOST [--nick NAME] [--room ROOM]");
   if (!cmd) return;
   add_client_options(*cmd, cl.chat.common);
-  cmd->add_option("--nick,-N", cl.chat.nick, "Nickname (default: your user name)");
+  cmd->add_option("--nick,-N", cl.chat.nick,
+                  "Nickname (default: your account's name, or the server's suggestion if another session has it)");
   cmd->add_option("--room", cl.chat.room, "Room to join first (default: the server's default room)");
-  cmd->footer(R"(On a terminal: type to talk, /help for commands; messages appear above your line.
-  Otherwise (a pipe): each input line is sent, each event printed as one line (--json: JSON lines).
-  Commands: /join ROOM, /part [ROOM], /msg NICK text, /me action, /who [ROOM], /rooms, /topic [text],
-  /nick NAME, /quit [reason], /help.)");
+  cmd->footer(R"(On a terminal: type to talk, /help for commands; messages appear above your line, the prompt
+  shows where a line goes, Ctrl-C keeps a typed line (a second one quits).
+  Otherwise (a pipe): each input line is sent, paced to the server's rate limit, each event printed as
+  one line (--json: JSON lines); exit status 7 if the server refused a line.
+  Commands: /join (/j) ROOM, /part [ROOM], /msg NICK|#ROOM text, /query (/q) [NICK], /me action,
+  /names (/who) [ROOM], /list (/rooms), /whois NICK, /away [message], /topic [text], /nick NAME,
+  /quit [reason], /help. IRC clients can join the same rooms: see `cskit serve --irc-listen`.)");
 }
 
 void build_transfers(command_line& cl) {

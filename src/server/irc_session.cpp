@@ -3,6 +3,7 @@
 #include <openssl/evp.h>
 #include <spdlog/spdlog.h>
 
+#include <boost/asio/post.hpp>
 #include <ctime>
 
 #include "net/admission.hpp"
@@ -142,6 +143,15 @@ void irc_session::on_line_too_long(net::connection& c) {
 }
 
 void irc_session::on_line(net::connection& c, std::string_view line) {
+  // Replies wait in the hub's mailbox, which the connection's own send
+  // queue bound does not see: a client that asks (LIST, NAMES, CHATHISTORY)
+  // far faster than it reads is closed here instead.
+  if (chat_ && chat_->flooded(max_pending_replies)) {
+    spdlog::warn("irc: {} asks faster than it reads (over {} bytes of replies waiting); closing", c.peer(),
+                 max_pending_replies);
+    c.send_raw(irc_front::closing("too many requests: your replies are not being read"));
+    return c.close_after_flush("reply flood");
+  }
   irc::message m;
   switch (irc::parse(line, m)) {
     case irc::parse_result::empty: return;  // a blank line is ignored
@@ -201,7 +211,12 @@ void irc_session::on_quit(net::connection& c, const irc::message& m) {
   const std::string reason = m.params.empty() || m.params[0].empty() ? std::string("Client quit") : m.params[0];
   if (chat_) chat_->set_quit_reason(service::irc_text(reason));
   quit_given_ = true;  // the client's reason, not the connection's
-  close(c, "quit");
+  if (!chat_) return close(c, "quit");
+  // Behind every reply queued to it so far (the drain runs first: same loop).
+  chat_->send(irc_front::closing("quit"));
+  boost::asio::post(c.executor(), [w = c.weak_from_this()] {
+    if (auto conn = w.lock()) conn->close_after_flush("quit");
+  });
 }
 
 // ------------------------------------------------------------------ CAP

@@ -29,6 +29,10 @@ struct irc_front {
 
 class irc_session final : public net::frame_handler {
  public:
+  /// Replies waiting for one client beyond which it is closed (the
+  /// connection's send_queue_high).
+  static constexpr std::size_t max_pending_replies = 4u << 20;
+
   explicit irc_session(const irc_front& front) : front_(front) {}
   ~irc_session() override;
 

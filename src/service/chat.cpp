@@ -115,6 +115,7 @@ class chat_mailbox : public std::enable_shared_from_this<chat_mailbox> {
             std::shared_ptr<const chat_receiver> one, std::shared_ptr<const chat_event> e,
             std::shared_ptr<const std::string> raw = nullptr) {
     std::lock_guard lock(m_);
+    if (raw) one->replies_queued += raw->size();
     items_.push_back({std::move(list), index, std::move(one), std::move(e), std::move(raw)});
     if (posted_) return;
     posted_ = true;
@@ -148,6 +149,7 @@ class chat_mailbox : public std::enable_shared_from_this<chat_mailbox> {
       if (it.raw) {
         // A reply the client asked for: bounded by the connection's own
         // send queue, not by max_queue, which is for what others send it.
+        it.one->replies_queued -= it.raw->size();
         if (auto c = it.one->conn.lock(); c && !c->closing()) c->send_shared(it.raw);
         continue;
       }

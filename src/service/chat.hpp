@@ -11,6 +11,7 @@
 // disconnected: a slow reader never slows anyone else and never grows the
 // server without bound.
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -101,6 +102,10 @@ struct chat_receiver {
   const chat_codec* codec = nullptr;
   unsigned variant = 0;
   std::uint64_t member = 0;
+  /// Replies queued in the mailbox for it and not handed to the connection
+  /// yet (chat_hub::send_in_order): what a client that asks and does not
+  /// read has piled up.
+  mutable std::atomic<std::size_t> replies_queued{0};
 };
 
 class chat_mailbox;

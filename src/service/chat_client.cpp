@@ -13,6 +13,8 @@ using proto::json;
 
 namespace {
 
+constexpr std::size_t max_joined_names = 1000;  // 33 bytes each at most: well within a 64 KiB header
+
 std::shared_ptr<const std::string> encode(const json& header, std::string_view body = {}) {
   auto s = std::make_shared<std::string>();
   proto::encode_frame(*s, header, body);
@@ -135,13 +137,22 @@ void chat_client::on_join(const call& c) {
   // chat.joined, then the replay, in the hub's order: ahead of the join
   // event and of anything said in the room after the join.
   auto reply = [&](const chat_room_view& v) {
+    // The member list within a header's bounds: at most 1000 names (ask
+    // chat.who for all of them), with the count of the rest.
     json names = json::array();
+    std::size_t more = 0;
     for (const auto& [nick, account] : v.members) {
-      if (nick != me) names.push_back(nick);
+      if (nick == me) continue;
+      if (names.size() < max_joined_names) names.push_back(nick);
+      else ++more;
     }
+    json joined = {{"type", "chat.joined"}, {"id", c.id}, {"room", v.room}, {"topic", v.topic}, {"members", names}};
+    if (more) joined["more_members"] = more;
     std::string out;
-    proto::encode_frame(out, {{"type", "chat.joined"}, {"id", c.id}, {"room", v.room}, {"topic", v.topic},
-                              {"members", names}});
+    if (proto::encode_frame(out, joined) != proto::errc::ok) {
+      out.clear();  // (a topic cannot make it too large: it is at most max_message bytes)
+      proto::encode_frame(out, proto::make_error(proto::errc::internal_error, "cannot describe the room", c.id));
+    }
     for (const auto& past : v.history) {
       json h = message_header(*past);
       h["history"] = true;

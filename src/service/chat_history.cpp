@@ -78,7 +78,10 @@ std::vector<event_ptr> select_history(const std::vector<event_ptr>& all, const c
       return first_n(all, pivot - take_before, all.size(), n);
     }
     case m::between: {
-      const bool forward = q.a.by_id == q.b.by_id ? (q.a.by_id ? q.a.id <= q.b.id : q.a.ts_ms <= q.b.ts_ms) : true;
+      // Which way: where the two points fall among the messages (a msgid
+      // and a timestamp compare that way too).
+      const bool forward = q.a.by_id == q.b.by_id ? (q.a.by_id ? q.a.id <= q.b.id : q.a.ts_ms <= q.b.ts_ms)
+                                                  : end_before(all, q.a) <= end_before(all, q.b);
       const auto& lo = forward ? q.a : q.b;
       const auto& hi = forward ? q.b : q.a;
       const std::size_t from = first_after(all, lo), to = end_before(all, hi);
@@ -98,9 +101,20 @@ class memory_history final : public chat_history {
     if (retention_.count == 0) return;
     std::lock_guard lock(m_);
     auto& d = conversations_[key];
+    bytes_ += size_of(*e);
+    ++live_;
+    arrival_.emplace_back(&d, e);
     d.push_back(std::move(e));
-    while (d.size() > retention_.count) d.pop_front();
+    while (d.size() > retention_.count) drop_front(d);
     expire(d);
+    // Over the budget: the oldest messages of the whole server go first
+    // (each is the oldest of its conversation, or already gone).
+    while (bytes_ > retention_.max_bytes && !arrival_.empty()) {
+      auto [conv, oldest] = std::move(arrival_.front());
+      arrival_.pop_front();
+      if (!conv->empty() && conv->front() == oldest) drop_front(*conv);
+    }
+    if (arrival_.size() > 2 * live_ + 1024) compact();
   }
 
   std::vector<event_ptr> query(const std::string& key, const chat_history_query& q) override {
@@ -116,14 +130,41 @@ class memory_history final : public chat_history {
   }
 
  private:
-  void expire(std::deque<event_ptr>& d) const {
+  using conversation = std::deque<event_ptr>;
+  /// What a message costs here, roughly: its strings and the bookkeeping.
+  static std::size_t size_of(const chat_event& e) {
+    return sizeof(chat_event) + e.text.size() + e.nick.size() + e.account.size() + e.room.size() + e.target.size() + 64;
+  }
+  void drop_front(conversation& d) {
+    bytes_ -= size_of(*d.front());
+    d.pop_front();
+    --live_;
+  }
+  void expire(conversation& d) {
     if (retention_.max_age_ms <= 0) return;
     const std::int64_t oldest = util::realtime_ns() / 1'000'000 - retention_.max_age_ms;
-    while (!d.empty() && d.front()->ts_ms < oldest) d.pop_front();
+    while (!d.empty() && d.front()->ts_ms < oldest) drop_front(d);
   }
+  // Forgets arrival entries of messages that retention already dropped.
+  void compact() {
+    std::deque<std::pair<conversation*, event_ptr>> kept;
+    std::map<conversation*, std::size_t> seen;  // how many of each conversation's messages are still there
+    for (auto it = arrival_.rbegin(); it != arrival_.rend(); ++it) {
+      auto& n = seen[it->first];
+      if (n < it->first->size()) {
+        ++n;
+        kept.push_front(std::move(*it));
+      }
+    }
+    arrival_.swap(kept);
+  }
+
   chat_retention retention_;
   std::mutex m_;
-  std::map<std::string, std::deque<event_ptr>> conversations_;
+  std::map<std::string, conversation> conversations_;
+  std::deque<std::pair<conversation*, event_ptr>> arrival_;  ///< every message kept, oldest first (and some dropped)
+  std::size_t bytes_ = 0;
+  std::size_t live_ = 0;
 };
 
 }  // namespace

@@ -31,6 +31,10 @@ struct chat_history_query {
 struct chat_retention {
   std::size_t count = 10000;  ///< messages kept per room or pair (0: none)
   std::int64_t max_age_ms = 0;  ///< 0: no age limit
+  /// In memory only: all of it within this many bytes, the server's oldest
+  /// messages dropped first (count alone could allow max_rooms x count x
+  /// max_message).
+  std::size_t max_bytes = 256u << 20;
 };
 
 class chat_history {

@@ -54,7 +54,7 @@ class sqlite_history final : public chat_history {
          " target TEXT NOT NULL,"        // private: the receiver's nickname
          " flags INTEGER NOT NULL,"      // 1 action, 2 notice, 4 private
          " text TEXT NOT NULL);"
-         "CREATE INDEX IF NOT EXISTS messages_conv_ts ON messages(conv, ts);");
+         "CREATE INDEX IF NOT EXISTS messages_conv_id ON messages(conv, id);");
     // A database that cannot be written (a read-only file or directory) is
     // found now, not at the first message.
     exec(writer_db_.get(), "BEGIN IMMEDIATE");
@@ -296,6 +296,10 @@ class sqlite_history final : public chat_history {
     };
     cond(r1, op1);
     cond(r2, op2);
+    // Expired rows wait for the next write to the conversation to go: never
+    // let them take the places of live ones under LIMIT.
+    const bool aged = retention_.max_age_ms > 0;
+    if (aged) sql += " AND ts >= ?";
     sql += ascending ? " ORDER BY id ASC LIMIT ?" : " ORDER BY id DESC LIMIT ?";
     std::lock_guard lock(read_m_);
     stmt_ptr s = prepare(reader_db_.get(), sql.c_str());
@@ -304,6 +308,7 @@ class sqlite_history final : public chat_history {
     for (const auto* r : {r1, r2}) {
       if (r) sqlite3_bind_int64(s.get(), i++, r->by_id ? static_cast<sqlite3_int64>(r->id) : r->ts_ms);
     }
+    if (aged) sqlite3_bind_int64(s.get(), i++, util::realtime_ns() / 1'000'000 - retention_.max_age_ms);
     sqlite3_bind_int64(s.get(), i, static_cast<sqlite3_int64>(std::min<std::size_t>(limit, 1u << 20)));
     int rc;
     while ((rc = sqlite3_step(s.get())) == SQLITE_ROW) out.push_back(row(s.get(), key));

@@ -152,6 +152,10 @@ void irc_chat::reply(std::string_view what, const std::vector<std::string>& para
 
 void irc_chat::send(std::string lines) { hub_.send_in_order(*member_, std::move(lines)); }
 
+bool irc_chat::flooded(std::size_t limit) const {
+  return receiver_->replies_queued.load() + conn_.queued_bytes() > limit;
+}
+
 void irc_chat::fail(std::string_view command, std::string_view code, std::initializer_list<std::string_view> context,
                     std::string_view text) {
   std::vector<std::string> p{std::string(command), std::string(code)};

@@ -93,6 +93,9 @@ class irc_chat {
   void reply(std::string_view what, const std::vector<std::string>& params);
   /// Lines to this client in the hub's order (after every event queued to it so far).
   void send(std::string lines);
+  /// More than `limit` bytes of replies wait for this client (queued, or
+  /// still in the mailbox): it asks faster than it reads.
+  bool flooded(std::size_t limit) const;
   void send_lusers();
   void send_motd();
 

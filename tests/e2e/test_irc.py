@@ -448,6 +448,34 @@ class IrcTest(unittest.TestCase):
         a.expect(r":alice_!\S+ JOIN #after")
         a.expect(r" 331 alice_ #after ")
 
+    def test_quit_comes_after_the_replies_before_it(self):
+        a = self.login("alice")
+        a.send(b"PRIVMSG nosuch :x\r\nJOIN #q\r\nQUIT :bye\r\n")
+        a.expect(r" 401 alice nosuch ")
+        a.expect(r":alice!\S+ JOIN #q")
+        a.expect(r" 366 alice #q ")
+        a.expect(r"^ERROR :Closing link: quit")
+        self.assertTrue(a.closed())
+
+    def test_a_client_that_asks_without_reading_is_closed(self):
+        """LIST costs a few bytes to ask and more to answer: a client that asks a hundred thousand
+        times without reading is closed once 4 MiB of replies wait, and others do not notice."""
+        a = self.login("alice")
+        b = self.login("bob")
+        b.send("JOIN #calm")
+        b.expect(r" 366 ")
+        a.sock.sendall(b"LIST\r\n" * 100000)
+        deadline = time.monotonic() + 60
+        last = ""
+        while time.monotonic() < deadline:
+            line = a.read_line(deadline)
+            if line in (None, ""):
+                break
+            last = line
+        self.assertRegex(last, r"^ERROR :Closing link: too many requests")
+        b.send("PING :calm")
+        b.expect(r"PONG \S+ :calm")
+
     def test_long_messages_tags_and_odd_requests(self):
         a = self.login("alice", caps=("sasl", "message-tags", "echo-message", "batch", "draft/chathistory"))
         cskit = self.chat_client("bob", "bob", "--room", "#long")

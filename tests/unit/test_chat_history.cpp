@@ -88,6 +88,23 @@ TEST(chat_history, memory_store_keeps_its_retention) {
   EXPECT_TRUE(h->query("#other", q(m::latest, 100)).empty());
 }
 
+TEST(chat_history, memory_store_keeps_within_its_byte_budget) {
+  // About 100 messages of 1 KB fit: the oldest of the whole server go first.
+  auto h = service::make_memory_history({1000, 0, 100 * 1400});
+  for (std::uint64_t i = 1; i <= 300; ++i) {
+    h->add(i % 2 ? "#odd" : "#even", msg(i, static_cast<std::int64_t>(i), std::string(1000, 'x'), i % 2 ? "#odd" : "#even"));
+  }
+  const auto odd = ids(h->query("#odd", q(m::latest, 1000)));
+  const auto even = ids(h->query("#even", q(m::latest, 1000)));
+  EXPECT_GT(odd.size() + even.size(), 50u);
+  EXPECT_LE(odd.size() + even.size(), 140u);  // at least 1 KB each: never more than the budget holds
+  ASSERT_FALSE(odd.empty());
+  ASSERT_FALSE(even.empty());
+  EXPECT_EQ(odd.back(), 299u);
+  EXPECT_EQ(even.back(), 300u);
+  EXPECT_GT(std::min(odd.front(), even.front()), 150u);  // the oldest went first
+}
+
 TEST(chat_history, sqlite_store_survives_reopening_and_answers_every_mode) {
   test::temp_dir dir;
   const auto path = dir.path / "h.sqlite3";
