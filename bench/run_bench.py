@@ -497,7 +497,8 @@ def bench_exec(binary, build, runs):
     }
 
 
-CHAT_CASES = ("cskit", "cskit_1loop", "ngircd", "cskit_plaintext", "ngircd_plaintext", "cskit_irc", "cskit_nostore")
+CHAT_CASES = ("cskit", "cskit_1loop", "ngircd", "cskit_plaintext", "ngircd_plaintext", "cskit_irc", "cskit_irc_plaintext",
+              "cskit_nostore")
 
 
 def bench_chat(binary, build, runs, receivers=1000, messages=10000, rate=300, names=CHAT_CASES):
@@ -523,13 +524,13 @@ def bench_chat(binary, build, runs, receivers=1000, messages=10000, rate=300, na
                 # One fast sender; no join replay (ngircd has none).
                 conf.write("[chat]\nrate = 0\nhistory = 0\n" +
                            ("history_keep = 0\n" if name == "cskit_nostore" else "") +
-                           ("[irc]\nlisten = \"127.0.0.1:0\"\n" if name == "cskit_irc" else ""))
+                           ("[irc]\nlisten = \"127.0.0.1:0\"\n" if name.startswith("cskit_irc") else ""))
                 conf.close()
                 loops = ["--threads", "1"] if name == "cskit_1loop" else []
                 p, port, tmp = start_server(binary, "--config", conf.name, *loops, *(() if tls else ("--plaintext",)))
                 os.unlink(conf.name)
                 pid, proto_name = p.pid, "cskit"
-                if name == "cskit_irc":
+                if name.startswith("cskit_irc"):
                     port, proto_name = banner_port(p, "irc"), "cskit-irc"
             else:
                 tmp = tempfile.mkdtemp(prefix="cskit-ngircd-")
@@ -602,6 +603,10 @@ def bench_chat(binary, build, runs, receivers=1000, messages=10000, rate=300, na
                 "p50_ngircd_over_cskit_irc": ratio("p50_ms_ngircd", "p50_ms_cskit_irc"),
                 "memory_ngircd_over_cskit_irc": ratio("server_bytes_per_client_peak_ngircd",
                                                       "server_bytes_per_client_peak_cskit_irc"),
+                "p99_ngircd_plaintext_over_cskit_irc_plaintext": ratio("p99_ms_ngircd_plaintext",
+                                                                       "p99_ms_cskit_irc_plaintext"),
+                "memory_ngircd_plaintext_over_cskit_irc_plaintext": ratio(
+                    "server_bytes_per_client_peak_ngircd_plaintext", "server_bytes_per_client_peak_cskit_irc_plaintext"),
                 "p99_stored_over_not_stored": ratio("p99_ms_cskit", "p99_ms_cskit_nostore"),
                 "p50_stored_over_not_stored": ratio("p50_ms_cskit", "p50_ms_cskit_nostore"),
             },
@@ -1652,8 +1657,8 @@ def main():
     ap.add_argument("--build", default=os.path.join(ROOT, "build", "release"))
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--connections", type=int, default=10000)
-    ap.add_argument("--only", choices=["codec", "roundtrip", "memory", "udp", "exec", "chat", "irc", "history", "files",
-                                       "sync", "delta"])
+    ap.add_argument("--only", choices=["codec", "roundtrip", "memory", "udp", "exec", "chat", "irc", "irc-plaintext",
+                                       "history", "files", "sync", "delta"])
     ap.add_argument("--file-size-mb", type=int, default=2048, help="files: size of the big file (MiB)")
     ap.add_argument("--tree-files", type=int, default=10000, help="files: number of 4 KiB files in the tree")
     ap.add_argument("--delta-size-mb", type=int, default=1024, help="delta: size of the file that changes (MiB)")
@@ -1679,6 +1684,8 @@ def main():
         # fan-out: a part of "chat" (that runs every case) for a shorter run.
         "irc": lambda: bench_chat(binary, a.build, max(1, a.runs // 2 + 1),
                                   names=("cskit", "cskit_nostore", "cskit_irc", "ngircd")),
+        "irc-plaintext": lambda: bench_chat(binary, a.build, max(1, a.runs // 2 + 1),
+                                            names=("cskit_irc_plaintext", "ngircd_plaintext")),
         "history": lambda: bench_history(binary, max(1, a.runs // 2 + 1)),
         "files": lambda: bench_files(binary, a.runs, a.file_size_mb, a.tree_files,
                                      f"python3 bench/run_bench.py --only files --runs {a.runs} "
@@ -1688,7 +1695,7 @@ def main():
         "delta": lambda: bench_delta(binary, a.runs, a.delta_size_mb),
     }
     for name, run in sections.items():
-        if a.only not in (None, name) or (a.only is None and name == "irc"):  # "chat" has its cases
+        if a.only not in (None, name) or (a.only is None and name.startswith("irc")):  # "chat" has their cases
             continue
         r = run()
         r["measured"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

@@ -107,16 +107,21 @@ def note(pattern):
     return lambda e: e.get("type") == "note" and re.search(pattern, e.get("text", ""))
 
 
+def kill_clients(clients):
+    """Ends the `cskit chat` clients a test left running."""
+    for c in clients:
+        if c.proc.poll() is None:
+            c.proc.kill()
+            c.proc.wait()
+
+
 class ChatTest(unittest.TestCase):
     def setUp(self):
         self.server = Server(config_text=CHAT_CONF)
         self.clients = []
 
     def tearDown(self):
-        for c in self.clients:
-            if c.proc.poll() is None:
-                c.proc.kill()
-                c.proc.wait()
+        kill_clients(self.clients)
         self.server.stop()
         self.server.cleanup()
 

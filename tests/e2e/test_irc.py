@@ -16,7 +16,7 @@ import types
 import unittest
 
 from harness import BIN, Server
-from test_chat import Client, message, event
+from test_chat import Client, event, kill_clients, message
 
 TOKENS = {"alice": "alice-token-0123456789", "bob": "bob-token-0123456789ab",
           "carol": "carol-token-0123456789", "dave": "dave-token-0123456789a"}
@@ -147,9 +147,7 @@ class IrcTest(unittest.TestCase):
         for c in self.open:
             if isinstance(c, Irc):
                 c.close()
-            elif c.proc.poll() is None:
-                c.proc.kill()
-                c.proc.wait()
+        kill_clients([c for c in self.open if not isinstance(c, Irc)])
 
     def connect(self, tls=True):
         c = Irc(self.port, tls=tls and self.tls)
@@ -666,10 +664,7 @@ class RealClientsTest(unittest.TestCase):
         self.clients = []
 
     def tearDown(self):
-        for c in self.clients:
-            if c.proc.poll() is None:
-                c.proc.kill()
-                c.proc.wait()
+        kill_clients(self.clients)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def chat_client(self, user, room):
