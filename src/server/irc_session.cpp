@@ -186,7 +186,7 @@ void irc_session::handle(net::connection& c, const irc::message& m) {
   if (chat_) {
     if (cmd == "USER" || cmd == "PASS") return numeric(c, "462", {"You may not reregister"});
     if (cmd == "AUTHENTICATE") return numeric(c, "907", {"You have already authenticated using SASL"});
-    if (!chat_->handle(m)) numeric(c, "421", {cmd, "Unknown command"});
+    if (!chat_->handle(m)) numeric(c, "421", {service::irc_word(cmd), "Unknown command"});
     return;
   }
   if (cmd == "AUTHENTICATE") return on_authenticate(c, m);

@@ -170,6 +170,8 @@ class chat_mailbox : public std::enable_shared_from_this<chat_mailbox> {
 
 // ------------------------------------------------------------------ hub
 
+chat_hub::chat_hub(chat_options o) : chat_hub(o, nullptr) {}
+
 chat_hub::chat_hub(chat_options o, std::unique_ptr<chat_history> history)
     : options_(std::move(o)),
       store_(history ? std::move(history)

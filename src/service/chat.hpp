@@ -174,9 +174,10 @@ struct chat_say {
 
 class chat_hub {
  public:
-  /// `history`: where messages are kept (null: in memory, within the
-  /// options' retention).
-  explicit chat_hub(chat_options o, std::unique_ptr<chat_history> history = nullptr);
+  /// History in memory, within the options' retention.
+  explicit chat_hub(chat_options o);
+  /// `history`: where messages are kept.
+  chat_hub(chat_options o, std::unique_ptr<chat_history> history);
   ~chat_hub();
   const chat_options& options() const noexcept { return options_; }
   /// The server's accounts: each one's name is reserved as its nickname,

@@ -248,7 +248,12 @@ void irc_chat::on_privmsg(const irc::message& m) {
   }
   bool action = false;
   const std::string text = strip_action(m.params[1], action);
-  for (const auto& target : split_list(m.params[0])) {
+  const auto targets = split_list(m.params[0]);
+  if (targets.size() > 4) {  // TARGMAX=PRIVMSG:4,NOTICE:4
+    if (!notice) reply("407", {"*", "Too many recipients: at most 4"});
+    return;
+  }
+  for (const auto& target : targets) {
     const chat_say how{action, notice};
     const chat_refusal r = target[0] == '#' ? hub_.say(*member_, target, text, how)
                                             : hub_.msg(*member_, target, text, how);
