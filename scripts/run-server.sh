@@ -24,6 +24,10 @@ ntp_port=12300
 if can_bind udp 123; then ntp_port=123; fi
 echo_port=7007
 if can_bind udp 7 && can_bind tcp 7; then echo_port=7; fi
+# IRC clients (irssi, WeeChat) into chat, over TLS, on 6697 when free.
+irc_port=6697
+if ! can_bind tcp 6697; then irc_port=16697; fi
+irc_listen=${CSKIT_IRC_LISTEN:-127.0.0.1:$irc_port}
 ntp_listen=${CSKIT_NTP_LISTEN:-127.0.0.1:$ntp_port}
 echo_listen=${CSKIT_ECHO_LISTEN:-127.0.0.1:$echo_port}
 if [ ! -e "$share/README.txt" ]; then
@@ -35,8 +39,10 @@ Starting cskit on $listen, sharing $share. In another terminal, as this user:
   $here/build/release/cskit info $listen
   $here/build/release/cskit time $ntp_listen
   $here/build/release/cskit ping --udp $echo_listen -c 3
+  $here/build/release/cskit chat $listen
+IRC clients: $irc_listen over TLS, SASL PLAIN as admin with the token (docs/irc.md).
 Stop the server with Ctrl-C.
 
 MSG
 exec "$here/build/release/cskit" serve --listen "$listen" --root "$share" \
-  --ntp-listen "$ntp_listen" --echo-listen "$echo_listen"
+  --ntp-listen "$ntp_listen" --echo-listen "$echo_listen" --irc-listen "$irc_listen"
