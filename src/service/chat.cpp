@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <boost/asio/post.hpp>
+#include <boost/container/small_vector.hpp>
 #include <spdlog/spdlog.h>
 
 #include "net/connection.hpp"
@@ -90,7 +91,9 @@ class encodings {
     std::shared_ptr<const std::string> bytes;
   };
   const chat_event& e_;
-  std::vector<entry> made_;
+  // Most events take one or two encodings on a loop: no allocation per
+  // event on the fan-out path.
+  boost::container::small_vector<entry, 4> made_;
 };
 }  // namespace
 
