@@ -628,31 +628,34 @@ void connection::begin_shutdown(std::chrono::milliseconds grace) {
 }
 
 void connection::process_lines(std::string_view in) {
+  // A line that arrived whole in this read is handed over where it lies;
+  // only a line split across reads is gathered in line_.
   const auto now = clock::now();
   while (!in.empty() && state_ == state::open && !delayed_error_) {
     if (line_.empty() && !skipping_line_) frame_started_ = now;
     const auto lf = in.find('\n');
     const std::string_view piece = in.substr(0, lf);
     in.remove_prefix(lf == std::string_view::npos ? in.size() : lf + 1);
-    if (!skipping_line_) {
-      if (line_.size() + piece.size() > line_limit_) {
-        line_.clear();
-        skipping_line_ = true;
-        handler_->on_line_too_long(*this);
-      } else {
-        line_.append(piece);
-      }
+    const bool too_long = !skipping_line_ && line_.size() + piece.size() > line_limit_;
+    if (too_long) {
+      std::string().swap(line_);
+      skipping_line_ = true;
+      handler_->on_line_too_long(*this);
     }
-    if (lf == std::string_view::npos) return;  // the rest comes later
+    if (lf == std::string_view::npos) {  // the rest comes later
+      if (!skipping_line_) line_.append(piece);
+      return;
+    }
     last_activity_ = now;
     if (skipping_line_) {
       skipping_line_ = false;
       continue;
     }
-    std::string line = std::move(line_);
-    line_.clear();
-    if (!line.empty() && line.back() == '\r') line.pop_back();
+    std::string_view line = piece;
+    if (!line_.empty()) line = line_.append(piece);
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
     handler_->on_line(*this, line);
+    if (!line_.empty()) std::string().swap(line_);  // an idle connection keeps no buffer
   }
 }
 
