@@ -17,6 +17,8 @@
 #include <set>
 #include <thread>
 
+#include "app/cli_options.hpp"
+#include "app/command_table.hpp"
 #include "app/commands.hpp"
 #include "app/line_editor.hpp"
 #include "proto/messages.hpp"
@@ -611,5 +613,35 @@ int run_chat(const chat_options& o) {
   }
   return exit_code::ok;
 }
+
+// ------------------------------------------------------------ the command line
+
+namespace {
+
+command_runner build_chat(CLI::App& cmd, const command_args&) {
+  auto o = std::make_shared<chat_options>();
+  add_client_options(cmd, o->common);
+  cmd.add_option("--nick,-N", o->nick,
+                 "Nickname (default: your account's name, or the server's suggestion if another session has it)");
+  cmd.add_option("--room", o->room, "Room to join first (default: the server's default room)");
+  cmd.footer(R"(On a terminal: type to talk, /help for commands; messages appear above your line, the prompt
+  shows where a line goes, Ctrl-C keeps a typed line (a second one quits).
+  Otherwise (a pipe): each input line is sent, paced to the server's rate limit, each event printed as
+  one line (--json: JSON lines); exit status 7 if the server refused a line.
+  Commands: /join (/j) ROOM, /part [ROOM], /msg NICK|#ROOM text, /query (/q) [NICK], /me action,
+  /names (/who) [ROOM], /list (/rooms), /whois NICK, /away [message], /topic [text], /nick NAME,
+  /quit [reason], /help. IRC clients can join the same rooms: see `cskit serve --irc-listen`.)");
+  return [o] { return run_chat(*o); };
+}
+
+const command_registration chat_registration{{
+    .name = "chat",
+    .summary = "Chat in rooms, with the same people as IRC clients on the server",
+    .usage = "[--nick NAME] [--room ROOM] HOST[:PORT]",
+    .order = 70,
+    .build = build_chat,
+}};
+
+}  // namespace
 
 }  // namespace cskit::app

@@ -10,6 +10,8 @@
 
 #include <unistd.h>
 
+#include "app/cli_options.hpp"
+#include "app/command_table.hpp"
 #include "app/commands.hpp"
 #include "net/tls.hpp"
 #include "proto/limits.hpp"
@@ -267,5 +269,69 @@ int run_info(const client_common& o) {
     return report(e, o.json);
   }
 }
+
+// ------------------------------------------------------------ the command line
+
+namespace {
+
+struct ping_state {
+  ping_options ping;
+  bool udp = false;
+};
+
+int run_udp_ping_command(const ping_state& s, const CLI::App& cmd) {
+  udp_ping_options u;
+  u.host = s.ping.common.host;
+  u.count = s.ping.count;
+  u.interval = s.ping.interval;
+  if (cmd.count("--size")) u.size = s.ping.size;
+  if (cmd.count("--timeout")) u.timeout = s.ping.common.timeout;
+  u.quiet = s.ping.quiet;
+  u.json = s.ping.common.json;
+  if (u.size > 65507) {
+    std::fprintf(stderr, "cskit ping --udp: -s must be at most 65507 (the largest UDP payload over IPv4)\n");
+    return exit_code::usage;
+  }
+  return run_udp_ping(u);
+}
+
+command_runner build_ping(CLI::App& cmd, const command_args&) {
+  auto s = std::make_shared<ping_state>();
+  auto& p = s->ping;
+  add_client_options(cmd, p.common);
+  cmd.add_option("--count,-c", p.count, "Probes to send (default: until Ctrl-C)")->check(CLI::Range(0L, 100000000L));
+  cmd.add_option("--interval,-i", p.interval, "Seconds between probes (default 1)")->check(CLI::Range(0.0, 3600.0));
+  cmd.add_option("--size,-s", p.size, "Payload bytes per probe (default 0)")
+      ->check(CLI::Range(std::size_t{0}, static_cast<std::size_t>(proto::max_body_size)));
+  cmd.add_flag("--quiet,-q", p.quiet, "Only print the summary");
+  cmd.add_flag("--udp", s->udp,
+               "Probe an RFC 862 UDP echo server instead (any, not only cskit's; default port 7, no login, no "
+               "encryption; -s is the datagram size, default 56, -W the loss timeout, default 1 s)");
+  return [s, &cmd] { return s->udp ? run_udp_ping_command(*s, cmd) : run_ping(s->ping); };
+}
+
+const command_registration ping_registration{{
+    .name = "ping",
+    .summary = "Authenticate, then measure round trips with ping frames (--udp: RFC 862 echo)",
+    .usage = "[-c COUNT] [-i SECONDS] [-s BYTES] [--udp] HOST[:PORT]",
+    .order = 20,
+    .build = build_ping,
+}};
+
+command_runner build_info(CLI::App& cmd, const command_args&) {
+  auto o = std::make_shared<client_common>();
+  add_client_options(cmd, *o);
+  return [o] { return run_info(*o); };
+}
+
+const command_registration info_registration{{
+    .name = "info",
+    .summary = "Show the server's name, version, services, key and your permissions",
+    .usage = "[--json] HOST[:PORT]",
+    .order = 50,
+    .build = build_info,
+}};
+
+}  // namespace
 
 }  // namespace cskit::app

@@ -18,6 +18,8 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "app/cli_options.hpp"
+#include "app/command_table.hpp"
 #include "app/commands.hpp"
 #include "proto/messages.hpp"
 
@@ -28,11 +30,28 @@ using proto::json;
 namespace {
 
 constexpr int own_error = 255;  // like ssh: the client's own failures
+
+// The server could not start the program: the status a shell would exit
+// with (127: no such program, 126: it cannot be executed), as ssh returns.
+struct not_started : std::runtime_error {
+  not_started(const std::string& what, int status) : std::runtime_error(what), status(status) {}
+  int status;
+};
+
+[[noreturn]] void throw_error_frame(const proto::frame& f) {
+  const auto code = f.header.find("exit_code");
+  if (f.header.value("code", std::string()) == "spawn_failed" && code != f.header.end() && code->is_number_integer()) {
+    const int status = code->get<int>();
+    if (status == 126 || status == 127) throw not_started(f.header.value("message", std::string("cannot run")), status);
+  }
+  throw client::error_from_frame(f);
+}
 constexpr auto keepalive = std::chrono::seconds(15);
 
 struct remote_status {
   bool finished = false;
   std::optional<int> exit_code;
+  int error_status = own_error;  // when the command did not run: 126, 127, or own_error
   int signal = 0;
   bool core_dumped = false;
   bool timed_out = false;
@@ -193,7 +212,7 @@ int run_single(const exec_options& o) {
     for (;;) {  // wait for exec.started (or an error)
       proto::frame f = conn.receive();
       if (f.id() != id) continue;
-      if (f.type() == proto::type::error) throw client::error_from_frame(f);
+      if (f.type() == proto::type::error) throw_error_frame(f);
       if (f.type() == proto::type::exec_started) {
         credit = f.header.value("stdin_window", std::size_t{0});
         break;
@@ -247,7 +266,7 @@ int run_single(const exec_options& o) {
           read_exit(*f, st);
           break;
         } else if (type == proto::type::error) {
-          throw client::error_from_frame(*f);
+          throw_error_frame(*f);
         }
       }
       if (st.finished) break;
@@ -290,8 +309,13 @@ int run_single(const exec_options& o) {
     }
     term.leave();
     conn.close();
+  } catch (const not_started& e) {
+    std::fprintf(stderr, "cskit: %s: %s\n", o.common.host.c_str(), e.what());
+    if (o.common.json) std::printf("%s\n", json{{"host", o.common.host}, {"error", e.what()}, {"status", e.status}}.dump().c_str());
+    return e.status;
   } catch (const std::exception& e) {  // client_error, or a malformed frame from the server
-    std::fprintf(stderr, "\r\ncskit: %s: %s\n", o.common.host.c_str(), e.what());
+    // On a terminal the line may still be in raw mode: start a fresh line.
+    std::fprintf(stderr, "%scskit: %s: %s\n", ::isatty(2) ? "\r\n" : "", o.common.host.c_str(), e.what());
     if (o.common.json) std::printf("%s\n", json{{"host", o.common.host}, {"error", e.what()}}.dump().c_str());
     return own_error;
   }
@@ -357,7 +381,7 @@ remote_status run_on(const exec_options& o, const std::string& host, std::mutex&
           read_exit(*f, st);
           break;
         } else if (type == proto::type::error) {
-          throw client::error_from_frame(*f);
+          throw_error_frame(*f);
         }
       }
       if (std::chrono::steady_clock::now() - last_send > keepalive) {
@@ -366,6 +390,9 @@ remote_status run_on(const exec_options& o, const std::string& host, std::mutex&
       }
     }
     conn.close();
+  } catch (const not_started& e) {
+    error = e.what();
+    st.error_status = e.status;
   } catch (const std::exception& e) {  // client_error, or a malformed frame from the server
     error = e.what();
   }
@@ -393,10 +420,10 @@ int run_fanout(const exec_options& o, const std::vector<std::string>& hosts) {
   json summary = json::array();
   std::string text;
   for (std::size_t i = 0; i < hosts.size(); ++i) {
-    const int code = errors[i].empty() ? results[i].local_exit_code() : own_error;
+    const int code = errors[i].empty() ? results[i].local_exit_code() : results[i].error_status;
     worst = std::max(worst, code);
     if (!errors[i].empty()) {
-      summary.push_back({{"host", hosts[i]}, {"error", errors[i]}, {"status", own_error}});
+      summary.push_back({{"host", hosts[i]}, {"error", errors[i]}, {"status", code}});
       text += "  " + hosts[i] + ": error: " + errors[i] + "\n";
     } else {
       summary.push_back(results[i].to_json(hosts[i]));
@@ -416,11 +443,11 @@ int run_fanout(const exec_options& o, const std::vector<std::string>& hosts) {
 
 int run_exec(const exec_options& o) {
   if (o.command.empty() && o.shell.empty()) {
-    std::fprintf(stderr, "cskit exec: give a command after --, or --shell 'command line'\n");
+    std::fprintf(stderr, "cskit exec: give a command after HOST, or --shell 'command line'\n");
     return exit_code::usage;
   }
   if (!o.command.empty() && !o.shell.empty()) {
-    std::fprintf(stderr, "cskit exec: give either a command after -- or --shell, not both\n");
+    std::fprintf(stderr, "cskit exec: give either a command or --shell, not both\n");
     return exit_code::usage;
   }
   for (const auto& kv : o.env) {
@@ -461,5 +488,87 @@ int run_exec(const exec_options& o) {
   }
   return run_fanout(o, hosts);
 }
+
+// ------------------------------------------------------------ the command line
+
+namespace {
+
+struct exec_state {
+  exec_options o;
+  std::string host_word;  // HOST[,HOST...]; with --hosts, the command's first word
+};
+
+// As ssh: options, HOST, then the command from the first word that is not
+// an option of exec (CLI11 leaves it and the rest unparsed), and anything
+// after `--` verbatim.
+int run_exec_command(exec_state& s, const CLI::App& cmd, const command_args& args) {
+  auto& e = s.o;
+  std::vector<std::string> words = cmd.remaining();
+  // No program name starts with '-': that word is an option exec does not
+  // know (CLI11 stopped at it), not the command.
+  if (!words.empty() && words.front().size() > 1 && words.front()[0] == '-') {
+    std::fprintf(stderr, "cskit exec: unknown option '%s' (cskit help exec; a command's own options go after it)\n",
+                 words.front().c_str());
+    return exit_code::usage;
+  }
+  words.insert(words.end(), args.after_dashes.begin(), args.after_dashes.end());
+  if (!e.hosts_file.empty()) {
+    if (!s.host_word.empty()) words.insert(words.begin(), s.host_word);
+  } else if (s.host_word.empty()) {
+    std::fprintf(stderr, "cskit exec: missing HOST; usage: cskit exec [options] HOST[,HOST...] CMD [ARG...]\n");
+    return exit_code::usage;
+  } else {
+    e.common.host = s.host_word;
+  }
+  e.command = std::move(words);
+  e.common.timeout = 30;
+  return run_exec(e);
+}
+
+command_runner build_exec(CLI::App& cmd, const command_args& args) {
+  auto s = std::make_shared<exec_state>();
+  auto& e = s->o;
+  cmd.add_option("HOST", s->host_word, "HOST[,HOST...] (none with --hosts); the command follows it");
+  cmd.add_flag("-t,--tty", e.tty, "Run the command on a terminal (interactive programs; one host only)");
+  cmd.add_flag("-n,--no-stdin", e.no_stdin, "Give the command /dev/null as stdin");
+  cmd.add_option("--timeout", e.timeout, "Kill the command (its whole process group) after SECONDS")
+      ->check(CLI::Range(0.001, 1e9));
+  cmd.add_option("--cwd", e.cwd, "Working directory on the server");
+  cmd.add_option("--env", e.env, "KEY=VALUE for the command (the server decides which keys are allowed)");
+  cmd.add_option("--shell", e.shell, "A command line for the server's shell (only where its policy allows)");
+  cmd.add_option("--hosts", e.hosts_file, "File with one HOST[:PORT] per line (fan-out)");
+  cmd.add_option("-f,--fanout", e.fanout, "Hosts run at once in fan-out (default 32)")->check(CLI::Range(1, 4096));
+  cmd.add_option("--user,-u", e.common.user, "User name (default: CSKIT_USER, client config, or admin)");
+  cmd.add_option("--token", e.common.token, "Token (default: CSKIT_TOKEN, then the client config)");
+  cmd.add_option("--client-config", e.common.client_config, "Client config file");
+  cmd.add_option("--connect-timeout", e.common.connect_timeout, "Seconds to wait for the connection")
+      ->check(CLI::Range(0.1, 3600.0));
+  cmd.add_flag("--json", e.common.json, "After the output, print the exit status as one JSON line");
+  add_trust_options(cmd, e.common);
+  // The command's own options (ls -l) are not exec's: parsing stops at
+  // the first word after HOST that is not an option of exec.
+  cmd.prefix_command();
+  cmd.footer(R"(The command starts at the first word after HOST that is not an option of exec, as with ssh
+  (cskit exec HOST ls -l); after `--` every word is the command's, even one like --json.
+  It runs without a shell; --shell 'a | b' asks for one where the server allows it.
+Exit status: the remote command's exit code, 128+N when it was killed by signal N,
+  127 when the program does not exist, 126 when it cannot be executed,
+  255 when cskit itself failed (cannot connect, not allowed, ...). Fan-out: the largest of them.
+  Without -t, Ctrl-C sends SIGINT to the remote process group; a second Ctrl-C kills it.
+Remote execution is off unless the server enables it and grants the user the exec
+  permission (cskit help serve).)");
+  return [s, &cmd, &args] { return run_exec_command(*s, cmd, args); };
+}
+
+const command_registration exec_registration{{
+    .name = "exec",
+    .summary = "Run a command on one or more servers, as ssh does",
+    .usage = "[-t] [-n] [--timeout SECONDS] HOST[,HOST...] CMD [ARG...]",
+    .order = 60,
+    .build = build_exec,
+    .words_after_dashes = true,
+}};
+
+}  // namespace
 
 }  // namespace cskit::app

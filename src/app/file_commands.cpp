@@ -12,6 +12,11 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include <CLI/CLI.hpp>
+#include <memory>
+
+#include "app/cli_options.hpp"
+#include "app/command_table.hpp"
 #include "app/commands.hpp"
 #include "client/files.hpp"
 #include "util/rounding.hpp"
@@ -649,5 +654,192 @@ int run_mv(const files_options& o) {
     return exit_code::ok;
   });
 }
+
+// ------------------------------------------------------------ the command line
+
+namespace {
+
+constexpr const char* transfer_footer =
+    R"(Tree copies choose with --exclude/--include (rules tried in order, the first that matches
+decides; a directory left out is not entered) and skip unchanged files with -a. With -a or -c,
+a changed file the receiving side has an older copy of travels as its differences only.
+Every file is digested (XXH3-128) by the sender while it is read and by the receiver while
+it is written, written to a temporary file beside the target (a resumable part file; an unnamed
+one for files up to 256 KiB), flushed, and moved into place only when the digests match. Run
+the same command again after an interruption: it resumes where it stopped (a tree copied under
+a new name continues in it). Without -p a new file gets the source's permission bits less the
+umask, and a replaced one keeps its own.
+)";
+
+void add_filter_options(CLI::App& cmd, files_options& o) {
+  for (const bool include : {false, true}) {
+    cmd.add_option_function<std::string>(
+           include ? "--include" : "--exclude",
+           [&o, include](const std::string& pattern) { o.filter_rules.push_back({include, pattern}); },
+           include ? "Take what matches PATTERN even if a later --exclude matches it (rules apply in order)"
+                   : "Leave out what matches PATTERN: rsync's rules (*.o, cache/, /top-only, a/**/b)")
+        ->type_name("PATTERN")
+        ->trigger_on_parse()
+        ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  }
+}
+
+// The options put and get share.
+std::shared_ptr<files_options> add_transfer_options(CLI::App& cmd) {
+  auto o = std::make_shared<files_options>();
+  cmd.add_option("PATHS", o->args, "Sources, then the destination")->required();
+  cmd.add_flag("-r,--recursive", o->recursive, "Copy directories and everything in them");
+  cmd.add_flag("-p,--preserve", o->preserve,
+               "Keep modification times, and impose the permission bits on replaced files too (without -p a new "
+               "file gets the source's bits less the umask, a replaced one keeps its own)");
+  cmd.add_flag("-q,--quiet", o->quiet, "No progress line");
+  cmd.add_flag("-n,--no-clobber", o->no_clobber, "Never replace an existing file");
+  cmd.add_flag("-a,--archive", o->archive,
+               "Like rsync -a: -r and -p, and a file whose destination has the same size and modification time "
+               "is not sent again (a re-run sends only what changed)");
+  cmd.add_flag("-c,--checksum", o->checksum,
+               "Skip a file whose destination has the same size and XXH3-128 digest, whatever its time (the "
+               "server reads its copies to compare; with -p, times and bits are brought in line)");
+  cmd.add_flag("--dry-run", o->dry_run, "Say what would be sent, made and deleted, and change nothing");
+  files_options& ref = *o;
+  cmd.add_option_function<std::string>(
+         "--bwlimit",
+         [&ref](const std::string& text) {
+           const auto rate = parse_rate(text);
+           if (!rate) throw CLI::ValidationError("--bwlimit", "'" + text + "' is not a rate (KiB/s, or 500K, 10M, 1G; at least 1KB)");
+           ref.common.rate_limit = *rate;
+         },
+         "Average bytes per second, both ways, as rsync's --bwlimit: KiB/s, or with K, M or G")
+      ->type_name("RATE");
+  cmd.add_flag("--delete", o->delete_extraneous,
+               "Remove from the destination tree what the source no longer has (not what --exclude leaves out); "
+               "only after a transfer without errors");
+  add_filter_options(cmd, *o);
+  cmd.add_option("--verify", o->verify, "Also check a SHA-256 digest (XXH3-128 is always checked)")
+      ->check(CLI::IsMember({"sha256", "xxh3"}));
+  add_port_option(cmd, *o);
+  add_login_options(cmd, o->common);
+  cmd.footer(std::string(transfer_footer) + remote_paths_text);
+  return o;
+}
+
+command_runner build_put(CLI::App& cmd, const command_args&) {
+  auto o = add_transfer_options(cmd);
+  cmd.add_flag("--whole-file", o->whole_file,
+               "With -a or -c, send a changed file whole instead of only what differs from the server's "
+               "copy (rsync's --whole-file; -W is --timeout here)");
+  return [o] { return run_put(*o); };
+}
+
+command_runner build_get(CLI::App& cmd, const command_args&) {
+  auto o = add_transfer_options(cmd);
+  cmd.add_flag("--whole-file", o->whole_file,
+               "With -a or -c, fetch a changed file whole instead of only what differs from the local "
+               "copy (rsync's --whole-file; -W is --timeout here)");
+  cmd.add_flag("--no-fsync", o->no_fsync,
+               "Do not flush downloaded files to disk before renaming them into place (faster, like scp; "
+               "a power failure can then leave an incomplete file)");
+  return [o] { return run_get(*o); };
+}
+
+// What every command on remote paths has besides its own options.
+void add_remote_path_options(CLI::App& cmd, files_options& o) {
+  add_port_option(cmd, o);
+  add_login_options(cmd, o.common);
+  cmd.footer(remote_paths_text);
+}
+
+command_runner build_ls(CLI::App& cmd, const command_args&) {
+  auto o = std::make_shared<files_options>();
+  cmd.add_option("HOST:PATH", o->args, "HOST:[PATH]")->required();
+  cmd.add_flag("-l", o->long_format, "Long format: type, permissions, size, time");
+  cmd.add_flag("-a,--all", o->all, "Also names that start with '.' (left out otherwise, as ls does)");
+  cmd.add_flag("-R,--recursive", o->recursive, "List everything below, as relative paths");
+  add_remote_path_options(cmd, *o);
+  return [o] { return run_ls(*o); };
+}
+
+command_runner build_stat(CLI::App& cmd, const command_args&) {
+  auto o = std::make_shared<files_options>();
+  cmd.add_option("HOST:PATH", o->args, "HOST:PATH")->required();
+  add_remote_path_options(cmd, *o);
+  return [o] { return run_stat(*o); };
+}
+
+command_runner build_mkdir(CLI::App& cmd, const command_args&) {
+  auto o = std::make_shared<files_options>();
+  cmd.add_option("HOST:PATH", o->args, "HOST:PATH..., all on one server")->required();
+  cmd.add_flag("-p,--parents", o->parents, "Create missing parents; no error if it exists");
+  add_remote_path_options(cmd, *o);
+  return [o] { return run_mkdir(*o); };
+}
+
+command_runner build_rm(CLI::App& cmd, const command_args&) {
+  auto o = std::make_shared<files_options>();
+  cmd.add_option("HOST:PATH", o->args, "HOST:PATH..., all on one server")->required();
+  cmd.add_flag("-r,--recursive", o->recursive, "Remove a directory and everything in it");
+  add_remote_path_options(cmd, *o);
+  return [o] { return run_rm(*o); };
+}
+
+command_runner build_mv(CLI::App& cmd, const command_args&) {
+  auto o = std::make_shared<files_options>();
+  cmd.add_option("PATHS", o->args, "HOST:FROM and TO (a path on the same server)")->required();
+  cmd.add_flag("-n,--no-clobber", o->no_clobber, "Never replace an existing file");
+  add_remote_path_options(cmd, *o);
+  return [o] { return run_mv(*o); };
+}
+
+const command_registration put_registration{{
+    .name = "put",
+    .summary = "Upload files ('-' is stdin)",
+    .usage = "[-r] [-p] [-a] LOCAL... HOST:[REMOTE]",
+    .order = 80,
+    .build = build_put,
+}};
+const command_registration get_registration{{
+    .name = "get",
+    .summary = "Download files ('-' is stdout)",
+    .usage = "[-r] [-p] [-a] HOST:REMOTE... [LOCAL]",
+    .order = 90,
+    .build = build_get,
+}};
+const command_registration ls_registration{{
+    .name = "ls",
+    .summary = "List a remote directory",
+    .usage = "[-l] [-a] [-R] HOST:[PATH]",
+    .order = 100,
+    .build = build_ls,
+}};
+const command_registration stat_registration{{
+    .name = "stat",
+    .summary = "Show a remote file's type, size, permissions and time",
+    .usage = "HOST:PATH",
+    .order = 110,
+    .build = build_stat,
+}};
+const command_registration mkdir_registration{{
+    .name = "mkdir",
+    .summary = "Create remote directories",
+    .usage = "[-p] HOST:PATH...",
+    .order = 120,
+    .build = build_mkdir,
+}};
+const command_registration rm_registration{{
+    .name = "rm",
+    .summary = "Remove remote files or directories",
+    .usage = "[-r] HOST:PATH...",
+    .order = 130,
+    .build = build_rm,
+}};
+const command_registration mv_registration{{
+    .name = "mv",
+    .summary = "Move or rename on the server",
+    .usage = "[-n] HOST:FROM TO",
+    .order = 140,
+    .build = build_mv,
+}};
+
+}  // namespace
 
 }  // namespace cskit::app

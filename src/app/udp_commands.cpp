@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "app/cli_options.hpp"
+#include "app/command_table.hpp"
 #include "app/commands.hpp"
 #include "client/clock_adjust.hpp"
 #include "client/ntp_client.hpp"
@@ -611,5 +613,58 @@ int run_sync(const sync_options& o) {
   }
   return exit_code::ok;
 }
+
+// ------------------------------------------------------------ the command line
+
+namespace {
+
+void add_time_options(CLI::App& cmd, time_options& t) {
+  cmd.add_option("HOST", t.hosts,
+                 "NTP servers as HOST[:PORT] (default port 123); with several, only those whose correctness "
+                 "intervals agree (a majority) are used; at most 16")
+      ->required()
+      ->expected(1, 16);
+  cmd.add_option("--samples,-n", t.samples, "Requests to send; the one with the lowest delay is used (default 4)")
+      ->check(CLI::Range(1, 64));
+  cmd.add_option("--timeout,-W", t.timeout, "Seconds to wait for each reply (default 1)")->check(CLI::Range(0.01, 60.0));
+  cmd.add_option("--ntp-version", t.version, "NTP version to request with (2, 3 or 4; default 4)")->check(CLI::Range(2, 4));
+  cmd.add_flag("--json", t.json, "Print one JSON object instead of text");
+}
+
+command_runner build_time(CLI::App& cmd, const command_args&) {
+  auto t = std::make_shared<time_options>();
+  add_time_options(cmd, *t);
+  return [t] { return run_time(*t); };
+}
+
+command_runner build_sync(CLI::App& cmd, const command_args&) {
+  auto s = std::make_shared<sync_options>();
+  add_time_options(cmd, s->query);
+  cmd.add_option("--max-offset", s->max_offset,
+                 "Refuse to change the clock by more than SECONDS (the panic threshold, default 1000; 0: no limit)")
+      ->check(CLI::Range(0.0, 1e12));
+  cmd.add_flag("--dry-run", s->dry_run, "Only report what would be done");
+  auto* step_flag = cmd.add_flag("--step", s->force_step, "Step the clock whatever the offset");
+  cmd.add_flag("--slew", s->force_slew, "Slew the clock whatever the offset")->excludes(step_flag);
+  return [s] { return run_sync(*s); };
+}
+
+const command_registration time_registration{{
+    .name = "time",
+    .summary = "Ask an NTP server (cskit's or any other) for the time and the offset",
+    .usage = "[-n SAMPLES] [--json] HOST[:PORT]...",
+    .order = 30,
+    .build = build_time,
+}};
+
+const command_registration sync_registration{{
+    .name = "sync",
+    .summary = "Measure like 'time', then slew the clock (offset under 0.5 s) or step it (needs CAP_SYS_TIME)",
+    .usage = "[--dry-run] [--step|--slew] [--max-offset SECONDS] HOST[:PORT]...",
+    .order = 40,
+    .build = build_sync,
+}};
+
+}  // namespace
 
 }  // namespace cskit::app

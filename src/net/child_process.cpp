@@ -239,7 +239,8 @@ child_process::child_process(std::shared_ptr<impl> p) : impl_(std::move(p)) {}
 child_process::~child_process() { impl_->detach(); }
 
 std::shared_ptr<child_process> child_process::spawn(const asio::any_io_executor& ex, const spawn_request& req,
-                                                    callbacks cb, std::string& error) {
+                                                    callbacks cb, std::string& error, int* shell_status) {
+  if (shell_status) *shell_status = 0;
   if (req.argv.empty() || req.program.empty()) {
     error = "no command";
     return nullptr;
@@ -369,6 +370,7 @@ std::shared_ptr<child_process> child_process::spawn(const asio::any_io_executor&
                                              "cannot switch to the configured account",
                                              "cannot set up the terminal", "cannot set resource limits"};
     error = std::string(stages[f.stage >= 0 && f.stage <= 4 ? f.stage : 0]) + ": " + std::strerror(f.error);
+    if (shell_status && f.stage == 0) *shell_status = f.error == ENOENT || f.error == ENOTDIR ? 127 : 126;
     cleanup();
     return nullptr;
   }

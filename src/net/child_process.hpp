@@ -63,9 +63,12 @@ class child_process {
   };
 
   /// Forks and executes. On failure returns nullptr and says why in `error`
-  /// (for example "No such file or directory" from execve).
+  /// (for example "No such file or directory" from execve); when execve
+  /// itself failed, `shell_status` is what a POSIX shell exits with then:
+  /// 127 for a program that does not exist, 126 for one it cannot execute
+  /// (0 for a failure before execve: the directory, the account, limits).
   static std::shared_ptr<child_process> spawn(const boost::asio::any_io_executor& ex, const spawn_request& req,
-                                              callbacks cb, std::string& error);
+                                              callbacks cb, std::string& error, int* shell_status = nullptr);
   ~child_process();  ///< kills the process group if still running
   child_process(const child_process&) = delete;
   child_process& operator=(const child_process&) = delete;

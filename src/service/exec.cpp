@@ -68,6 +68,21 @@ std::optional<std::string> search_path(const std::string& name, const std::strin
   return std::nullopt;
 }
 
+// What a shell exits with for a program it cannot run: 126 when something
+// by that name is there but cannot be executed, 127 when nothing is.
+int missing_program_status(const std::string& name, const std::string& path) {
+  std::error_code ec;
+  if (name.find('/') != std::string::npos) return fs::exists(name, ec) ? 126 : 127;
+  std::size_t start = 0;
+  while (start <= path.size()) {
+    std::size_t end = path.find(':', start);
+    if (end == std::string::npos) end = path.size();
+    if (end > start && fs::exists(path.substr(start, end - start) + "/" + name, ec)) return 126;
+    start = end + 1;
+  }
+  return 127;
+}
+
 std::string status_text(const net::exit_status& st) {
   if (st.exited) return "exit " + std::to_string(st.code);
   std::string s = "signal " + std::to_string(st.signal);
@@ -150,7 +165,8 @@ std::optional<std::string> exec_policy::program_for(const std::string& name, std
   }
   auto c = search_path(name, options.path);
   if (!c) {
-    error = "no such program: '" + name + "'";
+    error = missing_program_status(name, options.path) == 126 ? "'" + name + "' cannot be executed (not an executable file)"
+                                                               : "no such program: '" + name + "'";
     return std::nullopt;
   }
   if (!allowed.empty() && std::find(allowed.begin(), allowed.end(), *c) == allowed.end()) {
@@ -225,6 +241,12 @@ void exec_sessions::error(std::uint64_t id, errc code, const std::string& messag
   conn_.send(proto::make_error(code, message, id));
 }
 
+void exec_sessions::not_started(std::uint64_t id, const std::string& message, int shell_status) {
+  json e = proto::make_error(errc::spawn_failed, message, id);
+  if (shell_status != 0) e["exit_code"] = shell_status;
+  conn_.send(e);
+}
+
 void exec_sessions::start(std::uint64_t id, const json& h) {
   const auto& o = policy_.options;
   if (!o.enabled) {
@@ -273,7 +295,13 @@ void exec_sessions::start(std::uint64_t id, const json& h) {
     }
     auto p = policy_.program_for(argv[0], why);
     if (!p) {
-      error(id, why.find("allowed") != std::string::npos ? errc::not_allowed : errc::spawn_failed, why);
+      if (why.find("allowed") != std::string::npos) {
+        error(id, errc::not_allowed, why);
+      } else if (argv[0].find('/') != std::string::npos && argv[0][0] != '/') {
+        error(id, errc::spawn_failed, why);  // a relative path: refused, not looked for
+      } else {
+        not_started(id, why, missing_program_status(argv[0], policy_.options.path));
+      }
       return;
     }
     program = *p;
@@ -384,11 +412,12 @@ void exec_sessions::start(std::uint64_t id, const json& h) {
   cb.on_exit = [this, id](const net::exit_status& st) { finish(id, st); };
 
   std::string spawn_error;
-  auto proc = net::child_process::spawn(conn_.executor(), req, std::move(cb), spawn_error);
+  int shell_status = 0;
+  auto proc = net::child_process::spawn(conn_.executor(), req, std::move(cb), spawn_error, &shell_status);
   if (!proc) {
     limiter_.release(user_);
     spdlog::info("exec user={} peer={} argv={} not started: {}", user_, conn_.peer(), r->argv_text, spawn_error);
-    error(id, errc::spawn_failed, spawn_error);
+    not_started(id, spawn_error, shell_status);
     return;
   }
   r->proc = std::move(proc);

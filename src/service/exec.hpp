@@ -98,6 +98,9 @@ class exec_sessions {
   struct running;
   void finish(std::uint64_t id, const net::exit_status& st);
   void error(std::uint64_t id, proto::errc code, const std::string& message);
+  /// spawn_failed for a program that could not be run, with the status a
+  /// shell would exit with (127 not found, 126 not executable).
+  void not_started(std::uint64_t id, const std::string& message, int shell_status);
 
   const exec_policy& policy_;
   exec_limiter& limiter_;

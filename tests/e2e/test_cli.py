@@ -151,7 +151,7 @@ class Help(unittest.TestCase):
         # main.cpp builds only the command named on the command line; each
         # must still be listed by `cskit help` and describe itself both ways.
         commands = ("serve", "ping", "time", "sync", "info", "exec", "chat", "put", "get", "ls", "stat",
-                    "mkdir", "rm", "mv", "help")
+                    "mkdir", "rm", "mv", "help", "version")
         listing = self.run_cli("help").stdout
         for name in commands:
             with self.subTest(command=name):
@@ -175,6 +175,51 @@ class Help(unittest.TestCase):
         r = self.run_cli("--version")
         self.assertEqual(r.returncode, EXIT_OK)
         self.assertRegex(r.stdout, r"cskit \d+\.\d+\.\d+ \(protocol 2\)")
+        v = self.run_cli("version")  # as git, go, docker have it
+        self.assertEqual((v.returncode, v.stdout), (EXIT_OK, r.stdout))
+
+    def test_a_typo_gets_did_you_mean(self):
+        for typed, meant in (("pnig", "ping"), ("chta", "chat"), ("rn", "rm"), ("serv", "serve"), ("exe", "exec"),
+                             ("versoin", "version")):
+            with self.subTest(typed=typed):
+                r = self.run_cli(typed, "127.0.0.1")
+                self.assertEqual(r.returncode, EXIT_USAGE)
+                self.assertIn(f"cskit: '{typed}' is not a cskit command; did you mean '{meant}'", r.stderr)
+                self.assertNotIn("A subcommand is required", r.stderr)
+        r = self.run_cli("frobnicate")
+        self.assertEqual(r.returncode, EXIT_USAGE)
+        self.assertNotIn("did you mean", r.stderr)
+        self.assertIn("commands: serve, ping", r.stderr)
+
+    def test_errors_name_the_command_and_the_argument(self):
+        r = self.run_cli("put", "--frob", "a", "h:")
+        self.assertEqual(r.returncode, EXIT_USAGE)
+        self.assertEqual(r.stderr, "cskit put: unknown option '--frob' (cskit help put)\n")
+        r = self.run_cli("ls", "h:", "--fanout", "3")
+        self.assertIn("cskit ls: unknown option '--fanout'", r.stderr)
+        r = self.run_cli("info", "h", "extra")
+        self.assertIn("cskit info: unexpected argument 'extra'", r.stderr)
+        # A missing argument is named as the usage line (help) names it.
+        for args, named in ((("put",), "LOCAL... HOST:[REMOTE]"), (("get",), "HOST:REMOTE..."),
+                            (("ping", "-c", "3"), "HOST[:PORT]"), (("mv",), "HOST:FROM TO"),
+                            (("time",), "HOST[:PORT]...")):
+            with self.subTest(args=args):
+                r = self.run_cli(*args)
+                self.assertEqual(r.returncode, EXIT_USAGE)
+                self.assertIn(f"cskit {args[0]}: missing {named}; usage: cskit {args[0]} ", r.stderr)
+                usage = self.run_cli("help", args[0]).stdout
+                self.assertIn(f"Usage: cskit {args[0]} ", usage)
+                self.assertIn(named, usage)
+        r = self.run_cli("ping", "h", "-c", "x")
+        self.assertTrue(r.stderr.startswith("cskit ping: --count"), r.stderr)
+
+    def test_the_exit_code_table_is_in_the_main_help_only(self):
+        self.assertIn("Exit codes:", self.run_cli("help").stdout)
+        for name in ("put", "ping", "serve"):
+            with self.subTest(command=name):
+                self.assertNotIn("Exit codes:", self.run_cli("help", name).stdout)
+                self.assertNotIn("Exit codes:", self.run_cli(name, "--help").stdout)
+        self.assertIn("exec", self.run_cli("serve", "--help").stdout)  # how to turn exec on
 
 
 class ServerLifecycle(unittest.TestCase):

@@ -5,10 +5,12 @@ import os
 import pty
 import re
 import select
+import shutil
 import signal
 import struct
 import subprocess
 import fcntl
+import tempfile
 import termios
 import threading
 import time
@@ -196,12 +198,63 @@ class ExecTest(unittest.TestCase):
         client.communicate(timeout=10)
         self.assertEqual(client.returncode, 128 + signal.SIGINT)
 
-    def test_errors_of_the_client_are_255(self):
-        p = run(self.server, "--", "no-such-program-here")
-        self.assertEqual(p.returncode, 255)
+    def test_the_command_starts_after_the_host_as_with_ssh(self):
+        p = run(self.server, "uname", "-s")
+        self.assertEqual((p.returncode, p.stdout), (0, "Linux\n"), p.stderr)
+        # exec's options may come between the host and the command; from the
+        # command's first word on, every word is the command's, even one
+        # that is also an option of exec.
+        p = run(self.server, "--json", "sh", "-c", 'echo "$@"', "sh", "--json", "-t", "--timeout", "1")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(p.stdout.splitlines()[0], "--json -t --timeout 1")
+        self.assertEqual(json.loads(p.stdout.splitlines()[-1])["status"], 0)
+        # Words after -- are the command's too, verbatim.
+        p = run(self.server, "printf", "%s,", "--", "-x", "--")
+        self.assertEqual(p.stdout, "-x,--,", p.stderr)
+        p = run(self.server, "--frob", "true")
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("cskit exec: unknown option '--frob'", p.stderr)
+        env = dict(self.server.env, CSKIT_USER="ops", CSKIT_TOKEN=OPS_TOKEN)
+        p = subprocess.run([BIN, "exec"], capture_output=True, text=True, env=env, timeout=30)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("missing HOST", p.stderr)
+
+    def test_a_program_that_cannot_run_exits_as_from_a_shell(self):
+        p = run(self.server, "no-such-program-here")
+        self.assertEqual(p.returncode, 127, p.stderr)
         self.assertIn("no such program", p.stderr)
+        self.assertFalse(p.stderr.startswith("\r"), repr(p.stderr))  # not a terminal: no stray carriage return
+        p = run(self.server, "/no/such/dir/prog")
+        self.assertEqual(p.returncode, 127, p.stderr)
+        # There, but not executable: a file without x bits, a directory, and
+        # an executable file that is no program (execve: ENOEXEC).
+        scratch = tempfile.mkdtemp(prefix="cskit-exec-126-")
+        self.addCleanup(shutil.rmtree, scratch, ignore_errors=True)
+        os.chmod(scratch, 0o755)  # commands of a server run as root run as nobody
+        plain, garbage = os.path.join(scratch, "plain"), os.path.join(scratch, "garbage")
+        for path, mode in ((plain, 0o644), (garbage, 0o755)):
+            with open(path, "wb") as f:
+                f.write(b"\x7fELF\x00\x01 not a program")
+            os.chmod(path, mode)
+        for path, said in ((plain, "cannot be executed"), (scratch, "cannot be executed"),
+                           (garbage, "cannot execute: Exec format error")):
+            with self.subTest(path=path):
+                p = run(self.server, path)
+                self.assertEqual(p.returncode, 126, p.stderr)
+                self.assertIn(said, p.stderr)
+        p = run(self.server, "--json", "no-such-program-here")
+        self.assertEqual(json.loads(p.stdout.strip())["status"], 127)
+        # Fan-out: each host's status, and the largest as the exit status.
+        env = dict(self.server.env, CSKIT_USER="ops", CSKIT_TOKEN=OPS_TOKEN)
+        p = subprocess.run([BIN, "exec", "--json", f"{self.server.address},{self.server.address}",
+                            "no-such-program-here"], capture_output=True, text=True, env=env, timeout=60)
+        self.assertEqual(p.returncode, 127, p.stderr)
+        self.assertEqual([h["status"] for h in json.loads(p.stdout.strip().splitlines()[-1])["hosts"]], [127, 127])
+
+    def test_errors_of_the_client_are_255(self):
         p = run(self.server, "--", "relative/path")
         self.assertEqual(p.returncode, 255)
+        self.assertFalse(p.stderr.startswith("\r"), repr(p.stderr))
         p = run(self.server, "--shell", "echo hi")
         self.assertEqual(p.returncode, 255)
         self.assertIn("does not run shell command lines", p.stderr)
