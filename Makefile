@@ -5,8 +5,10 @@ CTEST_JOBS ?= 2
 FUZZ_SECONDS ?= 60
 RUN_LISTEN ?= 127.0.0.1:7701
 RUN_SHARE ?= $(CURDIR)/.run/share
+PREFIX ?= /usr/local
+DESTDIR ?=
 
-.PHONY: all deps build build-asan run test test-release test-asan bench fuzz fuzz-smoke clean
+.PHONY: all deps build build-asan run test test-release test-asan bench fuzz fuzz-smoke clean install deb
 
 all: build
 
@@ -24,6 +26,20 @@ build-asan: deps
 ## make run: build, then serve a ready share on 127.0.0.1 (Ctrl-C stops it).
 run: build
 	@scripts/run-server.sh "$(RUN_LISTEN)" "$(RUN_SHARE)"
+
+## make install [PREFIX=/usr/local] [DESTDIR=...]: the binary, man pages,
+## completions, the systemd unit and /etc/cskit/cskit.toml (docs/packaging.md).
+install: build
+	cmake --preset release -DCMAKE_INSTALL_PREFIX=$(PREFIX) >/dev/null
+	cmake --build --preset release
+	DESTDIR="$(DESTDIR)" cmake --install build/release
+
+## make deb: build/deb/cskit_VERSION_ARCH.deb, for apt install ./cskit_*.deb.
+deb: build
+	cmake --preset release -DCMAKE_INSTALL_PREFIX=/usr >/dev/null
+	cmake --build --preset release
+	cd build/release && cpack -G DEB -B $(CURDIR)/build/deb
+	@ls build/deb/*.deb
 
 ## make test: every test, on the release build and again under ASan+UBSan.
 test: test-release test-asan

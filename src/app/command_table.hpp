@@ -39,6 +39,7 @@ struct command_spec {
   /// returns may keep `cmd` (it outlives the run).
   command_runner (*build)(CLI::App& cmd, const command_args& args) = nullptr;
   bool words_after_dashes = false;  ///< main() keeps what follows `--` from CLI11 (exec's command)
+  bool needs_all_commands = false;  ///< help, completion: every command is built, to be described
   bool hidden = false;              ///< left out of help listings and completion
 };
 

@@ -10,6 +10,7 @@
 #include "app/cli_options.hpp"
 #include "app/command_table.hpp"
 #include "app/commands.hpp"
+#include "app/docs.hpp"
 #include "proto/limits.hpp"
 #include "version.hpp"
 
@@ -51,18 +52,35 @@ std::string help_of(const CLI::App& app, std::string_view command) {
   return target->get_formatter()->make_help(target, name, CLI::AppFormatMode::Normal);
 }
 
+struct help_state {
+  std::string topic;
+  bool man = false;
+};
+
 command_runner build_help(CLI::App& cmd, const command_args&) {
-  auto topic = std::make_shared<std::string>();
-  cmd.add_option("COMMAND", *topic, "Command to describe");
-  return [topic, &cmd] {
+  auto s = std::make_shared<help_state>();
+  cmd.add_option("COMMAND", s->topic, "Command to describe, or config for the server's config file");
+  cmd.add_flag("--man", s->man, "The manual page instead, in roff: cskit(1), or cskit.toml(5) with config");
+  return [s, &cmd] {
     const CLI::App& app = *cmd.get_parent();
-    if (topic->empty()) {
+    const std::string& topic = s->topic;
+    if (s->man && (topic.empty() || topic == "config")) {
+      std::printf("%s", (topic.empty() ? man_page(app, cskit_version) : config_man_page(cskit_version)).c_str());
+      return exit_code::ok;
+    }
+    if (topic == "config") {
+      std::printf("%s", config_reference_text);
+      return exit_code::ok;
+    }
+    if (topic.empty()) {
       std::printf("%s", help_of(app, "").c_str());
       return exit_code::ok;
     }
-    const command_spec* spec = find_command(*topic);
-    if (spec == nullptr) {
-      std::fprintf(stderr, "cskit help: no command '%s'; cskit help lists them\n", topic->c_str());
+    const auto* topic_ptr = &s->topic;
+    const command_spec* spec = find_command(*topic_ptr);
+    if (spec == nullptr || s->man) {
+      std::fprintf(stderr, "cskit help: no %s '%s'; cskit help lists them\n", s->man ? "manual page for" : "command",
+                   topic.c_str());
       return exit_code::usage;
     }
     std::printf("%s", help_of(app, spec->name).c_str());
@@ -72,10 +90,32 @@ command_runner build_help(CLI::App& cmd, const command_args&) {
 
 const command_registration help_registration{{
     .name = "help",
-    .summary = "Show help for cskit or for one command",
-    .usage = "[COMMAND]",
+    .summary = "Show help for cskit, one command, or the server's config file (cskit help config)",
+    .usage = "[--man] [COMMAND|config]",
     .order = 1000,
     .build = build_help,
+    .needs_all_commands = true,
+}};
+
+command_runner build_completion(CLI::App& cmd, const command_args&) {
+  auto shell = std::make_shared<std::string>();
+  cmd.add_option("SHELL", *shell, "bash, zsh or fish")->required()->check(CLI::IsMember({"bash", "zsh", "fish"}));
+  cmd.footer(R"(Installed by the package; otherwise, for bash: source <(cskit completion bash)
+  zsh: cskit completion zsh > ~/.zfunc/_cskit (a directory in $fpath); fish: cskit completion
+  fish > ~/.config/fish/completions/cskit.fish)");
+  return [shell, &cmd] {
+    std::printf("%s", completion_script(*cmd.get_parent(), *shell).c_str());
+    return exit_code::ok;
+  };
+}
+
+const command_registration completion_registration{{
+    .name = "completion",
+    .summary = "Print a shell completion script (bash, zsh, fish)",
+    .usage = "bash|zsh|fish",
+    .order = 1020,
+    .build = build_completion,
+    .needs_all_commands = true,
 }};
 
 command_runner build_version(CLI::App&, const command_args&) {
@@ -206,7 +246,7 @@ int main_impl(int argc, char** argv) {
   // CLI::App with its own options) costs about half of a client's start-up
   // instructions, and `cskit exec HOST true` is timed from a fresh process.
   // Help, and no command at all, build them all: they list them.
-  const bool build_all = spec == nullptr || spec->name == "help";
+  const bool build_all = spec == nullptr || spec->needs_all_commands;
   command_args args;
   std::vector<built_command> built;
   for (const command_spec* c : commands()) {

@@ -3,6 +3,7 @@
 #include "net/admission.hpp"
 #include "net/endpoint.hpp"
 #include "net/listeners.hpp"
+#include "net/service_manager.hpp"
 
 #include <spdlog/spdlog.h>
 
@@ -216,6 +217,7 @@ struct tcp_server::impl {
   void begin_shutdown() {
     if (stopping) return;
     stopping = true;
+    notify_service_manager("STOPPING=1\nSTATUS=shutting down: sessions have the grace period to finish");
     spdlog::info("shutting down: no new connections; {} open, grace {} ms", live.load(), options.grace.count());
     error_code ec;
     for (auto& l : listeners) l->acceptor.close(ec);

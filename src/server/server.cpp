@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "net/endpoint.hpp"
+#include "net/service_manager.hpp"
 #include "net/tcp_server.hpp"
 #include "proto/limits.hpp"
 #include "proto/ntp.hpp"
@@ -312,6 +313,8 @@ void run_server(server_config config, const serve_hooks& hooks) {
   if (!config.irc.listen.empty() && config.chat.enabled) side.push_back(add_irc_front(srv, config, tls, irc));
   print_banner(config, ctx, {address, o.threads, tls.banner, std::move(side), token_note, exec_policy.account});
   spdlog::info("listening on {} as '{}'", address, ctx.name);
+  // systemd's Type=notify: ready once every listener is bound.
+  net::notify_service_manager("READY=1\nMAINPID=" + std::to_string(::getpid()) + "\nSTATUS=listening on " + address);
   if (hooks.on_listening) hooks.on_listening(address);
   {
     // The share's threads post their results to the event loops: they

@@ -1,10 +1,12 @@
 """End-to-end: `cskit serve`, `cskit ping`, `cskit info`, `cskit help` as a user runs them."""
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
 import subprocess
+import tempfile
 import threading
 import time
 import unittest
@@ -303,6 +305,42 @@ class ServerLifecycle(unittest.TestCase):
             # The port is closed: no new connections after shutdown.
             with self.assertRaises(OSError):
                 socket.create_connection(("127.0.0.1", srv.port), timeout=2)
+        finally:
+            srv.cleanup()
+
+    def test_readiness_and_stopping_reach_a_service_manager(self):
+        # systemd's Type=notify protocol, with a socket of our own as
+        # NOTIFY_SOCKET: a path, then an abstract name ('@').
+        for abstract in (False, True):
+            with self.subTest(abstract=abstract):
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                self.addCleanup(sock.close)
+                if abstract:
+                    name = f"@cskit-notify-{os.getpid()}-{time.monotonic_ns()}"
+                    sock.bind("\0" + name[1:])
+                else:
+                    where = tempfile.mkdtemp(prefix="cskit-notify-")
+                    self.addCleanup(shutil.rmtree, where, ignore_errors=True)
+                    name = os.path.join(where, "notify")
+                    sock.bind(name)
+                sock.settimeout(10)
+                srv = Server(env={"NOTIFY_SOCKET": name})
+                try:
+                    ready = sock.recv(4096).decode().split("\n")
+                    self.assertIn("READY=1", ready)
+                    self.assertIn(f"MAINPID={srv.proc.pid}", ready)
+                    self.assertIn(f"STATUS=listening on {srv.address}", ready)
+                    # Ready means serving: a client gets in at once.
+                    self.assertEqual(srv.cli("ping", "-c", "1", srv.address).returncode, 0)
+                    srv.proc.send_signal(signal.SIGTERM)
+                    self.assertIn("STOPPING=1", sock.recv(4096).decode().split("\n"))
+                    self.assertEqual(srv.proc.wait(timeout=30), 0)
+                finally:
+                    srv.cleanup()
+        # Without NOTIFY_SOCKET (or with one nobody listens on) the server runs as ever.
+        srv = Server(env={"NOTIFY_SOCKET": "/nonexistent/notify"})
+        try:
+            self.assertEqual(srv.cli("ping", "-c", "1", srv.address).returncode, 0)
         finally:
             srv.cleanup()
 
