@@ -16,6 +16,7 @@ const char* const exit_codes_text = R"(Exit codes:
  12  source changed        13  not found             14  already exists
  15  the server's key changed (it differs from the pinned or known one)
  16  the server's key is unknown and was not accepted, or its certificate is not trusted
+ 17  the directory is not empty (rm without -r)
 exec returns the remote command's status instead (see cskit help exec).
 )";
 

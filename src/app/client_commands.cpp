@@ -33,6 +33,7 @@ int exit_code_for(client::failure f) noexcept {
     case client::failure::timeout: return exit_code::timeout;
     case client::failure::host_key_changed: return exit_code::host_key_changed;
     case client::failure::host_key_unknown: return exit_code::host_key_unknown;
+    case client::failure::local: return exit_code::failure;
   }
   return exit_code::failure;
 }
@@ -49,6 +50,7 @@ const char* failure_name(client::failure f) {
     case client::failure::timeout: return "timeout";
     case client::failure::host_key_changed: return "host_key_changed";
     case client::failure::host_key_unknown: return "host_key_unknown";
+    case client::failure::local: return "local";
   }
   return "error";
 }
@@ -214,7 +216,8 @@ int run_ping(const ping_options& o) {
       std::printf("%s\n", j.dump().c_str());
     } else {
       std::printf("\n--- %s cskit ping statistics ---\n", conn.peer().c_str());
-      std::printf("%ld probes sent, %zu received, %.0f%% lost, time %.0f ms\n", sent, rtts.size(), loss, elapsed);
+      std::printf("%ld probe%s sent, %zu received, %.0f%% lost, time %.0f ms\n", sent, sent == 1 ? "" : "s",
+                  rtts.size(), loss, elapsed);
       if (!rtts.empty()) std::printf("rtt min/avg/max/mdev = %.3f/%.3f/%.3f/%.3f ms\n", mn, avg, mx, mdev);
     }
     conn.close();

@@ -33,6 +33,7 @@ inline constexpr int exists = 14;         ///< the target exists (--no-clobber, 
 // server identity (TLS)
 inline constexpr int host_key_changed = 15;  ///< the server's key differs from the pinned or known one
 inline constexpr int host_key_unknown = 16;  ///< the server's key is new and was not accepted, or its certificate is untrusted
+inline constexpr int not_empty = 17;         ///< rm of a directory that is not empty, without -r
 }  // namespace exit_code
 
 /// The exit code for an error code (file commands).

@@ -231,8 +231,8 @@ std::string man_page(const CLI::App& app, std::string_view version) {
   out += ".SH \"EXIT STATUS\"\n" + roff_verbatim(exit_codes_text);
   out += ".SH ENVIRONMENT\n.TP\n.B CSKIT_USER\n" + roff("User name of a client (default admin).") +
          "\n.TP\n.B CSKIT_TOKEN\n" + roff("Token of a client, or of the server's default admin.") +
-         "\n.TP\n.B NOTIFY_SOCKET\n" + roff("Set by systemd: cskit serve reports readiness, reloads and stopping (Type=notify).") + "\n";
-  out += ".SH FILES\n.TP\n.I /etc/cskit/cskit.toml\n" + roff("The server's configuration (cskit.toml(5)) when run by systemd.") +
+         "\n.TP\n.B NOTIFY_SOCKET\n" + roff("Set by systemd: cskit serve reports readiness and stopping (Type=notify).") + "\n";
+  out += ".SH FILES\n.TP\n.I /etc/cskit/cskit.toml\n" + roff("The server's configuration (cskit.toml(5)) when run by systemd (PREFIX/etc/cskit/cskit.toml after make install).") +
          "\n.TP\n.I ~/.config/cskit/client.toml\n" + roff("The client's configuration: user, token, hosts.") +
          "\n.TP\n.I ~/.config/cskit/known_hosts\n" + roff("Server keys a client has accepted.") +
          "\n.TP\n.I ~/.local/state/cskit\n" + roff("The server's state without systemd (/var/lib/cskit with it): admin.token, "

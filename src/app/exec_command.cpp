@@ -184,6 +184,7 @@ struct raw_terminal {
     }
   }
   void leave() {
+    if (current == this) current = nullptr;  // the atexit hook must not reach a dead object
     if (!active) return;
     ::tcsetattr(STDIN_FILENO, TCSADRAIN, &saved);
     active = false;
@@ -511,6 +512,9 @@ int run_exec_command(exec_state& s, const CLI::App& cmd, const command_args& arg
                  words.front().c_str());
     return exit_code::usage;
   }
+  // A `--` after the command's first word is the command's own (rm -- -f).
+  const bool command_started = !words.empty() || (!e.hosts_file.empty() && !s.host_word.empty());
+  if (args.had_dashes && command_started) words.emplace_back("--");
   words.insert(words.end(), args.after_dashes.begin(), args.after_dashes.end());
   if (!e.hosts_file.empty()) {
     if (!s.host_word.empty()) words.insert(words.begin(), s.host_word);
@@ -528,15 +532,24 @@ int run_exec_command(exec_state& s, const CLI::App& cmd, const command_args& arg
 command_runner build_exec(CLI::App& cmd, const command_args& args) {
   auto s = std::make_shared<exec_state>();
   auto& e = s->o;
-  cmd.add_option("HOST", s->host_word, "HOST[,HOST...] (none with --hosts); the command follows it");
+  // With --hosts (given first) there is no HOST: the word is refused as
+  // HOST, so that CLI11 stops there and the command begins with it.
+  exec_options& opts = s->o;
+  cmd.add_option("HOST", s->host_word, "HOST[,HOST...] (none with --hosts); the command follows it")
+      ->check(CLI::Validator(
+          [&opts](std::string&) { return opts.hosts_file.empty() ? std::string() : std::string("--hosts names the hosts"); },
+          "", "not with --hosts"));
+  cmd.validate_positionals();
   cmd.add_flag("-t,--tty", e.tty, "Run the command on a terminal (interactive programs; one host only)");
   cmd.add_flag("-n,--no-stdin", e.no_stdin, "Give the command /dev/null as stdin");
   cmd.add_option("--timeout", e.timeout, "Kill the command (its whole process group) after SECONDS")
       ->check(CLI::Range(0.001, 1e9));
   cmd.add_option("--cwd", e.cwd, "Working directory on the server");
-  cmd.add_option("--env", e.env, "KEY=VALUE for the command (the server decides which keys are allowed)");
+  cmd.add_option("--env", e.env, "KEY=VALUE for the command (the server decides which keys are allowed; repeat it)")
+      ->allow_extra_args(false);  // one value each: the words after it are HOST and the command
   cmd.add_option("--shell", e.shell, "A command line for the server's shell (only where its policy allows)");
-  cmd.add_option("--hosts", e.hosts_file, "File with one HOST[:PORT] per line (fan-out)");
+  cmd.add_option("--hosts", e.hosts_file, "File with one HOST[:PORT] per line (fan-out); then the command, no HOST")
+      ->trigger_on_parse();
   cmd.add_option("-f,--fanout", e.fanout, "Hosts run at once in fan-out (default 32)")->check(CLI::Range(1, 4096));
   cmd.add_option("--user,-u", e.common.user, "User name (default: CSKIT_USER, client config, or admin)");
   cmd.add_option("--token", e.common.token, "Token (default: CSKIT_TOKEN, then the client config)");

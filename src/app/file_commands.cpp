@@ -34,6 +34,7 @@ int exit_code_for(errc e) noexcept {
     case errc::changed: return exit_code::changed;
     case errc::not_found: return exit_code::not_found;
     case errc::exists: return exit_code::exists;
+    case errc::not_empty: return exit_code::not_empty;
     case errc::permission_denied: return exit_code::permission;
     case errc::auth_failed: return exit_code::auth;
     default: return exit_code::remote;
@@ -41,6 +42,14 @@ int exit_code_for(errc e) noexcept {
 }
 
 namespace {
+
+// An error found here: the classes that mean the same on both sides (disk
+// full, not found, exists, permission, changed) keep their codes; any
+// other is a local failure (1), never "the server reported an error".
+int local_exit_code(errc e) noexcept {
+  const int rc = exit_code_for(e);
+  return rc == exit_code::remote ? exit_code::failure : rc;
+}
 
 struct remote_spec {
   std::string host;  // HOST or HOST:PORT, for connect_client
@@ -252,7 +261,9 @@ int report_client_error(const client::client_error& e, bool as_json, const char*
               {"error", {{"code", e.code() ? std::string(proto::to_wire(*e.code())) : std::string()}, {"message", e.what()}}}};
     std::printf("%s\n", j.dump(-1, ' ', false, json::error_handler_t::replace).c_str());
   }
-  if (e.kind() == client::failure::remote && e.code()) return exit_code_for(*e.code());
+  if ((e.kind() == client::failure::remote || e.kind() == client::failure::local) && e.code()) {
+    return e.kind() == client::failure::local ? local_exit_code(*e.code()) : exit_code_for(*e.code());
+  }
   return exit_code_for(e.kind());
 }
 
@@ -267,6 +278,12 @@ int with_connection(const files_options& o, const std::string& host, const char*
     return f(fc);
   } catch (const client::client_error& e) {
     return report_client_error(e, o.common.json, cmd);
+  } catch (const client::output_closed&) {
+    // As cat, killed by SIGPIPE: no message, and the shell sees 128+13.
+    std::fflush(stderr);
+    ::signal(SIGPIPE, SIG_DFL);
+    ::raise(SIGPIPE);
+    return 128 + SIGPIPE;
   }
 }
 
@@ -316,7 +333,7 @@ int finish_transfer(const char* cmd, const files_options& o, const client::trans
   if (o.dry_run && !o.common.json) print_planned(r);
   for (const auto& e : r.errors) {
     std::fprintf(stderr, "cskit %s: %s\n", cmd, printable(e.message).c_str());
-    if (rc == exit_code::ok) rc = exit_code_for(e.code);
+    if (rc == exit_code::ok) rc = e.local ? local_exit_code(e.code) : exit_code_for(e.code);
   }
   if (o.common.json) {
     json errs = json::array();

@@ -76,8 +76,7 @@ command_runner build_help(CLI::App& cmd, const command_args&) {
       std::printf("%s", help_of(app, "").c_str());
       return exit_code::ok;
     }
-    const auto* topic_ptr = &s->topic;
-    const command_spec* spec = find_command(*topic_ptr);
+    const command_spec* spec = find_command(topic);
     if (spec == nullptr || s->man) {
       std::fprintf(stderr, "cskit help: no %s '%s'; cskit help lists them\n", s->man ? "manual page for" : "command",
                    topic.c_str());
@@ -185,8 +184,9 @@ int parse_failure(const CLI::ParseError& e, const built_command* chosen) {
   const std::string who = chosen ? "cskit " + std::string(chosen->spec->name) : std::string("cskit");
   const std::string help_hint = chosen ? "cskit help " + std::string(chosen->spec->name) : std::string("cskit help");
   if (dynamic_cast<const CLI::ExtrasError*>(&e) && chosen) {
-    const auto extra = chosen->app->remaining();
-    const std::string word = extra.empty() ? std::string() : extra.front();
+    auto extra = chosen->app->remaining();
+    if (extra.empty()) extra = chosen->app->get_parent()->remaining(true);  // left to the top level (after --)
+    const std::string word = extra.empty() ? std::string("--") : extra.front();
     if (!word.empty() && word[0] == '-') {
       std::fprintf(stderr, "%s: unknown option '%s' (%s)\n", who.c_str(), word.c_str(), help_hint.c_str());
     } else {

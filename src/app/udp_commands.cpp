@@ -149,13 +149,18 @@ class udp_pinger {
     } else {
       std::printf("\n--- %s UDP ping statistics ---\n", peer_.c_str());
       std::string extra;
-      if (probes_.duplicates()) extra += fmt::format(", +{} duplicates", probes_.duplicates());
+      if (probes_.duplicates()) {
+        extra += fmt::format(", +{} duplicate{}", probes_.duplicates(), probes_.duplicates() == 1 ? "" : "s");
+      }
       if (probes_.reordered()) extra += fmt::format(", {} out of order", probes_.reordered());
       if (probes_.corrupted()) extra += fmt::format(", {} corrupted", probes_.corrupted());
-      std::printf("%llu probes sent, %zu received%s, %.0f%% lost, time %.0f ms\n",
-                  static_cast<unsigned long long>(sent), received, extra.c_str(), loss, elapsed);
+      std::printf("%llu probe%s sent, %zu received%s, %.0f%% lost, time %.0f ms\n",
+                  static_cast<unsigned long long>(sent), sent == 1 ? "" : "s", received, extra.c_str(), loss, elapsed);
       if (received) std::printf("rtt min/avg/max/mdev = %.3f/%.3f/%.3f/%.3f ms\n", s.min, s.avg, s.max, s.mdev);
     }
+    // Nothing came back and the port was reported closed: nobody serves
+    // echo there (3, as `cskit time` says of an NTP port); some lost: 8.
+    if (received == 0 && sent > 0 && refused_ > 0) return exit_code::connect;
     return received < sent ? exit_code::timeout : exit_code::ok;
   }
 

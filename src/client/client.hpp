@@ -29,6 +29,7 @@ enum class failure {
   timeout,     ///< no answer within the deadline
   host_key_changed,  ///< the server's key differs from the pinned or known one
   host_key_unknown,  ///< the server's key is not known and was not accepted (or its certificate is untrusted)
+  local,       ///< refused here, before anything was asked of the server (a bad argument, a local file)
 };
 
 class client_error : public std::runtime_error {
@@ -41,6 +42,12 @@ class client_error : public std::runtime_error {
  private:
   failure kind_;
   std::optional<proto::errc> code_;
+};
+
+/// Writing to stdout failed because its reader went away (EPIPE): the
+/// command stops, quietly, as a filter does on SIGPIPE.
+struct output_closed : std::runtime_error {
+  output_closed() : std::runtime_error("stdout was closed by its reader") {}
 };
 
 struct credentials {

@@ -109,7 +109,7 @@ void download::execute() {
   if (marked_tree_ && r_.errors.empty()) {
     // Complete: the mark goes (before -p sets the directories' times).
     if (int e = util::clear_unfinished_copy(marked_tree_->root_fd())) {
-      r_.errors.push_back({new_name_, local_errc(e), download_message(e, new_name_)});
+      r_.errors.push_back({new_name_, local_errc(e), download_message(e, new_name_), true});
     }
   }
   restore_directory_attributes();
@@ -134,7 +134,7 @@ void download::choose_destination(const std::vector<std::string>& sources, const
     // -a, as rsync: a directory (or several sources) always goes into the
     // destination, made when missing, so that every run means the same.
     if (!o_.dry_run && ::mkdir(dest.c_str(), 0777) != 0 && errno != EEXIST) {
-      throw client_error(failure::remote, "local destination " + dest + ": " + std::strerror(errno), local_errc(errno));
+      throw client_error(failure::local, "local destination " + dest + ": " + std::strerror(errno), local_errc(errno));
     }
     is_dir = true;
   }
@@ -148,7 +148,7 @@ void download::choose_destination(const std::vector<std::string>& sources, const
     base_ = dest;
   } else {
     if (sources.size() > 1) {
-      throw client_error(failure::remote, dest + ": not a directory (several sources)", errc::not_found);
+      throw client_error(failure::local, dest + ": not a directory (several sources)", errc::not_found);
     }
     std::string d = dest;
     if (is_dir) {
@@ -156,7 +156,7 @@ void download::choose_destination(const std::vector<std::string>& sources, const
       // (".", "new/.", a link to it).
       char buf[PATH_MAX];
       if (!::realpath(dest.c_str(), buf)) {
-        throw client_error(failure::remote, "local destination " + dest + ": " + std::strerror(errno),
+        throw client_error(failure::local, "local destination " + dest + ": " + std::strerror(errno),
                            local_errc(errno));
       }
       d = buf;
@@ -166,13 +166,13 @@ void download::choose_destination(const std::vector<std::string>& sources, const
     base_ = slash == std::string::npos ? "." : (slash == 0 ? "/" : d.substr(0, slash));
     new_name_ = slash == std::string::npos ? d : d.substr(slash + 1);
     if (!util::check_name(new_name_).empty()) {
-      throw client_error(failure::remote, dest + ": not a usable local name", errc::bad_path);
+      throw client_error(failure::local, dest + ": not a usable local name", errc::bad_path);
     }
   }
   try {
     base_jail_ = std::make_unique<util::dir_jail>(base_, true);
   } catch (const std::system_error& e) {
-    throw client_error(failure::remote, "local destination " + base_ + ": " + e.code().message(),
+    throw client_error(failure::local, "local destination " + base_ + ": " + e.code().message(),
                        local_errc(e.code().value()));
   }
 }
@@ -206,7 +206,7 @@ void download::refuse(const std::string& shown, const std::string& why) {
 
 void download::plan_source(const std::string& src_in) {
   if (std::string why = util::check_relative_path(src_in); !why.empty()) {
-    r_.errors.push_back({src_in, errc::bad_path, "'" + src_in + "': " + why});
+    r_.errors.push_back({src_in, errc::bad_path, "'" + src_in + "': " + why, true});
     return;
   }
   const std::string src = util::normalize_relative(src_in);
@@ -224,14 +224,14 @@ void download::plan_source(const std::string& src_in) {
   }
   if (top.type == "dir") {
     if (to_stdout_ || !o_.recursive) {
-      r_.errors.push_back({src, errc::bad_request, "'" + src + "' is a directory" + (to_stdout_ ? "" : " (use -r)")});
+      r_.errors.push_back({src, errc::bad_request, "'" + src + "' is a directory" + (to_stdout_ ? "" : " (use -r)"), true});
       return;
     }
     marked_source_ = src;
     return plan_tree(src, top, root_name);
   }
   if (!to_stdout_ && root_name.empty()) {
-    r_.errors.push_back({src, errc::bad_path, "no local name for '" + src + "'"});
+    r_.errors.push_back({src, errc::bad_path, "no local name for '" + src + "'", true});
     return;
   }
   note_landing(root_name);
@@ -258,20 +258,20 @@ const util::dir_jail* download::make_tree_root(const std::string& root_name, con
     return trees_.back().get();
   }
   if (int e = make_dirs(*base_jail_, root_name, mode)) {
-    r_.errors.push_back({shown, local_errc(e), download_message(e, "mkdir " + shown)});
+    r_.errors.push_back({shown, local_errc(e), download_message(e, "mkdir " + shown), true});
     return nullptr;
   }
   ++r_.dirs;
   const int fd = base_jail_->open(root_name, O_PATH | O_DIRECTORY | O_NOFOLLOW);
   if (fd < 0) {
-    r_.errors.push_back({shown, local_errc(-fd), download_message(-fd, shown)});
+    r_.errors.push_back({shown, local_errc(-fd), download_message(-fd, shown), true});
     return nullptr;
   }
   trees_.push_back(std::make_unique<util::dir_jail>(fd, true));
   if (!new_name_.empty() && marked_tree_ == nullptr) {
     // A tree under a new name: marked until complete (a re-run continues it).
     if (int e = util::mark_unfinished_copy(fd, copy_source(marked_source_))) {
-      r_.errors.push_back({shown, local_errc(e), download_message(e, shown)});
+      r_.errors.push_back({shown, local_errc(e), download_message(e, shown), true});
       return nullptr;
     }
     marked_tree_ = trees_.back().get();
@@ -471,7 +471,7 @@ void download::retouch(int dir, const std::string& leaf, const file& f) {
   int err = fd ? 0 : errno;
   if (!err && ::fchmod(fd.get(), static_cast<mode_t>(f.entry.mode & 0777)) != 0) err = errno;
   if (!err) err = util::set_mtime_ns(fd.get(), f.entry.mtime_ns);
-  if (err) r_.errors.push_back({f.shown, local_errc(err), download_message(err, f.shown)});
+  if (err) r_.errors.push_back({f.shown, local_errc(err), download_message(err, f.shown), true});
 }
 
 void download::list_planned() {
@@ -526,7 +526,7 @@ void download::prune_extraneous(bool act) {
     util::unique_fd root(::openat(tree->root_fd(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
     const std::string top = listed.shown.empty() ? base_ : listed.shown;
     if (!root) {
-      r_.errors.push_back({top, local_errc(errno), download_message(errno, top)});
+      r_.errors.push_back({top, local_errc(errno), download_message(errno, top), true});
       continue;
     }
     util::tree_visitor v;
@@ -546,7 +546,7 @@ void download::prune_extraneous(bool act) {
     };
     v.failed = [&](const util::tree_entry& e, int err) {
       const std::string shown = join(listed.shown, e.path);
-      r_.errors.push_back({shown, local_errc(err), download_message(err, shown)});
+      r_.errors.push_back({shown, local_errc(err), download_message(err, shown), true});
       return util::walk_step::next;
     };
     util::walk_tree(std::move(root), v);
@@ -564,7 +564,7 @@ void download::remove_extraneous(const util::tree_entry& e, const std::string& s
     err = errno;
   }
   if (err) {
-    r_.errors.push_back({shown, local_errc(err), download_message(err, "delete " + shown)});
+    r_.errors.push_back({shown, local_errc(err), download_message(err, "delete " + shown), true});
   } else {
     r_.deleted += removed;
   }
@@ -579,7 +579,7 @@ void download::make_directories() {
     // (less the umask; the owner can always fill it: -p sets the exact
     // bits once it is full).
     if (int e = make_dirs(*d.jail, d.local, static_cast<mode_t>((d.entry.mode & 0777) | 0700))) {
-      r_.errors.push_back({d.shown, local_errc(e), download_message(e, "mkdir " + d.shown)});
+      r_.errors.push_back({d.shown, local_errc(e), download_message(e, "mkdir " + d.shown), true});
     } else {
       ++r_.dirs;
     }
@@ -591,7 +591,7 @@ void download::make_links() {
     std::string leaf;
     util::unique_fd dir(l.jail->open_parent(l.local, leaf));
     if (!dir) {
-      r_.errors.push_back({l.shown, local_errc(-dir.get()), download_message(-dir.get(), l.shown)});
+      r_.errors.push_back({l.shown, local_errc(-dir.get()), download_message(-dir.get(), l.shown), true});
       continue;
     }
     const std::string tmp = util::part_file_name(leaf) + "." + util::random_hex64();
@@ -599,7 +599,7 @@ void download::make_links() {
         ::renameat2(dir.get(), tmp.c_str(), dir.get(), leaf.c_str(), o_.no_clobber ? RENAME_NOREPLACE : 0) != 0) {
       const int err = errno;
       ::unlinkat(dir.get(), tmp.c_str(), 0);
-      r_.errors.push_back({l.shown, local_errc(err), download_message(err, l.shown)});
+      r_.errors.push_back({l.shown, local_errc(err), download_message(err, l.shown), true});
       continue;
     }
     ++r_.symlinks;
@@ -660,7 +660,7 @@ download::shared_dir download::parent_dir(const util::dir_jail& jail, const std:
 bool download::open_dir(file& f) {
   int e = 0;
   f.dir = parent_dir(*f.jail, f.local, f.leaf, e);
-  if (!f.dir) r_.errors.push_back({f.shown, local_errc(e), download_message(e, f.shown)});
+  if (!f.dir) r_.errors.push_back({f.shown, local_errc(e), download_message(e, f.shown), true});
   return f.dir != nullptr;
 }
 
@@ -693,7 +693,7 @@ bool download::prepare(file& f) {
     fd = util::open_locked_part(dir, f.part, f.private_part, create_mode, &f.part_st);
   }
   if (fd < 0) {
-    r_.errors.push_back({f.shown, local_errc(-fd), download_message(-fd, f.shown)});
+    r_.errors.push_back({f.shown, local_errc(-fd), download_message(-fd, f.shown), true});
     return false;
   }
   f.fd.reset(fd);
@@ -704,7 +704,7 @@ bool download::prepare(file& f) {
   const auto have = static_cast<std::uint64_t>(f.part_st.st_size);
   if (f.entry.size > inline_max && f.entry.size > have) {
     if (int e = util::preallocate(fd, have, f.entry.size - have)) {
-      r_.errors.push_back({f.shown, local_errc(e), local_message(e, f.shown)});
+      r_.errors.push_back({f.shown, local_errc(e), local_message(e, f.shown), true});
       if (have == 0 && !f.part.empty()) ::unlinkat(dir, f.part.c_str(), 0);  // empty: nothing to resume
       f.fd.reset();
       f.dir.reset();
@@ -874,7 +874,7 @@ void download::on_begin(file& f, const proto::frame& frame) {
   const bool still_reserved = f.preallocated && f.entry.size == listed_size;
   if (!to_stdout_ && !f.failed && f.entry.size > f.pos && !still_reserved) {
     if (int e = util::preallocate(f.fd.get(), f.pos, f.entry.size - f.pos)) {
-      fail(f, local_errc(e), local_message(e, f.shown), f.pos == 0);  // an empty part: nothing to resume
+      fail(f, local_errc(e), local_message(e, f.shown), f.pos == 0, true);  // an empty part: nothing to resume
     } else {
       f.preallocated = true;
     }
@@ -891,7 +891,10 @@ void download::write_data(file& f, std::string_view data) {
   if (f.failed) return;
   const int e = to_stdout_ ? util::write_all(1, data.data(), data.size())
                            : util::pwrite_all(f.fd.get(), data.data(), data.size(), f.pos);
-  if (e) return fail(f, local_errc(e), local_message(e, to_stdout_ ? "writing to stdout" : f.shown), false);
+  // The reader of stdout went away (`cskit get HOST:f - | head`): stop
+  // now, quietly, as cat does.
+  if (e == EPIPE && to_stdout_) throw output_closed();
+  if (e) return fail(f, local_errc(e), local_message(e, to_stdout_ ? "writing to stdout" : f.shown), false, true);
   f.digest.update(data.data(), data.size());
   constexpr std::uint64_t writeback_step = 16u << 20;
   if (o_.fsync && !to_stdout_ && (f.pos + data.size()) / writeback_step != f.pos / writeback_step) {
@@ -911,13 +914,13 @@ void download::truncate_part(file& f) {
   // Empties a part before the server's content is written from offset 0
   // (an earlier attempt may have left bytes in it); a new part is empty.
   if (to_stdout_ || f.part_st.st_size == 0) return;
-  if (::ftruncate(f.fd.get(), 0) != 0) return fail(f, local_errc(errno), local_message(errno, f.shown), false);
+  if (::ftruncate(f.fd.get(), 0) != 0) return fail(f, local_errc(errno), local_message(errno, f.shown), false, true);
   f.part_st.st_size = 0;
   f.preallocated = false;  // truncating gave the reserved blocks back
 }
 
-void download::fail(file& f, errc code, const std::string& message, bool drop_part) {
-  if (!f.failed) r_.errors.push_back({to_stdout_ ? f.remote : f.shown, code, message});
+void download::fail(file& f, errc code, const std::string& message, bool drop_part, bool local) {
+  if (!f.failed) r_.errors.push_back({to_stdout_ ? f.remote : f.shown, code, message, local});
   f.failed = true;
   if (drop_part && f.dir && !f.part.empty()) ::unlinkat(f.dir->get(), f.part.c_str(), 0);
   f.release();
@@ -986,7 +989,7 @@ void download::commit_finished() {
       if ((err[i] == EEXIST || err[i] == EISDIR) && !c.part.empty()) ::unlinkat(dir, c.part.c_str(), 0);
       r_.errors.push_back({c.shown, local_errc(err[i]),
                            err[i] == EEXIST ? c.shown + ": already exists (--no-clobber)"
-                                            : local_message(err[i], c.shown)});
+                                            : local_message(err[i], c.shown), true});
     } else {
       ++r_.files;
     }

@@ -142,7 +142,8 @@ class download {
   /// Finishes f once its part is complete and get.end came (or it failed).
   void settle(file& f);
   void finish(file& f, const proto::json& h);
-  void fail(file& f, proto::errc code, const std::string& message, bool drop_part);
+  /// Records the file's error (`local`: found here, not by the server).
+  void fail(file& f, proto::errc code, const std::string& message, bool drop_part, bool local = false);
   void commit_finished();
   void restore_directory_attributes();
 

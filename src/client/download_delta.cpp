@@ -167,7 +167,7 @@ void download::take_literal(file& f, std::string_view data) {
     } else if (dg.spilled == 0 && waiting_in_memory() + n <= delta_get::max_waiting) {
       dg.waiting.append(bytes);  // until the copies before it are done
     } else if (int e = spill(f, bytes, at)) {
-      return fail(f, local_errc(e), local_message(e, f.shown + " (a temporary file)"), false);
+      return fail(f, local_errc(e), local_message(e, f.shown + " (a temporary file)"), false, true);
     }
     data.remove_prefix(n);
     dg.received += n;
@@ -246,7 +246,8 @@ void download::rebuild_some(file& f, std::uint64_t budget) {
           return fail(f, errc::changed, f.shown + ": the old copy changed while it was being read; run the command again",
                       false);
         }
-        return fail(f, local_errc(e), local_message(e, f.shown + (copy ? " (the old copy)" : " (a temporary file)")), false);
+        return fail(f, local_errc(e), local_message(e, f.shown + (copy ? " (the old copy)" : " (a temporary file)")), false,
+                    true);
       }
       write_data(f, std::string_view(copy_buffer_.data(), n));
       if (copy) {

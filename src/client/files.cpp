@@ -393,7 +393,7 @@ class upload {
     while (pipe_.pending(id)) {  // until the server refuses the rest (quota, disk full, ...)
       const long n = util::read_full(0, buf.data(), buf.size());
       if (n < 0) {
-        r_.errors.push_back({"-", local_errc(static_cast<int>(-n)), local_message(static_cast<int>(-n), "reading stdin")});
+        r_.errors.push_back({"-", local_errc(static_cast<int>(-n)), local_message(static_cast<int>(-n), "reading stdin"), true});
         abandon(id);
         return;
       }
@@ -410,7 +410,7 @@ class upload {
   void send_file(const put_item& it) {
     util::unique_fd fd(::open(it.local.c_str(), O_RDONLY | O_CLOEXEC));
     if (!fd) {
-      r_.errors.push_back({it.local, local_errc(errno), local_message(errno, it.local)});
+      r_.errors.push_back({it.local, local_errc(errno), local_message(errno, it.local), true});
       ++prog_.files_done;
       return;
     }

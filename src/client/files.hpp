@@ -76,6 +76,7 @@ struct transfer_error {
   std::string path;
   proto::errc code = proto::errc::io_error;
   std::string message;
+  bool local = false;  ///< found here (a local file, an argument), not reported by the server
 };
 
 /// --dry-run: one thing a transfer would do.

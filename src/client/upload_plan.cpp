@@ -49,7 +49,7 @@ void walk_local(const std::string& local, const std::string& remote, const trans
                 std::vector<put_item>& items, transfer_result& r) {
   util::unique_fd root(::open(local.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!root) {
-    r.errors.push_back({local, local_errc(errno), local_message(errno, local)});
+    r.errors.push_back({local, local_errc(errno), local_message(errno, local), true});
     return;
   }
   util::tree_visitor v;
@@ -65,13 +65,13 @@ void walk_local(const std::string& local, const std::string& remote, const trans
     }
     if (!proto::is_valid_utf8(e.name) || !util::check_name(e.name).empty()) {
       r.errors.push_back({it.local, errc::bad_path,
-                          it.local + ": the name is not valid UTF-8 or contains control characters; skipped"});
+                          it.local + ": the name is not valid UTF-8 or contains control characters; skipped", true});
       return util::walk_step::next;
     }
     if (it.remote.size() > util::max_remote_path) {
       r.errors.push_back({it.local, errc::bad_path,
                           it.local + ": its remote path would be longer than " +
-                              std::to_string(util::max_remote_path) + " bytes, the longest a server takes; skipped"});
+                              std::to_string(util::max_remote_path) + " bytes, the longest a server takes; skipped", true});
       return util::walk_step::next;
     }
     if (S_ISDIR(e.st.st_mode)) {
@@ -82,7 +82,7 @@ void walk_local(const std::string& local, const std::string& remote, const trans
       char buf[4097];
       const ssize_t len = ::readlinkat(e.dir_fd, e.name.c_str(), buf, sizeof buf - 1);
       if (len < 0) {
-        r.errors.push_back({it.local, local_errc(errno), local_message(errno, it.local)});
+        r.errors.push_back({it.local, local_errc(errno), local_message(errno, it.local), true});
         return util::walk_step::next;
       }
       it.target.assign(buf, static_cast<std::size_t>(len));
@@ -96,12 +96,12 @@ void walk_local(const std::string& local, const std::string& remote, const trans
   };
   v.failed = [&](const util::tree_entry& e, int err) {
     const std::string lp = e.path.empty() ? local : local + "/" + e.path;
-    r.errors.push_back({lp, local_errc(err), local_message(err, lp)});
+    r.errors.push_back({lp, local_errc(err), local_message(err, lp), true});
     return util::walk_step::next;
   };
   const std::size_t errors_before = r.errors.size();
   if (const int err = util::walk_tree(std::move(root), v); err && r.errors.size() == errors_before) {
-    r.errors.push_back({local, local_errc(err), local_message(err, local)});  // never a silent gap
+    r.errors.push_back({local, local_errc(err), local_message(err, local), true});  // never a silent gap
   }
 }
 
@@ -165,7 +165,7 @@ void add_source(put_plan& plan, const std::string& src, const transfer_options& 
     return;
   }
   if (::stat(src.c_str(), &it.st) != 0) {  // a symlink named on the command line is followed
-    r.errors.push_back({src, local_errc(errno), local_message(errno, src)});
+    r.errors.push_back({src, local_errc(errno), local_message(errno, src), true});
     return;
   }
   const std::string leaf = local_leaf(src);
@@ -177,7 +177,7 @@ void add_source(put_plan& plan, const std::string& src, const transfer_options& 
   it.remote = plan.dest_is_dir ? join(plan.dest, leaf) : plan.dest;
   if (S_ISDIR(it.st.st_mode)) {
     if (!o.recursive) {
-      r.errors.push_back({src, errc::bad_request, src + ": is a directory (use -r)"});
+      r.errors.push_back({src, errc::bad_request, src + ": is a directory (use -r)", true});
       return;
     }
     if (o.skip_unchanged && src.size() > 1 && src.back() == '/') {  // -a SRC/: its contents
@@ -359,7 +359,7 @@ std::string copy_mark(const std::string& src) {
 put_plan plan_put(const std::vector<std::string>& sources, const std::string& dest, const transfer_options& o,
                   transfer_result& r, const remote_stat_fn& remote_stat) {
   if (std::string why = util::check_relative_path(dest); !why.empty()) {
-    throw client_error(failure::remote, "remote path '" + dest + "': " + why, errc::bad_path);
+    throw client_error(failure::local, "remote path '" + dest + "': " + why, errc::bad_path);
   }
   put_plan plan;
   plan.dest = util::normalize_relative(dest);

@@ -370,7 +370,12 @@ std::shared_ptr<child_process> child_process::spawn(const asio::any_io_executor&
                                              "cannot switch to the configured account",
                                              "cannot set up the terminal", "cannot set resource limits"};
     error = std::string(stages[f.stage >= 0 && f.stage <= 4 ? f.stage : 0]) + ": " + std::strerror(f.error);
-    if (shell_status && f.stage == 0) *shell_status = f.error == ENOENT || f.error == ENOTDIR ? 127 : 126;
+    if (shell_status && f.stage == 0) {
+      // ENOENT for a program that is there: its interpreter (#!) is missing,
+      // which a shell reports as 126 too.
+      const bool missing = (f.error == ENOENT || f.error == ENOTDIR) && ::access(req.program.c_str(), F_OK) != 0;
+      *shell_status = missing ? 127 : 126;
+    }
     cleanup();
     return nullptr;
   }

@@ -10,7 +10,8 @@
 namespace cskit::net {
 
 /// Sends `state` to $NOTIFY_SOCKET; false when there is none (not started
-/// by a service manager) or it cannot be reached. Never blocks.
+/// by a service manager) or it cannot be reached. Waits at most 2 seconds
+/// for room in the manager's queue.
 bool notify_service_manager(std::string_view state) noexcept;
 
 }  // namespace cskit::net

@@ -45,6 +45,7 @@ constexpr std::array entries{
     entry{errc::too_large, "too_large", "over the size limit"},
     entry{errc::bad_path, "bad_path", "invalid path, or a path that leads outside the share"},
     entry{errc::exists, "exists", "the target already exists"},
+    entry{errc::not_empty, "not_empty", "the directory is not empty"},
     entry{errc::no_space, "no_space", "no space left on the server's disk"},
     entry{errc::quota_exceeded, "quota_exceeded", "the share's quota would be exceeded"},
     entry{errc::integrity, "integrity", "content digest mismatch: the data was corrupted; nothing was committed"},

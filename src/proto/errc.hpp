@@ -46,6 +46,7 @@ enum class errc {
   // files
   bad_path,               // a path that is invalid or leads outside the share
   exists,                 // the target exists and may not be replaced (no_clobber, mkdir)
+  not_empty,              // a directory that is not empty, removed without recursive
   no_space,               // the file system is full (ENOSPC, EDQUOT)
   quota_exceeded,         // the share's configured quota would be exceeded
   integrity,              // the content digest does not match: nothing was committed

@@ -158,18 +158,23 @@ exec_policy exec_policy::resolve(const exec_options& o) {
   return p;
 }
 
-std::optional<std::string> exec_policy::program_for(const std::string& name, std::string& error) const {
+std::optional<std::string> exec_policy::program_for(const std::string& name, std::string& error, bool* by_policy) const {
+  if (by_policy) *by_policy = false;
   if (name.find('/') != std::string::npos && name[0] != '/') {
     error = "give a program name (searched in the server's PATH) or an absolute path, not '" + name + "'";
     return std::nullopt;
   }
   auto c = search_path(name, options.path);
   if (!c) {
-    error = missing_program_status(name, options.path) == 126 ? "'" + name + "' cannot be executed (not an executable file)"
-                                                               : "no such program: '" + name + "'";
+    // With an allow-list, what is not on it is not looked for (a user
+    // limited to it learns nothing of other files).
+    error = allowed.empty() && missing_program_status(name, options.path) == 126
+                ? "'" + name + "' cannot be executed (not an executable file)"
+                : "no such program: '" + name + "'";
     return std::nullopt;
   }
   if (!allowed.empty() && std::find(allowed.begin(), allowed.end(), *c) == allowed.end()) {
+    if (by_policy) *by_policy = true;
     error = "'" + name + "' is not on the server's list of allowed programs";
     return std::nullopt;
   }
@@ -293,14 +298,16 @@ void exec_sessions::start(std::uint64_t id, const json& h) {
       error(id, errc::bad_request, "argv is empty or larger than 1 MiB");
       return;
     }
-    auto p = policy_.program_for(argv[0], why);
+    bool by_policy = false;
+    auto p = policy_.program_for(argv[0], why, &by_policy);
     if (!p) {
-      if (why.find("allowed") != std::string::npos) {
+      if (by_policy) {
         error(id, errc::not_allowed, why);
       } else if (argv[0].find('/') != std::string::npos && argv[0][0] != '/') {
         error(id, errc::spawn_failed, why);  // a relative path: refused, not looked for
       } else {
-        not_started(id, why, missing_program_status(argv[0], policy_.options.path));
+        const bool probe = policy_.allowed.empty();
+        not_started(id, why, probe ? missing_program_status(argv[0], policy_.options.path) : 127);
       }
       return;
     }

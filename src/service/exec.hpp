@@ -60,7 +60,9 @@ struct exec_policy {
 
   /// Finds `name` (a program name searched in `path`, or an absolute path)
   /// and checks the allow-list. Returns the canonical path, or an error.
-  std::optional<std::string> program_for(const std::string& name, std::string& error) const;
+  /// `by_policy` (when given) is set when the program exists but the
+  /// allow-list refuses it.
+  std::optional<std::string> program_for(const std::string& name, std::string& error, bool* by_policy = nullptr) const;
   bool env_allowed(const std::string& key) const;
 };
 

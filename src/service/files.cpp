@@ -1161,7 +1161,7 @@ void files_session::do_rm(std::uint64_t id, const json& h) {
     }
     if (const int e = remove_directory(dir.get(), leaf.c_str())) {
       if (e == ENOTEMPTY || e == EEXIST) {
-        return error(id, errc::exists, "'" + *path + "' is a directory that is not empty (use -r)");
+        return error(id, errc::not_empty, "'" + *path + "' is a directory that is not empty (use -r)");
       }
       return error(id, errc_for_errno(e), errno_message(e, "rm '" + *path + "'"));
     }

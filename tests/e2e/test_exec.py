@@ -208,9 +208,32 @@ class ExecTest(unittest.TestCase):
         self.assertEqual(p.returncode, 0, p.stderr)
         self.assertEqual(p.stdout.splitlines()[0], "--json -t --timeout 1")
         self.assertEqual(json.loads(p.stdout.splitlines()[-1])["status"], 0)
-        # Words after -- are the command's too, verbatim.
+        # A -- before the command ends exec's options; one after the
+        # command's first word is the command's own, as with ssh.
+        p = run(self.server, "--", "printf", "%s,", "--json")
+        self.assertEqual(p.stdout, "--json,", p.stderr)
         p = run(self.server, "printf", "%s,", "--", "-x", "--")
-        self.assertEqual(p.stdout, "-x,--,", p.stderr)
+        self.assertEqual(p.stdout, "--,-x,--,", p.stderr)
+        p = run(self.server, "sh", "-c", 'for a; do printf "%s," "$a"; done', "sh", "--", "-r", "dir")
+        self.assertEqual(p.stdout, "--,-r,dir,", p.stderr)
+        # --env takes one value each time; HOST and the command follow.
+        env = dict(self.server.env, CSKIT_USER="ops", CSKIT_TOKEN=OPS_TOKEN)
+        p = subprocess.run([BIN, "exec", "--env", "LC_ALL=C.UTF-8", "--env", "TZ=UTC", self.server.address,
+                            "sh", "-c", "echo $LC_ALL $TZ"], capture_output=True, text=True, env=env, timeout=30)
+        self.assertEqual(p.stdout, "C.UTF-8 UTC\n", p.stderr)
+        # --hosts: no HOST word; the command's own options stay its own.
+        hosts = os.path.join(tempfile.mkdtemp(prefix="cskit-hosts-"), "hosts")
+        self.addCleanup(shutil.rmtree, os.path.dirname(hosts), ignore_errors=True)
+        with open(hosts, "w") as f:
+            f.write(f"{self.server.address}\n{self.server.address}\n")
+        for argv, out in ((["uname", "-s"], "Linux"), (["sh", "-c", 'printf "%s\\n" "$0"', "-n"], "-n"),
+                          (["printf", "%s\n", "-t", "-f"], "-t")):
+            with self.subTest(argv=argv):
+                p = subprocess.run([BIN, "exec", "--hosts", hosts, *argv], capture_output=True, text=True, env=env,
+                                   timeout=60)
+                self.assertEqual(p.returncode, 0, p.stderr)
+                lines = [line.split(": ", 1)[1] for line in p.stdout.splitlines()]
+                self.assertEqual(lines.count(out), 2, p.stdout)
         p = run(self.server, "--frob", "true")
         self.assertEqual(p.returncode, 2)
         self.assertIn("cskit exec: unknown option '--frob'", p.stderr)
@@ -236,8 +259,12 @@ class ExecTest(unittest.TestCase):
             with open(path, "wb") as f:
                 f.write(b"\x7fELF\x00\x01 not a program")
             os.chmod(path, mode)
+        orphan = os.path.join(scratch, "orphan")  # a script whose interpreter is missing: 126 from a shell too
+        with open(orphan, "w") as f:
+            f.write("#!/no/such/interpreter\n")
+        os.chmod(orphan, 0o755)
         for path, said in ((plain, "cannot be executed"), (scratch, "cannot be executed"),
-                           (garbage, "cannot execute: Exec format error")):
+                           (garbage, "cannot execute: Exec format error"), (orphan, "cannot execute")):
             with self.subTest(path=path):
                 p = run(self.server, path)
                 self.assertEqual(p.returncode, 126, p.stderr)

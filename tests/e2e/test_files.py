@@ -37,6 +37,7 @@ import wire
 EXIT_OK, EXIT_USAGE, EXIT_CONNECT, EXIT_AUTH, EXIT_PERMISSION = 0, 2, 3, 4, 5
 EXIT_REMOTE, EXIT_NO_SPACE, EXIT_QUOTA, EXIT_INTEGRITY = 7, 9, 10, 11
 EXIT_CHANGED, EXIT_NOT_FOUND, EXIT_EXISTS = 12, 13, 14
+EXIT_LOCAL, EXIT_REMOTE, EXIT_NOT_EMPTY = 1, 7, 17
 
 PART_PREFIX = ".cskit-part."
 MiB = 1 << 20
@@ -624,8 +625,8 @@ class Commands(FilesTestCase):
         self.assertFalse(os.path.exists(os.path.join(self.rshare, "emptyd")))
         before = snapshot(os.path.join(self.rshare, "full"))
         r = self.cli("rm", self.rr("full"))
-        self.assertEqual(r.returncode, EXIT_EXISTS, r.stderr)
-        self.assertIn("-r", r.stderr)
+        self.assertEqual(r.returncode, EXIT_NOT_EMPTY, r.stderr)  # not 14, "already exists"
+        self.assertIn("not empty (use -r)", r.stderr)
         self.assertEqual(snapshot(os.path.join(self.rshare, "full")), before)
         j = self.json_ok("rm", "-r", self.rr("full"))
         self.assertEqual(j["removed"], 4)
@@ -633,6 +634,45 @@ class Commands(FilesTestCase):
         r = self.cli("rm", "-r", self.r())
         self.assertNotEqual(r.returncode, EXIT_OK)
         self.assertTrue(os.path.isdir(self.rshare))
+
+    def test_local_errors_are_not_the_servers(self):
+        # Found here, before or without the server: 1 (or the class's own
+        # code), never 7, "the server reported an error".
+        local_dir = os.path.join(self.local, "adir")
+        os.makedirs(local_dir, exist_ok=True)
+        r = self.cli("put", local_dir, self.r())
+        self.assertEqual(r.returncode, EXIT_LOCAL, r.stderr)
+        self.assertIn("is a directory (use -r)", r.stderr)
+        os.makedirs(os.path.join(self.rshare, "rdir"), exist_ok=True)
+        r = self.cli("get", self.rr("rdir"), self.local)
+        self.assertEqual(r.returncode, EXIT_LOCAL, r.stderr)
+        write_file(os.path.join(self.local, "one"), b"1")
+        r = self.cli("put", os.path.join(self.local, "one"), self.rr("../escape"))
+        self.assertEqual(r.returncode, EXIT_LOCAL, r.stderr)
+        self.assertIn("'..' is not allowed", r.stderr)
+        r = self.cli("put", os.path.join(self.local, "missing"), self.r())
+        self.assertEqual(r.returncode, EXIT_NOT_FOUND, r.stderr)
+        write_file(os.path.join(self.rshare, "r1"), b"x")
+        r = self.cli("get", self.rr("r1"), os.path.join(self.local, "no", "such", "dir", "x"))
+        self.assertNotIn(r.returncode, (EXIT_OK, EXIT_REMOTE), r.stderr)
+        # What the server reports is still 7 or its class.
+        r = self.cli("get", self.rr("nothing-here"), self.local)
+        self.assertEqual(r.returncode, EXIT_NOT_FOUND, r.stderr)
+
+    def test_get_to_a_closed_pipe_ends_quietly(self):
+        # `cskit get HOST:f - | head -c 10`: head exits, cskit stops at once
+        # without a message, killed by SIGPIPE as cat would be.
+        write_file(os.path.join(self.rshare, "big"), os.urandom(8 << 20))
+        env = self.env()
+        p = subprocess.Popen([BIN, "get", self.rr("big"), "-"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             env=env)
+        first = p.stdout.read(10)
+        p.stdout.close()
+        err = p.stderr.read()
+        p.wait(timeout=30)
+        self.assertEqual(len(first), 10)
+        self.assertEqual(p.returncode, -signal.SIGPIPE, err)
+        self.assertEqual(err, b"")
 
     def test_mv(self):
         write_file(os.path.join(self.rshare, "a"), b"A")
@@ -950,7 +990,7 @@ class Commands(FilesTestCase):
         os.makedirs(os.path.join(self.rshare, "busy"))
         write_file(os.path.join(self.rshare, "busy", marker), b"t 0123456789abcdef")
         write_file(os.path.join(self.rshare, "busy", "f"), b"f")
-        self.assertEqual(self.cli("rm", self.rr("busy")).returncode, EXIT_EXISTS)
+        self.assertEqual(self.cli("rm", self.rr("busy")).returncode, EXIT_NOT_EMPTY)
         self.assertEqual(read_file(os.path.join(self.rshare, "busy", marker)), b"t 0123456789abcdef")
 
 
@@ -1238,7 +1278,10 @@ class HostilePaths(FilesTestCase):
                 with self.subTest(path=path[:40], cmd=args[0]):
                     r = self.cli(*args)
                     self.assertNotEqual(r.returncode, EXIT_OK, r.stdout)
-                    self.assertEqual(r.returncode, EXIT_REMOTE, r.stderr)
+                    # put and get refuse a bad path before anything is sent
+                    # (a local failure); the others are refused by the server.
+                    refused_here = args[0] in ("put", "get") and r.returncode == EXIT_LOCAL
+                    self.assertTrue(refused_here or r.returncode == EXIT_REMOTE, (r.returncode, r.stderr))
         self.assertEqual(snapshot(self.srv.share), share_before)
         self.assertFalse(os.path.lexists(self.lp("out")))
 
