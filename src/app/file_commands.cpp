@@ -19,6 +19,7 @@
 #include "app/command_table.hpp"
 #include "app/commands.hpp"
 #include "client/files.hpp"
+#include "util/human.hpp"
 #include "util/rounding.hpp"
 
 namespace cskit::app {
@@ -112,12 +113,7 @@ std::string check_remote(remote_spec& r, const std::string& arg, unsigned port) 
   return {};
 }
 
-std::string human_bytes(double b) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  int u = 0;
-  while (b >= 1024 && u < 4) b /= 1024, ++u;
-  return u == 0 ? fmt::format("{:.0f} {}", b, units[u]) : fmt::format("{:.1f} {}", b, units[u]);
-}
+using util::human_bytes;
 
 // Shows only what a terminal can show harmlessly.
 std::string printable(std::string_view s) {

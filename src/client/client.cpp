@@ -6,6 +6,7 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/write.hpp>
 #include <sys/sendfile.h>
+#include <sys/stat.h>
 
 #include <cerrno>
 #include <cstring>
@@ -833,23 +834,66 @@ std::pair<std::string, std::string> split_port(const std::string& host) {
   return {host.substr(0, colon), host.substr(colon + 1)};
 }
 
-toml::table load_client_config(const std::filesystem::path& path, bool named) {
-  std::error_code ec;
-  if (!std::filesystem::exists(path, ec)) {
-    if (named) throw client_error(failure::auth, "client config " + path.string() + " does not exist");
-    return {};
+[[noreturn]] void bad_config(const std::filesystem::path& path, const toml::node& at, const std::string& why) {
+  throw client_error(failure::local, path.string() + ":" + std::to_string(at.source().begin.line) + ": " + why);
+}
+
+// As strict as the server's config: a key it does not know is an error
+// naming the file and the line (a typo must not silently drop a pin).
+void check_client_config(const std::filesystem::path& path, const toml::table& doc, bool& has_token) {
+  static constexpr std::string_view top_keys[] = {"user", "token", "ca_file", "hosts"};
+  static constexpr std::string_view host_keys[] = {"address", "port", "user", "token", "token_file", "fingerprint",
+                                                   "ca_file"};
+  auto known = [](const auto& keys, std::string_view k) { return std::find(std::begin(keys), std::end(keys), k) != std::end(keys); };
+  for (auto&& [k, v] : doc) {
+    if (!known(top_keys, k.str())) {
+      bad_config(path, v, "unknown key '" + std::string(k.str()) + "'" +
+                              (k.str() == "fingerprint" ? " (a pinned key belongs in a [hosts.NAME] table)" : ""));
+    }
+    has_token |= k.str() == "token";
   }
-  try {
-    return toml::parse_file(path.string());
-  } catch (const toml::parse_error& e) {
-    std::ostringstream os;
-    os << path.string() << ":" << e.source().begin.line << ": " << e.description();
-    throw client_error(failure::auth, os.str());
+  const toml::node* hosts = doc.get("hosts");
+  if (!hosts) return;
+  if (!hosts->is_table()) bad_config(path, *hosts, "'hosts' must be tables: [hosts.NAME]");
+  for (auto&& [name, t] : *hosts->as_table()) {
+    if (!t.is_table()) bad_config(path, t, "[hosts." + std::string(name.str()) + "] must be a table");
+    for (auto&& [k, v] : *t.as_table()) {
+      if (!known(host_keys, k.str())) {
+        bad_config(path, v, "unknown key '" + std::string(k.str()) + "' in [hosts." + std::string(name.str()) + "]");
+      }
+      has_token |= k.str() == "token";
+    }
   }
 }
 
+toml::table load_client_config(const std::filesystem::path& path, bool named) {
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) {
+    if (named) throw client_error(failure::local, "client config " + path.string() + " does not exist");
+    return {};
+  }
+  toml::table doc;
+  try {
+    doc = toml::parse_file(path.string());
+  } catch (const toml::parse_error& e) {
+    std::ostringstream os;
+    os << path.string() << ":" << e.source().begin.line << ": " << e.description();
+    throw client_error(failure::local, os.str());
+  }
+  bool has_token = false;
+  check_client_config(path, doc, has_token);
+  // A file that holds a token is refused when others may read it, as ssh
+  // refuses such a private key (and as token_file is).
+  struct stat st {};
+  if (has_token && ::stat(path.c_str(), &st) == 0 && (st.st_mode & 077) != 0) {
+    throw client_error(failure::local, path.string() + " holds a token and may be read by others (chmod 600 " +
+                                           path.string() + ")");
+  }
+  return doc;
+}
+
 [[noreturn]] void bad_host_entry(const std::filesystem::path& path, const std::string& name, const std::string& why) {
-  throw client_error(failure::auth, path.string() + ": [hosts.\"" + name + "\"]: " + why);
+  throw client_error(failure::local, path.string() + ": [hosts.\"" + name + "\"]: " + why);
 }
 
 // Where an alias's table says the host is: its address, and its port unless

@@ -23,6 +23,7 @@
 #include "net/tls.hpp"
 #include "server/session.hpp"
 #include "util/file_io.hpp"
+#include "util/human.hpp"
 #include "util/paths.hpp"
 #include "version.hpp"
 
@@ -234,9 +235,9 @@ void print_banner(const server_config& config, const server_context& ctx, const 
   std::printf("cskit %s listening on %s (protocol %d, %u thread%s)\n", cskit_version, b.address.c_str(),
               proto::protocol_version, b.threads, b.threads == 1 ? "" : "s");
   std::printf("share: %s%s%s\n", config.root.string().c_str(),
-              config.files.quota ? (", quota " + std::to_string(config.files.quota) + " bytes").c_str() : "",
+              config.files.quota ? (", quota " + util::human_bytes(static_cast<double>(config.files.quota))).c_str() : "",
               config.files.max_file_size
-                  ? (", files up to " + std::to_string(config.files.max_file_size) + " bytes").c_str()
+                  ? (", files up to " + util::human_bytes(static_cast<double>(config.files.max_file_size))).c_str()
                   : "");
   if (config.exec.enabled) {
     std::printf("exec: enabled, commands run as %s%s%s\n", b.exec_account.c_str(),

@@ -106,10 +106,43 @@ class PingAndInfo(unittest.TestCase):
         with open(cfg, "w") as f:
             f.write('token = "wrong-default-token-123"\n'
                     f'[hosts."{self.srv.address}"]\ntoken = "{TOKEN}"\n')
+        os.chmod(cfg, 0o600)
         r = self.srv.cli("info", self.srv.address, "--client-config", cfg, token=None)
         self.assertEqual(r.returncode, EXIT_OK, r.stderr)
         r = self.srv.cli("info", f"localhost:{self.srv.port}", "--client-config", cfg, token=None)
         self.assertEqual(r.returncode, EXIT_AUTH, r.stderr)
+
+    def test_the_client_config_is_as_strict_as_the_servers(self):
+        cfg = os.path.join(self.srv.dir, "strict.toml")
+
+        def info(text, mode=0o600):
+            with open(cfg, "w") as f:
+                f.write(text)
+            os.chmod(cfg, mode)
+            return self.srv.cli("info", self.srv.address, "--client-config", cfg)
+
+        # An unknown key (a typo) is named with the file and its line: exit 1, a local failure.
+        r = info(f'user = "admin"\n[hosts."{self.srv.address}"]\naddress = "127.0.0.1"\nfingerprnt = "x"\n')
+        self.assertEqual(r.returncode, EXIT_FAILURE, r.stderr)
+        self.assertIn(f"{cfg}:4: unknown key 'fingerprnt' in [hosts.{self.srv.address}]", r.stderr)
+        r = info('usr = "admin"\n')
+        self.assertIn(f"{cfg}:1: unknown key 'usr'", r.stderr)
+        r = info('fingerprint = "SHA256:x"\n')
+        self.assertIn("a pinned key belongs in a [hosts.NAME] table", r.stderr)
+        r = info('user = \n')
+        self.assertEqual(r.returncode, EXIT_FAILURE, r.stderr)
+        self.assertIn(f"{cfg}:1:", r.stderr)
+        # A token others may read is refused, as ssh refuses such a key;
+        # without a token the file may be readable.
+        r = info(f'token = "{TOKEN}"\n', mode=0o644)
+        self.assertEqual(r.returncode, EXIT_FAILURE, r.stderr)
+        self.assertIn("holds a token and may be read by others (chmod 600", r.stderr)
+        self.assertEqual(info('user = "admin"\n', mode=0o644).returncode, EXIT_OK)
+        self.assertEqual(info(f'token = "{TOKEN}"\n').returncode, EXIT_OK)
+        # A config file named on the command line that is not there: 1, not 4.
+        r = self.srv.cli("info", self.srv.address, "--client-config", cfg + ".missing")
+        self.assertEqual(r.returncode, EXIT_FAILURE, r.stderr)
+        self.assertIn(f"client config {cfg}.missing does not exist", r.stderr)
 
     def test_missing_token(self):
         r = self.srv.cli("info", self.srv.address, "--user", "alice", token=None)
@@ -343,6 +376,11 @@ class ServerLifecycle(unittest.TestCase):
             self.assertEqual(srv.cli("ping", "-c", "1", srv.address).returncode, 0)
         finally:
             srv.cleanup()
+
+    def test_the_banner_says_sizes_as_people_read_them(self):
+        with Server(config_text='[files]\nquota = "3G"\nmax_file_size = "1536M"\n') as srv:
+            share = next(line for line in srv.banner if line.startswith("share: "))
+            self.assertIn(", quota 3.0 GiB, files up to 1.5 GiB", share)
 
     def test_sigint_exits_zero(self):
         srv = Server()

@@ -881,6 +881,7 @@ class Commands(FilesTestCase):
         with open(config, "w") as f:
             f.write(f'token = "wrong-token-at-the-top-level-0123"\n'
                     f'[hosts.box]\naddress = "127.0.0.1"\nport = {self.srv.port}\ntoken_file = "~/.config/cskit/box.token"\n')
+        os.chmod(config, 0o600)  # it holds a token
         env = self.env()
         env.pop("CSKIT_TOKEN")
 
@@ -899,13 +900,13 @@ class Commands(FilesTestCase):
         # A token file others may read is refused, as ssh refuses such a key.
         os.chmod(token_file, 0o644)
         r = run("ls", f"box:{self.rdir}")
-        self.assertEqual(r.returncode, EXIT_AUTH, r.stderr)
+        self.assertEqual(r.returncode, EXIT_LOCAL, r.stderr)  # refused here: not "authentication failed"
         self.assertIn("may be read by others", r.stderr)
         # A port that is no port is named with its table.
         with open(config, "w") as f:
             f.write('[hosts.box]\naddress = "127.0.0.1"\nport = 70000\n')
         r = run("ls", "box:")
-        self.assertEqual(r.returncode, EXIT_AUTH, r.stderr)
+        self.assertEqual(r.returncode, EXIT_LOCAL, r.stderr)
         self.assertIn('[hosts."box"]: \'port\' must be a number from 1 to 65535', r.stderr)
 
     def test_rerun_of_an_unfinished_tree_copy_continues_it(self):

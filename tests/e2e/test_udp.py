@@ -208,6 +208,19 @@ class EchoLimitsTest(unittest.TestCase):
         self.assertLess(int(m.group(1)), 20)
         self.assertIn("no reply within 0.3 s", out)
 
+    def test_ping_udp_to_a_closed_port_cannot_connect(self):
+        # Nothing serves echo there: the kernel says "port unreachable", and
+        # that is 3 (cannot connect), as `cskit time` says of an NTP port;
+        # probes lost where something answered before stay 8 (above).
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        p = cli("ping", "--udp", f"127.0.0.1:{port}", "-c", "1", "-W", "0.5")
+        self.assertEqual(p.returncode, 3, p.stdout + p.stderr)
+        self.assertIn("port unreachable", p.stdout + p.stderr)
+        self.assertIn("1 probe sent, 0 received", p.stdout)  # one probe, not "1 probes"
+
 
 FORGED_SOURCE_SCRIPT = r"""
 import os, re, select, socket, struct, subprocess, sys, tempfile, time
