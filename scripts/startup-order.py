@@ -114,6 +114,7 @@ def main():
     # CLIENT_HOME's known_hosts has the server's key (start_server puts it
     # there): the clients trust it as after an accepted first contact.
     env = dict(os.environ, CSKIT_USER="order", CSKIT_TOKEN=TOKEN, HOME=CLIENT_HOME)
+    env.pop("XDG_CONFIG_HOME", None)  # it would hide CLIENT_HOME's known_hosts
     functions = set()
     try:
         for cmd in client_commands(binary, port, tmp):

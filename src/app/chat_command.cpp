@@ -595,6 +595,7 @@ int run_chat(const chat_options& o) {
       s.close();
       if (st.quitting) break;
       const bool fatal = e.kind() == client::failure::auth || e.kind() == client::failure::permission ||
+                         e.kind() == client::failure::local ||
                          (e.code() && (*e.code() == proto::errc::conflict || *e.code() == proto::errc::bad_request));
       if (fatal || !ever_connected) {
         if (editor) editor.reset();

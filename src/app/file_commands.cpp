@@ -270,8 +270,18 @@ int with_connection(const files_options& o, const std::string& host, const char*
   ::signal(SIGPIPE, SIG_IGN);
   try {
     auto conn = connect_client(o.common, host);
-    client::file_client fc(conn);
-    return f(fc);
+    try {
+      client::file_client fc(conn);
+      return f(fc);
+    } catch (const client::client_error& e) {
+      // Cut mid-transfer (the connection lost, the server shutting down):
+      // what arrived is kept in part files, and a re-run resumes there.
+      const std::string_view c(cmd);
+      if (e.kind() != client::failure::connect || (c != "put" && c != "get")) throw;
+      const int rc = report_client_error(e, o.common.json, cmd);
+      std::fprintf(stderr, "cskit %s: the transfer was cut; run the same command again to resume it\n", cmd);
+      return rc;
+    }
   } catch (const client::client_error& e) {
     return report_client_error(e, o.common.json, cmd);
   } catch (const client::output_closed&) {

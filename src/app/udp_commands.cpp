@@ -42,8 +42,14 @@ std::optional<client::udp_socket> open_udp(const std::string& host, std::uint16_
   std::optional<net::host_port> where;
   try {
     where = net::parse_host_port(client::udp_target(host), default_port, &why);
-  } catch (const client::client_error& e) {  // a client config that cannot be read
-    why = e.what();
+  } catch (const client::client_error& e) {  // a client config that cannot be read: a local failure
+    rc = exit_code::failure;
+    if (error) {
+      *error = e.what();
+      return std::nullopt;
+    }
+    std::fprintf(stderr, "cskit: %s\n", e.what());
+    return std::nullopt;
   }
   if (!where) {
     std::fprintf(stderr, "cskit: invalid host '%s': %s\n", host.c_str(), why.c_str());

@@ -417,7 +417,7 @@ struct connection::impl {
       const std::size_t want = std::min(left, tls_chunk);
       ssize_t n = short_file ? 0 : ::pread(fd, fbuf.get(), want, static_cast<off_t>(offset + sent));
       if (n < 0 && errno == EINTR) continue;
-      if (n < 0) throw client_error(failure::connect, std::string("cannot read the file being sent: ") + std::strerror(errno));
+      if (n < 0) throw client_error(failure::local, std::string("cannot read the file being sent: ") + std::strerror(errno));
       if (n == 0) {
         // The file ended early: keep the framing with zeros.
         short_file = true;
@@ -866,7 +866,9 @@ void check_client_config(const std::filesystem::path& path, const toml::table& d
   }
 }
 
-toml::table load_client_config(const std::filesystem::path& path, bool named) {
+// `secrets`: the caller takes a token from it (the UDP commands do not,
+// so a file others may read is no reason to refuse them).
+toml::table load_client_config(const std::filesystem::path& path, bool named, bool secrets = true) {
   std::error_code ec;
   if (!std::filesystem::exists(path, ec)) {
     if (named) throw client_error(failure::local, "client config " + path.string() + " does not exist");
@@ -885,7 +887,7 @@ toml::table load_client_config(const std::filesystem::path& path, bool named) {
   // A file that holds a token is refused when others may read it, as ssh
   // refuses such a private key (and as token_file is).
   struct stat st {};
-  if (has_token && ::stat(path.c_str(), &st) == 0 && (st.st_mode & 077) != 0) {
+  if (secrets && has_token && ::stat(path.c_str(), &st) == 0 && (st.st_mode & 077) != 0) {
     throw client_error(failure::local, path.string() + " holds a token and may be read by others (chmod 600 " +
                                            path.string() + ")");
   }
@@ -948,7 +950,7 @@ std::string udp_target(const std::string& typed) {
   // the echo or NTP one.
   const auto path = default_client_config();
   if (path.empty()) return typed;
-  const toml::table doc = load_client_config(path, false);
+  const toml::table doc = load_client_config(path, false, false);
   auto [name, port] = split_port(typed);
   const toml::table* host = doc["hosts"][name].as_table();
   if (!host) return typed;

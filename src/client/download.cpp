@@ -121,7 +121,7 @@ void download::choose_destination(const std::vector<std::string>& sources, const
   to_stdout_ = dest == "-";
   if (to_stdout_) {
     if (sources.size() != 1) {
-      throw client_error(failure::remote, "'-' (stdout) takes exactly one remote file", errc::bad_request);
+      throw client_error(failure::local, "'-' (stdout) takes exactly one remote file", errc::bad_request);
     }
     return;
   }

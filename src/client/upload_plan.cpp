@@ -88,7 +88,7 @@ void walk_local(const std::string& local, const std::string& remote, const trans
       it.target.assign(buf, static_cast<std::size_t>(len));
       it.what = put_item::symlink;
     } else {
-      r.errors.push_back({it.local, errc::bad_request, it.local + ": not a regular file, directory or symlink; skipped"});
+      r.errors.push_back({it.local, errc::bad_request, it.local + ": not a regular file, directory or symlink; skipped", true});
       return util::walk_step::next;
     }
     items.push_back(std::move(it));
@@ -155,7 +155,7 @@ void add_source(put_plan& plan, const std::string& src, const transfer_options& 
   put_item it;
   if (src == "-") {
     if (plan.dest_is_dir) {
-      r.errors.push_back({"-", errc::bad_request, "stdin needs a remote file name, not a directory"});
+      r.errors.push_back({"-", errc::bad_request, "stdin needs a remote file name, not a directory", true});
       return;
     }
     it.what = put_item::stream;
@@ -170,7 +170,7 @@ void add_source(put_plan& plan, const std::string& src, const transfer_options& 
   }
   const std::string leaf = local_leaf(src);
   if (!proto::is_valid_utf8(leaf) || !util::check_name(leaf).empty()) {
-    r.errors.push_back({src, errc::bad_path, src + ": the name is not valid UTF-8 or contains control characters"});
+    r.errors.push_back({src, errc::bad_path, src + ": the name is not valid UTF-8 or contains control characters", true});
     return;
   }
   it.local = src;
@@ -197,7 +197,7 @@ void add_source(put_plan& plan, const std::string& src, const transfer_options& 
     plan.items.push_back(it);
     plan.tops.push_back(it.remote);
   } else {
-    r.errors.push_back({src, errc::bad_request, src + ": not a regular file or directory"});
+    r.errors.push_back({src, errc::bad_request, src + ": not a regular file or directory", true});
   }
 }
 

@@ -84,6 +84,7 @@ void frame_handler::on_shutdown(connection& c, std::chrono::milliseconds grace) 
   c.send({{"type", "bye"}, {"code", "shutting_down"}, {"message", "server is shutting down"}});
   c.close_after_flush("server shutdown", grace);
 }
+void frame_handler::on_grace_over(connection& c) { c.close_now("server shutdown (grace period over)"); }
 
 void flush_queue::add(std::shared_ptr<connection> c) {
   dirty_.push_back(std::move(c));
@@ -616,6 +617,14 @@ void connection::set_authenticated() noexcept {
   // The watchdog may be waiting for the handshake deadline: an idle
   // deadline that comes sooner must not wait for it.
   if (last_activity_ + limits_.idle_timeout < watchdog_armed_for_) wake(watchdog_timer_);
+}
+
+void connection::end_grace() {
+  if (state_ == state::open) {
+    handler_->on_grace_over(*this);
+  } else if (state_ != state::closed) {
+    close_now("server shutdown (grace period over)");
+  }
 }
 
 void connection::begin_shutdown(std::chrono::milliseconds grace) {

@@ -98,6 +98,9 @@ class frame_handler {
   /// Graceful server shutdown has begun: finish what is in flight within
   /// `grace`. Default: send `bye`, flush the queue (up to `grace`), close.
   virtual void on_shutdown(connection& c, std::chrono::milliseconds grace);
+  /// The grace period is over and the connection is still open: say what
+  /// was cut, and close. Default: close at once.
+  virtual void on_grace_over(connection& c);
   /// Called exactly once, after the socket is closed.
   virtual void on_close(connection& c, std::string_view reason) = 0;
 
@@ -181,6 +184,8 @@ class connection : public std::enable_shared_from_this<connection> {
   /// When a frame last arrived from the peer (or touch() was called).
   clock::time_point last_activity() const noexcept { return last_activity_; }
   void begin_shutdown(std::chrono::milliseconds grace);
+  /// The server's grace period ended with this connection still open.
+  void end_grace();
 
   /// Keepalive (dead and half-open peers): a `ping` after `ping_after` of
   /// silence, and the connection closed ("ping timeout") after

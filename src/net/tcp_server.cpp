@@ -252,7 +252,7 @@ struct tcp_server::impl {
         asio::post(l->ioc, [&l = *l] {
           std::vector<std::shared_ptr<connection>> cs;
           for (auto& [p, c] : l.connections) cs.push_back(c);
-          for (auto& c : cs) c->close_now("server shutdown (grace period over)");
+          for (auto& c : cs) c->end_grace();
         });
       }
       co_await wait_for_connections(clock::now() + std::chrono::seconds(2));

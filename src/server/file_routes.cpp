@@ -11,7 +11,8 @@ service::files_session& session_for(request& r, service::file_share& share) {
   return r.scope.get<service::files_session>(
       "files", [&] {
         return std::make_shared<service::files_session>(share, r.conn,
-                                                        r.user.permissions.has(proto::permission::files_read));
+                                                        r.user.permissions.has(proto::permission::files_read),
+                                                        r.user.name);
       });
 }
 }  // namespace

@@ -6,6 +6,7 @@
 #include "net/tls.hpp"
 #include "proto/limits.hpp"
 #include "proto/messages.hpp"
+#include "service/files.hpp"
 #include "version.hpp"
 
 namespace cskit::server {
@@ -243,10 +244,58 @@ void session::welcome(net::connection& c, const user_account& u, std::optional<s
   c.send(w);
 }
 
+namespace {
+
+// A request that starts something new (not the next frame of a transfer in
+// flight, such as put.data or get.ranges): refused while shutting down.
+bool starts_work(std::string_view type) {
+  return type == "put" || type == "get" || type.starts_with("fs.") || type == proto::type::exec;
+}
+
+}  // namespace
+
+void session::on_shutdown(net::connection& c, std::chrono::milliseconds grace) {
+  auto* files = scope_.find<service::files_session>("files");
+  if (files == nullptr || !files->busy()) return frame_handler::on_shutdown(c, grace);
+  draining_ = true;
+  spdlog::info("{} user={}: shutting down; its transfers have {} ms to finish", c.peer(), user_ ? user_->name : "",
+               grace.count());
+  wait_for_transfers(c, std::chrono::steady_clock::now() + grace);
+}
+
+void session::wait_for_transfers(net::connection& c, std::chrono::steady_clock::time_point until) {
+  auto* files = scope_.find<service::files_session>("files");
+  const auto now = std::chrono::steady_clock::now();
+  if (files == nullptr || !files->busy()) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - now);
+    return frame_handler::on_shutdown(c, std::max(left, std::chrono::milliseconds(100)));
+  }
+  if (now >= until) return on_grace_over(c);  // (before the server's own end of grace, or after)
+  c.run_after(std::chrono::milliseconds(20), [this, &c, until] { wait_for_transfers(c, until); });
+}
+
+void session::on_grace_over(net::connection& c) {
+  if (auto* files = scope_.find<service::files_session>("files"); files != nullptr && files->busy()) {
+    spdlog::info("{} user={}: grace period over with a transfer in flight; it can be resumed", c.peer(),
+                 user_ ? user_->name : "");
+    files->abandon_transfers(
+        "the server shut down before the transfer finished; run the same command again to resume it");
+    c.send({{"type", "bye"}, {"code", "shutting_down"}, {"message", "server is shutting down"}});
+    c.close_after_flush("server shutdown (grace period over)", std::chrono::milliseconds(500));
+    return;
+  }
+  frame_handler::on_grace_over(c);
+}
+
 void session::dispatch(net::connection& c, proto::frame&& f) {
   ++requests_;
   const std::string_view type = f.type();
   const auto id = f.id();
+  if (draining_ && starts_work(type)) {
+    c.send(proto::make_error(errc::shutting_down,
+                             "the server is shutting down; run the command again when it is back to go on", id));
+    return;
+  }
   if (type == proto::type::ping) {
     json pong = {{"type", proto::type::pong}};
     if (id) pong["id"] = *id;

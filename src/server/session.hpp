@@ -40,8 +40,14 @@ class session final : public net::frame_handler {
   bool on_header(net::connection& c, const proto::json& header) override;
   void on_body_part(net::connection& c, std::string_view part) override;
   void on_close(net::connection& c, std::string_view reason) override;
+  /// Transfers in flight finish within the grace period (new requests are
+  /// refused); then `bye`. At its end, what is still in flight is told it
+  /// can be resumed.
+  void on_shutdown(net::connection& c, std::chrono::milliseconds grace) override;
+  void on_grace_over(net::connection& c) override;
 
  private:
+  void wait_for_transfers(net::connection& c, std::chrono::steady_clock::time_point until);
   // What a well-formed `auth` asks: who, the proof, and what it is bound to.
   struct auth_request {
     std::string user;
@@ -66,6 +72,7 @@ class session final : public net::frame_handler {
   std::size_t held_bytes_ = 0;
   const user_account* user_ = nullptr;
   std::uint64_t requests_ = 0;
+  bool draining_ = false;  // shutting down: only what is in flight goes on
   connection_scope scope_;
   // The request whose body is being streamed to its route.
   std::optional<request> streaming_;

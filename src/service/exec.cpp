@@ -166,8 +166,8 @@ std::optional<std::string> exec_policy::program_for(const std::string& name, std
   }
   auto c = search_path(name, options.path);
   if (!c) {
-    // With an allow-list, what is not on it is not looked for (a user
-    // limited to it learns nothing of other files).
+    // With an allow-list, a name that is not found is not probed further
+    // (126 against 127 would tell which files exist but cannot run).
     error = allowed.empty() && missing_program_status(name, options.path) == 126
                 ? "'" + name + "' cannot be executed (not an executable file)"
                 : "no such program: '" + name + "'";

@@ -16,6 +16,7 @@
 #include "net/connection.hpp"
 #include "proto/listing.hpp"
 #include "proto/utf8.hpp"
+#include "service/audit.hpp"
 #include "util/delta.hpp"
 #include "util/tree_walk.hpp"
 
@@ -464,6 +465,7 @@ struct files_session::download {
   util::unique_fd fd;
   std::uint64_t size = 0;
   std::uint64_t pos = 0;
+  std::uint64_t first_offset = 0;  // where it resumed: the bytes sent are pos - first_offset
   struct stat st {};
   util::content_digest digest;
   // Delta (a get with "delta"): the hashing thread describes the file
@@ -511,13 +513,16 @@ struct files_session::download {
   }
 };
 
-files_session::files_session(file_share& share, net::connection& conn, bool may_read)
-    : share_(share), conn_(conn), may_read_(may_read) {}
+files_session::files_session(file_share& share, net::connection& conn, bool may_read, std::string user)
+    : user_(std::move(user)), share_(share), conn_(conn), may_read_(may_read) {}
 
 files_session::~files_session() {
   // Uploads cut off by a closed connection keep their part files (they
   // are resumable); private parts are removed.
   for (auto& [id, u] : uploads_) {
+    if (!u->failed) {
+      audit({id, "put", u->path, ""}, u->written, "interrupted", "the connection closed; the upload can be resumed");
+    }
     u->leave_part();
     share_.release(u->reserved);
   }
@@ -525,17 +530,58 @@ files_session::~files_session() {
 
 void files_session::reply(std::uint64_t id, json header, std::string_view body) {
   header["id"] = id;
+  audit_answer(id, &header, "ok", {});
   conn_.send(header, body);
 }
 
 void files_session::error(std::uint64_t id, errc code, std::string_view message) {
+  audit_answer(id, nullptr, proto::to_wire(code), message);
   conn_.send(proto::make_error(code, message, id));
 }
 
 void files_session::error_over_limit(std::uint64_t id, std::uint64_t limit, std::string_view message) {
+  audit_answer(id, nullptr, proto::to_wire(errc::too_large), message);
   auto h = proto::make_error(errc::too_large, message, id);
   h["limit"] = limit;
   conn_.send(h);
+}
+
+bool files_session::busy() const noexcept {
+  return download_ || !uploads_.empty() || commits_pending_ > 0 || !queue_.empty();
+}
+
+void files_session::abandon_transfers(std::string_view why) {
+  queue_.clear();
+  queued_bytes_ = 0;
+  if (download_) {
+    if (download_audit_) audit(*download_audit_, download_->pos - download_->first_offset, "interrupted", why);
+    download_audit_.reset();
+    finish_download(errc::shutting_down, why);
+  }
+  for (auto& [id, u] : uploads_) {
+    if (u->failed) continue;
+    u->failed = true;  // the part stays: the destructor leaves it for a resume
+    audit({id, "put", u->path, ""}, u->written, "interrupted", why);
+    error(id, errc::shutting_down, why);
+  }
+}
+
+void files_session::audit(const audit_entry& a, std::uint64_t bytes, std::string_view result, std::string_view detail) {
+  audit_file_operation({a.op, user_, conn_.peer(), a.path, a.to, bytes, result, detail});
+}
+
+void files_session::audit_answer(std::uint64_t id, const json* reply, std::string_view result, std::string_view detail) {
+  if (!pending_audit_ || pending_audit_->id != id) return;
+  audit_entry a = std::move(*pending_audit_);
+  pending_audit_.reset();
+  const std::string type = reply ? reply->value("type", std::string()) : std::string();
+  if (type == "get.begin") {  // the transfer starts: recorded when it ends
+    download_audit_ = std::move(a);
+    return;
+  }
+  if (type == "put.ready") return;  // recorded at its commit (or failure)
+  const std::uint64_t bytes = type == "get.file" ? reply->value("size", std::uint64_t{0}) : a.bytes;
+  audit(a, bytes, result, detail);
 }
 
 void files_session::fail_errno(std::uint64_t id, int err, const std::string& what) {
@@ -593,6 +639,17 @@ bool files_session::run(queued_request& q) {
   const std::string type = q.header.value("type", "");
   const bool independent = type == "put" || type == "fs.mkdir" || type == "fs.symlink";
   if (!independent && commits_pending_ > 0) return false;
+  if (type == "put" || type == "get" || type == "fs.rm" || type == "fs.mv" || type == "fs.mkdir") {
+    // The paths as asked (a malformed one is recorded as "").
+    auto text = [&q](const char* key) {
+      const auto it = q.header.find(key);
+      return it != q.header.end() && it->is_string() ? it->get<std::string>() : std::string();
+    };
+    const std::string op = type.starts_with("fs.") ? type.substr(3) : type;
+    pending_audit_ = audit_entry{q.id, op, text(type == "fs.mv" ? "from" : "path"), type == "fs.mv" ? text("to") : ""};
+  } else {
+    pending_audit_.reset();
+  }
   try {
     if (type == "put") {
       if (wait_for_part_holder(q)) return false;
@@ -622,6 +679,7 @@ bool files_session::run(queued_request& q) {
   } catch (const json::exception& e) {
     error(q.id, errc::bad_request, std::string("'") + type + "': a field has the wrong type (" + e.what() + ")");
   }
+  pending_audit_.reset();  // answered, or handed on to the transfer's end
   return true;
 }
 
@@ -1170,7 +1228,9 @@ void files_session::do_rm(std::uint64_t id, const json& h) {
       return error(id, errc_for_errno(errno), errno_message(errno, "rm '" + *path + "'"));
     }
     if (S_ISREG(st.st_mode)) share_.adjust_usage(-st.st_size);
+    if (S_ISREG(st.st_mode)) bytes = static_cast<std::uint64_t>(st.st_size);
   }
+  if (pending_audit_ && pending_audit_->id == id) pending_audit_->bytes = bytes;
   reply(id, {{"type", "fs.ok"}, {"removed", count + 1}});
 }
 
@@ -1214,6 +1274,10 @@ void files_session::do_mv(std::uint64_t id, const json& h) {
   }
   if (replaced && S_ISREG(old.st_mode) && !(fst.st_dev == old.st_dev && fst.st_ino == old.st_ino)) {
     share_.adjust_usage(-old.st_size);
+  }
+  if (pending_audit_ && pending_audit_->id == id) {
+    pending_audit_->to = shown;
+    if (S_ISREG(fst.st_mode)) pending_audit_->bytes = static_cast<std::uint64_t>(fst.st_size);
   }
   reply(id, {{"type", "fs.ok"}, {"path", shown}});
 }
@@ -1769,6 +1833,7 @@ void files_session::fail_upload(upload& u, errc code, const std::string& message
   // The id is known to the caller; find it to answer.
   for (auto& [id, p] : uploads_) {
     if (p.get() != &u) continue;
+    audit({id, "put", u.path, ""}, u.written, proto::to_wire(code), message);
     if (limit) return error_over_limit(id, *limit, message);
     return error(id, code, message);
   }
@@ -1885,6 +1950,7 @@ void files_session::put_end(std::uint64_t id, const json& h) {
   // A refused put.end ends the upload and removes its part.
   auto refuse = [&](errc code, const std::string& msg) {
     spdlog::warn("files: {}", msg);
+    audit({id, "put", u.path, ""}, u.written, proto::to_wire(code), msg);
     u.leave_part(true);
     share_.release(u.reserved);
     uploads_.erase(it);
@@ -1923,6 +1989,7 @@ void files_session::put_abort(std::uint64_t id, const json& h) {
   auto it = uploads_.find(id);
   if (it == uploads_.end()) return;
   upload& u = *it->second;
+  if (!u.failed) audit({id, "put", u.path, ""}, u.written, "aborted", "the client stopped the upload");
   u.leave_part(h.value("discard", false));
   share_.release(u.reserved);
   uploads_.erase(it);
@@ -1953,12 +2020,20 @@ void files_session::submit_commit(upload& u, std::uint64_t id) {
       auto self = w.lock();
       if (!self) return;
       --self->commits_pending_;
+      const audit_entry a{id, "put", shown, ""};
+      const std::uint64_t size = done.value("size", std::uint64_t{0});
+      std::string why;
+      errc code = errc::io_error;
       if (err == EEXIST) {
-        self->error(id, errc::exists, "'" + shown + "' already exists (no_clobber)");
+        code = errc::exists, why = "'" + shown + "' already exists (no_clobber)";
       } else if (err == EISDIR) {
-        self->error(id, errc::exists, "'" + shown + "' is a directory");
+        code = errc::exists, why = "'" + shown + "' is a directory";
       } else if (err) {
-        self->error(id, errc_for_errno(err), errno_message(err, "committing '" + shown + "'"));
+        code = errc_for_errno(err), why = errno_message(err, "committing '" + shown + "'");
+      }
+      self->audit(a, size, err ? proto::to_wire(code) : "ok", why);
+      if (err) {
+        self->error(id, code, why);
       } else {
         self->conn_.send(done);
       }
@@ -2019,6 +2094,7 @@ void files_session::do_get(std::uint64_t id, const json& h) {
   }
   meta["type"] = "get.begin";
   meta["offset"] = d->pos;
+  d->first_offset = d->pos;
   d->fd = std::move(fd);
   const auto delta = h.find("delta");
   if (delta != h.end() && delta->is_boolean() && delta->get<bool>() && d->pos < d->size && offer_description(*d)) {
@@ -2158,6 +2234,11 @@ void files_session::stream_download() {
   if (download_ && download_->delta() && !(download_->described && download_->ranges_given)) return;
   while (download_ && download_->more()) {
     if (conn_.closing()) {
+      if (download_audit_) {
+        audit(*download_audit_, download_->pos - download_->first_offset, "interrupted",
+              "the connection closed; the download can be resumed");
+      }
+      download_audit_.reset();
       download_.reset();
       return;
     }
@@ -2195,6 +2276,8 @@ void files_session::stream_download() {
   const download& d = *download_;
   json end = {{"type", "get.end"}, {"size", d.size}, {"xxh3", d.delta() ? d.xxh3 : d.digest.xxh3_hex()}};
   if (d.digest.has_sha256()) end["sha256"] = d.delta() ? d.sha256 : d.digest.sha256_hex();
+  if (download_audit_) audit(*download_audit_, d.size - d.first_offset, "ok");
+  download_audit_.reset();
   reply(download_->id, end);
   download_.reset();
   pump();
@@ -2249,6 +2332,8 @@ bool files_session::send_ranges_read(download& d) {
 }
 
 void files_session::finish_download(errc code, std::string_view message) {
+  if (download_audit_) audit(*download_audit_, download_->pos - download_->first_offset, proto::to_wire(code), message);
+  download_audit_.reset();
   error(download_->id, code, message);
   download_.reset();
   pump();

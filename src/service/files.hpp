@@ -173,7 +173,8 @@ class files_session : public std::enable_shared_from_this<files_session> {
  public:
   /// `may_read`: the user has files-read too (a put's old content, which
   /// delta transfer describes and copies from, is only offered then).
-  files_session(file_share& share, net::connection& conn, bool may_read = true);
+  /// `user` names the account in the audit records (service/audit.hpp).
+  files_session(file_share& share, net::connection& conn, bool may_read = true, std::string user = {});
   ~files_session();
 
   // Requests (header = the request's frame header, id its id). Replies and
@@ -194,6 +195,13 @@ class files_session : public std::enable_shared_from_this<files_session> {
 
   /// Uploads in progress (for tests and logging).
   std::size_t uploads() const noexcept { return uploads_.size(); }
+
+  /// A transfer or a request is in flight (the server's grace period
+  /// waits for it).
+  bool busy() const noexcept;
+  /// The grace period is over: every transfer in flight is answered with
+  /// shutting_down and `why` (its part stays, so it can be resumed).
+  void abandon_transfers(std::string_view why);
 
  private:
   struct upload;
@@ -311,6 +319,21 @@ class files_session : public std::enable_shared_from_this<files_session> {
 
   /// Checks a request path: on failure replies bad_path and returns nullopt.
   std::optional<std::string> checked_path(std::uint64_t id, const proto::json& h, const char* key);
+
+  // The audit trail (service/audit.hpp). A request is recorded when it is
+  // answered: rm, mv and mkdir by their one reply; put and get by their
+  // refusal, or later, by the end of the transfer (or its failure).
+  struct audit_entry {
+    std::uint64_t id;
+    std::string op, path, to;
+    std::uint64_t bytes = 0;  // rm: what was freed; mv: a moved file's size
+  };
+  void audit(const audit_entry& a, std::uint64_t bytes, std::string_view result, std::string_view detail = {});
+  /// The request being dispatched, recorded by its reply or error (once).
+  void audit_answer(std::uint64_t id, const proto::json* reply, std::string_view result, std::string_view detail);
+  std::optional<audit_entry> pending_audit_;
+  std::optional<audit_entry> download_audit_;  // the download in progress
+  std::string user_;
 
   file_share& share_;
   net::connection& conn_;

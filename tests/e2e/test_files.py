@@ -14,6 +14,7 @@ import io
 import json
 import os
 import pty
+import re
 import shlex
 import shutil
 import signal
@@ -1279,10 +1280,11 @@ class HostilePaths(FilesTestCase):
                 with self.subTest(path=path[:40], cmd=args[0]):
                     r = self.cli(*args)
                     self.assertNotEqual(r.returncode, EXIT_OK, r.stdout)
-                    # put and get refuse a bad path before anything is sent
-                    # (a local failure); the others are refused by the server.
-                    refused_here = args[0] in ("put", "get") and r.returncode == EXIT_LOCAL
-                    self.assertTrue(refused_here or r.returncode == EXIT_REMOTE, (r.returncode, r.stderr))
+                    # put and get check a path before anything is sent (a local
+                    # failure); the reserved part-file prefix, and every path
+                    # of the other commands, the server refuses.
+                    refused_here = args[0] in ("put", "get") and not path.startswith(PART_PREFIX)
+                    self.assertEqual(r.returncode, EXIT_LOCAL if refused_here else EXIT_REMOTE, r.stderr)
         self.assertEqual(snapshot(self.srv.share), share_before)
         self.assertFalse(os.path.lexists(self.lp("out")))
 
@@ -3443,3 +3445,183 @@ class PackedListing(FilesTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class AuditTrail(unittest.TestCase):
+    """One record per put, get, rm, mv and mkdir: user, peer, path, bytes, result.
+    On stderr as a log line, or, when stderr is the journal, as journal fields."""
+
+    def run_cli(self, srv, *args):
+        env = dict(srv.env, CSKIT_TOKEN=srv.token or TOKEN)
+        return subprocess.run([BIN, *args], capture_output=True, text=True, env=env, timeout=60)
+
+    def operations(self, srv, local):
+        """Runs one of each file operation (and some that fail); the server's records follow."""
+        with open(os.path.join(local, "a.txt"), "wb") as f:
+            f.write(b"hello")
+        a = srv.address
+        self.assertEqual(self.run_cli(srv, "put", os.path.join(local, "a.txt"), f"{a}:a.txt").returncode, 0)
+        self.assertEqual(self.run_cli(srv, "get", f"{a}:a.txt", os.path.join(local, "b.txt")).returncode, 0)
+        self.assertEqual(self.run_cli(srv, "mkdir", f"{a}:d").returncode, 0)
+        self.assertEqual(self.run_cli(srv, "mv", f"{a}:a.txt", "d/a.txt").returncode, 0)
+        self.assertEqual(self.run_cli(srv, "rm", f"{a}:d").returncode, 17)  # not empty
+        self.assertEqual(self.run_cli(srv, "rm", "-r", f"{a}:d").returncode, 0)
+        self.assertEqual(self.run_cli(srv, "mkdir", f"{a}:../up").returncode, 7)  # refused by the server
+
+    def test_records_on_stderr(self):
+        local = tempfile.mkdtemp(prefix="cskit-audit-")
+        self.addCleanup(shutil.rmtree, local, ignore_errors=True)
+        with Server() as srv:
+            self.operations(srv, local)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and 'path="../up"' not in srv.stderr():
+                time.sleep(0.05)
+            lines = [line[line.index("files op="):] for line in srv.stderr().splitlines() if "files op=" in line]
+        peer = r"peer=127\.0\.0\.1:\d+"
+        expected = [
+            rf'^files op=put user=admin {peer} path="a\.txt" bytes=5 result=ok$',
+            rf'^files op=get user=admin {peer} path="a\.txt" bytes=5 result=ok$',
+            rf'^files op=mkdir user=admin {peer} path="d" bytes=0 result=ok$',
+            rf'^files op=mv user=admin {peer} path="a\.txt" to="d/a\.txt" bytes=5 result=ok$',
+            rf'^files op=rm user=admin {peer} path="d" bytes=0 result=not_empty message=".*not empty.*"$',
+            rf'^files op=rm user=admin {peer} path="d" bytes=5 result=ok$',
+            rf'^files op=mkdir user=admin {peer} path="\.\./up" bytes=0 result=bad_path message=".+"$',
+        ]
+        self.assertEqual(len(lines), len(expected), "\n".join(lines))
+        for line, pattern in zip(lines, expected):
+            self.assertRegex(line, pattern)
+
+    def test_records_go_to_the_journal_with_fields_under_systemd(self):
+        tmp = tempfile.mkdtemp(prefix="cskit-journal-")
+        self.addCleanup(shutil.rmtree, tmp, ignore_errors=True)
+        journal = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.addCleanup(journal.close)
+        journal.bind(os.path.join(tmp, "journal.socket"))
+        journal.settimeout(10)
+        local = os.path.join(tmp, "local")
+        os.makedirs(local)
+        # As systemd does: stderr is a stream the journal reads, and
+        # JOURNAL_STREAM names its device and inode.
+        err_path = os.path.join(tmp, "stderr")
+        err = open(err_path, "wb")
+        self.addCleanup(err.close)
+        st = os.fstat(err.fileno())
+        env = dict(os.environ, HOME=tmp, CSKIT_TOKEN=TOKEN, JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}",
+                   CSKIT_JOURNAL_SOCKET=os.path.join(tmp, "journal.socket"))
+        proc = subprocess.Popen([BIN, "serve", "--listen", "127.0.0.1:0", "--root", os.path.join(tmp, "share"),
+                                 "--state-dir", os.path.join(tmp, "state")], stdout=subprocess.PIPE, stderr=err,
+                                env=env)
+        try:
+            port = None
+            for _ in range(50):
+                line = proc.stdout.readline().decode()
+                m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+                if m:
+                    port = int(m.group(1))
+                    break
+            self.assertIsNotNone(port)
+            with open(os.path.join(local, "x.bin"), "wb") as f:
+                f.write(b"z" * 1000)
+            cenv = dict(os.environ, HOME=tmp, CSKIT_TOKEN=TOKEN)
+            r = subprocess.run([BIN, "put", "--accept-new", os.path.join(local, "x.bin"), f"127.0.0.1:{port}:x.bin"],
+                               capture_output=True, text=True, env=cenv, timeout=60)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            entry = journal.recv(65536).decode()
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+        fields = dict(line.split("=", 1) for line in entry.splitlines())
+        self.assertEqual(fields["CSKIT_OP"], "put")
+        self.assertEqual(fields["CSKIT_USER"], "admin")
+        self.assertEqual(fields["CSKIT_PATH"], "x.bin")
+        self.assertEqual(fields["CSKIT_BYTES"], "1000")
+        self.assertEqual(fields["CSKIT_RESULT"], "ok")
+        self.assertEqual(fields["SYSLOG_IDENTIFIER"], "cskit")
+        self.assertEqual(fields["PRIORITY"], "6")
+        self.assertRegex(fields["CSKIT_PEER"], r"^127\.0\.0\.1:\d+$")
+        self.assertTrue(fields["MESSAGE"].startswith("files op=put user=admin"), fields["MESSAGE"])
+        with open(err_path, encoding="utf-8", errors="replace") as f:
+            self.assertNotIn("files op=", f.read())  # in the journal, not twice
+
+
+class GraceOnShutdown(unittest.TestCase):
+    """SIGTERM lets transfers in flight finish within --grace; one cut at its end is told
+    that it can be resumed, and is."""
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="cskit-grace-")
+        self.addCleanup(shutil.rmtree, self.tmp, ignore_errors=True)
+        self.share = os.path.join(self.tmp, "share")
+        self.state = os.path.join(self.tmp, "state")
+        self.local = os.path.join(self.tmp, "local")
+        os.makedirs(self.share)
+        os.makedirs(self.local)
+    def make_file(self, mib):
+        self.content = os.urandom(mib << 20)
+        write_file(os.path.join(self.share, "big"), self.content)
+
+    def slow_get(self, srv, rate):
+        env = dict(srv.env, CSKIT_TOKEN=srv.token or TOKEN)
+        return subprocess.Popen([BIN, "get", "--bwlimit", rate, f"{srv.address}:big", os.path.join(self.local, "big")],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+    def wait_for_part(self):
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            parts = [n for n in os.listdir(self.local) if n.startswith(PART_PREFIX)]
+            if parts and os.path.getsize(os.path.join(self.local, parts[0])) > 0:
+                return
+            time.sleep(0.02)
+        self.fail("the download did not start")
+
+    def test_a_download_finishes_within_the_grace(self):
+        self.make_file(6)
+        srv = Server("--grace", "30", share=self.share, state_dir=self.state)
+        try:
+            client = self.slow_get(srv, "3M")  # about 2 s
+            self.wait_for_part()
+            stopped_at = time.monotonic()
+            srv.proc.send_signal(signal.SIGTERM)
+            out, err = client.communicate(timeout=60)
+            self.assertEqual(client.returncode, 0, err)
+            self.assertEqual(read_file(os.path.join(self.local, "big")), self.content)
+            self.assertEqual(srv.proc.wait(timeout=30), 0)
+            self.assertGreater(time.monotonic() - stopped_at, 0.5)  # it waited for the download
+            self.assertIn("its transfers have 30000 ms to finish", srv.stderr())
+        finally:
+            srv.cleanup()
+
+    def test_a_download_cut_at_the_end_of_the_grace_can_be_resumed(self):
+        # Larger than what the server's queue and the sockets' buffers hold:
+        # at 1 MiB/s, most of it is still on the server when the grace ends.
+        self.make_file(48)
+        srv = Server("--grace", "1", share=self.share, state_dir=self.state)
+        try:
+            client = self.slow_get(srv, "1M")
+            self.wait_for_part()
+            srv.proc.send_signal(signal.SIGTERM)
+            out, err = client.communicate(timeout=60)
+            self.assertNotEqual(client.returncode, 0)
+            self.assertIn("run the same command again to resume it", err)
+            self.assertEqual(srv.proc.wait(timeout=30), 0)
+            self.assertIn('op=get user=admin', srv.stderr())
+            self.assertIn('result=interrupted', srv.stderr())
+        finally:
+            srv.cleanup()
+        self.assertFalse(os.path.exists(os.path.join(self.local, "big")))
+        parts = [n for n in os.listdir(self.local) if n.startswith(PART_PREFIX)]
+        self.assertEqual(len(parts), 1, os.listdir(self.local))
+        kept = os.path.getsize(os.path.join(self.local, parts[0]))
+        self.assertGreater(kept, 0)
+        # The same command again, once the server is back: it resumes.
+        srv = Server(share=self.share, state_dir=self.state)
+        try:
+            env = dict(srv.env, CSKIT_TOKEN=srv.token or TOKEN)
+            r = subprocess.run([BIN, "get", "--json", f"{srv.address}:big", os.path.join(self.local, "big")],
+                               capture_output=True, text=True, env=env, timeout=60)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertGreater(json.loads(r.stdout)["resumed_bytes"], 0)
+            self.assertEqual(read_file(os.path.join(self.local, "big")), self.content)
+        finally:
+            srv.stop()
+            srv.cleanup()

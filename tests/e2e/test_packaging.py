@@ -84,7 +84,11 @@ class DebianPackage(unittest.TestCase):
         ctl = os.path.join(self.tmp, "control")
         self.assertEqual(run("dpkg-deb", "-e", self.deb, ctl).returncode, 0)
         with open(os.path.join(ctl, "conffiles")) as f:
-            self.assertEqual(f.read().split(), ["/etc/cskit/cskit.toml"])
+            conffiles = f.read().split()
+        self.assertEqual(conffiles, ["/" + CONF])
+        # A conffile must be in the package (CPack does not check it).
+        listing = run("dpkg-deb", "-c", self.deb).stdout
+        self.assertIn("." + conffiles[0], {line.split()[-1] for line in listing.splitlines()})
         # The config will hold tokens: not readable by others (postinst
         # gives it to the group cskit).
         listing = run("dpkg-deb", "-c", self.deb).stdout
@@ -98,6 +102,9 @@ class DebianPackage(unittest.TestCase):
             postinst = f.read()
         self.assertIn("systemd-sysusers cskit.conf", postinst)
         self.assertIn("install -d -o cskit -g cskit -m 0750 /var/lib/cskit", postinst)
+        self.assertIn(f"conf=/{CONF}\n", postinst)
+        self.assertIn("deb-systemd-helper --quiet was-enabled cskit.service", postinst)
+        self.assertRegex(info, r"Depends: adduser, init-system-helpers")
 
     def test_the_binary_runs_from_the_scratch_root(self):
         r = run(os.path.join(self.root, BIN_IN), "--version")

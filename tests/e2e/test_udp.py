@@ -208,6 +208,27 @@ class EchoLimitsTest(unittest.TestCase):
         self.assertLess(int(m.group(1)), 20)
         self.assertIn("no reply within 0.3 s", out)
 
+    def test_a_bad_client_config_is_a_local_failure(self):
+        home = tempfile.mkdtemp(prefix="cskit-udp-config-")
+        self.addCleanup(shutil.rmtree, home, ignore_errors=True)
+        config = os.path.join(home, ".config", "cskit", "client.toml")
+        os.makedirs(os.path.dirname(config))
+        env = dict(os.environ, HOME=home)
+        env.pop("XDG_CONFIG_HOME", None)
+        with open(config, "w") as f:
+            f.write('[hosts.box]\naddres = "127.0.0.1"\n')
+        p = cli("time", "box", env=env)
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn(f"{config}:2: unknown key 'addres' in [hosts.box]", p.stderr)
+        # A token in a file others may read does not stop the UDP commands,
+        # which send no token.
+        with open(config, "w") as f:
+            f.write('token = "a-token-0123456789abcdef"\n[hosts.box]\naddress = "127.0.0.1"\n')
+        os.chmod(config, 0o644)
+        with SocatEcho() as echo:
+            p = cli("ping", "--udp", f"box:{echo.port}", "-c", "1", env=env)
+            self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+
     def test_ping_udp_to_a_closed_port_cannot_connect(self):
         # Nothing serves echo there: the kernel says "port unreachable", and
         # that is 3 (cannot connect), as `cskit time` says of an NTP port;
