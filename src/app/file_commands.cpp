@@ -277,7 +277,8 @@ int with_connection(const files_options& o, const std::string& host, const char*
       // Cut mid-transfer (the connection lost, the server shutting down):
       // what arrived is kept in part files, and a re-run resumes there.
       const std::string_view c(cmd);
-      if (e.kind() != client::failure::connect || (c != "put" && c != "get")) throw;
+      const bool pipe = std::find(o.args.begin(), o.args.end(), "-") != o.args.end();  // nothing kept to resume
+      if (e.kind() != client::failure::connect || (c != "put" && c != "get") || pipe) throw;
       const int rc = report_client_error(e, o.common.json, cmd);
       std::fprintf(stderr, "cskit %s: the transfer was cut; run the same command again to resume it\n", cmd);
       return rc;

@@ -449,6 +449,11 @@ consensus measure_all(const time_options& o, int& rc) {
     const bool alone = o.hosts.size() == 1;
     auto sock = open_udp(host, ntp::default_port, o.json && alone, open_rc, alone ? nullptr : &m.open_error);
     if (!sock) {
+      if (open_rc == exit_code::failure && !alone) {  // the client config: the same for every server
+        std::fprintf(stderr, "cskit: %s\n", m.open_error.c_str());
+        rc = open_rc;
+        return c;
+      }
       if (open_rc == exit_code::usage || alone) {
         rc = open_rc;  // reported by open_udp
         return c;

@@ -270,7 +270,8 @@ void session::wait_for_transfers(net::connection& c, std::chrono::steady_clock::
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - now);
     return frame_handler::on_shutdown(c, std::max(left, std::chrono::milliseconds(100)));
   }
-  if (now >= until) return on_grace_over(c);  // (before the server's own end of grace, or after)
+  // The end of the grace is the server's to call (end_grace): polling
+  // stops there, as the connection closes.
   c.run_after(std::chrono::milliseconds(20), [this, &c, until] { wait_for_transfers(c, until); });
 }
 

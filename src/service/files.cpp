@@ -514,11 +514,15 @@ struct files_session::download {
 };
 
 files_session::files_session(file_share& share, net::connection& conn, bool may_read, std::string user)
-    : user_(std::move(user)), share_(share), conn_(conn), may_read_(may_read) {}
+    : user_(std::move(user)), peer_(conn.peer()), share_(share), conn_(conn), may_read_(may_read) {}
 
 files_session::~files_session() {
   // Uploads cut off by a closed connection keep their part files (they
   // are resumable); private parts are removed.
+  if (download_ && download_audit_) {
+    audit(*download_audit_, download_->pos - download_->first_offset, "interrupted",
+          "the connection closed; the download can be resumed");
+  }
   for (auto& [id, u] : uploads_) {
     if (!u->failed) {
       audit({id, "put", u->path, ""}, u->written, "interrupted", "the connection closed; the upload can be resumed");
@@ -547,12 +551,25 @@ void files_session::error_over_limit(std::uint64_t id, std::uint64_t limit, std:
 }
 
 bool files_session::busy() const noexcept {
-  return download_ || !uploads_.empty() || commits_pending_ > 0 || !queue_.empty();
+  const bool uploading =
+      std::any_of(uploads_.begin(), uploads_.end(), [](const auto& entry) { return !entry.second->failed; });
+  return download_ || uploading || commits_pending_ > 0 || !queue_.empty();
 }
 
 void files_session::abandon_transfers(std::string_view why) {
+  // Requests not started yet: refused (and recorded, for put, get, fs.*).
+  auto queued = std::move(queue_);
   queue_.clear();
   queued_bytes_ = 0;
+  for (const auto& q : queued) {
+    const std::string type = q.header.value("type", "");
+    if (type == "put" || type == "get" || type == "fs.rm" || type == "fs.mv" || type == "fs.mkdir") {
+      const std::string op = type.starts_with("fs.") ? type.substr(3) : type;
+      audit({q.id, op, q.header.value("path", q.header.value("from", std::string())), ""}, 0,
+            proto::to_wire(errc::shutting_down), why);
+    }
+    error(q.id, errc::shutting_down, why);
+  }
   if (download_) {
     if (download_audit_) audit(*download_audit_, download_->pos - download_->first_offset, "interrupted", why);
     download_audit_.reset();
@@ -567,7 +584,7 @@ void files_session::abandon_transfers(std::string_view why) {
 }
 
 void files_session::audit(const audit_entry& a, std::uint64_t bytes, std::string_view result, std::string_view detail) {
-  audit_file_operation({a.op, user_, conn_.peer(), a.path, a.to, bytes, result, detail});
+  audit_file_operation({a.op, user_, peer_, a.path, a.to, bytes, result, detail});
 }
 
 void files_session::audit_answer(std::uint64_t id, const json* reply, std::string_view result, std::string_view detail) {
@@ -1950,6 +1967,7 @@ void files_session::put_end(std::uint64_t id, const json& h) {
   // A refused put.end ends the upload and removes its part.
   auto refuse = [&](errc code, const std::string& msg) {
     spdlog::warn("files: {}", msg);
+    if (pending_audit_ && pending_audit_->id == id) pending_audit_.reset();  // (an inline put: recorded here, once)
     audit({id, "put", u.path, ""}, u.written, proto::to_wire(code), msg);
     u.leave_part(true);
     share_.release(u.reserved);
@@ -2012,26 +2030,32 @@ void files_session::submit_commit(upload& u, std::uint64_t id) {
   json done = {{"type", "put.done"}, {"id", id}, {"size", u.written}, {"xxh3", u.digest.xxh3_hex()}};
   if (u.want_sha256) done["sha256"] = u.digest.sha256_hex();
   ++commits_pending_;
-  job.done = [w = weak_from_this(), ex = conn_.executor(), id, done = std::move(done), shown = u.path](int err) mutable {
+  // What the commit came to: recorded even when the session is gone by
+  // then (the file is committed all the same).
+  auto outcome = [](int err, const std::string& shown, std::string& why) {
+    if (err == EEXIST) return why = "'" + shown + "' already exists (no_clobber)", errc::exists;
+    if (err == EISDIR) return why = "'" + shown + "' is a directory", errc::exists;
+    return why = errno_message(err, "committing '" + shown + "'"), errc_for_errno(err);
+  };
+  job.done = [w = weak_from_this(), ex = conn_.executor(), id, done = std::move(done), shown = u.path, user = user_,
+              peer = peer_, outcome](int err) mutable {
+    const std::uint64_t size = done.value("size", std::uint64_t{0});
+    auto record_alone = [err, shown, user, peer, size, outcome] {  // by value: it may run after this returns
+      std::string why;
+      const std::string_view result = err ? proto::to_wire(outcome(err, shown, why)) : std::string_view("ok");
+      audit_file_operation({"put", user, peer, shown, "", size, result, why});
+    };
     // Only a live session may be answered: it keeps its connection, and so
     // the executor, alive. (This runs on the committer thread.)
-    if (w.expired()) return;
-    boost::asio::post(ex, [w, id, err, done = std::move(done), shown = std::move(shown)]() mutable {
+    if (w.expired()) return record_alone();
+    boost::asio::post(ex, [w, id, err, size, done = std::move(done), shown = std::move(shown), outcome,
+                           record_alone]() mutable {
       auto self = w.lock();
-      if (!self) return;
+      if (!self) return record_alone();
       --self->commits_pending_;
-      const audit_entry a{id, "put", shown, ""};
-      const std::uint64_t size = done.value("size", std::uint64_t{0});
       std::string why;
-      errc code = errc::io_error;
-      if (err == EEXIST) {
-        code = errc::exists, why = "'" + shown + "' already exists (no_clobber)";
-      } else if (err == EISDIR) {
-        code = errc::exists, why = "'" + shown + "' is a directory";
-      } else if (err) {
-        code = errc_for_errno(err), why = errno_message(err, "committing '" + shown + "'");
-      }
-      self->audit(a, size, err ? proto::to_wire(code) : "ok", why);
+      const errc code = err ? outcome(err, shown, why) : errc::io_error;
+      self->audit({id, "put", shown, ""}, size, err ? proto::to_wire(code) : "ok", why);
       if (err) {
         self->error(id, code, why);
       } else {

@@ -334,6 +334,7 @@ class files_session : public std::enable_shared_from_this<files_session> {
   std::optional<audit_entry> pending_audit_;
   std::optional<audit_entry> download_audit_;  // the download in progress
   std::string user_;
+  std::string peer_;  // copied: the destructor may outlive the connection
 
   file_share& share_;
   net::connection& conn_;

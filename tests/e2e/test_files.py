@@ -3443,9 +3443,6 @@ class PackedListing(FilesTestCase):
                          "99aa06d3014798d86001c324468d497f")
 
 
-if __name__ == "__main__":
-    unittest.main()
-
 
 class AuditTrail(unittest.TestCase):
     """One record per put, get, rm, mv and mkdir: user, peer, path, bytes, result.
@@ -3575,10 +3572,12 @@ class GraceOnShutdown(unittest.TestCase):
         self.fail("the download did not start")
 
     def test_a_download_finishes_within_the_grace(self):
-        self.make_file(6)
+        # Larger than what the server's queue (16 MiB with kernel TLS) and
+        # the sockets' buffers hold, so that it is still being sent at SIGTERM.
+        self.make_file(64)
         srv = Server("--grace", "30", share=self.share, state_dir=self.state)
         try:
-            client = self.slow_get(srv, "3M")  # about 2 s
+            client = self.slow_get(srv, "24M")  # about 3 s
             self.wait_for_part()
             stopped_at = time.monotonic()
             srv.proc.send_signal(signal.SIGTERM)
@@ -3625,3 +3624,7 @@ class GraceOnShutdown(unittest.TestCase):
         finally:
             srv.stop()
             srv.cleanup()
+
+
+if __name__ == "__main__":
+    unittest.main()
