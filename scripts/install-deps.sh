@@ -22,7 +22,7 @@ packages=(
   python3               # end-to-end tests and the independent client
   chrony python3-ntplib socat   # third-party NTP and echo peers (tests, benchmarks)
   tmux                  # drives the interactive chat client in a test
-  systemd man-db zsh fish   # the package's tests: systemd-analyze verify/security, man -l, completions
+  systemd man-db groff-base zsh fish   # the package's tests: systemd-analyze verify/security, man -l, completions
   irssi weechat-headless python3-irc   # real IRC clients and a bot against the IRC front end
   openssl               # s_client / x509 / req: third-party TLS peer and certificates in tests
   iproute2              # `ip link set lo up` inside the network namespaces tests create

@@ -57,9 +57,15 @@ class PingAndInfo(unittest.TestCase):
         env = dict(self.srv.env, CSKIT_TOKEN=TOKEN)
         p = subprocess.Popen([BIN, "ping", self.srv.address, "-i", "0.05"], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env=env)
-        time.sleep(0.6)
+        # Ctrl-C once it is pinging (its header line is printed as it takes
+        # over SIGINT): a slow start (the sanitizers, a loaded machine) must
+        # not turn the test into one of a SIGINT before the handler.
+        first = p.stdout.readline()  # EOF at once if it failed
+        self.assertTrue(first.startswith("PING "), first)
+        time.sleep(0.3)
         p.send_signal(signal.SIGINT)
-        out, err = p.communicate(timeout=10)
+        rest, err = p.communicate(timeout=10)
+        out = first + rest
         self.assertEqual(p.returncode, EXIT_OK, err)
         self.assertIn("cskit ping statistics", out)
         self.assertRegex(out, r"(\d+) probes sent, \1 received")
