@@ -23,6 +23,7 @@ packages=(
   chrony python3-ntplib socat   # third-party NTP and echo peers (tests, benchmarks)
   tmux                  # drives the interactive chat client in a test
   systemd man-db groff-base zsh fish   # the package's tests: systemd-analyze verify/security, man -l, completions
+  procps                # /bin/kill, the unit's ExecReload (systemd-analyze verify looks for it)
   irssi weechat-headless python3-irc   # real IRC clients and a bot against the IRC front end
   openssl               # s_client / x509 / req: third-party TLS peer and certificates in tests
   iproute2              # `ip link set lo up` inside the network namespaces tests create

@@ -25,6 +25,7 @@ handshake_timeout = 10          # the TLS handshake and the login, together
 frame_timeout = 30              # to finish a frame once it has started
 grace = 5                       # sessions get this long to finish on SIGTERM or SIGINT
 log_level = "info"              # trace, debug, info, warn, error, critical, off
+users_file = ""                 # accounts of `cskit user` (default: users.toml beside this file)
 
 [tls]
 # cert = "/etc/letsencrypt/live/files.example.org/fullchain.pem"   # default: a key and a
@@ -98,7 +99,10 @@ kiss_of_death = true            # answer rate-limited sources with a KoD RATE (o
 
 # Users. Without any, the server has one, admin, with files-read, files-write and chat, and a
 # token generated in <state_dir>/admin.token (0600). Permissions: files-read, files-write,
-# exec, chat. A token is at least 16 characters: openssl rand -hex 32.
+# exec, chat. A token is at least 16 characters: openssl rand -hex 32. An entry named admin
+# without a token keeps the generated one. `cskit user` adds users to users_file instead.
+# SIGHUP (systemctl reload) re-reads users and limits; sessions that lost their account,
+# token or a permission are closed.
 [[users]]
 name = "alice"
 token = "a-long-random-secret-at-least-16-chars"

@@ -20,7 +20,7 @@ struct serve_state {
 };
 
 // Flags given on the command line override the file.
-int apply_flags(server::server_config& cfg, const server::server_config& f, const CLI::App& cmd) {
+void apply_flags(server::server_config& cfg, const server::server_config& f, const CLI::App& cmd) {
   if (cmd.count("--listen")) cfg.listen = f.listen;
   if (cmd.count("--root")) cfg.root = f.root;
   if (cmd.count("--state-dir")) cfg.state_dir = f.state_dir;
@@ -36,15 +36,19 @@ int apply_flags(server::server_config& cfg, const server::server_config& f, cons
   if (cmd.count("--ntp-listen")) cfg.time.listen = f.time.listen;
   if (cmd.count("--irc-listen")) cfg.irc.listen = f.irc.listen;
   if (cmd.count("--plaintext")) cfg.tls.plaintext = true;
-  if (cmd.count("--tls-cert") || cmd.count("--tls-key")) {
-    if (f.tls.cert.empty() || f.tls.key.empty()) {
-      std::fprintf(stderr, "cskit serve: --tls-cert and --tls-key go together\n");
-      return exit_code::usage;
-    }
+  if (cmd.count("--tls-cert")) {
     cfg.tls.cert = f.tls.cert;
     cfg.tls.key = f.tls.key;
   }
-  return exit_code::ok;
+}
+
+// The configuration as given: the file, then the flags over it; read at
+// the start and again at each reload (SIGHUP). Throws config_error.
+server::server_config read_config(const serve_state& s, const CLI::App& cmd) {
+  server::server_config cfg;
+  if (!s.o.config_file.empty()) cfg = server::load_config_file(s.o.config_file);
+  apply_flags(cfg, s.o.config, cmd);
+  return cfg;
 }
 
 int run_serve(serve_state& s, const CLI::App& cmd) {
@@ -57,14 +61,17 @@ int run_serve(serve_state& s, const CLI::App& cmd) {
   f.state_dir = s.state_dir;
   f.tls.cert = s.tls_cert;
   f.tls.key = s.tls_key;
+  if (s.tls_cert.empty() != s.tls_key.empty()) {
+    std::fprintf(stderr, "cskit serve: --tls-cert and --tls-key go together\n");
+    return exit_code::usage;
+  }
   server::server_config cfg;
   try {
-    if (!s.o.config_file.empty()) cfg = server::load_config_file(s.o.config_file);
+    cfg = read_config(s, cmd);
   } catch (const server::config_error& e) {
     std::fprintf(stderr, "cskit serve: %s\n", e.what());
     return exit_code::failure;
   }
-  if (int rc = apply_flags(cfg, f, cmd); rc != exit_code::ok) return rc;
   auto level = spdlog::level::from_str(cfg.log_level);
   if (level == spdlog::level::off && cfg.log_level != "off") {
     std::fprintf(stderr, "cskit serve: unknown log level '%s' (trace, debug, info, warn, error, critical, off)\n",
@@ -77,7 +84,9 @@ int run_serve(serve_state& s, const CLI::App& cmd) {
       std::printf("%s\n", server::server_fingerprint(std::move(cfg)).c_str());
       return exit_code::ok;
     }
-    server::run_server(std::move(cfg));
+    server::serve_hooks hooks;
+    hooks.reload = [&s, &cmd] { return read_config(s, cmd); };
+    server::run_server(std::move(cfg), hooks);
   } catch (const server::config_error& e) {
     std::fprintf(stderr, "cskit serve: %s\n", e.what());
     return exit_code::failure;
@@ -119,8 +128,9 @@ command_runner build_serve(CLI::App& cmd, const command_args&) {
   cmd.add_flag("--print-fingerprint", s->o.print_fingerprint,
                "Print the fingerprint of the server's key (creating the key if there is none yet) and exit");
   cmd.footer(R"(Remote execution (cskit exec) is off: turn it on with [exec] enabled = true in the config
-file, and give the users who may run commands the permission: [users.NAME] permissions =
-["exec", ...]. README, "cskit exec", has the whole [exec] section.)");
+file, and give the users who may run commands the permission: cskit user set NAME --perm +exec
+(or permissions = [..., "exec"] in their [[users]] entry). README, "cskit exec", has the whole
+[exec] section. SIGHUP (systemctl reload cskit) re-reads the config and the users file.)");
   return [s, &cmd] { return run_serve(*s, cmd); };
 }
 

@@ -56,6 +56,12 @@ admission::verdict admission::acquire(const source_key& k) {
   return verdict::admitted;
 }
 
+void admission::set_limits(std::size_t max_total, std::size_t max_per_source) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  max_total_ = max_total;
+  max_per_source_ = max_per_source;
+}
+
 void admission::release(const source_key& k) {
   std::lock_guard<std::mutex> lock(mutex_);
   auto it = per_source_.find(k);

@@ -37,6 +37,9 @@ class admission {
   /// Gives a slot back (the connection logged in, or closed).
   void release(const source_key& k);
 
+  /// New bounds (a configuration reload); slots already held stay held.
+  void set_limits(std::size_t max_total, std::size_t max_per_source);
+
   std::size_t pending() const;
   std::size_t pending_from(const source_key& k) const;
 
@@ -44,9 +47,9 @@ class admission {
   struct hash {
     std::size_t operator()(const source_key& k) const noexcept;
   };
-  const std::size_t max_total_;
-  const std::size_t max_per_source_;
   mutable std::mutex mutex_;
+  std::size_t max_total_;       // guarded by mutex_
+  std::size_t max_per_source_;  // guarded by mutex_
   std::size_t total_ = 0;
   std::unordered_map<source_key, std::size_t, hash> per_source_;
 };

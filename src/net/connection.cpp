@@ -85,6 +85,7 @@ void frame_handler::on_shutdown(connection& c, std::chrono::milliseconds grace) 
   c.close_after_flush("server shutdown", grace);
 }
 void frame_handler::on_grace_over(connection& c) { c.close_now("server shutdown (grace period over)"); }
+void frame_handler::on_reload(connection&) {}
 
 void flush_queue::add(std::shared_ptr<connection> c) {
   dirty_.push_back(std::move(c));
@@ -634,6 +635,13 @@ void connection::begin_shutdown(std::chrono::milliseconds grace) {
     return;
   }
   handler_->on_shutdown(*this, grace);
+}
+
+void connection::reload() {
+  // A connection still in its TLS handshake has not logged in: its login
+  // will see the new configuration.
+  if (state_ != state::open || tls_handshaking()) return;
+  guarded([this] { handler_->on_reload(*this); });
 }
 
 void connection::process_lines(std::string_view in) {

@@ -101,6 +101,10 @@ class frame_handler {
   /// The grace period is over and the connection is still open: say what
   /// was cut, and close. Default: close at once.
   virtual void on_grace_over(connection& c);
+  /// The server re-read its configuration (SIGHUP): check that what this
+  /// connection was allowed still holds, and close it if not. Default:
+  /// nothing to check.
+  virtual void on_reload(connection& c);
   /// Called exactly once, after the socket is closed.
   virtual void on_close(connection& c, std::string_view reason) = 0;
 
@@ -186,6 +190,8 @@ class connection : public std::enable_shared_from_this<connection> {
   void begin_shutdown(std::chrono::milliseconds grace);
   /// The server's grace period ended with this connection still open.
   void end_grace();
+  /// The server's configuration was re-read: the handler re-checks (on_reload).
+  void reload();
 
   /// Keepalive (dead and half-open peers): a `ping` after `ping_after` of
   /// silence, and the connection closed ("ping timeout") after

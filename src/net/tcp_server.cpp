@@ -39,6 +39,7 @@ struct tcp_server::impl {
     asio::executor_work_guard<asio::io_context::executor_type> work{ioc.get_executor()};
     flush_queue flush{ioc.get_executor()};
     // Touched only on this loop's thread.
+    connection_limits limits;  // for the connections it adopts from now on
     std::unordered_map<connection*, std::shared_ptr<connection>> connections;
   };
 
@@ -75,7 +76,8 @@ struct tcp_server::impl {
       : options(std::move(o)),
         logins(options.max_unauthenticated, options.max_unauthenticated_per_source),
         loops(make_loops(options.threads)),
-        signals(loops[0]->ioc, SIGINT, SIGTERM) {
+        signals(loops[0]->ioc, SIGINT, SIGTERM, SIGHUP) {
+    for (auto& l : loops) l->limits = options.limits;
     auto& primary = *listeners.emplace_back(std::make_unique<listener>(loops[0]->ioc));
     primary.factory = std::move(f);
     primary.tls = options.tls;
@@ -174,7 +176,7 @@ struct tcp_server::impl {
   }
 
   void adopt(const listener& via, loop& l, tcp::socket s, admission_slot slot) {
-    auto c = std::make_shared<connection>(std::move(s), options.limits, via.factory(), &l.flush, via.tls);
+    auto c = std::make_shared<connection>(std::move(s), l.limits, via.factory(), &l.flush, via.tls);
     c->hold_admission(std::move(slot));
     l.connections.emplace(c.get(), c);
     c->start([this, &l](connection& done) {
@@ -214,6 +216,42 @@ struct tcp_server::impl {
     }
   }
 
+  // SIGINT and SIGTERM shut down; SIGHUP reloads and waits for the next.
+  void wait_for_signal() {
+    signals.async_wait([this](const error_code& ec, int signo) {
+      if (ec) return;
+      if (signo == SIGHUP) {
+        if (!options.on_reload) {
+          spdlog::warn("received SIGHUP: this server has nothing to reload; ignored");
+        } else {
+          spdlog::info("received SIGHUP: reloading the configuration");
+          try {
+            options.on_reload();
+          } catch (const std::exception& e) {
+            spdlog::error("reload failed: {}", e.what());
+          }
+        }
+        return wait_for_signal();
+      }
+      spdlog::info("received {}", signo == SIGINT ? "SIGINT" : "SIGTERM");
+      begin_shutdown();
+    });
+  }
+
+  // Each loop's connections, one after another on that loop (a copy: a
+  // callback may close a connection, which erases it).
+  template <class F>
+  void for_each_connection(F f) {
+    for (auto& l : loops) {
+      asio::post(l->ioc, [&l = *l, f] {
+        std::vector<std::shared_ptr<connection>> cs;
+        cs.reserve(l.connections.size());
+        for (auto& [p, c] : l.connections) cs.push_back(c);
+        for (auto& c : cs) f(*c);
+      });
+    }
+  }
+
   void begin_shutdown() {
     if (stopping) return;
     stopping = true;
@@ -224,14 +262,7 @@ struct tcp_server::impl {
     signals.cancel(ec);
     for (auto& [l, u] : udp_endpoints) asio::post(l->ioc, [u = u.get()] { u->stop(); });
     for (auto& [l, e] : echo_listeners) asio::post(l->ioc, [e = e.get()] { e->stop(); });
-    for (auto& l : loops) {
-      asio::post(l->ioc, [&l = *l, grace = options.grace] {
-        // Copy: on_shutdown may close a connection and erase it.
-        std::vector<std::shared_ptr<connection>> cs;
-        for (auto& [p, c] : l.connections) cs.push_back(c);
-        for (auto& c : cs) c->begin_shutdown(grace);
-      });
-    }
+    for_each_connection([grace = options.grace](connection& c) { c.begin_shutdown(grace); });
     asio::co_spawn(loops[0]->ioc, finish_shutdown(), asio::detached);
   }
 
@@ -248,13 +279,7 @@ struct tcp_server::impl {
     co_await wait_for_connections(clock::now() + options.grace);
     if (live.load() > 0) {
       spdlog::warn("grace period over: closing {} remaining connection(s)", live.load());
-      for (auto& l : loops) {
-        asio::post(l->ioc, [&l = *l] {
-          std::vector<std::shared_ptr<connection>> cs;
-          for (auto& [p, c] : l.connections) cs.push_back(c);
-          for (auto& c : cs) c->end_grace();
-        });
-      }
+      for_each_connection([](connection& c) { c.end_grace(); });
       co_await wait_for_connections(clock::now() + std::chrono::seconds(2));
     }
     for (auto& l : loops) {
@@ -359,11 +384,7 @@ void tcp_server::run() {
     u->start();
   }
   for (auto& [l, e] : im.echo_listeners) e->start();
-  im.signals.async_wait([&im](const error_code& ec, int signo) {
-    if (ec) return;
-    spdlog::info("received {}", signo == SIGINT ? "SIGINT" : "SIGTERM");
-    im.begin_shutdown();
-  });
+  im.wait_for_signal();
   for (auto& l : im.listeners) {
     asio::co_spawn(im.loops[0]->ioc, im.accept_loop(*l), [](std::exception_ptr e) {
       if (!e) return;
@@ -384,6 +405,25 @@ void tcp_server::run() {
 
 void tcp_server::stop() {
   asio::post(impl_->loops[0]->ioc, [im = impl_.get()] { im->begin_shutdown(); });
+}
+
+void tcp_server::set_limits(const reloadable_limits& r) {
+  auto& im = *impl_;
+  im.logins.set_limits(r.max_unauthenticated, r.max_unauthenticated_per_source);
+  // The options are read on the first loop (accepting, shutting down);
+  // each loop keeps its own copy of the connection limits.
+  asio::post(im.loops[0]->ioc, [&im, r] {
+    im.options.max_connections = r.max_connections;
+    im.options.max_unauthenticated = r.max_unauthenticated;
+    im.options.max_unauthenticated_per_source = r.max_unauthenticated_per_source;
+    im.options.limits = r.limits;
+    im.options.grace = r.grace;
+  });
+  for (auto& l : im.loops) asio::post(l->ioc, [&l = *l, limits = r.limits] { l.limits = limits; });
+}
+
+void tcp_server::reload_sessions() {
+  impl_->for_each_connection([](connection& c) { c.reload(); });
 }
 
 }  // namespace cskit::net

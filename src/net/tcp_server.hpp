@@ -29,6 +29,18 @@ struct server_options {
   std::shared_ptr<const tls::context> tls;
   /// After SIGINT/SIGTERM: time connections get to finish before being closed.
   std::chrono::milliseconds grace{std::chrono::seconds(5)};
+  /// SIGHUP: re-read the configuration. Runs on the first event loop; the
+  /// loops go on serving meanwhile. Null: SIGHUP is logged and ignored.
+  std::function<void()> on_reload;
+};
+
+/// What a configuration reload may change while the server runs.
+struct reloadable_limits {
+  std::size_t max_connections = 10000;
+  std::size_t max_unauthenticated = 4096;
+  std::size_t max_unauthenticated_per_source = 128;
+  connection_limits limits;  ///< for connections accepted from now on
+  std::chrono::milliseconds grace{std::chrono::seconds(5)};
 };
 
 class tcp_server {
@@ -73,6 +85,13 @@ class tcp_server {
   void run();
   /// Begins graceful shutdown. Safe to call from any thread.
   void stop();
+
+  /// New limits (a configuration reload). Safe to call from any thread.
+  void set_limits(const reloadable_limits& l);
+  /// Asks every open connection to re-check itself against a configuration
+  /// just re-read (frame_handler::on_reload), each on its own loop. Safe to
+  /// call from any thread.
+  void reload_sessions();
 
  private:
   struct impl;

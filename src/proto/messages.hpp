@@ -43,6 +43,7 @@ class permission_set {
   constexpr permission_set() = default;
   constexpr bool has(permission p) const noexcept { return bits_ & static_cast<std::uint8_t>(p); }
   constexpr void add(permission p) noexcept { bits_ |= static_cast<std::uint8_t>(p); }
+  constexpr void remove(permission p) noexcept { bits_ &= static_cast<std::uint8_t>(~static_cast<std::uint8_t>(p)); }
   constexpr bool operator==(const permission_set&) const = default;
   /// Wire names, in a fixed order: files-read, files-write, exec, chat.
   std::vector<std::string> names() const;

@@ -8,7 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
-#include <set>
+#include <cstdio>
 #include <sstream>
 #include <toml++/toml.h>
 
@@ -67,6 +67,7 @@ void parse_server_table(const std::string& source, const toml::table& t, server_
     else if (key == "frame_timeout") c.frame_timeout = std::chrono::seconds(get_integer<int>(source, v, key, 1, 3600));
     else if (key == "grace") c.grace = std::chrono::seconds(get_integer<int>(source, v, key, 0, 3600));
     else if (key == "log_level") c.log_level = get_string(source, v, key);
+    else if (key == "users_file") c.users_file = get_string(source, v, key);
     else fail_at(source, v, "unknown key '" + std::string(key) + "' in [server]");
   }
 }
@@ -293,23 +294,51 @@ user_account parse_user(const std::string& source, const toml::table& t) {
     }
   }
   if (u.name.empty()) fail_at(source, t, "a [[users]] entry has no 'name'");
-  if (!have_token) fail_at(source, t, "user '" + u.name + "' has no 'token'");
+  // `admin` without a token keeps the generated one: giving the default
+  // admin other permissions needs no token copied into the file.
+  if (!have_token && u.name != "admin") fail_at(source, t, "user '" + u.name + "' has no 'token'");
+  u.origin = source;
+  if (t.source().begin.line) u.origin += ":" + std::to_string(t.source().begin.line);
   return u;
 }
 
-}  // namespace
-
-server_config parse_config(std::string_view text, const std::string& source) {
-  toml::table doc;
+toml::table parse_toml(std::string_view text, const std::string& source) {
   try {
-    doc = toml::parse(text, source);
+    return toml::parse(text, source);
   } catch (const toml::parse_error& e) {
     std::ostringstream os;
     os << source << ":" << e.source().begin.line << ":" << e.source().begin.column << ": " << e.description();
     throw config_error(os.str());
   }
+}
+
+// The [[users]] array: each entry parsed, names unique.
+void parse_users(const std::string& source, const toml::node& v, std::vector<user_account>& out) {
+  const auto* arr = v.as_array();
+  if (!arr) fail_at(source, v, "'users' must be an array of tables ([[users]])");
+  for (auto&& e : *arr) {
+    if (!e.is_table()) fail_at(source, e, "each [[users]] entry must be a table");
+    auto u = parse_user(source, *e.as_table());
+    for (const auto& other : out) {
+      if (other.name == u.name) fail_at(source, e, "user '" + u.name + "' is defined twice");
+    }
+    out.push_back(std::move(u));
+  }
+}
+
+std::string read_file(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw config_error(path.string() + ": cannot open: " + std::strerror(errno));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+}  // namespace
+
+server_config parse_config(std::string_view text, const std::string& source) {
+  const toml::table doc = parse_toml(text, source);
   server_config c;
-  std::set<std::string> names;
   for (auto&& [k, v] : doc) {
     std::string_view key = k.str();
     if (key == "server") {
@@ -326,14 +355,7 @@ server_config parse_config(std::string_view text, const std::string& source) {
       else if (key == "irc") parse_irc_table(source, *v.as_table(), c.irc);
       else parse_chat_table(source, *v.as_table(), c.chat);
     } else if (key == "users") {
-      const auto* arr = v.as_array();
-      if (!arr) fail_at(source, v, "'users' must be an array of tables ([[users]])");
-      for (auto&& e : *arr) {
-        if (!e.is_table()) fail_at(source, e, "each [[users]] entry must be a table");
-        auto u = parse_user(source, *e.as_table());
-        if (!names.insert(u.name).second) fail_at(source, e, "user '" + u.name + "' is defined twice");
-        c.users.push_back(std::move(u));
-      }
+      parse_users(source, v, c.users);
     } else {
       fail_at(source, v, "unknown top-level key '" + std::string(key) + "' (expected [server], [tls], [files], [echo], [time], [exec], [chat], [irc] or [[users]])");
     }
@@ -342,11 +364,82 @@ server_config parse_config(std::string_view text, const std::string& source) {
 }
 
 server_config load_config_file(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw config_error(path.string() + ": cannot open: " + std::strerror(errno));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return parse_config(ss.str(), path.string());
+  server_config c = parse_config(read_file(path), path.string());
+  // The users file lives beside the config unless it says otherwise; a
+  // relative path is relative to the config's directory.
+  const auto dir = std::filesystem::absolute(path).parent_path();
+  if (c.users_file.empty()) c.users_file = dir / "users.toml";
+  else if (c.users_file.is_relative()) c.users_file = dir / c.users_file;
+  return c;
+}
+
+void fill_default_paths(server_config& config) {
+  if (config.state_dir.empty()) config.state_dir = util::default_state_dir();
+  if (config.users_file.empty()) config.users_file = config.state_dir / "users.toml";
+}
+
+std::vector<user_account> parse_users_file(std::string_view text, const std::string& source) {
+  const toml::table doc = parse_toml(text, source);
+  std::vector<user_account> users;
+  for (auto&& [k, v] : doc) {
+    if (k.str() != "users") {
+      fail_at(source, v, "unknown key '" + std::string(k.str()) + "': a users file holds [[users]] entries only");
+    }
+    parse_users(source, v, users);
+  }
+  return users;
+}
+
+std::vector<user_account> load_users_file(const std::filesystem::path& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return {};
+    throw config_error(path.string() + ": " + std::strerror(errno));
+  }
+  if (st.st_mode & S_IROTH) {
+    throw config_error(path.string() + " holds tokens and is readable by every user; run: chmod o-rwx " +
+                       path.string());
+  }
+  return parse_users_file(read_file(path), path.string());
+}
+
+namespace {
+
+// A TOML basic string.
+std::string toml_string(std::string_view s) {
+  std::string out = "\"";
+  for (const char ch : s) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += ch;
+    } else if (c < 0x20 || c == 0x7f) {
+      char esc[8];
+      std::snprintf(esc, sizeof esc, "\\u%04x", c);
+      out += esc;
+    } else {
+      out += ch;
+    }
+  }
+  return out + "\"";
+}
+
+}  // namespace
+
+std::string format_users_file(const std::vector<user_account>& users) {
+  std::string out =
+      "# Accounts of cskit serve, managed by `cskit user` (add, del, set, token --rotate):\n"
+      "# this file is rewritten whole, so keep comments in cskit.toml. Tokens are secrets.\n"
+      "# The server reads it at start and on reload (systemctl reload cskit, or SIGHUP).\n";
+  for (const auto& u : users) {
+    out += "\n[[users]]\nname = " + toml_string(u.name) + "\n";
+    if (!u.token.empty()) out += "token = " + toml_string(u.token) + "\n";
+    out += "permissions = [";
+    const auto names = u.permissions.names();
+    for (std::size_t i = 0; i < names.size(); ++i) out += (i ? ", " : "") + toml_string(names[i]);
+    out += "]\n";
+  }
+  return out;
 }
 
 proto::permission_set default_admin_permissions() {

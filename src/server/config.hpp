@@ -20,8 +20,11 @@ namespace cskit::server {
 
 struct user_account {
   std::string name;
-  std::string token;  ///< shared secret; never sent on the wire
+  /// The shared secret; never sent on the wire. Empty in a parsed entry
+  /// named `admin`: the generated admin token (admin.token).
+  std::string token;
   proto::permission_set permissions;
+  std::string origin;  ///< where it is declared ("cskit.toml:12"), for messages
 };
 
 /// [tls]: transport security (docs/protocol.md, "Transport security").
@@ -36,6 +39,7 @@ struct tls_options {
   /// Kernel TLS: "auto" (when the kernel offers it), "on" (always ask
   /// OpenSSL for it) or "off".
   std::string kernel_tls = "auto";
+  bool operator==(const tls_options&) const = default;
 };
 
 /// [irc]: the IRC front end to chat (docs/irc.md).
@@ -46,6 +50,7 @@ struct irc_options {
   std::string network = "cskit";
   std::string motd;            ///< the message of the day (lines)
   std::size_t history_max = 1000;  ///< messages one CHATHISTORY request returns at most
+  bool operator==(const irc_options&) const = default;
 };
 
 struct server_config {
@@ -64,7 +69,10 @@ struct server_config {
   std::chrono::seconds frame_timeout{30};
   std::chrono::seconds grace{5};
   std::string log_level = "info";
-  std::vector<user_account> users;  ///< empty: the default `admin` user
+  std::vector<user_account> users;  ///< [[users]] of the config; empty: the default `admin` too
+  /// The accounts `cskit user` manages (users.toml beside the config file,
+  /// or in the state directory without one); read if it exists.
+  std::filesystem::path users_file;
   service::files_options files;     ///< [files]: limits of the share
   service::echo_options echo;       ///< [echo]: RFC 862 on UDP and TCP
   service::time_options time;       ///< [time]: SNTPv4 server
@@ -87,6 +95,18 @@ inline constexpr std::size_t min_token_length = 16;
 /// are errors too, so that a typo never silently weakens security.
 server_config parse_config(std::string_view toml_text, const std::string& source_name);
 server_config load_config_file(const std::filesystem::path& path);
+
+/// Fills in the state directory ($XDG_STATE_HOME/cskit or ~/.local/state/
+/// cskit) and the users file (<state dir>/users.toml) when not set.
+void fill_default_paths(server_config& config);
+
+/// The users file: [[users]] entries only (the same keys as the config's).
+std::vector<user_account> parse_users_file(std::string_view toml_text, const std::string& source_name);
+/// Reads the users file; none: no users. Refuses one that others may read
+/// (it holds tokens). Throws config_error.
+std::vector<user_account> load_users_file(const std::filesystem::path& path);
+/// The text of a users file holding `users` (what `cskit user` writes).
+std::string format_users_file(const std::vector<user_account>& users);
 
 
 /// Permissions of the default `admin` user: everything except exec.

@@ -113,6 +113,19 @@ std::string irc_session::current_nick() const {
   return nick_.empty() ? std::string("*") : nick_;
 }
 
+void irc_session::on_reload(net::connection& c) {
+  // A login still being answered checks the new table when it settles.
+  if (!account_) return;
+  // Only what IRC uses counts: the account, its token, chat.
+  const auto now = front_.ctx.find_user(account_->name);
+  std::string why;
+  if (now == nullptr || now->token != account_->token) why = account_change(*account_, now.get());
+  else if (!now->permissions.has(proto::permission::chat)) why = "the 'chat' permission of '" + now->name + "' was withdrawn";
+  if (why.empty()) return;
+  spdlog::warn("irc: {} account={}: closed after the configuration was reloaded: {}", c.peer(), account_->name, why);
+  close(c, "the server's configuration changed: " + why);
+}
+
 void irc_session::close(net::connection& c, std::string_view reason) {
   c.send_raw(irc_front::closing(reason));
   c.close_after_flush(reason);
@@ -346,7 +359,7 @@ void irc_session::log_in(net::connection& c, const std::string& user, const std:
     return close(c, "too many failed logins from your address or for this user: try again later");
   }
   static const std::string decoy(32, 'x');
-  const user_account* u = front_.ctx.find_user(user);
+  const auto u = front_.ctx.find_user(user);
   const bool ok = tokens_equal(token, u ? u->token : decoy, user) && u;
   if (ok) front_.ctx.throttle.on_success(source, user, *when);
   else front_.ctx.throttle.on_failure(source, user, *when);
@@ -354,7 +367,12 @@ void irc_session::log_in(net::connection& c, const std::string& user, const std:
   login_pending_ = true;
   auto settle = [this, &c, u, ok, sasl, user] {
     login_pending_ = false;
-    if (ok) return logged_in(c, *u, sasl);
+    if (ok) {
+      // A reload while the answer was held may have changed the account.
+      const std::string why = account_change(*u, front_.ctx.find_user(user).get());
+      if (!why.empty()) return close(c, "the server's configuration changed: " + why);
+      return logged_in(c, u, sasl);
+    }
     spdlog::warn("irc: authentication failed from {} for user '{}'", c.peer(), user);
     if (!sasl) return close(c, "authentication failed: unknown user or wrong token");
     numeric(c, "904", {"SASL authentication failed: unknown user or wrong token"});
@@ -364,13 +382,14 @@ void irc_session::log_in(net::connection& c, const std::string& user, const std:
   c.run_after(wait, settle);
 }
 
-void irc_session::logged_in(net::connection& c, const user_account& u, bool sasl) {
+void irc_session::logged_in(net::connection& c, std::shared_ptr<const user_account> account, bool sasl) {
+  const user_account& u = *account;
   if (!u.permissions.has(proto::permission::chat)) {
     spdlog::warn("irc: {} logged in as {}, which has no chat permission", c.peer(), u.name);
     if (sasl) numeric(c, "904", {"SASL authentication failed: the account '" + u.name + "' may not chat"});
     return close(c, "the account '" + u.name + "' has no chat permission");
   }
-  account_ = &u;
+  account_ = std::move(account);
   if (sasl) {
     numeric(c, "900", {(nick_.empty() ? "*" : nick_) + "!" + u.name + "@" + front_.settings.host, u.name,
                        "You are now logged in as " + u.name});

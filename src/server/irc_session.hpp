@@ -44,6 +44,9 @@ class irc_session final : public net::frame_handler {
   void encode_failure(std::string& out, const proto::json& error) override;
   void send_ping(net::connection& c) override;
   void on_shutdown(net::connection& c, std::chrono::milliseconds grace) override;
+  /// The accounts were re-read: closed when its account is gone, has a new
+  /// token or may no longer chat (other permissions are not IRC's).
+  void on_reload(net::connection& c) override;
   void on_close(net::connection& c, std::string_view reason) override;
 
  private:
@@ -55,7 +58,7 @@ class irc_session final : public net::frame_handler {
   /// Checks `user`'s token (throttled like the cskit login); `sasl`:
   /// answers with the SASL numerics, else (PASS) closes on failure.
   void log_in(net::connection& c, const std::string& user, const std::string& token, bool sasl);
-  void logged_in(net::connection& c, const user_account& u, bool sasl);
+  void logged_in(net::connection& c, std::shared_ptr<const user_account> u, bool sasl);
   /// Registers once NICK, USER and the login are there and CAP is done.
   void try_register(net::connection& c);
   void welcome(net::connection& c);
@@ -73,7 +76,7 @@ class irc_session final : public net::frame_handler {
   bool cap_302_ = false;
   std::string nick_;
   bool got_user_ = false;
-  const user_account* account_ = nullptr;
+  std::shared_ptr<const user_account> account_;  // as it was at login
   bool login_pending_ = false;
   std::optional<std::string> pass_;  ///< PASS, checked at registration
   bool sasl_started_ = false;

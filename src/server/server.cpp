@@ -20,6 +20,7 @@
 #include "server/file_routes.hpp"
 #include "server/identity.hpp"
 #include "server/irc_session.hpp"
+#include "server/reload.hpp"
 #include "net/tls.hpp"
 #include "server/session.hpp"
 #include "util/file_io.hpp"
@@ -81,7 +82,7 @@ std::string join(const std::vector<std::string>& v) {
 }  // namespace
 
 void fill_defaults(server_config& config) {
-  if (config.state_dir.empty()) config.state_dir = util::default_state_dir();
+  fill_default_paths(config);
   if (config.name.empty()) config.name = host_name();
 }
 
@@ -108,35 +109,18 @@ void prepare_share_root(server_config& config) {
   config.root = std::filesystem::canonical(config.root);
 }
 
-// The accounts: the config's, or the generated admin; returns what the
-// banner says of the admin's token (empty with configured users).
-std::string set_up_users(const server_config& config, server_context& ctx) {
-  if (!config.users.empty()) {
-    ctx.users = config.users;
-    return {};
-  }
-  const char* env = std::getenv("CSKIT_TOKEN");
-  bool generated = false;
-  std::string token = load_or_create_admin_token(config.state_dir, env ? env : "", generated);
-  ctx.users.push_back({"admin", token, default_admin_permissions()});
-  if (env && *env) return "admin token: taken from CSKIT_TOKEN";
-  return std::string("admin token: ") + token + (generated ? "  (new, saved in " : "  (from ") +
-         (config.state_dir / "admin.token").string() + ")";
-}
-
 net::server_options server_options_of(const server_config& config, const net::host_port& listen,
                                       const tls_setup& tls) {
   net::server_options o;
   o.host = listen.host;
   o.port = listen.port;
   o.threads = config.threads ? config.threads : std::max(1u, std::thread::hardware_concurrency());
-  o.max_connections = config.max_connections;
-  o.max_unauthenticated = config.max_unauthenticated;
-  o.max_unauthenticated_per_source = config.max_unauthenticated_per_address;
-  o.limits.idle_timeout = config.idle_timeout;
-  o.limits.handshake_timeout = config.handshake_timeout;
-  o.limits.frame_timeout = config.frame_timeout;
-  o.grace = config.grace;
+  const net::reloadable_limits r = reloadable_limits_of(config);
+  o.max_connections = r.max_connections;
+  o.max_unauthenticated = r.max_unauthenticated;
+  o.max_unauthenticated_per_source = r.max_unauthenticated_per_source;
+  o.limits = r.limits;
+  o.grace = r.grace;
   o.tls = tls.context;
   return o;
 }
@@ -227,11 +211,11 @@ struct banner {
   unsigned threads;
   std::string tls;
   std::vector<std::string> services;  // echo, time
-  std::string token_note;
+  const accounts_setup& accounts;
   std::string exec_account;
 };
 
-void print_banner(const server_config& config, const server_context& ctx, const banner& b) {
+void print_banner(const server_config& config, const banner& b) {
   std::printf("cskit %s listening on %s (protocol %d, %u thread%s)\n", cskit_version, b.address.c_str(),
               proto::protocol_version, b.threads, b.threads == 1 ? "" : "s");
   std::printf("share: %s%s%s\n", config.root.string().c_str(),
@@ -246,13 +230,13 @@ void print_banner(const server_config& config, const server_context& ctx, const 
   }
   std::printf("%s\n", b.tls.c_str());
   for (const auto& line : b.services) std::printf("%s\n", line.c_str());
-  for (const auto& u : ctx.users) {
-    std::printf("user: %s (%s)\n", u.name.c_str(), join(u.permissions.names()).c_str());
+  for (const auto& u : b.accounts.table->all()) {
+    std::printf("user: %s (%s)\n", u->name.c_str(), join(u->permissions.names()).c_str());
   }
-  if (!b.token_note.empty()) std::printf("%s\n", b.token_note.c_str());
-  if (config.users.empty() && std::getenv("CSKIT_TOKEN") && *std::getenv("CSKIT_TOKEN")) {
+  if (!b.accounts.token_note.empty()) std::printf("%s\n", b.accounts.token_note.c_str());
+  if (b.accounts.admin_uses_generated_token && std::getenv("CSKIT_TOKEN") && *std::getenv("CSKIT_TOKEN")) {
     std::printf("connect: CSKIT_TOKEN=<the same token> cskit ping %s\n", b.address.c_str());
-  } else if (config.users.empty()) {
+  } else if (b.accounts.admin_uses_generated_token) {
     std::printf("connect: CSKIT_TOKEN=$(cat %s) cskit ping %s\n",
                 (config.state_dir / "admin.token").string().c_str(), b.address.c_str());
   } else {
@@ -268,12 +252,14 @@ void run_server(server_config config, const serve_hooks& hooks) {
   auto listen = net::parse_host_port(config.listen, proto::default_port, &why);
   if (!listen) throw config_error("invalid listen address '" + config.listen + "': " + why);
   fill_defaults(config);
+  const server_config started = config;  // as read, for reloads to compare with
   prepare_share_root(config);
 
   server_context ctx;
   ctx.name = config.name;
   tls_setup tls = setup_tls(config, ctx.name);
-  const std::string token_note = set_up_users(config, ctx);
+  const accounts_setup accounts = load_accounts(config);
+  ctx.set_accounts(accounts.table);
   register_core_service(ctx);
   std::unique_ptr<service::file_share> share;
   try {
@@ -292,14 +278,18 @@ void run_server(server_config config, const serve_hooks& hooks) {
   register_exec_service(ctx, exec_policy, exec_limiter);
   service::chat_hub chat_hub(config.chat, open_history(config));
   {
-    std::vector<std::string> accounts;
-    for (const auto& u : ctx.users) accounts.push_back(u.name);
-    chat_hub.set_accounts(accounts);
+    std::vector<std::string> names;
+    for (const auto& u : accounts.table->all()) names.push_back(u->name);
+    chat_hub.set_accounts(names);
   }
   register_chat_service(ctx, chat_hub);
   irc_front irc(ctx, chat_hub, irc_settings_of(config));
 
-  const net::server_options o = server_options_of(config, *listen, tls);
+  net::server_options o = server_options_of(config, *listen, tls);
+  net::tcp_server* server = nullptr;  // set below, before any signal is handled
+  o.on_reload = [&] {
+    reload_server(hooks.reload, started, {ctx, chat_hub, exec_limiter, *share, *server});
+  };
   // Each connection is one descriptor; the soft limit (often 1024) is far
   // below what the server is meant to hold.
   util::raise_fd_limit();
@@ -308,11 +298,12 @@ void run_server(server_config config, const serve_hooks& hooks) {
   // back to its default before they run.)
   ::signal(SIGPIPE, SIG_IGN);
   net::tcp_server srv(o, [&ctx] { return std::make_unique<session>(ctx); });
+  server = &srv;
   srv.listen();
   const std::string address = srv.local_address();
   std::vector<std::string> side = add_datagram_services(srv, config);
   if (!config.irc.listen.empty() && config.chat.enabled) side.push_back(add_irc_front(srv, config, tls, irc));
-  print_banner(config, ctx, {address, o.threads, tls.banner, std::move(side), token_note, exec_policy.account});
+  print_banner(config, {address, o.threads, tls.banner, std::move(side), accounts, exec_policy.account});
   spdlog::info("listening on {} as '{}'", address, ctx.name);
   // systemd's Type=notify: ready once every listener is bound.
   net::notify_service_manager("READY=1\nMAINPID=" + std::to_string(::getpid()) + "\nSTATUS=listening on " + address);

@@ -11,11 +11,15 @@ namespace cskit::server {
 struct serve_hooks {
   /// Called once listening, with the bound address (tests use port 0).
   std::function<void(const std::string& address)> on_listening;
+  /// SIGHUP (systemctl reload): the configuration read again, as at the
+  /// start (file and flags); throws config_error. Null: the start-up
+  /// configuration again (its users file and admin token are re-read).
+  std::function<server_config()> reload;
 };
 
 /// Fills in defaults (state dir, share, name, threads, default admin user),
 /// binds, prints the start-up banner to stdout and serves until SIGINT or
-/// SIGTERM, then shuts down gracefully. Throws config_error for bad
+/// SIGTERM, then shuts down gracefully. SIGHUP reloads (hooks.reload). Throws config_error for bad
 /// configuration and std::system_error when it cannot listen.
 void run_server(server_config config, const serve_hooks& hooks = {});
 

@@ -14,11 +14,19 @@ namespace cskit::server {
 using proto::errc;
 using proto::json;
 
-const user_account* server_context::find_user(std::string_view name) const {
-  for (const auto& u : users) {
-    if (u.name == name) return &u;
-  }
-  return nullptr;
+std::shared_ptr<const user_account> server_context::find_user(std::string_view name) const {
+  const auto table = accounts();
+  return table ? table->find(name) : nullptr;
+}
+
+std::shared_ptr<const account_table> server_context::accounts() const {
+  std::lock_guard lock(accounts_mutex_);
+  return accounts_;
+}
+
+void server_context::set_accounts(std::shared_ptr<const account_table> table) {
+  std::lock_guard lock(accounts_mutex_);
+  accounts_ = std::move(table);
 }
 
 void session::on_open(net::connection& c) {
@@ -190,7 +198,7 @@ void session::authenticate(net::connection& c, proto::frame& f) {
 
   // Always compute an HMAC, even for an unknown user, so that response
   // timing does not reveal which user names exist.
-  const user_account* u = ctx_.find_user(name);
+  const auto u = ctx_.find_user(name);
   static const std::string decoy_token(32, 'x');
   auto expected = proto::compute_proof(proto::proof_role::client, u ? u->token : decoy_token, name, kind, binding);
   if (!u || !proto::proofs_equal(expected, request->proof)) {
@@ -218,11 +226,13 @@ void session::authenticate(net::connection& c, proto::frame& f) {
   ctx_.throttle.on_success(source, name, *when);
   const std::string server_proof =
       proto::to_hex(proto::compute_proof(proto::proof_role::server, u->token, name, kind, binding));
-  if (wait.count() <= 0) return welcome(c, *u, id, server_proof);
+  if (wait.count() <= 0) return welcome(c, u, id, server_proof);
   welcome_pending_ = true;
   spdlog::info("login of {} as {} held {} ms (recent failures from {})", c.peer(), u->name, wait.count(), source);
   c.run_after(wait, [this, &c, u, id, server_proof] {
-    welcome(c, *u, id, server_proof);
+    // A reload while the login waited may have changed the account.
+    if (!still_valid(c, *u)) return;
+    welcome(c, u, id, server_proof);
     auto held = std::move(held_);
     held_.clear();
     held_bytes_ = 0;
@@ -233,13 +243,16 @@ void session::authenticate(net::connection& c, proto::frame& f) {
   });
 }
 
-void session::welcome(net::connection& c, const user_account& u, std::optional<std::uint64_t> id,
+void session::welcome(net::connection& c, std::shared_ptr<const user_account> u, std::optional<std::uint64_t> id,
                       const std::string& proof) {
   welcome_pending_ = false;
-  user_ = &u;
+  user_ = std::move(u);
   c.set_authenticated();
-  spdlog::info("authenticated {} as {}", c.peer(), u.name);
-  json w = {{"type", proto::type::welcome}, {"user", u.name}, {"permissions", u.permissions.names()}, {"proof", proof}};
+  spdlog::info("authenticated {} as {}", c.peer(), user_->name);
+  json w = {{"type", proto::type::welcome},
+            {"user", user_->name},
+            {"permissions", user_->permissions.names()},
+            {"proof", proof}};
   if (id) w["id"] = *id;
   c.send(w);
 }
@@ -288,6 +301,21 @@ void session::on_grace_over(net::connection& c) {
   frame_handler::on_grace_over(c);
 }
 
+bool session::still_valid(net::connection& c, const user_account& u) {
+  const auto now = ctx_.find_user(u.name);
+  const std::string why = account_change(u, now.get());
+  if (why.empty()) return true;
+  const bool credentials = now == nullptr || now->token != u.token;
+  spdlog::warn("{} user={}: closed after the configuration was reloaded: {}", c.peer(), u.name, why);
+  c.fail(credentials ? errc::auth_failed : errc::permission_denied,
+         "the server's configuration changed: " + why + "; this session is closed");
+  return false;
+}
+
+void session::on_reload(net::connection& c) {
+  if (user_) still_valid(c, *user_);
+}
+
 void session::dispatch(net::connection& c, proto::frame&& f) {
   ++requests_;
   const std::string_view type = f.type();
@@ -317,8 +345,9 @@ void session::dispatch(net::connection& c, proto::frame&& f) {
     spdlog::info("{} user={}: '{}' refused, needs permission {}", c.peer(), user_->name, type,
                  proto::to_wire(*route->needs));
     c.send(proto::make_error(errc::permission_denied,
-                             fmt::format("user '{}' lacks the '{}' permission needed for '{}'", user_->name,
-                                         proto::to_wire(*route->needs), type),
+                             fmt::format("user '{0}' lacks the '{1}' permission needed for '{2}'; the server's "
+                                         "administrator grants it with: cskit user set {0} --perm +{1}",
+                                         user_->name, proto::to_wire(*route->needs), type),
                              id));
     return;
   }

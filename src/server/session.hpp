@@ -5,12 +5,14 @@
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "net/connection.hpp"
 #include "proto/auth.hpp"
+#include "server/accounts.hpp"
 #include "server/auth_throttle.hpp"
 #include "server/config.hpp"
 #include "server/registry.hpp"
@@ -18,17 +20,25 @@
 namespace cskit::server {
 
 /// Everything sessions share; immutable once the server runs, apart from
-/// the (thread-safe) throttle.
+/// the (thread-safe) throttle and the accounts, which a reload replaces.
 struct server_context {
   server_context() = default;
   explicit server_context(auth_throttle::policy throttle_policy) : throttle(throttle_policy) {}
 
   std::string name;
-  std::vector<user_account> users;
   request_registry registry;
-  mutable auth_throttle throttle;  // thread-safe; the only mutable shared state
+  mutable auth_throttle throttle;  // thread-safe
 
-  const user_account* find_user(std::string_view name) const;
+  /// The account named `name` now; null when there is none.
+  std::shared_ptr<const user_account> find_user(std::string_view name) const;
+  std::shared_ptr<const account_table> accounts() const;
+  /// Replaces the accounts (start-up, reload); sessions already logged in
+  /// keep theirs until they check (on_reload). Thread-safe.
+  void set_accounts(std::shared_ptr<const account_table> table);
+
+ private:
+  mutable std::mutex accounts_mutex_;
+  std::shared_ptr<const account_table> accounts_;
 };
 
 class session final : public net::frame_handler {
@@ -45,6 +55,9 @@ class session final : public net::frame_handler {
   /// can be resumed.
   void on_shutdown(net::connection& c, std::chrono::milliseconds grace) override;
   void on_grace_over(net::connection& c) override;
+  /// The accounts were re-read: a session whose account is gone, has a new
+  /// token or lost a permission is told why and closed.
+  void on_reload(net::connection& c) override;
 
  private:
   void wait_for_transfers(net::connection& c, std::chrono::steady_clock::time_point until);
@@ -59,7 +72,11 @@ class session final : public net::frame_handler {
   /// well-formed `auth`.
   std::optional<auth_request> parse_auth(net::connection& c, const proto::frame& f) const;
   void authenticate(net::connection& c, proto::frame& f);
-  void welcome(net::connection& c, const user_account& u, std::optional<std::uint64_t> id, const std::string& proof);
+  void welcome(net::connection& c, std::shared_ptr<const user_account> u, std::optional<std::uint64_t> id,
+               const std::string& proof);
+  /// False (and the connection failed) when the account changed since the
+  /// session logged in as `u`.
+  bool still_valid(net::connection& c, const user_account& u);
   void dispatch(net::connection& c, proto::frame&& f);
 
   const server_context& ctx_;
@@ -70,7 +87,7 @@ class session final : public net::frame_handler {
   bool welcome_pending_ = false;
   std::vector<proto::frame> held_;
   std::size_t held_bytes_ = 0;
-  const user_account* user_ = nullptr;
+  std::shared_ptr<const user_account> user_;  // as it was at login
   std::uint64_t requests_ = 0;
   bool draining_ = false;  // shutting down: only what is in flight goes on
   connection_scope scope_;

@@ -49,6 +49,7 @@ struct chat_options {
   std::size_t max_rooms = 1000;           ///< rooms on the server
   std::chrono::seconds ping_interval{30}; ///< silent clients are pinged after this
   std::chrono::seconds ping_timeout{90};  ///< and dropped after this
+  bool operator==(const chat_options&) const = default;
 };
 
 /// Nicknames: 1-32 characters of letters, digits and - _ . (ASCII, so that

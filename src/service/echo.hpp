@@ -26,6 +26,7 @@ struct echo_options {
   /// Largest datagram echoed; bigger ones arrive truncated and are dropped.
   /// 65,507 is the largest UDP payload over IPv4.
   std::size_t max_datagram = 65507;
+  bool operator==(const echo_options&) const = default;
 };
 
 struct echo_stats {

@@ -210,6 +210,12 @@ bool exec_limiter::try_acquire(const std::string& user, std::string& why) {
   return true;
 }
 
+void exec_limiter::set_limits(std::size_t max_concurrent, std::size_t max_concurrent_per_user) {
+  std::lock_guard lock(m_);
+  total_max_ = max_concurrent;
+  user_max_ = max_concurrent_per_user;
+}
+
 void exec_limiter::release(const std::string& user) {
   std::lock_guard lock(m_);
   --total_;

@@ -43,6 +43,7 @@ struct exec_options {
   std::size_t max_concurrent_per_user = 16;
   /// Account commands run as when the server runs as root (default nobody).
   std::string run_as;
+  bool operator==(const exec_options&) const = default;
 };
 
 /// Resolved once at start-up from exec_options (account, allow-list).
@@ -72,6 +73,8 @@ class exec_limiter {
   explicit exec_limiter(const exec_options& o) : total_max_(o.max_concurrent), user_max_(o.max_concurrent_per_user) {}
   bool try_acquire(const std::string& user, std::string& why);
   void release(const std::string& user);
+  /// New bounds (a configuration reload); commands running go on.
+  void set_limits(std::size_t max_concurrent, std::size_t max_concurrent_per_user);
 
  private:
   std::mutex m_;

@@ -165,8 +165,12 @@ std::string errno_message(int err, std::string_view what) {
 // ---------------------------------------------------------------- share
 
 file_share::file_share(const std::filesystem::path& root, files_options options)
-    : jail_(root), options_(options) {
-  if (options_.quota > 0) {
+    : jail_(root),
+      options_(options),
+      counted_(options.quota > 0),
+      max_file_size_(options.max_file_size),
+      quota_(options.quota) {
+  if (counted_) {
     std::uint64_t total = 0;
     std::error_code ec;
     for (auto it = std::filesystem::recursive_directory_iterator(
@@ -227,17 +231,24 @@ bool file_share::reserve_basis_memory(std::uint64_t bytes) noexcept {
   return true;
 }
 
+bool file_share::set_limits(std::uint64_t max_file_size, std::uint64_t quota) noexcept {
+  max_file_size_.store(max_file_size, std::memory_order_relaxed);
+  if (counted_ != (quota > 0)) return false;
+  quota_.store(quota, std::memory_order_relaxed);
+  return true;
+}
+
 bool file_share::reserve(std::uint64_t bytes) noexcept {
-  if (options_.quota == 0) return true;
+  if (!counted_) return true;
   std::uint64_t r = reserved_.load();
   for (;;) {
-    if (usage_.load() + r + bytes > options_.quota) return false;
+    if (usage_.load() + r + bytes > quota_.load(std::memory_order_relaxed)) return false;
     if (reserved_.compare_exchange_weak(r, r + bytes)) return true;
   }
 }
 
 void file_share::release(std::uint64_t bytes) noexcept {
-  if (options_.quota == 0 || bytes == 0) return;
+  if (!counted_ || bytes == 0) return;
   reserved_.fetch_sub(std::min(bytes, reserved_.load()));
 }
 
@@ -319,7 +330,7 @@ int file_share::rename_into_place(commit_job& j) {
   // Only the quota needs the size of a file being replaced. Without one,
   // the rename itself refuses a directory in the way (EISDIR, or EEXIST
   // with no_clobber): one system call less per file.
-  const bool counted = options_.quota > 0;
+  const bool counted = counted_;
   struct stat old {};
   const bool replaced = counted && ::fstatat(j.dir.get(), j.target.c_str(), &old, AT_SYMLINK_NOFOLLOW) == 0;
   int err = 0;
@@ -1445,7 +1456,7 @@ std::optional<files_session::put_request> files_session::parse_put(std::uint64_t
     return refuse(errc::bad_request, "inline put: size " + std::to_string(*r.size) + " but the body has " +
                                          std::to_string(body.size()) + " bytes");
   }
-  const auto max = share_.options().max_file_size;
+  const auto max = share_.max_file_size();
   if (max && r.declared > max) {
     error_over_limit(id, max, "'" + r.path + "' is " + std::to_string(r.declared) +
                                   " bytes; this server accepts files up to " + std::to_string(max));
@@ -1901,7 +1912,7 @@ void files_session::put_data(std::uint64_t id, const json& h, std::string_view p
 bool files_session::append(upload& u, std::string_view part) {
   // Checked before anything is written: the declared size, the server's
   // largest file, and (for a stream of unknown length) the quota.
-  const auto max = share_.options().max_file_size;
+  const auto max = share_.max_file_size();
   std::optional<std::uint64_t> limit;
   std::string refused;
   errc code = errc::integrity;

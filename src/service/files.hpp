@@ -93,6 +93,13 @@ class file_share {
 
   const util::dir_jail& jail() const noexcept { return jail_; }
   const files_options& options() const noexcept { return options_; }
+  /// The limits now (a reload may change them); 0: none.
+  std::uint64_t max_file_size() const noexcept { return max_file_size_.load(std::memory_order_relaxed); }
+  std::uint64_t quota() const noexcept { return quota_.load(std::memory_order_relaxed); }
+  /// New limits (a configuration reload). The quota can change, but not
+  /// be turned on or off (usage is counted only with a quota from the
+  /// start): false, and the quota unchanged, when that was asked.
+  bool set_limits(std::uint64_t max_file_size, std::uint64_t quota) noexcept;
 
   /// Reserves `bytes` against the quota; false when it would be exceeded.
   bool reserve(std::uint64_t bytes) noexcept;
@@ -143,6 +150,9 @@ class file_share {
 
   util::dir_jail jail_;
   files_options options_;
+  const bool counted_;  // a quota from the start: usage is counted
+  std::atomic<std::uint64_t> max_file_size_;
+  std::atomic<std::uint64_t> quota_;
   std::atomic<std::uint64_t> usage_{0};
   std::atomic<std::uint64_t> reserved_{0};
   std::atomic<std::uint64_t> basis_memory_{0};

@@ -18,6 +18,7 @@ struct bucket_limit {
   double rate = 0;   ///< tokens per second; 0 means unlimited
   double burst = 0;  ///< bucket size (at least 1 token when limited)
   bool unlimited() const noexcept { return rate <= 0; }
+  bool operator==(const bucket_limit&) const = default;
 };
 
 class source_rate_limiter {

@@ -25,6 +25,7 @@ struct time_options {
   double root_dispersion = 0.001; ///< seconds
   bucket_limit requests{16, 64};  ///< per source; rate 0: unlimited
   bool kiss_of_death = true;      ///< answer rate-limited sources with KoD RATE
+  bool operator==(const time_options&) const = default;
 };
 
 /// Parses a reference ID as written in the config: "a.b.c.d" or 1-4 ASCII

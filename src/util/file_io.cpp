@@ -361,3 +361,32 @@ void unique_fd::reset(int fd) noexcept {
 }
 
 }  // namespace cskit::util
+
+namespace cskit::util {
+
+int replace_file(const std::string& path, std::string_view text, mode_t mode, uid_t uid, gid_t gid) {
+  const auto slash = path.rfind('/');
+  const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+  std::string tmp = path + ".XXXXXX";
+  const int fd = ::mkstemp(tmp.data());  // mode 0600 until it is whole
+  if (fd < 0) return errno;
+  int err = write_all(fd, text.data(), text.size());
+  if (err == 0 && (uid != static_cast<uid_t>(-1) || gid != static_cast<gid_t>(-1)) && ::fchown(fd, uid, gid) != 0) {
+    err = errno;
+  }
+  if (err == 0 && ::fchmod(fd, mode) != 0) err = errno;
+  if (err == 0 && ::fsync(fd) != 0) err = errno;
+  ::close(fd);
+  if (err == 0 && ::rename(tmp.c_str(), path.c_str()) != 0) err = errno;
+  if (err != 0) {
+    ::unlink(tmp.c_str());
+    return err;
+  }
+  if (const int d = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC); d >= 0) {
+    ::fsync(d);
+    ::close(d);
+  }
+  return 0;
+}
+
+}  // namespace cskit::util

@@ -95,6 +95,13 @@ int set_mtime_ns(int fd, std::int64_t ns) noexcept;
 /// 16 random hex digits, for temporary names.
 std::string random_hex64();
 
+/// Replaces the file at `path` with `text` atomically: a temporary file in
+/// the same directory, written and flushed, renamed over it, and the
+/// directory flushed; a reader sees the old contents or the new, never
+/// part. The file gets `mode`, and `uid`/`gid` unless they are -1.
+/// Returns 0 or an errno (nothing changed then).
+int replace_file(const std::string& path, std::string_view text, mode_t mode, uid_t uid, gid_t gid);
+
 /// Raises the soft limit on open descriptors to the hard limit; returns
 /// the soft limit now in force.
 std::uint64_t raise_fd_limit() noexcept;

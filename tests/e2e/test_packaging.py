@@ -104,7 +104,7 @@ class DebianPackage(unittest.TestCase):
         self.assertIn("install -d -o cskit -g cskit -m 0750 /var/lib/cskit", postinst)
         self.assertIn(f"conf=/{CONF}\n", postinst)
         self.assertIn("deb-systemd-helper --quiet was-enabled cskit.service", postinst)
-        self.assertRegex(info, r"Depends: adduser, init-system-helpers")
+        self.assertRegex(info, r"Depends: adduser, init-system-helpers \(>= [^)]+\), procps")
 
     def test_the_binary_runs_from_the_scratch_root(self):
         r = run(os.path.join(self.root, BIN_IN), "--version")
@@ -112,12 +112,17 @@ class DebianPackage(unittest.TestCase):
         self.assertRegex(r.stdout, r"^cskit \d+\.\d+\.\d+ \(protocol \d+\)")
 
     def unit_root(self):
-        """The scratch root with the host's targets and slices, which the unit refers to."""
+        """The scratch root with the host's targets and slices, and /bin/kill (ExecReload), which the
+        unit refers to."""
         units = os.path.join(self.root, os.path.dirname(UNIT))
         for f in glob.glob("/lib/systemd/system/*.target") + glob.glob("/lib/systemd/system/*.slice"):
             dest = os.path.join(units, os.path.basename(f))
             if not os.path.exists(dest):
                 shutil.copy(f, dest, follow_symlinks=True)
+        kill = os.path.join(self.root, "bin", "kill")
+        if not os.path.exists(kill):
+            os.makedirs(os.path.dirname(kill), exist_ok=True)
+            shutil.copy("/bin/kill", kill, follow_symlinks=True)
         return self.root
 
     def test_the_unit_verifies_and_is_hardened(self):
@@ -126,7 +131,7 @@ class DebianPackage(unittest.TestCase):
         self.assertIn(f"ExecStart={PREFIX}/bin/cskit serve --config {ETC}/cskit/cskit.toml\n", unit)
         for line in ("Type=notify", "User=cskit", "StateDirectory=cskit", "ProtectSystem=strict", "ProtectHome=yes",
                      "PrivateTmp=yes", "NoNewPrivileges=yes", "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
-                     "Restart=on-failure"):
+                     "Restart=on-failure", "ExecReload=/bin/kill -HUP $MAINPID"):
             self.assertIn(line + "\n", unit)
         root = self.unit_root()
         r = run("systemd-analyze", "verify", "--man=no", f"--root={root}", "/" + UNIT)
