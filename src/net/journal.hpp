@@ -26,7 +26,9 @@ bool stderr_is_journal() noexcept;
 std::string journal_entry(std::span<const journal_field> fields);
 
 /// Sends one entry to the journal's socket ($CSKIT_JOURNAL_SOCKET, for
-/// tests, else /run/systemd/journal/socket); false when it cannot.
+/// tests, else /run/systemd/journal/socket), through a socket each thread
+/// connects once; never waits: false when journald's queue is full or it
+/// cannot be reached (the caller writes the record elsewhere).
 bool send_to_journal(std::span<const journal_field> fields) noexcept;
 
 }  // namespace cskit::net

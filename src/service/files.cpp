@@ -476,7 +476,7 @@ struct files_session::download {
   util::unique_fd fd;
   std::uint64_t size = 0;
   std::uint64_t pos = 0;
-  std::uint64_t first_offset = 0;  // where it resumed: the bytes sent are pos - first_offset
+  std::uint64_t sent = 0;          // bytes of the file sent (a delta's: its ranges), for the audit trail
   struct stat st {};
   util::content_digest digest;
   // Delta (a get with "delta"): the hashing thread describes the file
@@ -514,6 +514,7 @@ struct files_session::download {
     return {pos, static_cast<std::size_t>(std::min<std::uint64_t>(limit, size - pos))};
   }
   void advance(std::size_t n) noexcept {
+    sent += n;
     if (!delta()) {
       pos += n;
       return;
@@ -531,7 +532,7 @@ files_session::~files_session() {
   // Uploads cut off by a closed connection keep their part files (they
   // are resumable); private parts are removed.
   if (download_ && download_audit_) {
-    audit(*download_audit_, download_->pos - download_->first_offset, "interrupted",
+    audit(*download_audit_, download_->sent, "interrupted",
           "the connection closed; the download can be resumed");
   }
   for (auto& [id, u] : uploads_) {
@@ -582,7 +583,7 @@ void files_session::abandon_transfers(std::string_view why) {
     error(q.id, errc::shutting_down, why);
   }
   if (download_) {
-    if (download_audit_) audit(*download_audit_, download_->pos - download_->first_offset, "interrupted", why);
+    if (download_audit_) audit(*download_audit_, download_->sent, "interrupted", why);
     download_audit_.reset();
     finish_download(errc::shutting_down, why);
   }
@@ -1243,6 +1244,8 @@ void files_session::do_rm(std::uint64_t id, const json& h) {
       int sub = ::openat(dir.get(), leaf.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
       int e = sub < 0 ? errno : remove_contents(sub, bytes, count);
       share_.adjust_usage(-static_cast<std::int64_t>(bytes));
+      // Partway: the audit trail records what was removed before the error.
+      if (pending_audit_ && pending_audit_->id == id) pending_audit_->bytes = bytes;
       if (e) return error(id, errc_for_errno(e), errno_message(e, "rm -r '" + *path + "'"));
     }
     if (const int e = remove_directory(dir.get(), leaf.c_str())) {
@@ -2129,7 +2132,6 @@ void files_session::do_get(std::uint64_t id, const json& h) {
   }
   meta["type"] = "get.begin";
   meta["offset"] = d->pos;
-  d->first_offset = d->pos;
   d->fd = std::move(fd);
   const auto delta = h.find("delta");
   if (delta != h.end() && delta->is_boolean() && delta->get<bool>() && d->pos < d->size && offer_description(*d)) {
@@ -2270,7 +2272,7 @@ void files_session::stream_download() {
   while (download_ && download_->more()) {
     if (conn_.closing()) {
       if (download_audit_) {
-        audit(*download_audit_, download_->pos - download_->first_offset, "interrupted",
+        audit(*download_audit_, download_->sent, "interrupted",
               "the connection closed; the download can be resumed");
       }
       download_audit_.reset();
@@ -2311,7 +2313,7 @@ void files_session::stream_download() {
   const download& d = *download_;
   json end = {{"type", "get.end"}, {"size", d.size}, {"xxh3", d.delta() ? d.xxh3 : d.digest.xxh3_hex()}};
   if (d.digest.has_sha256()) end["sha256"] = d.delta() ? d.sha256 : d.digest.sha256_hex();
-  if (download_audit_) audit(*download_audit_, d.size - d.first_offset, "ok");
+  if (download_audit_) audit(*download_audit_, d.sent, "ok");
   download_audit_.reset();
   reply(download_->id, end);
   download_.reset();
@@ -2367,7 +2369,7 @@ bool files_session::send_ranges_read(download& d) {
 }
 
 void files_session::finish_download(errc code, std::string_view message) {
-  if (download_audit_) audit(*download_audit_, download_->pos - download_->first_offset, proto::to_wire(code), message);
+  if (download_audit_) audit(*download_audit_, download_->sent, proto::to_wire(code), message);
   download_audit_.reset();
   error(download_->id, code, message);
   download_.reset();

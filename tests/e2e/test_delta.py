@@ -8,6 +8,7 @@ Every wait is bounded; everything runs on 127.0.0.1 in temporary directories.
 
 import json
 import os
+import re
 import struct
 import subprocess
 import time
@@ -273,6 +274,11 @@ class DeltaGet(FilesTestCase):
         r = self.json_ok("get", "-c", "--verify", "sha256", self.rr("big.bin"), self.lp("big.bin"))
         self.assertGreater(r["matched_bytes"], 10 * MiB)
         self.assert_same()
+        # The audit trail records the bytes a delta download sent, not the file's size.
+        path = re.escape(f"{self.rdir}/big.bin")
+        records = re.findall(rf'op=get user=admin peer=\S+ path="{path}" bytes=(\d+) result=ok', self.srv.stderr())
+        self.assertTrue(records)
+        self.assertLess(int(records[-1]), 2 * MiB)
         with open(remote, "r+b") as f:
             f.write(b"and again")
         r = self.get_a("--whole-file")

@@ -3488,15 +3488,16 @@ class AuditTrail(unittest.TestCase):
         for line, pattern in zip(lines, expected):
             self.assertRegex(line, pattern)
 
-    def test_records_go_to_the_journal_with_fields_under_systemd(self):
+    def start_under_fake_journal(self):
+        """A server whose stderr is a journal stream (as systemd sets it up) and whose journal
+        socket is ours; returns (process, port, temporary directory, journal socket, stderr path)."""
         tmp = tempfile.mkdtemp(prefix="cskit-journal-")
         self.addCleanup(shutil.rmtree, tmp, ignore_errors=True)
         journal = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.addCleanup(journal.close)
         journal.bind(os.path.join(tmp, "journal.socket"))
         journal.settimeout(10)
-        local = os.path.join(tmp, "local")
-        os.makedirs(local)
+        os.makedirs(os.path.join(tmp, "local"))
         # As systemd does: stderr is a stream the journal reads, and
         # JOURNAL_STREAM names its device and inode.
         err_path = os.path.join(tmp, "stderr")
@@ -3508,25 +3509,29 @@ class AuditTrail(unittest.TestCase):
         proc = subprocess.Popen([BIN, "serve", "--listen", "127.0.0.1:0", "--root", os.path.join(tmp, "share"),
                                  "--state-dir", os.path.join(tmp, "state")], stdout=subprocess.PIPE, stderr=err,
                                 env=env)
-        try:
-            port = None
-            for _ in range(50):
-                line = proc.stdout.readline().decode()
-                m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
-                if m:
-                    port = int(m.group(1))
-                    break
-            self.assertIsNotNone(port)
-            with open(os.path.join(local, "x.bin"), "wb") as f:
-                f.write(b"z" * 1000)
-            cenv = dict(os.environ, HOME=tmp, CSKIT_TOKEN=TOKEN)
-            r = subprocess.run([BIN, "put", "--accept-new", os.path.join(local, "x.bin"), f"127.0.0.1:{port}:x.bin"],
-                               capture_output=True, text=True, env=cenv, timeout=60)
-            self.assertEqual(r.returncode, 0, r.stderr)
-            entry = journal.recv(65536).decode()
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+        self.addCleanup(proc.stdout.close)
+        self.addCleanup(proc.wait, 30)
+        self.addCleanup(proc.terminate)
+        port = None
+        for _ in range(50):
+            line = proc.stdout.readline().decode()
+            m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+            if m:
+                port = int(m.group(1))
+                break
+        self.assertIsNotNone(port)
+        return proc, port, tmp, journal, err_path
+
+    def test_records_go_to_the_journal_with_fields_under_systemd(self):
+        proc, port, tmp, journal, err_path = self.start_under_fake_journal()
+        local = os.path.join(tmp, "local")
+        with open(os.path.join(local, "x.bin"), "wb") as f:
+            f.write(b"z" * 1000)
+        cenv = dict(os.environ, HOME=tmp, CSKIT_TOKEN=TOKEN)
+        r = subprocess.run([BIN, "put", "--accept-new", os.path.join(local, "x.bin"), f"127.0.0.1:{port}:x.bin"],
+                           capture_output=True, text=True, env=cenv, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        entry = journal.recv(65536).decode()
         fields = dict(line.split("=", 1) for line in entry.splitlines())
         self.assertEqual(fields["CSKIT_OP"], "put")
         self.assertEqual(fields["CSKIT_USER"], "admin")
@@ -3539,6 +3544,34 @@ class AuditTrail(unittest.TestCase):
         self.assertTrue(fields["MESSAGE"].startswith("files op=put user=admin"), fields["MESSAGE"])
         with open(err_path, encoding="utf-8", errors="replace") as f:
             self.assertNotIn("files op=", f.read())  # in the journal, not twice
+
+    def test_a_journal_that_stops_reading_never_stalls_the_server(self):
+        # journald busy: its socket's queue fills. A record that does not fit
+        # goes to stderr at once; the event loop never waits for the journal.
+        proc, port, tmp, journal, err_path = self.start_under_fake_journal()
+        sock, _ = wire.login(port, TOKEN)
+        started = time.monotonic()
+        count = 1500
+        for i in range(count):
+            sock.sendall(wire.encode({"type": "fs.mkdir", "id": i, "path": f"d{i}"}))
+            reply, _ = wire.read_frame(sock, 10)
+            self.assertEqual(reply["type"], "fs.ok", reply)
+        elapsed = time.monotonic() - started
+        sock.close()
+        self.assertLess(elapsed, 60)  # blocking for journald would take one second per record past the queue
+        queued = 0
+        journal.settimeout(0.5)
+        try:
+            while queued <= count:
+                journal.recv(65536)
+                queued += 1
+        except (socket.timeout, TimeoutError):
+            pass
+        with open(err_path, encoding="utf-8", errors="replace") as f:
+            fallback = f.read().count("files op=mkdir")
+        self.assertGreater(queued, 0)
+        self.assertGreater(fallback, 0)
+        self.assertEqual(queued + fallback, count)  # none lost
 
 
 class GraceOnShutdown(unittest.TestCase):
