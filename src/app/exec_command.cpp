@@ -195,6 +195,135 @@ raw_terminal* raw_terminal::current = nullptr;
 
 // ------------------------------------------------------------ one host, interactive
 
+// The client's side of one running command: remote output to stdout and
+// stderr, local stdin (within the server's window) and signals to the
+// command, a keepalive while nothing else is sent; until exec.exit.
+class command_pump {
+ public:
+  command_pump(client::connection& conn, std::uint64_t id, std::size_t credit, bool want_stdin, bool tty)
+      : conn_(conn), id_(id), credit_(credit), stdin_open_(want_stdin), tty_(tty) {}
+
+  void run(remote_status& st) {
+    while (!st.finished) {
+      // stdin is polled only while the server grants window: POLLHUP would
+      // be reported even with no events asked for.
+      const bool poll_stdin = stdin_open_ && credit_ > 0;
+      pollfd fds[3] = {{conn_.native_handle(), POLLIN, 0}, {signal_pipe[0], POLLIN, 0}, {STDIN_FILENO, POLLIN, 0}};
+      const int n = ::poll(fds, poll_stdin ? 3 : 2, 1000);
+      if (n < 0 && errno != EINTR) throw client::client_error(client::failure::connect, std::strerror(errno));
+      // Remote output first: it is what keeps the server's queue moving.
+      receive(st);
+      if (st.finished) break;
+      if (fds[1].revents & POLLIN) forward_signals();
+      if (poll_stdin && (fds[2].revents & (POLLIN | POLLHUP | POLLERR))) forward_stdin();
+      if (std::chrono::steady_clock::now() - last_send_ > keepalive) {
+        conn_.send({{"type", proto::type::ping}});  // proves we are alive to the server's idle deadline
+        last_send_ = std::chrono::steady_clock::now();
+      }
+    }
+  }
+
+ private:
+  // Output bodies go from the receive buffer to stdout/stderr as they
+  // arrive, never assembled into a frame first.
+  bool stream_output(const json& h) {
+    out_fd_ = -1;  // -1: not ours
+    if (h.value("type", "") != proto::type::exec_output || h.value("id", std::uint64_t{0}) != id_) return false;
+    out_fd_ = h.value("fd", 1) == 2 ? STDERR_FILENO : STDOUT_FILENO;
+    return true;
+  }
+  void write_output(std::string_view part) {
+    if (out_fd_ == STDERR_FILENO) {
+      if (stderr_ok_) stderr_ok_ = write_all(STDERR_FILENO, part);
+    } else if (out_fd_ == STDOUT_FILENO && stdout_ok_) {
+      stdout_ok_ = write_all(STDOUT_FILENO, part);
+    }
+  }
+
+  // Everything the server has sent so far.
+  void receive(remote_status& st) {
+    auto starts = [this](const json& h) { return stream_output(h); };
+    auto part = [this](std::string_view p) { write_output(p); };
+    while (auto f = conn_.try_receive_streamed(starts, part)) {
+      if (f->id() != id_) continue;
+      const auto type = f->type();
+      if (type == proto::type::exec_output) {
+        if (!f->body.empty()) {  // (a body that was not streamed)
+          out_fd_ = f->header.value("fd", 1) == 2 ? STDERR_FILENO : STDOUT_FILENO;
+          write_output(f->body);
+        }
+      } else if (type == proto::type::exec_ack) {
+        credit_ += f->header.value("bytes", std::size_t{0});
+      } else if (type == proto::type::exec_exit) {
+        read_exit(*f, st);
+        return;
+      } else if (type == proto::type::error) {
+        throw_error_frame(*f);
+      }
+    }
+  }
+
+  void forward_signals() {
+    unsigned char sigs[16];
+    const ssize_t k = ::read(signal_pipe[0], sigs, sizeof sigs);
+    for (ssize_t i = 0; i < k; ++i) {
+      if (sigs[i] == SIGWINCH) {
+        if (auto size = local_terminal_size(); size && tty_) {
+          conn_.send({{"type", proto::type::exec_resize}, {"id", id_}, {"rows", size->rows}, {"cols", size->cols}});
+        }
+      } else if (sigs[i] == SIGINT) {
+        // First Ctrl-C interrupts the remote command, the second kills it.
+        conn_.send({{"type", proto::type::exec_signal}, {"id", id_}, {"signal", ++interrupts_ > 1 ? "KILL" : "INT"}});
+      } else {
+        conn_.send({{"type", proto::type::exec_signal},
+                    {"id", id_},
+                    {"signal", sigs[i] == SIGHUP ? "HUP" : sigs[i] == SIGQUIT ? "QUIT" : "TERM"}});
+      }
+      last_send_ = std::chrono::steady_clock::now();
+    }
+  }
+
+  void forward_stdin() {
+    const std::size_t want = std::min(credit_, buf_size);
+    const ssize_t k = ::read(STDIN_FILENO, buf_.get(), want);
+    if (k > 0) {
+      conn_.send({{"type", proto::type::exec_stdin}, {"id", id_}},
+                 std::string_view(buf_.get(), static_cast<std::size_t>(k)));
+      credit_ -= static_cast<std::size_t>(k);
+    } else if (k == 0 || (errno != EINTR && errno != EAGAIN)) {
+      conn_.send({{"type", proto::type::exec_stdin}, {"id", id_}, {"eof", true}});
+      stdin_open_ = false;
+    }
+    last_send_ = std::chrono::steady_clock::now();
+  }
+
+  static constexpr std::size_t buf_size = 64 * 1024;
+  client::connection& conn_;
+  const std::uint64_t id_;
+  std::size_t credit_;  // stdin bytes the server will take
+  bool stdin_open_;
+  const bool tty_;
+  bool stdout_ok_ = true, stderr_ok_ = true;
+  int interrupts_ = 0;
+  int out_fd_ = -1;  // the stream of the exec.output being received
+  std::chrono::steady_clock::time_point last_send_ = std::chrono::steady_clock::now();
+  // Not zero-filled: clearing it cost 16 page faults in every run of a command.
+  std::unique_ptr<char[]> buf_ = std::make_unique_for_overwrite<char[]>(buf_size);
+};
+
+// Sends the request; waits for exec.started (or an error, thrown). Returns
+// the stdin window the server grants.
+std::size_t start_command(client::connection& conn, std::uint64_t id, json req) {
+  req["id"] = id;
+  conn.send(req);
+  for (;;) {
+    proto::frame f = conn.receive();
+    if (f.id() != id) continue;
+    if (f.type() == proto::type::error) throw_error_frame(f);
+    if (f.type() == proto::type::exec_started) return f.header.value("stdin_window", std::size_t{0});
+  }
+}
+
 int run_single(const exec_options& o) {
   const bool want_stdin = !o.no_stdin;
   std::optional<net::terminal_size> tty;
@@ -206,108 +335,10 @@ int run_single(const exec_options& o) {
   try {
     auto conn = connect_client(o.common, o.common.host);
     const std::uint64_t id = conn.next_id();
-    json req = exec_request(o, want_stdin, tty);
-    req["id"] = id;
-    conn.send(req);
-    std::size_t credit = 0;
-    for (;;) {  // wait for exec.started (or an error)
-      proto::frame f = conn.receive();
-      if (f.id() != id) continue;
-      if (f.type() == proto::type::error) throw_error_frame(f);
-      if (f.type() == proto::type::exec_started) {
-        credit = f.header.value("stdin_window", std::size_t{0});
-        break;
-      }
-    }
+    const std::size_t credit = start_command(conn, id, exec_request(o, want_stdin, tty));
     raw_terminal term;
     if (tty) term.enter();
-
-    bool stdin_open = want_stdin;
-    bool stdout_ok = true, stderr_ok = true;
-    int interrupts = 0;
-    auto last_send = std::chrono::steady_clock::now();
-    // Not zero-filled: clearing it cost 16 page faults in every run of a command.
-    const std::size_t buf_size = 64 * 1024;
-    auto buf = std::make_unique_for_overwrite<char[]>(buf_size);
-    // Output bodies go from the receive buffer to stdout/stderr as they
-    // arrive, never assembled into a frame first.
-    int out_fd = -1;  // the stream of the exec.output being received; -1: not ours
-    auto stream_output = [&](const json& h) {
-      out_fd = -1;
-      if (h.value("type", "") != proto::type::exec_output || h.value("id", std::uint64_t{0}) != id) return false;
-      out_fd = h.value("fd", 1) == 2 ? STDERR_FILENO : STDOUT_FILENO;
-      return true;
-    };
-    auto write_output = [&](std::string_view part) {
-      if (out_fd == STDERR_FILENO) {
-        if (stderr_ok) stderr_ok = write_all(STDERR_FILENO, part);
-      } else if (out_fd == STDOUT_FILENO && stdout_ok) {
-        stdout_ok = write_all(STDOUT_FILENO, part);
-      }
-    };
-    while (!st.finished) {
-      // stdin is polled only while the server grants window: POLLHUP would
-      // be reported even with no events asked for.
-      const bool poll_stdin = stdin_open && credit > 0;
-      pollfd fds[3] = {{conn.native_handle(), POLLIN, 0}, {signal_pipe[0], POLLIN, 0}, {STDIN_FILENO, POLLIN, 0}};
-      const int n = ::poll(fds, poll_stdin ? 3 : 2, 1000);
-      if (n < 0 && errno != EINTR) throw client::client_error(client::failure::connect, std::strerror(errno));
-      // Remote output first: it is what keeps the server's queue moving.
-      while (auto f = conn.try_receive_streamed(stream_output, write_output)) {
-        if (f->id() != id) continue;
-        const auto type = f->type();
-        if (type == proto::type::exec_output) {
-          if (!f->body.empty()) {  // (a body that was not streamed)
-            out_fd = f->header.value("fd", 1) == 2 ? STDERR_FILENO : STDOUT_FILENO;
-            write_output(f->body);
-          }
-        } else if (type == proto::type::exec_ack) {
-          credit += f->header.value("bytes", std::size_t{0});
-        } else if (type == proto::type::exec_exit) {
-          read_exit(*f, st);
-          break;
-        } else if (type == proto::type::error) {
-          throw_error_frame(*f);
-        }
-      }
-      if (st.finished) break;
-      if (fds[1].revents & POLLIN) {
-        unsigned char sigs[16];
-        ssize_t k = ::read(signal_pipe[0], sigs, sizeof sigs);
-        for (ssize_t i = 0; i < k; ++i) {
-          if (sigs[i] == SIGWINCH) {
-            if (auto size = local_terminal_size(); size && tty) {
-              conn.send({{"type", proto::type::exec_resize}, {"id", id}, {"rows", size->rows}, {"cols", size->cols}});
-            }
-          } else if (sigs[i] == SIGINT) {
-            // First Ctrl-C interrupts the remote command, the second kills it.
-            conn.send({{"type", proto::type::exec_signal}, {"id", id}, {"signal", ++interrupts > 1 ? "KILL" : "INT"}});
-          } else {
-            conn.send({{"type", proto::type::exec_signal},
-                       {"id", id},
-                       {"signal", sigs[i] == SIGHUP ? "HUP" : sigs[i] == SIGQUIT ? "QUIT" : "TERM"}});
-          }
-          last_send = std::chrono::steady_clock::now();
-        }
-      }
-      if (poll_stdin && (fds[2].revents & (POLLIN | POLLHUP | POLLERR))) {
-        const std::size_t want = std::min(credit, buf_size);
-        ssize_t k = ::read(STDIN_FILENO, buf.get(), want);
-        if (k > 0) {
-          conn.send({{"type", proto::type::exec_stdin}, {"id", id}},
-                    std::string_view(buf.get(), static_cast<std::size_t>(k)));
-          credit -= static_cast<std::size_t>(k);
-        } else if (k == 0 || (errno != EINTR && errno != EAGAIN)) {
-          conn.send({{"type", proto::type::exec_stdin}, {"id", id}, {"eof", true}});
-          stdin_open = false;
-        }
-        last_send = std::chrono::steady_clock::now();
-      }
-      if (std::chrono::steady_clock::now() - last_send > keepalive) {
-        conn.send({{"type", proto::type::ping}});  // proves we are alive to the server's idle deadline
-        last_send = std::chrono::steady_clock::now();
-      }
-    }
+    command_pump(conn, id, credit, want_stdin, tty.has_value()).run(st);
     term.leave();
     conn.close();
   } catch (const not_started& e) {

@@ -18,6 +18,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <cerrno>
 #include <cstring>
+#include <utility>
 #include <spdlog/spdlog.h>
 
 #ifndef P_PIDFD
@@ -96,6 +97,23 @@ struct child_process::impl : std::enable_shared_from_this<impl> {
   }
 
   asio::posix::stream_descriptor& desc(int fd) { return fd == 1 ? out : err; }
+
+  // Takes over the parent's ends of the child's streams (each set to -1):
+  // the terminal's master, or the three pipes (stdin's, unless /dev/null).
+  void adopt_streams(int& master, int& in_w, int& out_r, int& err_r) {
+    if (master >= 0) {
+      pty = true;
+      const int master_w = ::fcntl(master, F_DUPFD_CLOEXEC, 3);
+      out.assign(std::exchange(master, -1));
+      if (master_w >= 0) in.assign(master_w);
+      return;
+    }
+    out.assign(std::exchange(out_r, -1));
+    err.assign(std::exchange(err_r, -1));
+    err_eof = false;
+    if (in_w >= 0) in.assign(std::exchange(in_w, -1));
+    else stdin_closed = true;
+  }
 
   void start_read(int fd) {
     bool& reading = fd == 1 ? out_reading : err_reading;
@@ -238,6 +256,154 @@ child_process::child_process(std::shared_ptr<impl> p) : impl_(std::move(p)) {}
 
 child_process::~child_process() { impl_->detach(); }
 
+namespace {
+
+// The descriptors a spawn sets up; whatever is still held is closed when it
+// goes out of scope (handed over ones are set to -1).
+struct spawn_fds {
+  int in_r = -1, in_w = -1, out_r = -1, out_w = -1, err_r = -1, err_w = -1, master = -1, slave = -1;
+  int errpipe[2] = {-1, -1};  // the child's exec failure, or EOF once execve succeeded
+
+  spawn_fds() = default;
+  spawn_fds(const spawn_fds&) = delete;
+  spawn_fds& operator=(const spawn_fds&) = delete;
+  ~spawn_fds() {
+    for (int* fd : {&in_r, &in_w, &out_r, &out_w, &err_r, &err_w, &master, &slave, &errpipe[0], &errpipe[1]}) {
+      close_fd(*fd);
+    }
+  }
+  // The child's ends, once it has them.
+  void close_child_ends() {
+    close_fd(errpipe[1]);
+    close_fd(in_r);
+    close_fd(out_w);
+    close_fd(err_w);
+    close_fd(slave);
+  }
+};
+
+// Pipes (or a terminal) for the child's standard streams, and the error
+// pipe. False with `error` set when one cannot be made.
+bool open_streams(const spawn_request& req, spawn_fds& f, std::string& error) {
+  auto fail = [&error](const char* what) {
+    error = std::string(what) + ": " + std::strerror(errno);
+    return false;
+  };
+  if (::pipe2(f.errpipe, O_CLOEXEC) != 0) return fail("pipe");
+  if (req.pty) {
+    winsize ws{req.pty->rows, req.pty->cols, 0, 0};
+    if (::openpty(&f.master, &f.slave, nullptr, nullptr, &ws) != 0) return fail("cannot open a pseudo-terminal");
+    ::fcntl(f.master, F_SETFD, FD_CLOEXEC);
+    ::fcntl(f.slave, F_SETFD, FD_CLOEXEC);
+    return true;
+  }
+  int p[2];
+  if (req.stdin_null) {
+    f.in_r = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (f.in_r < 0) return fail("/dev/null");
+  } else {
+    if (::pipe2(p, O_CLOEXEC) != 0) return fail("pipe");
+    f.in_r = p[0];
+    f.in_w = p[1];
+  }
+  if (::pipe2(p, O_CLOEXEC) != 0) return fail("pipe");
+  f.out_r = p[0];
+  f.out_w = p[1];
+  ::fcntl(f.out_r, F_SETPIPE_SZ, pipe_size);  // best effort: capped by /proc/sys/fs/pipe-max-size
+  if (::pipe2(p, O_CLOEXEC) != 0) return fail("pipe");
+  f.err_r = p[0];
+  f.err_w = p[1];
+  ::fcntl(f.err_r, F_SETPIPE_SZ, pipe_size);
+  return true;
+}
+
+// What the child needs, prepared before vfork(): after it, only system
+// calls are allowed (no allocation, no locks).
+struct child_plan {
+  std::vector<char*> argv, envp;
+  // CPU: SIGXCPU at the limit (a program may catch it and clean up), SIGKILL a second later.
+  std::array<rlimit, 3> limits;
+  long max_fd;
+
+  explicit child_plan(const spawn_request& req)
+      : limits{rlimit{req.cpu_seconds, req.cpu_seconds + 1}, rlimit{req.memory_bytes, req.memory_bytes},
+               rlimit{req.max_processes, req.max_processes}},
+        max_fd(std::min<long>(::sysconf(_SC_OPEN_MAX), 65536)) {
+    for (const auto& a : req.argv) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    for (const auto& e : req.env) envp.push_back(const_cast<char*>(e.c_str()));
+    envp.push_back(nullptr);
+  }
+};
+
+// The child's side of vfork: system calls only, then execve. Reports a
+// failure (its stage and errno) through the error pipe.
+[[noreturn]] void run_child(const spawn_request& req, const spawn_fds& f, const child_plan& plan) {
+  const int ep = f.errpipe[1];
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  for (int s = 1; s < NSIG; ++s) ::sigaction(s, &dfl, nullptr);  // SIGPIPE back to default, too
+  sigset_t none;
+  sigemptyset(&none);
+  ::sigprocmask(SIG_SETMASK, &none, nullptr);
+  if (f.master >= 0) {
+    if (::setsid() < 0 || ::ioctl(f.slave, TIOCSCTTY, 0) != 0) child_fail(ep, 3);
+    if (::dup2(f.slave, 0) < 0 || ::dup2(f.slave, 1) < 0 || ::dup2(f.slave, 2) < 0) child_fail(ep, 3);
+  } else {
+    ::setpgid(0, 0);
+    if (::dup2(f.in_r, 0) < 0 || ::dup2(f.out_w, 1) < 0 || ::dup2(f.err_w, 2) < 0) child_fail(ep, 3);
+  }
+  if (req.cpu_seconds && ::setrlimit(RLIMIT_CPU, &plan.limits[0]) != 0) child_fail(ep, 4);
+  if (req.memory_bytes && ::setrlimit(RLIMIT_AS, &plan.limits[1]) != 0) child_fail(ep, 4);
+  if (req.max_processes && ::setrlimit(RLIMIT_NPROC, &plan.limits[2]) != 0) child_fail(ep, 4);
+  // Raw syscalls: glibc's setuid() would try to change every thread of
+  // the (shared-memory) parent.
+  if (req.gid) {
+    if (::syscall(SYS_setgroups, req.groups.size(), req.groups.data()) != 0 || ::syscall(SYS_setgid, *req.gid) != 0) {
+      child_fail(ep, 2);
+    }
+  }
+  if (req.uid && ::syscall(SYS_setuid, *req.uid) != 0) child_fail(ep, 2);
+  if (!req.cwd.empty() && ::chdir(req.cwd.c_str()) != 0) child_fail(ep, 1);
+  // No descriptor of the server leaks into the command.
+  if (::syscall(SYS_close_range, 3u, ~0u, CLOSE_RANGE_CLOEXEC) != 0) {
+    for (int fd = 3; fd < plan.max_fd; ++fd) {
+      if (fd != ep) ::fcntl(fd, F_SETFD, FD_CLOEXEC);
+    }
+  }
+  ::execve(req.program.c_str(), plan.argv.data(), plan.envp.data());
+  child_fail(ep, 0);
+}
+
+// The parent reads the error pipe: EOF as soon as execve succeeded. False
+// (the child reaped, `error` and the shell's status set) when it failed.
+bool child_started(pid_t pid, spawn_fds& f, const spawn_request& req, std::string& error, int* shell_status) {
+  spawn_failure failure{};
+  ssize_t got;
+  do {
+    got = ::read(f.errpipe[0], &failure, sizeof failure);
+  } while (got < 0 && errno == EINTR);
+  close_fd(f.errpipe[0]);
+  if (got != static_cast<ssize_t>(sizeof failure)) return true;
+  int ignored;
+  ::waitpid(pid, &ignored, 0);
+  static constexpr const char* stages[] = {"cannot execute", "cannot change to the working directory",
+                                           "cannot switch to the configured account", "cannot set up the terminal",
+                                           "cannot set resource limits"};
+  const int stage = failure.stage >= 0 && failure.stage <= 4 ? failure.stage : 0;
+  error = std::string(stages[stage]) + ": " + std::strerror(failure.error);
+  if (shell_status && stage == 0) {
+    // ENOENT for a program that is there: its interpreter (#!) is missing,
+    // which a shell reports as 126 too.
+    const bool missing =
+        (failure.error == ENOENT || failure.error == ENOTDIR) && ::access(req.program.c_str(), F_OK) != 0;
+    *shell_status = missing ? 127 : 126;
+  }
+  return false;
+}
+
+}  // namespace
+
 std::shared_ptr<child_process> child_process::spawn(const asio::any_io_executor& ex, const spawn_request& req,
                                                     callbacks cb, std::string& error, int* shell_status) {
   if (shell_status) *shell_status = 0;
@@ -245,56 +411,9 @@ std::shared_ptr<child_process> child_process::spawn(const asio::any_io_executor&
     error = "no command";
     return nullptr;
   }
-  // Everything the child needs is prepared before fork(): after it, in a
-  // multi-threaded process, only async-signal-safe calls are allowed.
-  std::vector<char*> argv, envp;
-  for (const auto& a : req.argv) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  for (const auto& e : req.env) envp.push_back(const_cast<char*>(e.c_str()));
-  envp.push_back(nullptr);
-
-  int in_r = -1, in_w = -1, out_r = -1, out_w = -1, err_r = -1, err_w = -1, master = -1, slave = -1;
-  int errpipe[2] = {-1, -1};
-  auto cleanup = [&] {
-    for (int* fd : {&in_r, &in_w, &out_r, &out_w, &err_r, &err_w, &master, &slave, &errpipe[0], &errpipe[1]}) {
-      close_fd(*fd);
-    }
-  };
-  auto fail = [&](const std::string& what) {
-    error = what + ": " + std::strerror(errno);
-    cleanup();
-    return nullptr;
-  };
-  if (::pipe2(errpipe, O_CLOEXEC) != 0) return fail("pipe");
-  if (req.pty) {
-    winsize ws{req.pty->rows, req.pty->cols, 0, 0};
-    if (::openpty(&master, &slave, nullptr, nullptr, &ws) != 0) return fail("cannot open a pseudo-terminal");
-    ::fcntl(master, F_SETFD, FD_CLOEXEC);
-    ::fcntl(slave, F_SETFD, FD_CLOEXEC);
-  } else {
-    int p[2];
-    if (req.stdin_null) {
-      in_r = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-      if (in_r < 0) return fail("/dev/null");
-    } else {
-      if (::pipe2(p, O_CLOEXEC) != 0) return fail("pipe");
-      in_r = p[0];
-      in_w = p[1];
-    }
-    if (::pipe2(p, O_CLOEXEC) != 0) return fail("pipe");
-    out_r = p[0];
-    out_w = p[1];
-    ::fcntl(out_r, F_SETPIPE_SZ, pipe_size);  // best effort: capped by /proc/sys/fs/pipe-max-size
-    if (::pipe2(p, O_CLOEXEC) != 0) return fail("pipe");
-    err_r = p[0];
-    err_w = p[1];
-    ::fcntl(err_r, F_SETPIPE_SZ, pipe_size);
-  }
-  // CPU: SIGXCPU at the limit (a program may catch it and clean up), SIGKILL a second later.
-  std::array<rlimit, 3> limits{rlimit{req.cpu_seconds, req.cpu_seconds + 1},
-                               rlimit{req.memory_bytes, req.memory_bytes},
-                               rlimit{req.max_processes, req.max_processes}};
-  const long max_fd = std::min<long>(::sysconf(_SC_OPEN_MAX), 65536);
+  spawn_fds fds;
+  if (!open_streams(req, fds, error)) return nullptr;
+  const child_plan plan(req);
 
   // vfork: the child borrows the parent's memory until execve, so nothing
   // is copied (fork would copy the page tables and make every thread of the
@@ -304,114 +423,31 @@ std::shared_ptr<child_process> child_process::spawn(const asio::any_io_executor&
   sigfillset(&all);
   ::pthread_sigmask(SIG_SETMASK, &all, &old_mask);
   const pid_t pid = ::vfork();
-  if (pid == 0) {
-    // ---- child: system calls only, no allocation, no locks ----
-    const int ep = errpipe[1];
-    struct sigaction dfl {};
-    dfl.sa_handler = SIG_DFL;
-    for (int s = 1; s < NSIG; ++s) ::sigaction(s, &dfl, nullptr);  // SIGPIPE back to default, too
-    sigset_t none;
-    sigemptyset(&none);
-    ::sigprocmask(SIG_SETMASK, &none, nullptr);
-    if (master >= 0) {
-      if (::setsid() < 0 || ::ioctl(slave, TIOCSCTTY, 0) != 0) child_fail(ep, 3);
-      if (::dup2(slave, 0) < 0 || ::dup2(slave, 1) < 0 || ::dup2(slave, 2) < 0) child_fail(ep, 3);
-    } else {
-      ::setpgid(0, 0);
-      if (::dup2(in_r, 0) < 0 || ::dup2(out_w, 1) < 0 || ::dup2(err_w, 2) < 0) child_fail(ep, 3);
-    }
-    if (req.cpu_seconds && ::setrlimit(RLIMIT_CPU, &limits[0]) != 0) child_fail(ep, 4);
-    if (req.memory_bytes && ::setrlimit(RLIMIT_AS, &limits[1]) != 0) child_fail(ep, 4);
-    if (req.max_processes && ::setrlimit(RLIMIT_NPROC, &limits[2]) != 0) child_fail(ep, 4);
-    // Raw syscalls: glibc's setuid() would try to change every thread of
-    // the (shared-memory) parent.
-    if (req.gid) {
-      if (::syscall(SYS_setgroups, req.groups.size(), req.groups.data()) != 0 ||
-          ::syscall(SYS_setgid, *req.gid) != 0) {
-        child_fail(ep, 2);
-      }
-    }
-    if (req.uid && ::syscall(SYS_setuid, *req.uid) != 0) child_fail(ep, 2);
-    if (!req.cwd.empty() && ::chdir(req.cwd.c_str()) != 0) child_fail(ep, 1);
-    // No descriptor of the server leaks into the command.
-    if (::syscall(SYS_close_range, 3u, ~0u, CLOSE_RANGE_CLOEXEC) != 0) {
-      for (int fd = 3; fd < max_fd; ++fd) {
-        if (fd != ep) ::fcntl(fd, F_SETFD, FD_CLOEXEC);
-      }
-    }
-    ::execve(req.program.c_str(), argv.data(), envp.data());
-    child_fail(ep, 0);
-  }
-  // ---- parent ----
+  if (pid == 0) run_child(req, fds, plan);
   const int spawn_errno = errno;
   ::pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
   if (pid < 0) {
-    errno = spawn_errno;
-    return fail("vfork");
+    error = std::string("vfork: ") + std::strerror(spawn_errno);
+    return nullptr;
   }
   // Also here, so the group exists before we could signal it. Not with a
   // terminal: the child calls setsid(), which fails for a group leader.
   if (!req.pty) ::setpgid(pid, pid);
-  close_fd(errpipe[1]);
-  close_fd(in_r);
-  close_fd(out_w);
-  close_fd(err_w);
-  close_fd(slave);
-  spawn_failure f{};
-  ssize_t got;
-  do {
-    got = ::read(errpipe[0], &f, sizeof f);  // EOF (0) as soon as execve succeeded
-  } while (got < 0 && errno == EINTR);
-  close_fd(errpipe[0]);
-  if (got == static_cast<ssize_t>(sizeof f)) {
-    int ignored;
-    ::waitpid(pid, &ignored, 0);
-    static constexpr const char* stages[] = {"cannot execute", "cannot change to the working directory",
-                                             "cannot switch to the configured account",
-                                             "cannot set up the terminal", "cannot set resource limits"};
-    error = std::string(stages[f.stage >= 0 && f.stage <= 4 ? f.stage : 0]) + ": " + std::strerror(f.error);
-    if (shell_status && f.stage == 0) {
-      // ENOENT for a program that is there: its interpreter (#!) is missing,
-      // which a shell reports as 126 too.
-      const bool missing = (f.error == ENOENT || f.error == ENOTDIR) && ::access(req.program.c_str(), F_OK) != 0;
-      *shell_status = missing ? 127 : 126;
-    }
-    cleanup();
-    return nullptr;
-  }
+  fds.close_child_ends();
+  if (!child_started(pid, fds, req, error, shell_status)) return nullptr;
   const int pfd = pidfd_open(pid);
   if (pfd < 0) {
     error = std::string("pidfd_open: ") + std::strerror(errno) + " (Linux 5.3 or later is needed)";
     ::kill(-pid, SIGKILL);
     int ignored;
     ::waitpid(pid, &ignored, 0);
-    cleanup();
     return nullptr;
   }
-
   auto p = std::make_shared<impl>(ex);
   p->pid = pid;
   p->cb = std::move(cb);
   p->pidfd_desc.assign(pfd);
-  if (master >= 0) {
-    p->pty = true;
-    const int master_w = ::fcntl(master, F_DUPFD_CLOEXEC, 3);
-    p->out.assign(master);
-    if (master_w >= 0) p->in.assign(master_w);
-    master = -1;
-  } else {
-    p->out.assign(out_r);
-    p->err.assign(err_r);
-    p->err_eof = false;
-    out_r = err_r = -1;
-    if (in_w >= 0) {
-      p->in.assign(in_w);
-      in_w = -1;
-    } else {
-      p->stdin_closed = true;
-    }
-  }
-  cleanup();
+  p->adopt_streams(fds.master, fds.in_w, fds.out_r, fds.err_r);
   p->start_read(1);
   p->start_read(2);
   p->wait_exit();

@@ -259,8 +259,7 @@ void exec_sessions::not_started(std::uint64_t id, const std::string& message, in
 }
 
 void exec_sessions::start(std::uint64_t id, const json& h) {
-  const auto& o = policy_.options;
-  if (!o.enabled) {
+  if (!policy_.options.enabled) {
     error(id, errc::not_allowed, "remote execution is disabled on this server (its config needs [exec] enabled = true)");
     return;
   }
@@ -268,61 +267,17 @@ void exec_sessions::start(std::uint64_t id, const json& h) {
     error(id, errc::bad_request, "a command with this id is already running");
     return;
   }
-  std::vector<std::string> argv;
-  std::string program, why;
-  if (auto it = h.find("shell"); it != h.end()) {
-    if (!it->is_string() || it->get_ref<const std::string&>().empty() || h.contains("argv")) {
-      error(id, errc::bad_request, "exec: \"shell\" must be a non-empty string, without \"argv\"");
-      return;
-    }
-    if (!o.allow_shell) {
-      error(id, errc::not_allowed, "this server does not run shell command lines (its config needs [exec] allow_shell = true)");
-      return;
-    }
-    if (has_nul(it->get_ref<const std::string&>())) {
-      error(id, errc::bad_request, "the command line contains a NUL byte");
-      return;
-    }
-    program = *canonical_executable(o.shell);
-    argv = {o.shell, "-c", it->get<std::string>()};
-  } else {
-    auto a = h.find("argv");
-    if (a == h.end() || !a->is_array() || a->empty() || a->size() > 4096) {
-      error(id, errc::bad_request, "exec needs \"argv\": a non-empty array of strings (at most 4096)");
-      return;
-    }
-    std::size_t total = 0;
-    for (const auto& x : *a) {
-      if (!x.is_string() || has_nul(x.get_ref<const std::string&>())) {
-        error(id, errc::bad_request, "every argv element must be a string without NUL bytes");
-        return;
-      }
-      total += x.get_ref<const std::string&>().size() + 1;
-      argv.push_back(x.get<std::string>());
-    }
-    if (total > 1 << 20 || argv[0].empty()) {
-      error(id, errc::bad_request, "argv is empty or larger than 1 MiB");
-      return;
-    }
-    bool by_policy = false;
-    auto p = policy_.program_for(argv[0], why, &by_policy);
-    if (!p) {
-      if (by_policy) {
-        error(id, errc::not_allowed, why);
-      } else if (argv[0].find('/') != std::string::npos && argv[0][0] != '/') {
-        error(id, errc::spawn_failed, why);  // a relative path: refused, not looked for
-      } else {
-        const bool probe = policy_.allowed.empty();
-        not_started(id, why, probe ? missing_program_status(argv[0], policy_.options.path) : 127);
-      }
-      return;
-    }
-    program = *p;
-  }
-
+  // Each step answers the request itself when it refuses it.
   net::spawn_request req;
-  req.program = program;
-  req.argv = argv;
+  if (!set_command(id, h, req) || !set_directory(id, h, req) || !set_environment(id, h, req) ||
+      !set_wall_time(id, h, req)) {
+    return;
+  }
+  launch(id, std::move(req));
+}
+
+bool exec_sessions::set_command(std::uint64_t id, const json& h, net::spawn_request& req) {
+  const auto& o = policy_.options;
   req.uid = policy_.uid;
   req.gid = policy_.gid;
   req.groups = policy_.groups;
@@ -330,36 +285,98 @@ void exec_sessions::start(std::uint64_t id, const json& h) {
   req.memory_bytes = o.memory_bytes;
   req.max_processes = o.max_processes;
   req.stdin_null = !h.value("stdin", true);
+  if (auto it = h.find("shell"); it != h.end()) {
+    if (!it->is_string() || it->get_ref<const std::string&>().empty() || h.contains("argv")) {
+      error(id, errc::bad_request, "exec: \"shell\" must be a non-empty string, without \"argv\"");
+      return false;
+    }
+    if (!o.allow_shell) {
+      error(id, errc::not_allowed, "this server does not run shell command lines (its config needs [exec] allow_shell = true)");
+      return false;
+    }
+    if (has_nul(it->get_ref<const std::string&>())) {
+      error(id, errc::bad_request, "the command line contains a NUL byte");
+      return false;
+    }
+    req.program = *canonical_executable(o.shell);
+    req.argv = {o.shell, "-c", it->get<std::string>()};
+    return true;
+  }
+  return set_argv(id, h, req);
+}
 
-  // Working directory: the request's (absolute, or relative to the default).
-  std::string cwd = o.cwd.empty() ? policy_.home : o.cwd;
+bool exec_sessions::set_argv(std::uint64_t id, const json& h, net::spawn_request& req) {
+  auto a = h.find("argv");
+  if (a == h.end() || !a->is_array() || a->empty() || a->size() > 4096) {
+    error(id, errc::bad_request, "exec needs \"argv\": a non-empty array of strings (at most 4096)");
+    return false;
+  }
+  std::size_t total = 0;
+  for (const auto& x : *a) {
+    if (!x.is_string() || has_nul(x.get_ref<const std::string&>())) {
+      error(id, errc::bad_request, "every argv element must be a string without NUL bytes");
+      return false;
+    }
+    total += x.get_ref<const std::string&>().size() + 1;
+    req.argv.push_back(x.get<std::string>());
+  }
+  const std::string& name = req.argv[0];
+  if (total > 1 << 20 || name.empty()) {
+    error(id, errc::bad_request, "argv is empty or larger than 1 MiB");
+    return false;
+  }
+  std::string why;
+  bool by_policy = false;
+  auto p = policy_.program_for(name, why, &by_policy);
+  if (p) {
+    req.program = *p;
+    return true;
+  }
+  if (by_policy) {
+    error(id, errc::not_allowed, why);
+  } else if (name.find('/') != std::string::npos && name[0] != '/') {
+    error(id, errc::spawn_failed, why);  // a relative path: refused, not looked for
+  } else {
+    const bool probe = policy_.allowed.empty();
+    not_started(id, why, probe ? missing_program_status(name, policy_.options.path) : 127);
+  }
+  return false;
+}
+
+bool exec_sessions::set_directory(std::uint64_t id, const json& h, net::spawn_request& req) {
+  // The request's (absolute, or relative to the default).
+  const auto& o = policy_.options;
+  req.cwd = o.cwd.empty() ? policy_.home : o.cwd;
   if (auto c = h.find("cwd"); c != h.end()) {
     if (!c->is_string() || has_nul(c->get_ref<const std::string&>())) {
       error(id, errc::bad_request, "\"cwd\" must be a string");
-      return;
+      return false;
     }
     const auto& want = c->get_ref<const std::string&>();
-    cwd = !want.empty() && want[0] == '/' ? want : cwd + "/" + want;
+    req.cwd = !want.empty() && want[0] == '/' ? want : req.cwd + "/" + want;
   }
-  req.cwd = cwd;
+  return true;
+}
 
-  // Environment: a fixed base plus what the client asked for and may set.
+bool exec_sessions::set_environment(std::uint64_t id, const json& h, net::spawn_request& req) {
+  // A fixed base plus what the client asked for and may set.
+  const auto& o = policy_.options;
   std::map<std::string, std::string> env{{"PATH", o.path},   {"HOME", policy_.home}, {"USER", policy_.account},
                                          {"LOGNAME", policy_.account}, {"SHELL", o.shell}, {"LANG", "C.UTF-8"}};
   if (auto e = h.find("env"); e != h.end()) {
     if (!e->is_object() || e->size() > 256) {
       error(id, errc::bad_request, "\"env\" must be an object of at most 256 string values");
-      return;
+      return false;
     }
     for (const auto& [k, v] : e->items()) {
       if (!v.is_string() || !valid_env_name(k) || has_nul(v.get_ref<const std::string&>()) ||
           v.get_ref<const std::string&>().size() > 65536) {
         error(id, errc::bad_request, "invalid environment variable '" + k + "'");
-        return;
+        return false;
       }
       if (!policy_.env_allowed(k)) {
         error(id, errc::not_allowed, "the server does not let clients set " + k + " (see [exec] env_allow)");
-        return;
+        return false;
       }
       env[k] = v.get<std::string>();
     }
@@ -367,7 +384,7 @@ void exec_sessions::start(std::uint64_t id, const json& h) {
   if (auto t = h.find("tty"); t != h.end()) {
     if (!t->is_object()) {
       error(id, errc::bad_request, "\"tty\" must be an object {rows, cols, term}");
-      return;
+      return false;
     }
     net::terminal_size size;
     size.rows = static_cast<std::uint16_t>(std::clamp<int>(t->value("rows", 24), 1, 10000));
@@ -379,28 +396,24 @@ void exec_sessions::start(std::uint64_t id, const json& h) {
     env["TERM"] = ok ? term : "xterm-256color";
   }
   for (auto& [k, v] : env) req.env.push_back(k + "=" + v);
+  return true;
+}
 
-  std::chrono::seconds wall = o.max_wall_time;
+bool exec_sessions::set_wall_time(std::uint64_t id, const json& h, net::spawn_request& req) {
+  const std::chrono::seconds wall = policy_.options.max_wall_time;
+  req.wall_time = wall;
   if (auto t = h.find("timeout"); t != h.end()) {
     if (!t->is_number() || t->get<double>() <= 0) {
       error(id, errc::bad_request, "\"timeout\" must be a positive number of seconds");
-      return;
+      return false;
     }
     auto asked = std::chrono::milliseconds(static_cast<std::int64_t>(std::min(t->get<double>(), 1e9) * 1000));
     req.wall_time = wall.count() ? std::min<std::chrono::milliseconds>(asked, wall) : asked;
-  } else {
-    req.wall_time = wall;
   }
+  return true;
+}
 
-  if (!limiter_.try_acquire(user_, why)) {
-    error(id, errc::busy, why);
-    return;
-  }
-  auto r = std::make_unique<running>();
-  r->argv_text = json(argv).dump();
-  r->started = std::chrono::steady_clock::now();
-  running* rp = r.get();
-
+net::child_process::callbacks exec_sessions::callbacks_for(std::uint64_t id, running* rp) {
   net::child_process::callbacks cb;
   cb.on_output = [this, id, rp](int fd, std::string_view data) {
     rp->bytes_out += data.size();
@@ -423,10 +436,21 @@ void exec_sessions::start(std::uint64_t id, const json& h) {
     conn_.send({{"type", proto::type::exec_ack}, {"id", id}, {"bytes", n}});
   };
   cb.on_exit = [this, id](const net::exit_status& st) { finish(id, st); };
+  return cb;
+}
 
+void exec_sessions::launch(std::uint64_t id, net::spawn_request req) {
+  std::string why;
+  if (!limiter_.try_acquire(user_, why)) {
+    error(id, errc::busy, why);
+    return;
+  }
+  auto r = std::make_unique<running>();
+  r->argv_text = json(req.argv).dump();
+  r->started = std::chrono::steady_clock::now();
   std::string spawn_error;
   int shell_status = 0;
-  auto proc = net::child_process::spawn(conn_.executor(), req, std::move(cb), spawn_error, &shell_status);
+  auto proc = net::child_process::spawn(conn_.executor(), req, callbacks_for(id, r.get()), spawn_error, &shell_status);
   if (!proc) {
     limiter_.release(user_);
     spdlog::info("exec user={} peer={} argv={} not started: {}", user_, conn_.peer(), r->argv_text, spawn_error);

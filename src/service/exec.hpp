@@ -101,6 +101,16 @@ class exec_sessions {
 
  private:
   struct running;
+  // The steps of start(): each fills its part of `req` from the request,
+  // or answers it (refused) and returns false.
+  bool set_command(std::uint64_t id, const proto::json& h, net::spawn_request& req);
+  bool set_argv(std::uint64_t id, const proto::json& h, net::spawn_request& req);
+  bool set_directory(std::uint64_t id, const proto::json& h, net::spawn_request& req);
+  bool set_environment(std::uint64_t id, const proto::json& h, net::spawn_request& req);
+  bool set_wall_time(std::uint64_t id, const proto::json& h, net::spawn_request& req);
+  /// Within the limits (exec_limiter): spawns, and says exec.started.
+  void launch(std::uint64_t id, net::spawn_request req);
+  net::child_process::callbacks callbacks_for(std::uint64_t id, running* r);
   void finish(std::uint64_t id, const net::exit_status& st);
   void error(std::uint64_t id, proto::errc code, const std::string& message);
   /// spawn_failed for a program that could not be run, with the status a
