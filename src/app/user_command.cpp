@@ -82,10 +82,15 @@ int act(const user_state& s, server::user_admin& admin) {
   } else {  // token
     if (!s.rotate) {
       std::fprintf(stderr, "cskit user token: tokens are shown once, when made; --rotate makes a new one "
-                           "(the old one stops working at the server's next reload)\n");
+                           "(the old one works until the server reloads)\n");
       return exit_code::usage;
     }
     print_token(s.name, admin.rotate_token(s.name), ("new token for " + s.name).c_str());
+    if (s.name == "admin") {
+      std::fprintf(stderr, "if it is the generated admin token, it is in %s, where local clients find it at once: "
+                           "reload the server first (a server that takes the admin token from CSKIT_TOKEN ignores "
+                           "the file)\n", (admin.state_dir() / "admin.token").c_str());
+    }
   }
   print_reload_hint();
   return exit_code::ok;

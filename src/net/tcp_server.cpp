@@ -1,5 +1,8 @@
 #include "net/tcp_server.hpp"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include "net/admission.hpp"
 #include "net/endpoint.hpp"
 #include "net/listeners.hpp"
@@ -216,27 +219,47 @@ struct tcp_server::impl {
     }
   }
 
-  // SIGINT and SIGTERM shut down; SIGHUP reloads and waits for the next.
+  // SIGINT and SIGTERM shut down. SIGHUP reloads and waits for the next,
+  // unless it says that the terminal the server ran in has hung up: then
+  // the server shuts down, as a program in a closed terminal does.
   void wait_for_signal() {
     signals.async_wait([this](const error_code& ec, int signo) {
-      if (ec) return;
-      if (signo == SIGHUP) {
-        if (!options.on_reload) {
-          spdlog::warn("received SIGHUP: this server has nothing to reload; ignored");
-        } else {
-          spdlog::info("received SIGHUP: reloading the configuration");
-          try {
-            options.on_reload();
-          } catch (const std::exception& e) {
-            spdlog::error("reload failed: {}", e.what());
-          }
-        }
-        return wait_for_signal();
+      if (ec || stopping) return;
+      if (signo != SIGHUP) {
+        spdlog::info("received {}", signo == SIGINT ? "SIGINT" : "SIGTERM");
+        return begin_shutdown();
       }
-      spdlog::info("received {}", signo == SIGINT ? "SIGINT" : "SIGTERM");
-      begin_shutdown();
+      if (started_in_terminal && !has_controlling_terminal()) {
+        spdlog::info("received SIGHUP: the terminal hung up");
+        return begin_shutdown();
+      }
+      reload();
+      wait_for_signal();
     });
   }
+
+  void reload() {
+    if (!options.on_reload) {
+      spdlog::warn("received SIGHUP: this server has nothing to reload; ignored");
+      return;
+    }
+    spdlog::info("received SIGHUP: reloading the configuration");
+    try {
+      options.on_reload();
+    } catch (const std::exception& e) {
+      spdlog::error("reload failed: {}", e.what());
+    }
+  }
+
+  // Whether the process has a controlling terminal (one that has hung up
+  // is taken away by the kernel).
+  static bool has_controlling_terminal() noexcept {
+    const int fd = ::open("/dev/tty", O_RDONLY | O_NOCTTY | O_CLOEXEC);
+    if (fd < 0) return false;
+    ::close(fd);
+    return true;
+  }
+  const bool started_in_terminal = has_controlling_terminal();
 
   // Each loop's connections, one after another on that loop (a copy: a
   // callback may close a connection, which erases it).

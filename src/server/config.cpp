@@ -396,9 +396,9 @@ std::vector<user_account> load_users_file(const std::filesystem::path& path) {
     if (errno == ENOENT) return {};
     throw config_error(path.string() + ": " + std::strerror(errno));
   }
-  if (st.st_mode & S_IROTH) {
-    throw config_error(path.string() + " holds tokens and is readable by every user; run: chmod o-rwx " +
-                       path.string());
+  if (st.st_mode & (S_IROTH | S_IWOTH)) {
+    throw config_error(path.string() + " holds accounts and tokens, and every user may " +
+                       ((st.st_mode & S_IROTH) ? "read" : "change") + " it; run: chmod o-rwx " + path.string());
   }
   return parse_users_file(read_file(path), path.string());
 }

@@ -368,10 +368,15 @@ void irc_session::log_in(net::connection& c, const std::string& user, const std:
   auto settle = [this, &c, u, ok, sasl, user] {
     login_pending_ = false;
     if (ok) {
-      // A reload while the answer was held may have changed the account.
-      const std::string why = account_change(*u, front_.ctx.find_user(user).get());
-      if (!why.empty()) return close(c, "the server's configuration changed: " + why);
-      return logged_in(c, u, sasl);
+      // A reload while the answer was held may have changed the account:
+      // it logs in as the account is now, if its token is still the one given.
+      auto now = front_.ctx.find_user(user);
+      if (now == nullptr || now->token != u->token) {
+        const std::string why = "the server's configuration changed during the login: " + account_change(*u, now.get());
+        if (sasl) numeric(c, "904", {"SASL authentication failed: " + why});
+        return close(c, why);
+      }
+      return logged_in(c, std::move(now), sasl);
     }
     spdlog::warn("irc: authentication failed from {} for user '{}'", c.peer(), user);
     if (!sasl) return close(c, "authentication failed: unknown user or wrong token");

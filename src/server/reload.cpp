@@ -85,13 +85,16 @@ void reload_server(const std::function<server_config()>& read, const server_conf
     server_config next = read ? read() : running;
     fill_default_paths(next);
     if (next.name.empty()) next.name = running.name;
+    const auto pending = changes_needing_restart(running, next);
+    // The admin token stays where the server found it (a new state
+    // directory is one of the changes that wait for a restart).
+    next.state_dir = running.state_dir;
     const auto level = spdlog::level::from_str(next.log_level);
     if (level == spdlog::level::off && next.log_level != "off") {
       throw config_error("unknown log level '" + next.log_level + "'");
     }
     const accounts_setup accounts = load_accounts(next);
     apply(next, accounts, to);
-    const auto pending = changes_needing_restart(running, next);
     if (!pending.empty()) {
       std::string list;
       for (const auto& p : pending) list += (list.empty() ? "" : ", ") + p;
@@ -100,7 +103,7 @@ void reload_server(const std::function<server_config()>& read, const server_conf
     status = "reloaded: " + std::to_string(accounts.table->all().size()) + " account(s)" +
              (pending.empty() ? "" : "; a restart is needed for some changes");
     spdlog::info("{}", status);
-  } catch (const config_error& e) {
+  } catch (const std::exception& e) {  // config_error, or a file system's error: nothing was applied
     status = std::string("reload failed, the running configuration is kept: ") + e.what();
     spdlog::error("{}", status);
   }

@@ -230,9 +230,15 @@ void session::authenticate(net::connection& c, proto::frame& f) {
   welcome_pending_ = true;
   spdlog::info("login of {} as {} held {} ms (recent failures from {})", c.peer(), u->name, wait.count(), source);
   c.run_after(wait, [this, &c, u, id, server_proof] {
-    // A reload while the login waited may have changed the account.
-    if (!still_valid(c, *u)) return;
-    welcome(c, u, id, server_proof);
+    // A reload while the login waited may have changed the account: it
+    // logs in as the account is now, if its token is still the one proved.
+    const auto now = ctx_.find_user(u->name);
+    if (now == nullptr || now->token != u->token) {
+      c.fail(errc::auth_failed, "the server's configuration changed during the login: " + account_change(*u, now.get()),
+             id);
+      return;
+    }
+    welcome(c, now, id, server_proof);
     auto held = std::move(held_);
     held_.clear();
     held_bytes_ = 0;
@@ -346,7 +352,8 @@ void session::dispatch(net::connection& c, proto::frame&& f) {
                  proto::to_wire(*route->needs));
     c.send(proto::make_error(errc::permission_denied,
                              fmt::format("user '{0}' lacks the '{1}' permission needed for '{2}'; the server's "
-                                         "administrator grants it with: cskit user set {0} --perm +{1}",
+                                         "administrator grants it with: cskit user set {0} --perm +{1} (then a "
+                                         "reload; sessions opened after it have it)",
                                          user_->name, proto::to_wire(*route->needs), type),
                              id));
     return;

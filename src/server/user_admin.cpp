@@ -105,6 +105,12 @@ std::vector<listed_user> user_admin::list() const {
 }
 
 void user_admin::save(const std::vector<user_account>& users) const {
+  struct stat link {};
+  if (::lstat(config_.users_file.c_str(), &link) == 0 && S_ISLNK(link.st_mode)) {
+    throw config_error(config_.users_file.string() +
+                       " is a symbolic link; cskit user replaces the file whole: name the real file in [server] "
+                       "users_file");
+  }
   const std::string text = format_users_file(users);
   parse_users_file(text, config_.users_file.string());  // never write what the server would refuse
   // An existing file keeps its owner and mode; a new one is readable by the
@@ -163,8 +169,10 @@ std::string user_admin::rotate_admin_token_file() const {
   struct stat st {};
   uid_t uid = static_cast<uid_t>(-1);
   gid_t gid = static_cast<gid_t>(-1);
-  if (::stat(path.c_str(), &st) == 0) {
-    uid = st.st_uid;  // the server's account, when packaged
+  // The server's account owns the token (when packaged, `cskit` in
+  // /var/lib/cskit): the old file's owner, or a new one gets the directory's.
+  if (::stat(path.c_str(), &st) == 0 || ::stat(config_.state_dir.c_str(), &st) == 0) {
+    uid = st.st_uid;
     gid = st.st_gid;
   }
   std::string token = proto::random_hex(32);

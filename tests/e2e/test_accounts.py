@@ -166,7 +166,7 @@ class UserCommand(unittest.TestCase):
         os.chmod(self.users, 0o644)
         r = self.run_user("list")
         self.assertEqual(r.returncode, 1)
-        self.assertIn("readable by every user", r.stderr)
+        self.assertIn("every user may read it", r.stderr)
 
 
 class Reload(unittest.TestCase):
@@ -295,6 +295,31 @@ class Reload(unittest.TestCase):
         # The server still listens where it did.
         self.assertEqual(self.ping("alice", ALICE).returncode, 0)
 
+    def test_an_invalid_users_file_applies_nothing(self):
+        # Valid new limits in cskit.toml, and a users file the server must
+        # refuse: the reload fails whole, the limits stay as they were.
+        src = os.path.join(self.srv.dir, "big")
+        with open(src, "wb") as f:
+            f.write(b"x" * 200_000)
+        writer = user(self.srv, "add", "writer", "--perm", "files-read,files-write").stdout.strip()
+        self.reload()
+        with open(self.config, "a") as f:
+            f.write('\n[files]\nmax_file_size = "100K"\n')
+        os.chmod(os.path.join(self.srv.dir, "users.toml"), 0o644)
+        self.assertIn("every user may read it", self.reload())
+        r = self.srv.cli("put", "--user", "writer", "--token", writer, src, f"{self.srv.address}:big", token=None)
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+    def test_connection_limits_reload(self):
+        with open(self.config, "w") as f:
+            f.write(CONF.replace("[server]\n", "[server]\nmax_connections = 1\n"))
+        self.reload()
+        held, _ = wire.login(self.srv.port, ALICE, "alice")
+        self.addCleanup(held.close)
+        r = self.ping("alice", ALICE)
+        self.assertEqual(r.returncode, 3)
+        self.assertIn("too_many_connections", r.stderr)
+
     def test_sighup_without_a_config_file_rereads_the_users_file(self):
         srv = Server(token=None)
         self.addCleanup(srv.cleanup)
@@ -308,6 +333,65 @@ class Reload(unittest.TestCase):
         r = srv.cli("ping", "-c", "1", "--user", "dave", "--token", r.stdout.strip(), srv.address, token=None)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIsNone(srv.proc.poll())
+
+
+class DefaultAdmin(unittest.TestCase):
+    def test_the_default_admin_is_given_exec_and_uses_it(self):
+        with Server(config_text="[exec]\nenabled = true\n") as srv:
+            r = srv.cli("exec", srv.address, "true")
+            self.assertEqual(r.returncode, 255)
+            self.assertIn("cskit user set admin --perm +exec", r.stderr)
+            r = user(srv, "set", "admin", "--perm", "+exec")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            srv.proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 20
+            while "reloaded: 1 account(s)" not in srv.stderr() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            # Its token is still the generated one (here CSKIT_TOKEN): no token was copied.
+            r = srv.cli("exec", srv.address, "echo", "granted")
+            self.assertEqual((r.returncode, r.stdout), (0, "granted\n"), r.stderr)
+
+
+class TerminalHangup(unittest.TestCase):
+    def test_a_server_whose_terminal_hangs_up_stops_and_kill_hup_reloads(self):
+        import fcntl
+        import pty
+        import subprocess
+        import termios
+        tmp = tempfile.mkdtemp(prefix="cskit-hup-")
+        self.addCleanup(shutil.rmtree, tmp, ignore_errors=True)
+        master, slave = pty.openpty()
+        err_path = os.path.join(tmp, "stderr")
+        with open(err_path, "wb") as err:
+            env = dict(os.environ, HOME=tmp, CSKIT_TOKEN=TOKEN)
+            env.pop("NOTIFY_SOCKET", None)
+            # A session of its own whose controlling terminal is the pty, as in a terminal window.
+            proc = subprocess.Popen(
+                [BIN, "serve", "--listen", "127.0.0.1:0", "--state-dir", os.path.join(tmp, "state")],
+                stdin=slave, stdout=subprocess.PIPE, stderr=err, env=env, start_new_session=True,
+                preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+        os.close(slave)
+        self.addCleanup(proc.stdout.close)
+        self.addCleanup(lambda: proc.poll() is None and (proc.kill(), proc.wait(10)))
+        self.assertIn(b"listening on", proc.stdout.readline())
+
+        def stderr_has(text, timeout=20):
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                with open(err_path, encoding="utf-8", errors="replace") as f:
+                    if text in f.read():
+                        return True
+                time.sleep(0.05)
+            return False
+
+        # kill -HUP while the terminal is there: a reload.
+        proc.send_signal(signal.SIGHUP)
+        self.assertTrue(stderr_has("reloaded: 1 account(s)"))
+        self.assertIsNone(proc.poll())
+        # The terminal closes: the kernel hangs it up, and the server stops.
+        os.close(master)
+        self.assertEqual(proc.wait(timeout=30), 0)
+        self.assertTrue(stderr_has("received SIGHUP: the terminal hung up", 1))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 // restart.
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -93,13 +94,20 @@ TEST(accounts, default_admin_config_users_and_the_users_file) {
   c.users.push_back({"carol", "carol-token-0123456789", perms({permission::chat}), "cskit.toml:3"});
   a = load_accounts(c);
   EXPECT_EQ(a.table->all().size(), 3u);  // carol, bob, and the admin the file declares
+  {
+    std::ofstream(c.users_file) << format_users_file({{"bob", "bob-token-0123456789", perms({permission::chat}), ""}});
+  }
+  a = load_accounts(c);
+  EXPECT_EQ(a.table->all().size(), 2u);
+  EXPECT_FALSE(a.table->find("admin"));  // no default admin beside the config's users
+  EXPECT_FALSE(a.admin_uses_generated_token);
   // A name in both places is an error naming both.
   c.users.push_back({"bob", "other-token-0123456789", {}, "cskit.toml:9"});
   EXPECT_NE(error_of([&] { load_accounts(c); }).find("is declared in cskit.toml:9 already"), std::string::npos);
   // A users file others may read is refused.
   c.users.clear();
   ::chmod(c.users_file.c_str(), 0644);
-  EXPECT_NE(error_of([&] { load_accounts(c); }).find("readable by every user"), std::string::npos);
+  EXPECT_NE(error_of([&] { load_accounts(c); }).find("every user may read it"), std::string::npos);
 }
 
 TEST(accounts, what_a_reload_closes) {
@@ -152,6 +160,9 @@ TEST(user_admin, writes_atomically_with_the_config_group) {
   temp_dir d;
   const auto config_file = d.path / "cskit.toml";
   { std::ofstream(config_file) << "# mine\n"; }
+  // The group the server runs as, when packaged (root can give any).
+  const gid_t group = ::geteuid() == 0 ? 4242 : ::getegid();
+  ASSERT_EQ(::chown(config_file.c_str(), static_cast<uid_t>(-1), group), 0);
   server_config c;
   c.state_dir = d.path / "state";
   c.users_file = d.path / "users.toml";
@@ -161,6 +172,7 @@ TEST(user_admin, writes_atomically_with_the_config_group) {
   struct stat st {};
   ASSERT_EQ(::stat(c.users_file.c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0640u);
+  EXPECT_EQ(st.st_gid, group);
   // No temporary file is left beside it.
   std::size_t files = 0;
   for (const auto& e : std::filesystem::directory_iterator(d.path)) files += e.is_regular_file();
@@ -172,4 +184,27 @@ TEST(user_admin, writes_atomically_with_the_config_group) {
   ASSERT_EQ(::stat(c.users_file.c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0600u);
   EXPECT_EQ(load_users_file(c.users_file).at(0).permissions, perms({permission::chat, permission::files_read}));
+}
+
+TEST(user_admin, refuses_a_symlinked_users_file) {
+  temp_dir d;
+  server_config c;
+  c.state_dir = d.path / "state";
+  c.users_file = d.path / "users.toml";
+  { std::ofstream(d.path / "real.toml") << ""; }
+  ::chmod((d.path / "real.toml").c_str(), 0600);
+  std::filesystem::create_symlink(d.path / "real.toml", c.users_file);
+  user_admin admin(c, {});
+  EXPECT_NE(error_of([&] { admin.add("bob", perms({permission::chat})); }).find("symbolic link"), std::string::npos);
+  EXPECT_TRUE(std::filesystem::is_symlink(c.users_file));
+}
+
+TEST(users_file, others_may_neither_read_nor_change_it) {
+  temp_dir d;
+  const auto path = d.path / "users.toml";
+  { std::ofstream(path) << format_users_file({{"bob", "bob-token-0123456789", perms({permission::chat}), ""}}); }
+  ::chmod(path.c_str(), 0602);
+  EXPECT_NE(error_of([&] { load_users_file(path); }).find("every user may change it"), std::string::npos);
+  ::chmod(path.c_str(), 0640);
+  EXPECT_EQ(load_users_file(path).size(), 1u);
 }
