@@ -42,7 +42,7 @@ struct tcp_server::impl {
     asio::executor_work_guard<asio::io_context::executor_type> work{ioc.get_executor()};
     flush_queue flush{ioc.get_executor()};
     // Touched only on this loop's thread.
-    connection_limits limits;  // for the connections it adopts from now on
+    connection_limits limits;  // its connections refer to it: a reload changes theirs at once
     std::unordered_map<connection*, std::shared_ptr<connection>> connections;
   };
 

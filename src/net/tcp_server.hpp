@@ -39,7 +39,7 @@ struct reloadable_limits {
   std::size_t max_connections = 10000;
   std::size_t max_unauthenticated = 4096;
   std::size_t max_unauthenticated_per_source = 128;
-  connection_limits limits;  ///< for connections accepted from now on
+  connection_limits limits;  ///< every connection's deadlines, at once
   std::chrono::milliseconds grace{std::chrono::seconds(5)};
 };
 
