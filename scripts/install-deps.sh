@@ -25,6 +25,7 @@ packages=(
   systemd man-db groff-base zsh fish   # the package's tests: systemd-analyze verify/security, man -l, completions
   procps                # /bin/kill, the unit's ExecReload (systemd-analyze verify looks for it)
   irssi weechat-headless python3-irc   # real IRC clients and a bot against the IRC front end
+  curl wget             # plain HTTPS clients of the share (tests)
   openssl               # s_client / x509 / req: third-party TLS peer and certificates in tests
   iproute2              # `ip link set lo up` inside the network namespaces tests create
   e2fsprogs             # mkfs.ext4: a small file system for the disk-full tests

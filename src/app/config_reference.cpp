@@ -97,6 +97,9 @@ rate = 16                       # requests per second per source (0: no limit)
 burst = 64
 kiss_of_death = true            # answer rate-limited sources with a KoD RATE (once a second)
 
+[web]
+enabled = true                  # HTTPS on the same port (ALPN http/1.1): the share under /files/ for curl, wget
+
 # Users. Without any, the server has one, admin, with files-read, files-write and chat, and a
 # token generated in <state_dir>/admin.token (0600). Permissions: files-read, files-write,
 # exec, chat. A token is at least 16 characters: openssl rand -hex 32. An entry named admin

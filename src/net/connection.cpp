@@ -86,6 +86,7 @@ void frame_handler::on_shutdown(connection& c, std::chrono::milliseconds grace) 
 }
 void frame_handler::on_grace_over(connection& c) { c.close_now("server shutdown (grace period over)"); }
 void frame_handler::on_reload(connection&) {}
+frame_handler::progress frame_handler::on_bytes(connection&, std::string_view) { return progress::idle; }
 
 void flush_queue::add(std::shared_ptr<connection> c) {
   dirty_.push_back(std::move(c));
@@ -155,6 +156,7 @@ void connection::start(std::function<void(connection&)> on_finished) {
   opened_ = last_activity_ = clock::now();
   decoder_.report_headers(true);  // lets the handler stream bulk bodies
   line_limit_ = handler_->line_limit();
+  stream_mode_ = handler_->stream_mode();
   running_ = 1;  // the reader
   if (tls_context_) {
     // The handler hears of the connection once the TLS handshake is
@@ -332,15 +334,26 @@ bool connection::send_raw(std::string_view bytes) {
 bool connection::send_file(const proto::json& header, int fd, std::uint64_t offset, std::size_t length) {
   if (state_ != state::open || tls_handshaking()) return false;
   if (length == 0) return send(header);
+  const std::size_t before = pending_.size();
+  if (proto::encode_frame_header(pending_, header, length) != proto::errc::ok) {
+    pending_.resize(before);
+    spdlog::error("connection {}: cannot encode a file frame", peer_);
+    return false;
+  }
+  return queue_file(fd, offset, length);
+}
+
+bool connection::send_file_raw(int fd, std::uint64_t offset, std::size_t length) {
+  if (state_ != state::open || tls_handshaking()) return false;
+  if (length == 0) return true;
+  return queue_file(fd, offset, length);
+}
+
+bool connection::queue_file(int fd, std::uint64_t offset, std::size_t length) {
   int dup = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
   if (dup < 0) {
     spdlog::error("connection {}: cannot duplicate a file descriptor: {}", peer_, std::strerror(errno));
     close_now("out of file descriptors");
-    return false;
-  }
-  if (proto::encode_frame_header(pending_, header, length) != proto::errc::ok) {
-    ::close(dup);
-    spdlog::error("connection {}: cannot encode a file frame", peer_);
     return false;
   }
   segments_.push_back({pending_.size(), nullptr, 0, dup, offset, length});
@@ -676,7 +689,49 @@ void connection::process_lines(std::string_view in) {
   }
 }
 
+void connection::process_stream(std::string_view in) {
+  const auto now = clock::now();
+  const auto before = stream_progress_;
+  stream_progress_ = handler_->on_bytes(*this, in);
+  using p = frame_handler::progress;
+  // A header's deadline runs from its first byte; a body's is progress.
+  if (stream_progress_ == p::body || (stream_progress_ == p::header && before != p::header)) frame_started_ = now;
+  last_activity_ = now;
+}
+
+void connection::choose_protocol() {
+  if (router_) {
+    const std::string alpn = tls_->alpn();
+    if (alpn.empty()) {
+      sniffing_ = true;
+      run_after(sniff_window, [this] {
+        if (sniffing_) end_sniff({});
+      });
+      return;
+    }
+    if (auto h = router_(alpn, {})) adopt_handler(std::move(h));
+  }
+  handler_->on_open(*this);
+}
+
+void connection::end_sniff(std::string_view first_bytes) {
+  sniffing_ = false;
+  if (auto h = router_({}, first_bytes)) adopt_handler(std::move(h));
+  handler_->on_open(*this);
+}
+
+void connection::adopt_handler(std::unique_ptr<frame_handler> h) {
+  handler_ = std::move(h);
+  line_limit_ = handler_->line_limit();
+  stream_mode_ = handler_->stream_mode();
+}
+
 void connection::process(std::string_view in) {
+  if (sniffing_) {
+    end_sniff(in);
+    if (state_ != state::open) return;
+  }
+  if (stream_mode_) return process_stream(in);
   if (line_limit_ > 0) return process_lines(in);
   const auto now = clock::now();
   proto::frame f;
@@ -794,7 +849,7 @@ void connection::receive_tls(std::string_view cipher) {
     spdlog::debug("connection {}: {}{}", peer_, tls_->description(),
                   tls_->ktls_send() ? ", kernel TLS for sending" : ", TLS in user space");
     in_batch_ = true;
-    handler_->on_open(*this);
+    choose_protocol();
   }
   in_batch_ = true;
   char* plain = thread_plain_buffer();

@@ -116,6 +116,15 @@ class frame_handler {
   virtual std::size_t line_limit() const { return 0; }
   virtual void on_line(connection& c, std::string_view line);
   virtual void on_line_too_long(connection& c);
+  // A byte stream (HTTP) instead of frames or lines: when stream_mode() is
+  // true, what is read goes to on_bytes as it arrives, and on_bytes says
+  // where the peer's current message stands: none in progress, its header
+  // coming (the frame deadline runs from its first byte), or its body
+  // streaming (the deadline is progress, as for a streamed frame body).
+  enum class progress { idle, header, body };
+  virtual bool stream_mode() const { return false; }
+  virtual progress on_bytes(connection& c, std::string_view bytes);
+
   /// What the connection says in its protocol when it gives up on the peer
   /// (a deadline, an error) just before closing. Default: the cskit
   /// `error` frame `error`.
@@ -136,6 +145,17 @@ class connection : public std::enable_shared_from_this<connection> {
   ~connection();
   connection(const connection&) = delete;
   connection& operator=(const connection&) = delete;
+
+  /// Chooses the handler by the protocol the TLS handshake agreed on: once
+  /// it is done, `router(alpn, {})` may return the handler that replaces
+  /// the one given (null keeps it). A client that offered no ALPN (wget,
+  /// openssl s_client) gets `sniff_window` to speak first: `router("",
+  /// first_bytes)` then decides by what it sent (nothing: by no bytes).
+  /// Call before start().
+  using protocol_router =
+      std::function<std::unique_ptr<frame_handler>(std::string_view alpn, std::string_view first_bytes)>;
+  static constexpr std::chrono::milliseconds sniff_window{100};
+  void set_protocol_router(protocol_router router) { router_ = std::move(router); }
 
   /// Starts reading and the deadline timer. `on_finished` runs once
   /// everything has stopped.
@@ -159,6 +179,9 @@ class connection : public std::enable_shared_from_this<connection> {
   /// intact (the content digest then tells the receiver). Same rules as
   /// send(); `length` counts against the queue bounds.
   bool send_file(const proto::json& header, int fd, std::uint64_t offset, std::size_t length);
+  /// `length` bytes of `fd` from `offset`, as they are (a stream protocol's
+  /// body, after its header sent with send_raw).
+  bool send_file_raw(int fd, std::uint64_t offset, std::size_t length);
 
   /// Sends an `error` frame, stops reading, flushes, closes. With a delay,
   /// the error is held back that long first (slows password guessing).
@@ -266,6 +289,16 @@ class connection : public std::enable_shared_from_this<connection> {
   std::string line_;
   bool skipping_line_ = false;
   void process_lines(std::string_view bytes);
+  // Stream mode (frame_handler::stream_mode).
+  bool stream_mode_ = false;
+  frame_handler::progress stream_progress_ = frame_handler::progress::idle;
+  void process_stream(std::string_view bytes);
+  protocol_router router_;
+  bool sniffing_ = false;  // no ALPN: waiting for the client's first bytes (sniff_window)
+  void adopt_handler(std::unique_ptr<frame_handler> h);
+  void choose_protocol();
+  void end_sniff(std::string_view first_bytes);
+  bool queue_file(int fd, std::uint64_t offset, std::size_t length);
   state state_ = state::open;
   bool authenticated_ = false;
   admission_slot admission_;
@@ -331,7 +364,8 @@ class connection : public std::enable_shared_from_this<connection> {
   bool close_notify_sent_ = false;
   bool tls_partial_ = false;  // part of a TLS record waits for the rest (frame deadline)
   bool mid_frame() const noexcept {
-    return decoder_.mid_frame() || tls_partial_ || !line_.empty() || skipping_line_;
+    return decoder_.mid_frame() || tls_partial_ || !line_.empty() || skipping_line_ ||
+           stream_progress_ != frame_handler::progress::idle;
   }
   /// TLS and the kernel does not encrypt: records are made in user space.
   bool encrypts_writes() const noexcept;

@@ -54,6 +54,7 @@ struct tcp_server::impl {
     handler_factory factory;
     std::shared_ptr<const tls::context> tls;
     refusal_encoder refusal;  // null: a cskit error frame
+    connection::protocol_router router;  // null: the factory's handler, whatever ALPN says
   };
 
   server_options options;
@@ -84,6 +85,7 @@ struct tcp_server::impl {
     auto& primary = *listeners.emplace_back(std::make_unique<listener>(loops[0]->ioc));
     primary.factory = std::move(f);
     primary.tls = options.tls;
+    primary.router = options.protocol_router;
   }
 
   static std::vector<std::unique_ptr<loop>> make_loops(unsigned n) {
@@ -181,6 +183,7 @@ struct tcp_server::impl {
   void adopt(const listener& via, loop& l, tcp::socket s, admission_slot slot) {
     auto c = std::make_shared<connection>(std::move(s), l.limits, via.factory(), &l.flush, via.tls);
     c->hold_admission(std::move(slot));
+    if (via.router) c->set_protocol_router(via.router);
     l.connections.emplace(c.get(), c);
     c->start([this, &l](connection& done) {
       l.connections.erase(&done);

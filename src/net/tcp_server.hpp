@@ -29,6 +29,10 @@ struct server_options {
   std::shared_ptr<const tls::context> tls;
   /// After SIGINT/SIGTERM: time connections get to finish before being closed.
   std::chrono::milliseconds grace{std::chrono::seconds(5)};
+  /// After the TLS handshake, the handler for the protocol agreed on (ALPN),
+  /// in place of the factory's (connection::set_protocol_router). Null: the
+  /// factory's handler always.
+  connection::protocol_router protocol_router;
   /// SIGHUP: re-read the configuration. Runs on the first event loop; the
   /// loops go on serving meanwhile. Null: SIGHUP is logged and ignored.
   std::function<void()> on_reload;

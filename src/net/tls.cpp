@@ -31,6 +31,8 @@ constexpr const char* key_exchange_groups = "X25519:P-256";
 // used; a one-entry list keeps the copy every SSL object makes small.
 constexpr const char* tls12_unused_ciphers = "ECDHE-ECDSA-AES128-GCM-SHA256";
 constexpr unsigned char alpn_wire[] = {5, 'c', 's', 'k', 'i', 't'};
+// What a server that also serves HTTPS accepts, in its order of preference.
+constexpr unsigned char alpn_wire_http[] = {5, 'c', 's', 'k', 'i', 't', 8, 'h', 't', 't', 'p', '/', '1', '.', '1'};
 // A peer may update its keys now and then; a flood of KeyUpdate messages
 // (each makes us derive keys, and answer when asked to) ends the
 // connection: a few are free, then one per 16 MiB received.
@@ -180,11 +182,15 @@ void check_validity(X509* leaf, const std::filesystem::path& file) {
 }
 
 int select_alpn(SSL*, const unsigned char** out, unsigned char* out_len, const unsigned char* in, unsigned int in_len,
-                void*) {
-  // A client that offers ALPN must offer cskit's id; one that offers none
-  // (openssl s_client, say) is taken as speaking cskit.
+                void* offer_http) {
+  // A client that offers ALPN must offer cskit's id (or, when the server
+  // serves HTTPS, http/1.1); one that offers none (openssl s_client, say)
+  // is taken as speaking cskit.
   unsigned char* selected = nullptr;
-  if (SSL_select_next_proto(&selected, out_len, alpn_wire, sizeof alpn_wire, in, in_len) != OPENSSL_NPN_NEGOTIATED) {
+  const bool http = offer_http != nullptr;
+  const unsigned char* ours = http ? alpn_wire_http : alpn_wire;
+  const unsigned int ours_len = http ? sizeof alpn_wire_http : sizeof alpn_wire;
+  if (SSL_select_next_proto(&selected, out_len, ours, ours_len, in, in_len) != OPENSSL_NPN_NEGOTIATED) {
     return SSL_TLSEXT_ERR_ALERT_FATAL;
   }
   *out = selected;
@@ -442,7 +448,9 @@ std::shared_ptr<context> context::for_server(const server_settings& s) {
                 }()) >= 0
                     ? "never"
                     : asn1_time_text(not_after);
-  SSL_CTX_set_alpn_select_cb(ctx, select_alpn, nullptr);
+  // (The callback's argument only says whether http/1.1 is accepted.)
+  static int http_marker = 0;
+  SSL_CTX_set_alpn_select_cb(ctx, select_alpn, s.offer_http ? &http_marker : nullptr);
   SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
   if (s.try_ktls) SSL_CTX_set_options(ctx, SSL_OP_ENABLE_KTLS);
   return c;

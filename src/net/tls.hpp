@@ -33,6 +33,8 @@ class error : public std::runtime_error {
 
 /// The ALPN protocol id cskit's own protocol is negotiated under.
 inline constexpr std::string_view alpn_id = "cskit";
+/// HTTP/1.1's (RFC 7301): offered beside cskit's when the server serves HTTPS.
+inline constexpr std::string_view alpn_http = "http/1.1";
 
 /// RFC 9266 `tls-exporter` channel binding: 32 bytes exported under the
 /// label "EXPORTER-Channel-Binding" with an empty context.
@@ -67,6 +69,9 @@ struct server_settings {
   std::filesystem::path cert_file;  ///< PEM: the certificate, then its chain
   std::filesystem::path key_file;   ///< PEM: the private key (unencrypted)
   bool try_ktls = false;            ///< ask OpenSSL for kernel TLS
+  /// Also accept ALPN "http/1.1" (HTTPS on the same port); a client that
+  /// offers both gets cskit.
+  bool offer_http = false;
 };
 
 struct client_settings {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdlib>
 
+#include "proto/auth.hpp"
 #include "proto/messages.hpp"
 
 namespace cskit::server {
@@ -61,6 +62,17 @@ accounts_setup load_accounts(const server_config& config) {
   }
   out.table = std::make_shared<const account_table>(std::move(users));
   return out;
+}
+
+bool token_matches(const std::string& given, const user_account* account, const std::string& user) {
+  using proto::binding_kind;
+  using proto::proof_role;
+  static const std::string decoy(32, 'x');
+  const std::string& expected = account ? account->token : decoy;
+  const bool same =
+      proto::proofs_equal(proto::compute_proof(proof_role::client, given, user, binding_kind::nonces, "token"),
+                          proto::compute_proof(proof_role::client, expected, user, binding_kind::nonces, "token"));
+  return same && account != nullptr;
 }
 
 std::string account_change(const user_account& before, const user_account* after) {

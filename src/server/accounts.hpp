@@ -39,6 +39,12 @@ struct accounts_setup {
 /// file others may read, ...).
 accounts_setup load_accounts(const server_config& config);
 
+/// Whether `given` is the token of `account`, in a time that tells neither
+/// (HMACs of the two are compared); false without an account (a decoy is
+/// hashed all the same). For logins that send the token itself (IRC,
+/// HTTP); the cskit protocol sends a proof instead.
+bool token_matches(const std::string& given, const user_account* account, const std::string& user);
+
 /// Why a session that logged in as `before` may not go on now that the
 /// account is `after` (null: removed): its token was replaced or it lost a
 /// permission. Empty when it may go on (unchanged, or given more).

@@ -264,6 +264,14 @@ void parse_tls_table(const std::string& source, const toml::table& t, tls_option
   if (o.cert.empty() != o.key.empty()) fail_at(source, t, "[tls] needs both 'cert' and 'key', or neither");
 }
 
+void parse_web_table(const std::string& source, const toml::table& t, web_options& o) {
+  for (auto&& [k, v] : t) {
+    std::string_view key = k.str();
+    if (key == "enabled") o.enabled = get_bool(source, v, key);
+    else fail_at(source, v, "unknown key '" + std::string(key) + "' in [web]");
+  }
+}
+
 user_account parse_user(const std::string& source, const toml::table& t) {
   user_account u;
   bool have_token = false;
@@ -345,7 +353,7 @@ server_config parse_config(std::string_view text, const std::string& source) {
       if (!v.is_table()) fail_at(source, v, "'server' must be a table");
       parse_server_table(source, *v.as_table(), c);
     } else if (key == "echo" || key == "time" || key == "exec" || key == "chat" || key == "files" || key == "tls" ||
-               key == "irc") {
+               key == "irc" || key == "web") {
       if (!v.is_table()) fail_at(source, v, "'" + std::string(key) + "' must be a table");
       if (key == "echo") parse_echo_table(source, *v.as_table(), c.echo);
       else if (key == "time") parse_time_table(source, *v.as_table(), c.time);
@@ -353,11 +361,12 @@ server_config parse_config(std::string_view text, const std::string& source) {
       else if (key == "files") parse_files_table(source, *v.as_table(), c.files);
       else if (key == "tls") parse_tls_table(source, *v.as_table(), c.tls);
       else if (key == "irc") parse_irc_table(source, *v.as_table(), c.irc);
+      else if (key == "web") parse_web_table(source, *v.as_table(), c.web);
       else parse_chat_table(source, *v.as_table(), c.chat);
     } else if (key == "users") {
       parse_users(source, v, c.users);
     } else {
-      fail_at(source, v, "unknown top-level key '" + std::string(key) + "' (expected [server], [tls], [files], [echo], [time], [exec], [chat], [irc] or [[users]])");
+      fail_at(source, v, "unknown top-level key '" + std::string(key) + "' (expected [server], [tls], [files], [echo], [time], [exec], [chat], [irc], [web] or [[users]])");
     }
   }
   return c;

@@ -53,6 +53,12 @@ struct irc_options {
   bool operator==(const irc_options&) const = default;
 };
 
+/// [web]: HTTPS on the cskit port (ALPN http/1.1), docs/http.md.
+struct web_options {
+  bool enabled = true;
+  bool operator==(const web_options&) const = default;
+};
+
 struct server_config {
   std::string listen = "127.0.0.1:7701";
   std::filesystem::path root;       ///< the share (empty: <state_dir>/share)
@@ -80,6 +86,7 @@ struct server_config {
   service::chat_options chat;       ///< [chat]
   irc_options irc;                  ///< [irc]
   tls_options tls;                  ///< [tls]
+  web_options web;                  ///< [web]
 };
 
 class config_error : public std::runtime_error {

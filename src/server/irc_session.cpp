@@ -61,15 +61,6 @@ std::optional<std::string> base64_decode(const std::string& in) {
   return out;
 }
 
-// Constant-time comparison of a given token with an account's, through
-// HMACs of the same length.
-bool tokens_equal(const std::string& given, const std::string& expected, const std::string& user) {
-  using proto::binding_kind;
-  using proto::proof_role;
-  return proto::proofs_equal(proto::compute_proof(proof_role::client, given, user, binding_kind::nonces, "irc"),
-                             proto::compute_proof(proof_role::client, expected, user, binding_kind::nonces, "irc"));
-}
-
 }  // namespace
 
 irc_front::irc_front(const server_context& c, service::chat_hub& h, service::irc_settings s)
@@ -358,9 +349,8 @@ void irc_session::log_in(net::connection& c, const std::string& user, const std:
     if (sasl) return numeric(c, "904", {"SASL authentication failed: too many failed logins, try again later"});
     return close(c, "too many failed logins from your address or for this user: try again later");
   }
-  static const std::string decoy(32, 'x');
   const auto u = front_.ctx.find_user(user);
-  const bool ok = tokens_equal(token, u ? u->token : decoy, user) && u;
+  const bool ok = token_matches(token, u.get(), user);
   if (ok) front_.ctx.throttle.on_success(source, user, *when);
   else front_.ctx.throttle.on_failure(source, user, *when);
   const auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(*when - now);

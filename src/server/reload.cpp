@@ -41,6 +41,7 @@ std::vector<std::string> changes_needing_restart(const server_config& a, const s
   check(a.time == b.time, "[time]");
   check(a.chat == b.chat, "[chat]");
   check(a.irc == b.irc, "[irc]");
+  check(a.web == b.web, "[web]");
   check(a.files.fsync == b.files.fsync, "[files] fsync");
   check((a.files.quota > 0) == (b.files.quota > 0), "[files] quota (turned on or off)");
   // Of [exec], only the limits on concurrent commands are reloaded.

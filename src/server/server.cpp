@@ -11,6 +11,7 @@
 #include "net/endpoint.hpp"
 #include "net/service_manager.hpp"
 #include "net/tcp_server.hpp"
+#include "proto/http.hpp"
 #include "proto/limits.hpp"
 #include "proto/ntp.hpp"
 #include "server/chat_routes.hpp"
@@ -18,6 +19,7 @@
 #include "service/chat_sqlite.hpp"
 #include "server/exec_routes.hpp"
 #include "server/file_routes.hpp"
+#include "server/http_session.hpp"
 #include "server/identity.hpp"
 #include "server/irc_session.hpp"
 #include "server/reload.hpp"
@@ -58,6 +60,7 @@ tls_setup setup_tls(const server_config& config, const std::string& name) {
   const identity_files files = identity_of(config, name);
   net::tls::server_settings settings{files.cert, files.key};
   settings.try_ktls = config.tls.kernel_tls == "on" || (config.tls.kernel_tls == "auto" && net::tls::kernel_offers_ktls());
+  settings.offer_http = config.web.enabled;
   std::shared_ptr<const net::tls::context> ctx;
   try {
     ctx = net::tls::context::for_server(settings);
@@ -286,6 +289,17 @@ void run_server(server_config config, const serve_hooks& hooks) {
   irc_front irc(ctx, chat_hub, irc_settings_of(config));
 
   net::server_options o = server_options_of(config, *listen, tls);
+  const http_front web{ctx, *share};
+  if (config.web.enabled && tls.context) {
+    // ALPN http/1.1; or, from a client that offered no ALPN (wget), a
+    // request line first (a cskit client waits for the server's hello).
+    o.protocol_router = [&web](std::string_view alpn, std::string_view first) -> std::unique_ptr<net::frame_handler> {
+      if (alpn == net::tls::alpn_http || (alpn.empty() && proto::http::looks_like_request(first))) {
+        return std::make_unique<http_session>(web);
+      }
+      return nullptr;
+    };
+  }
   net::tcp_server* server = nullptr;  // set below, before any signal is handled
   o.on_reload = [&] {
     reload_server(hooks.reload, started, {ctx, chat_hub, exec_limiter, *share, *server});
@@ -303,6 +317,7 @@ void run_server(server_config config, const serve_hooks& hooks) {
   const std::string address = srv.local_address();
   std::vector<std::string> side = add_datagram_services(srv, config);
   if (!config.irc.listen.empty() && config.chat.enabled) side.push_back(add_irc_front(srv, config, tls, irc));
+  if (o.protocol_router) side.push_back("web: https://" + address + "/files/ (HTTPS on the same port, for curl and wget)");
   print_banner(config, {address, o.threads, tls.banner, std::move(side), accounts, exec_policy.account});
   spdlog::info("listening on {} as '{}'", address, ctx.name);
   // systemd's Type=notify: ready once every listener is bound.

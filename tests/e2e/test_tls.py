@@ -104,7 +104,8 @@ class OpenSSLClient(unittest.TestCase):
         with socket.create_connection(("127.0.0.1", self.srv.port), timeout=10) as raw:
             with ctx.wrap_socket(raw) as s:
                 self.assertEqual(wire.read_frame(s)[0]["type"], "hello")
-        ctx.set_alpn_protocols(["http/1.1"])
+        # (http/1.1 is HTTPS on the same port, test_https; h2 is not served.)
+        ctx.set_alpn_protocols(["h2"])
         with socket.create_connection(("127.0.0.1", self.srv.port), timeout=10) as raw:
             with self.assertRaises(ssl.SSLError):
                 ctx.wrap_socket(raw)

@@ -1,0 +1,409 @@
+#include "server/http_session.hpp"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+
+#include <boost/beast/http/error.hpp>
+#include <spdlog/spdlog.h>
+
+#include "net/admission.hpp"
+#include "proto/auth.hpp"
+#include "proto/http.hpp"
+#include "server/session.hpp"
+#include "service/audit.hpp"
+#include "service/files.hpp"
+#include "util/jail.hpp"
+#include "version.hpp"
+
+namespace cskit::server {
+
+namespace bhttp = boost::beast::http;
+namespace http = proto::http;
+
+namespace {
+
+constexpr std::string_view files_prefix = "/files/";
+// A file body goes out a piece at a time, while the send queue is short.
+constexpr std::size_t body_piece = 1u << 20;
+constexpr std::size_t queue_high = 4u << 20;
+constexpr std::size_t queue_low = 1u << 20;
+// Requests pipelined behind the one being answered: at most this much.
+constexpr std::size_t max_pipelined = 64 * 1024;
+
+std::string hex(std::uint64_t v) {
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+// A strong validator of a file's version: which file, its size, its time.
+std::string etag_of(const struct stat& st) {
+  return "\"" + hex(static_cast<std::uint64_t>(st.st_ino)) + "-" + hex(static_cast<std::uint64_t>(st.st_size)) + "-" +
+         hex(static_cast<std::uint64_t>(util::mtime_ns(st))) + "\"";
+}
+
+// If-None-Match's list holds `etag` (or is "*").
+bool etag_listed(std::string_view list, const std::string& etag) {
+  if (list.find('*') != std::string_view::npos) return true;
+  return list.find(etag) != std::string_view::npos;
+}
+
+// A JSON string; a name that is not UTF-8 gets U+FFFD where it is not.
+std::string json_escape(std::string_view s) {
+  return proto::json(std::string(s)).dump(-1, ' ', false, proto::json::error_handler_t::replace);
+}
+
+// Beast's string_view as a string.
+template <class View>
+std::string str(const View& v) {
+  return std::string(v.data(), v.size());
+}
+
+}  // namespace
+
+struct http_session::request_info {
+  bhttp::verb method;
+  std::string target;
+  std::string authorization;
+  std::string range, if_range, if_none_match, if_modified_since;
+  bool keep_alive = true;
+  std::string source;  // the throttle's key for the peer's address
+};
+
+struct http_session::body_sender {
+  util::unique_fd fd;
+  std::uint64_t at = 0, left = 0, sent = 0;
+  std::string path;
+};
+
+http_session::http_session(const http_front& front) : front_(front) {}
+http_session::~http_session() = default;
+
+void http_session::on_open(net::connection& c) {
+  spdlog::info("connection from {} ({}, HTTPS)", c.peer(), c.tls_description());
+}
+
+void http_session::on_close(net::connection& c, std::string_view reason) {
+  if (sending_) {
+    service::audit_file_operation({"get", account_ ? account_->name : "", c.peer(), sending_->path, "",
+                                   sending_->sent, "interrupted", "the connection closed; the download can be resumed"});
+  }
+  spdlog::info("closed {} (HTTPS{}{}) ({})", c.peer(), account_ ? ", user=" : "", account_ ? account_->name : "",
+               reason);
+}
+
+net::frame_handler::progress http_session::on_bytes(net::connection& c, std::string_view bytes) {
+  in_.append(bytes);
+  if (busy_ && in_.size() > max_pipelined) {
+    // (A response is under way: no answer can be put in its middle.)
+    c.close_now("HTTP: too many requests sent ahead of the answers");
+    return progress::idle;
+  }
+  pump(c);
+  if (parser_ && parser_->got_some() && !parser_->is_header_done()) return progress::header;
+  return progress::idle;
+}
+
+void http_session::pump(net::connection& c) {
+  while (!busy_ && !c.closing() && !in_.empty()) {
+    if (!parser_) {
+      parser_.emplace();
+      parser_->header_limit(max_header);
+    }
+    boost::system::error_code ec;
+    const std::size_t n = parser_->put(boost::asio::buffer(in_.data(), in_.size()), ec);
+    in_.erase(0, n);
+    if (ec == bhttp::error::need_more) {
+      if (in_.size() > max_header) return refuse(c, 431, "the request's header is too large");
+      return;
+    }
+    if (ec == bhttp::error::header_limit) return refuse(c, 431, "the request's header is too large");
+    if (ec) return refuse(c, 400, "malformed request: " + ec.message());
+    if (parser_->is_header_done()) on_header(c);
+  }
+}
+
+void http_session::on_header(net::connection& c) {
+  busy_ = true;
+  const auto& m = parser_->get();
+  req_ = std::make_unique<request_info>();
+  req_->method = m.method();
+  req_->target = str(m.target());
+  req_->authorization = str(m[bhttp::field::authorization]);
+  req_->range = str(m[bhttp::field::range]);
+  req_->if_range = str(m[bhttp::field::if_range]);
+  req_->if_none_match = str(m[bhttp::field::if_none_match]);
+  req_->if_modified_since = str(m[bhttp::field::if_modified_since]);
+  req_->keep_alive = parser_->keep_alive();
+  req_->source = net::source_key::of(c.peer_address()).describe();
+  const bool has_body = parser_->chunked() || parser_->content_length().value_or(0) > 0;
+  if (req_->method != bhttp::verb::get && req_->method != bhttp::verb::head) {
+    closing_ = has_body;  // its body is not read
+    return respond_error(c, 405, "this server answers GET and HEAD", "Allow: GET, HEAD\r\n");
+  }
+  if (has_body) return refuse(c, 400, "a GET or HEAD request has no body");
+  parser_.reset();  // the header is all there is
+  authenticate(c);
+}
+
+void http_session::authenticate(net::connection& c) {
+  if (account_ && !req_->authorization.empty() && req_->authorization == credentials_) return authorized(c);
+  auto basic = http::parse_basic(req_->authorization);
+  auto bearer = basic ? std::nullopt : http::parse_bearer(req_->authorization);
+  if (!basic && !bearer) {
+    return respond_error(c, 401, "log in with a cskit account: HTTP Basic (user and token) or a bearer token",
+                         "WWW-Authenticate: Basic realm=\"cskit\", charset=\"UTF-8\"\r\nWWW-Authenticate: Bearer "
+                         "realm=\"cskit\"\r\n");
+  }
+  // The login throttle of the cskit protocol: attempts of one source or
+  // one name are answered one after another, failures slow them.
+  if (basic && !proto::is_valid_user_name(basic->user)) {
+    return respond_error(c, 401, "authentication failed: unknown user or wrong token",
+                         "WWW-Authenticate: Basic realm=\"cskit\", charset=\"UTF-8\"\r\n");
+  }
+  const std::string name = basic ? basic->user : std::string("(bearer)");
+  auto& throttle = front_.ctx.throttle;
+  const auto now = auth_throttle::clock::now();
+  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(c.login_deadline() - now);
+  const auto when = throttle.admit(req_->source, name,
+                                   std::max(std::chrono::milliseconds(0), left - std::chrono::seconds(1)), now);
+  if (!when) {
+    spdlog::warn("https: login of '{}' from {} refused untried: too many recent failures", name, c.peer());
+    closing_ = true;
+    return respond_error(c, 429, "too many failed logins from your address or for this user: try again later");
+  }
+  std::shared_ptr<const user_account> found;
+  if (basic) {
+    auto u = front_.ctx.find_user(basic->user);
+    if (token_matches(basic->secret, u.get(), basic->user)) found = std::move(u);
+  } else {
+    // A bearer token names its account: each is compared, in constant time.
+    const auto table = front_.ctx.accounts();
+    for (const auto& u : table->all()) {
+      if (token_matches(*bearer, u.get(), u->name) && !found) found = u;
+    }
+  }
+  if (found) throttle.on_success(req_->source, name, *when);
+  else throttle.on_failure(req_->source, name, *when);
+  auto settle = [this, &c, found] {
+    if (!found) {
+      spdlog::warn("https: authentication failed from {}", c.peer());
+      return respond_error(c, 401, "authentication failed: unknown user or wrong token",
+                           "WWW-Authenticate: Basic realm=\"cskit\", charset=\"UTF-8\"\r\n");
+    }
+    if (!account_) {
+      c.set_authenticated();
+      spdlog::info("https: authenticated {} as {}", c.peer(), found->name);
+    }
+    account_ = found;
+    credentials_ = req_->authorization;
+    authorized(c);
+  };
+  const auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(*when - now);
+  if (wait.count() <= 0) return settle();
+  c.run_after(wait, settle);
+}
+
+void http_session::authorized(net::connection& c) {
+  if (!account_->permissions.has(proto::permission::files_read)) {
+    return respond_error(c, 403, "user '" + account_->name + "' lacks the 'files-read' permission");
+  }
+  std::string why;
+  auto path = http::target_path(req_->target, files_prefix, why);
+  if (!path) {
+    if (why.starts_with("not under")) return respond_error(c, 404, "files are under " + std::string(files_prefix));
+    return respond_error(c, 400, "the path has " + why);
+  }
+  if (std::string bad = util::check_relative_path(*path); !bad.empty()) {
+    return respond_error(c, 400, "'" + *path + "': " + bad);
+  }
+  const std::string norm = util::normalize_relative(*path);
+  for (auto name : util::split_relative(norm)) {
+    if (util::is_part_file_name(name)) return respond_error(c, 404, "'" + norm + "' does not exist");
+  }
+  util::unique_fd fd(front_.share.jail().open(norm, O_RDONLY | O_CLOEXEC | O_NONBLOCK));
+  if (!fd) {
+    const int err = -fd.release();
+    if (err == ENOENT || err == ENOTDIR || err == EXDEV || err == ELOOP) {
+      return respond_error(c, 404, "'" + norm + "' does not exist");
+    }
+    if (err == EACCES || err == EPERM) return respond_error(c, 403, "'" + norm + "': permission denied");
+    return respond_error(c, 500, "'" + norm + "': " + std::strerror(err));
+  }
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) return respond_error(c, 500, "'" + norm + "': " + std::strerror(errno));
+  if (S_ISDIR(st.st_mode)) return serve_directory(c, norm, std::move(fd));
+  if (!S_ISREG(st.st_mode)) return respond_error(c, 403, "'" + norm + "' is not a regular file");
+  serve_file(c, norm, std::move(fd), st);
+}
+
+void http_session::serve_file(net::connection& c, const std::string& path, util::unique_fd fd, const struct stat& st) {
+  const auto size = static_cast<std::uint64_t>(st.st_size);
+  const std::string etag = etag_of(st);
+  const std::string modified = http::format_date(st.st_mtim.tv_sec);
+  std::string fields = "ETag: " + etag + "\r\nLast-Modified: " + modified +
+                       "\r\nAccept-Ranges: bytes\r\nContent-Security-Policy: sandbox\r\n";
+  // Conditional requests (RFC 9110 13.2.2): If-None-Match, else If-Modified-Since.
+  bool unchanged = false;
+  if (!req_->if_none_match.empty()) {
+    unchanged = etag_listed(req_->if_none_match, etag);
+  } else if (auto since = http::parse_date(req_->if_modified_since)) {
+    unchanged = st.st_mtim.tv_sec <= *since;
+  }
+  if (unchanged) {
+    send_head(c, 304, fields, std::nullopt, {});
+    return finished(c);
+  }
+  http::byte_range range{0, size};
+  int status = 200;
+  // If-Range: the range only if the file is still the version the client has.
+  const bool range_applies = req_->if_range.empty() || req_->if_range == etag || req_->if_range == modified;
+  if (!req_->range.empty() && range_applies) {
+    switch (http::parse_range(req_->range, size, range)) {
+      case http::range_result::none: range = {0, size}; break;
+      case http::range_result::ok: status = 206; break;
+      case http::range_result::unsatisfiable:
+        return respond_error(c, 416, "the range starts after the end of '" + path + "' (" + std::to_string(size) +
+                                         " bytes)",
+                             "Content-Range: bytes */" + std::to_string(size) + "\r\n");
+    }
+  }
+  if (status == 206) {
+    fields += "Content-Range: bytes " + std::to_string(range.first) + "-" +
+              std::to_string(range.first + range.length - 1) + "/" + std::to_string(size) + "\r\n";
+  }
+  send_head(c, status, fields, range.length, http::media_type(path));  // the body follows
+  if (req_->method == bhttp::verb::head || range.length == 0) {
+    if (req_->method == bhttp::verb::get) {
+      service::audit_file_operation({"get", account_->name, c.peer(), path, "", 0, "ok", {}});
+    }
+    return finished(c);
+  }
+  sending_ = std::make_unique<body_sender>();
+  sending_->fd = std::move(fd);
+  sending_->at = range.first;
+  sending_->left = range.length;
+  sending_->path = path;
+  send_body(c);
+}
+
+void http_session::send_body(net::connection& c) {
+  body_sender& b = *sending_;
+  while (b.left > 0 && c.queued_bytes() < queue_high) {
+    const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(b.left, body_piece));
+    if (!c.send_file_raw(b.fd.get(), b.at, n)) return;  // closing
+    b.at += n;
+    b.left -= n;
+    b.sent += n;
+    c.touch();  // progress counts as activity for the idle deadline
+  }
+  if (b.left > 0) {
+    c.when_queue_below(queue_low, [this, &c] { send_body(c); });
+    return;
+  }
+  service::audit_file_operation({"get", account_->name, c.peer(), b.path, "", b.sent, "ok", {}});
+  sending_.reset();
+  finished(c);
+}
+
+void http_session::serve_directory(net::connection& c, const std::string& path, util::unique_fd fd) {
+  // A listing as JSON: what the page shows, and what a script reads.
+  DIR* d = ::fdopendir(::openat(fd.get(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (d == nullptr) return respond_error(c, 403, "'" + path + "': " + std::strerror(errno));
+  std::string body = "{\"path\":" + json_escape(path) + ",\"entries\":[";
+  bool first = true;
+  std::size_t count = 0;
+  while (dirent* e = ::readdir(d)) {
+    const std::string_view name = e->d_name;
+    if (name == "." || name == ".." || util::is_part_file_name(name)) continue;
+    struct stat st {};
+    if (::fstatat(::dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
+    const char* type = S_ISDIR(st.st_mode) ? "dir" : S_ISREG(st.st_mode) ? "file" : S_ISLNK(st.st_mode) ? "link" : "other";
+    body += std::string(first ? "" : ",") + "{\"name\":" + json_escape(name) + ",\"type\":\"" + type +
+            "\",\"size\":" + std::to_string(st.st_size) + ",\"mtime\":" + std::to_string(st.st_mtim.tv_sec) + "}";
+    first = false;
+    if (++count >= 100000) break;  // a bounded answer
+  }
+  ::closedir(d);
+  body += "]}\n";
+  respond(c, 200, {}, body, "application/json");
+}
+
+std::string http_session::head(int status, const std::string& fields, std::optional<std::uint64_t> length,
+                               std::string_view type) const {
+  std::string h = "HTTP/1.1 " + std::to_string(status) + " " + std::string(http::reason(status)) +
+                  "\r\nDate: " + http::format_date(std::time(nullptr)) + "\r\nServer: cskit/" + cskit_version +
+                  "\r\nX-Content-Type-Options: nosniff\r\nCache-Control: private\r\n" + fields;
+  if (!type.empty()) h += "Content-Type: " + std::string(type) + "\r\n";
+  if (length) h += "Content-Length: " + std::to_string(*length) + "\r\n";
+  if (closing_ || (req_ && !req_->keep_alive)) h += "Connection: close\r\n";
+  return h + "\r\n";
+}
+
+void http_session::send_head(net::connection& c, int status, const std::string& fields,
+                             std::optional<std::uint64_t> length, std::string_view type) {
+  responding_ = true;
+  c.send_raw(head(status, fields, length, type));
+}
+
+void http_session::respond(net::connection& c, int status, const std::string& fields, std::string_view body,
+                           std::string_view type) {
+  send_head(c, status, fields, body.size(), type);
+  if (!req_ || req_->method != bhttp::verb::head) c.send_raw(body);
+  finished(c);
+}
+
+void http_session::respond_error(net::connection& c, int status, const std::string& message, const std::string& fields) {
+  respond(c, status, fields, std::to_string(status) + " " + std::string(http::reason(status)) + ": " + message + "\n");
+}
+
+void http_session::refuse(net::connection& c, int status, const std::string& message) {
+  closing_ = true;
+  busy_ = true;
+  spdlog::info("https: {}: {} {}", c.peer(), status, message);
+  respond_error(c, status, message);
+}
+
+void http_session::finished(net::connection& c) {
+  responding_ = false;
+  const bool close = closing_ || (req_ && !req_->keep_alive);
+  req_.reset();
+  parser_.reset();
+  if (close) {
+    in_.clear();
+    c.close_after_flush("HTTP: Connection: close");
+    return;
+  }
+  busy_ = false;
+  pump(c);
+}
+
+void http_session::encode_failure(std::string& out, const proto::json& error) {
+  // A deadline in the middle of a request: 408; between requests, or in
+  // the middle of a response, the connection just closes.
+  if (responding_ || !parser_ || !parser_->got_some()) return;
+  const std::string body = "408 Request Timeout: " + error.value("message", std::string("too slow")) + "\n";
+  out += "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n"
+         "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+}
+
+void http_session::on_shutdown(net::connection& c, std::chrono::milliseconds grace) {
+  // A response being sent finishes within the grace; then the close.
+  closing_ = true;
+  if (!busy_) c.close_after_flush("server shutdown", grace);
+}
+
+void http_session::on_grace_over(net::connection& c) { c.close_now("server shutdown (grace period over)"); }
+
+void http_session::on_reload(net::connection& c) {
+  if (!account_) return;
+  const auto now = front_.ctx.find_user(account_->name);
+  std::string why = account_change(*account_, now.get());
+  if (why.empty() && !now->permissions.has(proto::permission::files_read)) why = "files-read was withdrawn";
+  if (why.empty()) return;
+  spdlog::warn("https: {} user={}: closed after the configuration was reloaded: {}", c.peer(), account_->name, why);
+  c.close_now("the account changed: " + why);
+}
+
+}  // namespace cskit::server

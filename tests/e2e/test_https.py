@@ -1,0 +1,264 @@
+"""HTTPS on the cskit port (ALPN http/1.1): curl and wget read the share
+under /files/ with the same accounts, permissions and jail as the cskit
+protocol; ranges and resumption, conditional requests, the errors with
+their bodies, traversal attempts, and a slow client cut at its deadline
+while others are served."""
+import base64
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import unittest
+
+from harness import BIN, TOKEN, Server
+
+ALICE = "alice-token-0123456789abcdef"
+CAROL = "carol-token-0123456789abcdef"
+CONF = f"""
+[[users]]
+name = "admin"
+token = "{TOKEN}"
+permissions = ["files-read", "files-write", "chat"]
+
+[[users]]
+name = "alice"
+token = "{ALICE}"
+permissions = ["files-read"]
+
+[[users]]
+name = "carol"
+token = "{CAROL}"
+permissions = ["chat"]
+"""
+
+
+def pinned_key(fingerprint):
+    """curl's --pinnedpubkey form of the server's key fingerprint (SHA256:base64, unpadded)."""
+    b64 = fingerprint.split(":", 1)[1]
+    return "sha256//" + b64 + "=" * (-len(b64) % 4)
+
+
+class Https(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.srv = Server("--frame-timeout", "3", config_text=CONF)
+        cls.cert = os.path.join(cls.srv.state, "server.crt")
+        cls.data = os.urandom(3 * 1024 * 1024 + 17)
+        with open(os.path.join(cls.srv.share, "big.bin"), "wb") as f:
+            f.write(cls.data)
+        os.makedirs(os.path.join(cls.srv.share, "docs", "sub"))
+        with open(os.path.join(cls.srv.share, "docs", "a b.txt"), "w") as f:
+            f.write("hello\n")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.srv.stop()
+        cls.srv.cleanup()
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="cskit-https-")
+        self.addCleanup(shutil.rmtree, self.tmp, ignore_errors=True)
+
+    def url(self, path):
+        return f"https://127.0.0.1:{self.srv.port}/files/{path}"
+
+    def curl(self, *args, user=("admin", TOKEN)):
+        auth = ["-u", f"{user[0]}:{user[1]}"] if user else []
+        return subprocess.run(["curl", "-sS", "--cacert", self.cert, *auth, *args], capture_output=True,
+                              cwd=self.tmp, timeout=60)
+
+    def status_of(self, *args, user=("admin", TOKEN)):
+        r = self.curl("-o", "/dev/null", "-w", "%{http_code}", *args, user=user)
+        return int(r.stdout.decode() or 0)
+
+    def test_curl_downloads_the_bytes(self):
+        r = self.curl("-O", self.url("big.bin"))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(os.path.join(self.tmp, "big.bin"), "rb") as f:
+            self.assertEqual(f.read(), self.data)
+        # The key pinned instead of the certificate trusted: the same.
+        r = subprocess.run(["curl", "-sS", "-k", "--pinnedpubkey", pinned_key(self.srv.fingerprint), "-u",
+                            f"admin:{TOKEN}", self.url("docs/a%20b.txt")], capture_output=True, timeout=60)
+        self.assertEqual((r.returncode, r.stdout), (0, b"hello\n"), r.stderr)
+        self.assertRegex(self.srv.stderr(), r'files op=get user=admin peer=127\.0\.0\.1:\d+ path="big\.bin" '
+                                            rf'bytes={len(self.data)} result=ok')
+
+    def test_head_gives_size_type_etag_and_date(self):
+        r = self.curl("-I", self.url("docs/a%20b.txt"))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        head = r.stdout.decode().lower()
+        self.assertIn("http/1.1 200 ok", head)
+        self.assertIn("content-length: 6\r\n", head)
+        self.assertIn("content-type: text/plain; charset=utf-8\r\n", head)
+        self.assertRegex(head, r'etag: "[0-9a-f]+-6-[0-9a-f]+"\r\n')
+        self.assertRegex(head, r"last-modified: \w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d gmt\r\n")
+        self.assertIn("accept-ranges: bytes\r\n", head)
+        self.assertIn("content-security-policy: sandbox\r\n", head)
+
+    def test_ranges_and_resumption(self):
+        r = self.curl("-r", "100-199", self.url("big.bin"))
+        self.assertEqual(r.stdout, self.data[100:200])
+        r = self.curl("-r", "-10", self.url("big.bin"))
+        self.assertEqual(r.stdout, self.data[-10:])
+        # wget -c continues a partial download (Range: bytes=N-).
+        part = os.path.join(self.tmp, "big.bin")
+        with open(part, "wb") as f:
+            f.write(self.data[:1234567])
+        r = subprocess.run(["wget", "-q", "-c", f"--ca-certificate={self.cert}", "--user", "admin", "--password",
+                            TOKEN, self.url("big.bin")], capture_output=True, cwd=self.tmp, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(part, "rb") as f:
+            self.assertEqual(f.read(), self.data)
+        # curl -C - too.
+        with open(part, "wb") as f:
+            f.write(self.data[:5000])
+        r = self.curl("-C", "-", "-o", "big.bin", self.url("big.bin"))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(part, "rb") as f:
+            self.assertEqual(f.read(), self.data)
+        # A range past the end: 416, with the size.
+        r = self.curl("-i", "-r", f"{len(self.data)}-", self.url("big.bin"))
+        self.assertIn(b"HTTP/1.1 416 Range Not Satisfiable", r.stdout)
+        self.assertIn(f"content-range: bytes */{len(self.data)}".encode(), r.stdout.lower())
+
+    def test_conditional_requests(self):
+        head = self.curl("-I", self.url("big.bin")).stdout.decode()
+        etag = next(line.split(":", 1)[1].strip() for line in head.splitlines() if line.lower().startswith("etag:"))
+        modified = next(line.split(":", 1)[1].strip() for line in head.splitlines()
+                        if line.lower().startswith("last-modified:"))
+        self.assertEqual(self.status_of("-H", f"If-None-Match: {etag}", self.url("big.bin")), 304)
+        self.assertEqual(self.status_of("-H", f"If-Modified-Since: {modified}", self.url("big.bin")), 304)
+        self.assertEqual(self.status_of("-H", 'If-None-Match: "other"', self.url("big.bin")), 200)
+        # If-Range with another version: the whole file, not the range.
+        r = self.curl("-i", "-r", "0-9", "-H", 'If-Range: "old-version"', self.url("big.bin"))
+        self.assertIn(b"HTTP/1.1 200 OK", r.stdout)
+
+    def test_accounts_and_permissions(self):
+        r = self.curl("-i", self.url("big.bin"), user=None)
+        self.assertIn(b"HTTP/1.1 401 Unauthorized", r.stdout)
+        self.assertIn(b'www-authenticate: basic realm="cskit"', r.stdout.lower())
+        self.assertIn(b"log in with a cskit account", r.stdout)
+        self.assertEqual(self.status_of(self.url("big.bin"), user=("admin", "wrong-token-0123456789")), 401)
+        self.assertEqual(self.status_of(self.url("big.bin"), user=("nobody", TOKEN)), 401)
+        self.assertEqual(self.status_of(self.url("big.bin"), user=("alice", ALICE)), 200)
+        r = self.curl("-i", self.url("big.bin"), user=("carol", CAROL))
+        self.assertIn(b"HTTP/1.1 403 Forbidden", r.stdout)
+        self.assertIn(b"lacks the 'files-read' permission", r.stdout)
+        # A bearer token names its account.
+        r = self.curl("-H", f"Authorization: Bearer {ALICE}", self.url("docs/a%20b.txt"), user=None)
+        self.assertEqual(r.stdout, b"hello\n")
+        r = self.curl("-i", "-H", "Authorization: Bearer not-a-token-of-anyone", self.url("big.bin"), user=None)
+        self.assertIn(b"HTTP/1.1 401", r.stdout)
+        # wget sends its credentials after the challenge, as browsers do.
+        r = subprocess.run(["wget", "-q", "-O", "-", f"--ca-certificate={self.cert}", "--user", "alice",
+                            "--password", ALICE, self.url("docs/a%20b.txt")], capture_output=True, timeout=60)
+        self.assertEqual((r.returncode, r.stdout), (0, b"hello\n"), r.stderr)
+
+    def test_errors_say_what_is_wrong(self):
+        r = self.curl("-i", self.url("no/such.file"))
+        self.assertIn(b"HTTP/1.1 404 Not Found", r.stdout)
+        self.assertIn(b"'no/such.file' does not exist", r.stdout)
+        r = self.curl("-i", f"https://127.0.0.1:{self.srv.port}/elsewhere")
+        self.assertIn(b"HTTP/1.1 404", r.stdout)
+        self.assertIn(b"files are under /files/", r.stdout)
+        r = self.curl("-i", "-T", os.devnull, self.url("new.txt"))
+        self.assertIn(b"HTTP/1.1 405", r.stdout)
+        self.assertIn(b"allow: get, head", r.stdout.lower())
+
+    def test_directories_list_as_json(self):
+        r = self.curl(self.url("docs/"))
+        listing = json.loads(r.stdout)
+        self.assertEqual(listing["path"], "docs")
+        names = {e["name"]: e for e in listing["entries"]}
+        self.assertEqual(names["a b.txt"]["type"], "file")
+        self.assertEqual(names["a b.txt"]["size"], 6)
+        self.assertEqual(names["sub"]["type"], "dir")
+        self.assertIn("big.bin", {e["name"] for e in json.loads(self.curl(self.url("")).stdout)["entries"]})
+
+    def raw(self, request, timeout=10):
+        """Sends `request` (bytes) over TLS with ALPN http/1.1; returns what came back until the close."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(self.cert)
+        ctx.check_hostname = False
+        ctx.set_alpn_protocols(["http/1.1"])
+        with socket.create_connection(("127.0.0.1", self.srv.port), timeout=timeout) as s:
+            with ctx.wrap_socket(s) as t:
+                self.assertEqual(t.selected_alpn_protocol(), "http/1.1")
+                t.sendall(request)
+                out = b""
+                while True:
+                    chunk = t.recv(65536)
+                    if not chunk:
+                        return out
+                    out += chunk
+
+    def test_traversal_is_refused(self):
+        auth = base64.b64encode(f"admin:{TOKEN}".encode()).decode()
+        for target in ("/files/../../etc/passwd", "/files/%2e%2e/%2e%2e/etc/passwd", "/files/..%2f..%2fetc%2fpasswd",
+                       "/files/%252e%252e%252fetc%252fpasswd", "/files/..%5c..%5cetc", "/files/..\\..\\etc",
+                       "/files/docs/%00x", "/files//etc/passwd"):
+            with self.subTest(target=target):
+                out = self.raw(f"GET {target} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\n"
+                               "Connection: close\r\n\r\n".encode())
+                status = out.split(b"\r\n", 1)[0]
+                self.assertRegex(status, rb"^HTTP/1.1 (400|404) ", out[:300])
+                self.assertNotIn(b"root:", out)
+
+    def test_keep_alive_and_pipelining(self):
+        auth = base64.b64encode(f"admin:{TOKEN}".encode()).decode()
+        one = f"GET /files/docs/a%20b.txt HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\n\r\n"
+        out = self.raw((one * 3 + one.replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n")).encode())
+        self.assertEqual(out.count(b"HTTP/1.1 200 OK"), 4)
+        self.assertEqual(out.count(b"hello\n"), 4)
+
+    def test_a_slow_client_is_cut_at_its_deadline_without_slowing_others(self):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(self.cert)
+        ctx.check_hostname = False
+        ctx.set_alpn_protocols(["http/1.1"])
+        s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", self.srv.port), timeout=15))
+        self.addCleanup(s.close)
+        started = time.monotonic()
+        header = b"GET /files/big.bin HTTP/1.1\r\nHost: x\r\n"
+        got = b""
+        for i in range(len(header)):  # one byte a second, slower than any real client
+            try:
+                s.sendall(header[i:i + 1])
+            except OSError:
+                break
+            if i == 1:  # meanwhile others are served at once
+                t0 = time.monotonic()
+                self.assertEqual(self.status_of(self.url("docs/a%20b.txt")), 200)
+                self.assertLess(time.monotonic() - t0, 2)
+            s.settimeout(1)
+            try:
+                got = s.recv(4096)
+            except (socket.timeout, TimeoutError):
+                continue
+            except OSError:
+                break
+            break
+        self.assertLess(time.monotonic() - started, 10)  # frame timeout 3 s
+        self.assertTrue(got.startswith(b"HTTP/1.1 408") or got == b"", got)
+
+
+class WebSwitchedOff(unittest.TestCase):
+    def test_cskit_clients_are_unaffected_and_web_can_be_off(self):
+        with Server(config_text="[web]\nenabled = false\n") as srv:
+            cert = os.path.join(srv.state, "server.crt")
+            r = subprocess.run(["curl", "-sS", "--cacert", cert, "-u", f"admin:{TOKEN}",
+                                f"https://127.0.0.1:{srv.port}/files/"], capture_output=True, timeout=60)
+            self.assertNotEqual(r.returncode, 0)  # no http/1.1 in ALPN: the handshake fails
+            self.assertEqual(srv.cli("ping", "-c", "1", srv.address).returncode, 0)
+            self.assertFalse(any(line.startswith("web:") for line in srv.banner))
+        with Server() as srv:
+            self.assertEqual(srv.cli("ping", "-c", "1", srv.address).returncode, 0)
+            self.assertTrue(any(line.startswith("web: https://") for line in srv.banner))
+
+
+if __name__ == "__main__":
+    unittest.main()
