@@ -4,6 +4,10 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 
+#include <algorithm>
+#include <cctype>
+#include <limits>
+
 #include <boost/beast/http/error.hpp>
 #include <spdlog/spdlog.h>
 
@@ -30,6 +34,8 @@ constexpr std::size_t queue_high = 4u << 20;
 constexpr std::size_t queue_low = 1u << 20;
 // Requests pipelined behind the one being answered: at most this much.
 constexpr std::size_t max_pipelined = 64 * 1024;
+// A PUT body is written a buffer at a time.
+constexpr std::size_t upload_buffer = 256 * 1024;
 
 std::string hex(std::uint64_t v) {
   char buf[17];
@@ -54,6 +60,12 @@ std::string json_escape(std::string_view s) {
   return proto::json(std::string(s)).dump(-1, ' ', false, proto::json::error_handler_t::replace);
 }
 
+bool beast_iequals(boost::beast::string_view a, std::string_view b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
+         });
+}
+
 // Beast's string_view as a string.
 template <class View>
 std::string str(const View& v) {
@@ -69,6 +81,26 @@ struct http_session::request_info {
   std::string range, if_range, if_none_match, if_modified_since;
   bool keep_alive = true;
   std::string source;  // the throttle's key for the peer's address
+  std::optional<std::uint64_t> content_length;
+  bool chunked = false;
+  bool expect_continue = false;
+  std::string xxh3;  // X-Content-XXH3: the digest a PUT body must have
+};
+
+struct http_session::upload {
+  std::string path;  // normalized, in the share
+  std::string leaf;
+  util::unique_fd dir;
+  util::unique_fd file;
+  std::string part;  // named part (no O_TMPFILE); empty: `file` is unnamed
+  bool existed = false;
+  std::uint64_t expected = 0, written = 0, reserved = 0;
+  util::content_digest digest;
+  std::unique_ptr<char[]> buffer;
+  bool receiving = false;  // the body is being read
+  ~upload() {
+    if (!part.empty() && dir) ::unlinkat(dir.get(), part.c_str(), 0);  // never committed
+  }
 };
 
 struct http_session::body_sender {
@@ -85,6 +117,12 @@ void http_session::on_open(net::connection& c) {
 }
 
 void http_session::on_close(net::connection& c, std::string_view reason) {
+  if (upload_ && upload_->receiving) {
+    service::audit_file_operation({"put", account_ ? account_->name : "", c.peer(), upload_->path, "",
+                                   upload_->written, "interrupted", "the connection closed; nothing was written"});
+    front_.share.release(upload_->reserved);
+    upload_.reset();
+  }
   if (sending_) {
     service::audit_file_operation({"get", account_ ? account_->name : "", c.peer(), sending_->path, "",
                                    sending_->sent, "interrupted", "the connection closed; the download can be resumed"});
@@ -95,21 +133,34 @@ void http_session::on_close(net::connection& c, std::string_view reason) {
 
 net::frame_handler::progress http_session::on_bytes(net::connection& c, std::string_view bytes) {
   in_.append(bytes);
-  if (busy_ && in_.size() > max_pipelined) {
+  // Behind a request being answered, a few pipelined ones; behind a PUT
+  // whose login is being answered, the start of its body.
+  const bool put_pending = req_ && req_->method == bhttp::verb::put;
+  const std::size_t bound = put_pending ? upload_buffer * 4 : max_pipelined;
+  if (busy_ && !(upload_ && upload_->receiving) && in_.size() > bound) {
     // (A response is under way: no answer can be put in its middle.)
     c.close_now("HTTP: too many requests sent ahead of the answers");
     return progress::idle;
   }
   pump(c);
+  if (upload_ && upload_->receiving) return progress::body;
   if (parser_ && parser_->got_some() && !parser_->is_header_done()) return progress::header;
   return progress::idle;
 }
 
 void http_session::pump(net::connection& c) {
-  while (!busy_ && !c.closing() && !in_.empty()) {
+  while (!c.closing() && !in_.empty()) {
+    if (upload_ && upload_->receiving) {
+      if (!receive_body(c)) return;
+      continue;
+    }
+    if (busy_) return;
     if (!parser_) {
       parser_.emplace();
       parser_->header_limit(max_header);
+      // Bodies are bounded by the request's own checks (a PUT's size
+      // against max_file_size and the quota; no other request has one).
+      parser_->body_limit(std::numeric_limits<std::uint64_t>::max());
     }
     boost::system::error_code ec;
     const std::size_t n = parser_->put(boost::asio::buffer(in_.data(), in_.size()), ec);
@@ -137,10 +188,19 @@ void http_session::on_header(net::connection& c) {
   req_->if_modified_since = str(m[bhttp::field::if_modified_since]);
   req_->keep_alive = parser_->keep_alive();
   req_->source = net::source_key::of(c.peer_address()).describe();
-  const bool has_body = parser_->chunked() || parser_->content_length().value_or(0) > 0;
+  req_->chunked = parser_->chunked();
+  if (auto n = parser_->content_length()) req_->content_length = *n;
+  req_->expect_continue = beast_iequals(m[bhttp::field::expect], "100-continue");
+  req_->xxh3 = str(m["X-Content-XXH3"]);
+  const bool has_body = req_->chunked || req_->content_length.value_or(0) > 0;
+  if (req_->method == bhttp::verb::put) {
+    // Until the body is read (start_upload), an answer ends the connection.
+    closing_ = has_body;
+    return authenticate(c);
+  }
   if (req_->method != bhttp::verb::get && req_->method != bhttp::verb::head) {
     closing_ = has_body;  // its body is not read
-    return respond_error(c, 405, "this server answers GET and HEAD", "Allow: GET, HEAD\r\n");
+    return respond_error(c, 405, "this server answers GET, HEAD and PUT", "Allow: GET, HEAD, PUT\r\n");
   }
   if (has_body) return refuse(c, 400, "a GET or HEAD request has no body");
   parser_.reset();  // the header is all there is
@@ -206,8 +266,11 @@ void http_session::authenticate(net::connection& c) {
 }
 
 void http_session::authorized(net::connection& c) {
-  if (!account_->permissions.has(proto::permission::files_read)) {
-    return respond_error(c, 403, "user '" + account_->name + "' lacks the 'files-read' permission");
+  const bool put = req_->method == bhttp::verb::put;
+  const auto needed = put ? proto::permission::files_write : proto::permission::files_read;
+  if (!account_->permissions.has(needed)) {
+    return respond_error(c, 403, "user '" + account_->name + "' lacks the '" + std::string(proto::to_wire(needed)) +
+                                     "' permission");
   }
   std::string why;
   auto path = http::target_path(req_->target, files_prefix, why);
@@ -220,8 +283,12 @@ void http_session::authorized(net::connection& c) {
   }
   const std::string norm = util::normalize_relative(*path);
   for (auto name : util::split_relative(norm)) {
-    if (util::is_part_file_name(name)) return respond_error(c, 404, "'" + norm + "' does not exist");
+    if (util::is_part_file_name(name)) {
+      return respond_error(c, put ? 400 : 404, "'" + norm + "': names beginning with " +
+                                                   std::string(util::part_prefix) + " are reserved");
+    }
   }
+  if (put) return start_upload(c, norm);
   util::unique_fd fd(front_.share.jail().open(norm, O_RDONLY | O_CLOEXEC | O_NONBLOCK));
   if (!fd) {
     const int err = -fd.release();
@@ -305,6 +372,145 @@ void http_session::send_body(net::connection& c) {
   service::audit_file_operation({"get", account_->name, c.peer(), b.path, "", b.sent, "ok", {}});
   sending_.reset();
   finished(c);
+}
+
+void http_session::start_upload(net::connection& c, const std::string& path) {
+  if (path.empty()) return respond_error(c, 409, "the share's root is a directory");
+  if (!req_->content_length) {
+    return respond_error(c, 411, "a PUT needs a Content-Length (curl -T FILE sends one)");
+  }
+  const std::uint64_t size = *req_->content_length;
+  if (const auto max = front_.share.max_file_size(); max && size > max) {
+    return respond_error(c, 413, "'" + path + "' is " + std::to_string(size) +
+                                     " bytes; this server accepts files up to " + std::to_string(max));
+  }
+  auto u = std::make_unique<upload>();
+  u->path = path;
+  u->dir = util::unique_fd(front_.share.jail().open_parent(path, u->leaf));
+  if (!u->dir) {
+    const int err = -u->dir.release();
+    return respond_error(c, err == ENOENT || err == ENOTDIR ? 404 : 403,
+                         "the directory of '" + path + "' " +
+                             (err == ENOENT || err == ENOTDIR ? "does not exist" : std::strerror(err)));
+  }
+  struct stat st {};
+  if (::fstatat(u->dir.get(), u->leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) {
+    if (S_ISDIR(st.st_mode)) return respond_error(c, 409, "'" + path + "' is a directory");
+    u->existed = true;
+  }
+  if (!front_.share.reserve(size)) {
+    return respond_error(c, 413, "'" + path + "' (" + std::to_string(size) + " bytes) would exceed the share's quota");
+  }
+  u->reserved = size;
+  u->expected = size;
+  struct stat made {};
+  int fd = util::open_unnamed(u->dir.get(), util::default_file_mode(), made);
+  if (fd == -EOPNOTSUPP) {  // no O_TMPFILE here: a private named part, renamed at the commit
+    u->part = util::part_file_name(u->leaf) + "." + util::random_hex64();
+    fd = ::openat(u->dir.get(), u->part.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) fd = -errno;
+    if (fd < 0) u->part.clear();
+  }
+  if (fd < 0) {
+    front_.share.release(size);
+    return respond_error(c, 500, "cannot create '" + path + "': " + std::strerror(-fd));
+  }
+  u->file = util::unique_fd(fd);
+  if (size > 0 && util::preallocate(fd, 0, size) == ENOSPC) {
+    front_.share.release(size);
+    return respond_error(c, 507, "no room for '" + path + "' (" + std::to_string(size) + " bytes) on the server");
+  }
+  u->buffer = std::make_unique_for_overwrite<char[]>(upload_buffer);
+  u->receiving = true;
+  upload_ = std::move(u);
+  parser_->body_limit(size);
+  closing_ = false;  // the body is read: the connection can go on
+  if (req_->expect_continue) c.send_raw("HTTP/1.1 100 Continue\r\n\r\n");
+  if (size == 0 && parser_->is_done()) {
+    upload_->receiving = false;
+    return commit_upload(c);
+  }
+  pump(c);
+}
+
+bool http_session::receive_body(net::connection& c) {
+  upload& u = *upload_;
+  auto& body = parser_->get().body();
+  body.data = u.buffer.get();
+  body.size = upload_buffer;
+  boost::system::error_code ec;
+  const std::size_t n = parser_->put(boost::asio::buffer(in_.data(), in_.size()), ec);
+  in_.erase(0, n);
+  const std::size_t got = upload_buffer - body.size;
+  if (ec == bhttp::error::need_buffer) ec = {};
+  if (ec && ec != bhttp::error::need_more) {
+    refuse(c, 400, "malformed request body: " + ec.message());
+    return false;
+  }
+  if (got > 0) {
+    if (const int err = util::pwrite_all(u.file.get(), u.buffer.get(), got, u.written); err != 0) {
+      closing_ = true;
+      u.receiving = false;
+      respond_error(c, err == ENOSPC || err == EDQUOT ? 507 : 500,
+                    "writing '" + u.path + "': " + std::strerror(err));
+      return false;
+    }
+    u.digest.update(u.buffer.get(), got);
+    u.written += got;
+    c.touch();
+  }
+  if (parser_->is_done()) {
+    u.receiving = false;
+    commit_upload(c);
+    return false;
+  }
+  return n > 0 || got > 0;
+}
+
+void http_session::commit_upload(net::connection& c) {
+  upload& u = *upload_;
+  const std::string xxh3 = u.digest.xxh3_hex();
+  if (!req_->xxh3.empty() && req_->xxh3 != xxh3) {
+    service::audit_file_operation({"put", account_->name, c.peer(), u.path, "", u.written, "integrity",
+                                   "the body's XXH3 is not X-Content-XXH3"});
+    front_.share.release(u.reserved);
+    upload_.reset();
+    return respond_error(c, 400, "the body's XXH3 is " + xxh3 + ", not " + req_->xxh3 + " (X-Content-XXH3): nothing "
+                                 "was written");
+  }
+  service::commit_job job;
+  job.file = std::move(u.file);
+  job.dir = util::unique_fd(::fcntl(u.dir.get(), F_DUPFD_CLOEXEC, 0));
+  job.part = u.part;
+  job.target = u.leaf;
+  if (!u.part.empty()) job.mode = util::default_file_mode();
+  job.size = u.written;
+  job.reserved = u.reserved;
+  u.part.clear();  // the committer owns it now (it removes it if refused)
+  u.reserved = 0;
+  auto self = c.shared_from_this();
+  job.done = [this, self](int err) {
+    boost::asio::post(self->executor(), [this, self, err] { upload_committed(*self, err); });
+  };
+  front_.share.commit(std::move(job));
+}
+
+void http_session::upload_committed(net::connection& c, int err) {
+  upload& u = *upload_;
+  const std::string xxh3 = u.digest.xxh3_hex();
+  service::audit_file_operation({"put", account_->name, c.peer(), u.path, "", u.written,
+                                 err ? "io_error" : "ok", err ? std::strerror(err) : ""});
+  const std::string path = u.path;
+  const bool existed = u.existed;
+  const std::uint64_t written = u.written;
+  upload_.reset();
+  if (c.closing()) return;
+  if (err) return respond_error(c, 500, "'" + path + "' could not be committed: " + std::strerror(err));
+  const int status = existed ? 200 : 201;
+  respond(c, status, "X-Content-XXH3: " + xxh3 + "\r\n" + (existed ? "" : "Location: /files/" +
+                                                                             http::percent_encode_path(path) + "\r\n"),
+          std::to_string(status) + " " + std::string(http::reason(status)) + ": '" + path + "' (" +
+              std::to_string(written) + " bytes, xxh3 " + xxh3 + ")\n");
 }
 
 void http_session::serve_directory(net::connection& c, const std::string& path, util::unique_fd fd) {

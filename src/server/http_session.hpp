@@ -54,6 +54,7 @@ class http_session final : public net::frame_handler {
   using parser_type = boost::beast::http::request_parser<boost::beast::http::buffer_body>;
   struct request_info;  // what is kept of the request being answered
   struct body_sender;   // a file body going out in pieces
+  struct upload;        // a PUT body coming in
 
   // Parses what is buffered, one request at a time (none while one is
   // being answered).
@@ -64,6 +65,13 @@ class http_session final : public net::frame_handler {
   void authenticate(net::connection& c);
   void authorized(net::connection& c);
   void serve_file(net::connection& c, const std::string& path, util::unique_fd fd, const struct stat& st);
+  // PUT: checks the target and the limits, makes the unnamed file, says
+  // 100 Continue when asked; the body then goes to receive_body.
+  void start_upload(net::connection& c, const std::string& path);
+  // Writes what the parser has of the body; false when it needs more.
+  bool receive_body(net::connection& c);
+  void commit_upload(net::connection& c);
+  void upload_committed(net::connection& c, int err);
   void serve_directory(net::connection& c, const std::string& path, util::unique_fd fd);
   void send_body(net::connection& c);
   // The response is out (or queued): the next request, or the close.
@@ -85,6 +93,7 @@ class http_session final : public net::frame_handler {
   std::optional<parser_type> parser_;
   std::unique_ptr<request_info> req_;
   std::unique_ptr<body_sender> sending_;
+  std::unique_ptr<upload> upload_;
   bool busy_ = false;        // a request is being answered
   bool closing_ = false;     // after this response, the connection closes
   bool responding_ = false;  // a response has begun (no error can be sent any more)
