@@ -1652,13 +1652,91 @@ def bench_delta(binary, runs, size_mb=1024):
             "cases": cases_out, "ratios": ratios, "markdown": "\n".join(md) + "\n"}
 
 
+class NginxTls:
+    """nginx serving `root` over TLS 1.3 on 127.0.0.1 with the same certificate and key as cskit
+    (../shared/BENCHMARKING.md): sendfile, keep-alive, no access log, a worker per core."""
+
+    def __init__(self, root, cert, key):
+        self.dir = tempfile.mkdtemp(prefix="cskit-nginx-")
+        self.port = free_tcp_port()
+        temp = "".join(f"{k}_temp_path {self.dir}/{k};\n" for k in
+                       ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        with open(f"{self.dir}/nginx.conf", "w") as f:
+            f.write(f"daemon off;\nworker_processes auto;\npid {self.dir}/nginx.pid;\n"
+                    f"error_log {self.dir}/error.log;\nevents {{ worker_connections 4096; }}\n"
+                    f"http {{\n{temp}access_log off;\nsendfile on;\ntcp_nopush on;\nkeepalive_requests 10000000;\n"
+                    f"server {{ listen 127.0.0.1:{self.port} ssl; ssl_protocols TLSv1.3;\n"
+                    f"ssl_certificate {cert}; ssl_certificate_key {key};\nroot {root}; location / {{ }} }}\n}}\n")
+        self.proc = subprocess.Popen(["nginx", "-p", self.dir, "-c", f"{self.dir}/nginx.conf"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_listening(self.port, self.proc)
+
+    def stop(self):
+        stop_proc(self.proc)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def bench_https(binary, runs, file_mb=2048):
+    """HTTPS against nginx (issue 23), both over TLS 1.3 with the same key on loopback: one big
+    page-cached file downloaded by curl, and small-file requests per second with keep-alive from
+    wrk (16 connections, one thread, 5 s)."""
+    share = tempfile.mkdtemp(prefix="cskit-bench-https-")
+    os.chmod(share, 0o755)  # nginx's workers run as www-data
+    big = os.path.join(share, "big.bin")
+    subprocess.run(["dd", "if=/dev/urandom", f"of={big}", "bs=1M", f"count={file_mb}", "status=none"], check=True)
+    with open(os.path.join(share, "small.txt"), "wb") as f:
+        f.write(os.urandom(1024))
+    subprocess.run(["cat", big], stdout=subprocess.DEVNULL, check=True)  # page-cached
+    started = []
+    try:
+        p, port, tmp = start_server(binary, root=share)
+        started.append(("cskit", (p, tmp)))
+        cert, key = os.path.join(tmp, "state", "server.crt"), os.path.join(tmp, "state", "server.key")
+        nginx = NginxTls(share, cert, key)
+        started.append(("nginx", nginx))
+        auth = "Basic " + __import__("base64").b64encode(f"admin:{TOKEN}".encode()).decode()
+        urls = {"cskit": f"https://127.0.0.1:{port}/files/", "nginx": f"https://127.0.0.1:{nginx.port}/"}
+        rate = {"cskit": [], "nginx": []}
+        rps = {"cskit": [], "nginx": []}
+        for _ in range(runs):
+            for name, base in urls.items():
+                r = subprocess.run(["curl", "-sS", "--cacert", cert, "-H", f"Authorization: {auth}", "-o", "/dev/null",
+                                    "-w", "%{size_download} %{time_total}", base + "big.bin"],
+                                   capture_output=True, text=True, check=True, timeout=600)
+                size, secs = r.stdout.split()
+                if int(size) != file_mb << 20:
+                    raise RuntimeError(f"{name}: {size} bytes downloaded")
+                rate[name].append(int(size) / float(secs) / 1e6)
+                r = subprocess.run(["wrk", "-t1", "-c16", "-d5s", "-H", f"Authorization: {auth}", base + "small.txt"],
+                                   capture_output=True, text=True, check=True, timeout=60)
+                m = re.search(r"Requests/sec:\s+([\d.]+)", r.stdout)
+                if not m or "Non-2xx" in r.stdout or "Socket errors" in r.stdout:
+                    raise RuntimeError(f"{name}: wrk: {r.stdout}")
+                rps[name].append(float(m.group(1)))
+    finally:
+        stop_started(started)
+        shutil.rmtree(share, ignore_errors=True)
+    cases = {f"{n}_download_MBps": summary(rate[n]) for n in rate}
+    cases.update({f"{n}_small_file_rps": summary(rps[n]) for n in rps})
+    ratio_dl = cases["cskit_download_MBps"]["median"] / cases["nginx_download_MBps"]["median"]
+    ratio_rps = cases["cskit_small_file_rps"]["median"] / cases["nginx_small_file_rps"]["median"]
+    command = f"python3 bench/run_bench.py --only https --runs {runs} --file-size-mb {file_mb}"
+    md = (f"| case | cskit | nginx | ratio | target |\n|---|---|---|---|---|\n"
+          f"| {file_mb} MiB download, curl (MB/s) | {cases['cskit_download_MBps']['median']:.0f} | "
+          f"{cases['nginx_download_MBps']['median']:.0f} | {ratio_dl:.2f} | >= 0.9 |\n"
+          f"| 1 KiB file, wrk -c16 keep-alive (requests/s) | {cases['cskit_small_file_rps']['median']:.0f} | "
+          f"{cases['nginx_small_file_rps']['median']:.0f} | {ratio_rps:.2f} | >= 0.8 |\n\n`{command}`\n")
+    return {"command": command, "cases": cases, "ratio_download": ratio_dl, "ratio_small_rps": ratio_rps,
+            "markdown": md}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default=os.path.join(ROOT, "build", "release"))
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--connections", type=int, default=10000)
     ap.add_argument("--only", choices=["codec", "roundtrip", "memory", "udp", "exec", "chat", "irc", "irc-plaintext",
-                                       "history", "files", "sync", "delta"])
+                                       "history", "files", "sync", "delta", "https"])
     ap.add_argument("--file-size-mb", type=int, default=2048, help="files: size of the big file (MiB)")
     ap.add_argument("--tree-files", type=int, default=10000, help="files: number of 4 KiB files in the tree")
     ap.add_argument("--delta-size-mb", type=int, default=1024, help="delta: size of the file that changes (MiB)")
@@ -1693,6 +1771,7 @@ def main():
         "memory": lambda: bench_idle_memory(binary, max(1, a.runs // 2 + 1), a.connections),
         "sync": lambda: bench_sync(binary, a.runs, a.tree_files),
         "delta": lambda: bench_delta(binary, a.runs, a.delta_size_mb),
+        "https": lambda: bench_https(binary, a.runs, a.file_size_mb),
     }
     for name, run in sections.items():
         if a.only not in (None, name) or (a.only is None and name.startswith("irc")):  # "chat" has their cases

@@ -36,6 +36,7 @@ packages=(
 if [ "${1:-}" = "--bench" ]; then
   packages+=(openssh-server openssh-client)   # ssh / a private sshd on 127.0.0.1 (exec)
   packages+=(ngircd)                           # the IRC server chat fan-out is compared with
+  packages+=(nginx wrk)                        # HTTPS: the web server and the load generator
   packages+=(iperf3 rsync)                     # file transfer: the TCP limit, and rsync's daemon
 fi
 
