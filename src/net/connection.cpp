@@ -10,6 +10,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -86,7 +87,8 @@ void frame_handler::on_shutdown(connection& c, std::chrono::milliseconds grace) 
 }
 void frame_handler::on_grace_over(connection& c) { c.close_now("server shutdown (grace period over)"); }
 void frame_handler::on_reload(connection&) {}
-frame_handler::progress frame_handler::on_bytes(connection&, std::string_view) { return progress::idle; }
+void frame_handler::on_bytes(connection&, std::string_view) {}
+void frame_handler::on_peer_eof(connection& c) { c.close_after_flush("peer closed"); }
 
 void flush_queue::add(std::shared_ptr<connection> c) {
   dirty_.push_back(std::move(c));
@@ -340,26 +342,34 @@ bool connection::send_file(const proto::json& header, int fd, std::uint64_t offs
     spdlog::error("connection {}: cannot encode a file frame", peer_);
     return false;
   }
-  return queue_file(fd, offset, length);
+  return queue_file(fd, offset, length, false);
 }
 
 bool connection::send_file_raw(int fd, std::uint64_t offset, std::size_t length) {
   if (state_ != state::open || tls_handshaking()) return false;
   if (length == 0) return true;
-  return queue_file(fd, offset, length);
+  return queue_file(fd, offset, length, true);
 }
 
-bool connection::queue_file(int fd, std::uint64_t offset, std::size_t length) {
+bool connection::queue_file(int fd, std::uint64_t offset, std::size_t length, bool raw) {
   int dup = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
   if (dup < 0) {
     spdlog::error("connection {}: cannot duplicate a file descriptor: {}", peer_, std::strerror(errno));
     close_now("out of file descriptors");
     return false;
   }
-  segments_.push_back({pending_.size(), nullptr, 0, dup, offset, length});
+  segments_.push_back({pending_.size(), nullptr, 0, dup, offset, length, raw});
   file_bytes_queued_ += length;
   ++file_segments_;
   return queued();
+}
+
+void connection::report_progress(frame_handler::progress p, bool new_message) {
+  using pr = frame_handler::progress;
+  if (p == pr::body || (p == pr::header && (new_message || stream_progress_ != pr::header))) {
+    frame_started_ = clock::now();
+  }
+  stream_progress_ = p;
 }
 
 bool connection::queued() {
@@ -643,7 +653,7 @@ void connection::end_grace() {
 
 void connection::begin_shutdown(std::chrono::milliseconds grace) {
   if (state_ != state::open) return;
-  if (tls_handshaking()) {
+  if (tls_handshaking() || sniffing_) {  // (no handler has heard of it yet)
     close_now("server shutdown");
     return;
   }
@@ -690,13 +700,8 @@ void connection::process_lines(std::string_view in) {
 }
 
 void connection::process_stream(std::string_view in) {
-  const auto now = clock::now();
-  const auto before = stream_progress_;
-  stream_progress_ = handler_->on_bytes(*this, in);
-  using p = frame_handler::progress;
-  // A header's deadline runs from its first byte; a body's is progress.
-  if (stream_progress_ == p::body || (stream_progress_ == p::header && before != p::header)) frame_started_ = now;
-  last_activity_ = now;
+  last_activity_ = clock::now();
+  handler_->on_bytes(*this, in);  // it reports its progress (report_progress)
 }
 
 void connection::choose_protocol() {
@@ -705,7 +710,10 @@ void connection::choose_protocol() {
     if (alpn.empty()) {
       sniffing_ = true;
       run_after(sniff_window, [this] {
-        if (sniffing_) end_sniff({});
+        if (!sniffing_) return;
+        std::string first = std::move(sniffed_);
+        end_sniff(first);
+        if (!first.empty() && state_ == state::open) process(first);
       });
       return;
     }
@@ -720,6 +728,15 @@ void connection::end_sniff(std::string_view first_bytes) {
   handler_->on_open(*this);
 }
 
+namespace {
+// A first read of a few capitals only ("GE"): the start of a request line,
+// or not; more bytes tell.
+bool undecided(std::string_view first) {
+  return first.size() < 16 &&
+         std::all_of(first.begin(), first.end(), [](char ch) { return ch >= 'A' && ch <= 'Z'; });
+}
+}  // namespace
+
 void connection::adopt_handler(std::unique_ptr<frame_handler> h) {
   handler_ = std::move(h);
   line_limit_ = handler_->line_limit();
@@ -728,6 +745,14 @@ void connection::adopt_handler(std::unique_ptr<frame_handler> h) {
 
 void connection::process(std::string_view in) {
   if (sniffing_) {
+    if (!sniffed_.empty() || undecided(in)) {
+      sniffed_.append(in);
+      if (undecided(sniffed_)) return;  // the window's end decides, if nothing more comes
+      const std::string first = std::move(sniffed_);
+      end_sniff(first);
+      if (state_ == state::open) process(first);
+      return;
+    }
     end_sniff(in);
     if (state_ != state::open) return;
   }
@@ -804,7 +829,7 @@ void connection::on_readable(error_code ec) {
       if (ec == asio::error::eof) peer_eof_ = true;
       if (ec == asio::error::eof && state_ == state::open) {
         // Half-close: the peer may still read our replies.
-        close_after_flush("peer closed");
+        guarded([this] { handler_->on_peer_eof(*this); });
       } else {
         close_now(ec == asio::error::eof ? "peer closed" : ec.message());
       }
@@ -869,7 +894,7 @@ void connection::receive_tls(std::string_view cipher) {
   tls_partial_ = partial;
   if (r == result::closed && state_ == state::open) {
     peer_eof_ = true;  // close_notify: the peer sends nothing more, but may read our replies
-    close_after_flush("peer closed");
+    guarded([this] { handler_->on_peer_eof(*this); });
   } else if (r == result::failed && state_ != state::closed) {
     spdlog::info("connection {}: TLS error: {}", peer_, tls_->error_text());
     close_now("TLS error: " + tls_->error_text());
@@ -963,6 +988,9 @@ asio::awaitable<error_code> connection::write_segment() {
       continue;
     }
     if (n < 0 && errno != EINVAL && errno != ENOSYS) co_return error_code(errno, boost::system::system_category());
+    // A raw body has no digest to catch made-up bytes: the peer gets a
+    // short body (the connection closes) instead.
+    if (segments_.front().raw) co_return error_code(ENODATA, boost::system::system_category());
     // The file ended early (it shrank), or cannot be sendfile'd: keep the
     // framing intact with zeros; the receiver's digest check fails the file.
     static const char zeros[64 * 1024] = {};
@@ -999,6 +1027,7 @@ asio::awaitable<error_code> connection::write_segment_tls() {
     ssize_t n = ::pread(seg.fd, buf, want, static_cast<off_t>(seg.offset));
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) co_return error_code(errno, boost::system::system_category());
+    if (n == 0 && seg.raw) co_return error_code(ENODATA, boost::system::system_category());  // see above
     if (n == 0) {
       // The file ended early (it shrank): keep the framing intact with
       // zeros; the receiver's digest check fails the file.

@@ -117,13 +117,14 @@ class frame_handler {
   virtual void on_line(connection& c, std::string_view line);
   virtual void on_line_too_long(connection& c);
   // A byte stream (HTTP) instead of frames or lines: when stream_mode() is
-  // true, what is read goes to on_bytes as it arrives, and on_bytes says
-  // where the peer's current message stands: none in progress, its header
-  // coming (the frame deadline runs from its first byte), or its body
-  // streaming (the deadline is progress, as for a streamed frame body).
+  // true, what is read goes to on_bytes as it arrives. The handler tells
+  // the connection where the peer's messages stand (report_progress).
   enum class progress { idle, header, body };
   virtual bool stream_mode() const { return false; }
-  virtual progress on_bytes(connection& c, std::string_view bytes);
+  virtual void on_bytes(connection& c, std::string_view bytes);
+  /// The peer sent its last byte (a FIN, or TLS close_notify); it may still
+  /// read. Default: close once what is queued is sent.
+  virtual void on_peer_eof(connection& c);
 
   /// What the connection says in its protocol when it gives up on the peer
   /// (a deadline, an error) just before closing. Default: the cskit
@@ -180,8 +181,15 @@ class connection : public std::enable_shared_from_this<connection> {
   /// send(); `length` counts against the queue bounds.
   bool send_file(const proto::json& header, int fd, std::uint64_t offset, std::size_t length);
   /// `length` bytes of `fd` from `offset`, as they are (a stream protocol's
-  /// body, after its header sent with send_raw).
+  /// body, after its header sent with send_raw). Should the file end
+  /// early, the connection is closed: the peer sees a short body, never
+  /// made-up bytes.
   bool send_file_raw(int fd, std::uint64_t offset, std::size_t length);
+  /// Stream mode: where the peer's messages stand: none in progress, a
+  /// header coming (the frame deadline runs from its first byte;
+  /// `new_message`: one began since the last report), or a body streaming
+  /// (the deadline is progress, as for a streamed frame body).
+  void report_progress(frame_handler::progress p, bool new_message);
 
   /// Sends an `error` frame, stops reading, flushes, closes. With a delay,
   /// the error is held back that long first (slows password guessing).
@@ -298,7 +306,8 @@ class connection : public std::enable_shared_from_this<connection> {
   void adopt_handler(std::unique_ptr<frame_handler> h);
   void choose_protocol();
   void end_sniff(std::string_view first_bytes);
-  bool queue_file(int fd, std::uint64_t offset, std::size_t length);
+  bool queue_file(int fd, std::uint64_t offset, std::size_t length, bool raw);
+  std::string sniffed_;  // a first read too short to tell (a few capitals)
   state state_ = state::open;
   bool authenticated_ = false;
   admission_slot admission_;
@@ -338,6 +347,7 @@ class connection : public std::enable_shared_from_this<connection> {
     int fd = -1;                               // file body: owned
     std::uint64_t offset = 0;
     std::size_t length = 0;
+    bool raw = false;  // send_file_raw: a file that ends early closes the connection
   };
   std::vector<segment> segments_;  // not a deque, which allocates 576 bytes up front
   std::size_t file_bytes_queued_ = 0;

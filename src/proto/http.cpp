@@ -226,6 +226,7 @@ std::string_view reason(int status) {
     case 412: return "Precondition Failed";
     case 413: return "Content Too Large";
     case 416: return "Range Not Satisfiable";
+    case 429: return "Too Many Requests";
     case 431: return "Request Header Fields Too Large";
     case 500: return "Internal Server Error";
     case 503: return "Service Unavailable";

@@ -36,6 +36,8 @@ constexpr std::size_t queue_low = 1u << 20;
 constexpr std::size_t max_pipelined = 64 * 1024;
 // A PUT body is written a buffer at a time.
 constexpr std::size_t upload_buffer = 256 * 1024;
+// A directory listing names at most this many entries ("truncated": true beyond).
+constexpr std::size_t max_listing = 100000;
 // A file this small goes out with its header, in one piece.
 constexpr std::uint64_t small_body = 64 * 1024;
 
@@ -145,48 +147,88 @@ void http_session::on_close(net::connection& c, std::string_view reason) {
                reason);
 }
 
-net::frame_handler::progress http_session::on_bytes(net::connection& c, std::string_view bytes) {
+void http_session::on_bytes(net::connection& c, std::string_view bytes) {
+  if (at_ == in_.size()) {
+    in_.clear();
+    at_ = 0;
+  }
   in_.append(bytes);
   // Behind a request being answered, a few pipelined ones; behind a PUT
   // whose login is being answered, the start of its body.
   const bool put_pending = req_ && req_->method == bhttp::verb::put;
   const std::size_t bound = put_pending ? upload_buffer * 4 : max_pipelined;
-  if (busy_ && !(upload_ && upload_->receiving) && in_.size() > bound) {
+  if (busy_ && !(upload_ && upload_->receiving) && unread().size() > bound) {
     // (A response is under way: no answer can be put in its middle.)
     c.close_now("HTTP: too many requests sent ahead of the answers");
-    return progress::idle;
+    return;
   }
   pump(c);
-  if (upload_ && upload_->receiving) return progress::body;
-  if (parser_ && parser_->got_some() && !parser_->is_header_done()) return progress::header;
-  return progress::idle;
+}
+
+void http_session::on_peer_eof(net::connection& c) {
+  peer_done_ = true;
+  if (!busy_) c.close_after_flush("peer closed");
 }
 
 void http_session::pump(net::connection& c) {
-  while (!c.closing() && !in_.empty()) {
+  if (pumping_) return;  // the loop below goes on
+  pumping_ = true;
+  while (!c.closing() && at_ < in_.size()) {
     if (upload_ && upload_->receiving) {
-      if (!receive_body(c)) return;
+      if (!receive_body(c)) break;
       continue;
     }
-    if (busy_) return;
+    if (busy_) break;
+    if (c.queued_bytes() > queue_high) {
+      // The client does not read its answers as fast as it asks: the next
+      // request waits until it does.
+      if (!resume_pending_) {
+        resume_pending_ = true;
+        c.when_queue_below(queue_low, [this, &c] {
+          resume_pending_ = false;
+          pump(c);
+        });
+      }
+      break;
+    }
     if (!parser_) {
       parser_.emplace();
       parser_->header_limit(max_header);
       // Bodies are bounded by the request's own checks (a PUT's size
       // against max_file_size and the quota; no other request has one).
       parser_->body_limit(std::numeric_limits<std::uint64_t>::max());
+      new_message_ = true;
     }
     boost::system::error_code ec;
-    const std::size_t n = parser_->put(boost::asio::buffer(in_.data(), in_.size()), ec);
-    in_.erase(0, n);
+    const std::string_view rest = unread();
+    const std::size_t n = parser_->put(boost::asio::buffer(rest.data(), rest.size()), ec);
+    at_ += n;
     if (ec == bhttp::error::need_more) {
-      if (in_.size() > max_header) return refuse(c, 431, "the request's header is too large");
-      return;
+      if (unread().size() > max_header) refuse(c, 431, "the request's header is too large");
+      break;
     }
-    if (ec == bhttp::error::header_limit) return refuse(c, 431, "the request's header is too large");
-    if (ec) return refuse(c, 400, "malformed request: " + ec.message());
+    if (ec == bhttp::error::header_limit) {
+      refuse(c, 431, "the request's header is too large");
+      break;
+    }
+    if (ec) {
+      refuse(c, 400, "malformed request: " + ec.message());
+      break;
+    }
     if (parser_->is_header_done()) on_header(c);
   }
+  // What was parsed goes, once per turn (not once per request).
+  if (at_ > 0 && (at_ == in_.size() || at_ > max_pipelined)) {
+    in_.erase(0, at_);
+    at_ = 0;
+  }
+  pumping_ = false;
+  using pr = net::frame_handler::progress;
+  if (upload_ && upload_->receiving) c.report_progress(pr::body, false);
+  else if (header_in_progress()) c.report_progress(pr::header, new_message_);
+  else c.report_progress(pr::idle, false);
+  new_message_ = false;
+  if (peer_done_ && !busy_ && !c.closing()) c.close_after_flush("peer closed");
 }
 
 void http_session::on_header(net::connection& c) {
@@ -206,6 +248,11 @@ void http_session::on_header(net::connection& c) {
   if (auto n = parser_->content_length()) req_->content_length = *n;
   req_->expect_continue = beast_iequals(m[bhttp::field::expect], "100-continue");
   req_->xxh3 = str(m["X-Content-XXH3"]);
+  // A Transfer-Encoding that does not end in chunked has a body whose end
+  // only the close tells (RFC 9112 6.3): not taken.
+  if (m.count(bhttp::field::transfer_encoding) > 0 && !req_->chunked) {
+    return refuse(c, 400, "a Transfer-Encoding other than chunked is not accepted");
+  }
   const bool has_body = req_->chunked || req_->content_length.value_or(0) > 0;
   if (req_->method == bhttp::verb::put) {
     // Until the body is read (start_upload), an answer ends the connection.
@@ -236,7 +283,9 @@ void http_session::authenticate(net::connection& c) {
     return respond_error(c, 401, "authentication failed: unknown user or wrong token",
                          "WWW-Authenticate: Basic realm=\"cskit\", charset=\"UTF-8\"\r\n");
   }
-  const std::string name = basic ? basic->user : std::string("(bearer)");
+  // A bearer token names no account before it is checked: its attempts
+  // are throttled by their source.
+  const std::string name = basic ? basic->user : "(bearer from " + req_->source + ")";
   auto& throttle = front_.ctx.throttle;
   const auto now = auth_throttle::clock::now();
   const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(c.login_deadline() - now);
@@ -463,8 +512,9 @@ bool http_session::receive_body(net::connection& c) {
   body.data = u.buffer.get();
   body.size = upload_buffer;
   boost::system::error_code ec;
-  const std::size_t n = parser_->put(boost::asio::buffer(in_.data(), in_.size()), ec);
-  in_.erase(0, n);
+  const std::string_view rest = unread();
+  const std::size_t n = parser_->put(boost::asio::buffer(rest.data(), rest.size()), ec);
+  at_ += n;
   const std::size_t got = upload_buffer - body.size;
   if (ec == bhttp::error::need_buffer) ec = {};
   if (ec && ec != bhttp::error::need_more) {
@@ -542,7 +592,7 @@ void http_session::serve_directory(net::connection& c, const std::string& path, 
   DIR* d = ::fdopendir(::openat(fd.get(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (d == nullptr) return respond_error(c, 403, "'" + path + "': " + std::strerror(errno));
   std::string body = "{\"path\":" + json_escape(path) + ",\"entries\":[";
-  bool first = true;
+  bool first = true, truncated = false;
   std::size_t count = 0;
   while (dirent* e = ::readdir(d)) {
     const std::string_view name = e->d_name;
@@ -553,10 +603,13 @@ void http_session::serve_directory(net::connection& c, const std::string& path, 
     body += std::string(first ? "" : ",") + "{\"name\":" + json_escape(name) + ",\"type\":\"" + type +
             "\",\"size\":" + std::to_string(st.st_size) + ",\"mtime\":" + std::to_string(st.st_mtim.tv_sec) + "}";
     first = false;
-    if (++count >= 100000) break;  // a bounded answer
+    if (++count >= max_listing) {  // a bounded answer, which says so
+      truncated = true;
+      break;
+    }
   }
   ::closedir(d);
-  body += "]}\n";
+  body += std::string("],\"truncated\":") + (truncated ? "true" : "false") + "}\n";
   respond(c, 200, {}, body, "application/json");
 }
 
@@ -604,17 +657,18 @@ void http_session::finished(net::connection& c) {
   parser_.reset();
   if (close) {
     in_.clear();
+    at_ = 0;
     c.close_after_flush("HTTP: Connection: close");
     return;
   }
   busy_ = false;
-  pump(c);
+  pump(c);  // (inside pump's loop: returns at once, and the loop goes on)
 }
 
 void http_session::encode_failure(std::string& out, const proto::json& error) {
   // A deadline in the middle of a request: 408; between requests, or in
   // the middle of a response, the connection just closes.
-  if (responding_ || !parser_ || !parser_->got_some()) return;
+  if (responding_ || !header_in_progress()) return;
   const std::string body = "408 Request Timeout: " + error.value("message", std::string("too slow")) + "\n";
   out += "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n"
          "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;

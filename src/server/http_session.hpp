@@ -39,7 +39,9 @@ class http_session final : public net::frame_handler {
   ~http_session() override;
 
   bool stream_mode() const override { return true; }
-  progress on_bytes(net::connection& c, std::string_view bytes) override;
+  void on_bytes(net::connection& c, std::string_view bytes) override;
+  /// The client sent its last request: they are answered, then the close.
+  void on_peer_eof(net::connection& c) override;
   void on_open(net::connection& c) override;
   void on_frame(net::connection&, proto::frame&&) override {}
   void on_close(net::connection& c, std::string_view reason) override;
@@ -57,8 +59,15 @@ class http_session final : public net::frame_handler {
   struct upload;        // a PUT body coming in
 
   // Parses what is buffered, one request at a time (none while one is
-  // being answered).
+  // being answered, nor while the send queue is long), in a loop: an
+  // answer given at once lets the loop go on (finished() never recurses).
   void pump(net::connection& c);
+  std::string_view unread() const { return std::string_view(in_).substr(at_); }
+  // Part of a request's header has come (Beast takes none of it until it
+  // has all of it).
+  bool header_in_progress() const {
+    return parser_ && !parser_->is_header_done() && (at_ < in_.size() || parser_->got_some());
+  }
   void on_header(net::connection& c);
   // Who the request is from: Basic or Bearer credentials, checked with the
   // login throttle (the answer may be held), or the connection's account.
@@ -89,7 +98,12 @@ class http_session final : public net::frame_handler {
   void refuse(net::connection& c, int status, const std::string& message);
 
   const http_front& front_;
-  std::string in_;  // received, not parsed yet
+  std::string in_;  // received; from at_ on, not parsed yet
+  std::size_t at_ = 0;
+  bool pumping_ = false;
+  bool resume_pending_ = false;  // pump again once the send queue is short
+  bool new_message_ = false;     // a request began since the last progress report
+  bool peer_done_ = false;       // the client sends nothing more
   std::optional<parser_type> parser_;
   std::unique_ptr<request_info> req_;
   std::unique_ptr<body_sender> sending_;

@@ -43,6 +43,7 @@ std::string host_name() {
 // context for the cleartext opt-in.
 struct tls_setup {
   std::shared_ptr<const net::tls::context> context;
+  std::shared_ptr<const net::tls::context> irc_context;  // the same key, ALPN without http/1.1
   std::string banner;
 };
 
@@ -53,7 +54,7 @@ identity_files identity_of(const server_config& config, const std::string& name)
 
 tls_setup setup_tls(const server_config& config, const std::string& name) {
   if (config.tls.plaintext) {
-    return {nullptr,
+    return {nullptr, nullptr,
             "tls: OFF, cleartext by explicit request: tokens' proofs, file contents and commands cross the network "
             "unprotected"};
   }
@@ -61,9 +62,12 @@ tls_setup setup_tls(const server_config& config, const std::string& name) {
   net::tls::server_settings settings{files.cert, files.key};
   settings.try_ktls = config.tls.kernel_tls == "on" || (config.tls.kernel_tls == "auto" && net::tls::kernel_offers_ktls());
   settings.offer_http = config.web.enabled;
-  std::shared_ptr<const net::tls::context> ctx;
+  std::shared_ptr<const net::tls::context> ctx, irc_ctx;
   try {
     ctx = net::tls::context::for_server(settings);
+    // The IRC port answers no HTTP: its ALPN list has no http/1.1.
+    settings.offer_http = false;
+    irc_ctx = config.web.enabled ? net::tls::context::for_server(settings) : ctx;
   } catch (const net::tls::error& e) {
     throw config_error(e.what());
   }
@@ -73,7 +77,7 @@ tls_setup setup_tls(const server_config& config, const std::string& name) {
   banner += ")";
   spdlog::debug("kernel TLS: {} (the kernel {} it)", settings.try_ktls ? "asked for" : "not used",
                 net::tls::kernel_offers_ktls() ? "offers" : "does not offer");
-  return {std::move(ctx), std::move(banner)};
+  return {std::move(ctx), std::move(irc_ctx), std::move(banner)};
 }
 
 std::string join(const std::vector<std::string>& v) {
@@ -165,13 +169,13 @@ std::string add_irc_front(net::tcp_server& srv, const server_config& config, con
   std::string why;
   auto ep = net::parse_host_port(config.irc.listen, 6697, &why);
   if (!ep) throw config_error("invalid IRC listen address '" + config.irc.listen + "': " + why);
-  const bool use_tls = config.irc.tls && tls.context;
+  const bool use_tls = config.irc.tls && tls.irc_context;
   if (!use_tls && !loopback_host(ep->host) && !config.irc.plaintext_remote) {
     throw config_error("IRC without TLS on " + config.irc.listen +
                        ": cleartext is allowed on loopback only, unless [irc] plaintext_remote = true");
   }
   auto bound = srv.add_listener(ep->host, ep->port, [&front] { return std::make_unique<irc_session>(front); },
-                                use_tls ? tls.context : nullptr,
+                                use_tls ? tls.irc_context : nullptr,
                                 // (a TLS client could not read a cleartext line: it is just closed)
                                 use_tls ? net::tcp_server::refusal_encoder([](const std::string&) { return std::string(); })
                                         : net::tcp_server::refusal_encoder(&irc_front::closing));

@@ -101,6 +101,7 @@ class Https(unittest.TestCase):
         self.assertRegex(head, r"last-modified: \w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d gmt\r\n")
         self.assertIn("accept-ranges: bytes\r\n", head)
         self.assertIn("content-security-policy: sandbox\r\n", head)
+        self.assertRegex(head, r"\r\ndate: \w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d gmt\r\n")
 
     def test_ranges_and_resumption(self):
         r = self.curl("-r", "100-199", self.url("big.bin"))
@@ -255,16 +256,21 @@ class Https(unittest.TestCase):
         self.assertEqual(names["sub"]["type"], "dir")
         self.assertIn("big.bin", {e["name"] for e in json.loads(self.curl(self.url("")).stdout)["entries"]})
 
-    def raw(self, request, timeout=10):
-        """Sends `request` (bytes) over TLS with ALPN http/1.1; returns what came back until the close."""
+    def raw(self, request, timeout=10, alpn=True, pieces=None):
+        """Sends `request` (bytes) over TLS (ALPN http/1.1, or none); returns what came back until the
+        close. `pieces`: sent in these pieces instead, a little apart."""
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.load_verify_locations(self.cert)
         ctx.check_hostname = False
-        ctx.set_alpn_protocols(["http/1.1"])
+        if alpn:
+            ctx.set_alpn_protocols(["http/1.1"])
         with socket.create_connection(("127.0.0.1", self.srv.port), timeout=timeout) as s:
             with ctx.wrap_socket(s) as t:
-                self.assertEqual(t.selected_alpn_protocol(), "http/1.1")
-                t.sendall(request)
+                self.assertEqual(t.selected_alpn_protocol(), "http/1.1" if alpn else None)
+                for piece in pieces or [request]:
+                    t.sendall(piece)
+                    if pieces:
+                        time.sleep(0.03)
                 out = b""
                 while True:
                     chunk = t.recv(65536)
@@ -283,6 +289,56 @@ class Https(unittest.TestCase):
                 status = out.split(b"\r\n", 1)[0]
                 self.assertRegex(status, rb"^HTTP/1.1 (400|404) ", out[:300])
                 self.assertNotIn(b"root:", out)
+
+    def auth(self, user="admin", token=TOKEN):
+        return base64.b64encode(f"{user}:{token}".encode()).decode()
+
+    def test_a_client_without_alpn_is_told_by_its_request_line(self):
+        get = f"GET /files/docs/a%20b.txt HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {self.auth()}\r\n" \
+              "Connection: close\r\n\r\n"
+        out = self.raw(get.encode(), alpn=False)
+        self.assertTrue(out.startswith(b"HTTP/1.1 200 OK"), out[:200])
+        self.assertTrue(out.endswith(b"hello\n"))
+        # Its first bytes a few at a time ("GE", "T /f..."): still HTTP.
+        out = self.raw(b"", alpn=False, pieces=[get[:2].encode(), get[2:9].encode(), get[9:].encode()])
+        self.assertTrue(out.startswith(b"HTTP/1.1 200 OK"), out[:200])
+
+    def test_thousands_of_pipelined_requests_are_answered_in_order(self):
+        # Unauthenticated ones, each answered 401 at once: no recursion, no
+        # quadratic copying, the answers paced by the client's reading.
+        n = 20000
+        out = self.raw(b"GET /files/x HTTP/1.1\r\nHost: x\r\n\r\n" * (n - 1) +
+                       b"GET /files/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", timeout=60)
+        self.assertEqual(out.count(b"HTTP/1.1 401 Unauthorized"), n)
+        self.assertIsNone(self.srv.proc.poll())
+        self.assertEqual(self.status_of(self.url("docs/a%20b.txt")), 200)
+
+    def test_no_request_is_smuggled_behind_a_body(self):
+        secret = f"GET /files/big.bin HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {self.auth()}\r\n\r\n"
+        for framing in ("Transfer-Encoding: gzip\r\n", "Transfer-Encoding: chunked, identity\r\n",
+                        "Content-Length: %d\r\n" % len(secret)):
+            with self.subTest(framing=framing):
+                out = self.raw((f"GET /files/docs/a%20b.txt HTTP/1.1\r\nHost: x\r\n{framing}\r\n{secret}")
+                               .encode())
+                self.assertEqual(out.count(b"HTTP/1.1 "), 1, out[:400])
+                self.assertTrue(out.startswith(b"HTTP/1.1 400"), out[:200])
+        out = self.raw((f"DELETE /files/docs/a%20b.txt HTTP/1.1\r\nHost: x\r\nContent-Length: {len(secret)}"
+                        f"\r\n\r\n{secret}").encode())
+        self.assertEqual(out.count(b"HTTP/1.1 "), 1, out[:400])
+        self.assertTrue(out.startswith(b"HTTP/1.1 405"), out[:200])
+
+    def test_part_files_and_links_out_of_the_share_stay_hidden(self):
+        with open(os.path.join(self.srv.share, "docs", ".cskit-part.0123456789abcdef"), "w") as f:
+            f.write("in progress")
+        os.symlink("/etc/passwd", os.path.join(self.srv.share, "docs", "out"))
+        self.addCleanup(os.unlink, os.path.join(self.srv.share, "docs", "out"))
+        self.addCleanup(os.unlink, os.path.join(self.srv.share, "docs", ".cskit-part.0123456789abcdef"))
+        self.assertEqual(self.status_of(self.url("docs/.cskit-part.0123456789abcdef")), 404)
+        names = {e["name"] for e in json.loads(self.curl(self.url("docs/")).stdout)["entries"]}
+        self.assertNotIn(".cskit-part.0123456789abcdef", names)
+        r = self.curl("-i", self.url("docs/out"))
+        self.assertIn(b"HTTP/1.1 404", r.stdout)
+        self.assertNotIn(b"root:", r.stdout)
 
     def test_keep_alive_and_pipelining(self):
         auth = base64.b64encode(f"admin:{TOKEN}".encode()).decode()
@@ -319,7 +375,7 @@ class Https(unittest.TestCase):
                 break
             break
         self.assertLess(time.monotonic() - started, 10)  # frame timeout 3 s
-        self.assertTrue(got.startswith(b"HTTP/1.1 408") or got == b"", got)
+        self.assertTrue(got.startswith(b"HTTP/1.1 408 Request Timeout"), got)
 
 
 class WebSwitchedOff(unittest.TestCase):
@@ -331,9 +387,18 @@ class WebSwitchedOff(unittest.TestCase):
             self.assertNotEqual(r.returncode, 0)  # no http/1.1 in ALPN: the handshake fails
             self.assertEqual(srv.cli("ping", "-c", "1", srv.address).returncode, 0)
             self.assertFalse(any(line.startswith("web:") for line in srv.banner))
-        with Server() as srv:
+        with Server("--irc-listen", "127.0.0.1:0") as srv:
             self.assertEqual(srv.cli("ping", "-c", "1", srv.address).returncode, 0)
             self.assertTrue(any(line.startswith("web: https://") for line in srv.banner))
+            # The IRC port is not an HTTPS port: its ALPN has no http/1.1.
+            irc = next(int(line.split(":")[2].split()[0]) for line in srv.banner if line.startswith("irc: "))
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            ctx.set_alpn_protocols(["http/1.1"])
+            with socket.create_connection(("127.0.0.1", irc), timeout=10) as raw:
+                with self.assertRaises(ssl.SSLError):
+                    ctx.wrap_socket(raw)
 
 
 if __name__ == "__main__":
