@@ -58,8 +58,9 @@ bench: build
 ## make fuzz: run each libFuzzer target for FUZZ_SECONDS (default 60):
 ## the frame decoder, the server session (login and every service's
 ## requests), the NTP parsers, the client's parsing of server answers, and
-## the binary records of packed listings and delta transfer.
-FUZZ_TARGETS = decoder session ntp client records
+## the binary records of packed listings and delta transfer, and the HTTPS
+## front end's parsing of targets, ranges, dates and credentials.
+FUZZ_TARGETS = decoder session ntp client records http
 fuzz: deps
 	cmake --preset fuzz >/dev/null
 	cmake --build --preset fuzz --target $(addprefix fuzz_,$(FUZZ_TARGETS))
