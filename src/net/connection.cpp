@@ -18,6 +18,7 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
 
 namespace cskit::net {
 
@@ -972,6 +973,8 @@ asio::awaitable<error_code> connection::write_segment() {
   off_t off = static_cast<off_t>(segments_.front().offset);
   std::size_t left = segments_.front().length;
   const int sock = socket_.native_handle();
+  constexpr std::size_t raw_fallback_size = 64 * 1024;
+  std::unique_ptr<char[]> raw_fallback;
   while (left > 0 && state_ != state::closed) {
     ssize_t n = ::sendfile(sock, segments_.front().fd, &off, left);
     if (n > 0) {
@@ -990,7 +993,26 @@ asio::awaitable<error_code> connection::write_segment() {
     if (n < 0 && errno != EINVAL && errno != ENOSYS) co_return error_code(errno, boost::system::system_category());
     // A raw body has no digest to catch made-up bytes: the peer gets a
     // short body (the connection closes) instead.
-    if (segments_.front().raw) co_return error_code(ENODATA, boost::system::system_category());
+    if (segments_.front().raw) {
+      // No made-up bytes in a raw body: what sendfile cannot send is read
+      // and written; a file that ended early closes the connection.
+      if (n == 0) co_return error_code(ENODATA, boost::system::system_category());
+      // (A buffer of its own: the thread's may be another connection's by
+      // the time the write completes.) A rare path: sendfile refused.
+      if (!raw_fallback) raw_fallback = std::make_unique_for_overwrite<char[]>(raw_fallback_size);
+      const ssize_t r = ::pread(segments_.front().fd, raw_fallback.get(), std::min(left, raw_fallback_size), off);
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) co_return error_code(r == 0 ? ENODATA : errno, boost::system::system_category());
+      std::size_t w = co_await asio::async_write(socket_, asio::buffer(raw_fallback.get(), static_cast<std::size_t>(r)),
+                                                 asio::redirect_error(asio::use_awaitable, ec));
+      if (ec) co_return ec;
+      off += static_cast<off_t>(w);
+      left -= w;
+      file_bytes_queued_ -= w;
+      segments_.front().length -= w;
+      write_progress_ = clock::now();
+      continue;
+    }
     // The file ended early (it shrank), or cannot be sendfile'd: keep the
     // framing intact with zeros; the receiver's digest check fails the file.
     static const char zeros[64 * 1024] = {};

@@ -157,7 +157,7 @@ void http_session::on_bytes(net::connection& c, std::string_view bytes) {
   // whose login is being answered, the start of its body.
   const bool put_pending = req_ && req_->method == bhttp::verb::put;
   const std::size_t bound = put_pending ? upload_buffer * 4 : max_pipelined;
-  if (busy_ && !(upload_ && upload_->receiving) && unread().size() > bound) {
+  if ((busy_ || resume_pending_) && !(upload_ && upload_->receiving) && unread().size() > bound) {
     // (A response is under way: no answer can be put in its middle.)
     c.close_now("HTTP: too many requests sent ahead of the answers");
     return;
@@ -167,7 +167,15 @@ void http_session::on_bytes(net::connection& c, std::string_view bytes) {
 
 void http_session::on_peer_eof(net::connection& c) {
   peer_done_ = true;
-  if (!busy_) c.close_after_flush("peer closed");
+  // A body cut short never ends: nothing to wait for.
+  if (upload_ && upload_->receiving) return c.close_now("peer closed in the middle of a request body");
+  if (idle()) c.close_after_flush("peer closed");
+}
+
+bool http_session::idle() const {
+  // Nothing being answered, nothing held back by the send queue, and no
+  // whole request left unread (a partial one can no longer complete).
+  return !busy_ && !resume_pending_ && (at_ == in_.size() || header_in_progress());
 }
 
 void http_session::pump(net::connection& c) {
@@ -175,7 +183,9 @@ void http_session::pump(net::connection& c) {
   pumping_ = true;
   while (!c.closing() && at_ < in_.size()) {
     if (upload_ && upload_->receiving) {
-      if (!receive_body(c)) break;
+      // False: more body is needed (stop), or the body ended (the loop
+      // goes on: busy_ says whether its answer is still to come).
+      if (!receive_body(c) && upload_ && upload_->receiving) break;
       continue;
     }
     if (busy_) break;
@@ -228,7 +238,7 @@ void http_session::pump(net::connection& c) {
   else if (header_in_progress()) c.report_progress(pr::header, new_message_);
   else c.report_progress(pr::idle, false);
   new_message_ = false;
-  if (peer_done_ && !busy_ && !c.closing()) c.close_after_flush("peer closed");
+  if (peer_done_ && idle() && !c.closing()) c.close_after_flush("peer closed");
 }
 
 void http_session::on_header(net::connection& c) {
@@ -462,9 +472,10 @@ void http_session::start_upload(net::connection& c, const std::string& path) {
   u->dir = util::unique_fd(front_.share.jail().open_parent(path, u->leaf));
   if (!u->dir) {
     const int err = -u->dir.release();
-    return respond_error(c, err == ENOENT || err == ENOTDIR ? 404 : 403,
-                         "the directory of '" + path + "' " +
-                             (err == ENOENT || err == ENOTDIR ? "does not exist" : std::strerror(err)));
+    // As for GET: a directory outside the share does not exist.
+    const bool missing = err == ENOENT || err == ENOTDIR || err == EXDEV || err == ELOOP;
+    return respond_error(c, missing ? 404 : 403,
+                         "the directory of '" + path + "' " + (missing ? "does not exist" : std::strerror(err)));
   }
   struct stat st {};
   if (::fstatat(u->dir.get(), u->leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) {
@@ -489,15 +500,16 @@ void http_session::start_upload(net::connection& c, const std::string& path) {
     return respond_error(c, 500, "cannot create '" + path + "': " + std::strerror(-fd));
   }
   u->file = util::unique_fd(fd);
-  if (size > 0 && util::preallocate(fd, 0, size) == ENOSPC) {
+  if (const int err = size > 0 ? util::preallocate(fd, 0, size) : 0; err != 0) {
     front_.share.release(size);
+    if (err == EFBIG) return respond_error(c, 413, "'" + path + "' is larger than the server's file system takes");
     return respond_error(c, 507, "no room for '" + path + "' (" + std::to_string(size) + " bytes) on the server");
   }
   u->buffer = std::make_unique_for_overwrite<char[]>(upload_buffer);
   u->receiving = true;
   upload_ = std::move(u);
   parser_->body_limit(size);
-  closing_ = false;  // the body is read: the connection can go on
+  closing_ = shutting_down_;  // the body is read: the connection can go on (unless the server stops)
   if (req_->expect_continue) c.send_raw("HTTP/1.1 100 Continue\r\n\r\n");
   if (size == 0 && parser_->is_done()) {
     upload_->receiving = false;
@@ -523,10 +535,13 @@ bool http_session::receive_body(net::connection& c) {
   }
   if (got > 0) {
     if (const int err = util::pwrite_all(u.file.get(), u.buffer.get(), got, u.written); err != 0) {
-      closing_ = true;
-      u.receiving = false;
-      respond_error(c, err == ENOSPC || err == EDQUOT ? 507 : 500,
-                    "writing '" + u.path + "': " + std::strerror(err));
+      const std::string message = "writing '" + u.path + "': " + std::strerror(err);
+      service::audit_file_operation({"put", account_->name, c.peer(), u.path, "", u.written + got, "io_error",
+                                     message + "; nothing was written"});
+      front_.share.release(u.reserved);
+      upload_.reset();  // (the file is unnamed, or its private part goes with it)
+      closing_ = true;  // the rest of the body is not read
+      respond_error(c, err == ENOSPC || err == EDQUOT ? 507 : 500, message);
       return false;
     }
     u.digest.update(u.buffer.get(), got);
@@ -544,7 +559,7 @@ bool http_session::receive_body(net::connection& c) {
 void http_session::commit_upload(net::connection& c) {
   upload& u = *upload_;
   const std::string xxh3 = u.digest.xxh3_hex();
-  if (!req_->xxh3.empty() && req_->xxh3 != xxh3) {
+  if (!req_->xxh3.empty() && !beast_iequals(boost::beast::string_view(req_->xxh3.data(), req_->xxh3.size()), xxh3)) {
     service::audit_file_operation({"put", account_->name, c.peer(), u.path, "", u.written, "integrity",
                                    "the body's XXH3 is not X-Content-XXH3"});
     front_.share.release(u.reserved);
@@ -560,11 +575,29 @@ void http_session::commit_upload(net::connection& c) {
   if (!u.part.empty()) job.mode = util::default_file_mode();
   job.size = u.written;
   job.reserved = u.reserved;
-  u.part.clear();  // the committer owns it now (it removes it if refused)
+  // The committer owns the part now; it removes it only when the commit
+  // is refused for good, and a private part is never retried: any failure
+  // removes it (below).
+  std::string part = std::move(u.part);
+  u.part.clear();
   u.reserved = 0;
-  auto self = c.shared_from_this();
-  job.done = [this, self](int err) {
-    boost::asio::post(self->executor(), [this, self, err] { upload_committed(*self, err); });
+  // The connection may close before the commit is done, and must never be
+  // destroyed on the committer's thread: it is held weakly. Its audit
+  // record is written either way.
+  std::weak_ptr<net::connection> weak = c.shared_from_this();
+  auto ex = c.executor();
+  service::file_audit_record_owned record{"put", account_->name, c.peer(), u.path, "", u.written};
+  job.done = [this, weak, ex, record, part, dir = ::fcntl(u.dir.get(), F_DUPFD_CLOEXEC, 0)](int err) mutable {
+    if (err && !part.empty() && dir >= 0) ::unlinkat(dir, part.c_str(), 0);
+    if (dir >= 0) ::close(dir);
+    boost::asio::post(ex, [this, weak, record = std::move(record), err] {
+      auto conn = weak.lock();
+      if (!conn || conn->closing()) {
+        record.write(err ? "io_error" : "ok", err ? std::strerror(err) : "");
+        return;
+      }
+      upload_committed(*conn, err);
+    });
   };
   front_.share.commit(std::move(job));
 }
@@ -676,7 +709,7 @@ void http_session::encode_failure(std::string& out, const proto::json& error) {
 
 void http_session::on_shutdown(net::connection& c, std::chrono::milliseconds grace) {
   // A response being sent finishes within the grace; then the close.
-  closing_ = true;
+  closing_ = shutting_down_ = true;
   if (!busy_) c.close_after_flush("server shutdown", grace);
 }
 
@@ -685,8 +718,8 @@ void http_session::on_grace_over(net::connection& c) { c.close_now("server shutd
 void http_session::on_reload(net::connection& c) {
   if (!account_) return;
   const auto now = front_.ctx.find_user(account_->name);
-  std::string why = account_change(*account_, now.get());
-  if (why.empty() && !now->permissions.has(proto::permission::files_read)) why = "files-read was withdrawn";
+  // account_change covers a withdrawn permission, files-read and files-write included.
+  const std::string why = account_change(*account_, now.get());
   if (why.empty()) return;
   spdlog::warn("https: {} user={}: closed after the configuration was reloaded: {}", c.peer(), account_->name, why);
   c.close_now("the account changed: " + why);

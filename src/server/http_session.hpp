@@ -104,6 +104,8 @@ class http_session final : public net::frame_handler {
   bool resume_pending_ = false;  // pump again once the send queue is short
   bool new_message_ = false;     // a request began since the last progress report
   bool peer_done_ = false;       // the client sends nothing more
+  bool shutting_down_ = false;
+  bool idle() const;
   std::optional<parser_type> parser_;
   std::unique_ptr<request_info> req_;
   std::unique_ptr<body_sender> sending_;

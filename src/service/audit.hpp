@@ -28,4 +28,14 @@ std::string audit_line(const file_audit_record& r);
 /// Records `r`: to the journal under systemd, else as a log line.
 void audit_file_operation(const file_audit_record& r);
 
+/// A record whose result comes later, maybe after its connection is gone:
+/// its fields kept by value.
+struct file_audit_record_owned {
+  std::string op, user, peer, path, to;
+  std::uint64_t bytes = 0;
+  void write(std::string_view result, std::string_view detail) const {
+    audit_file_operation({op, user, peer, path, to, bytes, result, detail});
+  }
+};
+
 }  // namespace cskit::service

@@ -246,6 +246,18 @@ class Https(unittest.TestCase):
         self.assertFalse(os.path.exists(os.path.join(self.srv.share, "slow.bin")))
         self.assertEqual([n for n in os.listdir(self.srv.share) if n.startswith(".cskit")], [])
 
+    def test_a_request_pipelined_after_a_refused_put_is_answered(self):
+        body = b"hello"
+        put = (f"PUT /files/docs/p.txt HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {self.auth()}\r\n"
+               f"Content-Length: {len(body)}\r\nX-Content-XXH3: {'0' * 32}\r\n\r\n").encode() + body
+        get = (f"GET /files/docs/a%20b.txt HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {self.auth()}\r\n"
+               "Connection: close\r\n\r\n").encode()
+        out = self.raw(put + get)
+        self.assertTrue(out.startswith(b"HTTP/1.1 400"), out[:200])
+        self.assertIn(b"HTTP/1.1 200 OK", out)
+        self.assertTrue(out.endswith(b"hello\n"))
+        self.assertFalse(os.path.exists(os.path.join(self.srv.share, "docs", "p.txt")))
+
     def test_directories_list_as_json(self):
         r = self.curl(self.url("docs/"))
         listing = json.loads(r.stdout)
@@ -376,6 +388,47 @@ class Https(unittest.TestCase):
             break
         self.assertLess(time.monotonic() - started, 10)  # frame timeout 3 s
         self.assertTrue(got.startswith(b"HTTP/1.1 408 Request Timeout"), got)
+
+
+class UploadQuota(unittest.TestCase):
+    """Every way an upload ends gives its quota reservation back: refused, digest mismatch, the
+    client gone; what was committed is counted."""
+
+    def test_reservations_come_back(self):
+        with Server(config_text='[files]\nquota = "16M"\n') as srv:
+            cert = os.path.join(srv.state, "server.crt")
+            tmp = tempfile.mkdtemp(prefix="cskit-https-quota-")
+            self.addCleanup(shutil.rmtree, tmp, ignore_errors=True)
+            url = f"https://127.0.0.1:{srv.port}/files/"
+
+            def put(name, mib, *extra):
+                local = os.path.join(tmp, name)
+                with open(local, "wb") as f:
+                    f.write(os.urandom(mib << 20))
+                r = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", cert, "-u",
+                                    f"admin:{TOKEN}", *extra, "-T", local, url + name],
+                                   capture_output=True, text=True, timeout=60)
+                return int(r.stdout or 0)
+
+            for _ in range(3):  # refused by the digest: nothing kept, nothing reserved
+                self.assertEqual(put("bad.bin", 6, "-H", "X-Content-XXH3: " + "0" * 32), 400)
+            for _ in range(3):  # cut by the client (it gives up at once)
+                local = os.path.join(tmp, "cut.bin")
+                with open(local, "wb") as f:
+                    f.write(os.urandom(6 << 20))
+                p = subprocess.Popen(["curl", "-sS", "--cacert", cert, "-u", f"admin:{TOKEN}", "--limit-rate", "1M",
+                                      "-T", local, url + "cut.bin"], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+                time.sleep(0.5)
+                p.kill()
+                p.wait(10)
+            deadline = time.monotonic() + 10
+            while srv.stderr().count('path="cut.bin"') < 3 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self.assertEqual(put("a.bin", 10), 201)  # 10 of 16 MiB
+            self.assertEqual(put("b.bin", 7), 413)   # would be 17
+            self.assertEqual(put("c.bin", 5), 201)   # 15
+            self.assertEqual(sorted(n for n in os.listdir(srv.share)), ["a.bin", "c.bin"])
 
 
 class WebSwitchedOff(unittest.TestCase):
