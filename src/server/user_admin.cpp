@@ -57,7 +57,12 @@ class user_admin::locked_file {
       ::close(fd_);
       throw config_error("cannot lock " + dir.string() + ": " + std::strerror(e));
     }
-    users = load_users_file(file);
+    try {
+      users = load_users_file(file);
+    } catch (...) {
+      ::close(fd_);  // (no destructor runs for a constructor that throws)
+      throw;
+    }
   }
   ~locked_file() { ::close(fd_); }
   locked_file(const locked_file&) = delete;
