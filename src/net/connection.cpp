@@ -307,7 +307,11 @@ bool connection::send_direct_tls(const proto::json& header, std::string_view bod
     spdlog::error("connection {}: cannot encode frame: {}", peer_, proto::default_message(e));
     return false;
   }
-  if (!tls_->write(head) || !tls_->write(body)) {
+  return write_direct_tls(head, body);
+}
+
+bool connection::write_direct_tls(std::string_view head, std::string_view body) {
+  if ((!head.empty() && !tls_->write(head)) || !tls_->write(body)) {
     close_now("TLS error: " + tls_->error_text());
     return false;
   }
@@ -331,19 +335,7 @@ bool connection::send_shared(std::shared_ptr<const std::string> frame) {
 bool connection::send_raw(std::string_view bytes) {
   if (state_ != state::open || tls_handshaking()) return false;
   if (bytes.size() >= direct_body_min && !writing_ && nothing_queued() && encrypts_writes()) {
-    // As send_direct_tls: encrypted straight from the caller's buffer.
-    if (!tls_->write(bytes)) {
-      close_now("TLS error: " + tls_->error_text());
-      return false;
-    }
-    error_code ec;
-    send_tls_output(ec);
-    if (ec && ec != asio::error::would_block) {
-      close_now("write failed: " + ec.message());
-      return false;
-    }
-    if (tls_output_bytes() == 0) return true;
-    return queued();
+    return write_direct_tls({}, bytes);  // as send_direct_tls: encrypted straight from the caller's buffer
   }
   pending_.append(bytes);
   return queued();

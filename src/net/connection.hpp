@@ -367,6 +367,9 @@ class connection : public std::enable_shared_from_this<connection> {
   /// the caller's buffer when nothing is queued ahead of them.
   static constexpr std::size_t direct_body_min = 32u << 10;
   bool send_direct(const proto::json& header, std::string_view body);
+  // Encrypts `head` (may be empty) and `body` into the TLS output and sends
+  // what the socket takes at once; the rest is queued.
+  bool write_direct_tls(std::string_view head, std::string_view body);
   // TLS (null for cleartext). The queue above holds plaintext; what is
   // encrypted waits in the channel's output until the socket takes it.
   std::shared_ptr<const tls::context> tls_context_;
