@@ -90,7 +90,8 @@ struct server_side {
                      proto::permission::chat}) {
         all.add(p);
       }
-      ctx->users.push_back({std::string(user), std::string(token), all});
+      ctx->set_accounts(std::make_shared<const server::account_table>(
+          std::vector<server::user_account>{{std::string(user), std::string(token), all, "fuzz"}}));
       server::register_core_service(*ctx);
       server::register_file_service(*ctx, *share);
       server::register_exec_service(*ctx, exec_policy, exec_limiter);

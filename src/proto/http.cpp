@@ -54,6 +54,10 @@ std::optional<std::string> target_path(std::string_view target, std::string_view
       why = "a backslash";
       return std::nullopt;
     }
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+      why = "a control character";
+      return std::nullopt;
+    }
     if (c != '%') {
       out += c;
       continue;
@@ -65,8 +69,8 @@ std::optional<std::string> target_path(std::string_view target, std::string_view
       return std::nullopt;
     }
     const char d = static_cast<char>(hi * 16 + lo);
-    if (d == '/' || d == '\\' || d == '\0') {
-      why = "an encoded '/', '\\' or NUL";
+    if (d == '/' || d == '\\' || static_cast<unsigned char>(d) < 0x20 || d == 0x7f) {
+      why = "an encoded '/', '\\' or control character";
       return std::nullopt;
     }
     out += d;

@@ -14,8 +14,8 @@ namespace cskit::proto::http {
 
 /// A request target's path after `prefix` ("/files/"), percent-decoded
 /// once, as a share path ("" for the root; no leading '/'). Refused, with
-/// `why`: a target outside the prefix, a malformed escape, an encoded '/'
-/// or NUL, a backslash in any form, and escapes that decode to another
+/// `why`: a target outside the prefix, a malformed escape, an encoded '/',
+/// a control character or a backslash in any form, and escapes that decode to another
 /// escape of '/', '.' or '\' (double encoding). The query is dropped. The
 /// result still needs the share's own path check (no "..", no control
 /// characters).

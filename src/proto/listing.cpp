@@ -101,7 +101,7 @@ std::string to_hex(std::string_view bytes) {
 std::string pack_entries(const json& entries) {
   std::string out;
   std::string prev_name;
-  std::uint64_t prev_mode = ~std::uint64_t{0};
+  std::optional<std::uint64_t> prev_mode;  // none before the first entry (any value could be a mode)
   std::uint64_t prev_mtime = 0;  // as unsigned: differences wrap
   for (const auto& e : entries) {
     const std::string name = e.value("name", "");

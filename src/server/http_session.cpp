@@ -230,7 +230,7 @@ void http_session::pump(net::connection& c) {
       refuse(c, 400, "malformed request: " + ec.message());
       break;
     }
-    if (parser_->is_header_done()) on_header(c);
+    if (parser_->is_header_done()) on_request_header(c);
   }
   // What was parsed goes, once per turn (not once per request).
   if (at_ > 0 && (at_ == in_.size() || at_ > max_pipelined)) {
@@ -246,7 +246,7 @@ void http_session::pump(net::connection& c) {
   if (peer_done_ && idle() && !c.closing()) c.close_after_flush("peer closed");
 }
 
-void http_session::on_header(net::connection& c) {
+void http_session::on_request_header(net::connection& c) {
   busy_ = true;
   const auto& m = parser_->get();
   req_ = std::make_unique<request_info>();

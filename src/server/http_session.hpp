@@ -68,7 +68,7 @@ class http_session final : public net::frame_handler {
   bool header_in_progress() const {
     return parser_ && !parser_->is_header_done() && (at_ < in_.size() || parser_->got_some());
   }
-  void on_header(net::connection& c);
+  void on_request_header(net::connection& c);
   // Who the request is from: Basic or Bearer credentials, checked with the
   // login throttle (the answer may be held), or the connection's account.
   void authenticate(net::connection& c);
