@@ -155,22 +155,73 @@ std::optional<std::time_t> parse_date(std::string_view text) {
   return ::timegm(&tm);
 }
 
+std::optional<std::string> base64_decode(std::string_view b64) {
+  if (b64.empty() || b64.size() % 4 != 0 || b64.size() > 1u << 20) return std::nullopt;
+  std::size_t pad = 0;
+  for (std::size_t i = b64.size(); i > 0 && b64[i - 1] == '='; --i) ++pad;
+  if (pad > 2) return std::nullopt;
+  std::string raw(b64.size() / 4 * 3, '\0');
+  const int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(raw.data()),
+                                reinterpret_cast<const unsigned char*>(b64.data()), static_cast<int>(b64.size()));
+  if (n < 0) return std::nullopt;
+  raw.resize(static_cast<std::size_t>(n) - pad);  // the padding decodes to zeros
+  return raw;
+}
+
+std::string base64_encode(std::string_view bytes) {
+  std::string out((bytes.size() + 2) / 3 * 4 + 1, '\0');
+  const int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                                reinterpret_cast<const unsigned char*>(bytes.data()), static_cast<int>(bytes.size()));
+  out.resize(static_cast<std::size_t>(n));
+  return out;
+}
+
+std::optional<content_range> parse_content_range(std::string_view h) {
+  if (!h.starts_with("bytes ")) return std::nullopt;
+  h.remove_prefix(6);
+  const auto dash = h.find('-'), slash = h.find('/');
+  if (dash == std::string_view::npos || slash == std::string_view::npos || slash < dash) return std::nullopt;
+  content_range r;
+  if (!parse_u64(h.substr(0, dash), r.first) || !parse_u64(h.substr(dash + 1, slash - dash - 1), r.last) ||
+      !parse_u64(h.substr(slash + 1), r.total)) {
+    return std::nullopt;
+  }
+  if (r.last < r.first || r.last >= r.total) return std::nullopt;
+  return r;
+}
+
+std::optional<std::string> content_digest_sha256(std::string_view h) {
+  while (!h.empty()) {
+    const auto comma = h.find(',');
+    std::string_view item = h.substr(0, comma);
+    h = comma == std::string_view::npos ? std::string_view() : h.substr(comma + 1);
+    while (!item.empty() && (item.front() == ' ' || item.front() == '\t')) item.remove_prefix(1);
+    while (!item.empty() && (item.back() == ' ' || item.back() == '\t')) item.remove_suffix(1);
+    if (!item.starts_with("sha-256=:") || item.size() < 11 || !item.ends_with(':')) continue;
+    auto raw = base64_decode(item.substr(9, item.size() - 10));
+    if (!raw || raw->size() != 32) return std::nullopt;
+    static constexpr char digits[] = "0123456789abcdef";
+    std::string hex;
+    for (unsigned char b : *raw) {
+      hex += digits[b >> 4];
+      hex += digits[b & 15];
+    }
+    return hex;
+  }
+  return std::nullopt;
+}
+
 std::optional<credentials> parse_basic(std::string_view a) {
   const auto space = a.find(' ');
   if (space == std::string_view::npos || !iequals(a.substr(0, space), "Basic")) return std::nullopt;
   std::string_view b64 = a.substr(space + 1);
   while (!b64.empty() && b64.front() == ' ') b64.remove_prefix(1);
-  if (b64.empty() || b64.size() % 4 != 0 || b64.size() > 4096) return std::nullopt;
-  std::string raw(b64.size() / 4 * 3, '\0');
-  const int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(raw.data()),
-                                reinterpret_cast<const unsigned char*>(b64.data()), static_cast<int>(b64.size()));
-  if (n < 0) return std::nullopt;
-  std::size_t len = static_cast<std::size_t>(n);
-  for (std::size_t i = b64.size(); i > 0 && b64[i - 1] == '='; --i) --len;  // the padding's zeros
-  raw.resize(len);
-  const auto colon = raw.find(':');
+  if (b64.size() > 4096) return std::nullopt;
+  auto raw = base64_decode(b64);
+  if (!raw) return std::nullopt;
+  const auto colon = raw->find(':');
   if (colon == std::string::npos) return std::nullopt;
-  return credentials{raw.substr(0, colon), raw.substr(colon + 1)};
+  return credentials{raw->substr(0, colon), raw->substr(colon + 1)};
 }
 
 std::optional<std::string> parse_bearer(std::string_view a) {
@@ -214,6 +265,7 @@ std::string_view media_type(std::string_view name) {
 
 std::string_view reason(int status) {
   switch (status) {
+    case 101: return "Switching Protocols";
     case 200: return "OK";
     case 201: return "Created";
     case 204: return "No Content";
@@ -228,6 +280,7 @@ std::string_view reason(int status) {
     case 409: return "Conflict";
     case 411: return "Length Required";
     case 412: return "Precondition Failed";
+    case 415: return "Unsupported Media Type";
     case 413: return "Content Too Large";
     case 416: return "Range Not Satisfiable";
     case 429: return "Too Many Requests";

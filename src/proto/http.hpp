@@ -49,6 +49,23 @@ std::optional<credentials> parse_basic(std::string_view authorization);
 /// "Bearer TOKEN" -> the token; nullopt when it is not that.
 std::optional<std::string> parse_bearer(std::string_view authorization);
 
+/// A PUT's Content-Range ("bytes FIRST-LAST/TOTAL", RFC 9110 14.4): one
+/// piece of a file uploaded in pieces. Nullopt when malformed, when LAST <
+/// FIRST, or when LAST is not below TOTAL.
+struct content_range {
+  std::uint64_t first = 0, last = 0, total = 0;
+};
+std::optional<content_range> parse_content_range(std::string_view header);
+
+/// The SHA-256 of a Content-Digest field (RFC 9530: "sha-256=:BASE64:",
+/// among other algorithms separated by commas), as 64 lowercase hex
+/// digits; nullopt when there is none or it is malformed.
+std::optional<std::string> content_digest_sha256(std::string_view header);
+
+/// Standard base64 (RFC 4648 4), padded; nullopt when malformed.
+std::optional<std::string> base64_decode(std::string_view b64);
+std::string base64_encode(std::string_view bytes);
+
 /// Whether `first` (a connection's first bytes) starts an HTTP/1 request:
 /// a method token of capitals and a space ("GET /...").
 bool looks_like_request(std::string_view first);

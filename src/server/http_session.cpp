@@ -1,7 +1,9 @@
 #include "server/http_session.hpp"
+#include "server/http_request.hpp"
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -15,6 +17,7 @@
 #include "proto/auth.hpp"
 #include "proto/http.hpp"
 #include "server/session.hpp"
+#include "server/web_sessions.hpp"
 #include "service/audit.hpp"
 #include "service/files.hpp"
 #include "util/jail.hpp"
@@ -28,6 +31,7 @@ namespace http = proto::http;
 namespace {
 
 constexpr std::string_view files_prefix = "/files/";
+constexpr std::string_view api_prefix = "/api/";
 // A file body goes out a piece at a time, while the send queue is short.
 constexpr std::size_t body_piece = 1u << 20;
 constexpr std::size_t queue_high = 4u << 20;
@@ -95,18 +99,6 @@ std::string str(const View& v) {
 
 }  // namespace
 
-struct http_session::request_info {
-  bhttp::verb method;
-  std::string target;
-  std::string authorization;
-  std::string range, if_range, if_none_match, if_modified_since;
-  bool keep_alive = true;
-  std::string source;  // the throttle's key for the peer's address
-  std::optional<std::uint64_t> content_length;
-  bool chunked = false;
-  bool expect_continue = false;
-  std::string xxh3;  // X-Content-XXH3: the digest a PUT body must have
-};
 
 struct http_session::upload {
   std::string path;  // normalized, in the share
@@ -116,11 +108,21 @@ struct http_session::upload {
   std::string part;  // named part (no O_TMPFILE); empty: `file` is unnamed
   bool existed = false;
   std::uint64_t expected = 0, written = 0, reserved = 0;
+  // A piece (Content-Range): written at `base` of the resumable part
+  // `piece_part`, which stays for the next piece; the last one commits it.
+  bool piece = false, last = false;
+  std::uint64_t base = 0, total = 0;
+  std::string piece_part;
+  std::string sha256;  // Content-Digest's, hex: what the body must have
   util::content_digest digest;
   std::unique_ptr<char[]> buffer;
   bool receiving = false;  // the body is being read
   ~upload() {
     if (!part.empty() && dir) ::unlinkat(dir.get(), part.c_str(), 0);  // never committed
+  }
+  // A piece that did not make it: the part goes back to what it had.
+  void drop_piece() const {
+    if (piece && file) (void)::ftruncate(file.get(), static_cast<off_t>(base));
   }
 };
 
@@ -139,8 +141,11 @@ void http_session::on_open(net::connection& c) {
 
 void http_session::on_close(net::connection& c, std::string_view reason) {
   if (upload_ && upload_->receiving) {
+    upload_->drop_piece();
     service::audit_file_operation({"put", account_ ? account_->name : "", c.peer(), upload_->path, "",
-                                   upload_->written, "interrupted", "the connection closed; nothing was written"});
+                                   upload_->written, "interrupted",
+                                   upload_->piece ? "the connection closed; the upload can be resumed"
+                                                  : "the connection closed; nothing was written"});
     front_.share.release(upload_->reserved);
     upload_.reset();
   }
@@ -160,9 +165,10 @@ void http_session::on_bytes(net::connection& c, std::string_view bytes) {
   in_.append(bytes);
   // Behind a request being answered, a few pipelined ones; behind a PUT
   // whose login is being answered, the start of its body.
-  const bool put_pending = req_ && req_->method == bhttp::verb::put;
-  const std::size_t bound = put_pending ? upload_buffer * 4 : max_pipelined;
-  if ((busy_ || resume_pending_) && !(upload_ && upload_->receiving) && unread().size() > bound) {
+  const bool body_pending = req_ && (req_->method == bhttp::verb::put || req_->method == bhttp::verb::post);
+  const std::size_t bound = body_pending ? upload_buffer * 4 : max_pipelined;
+  const bool receiving = (upload_ && upload_->receiving) || form_receiving_;
+  if ((busy_ || resume_pending_) && !receiving && unread().size() > bound) {
     // (A response is under way: no answer can be put in its middle.)
     c.close_now("HTTP: too many requests sent ahead of the answers");
     return;
@@ -173,7 +179,7 @@ void http_session::on_bytes(net::connection& c, std::string_view bytes) {
 void http_session::on_peer_eof(net::connection& c) {
   peer_done_ = true;
   // A body cut short never ends: nothing to wait for.
-  if (upload_ && upload_->receiving) return c.close_now("peer closed in the middle of a request body");
+  if ((upload_ && upload_->receiving) || form_receiving_) return c.close_now("peer closed in the middle of a request body");
   if (idle()) c.close_after_flush("peer closed");
 }
 
@@ -191,6 +197,10 @@ void http_session::pump(net::connection& c) {
       // False: more body is needed (stop), or the body ended (the loop
       // goes on: busy_ says whether its answer is still to come).
       if (!receive_body(c) && upload_ && upload_->receiving) break;
+      continue;
+    }
+    if (form_receiving_) {
+      if (!receive_form(c) && form_receiving_) break;
       continue;
     }
     if (busy_) break;
@@ -239,7 +249,7 @@ void http_session::pump(net::connection& c) {
   }
   pumping_ = false;
   using pr = net::frame_handler::progress;
-  if (upload_ && upload_->receiving) c.report_progress(pr::body, false);
+  if ((upload_ && upload_->receiving) || form_receiving_) c.report_progress(pr::body, false);
   else if (header_in_progress()) c.report_progress(pr::header, new_message_);
   else c.report_progress(pr::idle, false);
   new_message_ = false;
@@ -248,27 +258,56 @@ void http_session::pump(net::connection& c) {
 
 void http_session::on_request_header(net::connection& c) {
   busy_ = true;
+  read_request_fields();
+  req_->source = net::source_key::of(c.peer_address()).describe();
+  // A Transfer-Encoding that does not end in chunked has a body whose end
+  // only the close tells (RFC 9112 6.3): not taken.
+  if (parser_->get().count(bhttp::field::transfer_encoding) > 0 && !req_->chunked) {
+    return refuse(c, 400, "a Transfer-Encoding other than chunked is not accepted");
+  }
+  const bool has_body = req_->chunked || req_->content_length.value_or(0) > 0;
+  switch (req_->to) {
+    case route::files: return on_files_header(c, has_body);
+    case route::api: return on_api_header(c, has_body);
+    case route::page: break;
+  }
+  if (has_body) return refuse(c, 400, "the page's files take no body");
+  parser_.reset();
+  serve_page(c);
+}
+
+void http_session::read_request_fields() {
   const auto& m = parser_->get();
   req_ = std::make_unique<request_info>();
   req_->method = m.method();
   req_->target = str(m.target());
+  const std::string_view path = std::string_view(req_->target).substr(0, req_->target.find('?'));
+  if (path.starts_with(api_prefix)) {
+    req_->to = route::api;
+    req_->api = std::string(path.substr(api_prefix.size()));
+  } else if (!path.starts_with(files_prefix) && path != "/files") {
+    req_->to = route::page;
+  }
   req_->authorization = str(m[bhttp::field::authorization]);
+  req_->session_id = std::string(web_sessions::from_cookie_header(str(m[bhttp::field::cookie])));
+  req_->origin = str(m[bhttp::field::origin]);
+  req_->host = str(m[bhttp::field::host]);
+  req_->csrf = str(m["X-CSRF-Token"]);
   req_->range = str(m[bhttp::field::range]);
   req_->if_range = str(m[bhttp::field::if_range]);
   req_->if_none_match = str(m[bhttp::field::if_none_match]);
   req_->if_modified_since = str(m[bhttp::field::if_modified_since]);
   req_->keep_alive = parser_->keep_alive();
-  req_->source = net::source_key::of(c.peer_address()).describe();
   req_->chunked = parser_->chunked();
   if (auto n = parser_->content_length()) req_->content_length = *n;
   req_->expect_continue = beast_iequals(m[bhttp::field::expect], "100-continue");
   req_->xxh3 = str(m["X-Content-XXH3"]);
-  // A Transfer-Encoding that does not end in chunked has a body whose end
-  // only the close tells (RFC 9112 6.3): not taken.
-  if (m.count(bhttp::field::transfer_encoding) > 0 && !req_->chunked) {
-    return refuse(c, 400, "a Transfer-Encoding other than chunked is not accepted");
-  }
-  const bool has_body = req_->chunked || req_->content_length.value_or(0) > 0;
+  req_->content_range = str(m[bhttp::field::content_range]);
+  req_->content_digest = str(m["Content-Digest"]);
+  req_->upload_key = str(m["Upload-Key"]);
+}
+
+void http_session::on_files_header(net::connection& c, bool has_body) {
   if (req_->method == bhttp::verb::put) {
     // Until the body is read (start_upload), an answer ends the connection.
     closing_ = has_body;
@@ -276,7 +315,7 @@ void http_session::on_request_header(net::connection& c) {
   }
   if (req_->method != bhttp::verb::get && req_->method != bhttp::verb::head) {
     closing_ = has_body;  // its body is not read
-    return respond_error(c, 405, "this server answers GET, HEAD and PUT", "Allow: GET, HEAD, PUT\r\n");
+    return respond_error(c, 405, "this server answers GET, HEAD and PUT under /files/", "Allow: GET, HEAD, PUT\r\n");
   }
   if (has_body) return refuse(c, 400, "a GET or HEAD request has no body");
   parser_.reset();  // the header is all there is
@@ -284,23 +323,47 @@ void http_session::on_request_header(net::connection& c) {
 }
 
 void http_session::authenticate(net::connection& c) {
+  if (req_->authorization.empty() && !req_->session_id.empty()) return cookie_login(c);
   if (account_ && !req_->authorization.empty() && req_->authorization == credentials_) return authorized(c);
+  const std::string basic_challenge = "WWW-Authenticate: Basic realm=\"cskit\", charset=\"UTF-8\"\r\n";
   auto basic = http::parse_basic(req_->authorization);
   auto bearer = basic ? std::nullopt : http::parse_bearer(req_->authorization);
   if (!basic && !bearer) {
+    // The page's API asks without a challenge: a browser would show its
+    // own login box instead of the page's.
+    if (req_->to == route::api) return respond_api_error(c, 401, "log in first");
     return respond_error(c, 401, "log in with a cskit account: HTTP Basic (user and token) or a bearer token",
-                         "WWW-Authenticate: Basic realm=\"cskit\", charset=\"UTF-8\"\r\nWWW-Authenticate: Bearer "
-                         "realm=\"cskit\"\r\n");
+                         basic_challenge + "WWW-Authenticate: Bearer realm=\"cskit\"\r\n");
   }
+  std::optional<std::string> user;
+  if (basic) user = basic->user;
+  const std::string secret = basic ? basic->secret : *bearer;
+  check_login(c, user, secret, [this, &c, basic_challenge](std::shared_ptr<const user_account> found) {
+    if (!found) {
+      spdlog::warn("https: authentication failed from {}", c.peer());
+      return respond_error(c, 401, "authentication failed: unknown user or wrong token", basic_challenge);
+    }
+    if (!account_) {
+      c.set_authenticated();
+      spdlog::info("https: authenticated {} as {}", c.peer(), found->name);
+    }
+    account_ = std::move(found);
+    credentials_ = req_->authorization;
+    authorized(c);
+  });
+}
+
+bool http_session::check_login(net::connection& c, const std::optional<std::string>& user, const std::string& secret,
+                               login_done done) {
   // The login throttle of the cskit protocol: attempts of one source or
   // one name are answered one after another, failures slow them.
-  if (basic && !proto::is_valid_user_name(basic->user)) {
-    return respond_error(c, 401, "authentication failed: unknown user or wrong token",
-                         "WWW-Authenticate: Basic realm=\"cskit\", charset=\"UTF-8\"\r\n");
+  if (user && !proto::is_valid_user_name(*user)) {
+    done(nullptr);
+    return true;
   }
   // A bearer token names no account before it is checked: its attempts
   // are throttled by their source.
-  const std::string name = basic ? basic->user : "(bearer from " + req_->source + ")";
+  const std::string name = user ? *user : "(bearer from " + req_->source + ")";
   auto& throttle = front_.ctx.throttle;
   const auto now = auth_throttle::clock::now();
   const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(c.login_deadline() - now);
@@ -309,41 +372,58 @@ void http_session::authenticate(net::connection& c) {
   if (!when) {
     spdlog::warn("https: login of '{}' from {} refused untried: too many recent failures", name, c.peer());
     closing_ = true;
-    return respond_error(c, 429, "too many failed logins from your address or for this user: try again later");
+    const std::string message = "too many failed logins from your address or for this user: try again later";
+    if (req_->to == route::api) respond_api_error(c, 429, message);
+    else respond_error(c, 429, message);
+    return false;
   }
   std::shared_ptr<const user_account> found;
-  if (basic) {
-    auto u = front_.ctx.find_user(basic->user);
-    if (token_matches(basic->secret, u.get(), basic->user)) found = std::move(u);
+  if (user) {
+    auto u = front_.ctx.find_user(*user);
+    if (token_matches(secret, u.get(), *user)) found = std::move(u);
   } else {
     // A bearer token names its account: each is compared, in constant time.
     const auto table = front_.ctx.accounts();
     for (const auto& u : table->all()) {
-      if (token_matches(*bearer, u.get(), u->name) && !found) found = u;
+      if (token_matches(secret, u.get(), u->name) && !found) found = u;
     }
   }
   if (found) throttle.on_success(req_->source, name, *when);
   else throttle.on_failure(req_->source, name, *when);
-  auto settle = [this, &c, found] {
-    if (!found) {
-      spdlog::warn("https: authentication failed from {}", c.peer());
-      return respond_error(c, 401, "authentication failed: unknown user or wrong token",
-                           "WWW-Authenticate: Basic realm=\"cskit\", charset=\"UTF-8\"\r\n");
-    }
-    if (!account_) {
-      c.set_authenticated();
-      spdlog::info("https: authenticated {} as {}", c.peer(), found->name);
-    }
-    account_ = found;
-    credentials_ = req_->authorization;
-    authorized(c);
-  };
   const auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(*when - now);
-  if (wait.count() <= 0) return settle();
-  c.run_after(wait, settle);
+  if (wait.count() <= 0) {
+    done(std::move(found));
+  } else {
+    c.run_after(wait, [done = std::move(done), found = std::move(found)]() mutable { done(std::move(found)); });
+  }
+  return true;
 }
 
 void http_session::authorized(net::connection& c) {
+  if (!may_change(c)) return;
+  if (req_->to == route::api) return api_authorized(c);
+  serve_share_path(c);
+}
+
+std::optional<std::string> http_session::share_path(net::connection& c, const std::string& raw) {
+  const auto refuse_path = [&](int status, const std::string& message) -> std::optional<std::string> {
+    if (req_->to == route::api) respond_api_error(c, status, message);
+    else respond_error(c, status, message);
+    return std::nullopt;
+  };
+  if (std::string bad = util::check_relative_path(raw); !bad.empty()) return refuse_path(400, "'" + raw + "': " + bad);
+  std::string norm = util::normalize_relative(raw);
+  const bool reading = req_->method == bhttp::verb::get || req_->method == bhttp::verb::head;
+  for (auto name : util::split_relative(norm)) {
+    if (util::is_part_file_name(name)) {  // (to a reader, they do not exist)
+      return refuse_path(reading ? 404 : 400,
+                         "'" + norm + "': names beginning with " + std::string(util::part_prefix) + " are reserved");
+    }
+  }
+  return norm;
+}
+
+void http_session::serve_share_path(net::connection& c) {
   const bool put = req_->method == bhttp::verb::put;
   const auto needed = put ? proto::permission::files_write : proto::permission::files_read;
   if (!account_->permissions.has(needed)) {
@@ -356,16 +436,9 @@ void http_session::authorized(net::connection& c) {
     if (why.starts_with("not under")) return respond_error(c, 404, "files are under " + std::string(files_prefix));
     return respond_error(c, 400, "the path has " + why);
   }
-  if (std::string bad = util::check_relative_path(*path); !bad.empty()) {
-    return respond_error(c, 400, "'" + *path + "': " + bad);
-  }
-  const std::string norm = util::normalize_relative(*path);
-  for (auto name : util::split_relative(norm)) {
-    if (util::is_part_file_name(name)) {
-      return respond_error(c, put ? 400 : 404, "'" + norm + "': names beginning with " +
-                                                   std::string(util::part_prefix) + " are reserved");
-    }
-  }
+  const auto checked = share_path(c, *path);
+  if (!checked) return;
+  const std::string& norm = *checked;
   if (put) return start_upload(c, norm);
   util::unique_fd fd(front_.share.jail().open(norm, O_RDONLY | O_CLOEXEC | O_NONBLOCK));
   if (!fd) {
@@ -492,31 +565,24 @@ void http_session::start_upload(net::connection& c, const std::string& path) {
   if (!req_->content_length) {
     return respond_error(c, 411, "a PUT needs a Content-Length (curl -T FILE sends one)");
   }
-  const std::uint64_t size = *req_->content_length;
+  auto u = std::make_unique<upload>();
+  u->path = path;
+  u->expected = *req_->content_length;
+  if (!req_->content_range.empty()) {
+    start_piece(c, *u);
+    if (u->file) receive_upload(c, std::move(u));
+    return;
+  }
+  const std::uint64_t size = u->expected;
   if (const auto max = front_.share.max_file_size(); max && size > max) {
     return respond_error(c, 413, "'" + path + "' is " + std::to_string(size) +
                                      " bytes; this server accepts files up to " + std::to_string(max));
   }
-  auto u = std::make_unique<upload>();
-  u->path = path;
-  u->dir = util::unique_fd(front_.share.jail().open_parent(path, u->leaf));
-  if (!u->dir) {
-    const int err = -u->dir.release();
-    // As for GET: a directory outside the share does not exist.
-    const bool missing = err == ENOENT || err == ENOTDIR || err == EXDEV || err == ELOOP;
-    return respond_error(c, missing ? 404 : 403,
-                         "the directory of '" + path + "' " + (missing ? "does not exist" : std::strerror(err)));
-  }
-  struct stat st {};
-  if (::fstatat(u->dir.get(), u->leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) {
-    if (S_ISDIR(st.st_mode)) return respond_error(c, 409, "'" + path + "' is a directory");
-    u->existed = true;
-  }
+  if (!open_upload_target(c, *u)) return;
   if (!front_.share.reserve(size)) {
     return respond_error(c, 413, "'" + path + "' (" + std::to_string(size) + " bytes) would exceed the share's quota");
   }
   u->reserved = size;
-  u->expected = size;
   struct stat made {};
   int fd = util::open_unnamed(u->dir.get(), util::default_file_mode(), made);
   if (fd == -EOPNOTSUPP) {  // no O_TMPFILE here: a private named part, renamed at the commit
@@ -535,6 +601,100 @@ void http_session::start_upload(net::connection& c, const std::string& path) {
     if (err == EFBIG) return respond_error(c, 413, "'" + path + "' is larger than the server's file system takes");
     return respond_error(c, 507, "no room for '" + path + "' (" + std::to_string(size) + " bytes) on the server");
   }
+  receive_upload(c, std::move(u));
+}
+
+bool http_session::open_upload_target(net::connection& c, upload& u) {
+  u.dir = util::unique_fd(front_.share.jail().open_parent(u.path, u.leaf));
+  if (!u.dir) {
+    const int err = -u.dir.release();
+    // As for GET: a directory outside the share does not exist.
+    const bool missing = err == ENOENT || err == ENOTDIR || err == EXDEV || err == ELOOP;
+    respond_error(c, missing ? 404 : 403,
+                  "the directory of '" + u.path + "' " + (missing ? "does not exist" : std::strerror(err)));
+    return false;
+  }
+  struct stat st {};
+  if (::fstatat(u.dir.get(), u.leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) {
+    if (S_ISDIR(st.st_mode)) {
+      respond_error(c, 409, "'" + u.path + "' is a directory");
+      return false;
+    }
+    u.existed = true;
+  }
+  return true;
+}
+
+bool valid_upload_key(std::string_view k) {
+  return k.size() >= 16 && k.size() <= 64 && std::all_of(k.begin(), k.end(), [](char ch) {
+           return (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f');
+         });
+}
+
+std::string piece_part_name(std::string_view leaf, std::string_view key) {
+  return util::part_file_name(leaf) + ".w" + std::string(key);
+}
+
+void http_session::start_piece(net::connection& c, upload& u) {
+  const auto range = http::parse_content_range(req_->content_range);
+  if (!range) return respond_error(c, 400, "Content-Range must be 'bytes FIRST-LAST/TOTAL'");
+  if (range->last - range->first + 1 != u.expected) {
+    return respond_error(c, 400, "the Content-Range's piece is not the Content-Length's size");
+  }
+  if (!valid_upload_key(req_->upload_key)) {
+    return respond_error(c, 400, "a piece needs an Upload-Key of 16 to 64 lowercase hex digits");
+  }
+  if (!req_->content_digest.empty() && !http::content_digest_sha256(req_->content_digest)) {
+    return respond_error(c, 400, "Content-Digest must carry sha-256=:BASE64:");
+  }
+  if (const auto max = front_.share.max_file_size(); max && range->total > max) {
+    return respond_error(c, 413, "'" + u.path + "' is " + std::to_string(range->total) +
+                                     " bytes; this server accepts files up to " + std::to_string(max));
+  }
+  if (!open_upload_target(c, u)) return;
+  u.piece = true;
+  u.base = range->first;
+  u.total = range->total;
+  u.last = range->last + 1 == range->total;
+  if (auto sha = http::content_digest_sha256(req_->content_digest)) {
+    u.sha256 = *sha;
+    u.digest = util::content_digest(true);
+  }
+  // Whatever is still to come must fit; the last piece reserves the whole
+  // file, which its commit counts.
+  const std::uint64_t reserve = u.last ? u.total : u.total - u.base;
+  if (!front_.share.reserve(reserve)) {
+    return respond_error(c, 413, "'" + u.path + "' (" + std::to_string(u.total) + " bytes) would exceed the share's quota");
+  }
+  u.reserved = reserve;
+  u.piece_part = piece_part_name(u.leaf, req_->upload_key);
+  util::unique_fd fd(::openat(u.dir.get(), u.piece_part.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
+  const auto fail = [&](int status, const std::string& message, const std::string& fields = {}) {
+    front_.share.release(u.reserved);
+    u.reserved = 0;
+    respond_error(c, status, message, fields);
+  };
+  if (!fd) return fail(500, "cannot create a part for '" + u.path + "': " + std::strerror(errno));
+  if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
+    return fail(409, "another upload of '" + u.path + "' with this key is in progress");
+  }
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) return fail(500, "the part of '" + u.path + "' is not a file");
+  const auto have = static_cast<std::uint64_t>(st.st_size);
+  if (have != u.base) {
+    if (u.base != 0 || ::ftruncate(fd.get(), 0) != 0) {  // a first piece starts over
+      return fail(409, "the server has " + std::to_string(have) + " bytes of '" + u.path + "'; send the piece from there",
+                  "Upload-Offset: " + std::to_string(have) + "\r\n");
+    }
+  }
+  if (const int err = util::preallocate(fd.get(), u.base, u.expected); err != 0) {
+    return fail(err == EFBIG ? 413 : 507, "no room for '" + u.path + "' on the server: " + std::strerror(err));
+  }
+  u.file = std::move(fd);
+}
+
+void http_session::receive_upload(net::connection& c, std::unique_ptr<upload> u) {
+  const std::uint64_t size = u->expected;
   u->buffer = std::make_unique_for_overwrite<char[]>(upload_buffer);
   u->receiving = true;
   upload_ = std::move(u);
@@ -564,8 +724,9 @@ bool http_session::receive_body(net::connection& c) {
     return false;
   }
   if (got > 0) {
-    if (const int err = util::pwrite_all(u.file.get(), u.buffer.get(), got, u.written); err != 0) {
+    if (const int err = util::pwrite_all(u.file.get(), u.buffer.get(), got, u.base + u.written); err != 0) {
       const std::string message = "writing '" + u.path + "': " + std::strerror(err);
+      u.drop_piece();
       service::audit_file_operation({"put", account_->name, c.peer(), u.path, "", u.written + got, "io_error",
                                      message + "; nothing was written"});
       front_.share.release(u.reserved);
@@ -589,21 +750,27 @@ bool http_session::receive_body(net::connection& c) {
 void http_session::commit_upload(net::connection& c) {
   upload& u = *upload_;
   const std::string xxh3 = u.digest.xxh3_hex();
+  std::string mismatch;
   if (!req_->xxh3.empty() && !beast_iequals(boost::beast::string_view(req_->xxh3.data(), req_->xxh3.size()), xxh3)) {
-    service::audit_file_operation({"put", account_->name, c.peer(), u.path, "", u.written, "integrity",
-                                   "the body's XXH3 is not X-Content-XXH3"});
+    mismatch = "the body's XXH3 is " + xxh3 + ", not " + req_->xxh3 + " (X-Content-XXH3)";
+  } else if (!u.sha256.empty() && u.digest.sha256_hex() != u.sha256) {
+    mismatch = "the body's SHA-256 is " + u.digest.sha256_hex() + ", not " + u.sha256 + " (Content-Digest)";
+  }
+  if (!mismatch.empty()) {
+    u.drop_piece();
+    service::audit_file_operation({"put", account_->name, c.peer(), u.path, "", u.written, "integrity", mismatch});
     front_.share.release(u.reserved);
     upload_.reset();
-    return respond_error(c, 400, "the body's XXH3 is " + xxh3 + ", not " + req_->xxh3 + " (X-Content-XXH3): nothing "
-                                 "was written");
+    return respond_error(c, 400, mismatch + ": nothing was written");
   }
+  if (u.piece && !u.last) return piece_done(c);
   service::commit_job job;
   job.file = std::move(u.file);
   job.dir = util::unique_fd(::fcntl(u.dir.get(), F_DUPFD_CLOEXEC, 0));
-  job.part = u.part;
+  job.part = u.piece ? u.piece_part : u.part;
   job.target = u.leaf;
-  if (!u.part.empty()) job.mode = util::default_file_mode();
-  job.size = u.written;
+  if (!job.part.empty()) job.mode = util::default_file_mode();
+  job.size = u.piece ? u.total : u.written;
   job.reserved = u.reserved;
   // The committer owns the part now; it removes it only when the commit
   // is refused for good, and a private part is never retried: any failure
@@ -616,7 +783,7 @@ void http_session::commit_upload(net::connection& c) {
   // record is written either way.
   std::weak_ptr<net::connection> weak = c.shared_from_this();
   auto ex = c.executor();
-  service::file_audit_record_owned record{"put", account_->name, c.peer(), u.path, "", u.written};
+  service::file_audit_record_owned record{"put", account_->name, c.peer(), u.path, "", job.size};
   job.done = [this, weak, ex, record, part, dir = ::fcntl(u.dir.get(), F_DUPFD_CLOEXEC, 0)](int err) mutable {
     if (err && !part.empty() && dir >= 0) ::unlinkat(dir, part.c_str(), 0);
     if (dir >= 0) ::close(dir);
@@ -634,20 +801,33 @@ void http_session::commit_upload(net::connection& c) {
 
 void http_session::upload_committed(net::connection& c, int err) {
   upload& u = *upload_;
-  const std::string xxh3 = u.digest.xxh3_hex();
-  service::audit_file_operation({"put", account_->name, c.peer(), u.path, "", u.written,
+  const std::uint64_t size = u.piece ? u.total : u.written;
+  service::audit_file_operation({"put", account_->name, c.peer(), u.path, "", size,
                                  err ? "io_error" : "ok", err ? std::strerror(err) : ""});
+  // A whole body's digest is the file's; a last piece's is only its own.
+  const std::string xxh3 = u.piece ? std::string() : u.digest.xxh3_hex();
   const std::string path = u.path;
   const bool existed = u.existed;
-  const std::uint64_t written = u.written;
   upload_.reset();
   if (c.closing()) return;
   if (err) return respond_error(c, 500, "'" + path + "' could not be committed: " + std::strerror(err));
   const int status = existed ? 200 : 201;
-  respond(c, status, "X-Content-XXH3: " + xxh3 + "\r\n" + (existed ? "" : "Location: /files/" +
-                                                                             http::percent_encode_path(path) + "\r\n"),
+  std::string fields = xxh3.empty() ? "" : "X-Content-XXH3: " + xxh3 + "\r\n";
+  if (!existed) fields += "Location: /files/" + http::percent_encode_path(path) + "\r\n";
+  respond(c, status, fields,
           std::to_string(status) + " " + std::string(http::reason(status)) + ": '" + path + "' (" +
-              std::to_string(written) + " bytes, xxh3 " + xxh3 + ")\n");
+              std::to_string(size) + " bytes" + (xxh3.empty() ? "" : ", xxh3 " + xxh3) + ")\n");
+}
+
+void http_session::piece_done(net::connection& c) {
+  // Not the last piece: the part keeps it for the next one (nothing is
+  // counted against the quota until the last piece's commit).
+  upload& u = *upload_;
+  const std::uint64_t have = u.base + u.written;
+  front_.share.release(u.reserved);
+  upload_.reset();  // (closes the part: its lock goes)
+  respond(c, 200, "Upload-Offset: " + std::to_string(have) + "\r\n", "{\"offset\":" + std::to_string(have) + "}\n",
+          "application/json");
 }
 
 void http_session::serve_directory(net::connection& c, const std::string& path, util::unique_fd fd) {

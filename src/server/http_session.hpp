@@ -8,6 +8,7 @@
 #include <boost/beast/http/buffer_body.hpp>
 #include <boost/beast/http/parser.hpp>
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -24,11 +25,20 @@ namespace cskit::server {
 
 struct server_context;
 
+class web_sessions;
+
 /// What every HTTP connection shares.
 struct http_front {
   const server_context& ctx;
   service::file_share& share;
+  web_sessions& sessions;  ///< the web page's logins
 };
+
+/// An Upload-Key (16 to 64 lowercase hex digits): names one upload in
+/// pieces of one file (the page derives it from the file's name, size and
+/// time), and so its resumable part, piece_part_name.
+bool valid_upload_key(std::string_view key);
+std::string piece_part_name(std::string_view leaf, std::string_view key);
 
 class http_session final : public net::frame_handler {
  public:
@@ -69,14 +79,35 @@ class http_session final : public net::frame_handler {
     return parser_ && !parser_->is_header_done() && (at_ < in_.size() || parser_->got_some());
   }
   void on_request_header(net::connection& c);
+  void read_request_fields();
+  void on_files_header(net::connection& c, bool has_body);
   // Who the request is from: Basic or Bearer credentials, checked with the
   // login throttle (the answer may be held), or the connection's account.
   void authenticate(net::connection& c);
+  // The login throttle and the token check (HTTP Basic, Bearer and the
+  // page's login alike): `done` gets the account, or null; false when the
+  // throttle refused the attempt untried (answered with 429).
+  using login_done = std::function<void(std::shared_ptr<const user_account>)>;
+  bool check_login(net::connection& c, const std::optional<std::string>& user, const std::string& secret,
+                   login_done done);
   void authorized(net::connection& c);
+  void serve_share_path(net::connection& c);
+  // A share path from the client, checked as the files service checks it:
+  // normalized, or nullopt with the error answered (400).
+  std::optional<std::string> share_path(net::connection& c, const std::string& raw);
   void serve_file(net::connection& c, const std::string& path, util::unique_fd fd, const struct stat& st);
   // PUT: checks the target and the limits, makes the unnamed file, says
   // 100 Continue when asked; the body then goes to receive_body.
   void start_upload(net::connection& c, const std::string& path);
+  // The target's directory, and what is in the way (a directory: 409);
+  // false when answered with an error.
+  bool open_upload_target(net::connection& c, upload& u);
+  // A PUT with Content-Range: one piece of a file uploaded in pieces, into
+  // its resumable part (docs/http.md, "Uploads in pieces").
+  void start_piece(net::connection& c, upload& u);
+  // The rest of a PUT's start, once its file is open and reserved.
+  void receive_upload(net::connection& c, std::unique_ptr<upload> u);
+  void piece_done(net::connection& c);
   // Writes what the parser has of the body; false when it needs more.
   bool receive_body(net::connection& c);
   void commit_upload(net::connection& c);
@@ -97,6 +128,31 @@ class http_session final : public net::frame_handler {
   // A request that cannot be parsed: the answer, then the close.
   void refuse(net::connection& c, int status, const std::string& message);
 
+  // ---- The web page and its API (http_web.cpp; docs/http.md, "The web page")
+  enum class route : std::uint8_t { files, api, page };
+  void on_api_header(net::connection& c, bool has_body);
+  // A small request body (the API's JSON), read whole into form_; false
+  // when it needs more.
+  bool receive_form(net::connection& c);
+  void api_request(net::connection& c);
+  // The page's files (GET /, /app.js, ...): no login needed.
+  void serve_page(net::connection& c);
+  // The request's session cookie instead of credentials.
+  void cookie_login(net::connection& c);
+  // Origin and CSRF checks of a request that changes something; false
+  // when it was refused (answered).
+  bool may_change(net::connection& c);
+  void api_authorized(net::connection& c);
+  void api_login(net::connection& c);
+  void api_session(net::connection& c);
+  void api_logout(net::connection& c);
+  void api_mkdir(net::connection& c, const proto::json& body);
+  void api_rename(net::connection& c, const proto::json& body);
+  void api_delete(net::connection& c, const proto::json& body);
+  void api_upload_offset(net::connection& c, const proto::json& body);
+  void respond_json(net::connection& c, int status, const proto::json& body, const std::string& fields = {});
+  void respond_api_error(net::connection& c, int status, const std::string& message, const std::string& fields = {});
+
   const http_front& front_;
   std::string in_;  // received; from at_ on, not parsed yet
   std::size_t at_ = 0;
@@ -115,6 +171,9 @@ class http_session final : public net::frame_handler {
   bool responding_ = false;  // a response has begun (no error can be sent any more)
   std::shared_ptr<const user_account> account_;  // who logged in on this connection
   std::string credentials_;  // the Authorization value account_ was checked with
+  std::string form_;         // the API request's body
+  std::size_t form_got_ = 0;
+  bool form_receiving_ = false;
 };
 
 }  // namespace cskit::server

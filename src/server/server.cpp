@@ -20,6 +20,7 @@
 #include "server/exec_routes.hpp"
 #include "server/file_routes.hpp"
 #include "server/http_session.hpp"
+#include "server/web_sessions.hpp"
 #include "server/identity.hpp"
 #include "server/irc_session.hpp"
 #include "server/reload.hpp"
@@ -293,7 +294,8 @@ void run_server(server_config config, const serve_hooks& hooks) {
   irc_front irc(ctx, chat_hub, irc_settings_of(config));
 
   net::server_options o = server_options_of(config, *listen, tls);
-  const http_front web{ctx, *share};
+  web_sessions page_sessions;
+  const http_front web{ctx, *share, page_sessions};
   if (config.web.enabled && tls.context) {
     // ALPN http/1.1; or, from a client that offered no ALPN (wget), a
     // request line first (a cskit client waits for the server's hello).

@@ -1226,43 +1226,110 @@ int remove_directory(int dir, const char* leaf) {
 }
 }  // namespace
 
-void files_session::do_rm(std::uint64_t id, const json& h) {
-  auto path = checked_path(id, h, "path");
-  if (!path) return;
-  if (path->empty()) return error(id, errc::bad_path, "the share's root cannot be removed");
-  const bool recursive = h.value("recursive", false);
+namespace {
+fs_outcome failed(int err, const std::string& what) { return {errc_for_errno(err), errno_message(err, what)}; }
+fs_outcome refused(errc code, std::string message) { return {code, std::move(message)}; }
+}  // namespace
+
+fs_outcome file_share::remove(const std::string& path, bool recursive) {
+  if (path.empty()) return refused(errc::bad_path, "the share's root cannot be removed");
   std::string leaf;
-  util::unique_fd dir(share_.jail().open_parent(*path, leaf));
-  if (!dir) return fail_errno(id, -dir.release(), "'" + *path + "'");
+  util::unique_fd dir(jail_.open_parent(path, leaf));
+  if (!dir) return failed(-dir.release(), "'" + path + "'");
   struct stat st {};
-  if (::fstatat(dir.get(), leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
-    return error(id, errc_for_errno(errno), errno_message(errno, "'" + *path + "'"));
-  }
-  std::uint64_t bytes = 0, count = 0;
+  if (::fstatat(dir.get(), leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) return failed(errno, "'" + path + "'");
+  fs_outcome r;
   if (S_ISDIR(st.st_mode)) {
     if (recursive) {
       int sub = ::openat(dir.get(), leaf.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-      int e = sub < 0 ? errno : remove_contents(sub, bytes, count);
-      share_.adjust_usage(-static_cast<std::int64_t>(bytes));
-      // Partway: the audit trail records what was removed before the error.
-      if (pending_audit_ && pending_audit_->id == id) pending_audit_->bytes = bytes;
-      if (e) return error(id, errc_for_errno(e), errno_message(e, "rm -r '" + *path + "'"));
+      int e = sub < 0 ? errno : remove_contents(sub, r.bytes, r.count);
+      adjust_usage(-static_cast<std::int64_t>(r.bytes));
+      if (e) {
+        fs_outcome f = failed(e, "rm -r '" + path + "'");
+        f.bytes = r.bytes;  // partway: what was removed before the error
+        return f;
+      }
     }
     if (const int e = remove_directory(dir.get(), leaf.c_str())) {
-      if (e == ENOTEMPTY || e == EEXIST) {
-        return error(id, errc::not_empty, "'" + *path + "' is a directory that is not empty (use -r)");
-      }
-      return error(id, errc_for_errno(e), errno_message(e, "rm '" + *path + "'"));
+      fs_outcome f = e == ENOTEMPTY || e == EEXIST
+                         ? refused(errc::not_empty, "'" + path + "' is a directory that is not empty (use -r)")
+                         : failed(e, "rm '" + path + "'");
+      f.bytes = r.bytes;
+      return f;
     }
   } else {
-    if (::unlinkat(dir.get(), leaf.c_str(), 0) != 0) {
-      return error(id, errc_for_errno(errno), errno_message(errno, "rm '" + *path + "'"));
+    if (::unlinkat(dir.get(), leaf.c_str(), 0) != 0) return failed(errno, "rm '" + path + "'");
+    if (S_ISREG(st.st_mode)) {
+      adjust_usage(-st.st_size);
+      r.bytes = static_cast<std::uint64_t>(st.st_size);
     }
-    if (S_ISREG(st.st_mode)) share_.adjust_usage(-st.st_size);
-    if (S_ISREG(st.st_mode)) bytes = static_cast<std::uint64_t>(st.st_size);
   }
-  if (pending_audit_ && pending_audit_->id == id) pending_audit_->bytes = bytes;
-  reply(id, {{"type", "fs.ok"}, {"removed", count + 1}});
+  ++r.count;
+  return r;
+}
+
+fs_outcome file_share::move(const std::string& from, const std::string& to, bool no_clobber) {
+  if (from.empty()) return refused(errc::bad_path, "the share's root cannot be moved");
+  std::string from_leaf;
+  util::unique_fd from_dir(jail_.open_parent(from, from_leaf));
+  if (!from_dir) return failed(-from_dir.release(), "'" + from + "'");
+  struct stat fst {};
+  if (::fstatat(from_dir.get(), from_leaf.c_str(), &fst, AT_SYMLINK_NOFOLLOW) != 0) {
+    return failed(errno, "'" + from + "'");
+  }
+  // Into an existing directory (like mv), or to a new name.
+  util::unique_fd to_dir;
+  std::string to_leaf;
+  util::unique_fd as_dir(jail_.open(to, O_PATH | O_DIRECTORY | O_NOFOLLOW));
+  std::string shown = to;
+  if (as_dir) {
+    to_dir = std::move(as_dir);
+    to_leaf = from_leaf;
+    shown = to.empty() ? from_leaf : to + "/" + from_leaf;
+  } else {
+    to_dir.reset(jail_.open_parent(to, to_leaf));
+    if (!to_dir) return failed(-to_dir.release(), "'" + to + "'");
+  }
+  struct stat old {};
+  const bool replaced = ::fstatat(to_dir.get(), to_leaf.c_str(), &old, AT_SYMLINK_NOFOLLOW) == 0;
+  if (::renameat2(from_dir.get(), from_leaf.c_str(), to_dir.get(), to_leaf.c_str(), no_clobber ? RENAME_NOREPLACE : 0) != 0) {
+    const int e = errno;
+    if (e == EEXIST || e == ENOTEMPTY) return refused(errc::exists, "'" + shown + "' already exists");
+    if (e == EINVAL) return refused(errc::bad_request, "cannot move '" + from + "' into itself");
+    if (e == EISDIR || e == ENOTDIR) {
+      return refused(errc::exists, "'" + shown + "' exists and is of another type (file or directory)");
+    }
+    return failed(e, "mv '" + from + "' '" + shown + "'");
+  }
+  if (replaced && S_ISREG(old.st_mode) && !(fst.st_dev == old.st_dev && fst.st_ino == old.st_ino)) {
+    adjust_usage(-old.st_size);
+  }
+  fs_outcome r;
+  r.path = shown;
+  if (S_ISREG(fst.st_mode)) r.bytes = static_cast<std::uint64_t>(fst.st_size);
+  return r;
+}
+
+fs_outcome file_share::make_directory(const std::string& path) {
+  if (path.empty()) return refused(errc::exists, "the share's root always exists");
+  std::string leaf;
+  util::unique_fd dir(jail_.open_parent(path, leaf));
+  if (!dir) return failed(-dir.release(), "'" + path + "'");
+  if (::mkdirat(dir.get(), leaf.c_str(), 0777) != 0) {
+    const int e = errno;
+    return e == EEXIST ? refused(errc::exists, "'" + path + "' already exists") : failed(e, "mkdir '" + path + "'");
+  }
+  return {};
+}
+
+void files_session::do_rm(std::uint64_t id, const json& h) {
+  auto path = checked_path(id, h, "path");
+  if (!path) return;
+  const fs_outcome r = share_.remove(*path, h.value("recursive", false));
+  // Partway too: the audit trail records what was removed before an error.
+  if (pending_audit_ && pending_audit_->id == id) pending_audit_->bytes = r.bytes;
+  if (!r.ok()) return error(id, r.code, r.message);
+  reply(id, {{"type", "fs.ok"}, {"removed", r.count}});
 }
 
 void files_session::do_mv(std::uint64_t id, const json& h) {
@@ -1270,47 +1337,13 @@ void files_session::do_mv(std::uint64_t id, const json& h) {
   if (!from) return;
   auto to = checked_path(id, h, "to");
   if (!to) return;
-  if (from->empty()) return error(id, errc::bad_path, "the share's root cannot be moved");
-  const bool no_clobber = h.value("no_clobber", false);
-  std::string from_leaf;
-  util::unique_fd from_dir(share_.jail().open_parent(*from, from_leaf));
-  if (!from_dir) return fail_errno(id, -from_dir.release(), "'" + *from + "'");
-  struct stat fst {};
-  if (::fstatat(from_dir.get(), from_leaf.c_str(), &fst, AT_SYMLINK_NOFOLLOW) != 0) {
-    return error(id, errc_for_errno(errno), errno_message(errno, "'" + *from + "'"));
-  }
-  // Into an existing directory (like mv), or to a new name.
-  util::unique_fd to_dir;
-  std::string to_leaf;
-  util::unique_fd as_dir(share_.jail().open(*to, O_PATH | O_DIRECTORY | O_NOFOLLOW));
-  std::string shown = *to;
-  if (as_dir) {
-    to_dir = std::move(as_dir);
-    to_leaf = from_leaf;
-    shown = to->empty() ? from_leaf : *to + "/" + from_leaf;
-  } else {
-    to_dir.reset(share_.jail().open_parent(*to, to_leaf));
-    if (!to_dir) return fail_errno(id, -to_dir.release(), "'" + *to + "'");
-  }
-  struct stat old {};
-  const bool replaced = ::fstatat(to_dir.get(), to_leaf.c_str(), &old, AT_SYMLINK_NOFOLLOW) == 0;
-  if (::renameat2(from_dir.get(), from_leaf.c_str(), to_dir.get(), to_leaf.c_str(), no_clobber ? RENAME_NOREPLACE : 0) != 0) {
-    const int e = errno;
-    if (e == EEXIST || e == ENOTEMPTY) return error(id, errc::exists, "'" + shown + "' already exists");
-    if (e == EINVAL) return error(id, errc::bad_request, "cannot move '" + *from + "' into itself");
-    if (e == EISDIR || e == ENOTDIR) {
-      return error(id, errc::exists, "'" + shown + "' exists and is of another type (file or directory)");
-    }
-    return error(id, errc_for_errno(e), errno_message(e, "mv '" + *from + "' '" + shown + "'"));
-  }
-  if (replaced && S_ISREG(old.st_mode) && !(fst.st_dev == old.st_dev && fst.st_ino == old.st_ino)) {
-    share_.adjust_usage(-old.st_size);
-  }
+  const fs_outcome r = share_.move(*from, *to, h.value("no_clobber", false));
+  if (!r.ok()) return error(id, r.code, r.message);
   if (pending_audit_ && pending_audit_->id == id) {
-    pending_audit_->to = shown;
-    if (S_ISREG(fst.st_mode)) pending_audit_->bytes = static_cast<std::uint64_t>(fst.st_size);
+    pending_audit_->to = r.path;
+    if (r.bytes) pending_audit_->bytes = r.bytes;
   }
-  reply(id, {{"type", "fs.ok"}, {"path", shown}});
+  reply(id, {{"type", "fs.ok"}, {"path", r.path}});
 }
 
 void files_session::do_symlink(std::uint64_t id, const json& h) {

@@ -83,6 +83,17 @@ struct commit_job {
 
 /// The share: the jail, the quota and the committer. Shared by every
 /// connection; thread-safe.
+/// What a share operation offered by more than one protocol (the cskit
+/// protocol's fs.*, the web page's API) came to: its error, or what it did.
+struct fs_outcome {
+  proto::errc code = proto::errc::ok;
+  std::string message;      ///< the refusal, for the client
+  std::uint64_t bytes = 0;  ///< rm: what was freed (even partway); mv: a moved file's size
+  std::uint64_t count = 0;  ///< rm: entries removed
+  std::string path;         ///< mv: where it went (into a directory: its new path)
+  bool ok() const noexcept { return code == proto::errc::ok; }
+};
+
 class file_share {
  public:
   /// Opens `root`; when a quota is set, adds up the sizes already there.
@@ -124,6 +135,16 @@ class file_share {
   /// finds little left to do: the disk works while the network does. Takes
   /// a duplicate of `file`; the caller's thread never waits for the disk.
   void start_writeback(int file, std::uint64_t offset, std::uint64_t length);
+  // The operations on names, for any protocol: `path`s are relative, checked
+  // and normalized by the caller (util::check_relative_path), and name no
+  // part file. Quota usage follows what they remove or replace.
+  /// rm (-r with `recursive`): a file, an empty directory, or a tree.
+  fs_outcome remove(const std::string& path, bool recursive);
+  /// mv: to a new name, or into `to` when it is a directory (as mv does).
+  fs_outcome move(const std::string& from, const std::string& to, bool no_clobber);
+  /// mkdir of one directory (its parent must exist), mode 0777 less the umask.
+  fs_outcome make_directory(const std::string& path);
+
   /// Who holds which part (see part_registry).
   part_registry& parts() noexcept { return parts_; }
   /// Runs `job` on the share's hashing thread, one job after another:

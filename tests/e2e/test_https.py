@@ -168,7 +168,7 @@ class Https(unittest.TestCase):
         self.assertIn(b"'no/such.file' does not exist", r.stdout)
         r = self.curl("-i", f"https://127.0.0.1:{self.srv.port}/elsewhere")
         self.assertIn(b"HTTP/1.1 404", r.stdout)
-        self.assertIn(b"files are under /files/", r.stdout)
+        self.assertIn(b"the share is under /files/", r.stdout)
         r = self.curl("-i", "-X", "DELETE", self.url("docs/a%20b.txt"))
         self.assertIn(b"HTTP/1.1 405", r.stdout)
         self.assertIn(b"allow: get, head, put", r.stdout.lower())

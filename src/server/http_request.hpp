@@ -1,0 +1,36 @@
+#pragma once
+// What the HTTPS handler keeps of the request it is answering: shared by
+// server/http_session.cpp (the share) and server/http_web.cpp (the page
+// and its API). Private to those two.
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include <boost/beast/http/verb.hpp>
+
+#include "server/http_session.hpp"
+
+namespace cskit::server {
+
+struct http_session::request_info {
+  boost::beast::http::verb method;
+  std::string target;
+  route to = route::files;
+  std::string api;  // /api/NAME
+  std::string authorization;
+  std::string session_id;  // the page's session cookie
+  bool by_cookie = false;  // logged in by the cookie (the CSRF token is needed to change anything)
+  std::string session_csrf;
+  std::string origin, host, csrf;  // Origin, Host, X-CSRF-Token
+  std::string content_range, content_digest, upload_key;
+  std::string range, if_range, if_none_match, if_modified_since;
+  bool keep_alive = true;
+  std::string source;  // the throttle's key for the peer's address
+  std::optional<std::uint64_t> content_length;
+  bool chunked = false;
+  bool expect_continue = false;
+  std::string xxh3;  // X-Content-XXH3: the digest a PUT body must have
+};
+
+}  // namespace cskit::server
