@@ -1,7 +1,8 @@
 #pragma once
-// What the HTTPS handler keeps of the request it is answering: shared by
-// server/http_session.cpp (the share) and server/http_web.cpp (the page
-// and its API). Private to those two.
+// What the HTTPS handler keeps of the request it is answering, and of a
+// WebSocket it upgraded to: shared by
+// server/http_session.cpp (the share), server/http_web.cpp (the page and
+// its API) and server/http_websocket.cpp (its chat). Private to those.
 
 #include <cstdint>
 #include <optional>
@@ -9,7 +10,9 @@
 
 #include <boost/beast/http/verb.hpp>
 
+#include "proto/websocket.hpp"
 #include "server/http_session.hpp"
+#include "service/chat_client.hpp"
 
 namespace cskit::server {
 
@@ -24,6 +27,7 @@ struct http_session::request_info {
   std::string session_csrf;
   std::string origin, host, csrf;  // Origin, Host, X-CSRF-Token
   std::string content_range, content_digest, upload_key;
+  std::string upgrade, connection, ws_key, ws_version;  // a WebSocket handshake
   std::string range, if_range, if_none_match, if_modified_since;
   bool keep_alive = true;
   std::string source;  // the throttle's key for the peer's address
@@ -31,6 +35,13 @@ struct http_session::request_info {
   bool chunked = false;
   bool expect_continue = false;
   std::string xxh3;  // X-Content-XXH3: the digest a PUT body must have
+};
+
+struct http_session::websocket {
+  explicit websocket(std::size_t max_message) : decoder(max_message) {}
+  proto::ws::decoder decoder;
+  std::unique_ptr<service::chat_client> chat;
+  bool close_sent = false;
 };
 
 }  // namespace cskit::server

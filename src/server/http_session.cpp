@@ -16,8 +16,10 @@
 #include "net/admission.hpp"
 #include "proto/auth.hpp"
 #include "proto/http.hpp"
+#include "proto/websocket.hpp"
 #include "server/session.hpp"
 #include "server/web_sessions.hpp"
+#include "service/chat_client.hpp"
 #include "service/audit.hpp"
 #include "service/files.hpp"
 #include "util/jail.hpp"
@@ -140,6 +142,10 @@ void http_session::on_open(net::connection& c) {
 }
 
 void http_session::on_close(net::connection& c, std::string_view reason) {
+  if (ws_) {
+    ws_->chat->set_close_reason(std::string(reason));  // (a reason the client gave wins)
+    ws_.reset();  // leaves the chat: the quit notice goes out
+  }
   if (upload_ && upload_->receiving) {
     upload_->drop_piece();
     service::audit_file_operation({"put", account_ ? account_->name : "", c.peer(), upload_->path, "",
@@ -158,6 +164,7 @@ void http_session::on_close(net::connection& c, std::string_view reason) {
 }
 
 void http_session::on_bytes(net::connection& c, std::string_view bytes) {
+  if (ws_) return on_ws_bytes(c, bytes);
   if (at_ == in_.size()) {
     in_.clear();
     at_ = 0;
@@ -178,6 +185,7 @@ void http_session::on_bytes(net::connection& c, std::string_view bytes) {
 
 void http_session::on_peer_eof(net::connection& c) {
   peer_done_ = true;
+  if (ws_) return c.close_after_flush("peer closed");
   // A body cut short never ends: nothing to wait for.
   if ((upload_ && upload_->receiving) || form_receiving_) return c.close_now("peer closed in the middle of a request body");
   if (idle()) c.close_after_flush("peer closed");
@@ -242,6 +250,10 @@ void http_session::pump(net::connection& c) {
     }
     if (parser_->is_header_done()) on_request_header(c);
   }
+  if (ws_) {  // the request upgraded the connection: the rest is WebSocket frames
+    pumping_ = false;
+    return;
+  }
   // What was parsed goes, once per turn (not once per request).
   if (at_ > 0 && (at_ == in_.size() || at_ > max_pipelined)) {
     in_.erase(0, at_);
@@ -305,6 +317,10 @@ void http_session::read_request_fields() {
   req_->content_range = str(m[bhttp::field::content_range]);
   req_->content_digest = str(m["Content-Digest"]);
   req_->upload_key = str(m["Upload-Key"]);
+  req_->upgrade = str(m[bhttp::field::upgrade]);
+  req_->connection = str(m[bhttp::field::connection]);
+  req_->ws_key = str(m[bhttp::field::sec_websocket_key]);
+  req_->ws_version = str(m[bhttp::field::sec_websocket_version]);
 }
 
 void http_session::on_files_header(net::connection& c, bool has_body) {
@@ -909,6 +925,9 @@ void http_session::finished(net::connection& c) {
 }
 
 void http_session::encode_failure(std::string& out, const proto::json& error) {
+  if (ws_) {  // a WebSocket says why in its close frame
+    return proto::ws::encode_close(out, proto::ws::going_away, error.value("message", std::string("closing")));
+  }
   // A deadline in the middle of a request: 408; between requests, or in
   // the middle of a response, the connection just closes.
   if (responding_ || !header_in_progress()) return;
@@ -920,6 +939,7 @@ void http_session::encode_failure(std::string& out, const proto::json& error) {
 void http_session::on_shutdown(net::connection& c, std::chrono::milliseconds grace) {
   // A response being sent finishes within the grace; then the close.
   closing_ = shutting_down_ = true;
+  if (ws_) return ws_close(c, proto::ws::going_away, "the server is shutting down");
   if (!busy_) c.close_after_flush("server shutdown", grace);
 }
 
@@ -932,6 +952,7 @@ void http_session::on_reload(net::connection& c) {
   const std::string why = account_change(*account_, now.get());
   if (why.empty()) return;
   spdlog::warn("https: {} user={}: closed after the configuration was reloaded: {}", c.peer(), account_->name, why);
+  if (ws_) return ws_close(c, proto::ws::policy_violation, "the account changed: " + why);
   c.close_now("the account changed: " + why);
 }
 

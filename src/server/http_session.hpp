@@ -18,8 +18,9 @@
 #include "util/file_io.hpp"
 
 namespace cskit::service {
+class chat_hub;
 class file_share;
-}
+}  // namespace cskit::service
 
 namespace cskit::server {
 
@@ -32,6 +33,7 @@ struct http_front {
   const server_context& ctx;
   service::file_share& share;
   web_sessions& sessions;  ///< the web page's logins
+  service::chat_hub* hub = nullptr;  ///< the page's chat (null: chat is off)
 };
 
 /// An Upload-Key (16 to 64 lowercase hex digits): names one upload in
@@ -58,6 +60,8 @@ class http_session final : public net::frame_handler {
   void encode_failure(std::string& out, const proto::json& error) override;
   void on_shutdown(net::connection& c, std::chrono::milliseconds grace) override;
   void on_grace_over(net::connection& c) override;
+  /// The chat's keepalive, over the WebSocket.
+  void send_ping(net::connection& c) override;
   /// The accounts were re-read: closed when its account is gone, has a new
   /// token or lost files-read.
   void on_reload(net::connection& c) override;
@@ -151,6 +155,15 @@ class http_session final : public net::frame_handler {
   void api_delete(net::connection& c, const proto::json& body);
   void api_upload_offset(net::connection& c, const proto::json& body);
   void respond_json(net::connection& c, int status, const proto::json& body, const std::string& fields = {});
+
+  // ---- Chat over a WebSocket (http_websocket.cpp): GET /api/chat upgrades.
+  struct websocket;
+  void start_websocket(net::connection& c);
+  void on_ws_bytes(net::connection& c, std::string_view bytes);
+  void on_ws_text(net::connection& c, const std::string& text);
+  // A close frame (`code`, `reason`), then the close once it is sent.
+  void ws_close(net::connection& c, std::uint16_t code, std::string_view reason);
+  std::unique_ptr<websocket> ws_;
   void respond_api_error(net::connection& c, int status, const std::string& message, const std::string& fields = {});
 
   const http_front& front_;

@@ -237,6 +237,7 @@ void http_session::api_authorized(net::connection& c) {
   const bool post = req_->method == bhttp::verb::post;
   if (name == "session" && !post) return api_session(c);
   if (name == "logout" && post) return api_logout(c);
+  if (name == "chat" && !post) return start_websocket(c);
   using handler = void (http_session::*)(net::connection&, const json&);
   static constexpr std::pair<std::string_view, handler> changes[] = {
       {"mkdir", &http_session::api_mkdir},

@@ -295,7 +295,7 @@ void run_server(server_config config, const serve_hooks& hooks) {
 
   net::server_options o = server_options_of(config, *listen, tls);
   web_sessions page_sessions;
-  const http_front web{ctx, *share, page_sessions};
+  const http_front web{ctx, *share, page_sessions, config.chat.enabled ? &chat_hub : nullptr};
   if (config.web.enabled && tls.context) {
     // ALPN http/1.1; or, from a client that offered no ALPN (wget), a
     // request line first (a cskit client waits for the server's hello).

@@ -4,6 +4,7 @@
 
 #include "net/connection.hpp"
 #include "proto/messages.hpp"
+#include "proto/websocket.hpp"
 #include "util/clock.hpp"
 
 namespace cskit::service {
@@ -62,6 +63,52 @@ class cskit_codec final : public chat_codec {
   }
 };
 
+class cskit_wire final : public chat_wire {
+ public:
+  void encode(std::string& out, const json& header, std::string_view body) const override {
+    if (proto::encode_frame(out, header, body) != errc::ok) {
+      // (a header within the hub's bounds always fits: this is only a guard)
+      proto::encode_frame(out, proto::make_error(errc::internal_error, "cannot describe the answer",
+                                                 header.value("id", std::uint64_t{0})));
+    }
+  }
+  void send(net::connection& c, const json& header) const override { c.send(header); }
+  const chat_codec& codec() const override { return cskit_chat_codec(); }
+};
+
+// A WebSocket text message: the header as JSON, the text as its "text".
+std::string websocket_text(const json& header, std::string_view body) {
+  std::string out;
+  if (body.empty() && !header.contains("text")) {
+    proto::ws::encode(out, proto::ws::opcode::text, header.dump(-1, ' ', false, json::error_handler_t::replace));
+    return out;
+  }
+  json h = header;
+  h["text"] = body;
+  proto::ws::encode(out, proto::ws::opcode::text, h.dump(-1, ' ', false, json::error_handler_t::replace));
+  return out;
+}
+
+class websocket_codec final : public chat_codec {
+ public:
+  std::shared_ptr<const std::string> encode(const chat_event& e, unsigned, bool) const override {
+    if (e.what == chat_event::kind::message) return std::make_shared<const std::string>(websocket_text(message_header(e), e.text));
+    return std::make_shared<const std::string>(websocket_text(event_header(e), {}));
+  }
+};
+
+class websocket_wire final : public chat_wire {
+ public:
+  void encode(std::string& out, const json& header, std::string_view body) const override {
+    out += websocket_text(header, body);
+  }
+  void send(net::connection& c, const json& header) const override { c.send_raw(websocket_text(header, {})); }
+  const chat_codec& codec() const override {
+    static const websocket_codec codec;
+    return codec;
+  }
+};
+
 }  // namespace
 
 const chat_codec& cskit_chat_codec() {
@@ -69,10 +116,21 @@ const chat_codec& cskit_chat_codec() {
   return codec;
 }
 
-chat_client::chat_client(chat_hub& hub, net::connection& conn, std::string account) : hub_(hub), conn_(conn) {
+const chat_wire& cskit_chat_wire() {
+  static const cskit_wire wire;
+  return wire;
+}
+
+const chat_wire& websocket_chat_wire() {
+  static const websocket_wire wire;
+  return wire;
+}
+
+chat_client::chat_client(chat_hub& hub, net::connection& conn, std::string account, const chat_wire& wire)
+    : hub_(hub), conn_(conn), wire_(wire) {
   auto receiver = std::make_shared<chat_receiver>();
   receiver->conn = conn.shared_from_this();
-  receiver->codec = &cskit_chat_codec();
+  receiver->codec = &wire.codec();
   member_ = hub.enter(std::move(receiver), conn.executor(), std::move(account), conn.peer());
   // Dead and half-open connections: a client silent for ping_interval is
   // pinged, one silent for ping_timeout is dropped (the connection's own
@@ -105,14 +163,14 @@ void chat_client::answer(std::uint64_t id, const chat_refusal& r, json extra) {
   if (r.ok()) {
     json reply = {{"type", "chat.ok"}, {"id", id}};
     reply.update(extra);
-    conn_.send(reply);
+    wire_.send(conn_, reply);
     return;
   }
   json e = proto::make_error(r.code, r.message, id);
   if (!r.suggestion.empty()) e["suggestion"] = r.suggestion;
   if (r.code == errc::rate_limited) e["retry_after"] = r.retry_after;
   if (r.limit) e["limit"] = r.limit;
-  conn_.send(e);
+  wire_.send(conn_, e);
 }
 
 namespace {
@@ -122,7 +180,7 @@ std::string text_field(const json& h, const char* key) { return h.value(key, std
 void chat_client::on_hello(const call& c) {
   if (auto r = hub_.hello(*member_, text_field(c.h, "nick")); !r.ok()) return answer(c.id, r);
   const auto& o = hub_.options();
-  conn_.send({{"type", "chat.welcome"},
+  wire_.send(conn_, {{"type", "chat.welcome"},
               {"id", c.id},
               {"nick", member_->nick},
               {"account", member_->account},
@@ -149,14 +207,11 @@ void chat_client::on_join(const call& c) {
     json joined = {{"type", "chat.joined"}, {"id", c.id}, {"room", v.room}, {"topic", v.topic}, {"members", names}};
     if (more) joined["more_members"] = more;
     std::string out;
-    if (proto::encode_frame(out, joined) != proto::errc::ok) {
-      out.clear();  // (a topic cannot make it too large: it is at most max_message bytes)
-      proto::encode_frame(out, proto::make_error(proto::errc::internal_error, "cannot describe the room", c.id));
-    }
+    wire_.encode(out, joined);  // (a topic cannot make it too large: it is at most max_message bytes)
     for (const auto& past : v.history) {
       json h = message_header(*past);
       h["history"] = true;
-      proto::encode_frame(out, h, past->text);
+      wire_.encode(out, h, past->text);
     }
     return out;
   };

@@ -16,12 +16,29 @@ namespace cskit::service {
 /// Encodes hub events as cskit frames (every variant alike).
 const chat_codec& cskit_chat_codec();
 
+/// How a chat client's messages go on the wire: cskit frames (a header and
+/// the text as the body), or WebSocket text messages of JSON (the same
+/// header, the text as its "text" member: the web page's chat,
+/// docs/http.md). The requests and answers are the same either way.
+class chat_wire {
+ public:
+  virtual ~chat_wire() = default;
+  /// Appends one message.
+  virtual void encode(std::string& out, const proto::json& header, std::string_view body = {}) const = 0;
+  /// Queues one message to `c`.
+  virtual void send(net::connection& c, const proto::json& header) const = 0;
+  /// The hub's events in this form.
+  virtual const chat_codec& codec() const = 0;
+};
+const chat_wire& cskit_chat_wire();
+const chat_wire& websocket_chat_wire();
+
 /// One connection's chat state; destroyed when the connection closes,
 /// which sends its quit notice.
 class chat_client {
  public:
   /// `account`: the account the connection logged in as.
-  chat_client(chat_hub& hub, net::connection& conn, std::string account);
+  chat_client(chat_hub& hub, net::connection& conn, std::string account, const chat_wire& wire = cskit_chat_wire());
   ~chat_client();
   chat_client(const chat_client&) = delete;
   chat_client& operator=(const chat_client&) = delete;
@@ -58,6 +75,7 @@ class chat_client {
 
   chat_hub& hub_;
   net::connection& conn_;
+  const chat_wire& wire_;
   std::shared_ptr<chat_member> member_;
   std::string close_reason_ = "connection closed";
   bool reason_from_client_ = false;

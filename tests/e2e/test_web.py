@@ -347,5 +347,216 @@ class WebApi(unittest.TestCase):
         self.assertEqual(os.path.getsize(self.path("empty.bin")), 0)
 
 
+class WebSocket:
+    """A minimal RFC 6455 client over TLS, frames made by hand (so that bad ones can be made too)."""
+
+    def __init__(self, srv, cookie=None, origin="same", extra=b"", version="13"):
+        ctx = ssl.create_default_context(cafile=os.path.join(srv.state, "server.crt"))
+        ctx.check_hostname = False
+        self.s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", srv.port), timeout=10))
+        host = f"127.0.0.1:{srv.port}"
+        head = (f"GET /api/chat HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: {version}\r\n")
+        if origin:
+            head += f"Origin: {'https://' + host if origin == 'same' else origin}\r\n"
+        if cookie:
+            head += f"Cookie: {cookie}\r\n"
+        self.s.sendall(head.encode() + b"\r\n" + extra)
+        self.buf = b""
+        while b"\r\n\r\n" not in self.buf:
+            chunk = self.s.recv(4096)
+            if not chunk:
+                break
+            self.buf += chunk
+        self.head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        self.status = int(self.head.split(b" ")[1]) if self.head else 0
+
+    @staticmethod
+    def frame(op, payload, fin=True, mask=True, rsv=0):
+        b0 = (0x80 if fin else 0) | rsv | op
+        n = len(payload)
+        head = bytes([b0])
+        m = 0x80 if mask else 0
+        if n < 126:
+            head += bytes([m | n])
+        elif n < 65536:
+            head += bytes([m | 126]) + struct.pack(">H", n)
+        else:
+            head += bytes([m | 127]) + struct.pack(">Q", n)
+        if not mask:
+            return head + payload
+        key = os.urandom(4)
+        return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+    def send(self, msg):
+        self.s.sendall(self.frame(1, json.dumps(msg).encode()))
+
+    def read_frame(self):
+        def need(n):
+            while len(self.buf) < n:
+                chunk = self.s.recv(65536)
+                if not chunk:
+                    raise EOFError("closed")
+                self.buf += chunk
+        need(2)
+        op, n = self.buf[0] & 0x0f, self.buf[1] & 0x7f
+        at = 2
+        if n == 126:
+            need(4)
+            n, at = struct.unpack(">H", self.buf[2:4])[0], 4
+        elif n == 127:
+            need(10)
+            n, at = struct.unpack(">Q", self.buf[2:10])[0], 10
+        need(at + n)
+        payload, self.buf = self.buf[at:at + n], self.buf[at + n:]
+        return op, payload
+
+    def recv(self, want=None, limit=50):
+        """The next JSON message (of type `want`, skipping others)."""
+        for _ in range(limit):
+            op, payload = self.read_frame()
+            if op != 1:
+                continue
+            m = json.loads(payload)
+            if want is None or m["type"] == want:
+                return m
+        raise AssertionError(f"no {want} message")
+
+    def close_code(self):
+        for _ in range(50):
+            op, payload = self.read_frame()
+            if op == 8:
+                return struct.unpack(">H", payload[:2])[0], payload[2:].decode()
+        raise AssertionError("no close frame")
+
+    def close(self):
+        self.s.close()
+
+
+class WebChat(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.srv = Server("--frame-timeout", "3", config_text=CONF)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.srv.stop()
+        cls.srv.cleanup()
+
+    def cookie(self, user="admin", token=TOKEN):
+        c = Client(self.srv)
+        self.addCleanup(c.close)
+        r, data = c.login(user, token)
+        self.assertEqual(r.status, 200, data)
+        return c.cookie
+
+    def ws(self, **kw):
+        w = WebSocket(self.srv, **kw)
+        self.addCleanup(w.close)
+        return w
+
+    def chat(self, nick, user="admin", token=TOKEN, room="#web"):
+        w = self.ws(cookie=self.cookie(user, token))
+        self.assertEqual(w.status, 101, w.head)
+        w.send({"type": "chat.hello", "id": 1, "nick": nick})
+        self.assertEqual(w.recv("chat.welcome")["nick"], nick)
+        w.send({"type": "chat.join", "id": 2, "room": room})
+        self.assertEqual(w.recv("chat.joined")["room"], room)
+        return w
+
+    def test_handshake_and_messages(self):
+        w = self.ws(cookie=self.cookie())
+        self.assertEqual(w.status, 101, w.head)
+        import hashlib as h
+        accept = base64.b64encode(h.sha1(b"dGhlIHNhbXBsZSBub25jZQ==258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+        self.assertIn(b"Sec-WebSocket-Accept: " + accept, w.head)
+        w.close()
+        a = self.chat("webby")
+        b = self.chat("alice", "alice", ALICE)
+        a.send({"type": "chat.say", "id": 3, "room": "#web", "text": "hello \u00e9 from the page"})
+        m = b.recv("chat.message")
+        self.assertEqual((m["room"], m["from"], m["text"]), ("#web", "webby", "hello \u00e9 from the page"))
+        got = {}
+        while len(got) < 2:  # the sender: its answer and its own message, in either order
+            m = a.recv()
+            if m["type"] in ("chat.ok", "chat.message"):
+                got[m["type"]] = m
+        self.assertEqual(got["chat.ok"]["id"], 3)
+        self.assertEqual(got["chat.message"]["text"], "hello \u00e9 from the page")
+        b.send({"type": "chat.msg", "id": 4, "to": "webby", "text": "psst"})
+        m = a.recv("chat.message")
+        self.assertEqual((m["from"], m["private"], m["text"]), ("alice", True, "psst"))
+        # History on join, for a newcomer.
+        c = self.chat("late", room="#web")
+        hist = c.recv("chat.message")
+        self.assertTrue(hist["history"])
+        # Errors come as the protocol's error messages, and the socket goes on.
+        a.send({"type": "chat.msg", "id": 5, "to": "nobody", "text": "x"})
+        err = a.recv("error")
+        self.assertEqual((err["id"], err["code"]), (5, "not_found"))
+        a.s.sendall(WebSocket.frame(1, b"not json"))
+        self.assertEqual(a.recv("error")["code"], "bad_request")
+        a.send({"type": "fs.rm", "path": "x"})
+        self.assertEqual(a.recv("error")["code"], "bad_request")
+        a.s.sendall(WebSocket.frame(9, b"ping!"))
+        self.assertEqual(a.read_frame(), (10, b"ping!"))
+        # A fragmented message, with a ping between its pieces.
+        text = json.dumps({"type": "chat.say", "id": 6, "room": "#web", "text": "in pieces"}).encode()
+        a.s.sendall(WebSocket.frame(1, text[:10], fin=False) + WebSocket.frame(9, b"") +
+                    WebSocket.frame(0, text[10:20], fin=False) + WebSocket.frame(0, text[20:]))
+        m = b.recv("chat.message")
+        while m["text"] == "psst":  # (its own private message came back first)
+            m = b.recv("chat.message")
+        self.assertEqual(m["text"], "in pieces")
+        # A close: answered, and the others see the quit with the client's reason.
+        a.s.sendall(WebSocket.frame(8, struct.pack(">H", 1000) + b"gone for lunch"))
+        self.assertEqual(a.close_code()[0], 1000)
+        ev = b.recv("chat.event")
+        while ev["event"] != "quit":
+            ev = b.recv("chat.event")
+        self.assertEqual((ev["nick"], ev["reason"]), ("webby", "gone for lunch"))
+
+    def test_refused_handshakes(self):
+        cookie = self.cookie()
+        self.assertEqual(self.ws(cookie=cookie, origin="https://evil.example").status, 403)
+        self.assertEqual(self.ws(cookie=cookie, origin=None).status, 403)  # a browser always says
+        self.assertEqual(self.ws(cookie=None).status, 401)
+        self.assertEqual(self.ws(cookie=cookie, version="8").status, 426)
+        carol = self.cookie("alice", ALICE)  # (chat is alice's)
+        self.assertEqual(self.ws(cookie=carol).status, 101)
+
+    def test_hostile_frames_close_the_socket(self):
+        cases = [
+            (WebSocket.frame(1, b'{"type":"chat.rooms"}', mask=False), 1002),  # a client must mask
+            (WebSocket.frame(1, b"{}", rsv=0x40), 1002),                    # reserved bit
+            (WebSocket.frame(3, b""), 1002),                                # unknown opcode
+            (WebSocket.frame(9, b"x" * 200), 1002),                         # control frame too long
+            (WebSocket.frame(0, b"x"), 1002),                               # continuation of nothing
+            (WebSocket.frame(2, b"\x00\x01"), 1003),                        # binary
+            (WebSocket.frame(1, b"\xff\xfe"), 1007),                        # not UTF-8
+            (WebSocket.frame(1, b"x" * 100000), 1009),                      # too big
+            (bytes([0x81, 0xff]) + struct.pack(">Q", 1 << 62) + b"mask", 1009),  # declared huge: refused unread
+        ]
+        other = self.chat("bystander", room="#calm")
+        for frame, code in cases:
+            w = self.ws(cookie=self.cookie())
+            self.assertEqual(w.status, 101)
+            w.s.sendall(frame)
+            self.assertEqual(w.close_code()[0], code, frame[:20])
+            w.close()
+        # The others never noticed.
+        other.send({"type": "chat.say", "id": 9, "room": "#calm", "text": "still here"})
+        self.assertEqual(other.recv("chat.message")["text"], "still here")
+
+    def test_a_slow_frame_is_cut_at_the_deadline(self):
+        w = self.ws(cookie=self.cookie())
+        frame = WebSocket.frame(1, json.dumps({"type": "chat.rooms", "id": 1}).encode())
+        w.s.sendall(frame[:5])  # then nothing: the frame deadline (3 s) ends it
+        start = time.monotonic()
+        code, reason = w.close_code()
+        self.assertEqual(code, 1001)
+        self.assertLess(time.monotonic() - start, 15)
+
+
 if __name__ == "__main__":
     unittest.main()
