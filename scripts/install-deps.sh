@@ -26,6 +26,7 @@ packages=(
   procps                # /bin/kill, the unit's ExecReload (systemd-analyze verify looks for it)
   irssi weechat-headless python3-irc   # real IRC clients and a bot against the IRC front end
   curl wget             # plain HTTPS clients of the share (tests)
+  chromium chromium-driver python3-selenium fonts-dejavu-core   # the web page in a real browser (tests)
   openssl               # s_client / x509 / req: third-party TLS peer and certificates in tests
   iproute2              # `ip link set lo up` inside the network namespaces tests create
   e2fsprogs             # mkfs.ext4: a small file system for the disk-full tests

@@ -281,8 +281,17 @@ async function droppedFiles(items) {
       }
     }
   };
-  const entries = [...items].map((i) => i.webkitGetAsEntry && i.webkitGetAsEntry()).filter(Boolean);
-  for (const e of entries) await walk(e, "");
+  // The drop's items are readable only until the first await: taken first.
+  const roots = [];
+  for (const item of [...items]) {
+    if (item.kind !== "file") continue;
+    const entry = item.webkitGetAsEntry && item.webkitGetAsEntry();
+    roots.push(entry ? { entry } : { file: item.getAsFile() });  // (no entry: a file only)
+  }
+  for (const r of roots) {
+    if (r.entry) await walk(r.entry, "");
+    else if (r.file) out.push({ rel: r.file.name, file: r.file });
+  }
   return out;
 }
 
