@@ -98,7 +98,7 @@ burst = 64
 kiss_of_death = true            # answer rate-limited sources with a KoD RATE (once a second)
 
 [web]
-enabled = true                  # HTTPS on the same port (ALPN http/1.1): the share under /files/ for curl, wget
+enabled = true                  # HTTPS on the same port (ALPN http/1.1): the web page at /, the share under /files/ for curl, wget
 
 # Users. Without any, the server has one, admin, with files-read, files-write and chat, and a
 # token generated in <state_dir>/admin.token (0600). Permissions: files-read, files-write,

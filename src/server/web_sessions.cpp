@@ -26,7 +26,17 @@ std::string random_id() {
 web_sessions::opened web_sessions::open(std::shared_ptr<const user_account> account, clock::time_point now) {
   opened o{random_id(), {std::move(account), random_id(), now + lifetime}};
   std::lock_guard lock(m_);
+  // One pass: the expired go; an account at its limit loses its oldest
+  // session, so that one account cannot push everyone else's out.
   drop_expired(now);
+  auto mine_oldest = sessions_.end();
+  std::size_t mine = 0;
+  for (auto it = sessions_.begin(); it != sessions_.end(); ++it) {
+    if (it->second.account->name != o.s.account->name) continue;
+    ++mine;
+    if (mine_oldest == sessions_.end() || it->second.expires < mine_oldest->second.expires) mine_oldest = it;
+  }
+  if (mine >= max_per_account) sessions_.erase(mine_oldest);
   if (sessions_.size() >= max_sessions) {
     auto oldest = std::min_element(sessions_.begin(), sessions_.end(),
                                    [](const auto& a, const auto& b) { return a.second.expires < b.second.expires; });

@@ -25,6 +25,8 @@ class web_sessions {
   static constexpr std::chrono::hours lifetime{12};
   /// At most this many at once: beyond, the one closest to its end goes.
   static constexpr std::size_t max_sessions = 10000;
+  /// And this many per account (its oldest goes).
+  static constexpr std::size_t max_per_account = 64;
   /// The cookie's name; the __Host- prefix makes browsers refuse it unless
   /// it is Secure, for path / and for this host only.
   static constexpr std::string_view cookie_name = "__Host-cskit";

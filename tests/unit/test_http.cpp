@@ -69,3 +69,41 @@ TEST(http_media, types_by_extension) {
   EXPECT_EQ(media_type("dir.d/file"), "application/octet-stream");
   EXPECT_EQ(percent_encode_path("a b/é?"), "a%20b/%C3%A9%3F");
 }
+
+TEST(http_pieces, content_range_of_a_put) {
+  auto r = parse_content_range("bytes 0-99/1000");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->first, 0u);
+  EXPECT_EQ(r->last, 99u);
+  EXPECT_EQ(r->total, 1000u);
+  EXPECT_EQ(parse_content_range("bytes 999-999/1000")->last, 999u);
+  for (const char* bad : {"", "bytes 0-99/99", "bytes 5-4/10", "bytes */10", "bytes 0-9/*", "bytes=0-9/10",
+                          "bytes 0-9", "items 0-9/10", "bytes a-9/10", "bytes 0-99999999999999999999/1",
+                          "bytes -9/10", "bytes 0-/10"}) {
+    EXPECT_FALSE(parse_content_range(bad)) << bad;
+  }
+}
+
+TEST(http_pieces, content_digest_sha256) {
+  // SHA-256("abc"), base64 and hex.
+  const std::string hex = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+  const std::string b64 = "ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0=";
+  EXPECT_EQ(content_digest_sha256("sha-256=:" + b64 + ":").value_or(""), hex);
+  EXPECT_EQ(content_digest_sha256("sha-512=:AAAA:, sha-256=:" + b64 + ":").value_or(""), hex);
+  EXPECT_FALSE(content_digest_sha256("sha-512=:AAAA:"));
+  EXPECT_FALSE(content_digest_sha256("sha-256=:AAAA:"));          // not 32 bytes
+  EXPECT_FALSE(content_digest_sha256("sha-256=:!!!!:"));          // not base64
+  EXPECT_FALSE(content_digest_sha256("sha-256=" + b64));          // not a byte sequence
+  EXPECT_FALSE(content_digest_sha256(""));
+}
+
+TEST(http_pieces, base64_both_ways) {
+  EXPECT_EQ(base64_encode("abc"), "YWJj");
+  EXPECT_EQ(base64_encode("ab"), "YWI=");
+  EXPECT_EQ(base64_encode(""), "");
+  EXPECT_EQ(base64_decode("YWI=").value_or("?"), "ab");
+  EXPECT_EQ(base64_decode("YQ==").value_or("?"), "a");
+  EXPECT_FALSE(base64_decode("YQ="));    // not a multiple of 4
+  EXPECT_FALSE(base64_decode("Y==="));   // too much padding
+  EXPECT_FALSE(base64_decode(""));
+}
