@@ -261,7 +261,10 @@ void http_session::pump(net::connection& c) {
   }
   pumping_ = false;
   using pr = net::frame_handler::progress;
-  if ((upload_ && upload_->receiving) || form_receiving_) c.report_progress(pr::body, false);
+  // An upload's body: its deadline is progress. An API request's small
+  // body must come with its header, within the frame deadline.
+  if (upload_ && upload_->receiving) c.report_progress(pr::body, false);
+  else if (form_receiving_) c.report_progress(pr::header, false);
   else if (header_in_progress()) c.report_progress(pr::header, new_message_);
   else c.report_progress(pr::idle, false);
   new_message_ = false;
@@ -930,7 +933,7 @@ void http_session::encode_failure(std::string& out, const proto::json& error) {
   }
   // A deadline in the middle of a request: 408; between requests, or in
   // the middle of a response, the connection just closes.
-  if (responding_ || !header_in_progress()) return;
+  if (responding_ || !(header_in_progress() || form_receiving_)) return;
   const std::string body = "408 Request Timeout: " + error.value("message", std::string("too slow")) + "\n";
   out += "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n"
          "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;

@@ -347,6 +347,91 @@ class WebApi(unittest.TestCase):
         self.assertEqual(os.path.getsize(self.path("empty.bin")), 0)
 
 
+class SlowAndThrottled(unittest.TestCase):
+    """A client that sends an API request's body a byte at a time, or stops in the middle of an
+    upload, is closed at its deadline while others are served; failed logins are throttled."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.srv = Server("--frame-timeout", "3", "--handshake-timeout", "3", config_text=CONF)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.srv.stop()
+        cls.srv.cleanup()
+
+    def raw(self):
+        ctx = ssl.create_default_context(cafile=os.path.join(self.srv.state, "server.crt"))
+        ctx.check_hostname = False
+        s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", self.srv.port), timeout=15))
+        self.addCleanup(s.close)
+        return s
+
+    def served_at_once(self):
+        c = Client(self.srv)
+        self.addCleanup(c.close)
+        t0 = time.monotonic()
+        r, _ = c.request("GET", "/")
+        self.assertEqual(r.status, 200)
+        self.assertLess(time.monotonic() - t0, 2)
+
+    def test_an_api_body_a_byte_at_a_time_is_cut(self):
+        s = self.raw()
+        body = json.dumps({"user": "admin", "token": TOKEN}).encode()
+        s.sendall(f"POST /api/login HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+        started = time.monotonic()
+        got = b""
+        for i in range(len(body)):  # one byte a second: the whole body is due within 3 s
+            try:
+                s.sendall(body[i:i + 1])
+            except OSError:
+                break
+            if i == 1:
+                self.served_at_once()
+            s.settimeout(1)
+            try:
+                got = s.recv(4096)
+            except (socket.timeout, TimeoutError):
+                continue
+            except OSError:
+                break
+            break
+        self.assertLess(time.monotonic() - started, 10)
+        self.assertTrue(got.startswith(b"HTTP/1.1 408 Request Timeout"), got)
+
+    def test_an_upload_that_stops_is_cut(self):
+        c = Client(self.srv)
+        self.addCleanup(c.close)
+        self.assertEqual(c.login()[0].status, 200)
+        s = self.raw()
+        s.sendall((f"PUT /files/stalled.bin HTTP/1.1\r\nHost: x\r\nCookie: {c.cookie}\r\n"
+                   f"X-CSRF-Token: {c.csrf}\r\nContent-Length: 100000\r\n\r\n").encode() + b"x" * 1000)
+        started = time.monotonic()
+        self.served_at_once()
+        s.settimeout(15)
+        try:
+            while s.recv(4096):
+                pass
+        except OSError:
+            pass
+        self.assertLess(time.monotonic() - started, 10)
+        self.assertFalse(os.path.exists(os.path.join(self.srv.share, "stalled.bin")))
+
+    def test_failed_logins_are_throttled(self):
+        # (Named to run last in its class: it leaves 127.0.0.1 penalized.)
+        statuses = []
+        for _ in range(10):  # 3 free failures, then 250 ms, 500 ms, 1 s...: beyond the 3 s deadline
+            c = Client(self.srv)
+            self.addCleanup(c.close)
+            r, data = c.login("admin", "wrong-token-0123456789abcdef0000")
+            statuses.append(r.status)
+            if r.status == 429:
+                self.assertIn("too many failed logins", json.loads(data)["error"])
+                break
+        self.assertEqual(statuses[:4], [401] * 4, statuses)
+        self.assertEqual(statuses[-1], 429, statuses)
+
+
 class WebSocket:
     """A minimal RFC 6455 client over TLS, frames made by hand (so that bad ones can be made too)."""
 
