@@ -193,11 +193,11 @@ function base64(buf) {
   return btoa(s);
 }
 
-// One PUT of one piece, with progress; resolves to the parsed answer.
-function putPiece(path, key, blob, first, total, onprogress) {
-  return new Promise(async (resolve, reject) => {
-    const body = await blob.arrayBuffer();
-    const digest = await crypto.subtle.digest("SHA-256", body);
+// One PUT of one piece, with progress (XHR: fetch reports none for uploads).
+async function putPiece(path, key, blob, first, total, onprogress) {
+  const body = await blob.arrayBuffer();  // (rejects if the file changed or went)
+  const digest = await crypto.subtle.digest("SHA-256", body);
+  return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
     xhr.open("PUT", "/files/" + encodePath(path));
     xhr.setRequestHeader("X-CSRF-Token", csrf);
@@ -211,6 +211,16 @@ function putPiece(path, key, blob, first, total, onprogress) {
   });
 }
 
+const sleep = (ms) => new Promise((ok) => setTimeout(ok, ms));
+
+// Where the server's part of this upload ends: the next piece starts
+// there. (A part as large as the file was never committed, which a last
+// piece does: it cannot be finished, and the upload starts over.)
+async function resumeAt(path, key, size) {
+  const at = (await api("upload-offset", { path, key })).offset;
+  return at >= size ? 0 : at;
+}
+
 async function uploadFile(path, file) {
   const bar = el("progress", { max: Math.max(file.size, 1), value: 0 });
   const label = el("span", {}, path);
@@ -218,18 +228,21 @@ async function uploadFile(path, file) {
   $("transfers").append(row);
   try {
     const key = await uploadKey(path, file);
-    let at = (await api("upload-offset", { path, key })).offset;
-    if (at > file.size) at = 0;
     if (file.size === 0) await emptyPut(path);
-    for (let tries = 0; at < file.size;) {
+    let at = file.size ? await resumeAt(path, key, file.size) : 0;
+    // Each piece is tried again after a failure (a lost connection, a
+    // piece still held by the server), waiting longer each time.
+    for (let tries = 0, committed = false; !committed && file.size > 0;) {
       const end = Math.min(at + PIECE, file.size);
       try {
         await putPiece(path, key, file.slice(at, end), at, file.size, (v) => { bar.value = v; });
+        committed = end === file.size;
         at = end;
         tries = 0;
       } catch (e) {
-        if (++tries > 3) throw e;
-        at = (await api("upload-offset", { path, key })).offset;  // resume where the server is
+        if (++tries > 6) throw e;
+        await sleep(500 * 2 ** Math.min(tries, 4));
+        at = await resumeAt(path, key, file.size).catch(() => at);
       }
       bar.value = at;
     }
@@ -400,9 +413,11 @@ function chatConnected(on) {
 $("chat-connect").addEventListener("click", () => {
   if (ws) return closeChat();
   $("chat-status").textContent = "connecting…";
-  ws = new WebSocket("wss://" + location.host + "/api/chat");
+  const socket = new WebSocket("wss://" + location.host + "/api/chat");
+  ws = socket;
   ws.onopen = () => send({ type: "chat.hello", nick: $("chat-nick").value });
   ws.onclose = (ev) => {
+    if (ws !== socket && ws !== null) return;  // an older socket, replaced since
     ws = null;
     rooms.clear();
     renderRooms();

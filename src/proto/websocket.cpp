@@ -19,6 +19,10 @@ void put_be(std::string& out, std::uint64_t v, int bytes) {
 }
 }  // namespace
 
+bool valid_close_code(std::uint16_t code) {
+  return (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1011) || (code >= 3000 && code <= 4999);
+}
+
 bool valid_key(std::string_view key) {
   if (key.size() != 24) return false;
   auto raw = http::base64_decode(key);
@@ -95,6 +99,7 @@ std::optional<failure> decoder::next(bool& got, message& out) {
       for (int i = 0; i < n; ++i) len = len << 8 | static_cast<std::uint8_t>(b[head + i]);
       head += n;
       if (n == 8 && (len >> 63)) return failure{protocol_error, "frame length out of range"};
+      if (len < (n == 2 ? 126u : 65536u)) return failure{protocol_error, "a length not in its shortest form"};
     }
     const auto kind = static_cast<opcode>(op);
     if (is_control(kind) && (len > 125 || !fin)) return failure{protocol_error, "a control frame must be short and whole"};

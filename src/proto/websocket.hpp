@@ -33,6 +33,9 @@ inline constexpr std::uint16_t invalid_payload = 1007;
 inline constexpr std::uint16_t policy_violation = 1008;
 inline constexpr std::uint16_t message_too_big = 1009;
 
+/// Whether a peer may send `code` in a close frame (RFC 6455 7.4).
+bool valid_close_code(std::uint16_t code);
+
 /// Appends one unfragmented frame from the server.
 void encode(std::string& out, opcode op, std::string_view payload);
 /// Appends a close frame: `code`, then `reason` cut to fit in 123 bytes

@@ -41,6 +41,7 @@ struct http_session::websocket {
   explicit websocket(std::size_t max_message) : decoder(max_message) {}
   proto::ws::decoder decoder;
   std::unique_ptr<service::chat_client> chat;
+  std::string session_id;  // the page's session it was opened in ("": credentials)
   bool close_sent = false;
 };
 

@@ -9,6 +9,8 @@
 #include <algorithm>
 #include <cctype>
 #include <limits>
+#include <optional>
+#include <utility>
 
 #include <boost/beast/http/error.hpp>
 #include <spdlog/spdlog.h>
@@ -122,9 +124,12 @@ struct http_session::upload {
   ~upload() {
     if (!part.empty() && dir) ::unlinkat(dir.get(), part.c_str(), 0);  // never committed
   }
-  // A piece that did not make it: the part goes back to what it had.
+  // A piece that did not make it: the part goes back to what it had (a
+  // first piece: the part goes). Its bytes were never counted.
   void drop_piece() const {
-    if (piece && file) (void)::ftruncate(file.get(), static_cast<off_t>(base));
+    if (!piece || !file) return;
+    if (base == 0 && dir) ::unlinkat(dir.get(), piece_part.c_str(), 0);  // (still ours: locked)
+    else (void)::ftruncate(file.get(), static_cast<off_t>(base));
   }
 };
 
@@ -360,7 +365,9 @@ void http_session::authenticate(net::connection& c) {
   check_login(c, user, secret, [this, &c, basic_challenge](std::shared_ptr<const user_account> found) {
     if (!found) {
       spdlog::warn("https: authentication failed from {}", c.peer());
-      return respond_error(c, 401, "authentication failed: unknown user or wrong token", basic_challenge);
+      const std::string message = "authentication failed: unknown user or wrong token";
+      if (req_->to == route::api) return respond_api_error(c, 401, message);
+      return respond_error(c, 401, message, basic_challenge);
     }
     if (!account_) {
       c.set_authenticated();
@@ -597,6 +604,12 @@ void http_session::start_upload(net::connection& c, const std::string& path) {
     return respond_error(c, 413, "'" + path + "' is " + std::to_string(size) +
                                      " bytes; this server accepts files up to " + std::to_string(max));
   }
+  if (!req_->content_digest.empty()) {
+    auto sha = http::content_digest_sha256(req_->content_digest);
+    if (!sha) return respond_error(c, 400, "Content-Digest must carry sha-256=:BASE64:");
+    u->sha256 = *sha;
+    u->digest = util::content_digest(true);
+  }
   if (!open_upload_target(c, *u)) return;
   if (!front_.share.reserve(size)) {
     return respond_error(c, 413, "'" + path + "' (" + std::to_string(size) + " bytes) would exceed the share's quota");
@@ -644,6 +657,43 @@ bool http_session::open_upload_target(net::connection& c, upload& u) {
   return true;
 }
 
+namespace {
+
+// Opens the part of an upload in pieces and locks it; checks that it is
+// still the file of that name (a commit may have just renamed it into
+// place) and that it holds `base` bytes (`have`: what it holds). A first
+// piece (`base` 0) creates the part, or starts it over.
+enum class part_open { ok, busy, elsewhere, error };
+part_open open_piece_part(int dir, const std::string& name, std::uint64_t base, util::unique_fd& fd,
+                          std::uint64_t& have, int& err) {
+  const int flags = O_RDWR | O_CLOEXEC | O_NOFOLLOW | (base == 0 ? O_CREAT : 0);
+  fd = util::unique_fd(::openat(dir, name.c_str(), flags, 0600));
+  if (!fd) {
+    err = errno;
+    return err == ENOENT ? part_open::elsewhere : part_open::error;  // (ENOENT: have is 0)
+  }
+  if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) return part_open::busy;
+  struct stat mine {}, named {};
+  if (::fstat(fd.get(), &mine) != 0 || !S_ISREG(mine.st_mode)) {
+    err = EINVAL;
+    return part_open::error;
+  }
+  if (mine.st_nlink == 0 || ::fstatat(dir, name.c_str(), &named, AT_SYMLINK_NOFOLLOW) != 0 ||
+      named.st_ino != mine.st_ino || named.st_dev != mine.st_dev) {
+    return part_open::busy;  // committed (or replaced) while we waited for the lock
+  }
+  have = static_cast<std::uint64_t>(mine.st_size);
+  if (have == base) return part_open::ok;
+  if (base != 0) return part_open::elsewhere;
+  if (::ftruncate(fd.get(), 0) != 0) {
+    err = errno;
+    return part_open::error;
+  }
+  return part_open::ok;
+}
+
+}  // namespace
+
 bool valid_upload_key(std::string_view k) {
   return k.size() >= 16 && k.size() <= 64 && std::all_of(k.begin(), k.end(), [](char ch) {
            return (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f');
@@ -679,35 +729,34 @@ void http_session::start_piece(net::connection& c, upload& u) {
     u.sha256 = *sha;
     u.digest = util::content_digest(true);
   }
-  // Whatever is still to come must fit; the last piece reserves the whole
-  // file, which its commit counts.
-  const std::uint64_t reserve = u.last ? u.total : u.total - u.base;
+  // Whatever is still to come must fit (what the part holds is counted).
+  const std::uint64_t reserve = u.total - u.base;
   if (!front_.share.reserve(reserve)) {
     return respond_error(c, 413, "'" + u.path + "' (" + std::to_string(u.total) + " bytes) would exceed the share's quota");
   }
   u.reserved = reserve;
   u.piece_part = piece_part_name(u.leaf, req_->upload_key);
-  util::unique_fd fd(::openat(u.dir.get(), u.piece_part.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
+  std::uint64_t have = 0;
+  int err = 0;
+  util::unique_fd fd;
+  const part_open opened = open_piece_part(u.dir.get(), u.piece_part, u.base, fd, have, err);
   const auto fail = [&](int status, const std::string& message, const std::string& fields = {}) {
     front_.share.release(u.reserved);
     u.reserved = 0;
     respond_error(c, status, message, fields);
   };
-  if (!fd) return fail(500, "cannot create a part for '" + u.path + "': " + std::strerror(errno));
-  if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
-    return fail(409, "another upload of '" + u.path + "' with this key is in progress");
-  }
-  struct stat st {};
-  if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) return fail(500, "the part of '" + u.path + "' is not a file");
-  const auto have = static_cast<std::uint64_t>(st.st_size);
-  if (have != u.base) {
-    if (u.base != 0 || ::ftruncate(fd.get(), 0) != 0) {  // a first piece starts over
+  switch (opened) {
+    case part_open::ok: break;
+    case part_open::busy: return fail(409, "another upload of '" + u.path + "' with this key is in progress");
+    case part_open::elsewhere:
       return fail(409, "the server has " + std::to_string(have) + " bytes of '" + u.path + "'; send the piece from there",
                   "Upload-Offset: " + std::to_string(have) + "\r\n");
-    }
+    case part_open::error: return fail(500, "the part of '" + u.path + "': " + std::strerror(err));
   }
-  if (const int err = util::preallocate(fd.get(), u.base, u.expected); err != 0) {
-    return fail(err == EFBIG ? 413 : 507, "no room for '" + u.path + "' on the server: " + std::strerror(err));
+  if (u.base == 0 && have > 0) front_.share.adjust_usage(-static_cast<std::int64_t>(have));  // started over
+  if (const int e = util::preallocate(fd.get(), u.base, u.expected); e != 0) {
+    if (u.base == 0) ::unlinkat(u.dir.get(), u.piece_part.c_str(), 0);
+    return fail(e == EFBIG ? 413 : 507, "no room for '" + u.path + "' on the server: " + std::strerror(e));
   }
   u.file = std::move(fd);
 }
@@ -783,6 +832,9 @@ void http_session::commit_upload(net::connection& c) {
     return respond_error(c, 400, mismatch + ": nothing was written");
   }
   if (u.piece && !u.last) return piece_done(c);
+  // A last piece: the part's earlier pieces, counted so far, become the
+  // file, which the commit counts whole.
+  if (u.piece) front_.share.adjust_usage(-static_cast<std::int64_t>(u.base));
   service::commit_job job;
   job.file = std::move(u.file);
   job.dir = util::unique_fd(::fcntl(u.dir.get(), F_DUPFD_CLOEXEC, 0));
@@ -803,8 +855,20 @@ void http_session::commit_upload(net::connection& c) {
   std::weak_ptr<net::connection> weak = c.shared_from_this();
   auto ex = c.executor();
   service::file_audit_record_owned record{"put", account_->name, c.peer(), u.path, "", job.size};
-  job.done = [this, weak, ex, record, part, dir = ::fcntl(u.dir.get(), F_DUPFD_CLOEXEC, 0)](int err) mutable {
+  // A last piece that could not be committed (and was not refused for
+  // good, which removes it): the part keeps its earlier pieces, so that the
+  // last one can be sent again.
+  std::optional<std::pair<std::string, std::uint64_t>> earlier;
+  if (u.piece) earlier.emplace(u.piece_part, u.base);
+  job.done = [this, weak, ex, record, part, earlier, share = &front_.share,
+              dir = ::fcntl(u.dir.get(), F_DUPFD_CLOEXEC, 0)](int err) mutable {
     if (err && !part.empty() && dir >= 0) ::unlinkat(dir, part.c_str(), 0);
+    if (err && earlier && err != EEXIST && err != EISDIR && dir >= 0) {
+      util::unique_fd f(::openat(dir, earlier->first.c_str(), O_WRONLY | O_NOFOLLOW | O_CLOEXEC));
+      if (f && ::ftruncate(f.get(), static_cast<off_t>(earlier->second)) == 0) {
+        share->adjust_usage(static_cast<std::int64_t>(earlier->second));
+      }
+    }
     if (dir >= 0) ::close(dir);
     boost::asio::post(ex, [this, weak, record = std::move(record), err] {
       auto conn = weak.lock();
@@ -839,10 +903,11 @@ void http_session::upload_committed(net::connection& c, int err) {
 }
 
 void http_session::piece_done(net::connection& c) {
-  // Not the last piece: the part keeps it for the next one (nothing is
-  // counted against the quota until the last piece's commit).
+  // Not the last piece: the part keeps it for the next one, and it counts
+  // against the quota from now on (as parts do when the server starts).
   upload& u = *upload_;
   const std::uint64_t have = u.base + u.written;
+  front_.share.adjust_usage(static_cast<std::int64_t>(u.written));
   front_.share.release(u.reserved);
   upload_.reset();  // (closes the part: its lock goes)
   respond(c, 200, "Upload-Offset: " + std::to_string(have) + "\r\n", "{\"offset\":" + std::to_string(have) + "}\n",

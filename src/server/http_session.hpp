@@ -154,6 +154,8 @@ class http_session final : public net::frame_handler {
   void api_rename(net::connection& c, const proto::json& body);
   void api_delete(net::connection& c, const proto::json& body);
   void api_upload_offset(net::connection& c, const proto::json& body);
+  // A path member of an API request: a string, checked as share_path does.
+  std::optional<std::string> api_path(net::connection& c, const proto::json& body, const char* key);
   void respond_json(net::connection& c, int status, const proto::json& body, const std::string& fields = {});
 
   // ---- Chat over a WebSocket (http_websocket.cpp): GET /api/chat upgrades.
@@ -161,6 +163,10 @@ class http_session final : public net::frame_handler {
   void start_websocket(net::connection& c);
   void on_ws_bytes(net::connection& c, std::string_view bytes);
   void on_ws_text(net::connection& c, const std::string& text);
+  void on_ws_close_frame(net::connection& c, const std::string& payload);
+  // The page's session the socket was opened in has ended (logout,
+  // expiry): closed (1008), true.
+  bool ws_session_ended(net::connection& c);
   // A close frame (`code`, `reason`), then the close once it is sent.
   void ws_close(net::connection& c, std::uint16_t code, std::string_view reason);
   std::unique_ptr<websocket> ws_;

@@ -4,6 +4,8 @@
 // Everything goes through the share's own operations, with the same
 // permissions, jail, quota and audit records as the cskit protocol.
 
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -71,6 +73,12 @@ std::string text(const json& body, const char* key) {
   return it != body.end() && it->is_string() ? it->get<std::string>() : std::string();
 }
 
+// A boolean member of the request's JSON (missing or not a boolean: false).
+bool flag(const json& body, const char* key) {
+  auto it = body.find(key);
+  return it != body.end() && it->is_boolean() && it->get<bool>();
+}
+
 // An ETag for an embedded file: its bytes never change while the binary runs.
 std::string asset_etag(const web_asset& a) {
   return "\"" + util::xxh3_128_hex(a.body.data(), a.body.size()).substr(0, 16) + "\"";
@@ -101,6 +109,7 @@ void http_session::on_api_header(net::connection& c, bool has_body) {
   form_.assign(static_cast<std::size_t>(*req_->content_length), '\0');
   form_got_ = 0;
   form_receiving_ = true;
+  if (req_->expect_continue) c.send_raw("HTTP/1.1 100 Continue\r\n\r\n");
   parser_->body_limit(form_.size());
   if (form_.empty() && parser_->is_done()) {
     form_receiving_ = false;
@@ -223,6 +232,7 @@ void http_session::api_login(net::connection& c) {
     spdlog::info("https: {} logged in to the page as {}", c.peer(), found->name);
     if (!account_) c.set_authenticated();
     account_ = found;
+    credentials_.clear();  // (Basic credentials checked before are not this login's)
     respond_json(c, 200,
                  {{"user", found->name},
                   {"csrf", opened.s.csrf},
@@ -237,7 +247,7 @@ void http_session::api_authorized(net::connection& c) {
   const bool post = req_->method == bhttp::verb::post;
   if (name == "session" && !post) return api_session(c);
   if (name == "logout" && post) return api_logout(c);
-  if (name == "chat" && !post) return start_websocket(c);
+  if (name == "chat" && req_->method == bhttp::verb::get) return start_websocket(c);
   using handler = void (http_session::*)(net::connection&, const json&);
   static constexpr std::pair<std::string_view, handler> changes[] = {
       {"mkdir", &http_session::api_mkdir},
@@ -254,7 +264,7 @@ void http_session::api_authorized(net::connection& c) {
     const json body = json::parse(form_, nullptr, false);
     form_.clear();
     if (!body.is_object()) return respond_api_error(c, 400, "the request's body must be a JSON object");
-    return (this->*fn)(c, body);
+    return (this->*fn)(c, body);  // (paths must be strings; other members of the wrong type read as missing)
   }
   respond_api_error(c, 404, "no such API request: /api/" + name);
 }
@@ -271,7 +281,7 @@ void http_session::api_logout(net::connection& c) {
 }
 
 void http_session::api_mkdir(net::connection& c, const json& body) {
-  const auto path = share_path(c, text(body, "path"));
+  const auto path = api_path(c, body, "path");
   if (!path) return;
   const auto r = front_.share.make_directory(*path);
   service::audit_file_operation({"mkdir", account_->name, c.peer(), *path, "", 0,
@@ -281,9 +291,9 @@ void http_session::api_mkdir(net::connection& c, const json& body) {
 }
 
 void http_session::api_rename(net::connection& c, const json& body) {
-  const auto from = share_path(c, text(body, "from"));
+  const auto from = api_path(c, body, "from");
   if (!from) return;
-  const auto to = share_path(c, text(body, "to"));
+  const auto to = api_path(c, body, "to");
   if (!to) return;
   // A rename never replaces: the page asks before anything is lost.
   const auto r = front_.share.move(*from, *to, true);
@@ -294,9 +304,9 @@ void http_session::api_rename(net::connection& c, const json& body) {
 }
 
 void http_session::api_delete(net::connection& c, const json& body) {
-  const auto path = share_path(c, text(body, "path"));
+  const auto path = api_path(c, body, "path");
   if (!path) return;
-  const auto r = front_.share.remove(*path, body.value("recursive", false) == true);
+  const auto r = front_.share.remove(*path, flag(body, "recursive"));
   service::audit_file_operation({"rm", account_->name, c.peer(), *path, "", r.bytes,
                                  r.ok() ? "ok" : proto::to_wire(r.code), r.message});
   if (!r.ok()) return respond_api_error(c, status_of(r.code), r.message);
@@ -305,7 +315,7 @@ void http_session::api_delete(net::connection& c, const json& body) {
 
 void http_session::api_upload_offset(net::connection& c, const json& body) {
   // Where an interrupted upload in pieces resumes: what its part holds.
-  const auto path = share_path(c, text(body, "path"));
+  const auto path = api_path(c, body, "path");
   if (!path) return;
   const std::string key = text(body, "key");
   if (!valid_upload_key(key)) return respond_api_error(c, 400, "'key' must be 16 to 64 lowercase hex digits");
@@ -313,10 +323,26 @@ void http_session::api_upload_offset(net::connection& c, const json& body) {
   std::string leaf;
   util::unique_fd dir(front_.share.jail().open_parent(*path, leaf));
   if (!dir) return respond_api_error(c, 404, "the directory of '" + *path + "' does not exist");
+  // What whole pieces the part holds: not while a piece is being written
+  // (it may yet be cut off again).
   struct stat st {};
   const std::string part = piece_part_name(leaf, key);
-  const bool have = ::fstatat(dir.get(), part.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode);
+  util::unique_fd fd(::openat(dir.get(), part.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK));
+  if (!fd) return respond_json(c, 200, {{"path", *path}, {"offset", 0}});
+  if (::flock(fd.get(), LOCK_SH | LOCK_NB) != 0) {
+    return respond_api_error(c, 409, "a piece of '" + *path + "' is being written: ask again in a moment");
+  }
+  const bool have = ::fstat(fd.get(), &st) == 0 && S_ISREG(st.st_mode);
   respond_json(c, 200, {{"path", *path}, {"offset", have ? static_cast<std::uint64_t>(st.st_size) : 0}});
+}
+
+std::optional<std::string> http_session::api_path(net::connection& c, const json& body, const char* key) {
+  auto it = body.find(key);
+  if (it == body.end() || !it->is_string()) {
+    respond_api_error(c, 400, std::string("'") + key + "' must be a string (a path in the share)");
+    return std::nullopt;
+  }
+  return share_path(c, it->get<std::string>());
 }
 
 void http_session::respond_json(net::connection& c, int status, const json& body, const std::string& fields) {

@@ -11,6 +11,7 @@
 #include "proto/websocket.hpp"
 #include "server/http_request.hpp"
 #include "server/http_session.hpp"
+#include "server/web_sessions.hpp"
 #include "service/chat.hpp"
 #include "service/chat_client.hpp"
 
@@ -44,6 +45,7 @@ bool has_token(std::string_view list, std::string_view token) {
 
 void http_session::start_websocket(net::connection& c) {
   if (!front_.hub) return respond_api_error(c, 404, "chat is not enabled on this server");
+  if (shutting_down_) return respond_api_error(c, 503, "the server is shutting down");
   if (!has_token(req_->upgrade, "websocket") || !has_token(req_->connection, "upgrade")) {
     return respond_api_error(c, 400, "/api/chat is a WebSocket: send Upgrade: websocket");
   }
@@ -69,6 +71,7 @@ void http_session::start_websocket(net::connection& c) {
   // A message carries at most max_message bytes of text, JSON-escaped.
   ws_ = std::make_unique<websocket>(o.max_message * 6 + 4096);
   ws_->chat = std::make_unique<service::chat_client>(*front_.hub, c, account_->name, service::websocket_chat_wire());
+  if (req_->by_cookie) ws_->session_id = req_->session_id;
   responding_ = false;
   busy_ = false;
   req_.reset();
@@ -82,7 +85,10 @@ void http_session::start_websocket(net::connection& c) {
 
 void http_session::on_ws_bytes(net::connection& c, std::string_view bytes) {
   if (ws_->close_sent) return;  // only the client's close is awaited now
+  const bool was_mid = ws_->decoder.mid_frame();
+  bool completed = false;
   auto fail = ws_->decoder.feed(bytes, [&](ws::message&& m) {
+    completed = true;
     switch (m.op) {
       case ws::opcode::text: on_ws_text(c, m.payload); break;
       case ws::opcode::binary: ws_close(c, ws::unsupported_data, "this chat speaks JSON in text messages"); break;
@@ -93,14 +99,7 @@ void http_session::on_ws_bytes(net::connection& c, std::string_view bytes) {
         break;
       }
       case ws::opcode::pong: break;  // (any byte counts as life)
-      case ws::opcode::close: {
-        const std::uint16_t code = m.payload.size() >= 2
-            ? static_cast<std::uint16_t>(static_cast<unsigned char>(m.payload[0]) << 8 | static_cast<unsigned char>(m.payload[1]))
-            : ws::normal;
-        if (m.payload.size() > 2) ws_->chat->set_close_reason(m.payload.substr(2), true);
-        ws_close(c, code >= 1000 && code < 5000 && code != 1005 && code != 1006 ? code : ws::normal, "bye");
-        break;
-      }
+      case ws::opcode::close: on_ws_close_frame(c, m.payload); break;
       case ws::opcode::continuation: break;  // (never handed out: fragments come joined)
     }
     return !ws_->close_sent && !c.closing();
@@ -109,15 +108,37 @@ void http_session::on_ws_bytes(net::connection& c, std::string_view bytes) {
   if (!c.closing() && c.queued_bytes() > max_pending) {
     return ws_close(c, ws::policy_violation, "too many answers are waiting: read them");
   }
+  // A frame begun must be whole within the frame deadline, counted from
+  // its first byte (as for a request's header).
   using pr = net::frame_handler::progress;
-  c.report_progress(ws_->decoder.mid_frame() ? pr::body : pr::idle, false);
+  const bool mid = ws_->decoder.mid_frame();
+  c.report_progress(mid ? pr::header : pr::idle, mid && (!was_mid || completed));
+}
+
+void http_session::on_ws_close_frame(net::connection& c, const std::string& payload) {
+  std::uint16_t code = ws::normal;
+  if (payload.size() >= 2) {
+    code = static_cast<std::uint16_t>(static_cast<unsigned char>(payload[0]) << 8 | static_cast<unsigned char>(payload[1]));
+    if (!ws::valid_close_code(code)) return ws_close(c, ws::protocol_error, "an invalid close code");
+    if (payload.size() > 2) ws_->chat->set_close_reason(payload.substr(2), true);
+  }
+  ws_close(c, code, "bye");  // the client's code, echoed (RFC 6455 5.5.1)
+}
+
+bool http_session::ws_session_ended(net::connection& c) {
+  if (ws_->session_id.empty() || front_.sessions.find(ws_->session_id)) return false;
+  ws_close(c, ws::policy_violation, "the session has ended: log in again");
+  return true;
 }
 
 void http_session::on_ws_text(net::connection& c, const std::string& text) {
+  if (ws_session_ended(c)) return;  // logged out, or expired
   const json h = json::parse(text, nullptr, false);
-  auto reply_error = [&](std::string message) {
+  std::optional<std::uint64_t> id;
+  auto reply_error = [&](const std::string& message) {
     std::string out;
-    ws::encode(out, ws::opcode::text, proto::make_error(proto::errc::bad_request, message).dump());
+    ws::encode(out, ws::opcode::text,
+               proto::make_error(proto::errc::bad_request, message, id).dump(-1, ' ', false, json::error_handler_t::replace));
     c.send_raw(out);
   };
   if (!h.is_object()) return reply_error("each message is a JSON object");
@@ -125,7 +146,6 @@ void http_session::on_ws_text(net::connection& c, const std::string& text) {
   if (type == h.end() || !type->is_string() || !type->get_ref<const std::string&>().starts_with("chat.")) {
     return reply_error("'type' must be a chat request (chat.hello, chat.join, chat.say, ...)");
   }
-  std::uint64_t id = 0;
   if (auto it = h.find("id"); it != h.end()) {
     if (!it->is_number_unsigned()) return reply_error("'id' must be a non-negative integer");
     id = it->get<std::uint64_t>();
@@ -133,7 +153,13 @@ void http_session::on_ws_text(net::connection& c, const std::string& text) {
   auto t = h.find("text");
   if (t != h.end() && !t->is_string()) return reply_error("'text' must be a string");
   const std::string body = t == h.end() ? std::string() : t->get<std::string>();
-  ws_->chat->handle(id, type->get_ref<const std::string&>(), h, body);
+  const std::string& what = type->get_ref<const std::string&>();
+  try {
+    ws_->chat->handle(id.value_or(0), what, h, body);
+  } catch (const json::exception& e) {  // a member of the wrong type: as the cskit protocol answers it
+    return reply_error(std::string("malformed request: ") + e.what());
+  }
+  if (what == "chat.quit") ws_close(c, ws::normal, "quit");
 }
 
 void http_session::ws_close(net::connection& c, std::uint16_t code, std::string_view reason) {
@@ -147,7 +173,7 @@ void http_session::ws_close(net::connection& c, std::uint16_t code, std::string_
 }
 
 void http_session::send_ping(net::connection& c) {
-  if (!ws_ || ws_->close_sent) return;
+  if (!ws_ || ws_->close_sent || ws_session_ended(c)) return;
   std::string out;
   ws::encode(out, ws::opcode::ping, "cskit");
   c.send_raw(out);

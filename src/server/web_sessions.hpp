@@ -47,14 +47,6 @@ class web_sessions {
   std::optional<session> find(std::string_view id, clock::time_point now = clock::now());
   /// Logs out.
   void close(std::string_view id);
-  /// Ends the sessions whose account `still_valid` refuses (a reload).
-  template <class Pred>
-  void retain(Pred still_valid) {
-    std::lock_guard lock(m_);
-    for (auto it = sessions_.begin(); it != sessions_.end();) {
-      it = still_valid(*it->second.account) ? std::next(it) : sessions_.erase(it);
-    }
-  }
   std::size_t size();
 
   /// The cookie's value in a Cookie header ("" when it has none).

@@ -231,6 +231,12 @@ class WebApi(unittest.TestCase):
         self.assertRegex(self.srv.stderr(), r'files op=mv user=admin peer=127\.0\.0\.1:\d+ path="ops/sub/f\.txt" '
                                             r'to="ops/g\.txt" bytes=100 result=ok')
         self.assertRegex(self.srv.stderr(), r'files op=rm user=admin .*path="ops" bytes=104 result=ok')
+        # A member of the wrong type reads as missing: no recursive delete from "recursive": "yes".
+        self.assertEqual(c.api("mkdir", {"path": "ops2"})[0], 201)
+        self.assertEqual(c.api("mkdir", {"path": "ops2/x"})[0], 201)
+        status, data = c.api("delete", {"path": "ops2", "recursive": "yes"})
+        self.assertEqual(status, 409, data)
+        self.assertEqual(c.api("mkdir", {"path": 5})[0], 400)
         # Unknown requests, wrong methods.
         self.assertEqual(c.api("nothing", {})[0], 404)
         self.assertEqual(c.api("mkdir")[0], 405)
@@ -323,8 +329,28 @@ class WebApi(unittest.TestCase):
         time.sleep(0.3)
         return s
 
+    def test_whole_put_with_content_digest(self):
+        c = self.client()
+        data = b"checked by sha-256\n"
+        good = "sha-256=:" + base64.b64encode(hashlib.sha256(data).digest()).decode() + ":"
+        bad = "sha-256=:" + base64.b64encode(hashlib.sha256(b"x").digest()).decode() + ":"
+        r, body = c.request("PUT", "/files/digest.txt", data, headers={"Content-Digest": bad})
+        self.assertEqual(r.status, 400, body)
+        self.assertFalse(os.path.exists(self.path("digest.txt")))
+        r, body = c.request("PUT", "/files/digest.txt", data, headers={"Content-Digest": "sha-512=:AAAA:"})
+        self.assertEqual(r.status, 400, body)
+        r, body = c.request("PUT", "/files/digest.txt", data, headers={"Content-Digest": good})
+        self.assertEqual(r.status, 201, body)
+        with open(self.path("digest.txt"), "rb") as f:
+            self.assertEqual(f.read(), data)
+
     def test_piece_errors(self):
         c = self.client()
+        # A piece that does not start a part creates none.
+        r, body = c.request("PUT", "/files/nopart.bin", b"0123456789",
+                            headers={"Upload-Key": "aaaaaaaaaaaaaaaa", "Content-Range": "bytes 10-19/30"})
+        self.assertEqual((r.status, r.getheader("Upload-Offset")), (409, "0"), body)
+        self.assertEqual([n for n in os.listdir(self.srv.share) if "cskit-part" in n], [])
         key = "fedcba9876543210"
         cases = [
             ({"Content-Range": "bytes 0-9/5"}, 400),      # past the end
@@ -571,6 +597,8 @@ class WebChat(unittest.TestCase):
         b.send({"type": "chat.msg", "id": 4, "to": "webby", "text": "psst"})
         m = a.recv("chat.message")
         self.assertEqual((m["from"], m["private"], m["text"]), ("alice", True, "psst"))
+        m = b.recv("chat.message")  # the sender's own copy
+        self.assertEqual((m["to"], m["text"]), ("webby", "psst"))
         # History on join, for a newcomer.
         c = self.chat("late", room="#web")
         hist = c.recv("chat.message")
@@ -583,16 +611,22 @@ class WebChat(unittest.TestCase):
         self.assertEqual(a.recv("error")["code"], "bad_request")
         a.send({"type": "fs.rm", "path": "x"})
         self.assertEqual(a.recv("error")["code"], "bad_request")
+        a.send({"type": "chat.hello", "id": 7, "nick": 12})  # a member of the wrong type
+        err = a.recv("error")
+        self.assertEqual((err["id"], err["code"]), (7, "bad_request"), err)
+        a.send({"type": "chat.say", "id": 8, "room": "#web", "text": "after the bad one"})
+        self.assertEqual(b.recv("chat.message")["text"], "after the bad one")
         a.s.sendall(WebSocket.frame(9, b"ping!"))
-        self.assertEqual(a.read_frame(), (10, b"ping!"))
+        for _ in range(10):  # (behind a's own message and its chat.ok)
+            frame = a.read_frame()
+            if frame[0] != 1:
+                break
+        self.assertEqual(frame, (10, b"ping!"))
         # A fragmented message, with a ping between its pieces.
         text = json.dumps({"type": "chat.say", "id": 6, "room": "#web", "text": "in pieces"}).encode()
         a.s.sendall(WebSocket.frame(1, text[:10], fin=False) + WebSocket.frame(9, b"") +
                     WebSocket.frame(0, text[10:20], fin=False) + WebSocket.frame(0, text[20:]))
-        m = b.recv("chat.message")
-        while m["text"] == "psst":  # (its own private message came back first)
-            m = b.recv("chat.message")
-        self.assertEqual(m["text"], "in pieces")
+        self.assertEqual(b.recv("chat.message")["text"], "in pieces")
         # A close: answered, and the others see the quit with the client's reason.
         a.s.sendall(WebSocket.frame(8, struct.pack(">H", 1000) + b"gone for lunch"))
         self.assertEqual(a.close_code()[0], 1000)
@@ -600,6 +634,38 @@ class WebChat(unittest.TestCase):
         while ev["event"] != "quit":
             ev = b.recv("chat.event")
         self.assertEqual((ev["nick"], ev["reason"]), ("webby", "gone for lunch"))
+
+    def test_quit_logout_and_bad_close_codes_end_the_socket(self):
+        a = self.chat("quitter", room="#bye")
+        b = self.chat("stayer", room="#bye")
+        a.send({"type": "chat.quit", "id": 3, "reason": "see you"})
+        self.assertEqual(a.recv("chat.ok")["id"], 3)
+        self.assertEqual(a.close_code()[0], 1000)
+        ev = b.recv("chat.event")
+        while ev["event"] != "quit":
+            ev = b.recv("chat.event")
+        self.assertEqual(ev["reason"], "see you")
+        # Logging out ends the chat opened in that session, at its next message.
+        c = Client(self.srv)
+        self.addCleanup(c.close)
+        c.login()
+        w = self.ws(cookie=c.cookie)
+        self.assertEqual(w.status, 101)
+        w.send({"type": "chat.hello", "id": 1, "nick": "leaver"})
+        w.recv("chat.welcome")
+        self.assertEqual(c.api("logout", {})[0], 200)
+        w.send({"type": "chat.rooms", "id": 2})
+        self.assertEqual(w.close_code(), (1008, "the session has ended: log in again"))
+        # A close code no peer may send.
+        w = self.ws(cookie=self.cookie())
+        w.s.sendall(WebSocket.frame(8, struct.pack(">H", 1005)))
+        self.assertEqual(w.close_code()[0], 1002)
+        # HEAD is not an upgrade.
+        r = Client(self.srv)
+        self.addCleanup(r.close)
+        r.login()
+        resp, _ = r.request("HEAD", "/api/chat", headers={"Upgrade": "websocket", "Connection": "Upgrade"})
+        self.assertEqual(resp.status, 404)
 
     def test_refused_handshakes(self):
         cookie = self.cookie()

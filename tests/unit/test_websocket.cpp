@@ -119,6 +119,8 @@ TEST(websocket, refuses_what_a_client_may_not_send) {
       {client_frame(0x81, std::string(1001, 'x')), message_too_big},
       {client_frame(0x01, std::string(600, 'x')) + client_frame(0x80, std::string(600, 'x')), message_too_big},
       {std::string("\x81\xff\x80\0\0\0\0\0\0\0", 10), protocol_error},  // 64-bit length with its top bit
+      {std::string("\x81\xfe\0\x05", 4), protocol_error},                  // 5 in 16 bits: not the shortest form
+      {std::string("\x81\xff\0\0\0\0\0\0\x01\0", 10), protocol_error},  // 256 in 64 bits
       {std::string("\x81\xff\0\0\0\0\xff\0\0\0", 10), message_too_big},  // huge: refused before its bytes
   };
   for (const auto& [bytes, code] : cases) {
@@ -133,6 +135,11 @@ TEST(websocket, refuses_what_a_client_may_not_send) {
     ASSERT_TRUE(r.fail) << testing::PrintToString(bytes);
     EXPECT_EQ(r.fail->code, code) << r.fail->reason;
   }
+}
+
+TEST(websocket, close_codes_a_peer_may_send) {
+  for (std::uint16_t ok : {1000, 1001, 1002, 1003, 1007, 1008, 1011, 3000, 4999}) EXPECT_TRUE(valid_close_code(ok)) << ok;
+  for (std::uint16_t bad : {0, 999, 1004, 1005, 1006, 1012, 1015, 2999, 5000}) EXPECT_FALSE(valid_close_code(bad)) << bad;
 }
 
 TEST(websocket, stops_where_the_handler_says) {
