@@ -57,9 +57,22 @@ async function api(name, body) {
   const data = await r.json().catch(() => ({ error: r.statusText }));
   if (!r.ok) {
     if (r.status === 401 && name !== "login") showLogin("your session has ended: log in again");
-    throw new Error(data.error || r.statusText);
+    throw failure(r.status, data.error || r.statusText);
   }
   return data;
+}
+
+// An Error with the HTTP status that caused it (0: no answer).
+function failure(status, message) {
+  const e = new Error(message);
+  e.status = status;
+  return e;
+}
+
+// Worth trying again: no answer, a conflict that passes (a piece still
+// being written), or the server's own trouble.
+function transient(e) {
+  return !e.status || e.status === 409 || e.status >= 500;
 }
 
 function showError(where, err) {
@@ -205,8 +218,8 @@ async function putPiece(path, key, blob, first, total, onprogress) {
     xhr.setRequestHeader("Content-Digest", "sha-256=:" + base64(digest) + ":");
     xhr.setRequestHeader("Content-Range", "bytes " + first + "-" + (first + body.byteLength - 1) + "/" + total);
     xhr.upload.onprogress = (ev) => onprogress(first + ev.loaded);
-    xhr.onload = () => (xhr.status < 300 ? resolve(xhr) : reject(new Error(xhr.responseText.trim() || xhr.statusText)));
-    xhr.onerror = () => reject(new Error("the connection failed"));
+    xhr.onload = () => (xhr.status < 300 ? resolve(xhr) : reject(failure(xhr.status, xhr.responseText.trim() || xhr.statusText)));
+    xhr.onerror = () => reject(failure(0, "the connection failed"));
     xhr.send(body);
   });
 }
@@ -229,22 +242,24 @@ async function uploadFile(path, file) {
   try {
     const key = await uploadKey(path, file);
     if (file.size === 0) await emptyPut(path);
-    let at = file.size ? await resumeAt(path, key, file.size) : 0;
     // Each piece is tried again after a failure (a lost connection, a
-    // piece still held by the server), waiting longer each time.
+    // piece still held by the server), waiting longer each time; where to
+    // start is asked the same way.
+    let at = -1;
     for (let tries = 0, committed = false; !committed && file.size > 0;) {
-      const end = Math.min(at + PIECE, file.size);
       try {
+        if (at < 0) at = await resumeAt(path, key, file.size);
+        const end = Math.min(at + PIECE, file.size);
         await putPiece(path, key, file.slice(at, end), at, file.size, (v) => { bar.value = v; });
         committed = end === file.size;
         at = end;
         tries = 0;
       } catch (e) {
-        if (++tries > 6) throw e;
+        if (!transient(e) || ++tries > 6) throw e;
         await sleep(500 * 2 ** Math.min(tries, 4));
-        at = await resumeAt(path, key, file.size).catch(() => at);
+        at = -1;
       }
-      bar.value = at;
+      bar.value = Math.max(at, 0);
     }
     bar.value = bar.max;
     row.classList.add("done");

@@ -11,6 +11,7 @@
 #include <limits>
 #include <optional>
 #include <utility>
+#include <vector>
 
 #include <boost/beast/http/error.hpp>
 #include <spdlog/spdlog.h>
@@ -670,7 +671,8 @@ part_open open_piece_part(int dir, const std::string& name, std::uint64_t base, 
   fd = util::unique_fd(::openat(dir, name.c_str(), flags, 0600));
   if (!fd) {
     err = errno;
-    return err == ENOENT ? part_open::elsewhere : part_open::error;  // (ENOENT: have is 0)
+    // No part to go on with (have: 0); for a first piece, no directory.
+    return err == ENOENT && base != 0 ? part_open::elsewhere : part_open::error;
   }
   if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) return part_open::busy;
   struct stat mine {}, named {};
@@ -693,6 +695,47 @@ part_open open_piece_part(int dir, const std::string& name, std::uint64_t base, 
 }
 
 }  // namespace
+
+bool http_session::part_linked(const upload& u) {
+  struct stat st {};
+  return ::fstat(u.file.get(), &st) == 0 && st.st_nlink > 0;
+}
+
+void http_session::piece_outcome::settle(int err, int dir, service::file_share& share) {
+  if (err && err != EEXIST && err != EISDIR) {
+    // Back to its earlier pieces, which count again.
+    if (::ftruncate(part.get(), static_cast<off_t>(base)) == 0) {
+      share.adjust_usage(static_cast<std::int64_t>(base));
+    } else {
+      spdlog::warn("https: the part of '{}' could not be cut back: {}", leaf, std::strerror(errno));
+    }
+  } else if (!err) {
+    drop_abandoned_parts(dir, share);
+  }
+  part.reset();
+}
+
+void http_session::piece_outcome::drop_abandoned_parts(int dir, service::file_share& share) const {
+  // Uploads of the same name with other keys (an older version of the
+  // file, given up): their parts go, unless one is being written.
+  const std::string prefix = util::part_file_name(leaf) + ".w";
+  DIR* d = ::fdopendir(::openat(dir, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (d == nullptr) return;
+  std::vector<std::string> names;
+  while (dirent* e = ::readdir(d)) {
+    if (std::string_view(e->d_name).starts_with(prefix) && e->d_name != name) names.emplace_back(e->d_name);
+  }
+  ::closedir(d);
+  for (const auto& n : names) {
+    util::unique_fd f(::openat(dir, n.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
+    struct stat mine {}, named {};
+    if (!f || ::flock(f.get(), LOCK_EX | LOCK_NB) != 0 || ::fstat(f.get(), &mine) != 0 || !S_ISREG(mine.st_mode) ||
+        ::fstatat(dir, n.c_str(), &named, AT_SYMLINK_NOFOLLOW) != 0 || named.st_ino != mine.st_ino) {
+      continue;
+    }
+    if (::unlinkat(dir, n.c_str(), 0) == 0) share.adjust_usage(-static_cast<std::int64_t>(mine.st_size));
+  }
+}
 
 bool valid_upload_key(std::string_view k) {
   return k.size() >= 16 && k.size() <= 64 && std::all_of(k.begin(), k.end(), [](char ch) {
@@ -751,7 +794,9 @@ void http_session::start_piece(net::connection& c, upload& u) {
     case part_open::elsewhere:
       return fail(409, "the server has " + std::to_string(have) + " bytes of '" + u.path + "'; send the piece from there",
                   "Upload-Offset: " + std::to_string(have) + "\r\n");
-    case part_open::error: return fail(500, "the part of '" + u.path + "': " + std::strerror(err));
+    case part_open::error:
+      if (err == ENOENT) return fail(404, "the directory of '" + u.path + "' does not exist");
+      return fail(500, "the part of '" + u.path + "': " + std::strerror(err));
   }
   if (u.base == 0 && have > 0) front_.share.adjust_usage(-static_cast<std::int64_t>(have));  // started over
   if (const int e = util::preallocate(fd.get(), u.base, u.expected); e != 0) {
@@ -831,6 +876,11 @@ void http_session::commit_upload(net::connection& c) {
     upload_.reset();
     return respond_error(c, 400, mismatch + ": nothing was written");
   }
+  if (u.piece && !part_linked(u)) {  // removed meanwhile (rm -r of its directory)
+    front_.share.release(u.reserved);
+    upload_.reset();
+    return respond_error(c, 409, "'" + u.path + "' was removed while it was being uploaded: start over");
+  }
   if (u.piece && !u.last) return piece_done(c);
   // A last piece: the part's earlier pieces, counted so far, become the
   // file, which the commit counts whole.
@@ -855,20 +905,20 @@ void http_session::commit_upload(net::connection& c) {
   std::weak_ptr<net::connection> weak = c.shared_from_this();
   auto ex = c.executor();
   service::file_audit_record_owned record{"put", account_->name, c.peer(), u.path, "", job.size};
-  // A last piece that could not be committed (and was not refused for
-  // good, which removes it): the part keeps its earlier pieces, so that the
-  // last one can be sent again.
-  std::optional<std::pair<std::string, std::uint64_t>> earlier;
-  if (u.piece) earlier.emplace(u.piece_part, u.base);
-  job.done = [this, weak, ex, record, part, earlier, share = &front_.share,
+  // A last piece: the part stays open (and locked: a duplicate shares the
+  // lock) until the commit is over. Committed: the file's older parts from
+  // the page go. Not committed, and not refused for good (which removes
+  // it): the part keeps its earlier pieces, so that the last one can be
+  // sent again.
+  std::shared_ptr<piece_outcome> pieces;
+  if (u.piece) {
+    pieces = std::make_shared<piece_outcome>(util::unique_fd(::fcntl(job.file.get(), F_DUPFD_CLOEXEC, 0)), u.base,
+                                             u.leaf, u.piece_part);
+  }
+  job.done = [this, weak, ex, record, part, pieces, share = &front_.share,
               dir = ::fcntl(u.dir.get(), F_DUPFD_CLOEXEC, 0)](int err) mutable {
     if (err && !part.empty() && dir >= 0) ::unlinkat(dir, part.c_str(), 0);
-    if (err && earlier && err != EEXIST && err != EISDIR && dir >= 0) {
-      util::unique_fd f(::openat(dir, earlier->first.c_str(), O_WRONLY | O_NOFOLLOW | O_CLOEXEC));
-      if (f && ::ftruncate(f.get(), static_cast<off_t>(earlier->second)) == 0) {
-        share->adjust_usage(static_cast<std::int64_t>(earlier->second));
-      }
-    }
+    if (pieces && pieces->part && dir >= 0) pieces->settle(err, dir, *share);
     if (dir >= 0) ::close(dir);
     boost::asio::post(ex, [this, weak, record = std::move(record), err] {
       auto conn = weak.lock();
@@ -907,7 +957,7 @@ void http_session::piece_done(net::connection& c) {
   // against the quota from now on (as parts do when the server starts).
   upload& u = *upload_;
   const std::uint64_t have = u.base + u.written;
-  front_.share.adjust_usage(static_cast<std::int64_t>(u.written));
+  front_.share.adjust_usage(static_cast<std::int64_t>(u.written));  // (part_linked: checked by the caller)
   front_.share.release(u.reserved);
   upload_.reset();  // (closes the part: its lock goes)
   respond(c, 200, "Upload-Offset: " + std::to_string(have) + "\r\n", "{\"offset\":" + std::to_string(have) + "}\n",

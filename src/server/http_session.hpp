@@ -112,6 +112,18 @@ class http_session final : public net::frame_handler {
   // The rest of a PUT's start, once its file is open and reserved.
   void receive_upload(net::connection& c, std::unique_ptr<upload> u);
   void piece_done(net::connection& c);
+  // The part of an upload in pieces is still linked (not removed meanwhile).
+  static bool part_linked(const upload& u);
+  // What a last piece's commit leaves to do, on the committer's thread.
+  struct piece_outcome {
+    util::unique_fd part;  // a duplicate: the part's lock lasts until settle()
+    std::uint64_t base;
+    std::string leaf, name;
+    piece_outcome(util::unique_fd p, std::uint64_t b, std::string l, std::string n)
+        : part(std::move(p)), base(b), leaf(std::move(l)), name(std::move(n)) {}
+    void settle(int err, int dir, service::file_share& share);
+    void drop_abandoned_parts(int dir, service::file_share& share) const;
+  };
   // Writes what the parser has of the body; false when it needs more.
   bool receive_body(net::connection& c);
   void commit_upload(net::connection& c);

@@ -304,6 +304,11 @@ class WebApi(unittest.TestCase):
                 break
             time.sleep(0.05)
         self.assertEqual(c.api("upload-offset", {"path": "up/big.bin", "key": key})[1]["offset"], piece)
+        # An upload of the same name given up (another key: another version of the file): its
+        # part goes when the file is committed.
+        r, body = self.put_piece(c, "up/big.bin", "ffffffffffffffff", data[:1000], 0, 5000)
+        self.assertEqual(r.status, 200, body)
+        self.assertEqual(len(os.listdir(self.path("up"))), 2)
         # The rest, then the last piece commits the file.
         at = piece
         while at < len(data):
@@ -346,6 +351,10 @@ class WebApi(unittest.TestCase):
 
     def test_piece_errors(self):
         c = self.client()
+        # A first piece into a directory that does not exist.
+        r, body = c.request("PUT", "/files/no/such/dir.bin", b"0123456789",
+                            headers={"Upload-Key": "aaaaaaaaaaaaaaaa", "Content-Range": "bytes 0-9/30"})
+        self.assertEqual(r.status, 404, body)
         # A piece that does not start a part creates none.
         r, body = c.request("PUT", "/files/nopart.bin", b"0123456789",
                             headers={"Upload-Key": "aaaaaaaaaaaaaaaa", "Content-Range": "bytes 10-19/30"})
