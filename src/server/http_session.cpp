@@ -309,27 +309,45 @@ void http_session::read_request_fields() {
   } else if (!path.starts_with(files_prefix) && path != "/files") {
     req_->to = route::page;
   }
-  req_->authorization = str(m[bhttp::field::authorization]);
-  req_->session_id = std::string(web_sessions::from_cookie_header(str(m[bhttp::field::cookie])));
-  req_->origin = str(m[bhttp::field::origin]);
-  req_->host = str(m[bhttp::field::host]);
-  req_->csrf = str(m["X-CSRF-Token"]);
-  req_->range = str(m[bhttp::field::range]);
-  req_->if_range = str(m[bhttp::field::if_range]);
-  req_->if_none_match = str(m[bhttp::field::if_none_match]);
-  req_->if_modified_since = str(m[bhttp::field::if_modified_since]);
   req_->keep_alive = parser_->keep_alive();
   req_->chunked = parser_->chunked();
   if (auto n = parser_->content_length()) req_->content_length = *n;
-  req_->expect_continue = beast_iequals(m[bhttp::field::expect], "100-continue");
-  req_->xxh3 = str(m["X-Content-XXH3"]);
-  req_->content_range = str(m[bhttp::field::content_range]);
-  req_->content_digest = str(m["Content-Digest"]);
-  req_->upload_key = str(m["Upload-Key"]);
-  req_->upgrade = str(m[bhttp::field::upgrade]);
-  req_->connection = str(m[bhttp::field::connection]);
-  req_->ws_key = str(m[bhttp::field::sec_websocket_key]);
-  req_->ws_version = str(m[bhttp::field::sec_websocket_version]);
+  // One pass over the fields the request has (a handful), not a lookup
+  // for each field this server reads (a score): the first of a repeated
+  // field counts.
+  std::string_view cookie;
+  for (const auto& f : m) {
+    std::string* into = nullptr;
+    switch (f.name()) {
+      case bhttp::field::authorization: into = &req_->authorization; break;
+      case bhttp::field::cookie:
+        if (cookie.empty()) cookie = std::string_view(f.value().data(), f.value().size());
+        break;
+      case bhttp::field::origin: into = &req_->origin; break;
+      case bhttp::field::host: into = &req_->host; break;
+      case bhttp::field::range: into = &req_->range; break;
+      case bhttp::field::if_range: into = &req_->if_range; break;
+      case bhttp::field::if_none_match: into = &req_->if_none_match; break;
+      case bhttp::field::if_modified_since: into = &req_->if_modified_since; break;
+      case bhttp::field::expect: req_->expect_continue = beast_iequals(f.value(), "100-continue"); break;
+      case bhttp::field::content_range: into = &req_->content_range; break;
+      case bhttp::field::upgrade: into = &req_->upgrade; break;
+      case bhttp::field::connection: into = &req_->connection; break;
+      case bhttp::field::sec_websocket_key: into = &req_->ws_key; break;
+      case bhttp::field::sec_websocket_version: into = &req_->ws_version; break;
+      default: into = extension_field(f.name_string()); break;
+    }
+    if (into && into->empty()) *into = str(f.value());
+  }
+  req_->session_id = std::string(web_sessions::from_cookie_header(cookie));
+}
+
+std::string* http_session::extension_field(boost::beast::string_view name) {
+  if (beast_iequals(name, "X-CSRF-Token")) return &req_->csrf;
+  if (beast_iequals(name, "X-Content-XXH3")) return &req_->xxh3;
+  if (beast_iequals(name, "Content-Digest")) return &req_->content_digest;
+  if (beast_iequals(name, "Upload-Key")) return &req_->upload_key;
+  return nullptr;
 }
 
 void http_session::on_files_header(net::connection& c, bool has_body) {

@@ -84,6 +84,8 @@ class http_session final : public net::frame_handler {
   }
   void on_request_header(net::connection& c);
   void read_request_fields();
+  // Where a field Beast does not know by name goes (X-CSRF-Token, ...).
+  std::string* extension_field(boost::beast::string_view name);
   void on_files_header(net::connection& c, bool has_body);
   // Who the request is from: Basic or Bearer credentials, checked with the
   // login throttle (the answer may be held), or the connection's account.
