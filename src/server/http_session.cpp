@@ -878,16 +878,20 @@ bool http_session::receive_body(net::connection& c) {
   return n > 0 || got > 0;
 }
 
+std::string http_session::digest_mismatch(const upload& u) const {
+  const std::string xxh3 = u.digest.xxh3_hex();
+  if (!req_->xxh3.empty() && !beast_iequals(boost::beast::string_view(req_->xxh3.data(), req_->xxh3.size()), xxh3)) {
+    return "the body's XXH3 is " + xxh3 + ", not " + req_->xxh3 + " (X-Content-XXH3)";
+  }
+  if (!u.sha256.empty() && u.digest.sha256_hex() != u.sha256) {
+    return "the body's SHA-256 is " + u.digest.sha256_hex() + ", not " + u.sha256 + " (Content-Digest)";
+  }
+  return {};
+}
+
 void http_session::commit_upload(net::connection& c) {
   upload& u = *upload_;
-  const std::string xxh3 = u.digest.xxh3_hex();
-  std::string mismatch;
-  if (!req_->xxh3.empty() && !beast_iequals(boost::beast::string_view(req_->xxh3.data(), req_->xxh3.size()), xxh3)) {
-    mismatch = "the body's XXH3 is " + xxh3 + ", not " + req_->xxh3 + " (X-Content-XXH3)";
-  } else if (!u.sha256.empty() && u.digest.sha256_hex() != u.sha256) {
-    mismatch = "the body's SHA-256 is " + u.digest.sha256_hex() + ", not " + u.sha256 + " (Content-Digest)";
-  }
-  if (!mismatch.empty()) {
+  if (const std::string mismatch = digest_mismatch(u); !mismatch.empty()) {
     u.drop_piece();
     service::audit_file_operation({"put", account_->name, c.peer(), u.path, "", u.written, "integrity", mismatch});
     front_.share.release(u.reserved);
@@ -903,6 +907,10 @@ void http_session::commit_upload(net::connection& c) {
   // A last piece: the part's earlier pieces, counted so far, become the
   // file, which the commit counts whole.
   if (u.piece) front_.share.adjust_usage(-static_cast<std::int64_t>(u.base));
+  start_commit(c, u);
+}
+
+void http_session::start_commit(net::connection& c, upload& u) {
   service::commit_job job;
   job.file = std::move(u.file);
   job.dir = util::unique_fd(::fcntl(u.dir.get(), F_DUPFD_CLOEXEC, 0));

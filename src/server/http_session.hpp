@@ -129,6 +129,10 @@ class http_session final : public net::frame_handler {
   // Writes what the parser has of the body; false when it needs more.
   bool receive_body(net::connection& c);
   void commit_upload(net::connection& c);
+  // Why the body is not what its digests say ("" when it is).
+  std::string digest_mismatch(const upload& u) const;
+  // Hands the file to the share's committer; upload_committed follows.
+  void start_commit(net::connection& c, upload& u);
   void upload_committed(net::connection& c, int err);
   void serve_directory(net::connection& c, const std::string& path, util::unique_fd fd);
   void send_body(net::connection& c);
