@@ -41,6 +41,8 @@ Starting cskit on $listen, sharing $share. In another terminal, as this user:
   $here/build/release/cskit ping --udp $echo_listen -c 3
   $here/build/release/cskit chat $listen
 IRC clients: $irc_listen over TLS, SASL PLAIN as admin with the token (docs/irc.md).
+A browser: https://$listen/ (user admin, with the admin token the server prints below; the
+certificate is self-signed: accept it once, or see README "The share over HTTPS").
 Stop the server with Ctrl-C.
 
 MSG
