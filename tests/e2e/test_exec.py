@@ -190,10 +190,13 @@ class ExecTest(unittest.TestCase):
         self.assertTrue(wait_until(lambda: not processes_matching(marker)))
 
     def test_ctrl_c_interrupts_the_remote_command(self):
+        # Ctrl-C once the remote command runs (the client catches it from before it connects;
+        # a fixed half-second was too short for a sanitized client on a loaded machine).
+        marker = "997.%06d" % (uuid.uuid4().int % 1000000)
         env = dict(self.server.env, CSKIT_USER="ops", CSKIT_TOKEN=OPS_TOKEN)
-        client = subprocess.Popen([BIN, "exec", self.server.address, "--", "sleep", "30"], env=env,
+        client = subprocess.Popen([BIN, "exec", self.server.address, "--", "sleep", marker], env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        time.sleep(0.5)
+        self.assertTrue(wait_until(lambda: processes_matching(None, ["sleep", marker])), "the command started")
         client.send_signal(signal.SIGINT)
         client.communicate(timeout=10)
         self.assertEqual(client.returncode, 128 + signal.SIGINT)
