@@ -345,7 +345,13 @@ class DeltaGet(FilesTestCase):
         self.assertGreaterEqual(part_size(self.local), 8 * MiB, "the download did not get far enough")
         r = self.get_a()
         self.assertGreaterEqual(r["resumed_bytes"], 8 * MiB)
-        self.assertGreater(r["matched_bytes"], 16 * MiB)
+        # Matched chunks are copied locally, not at --bwlimit: on a loaded machine the kill can
+        # come late and the part hold half the file or more, and then the rest comes whole by
+        # design (download_delta.cpp, open_basis). Either way what the rule says must hold.
+        if r["resumed_bytes"] < 32 * MiB:
+            self.assertGreater(r["matched_bytes"], 16 * MiB)
+        else:
+            self.assertEqual(r["matched_bytes"], 0)
         self.assert_same()
 
     def open_delta_get(self, s, rid, name):
