@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <vector>
 
 #include <boost/beast/http/error.hpp>
 #include <openssl/crypto.h>
@@ -79,9 +80,15 @@ bool flag(const json& body, const char* key) {
   return it != body.end() && it->is_boolean() && it->get<bool>();
 }
 
-// An ETag for an embedded file: its bytes never change while the binary runs.
-std::string asset_etag(const web_asset& a) {
-  return "\"" + util::xxh3_128_hex(a.body.data(), a.body.size()).substr(0, 16) + "\"";
+// An embedded file's ETag: its bytes never change while the binary runs,
+// so it is computed once.
+const std::string& asset_etag(std::size_t i) {
+  static const std::vector<std::string> etags = [] {
+    std::vector<std::string> out;
+    for (const auto& a : web_assets()) out.push_back("\"" + util::xxh3_128_hex(a.body.data(), a.body.size()).substr(0, 16) + "\"");
+    return out;
+  }();
+  return etags[i];
 }
 
 }  // namespace
@@ -158,9 +165,11 @@ void http_session::serve_page(net::connection& c) {
   }
   std::string_view path = std::string_view(req_->target).substr(0, req_->target.find('?'));
   if (path == "/") path = "/index.html";
-  for (const auto& a : web_assets()) {
+  const auto assets = web_assets();
+  for (std::size_t i = 0; i < assets.size(); ++i) {
+    const web_asset& a = assets[i];
     if (a.path != path) continue;
-    const std::string etag = asset_etag(a);
+    const std::string& etag = asset_etag(i);
     std::string fields = "ETag: " + etag + "\r\nCache-Control: no-cache\r\n";
     if (a.path.ends_with(".html")) fields += page_policy;
     if (!req_->if_none_match.empty() && req_->if_none_match.find(etag) != std::string::npos) {
